@@ -1,0 +1,221 @@
+// Driver: the storage backend of concurrency control (the specification's
+// ConcurrencyDriver), and the types its operations exchange.
+//
+// Contract (../shared/spec/CONTRACT.md; the conformance suite checks it for
+// every driver):
+//  * Thread-safety: every method may be called concurrently from any number
+//    of threads, and, for shared backends, processes.
+//  * Atomicity: each mutating call is one atomic step on the backend. In
+//    particular counting live leases and granting a slot are one step, and a
+//    release admits the head of the queue in the same step.
+//  * Failure: a call that returns an error wrote nothing (or, when the
+//    backend cannot tell, the caller may retry it: every call is idempotent).
+//    A Context that is done before the step starts yields Cancelled or
+//    DeadlineExceeded and writes nothing.
+//  * Ownership: the caller owns the Driver; WatchHandles must be destroyed
+//    (or stopped) before the Driver. Close() stops background threads and
+//    watches; calls after Close() fail with FailedPrecondition.
+#ifndef PAC_CONCURRENCY_DRIVER_H_
+#define PAC_CONCURRENCY_DRIVER_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "pac/concurrency/clock.h"
+#include "pac/concurrency/config.h"
+#include "pac/concurrency/context.h"
+#include "pac/concurrency/repository.h"
+
+namespace spdlog {
+class logger;
+}
+
+namespace pac::concurrency {
+
+// A held slot.
+struct Lease {
+  std::string lease_id;  // opaque, printable, unique per backend
+  std::string repository_key;
+  std::string pipeline_run_key;
+  absl::Time acquired_at;
+  absl::Time expires_at;
+  // Strictly increases per repository with every grant (rule 4).
+  int64_t fencing_token = 0;
+};
+
+// A run waiting for a slot.
+struct QueueEntry {
+  std::string pipeline_run_key;
+  absl::Time creation_time;  // first ordering key
+  int64_t sequence = 0;      // second ordering key: enqueue order
+  absl::Time enqueued_at;
+  int64_t position = 0;  // 1 = head of the queue
+};
+
+struct AcquireOptions {
+  // The run's creation time, which orders the queue. Unset: the time the run
+  // is first seen by the backend.
+  std::optional<absl::Time> creation_time;
+  // When no slot is free: true queues the run (it is admitted later, oldest
+  // first, by a release); false leaves nothing behind.
+  bool enqueue = true;
+  // Record a run that is already running (an import after a restart): it
+  // takes a slot even above the limit, as lowering a limit never evicts.
+  bool adopt_running = false;
+};
+
+struct AcquireResult {
+  bool acquired = false;
+  Lease lease;           // set when acquired
+  int64_t position = 0;  // when queued: 1-based place in the queue, else 0
+  // Other runs admitted by this call (expired leases reclaimed, a raised
+  // limit), which their holders learn of through watches.
+  std::vector<Lease> admitted;
+};
+
+struct ReleaseResult {
+  bool released = false;     // a lease was released
+  bool dequeued = false;     // a queue entry was removed
+  std::vector<Lease> admitted;  // runs admitted into the freed slot(s)
+};
+
+enum class WatchEventType {
+  kReleased,      // a lease was released
+  kExpired,       // a lease expired and was reclaimed
+  kAdmitted,      // a run was granted a slot
+  kLimitChanged,  // the repository's limit changed
+  kCleaned,       // the repository was cleaned up
+  kResync,        // the watch reconnected: re-read state
+};
+
+struct WatchEvent {
+  WatchEventType type;
+  std::string repository_key;
+  std::string pipeline_run_key;  // empty for kLimitChanged/kCleaned/kResync
+};
+
+using WatchCallback = std::function<void(const WatchEvent&)>;
+
+// Stops a watch when destroyed or on Stop(). After Stop() returns the
+// callback is not running and will not run again (unless Stop() is called
+// from inside the callback, where it only prevents later calls).
+class WatchHandle {
+ public:
+  virtual ~WatchHandle() = default;
+  virtual void Stop() = 0;
+};
+
+class Driver {
+ public:
+  virtual ~Driver() = default;
+
+  // "memory", "postgresql" or "etcd".
+  [[nodiscard]] virtual std::string_view Type() const = 0;
+
+  // Grants `run` a slot in `repo` if the repository has a free slot and no
+  // older run is queued; otherwise queues it (options.enqueue). Records the
+  // repository's limit from `repo`; a raised limit admits queued runs. A run
+  // that already holds an unexpired lease gets that lease back (rule 2); a
+  // run already queued keeps its place.
+  [[nodiscard]] virtual absl::StatusOr<AcquireResult> AcquireSlot(
+      const Context& ctx, const Repository& repo, std::string_view run_key,
+      const AcquireOptions& options) = 0;
+  [[nodiscard]] absl::StatusOr<AcquireResult> AcquireSlot(
+      const Context& ctx, const Repository& repo, std::string_view run_key) {
+    return AcquireSlot(ctx, repo, run_key, AcquireOptions{});
+  }
+
+  // Releases a lease and admits the head of the queue in the same step.
+  // With a non-empty `lease_id` only that lease is released (a stale holder
+  // cannot release a newer lease of the same run). With an empty `lease_id`
+  // the run's lease in `repo_key` is released, and the run is removed from
+  // the queue if it waits there. Releasing something unknown is not an
+  // error: the result says nothing was released (rule 12).
+  [[nodiscard]] virtual absl::StatusOr<ReleaseResult> ReleaseSlot(
+      const Context& ctx, std::string_view lease_id, std::string_view run_key,
+      std::string_view repo_key) = 0;
+
+  // Extends an unexpired lease by the driver's TTL from now. An expired,
+  // released or unknown lease fails with LeaseLostError (IsLeaseLost).
+  [[nodiscard]] virtual absl::StatusOr<Lease> RenewLease(
+      const Context& ctx, std::string_view lease_id) = 0;
+
+  // Sets the repository's limit (rule 11): lowering evicts nobody; raising
+  // admits queued runs at once, returned here.
+  [[nodiscard]] virtual absl::StatusOr<std::vector<Lease>> SetRepositoryLimit(
+      const Context& ctx, const Repository& repo) = 0;
+
+  // Number of unexpired leases of the repository.
+  [[nodiscard]] virtual absl::StatusOr<int> GetCurrentSlots(
+      const Context& ctx, std::string_view repo_key) = 0;
+
+  // Unexpired leases, oldest grant first.
+  [[nodiscard]] virtual absl::StatusOr<std::vector<Lease>>
+  GetRunningPipelineRuns(const Context& ctx, std::string_view repo_key) = 0;
+
+  // The queue in admission order (rule 6).
+  [[nodiscard]] virtual absl::StatusOr<std::vector<QueueEntry>>
+  GetQueuedPipelineRuns(const Context& ctx, std::string_view repo_key) = 0;
+
+  // Calls `callback` when a slot of the repository frees or a run is
+  // admitted (rule 8). The watch ends when the handle is stopped or
+  // destroyed, when `ctx` is cancelled, or when the driver closes. Callbacks
+  // run on a driver thread, one at a time per watch; they may call the
+  // driver.
+  [[nodiscard]] virtual absl::StatusOr<std::unique_ptr<WatchHandle>>
+  WatchSlotAvailability(const Context& ctx, std::string_view repo_key,
+                        WatchCallback callback) = 0;
+
+  // Free-form state strings, as in the specification. Getting a state that
+  // was never set is NotFound.
+  [[nodiscard]] virtual absl::Status SetRepositoryState(
+      const Context& ctx, const Repository& repo, std::string_view state) = 0;
+  [[nodiscard]] virtual absl::StatusOr<std::string> GetRepositoryState(
+      const Context& ctx, std::string_view repo_key) = 0;
+  [[nodiscard]] virtual absl::Status SetPipelineRunState(
+      const Context& ctx, std::string_view run_key, std::string_view state) = 0;
+  [[nodiscard]] virtual absl::StatusOr<std::string> GetPipelineRunState(
+      const Context& ctx, std::string_view run_key) = 0;
+
+  // Removes every lease, queue entry and state of the repository (and the
+  // states of its runs), and nothing else (rule 13). Watchers get kCleaned.
+  [[nodiscard]] virtual absl::Status CleanupRepository(
+      const Context& ctx, std::string_view repo_key) = 0;
+
+  // The lease TTL this driver grants.
+  [[nodiscard]] virtual absl::Duration LeaseTTL() const = 0;
+
+  // Stops background work and watches. Idempotent.
+  virtual absl::Status Close() = 0;
+};
+
+// Options for the driver factories that are not part of the configuration.
+struct DriverOptions {
+  Clock* clock = nullptr;  // null: Clock::Real(); must outlive the driver
+  std::shared_ptr<spdlog::logger> logger;  // null: logs are dropped
+  // Memory driver: run the background cleanup thread (tests turn it off to
+  // prove that admission alone ignores expired leases).
+  bool background_cleanup = true;
+};
+
+// Creates the driver named by `config.driver`. The configuration is
+// validated first (InvalidArgument naming the field); a driver that is not
+// built in gives Unimplemented.
+[[nodiscard]] absl::StatusOr<std::unique_ptr<Driver>> NewDriver(
+    const DriverConfig& config, const DriverOptions& options = {});
+
+// The in-process driver.
+[[nodiscard]] absl::StatusOr<std::unique_ptr<Driver>> NewMemoryDriver(
+    const MemoryConfig& config, const DriverOptions& options = {});
+
+}  // namespace pac::concurrency
+
+#endif  // PAC_CONCURRENCY_DRIVER_H_

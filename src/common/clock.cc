@@ -1,0 +1,52 @@
+#include "pac/concurrency/clock.h"
+
+#include <vector>
+
+namespace pac::concurrency {
+namespace {
+
+class RealClock final : public Clock {
+ public:
+  absl::Time Now() const override { return absl::Now(); }
+};
+
+}  // namespace
+
+Clock* Clock::Real() {
+  static RealClock* const clock = new RealClock();
+  return clock;
+}
+
+absl::Time ManualClock::Now() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return now_;
+}
+
+int ManualClock::AddAdvanceListener(std::function<void()> fn) {
+  std::lock_guard<std::mutex> lock(mu_);
+  int id = next_id_++;
+  listeners_.emplace(id, std::move(fn));
+  return id;
+}
+
+void ManualClock::RemoveAdvanceListener(int id) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    listeners_.erase(id);
+  }
+  // Wait for a running Advance, which may hold a copy of the listener.
+  std::lock_guard<std::mutex> call_lock(call_mu_);
+}
+
+void ManualClock::Advance(absl::Duration d) {
+  std::lock_guard<std::mutex> call_lock(call_mu_);
+  std::vector<std::function<void()>> to_call;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (d > absl::ZeroDuration()) now_ += d;
+    for (auto& [id, fn] : listeners_) to_call.push_back(fn);
+  }
+  for (auto& fn : to_call) fn();
+}
+
+}  // namespace pac::concurrency

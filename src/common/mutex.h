@@ -1,0 +1,73 @@
+// A std::mutex with Clang thread-safety annotations, so members can be
+// declared PAC_GUARDED_BY(mu_) and -Wthread-safety checks them. It is a plain
+// pthread mutex underneath, which ThreadSanitizer understands.
+#ifndef PAC_SRC_COMMON_MUTEX_H_
+#define PAC_SRC_COMMON_MUTEX_H_
+
+#include <condition_variable>
+#include <mutex>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/time/time.h"
+
+#define PAC_GUARDED_BY(x) ABSL_GUARDED_BY(x)
+#define PAC_REQUIRES(...) ABSL_EXCLUSIVE_LOCKS_REQUIRED(__VA_ARGS__)
+#define PAC_EXCLUDES(...) ABSL_LOCKS_EXCLUDED(__VA_ARGS__)
+
+namespace pac::concurrency::internal {
+
+class ABSL_LOCKABLE Mutex {
+ public:
+  void Lock() ABSL_EXCLUSIVE_LOCK_FUNCTION() { mu_.lock(); }
+  void Unlock() ABSL_UNLOCK_FUNCTION() { mu_.unlock(); }
+  std::mutex& native() { return mu_; }
+
+ private:
+  std::mutex mu_;
+};
+
+class ABSL_SCOPED_LOCKABLE MutexLock {
+ public:
+  explicit MutexLock(Mutex* mu) ABSL_EXCLUSIVE_LOCK_FUNCTION(mu) : mu_(mu) {
+    mu_->Lock();
+  }
+  ~MutexLock() ABSL_UNLOCK_FUNCTION() { mu_->Unlock(); }
+  MutexLock(const MutexLock&) = delete;
+  MutexLock& operator=(const MutexLock&) = delete;
+
+ private:
+  Mutex* mu_;
+};
+
+// Condition variable for Mutex. The caller holds `mu` (annotated).
+class CondVar {
+ public:
+  void Wait(Mutex* mu) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    std::unique_lock<std::mutex> lock(mu->native(), std::adopt_lock);
+    cv_.wait(lock);
+    lock.release();
+  }
+  // Waits until notified or the real-time `deadline`. True if it timed out.
+  bool WaitUntil(Mutex* mu, absl::Time deadline)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    std::unique_lock<std::mutex> lock(mu->native(), std::adopt_lock);
+    bool timed_out = false;
+    if (deadline == absl::InfiniteFuture()) {
+      cv_.wait(lock);
+    } else {
+      timed_out = cv_.wait_until(lock, absl::ToChronoTime(deadline)) ==
+                  std::cv_status::timeout;
+    }
+    lock.release();
+    return timed_out;
+  }
+  void NotifyOne() { cv_.notify_one(); }
+  void NotifyAll() { cv_.notify_all(); }
+
+ private:
+  std::condition_variable cv_;
+};
+
+}  // namespace pac::concurrency::internal
+
+#endif  // PAC_SRC_COMMON_MUTEX_H_

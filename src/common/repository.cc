@@ -1,0 +1,96 @@
+#include "src/common/strings.h"
+#include "pac/concurrency/repository.h"
+
+#include <string>
+
+#include "absl/strings/str_cat.h"
+
+namespace pac::concurrency {
+namespace {
+
+bool IsAlnum(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
+}
+
+// Describes what is wrong with a DNS-1123 label, or returns "".
+std::string LabelProblem(std::string_view label) {
+  if (label.empty()) return "is empty";
+  if (label.size() > 63) return "is longer than 63 characters";
+  for (char c : label) {
+    if (!IsAlnum(c) && c != '-') {
+      if (c == '\0') return "contains a NUL byte";
+      if (c >= 'A' && c <= 'Z') return "contains an uppercase letter";
+      return internal::Cat("contains the character '",
+                          (c >= 0x20 && c < 0x7f) ? std::string(1, c) : "?",
+                          "'");
+    }
+  }
+  if (!IsAlnum(label.front()) || !IsAlnum(label.back())) {
+    return "must start and end with a lowercase letter or digit";
+  }
+  return "";
+}
+
+}  // namespace
+
+absl::Status ValidateKey(std::string_view key, std::string_view field) {
+  auto bad = [&](std::string_view what) {
+    return absl::InvalidArgumentError(
+        internal::Cat(field, ": key must be 'namespace/name' (", what, ")"));
+  };
+  if (key.empty()) return bad("it is empty");
+  if (key.size() > 63 + 1 + 253) return bad("it is too long");
+  size_t slash = key.find('/');
+  if (slash == std::string_view::npos) return bad("no '/' in it");
+  if (key.find('/', slash + 1) != std::string_view::npos) {
+    return bad("more than one '/'");
+  }
+  std::string_view ns = key.substr(0, slash);
+  std::string_view name = key.substr(slash + 1);
+  if (std::string p = LabelProblem(ns); !p.empty()) {
+    return bad(internal::Cat("namespace ", p));
+  }
+  if (name.empty()) return bad("name is empty");
+  if (name.size() > 253) return bad("name is longer than 253 characters");
+  size_t start = 0;
+  while (true) {
+    size_t dot = name.find('.', start);
+    std::string_view label = name.substr(
+        start, dot == std::string_view::npos ? std::string_view::npos
+                                             : dot - start);
+    if (label.empty()) return bad("name has an empty '.'-separated part");
+    if (std::string p = LabelProblem(label); !p.empty()) {
+      return bad(internal::Cat("name ", p));
+    }
+    if (dot == std::string_view::npos) break;
+    start = dot + 1;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateRepository(const Repository& repo) {
+  if (repo.concurrency_limit.has_value() && *repo.concurrency_limit < 0) {
+    return absl::InvalidArgumentError(
+        internal::Cat("repository.concurrency_limit: must be 0 (unlimited) or "
+                     "positive, got ",
+                     *repo.concurrency_limit));
+  }
+  if (repo.ns.find('/') != std::string::npos ||
+      repo.name.find('/') != std::string::npos) {
+    return absl::InvalidArgumentError(
+        "repository: namespace and name must not contain '/'");
+  }
+  return ValidateKey(repo.Key(), "repository");
+}
+
+absl::StatusOr<Repository> Repository::FromKey(std::string_view key,
+                                               std::optional<int32_t> limit) {
+  if (absl::Status s = ValidateKey(key, "repository"); !s.ok()) return s;
+  size_t slash = key.find('/');
+  Repository repo{std::string(key.substr(0, slash)),
+                  std::string(key.substr(slash + 1)), limit};
+  if (absl::Status s = ValidateRepository(repo); !s.ok()) return s;
+  return repo;
+}
+
+}  // namespace pac::concurrency

@@ -1,0 +1,62 @@
+#include "pac/concurrency/repository.h"
+
+#include <string>
+
+#include "gtest/gtest.h"
+
+namespace pac::concurrency {
+namespace {
+
+TEST(KeyTest, AcceptsKubernetesNames) {
+  for (const char* key : {"ns/name", "a/b", "team-1/my.repo-2", "0/0",
+                          "openshift-pipelines/pipelines-as-code"}) {
+    EXPECT_TRUE(ValidateKey(key, "repository").ok()) << key;
+  }
+  // The longest: a 63-character namespace and a 253-character name made of
+  // labels of at most 63 characters.
+  std::string name = std::string(63, 'b') + "." + std::string(63, 'c') + "." +
+                     std::string(63, 'd') + "." + std::string(61, 'e');
+  ASSERT_EQ(name.size(), 253u);
+  EXPECT_TRUE(ValidateKey(std::string(63, 'a') + "/" + name, "repository").ok());
+  EXPECT_FALSE(ValidateKey("ns/" + std::string(64, 'b'), "repository").ok());
+}
+
+TEST(KeyTest, RejectsBadKeysNamingTheField) {
+  for (const std::string& key :
+       {std::string(""), std::string("ns"), std::string("ns/"),
+        std::string("/n"), std::string("a/b/c"), std::string("NS/n"),
+        std::string("ns/N"), std::string("ns/a_b"), std::string("ns/.."),
+        std::string("ns/a..b"), std::string("ns/.a"), std::string("-a/b"),
+        std::string("a-/b"), std::string("ns/a b"), std::string("ns/a\0", 5),
+        std::string(64, 'a') + "/b", "a/" + std::string(254, 'b')}) {
+    absl::Status s = ValidateKey(key, "pipeline_run");
+    EXPECT_TRUE(absl::IsInvalidArgument(s)) << "accepted '" << key << "'";
+    EXPECT_EQ(s.message().rfind("pipeline_run", 0), 0u) << s;
+  }
+}
+
+TEST(RepositoryTest, KeyAndLimit) {
+  Repository repo{"ns", "repo", std::nullopt};
+  EXPECT_EQ(repo.Key(), "ns/repo");
+  EXPECT_EQ(EffectiveLimit(repo), 0);
+  EXPECT_TRUE(ValidateRepository(repo).ok());
+  repo.concurrency_limit = -1;
+  absl::Status s = ValidateRepository(repo);
+  EXPECT_TRUE(absl::IsInvalidArgument(s));
+  EXPECT_NE(s.message().find("concurrency_limit"), std::string::npos);
+  Repository slashy{"ns/x", "repo", 1};
+  EXPECT_FALSE(ValidateRepository(slashy).ok());
+}
+
+TEST(RepositoryTest, FromKey) {
+  auto repo = Repository::FromKey("ns/repo", 3);
+  ASSERT_TRUE(repo.ok());
+  EXPECT_EQ(repo->ns, "ns");
+  EXPECT_EQ(repo->name, "repo");
+  EXPECT_EQ(repo->concurrency_limit, 3);
+  EXPECT_FALSE(Repository::FromKey("bad").ok());
+  EXPECT_FALSE(Repository::FromKey("ns/repo", -2).ok());
+}
+
+}  // namespace
+}  // namespace pac::concurrency

@@ -1,0 +1,24 @@
+#include "src/common/strings.h"
+#include "pac/concurrency/status.h"
+
+#include "absl/strings/cord.h"
+
+namespace pac::concurrency {
+
+absl::Status LeaseLostError(std::string_view message) {
+  absl::Status status = absl::FailedPreconditionError(internal::AV(message));
+  status.SetPayload(internal::AV(kLeaseLostPayloadUrl), absl::Cord("lease-lost"));
+  return status;
+}
+
+bool IsLeaseLost(const absl::Status& status) {
+  return status.code() == absl::StatusCode::kFailedPrecondition &&
+         status.GetPayload(internal::AV(kLeaseLostPayloadUrl)).has_value();
+}
+
+bool IsRetryable(const absl::Status& status) {
+  return status.code() == absl::StatusCode::kUnavailable ||
+         status.code() == absl::StatusCode::kAborted;
+}
+
+}  // namespace pac::concurrency

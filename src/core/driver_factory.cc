@@ -1,0 +1,31 @@
+#include <memory>
+
+#include "src/common/strings.h"
+#include "absl/strings/str_cat.h"
+#include "pac/concurrency/driver.h"
+#include "src/memory/memory_driver.h"
+
+namespace pac::concurrency {
+
+absl::StatusOr<std::unique_ptr<Driver>> NewMemoryDriver(
+    const MemoryConfig& config, const DriverOptions& options) {
+  if (config.lease_ttl <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        "config: memory-lease-ttl: must be positive");
+  }
+  return std::unique_ptr<Driver>(
+      std::make_unique<internal::MemoryDriver>(config, options));
+}
+
+absl::StatusOr<std::unique_ptr<Driver>> NewDriver(
+    const DriverConfig& config, const DriverOptions& options) {
+  if (absl::Status s = ValidateConfig(config); !s.ok()) return s;
+  if (config.driver == "memory") {
+    return NewMemoryDriver(config.memory.value_or(MemoryConfig{}), options);
+  }
+  return absl::UnimplementedError(
+      internal::Cat("config: concurrency-driver: the ", config.driver,
+                   " driver is not built into this version"));
+}
+
+}  // namespace pac::concurrency

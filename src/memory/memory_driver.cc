@@ -1,0 +1,645 @@
+#include "src/common/strings.h"
+#include "src/memory/memory_driver.h"
+
+#include <algorithm>
+#include <random>
+#include <utility>
+
+#include "absl/hash/hash.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "pac/concurrency/status.h"
+#include "src/common/logging.h"
+
+namespace pac::concurrency::internal {
+namespace {
+
+std::string InstancePrefix() {
+  std::random_device rd;
+  uint32_t nonce = rd();
+  return absl::StrFormat("m%08x.", nonce);
+}
+
+int64_t ToNanos(absl::Time t) {
+  if (t == absl::InfiniteFuture()) return INT64_MAX;
+  return absl::ToUnixNanos(t);
+}
+
+}  // namespace
+
+MemoryDriver::MemoryDriver(const MemoryConfig& config,
+                           const DriverOptions& options)
+    : ttl_(config.lease_ttl),
+      clock_(options.clock != nullptr ? options.clock : Clock::Real()),
+      logger_(OrNullLogger(options.logger)),
+      id_prefix_(InstancePrefix()) {
+  if (options.background_cleanup) {
+    clock_listener_ = clock_->AddAdvanceListener([this] {
+      {
+        MutexLock lock(&cleanup_mu_);
+        cleanup_kick_ = true;
+      }
+      cleanup_cv_.NotifyAll();
+    });
+    cleanup_thread_ = std::thread([this] { CleanupLoop(); });
+  }
+  logger_->info("memory driver started (lease ttl {})",
+                absl::FormatDuration(ttl_));
+}
+
+MemoryDriver::~MemoryDriver() { (void)Close(); }
+
+absl::Status MemoryDriver::Close() {
+  if (closed_.exchange(true)) return absl::OkStatus();
+  if (clock_listener_ != 0) clock_->RemoveAdvanceListener(clock_listener_);
+  {
+    MutexLock lock(&cleanup_mu_);
+    cleanup_stop_ = true;
+  }
+  cleanup_cv_.NotifyAll();
+  if (cleanup_thread_.joinable()) cleanup_thread_.join();
+  for (Shard& shard : shards_) {
+    MutexLock lock(&shard.mu);
+    for (auto& [repo, list] : shard.watchers) {
+      for (auto& w : list) w->stopped.store(true);
+    }
+    shard.watchers.clear();
+  }
+  dispatcher_.Shutdown();
+  logger_->info("memory driver closed");
+  return absl::OkStatus();
+}
+
+absl::Status MemoryDriver::CheckOpen() const {
+  if (closed_.load(std::memory_order_relaxed)) {
+    return absl::FailedPreconditionError("memory driver is closed");
+  }
+  return absl::OkStatus();
+}
+
+size_t MemoryDriver::ShardIndex(std::string_view repo_key) const {
+  return (ViewHash{}(repo_key) >> 40) % kShards;
+}
+
+int MemoryDriver::ShardOfLease(std::string_view lease_id) const {
+  if (lease_id.size() <= id_prefix_.size() ||
+      lease_id.substr(0, id_prefix_.size()) != id_prefix_) {
+    return -1;
+  }
+  std::string_view rest = lease_id.substr(id_prefix_.size());
+  size_t dot = rest.find('.');
+  if (dot == std::string_view::npos) return -1;
+  int shard = 0;
+  if (!absl::SimpleAtoi(AV(rest.substr(0, dot)), &shard)) return -1;
+  if (shard < 0 || static_cast<size_t>(shard) >= kShards) return -1;
+  return shard;
+}
+
+Lease MemoryDriver::MakeLease(const std::string& repo_key,
+                              const std::string& run_key,
+                              const LeaseRec& rec) const {
+  return Lease{rec.lease_id, repo_key,       run_key,
+               rec.acquired_at, rec.expires_at, rec.token};
+}
+
+void MemoryDriver::NoteExpiry(absl::Time expires_at) {
+  int64_t nanos = ToNanos(expires_at);
+  int64_t cur = next_wake_nanos_.load(std::memory_order_relaxed);
+  bool lowered = false;
+  while (nanos < cur) {
+    if (next_wake_nanos_.compare_exchange_weak(cur, nanos)) {
+      lowered = true;
+      break;
+    }
+  }
+  if (lowered) {
+    {
+      MutexLock lock(&cleanup_mu_);
+      cleanup_kick_ = true;
+    }
+    cleanup_cv_.NotifyAll();
+  }
+}
+
+MemoryDriver::LeaseRec& MemoryDriver::Grant(Shard& shard,
+                                            const std::string& repo_key,
+                                            RepoState& rs,
+                                            const std::string& run_key,
+                                            absl::Time now) {
+  size_t index = &shard - shards_.data();
+  std::string id = internal::Cat(id_prefix_, index, ".", ++shard.next_lease);
+  LeaseRec rec{id, now, now + ttl_,
+               next_token_.fetch_add(1, std::memory_order_relaxed)};
+  shard.leases.emplace(std::move(id), LeaseLoc{repo_key, run_key});
+  rs.earliest_expiry = std::min(rs.earliest_expiry, rec.expires_at);
+  auto [it, inserted] = rs.running.insert_or_assign(run_key, std::move(rec));
+  return it->second;
+}
+
+void MemoryDriver::RemoveLease(Shard& shard, const std::string& repo_key,
+                               RepoState& rs, const std::string& run_key) {
+  (void)repo_key;
+  auto it = rs.running.find(run_key);
+  if (it == rs.running.end()) return;
+  shard.leases.erase(it->second.lease_id);
+  rs.running.erase(it);
+}
+
+void MemoryDriver::AddEvent(Shard& shard, const std::string& repo_key,
+                            WatchEventType type, const std::string& run_key,
+                            Effects& fx) {
+  if (shard.watchers.empty()) return;
+  auto it = shard.watchers.find(repo_key);
+  if (it == shard.watchers.end()) return;
+  for (const auto& w : it->second) {
+    fx.events.emplace_back(w, WatchEvent{type, repo_key, run_key});
+  }
+}
+
+void MemoryDriver::Sweep(Shard& shard, const std::string& repo_key,
+                         RepoState& rs, absl::Time now, Effects& fx) {
+  if (now < rs.earliest_expiry) return;
+  absl::Time earliest = absl::InfiniteFuture();
+  std::vector<std::string> expired;
+  for (const auto& [run, rec] : rs.running) {
+    if (rec.expires_at <= now) {
+      expired.push_back(run);
+    } else {
+      earliest = std::min(earliest, rec.expires_at);
+    }
+  }
+  rs.earliest_expiry = earliest;
+  for (const std::string& run : expired) {
+    logger_->info("lease of {} in {} expired; slot freed", run, repo_key);
+    RemoveLease(shard, repo_key, rs, run);
+    AddEvent(shard, repo_key, WatchEventType::kExpired, run, fx);
+  }
+}
+
+void MemoryDriver::Promote(Shard& shard, const std::string& repo_key,
+                           RepoState& rs, absl::Time now, Effects& fx) {
+  while (!rs.queue.empty() &&
+         (rs.limit == 0 || static_cast<int64_t>(rs.running.size()) < rs.limit)) {
+    auto head = rs.queue.begin();
+    std::string run = std::move(head->second.run_key);
+    rs.queue.erase(head);
+    rs.queued.erase(run);
+    LeaseRec& rec = Grant(shard, repo_key, rs, run, now);
+    logger_->info("admitted {} from the queue of {} (token {})", run, repo_key,
+                  rec.token);
+    fx.admitted.push_back(MakeLease(repo_key, run, rec));
+    AddEvent(shard, repo_key, WatchEventType::kAdmitted, run, fx);
+  }
+}
+
+int64_t MemoryDriver::PositionOf(const RepoState& rs,
+                                 const QueueKey& key) const {
+  int64_t pos = 1;
+  for (auto it = rs.queue.begin(); it != rs.queue.end() && it->first < key;
+       ++it) {
+    ++pos;
+  }
+  return pos;
+}
+
+void MemoryDriver::Deliver(Effects& fx) {
+  if (!fx.admitted.empty()) {
+    for (const Lease& l : fx.admitted) NoteExpiry(l.expires_at);
+  }
+  if (!fx.events.empty()) dispatcher_.Post(std::move(fx.events));
+}
+
+absl::StatusOr<AcquireResult> MemoryDriver::AcquireSlot(
+    const Context& ctx, const Repository& repo, std::string_view run_key,
+    const AcquireOptions& options) {
+  if (absl::Status s = ValidateRepository(repo); !s.ok()) return s;
+  if (absl::Status s = ValidateKey(run_key, "pipeline_run"); !s.ok()) return s;
+  if (absl::Status s = ctx.Err(); !s.ok()) return s;
+  if (absl::Status s = CheckOpen(); !s.ok()) return s;
+
+  const std::string repo_key = repo.Key();
+  const int32_t limit = EffectiveLimit(repo);
+  const absl::Time now = clock_->Now();
+  Shard& shard = ShardFor(repo_key);
+  AcquireResult result;
+  Effects fx;
+  bool granted_now = false;
+  {
+    MutexLock lock(&shard.mu);
+    auto rit = shard.repos.find(repo_key);
+    if (rit == shard.repos.end()) {
+      rit = shard.repos.try_emplace(repo_key).first;
+    }
+    RepoState& rs = rit->second;
+    if (rs.limit != limit) {
+      rs.limit = limit;
+      AddEvent(shard, repo_key, WatchEventType::kLimitChanged, "", fx);
+    }
+    Sweep(shard, repo_key, rs, now, fx);
+    Promote(shard, repo_key, rs, now, fx);
+
+    std::string run(run_key);
+    auto running = rs.running.find(run);
+    if (running != rs.running.end()) {
+      result.acquired = true;
+      result.lease = MakeLease(repo_key, run, running->second);
+    } else if (options.adopt_running ||
+               (rs.queue.empty() &&
+                (rs.limit == 0 ||
+                 static_cast<int64_t>(rs.running.size()) < rs.limit))) {
+      if (auto q = rs.queued.find(run); q != rs.queued.end()) {
+        rs.queue.erase(q->second);
+        rs.queued.erase(q);
+      }
+      LeaseRec& rec = Grant(shard, repo_key, rs, run, now);
+      result.acquired = true;
+      result.lease = MakeLease(repo_key, run, rec);
+      granted_now = true;
+      AddEvent(shard, repo_key, WatchEventType::kAdmitted, run, fx);
+    } else if (auto q = rs.queued.find(run); q != rs.queued.end()) {
+      result.position = PositionOf(rs, q->second);
+    } else if (options.enqueue) {
+      QueueKey key{options.creation_time.value_or(now),
+                   next_sequence_.fetch_add(1, std::memory_order_relaxed)};
+      rs.queue.emplace(key, QueueRec{run, now});
+      rs.queued.emplace(run, key);
+      result.position = PositionOf(rs, key);
+      logger_->info(
+          "concurrency limit {} of {} reached; {} queued at position {}",
+          rs.limit, repo_key, run, result.position);
+    }
+  }
+  if (granted_now) {
+    logger_->debug("slot acquired: {} in {} lease {} token {}", run_key,
+                   repo_key, result.lease.lease_id,
+                   result.lease.fencing_token);
+    NoteExpiry(result.lease.expires_at);
+  }
+  result.admitted = std::move(fx.admitted);
+  Deliver(fx);
+  return result;
+}
+
+absl::StatusOr<ReleaseResult> MemoryDriver::ReleaseSlot(
+    const Context& ctx, std::string_view lease_id, std::string_view run_key,
+    std::string_view repo_key) {
+  if (lease_id.empty()) {
+    if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
+    if (absl::Status s = ValidateKey(run_key, "pipeline_run"); !s.ok()) {
+      return s;
+    }
+  }
+  if (absl::Status s = ctx.Err(); !s.ok()) return s;
+  if (absl::Status s = CheckOpen(); !s.ok()) return s;
+
+  ReleaseResult result;
+  Shard* shard = nullptr;
+  if (!lease_id.empty()) {
+    int index = ShardOfLease(lease_id);
+    if (index < 0) return result;  // not ours: nothing to release
+    shard = &shards_[index];
+  } else {
+    shard = &ShardFor(repo_key);
+  }
+  const absl::Time now = clock_->Now();
+  Effects fx;
+  std::string released_run;
+  std::string repo;
+  {
+    MutexLock lock(&shard->mu);
+    std::string run;
+    if (!lease_id.empty()) {
+      auto lit = shard->leases.find(lease_id);
+      if (lit == shard->leases.end()) return result;
+      if ((!run_key.empty() && lit->second.run_key != run_key) ||
+          (!repo_key.empty() && lit->second.repo_key != repo_key)) {
+        return result;  // the id belongs to another run: release nothing
+      }
+      repo = lit->second.repo_key;
+      run = lit->second.run_key;
+    } else {
+      repo = std::string(repo_key);
+      run = std::string(run_key);
+    }
+    auto rit = shard->repos.find(repo);
+    if (rit == shard->repos.end()) return result;
+    RepoState& rs = rit->second;
+    auto lit = rs.running.find(run);
+    if (lit != rs.running.end()) {
+      // An expired lease is released all the same: the slot is free anyway.
+      RemoveLease(*shard, repo, rs, run);
+      result.released = true;
+      released_run = run;
+      AddEvent(*shard, repo, WatchEventType::kReleased, run, fx);
+    } else if (lease_id.empty()) {
+      if (auto q = rs.queued.find(run); q != rs.queued.end()) {
+        rs.queue.erase(q->second);
+        rs.queued.erase(q);
+        result.dequeued = true;
+      }
+    }
+    Sweep(*shard, repo, rs, now, fx);
+    Promote(*shard, repo, rs, now, fx);
+  }
+  if (result.released) {
+    logger_->debug("slot released: {} in {}", released_run, repo);
+  }
+  result.admitted = std::move(fx.admitted);
+  Deliver(fx);
+  return result;
+}
+
+absl::StatusOr<Lease> MemoryDriver::RenewLease(const Context& ctx,
+                                               std::string_view lease_id) {
+  if (lease_id.empty()) {
+    return absl::InvalidArgumentError("lease_id: must not be empty");
+  }
+  if (absl::Status s = ctx.Err(); !s.ok()) return s;
+  if (absl::Status s = CheckOpen(); !s.ok()) return s;
+  int index = ShardOfLease(lease_id);
+  if (index < 0) {
+    return LeaseLostError("lease is unknown to this memory driver");
+  }
+  Shard& shard = shards_[index];
+  const absl::Time now = clock_->Now();
+  Effects fx;
+  absl::StatusOr<Lease> out;
+  {
+    MutexLock lock(&shard.mu);
+    auto lit = shard.leases.find(lease_id);
+    if (lit == shard.leases.end()) {
+      return LeaseLostError("lease was released or has expired");
+    }
+    LeaseLoc loc = lit->second;
+    RepoState& rs = shard.repos.find(loc.repo_key)->second;
+    LeaseRec& rec = rs.running.find(loc.run_key)->second;
+    if (rec.expires_at <= now) {
+      Sweep(shard, loc.repo_key, rs, now, fx);
+      Promote(shard, loc.repo_key, rs, now, fx);
+      out = LeaseLostError(internal::Cat("lease of ", loc.run_key, " in ",
+                                        loc.repo_key, " has expired"));
+    } else {
+      rec.expires_at = now + ttl_;
+      out = MakeLease(loc.repo_key, loc.run_key, rec);
+    }
+  }
+  Deliver(fx);
+  return out;
+}
+
+absl::StatusOr<std::vector<Lease>> MemoryDriver::SetRepositoryLimit(
+    const Context& ctx, const Repository& repo) {
+  if (absl::Status s = ValidateRepository(repo); !s.ok()) return s;
+  if (absl::Status s = ctx.Err(); !s.ok()) return s;
+  if (absl::Status s = CheckOpen(); !s.ok()) return s;
+  const std::string repo_key = repo.Key();
+  const absl::Time now = clock_->Now();
+  Shard& shard = ShardFor(repo_key);
+  Effects fx;
+  {
+    MutexLock lock(&shard.mu);
+    RepoState& rs = shard.repos[repo_key];
+    if (rs.limit != EffectiveLimit(repo)) {
+      logger_->info("concurrency limit of {} changed from {} to {}", repo_key,
+                    rs.limit, EffectiveLimit(repo));
+      rs.limit = EffectiveLimit(repo);
+      AddEvent(shard, repo_key, WatchEventType::kLimitChanged, "", fx);
+    }
+    Sweep(shard, repo_key, rs, now, fx);
+    Promote(shard, repo_key, rs, now, fx);
+  }
+  std::vector<Lease> admitted = fx.admitted;
+  Deliver(fx);
+  return admitted;
+}
+
+absl::StatusOr<int> MemoryDriver::GetCurrentSlots(const Context& ctx,
+                                                  std::string_view repo_key) {
+  auto leases = GetRunningPipelineRuns(ctx, repo_key);
+  if (!leases.ok()) return leases.status();
+  return static_cast<int>(leases->size());
+}
+
+absl::StatusOr<std::vector<Lease>> MemoryDriver::GetRunningPipelineRuns(
+    const Context& ctx, std::string_view repo_key) {
+  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
+  if (absl::Status s = ctx.Err(); !s.ok()) return s;
+  if (absl::Status s = CheckOpen(); !s.ok()) return s;
+  const absl::Time now = clock_->Now();
+  Shard& shard = ShardFor(repo_key);
+  std::vector<Lease> out;
+  Effects fx;
+  {
+    MutexLock lock(&shard.mu);
+    auto rit = shard.repos.find(repo_key);
+    if (rit == shard.repos.end()) return out;
+    std::string key(repo_key);
+    Sweep(shard, key, rit->second, now, fx);
+    Promote(shard, key, rit->second, now, fx);
+    for (const auto& [run, rec] : rit->second.running) {
+      out.push_back(MakeLease(key, run, rec));
+    }
+  }
+  Deliver(fx);
+  std::sort(out.begin(), out.end(), [](const Lease& a, const Lease& b) {
+    return a.fencing_token < b.fencing_token;
+  });
+  return out;
+}
+
+absl::StatusOr<std::vector<QueueEntry>> MemoryDriver::GetQueuedPipelineRuns(
+    const Context& ctx, std::string_view repo_key) {
+  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
+  if (absl::Status s = ctx.Err(); !s.ok()) return s;
+  if (absl::Status s = CheckOpen(); !s.ok()) return s;
+  const absl::Time now = clock_->Now();
+  Shard& shard = ShardFor(repo_key);
+  std::vector<QueueEntry> out;
+  Effects fx;
+  {
+    MutexLock lock(&shard.mu);
+    auto rit = shard.repos.find(repo_key);
+    if (rit == shard.repos.end()) return out;
+    std::string key(repo_key);
+    Sweep(shard, key, rit->second, now, fx);
+    Promote(shard, key, rit->second, now, fx);
+    int64_t pos = 0;
+    for (const auto& [qk, rec] : rit->second.queue) {
+      out.push_back(QueueEntry{rec.run_key, qk.creation_time, qk.sequence,
+                               rec.enqueued_at, ++pos});
+    }
+  }
+  Deliver(fx);
+  return out;
+}
+
+absl::StatusOr<std::unique_ptr<WatchHandle>>
+MemoryDriver::WatchSlotAvailability(const Context& ctx,
+                                    std::string_view repo_key,
+                                    WatchCallback callback) {
+  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
+  if (!callback) return absl::InvalidArgumentError("callback: must be set");
+  if (absl::Status s = ctx.Err(); !s.ok()) return s;
+  if (absl::Status s = CheckOpen(); !s.ok()) return s;
+  auto entry = std::make_shared<WatcherEntry>(std::string(repo_key),
+                                              std::move(callback));
+  Shard& shard = ShardFor(repo_key);
+  {
+    MutexLock lock(&shard.mu);
+    shard.watchers[entry->repository_key].push_back(entry);
+  }
+  std::weak_ptr<WatcherEntry> weak = entry;
+  entry->context_callback_id = ctx.AddCancelCallback([weak] {
+    if (auto e = weak.lock()) e->stopped.store(true);
+  });
+  auto unregister = [this, &shard, weak] {
+    auto e = weak.lock();
+    if (e == nullptr) return;
+    MutexLock lock(&shard.mu);
+    auto it = shard.watchers.find(e->repository_key);
+    if (it == shard.watchers.end()) return;
+    auto& list = it->second;
+    list.erase(std::remove(list.begin(), list.end(), e), list.end());
+    if (list.empty()) shard.watchers.erase(it);
+  };
+  return std::unique_ptr<WatchHandle>(
+      new EntryWatchHandle(entry, ctx, std::move(unregister)));
+}
+
+absl::Status MemoryDriver::SetRepositoryState(const Context& ctx,
+                                              const Repository& repo,
+                                              std::string_view state) {
+  if (absl::Status s = ValidateRepository(repo); !s.ok()) return s;
+  if (absl::Status s = ctx.Err(); !s.ok()) return s;
+  if (absl::Status s = CheckOpen(); !s.ok()) return s;
+  const std::string key = repo.Key();
+  Shard& shard = ShardFor(key);
+  MutexLock lock(&shard.mu);
+  shard.repos[key].state = std::string(state);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> MemoryDriver::GetRepositoryState(
+    const Context& ctx, std::string_view repo_key) {
+  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
+  if (absl::Status s = ctx.Err(); !s.ok()) return s;
+  if (absl::Status s = CheckOpen(); !s.ok()) return s;
+  Shard& shard = ShardFor(repo_key);
+  MutexLock lock(&shard.mu);
+  auto it = shard.repos.find(repo_key);
+  if (it == shard.repos.end() || !it->second.state.has_value()) {
+    return absl::NotFoundError(
+        internal::Cat("repository ", repo_key, " has no state"));
+  }
+  return *it->second.state;
+}
+
+absl::Status MemoryDriver::SetPipelineRunState(const Context& ctx,
+                                               std::string_view run_key,
+                                               std::string_view state) {
+  if (absl::Status s = ValidateKey(run_key, "pipeline_run"); !s.ok()) return s;
+  if (absl::Status s = ctx.Err(); !s.ok()) return s;
+  if (absl::Status s = CheckOpen(); !s.ok()) return s;
+  MutexLock lock(&states_mu_);
+  run_states_[run_key] = std::string(state);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> MemoryDriver::GetPipelineRunState(
+    const Context& ctx, std::string_view run_key) {
+  if (absl::Status s = ValidateKey(run_key, "pipeline_run"); !s.ok()) return s;
+  if (absl::Status s = ctx.Err(); !s.ok()) return s;
+  if (absl::Status s = CheckOpen(); !s.ok()) return s;
+  MutexLock lock(&states_mu_);
+  auto it = run_states_.find(run_key);
+  if (it == run_states_.end()) {
+    return absl::NotFoundError(
+        internal::Cat("pipeline run ", run_key, " has no state"));
+  }
+  return it->second;
+}
+
+absl::Status MemoryDriver::CleanupRepository(const Context& ctx,
+                                             std::string_view repo_key) {
+  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
+  if (absl::Status s = ctx.Err(); !s.ok()) return s;
+  if (absl::Status s = CheckOpen(); !s.ok()) return s;
+  Shard& shard = ShardFor(repo_key);
+  Effects fx;
+  std::vector<std::string> runs;
+  {
+    MutexLock lock(&shard.mu);
+    auto rit = shard.repos.find(repo_key);
+    if (rit != shard.repos.end()) {
+      for (const auto& [run, rec] : rit->second.running) {
+        shard.leases.erase(rec.lease_id);
+        runs.push_back(run);
+      }
+      for (const auto& [qk, rec] : rit->second.queue) runs.push_back(rec.run_key);
+      shard.repos.erase(rit);
+    }
+    AddEvent(shard, std::string(repo_key), WatchEventType::kCleaned, "", fx);
+  }
+  {
+    MutexLock lock(&states_mu_);
+    for (const std::string& run : runs) run_states_.erase(run);
+  }
+  logger_->info("cleaned up repository {} ({} runs removed)", repo_key,
+                runs.size());
+  Deliver(fx);
+  return absl::OkStatus();
+}
+
+void MemoryDriver::CleanupLoop() {
+  while (true) {
+    {
+      MutexLock lock(&cleanup_mu_);
+      if (cleanup_stop_) return;
+      if (!cleanup_kick_) {
+        int64_t wake = next_wake_nanos_.load();
+        absl::Time deadline = absl::InfiniteFuture();
+        if (wake != INT64_MAX) {
+          absl::Duration left = absl::FromUnixNanos(wake) - clock_->Now();
+          deadline = absl::Now() + std::max(left, absl::ZeroDuration());
+        }
+        if (deadline > absl::Now()) cleanup_cv_.WaitUntil(&cleanup_mu_, deadline);
+      }
+      if (cleanup_stop_) return;
+      cleanup_kick_ = false;
+    }
+    const absl::Time now = clock_->Now();
+    if (ToNanos(now) < next_wake_nanos_.load()) continue;
+    // Reset before scanning: a grant during the scan lowers it again.
+    next_wake_nanos_.store(INT64_MAX);
+    absl::Time earliest = absl::InfiniteFuture();
+    size_t reclaimed_repos = 0;
+    for (Shard& shard : shards_) {
+      Effects fx;
+      {
+        MutexLock lock(&shard.mu);
+        for (auto& [key, rs] : shard.repos) {
+          if (rs.earliest_expiry <= now) {
+            ++reclaimed_repos;
+            Sweep(shard, key, rs, now, fx);
+            Promote(shard, key, rs, now, fx);
+          }
+          earliest = std::min(earliest, rs.earliest_expiry);
+        }
+      }
+      Deliver(fx);
+    }
+    if (reclaimed_repos > 0) {
+      logger_->debug("cleanup: reclaimed expired leases in {} repositories",
+                     reclaimed_repos);
+    }
+    // Lower the wake time to the earliest live expiry (never raise it: a
+    // grant may have lowered it meanwhile).
+    int64_t want = ToNanos(earliest);
+    int64_t cur = next_wake_nanos_.load();
+    while (want < cur && !next_wake_nanos_.compare_exchange_weak(cur, want)) {
+    }
+  }
+}
+
+}  // namespace pac::concurrency::internal

@@ -1,0 +1,191 @@
+// The in-process driver: the reference implementation of the contract and
+// the embedded default of the server.
+//
+// State is split into shards by repository key, each behind its own mutex, so
+// repositories do not contend with each other. A lease id names its shard.
+// Expired leases stop counting the moment admission looks at the repository
+// (rule 9); a cleanup thread wakes at the earliest expiry to reclaim them
+// and admit the queue even when nobody calls.
+#ifndef PAC_SRC_MEMORY_MEMORY_DRIVER_H_
+#define PAC_SRC_MEMORY_MEMORY_DRIVER_H_
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/hash/hash.h"
+#include "pac/concurrency/driver.h"
+#include "src/common/mutex.h"
+#include "src/common/strings.h"
+#include "src/common/watch_dispatcher.h"
+
+namespace pac::concurrency::internal {
+
+// Transparent hashing so std::string_view looks up std::string keys.
+struct ViewHash {
+  using is_transparent = void;
+  size_t operator()(std::string_view s) const {
+    return absl::Hash<absl::string_view>{}(AV(s));
+  }
+};
+struct ViewEq {
+  using is_transparent = void;
+  bool operator()(std::string_view a, std::string_view b) const {
+    return a == b;
+  }
+};
+template <typename V>
+using StringMap = absl::flat_hash_map<std::string, V, ViewHash, ViewEq>;
+
+class MemoryDriver final : public Driver {
+ public:
+  MemoryDriver(const MemoryConfig& config, const DriverOptions& options);
+  ~MemoryDriver() override;
+
+  std::string_view Type() const override { return "memory"; }
+  absl::StatusOr<AcquireResult> AcquireSlot(
+      const Context& ctx, const Repository& repo, std::string_view run_key,
+      const AcquireOptions& options) override;
+  using Driver::AcquireSlot;
+  absl::StatusOr<ReleaseResult> ReleaseSlot(const Context& ctx,
+                                            std::string_view lease_id,
+                                            std::string_view run_key,
+                                            std::string_view repo_key) override;
+  absl::StatusOr<Lease> RenewLease(const Context& ctx,
+                                   std::string_view lease_id) override;
+  absl::StatusOr<std::vector<Lease>> SetRepositoryLimit(
+      const Context& ctx, const Repository& repo) override;
+  absl::StatusOr<int> GetCurrentSlots(const Context& ctx,
+                                      std::string_view repo_key) override;
+  absl::StatusOr<std::vector<Lease>> GetRunningPipelineRuns(
+      const Context& ctx, std::string_view repo_key) override;
+  absl::StatusOr<std::vector<QueueEntry>> GetQueuedPipelineRuns(
+      const Context& ctx, std::string_view repo_key) override;
+  absl::StatusOr<std::unique_ptr<WatchHandle>> WatchSlotAvailability(
+      const Context& ctx, std::string_view repo_key,
+      WatchCallback callback) override;
+  absl::Status SetRepositoryState(const Context& ctx, const Repository& repo,
+                                  std::string_view state) override;
+  absl::StatusOr<std::string> GetRepositoryState(
+      const Context& ctx, std::string_view repo_key) override;
+  absl::Status SetPipelineRunState(const Context& ctx, std::string_view run_key,
+                                   std::string_view state) override;
+  absl::StatusOr<std::string> GetPipelineRunState(
+      const Context& ctx, std::string_view run_key) override;
+  absl::Status CleanupRepository(const Context& ctx,
+                                 std::string_view repo_key) override;
+  absl::Duration LeaseTTL() const override { return ttl_; }
+  absl::Status Close() override;
+
+ private:
+  static constexpr size_t kShards = 16;
+
+  struct LeaseRec {
+    std::string lease_id;
+    absl::Time acquired_at;
+    absl::Time expires_at;
+    int64_t token;
+  };
+  struct QueueKey {
+    absl::Time creation_time;
+    int64_t sequence;
+    bool operator<(const QueueKey& o) const {
+      if (creation_time != o.creation_time) {
+        return creation_time < o.creation_time;
+      }
+      return sequence < o.sequence;
+    }
+  };
+  struct QueueRec {
+    std::string run_key;
+    absl::Time enqueued_at;
+  };
+  struct RepoState {
+    int32_t limit = 0;  // 0: unlimited
+    StringMap<LeaseRec> running;  // by run key
+    std::map<QueueKey, QueueRec> queue;                  // admission order
+    StringMap<QueueKey> queued;   // run key -> place
+    absl::Time earliest_expiry = absl::InfiniteFuture();  // lower bound
+    std::optional<std::string> state;
+  };
+  struct LeaseLoc {
+    std::string repo_key;
+    std::string run_key;
+  };
+  struct Shard {
+    Mutex mu;
+    StringMap<RepoState> repos PAC_GUARDED_BY(mu);
+    StringMap<LeaseLoc> leases PAC_GUARDED_BY(mu);
+    StringMap<std::vector<std::shared_ptr<WatcherEntry>>>
+        watchers PAC_GUARDED_BY(mu);
+    int64_t next_lease PAC_GUARDED_BY(mu) = 0;
+  };
+  // What one locked step produced, delivered after unlocking.
+  struct Effects {
+    std::vector<Lease> admitted;
+    PendingEvents events;
+  };
+
+  size_t ShardIndex(std::string_view repo_key) const;
+  Shard& ShardFor(std::string_view repo_key) {
+    return shards_[ShardIndex(repo_key)];
+  }
+  // Parses the shard index out of a lease id; -1 if it is not ours.
+  int ShardOfLease(std::string_view lease_id) const;
+
+  Lease MakeLease(const std::string& repo_key, const std::string& run_key,
+                  const LeaseRec& rec) const;
+  LeaseRec& Grant(Shard& shard, const std::string& repo_key, RepoState& rs,
+                  const std::string& run_key, absl::Time now)
+      PAC_REQUIRES(shard.mu);
+  void Sweep(Shard& shard, const std::string& repo_key, RepoState& rs,
+             absl::Time now, Effects& fx) PAC_REQUIRES(shard.mu);
+  void Promote(Shard& shard, const std::string& repo_key, RepoState& rs,
+               absl::Time now, Effects& fx) PAC_REQUIRES(shard.mu);
+  void RemoveLease(Shard& shard, const std::string& repo_key, RepoState& rs,
+                   const std::string& run_key) PAC_REQUIRES(shard.mu);
+  void AddEvent(Shard& shard, const std::string& repo_key, WatchEventType type,
+                const std::string& run_key, Effects& fx)
+      PAC_REQUIRES(shard.mu);
+  int64_t PositionOf(const RepoState& rs, const QueueKey& key) const;
+  absl::Status CheckOpen() const;
+  void Deliver(Effects& fx);
+  void NoteExpiry(absl::Time expires_at);
+  void CleanupLoop();
+
+  const absl::Duration ttl_;
+  Clock* const clock_;
+  const std::shared_ptr<spdlog::logger> logger_;
+  const std::string id_prefix_;  // "m<instance nonce>."
+
+  std::array<Shard, kShards> shards_;
+  std::atomic<int64_t> next_token_{1};
+  std::atomic<int64_t> next_sequence_{1};
+  std::atomic<bool> closed_{false};
+
+  Mutex states_mu_;
+  StringMap<std::string> run_states_
+      PAC_GUARDED_BY(states_mu_);
+
+  WatchDispatcher dispatcher_;
+
+  // Cleanup thread.
+  Mutex cleanup_mu_;
+  CondVar cleanup_cv_;
+  bool cleanup_stop_ PAC_GUARDED_BY(cleanup_mu_) = false;
+  bool cleanup_kick_ PAC_GUARDED_BY(cleanup_mu_) = false;
+  // Earliest expiry the cleanup thread waits for, as Unix nanos.
+  std::atomic<int64_t> next_wake_nanos_{INT64_MAX};
+  int clock_listener_ = 0;
+  std::thread cleanup_thread_;
+};
+
+}  // namespace pac::concurrency::internal
+
+#endif  // PAC_SRC_MEMORY_MEMORY_DRIVER_H_

@@ -1,0 +1,929 @@
+#include "tests/conformance/driver_conformance.h"
+
+#include <algorithm>
+#include <atomic>
+#include <map>
+#include <mutex>
+#include <random>
+#include <set>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "gmock/gmock.h"
+
+namespace pac::concurrency::conformance {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::ElementsAreArray;
+using ::testing::HasSubstr;
+
+std::string RandomNamespace() {
+  static std::atomic<int> counter{0};
+  std::random_device rd;
+  return absl::StrFormat("conf-%08x-%d", rd(), counter++);
+}
+
+std::vector<std::string> RunKeys(const std::vector<Lease>& leases) {
+  std::vector<std::string> out;
+  for (const auto& l : leases) out.push_back(l.pipeline_run_key);
+  return out;
+}
+
+std::vector<std::string> RunKeys(const std::vector<QueueEntry>& entries) {
+  std::vector<std::string> out;
+  for (const auto& e : entries) out.push_back(e.pipeline_run_key);
+  return out;
+}
+
+// Collects watch events; thread-safe.
+class EventLog {
+ public:
+  WatchCallback Callback() {
+    return [this](const WatchEvent& e) {
+      std::lock_guard<std::mutex> lock(mu_);
+      events_.push_back(e);
+    };
+  }
+  bool Has(WatchEventType type, const std::string& run = "") {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& e : events_) {
+      if (e.type == type && (run.empty() || e.pipeline_run_key == run)) {
+        return true;
+      }
+    }
+    return false;
+  }
+  size_t size() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return events_.size();
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<WatchEvent> events_;
+};
+
+}  // namespace
+
+void DriverConformanceTest::SetUp() {
+  if (factory().manual_clock) {
+    manual_clock_ = std::make_unique<ManualClock>();
+    clock_ = manual_clock_.get();
+    ttl_ = absl::Seconds(30);
+  } else {
+    clock_ = Clock::Real();
+    ttl_ = factory().real_ttl;
+  }
+  ns_ = RandomNamespace();
+  driver_ = MakeDriver();
+  ASSERT_NE(driver_, nullptr);
+}
+
+void DriverConformanceTest::TearDown() {
+  if (driver_ != nullptr) {
+    EXPECT_TRUE(driver_->Close().ok());
+  }
+}
+
+std::unique_ptr<Driver> DriverConformanceTest::MakeDriver(
+    bool background_cleanup) {
+  ConformanceEnv env;
+  env.clock = clock_;
+  env.lease_ttl = ttl_;
+  env.background_cleanup = background_cleanup;
+  auto d = factory().make(env);
+  EXPECT_TRUE(d.ok()) << d.status();
+  return d.ok() ? std::move(*d) : nullptr;
+}
+
+Repository DriverConformanceTest::Repo(const std::string& name, int32_t limit) {
+  return Repository{ns_, name, limit};
+}
+
+std::string DriverConformanceTest::Run(const std::string& name) const {
+  return absl::StrCat(ns_, "/", name);
+}
+
+void DriverConformanceTest::Advance(absl::Duration d) {
+  if (manual_clock_ != nullptr) {
+    manual_clock_->Advance(d);
+  } else {
+    absl::SleepFor(d);
+  }
+}
+
+void DriverConformanceTest::PassTTL() {
+  Advance(ttl_ + (manual_clock_ != nullptr ? absl::Seconds(1)
+                                           : absl::Milliseconds(500)));
+}
+
+bool DriverConformanceTest::Eventually(const std::function<bool()>& pred) {
+  absl::Time give_up = absl::Now() + factory().patience;
+  while (absl::Now() < give_up) {
+    if (pred()) return true;
+    absl::SleepFor(absl::Milliseconds(2));
+  }
+  return pred();
+}
+
+// ---------------------------------------------------------------------------
+// Rule 1: the limit is never exceeded.
+
+TEST_P(DriverConformanceTest, Rule01_LimitIsEnforced) {
+  Repository repo = Repo("limited", 2);
+  auto a = driver_->AcquireSlot(ctx_, repo, Run("a"));
+  auto b = driver_->AcquireSlot(ctx_, repo, Run("b"));
+  auto c = driver_->AcquireSlot(ctx_, repo, Run("c"));
+  ASSERT_TRUE(a.ok() && b.ok() && c.ok());
+  EXPECT_TRUE(a->acquired);
+  EXPECT_TRUE(b->acquired);
+  EXPECT_FALSE(c->acquired);
+  EXPECT_EQ(c->position, 1);
+  EXPECT_EQ(*driver_->GetCurrentSlots(ctx_, repo.Key()), 2);
+  EXPECT_THAT(RunKeys(*driver_->GetQueuedPipelineRuns(ctx_, repo.Key())),
+              ElementsAre(Run("c")));
+}
+
+TEST_P(DriverConformanceTest, Rule01_ZeroOrUnsetLimitIsUnlimited) {
+  Repository zero = Repo("zero", 0);
+  Repository unset{ns_, "unset", std::nullopt};
+  for (int i = 0; i < 20; ++i) {
+    auto r = driver_->AcquireSlot(ctx_, zero, Run(absl::StrCat("z", i)));
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_TRUE(r->acquired);
+    auto u = driver_->AcquireSlot(ctx_, unset, Run(absl::StrCat("u", i)));
+    ASSERT_TRUE(u.ok()) << u.status();
+    EXPECT_TRUE(u->acquired);
+  }
+  EXPECT_EQ(*driver_->GetCurrentSlots(ctx_, zero.Key()), 20);
+  EXPECT_EQ(*driver_->GetCurrentSlots(ctx_, unset.Key()), 20);
+}
+
+// Many threads, each with its own driver instance where the backend is
+// shared, hammer one repository. The checker counts what it observed: a
+// grant raises `inflight`, and the holder lowers it before releasing, so
+// `inflight` never exceeds the number of leases the driver has out.
+TEST_P(DriverConformanceTest, Rule01_StressNeverOverAdmits) {
+  constexpr int kLimit = 3;
+  constexpr int kThreads = 12;
+  const int kOpsPerThread = factory().manual_clock ? 400 : 40;
+  Repository repo = Repo("stress", kLimit);
+  std::atomic<int> inflight{0};
+  std::atomic<int> max_seen{0};
+  std::atomic<int> grants{0};
+  std::atomic<int> releases{0};
+  std::atomic<int> errors{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      Driver* d = driver_.get();
+      for (int i = 0; i < kOpsPerThread; ++i) {
+        std::string run = Run(absl::StrCat("t", t, "-", i));
+        AcquireOptions opts;
+        opts.enqueue = false;
+        auto r = d->AcquireSlot(ctx_, repo, run, opts);
+        if (!r.ok()) {
+          ++errors;
+          continue;
+        }
+        if (!r->acquired) continue;
+        ++grants;
+        int now = ++inflight;
+        int prev = max_seen.load();
+        while (now > prev && !max_seen.compare_exchange_weak(prev, now)) {
+        }
+        std::this_thread::yield();
+        --inflight;
+        auto rel = d->ReleaseSlot(ctx_, r->lease.lease_id, run, repo.Key());
+        if (!rel.ok() || !rel->released) ++errors;
+        ++releases;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(errors.load(), 0);
+  EXPECT_LE(max_seen.load(), kLimit);
+  EXPECT_GT(grants.load(), kThreads);
+  EXPECT_EQ(grants.load(), releases.load());
+  EXPECT_EQ(*driver_->GetCurrentSlots(ctx_, repo.Key()), 0);
+}
+
+// Waiters queue and are promoted by releases: the limit still holds, and
+// every grant the driver made (direct or by promotion) is released once.
+TEST_P(DriverConformanceTest, Rule01_StressWithQueueAndPromotions) {
+  constexpr int kLimit = 2;
+  constexpr int kThreads = 8;
+  const int kRunsPerThread = factory().manual_clock ? 100 : 15;
+  Repository repo = Repo("promote-stress", kLimit);
+  std::mutex mu;
+  std::set<std::string> held;  // runs the checker knows hold a slot
+  std::set<std::string> done;  // runs whose release has begun
+  size_t max_held = 0;
+  std::atomic<int> errors{0};
+  auto note_grant = [&](const std::string& run) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (done.count(run)) return;  // a late report of an old grant
+    held.insert(run);
+    max_held = std::max(max_held, held.size());
+  };
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kRunsPerThread; ++i) {
+        std::string run = Run(absl::StrCat("w", t, "-", i));
+        auto r = driver_->AcquireSlot(ctx_, repo, run);
+        if (!r.ok()) {
+          ++errors;
+          continue;
+        }
+        for (const Lease& l : r->admitted) note_grant(l.pipeline_run_key);
+        // Poll until admitted (a release elsewhere promotes us).
+        while (!r->acquired) {
+          std::this_thread::yield();
+          r = driver_->AcquireSlot(ctx_, repo, run);
+          if (!r.ok()) {
+            ++errors;
+            break;
+          }
+          for (const Lease& l : r->admitted) note_grant(l.pipeline_run_key);
+        }
+        if (!r.ok()) continue;
+        note_grant(run);
+        {
+          std::lock_guard<std::mutex> lock(mu);
+          held.erase(run);
+          done.insert(run);
+        }
+        auto rel = driver_->ReleaseSlot(ctx_, "", run, repo.Key());
+        if (!rel.ok()) {
+          ++errors;
+          continue;
+        }
+        for (const Lease& l : rel->admitted) note_grant(l.pipeline_run_key);
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(errors.load(), 0);
+  // `held` holds only runs the driver reported as granted and whose release
+  // has not begun, so it never exceeds what the driver has out.
+  EXPECT_LE(max_held, static_cast<size_t>(kLimit));
+  EXPECT_EQ(*driver_->GetCurrentSlots(ctx_, repo.Key()), 0);
+  EXPECT_TRUE(driver_->GetQueuedPipelineRuns(ctx_, repo.Key())->empty());
+}
+
+// ---------------------------------------------------------------------------
+// Rule 2: one slot per run.
+
+TEST_P(DriverConformanceTest, Rule02_ReacquireReturnsSameLease) {
+  Repository repo = Repo("same", 2);
+  auto first = driver_->AcquireSlot(ctx_, repo, Run("a"));
+  auto second = driver_->AcquireSlot(ctx_, repo, Run("a"));
+  ASSERT_TRUE(first.ok() && second.ok());
+  ASSERT_TRUE(first->acquired && second->acquired);
+  EXPECT_EQ(first->lease.lease_id, second->lease.lease_id);
+  EXPECT_EQ(first->lease.fencing_token, second->lease.fencing_token);
+  EXPECT_EQ(*driver_->GetCurrentSlots(ctx_, repo.Key()), 1);
+  EXPECT_TRUE(driver_->AcquireSlot(ctx_, repo, Run("b"))->acquired);
+}
+
+TEST_P(DriverConformanceTest, Rule02_ConcurrentAcquiresOfOneRunTakeOneSlot) {
+  Repository repo = Repo("same-concurrent", 5);
+  std::vector<std::thread> threads;
+  std::mutex mu;
+  std::set<std::string> ids;
+  std::atomic<int> errors{0};
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&] {
+      auto r = driver_->AcquireSlot(ctx_, repo, Run("only"));
+      if (!r.ok() || !r->acquired) {
+        ++errors;
+        return;
+      }
+      std::lock_guard<std::mutex> lock(mu);
+      ids.insert(r->lease.lease_id);
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(errors.load(), 0);
+  EXPECT_EQ(ids.size(), 1u);
+  EXPECT_EQ(*driver_->GetCurrentSlots(ctx_, repo.Key()), 1);
+}
+
+TEST_P(DriverConformanceTest, Rule02_QueuedRunKeepsItsPlace) {
+  Repository repo = Repo("keep-place", 1);
+  ASSERT_TRUE(driver_->AcquireSlot(ctx_, repo, Run("holder"))->acquired);
+  EXPECT_EQ(driver_->AcquireSlot(ctx_, repo, Run("q1"))->position, 1);
+  EXPECT_EQ(driver_->AcquireSlot(ctx_, repo, Run("q2"))->position, 2);
+  EXPECT_EQ(driver_->AcquireSlot(ctx_, repo, Run("q1"))->position, 1);
+  EXPECT_THAT(RunKeys(*driver_->GetQueuedPipelineRuns(ctx_, repo.Key())),
+              ElementsAre(Run("q1"), Run("q2")));
+}
+
+// ---------------------------------------------------------------------------
+// Rule 3: no demotion.
+
+TEST_P(DriverConformanceTest, Rule03_MarkingRunningRunQueuedKeepsItsSlot) {
+  Repository repo = Repo("demote", 1);
+  auto held = driver_->AcquireSlot(ctx_, repo, Run("a"));
+  ASSERT_TRUE(held.ok() && held->acquired);
+  ASSERT_TRUE(driver_->SetPipelineRunState(ctx_, Run("a"), "queued").ok());
+  // A replayed "queued" event re-submits the run to the queue.
+  QueueManager qm(driver_.get(), nullptr);
+  auto admitted = qm.AddToPendingQueue(ctx_, repo, {Run("a")});
+  ASSERT_TRUE(admitted.ok()) << admitted.status();
+  EXPECT_EQ(*driver_->GetCurrentSlots(ctx_, repo.Key()), 1);
+  EXPECT_THAT(RunKeys(*driver_->GetRunningPipelineRuns(ctx_, repo.Key())),
+              ElementsAre(Run("a")));
+  EXPECT_TRUE(driver_->GetQueuedPipelineRuns(ctx_, repo.Key())->empty());
+  EXPECT_FALSE(driver_->AcquireSlot(ctx_, repo, Run("b"))->acquired);
+  // The original lease is still valid.
+  EXPECT_TRUE(driver_->RenewLease(ctx_, held->lease.lease_id).ok());
+}
+
+// ---------------------------------------------------------------------------
+// Rule 4: fencing.
+
+TEST_P(DriverConformanceTest, Rule04_FencingTokensStrictlyIncrease) {
+  Repository repo = Repo("fence", 1);
+  std::vector<int64_t> tokens;
+  auto a = driver_->AcquireSlot(ctx_, repo, Run("a"));
+  ASSERT_TRUE(a.ok() && a->acquired);
+  tokens.push_back(a->lease.fencing_token);
+  ASSERT_FALSE(driver_->AcquireSlot(ctx_, repo, Run("b"))->acquired);
+  auto rel = driver_->ReleaseSlot(ctx_, a->lease.lease_id, Run("a"), repo.Key());
+  ASSERT_TRUE(rel.ok());
+  ASSERT_EQ(rel->admitted.size(), 1u);  // b, by promotion
+  tokens.push_back(rel->admitted[0].fencing_token);
+  ASSERT_TRUE(driver_->ReleaseSlot(ctx_, "", Run("b"), repo.Key()).ok());
+  auto a2 = driver_->AcquireSlot(ctx_, repo, Run("a"));  // same run again
+  ASSERT_TRUE(a2->acquired);
+  tokens.push_back(a2->lease.fencing_token);
+  EXPECT_NE(a2->lease.lease_id, a->lease.lease_id);
+  for (size_t i = 1; i < tokens.size(); ++i) {
+    EXPECT_GT(tokens[i], tokens[i - 1]) << "grant " << i;
+  }
+}
+
+TEST_P(DriverConformanceTest, Rule04_RenewExtendsLiveLease) {
+  Repository repo = Repo("renew", 1);
+  auto a = driver_->AcquireSlot(ctx_, repo, Run("a"));
+  ASSERT_TRUE(a->acquired);
+  Advance(ttl_ / 2);
+  auto renewed = driver_->RenewLease(ctx_, a->lease.lease_id);
+  ASSERT_TRUE(renewed.ok()) << renewed.status();
+  EXPECT_GT(renewed->expires_at, a->lease.expires_at);
+  EXPECT_EQ(renewed->fencing_token, a->lease.fencing_token);
+  Advance(ttl_ / 2 + ttl_ / 4);  // past the first expiry, not the renewed one
+  EXPECT_EQ(*driver_->GetCurrentSlots(ctx_, repo.Key()), 1);
+  EXPECT_FALSE(driver_->AcquireSlot(ctx_, repo, Run("b"))->acquired);
+}
+
+TEST_P(DriverConformanceTest, Rule04_RenewingExpiredLeaseFailsDistinctly) {
+  Repository repo = Repo("renew-expired", 1);
+  auto a = driver_->AcquireSlot(ctx_, repo, Run("a"));
+  ASSERT_TRUE(a->acquired);
+  PassTTL();
+  auto renewed = driver_->RenewLease(ctx_, a->lease.lease_id);
+  ASSERT_FALSE(renewed.ok());
+  EXPECT_TRUE(IsLeaseLost(renewed.status())) << renewed.status();
+  EXPECT_FALSE(IsRetryable(renewed.status()));
+}
+
+TEST_P(DriverConformanceTest, Rule04_RenewingReleasedLeaseFailsDistinctly) {
+  Repository repo = Repo("renew-released", 1);
+  auto a = driver_->AcquireSlot(ctx_, repo, Run("a"));
+  ASSERT_TRUE(a->acquired);
+  ASSERT_TRUE(driver_->ReleaseSlot(ctx_, a->lease.lease_id, "", "")->released);
+  auto renewed = driver_->RenewLease(ctx_, a->lease.lease_id);
+  EXPECT_TRUE(IsLeaseLost(renewed.status())) << renewed.status();
+}
+
+// ---------------------------------------------------------------------------
+// Rule 6: FIFO.
+
+TEST_P(DriverConformanceTest, Rule06_AdmitsByCreationTimeThenSequence) {
+  Repository repo = Repo("fifo", 1);
+  ASSERT_TRUE(driver_->AcquireSlot(ctx_, repo, Run("holder"))->acquired);
+  absl::Time t0 = absl::FromUnixSeconds(1'600'000'000);
+  // Enqueued out of creation order; c1 and c2 share a creation time, so
+  // their enqueue order decides.
+  std::vector<std::pair<std::string, absl::Time>> arrivals = {
+      {"late", t0 + absl::Seconds(30)}, {"c1", t0 + absl::Seconds(10)},
+      {"early", t0},                    {"c2", t0 + absl::Seconds(10)},
+      {"mid", t0 + absl::Seconds(20)}};
+  for (const auto& [name, created] : arrivals) {
+    AcquireOptions opts;
+    opts.creation_time = created;
+    auto r = driver_->AcquireSlot(ctx_, repo, Run(name), opts);
+    ASSERT_TRUE(r.ok());
+    ASSERT_FALSE(r->acquired);
+  }
+  std::vector<std::string> want = {Run("early"), Run("c1"), Run("c2"),
+                                   Run("mid"), Run("late")};
+  auto queued = driver_->GetQueuedPipelineRuns(ctx_, repo.Key());
+  EXPECT_THAT(RunKeys(*queued), ElementsAreArray(want));
+  for (size_t i = 0; i < queued->size(); ++i) {
+    EXPECT_EQ((*queued)[i].position, static_cast<int64_t>(i + 1));
+  }
+  std::vector<std::string> admitted;
+  std::string current = Run("holder");
+  for (int i = 0; i < 5; ++i) {
+    auto rel = driver_->ReleaseSlot(ctx_, "", current, repo.Key());
+    ASSERT_TRUE(rel.ok());
+    ASSERT_EQ(rel->admitted.size(), 1u);
+    current = rel->admitted[0].pipeline_run_key;
+    admitted.push_back(current);
+  }
+  EXPECT_THAT(admitted, ElementsAreArray(want));
+}
+
+TEST_P(DriverConformanceTest, Rule06_RunBehindTheHeadCannotJumpAhead) {
+  auto lazy = MakeDriver(/*background_cleanup=*/false);
+  Repository repo = Repo("no-jump", 1);
+  ASSERT_TRUE(lazy->AcquireSlot(ctx_, repo, Run("holder"))->acquired);
+  ASSERT_EQ(lazy->AcquireSlot(ctx_, repo, Run("head"))->position, 1);
+  ASSERT_EQ(lazy->AcquireSlot(ctx_, repo, Run("tail"))->position, 2);
+  PassTTL();  // the holder dies; nobody reclaims its slot in the background
+  // The tail asks first, but the slot goes to the head.
+  auto tail = lazy->AcquireSlot(ctx_, repo, Run("tail"));
+  ASSERT_TRUE(tail.ok());
+  EXPECT_FALSE(tail->acquired);
+  EXPECT_EQ(tail->position, 1);
+  EXPECT_THAT(RunKeys(*lazy->GetRunningPipelineRuns(ctx_, repo.Key())),
+              ElementsAre(Run("head")));
+  // A newcomer with an old creation time is queued by that time.
+  AcquireOptions old;
+  old.creation_time = absl::FromUnixSeconds(1);
+  auto newcomer = lazy->AcquireSlot(ctx_, repo, Run("old"), old);
+  EXPECT_FALSE(newcomer->acquired);
+  EXPECT_EQ(newcomer->position, 1);
+  EXPECT_TRUE(lazy->Close().ok());
+}
+
+TEST_P(DriverConformanceTest, Rule06_StressConcurrentEnqueueKeepsGlobalOrder) {
+  Repository repo = Repo("fifo-stress", 1);
+  ASSERT_TRUE(driver_->AcquireSlot(ctx_, repo, Run("holder"))->acquired);
+  constexpr int kThreads = 8;
+  const int kPerThread = factory().manual_clock ? 50 : 8;
+  absl::Time t0 = absl::FromUnixSeconds(1'600'000'000);
+  std::atomic<int> errors{0};
+  std::vector<std::thread> threads;
+  // Thread t enqueues creation times t, t+kThreads, ...: interleaved, so the
+  // global order mixes every thread.
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kPerThread; ++i) {
+        int n = i * kThreads + t;
+        AcquireOptions opts;
+        opts.creation_time = t0 + absl::Seconds(n);
+        auto r = driver_->AcquireSlot(ctx_, repo,
+                                      Run(absl::StrFormat("r%05d", n)), opts);
+        if (!r.ok() || r->acquired) ++errors;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  ASSERT_EQ(errors.load(), 0);
+  const int total = kThreads * kPerThread;
+  std::vector<std::string> want;
+  for (int n = 0; n < total; ++n) want.push_back(Run(absl::StrFormat("r%05d", n)));
+  EXPECT_THAT(RunKeys(*driver_->GetQueuedPipelineRuns(ctx_, repo.Key())),
+              ElementsAreArray(want));
+  // Drain from another driver instance: the same order everywhere.
+  auto other = MakeDriver();
+  std::vector<std::string> admitted;
+  std::string current = Run("holder");
+  for (int n = 0; n < total; ++n) {
+    auto rel = other->ReleaseSlot(ctx_, "", current, repo.Key());
+    ASSERT_TRUE(rel.ok());
+    ASSERT_EQ(rel->admitted.size(), 1u);
+    current = rel->admitted[0].pipeline_run_key;
+    admitted.push_back(current);
+  }
+  EXPECT_THAT(admitted, ElementsAreArray(want));
+  EXPECT_TRUE(other->Close().ok());
+}
+
+// ---------------------------------------------------------------------------
+// Rule 7: release promotes in the same step.
+
+TEST_P(DriverConformanceTest, Rule07_ReleaseAdmitsHeadAndReportsIt) {
+  Repository repo = Repo("promote", 2);
+  auto a = driver_->AcquireSlot(ctx_, repo, Run("a"));
+  ASSERT_TRUE(driver_->AcquireSlot(ctx_, repo, Run("b"))->acquired);
+  ASSERT_FALSE(driver_->AcquireSlot(ctx_, repo, Run("c"))->acquired);
+  ASSERT_FALSE(driver_->AcquireSlot(ctx_, repo, Run("d"))->acquired);
+  auto rel = driver_->ReleaseSlot(ctx_, a->lease.lease_id, Run("a"), repo.Key());
+  ASSERT_TRUE(rel.ok());
+  EXPECT_TRUE(rel->released);
+  ASSERT_EQ(rel->admitted.size(), 1u);
+  EXPECT_EQ(rel->admitted[0].pipeline_run_key, Run("c"));
+  EXPECT_FALSE(rel->admitted[0].lease_id.empty());
+  EXPECT_EQ(*driver_->GetCurrentSlots(ctx_, repo.Key()), 2);
+  // The promoted run's next acquire returns the lease it was given.
+  auto c = driver_->AcquireSlot(ctx_, repo, Run("c"));
+  EXPECT_TRUE(c->acquired);
+  EXPECT_EQ(c->lease.lease_id, rel->admitted[0].lease_id);
+}
+
+TEST_P(DriverConformanceTest, Rule07_QueueManagerReleasesPromote) {
+  Repository repo = Repo("qm-promote", 1);
+  QueueManager qm(driver_.get(), nullptr);
+  auto running = qm.AddListToRunningQueue(ctx_, repo,
+                                          {Run("a"), Run("b"), Run("c")});
+  ASSERT_TRUE(running.ok());
+  EXPECT_THAT(*running, ElementsAre(Run("a")));
+  EXPECT_THAT(*qm.QueuedPipelineRuns(ctx_, repo),
+              ElementsAre(Run("b"), Run("c")));
+  auto next = qm.RemoveAndTakeItemFromQueue(ctx_, repo, Run("a"));
+  ASSERT_TRUE(next.ok());
+  EXPECT_THAT(*next, ElementsAre(Run("b")));
+  // Removing a queued run frees nothing and promotes nobody.
+  EXPECT_TRUE(*qm.RemoveFromQueue(ctx_, repo.Key(), Run("c")));
+  EXPECT_THAT(*qm.RunningPipelineRuns(ctx_, repo), ElementsAre(Run("b")));
+  EXPECT_TRUE(qm.QueuedPipelineRuns(ctx_, repo)->empty());
+  // Removing the running one frees its slot.
+  EXPECT_TRUE(*qm.RemoveFromQueue(ctx_, repo.Key(), Run("b")));
+  EXPECT_EQ(*driver_->GetCurrentSlots(ctx_, repo.Key()), 0);
+  auto try_acquire = qm.TryAcquireSlot(ctx_, repo, Run("d"));
+  EXPECT_TRUE(try_acquire->acquired);
+  auto try_full = qm.TryAcquireSlot(ctx_, repo, Run("e"));
+  EXPECT_FALSE(try_full->acquired);
+  EXPECT_TRUE(qm.QueuedPipelineRuns(ctx_, repo)->empty());  // nothing queued
+}
+
+// ---------------------------------------------------------------------------
+// Rule 8: watchers.
+
+TEST_P(DriverConformanceTest, Rule08_WatcherToldOfReleaseAndAdmission) {
+  Repository repo = Repo("watch", 1);
+  EventLog log;
+  auto watch = driver_->WatchSlotAvailability(ctx_, repo.Key(), log.Callback());
+  ASSERT_TRUE(watch.ok()) << watch.status();
+  auto a = driver_->AcquireSlot(ctx_, repo, Run("a"));
+  ASSERT_FALSE(driver_->AcquireSlot(ctx_, repo, Run("b"))->acquired);
+  // Another driver instance releases: the watcher of this one hears of it.
+  auto other = MakeDriver();
+  ASSERT_TRUE(other->ReleaseSlot(ctx_, a->lease.lease_id, "", "")->released);
+  EXPECT_TRUE(Eventually([&] { return log.Has(WatchEventType::kAdmitted, Run("b")) ||
+                                      log.Has(WatchEventType::kReleased); }));
+  EXPECT_TRUE(other->Close().ok());
+}
+
+TEST_P(DriverConformanceTest, Rule08_WatcherToldOfExpiry) {
+  Repository repo = Repo("watch-expiry", 1);
+  ASSERT_TRUE(driver_->AcquireSlot(ctx_, repo, Run("a"))->acquired);
+  ASSERT_FALSE(driver_->AcquireSlot(ctx_, repo, Run("b"))->acquired);
+  EventLog log;
+  auto watch = driver_->WatchSlotAvailability(ctx_, repo.Key(), log.Callback());
+  ASSERT_TRUE(watch.ok());
+  PassTTL();
+  // Nobody calls the driver: its own cleanup reclaims and admits b.
+  EXPECT_TRUE(Eventually([&] { return log.Has(WatchEventType::kAdmitted, Run("b")); }));
+  EXPECT_THAT(RunKeys(*driver_->GetRunningPipelineRuns(ctx_, repo.Key())),
+              ElementsAre(Run("b")));
+}
+
+TEST_P(DriverConformanceTest, Rule08_WatcherToldOfLimitRaiseAndCleanup) {
+  Repository repo = Repo("watch-limit", 1);
+  ASSERT_TRUE(driver_->AcquireSlot(ctx_, repo, Run("a"))->acquired);
+  ASSERT_FALSE(driver_->AcquireSlot(ctx_, repo, Run("b"))->acquired);
+  EventLog log;
+  auto watch = driver_->WatchSlotAvailability(ctx_, repo.Key(), log.Callback());
+  ASSERT_TRUE(watch.ok());
+  ASSERT_TRUE(driver_->SetRepositoryLimit(ctx_, Repo("watch-limit", 2)).ok());
+  EXPECT_TRUE(Eventually([&] { return log.Has(WatchEventType::kAdmitted, Run("b")); }));
+  ASSERT_TRUE(driver_->CleanupRepository(ctx_, repo.Key()).ok());
+  EXPECT_TRUE(Eventually([&] { return log.Has(WatchEventType::kCleaned); }));
+}
+
+TEST_P(DriverConformanceTest, Rule08_StoppedOrCancelledWatchIsSilent) {
+  Repository repo = Repo("watch-stop", 0);
+  EventLog stopped_log, cancelled_log, live_log;
+  auto stopped = driver_->WatchSlotAvailability(ctx_, repo.Key(),
+                                                stopped_log.Callback());
+  auto [cctx, cancel] = Context::WithCancel(ctx_);
+  auto cancelled = driver_->WatchSlotAvailability(cctx, repo.Key(),
+                                                  cancelled_log.Callback());
+  auto live = driver_->WatchSlotAvailability(ctx_, repo.Key(),
+                                             live_log.Callback());
+  ASSERT_TRUE(stopped.ok() && cancelled.ok() && live.ok());
+  (*stopped)->Stop();
+  cancel.Cancel();
+  auto a = driver_->AcquireSlot(ctx_, repo, Run("a"));
+  ASSERT_TRUE(driver_->ReleaseSlot(ctx_, a->lease.lease_id, "", "")->released);
+  EXPECT_TRUE(Eventually([&] { return live_log.Has(WatchEventType::kReleased); }));
+  EXPECT_EQ(stopped_log.size(), 0u);
+  EXPECT_EQ(cancelled_log.size(), 0u);
+}
+
+// ---------------------------------------------------------------------------
+// Rule 9: expiry.
+
+TEST_P(DriverConformanceTest, Rule09_AdmissionIgnoresExpiredLeases) {
+  auto lazy = MakeDriver(/*background_cleanup=*/false);
+  Repository repo = Repo("expiry", 1);
+  ASSERT_TRUE(lazy->AcquireSlot(ctx_, repo, Run("a"))->acquired);
+  EXPECT_FALSE(lazy->AcquireSlot(ctx_, repo, Run("b"), {.enqueue = false})->acquired);
+  PassTTL();
+  auto b = lazy->AcquireSlot(ctx_, repo, Run("b"));
+  ASSERT_TRUE(b.ok());
+  EXPECT_TRUE(b->acquired);
+  EXPECT_EQ(*lazy->GetCurrentSlots(ctx_, repo.Key()), 1);
+  EXPECT_TRUE(lazy->Close().ok());
+}
+
+// ---------------------------------------------------------------------------
+// Rule 10: keepalive by the Manager.
+
+TEST_P(DriverConformanceTest, Rule10_ManagerKeepsLeasesAlive) {
+  std::atomic<int> lost{0};
+  ManagerOptions options;
+  options.clock = clock_;
+  options.on_lease_lost = [&](const Lease&, const absl::Status&) { ++lost; };
+  auto manager = Manager::FromDriver(MakeDriver(), nullptr, options);
+  Repository repo = Repo("keepalive", 1);
+  auto a = manager->AcquireSlot(ctx_, repo, Run("a"));
+  ASSERT_TRUE(a.ok() && a->acquired);
+  EXPECT_EQ(manager->TrackedLeaseCount(), 1u);
+  // Three TTLs pass in steps of a sixth; the Manager renews along the way.
+  absl::Time last_expiry = a->lease.expires_at;
+  for (int step = 0; step < 18; ++step) {
+    Advance(ttl_ / 6);
+    absl::Time now = clock_->Now();
+    ASSERT_TRUE(Eventually([&] {
+      auto leases = manager->GetDriver().GetRunningPipelineRuns(ctx_, repo.Key());
+      return leases.ok() && leases->size() == 1 &&
+             (*leases)[0].expires_at - now > ttl_ / 4;
+    })) << "step " << step;
+    auto leases = manager->GetDriver().GetRunningPipelineRuns(ctx_, repo.Key());
+    last_expiry = std::max(last_expiry, (*leases)[0].expires_at);
+  }
+  EXPECT_GT(last_expiry, a->lease.expires_at + ttl_);
+  EXPECT_FALSE(manager->AcquireSlot(ctx_, repo, Run("b"))->acquired);
+  EXPECT_EQ(lost.load(), 0);
+  ASSERT_TRUE(manager->ReleaseSlot(ctx_, a->lease.lease_id, Run("a"), repo.Key())
+                  .ok());
+  // b was promoted by the Manager's own release, so it is tracked now.
+  EXPECT_EQ(manager->TrackedLeaseCount(), 1u);
+  EXPECT_TRUE(manager->Close().ok());
+}
+
+TEST_P(DriverConformanceTest, Rule10_ManagerReportsLostLease) {
+  std::atomic<int> lost{0};
+  ManagerOptions options;
+  options.clock = clock_;
+  options.on_lease_lost = [&](const Lease&, const absl::Status& s) {
+    if (IsLeaseLost(s)) ++lost;
+  };
+  auto manager = Manager::FromDriver(MakeDriver(), nullptr, options);
+  Repository repo = Repo("lost", 1);
+  auto a = manager->AcquireSlot(ctx_, repo, Run("a"));
+  ASSERT_TRUE(a->acquired);
+  // Another process releases it behind the Manager's back.
+  auto other = MakeDriver();
+  ASSERT_TRUE(other->ReleaseSlot(ctx_, a->lease.lease_id, "", "")->released);
+  Advance(ttl_ / 2);
+  EXPECT_TRUE(Eventually([&] { return lost.load() == 1; }));
+  EXPECT_EQ(manager->TrackedLeaseCount(), 0u);
+  EXPECT_TRUE(other->Close().ok());
+  EXPECT_TRUE(manager->Close().ok());
+}
+
+// ---------------------------------------------------------------------------
+// Rule 11: limit changes.
+
+TEST_P(DriverConformanceTest, Rule11_LoweringLimitEvictsNobody) {
+  Repository repo = Repo("lower", 3);
+  for (const char* r : {"a", "b", "c"}) {
+    ASSERT_TRUE(driver_->AcquireSlot(ctx_, repo, Run(r))->acquired);
+  }
+  ASSERT_FALSE(driver_->AcquireSlot(ctx_, repo, Run("d"))->acquired);
+  Repository lowered = Repo("lower", 1);
+  ASSERT_TRUE(driver_->SetRepositoryLimit(ctx_, lowered)->empty());
+  EXPECT_EQ(*driver_->GetCurrentSlots(ctx_, repo.Key()), 3);
+  EXPECT_TRUE(driver_->ReleaseSlot(ctx_, "", Run("a"), repo.Key())->admitted.empty());
+  EXPECT_TRUE(driver_->ReleaseSlot(ctx_, "", Run("b"), repo.Key())->admitted.empty());
+  EXPECT_FALSE(driver_->AcquireSlot(ctx_, lowered, Run("e"))->acquired);
+  auto last = driver_->ReleaseSlot(ctx_, "", Run("c"), repo.Key());
+  ASSERT_EQ(last->admitted.size(), 1u);
+  EXPECT_EQ(last->admitted[0].pipeline_run_key, Run("d"));
+}
+
+TEST_P(DriverConformanceTest, Rule11_RaisingLimitAdmitsAtOnce) {
+  Repository repo = Repo("raise", 1);
+  ASSERT_TRUE(driver_->AcquireSlot(ctx_, repo, Run("a"))->acquired);
+  ASSERT_FALSE(driver_->AcquireSlot(ctx_, repo, Run("b"))->acquired);
+  ASSERT_FALSE(driver_->AcquireSlot(ctx_, repo, Run("c"))->acquired);
+  ASSERT_FALSE(driver_->AcquireSlot(ctx_, repo, Run("d"))->acquired);
+  auto admitted = driver_->SetRepositoryLimit(ctx_, Repo("raise", 3));
+  ASSERT_TRUE(admitted.ok());
+  EXPECT_THAT(RunKeys(*admitted), ElementsAre(Run("b"), Run("c")));
+  EXPECT_THAT(RunKeys(*driver_->GetQueuedPipelineRuns(ctx_, repo.Key())),
+              ElementsAre(Run("d")));
+  // A raise carried by an acquire admits the queue first, in order.
+  auto e = driver_->AcquireSlot(ctx_, Repo("raise", 5), Run("e"));
+  ASSERT_TRUE(e.ok());
+  EXPECT_TRUE(e->acquired);
+  EXPECT_THAT(RunKeys(e->admitted), ElementsAre(Run("d")));
+}
+
+// ---------------------------------------------------------------------------
+// Rule 12: idempotent release by id or key.
+
+TEST_P(DriverConformanceTest, Rule12_ReleaseIsIdempotentByIdAndKey) {
+  Repository repo = Repo("release", 2);
+  auto a = driver_->AcquireSlot(ctx_, repo, Run("a"));
+  ASSERT_TRUE(driver_->AcquireSlot(ctx_, repo, Run("b"))->acquired);
+  auto first = driver_->ReleaseSlot(ctx_, a->lease.lease_id, Run("a"), repo.Key());
+  ASSERT_TRUE(first.ok());
+  EXPECT_TRUE(first->released);
+  auto again = driver_->ReleaseSlot(ctx_, a->lease.lease_id, Run("a"), repo.Key());
+  ASSERT_TRUE(again.ok());
+  EXPECT_FALSE(again->released);
+  auto by_key = driver_->ReleaseSlot(ctx_, "", Run("b"), repo.Key());
+  EXPECT_TRUE(by_key->released);
+  EXPECT_FALSE(driver_->ReleaseSlot(ctx_, "", Run("b"), repo.Key())->released);
+  auto unknown = driver_->ReleaseSlot(ctx_, "no-such-lease", "", "");
+  ASSERT_TRUE(unknown.ok());
+  EXPECT_FALSE(unknown->released);
+  EXPECT_FALSE(driver_->ReleaseSlot(ctx_, "", Run("never"), repo.Key())->released);
+  EXPECT_EQ(*driver_->GetCurrentSlots(ctx_, repo.Key()), 0);
+}
+
+TEST_P(DriverConformanceTest, Rule12_StaleLeaseIdDoesNotReleaseNewerLease) {
+  Repository repo = Repo("stale", 1);
+  auto old_lease = driver_->AcquireSlot(ctx_, repo, Run("a"));
+  ASSERT_TRUE(driver_->ReleaseSlot(ctx_, "", Run("a"), repo.Key())->released);
+  auto fresh = driver_->AcquireSlot(ctx_, repo, Run("a"));
+  ASSERT_TRUE(fresh->acquired);
+  auto stale = driver_->ReleaseSlot(ctx_, old_lease->lease.lease_id, Run("a"),
+                                    repo.Key());
+  ASSERT_TRUE(stale.ok());
+  EXPECT_FALSE(stale->released);
+  EXPECT_EQ(*driver_->GetCurrentSlots(ctx_, repo.Key()), 1);
+}
+
+// ---------------------------------------------------------------------------
+// Rule 13: cleanup.
+
+TEST_P(DriverConformanceTest, Rule13_CleanupRemovesOnlyThatRepository) {
+  Repository gone = Repo("gone", 1);
+  Repository kept = Repo("gone-not", 1);  // a prefix-sharing neighbour
+  ASSERT_TRUE(driver_->AcquireSlot(ctx_, gone, Run("a"))->acquired);
+  ASSERT_FALSE(driver_->AcquireSlot(ctx_, gone, Run("b"))->acquired);
+  ASSERT_TRUE(driver_->AcquireSlot(ctx_, kept, Run("c"))->acquired);
+  ASSERT_FALSE(driver_->AcquireSlot(ctx_, kept, Run("d"))->acquired);
+  ASSERT_TRUE(driver_->SetRepositoryState(ctx_, gone, "active").ok());
+  ASSERT_TRUE(driver_->SetRepositoryState(ctx_, kept, "active").ok());
+  ASSERT_TRUE(driver_->SetPipelineRunState(ctx_, Run("a"), "started").ok());
+  ASSERT_TRUE(driver_->SetPipelineRunState(ctx_, Run("c"), "started").ok());
+
+  ASSERT_TRUE(driver_->CleanupRepository(ctx_, gone.Key()).ok());
+  EXPECT_EQ(*driver_->GetCurrentSlots(ctx_, gone.Key()), 0);
+  EXPECT_TRUE(driver_->GetQueuedPipelineRuns(ctx_, gone.Key())->empty());
+  EXPECT_TRUE(absl::IsNotFound(driver_->GetRepositoryState(ctx_, gone.Key()).status()));
+  EXPECT_TRUE(absl::IsNotFound(driver_->GetPipelineRunState(ctx_, Run("a")).status()));
+
+  EXPECT_EQ(*driver_->GetCurrentSlots(ctx_, kept.Key()), 1);
+  EXPECT_THAT(RunKeys(*driver_->GetQueuedPipelineRuns(ctx_, kept.Key())),
+              ElementsAre(Run("d")));
+  EXPECT_EQ(*driver_->GetRepositoryState(ctx_, kept.Key()), "active");
+  EXPECT_EQ(*driver_->GetPipelineRunState(ctx_, Run("c")), "started");
+}
+
+TEST_P(DriverConformanceTest, Rule13_StatesRoundTrip) {
+  Repository repo = Repo("states", 1);
+  EXPECT_TRUE(absl::IsNotFound(driver_->GetRepositoryState(ctx_, repo.Key()).status()));
+  ASSERT_TRUE(driver_->SetRepositoryState(ctx_, repo, "paused").ok());
+  ASSERT_TRUE(driver_->SetRepositoryState(ctx_, repo, "active").ok());
+  EXPECT_EQ(*driver_->GetRepositoryState(ctx_, repo.Key()), "active");
+  ASSERT_TRUE(driver_->SetPipelineRunState(ctx_, Run("x"), "queued").ok());
+  EXPECT_EQ(*driver_->GetPipelineRunState(ctx_, Run("x")), "queued");
+}
+
+// ---------------------------------------------------------------------------
+// Rule 14: cancellation.
+
+TEST_P(DriverConformanceTest, Rule14_DoneContextWritesNothing) {
+  Repository repo = Repo("cancel", 1);
+  auto [cctx, cancel] = Context::WithCancel(ctx_);
+  cancel.Cancel();
+  auto r = driver_->AcquireSlot(cctx, repo, Run("a"));
+  EXPECT_TRUE(absl::IsCancelled(r.status())) << r.status();
+  Context expired = Context::WithDeadline(ctx_, absl::Now() - absl::Seconds(1));
+  auto e = driver_->AcquireSlot(expired, repo, Run("b"));
+  EXPECT_TRUE(absl::IsDeadlineExceeded(e.status())) << e.status();
+  EXPECT_EQ(*driver_->GetCurrentSlots(ctx_, repo.Key()), 0);
+  EXPECT_TRUE(driver_->GetQueuedPipelineRuns(ctx_, repo.Key())->empty());
+  EXPECT_TRUE(absl::IsCancelled(
+      driver_->ReleaseSlot(cctx, "", Run("a"), repo.Key()).status()));
+}
+
+TEST_P(DriverConformanceTest, Rule14_WaitForSlotTimeoutLeavesNothingBehind) {
+  ManagerOptions options;
+  options.clock = clock_;
+  auto manager = Manager::FromDriver(MakeDriver(), nullptr, options);
+  Repository repo = Repo("wait", 1);
+  auto holder = manager->AcquireSlot(ctx_, repo, Run("holder"));
+  ASSERT_TRUE(holder->acquired);
+  Context short_ctx = Context::WithTimeout(ctx_, absl::Milliseconds(300));
+  std::vector<int64_t> positions;
+  auto waited = manager->WaitForSlot(short_ctx, repo, Run("waiter"), {},
+                                     [&](int64_t p) { positions.push_back(p); });
+  EXPECT_TRUE(absl::IsDeadlineExceeded(waited.status())) << waited.status();
+  ASSERT_FALSE(positions.empty());
+  EXPECT_EQ(positions.front(), 1);
+  EXPECT_TRUE(manager->GetDriver().GetQueuedPipelineRuns(ctx_, repo.Key())->empty());
+  EXPECT_EQ(*manager->GetDriver().GetCurrentSlots(ctx_, repo.Key()), 1);
+
+  // A cancelled waiter leaves nothing either, and a released holder wakes
+  // the next waiter without polling delays.
+  auto [cctx, cancel] = Context::WithCancel(ctx_);
+  std::thread canceller([&, c = cancel] {
+    absl::SleepFor(absl::Milliseconds(100));
+    c.Cancel();
+  });
+  auto cancelled = manager->WaitForSlot(cctx, repo, Run("waiter2"));
+  canceller.join();
+  EXPECT_TRUE(absl::IsCancelled(cancelled.status())) << cancelled.status();
+  EXPECT_TRUE(manager->GetDriver().GetQueuedPipelineRuns(ctx_, repo.Key())->empty());
+
+  std::thread releaser([&] {
+    absl::SleepFor(absl::Milliseconds(100));
+    (void)manager->ReleaseSlot(ctx_, holder->lease.lease_id, "", "");
+  });
+  auto got = manager->WaitForSlot(ctx_, repo, Run("waiter3"));
+  releaser.join();
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->pipeline_run_key, Run("waiter3"));
+  EXPECT_TRUE(manager->Close().ok());
+}
+
+// ---------------------------------------------------------------------------
+// Rule 15: bad input.
+
+TEST_P(DriverConformanceTest, Rule15_BadKeysAreRejectedAndNothingWritten) {
+  Repository repo = Repo("input", 1);
+  const std::vector<std::string> bad_runs = {
+      "",
+      "no-slash",
+      "/name",
+      "ns/",
+      "ns/a/b",
+      "Upper/name",
+      "ns/Name",
+      "ns/na_me",
+      "ns/../etc",
+      "ns/a..b",
+      std::string("ns/a\0b", 6),
+      "-ns/name",
+      "ns/name-",
+      std::string(64, 'a') + "/name",
+      "ns/" + std::string(254, 'a'),
+  };
+  for (const std::string& run : bad_runs) {
+    auto r = driver_->AcquireSlot(ctx_, repo, run);
+    ASSERT_FALSE(r.ok()) << "accepted run key '" << run << "'";
+    EXPECT_TRUE(absl::IsInvalidArgument(r.status())) << r.status();
+    EXPECT_THAT(std::string(r.status().message()), HasSubstr("pipeline_run"));
+  }
+  Repository bad_repo{"Bad_NS", "repo", 1};
+  auto r = driver_->AcquireSlot(ctx_, bad_repo, Run("a"));
+  EXPECT_TRUE(absl::IsInvalidArgument(r.status()));
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("repository"));
+  Repository negative = Repo("input", -1);
+  auto n = driver_->AcquireSlot(ctx_, negative, Run("a"));
+  EXPECT_TRUE(absl::IsInvalidArgument(n.status()));
+  EXPECT_THAT(std::string(n.status().message()), HasSubstr("concurrency_limit"));
+  EXPECT_TRUE(absl::IsInvalidArgument(
+      driver_->SetRepositoryLimit(ctx_, negative).status()));
+  EXPECT_TRUE(absl::IsInvalidArgument(
+      driver_->ReleaseSlot(ctx_, "", "bad", repo.Key()).status()));
+  EXPECT_TRUE(absl::IsInvalidArgument(
+      driver_->GetCurrentSlots(ctx_, "nope").status()));
+  // Nothing was written: the repository is empty, and a good run still gets
+  // the single slot.
+  EXPECT_EQ(*driver_->GetCurrentSlots(ctx_, repo.Key()), 0);
+  EXPECT_TRUE(driver_->AcquireSlot(ctx_, repo, Run("good"))->acquired);
+}
+
+// ---------------------------------------------------------------------------
+// Rule 16: failures give typed errors.
+
+TEST_P(DriverConformanceTest, Rule16_ClosedDriverGivesTypedError) {
+  auto d = MakeDriver();
+  ASSERT_TRUE(d->Close().ok());
+  ASSERT_TRUE(d->Close().ok());  // idempotent
+  auto r = d->AcquireSlot(ctx_, Repo("closed", 1), Run("a"));
+  ASSERT_FALSE(r.ok());
+  EXPECT_TRUE(absl::IsFailedPrecondition(r.status()) ||
+              absl::IsUnavailable(r.status()))
+      << r.status();
+}
+
+}  // namespace pac::concurrency::conformance

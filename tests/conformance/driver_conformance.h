@@ -1,0 +1,71 @@
+// The conformance suite: one test (at least) per rule of
+// shared/spec/CONTRACT.md, written once and instantiated for every driver:
+//
+//   INSTANTIATE_TEST_SUITE_P(Memory, DriverConformanceTest,
+//                            testing::Values(MemoryFactory()),
+//                            [](const auto& info) { return info.param.name; });
+//
+// Each test uses repositories with a fresh random namespace, so drivers on a
+// shared backend (PostgreSQL, etcd) need no wipe between tests.
+#ifndef PAC_TESTS_CONFORMANCE_DRIVER_CONFORMANCE_H_
+#define PAC_TESTS_CONFORMANCE_DRIVER_CONFORMANCE_H_
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "gtest/gtest.h"
+#include "pac/concurrency/concurrency.h"
+
+namespace pac::concurrency::conformance {
+
+struct ConformanceEnv {
+  Clock* clock = nullptr;  // a ManualClock when the driver supports one
+  absl::Duration lease_ttl;
+  bool background_cleanup = true;
+};
+
+struct DriverFactory {
+  std::string name;
+  std::function<absl::StatusOr<std::unique_ptr<Driver>>(const ConformanceEnv&)>
+      make;
+  // True if the driver judges expiry by DriverOptions::clock, so tests
+  // advance a ManualClock; false: tests use `real_ttl` and sleep past it.
+  bool manual_clock = true;
+  absl::Duration real_ttl = absl::Seconds(2);
+  // Upper bound a test waits for a watcher callback or a background step.
+  absl::Duration patience = absl::Seconds(10);
+};
+
+class DriverConformanceTest : public ::testing::TestWithParam<DriverFactory> {
+ protected:
+  void SetUp() override;
+  void TearDown() override;
+
+  // A new driver on the same backend (another "process").
+  std::unique_ptr<Driver> MakeDriver(bool background_cleanup = true);
+  // A repository with a namespace unique to this test.
+  Repository Repo(const std::string& name, int32_t limit);
+  std::string Run(const std::string& name) const;
+  // Moves time past the lease TTL (a ManualClock jump or a real sleep).
+  void Advance(absl::Duration d);
+  void PassTTL();
+  absl::Duration ttl() const { return ttl_; }
+  // Polls `pred` until it is true or the factory's patience runs out.
+  bool Eventually(const std::function<bool()>& pred);
+
+  const DriverFactory& factory() const { return GetParam(); }
+
+  std::unique_ptr<ManualClock> manual_clock_;
+  Clock* clock_ = nullptr;
+  absl::Duration ttl_;
+  std::string ns_;
+  std::unique_ptr<Driver> driver_;
+  Context ctx_ = Context::Background();
+};
+
+}  // namespace pac::concurrency::conformance
+
+#endif  // PAC_TESTS_CONFORMANCE_DRIVER_CONFORMANCE_H_
