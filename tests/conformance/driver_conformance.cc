@@ -232,7 +232,7 @@ TEST_P(DriverConformanceTest, Rule01_StressWithQueueAndPromotions) {
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
-      for (int i = 0; i < kRunsPerThread; ++i) {
+      for (int i = 0; i < kRunsPerThread && errors.load() == 0; ++i) {
         std::string run = Run(absl::StrCat("w", t, "-", i));
         auto r = driver_->AcquireSlot(ctx_, repo, run);
         if (!r.ok()) {
@@ -240,8 +240,14 @@ TEST_P(DriverConformanceTest, Rule01_StressWithQueueAndPromotions) {
           continue;
         }
         for (const Lease& l : r->admitted) note_grant(l.pipeline_run_key);
-        // Poll until admitted (a release elsewhere promotes us).
+        // Poll until admitted (a release elsewhere promotes us); a bounded
+        // wait, so a driver that never promotes fails instead of hanging.
+        absl::Time give_up = absl::Now() + factory().patience;
         while (!r->acquired) {
+          if (absl::Now() > give_up) {
+            ++errors;
+            break;
+          }
           std::this_thread::yield();
           r = driver_->AcquireSlot(ctx_, repo, run);
           if (!r.ok()) {
@@ -250,7 +256,7 @@ TEST_P(DriverConformanceTest, Rule01_StressWithQueueAndPromotions) {
           }
           for (const Lease& l : r->admitted) note_grant(l.pipeline_run_key);
         }
-        if (!r.ok()) continue;
+        if (!r.ok() || !r->acquired) continue;
         note_grant(run);
         {
           std::lock_guard<std::mutex> lock(mu);
@@ -766,6 +772,12 @@ TEST_P(DriverConformanceTest, Rule12_StaleLeaseIdDoesNotReleaseNewerLease) {
   ASSERT_TRUE(stale.ok());
   EXPECT_FALSE(stale->released);
   EXPECT_EQ(*driver_->GetCurrentSlots(ctx_, repo.Key()), 1);
+  // A live lease id named with another run's key releases nothing either.
+  auto mismatched =
+      driver_->ReleaseSlot(ctx_, fresh->lease.lease_id, Run("b"), repo.Key());
+  ASSERT_TRUE(mismatched.ok());
+  EXPECT_FALSE(mismatched->released);
+  EXPECT_EQ(*driver_->GetCurrentSlots(ctx_, repo.Key()), 1);
 }
 
 // ---------------------------------------------------------------------------
@@ -857,7 +869,8 @@ TEST_P(DriverConformanceTest, Rule14_WaitForSlotTimeoutLeavesNothingBehind) {
     absl::SleepFor(absl::Milliseconds(100));
     (void)manager->ReleaseSlot(ctx_, holder->lease.lease_id, "", "");
   });
-  auto got = manager->WaitForSlot(ctx_, repo, Run("waiter3"));
+  auto got = manager->WaitForSlot(
+      Context::WithTimeout(ctx_, factory().patience), repo, Run("waiter3"));
   releaser.join();
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_EQ(got->pipeline_run_key, Run("waiter3"));

@@ -1,0 +1,32 @@
+# pac-concurrency: the two set-up commands and a few more.
+#   make run    install what is missing, build, run the main job
+#   make test   install, build, run every test (plain, ASan/UBSan, TSan)
+#   make bench  install, build, run the benchmarks (docs/benchmarks.md)
+JOBS ?= $(shell nproc)
+BUILD ?= build
+
+.PHONY: all deps build run test bench format clean
+
+all: build
+
+deps:
+	bash scripts/install-deps.sh
+
+build: deps
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	cmake --build $(BUILD) -j$(JOBS)
+
+run: build
+	./$(BUILD)/examples/basic_usage
+
+test: deps
+	bash scripts/test.sh
+
+bench: build
+	bash scripts/bench.sh
+
+format:
+	clang-format -i $$(git ls-files '*.cc' '*.h')
+
+clean:
+	rm -rf build build-asan build-tsan

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Builds and runs every test three times: a plain build, under AddressSanitizer
+# and UndefinedBehaviorSanitizer, and the threaded tests under
+# ThreadSanitizer. Prints one closing line "N passed, N failed".
+set -uo pipefail
+cd "$(dirname "$0")/.."
+JOBS=${JOBS:-$(nproc)}
+
+passed=0
+failed=0
+status=0
+
+# run_suite NAME BUILD_DIR CMAKE_ARGS CTEST_ARGS
+run_suite() {
+  local name=$1 dir=$2 cmake_args=$3 ctest_args=$4
+  echo "=== ${name}: configure and build (${dir})"
+  # shellcheck disable=SC2086
+  if ! cmake -S . -B "$dir" $cmake_args >/dev/null ||
+     ! cmake --build "$dir" -j"$JOBS" >"$dir/build.log" 2>&1; then
+    tail -50 "$dir/build.log" 2>/dev/null
+    echo "=== ${name}: BUILD FAILED"
+    failed=$((failed + 1))
+    status=1
+    return
+  fi
+  echo "=== ${name}: ctest ${ctest_args}"
+  local log
+  log=$(mktemp)
+  # shellcheck disable=SC2086
+  (cd "$dir" && ctest --output-on-failure $ctest_args) 2>&1 | tee "$log"
+  local rc=${PIPESTATUS[0]}
+  # Count the individual GoogleTest cases, not just the binaries.
+  local p f
+  p=$(grep -cE '^([0-9]+: )?\[       OK \]' "$log" || true)
+  f=$(grep -cE '^([0-9]+: )?\[  FAILED  \] .*\(' "$log" || true)
+  passed=$((passed + p))
+  failed=$((failed + f))
+  if [ "$rc" -ne 0 ]; then
+    status=1
+    [ "$f" -eq 0 ] && failed=$((failed + 1))
+  fi
+  rm -f "$log"
+}
+
+# ctest runs the gtest binaries with verbose output so the cases are counted.
+CTEST_COMMON="-V"
+
+run_suite "plain" build "-DCMAKE_BUILD_TYPE=RelWithDebInfo" "$CTEST_COMMON"
+run_suite "asan+ubsan" build-asan \
+  "-DCMAKE_BUILD_TYPE=Debug -DPAC_SANITIZE=address;undefined -DPAC_BUILD_BENCH=OFF -DPAC_BUILD_EXAMPLES=OFF" \
+  "$CTEST_COMMON"
+# TSan needs the low-entropy address layout that gcc 12's runtime expects.
+TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
+run_suite "tsan" build-tsan \
+  "-DCMAKE_BUILD_TYPE=RelWithDebInfo -DPAC_SANITIZE=thread -DPAC_BUILD_BENCH=OFF -DPAC_BUILD_EXAMPLES=OFF" \
+  "$CTEST_COMMON -L threaded"
+
+echo
+echo "tests: ${passed} passed, ${failed} failed"
+exit $status
