@@ -41,7 +41,8 @@ int main(int argc, char** argv) {
   // Create the manager.
   auto manager = Manager::NewManager(config, logger);
   if (!manager.ok()) {
-    logger->critical("failed to create manager: {}", manager.status().ToString());
+    logger->critical("failed to create manager: {}",
+                     manager.status().ToString());
     return 1;
   }
 
@@ -72,10 +73,12 @@ int main(int argc, char** argv) {
   }
   logger->info("acquired {} slots out of {} pipeline runs", acquired->size(),
                pipeline_runs.size());
-  logger->info("currently running: [{}]",
-               absl::StrJoin(*queue_manager.RunningPipelineRuns(ctx, repo), ", "));
-  logger->info("queued: [{}]",
-               absl::StrJoin(*queue_manager.QueuedPipelineRuns(ctx, repo), ", "));
+  logger->info(
+      "currently running: [{}]",
+      absl::StrJoin(*queue_manager.RunningPipelineRuns(ctx, repo), ", "));
+  logger->info(
+      "queued: [{}]",
+      absl::StrJoin(*queue_manager.QueuedPipelineRuns(ctx, repo), ", "));
 
   // Set up a watcher for slot availability.
   auto watch = queue_manager.SetupWatcher(ctx, repo, [&](const WatchEvent& e) {
@@ -96,10 +99,12 @@ int main(int argc, char** argv) {
   }
   logger->info("pipeline-run-1 finished; admitted in its place: [{}]",
                absl::StrJoin(*next, ", "));
-  logger->info("currently running: [{}]",
-               absl::StrJoin(*queue_manager.RunningPipelineRuns(ctx, repo), ", "));
-  logger->info("queued: [{}]",
-               absl::StrJoin(*queue_manager.QueuedPipelineRuns(ctx, repo), ", "));
+  logger->info(
+      "currently running: [{}]",
+      absl::StrJoin(*queue_manager.RunningPipelineRuns(ctx, repo), ", "));
+  logger->info(
+      "queued: [{}]",
+      absl::StrJoin(*queue_manager.QueuedPipelineRuns(ctx, repo), ", "));
 
   absl::SleepFor(absl::Milliseconds(50));  // let the watcher print
   (*watch)->Stop();

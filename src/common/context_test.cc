@@ -17,7 +17,8 @@ TEST(ContextTest, BackgroundIsNeverDone) {
 }
 
 TEST(ContextTest, DeadlinePassesAndNamesItself) {
-  Context ctx = Context::WithTimeout(Context::Background(), absl::Milliseconds(20));
+  Context ctx =
+      Context::WithTimeout(Context::Background(), absl::Milliseconds(20));
   EXPECT_TRUE(ctx.Err().ok());
   absl::SleepFor(absl::Milliseconds(40));
   EXPECT_TRUE(absl::IsDeadlineExceeded(ctx.Err()));
@@ -28,7 +29,8 @@ TEST(ContextTest, ChildTakesEarlierDeadline) {
   Context parent = Context::WithDeadline(Context::Background(), soon);
   Context child = Context::WithDeadline(parent, soon + absl::Hours(1));
   EXPECT_EQ(child.deadline(), soon);
-  Context tighter = Context::WithDeadline(parent, soon - absl::Milliseconds(500));
+  Context tighter =
+      Context::WithDeadline(parent, soon - absl::Milliseconds(500));
   EXPECT_EQ(tighter.deadline(), soon - absl::Milliseconds(500));
 }
 

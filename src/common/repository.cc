@@ -1,9 +1,10 @@
-#include "src/common/strings.h"
 #include "pac/concurrency/repository.h"
 
+#include <cstdint>
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "src/common/strings.h"
 
 namespace pac::concurrency {
 namespace {
@@ -21,8 +22,8 @@ std::string LabelProblem(std::string_view label) {
       if (c == '\0') return "contains a NUL byte";
       if (c >= 'A' && c <= 'Z') return "contains an uppercase letter";
       return internal::Cat("contains the character '",
-                          (c >= 0x20 && c < 0x7f) ? std::string(1, c) : "?",
-                          "'");
+                           (c >= 0x20 && c < 0x7f) ? std::string(1, c) : "?",
+                           "'");
     }
   }
   if (!IsAlnum(label.front()) || !IsAlnum(label.back())) {
@@ -33,7 +34,62 @@ std::string LabelProblem(std::string_view label) {
 
 }  // namespace
 
+namespace {
+
+// Character classes for the fast check.
+enum : uint8_t { kBad = 0, kAlnum = 1, kDash = 2, kDot = 3, kSlash = 4 };
+struct CharTable {
+  uint8_t cls[256] = {};
+  constexpr CharTable() {
+    for (int c = 'a'; c <= 'z'; ++c) cls[c] = kAlnum;
+    for (int c = '0'; c <= '9'; ++c) cls[c] = kAlnum;
+    cls[static_cast<int>('-')] = kDash;
+    cls[static_cast<int>('.')] = kDot;
+    cls[static_cast<int>('/')] = kSlash;
+  }
+};
+constexpr CharTable kChars;
+
+// One pass over the key: true if it is certainly valid. Keys that fail it
+// go through the slow path, which says what is wrong.
+bool FastValid(std::string_view key) {
+  const size_t n = key.size();
+  if (n < 3 || n > 63 + 1 + 253) return false;
+  size_t slash = 0;
+  size_t label = 0;       // length of the current name label
+  uint8_t prev = kSlash;  // a label starts after '/' or '.'
+  for (size_t i = 0; i < n; ++i) {
+    uint8_t c = kChars.cls[static_cast<unsigned char>(key[i])];
+    switch (c) {
+      case kAlnum:
+        ++label;
+        break;
+      case kDash:
+        if (prev != kAlnum && prev != kDash) return false;
+        ++label;
+        break;
+      case kDot:
+        if (slash == 0 || prev != kAlnum) return false;
+        label = 0;
+        break;
+      case kSlash:
+        if (slash != 0 || prev != kAlnum) return false;
+        slash = i;
+        label = 0;
+        break;
+      default:
+        return false;
+    }
+    if (label > 63) return false;
+    prev = c;
+  }
+  return slash != 0 && slash <= 63 && prev == kAlnum && n - slash - 1 <= 253;
+}
+
+}  // namespace
+
 absl::Status ValidateKey(std::string_view key, std::string_view field) {
+  if (FastValid(key)) return absl::OkStatus();
   auto bad = [&](std::string_view what) {
     return absl::InvalidArgumentError(
         internal::Cat(field, ": key must be 'namespace/name' (", what, ")"));
@@ -55,9 +111,9 @@ absl::Status ValidateKey(std::string_view key, std::string_view field) {
   size_t start = 0;
   while (true) {
     size_t dot = name.find('.', start);
-    std::string_view label = name.substr(
-        start, dot == std::string_view::npos ? std::string_view::npos
-                                             : dot - start);
+    std::string_view label = name.substr(start, dot == std::string_view::npos
+                                                    ? std::string_view::npos
+                                                    : dot - start);
     if (label.empty()) return bad("name has an empty '.'-separated part");
     if (std::string p = LabelProblem(label); !p.empty()) {
       return bad(internal::Cat("name ", p));
@@ -72,8 +128,8 @@ absl::Status ValidateRepository(const Repository& repo) {
   if (repo.concurrency_limit.has_value() && *repo.concurrency_limit < 0) {
     return absl::InvalidArgumentError(
         internal::Cat("repository.concurrency_limit: must be 0 (unlimited) or "
-                     "positive, got ",
-                     *repo.concurrency_limit));
+                      "positive, got ",
+                      *repo.concurrency_limit));
   }
   if (repo.ns.find('/') != std::string::npos ||
       repo.name.find('/') != std::string::npos) {

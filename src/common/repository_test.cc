@@ -17,7 +17,8 @@ TEST(KeyTest, AcceptsKubernetesNames) {
   std::string name = std::string(63, 'b') + "." + std::string(63, 'c') + "." +
                      std::string(63, 'd') + "." + std::string(61, 'e');
   ASSERT_EQ(name.size(), 253u);
-  EXPECT_TRUE(ValidateKey(std::string(63, 'a') + "/" + name, "repository").ok());
+  EXPECT_TRUE(
+      ValidateKey(std::string(63, 'a') + "/" + name, "repository").ok());
   EXPECT_FALSE(ValidateKey("ns/" + std::string(64, 'b'), "repository").ok());
 }
 

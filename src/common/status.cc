@@ -1,13 +1,14 @@
-#include "src/common/strings.h"
 #include "pac/concurrency/status.h"
 
 #include "absl/strings/cord.h"
+#include "src/common/strings.h"
 
 namespace pac::concurrency {
 
 absl::Status LeaseLostError(std::string_view message) {
   absl::Status status = absl::FailedPreconditionError(internal::AV(message));
-  status.SetPayload(internal::AV(kLeaseLostPayloadUrl), absl::Cord("lease-lost"));
+  status.SetPayload(internal::AV(kLeaseLostPayloadUrl),
+                    absl::Cord("lease-lost"));
   return status;
 }
 

@@ -67,7 +67,8 @@ class EntryWatchHandle final : public WatchHandle {
  public:
   EntryWatchHandle(std::shared_ptr<WatcherEntry> entry, Context ctx,
                    std::function<void()> on_stop)
-      : entry_(std::move(entry)), ctx_(std::move(ctx)),
+      : entry_(std::move(entry)),
+        ctx_(std::move(ctx)),
         on_stop_(std::move(on_stop)) {}
   ~EntryWatchHandle() override { Stop(); }
   void Stop() override;

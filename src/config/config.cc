@@ -1,4 +1,3 @@
-#include "src/common/strings.h"
 #include "pac/concurrency/config.h"
 
 #include <cctype>
@@ -13,6 +12,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "src/common/strings.h"
 #include "yaml-cpp/yaml.h"
 
 namespace pac::concurrency {
@@ -27,7 +27,8 @@ const std::set<std::string>& SecretKeys() {
 }
 
 absl::Status FieldError(std::string_view key, std::string_view problem) {
-  return absl::InvalidArgumentError(internal::Cat("config: ", key, ": ", problem));
+  return absl::InvalidArgumentError(
+      internal::Cat("config: ", key, ": ", problem));
 }
 
 // Quotes a value for an error message, unless it is a secret.
@@ -44,21 +45,20 @@ absl::Status ParseDurationField(const FlatMap& m, const std::string& key,
   absl::StatusOr<absl::Duration> d = ParseDuration(it->second);
   if (!d.ok()) {
     return FieldError(key, internal::Cat(Shown(key, it->second),
-                                        " is not a duration (use 30s, 5m, "
-                                        "1h30m, or a number of seconds)"));
+                                         " is not a duration (use 30s, 5m, "
+                                         "1h30m, or a number of seconds)"));
   }
   *out = *d;
   return absl::OkStatus();
 }
 
-absl::Status ParseIntField(const FlatMap& m, const std::string& key,
-                           int* out) {
+absl::Status ParseIntField(const FlatMap& m, const std::string& key, int* out) {
   auto it = m.find(key);
   if (it == m.end()) return absl::OkStatus();
   int v = 0;
   if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(it->second), &v)) {
-    return FieldError(key, internal::Cat(Shown(key, it->second),
-                                        " is not a whole number"));
+    return FieldError(
+        key, internal::Cat(Shown(key, it->second), " is not a whole number"));
   }
   *out = v;
   return absl::OkStatus();
@@ -127,7 +127,8 @@ absl::Status FlattenSection(const std::string& section, const YAML::Node& node,
     std::string sub = Kebab(kv.first.as<std::string>());
     if (sub == "sslmode") sub = "ssl-mode";
     if (sub == "tls" || sub == "tls-config") {
-      if (!kv.second.IsMap()) return FieldError(section + "-tls", "must be a mapping");
+      if (!kv.second.IsMap())
+        return FieldError(section + "-tls", "must be a mapping");
       for (const auto& t : kv.second) {
         (*out)[internal::Cat(section, "-", Kebab(t.first.as<std::string>()))] =
             ScalarOrList(t.second);
@@ -193,8 +194,8 @@ absl::StatusOr<absl::Duration> ParseDuration(std::string_view text) {
 }
 
 absl::StatusOr<DriverConfig> LoadConfigFromConfigMap(const FlatMap& data) {
-  static const std::vector<std::string> kPrefixes = {
-      "concurrency-", "etcd-", "postgresql-", "memory-"};
+  static const std::vector<std::string> kPrefixes = {"concurrency-", "etcd-",
+                                                     "postgresql-", "memory-"};
   const auto& known = ConfigKeys();
   FlatMap m;
   for (const auto& [k, v] : data) {
@@ -229,14 +230,15 @@ absl::StatusOr<DriverConfig> LoadConfigFromConfigMap(const FlatMap& data) {
       return s;
     }
     StringField(m, "etcd-username", &e.username);
-    if (auto it = m.find("etcd-password"); it != m.end()) e.password = it->second;
+    if (auto it = m.find("etcd-password"); it != m.end())
+      e.password = it->second;
     if (auto it = m.find("etcd-password-file"); it != m.end()) {
       if (m.count("etcd-password")) {
         return FieldError("etcd-password-file",
                           "give either etcd-password or etcd-password-file");
       }
-      if (auto s = ReadSecretFile("etcd-password-file", it->second,
-                                  &e.password);
+      if (auto s =
+              ReadSecretFile("etcd-password-file", it->second, &e.password);
           !s.ok()) {
         return s;
       }
@@ -259,7 +261,8 @@ absl::StatusOr<DriverConfig> LoadConfigFromConfigMap(const FlatMap& data) {
   if (config.driver == "postgresql" || HasPrefixKey(m, "postgresql-")) {
     PostgreSQLConfig p;
     StringField(m, "postgresql-host", &p.host);
-    if (auto s = ParseIntField(m, "postgresql-port", &p.port); !s.ok()) return s;
+    if (auto s = ParseIntField(m, "postgresql-port", &p.port); !s.ok())
+      return s;
     StringField(m, "postgresql-database", &p.database);
     StringField(m, "postgresql-username", &p.username);
     if (auto it = m.find("postgresql-password"); it != m.end()) {
@@ -280,8 +283,8 @@ absl::StatusOr<DriverConfig> LoadConfigFromConfigMap(const FlatMap& data) {
     StringField(m, "postgresql-ssl-mode", &p.ssl_mode);
     p.ssl_mode = absl::AsciiStrToLower(p.ssl_mode);
     StringField(m, "postgresql-ssl-root-cert", &p.ssl_root_cert);
-    if (auto s = ParseIntField(m, "postgresql-max-connections",
-                               &p.max_connections);
+    if (auto s =
+            ParseIntField(m, "postgresql-max-connections", &p.max_connections);
         !s.ok()) {
       return s;
     }
@@ -294,8 +297,8 @@ absl::StatusOr<DriverConfig> LoadConfigFromConfigMap(const FlatMap& data) {
         !s.ok()) {
       return s;
     }
-    if (auto s = ParseDurationField(m, "postgresql-poll-interval",
-                                    &p.poll_interval);
+    if (auto s =
+            ParseDurationField(m, "postgresql-poll-interval", &p.poll_interval);
         !s.ok()) {
       return s;
     }
@@ -320,8 +323,8 @@ absl::Status ValidateConfig(const DriverConfig& config) {
       config.driver != "postgresql") {
     return FieldError("concurrency-driver",
                       internal::Cat("unknown driver ",
-                                   Shown("concurrency-driver", config.driver),
-                                   " (use memory, etcd or postgresql)"));
+                                    Shown("concurrency-driver", config.driver),
+                                    " (use memory, etcd or postgresql)"));
   }
   if (config.memory.has_value() &&
       config.memory->lease_ttl <= absl::ZeroDuration()) {
@@ -333,9 +336,10 @@ absl::Status ValidateConfig(const DriverConfig& config) {
   if (config.etcd.has_value()) {
     const EtcdConfig& e = *config.etcd;
     if (e.mode != "etcd" && e.mode != "mock" && e.mode != "memory") {
-      return FieldError("etcd-mode",
-                        internal::Cat("unknown mode ", Shown("etcd-mode", e.mode),
-                                     " (use etcd, mock or memory)"));
+      return FieldError(
+          "etcd-mode",
+          internal::Cat("unknown mode ", Shown("etcd-mode", e.mode),
+                        " (use etcd, mock or memory)"));
     }
     if (e.mode == "etcd" && config.driver == "etcd" && e.endpoints.empty()) {
       return FieldError("etcd-endpoints",
@@ -359,9 +363,9 @@ absl::Status ValidateConfig(const DriverConfig& config) {
     }
     if (e.tls.has_value() &&
         e.tls->cert_file.empty() != e.tls->key_file.empty()) {
-      return FieldError(e.tls->cert_file.empty() ? "etcd-cert-file"
-                                                 : "etcd-key-file",
-                        "a client certificate and its key go together");
+      return FieldError(
+          e.tls->cert_file.empty() ? "etcd-cert-file" : "etcd-key-file",
+          "a client certificate and its key go together");
     }
   }
   if (config.driver == "postgresql" && !config.postgresql.has_value()) {
@@ -370,7 +374,8 @@ absl::Status ValidateConfig(const DriverConfig& config) {
   }
   if (config.postgresql.has_value()) {
     const PostgreSQLConfig& p = *config.postgresql;
-    if (p.host.empty()) return FieldError("postgresql-host", "must not be empty");
+    if (p.host.empty())
+      return FieldError("postgresql-host", "must not be empty");
     if (p.port < 1 || p.port > 65535) {
       return FieldError("postgresql-port", "must be between 1 and 65535");
     }
@@ -385,8 +390,9 @@ absl::Status ValidateConfig(const DriverConfig& config) {
     if (!kModes.count(p.ssl_mode)) {
       return FieldError(
           "postgresql-ssl-mode",
-          internal::Cat("unknown mode ", Shown("postgresql-ssl-mode", p.ssl_mode),
-                       " (use disable, require, verify-ca or verify-full)"));
+          internal::Cat("unknown mode ",
+                        Shown("postgresql-ssl-mode", p.ssl_mode),
+                        " (use disable, require, verify-ca or verify-full)"));
     }
     if (p.max_connections < 1) {
       return FieldError("postgresql-max-connections", "must be at least 1");
@@ -411,7 +417,7 @@ absl::StatusOr<FlatMap> FlattenYaml(std::string_view yaml) {
   } catch (const YAML::Exception& e) {
     return absl::InvalidArgumentError(
         internal::Cat("config: YAML does not parse at line ", e.mark.line + 1,
-                     ", column ", e.mark.column + 1, ": ", e.msg));
+                      ", column ", e.mark.column + 1, ": ", e.msg));
   }
   FlatMap out;
   if (root.IsNull()) return out;
@@ -439,8 +445,9 @@ absl::StatusOr<FlatMap> FlattenYaml(std::string_view yaml) {
           return s;
         }
       } else if (kv.second.IsMap()) {
-        return FieldError(key, "unknown section (use driver, etcd, "
-                               "postgresql or memory)");
+        return FieldError(key,
+                          "unknown section (use driver, etcd, "
+                          "postgresql or memory)");
       } else {
         out[key] = ScalarOrList(kv.second);
       }
@@ -448,7 +455,7 @@ absl::StatusOr<FlatMap> FlattenYaml(std::string_view yaml) {
   } catch (const YAML::Exception& e) {
     return absl::InvalidArgumentError(
         internal::Cat("config: unexpected YAML structure at line ",
-                     e.mark.line + 1, ": ", e.msg));
+                      e.mark.line + 1, ": ", e.msg));
   }
   // Nested keys that are not ours would be ignored by the ConfigMap loader;
   // in a file that is only about concurrency they are typos.
@@ -492,7 +499,8 @@ absl::StatusOr<DriverConfig> ApplyEnvironment(const FlatMap& base,
       merged[key] = *v;
       // A password from the environment replaces one read from a file.
       if (key == "etcd-password") merged.erase("etcd-password-file");
-      if (key == "postgresql-password") merged.erase("postgresql-password-file");
+      if (key == "postgresql-password")
+        merged.erase("postgresql-password-file");
     }
   }
   return LoadConfigFromConfigMap(merged);

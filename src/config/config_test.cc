@@ -94,13 +94,16 @@ TEST(ConfigMapTest, BadValuesNameTheField) {
       {{{"concurrency-driver", "etcd"}}, "etcd-endpoints"},
       {{{"concurrency-driver", "etcd"}, {"etcd-endpoints", " , "}},
        "etcd-endpoints"},
-      {{{"concurrency-driver", "etcd"}, {"etcd-endpoints", "a:1"},
+      {{{"concurrency-driver", "etcd"},
+        {"etcd-endpoints", "a:1"},
         {"etcd-mode", "raft"}},
        "etcd-mode"},
-      {{{"concurrency-driver", "etcd"}, {"etcd-endpoints", "a:1"},
+      {{{"concurrency-driver", "etcd"},
+        {"etcd-endpoints", "a:1"},
         {"etcd-dial-timeout", "soon"}},
        "etcd-dial-timeout"},
-      {{{"concurrency-driver", "etcd"}, {"etcd-endpoints", "a:1"},
+      {{{"concurrency-driver", "etcd"},
+        {"etcd-endpoints", "a:1"},
         {"etcd-cert-file", "/c.pem"}},
        "etcd-key-file"},
       {{{"concurrency-driver", "postgresql"}, {"postgresql-port", "99999"}},
@@ -112,8 +115,7 @@ TEST(ConfigMapTest, BadValuesNameTheField) {
       {{{"concurrency-driver", "postgresql"},
         {"postgresql-max-connections", "0"}},
        "postgresql-max-connections"},
-      {{{"concurrency-driver", "postgresql"},
-        {"postgresql-lease-ttl", "1h30"}},
+      {{{"concurrency-driver", "postgresql"}, {"postgresql-lease-ttl", "1h30"}},
        "postgresql-lease-ttl"},
       {{{"postgresql-hots", "typo"}}, "postgresql-hots"},
   };
@@ -136,8 +138,8 @@ TEST(ConfigMapTest, SecretsNeverInErrors) {
                                     {"etcd-password", "hunter2-secret"}});
   ASSERT_FALSE(e.ok());  // a password without a username
   EXPECT_THAT(Msg(e.status()), Not(HasSubstr("hunter2")));
-  auto redacted = RedactSecrets({{"postgresql-password", "hunter2"},
-                                 {"postgresql-host", "db"}});
+  auto redacted = RedactSecrets(
+      {{"postgresql-password", "hunter2"}, {"postgresql-host", "db"}});
   EXPECT_EQ(redacted["postgresql-password"], "***");
   EXPECT_EQ(redacted["postgresql-host"], "db");
 }
@@ -197,7 +199,8 @@ data:
 )");
   ASSERT_TRUE(manifest.ok()) << manifest.status();
   EXPECT_EQ(manifest->memory->lease_ttl, absl::Hours(1));
-  auto flat = LoadConfigFromYaml("concurrency-driver: memory\nmemory-lease-ttl: 5m\n");
+  auto flat =
+      LoadConfigFromYaml("concurrency-driver: memory\nmemory-lease-ttl: 5m\n");
   ASSERT_TRUE(flat.ok()) << flat.status();
   EXPECT_EQ(flat->memory->lease_ttl, absl::Minutes(5));
 }
@@ -209,7 +212,8 @@ TEST(YamlTest, BrokenYamlAndTyposAreErrors) {
   auto typo = LoadConfigFromYaml("driver: memory\nmemory:\n  lease_tll: 5m\n");
   ASSERT_FALSE(typo.ok());
   EXPECT_THAT(Msg(typo.status()), HasSubstr("memory-lease-tll"));
-  auto bad_ttl = LoadConfigFromYaml("driver: memory\nmemory:\n  lease_ttl: abc\n");
+  auto bad_ttl =
+      LoadConfigFromYaml("driver: memory\nmemory:\n  lease_ttl: abc\n");
   ASSERT_FALSE(bad_ttl.ok());
   EXPECT_THAT(Msg(bad_ttl.status()), HasSubstr("memory-lease-ttl"));
   EXPECT_FALSE(LoadConfigFromYamlFile("/nonexistent.yaml").ok());
@@ -225,9 +229,8 @@ TEST(EnvTest, EnvironmentOverridesFile) {
     if (it == env.end()) return std::nullopt;
     return it->second;
   };
-  auto c = ApplyEnvironment({{"postgresql-host", "filehost"},
-                             {"postgresql-port", "5433"}},
-                            lookup);
+  auto c = ApplyEnvironment(
+      {{"postgresql-host", "filehost"}, {"postgresql-port", "5433"}}, lookup);
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->driver, "postgresql");
   EXPECT_EQ(c->postgresql->host, "envhost");

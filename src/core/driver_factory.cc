@@ -1,8 +1,8 @@
 #include <memory>
 
-#include "src/common/strings.h"
 #include "absl/strings/str_cat.h"
 #include "pac/concurrency/driver.h"
+#include "src/common/strings.h"
 #include "src/memory/memory_driver.h"
 
 namespace pac::concurrency {
@@ -25,7 +25,7 @@ absl::StatusOr<std::unique_ptr<Driver>> NewDriver(
   }
   return absl::UnimplementedError(
       internal::Cat("config: concurrency-driver: the ", config.driver,
-                   " driver is not built into this version"));
+                    " driver is not built into this version"));
 }
 
 }  // namespace pac::concurrency

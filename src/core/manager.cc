@@ -1,4 +1,3 @@
-#include "src/common/strings.h"
 #include "pac/concurrency/manager.h"
 
 #include <algorithm>
@@ -10,6 +9,7 @@
 #include "pac/concurrency/status.h"
 #include "src/common/logging.h"
 #include "src/common/mutex.h"
+#include "src/common/strings.h"
 
 namespace pac::concurrency {
 
@@ -108,7 +108,8 @@ struct Manager::Impl {
                         lease.pipeline_run_key, lease.repository_key,
                         renewed.status().message());
           Untrack(lease.lease_id);
-          if (options.on_lease_lost) options.on_lease_lost(lease, renewed.status());
+          if (options.on_lease_lost)
+            options.on_lease_lost(lease, renewed.status());
           continue;
         }
         logger->warn("renewing the lease of {} in {} failed, will retry: {}",
@@ -140,8 +141,7 @@ struct Manager::Impl {
 };
 
 Manager::Manager(std::unique_ptr<Driver> driver,
-                 std::shared_ptr<spdlog::logger> logger,
-                 ManagerOptions options)
+                 std::shared_ptr<spdlog::logger> logger, ManagerOptions options)
     : impl_(std::make_unique<Impl>(std::move(driver), std::move(logger),
                                    std::move(options))) {
   Impl* impl = impl_.get();
@@ -251,9 +251,8 @@ absl::StatusOr<Lease> Manager::WaitForSlot(
 
   AcquireOptions opts = options;
   opts.enqueue = true;
-  const absl::Duration recheck =
-      std::clamp(impl_->driver->LeaseTTL() / 4, absl::Milliseconds(100),
-                 absl::Seconds(5));
+  const absl::Duration recheck = std::clamp(
+      impl_->driver->LeaseTTL() / 4, absl::Milliseconds(100), absl::Seconds(5));
   while (true) {
     if (absl::Status s = ctx.Err(); !s.ok()) return give_up(s);
     auto result = AcquireSlot(ctx, repo, run_key, opts);

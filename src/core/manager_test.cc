@@ -26,7 +26,8 @@ TEST(ManagerTest, NewManagerRejectsBadConfig) {
   auto m = Manager::NewManager(config, nullptr);
   ASSERT_FALSE(m.ok());
   EXPECT_TRUE(absl::IsInvalidArgument(m.status()));
-  EXPECT_THAT(std::string(m.status().message()), HasSubstr("concurrency-driver"));
+  EXPECT_THAT(std::string(m.status().message()),
+              HasSubstr("concurrency-driver"));
 }
 
 TEST(ManagerTest, SpecUsageExampleOnMemory) {

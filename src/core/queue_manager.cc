@@ -1,4 +1,3 @@
-#include "src/common/strings.h"
 #include "pac/concurrency/queue_manager.h"
 
 #include <algorithm>
@@ -6,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "src/common/logging.h"
+#include "src/common/strings.h"
 
 namespace pac::concurrency {
 
@@ -35,15 +35,18 @@ absl::Status QueueManager::InitQueues(
     if (absl::Status s = ValidateRepository(repo); !s.ok()) return s;
   }
   for (const PipelineRunRecord& run : runs) {
-    if (absl::Status s = ValidateKey(run.key, "pipeline_run"); !s.ok()) return s;
+    if (absl::Status s = ValidateKey(run.key, "pipeline_run"); !s.ok())
+      return s;
     if (absl::Status s = ValidateKey(run.repository_key, "repository");
         !s.ok()) {
       return s;
     }
     if (run.state != "started" && run.state != "queued") {
       return absl::InvalidArgumentError(
-          internal::Cat("pipeline_run ", run.key, ": state must be started or "
-                       "queued, got \"", run.state, "\""));
+          internal::Cat("pipeline_run ", run.key,
+                        ": state must be started or "
+                        "queued, got \"",
+                        run.state, "\""));
     }
   }
   std::map<std::string, Repository> by_key;

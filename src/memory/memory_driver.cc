@@ -1,7 +1,7 @@
-#include "src/common/strings.h"
 #include "src/memory/memory_driver.h"
 
 #include <algorithm>
+#include <charconv>
 #include <random>
 #include <utility>
 
@@ -11,15 +11,22 @@
 #include "absl/strings/str_format.h"
 #include "pac/concurrency/status.h"
 #include "src/common/logging.h"
+#include "src/common/strings.h"
 
 namespace pac::concurrency::internal {
 namespace {
 
+// "m" and six hex digits, distinct for every driver in this process and
+// unlikely to repeat across restarts, so a stale id from an earlier process
+// is unknown rather than someone else's lease. Short ids stay within the
+// small-string buffer: no allocation per grant.
 std::string InstancePrefix() {
-  std::random_device rd;
-  uint32_t nonce = rd();
-  return absl::StrFormat("m%08x.", nonce);
+  static std::atomic<uint32_t> next{std::random_device{}()};
+  uint32_t instance = next.fetch_add(1) & 0xffffff;
+  return absl::StrFormat("m%06x", instance);
 }
+
+constexpr char kHex[] = "0123456789abcdef";
 
 int64_t ToNanos(absl::Time t) {
   if (t == absl::InfiniteFuture()) return INT64_MAX;
@@ -83,15 +90,14 @@ size_t MemoryDriver::ShardIndex(std::string_view repo_key) const {
 }
 
 int MemoryDriver::ShardOfLease(std::string_view lease_id) const {
-  if (lease_id.size() <= id_prefix_.size() ||
+  if (lease_id.size() < id_prefix_.size() + 2 ||
       lease_id.substr(0, id_prefix_.size()) != id_prefix_) {
     return -1;
   }
-  std::string_view rest = lease_id.substr(id_prefix_.size());
-  size_t dot = rest.find('.');
-  if (dot == std::string_view::npos) return -1;
-  int shard = 0;
-  if (!absl::SimpleAtoi(AV(rest.substr(0, dot)), &shard)) return -1;
+  char c = lease_id[id_prefix_.size()];
+  int shard = (c >= '0' && c <= '9')   ? c - '0'
+              : (c >= 'a' && c <= 'f') ? c - 'a' + 10
+                                       : -1;
   if (shard < 0 || static_cast<size_t>(shard) >= kShards) return -1;
   return shard;
 }
@@ -99,7 +105,7 @@ int MemoryDriver::ShardOfLease(std::string_view lease_id) const {
 Lease MemoryDriver::MakeLease(const std::string& repo_key,
                               const std::string& run_key,
                               const LeaseRec& rec) const {
-  return Lease{rec.lease_id, repo_key,       run_key,
+  return Lease{rec.lease_id,    repo_key,       run_key,
                rec.acquired_at, rec.expires_at, rec.token};
 }
 
@@ -128,7 +134,15 @@ MemoryDriver::LeaseRec& MemoryDriver::Grant(Shard& shard,
                                             const std::string& run_key,
                                             absl::Time now) {
   size_t index = &shard - shards_.data();
-  std::string id = internal::Cat(id_prefix_, index, ".", ++shard.next_lease);
+  // "<prefix><shard hex digit><counter hex>", by hand: this is the hot path.
+  static_assert(kShards <= 16);
+  char buf[24];
+  buf[0] = kHex[index];
+  char* end =
+      std::to_chars(buf + 1, buf + sizeof(buf), ++shard.next_lease, 16).ptr;
+  std::string id;
+  id.reserve(id_prefix_.size() + (end - buf));
+  id.append(id_prefix_).append(buf, end - buf);
   LeaseRec rec{id, now, now + ttl_,
                next_token_.fetch_add(1, std::memory_order_relaxed)};
   shard.leases.emplace(std::move(id), LeaseLoc{repo_key, run_key});
@@ -179,8 +193,9 @@ void MemoryDriver::Sweep(Shard& shard, const std::string& repo_key,
 
 void MemoryDriver::Promote(Shard& shard, const std::string& repo_key,
                            RepoState& rs, absl::Time now, Effects& fx) {
-  while (!rs.queue.empty() &&
-         (rs.limit == 0 || static_cast<int64_t>(rs.running.size()) < rs.limit)) {
+  while (
+      !rs.queue.empty() &&
+      (rs.limit == 0 || static_cast<int64_t>(rs.running.size()) < rs.limit)) {
     auto head = rs.queue.begin();
     std::string run = std::move(head->second.run_key);
     rs.queue.erase(head);
@@ -213,12 +228,14 @@ void MemoryDriver::Deliver(Effects& fx) {
 absl::StatusOr<AcquireResult> MemoryDriver::AcquireSlot(
     const Context& ctx, const Repository& repo, std::string_view run_key,
     const AcquireOptions& options) {
-  if (absl::Status s = ValidateRepository(repo); !s.ok()) return s;
+  const std::string repo_key = repo.Key();
+  if (EffectiveLimit(repo) < 0 || !ValidateKey(repo_key, "repository").ok()) {
+    return ValidateRepository(repo);  // says what is wrong
+  }
   if (absl::Status s = ValidateKey(run_key, "pipeline_run"); !s.ok()) return s;
   if (absl::Status s = ctx.Err(); !s.ok()) return s;
   if (absl::Status s = CheckOpen(); !s.ok()) return s;
 
-  const std::string repo_key = repo.Key();
   const int32_t limit = EffectiveLimit(repo);
   const absl::Time now = clock_->Now();
   Shard& shard = ShardFor(repo_key);
@@ -272,8 +289,7 @@ absl::StatusOr<AcquireResult> MemoryDriver::AcquireSlot(
   }
   if (granted_now) {
     logger_->debug("slot acquired: {} in {} lease {} token {}", run_key,
-                   repo_key, result.lease.lease_id,
-                   result.lease.fencing_token);
+                   repo_key, result.lease.lease_id, result.lease.fencing_token);
     NoteExpiry(result.lease.expires_at);
   }
   result.admitted = std::move(fx.admitted);
@@ -302,48 +318,52 @@ absl::StatusOr<ReleaseResult> MemoryDriver::ReleaseSlot(
   } else {
     shard = &ShardFor(repo_key);
   }
-  const absl::Time now = clock_->Now();
   Effects fx;
-  std::string released_run;
-  std::string repo;
   {
     MutexLock lock(&shard->mu);
-    std::string run;
+    auto id_it = shard->leases.end();
+    std::string_view repo_v = repo_key;
+    std::string_view run_v = run_key;
     if (!lease_id.empty()) {
-      auto lit = shard->leases.find(lease_id);
-      if (lit == shard->leases.end()) return result;
-      if ((!run_key.empty() && lit->second.run_key != run_key) ||
-          (!repo_key.empty() && lit->second.repo_key != repo_key)) {
+      id_it = shard->leases.find(lease_id);
+      if (id_it == shard->leases.end()) return result;
+      if ((!run_key.empty() && id_it->second.run_key != run_key) ||
+          (!repo_key.empty() && id_it->second.repo_key != repo_key)) {
         return result;  // the id belongs to another run: release nothing
       }
-      repo = lit->second.repo_key;
-      run = lit->second.run_key;
-    } else {
-      repo = std::string(repo_key);
-      run = std::string(run_key);
+      repo_v = id_it->second.repo_key;
+      run_v = id_it->second.run_key;
     }
-    auto rit = shard->repos.find(repo);
+    auto rit = shard->repos.find(repo_v);
     if (rit == shard->repos.end()) return result;
+    const std::string& repo = rit->first;
     RepoState& rs = rit->second;
-    auto lit = rs.running.find(run);
-    if (lit != rs.running.end()) {
+    auto run_it = rs.running.find(run_v);
+    if (run_it != rs.running.end()) {
       // An expired lease is released all the same: the slot is free anyway.
-      RemoveLease(*shard, repo, rs, run);
+      logger_->debug("slot released: {} in {}", run_it->first, repo);
+      AddEvent(*shard, repo, WatchEventType::kReleased, run_it->first, fx);
+      if (id_it == shard->leases.end()) {
+        id_it = shard->leases.find(run_it->second.lease_id);
+      }
+      rs.running.erase(run_it);
+      // run_v and repo_v may point into this entry: not used after here.
+      if (id_it != shard->leases.end()) shard->leases.erase(id_it);
       result.released = true;
-      released_run = run;
-      AddEvent(*shard, repo, WatchEventType::kReleased, run, fx);
     } else if (lease_id.empty()) {
-      if (auto q = rs.queued.find(run); q != rs.queued.end()) {
+      if (auto q = rs.queued.find(run_v); q != rs.queued.end()) {
         rs.queue.erase(q->second);
         rs.queued.erase(q);
         result.dequeued = true;
       }
     }
-    Sweep(*shard, repo, rs, now, fx);
-    Promote(*shard, repo, rs, now, fx);
-  }
-  if (result.released) {
-    logger_->debug("slot released: {} in {}", released_run, repo);
+    // With nobody queued there is nobody to admit, and expired leases of
+    // the repository are ignored by admission anyway: skip the clock.
+    if (!rs.queue.empty()) {
+      const absl::Time now = clock_->Now();
+      Sweep(*shard, repo, rs, now, fx);
+      Promote(*shard, repo, rs, now, fx);
+    }
   }
   result.admitted = std::move(fx.admitted);
   Deliver(fx);
@@ -378,7 +398,7 @@ absl::StatusOr<Lease> MemoryDriver::RenewLease(const Context& ctx,
       Sweep(shard, loc.repo_key, rs, now, fx);
       Promote(shard, loc.repo_key, rs, now, fx);
       out = LeaseLostError(internal::Cat("lease of ", loc.run_key, " in ",
-                                        loc.repo_key, " has expired"));
+                                         loc.repo_key, " has expired"));
     } else {
       rec.expires_at = now + ttl_;
       out = MakeLease(loc.repo_key, loc.run_key, rec);
@@ -576,7 +596,8 @@ absl::Status MemoryDriver::CleanupRepository(const Context& ctx,
         shard.leases.erase(rec.lease_id);
         runs.push_back(run);
       }
-      for (const auto& [qk, rec] : rit->second.queue) runs.push_back(rec.run_key);
+      for (const auto& [qk, rec] : rit->second.queue)
+        runs.push_back(rec.run_key);
       shard.repos.erase(rit);
     }
     AddEvent(shard, std::string(repo_key), WatchEventType::kCleaned, "", fx);
@@ -603,7 +624,8 @@ void MemoryDriver::CleanupLoop() {
           absl::Duration left = absl::FromUnixNanos(wake) - clock_->Now();
           deadline = absl::Now() + std::max(left, absl::ZeroDuration());
         }
-        if (deadline > absl::Now()) cleanup_cv_.WaitUntil(&cleanup_mu_, deadline);
+        if (deadline > absl::Now())
+          cleanup_cv_.WaitUntil(&cleanup_mu_, deadline);
       }
       if (cleanup_stop_) return;
       cleanup_kick_ = false;

@@ -107,10 +107,10 @@ class MemoryDriver final : public Driver {
     absl::Time enqueued_at;
   };
   struct RepoState {
-    int32_t limit = 0;  // 0: unlimited
-    StringMap<LeaseRec> running;  // by run key
-    std::map<QueueKey, QueueRec> queue;                  // admission order
-    StringMap<QueueKey> queued;   // run key -> place
+    int32_t limit = 0;                                    // 0: unlimited
+    StringMap<LeaseRec> running;                          // by run key
+    std::map<QueueKey, QueueRec> queue;                   // admission order
+    StringMap<QueueKey> queued;                           // run key -> place
     absl::Time earliest_expiry = absl::InfiniteFuture();  // lower bound
     std::optional<std::string> state;
   };
@@ -122,8 +122,8 @@ class MemoryDriver final : public Driver {
     Mutex mu;
     StringMap<RepoState> repos PAC_GUARDED_BY(mu);
     StringMap<LeaseLoc> leases PAC_GUARDED_BY(mu);
-    StringMap<std::vector<std::shared_ptr<WatcherEntry>>>
-        watchers PAC_GUARDED_BY(mu);
+    StringMap<std::vector<std::shared_ptr<WatcherEntry>>> watchers
+        PAC_GUARDED_BY(mu);
     int64_t next_lease PAC_GUARDED_BY(mu) = 0;
   };
   // What one locked step produced, delivered after unlocking.
@@ -151,8 +151,7 @@ class MemoryDriver final : public Driver {
   void RemoveLease(Shard& shard, const std::string& repo_key, RepoState& rs,
                    const std::string& run_key) PAC_REQUIRES(shard.mu);
   void AddEvent(Shard& shard, const std::string& repo_key, WatchEventType type,
-                const std::string& run_key, Effects& fx)
-      PAC_REQUIRES(shard.mu);
+                const std::string& run_key, Effects& fx) PAC_REQUIRES(shard.mu);
   int64_t PositionOf(const RepoState& rs, const QueueKey& key) const;
   absl::Status CheckOpen() const;
   void Deliver(Effects& fx);
@@ -170,8 +169,7 @@ class MemoryDriver final : public Driver {
   std::atomic<bool> closed_{false};
 
   Mutex states_mu_;
-  StringMap<std::string> run_states_
-      PAC_GUARDED_BY(states_mu_);
+  StringMap<std::string> run_states_ PAC_GUARDED_BY(states_mu_);
 
   WatchDispatcher dispatcher_;
 

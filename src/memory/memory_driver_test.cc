@@ -22,9 +22,10 @@ class Handle final : public Driver {
  public:
   explicit Handle(std::shared_ptr<Driver> store) : store_(std::move(store)) {}
   std::string_view Type() const override { return store_->Type(); }
-  absl::StatusOr<AcquireResult> AcquireSlot(
-      const Context& ctx, const Repository& repo, std::string_view run,
-      const AcquireOptions& o) override {
+  absl::StatusOr<AcquireResult> AcquireSlot(const Context& ctx,
+                                            const Repository& repo,
+                                            std::string_view run,
+                                            const AcquireOptions& o) override {
     if (closed_) return Closed();
     return store_->AcquireSlot(ctx, repo, run, o);
   }
@@ -169,7 +170,8 @@ TEST(MemoryDriverTest, LeaseIdOfAnotherInstanceIsUnknown) {
   auto rel = (*b)->ReleaseSlot(ctx, lease->lease.lease_id, "", "");
   ASSERT_TRUE(rel.ok());
   EXPECT_FALSE(rel->released);
-  EXPECT_TRUE(IsLeaseLost((*b)->RenewLease(ctx, lease->lease.lease_id).status()));
+  EXPECT_TRUE(
+      IsLeaseLost((*b)->RenewLease(ctx, lease->lease.lease_id).status()));
 }
 
 TEST(MemoryDriverTest, NonPositiveTtlIsRejected) {
@@ -184,15 +186,16 @@ TEST(MemoryDriverTest, WatchCallbackMayCallTheDriver) {
   Context ctx;
   Repository repo{"ns", "reentrant", 1};
   std::atomic<int> seen{-1};
-  auto watch = (*d)->WatchSlotAvailability(
-      ctx, repo.Key(), [&](const WatchEvent&) {
+  auto watch =
+      (*d)->WatchSlotAvailability(ctx, repo.Key(), [&](const WatchEvent&) {
         auto slots = (*d)->GetCurrentSlots(ctx, repo.Key());
         if (slots.ok()) seen = *slots;
       });
   ASSERT_TRUE(watch.ok());
   auto a = (*d)->AcquireSlot(ctx, repo, "ns/a");
   ASSERT_TRUE((*d)->ReleaseSlot(ctx, a->lease.lease_id, "", "")->released);
-  for (int i = 0; i < 5000 && seen.load() != 0; ++i) absl::SleepFor(absl::Milliseconds(1));
+  for (int i = 0; i < 5000 && seen.load() != 0; ++i)
+    absl::SleepFor(absl::Milliseconds(1));
   EXPECT_EQ(seen.load(), 0);
 }
 

@@ -360,7 +360,8 @@ TEST_P(DriverConformanceTest, Rule04_FencingTokensStrictlyIncrease) {
   ASSERT_TRUE(a.ok() && a->acquired);
   tokens.push_back(a->lease.fencing_token);
   ASSERT_FALSE(driver_->AcquireSlot(ctx_, repo, Run("b"))->acquired);
-  auto rel = driver_->ReleaseSlot(ctx_, a->lease.lease_id, Run("a"), repo.Key());
+  auto rel =
+      driver_->ReleaseSlot(ctx_, a->lease.lease_id, Run("a"), repo.Key());
   ASSERT_TRUE(rel.ok());
   ASSERT_EQ(rel->admitted.size(), 1u);  // b, by promotion
   tokens.push_back(rel->admitted[0].fencing_token);
@@ -418,8 +419,10 @@ TEST_P(DriverConformanceTest, Rule06_AdmitsByCreationTimeThenSequence) {
   // Enqueued out of creation order; c1 and c2 share a creation time, so
   // their enqueue order decides.
   std::vector<std::pair<std::string, absl::Time>> arrivals = {
-      {"late", t0 + absl::Seconds(30)}, {"c1", t0 + absl::Seconds(10)},
-      {"early", t0},                    {"c2", t0 + absl::Seconds(10)},
+      {"late", t0 + absl::Seconds(30)},
+      {"c1", t0 + absl::Seconds(10)},
+      {"early", t0},
+      {"c2", t0 + absl::Seconds(10)},
       {"mid", t0 + absl::Seconds(20)}};
   for (const auto& [name, created] : arrivals) {
     AcquireOptions opts;
@@ -496,7 +499,8 @@ TEST_P(DriverConformanceTest, Rule06_StressConcurrentEnqueueKeepsGlobalOrder) {
   ASSERT_EQ(errors.load(), 0);
   const int total = kThreads * kPerThread;
   std::vector<std::string> want;
-  for (int n = 0; n < total; ++n) want.push_back(Run(absl::StrFormat("r%05d", n)));
+  for (int n = 0; n < total; ++n)
+    want.push_back(Run(absl::StrFormat("r%05d", n)));
   EXPECT_THAT(RunKeys(*driver_->GetQueuedPipelineRuns(ctx_, repo.Key())),
               ElementsAreArray(want));
   // Drain from another driver instance: the same order everywhere.
@@ -523,7 +527,8 @@ TEST_P(DriverConformanceTest, Rule07_ReleaseAdmitsHeadAndReportsIt) {
   ASSERT_TRUE(driver_->AcquireSlot(ctx_, repo, Run("b"))->acquired);
   ASSERT_FALSE(driver_->AcquireSlot(ctx_, repo, Run("c"))->acquired);
   ASSERT_FALSE(driver_->AcquireSlot(ctx_, repo, Run("d"))->acquired);
-  auto rel = driver_->ReleaseSlot(ctx_, a->lease.lease_id, Run("a"), repo.Key());
+  auto rel =
+      driver_->ReleaseSlot(ctx_, a->lease.lease_id, Run("a"), repo.Key());
   ASSERT_TRUE(rel.ok());
   EXPECT_TRUE(rel->released);
   ASSERT_EQ(rel->admitted.size(), 1u);
@@ -539,8 +544,8 @@ TEST_P(DriverConformanceTest, Rule07_ReleaseAdmitsHeadAndReportsIt) {
 TEST_P(DriverConformanceTest, Rule07_QueueManagerReleasesPromote) {
   Repository repo = Repo("qm-promote", 1);
   QueueManager qm(driver_.get(), nullptr);
-  auto running = qm.AddListToRunningQueue(ctx_, repo,
-                                          {Run("a"), Run("b"), Run("c")});
+  auto running =
+      qm.AddListToRunningQueue(ctx_, repo, {Run("a"), Run("b"), Run("c")});
   ASSERT_TRUE(running.ok());
   EXPECT_THAT(*running, ElementsAre(Run("a")));
   EXPECT_THAT(*qm.QueuedPipelineRuns(ctx_, repo),
@@ -575,8 +580,10 @@ TEST_P(DriverConformanceTest, Rule08_WatcherToldOfReleaseAndAdmission) {
   // Another driver instance releases: the watcher of this one hears of it.
   auto other = MakeDriver();
   ASSERT_TRUE(other->ReleaseSlot(ctx_, a->lease.lease_id, "", "")->released);
-  EXPECT_TRUE(Eventually([&] { return log.Has(WatchEventType::kAdmitted, Run("b")) ||
-                                      log.Has(WatchEventType::kReleased); }));
+  EXPECT_TRUE(Eventually([&] {
+    return log.Has(WatchEventType::kAdmitted, Run("b")) ||
+           log.Has(WatchEventType::kReleased);
+  }));
   EXPECT_TRUE(other->Close().ok());
 }
 
@@ -589,7 +596,8 @@ TEST_P(DriverConformanceTest, Rule08_WatcherToldOfExpiry) {
   ASSERT_TRUE(watch.ok());
   PassTTL();
   // Nobody calls the driver: its own cleanup reclaims and admits b.
-  EXPECT_TRUE(Eventually([&] { return log.Has(WatchEventType::kAdmitted, Run("b")); }));
+  EXPECT_TRUE(
+      Eventually([&] { return log.Has(WatchEventType::kAdmitted, Run("b")); }));
   EXPECT_THAT(RunKeys(*driver_->GetRunningPipelineRuns(ctx_, repo.Key())),
               ElementsAre(Run("b")));
 }
@@ -602,7 +610,8 @@ TEST_P(DriverConformanceTest, Rule08_WatcherToldOfLimitRaiseAndCleanup) {
   auto watch = driver_->WatchSlotAvailability(ctx_, repo.Key(), log.Callback());
   ASSERT_TRUE(watch.ok());
   ASSERT_TRUE(driver_->SetRepositoryLimit(ctx_, Repo("watch-limit", 2)).ok());
-  EXPECT_TRUE(Eventually([&] { return log.Has(WatchEventType::kAdmitted, Run("b")); }));
+  EXPECT_TRUE(
+      Eventually([&] { return log.Has(WatchEventType::kAdmitted, Run("b")); }));
   ASSERT_TRUE(driver_->CleanupRepository(ctx_, repo.Key()).ok());
   EXPECT_TRUE(Eventually([&] { return log.Has(WatchEventType::kCleaned); }));
 }
@@ -610,19 +619,20 @@ TEST_P(DriverConformanceTest, Rule08_WatcherToldOfLimitRaiseAndCleanup) {
 TEST_P(DriverConformanceTest, Rule08_StoppedOrCancelledWatchIsSilent) {
   Repository repo = Repo("watch-stop", 0);
   EventLog stopped_log, cancelled_log, live_log;
-  auto stopped = driver_->WatchSlotAvailability(ctx_, repo.Key(),
-                                                stopped_log.Callback());
+  auto stopped =
+      driver_->WatchSlotAvailability(ctx_, repo.Key(), stopped_log.Callback());
   auto [cctx, cancel] = Context::WithCancel(ctx_);
   auto cancelled = driver_->WatchSlotAvailability(cctx, repo.Key(),
                                                   cancelled_log.Callback());
-  auto live = driver_->WatchSlotAvailability(ctx_, repo.Key(),
-                                             live_log.Callback());
+  auto live =
+      driver_->WatchSlotAvailability(ctx_, repo.Key(), live_log.Callback());
   ASSERT_TRUE(stopped.ok() && cancelled.ok() && live.ok());
   (*stopped)->Stop();
   cancel.Cancel();
   auto a = driver_->AcquireSlot(ctx_, repo, Run("a"));
   ASSERT_TRUE(driver_->ReleaseSlot(ctx_, a->lease.lease_id, "", "")->released);
-  EXPECT_TRUE(Eventually([&] { return live_log.Has(WatchEventType::kReleased); }));
+  EXPECT_TRUE(
+      Eventually([&] { return live_log.Has(WatchEventType::kReleased); }));
   EXPECT_EQ(stopped_log.size(), 0u);
   EXPECT_EQ(cancelled_log.size(), 0u);
 }
@@ -634,7 +644,8 @@ TEST_P(DriverConformanceTest, Rule09_AdmissionIgnoresExpiredLeases) {
   auto lazy = MakeDriver(/*background_cleanup=*/false);
   Repository repo = Repo("expiry", 1);
   ASSERT_TRUE(lazy->AcquireSlot(ctx_, repo, Run("a"))->acquired);
-  EXPECT_FALSE(lazy->AcquireSlot(ctx_, repo, Run("b"), {.enqueue = false})->acquired);
+  EXPECT_FALSE(
+      lazy->AcquireSlot(ctx_, repo, Run("b"), {.enqueue = false})->acquired);
   PassTTL();
   auto b = lazy->AcquireSlot(ctx_, repo, Run("b"));
   ASSERT_TRUE(b.ok());
@@ -662,18 +673,20 @@ TEST_P(DriverConformanceTest, Rule10_ManagerKeepsLeasesAlive) {
     Advance(ttl_ / 6);
     absl::Time now = clock_->Now();
     ASSERT_TRUE(Eventually([&] {
-      auto leases = manager->GetDriver().GetRunningPipelineRuns(ctx_, repo.Key());
+      auto leases =
+          manager->GetDriver().GetRunningPipelineRuns(ctx_, repo.Key());
       return leases.ok() && leases->size() == 1 &&
              (*leases)[0].expires_at - now > ttl_ / 4;
-    })) << "step " << step;
+    })) << "step "
+        << step;
     auto leases = manager->GetDriver().GetRunningPipelineRuns(ctx_, repo.Key());
     last_expiry = std::max(last_expiry, (*leases)[0].expires_at);
   }
   EXPECT_GT(last_expiry, a->lease.expires_at + ttl_);
   EXPECT_FALSE(manager->AcquireSlot(ctx_, repo, Run("b"))->acquired);
   EXPECT_EQ(lost.load(), 0);
-  ASSERT_TRUE(manager->ReleaseSlot(ctx_, a->lease.lease_id, Run("a"), repo.Key())
-                  .ok());
+  ASSERT_TRUE(
+      manager->ReleaseSlot(ctx_, a->lease.lease_id, Run("a"), repo.Key()).ok());
   // b was promoted by the Manager's own release, so it is tracked now.
   EXPECT_EQ(manager->TrackedLeaseCount(), 1u);
   EXPECT_TRUE(manager->Close().ok());
@@ -712,8 +725,10 @@ TEST_P(DriverConformanceTest, Rule11_LoweringLimitEvictsNobody) {
   Repository lowered = Repo("lower", 1);
   ASSERT_TRUE(driver_->SetRepositoryLimit(ctx_, lowered)->empty());
   EXPECT_EQ(*driver_->GetCurrentSlots(ctx_, repo.Key()), 3);
-  EXPECT_TRUE(driver_->ReleaseSlot(ctx_, "", Run("a"), repo.Key())->admitted.empty());
-  EXPECT_TRUE(driver_->ReleaseSlot(ctx_, "", Run("b"), repo.Key())->admitted.empty());
+  EXPECT_TRUE(
+      driver_->ReleaseSlot(ctx_, "", Run("a"), repo.Key())->admitted.empty());
+  EXPECT_TRUE(
+      driver_->ReleaseSlot(ctx_, "", Run("b"), repo.Key())->admitted.empty());
   EXPECT_FALSE(driver_->AcquireSlot(ctx_, lowered, Run("e"))->acquired);
   auto last = driver_->ReleaseSlot(ctx_, "", Run("c"), repo.Key());
   ASSERT_EQ(last->admitted.size(), 1u);
@@ -745,10 +760,12 @@ TEST_P(DriverConformanceTest, Rule12_ReleaseIsIdempotentByIdAndKey) {
   Repository repo = Repo("release", 2);
   auto a = driver_->AcquireSlot(ctx_, repo, Run("a"));
   ASSERT_TRUE(driver_->AcquireSlot(ctx_, repo, Run("b"))->acquired);
-  auto first = driver_->ReleaseSlot(ctx_, a->lease.lease_id, Run("a"), repo.Key());
+  auto first =
+      driver_->ReleaseSlot(ctx_, a->lease.lease_id, Run("a"), repo.Key());
   ASSERT_TRUE(first.ok());
   EXPECT_TRUE(first->released);
-  auto again = driver_->ReleaseSlot(ctx_, a->lease.lease_id, Run("a"), repo.Key());
+  auto again =
+      driver_->ReleaseSlot(ctx_, a->lease.lease_id, Run("a"), repo.Key());
   ASSERT_TRUE(again.ok());
   EXPECT_FALSE(again->released);
   auto by_key = driver_->ReleaseSlot(ctx_, "", Run("b"), repo.Key());
@@ -757,7 +774,8 @@ TEST_P(DriverConformanceTest, Rule12_ReleaseIsIdempotentByIdAndKey) {
   auto unknown = driver_->ReleaseSlot(ctx_, "no-such-lease", "", "");
   ASSERT_TRUE(unknown.ok());
   EXPECT_FALSE(unknown->released);
-  EXPECT_FALSE(driver_->ReleaseSlot(ctx_, "", Run("never"), repo.Key())->released);
+  EXPECT_FALSE(
+      driver_->ReleaseSlot(ctx_, "", Run("never"), repo.Key())->released);
   EXPECT_EQ(*driver_->GetCurrentSlots(ctx_, repo.Key()), 0);
 }
 
@@ -798,8 +816,10 @@ TEST_P(DriverConformanceTest, Rule13_CleanupRemovesOnlyThatRepository) {
   ASSERT_TRUE(driver_->CleanupRepository(ctx_, gone.Key()).ok());
   EXPECT_EQ(*driver_->GetCurrentSlots(ctx_, gone.Key()), 0);
   EXPECT_TRUE(driver_->GetQueuedPipelineRuns(ctx_, gone.Key())->empty());
-  EXPECT_TRUE(absl::IsNotFound(driver_->GetRepositoryState(ctx_, gone.Key()).status()));
-  EXPECT_TRUE(absl::IsNotFound(driver_->GetPipelineRunState(ctx_, Run("a")).status()));
+  EXPECT_TRUE(
+      absl::IsNotFound(driver_->GetRepositoryState(ctx_, gone.Key()).status()));
+  EXPECT_TRUE(
+      absl::IsNotFound(driver_->GetPipelineRunState(ctx_, Run("a")).status()));
 
   EXPECT_EQ(*driver_->GetCurrentSlots(ctx_, kept.Key()), 1);
   EXPECT_THAT(RunKeys(*driver_->GetQueuedPipelineRuns(ctx_, kept.Key())),
@@ -810,7 +830,8 @@ TEST_P(DriverConformanceTest, Rule13_CleanupRemovesOnlyThatRepository) {
 
 TEST_P(DriverConformanceTest, Rule13_StatesRoundTrip) {
   Repository repo = Repo("states", 1);
-  EXPECT_TRUE(absl::IsNotFound(driver_->GetRepositoryState(ctx_, repo.Key()).status()));
+  EXPECT_TRUE(
+      absl::IsNotFound(driver_->GetRepositoryState(ctx_, repo.Key()).status()));
   ASSERT_TRUE(driver_->SetRepositoryState(ctx_, repo, "paused").ok());
   ASSERT_TRUE(driver_->SetRepositoryState(ctx_, repo, "active").ok());
   EXPECT_EQ(*driver_->GetRepositoryState(ctx_, repo.Key()), "active");
@@ -845,12 +866,14 @@ TEST_P(DriverConformanceTest, Rule14_WaitForSlotTimeoutLeavesNothingBehind) {
   ASSERT_TRUE(holder->acquired);
   Context short_ctx = Context::WithTimeout(ctx_, absl::Milliseconds(300));
   std::vector<int64_t> positions;
-  auto waited = manager->WaitForSlot(short_ctx, repo, Run("waiter"), {},
-                                     [&](int64_t p) { positions.push_back(p); });
+  auto waited =
+      manager->WaitForSlot(short_ctx, repo, Run("waiter"), {},
+                           [&](int64_t p) { positions.push_back(p); });
   EXPECT_TRUE(absl::IsDeadlineExceeded(waited.status())) << waited.status();
   ASSERT_FALSE(positions.empty());
   EXPECT_EQ(positions.front(), 1);
-  EXPECT_TRUE(manager->GetDriver().GetQueuedPipelineRuns(ctx_, repo.Key())->empty());
+  EXPECT_TRUE(
+      manager->GetDriver().GetQueuedPipelineRuns(ctx_, repo.Key())->empty());
   EXPECT_EQ(*manager->GetDriver().GetCurrentSlots(ctx_, repo.Key()), 1);
 
   // A cancelled waiter leaves nothing either, and a released holder wakes
@@ -863,7 +886,8 @@ TEST_P(DriverConformanceTest, Rule14_WaitForSlotTimeoutLeavesNothingBehind) {
   auto cancelled = manager->WaitForSlot(cctx, repo, Run("waiter2"));
   canceller.join();
   EXPECT_TRUE(absl::IsCancelled(cancelled.status())) << cancelled.status();
-  EXPECT_TRUE(manager->GetDriver().GetQueuedPipelineRuns(ctx_, repo.Key())->empty());
+  EXPECT_TRUE(
+      manager->GetDriver().GetQueuedPipelineRuns(ctx_, repo.Key())->empty());
 
   std::thread releaser([&] {
     absl::SleepFor(absl::Milliseconds(100));
@@ -912,13 +936,14 @@ TEST_P(DriverConformanceTest, Rule15_BadKeysAreRejectedAndNothingWritten) {
   Repository negative = Repo("input", -1);
   auto n = driver_->AcquireSlot(ctx_, negative, Run("a"));
   EXPECT_TRUE(absl::IsInvalidArgument(n.status()));
-  EXPECT_THAT(std::string(n.status().message()), HasSubstr("concurrency_limit"));
+  EXPECT_THAT(std::string(n.status().message()),
+              HasSubstr("concurrency_limit"));
   EXPECT_TRUE(absl::IsInvalidArgument(
       driver_->SetRepositoryLimit(ctx_, negative).status()));
   EXPECT_TRUE(absl::IsInvalidArgument(
       driver_->ReleaseSlot(ctx_, "", "bad", repo.Key()).status()));
-  EXPECT_TRUE(absl::IsInvalidArgument(
-      driver_->GetCurrentSlots(ctx_, "nope").status()));
+  EXPECT_TRUE(
+      absl::IsInvalidArgument(driver_->GetCurrentSlots(ctx_, "nope").status()));
   // Nothing was written: the repository is empty, and a good run still gets
   // the single slot.
   EXPECT_EQ(*driver_->GetCurrentSlots(ctx_, repo.Key()), 0);

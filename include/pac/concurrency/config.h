@@ -28,7 +28,7 @@ struct EtcdConfig {
   std::vector<std::string> endpoints;  // "host:port", tried in order
   absl::Duration dial_timeout = absl::Seconds(5);
   std::string username;
-  std::string password;  // secret: never logged
+  std::string password;       // secret: never logged
   std::string mode = "etcd";  // "etcd", "mock" or "memory"
   std::optional<TLSConfig> tls;
   std::string prefix = "/pac-concurrency/";  // every key lives under it
@@ -40,7 +40,7 @@ struct PostgreSQLConfig {
   int port = 5432;
   std::string database = "pac_concurrency";
   std::string username = "pac_user";
-  std::string password;  // secret: never logged
+  std::string password;              // secret: never logged
   std::string ssl_mode = "disable";  // disable, require, verify-ca, verify-full
   std::string ssl_root_cert;         // CA file for verify-ca / verify-full
   int max_connections = 10;

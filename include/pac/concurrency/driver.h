@@ -82,8 +82,8 @@ struct AcquireResult {
 };
 
 struct ReleaseResult {
-  bool released = false;     // a lease was released
-  bool dequeued = false;     // a queue entry was removed
+  bool released = false;        // a lease was released
+  bool dequeued = false;        // a queue entry was removed
   std::vector<Lease> admitted;  // runs admitted into the freed slot(s)
 };
 
