@@ -42,6 +42,23 @@ run_suite() {
   rm -f "$log"
 }
 
+# Clang's thread-safety analysis over the library sources (PAC_GUARDED_BY).
+echo "=== thread-safety analysis (clang -Wthread-safety)"
+tsa_failed=0
+for f in $(git ls-files 'src/*.cc' | grep -v '_test\.cc$'); do
+  if ! clang++ -std=c++20 -fsyntax-only -Wthread-safety -Werror=thread-safety \
+       -Iinclude -I. -Ibuild/generated "$f"; then
+    tsa_failed=1
+  fi
+done
+if [ "$tsa_failed" -ne 0 ]; then
+  echo "=== thread-safety analysis: FAILED"
+  failed=$((failed + 1))
+  status=1
+else
+  echo "=== thread-safety analysis: clean"
+fi
+
 # ctest runs the gtest binaries with verbose output so the cases are counted.
 CTEST_COMMON="-V"
 
