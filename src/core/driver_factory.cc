@@ -4,6 +4,7 @@
 #include "pac/concurrency/driver.h"
 #include "src/common/strings.h"
 #include "src/memory/memory_driver.h"
+#include "src/postgresql/postgresql_driver.h"
 
 namespace pac::concurrency {
 
@@ -17,11 +18,19 @@ absl::StatusOr<std::unique_ptr<Driver>> NewMemoryDriver(
       std::make_unique<internal::MemoryDriver>(config, options));
 }
 
+absl::StatusOr<std::unique_ptr<Driver>> NewPostgreSQLDriver(
+    const PostgreSQLConfig& config, const DriverOptions& options) {
+  return internal::PostgreSQLDriver::Create(config, options);
+}
+
 absl::StatusOr<std::unique_ptr<Driver>> NewDriver(
     const DriverConfig& config, const DriverOptions& options) {
   if (absl::Status s = ValidateConfig(config); !s.ok()) return s;
   if (config.driver == "memory") {
     return NewMemoryDriver(config.memory.value_or(MemoryConfig{}), options);
+  }
+  if (config.driver == "postgresql") {
+    return NewPostgreSQLDriver(*config.postgresql, options);
   }
   return absl::UnimplementedError(
       internal::Cat("config: concurrency-driver: the ", config.driver,

@@ -216,6 +216,14 @@ struct DriverOptions {
 [[nodiscard]] absl::StatusOr<std::unique_ptr<Driver>> NewMemoryDriver(
     const MemoryConfig& config, const DriverOptions& options = {});
 
+// The PostgreSQL driver. Connects, checks credentials and TLS, and migrates
+// the schema before returning: Unavailable if the server cannot be reached
+// within connection_timeout, Unauthenticated for a wrong password,
+// FailedPrecondition for a TLS verification failure. Expiry is judged by
+// the database clock, so DriverOptions::clock is not used.
+[[nodiscard]] absl::StatusOr<std::unique_ptr<Driver>> NewPostgreSQLDriver(
+    const PostgreSQLConfig& config, const DriverOptions& options = {});
+
 }  // namespace pac::concurrency
 
 #endif  // PAC_CONCURRENCY_DRIVER_H_

@@ -1,0 +1,203 @@
+#include "src/postgresql/pg_connection.h"
+
+#include <poll.h>
+
+#include <algorithm>
+#include <charconv>
+
+#include "src/common/strings.h"
+
+namespace pac::concurrency::internal {
+namespace {
+
+// Waits on `fd` for `events` until the deadline or a cancellation, in slices
+// short enough to notice a cancelled context.
+absl::Status WaitFd(int fd, short events, const Context& ctx,
+                    absl::Time deadline) {
+  while (true) {
+    if (absl::Status s = ctx.Err(); !s.ok()) return s;
+    absl::Duration left = deadline - absl::Now();
+    if (left <= absl::ZeroDuration()) {
+      return absl::DeadlineExceededError("postgresql: deadline exceeded");
+    }
+    int ms = static_cast<int>(
+        std::min<int64_t>(absl::ToInt64Milliseconds(left) + 1, 50));
+    pollfd p{fd, events, 0};
+    int rc = ::poll(&p, 1, ms);
+    if (rc > 0) return absl::OkStatus();
+    if (rc < 0 && errno != EINTR) {
+      return absl::UnavailableError("postgresql: poll failed");
+    }
+  }
+}
+
+}  // namespace
+
+int64_t PgResult::GetInt(int row, int col) const {
+  std::string_view v = Get(row, col);
+  int64_t out = 0;
+  std::from_chars(v.data(), v.data() + v.size(), out);
+  return out;
+}
+
+absl::Time PgResult::GetMicros(int row, int col) const {
+  if (IsNull(row, col)) return absl::InfiniteFuture();
+  std::string_view v = Get(row, col);
+  int64_t out = 0;
+  auto [ptr, ec] = std::from_chars(v.data(), v.data() + v.size(), out);
+  if (ec != std::errc()) return absl::InfiniteFuture();
+  return absl::FromUnixMicros(out);
+}
+
+absl::StatusOr<std::unique_ptr<PgConnection>> PgConnection::Open(
+    const PostgreSQLConfig& config, const Context& ctx) {
+  if (absl::Status s = ctx.Err(); !s.ok()) return s;
+  absl::Time deadline =
+      std::min(ctx.deadline(), absl::Now() + config.connection_timeout);
+  std::string port = std::to_string(config.port);
+  std::string timeout = std::to_string(std::max<int64_t>(
+      2, absl::ToInt64Seconds(config.connection_timeout)));
+  std::vector<const char*> keys = {"host",    "port",     "dbname",
+                                   "user",    "sslmode",  "connect_timeout",
+                                   "application_name"};
+  std::vector<const char*> values = {
+      config.host.c_str(),     port.c_str(),    config.database.c_str(),
+      config.username.c_str(), config.ssl_mode.c_str(), timeout.c_str(),
+      "pac-concurrency"};
+  if (!config.password.empty()) {
+    keys.push_back("password");
+    values.push_back(config.password.c_str());
+  }
+  if (!config.ssl_root_cert.empty()) {
+    keys.push_back("sslrootcert");
+    values.push_back(config.ssl_root_cert.c_str());
+  }
+  keys.push_back(nullptr);
+  values.push_back(nullptr);
+  PGconn* conn = PQconnectStartParams(keys.data(), values.data(), 0);
+  if (conn == nullptr) return absl::UnavailableError("postgresql: out of memory");
+  std::unique_ptr<PgConnection> out(new PgConnection(conn));
+  if (PQstatus(conn) == CONNECTION_BAD) {
+    return PgConnectionError(conn, "connect");
+  }
+  PostgresPollingStatusType poll_status = PGRES_POLLING_WRITING;
+  while (poll_status != PGRES_POLLING_OK) {
+    if (poll_status == PGRES_POLLING_FAILED) {
+      return PgConnectionError(conn, "connect");
+    }
+    short events = poll_status == PGRES_POLLING_READING ? POLLIN : POLLOUT;
+    absl::Status s = WaitFd(PQsocket(conn), events, ctx, deadline);
+    if (!s.ok()) {
+      if (absl::IsDeadlineExceeded(s)) {
+        return absl::UnavailableError(
+            Cat("postgresql: connect to ", config.host, ":", config.port,
+                " timed out"));
+      }
+      return s;
+    }
+    poll_status = PQconnectPoll(conn);
+  }
+  if (PQsetnonblocking(conn, 1) != 0) {
+    return PgConnectionError(conn, "set non-blocking");
+  }
+  return out;
+}
+
+PgConnection::~PgConnection() {
+  if (conn_ != nullptr) PQfinish(conn_);
+}
+
+bool PgConnection::healthy() const {
+  return !broken_ && PQstatus(conn_) == CONNECTION_OK;
+}
+
+absl::Status PgConnection::WaitReadable(const Context& ctx) {
+  return WaitFd(PQsocket(conn_), POLLIN, ctx, ctx.deadline());
+}
+
+absl::Status PgConnection::WaitWritable(const Context& ctx) {
+  return WaitFd(PQsocket(conn_), POLLOUT, ctx, ctx.deadline());
+}
+
+absl::StatusOr<PgResult> PgConnection::Exec(const Context& ctx,
+                                            std::string_view sql,
+                                            const std::vector<PgParam>& params) {
+  if (absl::Status s = ctx.Err(); !s.ok()) return s;
+  std::string query(sql);
+  int sent;
+  if (params.empty()) {
+    sent = PQsendQuery(conn_, query.c_str());
+  } else {
+    std::vector<const char*> values;
+    values.reserve(params.size());
+    for (const PgParam& p : params) {
+      values.push_back(p.has_value() ? p->c_str() : nullptr);
+    }
+    sent = PQsendQueryParams(conn_, query.c_str(),
+                             static_cast<int>(values.size()), nullptr,
+                             values.data(), nullptr, nullptr, 0);
+  }
+  if (sent == 0) {
+    broken_ = true;
+    return PgConnectionError(conn_, "send");
+  }
+  // Flush the query out (non-blocking mode).
+  while (true) {
+    int f = PQflush(conn_);
+    if (f == 0) break;
+    if (f < 0) {
+      broken_ = true;
+      return PgConnectionError(conn_, "send");
+    }
+    if (absl::Status s = WaitWritable(ctx); !s.ok()) {
+      broken_ = true;
+      return s;
+    }
+  }
+  // Read until libpq has the whole answer.
+  while (true) {
+    if (PQconsumeInput(conn_) == 0) {
+      broken_ = true;
+      return PgConnectionError(conn_, "receive");
+    }
+    if (!PQisBusy(conn_)) break;
+    absl::Status s = WaitReadable(ctx);
+    if (!s.ok()) {
+      // Ask the server to stop; the connection's state is unknown now.
+      if (PGcancel* cancel = PQgetCancel(conn_)) {
+        char err[256];
+        PQcancel(cancel, err, sizeof(err));
+        PQfreeCancel(cancel);
+      }
+      broken_ = true;
+      return s;
+    }
+  }
+  std::optional<PgResult> last;
+  absl::Status error = absl::OkStatus();
+  while (PGresult* r = PQgetResult(conn_)) {
+    ExecStatusType st = PQresultStatus(r);
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && error.ok()) {
+      error = PgResultError(r, conn_, "query");
+    }
+    last.emplace(r);
+    // Later results may still be in flight for multi-statement strings.
+    while (PQisBusy(conn_)) {
+      if (PQconsumeInput(conn_) == 0) {
+        broken_ = true;
+        return PgConnectionError(conn_, "receive");
+      }
+      if (!PQisBusy(conn_)) break;
+      if (absl::Status s = WaitReadable(ctx); !s.ok()) {
+        broken_ = true;
+        return s;
+      }
+    }
+  }
+  if (PQstatus(conn_) != CONNECTION_OK) broken_ = true;
+  if (!error.ok()) return error;
+  if (!last.has_value()) return absl::InternalError("postgresql: no result");
+  return std::move(*last);
+}
+
+}  // namespace pac::concurrency::internal

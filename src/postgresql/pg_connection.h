@@ -1,0 +1,86 @@
+// libpq, owned: a Connection closes itself, a Result clears itself, and every
+// query runs asynchronously so the caller's Context deadline and
+// cancellation apply. libpq types never leave src/postgresql/.
+#ifndef PAC_SRC_POSTGRESQL_PG_CONNECTION_H_
+#define PAC_SRC_POSTGRESQL_PG_CONNECTION_H_
+
+#include <libpq-fe.h>
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "pac/concurrency/config.h"
+#include "pac/concurrency/context.h"
+
+namespace pac::concurrency::internal {
+
+// A query result. Rows and columns by index; values are text.
+class PgResult {
+ public:
+  explicit PgResult(PGresult* r) : r_(r, &PQclear) {}
+  int rows() const { return PQntuples(r_.get()); }
+  bool IsNull(int row, int col) const {
+    return PQgetisnull(r_.get(), row, col) != 0;
+  }
+  std::string_view Get(int row, int col) const {
+    return std::string_view(PQgetvalue(r_.get(), row, col),
+                            PQgetlength(r_.get(), row, col));
+  }
+  int64_t GetInt(int row, int col) const;
+  // A bigint column of Unix microseconds; NULL or infinity -> InfiniteFuture.
+  absl::Time GetMicros(int row, int col) const;
+
+ private:
+  std::unique_ptr<PGresult, void (*)(PGresult*)> r_;
+};
+
+// One parameter: a value or SQL NULL.
+using PgParam = std::optional<std::string>;
+
+class PgConnection {
+ public:
+  // Opens a connection with the configuration's parameters passed as
+  // keyword/value pairs (never glued into a conninfo string), within
+  // min(ctx deadline, connection_timeout).
+  static absl::StatusOr<std::unique_ptr<PgConnection>> Open(
+      const PostgreSQLConfig& config, const Context& ctx);
+
+  ~PgConnection();
+  PgConnection(const PgConnection&) = delete;
+  PgConnection& operator=(const PgConnection&) = delete;
+
+  // Runs one statement (or several without parameters) and waits for the
+  // result until the context ends; then the query is cancelled and the
+  // connection marked broken. Errors are translated by pg_errors.cc.
+  absl::StatusOr<PgResult> Exec(const Context& ctx, std::string_view sql,
+                                const std::vector<PgParam>& params = {});
+
+  // False once the connection failed; the pool drops it.
+  bool healthy() const;
+  PGconn* raw() { return conn_; }
+
+ private:
+  explicit PgConnection(PGconn* conn) : conn_(conn) {}
+  absl::Status WaitReadable(const Context& ctx);
+  absl::Status WaitWritable(const Context& ctx);
+
+  PGconn* conn_;
+  bool broken_ = false;
+};
+
+// Translates a failed result or connection state into a Status
+// (pg_errors.cc: the one place where SQLSTATEs become codes).
+absl::Status PgResultError(const PGresult* result, PGconn* conn,
+                           std::string_view what);
+absl::Status PgConnectionError(PGconn* conn, std::string_view what);
+
+}  // namespace pac::concurrency::internal
+
+#endif  // PAC_SRC_POSTGRESQL_PG_CONNECTION_H_

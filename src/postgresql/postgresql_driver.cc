@@ -1,0 +1,530 @@
+#include "src/postgresql/postgresql_driver.h"
+
+#include <poll.h>
+
+#include <algorithm>
+
+#include "pac/concurrency/status.h"
+#include "src/common/logging.h"
+#include "src/common/strings.h"
+#include "src/postgresql/schema.h"
+
+namespace pac::concurrency::internal {
+namespace {
+
+constexpr const char* kChannel = "pac_concurrency";
+
+// Timestamps cross the wire as Unix microseconds.
+#define PAC_MICROS(col) "(extract(epoch from " col ") * 1000000)::bigint"
+
+constexpr const char* kAcquireSql =
+    "SELECT o_kind, o_run, o_lease, " PAC_MICROS("o_acquired") ", "
+    PAC_MICROS("o_expires") ", o_token, o_pos FROM pac_acquire($1, $2, $3::int,"
+    " CASE WHEN $4::bigint IS NULL THEN NULL ELSE 'epoch'::timestamptz +"
+    " $4::bigint * interval '1 microsecond' END, $5::boolean, $6::boolean,"
+    " $7::bigint * interval '1 microsecond')";
+
+constexpr const char* kReleaseSql =
+    "SELECT o_kind, o_run, o_lease, " PAC_MICROS("o_acquired") ", "
+    PAC_MICROS("o_expires") ", o_token, o_pos FROM pac_release($1, $2, $3,"
+    " $4::bigint * interval '1 microsecond')";
+
+constexpr const char* kRenewSql =
+    "UPDATE concurrency_slots SET expires_at = clock_timestamp() + $2::bigint *"
+    " interval '1 microsecond', updated_at = clock_timestamp()"
+    " WHERE lease_id = $1 AND state = 'running' AND expires_at >"
+    " clock_timestamp() RETURNING 'acquired', pipeline_run_key, lease_id, "
+    PAC_MICROS("acquired_at") ", " PAC_MICROS("expires_at")
+    ", fencing_token, 0, repository_key";
+
+constexpr const char* kRunningSql =
+    "SELECT 'acquired', pipeline_run_key, lease_id, " PAC_MICROS("acquired_at")
+    ", " PAC_MICROS("expires_at") ", fencing_token, 0 FROM concurrency_slots"
+    " WHERE repository_key = $1 AND state = 'running' AND expires_at >"
+    " clock_timestamp() ORDER BY fencing_token";
+
+constexpr const char* kQueuedSql =
+    "SELECT pipeline_run_key, " PAC_MICROS("creation_time") ", queue_seq, "
+    PAC_MICROS("created_at") " FROM concurrency_slots WHERE repository_key = $1"
+    " AND state = 'queued' ORDER BY creation_time, queue_seq";
+
+std::optional<std::string> OptText(std::string_view s) {
+  if (s.empty()) return std::nullopt;
+  return std::string(s);
+}
+
+WatchEventType EventType(std::string_view name) {
+  if (name == "released") return WatchEventType::kReleased;
+  if (name == "expired") return WatchEventType::kExpired;
+  if (name == "admitted") return WatchEventType::kAdmitted;
+  if (name == "limit") return WatchEventType::kLimitChanged;
+  if (name == "cleaned") return WatchEventType::kCleaned;
+  return WatchEventType::kResync;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Driver>> PostgreSQLDriver::Create(
+    const PostgreSQLConfig& config, const DriverOptions& options) {
+  DriverConfig whole;
+  whole.driver = "postgresql";
+  whole.postgresql = config;
+  if (absl::Status s = ValidateConfig(whole); !s.ok()) return s;
+  auto logger = OrNullLogger(options.logger);
+  // Check reachability, credentials and TLS, and migrate, before handing out
+  // a driver: a wrong setting fails here with a clear error.
+  Context ctx = Context::WithTimeout(Context::Background(),
+                                     config.connection_timeout);
+  auto conn = PgConnection::Open(config, ctx);
+  if (!conn.ok()) {
+    logger->error("cannot connect to postgresql at {}:{}: {}", config.host,
+                  config.port, conn.status().ToString());
+    return conn.status();
+  }
+  if (absl::Status s = Migrate(**conn, ctx); !s.ok()) {
+    logger->error("postgresql schema migration failed: {}", s.ToString());
+    return s;
+  }
+  std::unique_ptr<PostgreSQLDriver> driver(new PostgreSQLDriver(config, options));
+  driver->listen_thread_ = std::thread([d = driver.get()] { d->ListenLoop(); });
+  if (options.background_cleanup) {
+    driver->reap_thread_ = std::thread([d = driver.get()] { d->ReapLoop(); });
+  }
+  logger->info("postgresql driver connected to {}:{}/{} (sslmode {}, pool {})",
+               config.host, config.port, config.database, config.ssl_mode,
+               config.max_connections);
+  return std::unique_ptr<Driver>(std::move(driver));
+}
+
+PostgreSQLDriver::PostgreSQLDriver(const PostgreSQLConfig& config,
+                                   const DriverOptions& options)
+    : config_(config), logger_(OrNullLogger(options.logger)), pool_(config) {}
+
+PostgreSQLDriver::~PostgreSQLDriver() { (void)Close(); }
+
+absl::Status PostgreSQLDriver::Close() {
+  if (closed_.exchange(true)) return absl::OkStatus();
+  {
+    MutexLock lock(&stop_mu_);
+    stop_ = true;
+  }
+  stop_cv_.NotifyAll();
+  if (listen_thread_.joinable()) listen_thread_.join();
+  if (reap_thread_.joinable()) reap_thread_.join();
+  {
+    MutexLock lock(&watch_mu_);
+    for (auto& [repo, list] : watchers_) {
+      for (auto& w : list) w->stopped.store(true);
+    }
+    watchers_.clear();
+  }
+  dispatcher_.Shutdown();
+  pool_.Close();
+  logger_->info("postgresql driver closed");
+  return absl::OkStatus();
+}
+
+std::string PostgreSQLDriver::TtlMicros() const {
+  return std::to_string(absl::ToInt64Microseconds(config_.lease_ttl));
+}
+
+absl::StatusOr<PgResult> PostgreSQLDriver::Query(
+    const Context& ctx, std::string_view sql,
+    const std::vector<PgParam>& params) {
+  const absl::Time budget_end =
+      ctx.deadline() == absl::InfiniteFuture()
+          ? absl::Now() + config_.connection_timeout
+          : ctx.deadline();
+  absl::Duration backoff = absl::Milliseconds(50);
+  while (true) {
+    if (closed_.load()) {
+      return absl::FailedPreconditionError("postgresql driver is closed");
+    }
+    if (absl::Status s = ctx.Err(); !s.ok()) return s;
+    absl::Status failure;
+    auto handle = pool_.Get(ctx);
+    if (handle.ok()) {
+      auto result = (*handle)->Exec(ctx, sql, params);
+      if (result.ok()) return result;
+      failure = result.status();
+    } else {
+      failure = handle.status();
+    }
+    if (!IsRetryable(failure) || absl::Now() + backoff >= budget_end) {
+      if (IsRetryable(failure)) {
+        logger_->warn("postgresql unavailable, giving up: {}",
+                      failure.ToString());
+      }
+      return failure;
+    }
+    logger_->warn("postgresql call failed, retrying in {}: {}",
+                  absl::FormatDuration(backoff), failure.ToString());
+    absl::SleepFor(backoff);
+    backoff = std::min(backoff * 2, absl::Seconds(1));
+  }
+}
+
+Lease PostgreSQLDriver::LeaseFromRow(const PgResult& r, int row,
+                                     const std::string& repo_key) {
+  Lease l;
+  l.pipeline_run_key = std::string(r.Get(row, 1));
+  l.lease_id = std::string(r.Get(row, 2));
+  l.acquired_at = r.GetMicros(row, 3);
+  l.expires_at = r.GetMicros(row, 4);
+  l.fencing_token = r.GetInt(row, 5);
+  l.repository_key = repo_key;
+  return l;
+}
+
+absl::StatusOr<AcquireResult> PostgreSQLDriver::AcquireSlot(
+    const Context& ctx, const Repository& repo, std::string_view run_key,
+    const AcquireOptions& options) {
+  if (absl::Status s = ValidateRepository(repo); !s.ok()) return s;
+  if (absl::Status s = ValidateKey(run_key, "pipeline_run"); !s.ok()) return s;
+  const std::string repo_key = repo.Key();
+  PgParam creation;
+  if (options.creation_time.has_value()) {
+    creation = std::to_string(absl::ToUnixMicros(*options.creation_time));
+  }
+  auto r = Query(ctx, kAcquireSql,
+                 {repo_key, std::string(run_key),
+                  std::to_string(EffectiveLimit(repo)), creation,
+                  options.enqueue ? "true" : "false",
+                  options.adopt_running ? "true" : "false", TtlMicros()});
+  if (!r.ok()) return r.status();
+  AcquireResult result;
+  for (int i = 0; i < r->rows(); ++i) {
+    std::string_view kind = r->Get(i, 0);
+    if (kind == "admitted") {
+      result.admitted.push_back(LeaseFromRow(*r, i, repo_key));
+    } else if (kind == "acquired") {
+      result.acquired = true;
+      result.lease = LeaseFromRow(*r, i, repo_key);
+    } else if (kind == "queued") {
+      result.position = r->GetInt(i, 6);
+    }
+  }
+  if (result.acquired) {
+    logger_->debug("slot acquired: {} in {} token {}", run_key, repo_key,
+                   result.lease.fencing_token);
+  } else if (result.position > 0) {
+    logger_->info("concurrency limit {} of {} reached; {} queued at position {}",
+                  EffectiveLimit(repo), repo_key, run_key, result.position);
+  }
+  return result;
+}
+
+absl::StatusOr<ReleaseResult> PostgreSQLDriver::ReleaseSlot(
+    const Context& ctx, std::string_view lease_id, std::string_view run_key,
+    std::string_view repo_key) {
+  if (lease_id.empty()) {
+    if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
+    if (absl::Status s = ValidateKey(run_key, "pipeline_run"); !s.ok()) {
+      return s;
+    }
+  }
+  auto r = Query(ctx, kReleaseSql,
+                 {OptText(lease_id), OptText(run_key), OptText(repo_key),
+                  TtlMicros()});
+  if (!r.ok()) return r.status();
+  ReleaseResult result;
+  std::string repo(repo_key);
+  for (int i = 0; i < r->rows(); ++i) {
+    std::string_view kind = r->Get(i, 0);
+    if (kind == "released") {
+      result.released = true;
+      logger_->debug("slot released: {}", r->Get(i, 1));
+    } else if (kind == "dequeued") {
+      result.dequeued = true;
+    } else if (kind == "admitted") {
+      Lease l = LeaseFromRow(*r, i, repo);
+      logger_->info("admitted {} from the queue (token {})",
+                    l.pipeline_run_key, l.fencing_token);
+      result.admitted.push_back(std::move(l));
+    }
+  }
+  if (repo.empty() && !result.admitted.empty()) {
+    // Released by id alone: the repository is the lease's; read it back.
+    auto lr = Query(ctx,
+                    "SELECT repository_key FROM concurrency_slots WHERE "
+                    "lease_id = $1",
+                    {result.admitted[0].lease_id});
+    if (lr.ok() && lr->rows() > 0) {
+      for (Lease& l : result.admitted) l.repository_key = lr->Get(0, 0);
+    }
+  }
+  return result;
+}
+
+absl::StatusOr<Lease> PostgreSQLDriver::RenewLease(const Context& ctx,
+                                                   std::string_view lease_id) {
+  if (lease_id.empty()) {
+    return absl::InvalidArgumentError("lease_id: must not be empty");
+  }
+  auto r = Query(ctx, kRenewSql, {std::string(lease_id), TtlMicros()});
+  if (!r.ok()) return r.status();
+  if (r->rows() == 0) {
+    return LeaseLostError("lease has expired or was released");
+  }
+  return LeaseFromRow(*r, 0, std::string(r->Get(0, 7)));
+}
+
+absl::StatusOr<std::vector<Lease>> PostgreSQLDriver::SetRepositoryLimit(
+    const Context& ctx, const Repository& repo) {
+  if (absl::Status s = ValidateRepository(repo); !s.ok()) return s;
+  const std::string repo_key = repo.Key();
+  auto r = Query(ctx, kAcquireSql,
+                 {repo_key, std::nullopt, std::to_string(EffectiveLimit(repo)),
+                  std::nullopt, "false", "false", TtlMicros()});
+  if (!r.ok()) return r.status();
+  std::vector<Lease> admitted;
+  for (int i = 0; i < r->rows(); ++i) {
+    if (r->Get(i, 0) == "admitted") {
+      admitted.push_back(LeaseFromRow(*r, i, repo_key));
+    }
+  }
+  return admitted;
+}
+
+absl::StatusOr<int> PostgreSQLDriver::GetCurrentSlots(
+    const Context& ctx, std::string_view repo_key) {
+  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
+  auto r = Query(ctx,
+                 "SELECT count(*) FROM concurrency_slots WHERE repository_key ="
+                 " $1 AND state = 'running' AND expires_at > clock_timestamp()",
+                 {std::string(repo_key)});
+  if (!r.ok()) return r.status();
+  return static_cast<int>(r->GetInt(0, 0));
+}
+
+absl::StatusOr<std::vector<Lease>> PostgreSQLDriver::GetRunningPipelineRuns(
+    const Context& ctx, std::string_view repo_key) {
+  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
+  auto r = Query(ctx, kRunningSql, {std::string(repo_key)});
+  if (!r.ok()) return r.status();
+  std::vector<Lease> out;
+  std::string repo(repo_key);
+  for (int i = 0; i < r->rows(); ++i) out.push_back(LeaseFromRow(*r, i, repo));
+  return out;
+}
+
+absl::StatusOr<std::vector<QueueEntry>> PostgreSQLDriver::GetQueuedPipelineRuns(
+    const Context& ctx, std::string_view repo_key) {
+  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
+  auto r = Query(ctx, kQueuedSql, {std::string(repo_key)});
+  if (!r.ok()) return r.status();
+  std::vector<QueueEntry> out;
+  for (int i = 0; i < r->rows(); ++i) {
+    out.push_back(QueueEntry{std::string(r->Get(i, 0)), r->GetMicros(i, 1),
+                             r->GetInt(i, 2), r->GetMicros(i, 3), i + 1});
+  }
+  return out;
+}
+
+absl::StatusOr<std::unique_ptr<WatchHandle>>
+PostgreSQLDriver::WatchSlotAvailability(const Context& ctx,
+                                        std::string_view repo_key,
+                                        WatchCallback callback) {
+  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
+  if (!callback) return absl::InvalidArgumentError("callback: must be set");
+  if (absl::Status s = ctx.Err(); !s.ok()) return s;
+  if (closed_.load()) {
+    return absl::FailedPreconditionError("postgresql driver is closed");
+  }
+  auto entry = std::make_shared<WatcherEntry>(std::string(repo_key),
+                                              std::move(callback));
+  {
+    MutexLock lock(&watch_mu_);
+    watchers_[entry->repository_key].push_back(entry);
+  }
+  std::weak_ptr<WatcherEntry> weak = entry;
+  entry->context_callback_id = ctx.AddCancelCallback([weak] {
+    if (auto e = weak.lock()) e->stopped.store(true);
+  });
+  auto unregister = [this, weak] {
+    auto e = weak.lock();
+    if (e == nullptr) return;
+    MutexLock lock(&watch_mu_);
+    auto it = watchers_.find(e->repository_key);
+    if (it == watchers_.end()) return;
+    auto& list = it->second;
+    list.erase(std::remove(list.begin(), list.end(), e), list.end());
+    if (list.empty()) watchers_.erase(it);
+  };
+  return std::unique_ptr<WatchHandle>(
+      new EntryWatchHandle(entry, ctx, std::move(unregister)));
+}
+
+void PostgreSQLDriver::Broadcast(WatchEventType type) {
+  PendingEvents events;
+  {
+    MutexLock lock(&watch_mu_);
+    for (auto& [repo, list] : watchers_) {
+      for (auto& w : list) events.emplace_back(w, WatchEvent{type, repo, ""});
+    }
+  }
+  dispatcher_.Post(std::move(events));
+}
+
+void PostgreSQLDriver::ListenLoop() {
+  absl::Duration backoff = absl::Milliseconds(100);
+  auto stopping = [this] {
+    MutexLock lock(&stop_mu_);
+    return stop_;
+  };
+  auto sleep = [this](absl::Duration d) {
+    MutexLock lock(&stop_mu_);
+    if (!stop_) stop_cv_.WaitUntil(&stop_mu_, absl::Now() + d);
+  };
+  bool was_connected = false;
+  while (!stopping()) {
+    Context ctx = Context::WithTimeout(Context::Background(),
+                                       std::min(config_.connection_timeout,
+                                                absl::Seconds(10)));
+    auto conn = PgConnection::Open(config_, ctx);
+    if (conn.ok()) {
+      auto listen = (*conn)->Exec(ctx, Cat("LISTEN ", kChannel));
+      if (!listen.ok()) conn = listen.status();
+    }
+    if (!conn.ok()) {
+      if (was_connected) {
+        logger_->warn("postgresql LISTEN connection lost; reconnecting: {}",
+                      conn.status().ToString());
+      }
+      sleep(backoff);
+      backoff = std::min(backoff * 2, absl::Seconds(5));
+      continue;
+    }
+    backoff = absl::Milliseconds(100);
+    if (was_connected) logger_->info("postgresql LISTEN connection restored");
+    was_connected = true;
+    listening_.store(true);
+    // Anything may have changed while we were not listening: re-read.
+    Broadcast(WatchEventType::kResync);
+    absl::Time last_poll = absl::Now();
+    PGconn* raw = (*conn)->raw();
+    while (!stopping()) {
+      pollfd p{PQsocket(raw), POLLIN, 0};
+      ::poll(&p, 1, 100);
+      if (PQconsumeInput(raw) == 0 || PQstatus(raw) != CONNECTION_OK) break;
+      PendingEvents events;
+      while (PGnotify* n = PQnotifies(raw)) {
+        std::string_view payload(n->extra);
+        size_t t1 = payload.find('\t');
+        size_t t2 = t1 == std::string_view::npos ? t1 : payload.find('\t', t1 + 1);
+        if (t2 != std::string_view::npos) {
+          std::string repo(payload.substr(0, t1));
+          WatchEventType type = EventType(payload.substr(t1 + 1, t2 - t1 - 1));
+          std::string run(payload.substr(t2 + 1));
+          MutexLock lock(&watch_mu_);
+          auto it = watchers_.find(repo);
+          if (it != watchers_.end()) {
+            for (auto& w : it->second) {
+              events.emplace_back(w, WatchEvent{type, repo, run});
+            }
+          }
+        }
+        PQfreemem(n);
+      }
+      dispatcher_.Post(std::move(events));
+      if (config_.poll_interval > absl::ZeroDuration() &&
+          absl::Now() - last_poll >= config_.poll_interval) {
+        last_poll = absl::Now();
+        Broadcast(WatchEventType::kResync);
+      }
+    }
+    listening_.store(false);
+  }
+}
+
+void PostgreSQLDriver::ReapLoop() {
+  while (true) {
+    absl::Duration wait = absl::Seconds(2);
+    Context ctx = Context::WithTimeout(Context::Background(), absl::Seconds(5));
+    auto r = Query(ctx,
+                   "SELECT " PAC_MICROS("clock_timestamp()") ", "
+                   PAC_MICROS("min(expires_at)") " FROM concurrency_slots"
+                   " WHERE state = 'running'",
+                   {});
+    if (r.ok() && !r->IsNull(0, 1)) {
+      absl::Duration left = r->GetMicros(0, 1) - r->GetMicros(0, 0);
+      if (left <= absl::ZeroDuration()) {
+        auto reaped = Query(ctx, "SELECT pac_reap($1::bigint * interval "
+                                 "'1 microsecond')",
+                            {TtlMicros()});
+        if (reaped.ok() && reaped->GetInt(0, 0) > 0) {
+          logger_->info("cleanup: reclaimed expired leases in {} repositories",
+                        reaped->GetInt(0, 0));
+        }
+        wait = absl::Milliseconds(5);
+      } else {
+        wait = std::min(wait, left + absl::Milliseconds(1));
+      }
+    }
+    MutexLock lock(&stop_mu_);
+    if (stop_) return;
+    stop_cv_.WaitUntil(&stop_mu_, absl::Now() + wait);
+    if (stop_) return;
+  }
+}
+
+absl::Status PostgreSQLDriver::SetRepositoryState(const Context& ctx,
+                                                  const Repository& repo,
+                                                  std::string_view state) {
+  if (absl::Status s = ValidateRepository(repo); !s.ok()) return s;
+  auto r = Query(ctx,
+                 "INSERT INTO repository_states (repository_key, state) VALUES"
+                 " ($1, $2) ON CONFLICT (repository_key) DO UPDATE SET state ="
+                 " EXCLUDED.state, updated_at = now()",
+                 {repo.Key(), std::string(state)});
+  return r.ok() ? absl::OkStatus() : r.status();
+}
+
+absl::StatusOr<std::string> PostgreSQLDriver::GetRepositoryState(
+    const Context& ctx, std::string_view repo_key) {
+  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
+  auto r = Query(ctx,
+                 "SELECT state FROM repository_states WHERE repository_key = $1",
+                 {std::string(repo_key)});
+  if (!r.ok()) return r.status();
+  if (r->rows() == 0) {
+    return absl::NotFoundError(Cat("repository ", repo_key, " has no state"));
+  }
+  return std::string(r->Get(0, 0));
+}
+
+absl::Status PostgreSQLDriver::SetPipelineRunState(const Context& ctx,
+                                                   std::string_view run_key,
+                                                   std::string_view state) {
+  if (absl::Status s = ValidateKey(run_key, "pipeline_run"); !s.ok()) return s;
+  auto r = Query(ctx,
+                 "INSERT INTO pipeline_run_states (pipeline_run_key, state)"
+                 " VALUES ($1, $2) ON CONFLICT (pipeline_run_key) DO UPDATE SET"
+                 " state = EXCLUDED.state, updated_at = now()",
+                 {std::string(run_key), std::string(state)});
+  return r.ok() ? absl::OkStatus() : r.status();
+}
+
+absl::StatusOr<std::string> PostgreSQLDriver::GetPipelineRunState(
+    const Context& ctx, std::string_view run_key) {
+  if (absl::Status s = ValidateKey(run_key, "pipeline_run"); !s.ok()) return s;
+  auto r = Query(
+      ctx, "SELECT state FROM pipeline_run_states WHERE pipeline_run_key = $1",
+      {std::string(run_key)});
+  if (!r.ok()) return r.status();
+  if (r->rows() == 0) {
+    return absl::NotFoundError(Cat("pipeline run ", run_key, " has no state"));
+  }
+  return std::string(r->Get(0, 0));
+}
+
+absl::Status PostgreSQLDriver::CleanupRepository(const Context& ctx,
+                                                 std::string_view repo_key) {
+  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
+  auto r = Query(ctx, "SELECT pac_cleanup($1)", {std::string(repo_key)});
+  if (!r.ok()) return r.status();
+  logger_->info("cleaned up repository {}", repo_key);
+  return absl::OkStatus();
+}
+
+}  // namespace pac::concurrency::internal

@@ -1,0 +1,108 @@
+// The PostgreSQL driver: state in the database, so every process that shares
+// it sees one set of leases and one queue per repository.
+//
+// * Admission and release are single calls of server-side functions
+//   (schema.cc): one round trip, one transaction that locks the
+//   repository's row, judged by the database clock.
+// * Watches: one LISTEN connection per driver on channel pac_concurrency;
+//   after a reconnect every watcher gets kResync (re-read state). An
+//   optional poll interval sends kResync periodically for poolers that
+//   break LISTEN.
+// * A cleanup thread sleeps until the earliest lease expiry (re-checked at
+//   least every 2 s for leases of other processes) and calls pac_reap().
+// * Calls that fail with a retryable error are retried on a new connection
+//   until the context's deadline (or connection_timeout without one): every
+//   operation is idempotent.
+#ifndef PAC_SRC_POSTGRESQL_POSTGRESQL_DRIVER_H_
+#define PAC_SRC_POSTGRESQL_POSTGRESQL_DRIVER_H_
+
+#include <atomic>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "pac/concurrency/driver.h"
+#include "src/common/mutex.h"
+#include "src/common/watch_dispatcher.h"
+#include "src/postgresql/pg_pool.h"
+
+namespace pac::concurrency::internal {
+
+class PostgreSQLDriver final : public Driver {
+ public:
+  static absl::StatusOr<std::unique_ptr<Driver>> Create(
+      const PostgreSQLConfig& config, const DriverOptions& options);
+  ~PostgreSQLDriver() override;
+
+  std::string_view Type() const override { return "postgresql"; }
+  absl::StatusOr<AcquireResult> AcquireSlot(
+      const Context& ctx, const Repository& repo, std::string_view run_key,
+      const AcquireOptions& options) override;
+  using Driver::AcquireSlot;
+  absl::StatusOr<ReleaseResult> ReleaseSlot(const Context& ctx,
+                                            std::string_view lease_id,
+                                            std::string_view run_key,
+                                            std::string_view repo_key) override;
+  absl::StatusOr<Lease> RenewLease(const Context& ctx,
+                                   std::string_view lease_id) override;
+  absl::StatusOr<std::vector<Lease>> SetRepositoryLimit(
+      const Context& ctx, const Repository& repo) override;
+  absl::StatusOr<int> GetCurrentSlots(const Context& ctx,
+                                      std::string_view repo_key) override;
+  absl::StatusOr<std::vector<Lease>> GetRunningPipelineRuns(
+      const Context& ctx, std::string_view repo_key) override;
+  absl::StatusOr<std::vector<QueueEntry>> GetQueuedPipelineRuns(
+      const Context& ctx, std::string_view repo_key) override;
+  absl::StatusOr<std::unique_ptr<WatchHandle>> WatchSlotAvailability(
+      const Context& ctx, std::string_view repo_key,
+      WatchCallback callback) override;
+  absl::Status SetRepositoryState(const Context& ctx, const Repository& repo,
+                                  std::string_view state) override;
+  absl::StatusOr<std::string> GetRepositoryState(
+      const Context& ctx, std::string_view repo_key) override;
+  absl::Status SetPipelineRunState(const Context& ctx, std::string_view run_key,
+                                   std::string_view state) override;
+  absl::StatusOr<std::string> GetPipelineRunState(
+      const Context& ctx, std::string_view run_key) override;
+  absl::Status CleanupRepository(const Context& ctx,
+                                 std::string_view repo_key) override;
+  absl::Duration LeaseTTL() const override { return config_.lease_ttl; }
+  absl::Status Close() override;
+
+ private:
+  PostgreSQLDriver(const PostgreSQLConfig& config, const DriverOptions& options);
+
+  // Runs `sql` with retries on retryable failures until the budget ends.
+  absl::StatusOr<PgResult> Query(const Context& ctx, std::string_view sql,
+                                 const std::vector<PgParam>& params);
+  std::string TtlMicros() const;
+  static Lease LeaseFromRow(const PgResult& r, int row,
+                            const std::string& repo_key);
+
+  void ListenLoop();
+  void ReapLoop();
+  void Broadcast(WatchEventType type);
+
+  const PostgreSQLConfig config_;
+  const std::shared_ptr<spdlog::logger> logger_;
+  PgPool pool_;
+  std::atomic<bool> closed_{false};
+
+  WatchDispatcher dispatcher_;
+  Mutex watch_mu_;
+  std::map<std::string, std::vector<std::shared_ptr<WatcherEntry>>> watchers_
+      PAC_GUARDED_BY(watch_mu_);
+  std::atomic<bool> listening_{false};
+
+  Mutex stop_mu_;
+  CondVar stop_cv_;
+  bool stop_ PAC_GUARDED_BY(stop_mu_) = false;
+  std::thread listen_thread_;
+  std::thread reap_thread_;
+};
+
+}  // namespace pac::concurrency::internal
+
+#endif  // PAC_SRC_POSTGRESQL_POSTGRESQL_DRIVER_H_

@@ -1,0 +1,329 @@
+#include "src/postgresql/schema.h"
+
+#include <string>
+
+#include "src/common/strings.h"
+
+namespace pac::concurrency::internal {
+namespace {
+
+// Migration 1: the specification's tables plus what the driver needs.
+constexpr const char* kMigration1 = R"SQL(
+CREATE TABLE IF NOT EXISTS concurrency_slots (
+    id SERIAL PRIMARY KEY,
+    repository_key VARCHAR(255) NOT NULL,
+    pipeline_run_key VARCHAR(255) NOT NULL,
+    state VARCHAR(50) NOT NULL DEFAULT 'running',
+    acquired_at TIMESTAMP WITH TIME ZONE DEFAULT NOW(),
+    expires_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    created_at TIMESTAMP WITH TIME ZONE DEFAULT NOW(),
+    updated_at TIMESTAMP WITH TIME ZONE DEFAULT NOW(),
+    UNIQUE(repository_key, pipeline_run_key)
+);
+-- Added by pac-concurrency: the lease, its fencing token, and the queue order.
+ALTER TABLE concurrency_slots ADD COLUMN IF NOT EXISTS lease_id TEXT UNIQUE;
+ALTER TABLE concurrency_slots ADD COLUMN IF NOT EXISTS fencing_token BIGINT;
+ALTER TABLE concurrency_slots ADD COLUMN IF NOT EXISTS creation_time TIMESTAMP WITH TIME ZONE;
+ALTER TABLE concurrency_slots ADD COLUMN IF NOT EXISTS queue_seq BIGINT;
+CREATE INDEX IF NOT EXISTS concurrency_slots_queue_idx
+    ON concurrency_slots (repository_key, creation_time, queue_seq) WHERE state = 'queued';
+CREATE INDEX IF NOT EXISTS concurrency_slots_expiry_idx
+    ON concurrency_slots (expires_at) WHERE state = 'running';
+
+CREATE TABLE IF NOT EXISTS repository_states (
+    id SERIAL PRIMARY KEY,
+    repository_key VARCHAR(255) NOT NULL UNIQUE,
+    state VARCHAR(50) NOT NULL,
+    created_at TIMESTAMP WITH TIME ZONE DEFAULT NOW(),
+    updated_at TIMESTAMP WITH TIME ZONE DEFAULT NOW()
+);
+
+CREATE TABLE IF NOT EXISTS pipeline_run_states (
+    id SERIAL PRIMARY KEY,
+    pipeline_run_key VARCHAR(255) NOT NULL UNIQUE,
+    state VARCHAR(50) NOT NULL,
+    created_at TIMESTAMP WITH TIME ZONE DEFAULT NOW(),
+    updated_at TIMESTAMP WITH TIME ZONE DEFAULT NOW()
+);
+
+-- One row per repository: its limit, and the row every admission and
+-- release of the repository locks (FOR UPDATE), which makes count-and-grant
+-- one atomic step.
+CREATE TABLE IF NOT EXISTS pac_repositories (
+    repository_key VARCHAR(255) PRIMARY KEY,
+    concurrency_limit INTEGER NOT NULL DEFAULT 0,
+    updated_at TIMESTAMP WITH TIME ZONE DEFAULT NOW()
+);
+
+CREATE SEQUENCE IF NOT EXISTS pac_fencing_seq;
+CREATE SEQUENCE IF NOT EXISTS pac_queue_seq;
+
+CREATE OR REPLACE FUNCTION pac_notify(p_repo TEXT, p_type TEXT, p_run TEXT)
+RETURNS VOID LANGUAGE sql AS $$
+  SELECT pg_notify('pac_concurrency',
+                   p_repo || E'\t' || p_type || E'\t' || coalesce(p_run, ''));
+$$;
+
+-- Reclaims the expired leases of a repository whose pac_repositories row the
+-- caller holds locked, then admits queue heads into free slots, oldest first.
+CREATE OR REPLACE FUNCTION pac_promote(p_repo TEXT, p_limit INTEGER,
+                                       p_ttl INTERVAL, p_now TIMESTAMPTZ)
+RETURNS TABLE(o_kind TEXT, o_run TEXT, o_lease TEXT, o_acquired TIMESTAMPTZ,
+              o_expires TIMESTAMPTZ, o_token BIGINT, o_pos BIGINT)
+LANGUAGE plpgsql AS $$
+DECLARE
+  r RECORD;
+  n INTEGER;
+BEGIN
+  FOR r IN DELETE FROM concurrency_slots s
+           WHERE s.repository_key = p_repo AND s.state = 'running'
+             AND s.expires_at <= p_now
+           RETURNING s.pipeline_run_key LOOP
+    PERFORM pac_notify(p_repo, 'expired', r.pipeline_run_key);
+  END LOOP;
+  SELECT count(*) INTO n FROM concurrency_slots s
+   WHERE s.repository_key = p_repo AND s.state = 'running';
+  WHILE p_limit = 0 OR n < p_limit LOOP
+    UPDATE concurrency_slots s
+       SET state = 'running', lease_id = gen_random_uuid()::text,
+           fencing_token = nextval('pac_fencing_seq'), acquired_at = p_now,
+           expires_at = p_now + p_ttl, updated_at = p_now
+     WHERE s.id = (SELECT q.id FROM concurrency_slots q
+                    WHERE q.repository_key = p_repo AND q.state = 'queued'
+                    ORDER BY q.creation_time, q.queue_seq LIMIT 1)
+    RETURNING s.pipeline_run_key, s.lease_id, s.acquired_at, s.expires_at,
+              s.fencing_token INTO r;
+    EXIT WHEN NOT FOUND;
+    n := n + 1;
+    PERFORM pac_notify(p_repo, 'admitted', r.pipeline_run_key);
+    o_kind := 'admitted'; o_run := r.pipeline_run_key; o_lease := r.lease_id;
+    o_acquired := r.acquired_at; o_expires := r.expires_at;
+    o_token := r.fencing_token; o_pos := 0;
+    RETURN NEXT;
+  END LOOP;
+END $$;
+
+-- Admission, in one statement: lock the repository row, record its limit,
+-- reclaim expired leases and admit the queue, then grant, find or queue the
+-- caller. p_run NULL only sets the limit. Rows: 'admitted' for others,
+-- then one of 'acquired', 'queued' (o_pos) or 'full' for the caller.
+CREATE OR REPLACE FUNCTION pac_acquire(p_repo TEXT, p_run TEXT, p_limit INTEGER,
+                                       p_creation TIMESTAMPTZ, p_enqueue BOOLEAN,
+                                       p_adopt BOOLEAN, p_ttl INTERVAL)
+RETURNS TABLE(o_kind TEXT, o_run TEXT, o_lease TEXT, o_acquired TIMESTAMPTZ,
+              o_expires TIMESTAMPTZ, o_token BIGINT, o_pos BIGINT)
+LANGUAGE plpgsql AS $$
+DECLARE
+  v_now TIMESTAMPTZ := clock_timestamp();
+  v_old INTEGER;
+  v_state TEXT;
+  v_count INTEGER;
+  r RECORD;
+BEGIN
+  INSERT INTO pac_repositories (repository_key, concurrency_limit)
+       VALUES (p_repo, p_limit) ON CONFLICT (repository_key) DO NOTHING;
+  SELECT t.concurrency_limit INTO v_old FROM pac_repositories t
+   WHERE t.repository_key = p_repo FOR UPDATE;
+  IF v_old IS DISTINCT FROM p_limit THEN
+    UPDATE pac_repositories t SET concurrency_limit = p_limit, updated_at = v_now
+     WHERE t.repository_key = p_repo;
+    PERFORM pac_notify(p_repo, 'limit', NULL);
+  END IF;
+  RETURN QUERY SELECT * FROM pac_promote(p_repo, p_limit, p_ttl, v_now);
+  IF p_run IS NULL THEN
+    RETURN;
+  END IF;
+
+  SELECT s.state, s.lease_id, s.acquired_at, s.expires_at, s.fencing_token
+    INTO r FROM concurrency_slots s
+   WHERE s.repository_key = p_repo AND s.pipeline_run_key = p_run;
+  v_state := CASE WHEN FOUND THEN r.state ELSE NULL END;
+  IF v_state = 'running' THEN
+    o_kind := 'acquired'; o_run := p_run; o_lease := r.lease_id;
+    o_acquired := r.acquired_at; o_expires := r.expires_at;
+    o_token := r.fencing_token; o_pos := 0;
+    RETURN NEXT;
+    RETURN;
+  END IF;
+
+  SELECT count(*) INTO v_count FROM concurrency_slots s
+   WHERE s.repository_key = p_repo AND s.state = 'running';
+  IF p_adopt OR ((p_limit = 0 OR v_count < p_limit) AND NOT EXISTS (
+        SELECT 1 FROM concurrency_slots q
+         WHERE q.repository_key = p_repo AND q.state = 'queued')) THEN
+    INSERT INTO concurrency_slots AS s
+           (repository_key, pipeline_run_key, state, acquired_at, expires_at,
+            created_at, updated_at, lease_id, fencing_token, creation_time)
+    VALUES (p_repo, p_run, 'running', v_now, v_now + p_ttl, v_now, v_now,
+            gen_random_uuid()::text, nextval('pac_fencing_seq'),
+            coalesce(p_creation, v_now))
+    ON CONFLICT (repository_key, pipeline_run_key) DO UPDATE
+       SET state = 'running', acquired_at = EXCLUDED.acquired_at,
+           expires_at = EXCLUDED.expires_at, updated_at = EXCLUDED.updated_at,
+           lease_id = EXCLUDED.lease_id, fencing_token = EXCLUDED.fencing_token,
+           queue_seq = NULL
+    RETURNING s.lease_id, s.acquired_at, s.expires_at, s.fencing_token INTO r;
+    o_kind := 'acquired'; o_run := p_run; o_lease := r.lease_id;
+    o_acquired := r.acquired_at; o_expires := r.expires_at;
+    o_token := r.fencing_token; o_pos := 0;
+    RETURN NEXT;
+    RETURN;
+  END IF;
+
+  IF v_state IS NULL THEN
+    IF NOT p_enqueue THEN
+      o_kind := 'full'; o_run := p_run; o_pos := 0;
+      RETURN NEXT;
+      RETURN;
+    END IF;
+    INSERT INTO concurrency_slots
+           (repository_key, pipeline_run_key, state, acquired_at, expires_at,
+            created_at, updated_at, creation_time, queue_seq)
+    VALUES (p_repo, p_run, 'queued', NULL, 'infinity', v_now, v_now,
+            coalesce(p_creation, v_now), nextval('pac_queue_seq'));
+  END IF;
+  SELECT count(*) INTO o_pos
+    FROM concurrency_slots q, concurrency_slots me
+   WHERE me.repository_key = p_repo AND me.pipeline_run_key = p_run
+     AND q.repository_key = p_repo AND q.state = 'queued'
+     AND (q.creation_time, q.queue_seq) <= (me.creation_time, me.queue_seq);
+  o_kind := 'queued'; o_run := p_run;
+  RETURN NEXT;
+END $$;
+
+-- Release, in one statement: by lease id (only that lease) or by key (the
+-- run's lease, or its queue entry), then admit the queue head into the
+-- freed slot. Rows: 'released' or 'dequeued' for the caller, 'admitted' for
+-- the runs that took the slot.
+CREATE OR REPLACE FUNCTION pac_release(p_lease TEXT, p_run TEXT, p_repo TEXT,
+                                       p_ttl INTERVAL)
+RETURNS TABLE(o_kind TEXT, o_run TEXT, o_lease TEXT, o_acquired TIMESTAMPTZ,
+              o_expires TIMESTAMPTZ, o_token BIGINT, o_pos BIGINT)
+LANGUAGE plpgsql AS $$
+DECLARE
+  v_now TIMESTAMPTZ := clock_timestamp();
+  v_repo TEXT := p_repo;
+  v_run TEXT := p_run;
+  v_limit INTEGER;
+  v_state TEXT;
+  r RECORD;
+BEGIN
+  IF p_lease IS NOT NULL THEN
+    SELECT s.repository_key, s.pipeline_run_key INTO r
+      FROM concurrency_slots s WHERE s.lease_id = p_lease;
+    IF NOT FOUND THEN
+      RETURN;
+    END IF;
+    IF (p_run IS NOT NULL AND r.pipeline_run_key <> p_run) OR
+       (p_repo IS NOT NULL AND r.repository_key <> p_repo) THEN
+      RETURN;
+    END IF;
+    v_repo := r.repository_key;
+    v_run := r.pipeline_run_key;
+  END IF;
+  SELECT t.concurrency_limit INTO v_limit FROM pac_repositories t
+   WHERE t.repository_key = v_repo FOR UPDATE;
+  IF NOT FOUND THEN
+    RETURN;
+  END IF;
+  IF p_lease IS NOT NULL THEN
+    DELETE FROM concurrency_slots s
+     WHERE s.lease_id = p_lease AND s.state = 'running'
+    RETURNING s.state INTO v_state;
+  ELSE
+    DELETE FROM concurrency_slots s
+     WHERE s.repository_key = v_repo AND s.pipeline_run_key = v_run
+    RETURNING s.state INTO v_state;
+  END IF;
+  IF v_state = 'running' THEN
+    PERFORM pac_notify(v_repo, 'released', v_run);
+    o_kind := 'released'; o_run := v_run; o_pos := 0;
+    RETURN NEXT;
+  ELSIF v_state = 'queued' THEN
+    o_kind := 'dequeued'; o_run := v_run; o_pos := 0;
+    RETURN NEXT;
+  END IF;
+  IF EXISTS (SELECT 1 FROM concurrency_slots q
+              WHERE q.repository_key = v_repo AND q.state = 'queued') THEN
+    RETURN QUERY SELECT * FROM pac_promote(v_repo, v_limit, p_ttl, v_now);
+  END IF;
+END $$;
+
+-- Background cleanup: every repository with an expired lease is locked,
+-- reclaimed and its queue admitted. Returns how many repositories.
+CREATE OR REPLACE FUNCTION pac_reap(p_ttl INTERVAL) RETURNS INTEGER
+LANGUAGE plpgsql AS $$
+DECLARE
+  v_repo TEXT;
+  v_limit INTEGER;
+  n INTEGER := 0;
+BEGIN
+  FOR v_repo IN SELECT DISTINCT s.repository_key FROM concurrency_slots s
+                 WHERE s.state = 'running' AND s.expires_at <= clock_timestamp() LOOP
+    SELECT t.concurrency_limit INTO v_limit FROM pac_repositories t
+     WHERE t.repository_key = v_repo FOR UPDATE;
+    PERFORM * FROM pac_promote(v_repo, coalesce(v_limit, 0), p_ttl,
+                               clock_timestamp());
+    n := n + 1;
+  END LOOP;
+  RETURN n;
+END $$;
+
+-- Removes everything of one repository, and nothing else.
+CREATE OR REPLACE FUNCTION pac_cleanup(p_repo TEXT) RETURNS VOID
+LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM 1 FROM pac_repositories t WHERE t.repository_key = p_repo FOR UPDATE;
+  DELETE FROM pipeline_run_states p
+   WHERE p.pipeline_run_key IN (SELECT s.pipeline_run_key FROM concurrency_slots s
+                                 WHERE s.repository_key = p_repo);
+  DELETE FROM concurrency_slots s WHERE s.repository_key = p_repo;
+  DELETE FROM repository_states r WHERE r.repository_key = p_repo;
+  DELETE FROM pac_repositories t WHERE t.repository_key = p_repo;
+  PERFORM pac_notify(p_repo, 'cleaned', NULL);
+END $$;
+)SQL";
+
+}  // namespace
+
+absl::Status Migrate(PgConnection& conn, const Context& ctx) {
+  // One transaction under a transaction-scoped advisory lock: concurrent
+  // starters wait for the first one and then find nothing to do.
+  std::string sql = Cat(
+      "BEGIN;\n"
+      "SELECT pg_advisory_xact_lock(hashtext('pac_concurrency_schema'));\n"
+      "CREATE TABLE IF NOT EXISTS pac_schema_version (\n"
+      "  version INTEGER PRIMARY KEY,\n"
+      "  applied_at TIMESTAMP WITH TIME ZONE DEFAULT NOW());\n");
+  auto begin = conn.Exec(ctx, sql);
+  if (!begin.ok()) {
+    (void)conn.Exec(ctx, "ROLLBACK");
+    return begin.status();
+  }
+  auto version = conn.Exec(
+      ctx, "SELECT coalesce(max(version), 0) FROM pac_schema_version");
+  if (!version.ok()) {
+    (void)conn.Exec(ctx, "ROLLBACK");
+    return version.status();
+  }
+  int64_t have = version->GetInt(0, 0);
+  if (have > kSchemaVersion) {
+    (void)conn.Exec(ctx, "ROLLBACK");
+    return absl::FailedPreconditionError(
+        Cat("postgresql: the database has schema version ", have,
+            ", newer than this build's ", kSchemaVersion));
+  }
+  if (have < 1) {
+    auto m = conn.Exec(ctx, Cat(kMigration1,
+                                "\nINSERT INTO pac_schema_version (version) "
+                                "VALUES (1);"));
+    if (!m.ok()) {
+      (void)conn.Exec(ctx, "ROLLBACK");
+      return m.status();
+    }
+  }
+  auto commit = conn.Exec(ctx, "COMMIT");
+  return commit.ok() ? absl::OkStatus() : commit.status();
+}
+
+}  // namespace pac::concurrency::internal
