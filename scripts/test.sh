@@ -10,6 +10,24 @@ passed=0
 failed=0
 status=0
 
+# Throwaway servers on loopback, stopped however this script ends.
+SERVERS_DIR=$(mktemp -d /tmp/pac-test-servers.XXXXXX)
+chmod 755 "$SERVERS_DIR"
+cleanup() {
+  bash scripts/pg-test-server.sh stop "$SERVERS_DIR/pg" >/dev/null 2>&1 || true
+  rm -rf "$SERVERS_DIR"
+}
+trap cleanup EXIT
+echo "=== starting PostgreSQL 15 on 127.0.0.1"
+if ! bash scripts/pg-test-server.sh start "$SERVERS_DIR/pg"; then
+  echo "=== could not start PostgreSQL: its tests will fail"
+  cat "$SERVERS_DIR/pg/initdb.log" "$SERVERS_DIR/pg/server.log" 2>/dev/null | tail -30
+else
+  # shellcheck disable=SC1091
+  source "$SERVERS_DIR/pg/env"
+  echo "=== PostgreSQL listening on 127.0.0.1:${PAC_TEST_PG_PORT}"
+fi
+
 # run_suite NAME BUILD_DIR CMAKE_ARGS CTEST_ARGS
 run_suite() {
   local name=$1 dir=$2 cmake_args=$3 ctest_args=$4

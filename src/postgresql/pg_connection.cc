@@ -97,6 +97,8 @@ absl::StatusOr<std::unique_ptr<PgConnection>> PgConnection::Open(
     }
     poll_status = PQconnectPoll(conn);
   }
+  // Server notices (e.g. "relation already exists, skipping") are not errors.
+  PQsetNoticeProcessor(conn, [](void*, const char*) {}, nullptr);
   if (PQsetnonblocking(conn, 1) != 0) {
     return PgConnectionError(conn, "set non-blocking");
   }

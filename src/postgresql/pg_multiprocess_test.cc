@@ -1,0 +1,85 @@
+// Several processes (not threads) share one PostgreSQL database and hammer
+// one repository with limit 2; an independent checker reads what they
+// observed (tests/conformance/multiprocess.h). Also: a watcher in one
+// process is woken by a release in another.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "pac/concurrency/concurrency.h"
+#include "tests/conformance/multiprocess.h"
+#include "tests/conformance/pg_test_env.h"
+
+namespace pac::concurrency {
+namespace {
+
+using conformance::TestPostgreSQLConfig;
+
+absl::StatusOr<std::unique_ptr<Driver>> MakeDriver() {
+  auto config = TestPostgreSQLConfig();
+  if (!config.ok()) return config.status();
+  config->max_connections = 2;
+  return NewPostgreSQLDriver(*config);
+}
+
+TEST(PostgreSQLMultiProcessTest, FourProcessesNeverOverAdmitAndKeepFifo) {
+  ASSERT_TRUE(TestPostgreSQLConfig().ok()) << TestPostgreSQLConfig().status();
+  std::string ns = absl::StrCat("mp-", getpid());
+  auto report = conformance::RunMultiProcessHammer(MakeDriver, ns,
+                                                   /*processes=*/4,
+                                                   /*runs_per_process=*/250,
+                                                   /*limit=*/2);
+  EXPECT_EQ(report.processes_ok, 4) << report.first_problem;
+  EXPECT_EQ(report.grants, 1000);
+  EXPECT_EQ(report.duplicate_grants, 0);
+  EXPECT_LE(report.max_overlap, 2);
+  EXPECT_GT(report.max_overlap, 0);
+  EXPECT_GT(report.queued, 100) << "too little contention to test FIFO";
+  EXPECT_GT(report.fifo_checks, 0);
+  EXPECT_EQ(report.fifo_violations, 0) << report.first_problem;
+  std::printf("hammer: %d grants, %d queued, %d promotions, max overlap %d, "
+              "%d FIFO checks\n",
+              report.grants, report.queued, report.promotions,
+              report.max_overlap, report.fifo_checks);
+}
+
+TEST(PostgreSQLMultiProcessTest, WatcherWokenByAReleaseInAnotherProcess) {
+  auto driver = MakeDriver();
+  ASSERT_TRUE(driver.ok()) << driver.status();
+  Context ctx;
+  Repository repo{absl::StrCat("mpw-", getpid()), "watched", 1};
+  auto held = (*driver)->AcquireSlot(ctx, repo, repo.ns + "/holder");
+  ASSERT_TRUE(held.ok() && held->acquired);
+  std::atomic<bool> released{false};
+  auto watch = (*driver)->WatchSlotAvailability(
+      ctx, repo.Key(), [&](const WatchEvent& e) {
+        if (e.type == WatchEventType::kReleased &&
+            e.pipeline_run_key == repo.ns + "/holder") {
+          released = true;
+        }
+      });
+  ASSERT_TRUE(watch.ok());
+  std::string lease_id = held->lease.lease_id;
+  pid_t pid = fork();
+  if (pid == 0) {
+    // Another process, with its own connections, releases the slot.
+    auto other = MakeDriver();
+    if (!other.ok()) _exit(2);
+    auto r = (*other)->ReleaseSlot(Context(), lease_id, "", "");
+    _exit(r.ok() && r->released ? 0 : 3);
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  absl::Time give_up = absl::Now() + absl::Seconds(10);
+  while (!released.load() && absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  EXPECT_TRUE(released.load());
+}
+
+}  // namespace
+}  // namespace pac::concurrency

@@ -1,0 +1,203 @@
+#include "tests/conformance/multiprocess.h"
+
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+
+namespace pac::concurrency::conformance {
+namespace {
+
+int64_t MonoNanos() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
+
+// Worker body; returns the process exit code.
+int Worker(const DriverMaker& make, const Repository& repo, int id, int runs,
+           const std::string& log_path) {
+  auto driver = make();
+  if (!driver.ok()) {
+    std::fprintf(stderr, "worker %d: %s\n", id, driver.status().ToString().c_str());
+    return 2;
+  }
+  std::ofstream log(log_path);
+  Context ctx;
+  for (int j = 0; j < runs; ++j) {
+    std::string run = absl::StrCat(repo.ns, "/w", id, "-", j);
+    AcquireOptions opts;
+    opts.creation_time = absl::Now();
+    absl::StatusOr<AcquireResult> r;
+    for (int attempt = 0;; ++attempt) {
+      r = (*driver)->AcquireSlot(ctx, repo, run, opts);
+      if (r.ok() || attempt > 50) break;
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+    if (!r.ok()) {
+      std::fprintf(stderr, "worker %d: %s\n", id, r.status().ToString().c_str());
+      return 3;
+    }
+    if (!r->acquired) {
+      log << "Q " << run << " " << absl::ToUnixMicros(*opts.creation_time)
+          << " " << MonoNanos() << "\n";
+      absl::Time give_up = absl::Now() + absl::Seconds(120);
+      while (r.ok() && !r->acquired && absl::Now() < give_up) {
+        absl::SleepFor(absl::Milliseconds(1));
+        r = (*driver)->AcquireSlot(ctx, repo, run, opts);
+      }
+      if (!r.ok() || !r->acquired) {
+        std::fprintf(stderr, "worker %d: %s never admitted\n", id, run.c_str());
+        return 4;
+      }
+    } else {
+      log << "C " << run << " " << absl::ToUnixMicros(*opts.creation_time)
+          << "\n";
+    }
+    log << "G " << run << " " << r->lease.fencing_token << " " << MonoNanos()
+        << "\n";
+    absl::SleepFor(absl::Microseconds(500));
+    int64_t release_start = MonoNanos();
+    log << "R " << run << " " << release_start << "\n";
+    absl::StatusOr<ReleaseResult> rel;
+    for (int attempt = 0;; ++attempt) {
+      rel = (*driver)->ReleaseSlot(ctx, r->lease.lease_id, run, repo.Key());
+      if (rel.ok() || attempt > 50) break;
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+    if (!rel.ok() || !rel->released) {
+      std::fprintf(stderr, "worker %d: release of %s failed\n", id, run.c_str());
+      return 5;
+    }
+    for (const Lease& l : rel->admitted) {
+      log << "A " << l.pipeline_run_key << " " << l.fencing_token << " "
+          << release_start << "\n";
+    }
+  }
+  log.flush();
+  (void)(*driver)->Close();
+  return log.good() ? 0 : 6;
+}
+
+struct RunInfo {
+  int64_t creation_us = 0;
+  int64_t enqueued_ns = -1;  // -1: never queued
+  int64_t token = -1;
+  int64_t grant_ns = -1;
+  int64_t release_ns = -1;
+  int grants = 0;
+};
+
+}  // namespace
+
+HammerReport RunMultiProcessHammer(const DriverMaker& make,
+                                   const std::string& repo_ns, int processes,
+                                   int runs_per_process, int limit) {
+  HammerReport report;
+  Repository repo{repo_ns, "hammer", limit};
+  char dir_template[] = "/tmp/pac-hammer-XXXXXX";
+  std::string dir = mkdtemp(dir_template);
+  std::vector<pid_t> pids;
+  for (int i = 0; i < processes; ++i) {
+    std::string path = absl::StrCat(dir, "/w", i, ".log");
+    pid_t pid = fork();
+    if (pid == 0) _exit(Worker(make, repo, i, runs_per_process, path));
+    pids.push_back(pid);
+  }
+  for (pid_t pid : pids) {
+    int status = 0;
+    waitpid(pid, &status, 0);
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
+      ++report.processes_ok;
+    } else if (report.first_problem.empty()) {
+      report.first_problem = absl::StrCat("worker pid ", pid, " failed, status ",
+                                          status);
+    }
+  }
+
+  std::map<std::string, RunInfo> runs;
+  struct Admission {
+    std::string run;
+    int64_t token;
+    int64_t release_start_ns;
+  };
+  std::vector<Admission> admissions;
+  for (int i = 0; i < processes; ++i) {
+    std::ifstream in(absl::StrCat(dir, "/w", i, ".log"));
+    std::string line;
+    while (std::getline(in, line)) {
+      std::istringstream ss(line);
+      std::string kind, run;
+      ss >> kind >> run;
+      RunInfo& info = runs[run];
+      if (kind == "Q") {
+        ss >> info.creation_us >> info.enqueued_ns;
+      } else if (kind == "C") {
+        ss >> info.creation_us;
+      } else if (kind == "G") {
+        ss >> info.token >> info.grant_ns;
+        ++info.grants;
+      } else if (kind == "R") {
+        ss >> info.release_ns;
+      } else if (kind == "A") {
+        Admission a{run, 0, 0};
+        ss >> a.token >> a.release_start_ns;
+        admissions.push_back(a);
+      }
+    }
+    std::remove(absl::StrCat(dir, "/w", i, ".log").c_str());
+  }
+  rmdir(dir.c_str());
+
+  // Limit: a sweep over [grant, release] intervals.
+  std::vector<std::pair<int64_t, int>> edges;
+  for (const auto& [run, info] : runs) {
+    if (info.grants > 0) ++report.grants;
+    if (info.grants > 1) ++report.duplicate_grants;
+    if (info.enqueued_ns >= 0) ++report.queued;
+    if (info.grant_ns >= 0 && info.release_ns >= 0) {
+      edges.emplace_back(info.grant_ns, +1);
+      edges.emplace_back(info.release_ns, -1);
+    }
+  }
+  std::sort(edges.begin(), edges.end(), [](const auto& a, const auto& b) {
+    return a.first != b.first ? a.first < b.first : a.second < b.second;
+  });
+  int depth = 0;
+  for (const auto& e : edges) {
+    depth += e.second;
+    report.max_overlap = std::max(report.max_overlap, depth);
+  }
+
+  // FIFO.
+  report.promotions = static_cast<int>(admissions.size());
+  for (const Admission& a : admissions) {
+    const RunInfo& b = runs[a.run];
+    for (const auto& [xname, x] : runs) {
+      if (xname == a.run || x.enqueued_ns < 0) continue;
+      if (x.enqueued_ns < a.release_start_ns && x.creation_us < b.creation_us) {
+        ++report.fifo_checks;
+        if (x.token < 0 || x.token > a.token) {
+          ++report.fifo_violations;
+          if (report.first_problem.empty()) {
+            report.first_problem = absl::StrCat(
+                a.run, " (token ", a.token, ") was admitted before the older ",
+                xname, " (token ", x.token, ")");
+          }
+        }
+      }
+    }
+  }
+  return report;
+}
+
+}  // namespace pac::concurrency::conformance

@@ -1,0 +1,50 @@
+// A multi-process hammer with an independent checker, for drivers whose
+// backend is shared between processes (PostgreSQL, etcd).
+//
+// The parent forks `processes` workers. Each creates its own driver and, for
+// each of its runs, queues it (creation time = now), waits until it holds a
+// slot (polling AcquireSlot), holds it briefly and releases it by lease id.
+// Every worker logs what it observed with CLOCK_MONOTONIC times to a file;
+// the parent then checks, without asking the driver:
+//
+//  * limit: the intervals [grant observed, release started] of all runs,
+//    which lie inside the true holding intervals, never overlap more than
+//    `limit` deep;
+//  * FIFO: when a release admitted run B, every run X that was already
+//    queued before that release began (its enqueue had returned) and was
+//    created before B, had been admitted before B (a smaller fencing token);
+//  * completeness: every run was granted exactly once.
+#ifndef PAC_TESTS_CONFORMANCE_MULTIPROCESS_H_
+#define PAC_TESTS_CONFORMANCE_MULTIPROCESS_H_
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "pac/concurrency/driver.h"
+
+namespace pac::concurrency::conformance {
+
+struct HammerReport {
+  int processes_ok = 0;
+  int grants = 0;
+  int queued = 0;
+  int promotions = 0;
+  int max_overlap = 0;
+  int fifo_checks = 0;
+  int fifo_violations = 0;
+  int duplicate_grants = 0;
+  std::string first_problem;
+};
+
+using DriverMaker = std::function<absl::StatusOr<std::unique_ptr<Driver>>()>;
+
+// Must be called while the process has no other threads (it forks).
+HammerReport RunMultiProcessHammer(const DriverMaker& make,
+                                   const std::string& repo_ns, int processes,
+                                   int runs_per_process, int limit);
+
+}  // namespace pac::concurrency::conformance
+
+#endif  // PAC_TESTS_CONFORMANCE_MULTIPROCESS_H_
