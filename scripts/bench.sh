@@ -1,13 +1,44 @@
 #!/usr/bin/env bash
-# Runs the benchmarks and writes their JSON next to the build. The numbers and
-# the method are recorded in docs/benchmarks.md.
+# Runs the benchmarks and prints the ratios recorded in docs/benchmarks.md.
+#  1. memory driver vs. mutex-protected map floors (same binary);
+#  2. PostgreSQL driver vs. pgbench running the driver's own admission and
+#     release SQL against the same throwaway server, in the same run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
 OUT="$BUILD/bench-results"
 mkdir -p "$OUT"
+
 echo "=== memory driver vs. mutex-protected map floors"
 "$BUILD/bench/memory_bench" \
   --benchmark_repetitions=3 --benchmark_report_aggregates_only=true \
   --benchmark_out="$OUT/memory_bench.json" --benchmark_out_format=json
 python3 scripts/bench_ratios.py "$OUT/memory_bench.json"
+
+SERVERS_DIR=$(mktemp -d /tmp/pac-bench-servers.XXXXXX)
+chmod 755 "$SERVERS_DIR"
+trap 'bash scripts/pg-test-server.sh stop "$SERVERS_DIR/pg" >/dev/null 2>&1 || true; rm -rf "$SERVERS_DIR"' EXIT
+echo "=== starting PostgreSQL 15 on 127.0.0.1 (fsync on)"
+bash scripts/pg-test-server.sh start "$SERVERS_DIR/pg"
+# shellcheck disable=SC1091
+source "$SERVERS_DIR/pg/env"
+
+echo "=== PostgreSQL driver (pairs/s through the driver)"
+"$BUILD/bench/pg_bench" --benchmark_out="$OUT/pg_bench.json" \
+  --benchmark_out_format=json
+
+echo "=== pgbench: the same SQL, same server, same run"
+PGPASSWORD=$(cat "$PAC_TEST_PG_PASSWORD_FILE")
+export PGPASSWORD PGSSLMODE=disable
+: >"$OUT/pgbench.txt"
+for repos in 1 100; do
+  for clients in 1 4 16; do
+    jobs=$((clients < 2 ? clients : 2))
+    tps=$(/usr/lib/postgresql/15/bin/pgbench -n -M extended -f bench/pg_pair.sql \
+      -D repos="$repos" -c "$clients" -j "$jobs" -T 5 \
+      -h 127.0.0.1 -p "$PAC_TEST_PG_PORT" -U pac_user pac_concurrency 2>/dev/null |
+      awk '/^tps = / {print $3; exit}')
+    echo "repos:$repos threads:$clients $tps" | tee -a "$OUT/pgbench.txt"
+  done
+done
+python3 scripts/bench_ratios.py --pg "$OUT/pg_bench.json" "$OUT/pgbench.txt"

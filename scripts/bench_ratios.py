@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
-"""Prints driver/floor throughput ratios from a Google Benchmark JSON file."""
+"""Prints driver/floor throughput ratios from Google Benchmark JSON files.
+
+  bench_ratios.py memory_bench.json
+  bench_ratios.py --pg pg_bench.json pgbench.txt
+"""
 import json
 import re
 import sys
 
 
-def main(path):
+def memory(path):
     with open(path) as f:
         data = json.load(f)
     rates = {}
@@ -27,5 +31,33 @@ def main(path):
               f"{rate / 1e6:8.2f} {rate / floor:7.2f} {rate / book:14.2f}")
 
 
+def pg(bench_json, pgbench_txt):
+    with open(bench_json) as f:
+        data = json.load(f)
+    floor = {}
+    with open(pgbench_txt) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) == 3 and parts[2]:
+                floor[(parts[0], parts[1])] = float(parts[2])
+    print(f"{'point':28} {'pgbench pairs/s':>16} {'driver pairs/s':>15} "
+          f"{'granted/s':>10} {'ratio':>6}")
+    for b in data["benchmarks"]:
+        m = re.match(r"BM_PG_AcquireRelease/(repos:\d+)/.*(threads:\d+)", b["name"])
+        if m:
+            key = (m.group(1), m.group(2))
+            rate = b["items_per_second"]
+            fl = floor.get(key)
+            ratio = f"{rate / fl:6.2f}" if fl else "   n/a"
+            print(f"{key[0] + ' ' + key[1]:28} {fl or 0:16.0f} {rate:15.0f} "
+                  f"{b.get('granted_per_s', 0):10.0f} {ratio}")
+        elif b["name"].startswith("BM_PG_ReleaseToWatcher"):
+            print(f"release -> watcher across processes: p50 {b['p50_ms']:.2f} ms, "
+                  f"p99 {b['p99_ms']:.2f} ms, max {b['max_ms']:.2f} ms")
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if sys.argv[1] == "--pg":
+        pg(sys.argv[2], sys.argv[3])
+    else:
+        memory(sys.argv[1])

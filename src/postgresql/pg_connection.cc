@@ -20,8 +20,9 @@ absl::Status WaitFd(int fd, short events, const Context& ctx,
     if (left <= absl::ZeroDuration()) {
       return absl::DeadlineExceededError("postgresql: deadline exceeded");
     }
-    int ms = static_cast<int>(
-        std::min<int64_t>(absl::ToInt64Milliseconds(left) + 1, 50));
+    int ms = left >= absl::Milliseconds(50)
+                 ? 50
+                 : static_cast<int>(absl::ToInt64Milliseconds(left)) + 1;
     pollfd p{fd, events, 0};
     int rc = ::poll(&p, 1, ms);
     if (rc > 0) return absl::OkStatus();
@@ -55,14 +56,19 @@ absl::StatusOr<std::unique_ptr<PgConnection>> PgConnection::Open(
   absl::Time deadline =
       std::min(ctx.deadline(), absl::Now() + config.connection_timeout);
   std::string port = std::to_string(config.port);
-  std::string timeout = std::to_string(std::max<int64_t>(
-      2, absl::ToInt64Seconds(config.connection_timeout)));
-  std::vector<const char*> keys = {"host",    "port",     "dbname",
-                                   "user",    "sslmode",  "connect_timeout",
+  std::string timeout = std::to_string(
+      std::max<int64_t>(2, absl::ToInt64Seconds(config.connection_timeout)));
+  std::vector<const char*> keys = {"host",
+                                   "port",
+                                   "dbname",
+                                   "user",
+                                   "sslmode",
+                                   "connect_timeout",
                                    "application_name"};
   std::vector<const char*> values = {
-      config.host.c_str(),     port.c_str(),    config.database.c_str(),
-      config.username.c_str(), config.ssl_mode.c_str(), timeout.c_str(),
+      config.host.c_str(),     port.c_str(),
+      config.database.c_str(), config.username.c_str(),
+      config.ssl_mode.c_str(), timeout.c_str(),
       "pac-concurrency"};
   if (!config.password.empty()) {
     keys.push_back("password");
@@ -75,7 +81,8 @@ absl::StatusOr<std::unique_ptr<PgConnection>> PgConnection::Open(
   keys.push_back(nullptr);
   values.push_back(nullptr);
   PGconn* conn = PQconnectStartParams(keys.data(), values.data(), 0);
-  if (conn == nullptr) return absl::UnavailableError("postgresql: out of memory");
+  if (conn == nullptr)
+    return absl::UnavailableError("postgresql: out of memory");
   std::unique_ptr<PgConnection> out(new PgConnection(conn));
   if (PQstatus(conn) == CONNECTION_BAD) {
     return PgConnectionError(conn, "connect");
@@ -89,16 +96,17 @@ absl::StatusOr<std::unique_ptr<PgConnection>> PgConnection::Open(
     absl::Status s = WaitFd(PQsocket(conn), events, ctx, deadline);
     if (!s.ok()) {
       if (absl::IsDeadlineExceeded(s)) {
-        return absl::UnavailableError(
-            Cat("postgresql: connect to ", config.host, ":", config.port,
-                " timed out"));
+        return absl::UnavailableError(Cat("postgresql: connect to ",
+                                          config.host, ":", config.port,
+                                          " timed out"));
       }
       return s;
     }
     poll_status = PQconnectPoll(conn);
   }
   // Server notices (e.g. "relation already exists, skipping") are not errors.
-  PQsetNoticeProcessor(conn, [](void*, const char*) {}, nullptr);
+  PQsetNoticeProcessor(
+      conn, [](void*, const char*) {}, nullptr);
   if (PQsetnonblocking(conn, 1) != 0) {
     return PgConnectionError(conn, "set non-blocking");
   }
@@ -121,9 +129,9 @@ absl::Status PgConnection::WaitWritable(const Context& ctx) {
   return WaitFd(PQsocket(conn_), POLLOUT, ctx, ctx.deadline());
 }
 
-absl::StatusOr<PgResult> PgConnection::Exec(const Context& ctx,
-                                            std::string_view sql,
-                                            const std::vector<PgParam>& params) {
+absl::StatusOr<PgResult> PgConnection::Exec(
+    const Context& ctx, std::string_view sql,
+    const std::vector<PgParam>& params) {
   if (absl::Status s = ctx.Err(); !s.ok()) return s;
   std::string query(sql);
   int sent;
@@ -135,9 +143,9 @@ absl::StatusOr<PgResult> PgConnection::Exec(const Context& ctx,
     for (const PgParam& p : params) {
       values.push_back(p.has_value() ? p->c_str() : nullptr);
     }
-    sent = PQsendQueryParams(conn_, query.c_str(),
-                             static_cast<int>(values.size()), nullptr,
-                             values.data(), nullptr, nullptr, 0);
+    sent =
+        PQsendQueryParams(conn_, query.c_str(), static_cast<int>(values.size()),
+                          nullptr, values.data(), nullptr, nullptr, 0);
   }
   if (sent == 0) {
     broken_ = true;

@@ -2,11 +2,10 @@
 //
 //   connection lost/refused, SQLSTATE 08xxx, 57P01-57P03, 53xxx  Unavailable
 //   40001 serialization failure, 40P01 deadlock                   Aborted
-//   28xxx / "password authentication failed"                      Unauthenticated
-//   TLS verification failures                                     FailedPrecondition
-//   42501 insufficient privilege                                  PermissionDenied
-//   22xxx data exception                                          InvalidArgument
-//   anything else                                                 Internal
+//   28xxx / "password authentication failed" Unauthenticated TLS verification
+//   failures                                     FailedPrecondition 42501
+//   insufficient privilege                                  PermissionDenied
+//   22xxx data exception InvalidArgument anything else Internal
 //
 // Messages come from the server or libpq; neither includes the password.
 #include <string>
@@ -45,8 +44,8 @@ absl::Status FromText(std::string_view what, const std::string& msg) {
 }  // namespace
 
 absl::Status PgConnectionError(PGconn* conn, std::string_view what) {
-  return FromText(what, Trimmed(conn == nullptr ? "out of memory"
-                                                : PQerrorMessage(conn)));
+  return FromText(
+      what, Trimmed(conn == nullptr ? "out of memory" : PQerrorMessage(conn)));
 }
 
 absl::Status PgResultError(const PGresult* result, PGconn* conn,
@@ -57,8 +56,9 @@ absl::Status PgResultError(const PGresult* result, PGconn* conn,
   const char* state = PQresultErrorField(result, PG_DIAG_SQLSTATE);
   std::string sqlstate = state == nullptr ? "" : state;
   std::string msg = Trimmed(PQresultErrorMessage(result));
-  std::string text = Cat("postgresql: ", what, ": ", msg,
-                         sqlstate.empty() ? "" : Cat(" (SQLSTATE ", sqlstate, ")"));
+  std::string text =
+      Cat("postgresql: ", what, ": ", msg,
+          sqlstate.empty() ? "" : Cat(" (SQLSTATE ", sqlstate, ")"));
   auto cls = sqlstate.substr(0, 2);
   if (cls == "08" || cls == "53" || sqlstate == "57P01" ||
       sqlstate == "57P02" || sqlstate == "57P03") {

@@ -20,8 +20,8 @@ absl::StatusOr<PgPool::Handle> PgPool::Get(const Context& ctx) {
       }
       if (absl::Status s = ctx.Err(); !s.ok()) return s;
       // Wake at least every 50 ms to notice a cancelled context.
-      cv_.WaitUntil(&mu_, std::min(ctx.deadline(),
-                                   absl::Now() + absl::Milliseconds(50)));
+      cv_.WaitUntil(
+          &mu_, std::min(ctx.deadline(), absl::Now() + absl::Milliseconds(50)));
     }
   }
   auto conn = PgConnection::Open(config_, ctx);

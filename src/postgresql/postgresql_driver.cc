@@ -33,9 +33,9 @@ constexpr const char* kRenewSql =
     "UPDATE concurrency_slots SET expires_at = clock_timestamp() + $2::bigint *"
     " interval '1 microsecond', updated_at = clock_timestamp()"
     " WHERE lease_id = $1 AND state = 'running' AND expires_at >"
-    " clock_timestamp() RETURNING 'acquired', pipeline_run_key, lease_id, "
-    PAC_MICROS("acquired_at") ", " PAC_MICROS("expires_at")
-    ", fencing_token, 0, repository_key";
+    " clock_timestamp() RETURNING 'acquired', pipeline_run_key, "
+    "lease_id, " PAC_MICROS("acquired_at") ", " PAC_MICROS(
+        "expires_at") ", fencing_token, 0, repository_key";
 
 constexpr const char* kRunningSql =
     "SELECT 'acquired', pipeline_run_key, lease_id, " PAC_MICROS("acquired_at")
@@ -73,8 +73,8 @@ absl::StatusOr<std::unique_ptr<Driver>> PostgreSQLDriver::Create(
   auto logger = OrNullLogger(options.logger);
   // Check reachability, credentials and TLS, and migrate, before handing out
   // a driver: a wrong setting fails here with a clear error.
-  Context ctx = Context::WithTimeout(Context::Background(),
-                                     config.connection_timeout);
+  Context ctx =
+      Context::WithTimeout(Context::Background(), config.connection_timeout);
   auto conn = PgConnection::Open(config, ctx);
   if (!conn.ok()) {
     logger->error("cannot connect to postgresql at {}:{}: {}", config.host,
@@ -85,7 +85,8 @@ absl::StatusOr<std::unique_ptr<Driver>> PostgreSQLDriver::Create(
     logger->error("postgresql schema migration failed: {}", s.ToString());
     return s;
   }
-  std::unique_ptr<PostgreSQLDriver> driver(new PostgreSQLDriver(config, options));
+  std::unique_ptr<PostgreSQLDriver> driver(
+      new PostgreSQLDriver(config, options));
   driver->listen_thread_ = std::thread([d = driver.get()] { d->ListenLoop(); });
   if (options.background_cleanup) {
     driver->reap_thread_ = std::thread([d = driver.get()] { d->ReapLoop(); });
@@ -131,10 +132,9 @@ std::string PostgreSQLDriver::TtlMicros() const {
 absl::StatusOr<PgResult> PostgreSQLDriver::Query(
     const Context& ctx, std::string_view sql,
     const std::vector<PgParam>& params) {
-  const absl::Time budget_end =
-      ctx.deadline() == absl::InfiniteFuture()
-          ? absl::Now() + config_.connection_timeout
-          : ctx.deadline();
+  const absl::Time budget_end = ctx.deadline() == absl::InfiniteFuture()
+                                    ? absl::Now() + config_.connection_timeout
+                                    : ctx.deadline();
   absl::Duration backoff = absl::Milliseconds(50);
   while (true) {
     if (closed_.load()) {
@@ -186,11 +186,11 @@ absl::StatusOr<AcquireResult> PostgreSQLDriver::AcquireSlot(
   if (options.creation_time.has_value()) {
     creation = std::to_string(absl::ToUnixMicros(*options.creation_time));
   }
-  auto r = Query(ctx, kAcquireSql,
-                 {repo_key, std::string(run_key),
-                  std::to_string(EffectiveLimit(repo)), creation,
-                  options.enqueue ? "true" : "false",
-                  options.adopt_running ? "true" : "false", TtlMicros()});
+  auto r = Query(
+      ctx, kAcquireSql,
+      {repo_key, std::string(run_key), std::to_string(EffectiveLimit(repo)),
+       creation, options.enqueue ? "true" : "false",
+       options.adopt_running ? "true" : "false", TtlMicros()});
   if (!r.ok()) return r.status();
   AcquireResult result;
   for (int i = 0; i < r->rows(); ++i) {
@@ -208,8 +208,9 @@ absl::StatusOr<AcquireResult> PostgreSQLDriver::AcquireSlot(
     logger_->debug("slot acquired: {} in {} token {}", run_key, repo_key,
                    result.lease.fencing_token);
   } else if (result.position > 0) {
-    logger_->info("concurrency limit {} of {} reached; {} queued at position {}",
-                  EffectiveLimit(repo), repo_key, run_key, result.position);
+    logger_->info(
+        "concurrency limit {} of {} reached; {} queued at position {}",
+        EffectiveLimit(repo), repo_key, run_key, result.position);
   }
   return result;
 }
@@ -223,9 +224,9 @@ absl::StatusOr<ReleaseResult> PostgreSQLDriver::ReleaseSlot(
       return s;
     }
   }
-  auto r = Query(ctx, kReleaseSql,
-                 {OptText(lease_id), OptText(run_key), OptText(repo_key),
-                  TtlMicros()});
+  auto r = Query(
+      ctx, kReleaseSql,
+      {OptText(lease_id), OptText(run_key), OptText(repo_key), TtlMicros()});
   if (!r.ok()) return r.status();
   ReleaseResult result;
   std::string repo(repo_key);
@@ -238,8 +239,8 @@ absl::StatusOr<ReleaseResult> PostgreSQLDriver::ReleaseSlot(
       result.dequeued = true;
     } else if (kind == "admitted") {
       Lease l = LeaseFromRow(*r, i, repo);
-      logger_->info("admitted {} from the queue (token {})",
-                    l.pipeline_run_key, l.fencing_token);
+      logger_->info("admitted {} from the queue (token {})", l.pipeline_run_key,
+                    l.fencing_token);
       result.admitted.push_back(std::move(l));
     }
   }
@@ -378,9 +379,9 @@ void PostgreSQLDriver::ListenLoop() {
   };
   bool was_connected = false;
   while (!stopping()) {
-    Context ctx = Context::WithTimeout(Context::Background(),
-                                       std::min(config_.connection_timeout,
-                                                absl::Seconds(10)));
+    Context ctx = Context::WithTimeout(
+        Context::Background(),
+        std::min(config_.connection_timeout, absl::Seconds(10)));
     auto conn = PgConnection::Open(config_, ctx);
     if (conn.ok()) {
       auto listen = (*conn)->Exec(ctx, Cat("LISTEN ", kChannel));
@@ -411,7 +412,8 @@ void PostgreSQLDriver::ListenLoop() {
       while (PGnotify* n = PQnotifies(raw)) {
         std::string_view payload(n->extra);
         size_t t1 = payload.find('\t');
-        size_t t2 = t1 == std::string_view::npos ? t1 : payload.find('\t', t1 + 1);
+        size_t t2 =
+            t1 == std::string_view::npos ? t1 : payload.find('\t', t1 + 1);
         if (t2 != std::string_view::npos) {
           std::string repo(payload.substr(0, t1));
           WatchEventType type = EventType(payload.substr(t1 + 1, t2 - t1 - 1));
@@ -449,8 +451,9 @@ void PostgreSQLDriver::ReapLoop() {
     if (r.ok() && !r->IsNull(0, 1)) {
       absl::Duration left = r->GetMicros(0, 1) - r->GetMicros(0, 0);
       if (left <= absl::ZeroDuration()) {
-        auto reaped = Query(ctx, "SELECT pac_reap($1::bigint * interval "
-                                 "'1 microsecond')",
+        auto reaped = Query(ctx,
+                            "SELECT pac_reap($1::bigint * interval "
+                            "'1 microsecond')",
                             {TtlMicros()});
         if (reaped.ok() && reaped->GetInt(0, 0) > 0) {
           logger_->info("cleanup: reclaimed expired leases in {} repositories",
@@ -483,9 +486,9 @@ absl::Status PostgreSQLDriver::SetRepositoryState(const Context& ctx,
 absl::StatusOr<std::string> PostgreSQLDriver::GetRepositoryState(
     const Context& ctx, std::string_view repo_key) {
   if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
-  auto r = Query(ctx,
-                 "SELECT state FROM repository_states WHERE repository_key = $1",
-                 {std::string(repo_key)});
+  auto r = Query(
+      ctx, "SELECT state FROM repository_states WHERE repository_key = $1",
+      {std::string(repo_key)});
   if (!r.ok()) return r.status();
   if (r->rows() == 0) {
     return absl::NotFoundError(Cat("repository ", repo_key, " has no state"));

@@ -72,7 +72,8 @@ class PostgreSQLDriver final : public Driver {
   absl::Status Close() override;
 
  private:
-  PostgreSQLDriver(const PostgreSQLConfig& config, const DriverOptions& options);
+  PostgreSQLDriver(const PostgreSQLConfig& config,
+                   const DriverOptions& options);
 
   // Runs `sql` with retries on retryable failures until the budget ends.
   absl::StatusOr<PgResult> Query(const Context& ctx, std::string_view sql,

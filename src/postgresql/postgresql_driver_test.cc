@@ -1,8 +1,6 @@
 // The PostgreSQL driver against a real PostgreSQL 15 server (started by
 // scripts/pg-test-server.sh): the conformance suite, plus what only a shared,
 // durable backend promises.
-#include "pac/concurrency/driver.h"
-
 #include <atomic>
 #include <cstdlib>
 #include <thread>
@@ -11,6 +9,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "pac/concurrency/concurrency.h"
+#include "pac/concurrency/driver.h"
 #include "tests/conformance/driver_conformance.h"
 #include "tests/conformance/pg_test_env.h"
 
@@ -67,8 +66,7 @@ TEST(PostgreSQLDriverTest, WrongPasswordIsUnauthenticatedAndNotEchoed) {
   auto driver = NewPostgreSQLDriver(*config);
   ASSERT_FALSE(driver.ok());
   EXPECT_TRUE(absl::IsUnauthenticated(driver.status())) << driver.status();
-  EXPECT_THAT(std::string(driver.status().message()),
-              Not(HasSubstr("secret")));
+  EXPECT_THAT(std::string(driver.status().message()), Not(HasSubstr("secret")));
 }
 
 TEST(PostgreSQLDriverTest, VerifyFullWithTheRightCa) {

@@ -289,12 +289,12 @@ END $$;
 absl::Status Migrate(PgConnection& conn, const Context& ctx) {
   // One transaction under a transaction-scoped advisory lock: concurrent
   // starters wait for the first one and then find nothing to do.
-  std::string sql = Cat(
-      "BEGIN;\n"
-      "SELECT pg_advisory_xact_lock(hashtext('pac_concurrency_schema'));\n"
-      "CREATE TABLE IF NOT EXISTS pac_schema_version (\n"
-      "  version INTEGER PRIMARY KEY,\n"
-      "  applied_at TIMESTAMP WITH TIME ZONE DEFAULT NOW());\n");
+  std::string sql =
+      Cat("BEGIN;\n"
+          "SELECT pg_advisory_xact_lock(hashtext('pac_concurrency_schema'));\n"
+          "CREATE TABLE IF NOT EXISTS pac_schema_version (\n"
+          "  version INTEGER PRIMARY KEY,\n"
+          "  applied_at TIMESTAMP WITH TIME ZONE DEFAULT NOW());\n");
   auto begin = conn.Exec(ctx, sql);
   if (!begin.ok()) {
     (void)conn.Exec(ctx, "ROLLBACK");

@@ -28,7 +28,8 @@ int Worker(const DriverMaker& make, const Repository& repo, int id, int runs,
            const std::string& log_path) {
   auto driver = make();
   if (!driver.ok()) {
-    std::fprintf(stderr, "worker %d: %s\n", id, driver.status().ToString().c_str());
+    std::fprintf(stderr, "worker %d: %s\n", id,
+                 driver.status().ToString().c_str());
     return 2;
   }
   std::ofstream log(log_path);
@@ -44,7 +45,8 @@ int Worker(const DriverMaker& make, const Repository& repo, int id, int runs,
       absl::SleepFor(absl::Milliseconds(20));
     }
     if (!r.ok()) {
-      std::fprintf(stderr, "worker %d: %s\n", id, r.status().ToString().c_str());
+      std::fprintf(stderr, "worker %d: %s\n", id,
+                   r.status().ToString().c_str());
       return 3;
     }
     if (!r->acquired) {
@@ -75,7 +77,8 @@ int Worker(const DriverMaker& make, const Repository& repo, int id, int runs,
       absl::SleepFor(absl::Milliseconds(20));
     }
     if (!rel.ok() || !rel->released) {
-      std::fprintf(stderr, "worker %d: release of %s failed\n", id, run.c_str());
+      std::fprintf(stderr, "worker %d: release of %s failed\n", id,
+                   run.c_str());
       return 5;
     }
     for (const Lease& l : rel->admitted) {
@@ -119,8 +122,8 @@ HammerReport RunMultiProcessHammer(const DriverMaker& make,
     if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
       ++report.processes_ok;
     } else if (report.first_problem.empty()) {
-      report.first_problem = absl::StrCat("worker pid ", pid, " failed, status ",
-                                          status);
+      report.first_problem =
+          absl::StrCat("worker pid ", pid, " failed, status ", status);
     }
   }
 

@@ -1,0 +1,158 @@
+// PostgreSQL driver benchmarks (make bench; needs the test server's
+// PAC_TEST_PG_* settings, which scripts/bench.sh provides).
+//
+//  * BM_PG_AcquireRelease/repos/threads: each benchmark thread is one client
+//    with its own driver (its own connection). A pair is AcquireSlot (no
+//    queueing) and, when granted, ReleaseSlot by lease id. Repositories have
+//    limit 2, so with many clients on one repository some acquires are
+//    refused: "granted" counts the admitted pairs. The floor is pgbench
+//    running the same two server-side functions (bench/pg_pair.sql),
+//    measured by scripts/bench.sh in the same run.
+//  * BM_PG_ReleaseToWatcherAcrossProcesses: a child process releases; the
+//    parent's watcher is called; latency from the child's release start to
+//    the parent's callback (CLOCK_MONOTONIC is shared by both processes).
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "benchmark/benchmark.h"
+#include "pac/concurrency/concurrency.h"
+#include "tests/conformance/pg_test_env.h"
+
+namespace pac::concurrency {
+namespace {
+
+int64_t MonoNanos() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
+
+std::unique_ptr<Driver> NewDriverOrDie(int pool) {
+  auto config = conformance::TestPostgreSQLConfig();
+  if (!config.ok()) {
+    std::fprintf(stderr, "%s\n", config.status().ToString().c_str());
+    std::abort();
+  }
+  config->max_connections = pool;
+  config->ssl_mode = "disable";  // as pgbench connects
+  auto d = NewPostgreSQLDriver(*config);
+  if (!d.ok()) {
+    std::fprintf(stderr, "%s\n", d.status().ToString().c_str());
+    std::abort();
+  }
+  return std::move(*d);
+}
+
+void BM_PG_AcquireRelease(benchmark::State& state) {
+  const int repos = static_cast<int>(state.range(0));
+  std::unique_ptr<Driver> driver = NewDriverOrDie(1);
+  std::vector<Repository> repo_list;
+  for (int i = 1; i <= repos; ++i) {
+    repo_list.push_back(Repository{"bench", absl::StrCat("repo-", i), 2});
+  }
+  Context ctx;
+  AcquireOptions no_queue;
+  no_queue.enqueue = false;
+  int64_t granted = 0, errors = 0;
+  size_t i = state.thread_index();
+  for (auto _ : state) {
+    const Repository& repo = repo_list[i % repo_list.size()];
+    std::string run = absl::StrCat("bench/run-", state.thread_index(), "-", i);
+    auto a = driver->AcquireSlot(ctx, repo, run, no_queue);
+    if (!a.ok()) {
+      ++errors;
+    } else if (a->acquired) {
+      ++granted;
+      auto r = driver->ReleaseSlot(ctx, a->lease.lease_id, "", "");
+      if (!r.ok()) ++errors;
+    }
+    ++i;
+  }
+  state.SetItemsProcessed(state.iterations());
+  state.counters["granted_per_s"] = benchmark::Counter(
+      static_cast<double>(granted), benchmark::Counter::kIsRate);
+  state.counters["errors"] = static_cast<double>(errors);
+  (void)driver->Close();
+}
+BENCHMARK(BM_PG_AcquireRelease)
+    ->ArgNames({"repos"})
+    ->Arg(1)
+    ->Arg(100)
+    ->Threads(1)
+    ->Threads(4)
+    ->Threads(16)
+    ->MinTime(5)
+    ->UseRealTime();
+
+void BM_PG_ReleaseToWatcherAcrossProcesses(benchmark::State& state) {
+  std::unique_ptr<Driver> driver = NewDriverOrDie(2);
+  Context ctx;
+  Repository repo{"bench", absl::StrCat("watched-", getpid()), 1};
+  std::atomic<int64_t> seen_ns{0};
+  std::atomic<int> seen{0};
+  auto watch =
+      driver->WatchSlotAvailability(ctx, repo.Key(), [&](const WatchEvent& e) {
+        if (e.type != WatchEventType::kReleased) return;
+        seen_ns.store(MonoNanos());
+        seen.fetch_add(1);
+      });
+  if (!watch.ok()) std::abort();
+  absl::SleepFor(absl::Milliseconds(200));  // LISTEN is up
+  std::vector<double> latencies_ms;
+  int expected = 0;
+  for (auto _ : state) {
+    auto a = driver->AcquireSlot(ctx, repo, "bench/w");
+    if (!a.ok() || !a->acquired) std::abort();
+    int fds[2];
+    if (pipe(fds) != 0) std::abort();
+    pid_t pid = fork();
+    if (pid == 0) {
+      // The child: its own driver, created before the clock starts.
+      close(fds[0]);
+      std::unique_ptr<Driver> other = NewDriverOrDie(1);
+      int64_t start = MonoNanos();
+      auto r = other->ReleaseSlot(Context(), a->lease.lease_id, "", "");
+      (void)!write(fds[1], &start, sizeof(start));
+      _exit(r.ok() && r->released ? 0 : 1);
+    }
+    close(fds[1]);
+    int64_t start = 0;
+    (void)!read(fds[0], &start, sizeof(start));
+    close(fds[0]);
+    ++expected;
+    absl::Time give_up = absl::Now() + absl::Seconds(5);
+    while (seen.load() < expected && absl::Now() < give_up) {
+    }
+    int status;
+    waitpid(pid, &status, 0);
+    latencies_ms.push_back((seen_ns.load() - start) / 1e6);
+  }
+  (*watch)->Stop();
+  std::sort(latencies_ms.begin(), latencies_ms.end());
+  auto pct = [&](double p) {
+    size_t idx = std::min(latencies_ms.size() - 1,
+                          static_cast<size_t>(p * latencies_ms.size()));
+    return latencies_ms[idx];
+  };
+  state.counters["p50_ms"] = pct(0.5);
+  state.counters["p99_ms"] = pct(0.99);
+  state.counters["max_ms"] = latencies_ms.back();
+  (void)driver->Close();
+}
+BENCHMARK(BM_PG_ReleaseToWatcherAcrossProcesses)
+    ->Iterations(200)
+    ->UseRealTime();
+
+}  // namespace
+}  // namespace pac::concurrency
+
+BENCHMARK_MAIN();
