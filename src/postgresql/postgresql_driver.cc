@@ -87,7 +87,6 @@ absl::StatusOr<std::unique_ptr<Driver>> PostgreSQLDriver::Create(
   }
   std::unique_ptr<PostgreSQLDriver> driver(
       new PostgreSQLDriver(config, options));
-  driver->listen_thread_ = std::thread([d = driver.get()] { d->ListenLoop(); });
   if (options.background_cleanup) {
     driver->reap_thread_ = std::thread([d = driver.get()] { d->ReapLoop(); });
   }
@@ -110,6 +109,11 @@ absl::Status PostgreSQLDriver::Close() {
     stop_ = true;
   }
   stop_cv_.NotifyAll();
+  {
+    // The thread is started under watch_mu_; after closed_ is set no new one
+    // starts, so joining outside the lock is safe.
+    MutexLock lock(&watch_mu_);
+  }
   if (listen_thread_.joinable()) listen_thread_.join();
   if (reap_thread_.joinable()) reap_thread_.join();
   {
@@ -337,7 +341,21 @@ PostgreSQLDriver::WatchSlotAvailability(const Context& ctx,
   {
     MutexLock lock(&watch_mu_);
     watchers_[entry->repository_key].push_back(entry);
+    // LISTEN starts with the first watch: a driver nobody watches keeps no
+    // listening connection (and the server wakes nobody on NOTIFY).
+    if (!listen_thread_.joinable() && !closed_.load()) {
+      listen_thread_ = std::thread([this] { ListenLoop(); });
+    }
   }
+  // Return once LISTEN is in place, so no later change is missed (bounded:
+  // if the server is down, the watch starts with a kResync on reconnect).
+  absl::Time wait_until = std::min(
+      ctx.deadline(),
+      absl::Now() + std::min(config_.connection_timeout, absl::Seconds(5)));
+  while (!listening_.load() && absl::Now() < wait_until && ctx.Err().ok()) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  if (!listening_.load()) resync_pending_.store(true);
   std::weak_ptr<WatcherEntry> weak = entry;
   entry->context_callback_id = ctx.AddCancelCallback([weak] {
     if (auto e = weak.lock()) e->stopped.store(true);
@@ -397,11 +415,13 @@ void PostgreSQLDriver::ListenLoop() {
       continue;
     }
     backoff = absl::Milliseconds(100);
-    if (was_connected) logger_->info("postgresql LISTEN connection restored");
-    was_connected = true;
     listening_.store(true);
-    // Anything may have changed while we were not listening: re-read.
-    Broadcast(WatchEventType::kResync);
+    if (was_connected || resync_pending_.exchange(false)) {
+      logger_->info("postgresql LISTEN connection (re)established");
+      // Anything may have changed while we were not listening: re-read.
+      Broadcast(WatchEventType::kResync);
+    }
+    was_connected = true;
     absl::Time last_poll = absl::Now();
     PGconn* raw = (*conn)->raw();
     while (!stopping()) {

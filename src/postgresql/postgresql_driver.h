@@ -96,11 +96,13 @@ class PostgreSQLDriver final : public Driver {
   std::map<std::string, std::vector<std::shared_ptr<WatcherEntry>>> watchers_
       PAC_GUARDED_BY(watch_mu_);
   std::atomic<bool> listening_{false};
+  // A watch began while LISTEN was down: send kResync once it is up.
+  std::atomic<bool> resync_pending_{false};
 
   Mutex stop_mu_;
   CondVar stop_cv_;
   bool stop_ PAC_GUARDED_BY(stop_mu_) = false;
-  std::thread listen_thread_;
+  std::thread listen_thread_;  // started (under watch_mu_) by the first watch
   std::thread reap_thread_;
 };
 
