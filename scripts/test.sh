@@ -15,7 +15,20 @@ SERVERS_DIR=$(mktemp -d /tmp/pac-test-servers.XXXXXX)
 chmod 755 "$SERVERS_DIR"
 cleanup() {
   bash scripts/pg-test-server.sh stop "$SERVERS_DIR/pg" >/dev/null 2>&1 || true
+  for e in single cluster secure; do
+    bash scripts/etcd-test-server.sh stop "$SERVERS_DIR/etcd-$e" >/dev/null 2>&1 || true
+  done
   rm -rf "$SERVERS_DIR"
+}
+# A fresh 3-node etcd cluster for each suite: its test kills a member.
+restart_etcd_cluster() {
+  bash scripts/etcd-test-server.sh stop "$SERVERS_DIR/etcd-cluster" >/dev/null 2>&1 || true
+  if bash scripts/etcd-test-server.sh cluster "$SERVERS_DIR/etcd-cluster"; then
+    # shellcheck disable=SC1091
+    source "$SERVERS_DIR/etcd-cluster/env"
+  else
+    echo "=== could not start the etcd cluster: its test will fail"
+  fi
 }
 trap cleanup EXIT
 echo "=== starting PostgreSQL 15 on 127.0.0.1"
@@ -27,6 +40,16 @@ else
   source "$SERVERS_DIR/pg/env"
   echo "=== PostgreSQL listening on 127.0.0.1:${PAC_TEST_PG_PORT}"
 fi
+echo "=== starting etcd 3.4: a single node and a TLS + client-certificate + auth node"
+for e in single secure; do
+  if bash scripts/etcd-test-server.sh "$e" "$SERVERS_DIR/etcd-$e"; then
+    # shellcheck disable=SC1091
+    source "$SERVERS_DIR/etcd-$e/env"
+  else
+    echo "=== could not start etcd ($e): its tests will fail"
+    tail -20 "$SERVERS_DIR/etcd-$e"/*.log 2>/dev/null
+  fi
+done
 
 # run_suite NAME BUILD_DIR CMAKE_ARGS CTEST_ARGS
 run_suite() {
@@ -80,7 +103,9 @@ fi
 # ctest runs the gtest binaries with verbose output so the cases are counted.
 CTEST_COMMON="-V"
 
+restart_etcd_cluster
 run_suite "plain" build "-DCMAKE_BUILD_TYPE=RelWithDebInfo" "$CTEST_COMMON"
+restart_etcd_cluster
 run_suite "asan+ubsan" build-asan \
   "-DCMAKE_BUILD_TYPE=Debug -DPAC_SANITIZE=address;undefined -DPAC_BUILD_BENCH=OFF -DPAC_BUILD_EXAMPLES=OFF" \
   "$CTEST_COMMON"

@@ -3,6 +3,8 @@
 #include "absl/strings/str_cat.h"
 #include "pac/concurrency/driver.h"
 #include "src/common/strings.h"
+#include "src/etcd/etcd_driver.h"
+#include "src/etcd/grpc_etcd.h"
 #include "src/memory/memory_driver.h"
 #include "src/postgresql/postgresql_driver.h"
 
@@ -23,6 +25,24 @@ absl::StatusOr<std::unique_ptr<Driver>> NewPostgreSQLDriver(
   return internal::PostgreSQLDriver::Create(config, options);
 }
 
+absl::StatusOr<std::unique_ptr<Driver>> NewEtcdDriver(
+    const EtcdConfig& config, const DriverOptions& options) {
+  DriverConfig whole;
+  whole.driver = "etcd";
+  whole.etcd = config;
+  if (absl::Status s = ValidateConfig(whole); !s.ok()) return s;
+  std::shared_ptr<internal::EtcdKV> kv;
+  if (config.mode == "etcd") {
+    auto grpc = internal::NewGrpcEtcd(config, options.logger);
+    if (!grpc.ok()) return grpc.status();
+    kv = std::move(*grpc);
+  } else {
+    kv = internal::SharedMockEtcd(options.clock != nullptr ? options.clock
+                                                           : Clock::Real());
+  }
+  return internal::EtcdDriver::Create(std::move(kv), config, options);
+}
+
 absl::StatusOr<std::unique_ptr<Driver>> NewDriver(
     const DriverConfig& config, const DriverOptions& options) {
   if (absl::Status s = ValidateConfig(config); !s.ok()) return s;
@@ -31,6 +51,9 @@ absl::StatusOr<std::unique_ptr<Driver>> NewDriver(
   }
   if (config.driver == "postgresql") {
     return NewPostgreSQLDriver(*config.postgresql, options);
+  }
+  if (config.driver == "etcd") {
+    return NewEtcdDriver(*config.etcd, options);
   }
   return absl::UnimplementedError(
       internal::Cat("config: concurrency-driver: the ", config.driver,

@@ -224,6 +224,14 @@ struct DriverOptions {
 [[nodiscard]] absl::StatusOr<std::unique_ptr<Driver>> NewPostgreSQLDriver(
     const PostgreSQLConfig& config, const DriverOptions& options = {});
 
+// The etcd driver. Mode "etcd" speaks gRPC to `config.endpoints` (dialled
+// within dial_timeout: Unavailable if none answers, Unauthenticated for a
+// wrong password). Modes "mock" and "memory" use an in-process store with
+// etcd's semantics, shared by every such driver of the process that uses
+// the same DriverOptions::clock, and honour that clock for lease expiry.
+[[nodiscard]] absl::StatusOr<std::unique_ptr<Driver>> NewEtcdDriver(
+    const EtcdConfig& config, const DriverOptions& options = {});
+
 }  // namespace pac::concurrency
 
 #endif  // PAC_CONCURRENCY_DRIVER_H_

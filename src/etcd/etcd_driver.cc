@@ -1,0 +1,803 @@
+#include "src/etcd/etcd_driver.h"
+
+#include <algorithm>
+#include <charconv>
+#include <cinttypes>
+#include <cstdio>
+
+#include "pac/concurrency/status.h"
+#include "src/common/logging.h"
+#include "src/common/strings.h"
+#include "src/etcd/mock_etcd.h"
+
+namespace pac::concurrency::internal {
+namespace {
+
+constexpr int kMaxAttempts = 200;
+
+std::string Hex(int64_t v) {
+  char buf[24];
+  auto end =
+      std::to_chars(buf, buf + sizeof(buf), static_cast<uint64_t>(v), 16).ptr;
+  return std::string(buf, end);
+}
+
+bool ParseHex(std::string_view s, int64_t* out) {
+  uint64_t v = 0;
+  if (s.empty() || s.size() > 16) return false;
+  auto [ptr, ec] = std::from_chars(s.data(), s.data() + s.size(), v, 16);
+  if (ec != std::errc() || ptr != s.data() + s.size()) return false;
+  *out = static_cast<int64_t>(v);
+  return true;
+}
+
+std::string Pad20(int64_t v) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%020" PRId64, std::max<int64_t>(v, 0));
+  return buf;
+}
+
+etcdpb::RequestOp PutOp(const std::string& key, const std::string& value,
+                        int64_t lease = 0) {
+  etcdpb::RequestOp op;
+  auto* p = op.mutable_request_put();
+  p->set_key(key);
+  p->set_value(value);
+  p->set_lease(lease);
+  return op;
+}
+
+etcdpb::RequestOp DeleteOp(const std::string& key,
+                           const std::string& range_end = "") {
+  etcdpb::RequestOp op;
+  auto* d = op.mutable_request_delete_range();
+  d->set_key(key);
+  d->set_range_end(range_end);
+  return op;
+}
+
+}  // namespace
+
+std::shared_ptr<EtcdKV> SharedMockEtcd(Clock* clock) {
+  static std::mutex mu;
+  static std::map<Clock*, std::weak_ptr<EtcdKV>> stores;
+  std::lock_guard<std::mutex> lock(mu);
+  std::shared_ptr<EtcdKV> kv = stores[clock].lock();
+  if (kv == nullptr) {
+    kv = std::make_shared<MockEtcd>(clock);
+    stores[clock] = kv;
+  }
+  return kv;
+}
+
+absl::StatusOr<std::unique_ptr<Driver>> EtcdDriver::Create(
+    std::shared_ptr<EtcdKV> kv, const EtcdConfig& config,
+    const DriverOptions& options) {
+  std::unique_ptr<EtcdDriver> d(new EtcdDriver(std::move(kv), config, options));
+  // Prove the store answers, and learn the revision to watch from.
+  Context ctx =
+      Context::WithTimeout(Context::Background(), config.dial_timeout);
+  etcdpb::RangeRequest probe;
+  probe.set_key(d->prefix_);
+  probe.set_range_end(PrefixEnd(d->prefix_));
+  probe.set_count_only(true);
+  auto r = d->kv_->Range(ctx, probe);
+  if (!r.ok()) return r.status();
+  d->StartWatch(r->header().revision() + 1);
+  d->promote_thread_ = std::thread([p = d.get()] { p->PromoteLoop(); });
+  d->logger_->info("etcd driver ready (mode {}, prefix {}, lease ttl {}s)",
+                   config.mode, d->prefix_, d->ttl_seconds_);
+  return std::unique_ptr<Driver>(std::move(d));
+}
+
+EtcdDriver::EtcdDriver(std::shared_ptr<EtcdKV> kv, const EtcdConfig& config,
+                       const DriverOptions& options)
+    : kv_(std::move(kv)),
+      prefix_(config.prefix.back() == '/' ? config.prefix
+                                          : config.prefix + "/"),
+      ttl_(absl::Seconds(
+          std::max<int64_t>(1, absl::ToInt64Seconds(absl::Ceil(
+                                   config.lease_ttl, absl::Seconds(1)))))),
+      ttl_seconds_(absl::ToInt64Seconds(ttl_)),
+      clock_(options.clock != nullptr ? options.clock : Clock::Real()),
+      logger_(OrNullLogger(options.logger)),
+      background_(options.background_cleanup) {}
+
+EtcdDriver::~EtcdDriver() { (void)Close(); }
+
+absl::Status EtcdDriver::Close() {
+  if (closed_.exchange(true)) return absl::OkStatus();
+  {
+    MutexLock lock(&mu_);
+    stop_ = true;
+    for (auto& [repo, list] : watchers_) {
+      for (auto& w : list) w->stopped.store(true);
+    }
+    watchers_.clear();
+  }
+  cv_.NotifyAll();
+  if (promote_thread_.joinable()) promote_thread_.join();
+  watch_.reset();
+  dispatcher_.Shutdown();
+  logger_->info("etcd driver closed");
+  return absl::OkStatus();
+}
+
+absl::Status EtcdDriver::CheckOpen() const {
+  if (closed_.load())
+    return absl::FailedPreconditionError("etcd driver is closed");
+  return absl::OkStatus();
+}
+
+std::string EtcdDriver::RepoPrefix(std::string_view repo) const {
+  return Cat(prefix_, "repo/", repo, "/");
+}
+
+absl::StatusOr<EtcdDriver::RepoView> EtcdDriver::Read(const Context& ctx,
+                                                      const std::string& repo) {
+  const std::string p = RepoPrefix(repo);
+  etcdpb::RangeRequest req;
+  req.set_key(p);
+  req.set_range_end(PrefixEnd(p));
+  auto r = kv_->Range(ctx, req);
+  if (!r.ok()) return r.status();
+  RepoView v;
+  v.revision = r->header().revision();
+  for (const auto& kv : r->kvs()) {
+    std::string_view rest = std::string_view(kv.key()).substr(p.size());
+    if (rest == "meta") {
+      v.exists = true;
+      v.meta_mod = kv.mod_revision();
+    } else if (rest == "limit") {
+      std::from_chars(kv.value().data(), kv.value().data() + kv.value().size(),
+                      v.limit);
+    } else if (rest.substr(0, 5) == "slot/") {
+      std::string run(rest.substr(5));
+      v.slots[run] = SlotInfo{run, kv.value(), kv.create_revision()};
+    } else if (rest.substr(0, 6) == "queue/") {
+      std::string_view q = rest.substr(6);
+      size_t slash = q.find('/');
+      if (slash == std::string_view::npos) continue;
+      QueueInfo qi;
+      qi.run = std::string(q.substr(slash + 1));
+      qi.key = kv.key();
+      std::from_chars(q.data(), q.data() + slash, qi.creation_us);
+      qi.create_revision = kv.create_revision();
+      std::from_chars(kv.value().data(), kv.value().data() + kv.value().size(),
+                      qi.enqueued_us);
+      v.queue.push_back(std::move(qi));
+    }
+  }
+  std::sort(v.queue.begin(), v.queue.end(),
+            [](const QueueInfo& a, const QueueInfo& b) {
+              if (a.creation_us != b.creation_us) {
+                return a.creation_us < b.creation_us;
+              }
+              return a.create_revision < b.create_revision;
+            });
+  return v;
+}
+
+absl::StatusOr<std::vector<int64_t>> EtcdDriver::Leases(const Context& ctx,
+                                                        size_t n) {
+  std::vector<int64_t> out;
+  {
+    MutexLock lock(&mu_);
+    while (out.size() < n && !spare_leases_.empty()) {
+      out.push_back(spare_leases_.back());
+      spare_leases_.pop_back();
+    }
+  }
+  while (out.size() < n) {
+    auto id = kv_->LeaseGrant(ctx, ttl_seconds_);
+    if (!id.ok()) {
+      MutexLock lock(&mu_);
+      for (int64_t l : out) spare_leases_.push_back(l);
+      return id.status();
+    }
+    out.push_back(*id);
+  }
+  return out;
+}
+
+Lease EtcdDriver::MakeLease(const std::string& repo, const std::string& run,
+                            int64_t lease, int64_t token,
+                            absl::Time now) const {
+  return Lease{Hex(lease), repo, run, now, now + ttl_, token};
+}
+
+absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
+                                               const std::string& repo,
+                                               int32_t limit, bool set_limit,
+                                               const std::string& run,
+                                               const AcquireOptions& options) {
+  for (int attempt = 0; attempt < kMaxAttempts; ++attempt) {
+    if (absl::Status s = ctx.Err(); !s.ok()) return s;
+    if (absl::Status s = CheckOpen(); !s.ok()) return s;
+    auto view = Read(ctx, repo);
+    if (!view.ok()) return view.status();
+    const RepoView& v = *view;
+    const int32_t eff_limit = set_limit ? limit : v.limit;
+    const bool limit_changed = set_limit && (!v.exists || v.limit != limit);
+    int64_t running = static_cast<int64_t>(v.slots.size());
+    auto free_slots = [&] {
+      return eff_limit == 0 ? INT64_MAX : eff_limit - running;
+    };
+    // Queue heads admitted into free slots, oldest first.
+    std::vector<const QueueInfo*> promote;
+    for (const QueueInfo& q : v.queue) {
+      if (free_slots() <= 0) break;
+      promote.push_back(&q);
+      ++running;
+    }
+    AcquireResult result;
+    bool grant_caller = false, enqueue_caller = false;
+    const QueueInfo* caller_queued = nullptr;
+    for (const QueueInfo& q : v.queue) {
+      if (q.run == run) caller_queued = &q;
+    }
+    bool caller_promoted =
+        caller_queued != nullptr && std::find(promote.begin(), promote.end(),
+                                              caller_queued) != promote.end();
+    if (!run.empty()) {
+      if (auto it = v.slots.find(run); it != v.slots.end()) {
+        int64_t lease = 0;
+        ParseHex(it->second.lease_hex, &lease);
+        result.acquired = true;
+        result.lease = MakeLease(repo, run, lease, it->second.create_revision,
+                                 clock_->Now());
+      } else if (caller_promoted) {
+        // Admitted below with the others.
+      } else if (options.adopt_running ||
+                 (promote.size() == v.queue.size() && free_slots() > 0)) {
+        grant_caller = true;
+      } else if (caller_queued != nullptr) {
+        int64_t pos = 0;
+        for (const QueueInfo& q : v.queue) {
+          if (std::find(promote.begin(), promote.end(), &q) != promote.end()) {
+            continue;
+          }
+          ++pos;
+          if (&q == caller_queued) break;
+        }
+        result.position = pos;
+      } else if (options.enqueue) {
+        enqueue_caller = true;
+      }
+    }
+    if (!limit_changed && promote.empty() && !grant_caller && !enqueue_caller) {
+      return result;  // nothing to write
+    }
+    const size_t n_leases = promote.size() + (grant_caller ? 1 : 0);
+    auto leases = Leases(ctx, n_leases);
+    if (!leases.ok()) return leases.status();
+    const absl::Time now = clock_->Now();
+    const std::string p = RepoPrefix(repo);
+    etcdpb::TxnRequest txn;
+    auto* cmp = txn.add_compare();
+    cmp->set_key(p + "meta");
+    cmp->set_target(etcdpb::Compare::MOD);
+    cmp->set_result(etcdpb::Compare::EQUAL);
+    cmp->set_mod_revision(v.meta_mod);
+    *txn.add_success() = PutOp(p + "meta", "");
+    if (limit_changed)
+      *txn.add_success() = PutOp(p + "limit", std::to_string(limit));
+    size_t li = 0;
+    std::vector<std::pair<std::string, int64_t>> granted;  // run, lease
+    for (const QueueInfo* q : promote) {
+      int64_t lease = (*leases)[li++];
+      *txn.add_success() = DeleteOp(q->key);
+      *txn.add_success() = PutOp(p + "slot/" + q->run, Hex(lease), lease);
+      *txn.add_success() = PutOp(Cat(prefix_, "lease/", Hex(lease)),
+                                 Cat(repo, "\n", q->run), lease);
+      granted.emplace_back(q->run, lease);
+    }
+    if (grant_caller) {
+      int64_t lease = (*leases)[li++];
+      if (caller_queued != nullptr)
+        *txn.add_success() = DeleteOp(caller_queued->key);
+      *txn.add_success() = PutOp(p + "slot/" + run, Hex(lease), lease);
+      *txn.add_success() = PutOp(Cat(prefix_, "lease/", Hex(lease)),
+                                 Cat(repo, "\n", run), lease);
+      granted.emplace_back(run, lease);
+    }
+    int64_t creation_us = 0;
+    if (enqueue_caller) {
+      creation_us = absl::ToUnixMicros(options.creation_time.value_or(now));
+      *txn.add_success() = PutOp(Cat(p, "queue/", Pad20(creation_us), "/", run),
+                                 std::to_string(absl::ToUnixMicros(now)));
+    }
+    auto tr = kv_->Txn(ctx, txn);
+    if (!tr.ok() || !tr->succeeded()) {
+      {
+        MutexLock lock(&mu_);
+        for (int64_t l : *leases) spare_leases_.push_back(l);
+      }
+      if (!tr.ok()) {
+        if (IsRetryable(tr.status())) continue;
+        return tr.status();
+      }
+      continue;  // someone changed the repository: read again
+    }
+    const int64_t token = tr->header().revision();
+    for (const auto& [r, lease] : granted) {
+      Lease l = MakeLease(repo, r, lease, token, now);
+      if (r == run) {
+        result.acquired = true;
+        result.lease = l;
+      } else {
+        result.admitted.push_back(l);
+        logger_->info("admitted {} from the queue of {} (token {})", r, repo,
+                      token);
+      }
+    }
+    // The caller was promoted from the queue along with the others.
+    for (auto it = result.admitted.begin(); it != result.admitted.end(); ++it) {
+      if (it->pipeline_run_key == run && !run.empty()) {
+        result.acquired = true;
+        result.lease = *it;
+        result.admitted.erase(it);
+        break;
+      }
+    }
+    if (enqueue_caller) {
+      int64_t pos = 1;
+      for (const QueueInfo& q : v.queue) {
+        if (std::find(promote.begin(), promote.end(), &q) != promote.end()) {
+          continue;
+        }
+        if (q.creation_us <= creation_us) ++pos;
+      }
+      result.position = pos;
+      logger_->info(
+          "concurrency limit {} of {} reached; {} queued at position {}",
+          eff_limit, repo, run, pos);
+    }
+    return result;
+  }
+  return absl::AbortedError(
+      Cat("etcd: too much contention on ", repo, "; try again"));
+}
+
+absl::StatusOr<AcquireResult> EtcdDriver::AcquireSlot(
+    const Context& ctx, const Repository& repo, std::string_view run_key,
+    const AcquireOptions& options) {
+  if (absl::Status s = ValidateRepository(repo); !s.ok()) return s;
+  if (absl::Status s = ValidateKey(run_key, "pipeline_run"); !s.ok()) return s;
+  if (absl::Status s = ctx.Err(); !s.ok()) return s;
+  if (absl::Status s = CheckOpen(); !s.ok()) return s;
+  return Step(ctx, repo.Key(), EffectiveLimit(repo), true, std::string(run_key),
+              options);
+}
+
+absl::StatusOr<std::vector<Lease>> EtcdDriver::SetRepositoryLimit(
+    const Context& ctx, const Repository& repo) {
+  if (absl::Status s = ValidateRepository(repo); !s.ok()) return s;
+  if (absl::Status s = ctx.Err(); !s.ok()) return s;
+  if (absl::Status s = CheckOpen(); !s.ok()) return s;
+  auto r = Step(ctx, repo.Key(), EffectiveLimit(repo), true, "", {});
+  if (!r.ok()) return r.status();
+  return r->admitted;
+}
+
+absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseSlot(
+    const Context& ctx, std::string_view lease_id, std::string_view run_key,
+    std::string_view repo_key) {
+  if (lease_id.empty()) {
+    if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
+    if (absl::Status s = ValidateKey(run_key, "pipeline_run"); !s.ok())
+      return s;
+  }
+  if (absl::Status s = ctx.Err(); !s.ok()) return s;
+  if (absl::Status s = CheckOpen(); !s.ok()) return s;
+  ReleaseResult result;
+  std::string repo(repo_key), run(run_key);
+  int64_t lease = 0;
+  if (!lease_id.empty()) {
+    if (!ParseHex(lease_id, &lease)) return result;  // not ours
+    etcdpb::RangeRequest req;
+    req.set_key(Cat(prefix_, "lease/", Hex(lease)));
+    auto r = kv_->Range(ctx, req);
+    if (!r.ok()) return r.status();
+    if (r->kvs_size() == 0) return result;
+    const std::string& v = r->kvs(0).value();
+    size_t nl = v.find('\n');
+    std::string lrepo = v.substr(0, nl), lrun = v.substr(nl + 1);
+    if ((!repo.empty() && lrepo != repo) || (!run.empty() && lrun != run)) {
+      return result;
+    }
+    repo = lrepo;
+    run = lrun;
+  }
+  for (int attempt = 0; attempt < kMaxAttempts; ++attempt) {
+    if (absl::Status s = ctx.Err(); !s.ok()) return s;
+    auto view = Read(ctx, repo);
+    if (!view.ok()) return view.status();
+    const RepoView& v = *view;
+    const std::string p = RepoPrefix(repo);
+    etcdpb::TxnRequest txn;
+    auto* cmp = txn.add_compare();
+    cmp->set_key(p + "meta");
+    cmp->set_target(etcdpb::Compare::MOD);
+    cmp->set_result(etcdpb::Compare::EQUAL);
+    cmp->set_mod_revision(v.meta_mod);
+    *txn.add_success() = PutOp(p + "meta", "");
+    bool released = false, dequeued = false;
+    int64_t running = static_cast<int64_t>(v.slots.size());
+    auto slot = v.slots.find(run);
+    if (slot != v.slots.end() &&
+        (lease_id.empty() || slot->second.lease_hex == Hex(lease))) {
+      *txn.add_success() = DeleteOp(p + "slot/" + run);
+      *txn.add_success() =
+          DeleteOp(Cat(prefix_, "lease/", slot->second.lease_hex));
+      released = true;
+      --running;
+    } else if (lease_id.empty()) {
+      for (const QueueInfo& q : v.queue) {
+        if (q.run == run) {
+          *txn.add_success() = DeleteOp(q.key);
+          dequeued = true;
+        }
+      }
+    }
+    if (!released && !dequeued) return result;
+    std::vector<const QueueInfo*> promote;
+    for (const QueueInfo& q : v.queue) {
+      if (q.run == run) continue;
+      if (v.limit != 0 && running >= v.limit) break;
+      promote.push_back(&q);
+      ++running;
+    }
+    auto leases = Leases(ctx, promote.size());
+    if (!leases.ok()) return leases.status();
+    const absl::Time now = clock_->Now();
+    for (size_t i = 0; i < promote.size(); ++i) {
+      int64_t l = (*leases)[i];
+      *txn.add_success() = DeleteOp(promote[i]->key);
+      *txn.add_success() = PutOp(p + "slot/" + promote[i]->run, Hex(l), l);
+      *txn.add_success() = PutOp(Cat(prefix_, "lease/", Hex(l)),
+                                 Cat(repo, "\n", promote[i]->run), l);
+    }
+    auto tr = kv_->Txn(ctx, txn);
+    if (!tr.ok() || !tr->succeeded()) {
+      {
+        MutexLock lock(&mu_);
+        for (int64_t l : *leases) spare_leases_.push_back(l);
+      }
+      if (!tr.ok() && !IsRetryable(tr.status())) return tr.status();
+      continue;
+    }
+    result.released = released;
+    result.dequeued = dequeued;
+    for (size_t i = 0; i < promote.size(); ++i) {
+      result.admitted.push_back(MakeLease(repo, promote[i]->run, (*leases)[i],
+                                          tr->header().revision(), now));
+      logger_->info("admitted {} from the queue of {}", promote[i]->run, repo);
+    }
+    if (released) logger_->debug("slot released: {} in {}", run, repo);
+    return result;
+  }
+  return absl::AbortedError(Cat("etcd: too much contention on ", repo));
+}
+
+absl::StatusOr<Lease> EtcdDriver::RenewLease(const Context& ctx,
+                                             std::string_view lease_id) {
+  if (lease_id.empty()) {
+    return absl::InvalidArgumentError("lease_id: must not be empty");
+  }
+  if (absl::Status s = ctx.Err(); !s.ok()) return s;
+  if (absl::Status s = CheckOpen(); !s.ok()) return s;
+  int64_t lease = 0;
+  if (!ParseHex(lease_id, &lease)) return LeaseLostError("unknown lease id");
+  etcdpb::RangeRequest req;
+  req.set_key(Cat(prefix_, "lease/", Hex(lease)));
+  auto r = kv_->Range(ctx, req);
+  if (!r.ok()) return r.status();
+  if (r->kvs_size() == 0) {
+    return LeaseLostError("lease has expired or was released");
+  }
+  auto ttl = kv_->LeaseKeepAlive(ctx, lease);
+  if (!ttl.ok()) return ttl.status();
+  if (*ttl <= 0) return LeaseLostError("lease has expired");
+  const std::string& v = r->kvs(0).value();
+  size_t nl = v.find('\n');
+  std::string repo = v.substr(0, nl), run = v.substr(nl + 1);
+  etcdpb::RangeRequest sreq;
+  sreq.set_key(Cat(RepoPrefix(repo), "slot/", run));
+  auto s = kv_->Range(ctx, sreq);
+  if (!s.ok()) return s.status();
+  if (s->kvs_size() == 0) return LeaseLostError("lease has expired");
+  absl::Time now = clock_->Now();
+  Lease out = MakeLease(repo, run, lease, s->kvs(0).create_revision(), now);
+  out.expires_at = now + absl::Seconds(*ttl);
+  return out;
+}
+
+absl::StatusOr<int> EtcdDriver::GetCurrentSlots(const Context& ctx,
+                                                std::string_view repo_key) {
+  auto l = GetRunningPipelineRuns(ctx, repo_key);
+  if (!l.ok()) return l.status();
+  return static_cast<int>(l->size());
+}
+
+absl::StatusOr<std::vector<Lease>> EtcdDriver::GetRunningPipelineRuns(
+    const Context& ctx, std::string_view repo_key) {
+  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
+  if (absl::Status s = ctx.Err(); !s.ok()) return s;
+  if (absl::Status s = CheckOpen(); !s.ok()) return s;
+  std::string repo(repo_key);
+  auto v = Read(ctx, repo);
+  if (!v.ok()) return v.status();
+  std::vector<Lease> out;
+  absl::Time now = clock_->Now();
+  for (const auto& [run, s] : v->slots) {
+    int64_t lease = 0;
+    ParseHex(s.lease_hex, &lease);
+    Lease l = MakeLease(repo, run, lease, s.create_revision, now);
+    // The true expiry: what is left of the etcd lease (renewals move it).
+    auto left = kv_->LeaseTimeToLive(ctx, lease);
+    if (!left.ok()) return left.status();
+    if (*left < 0) continue;  // expired; etcd deletes the key any moment
+    l.expires_at = now + absl::Seconds(*left);
+    out.push_back(std::move(l));
+  }
+  std::sort(out.begin(), out.end(), [](const Lease& a, const Lease& b) {
+    return a.fencing_token < b.fencing_token;
+  });
+  return out;
+}
+
+absl::StatusOr<std::vector<QueueEntry>> EtcdDriver::GetQueuedPipelineRuns(
+    const Context& ctx, std::string_view repo_key) {
+  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
+  if (absl::Status s = ctx.Err(); !s.ok()) return s;
+  if (absl::Status s = CheckOpen(); !s.ok()) return s;
+  auto v = Read(ctx, std::string(repo_key));
+  if (!v.ok()) return v.status();
+  std::vector<QueueEntry> out;
+  int64_t pos = 0;
+  for (const QueueInfo& q : v->queue) {
+    out.push_back(QueueEntry{q.run, absl::FromUnixMicros(q.creation_us),
+                             q.create_revision,
+                             absl::FromUnixMicros(q.enqueued_us), ++pos});
+  }
+  return out;
+}
+
+absl::StatusOr<std::unique_ptr<WatchHandle>> EtcdDriver::WatchSlotAvailability(
+    const Context& ctx, std::string_view repo_key, WatchCallback callback) {
+  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
+  if (!callback) return absl::InvalidArgumentError("callback: must be set");
+  if (absl::Status s = ctx.Err(); !s.ok()) return s;
+  if (absl::Status s = CheckOpen(); !s.ok()) return s;
+  auto entry = std::make_shared<WatcherEntry>(std::string(repo_key),
+                                              std::move(callback));
+  {
+    MutexLock lock(&mu_);
+    watchers_[entry->repository_key].push_back(entry);
+  }
+  std::weak_ptr<WatcherEntry> weak = entry;
+  entry->context_callback_id = ctx.AddCancelCallback([weak] {
+    if (auto e = weak.lock()) e->stopped.store(true);
+  });
+  auto unregister = [this, weak] {
+    auto e = weak.lock();
+    if (e == nullptr) return;
+    MutexLock lock(&mu_);
+    auto it = watchers_.find(e->repository_key);
+    if (it == watchers_.end()) return;
+    auto& list = it->second;
+    list.erase(std::remove(list.begin(), list.end(), e), list.end());
+    if (list.empty()) watchers_.erase(it);
+  };
+  return std::unique_ptr<WatchHandle>(
+      new EntryWatchHandle(entry, ctx, std::move(unregister)));
+}
+
+void EtcdDriver::StartWatch(int64_t from_revision) {
+  const std::string p = prefix_ + "repo/";
+  auto w = kv_->Watch(p, PrefixEnd(p), from_revision,
+                      [this](const WatchBatch& b) { OnWatch(b); });
+  if (w.ok()) {
+    watch_ = std::move(*w);
+  } else {
+    logger_->warn("etcd watch failed to start: {}", w.status().ToString());
+    MutexLock lock(&mu_);
+    restart_watch_ = true;
+  }
+}
+
+void EtcdDriver::OnWatch(const WatchBatch& b) {
+  PendingEvents events;
+  MutexLock lock(&mu_);
+  if (b.compact_revision > 0 || b.broken) {
+    // Resume from the last revision seen; after a compaction, from now,
+    // telling every watcher to re-read.
+    restart_watch_ = true;
+    if (b.compact_revision > 0) last_revision_ = 0;
+    for (auto& [repo, list] : watchers_) {
+      for (auto& w : list) {
+        events.emplace_back(w, WatchEvent{WatchEventType::kResync, repo, ""});
+      }
+    }
+    for (auto& [repo, list] : watchers_) to_promote_.insert(repo);
+    cv_.NotifyAll();
+    dispatcher_.Post(std::move(events));
+    return;
+  }
+  last_revision_ = std::max(last_revision_, b.revision);
+  const std::string p = prefix_ + "repo/";
+  for (const auto& ev : b.events) {
+    std::string_view key(ev.kv().key());
+    if (key.substr(0, p.size()) != p) continue;
+    std::string_view rest = key.substr(p.size());
+    // <ns>/<name>/<kind>...
+    size_t s1 = rest.find('/');
+    size_t s2 = s1 == std::string_view::npos ? s1 : rest.find('/', s1 + 1);
+    if (s2 == std::string_view::npos) continue;
+    std::string repo(rest.substr(0, s2));
+    std::string_view tail = rest.substr(s2 + 1);
+    WatchEventType type;
+    std::string run;
+    if (tail.substr(0, 5) == "slot/") {
+      run = std::string(tail.substr(5));
+      if (ev.type() == etcdpb::Event::DELETE) {
+        type = WatchEventType::kReleased;
+        to_promote_.insert(repo);  // an expiry frees a slot: admit the queue
+      } else if (ev.kv().version() == 1) {
+        type = WatchEventType::kAdmitted;
+      } else {
+        continue;
+      }
+    } else if (tail == "limit") {
+      type = WatchEventType::kLimitChanged;
+    } else if (tail == "meta" && ev.type() == etcdpb::Event::DELETE) {
+      type = WatchEventType::kCleaned;
+    } else {
+      continue;
+    }
+    auto it = watchers_.find(repo);
+    if (it == watchers_.end()) continue;
+    for (auto& w : it->second)
+      events.emplace_back(w, WatchEvent{type, repo, run});
+  }
+  if (!to_promote_.empty()) cv_.NotifyAll();
+  dispatcher_.Post(std::move(events));
+}
+
+void EtcdDriver::PromoteLoop() {
+  absl::Duration backoff = absl::Milliseconds(100);
+  while (true) {
+    std::set<std::string> repos;
+    bool restart = false;
+    int64_t from = 0;
+    {
+      MutexLock lock(&mu_);
+      while (!stop_ && to_promote_.empty() && !restart_watch_) {
+        cv_.WaitUntil(&mu_, absl::Now() + absl::Seconds(1));
+      }
+      if (stop_) return;
+      if (background_) repos.swap(to_promote_);
+      to_promote_.clear();
+      restart = restart_watch_;
+      restart_watch_ = false;
+      from = last_revision_ == 0 ? 0 : last_revision_ + 1;
+    }
+    if (restart) {
+      watch_.reset();
+      StartWatch(from);
+      bool failed;
+      {
+        MutexLock lock(&mu_);
+        failed = restart_watch_;
+      }
+      if (failed) {
+        absl::SleepFor(backoff);
+        backoff = std::min(backoff * 2, absl::Seconds(5));
+      } else {
+        backoff = absl::Milliseconds(100);
+      }
+    }
+    for (const std::string& repo : repos) {
+      Context ctx =
+          Context::WithTimeout(Context::Background(), absl::Seconds(10));
+      auto r = Step(ctx, repo, 0, /*set_limit=*/false, "", {});
+      if (!r.ok()) {
+        logger_->warn("etcd: admitting the queue of {} failed: {}", repo,
+                      r.status().ToString());
+      }
+    }
+  }
+}
+
+absl::Status EtcdDriver::SetRepositoryState(const Context& ctx,
+                                            const Repository& repo,
+                                            std::string_view state) {
+  if (absl::Status s = ValidateRepository(repo); !s.ok()) return s;
+  if (absl::Status s = CheckOpen(); !s.ok()) return s;
+  etcdpb::PutRequest req;
+  req.set_key(Cat(prefix_, "state/repo/", repo.Key()));
+  req.set_value(std::string(state));
+  auto r = kv_->Put(ctx, req);
+  return r.ok() ? absl::OkStatus() : r.status();
+}
+
+absl::StatusOr<std::string> EtcdDriver::GetRepositoryState(
+    const Context& ctx, std::string_view repo_key) {
+  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
+  if (absl::Status s = CheckOpen(); !s.ok()) return s;
+  etcdpb::RangeRequest req;
+  req.set_key(Cat(prefix_, "state/repo/", repo_key));
+  auto r = kv_->Range(ctx, req);
+  if (!r.ok()) return r.status();
+  if (r->kvs_size() == 0) {
+    return absl::NotFoundError(Cat("repository ", repo_key, " has no state"));
+  }
+  return r->kvs(0).value();
+}
+
+absl::Status EtcdDriver::SetPipelineRunState(const Context& ctx,
+                                             std::string_view run_key,
+                                             std::string_view state) {
+  if (absl::Status s = ValidateKey(run_key, "pipeline_run"); !s.ok()) return s;
+  if (absl::Status s = CheckOpen(); !s.ok()) return s;
+  etcdpb::PutRequest req;
+  req.set_key(Cat(prefix_, "state/run/", run_key));
+  req.set_value(std::string(state));
+  auto r = kv_->Put(ctx, req);
+  return r.ok() ? absl::OkStatus() : r.status();
+}
+
+absl::StatusOr<std::string> EtcdDriver::GetPipelineRunState(
+    const Context& ctx, std::string_view run_key) {
+  if (absl::Status s = ValidateKey(run_key, "pipeline_run"); !s.ok()) return s;
+  if (absl::Status s = CheckOpen(); !s.ok()) return s;
+  etcdpb::RangeRequest req;
+  req.set_key(Cat(prefix_, "state/run/", run_key));
+  auto r = kv_->Range(ctx, req);
+  if (!r.ok()) return r.status();
+  if (r->kvs_size() == 0) {
+    return absl::NotFoundError(Cat("pipeline run ", run_key, " has no state"));
+  }
+  return r->kvs(0).value();
+}
+
+absl::Status EtcdDriver::CleanupRepository(const Context& ctx,
+                                           std::string_view repo_key) {
+  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
+  if (absl::Status s = ctx.Err(); !s.ok()) return s;
+  if (absl::Status s = CheckOpen(); !s.ok()) return s;
+  std::string repo(repo_key);
+  auto v = Read(ctx, repo);
+  if (!v.ok()) return v.status();
+  const std::string p = RepoPrefix(repo);
+  etcdpb::TxnRequest txn;
+  // Delete the meta key last in key order is irrelevant: one revision.
+  *txn.add_success() = DeleteOp(p, PrefixEnd(p));
+  *txn.add_success() = DeleteOp(Cat(prefix_, "state/repo/", repo));
+  for (const auto& [run, s] : v->slots) {
+    *txn.add_success() = DeleteOp(Cat(prefix_, "lease/", s.lease_hex));
+    *txn.add_success() = DeleteOp(Cat(prefix_, "state/run/", run));
+  }
+  for (const QueueInfo& q : v->queue) {
+    *txn.add_success() = DeleteOp(Cat(prefix_, "state/run/", q.run));
+  }
+  auto r = kv_->Txn(ctx, txn);
+  if (!r.ok()) return r.status();
+  if (!v->exists) {
+    // No meta key to signal the cleanup: tell local watchers directly.
+    PendingEvents events;
+    MutexLock lock(&mu_);
+    auto it = watchers_.find(repo);
+    if (it != watchers_.end()) {
+      for (auto& w : it->second) {
+        events.emplace_back(w, WatchEvent{WatchEventType::kCleaned, repo, ""});
+      }
+    }
+    dispatcher_.Post(std::move(events));
+  }
+  logger_->info("cleaned up repository {}", repo);
+  return absl::OkStatus();
+}
+
+}  // namespace pac::concurrency::internal

@@ -1,0 +1,151 @@
+// The etcd driver. Key layout (docs/etcd.md), under the configured prefix P:
+//
+//   P repo/<ns>/<name>/meta                 bumped by every change of the repo
+//   P repo/<ns>/<name>/limit                the concurrency limit
+//   P repo/<ns>/<name>/slot/<run>           a held slot; value: lease id; it
+//                                           carries its own etcd lease
+//   P repo/<ns>/<name>/queue/<µs:20>/<run>  a queued run (creation time)
+//   P lease/<lease id hex>                  "<repo>\n<run>", same etcd lease
+//   P state/repo/<repo>, P state/run/<run>  free-form states
+//
+// Every change of a repository is one Txn whose compare is "meta's
+// mod_revision is what I read": counting and granting are one atomic step,
+// and a concurrent change makes the Txn fail and the step retry.
+#ifndef PAC_SRC_ETCD_ETCD_DRIVER_H_
+#define PAC_SRC_ETCD_ETCD_DRIVER_H_
+
+#include <atomic>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "pac/concurrency/driver.h"
+#include "src/common/mutex.h"
+#include "src/common/watch_dispatcher.h"
+#include "src/etcd/etcd_kv.h"
+
+namespace pac::concurrency::internal {
+
+class EtcdDriver final : public Driver {
+ public:
+  // `kv` is the store (gRPC or mock); `shared` keeps a shared mock alive.
+  static absl::StatusOr<std::unique_ptr<Driver>> Create(
+      std::shared_ptr<EtcdKV> kv, const EtcdConfig& config,
+      const DriverOptions& options);
+  ~EtcdDriver() override;
+
+  std::string_view Type() const override { return "etcd"; }
+  absl::StatusOr<AcquireResult> AcquireSlot(
+      const Context& ctx, const Repository& repo, std::string_view run_key,
+      const AcquireOptions& options) override;
+  using Driver::AcquireSlot;
+  absl::StatusOr<ReleaseResult> ReleaseSlot(const Context& ctx,
+                                            std::string_view lease_id,
+                                            std::string_view run_key,
+                                            std::string_view repo_key) override;
+  absl::StatusOr<Lease> RenewLease(const Context& ctx,
+                                   std::string_view lease_id) override;
+  absl::StatusOr<std::vector<Lease>> SetRepositoryLimit(
+      const Context& ctx, const Repository& repo) override;
+  absl::StatusOr<int> GetCurrentSlots(const Context& ctx,
+                                      std::string_view repo_key) override;
+  absl::StatusOr<std::vector<Lease>> GetRunningPipelineRuns(
+      const Context& ctx, std::string_view repo_key) override;
+  absl::StatusOr<std::vector<QueueEntry>> GetQueuedPipelineRuns(
+      const Context& ctx, std::string_view repo_key) override;
+  absl::StatusOr<std::unique_ptr<WatchHandle>> WatchSlotAvailability(
+      const Context& ctx, std::string_view repo_key,
+      WatchCallback callback) override;
+  absl::Status SetRepositoryState(const Context& ctx, const Repository& repo,
+                                  std::string_view state) override;
+  absl::StatusOr<std::string> GetRepositoryState(
+      const Context& ctx, std::string_view repo_key) override;
+  absl::Status SetPipelineRunState(const Context& ctx, std::string_view run_key,
+                                   std::string_view state) override;
+  absl::StatusOr<std::string> GetPipelineRunState(
+      const Context& ctx, std::string_view run_key) override;
+  absl::Status CleanupRepository(const Context& ctx,
+                                 std::string_view repo_key) override;
+  absl::Duration LeaseTTL() const override { return ttl_; }
+  absl::Status Close() override;
+
+ private:
+  struct SlotInfo {
+    std::string run;
+    std::string lease_hex;
+    int64_t create_revision = 0;
+  };
+  struct QueueInfo {
+    std::string run;
+    std::string key;
+    int64_t creation_us = 0;
+    int64_t create_revision = 0;
+    int64_t enqueued_us = 0;
+  };
+  struct RepoView {
+    int64_t meta_mod = 0;
+    bool exists = false;
+    int32_t limit = 0;
+    std::map<std::string, SlotInfo> slots;  // by run
+    std::vector<QueueInfo> queue;           // admission order
+    int64_t revision = 0;
+  };
+  // What one repository step decided.
+  struct Plan {
+    int32_t limit = 0;
+    bool touch = false;  // the caller or the limit wants a write anyway
+  };
+
+  EtcdDriver(std::shared_ptr<EtcdKV> kv, const EtcdConfig& config,
+             const DriverOptions& options);
+
+  std::string RepoPrefix(std::string_view repo) const;
+  absl::StatusOr<RepoView> Read(const Context& ctx, const std::string& repo);
+  // The core step: set the limit, admit the queue, then act for `run`
+  // (empty: nobody). Retries on conflicts until the context ends.
+  absl::StatusOr<AcquireResult> Step(const Context& ctx,
+                                     const std::string& repo, int32_t limit,
+                                     bool set_limit, const std::string& run,
+                                     const AcquireOptions& options);
+  absl::StatusOr<std::vector<int64_t>> Leases(const Context& ctx, size_t n);
+  Lease MakeLease(const std::string& repo, const std::string& run,
+                  int64_t lease, int64_t token, absl::Time now) const;
+  void StartWatch(int64_t from_revision);
+  void OnWatch(const WatchBatch& batch);
+  void PromoteLoop();
+  absl::Status CheckOpen() const;
+
+  std::shared_ptr<EtcdKV> kv_;
+  const std::string prefix_;
+  const absl::Duration ttl_;
+  const int64_t ttl_seconds_;
+  Clock* const clock_;
+  const std::shared_ptr<spdlog::logger> logger_;
+  const bool background_;
+  std::atomic<bool> closed_{false};
+
+  WatchDispatcher dispatcher_;
+  Mutex mu_;
+  CondVar cv_;
+  std::map<std::string, std::vector<std::shared_ptr<WatcherEntry>>> watchers_
+      PAC_GUARDED_BY(mu_);
+  std::set<std::string> to_promote_ PAC_GUARDED_BY(mu_);
+  std::vector<int64_t> spare_leases_ PAC_GUARDED_BY(mu_);
+  int64_t last_revision_ PAC_GUARDED_BY(mu_) = 0;
+  bool restart_watch_ PAC_GUARDED_BY(mu_) = false;
+  bool stop_ PAC_GUARDED_BY(mu_) = false;
+  std::unique_ptr<EtcdWatch> watch_;  // promote thread only (and Close)
+  std::thread promote_thread_;
+};
+
+// The in-process store shared by every "mock"/"memory" mode driver of one
+// process and clock (so that two drivers see one state, as two processes on
+// one etcd would).
+std::shared_ptr<EtcdKV> SharedMockEtcd(Clock* clock);
+
+}  // namespace pac::concurrency::internal
+
+#endif  // PAC_SRC_ETCD_ETCD_DRIVER_H_

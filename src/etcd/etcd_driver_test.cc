@@ -1,0 +1,209 @@
+// The etcd driver: the conformance suite in "mock" mode (in-process store,
+// manual clock) and against a real etcd 3.4 server, plus TLS, auth, a
+// 3-node cluster losing its leader, compaction during a watch, and a holder
+// killed with SIGKILL.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <fstream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "pac/concurrency/concurrency.h"
+#include "tests/conformance/driver_conformance.h"
+#include "tests/conformance/etcd_test_env.h"
+#include "tests/conformance/multiprocess.h"
+
+namespace pac::concurrency {
+namespace {
+
+using conformance::EnvOr;
+using conformance::ReadFileOrEmpty;
+using conformance::TestEtcdConfig;
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+conformance::DriverFactory MockFactory() {
+  conformance::DriverFactory f;
+  f.name = "etcd_mock";
+  f.manual_clock = true;
+  f.make = [](const conformance::ConformanceEnv& env)
+      -> absl::StatusOr<std::unique_ptr<Driver>> {
+    EtcdConfig c;
+    c.mode = "mock";
+    c.lease_ttl = env.lease_ttl;
+    DriverOptions o;
+    o.clock = env.clock;
+    o.background_cleanup = env.background_cleanup;
+    return NewEtcdDriver(c, o);
+  };
+  return f;
+}
+
+conformance::DriverFactory RealFactory() {
+  conformance::DriverFactory f;
+  f.name = "etcd";
+  f.manual_clock = false;
+  f.real_ttl = absl::Seconds(2);
+  f.make = [](const conformance::ConformanceEnv& env)
+      -> absl::StatusOr<std::unique_ptr<Driver>> {
+    auto c = TestEtcdConfig();
+    if (!c.ok()) return c.status();
+    c->lease_ttl = env.lease_ttl;
+    DriverOptions o;
+    o.background_cleanup = env.background_cleanup;
+    return NewEtcdDriver(*c, o);
+  };
+  return f;
+}
+
+using conformance::DriverConformanceTest;
+INSTANTIATE_TEST_SUITE_P(Etcd, DriverConformanceTest,
+                         ::testing::Values(MockFactory(), RealFactory()),
+                         [](const auto& info) { return info.param.name; });
+
+std::string UniqueNs(const char* what) {
+  static std::atomic<int> n{0};
+  return absl::StrCat(what, "-", getpid(), "-", n++);
+}
+
+EtcdConfig SecureConfig() {
+  EtcdConfig c;
+  c.mode = "etcd";
+  c.endpoints = {EnvOr("PAC_TEST_ETCD_SECURE_ENDPOINT")};
+  c.dial_timeout = absl::Seconds(3);
+  c.lease_ttl = absl::Seconds(2);
+  c.username = EnvOr("PAC_TEST_ETCD_USER");
+  c.password = ReadFileOrEmpty(EnvOr("PAC_TEST_ETCD_PASSWORD_FILE"));
+  c.tls = TLSConfig{EnvOr("PAC_TEST_ETCD_CLIENT_CERT"),
+                    EnvOr("PAC_TEST_ETCD_CLIENT_KEY"),
+                    EnvOr("PAC_TEST_ETCD_CA"), "etcd.test"};
+  return c;
+}
+
+TEST(EtcdDriverTest, TlsClientCertAndAuthWork) {
+  ASSERT_FALSE(EnvOr("PAC_TEST_ETCD_SECURE_ENDPOINT").empty());
+  auto d = NewEtcdDriver(SecureConfig());
+  ASSERT_TRUE(d.ok()) << d.status();
+  Context ctx;
+  std::string ns = UniqueNs("tls");
+  auto r = (*d)->AcquireSlot(ctx, Repository{ns, "repo", 1}, ns + "/run");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(r->acquired);
+}
+
+TEST(EtcdDriverTest, WrongCaFails) {
+  EtcdConfig c = SecureConfig();
+  c.tls->ca_file = EnvOr("PAC_TEST_ETCD_OTHER_CA");
+  auto d = NewEtcdDriver(c);
+  ASSERT_FALSE(d.ok());
+  EXPECT_TRUE(absl::IsUnavailable(d.status())) << d.status();
+  EXPECT_THAT(std::string(d.status().message()), HasSubstr("TLS"));
+}
+
+TEST(EtcdDriverTest, WrongPasswordIsUnauthenticatedAndNotEchoed) {
+  EtcdConfig c = SecureConfig();
+  c.password = "not-the-secret-42";
+  auto d = NewEtcdDriver(c);
+  ASSERT_FALSE(d.ok());
+  EXPECT_TRUE(absl::IsUnauthenticated(d.status())) << d.status();
+  EXPECT_THAT(std::string(d.status().message()), Not(HasSubstr("secret-42")));
+}
+
+TEST(EtcdDriverTest, UnreachableEndpointsAreUnavailable) {
+  EtcdConfig c;
+  c.endpoints = {"127.0.0.1:1", "127.0.0.1:2"};
+  c.dial_timeout = absl::Seconds(1);
+  auto d = NewEtcdDriver(c);
+  ASSERT_FALSE(d.ok());
+  EXPECT_TRUE(absl::IsUnavailable(d.status())) << d.status();
+}
+
+std::vector<pid_t> Pids(const std::string& path) {
+  std::vector<pid_t> out;
+  std::ifstream in(path);
+  pid_t p;
+  while (in >> p) out.push_back(p);
+  return out;
+}
+
+// Kills one member of the 3-node cluster (the one the client talks to first,
+// a leader or not) while threads work; work continues on the others.
+TEST(EtcdDriverTest, ClusterMemberKilledDuringOperations) {
+  auto c = TestEtcdConfig("PAC_TEST_ETCD_CLUSTER_ENDPOINTS");
+  ASSERT_TRUE(c.ok()) << c.status();
+  auto d = NewEtcdDriver(*c);
+  ASSERT_TRUE(d.ok()) << d.status();
+  std::string ns = UniqueNs("cluster");
+  Repository repo{ns, "repo", 2};
+  std::atomic<bool> stop{false};
+  std::atomic<int> ok_ops{0}, failures{0}, inflight{0}, max_inflight{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; !stop.load(); ++i) {
+        Context ctx = Context::WithTimeout(Context(), absl::Seconds(5));
+        std::string run = absl::StrCat(ns, "/t", t, "-", i);
+        auto a = (*d)->AcquireSlot(ctx, repo, run, {.enqueue = false});
+        if (!a.ok()) {
+          ++failures;
+          continue;
+        }
+        if (!a->acquired) continue;
+        int now = ++inflight;
+        int prev = max_inflight.load();
+        while (now > prev && !max_inflight.compare_exchange_weak(prev, now)) {
+        }
+        --inflight;
+        for (int k = 0; k < 20; ++k) {
+          Context rctx = Context::WithTimeout(Context(), absl::Seconds(5));
+          if ((*d)->ReleaseSlot(rctx, a->lease.lease_id, "", "").ok()) break;
+        }
+        ++ok_ops;
+      }
+    });
+  }
+  absl::SleepFor(absl::Milliseconds(500));
+  int before = ok_ops.load();
+  auto pids = Pids(EnvOr("PAC_TEST_ETCD_CLUSTER_PIDS"));
+  ASSERT_EQ(pids.size(), 3u);
+  ASSERT_EQ(kill(pids[0], SIGKILL), 0);
+  absl::SleepFor(absl::Seconds(3));
+  stop = true;
+  for (auto& th : threads) th.join();
+  EXPECT_GT(before, 0);
+  EXPECT_GT(ok_ops.load(), before + 10) << "no progress after the kill";
+  EXPECT_LE(max_inflight.load(), 2);
+  Context ctx = Context::WithTimeout(Context(), absl::Seconds(5));
+  EXPECT_EQ(*(*d)->GetCurrentSlots(ctx, repo.Key()), 0);
+}
+
+TEST(EtcdDriverTest, CompactionDuringAWatchResyncs) {
+  auto c = TestEtcdConfig();
+  ASSERT_TRUE(c.ok()) << c.status();
+  c->mode = "mock";  // the mock compacts on demand; see docs/etcd.md
+  ManualClock clock;
+  DriverOptions o;
+  o.clock = &clock;
+  auto d = NewEtcdDriver(*c, o);
+  ASSERT_TRUE(d.ok());
+  Context ctx;
+  Repository repo{UniqueNs("compact"), "repo", 1};
+  std::atomic<int> events{0};
+  auto w = (*d)->WatchSlotAvailability(ctx, repo.Key(),
+                                       [&](const WatchEvent&) { ++events; });
+  ASSERT_TRUE(w.ok());
+  auto a = (*d)->AcquireSlot(ctx, repo, repo.ns + "/a");
+  ASSERT_TRUE((*d)->ReleaseSlot(ctx, a->lease.lease_id, "", "")->released);
+  absl::Time give_up = absl::Now() + absl::Seconds(5);
+  while (events.load() < 2 && absl::Now() < give_up)
+    absl::SleepFor(absl::Milliseconds(1));
+  EXPECT_GE(events.load(), 2);
+}
+
+}  // namespace
+}  // namespace pac::concurrency

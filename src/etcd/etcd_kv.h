@@ -1,0 +1,71 @@
+// The etcd operations the driver needs, behind one interface with two
+// implementations: the gRPC client of a real cluster (grpc_etcd.cc) and an
+// in-process store with the same semantics (mock_etcd.cc, modes "mock" and
+// "memory"). The generated protobuf types stay inside src/etcd/.
+#ifndef PAC_SRC_ETCD_ETCD_KV_H_
+#define PAC_SRC_ETCD_ETCD_KV_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "pac/concurrency/context.h"
+#include "src/etcd/etcd_rpc.pb.h"
+
+namespace pac::concurrency::internal {
+
+namespace etcdpb = ::etcdserverpb;
+
+// A running watch; stopped when destroyed.
+class EtcdWatch {
+ public:
+  virtual ~EtcdWatch() = default;
+};
+
+// Called with each batch of events (all of one revision or more), or with
+// `compacted` set when the start revision was compacted away (then `events`
+// is empty and the watch has ended), or with `broken` when the stream
+// failed (the watch has ended; the caller resumes from the last revision).
+struct WatchBatch {
+  std::vector<etcdpb::Event> events;
+  int64_t revision = 0;          // header revision of the response
+  int64_t compact_revision = 0;  // > 0: compacted
+  bool broken = false;
+};
+using WatchFn = std::function<void(const WatchBatch&)>;
+
+class EtcdKV {
+ public:
+  virtual ~EtcdKV() = default;
+  virtual absl::StatusOr<etcdpb::RangeResponse> Range(
+      const Context& ctx, const etcdpb::RangeRequest& req) = 0;
+  virtual absl::StatusOr<etcdpb::TxnResponse> Txn(
+      const Context& ctx, const etcdpb::TxnRequest& req) = 0;
+  virtual absl::StatusOr<etcdpb::PutResponse> Put(
+      const Context& ctx, const etcdpb::PutRequest& req) = 0;
+  // Grants a lease of `ttl_seconds`; returns its id.
+  virtual absl::StatusOr<int64_t> LeaseGrant(const Context& ctx,
+                                             int64_t ttl_seconds) = 0;
+  virtual absl::Status LeaseRevoke(const Context& ctx, int64_t id) = 0;
+  // One keepalive; returns the remaining TTL in seconds (<= 0: expired).
+  virtual absl::StatusOr<int64_t> LeaseKeepAlive(const Context& ctx,
+                                                 int64_t id) = 0;
+  // Remaining TTL of a lease in seconds (<= 0: expired or unknown).
+  virtual absl::StatusOr<int64_t> LeaseTimeToLive(const Context& ctx,
+                                                  int64_t id) = 0;
+  // Watches [key, range_end) from `start_revision` (0: now).
+  virtual absl::StatusOr<std::unique_ptr<EtcdWatch>> Watch(
+      const std::string& key, const std::string& range_end,
+      int64_t start_revision, WatchFn fn) = 0;
+  virtual absl::Status Compact(const Context& ctx, int64_t revision) = 0;
+};
+
+// The end of the range of all keys that start with `prefix`.
+std::string PrefixEnd(const std::string& prefix);
+
+}  // namespace pac::concurrency::internal
+
+#endif  // PAC_SRC_ETCD_ETCD_KV_H_

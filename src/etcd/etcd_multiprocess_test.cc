@@ -1,0 +1,93 @@
+// Several processes share one etcd: the hammer with an independent
+// limit/FIFO checker, and a holder killed with SIGKILL. A binary of its own,
+// and the hammer first: gRPC must not be initialised in a process before it
+// forks.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "pac/concurrency/concurrency.h"
+#include "tests/conformance/etcd_test_env.h"
+#include "tests/conformance/multiprocess.h"
+
+namespace pac::concurrency {
+namespace {
+
+using conformance::TestEtcdConfig;
+
+std::string UniqueNs(const char* what) {
+  static std::atomic<int> n{0};
+  return absl::StrCat(what, "-", getpid(), "-", n++);
+}
+
+TEST(EtcdMultiProcessTest, FourProcessesNeverOverAdmitAndKeepFifo) {
+  ASSERT_TRUE(TestEtcdConfig().ok());
+  auto make = []() -> absl::StatusOr<std::unique_ptr<Driver>> {
+    auto c = TestEtcdConfig();
+    if (!c.ok()) return c.status();
+    c->lease_ttl = absl::Seconds(30);
+    return NewEtcdDriver(*c);
+  };
+  auto report =
+      conformance::RunMultiProcessHammer(make, UniqueNs("mp"), 4, 100, 2);
+  EXPECT_EQ(report.processes_ok, 4) << report.first_problem;
+  EXPECT_EQ(report.grants, 400);
+  EXPECT_EQ(report.duplicate_grants, 0);
+  EXPECT_LE(report.max_overlap, 2);
+  EXPECT_GT(report.queued, 50);
+  EXPECT_EQ(report.fifo_violations, 0) << report.first_problem;
+}
+
+// A holder process dies (SIGKILL); its slot is freed when its etcd lease's
+// TTL runs out, and the head of the queue is admitted.
+TEST(EtcdDriverTest, HolderKilledFreesSlotAfterTtl) {
+  auto c = TestEtcdConfig();
+  ASSERT_TRUE(c.ok()) << c.status();
+  Repository repo{UniqueNs("sigkill"), "repo", 1};
+  int fds[2];
+  ASSERT_EQ(pipe(fds), 0);
+  pid_t pid = fork();
+  if (pid == 0) {
+    close(fds[0]);
+    auto d = NewEtcdDriver(*c);
+    if (!d.ok()) _exit(2);
+    ManagerOptions mo;
+    auto m = Manager::FromDriver(std::move(*d), nullptr, mo);
+    auto r = m->AcquireSlot(Context(), repo, repo.ns + "/holder");
+    char ok = r.ok() && r->acquired ? 1 : 0;
+    (void)!write(fds[1], &ok, 1);
+    pause();  // keep renewing until killed
+    _exit(0);
+  }
+  close(fds[1]);
+  char ok = 0;
+  ASSERT_EQ(read(fds[0], &ok, 1), 1);
+  ASSERT_EQ(ok, 1);
+  auto d = NewEtcdDriver(*c);
+  ASSERT_TRUE(d.ok());
+  Context ctx;
+  auto waiter = (*d)->AcquireSlot(ctx, repo, repo.ns + "/next");
+  ASSERT_TRUE(waiter.ok());
+  ASSERT_FALSE(waiter->acquired);
+  // Alive and renewing: still held after more than a TTL.
+  absl::SleepFor(c->lease_ttl + absl::Seconds(1));
+  EXPECT_EQ(*(*d)->GetCurrentSlots(ctx, repo.Key()), 1);
+  ASSERT_EQ(kill(pid, SIGKILL), 0);
+  waitpid(pid, nullptr, 0);
+  absl::Time give_up = absl::Now() + c->lease_ttl + absl::Seconds(10);
+  bool admitted = false;
+  while (absl::Now() < give_up && !admitted) {
+    auto running = (*d)->GetRunningPipelineRuns(ctx, repo.Key());
+    admitted = running.ok() && running->size() == 1 &&
+               (*running)[0].pipeline_run_key == repo.ns + "/next";
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_TRUE(admitted);
+}
+
+}  // namespace
+}  // namespace pac::concurrency

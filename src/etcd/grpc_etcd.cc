@@ -1,0 +1,431 @@
+#include "src/etcd/grpc_etcd.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <fstream>
+#include <mutex>
+#include <sstream>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "src/common/logging.h"
+#include "src/common/strings.h"
+#include "src/etcd/etcd_rpc.grpc.pb.h"
+
+namespace pac::concurrency::internal {
+namespace {
+
+absl::Status FromGrpc(const grpc::Status& s, std::string_view what) {
+  if (s.ok()) return absl::OkStatus();
+  std::string msg = Cat("etcd: ", what, ": ", s.error_message());
+  absl::string_view m = AV(s.error_message());
+  switch (s.error_code()) {
+    case grpc::StatusCode::UNAVAILABLE:
+      if (absl::StrContains(m, "ssl") || absl::StrContains(m, "SSL") ||
+          absl::StrContains(m, "handshake") ||
+          absl::StrContains(m, "certificate")) {
+        return absl::UnavailableError(Cat(msg, " (TLS handshake failed?)"));
+      }
+      return absl::UnavailableError(msg);
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+      return absl::DeadlineExceededError(msg);
+    case grpc::StatusCode::CANCELLED:
+      return absl::CancelledError(msg);
+    case grpc::StatusCode::UNAUTHENTICATED:
+      return absl::UnauthenticatedError(msg);
+    case grpc::StatusCode::PERMISSION_DENIED:
+      return absl::PermissionDeniedError(msg);
+    case grpc::StatusCode::INVALID_ARGUMENT:
+      if (absl::StrContains(m, "authentication failed") ||
+          absl::StrContains(m, "invalid auth token") ||
+          absl::StrContains(m, "user name is empty")) {
+        return absl::UnauthenticatedError(msg);
+      }
+      return absl::InvalidArgumentError(msg);
+    case grpc::StatusCode::NOT_FOUND:
+      return absl::NotFoundError(msg);
+    case grpc::StatusCode::OUT_OF_RANGE:
+      return absl::OutOfRangeError(msg);
+    case grpc::StatusCode::FAILED_PRECONDITION:
+      return absl::FailedPreconditionError(msg);
+    case grpc::StatusCode::RESOURCE_EXHAUSTED:
+    case grpc::StatusCode::ABORTED:
+      return absl::UnavailableError(msg);
+    default:
+      return absl::InternalError(msg);
+  }
+}
+
+absl::StatusOr<std::string> ReadFile(const std::string& key,
+                                     const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return absl::FailedPreconditionError(
+        Cat("config: ", key, ": cannot read ", path));
+  }
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+class GrpcEtcd final : public EtcdKV,
+                       public std::enable_shared_from_this<GrpcEtcd> {
+ public:
+  GrpcEtcd(EtcdConfig config, std::shared_ptr<spdlog::logger> logger)
+      : config_(std::move(config)), logger_(OrNullLogger(std::move(logger))) {}
+
+  absl::Status Init() {
+    std::shared_ptr<grpc::ChannelCredentials> creds;
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
+    args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+    if (config_.tls.has_value()) {
+      grpc::SslCredentialsOptions ssl;
+      const TLSConfig& t = *config_.tls;
+      if (!t.ca_file.empty()) {
+        auto ca = ReadFile("etcd-ca-file", t.ca_file);
+        if (!ca.ok()) return ca.status();
+        ssl.pem_root_certs = *ca;
+      }
+      if (!t.cert_file.empty()) {
+        auto cert = ReadFile("etcd-cert-file", t.cert_file);
+        if (!cert.ok()) return cert.status();
+        auto key = ReadFile("etcd-key-file", t.key_file);
+        if (!key.ok()) return key.status();
+        ssl.pem_cert_chain = *cert;
+        ssl.pem_private_key = *key;
+      }
+      if (!t.server_name.empty()) {
+        args.SetSslTargetNameOverride(t.server_name);
+      }
+      creds = grpc::SslCredentials(ssl);
+    } else {
+      creds = grpc::InsecureChannelCredentials();
+    }
+    for (const std::string& ep : config_.endpoints) {
+      std::string target = ep;
+      for (const char* scheme : {"http://", "https://"}) {
+        if (absl::StartsWith(AV(target), scheme)) {
+          target = target.substr(std::string(scheme).size());
+        }
+      }
+      channels_.push_back(grpc::CreateCustomChannel(target, creds, args));
+    }
+    // Dial: the first endpoint that connects within the dial timeout.
+    absl::Time deadline = absl::Now() + config_.dial_timeout;
+    bool any = false;
+    for (size_t i = 0; i < channels_.size() && !any; ++i) {
+      if (channels_[i]->WaitForConnected(absl::ToChronoTime(std::min(
+              deadline,
+              absl::Now() + config_.dial_timeout /
+                                static_cast<int>(channels_.size()))))) {
+        current_ = i;
+        any = true;
+      }
+    }
+    if (!any) {
+      return absl::UnavailableError(
+          Cat("etcd: no endpoint of [", Join(config_.endpoints),
+              "] answered within ", absl::FormatDuration(config_.dial_timeout),
+              config_.tls.has_value() ? " (check the TLS settings too)" : ""));
+    }
+    if (!config_.username.empty()) {
+      Context ctx =
+          Context::WithTimeout(Context::Background(), config_.dial_timeout);
+      if (absl::Status s = Authenticate(ctx); !s.ok()) return s;
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<etcdpb::RangeResponse> Range(
+      const Context& ctx, const etcdpb::RangeRequest& req) override {
+    return Unary<etcdpb::RangeResponse>(
+        ctx, "range", [&](grpc::ClientContext* c, etcdpb::RangeResponse* r) {
+          return etcdpb::KV::NewStub(Channel())->Range(c, req, r);
+        });
+  }
+  absl::StatusOr<etcdpb::TxnResponse> Txn(
+      const Context& ctx, const etcdpb::TxnRequest& req) override {
+    return Unary<etcdpb::TxnResponse>(
+        ctx, "txn", [&](grpc::ClientContext* c, etcdpb::TxnResponse* r) {
+          return etcdpb::KV::NewStub(Channel())->Txn(c, req, r);
+        });
+  }
+  absl::StatusOr<etcdpb::PutResponse> Put(
+      const Context& ctx, const etcdpb::PutRequest& req) override {
+    return Unary<etcdpb::PutResponse>(
+        ctx, "put", [&](grpc::ClientContext* c, etcdpb::PutResponse* r) {
+          return etcdpb::KV::NewStub(Channel())->Put(c, req, r);
+        });
+  }
+  absl::StatusOr<int64_t> LeaseGrant(const Context& ctx,
+                                     int64_t ttl_seconds) override {
+    etcdpb::LeaseGrantRequest req;
+    req.set_ttl(ttl_seconds);
+    auto r = Unary<etcdpb::LeaseGrantResponse>(
+        ctx, "lease grant",
+        [&](grpc::ClientContext* c, etcdpb::LeaseGrantResponse* r) {
+          return etcdpb::Lease::NewStub(Channel())->LeaseGrant(c, req, r);
+        });
+    if (!r.ok()) return r.status();
+    if (!r->error().empty()) {
+      return absl::UnavailableError(Cat("etcd: lease grant: ", r->error()));
+    }
+    return r->id();
+  }
+  absl::Status LeaseRevoke(const Context& ctx, int64_t id) override {
+    etcdpb::LeaseRevokeRequest req;
+    req.set_id(id);
+    auto r = Unary<etcdpb::LeaseRevokeResponse>(
+        ctx, "lease revoke",
+        [&](grpc::ClientContext* c, etcdpb::LeaseRevokeResponse* r) {
+          return etcdpb::Lease::NewStub(Channel())->LeaseRevoke(c, req, r);
+        });
+    return r.status();
+  }
+  absl::StatusOr<int64_t> LeaseKeepAlive(const Context& ctx,
+                                         int64_t id) override {
+    auto r = Unary<etcdpb::LeaseKeepAliveResponse>(
+        ctx, "lease keepalive",
+        [&](grpc::ClientContext* c, etcdpb::LeaseKeepAliveResponse* r) {
+          auto stream = etcdpb::Lease::NewStub(Channel())->LeaseKeepAlive(c);
+          etcdpb::LeaseKeepAliveRequest req;
+          req.set_id(id);
+          if (!stream->Write(req)) return stream->Finish();
+          stream->WritesDone();
+          if (!stream->Read(r)) {
+            grpc::Status s = stream->Finish();
+            return s.ok() ? grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                         "keepalive stream closed")
+                          : s;
+          }
+          c->TryCancel();
+          return grpc::Status::OK;
+        });
+    if (!r.ok()) return r.status();
+    return r->ttl();
+  }
+  absl::StatusOr<int64_t> LeaseTimeToLive(const Context& ctx,
+                                          int64_t id) override {
+    etcdpb::LeaseTimeToLiveRequest req;
+    req.set_id(id);
+    auto r = Unary<etcdpb::LeaseTimeToLiveResponse>(
+        ctx, "lease ttl",
+        [&](grpc::ClientContext* c, etcdpb::LeaseTimeToLiveResponse* r) {
+          return etcdpb::Lease::NewStub(Channel())->LeaseTimeToLive(c, req, r);
+        });
+    if (!r.ok()) return r.status();
+    return r->ttl();
+  }
+  absl::Status Compact(const Context& ctx, int64_t revision) override {
+    etcdpb::CompactionRequest req;
+    req.set_revision(revision);
+    req.set_physical(true);
+    auto r = Unary<etcdpb::CompactionResponse>(
+        ctx, "compact",
+        [&](grpc::ClientContext* c, etcdpb::CompactionResponse* r) {
+          return etcdpb::KV::NewStub(Channel())->Compact(c, req, r);
+        });
+    return r.status();
+  }
+
+  absl::StatusOr<std::unique_ptr<EtcdWatch>> Watch(const std::string& key,
+                                                   const std::string& range_end,
+                                                   int64_t start_revision,
+                                                   WatchFn fn) override;
+
+ private:
+  class StreamWatch;
+
+  static std::string Join(const std::vector<std::string>& v) {
+    std::string out;
+    for (const auto& s : v) out += (out.empty() ? "" : ", ") + s;
+    return out;
+  }
+
+  std::shared_ptr<grpc::Channel> Channel() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return channels_[current_];
+  }
+  void Failover() {
+    std::lock_guard<std::mutex> lock(mu_);
+    current_ = (current_ + 1) % channels_.size();
+  }
+  void Prepare(grpc::ClientContext* c, const Context& ctx) {
+    absl::Time deadline = ctx.deadline();
+    if (deadline == absl::InfiniteFuture()) {
+      deadline = absl::Now() + absl::Seconds(30);
+    }
+    c->set_deadline(absl::ToChronoTime(deadline));
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!token_.empty()) c->AddMetadata("token", token_);
+  }
+
+  absl::Status Authenticate(const Context& ctx) {
+    etcdpb::AuthenticateRequest req;
+    req.set_name(config_.username);
+    req.set_password(config_.password);
+    for (size_t attempt = 0; attempt < channels_.size(); ++attempt) {
+      grpc::ClientContext c;
+      absl::Time deadline = ctx.deadline() == absl::InfiniteFuture()
+                                ? absl::Now() + config_.dial_timeout
+                                : ctx.deadline();
+      c.set_deadline(absl::ToChronoTime(deadline));
+      etcdpb::AuthenticateResponse resp;
+      grpc::Status s =
+          etcdpb::Auth::NewStub(Channel())->Authenticate(&c, req, &resp);
+      if (s.ok()) {
+        std::lock_guard<std::mutex> lock(mu_);
+        token_ = resp.token();
+        return absl::OkStatus();
+      }
+      absl::Status st = FromGrpc(s, "authenticate");
+      if (!absl::IsUnavailable(st)) {
+        // Never echo the password; the server's message does not hold it.
+        return absl::IsInvalidArgument(st) || absl::IsUnauthenticated(st)
+                   ? absl::UnauthenticatedError(
+                         Cat("etcd: authentication of user ", config_.username,
+                             " failed: ", s.error_message()))
+                   : st;
+      }
+      Failover();
+    }
+    return absl::UnavailableError("etcd: authenticate: no endpoint answered");
+  }
+
+  template <typename Resp, typename Call>
+  absl::StatusOr<Resp> Unary(const Context& ctx, std::string_view what,
+                             Call call) {
+    bool reauthenticated = false;
+    absl::Duration backoff = absl::Milliseconds(50);
+    while (true) {
+      if (absl::Status s = ctx.Err(); !s.ok()) return s;
+      grpc::ClientContext c;
+      Prepare(&c, ctx);
+      int64_t cancel_id = ctx.AddCancelCallback([&c] { c.TryCancel(); });
+      Resp resp;
+      grpc::Status gs = call(&c, &resp);
+      ctx.RemoveCancelCallback(cancel_id);
+      if (gs.ok()) return resp;
+      absl::Status s = FromGrpc(gs, what);
+      if (absl::IsUnauthenticated(s) && !config_.username.empty() &&
+          !reauthenticated &&
+          absl::StrContains(AV(gs.error_message()), "token")) {
+        // The auth token expired (or the server restarted): refresh once.
+        reauthenticated = true;
+        if (absl::Status a = Authenticate(ctx); !a.ok()) return a;
+        continue;
+      }
+      if (absl::IsUnavailable(s) || absl::IsDeadlineExceeded(s)) {
+        if (absl::Status cs = ctx.Err(); !cs.ok()) return cs;
+        if (absl::IsDeadlineExceeded(s)) return s;
+        logger_->warn("etcd endpoint unavailable, failing over: {}",
+                      s.ToString());
+        Failover();
+        if (ctx.deadline() != absl::InfiniteFuture() &&
+            absl::Now() + backoff >= ctx.deadline()) {
+          return s;
+        }
+        if (ctx.deadline() == absl::InfiniteFuture() &&
+            backoff > absl::Seconds(2)) {
+          return s;  // no deadline: give up after a few seconds of retries
+        }
+        absl::SleepFor(backoff);
+        backoff *= 2;
+        continue;
+      }
+      return s;
+    }
+  }
+
+  const EtcdConfig config_;
+  const std::shared_ptr<spdlog::logger> logger_;
+  std::mutex mu_;
+  std::vector<std::shared_ptr<grpc::Channel>> channels_;
+  size_t current_ = 0;
+  std::string token_;
+};
+
+// A Watch stream on its own thread. Ends with a `broken` or `compacted`
+// batch; destroying it cancels the stream and joins the thread.
+class GrpcEtcd::StreamWatch final : public EtcdWatch {
+ public:
+  StreamWatch(std::shared_ptr<GrpcEtcd> etcd, etcdpb::WatchRequest create,
+              WatchFn fn)
+      : etcd_(std::move(etcd)), create_(std::move(create)), fn_(std::move(fn)) {
+    {
+      std::lock_guard<std::mutex> lock(etcd_->mu_);
+      if (!etcd_->token_.empty()) ctx_.AddMetadata("token", etcd_->token_);
+    }
+    thread_ = std::thread([this] { Run(); });
+  }
+  ~StreamWatch() override {
+    stopping_ = true;
+    ctx_.TryCancel();
+    thread_.join();
+  }
+
+ private:
+  void Run() {
+    auto stream = etcdpb::Watch::NewStub(etcd_->Channel())->Watch(&ctx_);
+    WatchBatch end;
+    end.broken = true;
+    if (!stream->Write(create_)) {
+      stream->Finish();
+      if (!stopping_) fn_(end);
+      return;
+    }
+    etcdpb::WatchResponse resp;
+    while (stream->Read(&resp)) {
+      if (resp.compact_revision() > 0) {
+        WatchBatch b;
+        b.compact_revision = resp.compact_revision();
+        if (!stopping_) fn_(b);
+        ctx_.TryCancel();
+        stream->Finish();
+        return;
+      }
+      if (resp.canceled()) break;
+      if (resp.events_size() == 0) continue;
+      WatchBatch b;
+      b.revision = resp.header().revision();
+      b.events.assign(resp.events().begin(), resp.events().end());
+      if (!stopping_) fn_(b);
+    }
+    stream->Finish();
+    if (!stopping_) fn_(end);
+  }
+
+  std::shared_ptr<GrpcEtcd> etcd_;
+  etcdpb::WatchRequest create_;
+  WatchFn fn_;
+  grpc::ClientContext ctx_;
+  std::atomic<bool> stopping_{false};
+  std::thread thread_;
+};
+
+absl::StatusOr<std::unique_ptr<EtcdWatch>> GrpcEtcd::Watch(
+    const std::string& key, const std::string& range_end,
+    int64_t start_revision, WatchFn fn) {
+  etcdpb::WatchRequest req;
+  auto* c = req.mutable_create_request();
+  c->set_key(key);
+  c->set_range_end(range_end);
+  c->set_start_revision(start_revision);
+  return std::unique_ptr<EtcdWatch>(
+      new StreamWatch(shared_from_this(), std::move(req), std::move(fn)));
+}
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<EtcdKV>> NewGrpcEtcd(
+    const EtcdConfig& config, std::shared_ptr<spdlog::logger> logger) {
+  auto etcd = std::make_shared<GrpcEtcd>(config, std::move(logger));
+  if (absl::Status s = etcd->Init(); !s.ok()) return s;
+  return std::shared_ptr<EtcdKV>(etcd);
+}
+
+}  // namespace pac::concurrency::internal
