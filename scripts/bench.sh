@@ -17,7 +17,7 @@ python3 scripts/bench_ratios.py "$OUT/memory_bench.json"
 
 SERVERS_DIR=$(mktemp -d /tmp/pac-bench-servers.XXXXXX)
 chmod 755 "$SERVERS_DIR"
-trap 'bash scripts/pg-test-server.sh stop "$SERVERS_DIR/pg" >/dev/null 2>&1 || true; rm -rf "$SERVERS_DIR"' EXIT
+trap 'bash scripts/pg-test-server.sh stop "$SERVERS_DIR/pg" >/dev/null 2>&1 || true; bash scripts/etcd-test-server.sh stop "$SERVERS_DIR/etcd" >/dev/null 2>&1 || true; rm -rf "$SERVERS_DIR"' EXIT
 echo "=== starting PostgreSQL 15 on 127.0.0.1 (fsync on)"
 bash scripts/pg-test-server.sh start "$SERVERS_DIR/pg"
 # shellcheck disable=SC1091
@@ -42,3 +42,11 @@ for repos in 1 100; do
   done
 done
 python3 scripts/bench_ratios.py --pg "$OUT/pg_bench.json" "$OUT/pgbench.txt"
+
+echo "=== etcd driver vs. a raw Put loop (single node, same gRPC client)"
+bash scripts/etcd-test-server.sh single "$SERVERS_DIR/etcd"
+# shellcheck disable=SC1091
+source "$SERVERS_DIR/etcd/env"
+"$BUILD/bench/etcd_bench" --benchmark_out="$OUT/etcd_bench.json" \
+  --benchmark_out_format=json
+python3 scripts/bench_ratios.py --etcd "$OUT/etcd_bench.json"

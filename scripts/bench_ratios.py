@@ -56,8 +56,29 @@ def pg(bench_json, pgbench_txt):
                   f"p99 {b['p99_ms']:.2f} ms, max {b['max_ms']:.2f} ms")
 
 
+def etcd(bench_json):
+    with open(bench_json) as f:
+        data = json.load(f)
+    put = {}
+    for b in data["benchmarks"]:
+        m = re.match(r"BM_Etcd_RawPut/.*(threads:\d+)", b["name"])
+        if m:
+            put[m.group(1)] = b["items_per_second"]
+    print(f"{'point':28} {'raw Put/s':>10} {'pairs/s':>9} {'granted/s':>10} "
+          f"{'pairs/Put':>10}")
+    for b in data["benchmarks"]:
+        m = re.match(r"BM_Etcd_AcquireRelease/(repos:\d+)/.*(threads:\d+)", b["name"])
+        if m:
+            p = put.get(m.group(2))
+            rate = b["items_per_second"]
+            print(f"{m.group(1) + ' ' + m.group(2):28} {p or 0:10.0f} {rate:9.0f} "
+                  f"{b.get('granted_per_s', 0):10.0f} {rate / p if p else 0:10.2f}")
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "--pg":
+    if sys.argv[1] == "--etcd":
+        etcd(sys.argv[2])
+    elif sys.argv[1] == "--pg":
         pg(sys.argv[2], sys.argv[3])
     else:
         memory(sys.argv[1])
