@@ -18,8 +18,10 @@ namespace {
 
 absl::Status FromGrpc(const grpc::Status& s, std::string_view what) {
   if (s.ok()) return absl::OkStatus();
-  std::string msg = Cat("etcd: ", what, ": ", s.error_message());
-  absl::string_view m = AV(s.error_message());
+  // error_message() returns a copy: keep it alive for the view below.
+  const std::string text = s.error_message();
+  std::string msg = Cat("etcd: ", what, ": ", text);
+  absl::string_view m = AV(text);
   switch (s.error_code()) {
     case grpc::StatusCode::UNAVAILABLE:
       if (absl::StrContains(m, "ssl") || absl::StrContains(m, "SSL") ||
