@@ -6,11 +6,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cstdio>
 #include <fstream>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "pac/concurrency/concurrency.h"
@@ -131,9 +134,43 @@ std::vector<pid_t> Pids(const std::string& path) {
   return out;
 }
 
-// Kills one member of the 3-node cluster (the one the client talks to first,
-// a leader or not) while threads work; work continues on the others.
-TEST(EtcdDriverTest, ClusterMemberKilledDuringOperations) {
+// The index (in endpoint order) of the cluster's leader, asked of etcdctl.
+int LeaderIndex(const std::string& endpoints) {
+  std::string cmd = "ETCDCTL_API=3 etcdctl --endpoints=" + endpoints +
+                    " endpoint status -w fields 2>/dev/null";
+  FILE* p = popen(cmd.c_str(), "r");
+  if (p == nullptr) return -1;
+  std::vector<std::string> eps = absl::StrSplit(endpoints, ',');
+  char line[512];
+  std::string member, leader;
+  int found = -1;
+  while (fgets(line, sizeof(line), p) != nullptr) {
+    std::string l(line);
+    auto value = [&] {
+      std::string v = l.substr(l.find(':') + 1);
+      v.erase(std::remove_if(
+                  v.begin(), v.end(),
+                  [](char c) { return c == ' ' || c == '"' || c == '\n'; }),
+              v.end());
+      return v;
+    };
+    if (l.rfind("\"MemberID\"", 0) == 0) member = value();
+    if (l.rfind("\"Leader\"", 0) == 0) leader = value();
+    if (l.rfind("\"Endpoint\"", 0) == 0 && !member.empty() &&
+        member == leader) {
+      std::string ep = value();
+      for (size_t i = 0; i < eps.size(); ++i) {
+        if (eps[i] == ep) found = static_cast<int>(i);
+      }
+    }
+  }
+  pclose(p);
+  return found;
+}
+
+// Kills the leader of the 3-node cluster with SIGKILL while threads work;
+// after the election the work continues on the other members.
+TEST(EtcdDriverTest, ClusterLeaderKilledDuringOperations) {
   auto c = TestEtcdConfig("PAC_TEST_ETCD_CLUSTER_ENDPOINTS");
   ASSERT_TRUE(c.ok()) << c.status();
   auto d = NewEtcdDriver(*c);
@@ -171,7 +208,9 @@ TEST(EtcdDriverTest, ClusterMemberKilledDuringOperations) {
   int before = ok_ops.load();
   auto pids = Pids(EnvOr("PAC_TEST_ETCD_CLUSTER_PIDS"));
   ASSERT_EQ(pids.size(), 3u);
-  ASSERT_EQ(kill(pids[0], SIGKILL), 0);
+  int leader = LeaderIndex(EnvOr("PAC_TEST_ETCD_CLUSTER_ENDPOINTS"));
+  ASSERT_GE(leader, 0) << "could not find the leader";
+  ASSERT_EQ(kill(pids[leader], SIGKILL), 0);
   absl::SleepFor(absl::Seconds(3));
   stop = true;
   for (auto& th : threads) th.join();
