@@ -145,6 +145,13 @@ TEST(PostgreSQLDriverTest, ServerRestartDuringOperations) {
   ASSERT_TRUE(before.ok() && before->acquired);
 
   Repository repo{UniqueNs(), "restart", 2};
+  // A watcher learns that it must re-read state once LISTEN is back.
+  std::atomic<int> resyncs{0};
+  auto watch = (*driver)->WatchSlotAvailability(
+      bg, repo.Key(), [&](const WatchEvent& e) {
+        if (e.type == WatchEventType::kResync) ++resyncs;
+      });
+  ASSERT_TRUE(watch.ok()) << watch.status();
   std::atomic<bool> stop{false};
   std::atomic<int> ok_ops{0}, retryable{0}, other{0};
   std::atomic<int> inflight{0}, max_inflight{0};
@@ -195,6 +202,42 @@ TEST(PostgreSQLDriverTest, ServerRestartDuringOperations) {
   ASSERT_EQ(running->size(), 1u);
   EXPECT_EQ((*running)[0].lease_id, before->lease.lease_id);
   EXPECT_TRUE((*driver)->RenewLease(bg, before->lease.lease_id).ok());
+  absl::Time give_up = absl::Now() + absl::Seconds(10);
+  while (resyncs.load() == 0 && absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_GE(resyncs.load(), 1)
+      << "no kResync after the LISTEN connection came back";
+}
+
+TEST(PostgreSQLDriverTest, PollingFallbackSendsResync) {
+  auto config = TestPostgreSQLConfig();
+  ASSERT_TRUE(config.ok()) << config.status();
+  config->poll_interval = absl::Milliseconds(100);
+  auto driver = NewPostgreSQLDriver(*config);
+  ASSERT_TRUE(driver.ok()) << driver.status();
+  std::atomic<int> resyncs{0};
+  Context ctx;
+  auto watch = (*driver)->WatchSlotAvailability(
+      ctx, UniqueNs() + "/polled", [&](const WatchEvent& e) {
+        if (e.type == WatchEventType::kResync) ++resyncs;
+      });
+  ASSERT_TRUE(watch.ok()) << watch.status();
+  absl::Time give_up = absl::Now() + absl::Seconds(10);
+  while (resyncs.load() < 3 && absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_GE(resyncs.load(), 3);
+  // Without the fallback nothing is sent when nothing happens.
+  config->poll_interval = absl::ZeroDuration();
+  auto quiet = NewPostgreSQLDriver(*config);
+  ASSERT_TRUE(quiet.ok());
+  std::atomic<int> quiet_events{0};
+  auto w2 = (*quiet)->WatchSlotAvailability(
+      ctx, UniqueNs() + "/quiet", [&](const WatchEvent&) { ++quiet_events; });
+  ASSERT_TRUE(w2.ok());
+  absl::SleepFor(absl::Milliseconds(500));
+  EXPECT_EQ(quiet_events.load(), 0);
 }
 
 }  // namespace
