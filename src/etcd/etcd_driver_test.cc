@@ -211,7 +211,7 @@ TEST(EtcdDriverTest, ClusterLeaderKilledDuringOperations) {
   int leader = LeaderIndex(EnvOr("PAC_TEST_ETCD_CLUSTER_ENDPOINTS"));
   ASSERT_GE(leader, 0) << "could not find the leader";
   ASSERT_EQ(kill(pids[leader], SIGKILL), 0);
-  absl::SleepFor(absl::Seconds(3));
+  absl::SleepFor(absl::Seconds(5));
   stop = true;
   for (auto& th : threads) th.join();
   EXPECT_GT(before, 0);

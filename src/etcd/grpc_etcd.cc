@@ -252,9 +252,16 @@ class GrpcEtcd final : public EtcdKV,
     std::lock_guard<std::mutex> lock(mu_);
     return channels_[current_];
   }
-  void Failover() {
+  size_t CurrentIndex() {
     std::lock_guard<std::mutex> lock(mu_);
-    current_ = (current_ + 1) % channels_.size();
+    return current_;
+  }
+  // Moves away from endpoint `failed`, unless another caller already did
+  // (several threads failing on one dead endpoint move once, not in circles
+  // that may land on it again).
+  void Failover(size_t failed) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (current_ == failed) current_ = (current_ + 1) % channels_.size();
   }
   void Prepare(grpc::ClientContext* c, const Context& ctx) {
     absl::Time deadline = ctx.deadline();
@@ -272,6 +279,7 @@ class GrpcEtcd final : public EtcdKV,
     req.set_password(config_.password);
     for (size_t attempt = 0; attempt < channels_.size(); ++attempt) {
       grpc::ClientContext c;
+      const size_t index = CurrentIndex();
       absl::Time deadline = ctx.deadline() == absl::InfiniteFuture()
                                 ? absl::Now() + config_.dial_timeout
                                 : ctx.deadline();
@@ -293,7 +301,7 @@ class GrpcEtcd final : public EtcdKV,
                              " failed: ", s.error_message()))
                    : st;
       }
-      Failover();
+      Failover(index);
     }
     return absl::UnavailableError("etcd: authenticate: no endpoint answered");
   }
@@ -306,6 +314,7 @@ class GrpcEtcd final : public EtcdKV,
     while (true) {
       if (absl::Status s = ctx.Err(); !s.ok()) return s;
       grpc::ClientContext c;
+      const size_t index = CurrentIndex();
       Prepare(&c, ctx);
       int64_t cancel_id = ctx.AddCancelCallback([&c] { c.TryCancel(); });
       Resp resp;
@@ -326,7 +335,7 @@ class GrpcEtcd final : public EtcdKV,
         if (absl::IsDeadlineExceeded(s)) return s;
         logger_->warn("etcd endpoint unavailable, failing over: {}",
                       s.ToString());
-        Failover();
+        Failover(index);
         if (ctx.deadline() != absl::InfiniteFuture() &&
             absl::Now() + backoff >= ctx.deadline()) {
           return s;
