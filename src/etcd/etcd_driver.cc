@@ -320,6 +320,12 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
       continue;  // someone changed the repository: read again
     }
     const int64_t token = tr->header().revision();
+    {
+      MutexLock lock(&mu_);
+      // Leases that expire are never released here: bound the cache.
+      if (known_leases_.size() > 100000) known_leases_.clear();
+      for (const auto& [r, lease] : granted) known_leases_[lease] = {repo, r};
+    }
     for (const auto& [r, lease] : granted) {
       Lease l = MakeLease(repo, r, lease, token, now);
       if (r == run) {
@@ -393,8 +399,22 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseSlot(
   ReleaseResult result;
   std::string repo(repo_key), run(run_key);
   int64_t lease = 0;
+  bool cached = false;
   if (!lease_id.empty()) {
     if (!ParseHex(lease_id, &lease)) return result;  // not ours
+    MutexLock lock(&mu_);
+    auto it = known_leases_.find(lease);
+    if (it != known_leases_.end()) {
+      if ((!repo.empty() && it->second.first != repo) ||
+          (!run.empty() && it->second.second != run)) {
+        return result;
+      }
+      repo = it->second.first;
+      run = it->second.second;
+      cached = true;
+    }
+  }
+  if (!lease_id.empty() && !cached) {
     etcdpb::RangeRequest req;
     req.set_key(Cat(prefix_, "lease/", Hex(lease)));
     auto r = kv_->Range(ctx, req);
@@ -440,7 +460,13 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseSlot(
         }
       }
     }
-    if (!released && !dequeued) return result;
+    if (!released && !dequeued) {
+      if (cached) {
+        MutexLock lock(&mu_);
+        known_leases_.erase(lease);  // it expired or was released elsewhere
+      }
+      return result;
+    }
     std::vector<const QueueInfo*> promote;
     for (const QueueInfo& q : v.queue) {
       if (q.run == run) continue;
@@ -469,6 +495,16 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseSlot(
     }
     result.released = released;
     result.dequeued = dequeued;
+    {
+      MutexLock lock(&mu_);
+      if (released && slot != v.slots.end()) {
+        int64_t gone = 0;
+        if (ParseHex(slot->second.lease_hex, &gone)) known_leases_.erase(gone);
+      }
+      for (size_t i = 0; i < promote.size(); ++i) {
+        known_leases_[(*leases)[i]] = {repo, promote[i]->run};
+      }
+    }
     for (size_t i = 0; i < promote.size(); ++i) {
       result.admitted.push_back(MakeLease(repo, promote[i]->run, (*leases)[i],
                                           tr->header().revision(), now));

@@ -134,6 +134,10 @@ class EtcdDriver final : public Driver {
       PAC_GUARDED_BY(mu_);
   std::set<std::string> to_promote_ PAC_GUARDED_BY(mu_);
   std::vector<int64_t> spare_leases_ PAC_GUARDED_BY(mu_);
+  // Leases this driver granted: lease -> (repo, run). Lets a release by id
+  // skip reading the lease index; the release's Txn still checks the slot.
+  std::map<int64_t, std::pair<std::string, std::string>> known_leases_
+      PAC_GUARDED_BY(mu_);
   int64_t last_revision_ PAC_GUARDED_BY(mu_) = 0;
   bool restart_watch_ PAC_GUARDED_BY(mu_) = false;
   bool stop_ PAC_GUARDED_BY(mu_) = false;
