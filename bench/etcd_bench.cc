@@ -62,7 +62,8 @@ void BM_Etcd_AcquireRelease(benchmark::State& state) {
       ++errors;
     } else if (a->acquired) {
       ++granted;
-      if (!(*driver)->ReleaseSlot(ctx, a->lease.lease_id, "", "").ok()) ++errors;
+      if (!(*driver)->ReleaseSlot(ctx, a->lease.lease_id, "", "").ok())
+        ++errors;
     }
     ++i;
   }
