@@ -7,6 +7,7 @@
 #include <atomic>
 #include <deque>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -78,6 +79,34 @@ class EntryWatchHandle final : public WatchHandle {
   Context ctx_;
   std::function<void()> on_stop_;
   std::once_flag once_;
+};
+
+// Ties `entry` to `ctx` (cancelling the context stops the entry) and returns
+// the handle that stops it and runs `unregister` once.
+std::unique_ptr<WatchHandle> MakeWatchHandle(
+    const Context& ctx, std::shared_ptr<WatcherEntry> entry,
+    std::function<void()> unregister);
+
+// Watchers by repository behind one mutex: the registry of the drivers whose
+// events arrive from a backend (PostgreSQL, etcd). The memory driver keeps
+// its watchers in its shards instead, under the lock it already holds.
+// Thread-safe; handles must be destroyed before the registry.
+class WatcherRegistry {
+ public:
+  std::unique_ptr<WatchHandle> Add(const Context& ctx, std::string repo_key,
+                                   WatchCallback callback);
+  // Appends `type` for every watcher of `repo_key` to `out`.
+  void Collect(const std::string& repo_key, WatchEventType type,
+               const std::string& run_key, PendingEvents* out);
+  // Appends `type` (with each watcher's repository) for every watcher.
+  void CollectAll(WatchEventType type, PendingEvents* out);
+  // Stops and forgets every watcher (driver Close).
+  void StopAll();
+
+ private:
+  Mutex mu_;
+  std::map<std::string, std::vector<std::shared_ptr<WatcherEntry>>> watchers_
+      PAC_GUARDED_BY(mu_);
 };
 
 }  // namespace pac::concurrency::internal

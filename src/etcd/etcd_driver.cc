@@ -110,11 +110,8 @@ absl::Status EtcdDriver::Close() {
   {
     MutexLock lock(&mu_);
     stop_ = true;
-    for (auto& [repo, list] : watchers_) {
-      for (auto& w : list) w->stopped.store(true);
-    }
-    watchers_.clear();
   }
+  watchers_.StopAll();
   cv_.NotifyAll();
   if (promote_thread_.joinable()) promote_thread_.join();
   watch_.reset();
@@ -131,6 +128,51 @@ absl::Status EtcdDriver::CheckOpen() const {
 
 std::string EtcdDriver::RepoPrefix(std::string_view repo) const {
   return Cat(prefix_, "repo/", repo, "/");
+}
+
+etcdpb::TxnRequest EtcdDriver::GuardedTxn(const std::string& repo_prefix,
+                                          int64_t meta_mod) const {
+  // Commits only if nothing of the repository changed since it was read,
+  // and marks this commit as a change.
+  etcdpb::TxnRequest txn;
+  auto* cmp = txn.add_compare();
+  cmp->set_key(repo_prefix + "meta");
+  cmp->set_target(etcdpb::Compare::MOD);
+  cmp->set_result(etcdpb::Compare::EQUAL);
+  cmp->set_mod_revision(meta_mod);
+  *txn.add_success() = PutOp(repo_prefix + "meta", "");
+  return txn;
+}
+
+void EtcdDriver::AddGrant(etcdpb::TxnRequest* txn, const std::string& repo,
+                          const std::string& run, int64_t lease) const {
+  *txn->add_success() =
+      PutOp(Cat(RepoPrefix(repo), "slot/", run), Hex(lease), lease);
+  *txn->add_success() =
+      PutOp(Cat(prefix_, "lease/", Hex(lease)), Cat(repo, "\n", run), lease);
+}
+
+absl::Status EtcdDriver::PutKey(const Context& ctx, std::string key,
+                                std::string_view value) {
+  if (absl::Status s = CheckOpen(); !s.ok()) return s;
+  etcdpb::PutRequest req;
+  req.set_key(std::move(key));
+  req.set_value(std::string(value));
+  auto r = kv_->Put(ctx, req);
+  return r.ok() ? absl::OkStatus() : r.status();
+}
+
+absl::StatusOr<std::string> EtcdDriver::GetKey(const Context& ctx,
+                                               std::string key,
+                                               std::string_view what) {
+  if (absl::Status s = CheckOpen(); !s.ok()) return s;
+  etcdpb::RangeRequest req;
+  req.set_key(std::move(key));
+  auto r = kv_->Range(ctx, req);
+  if (!r.ok()) return r.status();
+  if (r->kvs_size() == 0)
+    return absl::NotFoundError(Cat(what, " has no state"));
+  return r->kvs(0).value();
 }
 
 absl::StatusOr<EtcdDriver::RepoView> EtcdDriver::Read(const Context& ctx,
@@ -273,13 +315,7 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
     if (!leases.ok()) return leases.status();
     const absl::Time now = clock_->Now();
     const std::string p = RepoPrefix(repo);
-    etcdpb::TxnRequest txn;
-    auto* cmp = txn.add_compare();
-    cmp->set_key(p + "meta");
-    cmp->set_target(etcdpb::Compare::MOD);
-    cmp->set_result(etcdpb::Compare::EQUAL);
-    cmp->set_mod_revision(v.meta_mod);
-    *txn.add_success() = PutOp(p + "meta", "");
+    etcdpb::TxnRequest txn = GuardedTxn(p, v.meta_mod);
     if (limit_changed)
       *txn.add_success() = PutOp(p + "limit", std::to_string(limit));
     size_t li = 0;
@@ -287,18 +323,14 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
     for (const QueueInfo* q : promote) {
       int64_t lease = (*leases)[li++];
       *txn.add_success() = DeleteOp(q->key);
-      *txn.add_success() = PutOp(p + "slot/" + q->run, Hex(lease), lease);
-      *txn.add_success() = PutOp(Cat(prefix_, "lease/", Hex(lease)),
-                                 Cat(repo, "\n", q->run), lease);
+      AddGrant(&txn, repo, q->run, lease);
       granted.emplace_back(q->run, lease);
     }
     if (grant_caller) {
       int64_t lease = (*leases)[li++];
       if (caller_queued != nullptr)
         *txn.add_success() = DeleteOp(caller_queued->key);
-      *txn.add_success() = PutOp(p + "slot/" + run, Hex(lease), lease);
-      *txn.add_success() = PutOp(Cat(prefix_, "lease/", Hex(lease)),
-                                 Cat(repo, "\n", run), lease);
+      AddGrant(&txn, repo, run, lease);
       granted.emplace_back(run, lease);
     }
     int64_t creation_us = 0;
@@ -435,13 +467,7 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseSlot(
     if (!view.ok()) return view.status();
     const RepoView& v = *view;
     const std::string p = RepoPrefix(repo);
-    etcdpb::TxnRequest txn;
-    auto* cmp = txn.add_compare();
-    cmp->set_key(p + "meta");
-    cmp->set_target(etcdpb::Compare::MOD);
-    cmp->set_result(etcdpb::Compare::EQUAL);
-    cmp->set_mod_revision(v.meta_mod);
-    *txn.add_success() = PutOp(p + "meta", "");
+    etcdpb::TxnRequest txn = GuardedTxn(p, v.meta_mod);
     bool released = false, dequeued = false;
     int64_t running = static_cast<int64_t>(v.slots.size());
     auto slot = v.slots.find(run);
@@ -480,9 +506,7 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseSlot(
     for (size_t i = 0; i < promote.size(); ++i) {
       int64_t l = (*leases)[i];
       *txn.add_success() = DeleteOp(promote[i]->key);
-      *txn.add_success() = PutOp(p + "slot/" + promote[i]->run, Hex(l), l);
-      *txn.add_success() = PutOp(Cat(prefix_, "lease/", Hex(l)),
-                                 Cat(repo, "\n", promote[i]->run), l);
+      AddGrant(&txn, repo, promote[i]->run, l);
     }
     auto tr = kv_->Txn(ctx, txn);
     if (!tr.ok() || !tr->succeeded()) {
@@ -606,28 +630,7 @@ absl::StatusOr<std::unique_ptr<WatchHandle>> EtcdDriver::WatchSlotAvailability(
   if (!callback) return absl::InvalidArgumentError("callback: must be set");
   if (absl::Status s = ctx.Err(); !s.ok()) return s;
   if (absl::Status s = CheckOpen(); !s.ok()) return s;
-  auto entry = std::make_shared<WatcherEntry>(std::string(repo_key),
-                                              std::move(callback));
-  {
-    MutexLock lock(&mu_);
-    watchers_[entry->repository_key].push_back(entry);
-  }
-  std::weak_ptr<WatcherEntry> weak = entry;
-  entry->context_callback_id = ctx.AddCancelCallback([weak] {
-    if (auto e = weak.lock()) e->stopped.store(true);
-  });
-  auto unregister = [this, weak] {
-    auto e = weak.lock();
-    if (e == nullptr) return;
-    MutexLock lock(&mu_);
-    auto it = watchers_.find(e->repository_key);
-    if (it == watchers_.end()) return;
-    auto& list = it->second;
-    list.erase(std::remove(list.begin(), list.end(), e), list.end());
-    if (list.empty()) watchers_.erase(it);
-  };
-  return std::unique_ptr<WatchHandle>(
-      new EntryWatchHandle(entry, ctx, std::move(unregister)));
+  return watchers_.Add(ctx, std::string(repo_key), std::move(callback));
 }
 
 void EtcdDriver::StartWatch(int64_t from_revision) {
@@ -651,12 +654,8 @@ void EtcdDriver::OnWatch(const WatchBatch& b) {
     // telling every watcher to re-read.
     restart_watch_ = true;
     if (b.compact_revision > 0) last_revision_ = 0;
-    for (auto& [repo, list] : watchers_) {
-      for (auto& w : list) {
-        events.emplace_back(w, WatchEvent{WatchEventType::kResync, repo, ""});
-      }
-    }
-    for (auto& [repo, list] : watchers_) to_promote_.insert(repo);
+    watchers_.CollectAll(WatchEventType::kResync, &events);
+    for (const auto& [w, ev] : events) to_promote_.insert(ev.repository_key);
     cv_.NotifyAll();
     dispatcher_.Post(std::move(events));
     return;
@@ -692,10 +691,7 @@ void EtcdDriver::OnWatch(const WatchBatch& b) {
     } else {
       continue;
     }
-    auto it = watchers_.find(repo);
-    if (it == watchers_.end()) continue;
-    for (auto& w : it->second)
-      events.emplace_back(w, WatchEvent{type, repo, run});
+    watchers_.Collect(repo, type, run, &events);
   }
   if (!to_promote_.empty()) cv_.NotifyAll();
   dispatcher_.Post(std::move(events));
@@ -750,52 +746,28 @@ absl::Status EtcdDriver::SetRepositoryState(const Context& ctx,
                                             const Repository& repo,
                                             std::string_view state) {
   if (absl::Status s = ValidateRepository(repo); !s.ok()) return s;
-  if (absl::Status s = CheckOpen(); !s.ok()) return s;
-  etcdpb::PutRequest req;
-  req.set_key(Cat(prefix_, "state/repo/", repo.Key()));
-  req.set_value(std::string(state));
-  auto r = kv_->Put(ctx, req);
-  return r.ok() ? absl::OkStatus() : r.status();
+  return PutKey(ctx, Cat(prefix_, "state/repo/", repo.Key()), state);
 }
 
 absl::StatusOr<std::string> EtcdDriver::GetRepositoryState(
     const Context& ctx, std::string_view repo_key) {
   if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
-  if (absl::Status s = CheckOpen(); !s.ok()) return s;
-  etcdpb::RangeRequest req;
-  req.set_key(Cat(prefix_, "state/repo/", repo_key));
-  auto r = kv_->Range(ctx, req);
-  if (!r.ok()) return r.status();
-  if (r->kvs_size() == 0) {
-    return absl::NotFoundError(Cat("repository ", repo_key, " has no state"));
-  }
-  return r->kvs(0).value();
+  return GetKey(ctx, Cat(prefix_, "state/repo/", repo_key),
+                Cat("repository ", repo_key));
 }
 
 absl::Status EtcdDriver::SetPipelineRunState(const Context& ctx,
                                              std::string_view run_key,
                                              std::string_view state) {
   if (absl::Status s = ValidateKey(run_key, "pipeline_run"); !s.ok()) return s;
-  if (absl::Status s = CheckOpen(); !s.ok()) return s;
-  etcdpb::PutRequest req;
-  req.set_key(Cat(prefix_, "state/run/", run_key));
-  req.set_value(std::string(state));
-  auto r = kv_->Put(ctx, req);
-  return r.ok() ? absl::OkStatus() : r.status();
+  return PutKey(ctx, Cat(prefix_, "state/run/", run_key), state);
 }
 
 absl::StatusOr<std::string> EtcdDriver::GetPipelineRunState(
     const Context& ctx, std::string_view run_key) {
   if (absl::Status s = ValidateKey(run_key, "pipeline_run"); !s.ok()) return s;
-  if (absl::Status s = CheckOpen(); !s.ok()) return s;
-  etcdpb::RangeRequest req;
-  req.set_key(Cat(prefix_, "state/run/", run_key));
-  auto r = kv_->Range(ctx, req);
-  if (!r.ok()) return r.status();
-  if (r->kvs_size() == 0) {
-    return absl::NotFoundError(Cat("pipeline run ", run_key, " has no state"));
-  }
-  return r->kvs(0).value();
+  return GetKey(ctx, Cat(prefix_, "state/run/", run_key),
+                Cat("pipeline run ", run_key));
 }
 
 absl::Status EtcdDriver::CleanupRepository(const Context& ctx,
@@ -823,13 +795,7 @@ absl::Status EtcdDriver::CleanupRepository(const Context& ctx,
   if (!v->exists) {
     // No meta key to signal the cleanup: tell local watchers directly.
     PendingEvents events;
-    MutexLock lock(&mu_);
-    auto it = watchers_.find(repo);
-    if (it != watchers_.end()) {
-      for (auto& w : it->second) {
-        events.emplace_back(w, WatchEvent{WatchEventType::kCleaned, repo, ""});
-      }
-    }
+    watchers_.Collect(repo, WatchEventType::kCleaned, "", &events);
     dispatcher_.Post(std::move(events));
   }
   logger_->info("cleaned up repository {}", repo);

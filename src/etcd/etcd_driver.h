@@ -104,6 +104,16 @@ class EtcdDriver final : public Driver {
 
   std::string RepoPrefix(std::string_view repo) const;
   absl::StatusOr<RepoView> Read(const Context& ctx, const std::string& repo);
+  // A Txn guarded by the repository's meta revision (see the file comment).
+  etcdpb::TxnRequest GuardedTxn(const std::string& repo_prefix,
+                                int64_t meta_mod) const;
+  // Adds the slot and lease-index keys of a grant to `txn`.
+  void AddGrant(etcdpb::TxnRequest* txn, const std::string& repo,
+                const std::string& run, int64_t lease) const;
+  absl::Status PutKey(const Context& ctx, std::string key,
+                      std::string_view value);
+  absl::StatusOr<std::string> GetKey(const Context& ctx, std::string key,
+                                     std::string_view what);
   // The core step: set the limit, admit the queue, then act for `run`
   // (empty: nobody). Retries on conflicts until the context ends.
   absl::StatusOr<AcquireResult> Step(const Context& ctx,
@@ -128,10 +138,10 @@ class EtcdDriver final : public Driver {
   std::atomic<bool> closed_{false};
 
   WatchDispatcher dispatcher_;
+  WatcherRegistry watchers_;
   Mutex mu_;
   CondVar cv_;
-  std::map<std::string, std::vector<std::shared_ptr<WatcherEntry>>> watchers_
-      PAC_GUARDED_BY(mu_);
+
   std::set<std::string> to_promote_ PAC_GUARDED_BY(mu_);
   std::vector<int64_t> spare_leases_ PAC_GUARDED_BY(mu_);
   // Leases this driver granted: lease -> (repo, run). Lets a release by id

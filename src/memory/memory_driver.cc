@@ -510,10 +510,7 @@ MemoryDriver::WatchSlotAvailability(const Context& ctx,
     shard.watchers[entry->repository_key].push_back(entry);
   }
   std::weak_ptr<WatcherEntry> weak = entry;
-  entry->context_callback_id = ctx.AddCancelCallback([weak] {
-    if (auto e = weak.lock()) e->stopped.store(true);
-  });
-  auto unregister = [this, &shard, weak] {
+  return MakeWatchHandle(ctx, entry, [&shard, weak] {
     auto e = weak.lock();
     if (e == nullptr) return;
     MutexLock lock(&shard.mu);
@@ -522,9 +519,7 @@ MemoryDriver::WatchSlotAvailability(const Context& ctx,
     auto& list = it->second;
     list.erase(std::remove(list.begin(), list.end(), e), list.end());
     if (list.empty()) shard.watchers.erase(it);
-  };
-  return std::unique_ptr<WatchHandle>(
-      new EntryWatchHandle(entry, ctx, std::move(unregister)));
+  });
 }
 
 absl::Status MemoryDriver::SetRepositoryState(const Context& ctx,

@@ -116,13 +116,7 @@ absl::Status PostgreSQLDriver::Close() {
   }
   if (listen_thread_.joinable()) listen_thread_.join();
   if (reap_thread_.joinable()) reap_thread_.join();
-  {
-    MutexLock lock(&watch_mu_);
-    for (auto& [repo, list] : watchers_) {
-      for (auto& w : list) w->stopped.store(true);
-    }
-    watchers_.clear();
-  }
+  watchers_.StopAll();
   dispatcher_.Shutdown();
   pool_.Close();
   logger_->info("postgresql driver closed");
@@ -336,13 +330,11 @@ PostgreSQLDriver::WatchSlotAvailability(const Context& ctx,
   if (closed_.load()) {
     return absl::FailedPreconditionError("postgresql driver is closed");
   }
-  auto entry = std::make_shared<WatcherEntry>(std::string(repo_key),
-                                              std::move(callback));
+  auto handle = watchers_.Add(ctx, std::string(repo_key), std::move(callback));
   {
-    MutexLock lock(&watch_mu_);
-    watchers_[entry->repository_key].push_back(entry);
     // LISTEN starts with the first watch: a driver nobody watches keeps no
     // listening connection (and the server wakes nobody on NOTIFY).
+    MutexLock lock(&watch_mu_);
     if (!listen_thread_.joinable() && !closed_.load()) {
       listen_thread_ = std::thread([this] { ListenLoop(); });
     }
@@ -356,32 +348,12 @@ PostgreSQLDriver::WatchSlotAvailability(const Context& ctx,
     absl::SleepFor(absl::Milliseconds(1));
   }
   if (!listening_.load()) resync_pending_.store(true);
-  std::weak_ptr<WatcherEntry> weak = entry;
-  entry->context_callback_id = ctx.AddCancelCallback([weak] {
-    if (auto e = weak.lock()) e->stopped.store(true);
-  });
-  auto unregister = [this, weak] {
-    auto e = weak.lock();
-    if (e == nullptr) return;
-    MutexLock lock(&watch_mu_);
-    auto it = watchers_.find(e->repository_key);
-    if (it == watchers_.end()) return;
-    auto& list = it->second;
-    list.erase(std::remove(list.begin(), list.end(), e), list.end());
-    if (list.empty()) watchers_.erase(it);
-  };
-  return std::unique_ptr<WatchHandle>(
-      new EntryWatchHandle(entry, ctx, std::move(unregister)));
+  return handle;
 }
 
 void PostgreSQLDriver::Broadcast(WatchEventType type) {
   PendingEvents events;
-  {
-    MutexLock lock(&watch_mu_);
-    for (auto& [repo, list] : watchers_) {
-      for (auto& w : list) events.emplace_back(w, WatchEvent{type, repo, ""});
-    }
-  }
+  watchers_.CollectAll(type, &events);
   dispatcher_.Post(std::move(events));
 }
 
@@ -438,13 +410,7 @@ void PostgreSQLDriver::ListenLoop() {
           std::string repo(payload.substr(0, t1));
           WatchEventType type = EventType(payload.substr(t1 + 1, t2 - t1 - 1));
           std::string run(payload.substr(t2 + 1));
-          MutexLock lock(&watch_mu_);
-          auto it = watchers_.find(repo);
-          if (it != watchers_.end()) {
-            for (auto& w : it->second) {
-              events.emplace_back(w, WatchEvent{type, repo, run});
-            }
-          }
+          watchers_.Collect(repo, type, run, &events);
         }
         PQfreemem(n);
       }

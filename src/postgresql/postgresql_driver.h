@@ -92,9 +92,8 @@ class PostgreSQLDriver final : public Driver {
   std::atomic<bool> closed_{false};
 
   WatchDispatcher dispatcher_;
-  Mutex watch_mu_;
-  std::map<std::string, std::vector<std::shared_ptr<WatcherEntry>>> watchers_
-      PAC_GUARDED_BY(watch_mu_);
+  WatcherRegistry watchers_;
+  Mutex watch_mu_;  // serialises starting the LISTEN thread
   std::atomic<bool> listening_{false};
   // A watch began while LISTEN was down: send kResync once it is up.
   std::atomic<bool> resync_pending_{false};
