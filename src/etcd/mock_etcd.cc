@@ -24,11 +24,15 @@ class MockEtcd::WatchImpl final : public EtcdWatch {
  public:
   WatchImpl(MockEtcd* etcd, std::shared_ptr<Watcher> w)
       : etcd_(etcd), w_(std::move(w)) {}
+  // Like a real watch stream: once destroyed, the callback is not running
+  // and never runs again (unless destroyed from inside the callback).
   ~WatchImpl() override {
     MutexLock lock(&etcd_->mu_);
     w_->stopped = true;
     auto& ws = etcd_->watchers_;
     ws.erase(std::remove(ws.begin(), ws.end(), w_), ws.end());
+    if (std::this_thread::get_id() == etcd_->delivery_thread_.get_id()) return;
+    while (w_->in_flight) etcd_->delivered_cv_.Wait(&etcd_->mu_);
   }
 
  private:
@@ -448,12 +452,17 @@ void MockEtcd::DeliveryLoop() {
       batch.swap(outbox_);
     }
     for (auto& [w, b] : batch) {
-      bool stopped;
       {
         MutexLock lock(&mu_);
-        stopped = w->stopped;
+        if (w->stopped) continue;
+        w->in_flight = true;
       }
-      if (!stopped) w->fn(b);
+      w->fn(b);
+      {
+        MutexLock lock(&mu_);
+        w->in_flight = false;
+      }
+      delivered_cv_.NotifyAll();
     }
   }
 }

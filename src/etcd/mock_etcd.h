@@ -54,6 +54,7 @@ class MockEtcd final : public EtcdKV {
     std::string key, range_end;
     WatchFn fn;
     bool stopped = false;
+    bool in_flight = false;  // fn is running on the delivery thread
   };
   class WatchImpl;
 
@@ -88,6 +89,7 @@ class MockEtcd final : public EtcdKV {
   std::deque<std::pair<std::shared_ptr<Watcher>, WatchBatch>> outbox_
       PAC_GUARDED_BY(mu_);
   CondVar outbox_cv_;
+  CondVar delivered_cv_;  // a delivery finished (in_flight went false)
   bool stop_ PAC_GUARDED_BY(mu_) = false;
   bool kicked_ PAC_GUARDED_BY(mu_) = false;
   int clock_listener_ = 0;
