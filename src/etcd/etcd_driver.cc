@@ -573,6 +573,22 @@ absl::StatusOr<Lease> EtcdDriver::RenewLease(const Context& ctx,
   return out;
 }
 
+absl::StatusOr<std::optional<int32_t>> EtcdDriver::GetRepositoryLimit(
+    const Context& ctx, std::string_view repo_key) {
+  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
+  if (absl::Status s = ctx.Err(); !s.ok()) return s;
+  if (absl::Status s = CheckOpen(); !s.ok()) return s;
+  etcdpb::RangeRequest req;
+  req.set_key(RepoPrefix(repo_key) + "limit");
+  auto r = kv_->Range(ctx, req);
+  if (!r.ok()) return r.status();
+  if (r->kvs_size() == 0) return std::optional<int32_t>();
+  int32_t limit = 0;
+  const std::string& v = r->kvs(0).value();
+  std::from_chars(v.data(), v.data() + v.size(), limit);
+  return std::optional<int32_t>(limit);
+}
+
 absl::StatusOr<int> EtcdDriver::GetCurrentSlots(const Context& ctx,
                                                 std::string_view repo_key) {
   auto l = GetRunningPipelineRuns(ctx, repo_key);

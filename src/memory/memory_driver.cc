@@ -434,6 +434,18 @@ absl::StatusOr<std::vector<Lease>> MemoryDriver::SetRepositoryLimit(
   return admitted;
 }
 
+absl::StatusOr<std::optional<int32_t>> MemoryDriver::GetRepositoryLimit(
+    const Context& ctx, std::string_view repo_key) {
+  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
+  if (absl::Status s = ctx.Err(); !s.ok()) return s;
+  if (absl::Status s = CheckOpen(); !s.ok()) return s;
+  Shard& shard = ShardFor(repo_key);
+  MutexLock lock(&shard.mu);
+  auto rit = shard.repos.find(repo_key);
+  if (rit == shard.repos.end()) return std::optional<int32_t>();
+  return std::optional<int32_t>(rit->second.limit);
+}
+
 absl::StatusOr<int> MemoryDriver::GetCurrentSlots(const Context& ctx,
                                                   std::string_view repo_key) {
   auto leases = GetRunningPipelineRuns(ctx, repo_key);

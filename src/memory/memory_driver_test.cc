@@ -47,6 +47,11 @@ class Handle final : public Driver {
     if (closed_) return Closed();
     return store_->SetRepositoryLimit(ctx, repo);
   }
+  absl::StatusOr<std::optional<int32_t>> GetRepositoryLimit(
+      const Context& ctx, std::string_view repo) override {
+    if (closed_) return Closed();
+    return store_->GetRepositoryLimit(ctx, repo);
+  }
   absl::StatusOr<int> GetCurrentSlots(const Context& ctx,
                                       std::string_view repo) override {
     if (closed_) return Closed();

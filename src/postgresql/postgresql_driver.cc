@@ -285,6 +285,18 @@ absl::StatusOr<std::vector<Lease>> PostgreSQLDriver::SetRepositoryLimit(
   return admitted;
 }
 
+absl::StatusOr<std::optional<int32_t>> PostgreSQLDriver::GetRepositoryLimit(
+    const Context& ctx, std::string_view repo_key) {
+  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
+  auto r = Query(ctx,
+                 "SELECT concurrency_limit FROM pac_repositories WHERE "
+                 "repository_key = $1",
+                 {std::string(repo_key)});
+  if (!r.ok()) return r.status();
+  if (r->rows() == 0) return std::optional<int32_t>();
+  return std::optional<int32_t>(static_cast<int32_t>(r->GetInt(0, 0)));
+}
+
 absl::StatusOr<int> PostgreSQLDriver::GetCurrentSlots(
     const Context& ctx, std::string_view repo_key) {
   if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;

@@ -49,6 +49,8 @@ class PostgreSQLDriver final : public Driver {
                                    std::string_view lease_id) override;
   absl::StatusOr<std::vector<Lease>> SetRepositoryLimit(
       const Context& ctx, const Repository& repo) override;
+  absl::StatusOr<std::optional<int32_t>> GetRepositoryLimit(
+      const Context& ctx, std::string_view repo_key) override;
   absl::StatusOr<int> GetCurrentSlots(const Context& ctx,
                                       std::string_view repo_key) override;
   absl::StatusOr<std::vector<Lease>> GetRunningPipelineRuns(

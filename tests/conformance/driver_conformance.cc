@@ -147,6 +147,24 @@ TEST_P(DriverConformanceTest, Rule01_LimitIsEnforced) {
               ElementsAre(Run("c")));
 }
 
+TEST_P(DriverConformanceTest, Rule01_RecordedLimitIsReadBack) {
+  Repository repo = Repo("readback", 2);
+  auto unknown = driver_->GetRepositoryLimit(ctx_, repo.Key());
+  ASSERT_TRUE(unknown.ok()) << unknown.status();
+  EXPECT_FALSE(unknown->has_value());
+  ASSERT_TRUE(driver_->AcquireSlot(ctx_, repo, Run("a"))->acquired);
+  EXPECT_EQ(*driver_->GetRepositoryLimit(ctx_, repo.Key()), 2);
+  ASSERT_TRUE(driver_->SetRepositoryLimit(ctx_, Repo("readback", 5)).ok());
+  EXPECT_EQ(*driver_->GetRepositoryLimit(ctx_, repo.Key()), 5);
+  // Another process sees the same record.
+  std::unique_ptr<Driver> other = MakeDriver();
+  EXPECT_EQ(*other->GetRepositoryLimit(ctx_, repo.Key()), 5);
+  ASSERT_TRUE(driver_->CleanupRepository(ctx_, repo.Key()).ok());
+  EXPECT_FALSE(driver_->GetRepositoryLimit(ctx_, repo.Key())->has_value());
+  EXPECT_EQ(driver_->GetRepositoryLimit(ctx_, "Bad Key").status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST_P(DriverConformanceTest, Rule01_ZeroOrUnsetLimitIsUnlimited) {
   Repository zero = Repo("zero", 0);
   Repository unset{ns_, "unset", std::nullopt};

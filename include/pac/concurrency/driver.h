@@ -153,6 +153,12 @@ class Driver {
   [[nodiscard]] virtual absl::StatusOr<std::vector<Lease>> SetRepositoryLimit(
       const Context& ctx, const Repository& repo) = 0;
 
+  // The limit last recorded for the repository (0: unlimited), or nullopt
+  // when the backend has no record of it. Lets a caller that does not know
+  // the limit (a second server, the CLI) acquire without changing it.
+  [[nodiscard]] virtual absl::StatusOr<std::optional<int32_t>>
+  GetRepositoryLimit(const Context& ctx, std::string_view repo_key) = 0;
+
   // Number of unexpired leases of the repository.
   [[nodiscard]] virtual absl::StatusOr<int> GetCurrentSlots(
       const Context& ctx, std::string_view repo_key) = 0;
