@@ -1,0 +1,222 @@
+#include "src/cli/cli.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include "pac/concurrency/status.h"
+#include "spdlog/sinks/stdout_color_sinks.h"
+#include "spdlog/spdlog.h"
+#include "src/common/strings.h"
+#include "src/server/remote_api.h"
+
+namespace pac::concurrency::cli {
+
+using internal::Cat;
+using internal::SV;
+
+ApiHandle::~ApiHandle() {
+  service.reset();
+  if (driver != nullptr) (void)driver->Close();
+}
+
+absl::StatusOr<std::string> ReadFile(const std::string& path,
+                                     std::string_view what) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return absl::InvalidArgumentError(
+        Cat(what, ": cannot read file \"", path, "\""));
+  }
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+absl::StatusOr<std::string> ReadSecretFile(const std::string& path,
+                                           std::string_view what) {
+  auto s = ReadFile(path, what);
+  if (!s.ok()) return s.status();
+  std::string v = *std::move(s);
+  while (!v.empty() && (v.back() == '\n' || v.back() == '\r')) v.pop_back();
+  if (v.empty())
+    return absl::InvalidArgumentError(Cat(what, ": file is empty"));
+  return v;
+}
+
+absl::StatusOr<DriverConfig> LoadDriverConfig(
+    const std::string& path, std::map<std::string, std::string>* flat) {
+  std::map<std::string, std::string> base;
+  if (!path.empty()) {
+    auto text = ReadFile(path, "config");
+    if (!text.ok()) return text.status();
+    auto f = FlattenYaml(*text);
+    if (!f.ok()) return f.status();
+    base = *std::move(f);
+  }
+  if (flat != nullptr) *flat = base;
+  return ApplyEnvironment(base, [](const std::string& name) {
+    const char* v = std::getenv(name.c_str());
+    return v != nullptr ? std::optional<std::string>(v) : std::nullopt;
+  });
+}
+
+absl::StatusOr<std::unique_ptr<ApiHandle>> OpenApi(const GlobalOptions& g) {
+  auto h = std::make_unique<ApiHandle>();
+  if (!g.config.empty()) {
+    auto config = LoadDriverConfig(g.config, nullptr);
+    if (!config.ok()) return config.status();
+    auto logger = spdlog::stderr_color_mt("pac-cli");
+    logger->set_level(spdlog::level::from_str(g.log_level));
+    auto driver = NewDriver(*config, DriverOptions{nullptr, logger, true});
+    spdlog::drop("pac-cli");
+    if (!driver.ok()) return driver.status();
+    h->driver = *std::move(driver);
+    h->service =
+        std::make_unique<server::Service>(h->driver.get(), nullptr, nullptr);
+    h->api = h->service.get();
+    return h;
+  }
+  std::string token;
+  if (!g.token_file.empty()) {
+    auto t = ReadSecretFile(g.token_file, "token-file");
+    if (!t.ok()) return t.status();
+    token = *t;
+  } else if (const char* t = std::getenv("PAC_TOKEN"); t != nullptr) {
+    token = t;
+  }
+  h->remote = std::make_unique<server::RemoteApi>(g.server, token);
+  h->api = h->remote.get();
+  return h;
+}
+
+absl::StatusOr<Context> CommandContext(const GlobalOptions& g,
+                                       absl::Duration fallback) {
+  if (g.timeout.empty()) {
+    if (fallback == absl::ZeroDuration()) return Context::Background();
+    return Context::WithTimeout(Context::Background(), fallback);
+  }
+  if (g.timeout == "0" || g.timeout == "none") return Context::Background();
+  auto d = ParseDuration(g.timeout);
+  if (!d.ok() || *d <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        Cat("--timeout: must be a positive duration such as 30s or 5m (got \"",
+            g.timeout, "\")"));
+  }
+  return Context::WithTimeout(Context::Background(), *d);
+}
+
+int ExitCodeFor(const absl::Status& s) {
+  switch (s.code()) {
+    case absl::StatusCode::kOk:
+      return kExitOk;
+    case absl::StatusCode::kInvalidArgument:
+      return kExitUsage;
+    case absl::StatusCode::kUnavailable:
+      return kExitUnavailable;
+    case absl::StatusCode::kUnauthenticated:
+      return kExitAuth;
+    case absl::StatusCode::kDeadlineExceeded:
+      return kExitTimeout;
+    default:
+      return kExitError;
+  }
+}
+
+int Fail(const absl::Status& status) {
+  std::fprintf(stderr, "error: %s: %s\n", server::ErrorCodeName(status).c_str(),
+               std::string(SV(status.message())).c_str());
+  return ExitCodeFor(status);
+}
+
+void Print(const GlobalOptions& g, const Json& doc,
+           const std::function<void(const Json&)>& table) {
+  if (g.output == "json" || !table) {
+    std::cout << doc.dump(2) << std::endl;
+  } else {
+    table(doc);
+    std::cout.flush();
+  }
+}
+
+std::string HumanSeconds(double seconds) {
+  int64_t s = static_cast<int64_t>(seconds);
+  if (s >= 3600) return fmt::format("{}h{:02}m", s / 3600, (s % 3600) / 60);
+  if (s >= 60) return fmt::format("{}m{:02}s", s / 60, s % 60);
+  return fmt::format("{}s", s);
+}
+
+absl::StatusOr<Json> WaitForSlot(
+    server::Api& api, const Context& ctx, const std::string& repo,
+    const Json& submit_body, const std::function<void(int64_t)>& on_position) {
+  int64_t last_position = -1;
+  std::optional<Json> lease;
+  absl::Status failure;
+  // Submitting again is idempotent: a queued run keeps its place, an
+  // admitted one gets its lease back.
+  auto check = [&]() -> bool {
+    auto r = api.Submit(ctx, repo, submit_body);
+    if (!r.ok()) {
+      failure = r.status();
+      return false;
+    }
+    if ((*r)["acquired"].get<bool>()) {
+      lease = (*r)["lease"];
+      return false;
+    }
+    int64_t pos = (*r)["position"].get<int64_t>();
+    if (pos == 0) {
+      failure = absl::FailedPreconditionError(
+          Cat("run ", submit_body.value("pipeline_run", ""),
+              " was neither admitted nor queued"));
+      return false;
+    }
+    if (pos != last_position) {
+      last_position = pos;
+      if (on_position) on_position(pos);
+    }
+    return true;
+  };
+  if (!check()) {
+    if (lease.has_value()) return *lease;
+    return failure;
+  }
+  absl::Duration backoff = absl::Milliseconds(200);
+  while (true) {
+    absl::Status w = api.Watch(
+        ctx, repo,
+        [&](const Json& ev) {
+          if (!ev.is_null() && ev.value("type", "") == "cleaned") {
+            failure = absl::AbortedError(
+                Cat("repository ", repo, " was cleaned up while waiting"));
+            return false;
+          }
+          return check();
+        },
+        check);
+    if (lease.has_value()) return *lease;
+    if (!failure.ok() && !IsRetryable(failure)) {
+      if (ctx.Done()) break;
+      return failure;
+    }
+    if (ctx.Done()) break;
+    if (!w.ok() && !IsRetryable(w)) return w;
+    // The watch broke (server restart, network): wait a little, re-check.
+    absl::SleepFor(backoff);
+    backoff = std::min(backoff * 2, absl::Seconds(5));
+    failure = absl::OkStatus();
+    if (!check()) {
+      if (lease.has_value()) return *lease;
+      if (!IsRetryable(failure)) return failure;
+    }
+  }
+  // Cancelled or out of time: leave the queue.
+  absl::Status why = ctx.Err();
+  Context cleanup =
+      Context::WithTimeout(Context::Background(), absl::Seconds(10));
+  (void)api.Release(cleanup, repo, submit_body.value("pipeline_run", ""), "");
+  return why;
+}
+
+}  // namespace pac::concurrency::cli

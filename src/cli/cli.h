@@ -1,0 +1,107 @@
+// Shared parts of the `pac-concurrency` command: global options, how a
+// subcommand reaches the Api (a running server, or a driver configuration
+// in this process), output and exit codes. Each subcommand lives in its own
+// file and registers itself with a Register*Command function.
+#ifndef PAC_SRC_CLI_CLI_H_
+#define PAC_SRC_CLI_CLI_H_
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "CLI/CLI.hpp"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "pac/concurrency/config.h"
+#include "pac/concurrency/driver.h"
+#include "src/server/api.h"
+#include "src/server/service.h"
+
+namespace pac::concurrency::cli {
+
+using server::Json;
+
+// Exit codes (documented in docs/cli.md).
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitError = 1;
+inline constexpr int kExitUsage = 2;         // InvalidArgument, a bad flag
+inline constexpr int kExitQueued = 3;        // `acquire` without --wait: queued
+inline constexpr int kExitUnavailable = 69;  // backend or server unreachable
+inline constexpr int kExitAuth = 77;         // Unauthenticated
+inline constexpr int kExitTimeout = 124;     // DeadlineExceeded
+
+struct GlobalOptions {
+  std::string server = "http://127.0.0.1:8080";  // --server / PAC_SERVER
+  std::string config;                            // --config: no server
+  std::string token_file;                        // --token-file
+  std::string output = "table";                  // --output table|json
+  std::string timeout;  // --timeout; empty: the command's default
+  std::string log_level = "warn";
+};
+
+// The Api a subcommand talks to, and what keeps it alive.
+struct ApiHandle {
+  std::unique_ptr<Driver> driver;  // set when using --config
+  std::unique_ptr<server::Service> service;
+  std::unique_ptr<server::Api> remote;
+  server::Api* api = nullptr;
+  ~ApiHandle();
+};
+
+// Builds the Api from the global options (a server unless --config is
+// given).
+[[nodiscard]] absl::StatusOr<std::unique_ptr<ApiHandle>> OpenApi(
+    const GlobalOptions& g);
+
+// Loads a driver configuration: the YAML file (if any), then PAC_*
+// environment variables.
+[[nodiscard]] absl::StatusOr<DriverConfig> LoadDriverConfig(
+    const std::string& path, std::map<std::string, std::string>* flat);
+
+// Reads a secret file, trimming one trailing newline.
+[[nodiscard]] absl::StatusOr<std::string> ReadSecretFile(
+    const std::string& path, std::string_view what);
+[[nodiscard]] absl::StatusOr<std::string> ReadFile(const std::string& path,
+                                                   std::string_view what);
+
+// The context for one command: --timeout (else `fallback`; infinite
+// when that is zero) from now.
+[[nodiscard]] absl::StatusOr<Context> CommandContext(
+    const GlobalOptions& g, absl::Duration fallback = absl::Seconds(30));
+
+// Prints "error: <code>: <message>" to stderr and returns the exit code.
+int Fail(const absl::Status& status);
+int ExitCodeFor(const absl::Status& status);
+
+// Prints `doc` as JSON (--output json) or with `table` otherwise.
+void Print(const GlobalOptions& g, const Json& doc,
+           const std::function<void(const Json&)>& table);
+
+// Formats seconds as "1h02m", "3m05s", "12s".
+std::string HumanSeconds(double seconds);
+
+// Subcommands. Each adds itself to `app` and sets `*run` when chosen.
+using Runner = std::function<int()>;
+void RegisterServeCommand(CLI::App& app, GlobalOptions& g, Runner* run);
+void RegisterStatusCommand(CLI::App& app, GlobalOptions& g, Runner* run);
+void RegisterQueueCommand(CLI::App& app, GlobalOptions& g, Runner* run);
+void RegisterAcquireCommand(CLI::App& app, GlobalOptions& g, Runner* run);
+void RegisterReleaseCommand(CLI::App& app, GlobalOptions& g, Runner* run);
+void RegisterWatchCommand(CLI::App& app, GlobalOptions& g, Runner* run);
+void RegisterConfigCommand(CLI::App& app, GlobalOptions& g, Runner* run);
+void RegisterRunCommand(CLI::App& app, GlobalOptions& g, Runner* run);
+void RegisterLimitCommand(CLI::App& app, GlobalOptions& g, Runner* run);
+void RegisterImportCommand(CLI::App& app, GlobalOptions& g, Runner* run);
+
+// Waits until `run_key` holds a slot: submits, then re-submits on every
+// event of the repository's watch (and after the watch is ready, so no
+// admission is missed). `on_position` is told each new queue position.
+// Returns the lease JSON. On Cancelled/DeadlineExceeded the run is taken
+// out of the queue.
+[[nodiscard]] absl::StatusOr<Json> WaitForSlot(
+    server::Api& api, const Context& ctx, const std::string& repo,
+    const Json& submit_body, const std::function<void(int64_t)>& on_position);
+
+}  // namespace pac::concurrency::cli
+
+#endif  // PAC_SRC_CLI_CLI_H_

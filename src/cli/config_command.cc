@@ -1,0 +1,42 @@
+// `pac-concurrency config validate FILE`: checks a driver configuration
+// (with PAC_* environment overrides) and prints it with secrets redacted.
+#include <cstdio>
+
+#include "src/cli/cli.h"
+
+namespace pac::concurrency::cli {
+
+namespace {
+
+int Validate(const GlobalOptions& g, const std::string& file) {
+  std::map<std::string, std::string> flat;
+  auto config = LoadDriverConfig(file, &flat);
+  if (!config.ok()) return Fail(config.status());
+  Json doc{{"valid", true},
+           {"driver", config->driver},
+           {"settings", RedactSecrets(flat)}};
+  Print(g, doc, [](const Json& d) {
+    std::printf("valid: driver %s\n", d["driver"].get<std::string>().c_str());
+    for (auto it = d["settings"].begin(); it != d["settings"].end(); ++it) {
+      std::printf("  %s: %s\n", it.key().c_str(),
+                  it.value().get<std::string>().c_str());
+    }
+  });
+  return kExitOk;
+}
+
+}  // namespace
+
+void RegisterConfigCommand(CLI::App& app, GlobalOptions& g, Runner* run) {
+  CLI::App* config = app.add_subcommand("config", "Driver configuration");
+  config->require_subcommand(1);
+  auto file = std::make_shared<std::string>();
+  CLI::App* validate = config->add_subcommand(
+      "validate", "Check a config file (exit 0 valid, 2 invalid)");
+  validate->add_option("file", *file, "YAML config (ConfigMap or nested)")
+      ->required();
+  validate->callback(
+      [&g, file, run] { *run = [&g, file] { return Validate(g, *file); }; });
+}
+
+}  // namespace pac::concurrency::cli

@@ -1,0 +1,70 @@
+// `pac-concurrency limit --repo ns/name N` sets a repository's limit;
+// `pac-concurrency limit -f repository.yaml` applies Pipelines-as-Code
+// Repository manifests (spec.concurrency_limit).
+#include <cstdio>
+
+#include "src/cli/cli.h"
+
+namespace pac::concurrency::cli {
+
+namespace {
+
+struct LimitFlags {
+  std::string repo, file;
+  int limit = -1;
+};
+
+int Limit(const GlobalOptions& g, const LimitFlags& f) {
+  if (f.file.empty() == f.repo.empty()) {
+    return Fail(absl::InvalidArgumentError(
+        "give either --repo ns/name with a limit, or -f manifest.yaml"));
+  }
+  auto ctx = CommandContext(g);
+  if (!ctx.ok()) return Fail(ctx.status());
+  auto api = OpenApi(g);
+  if (!api.ok()) return Fail(api.status());
+  absl::StatusOr<Json> r;
+  if (!f.file.empty()) {
+    auto text = ReadFile(f.file, "-f");
+    if (!text.ok()) return Fail(text.status());
+    r = (*api)->api->ApplyManifests(*ctx, *text);
+  } else {
+    if (f.limit < 0) {
+      return Fail(absl::InvalidArgumentError(
+          "limit: give the limit as a non-negative number (0 = unlimited)"));
+    }
+    r = (*api)->api->SetLimit(*ctx, f.repo,
+                              Json{{"concurrency_limit", f.limit}});
+  }
+  if (!r.ok()) return Fail(r.status());
+  Print(g, *r, [](const Json& d) {
+    Json list = d.contains("repositories") ? d["repositories"] : Json{d};
+    for (const Json& one : list) {
+      std::printf("%s: limit %d\n",
+                  one["repository"].get<std::string>().c_str(),
+                  one["concurrency_limit"].get<int>());
+      for (const Json& l : one["admitted"]) {
+        std::printf("  admitted %s\n",
+                    l["pipeline_run"].get<std::string>().c_str());
+      }
+    }
+  });
+  return kExitOk;
+}
+
+}  // namespace
+
+void RegisterLimitCommand(CLI::App& app, GlobalOptions& g, Runner* run) {
+  auto f = std::make_shared<LimitFlags>();
+  CLI::App* cmd = app.add_subcommand(
+      "limit",
+      "Set a repository's concurrency limit (raising it admits "
+      "queued runs; lowering it evicts nobody)");
+  cmd->add_option("--repo", f->repo, "Repository ns/name");
+  cmd->add_option("limit", f->limit, "The limit (0 = unlimited)");
+  cmd->add_option("-f,--file", f->file,
+                  "Repository manifest(s) in YAML: spec.concurrency_limit");
+  cmd->callback([&g, f, run] { *run = [&g, f] { return Limit(g, *f); }; });
+}
+
+}  // namespace pac::concurrency::cli

@@ -1,0 +1,62 @@
+// pac-concurrency: the HTTP service and the operator's command line.
+//
+//   pac-concurrency serve [--listen 127.0.0.1:8080] [--config FILE]
+//   pac-concurrency status|queue|acquire|release|watch|limit|import ...
+//   pac-concurrency run --repo ns/name --run ns/pr -- command args...
+//   pac-concurrency config validate FILE
+//
+// Commands other than `serve` talk to a running server (--server, default
+// http://127.0.0.1:8080), or, with --config, to the backend directly.
+#include <cstdlib>
+#include <iostream>
+
+#include "CLI/CLI.hpp"
+#include "src/cli/cli.h"
+
+int main(int argc, char** argv) {
+  using namespace pac::concurrency::cli;
+  CLI::App app{
+      "pac-concurrency: concurrency control for CI pipeline runs.\n"
+      "Runs over a repository's limit wait in a queue, oldest first."};
+  app.require_subcommand(1);
+  app.fallthrough();  // global flags also after the subcommand
+  GlobalOptions g;
+  if (const char* s = std::getenv("PAC_SERVER"); s != nullptr) g.server = s;
+  app.add_option("--server", g.server,
+                 "URL of a running server (env PAC_SERVER)")
+      ->capture_default_str();
+  app.add_option("--config", g.config,
+                 "Use the backend of this driver config directly instead of "
+                 "a server (YAML; PAC_* variables override)");
+  app.add_option("--token-file", g.token_file,
+                 "File holding the server's bearer token (or env PAC_TOKEN)");
+  app.add_option("-o,--output", g.output, "Output format")
+      ->check(CLI::IsMember({"table", "json"}))
+      ->capture_default_str();
+  app.add_option("--timeout", g.timeout,
+                 "Time limit of the command (e.g. 30s, 5m; 0 = none). "
+                 "Default: 30s; none for watch, run and acquire --wait");
+  app.add_option("--log-level", g.log_level, "Log level")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}))
+      ->capture_default_str();
+
+  Runner run;
+  RegisterServeCommand(app, g, &run);
+  RegisterStatusCommand(app, g, &run);
+  RegisterQueueCommand(app, g, &run);
+  RegisterAcquireCommand(app, g, &run);
+  RegisterReleaseCommand(app, g, &run);
+  RegisterWatchCommand(app, g, &run);
+  RegisterLimitCommand(app, g, &run);
+  RegisterImportCommand(app, g, &run);
+  RegisterConfigCommand(app, g, &run);
+  RegisterRunCommand(app, g, &run);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int rc = app.exit(e);
+    return rc == 0 ? 0 : kExitUsage;
+  }
+  if (!run) return kExitUsage;
+  return run();
+}

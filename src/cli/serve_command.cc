@@ -1,0 +1,124 @@
+// `pac-concurrency serve`: the HTTP/JSON service (docs/api.md).
+#include <pthread.h>
+#include <signal.h>
+
+#include <cstdio>
+
+#include "spdlog/sinks/stdout_color_sinks.h"
+#include "spdlog/spdlog.h"
+#include "src/cli/cli.h"
+#include "src/common/strings.h"
+#include "src/server/http_server.h"
+
+namespace pac::concurrency::cli {
+
+using internal::Cat;
+
+namespace {
+
+struct ServeOptions {
+  std::string listen = "127.0.0.1:8080";
+  std::string token_file;
+  int threads = 64;
+  size_t max_body = 1 << 20;
+  std::string request_timeout = "30s";
+};
+
+absl::StatusOr<std::pair<std::string, int>> ParseListen(const std::string& s) {
+  size_t colon = s.rfind(':');
+  int port = -1;
+  if (colon != std::string::npos && colon + 1 < s.size() &&
+      s.size() - colon <= 6) {
+    port = 0;
+    for (char c : s.substr(colon + 1)) {
+      if (c < '0' || c > '9') {
+        port = -1;
+        break;
+      }
+      port = port * 10 + (c - '0');
+    }
+  }
+  if (colon == std::string::npos || colon == 0 || port < 0 || port > 65535) {
+    return absl::InvalidArgumentError(
+        Cat("--listen: expected host:port such as 127.0.0.1:8080 (got \"", s,
+            "\")"));
+  }
+  return std::make_pair(s.substr(0, colon), port);
+}
+
+int Serve(const GlobalOptions& g, const ServeOptions& o) {
+  auto listen = ParseListen(o.listen);
+  if (!listen.ok()) return Fail(listen.status());
+  server::HttpServerOptions options;
+  options.host = listen->first;
+  options.port = listen->second;
+  options.threads = o.threads;
+  options.max_body_bytes = o.max_body;
+  auto rt = ParseDuration(o.request_timeout);
+  if (!rt.ok() || *rt <= absl::ZeroDuration()) {
+    return Fail(absl::InvalidArgumentError(
+        "--request-timeout: must be a positive duration"));
+  }
+  options.request_timeout = *rt;
+  if (!o.token_file.empty()) {
+    auto t = ReadSecretFile(o.token_file, "--token-file");
+    if (!t.ok()) return Fail(t.status());
+    options.token = *t;
+  }
+  auto config = LoadDriverConfig(g.config, nullptr);
+  if (!config.ok()) return Fail(config.status());
+
+  // Signals are taken by sigwait below, not by any thread.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  auto logger = spdlog::stderr_color_mt("pac");
+  logger->set_level(
+      spdlog::level::from_str(g.log_level == "warn" ? "info" : g.log_level));
+  auto driver = NewDriver(*config, DriverOptions{nullptr, logger, true});
+  if (!driver.ok()) return Fail(driver.status());
+  server::Metrics metrics;
+  server::Service service(driver->get(), nullptr, &metrics);
+  server::HttpServer http(&service, &metrics, options);
+  if (absl::Status s = http.Start(); !s.ok()) return Fail(s);
+  std::printf("pac-concurrency serving on http://%s:%d (driver %s%s)\n",
+              options.host.c_str(), http.port(),
+              std::string((*driver)->Type()).c_str(),
+              options.token.empty() ? "" : ", bearer token required");
+  std::fflush(stdout);
+  logger->info("listening on {}:{} with driver {}", options.host, http.port(),
+               (*driver)->Type());
+  int sig = 0;
+  sigwait(&signals, &sig);
+  logger->info("signal {}: shutting down", sig);
+  http.Stop();
+  (void)(*driver)->Close();
+  return kExitOk;
+}
+
+}  // namespace
+
+void RegisterServeCommand(CLI::App& app, GlobalOptions& g, Runner* run) {
+  auto o = std::make_shared<ServeOptions>();
+  CLI::App* cmd = app.add_subcommand(
+      "serve", "Serve the HTTP/JSON API (memory driver unless --config)");
+  cmd->add_option("--listen", o->listen, "Address to listen on (port 0: any)")
+      ->capture_default_str();
+  cmd->add_option("--token-file", o->token_file,
+                  "Require this bearer token on mutating requests");
+  cmd->add_option("--threads", o->threads,
+                  "Worker threads (each open watch stream holds one)")
+      ->check(CLI::Range(4, 4096))
+      ->capture_default_str();
+  cmd->add_option("--max-body", o->max_body, "Largest request body (bytes)")
+      ->capture_default_str();
+  cmd->add_option("--request-timeout", o->request_timeout,
+                  "Time limit of one request")
+      ->capture_default_str();
+  cmd->callback([&g, o, run] { *run = [&g, o] { return Serve(g, *o); }; });
+}
+
+}  // namespace pac::concurrency::cli

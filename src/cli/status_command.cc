@@ -1,0 +1,69 @@
+// `pac-concurrency status [--repo ns/name]`: slots in use, limit, running
+// and queued runs.
+#include <cstdio>
+
+#include "src/cli/cli.h"
+
+namespace pac::concurrency::cli {
+
+namespace {
+
+void PrintRepository(const Json& r) {
+  std::string limit =
+      r["concurrency_limit"].is_null()
+          ? "unset"
+          : (r["concurrency_limit"].get<int>() == 0
+                 ? "unlimited"
+                 : std::to_string(r["concurrency_limit"].get<int>()));
+  std::printf("%s  in use %zu / %s, queued %zu\n",
+              r["repository"].get<std::string>().c_str(),
+              r["in_use"].get<size_t>(), limit.c_str(),
+              r["queue_depth"].get<size_t>());
+  for (const Json& l : r["running"]) {
+    std::printf("  running  %-50s %8s  lease %s\n",
+                l["pipeline_run"].get<std::string>().c_str(),
+                HumanSeconds(l["running_seconds"].get<double>()).c_str(),
+                l["lease_id"].get<std::string>().c_str());
+  }
+  for (const Json& q : r["queued"]) {
+    std::printf("  queued   %-50s %8s  #%lld\n",
+                q["pipeline_run"].get<std::string>().c_str(),
+                HumanSeconds(q["waiting_seconds"].get<double>()).c_str(),
+                static_cast<long long>(q["position"].get<int64_t>()));
+  }
+}
+
+int Status(const GlobalOptions& g, const std::string& repo) {
+  auto ctx = CommandContext(g);
+  if (!ctx.ok()) return Fail(ctx.status());
+  auto api = OpenApi(g);
+  if (!api.ok()) return Fail(api.status());
+  if (repo.empty()) {
+    auto all = (*api)->api->ListRepositories(*ctx);
+    if (!all.ok()) return Fail(all.status());
+    Print(g, *all, [](const Json& doc) {
+      if (doc["repositories"].empty()) std::printf("no repositories seen\n");
+      for (const Json& r : doc["repositories"]) PrintRepository(r);
+    });
+    return kExitOk;
+  }
+  auto s = (*api)->api->Status(*ctx, repo);
+  if (!s.ok()) return Fail(s.status());
+  Print(g, *s, PrintRepository);
+  return kExitOk;
+}
+
+}  // namespace
+
+void RegisterStatusCommand(CLI::App& app, GlobalOptions& g, Runner* run) {
+  auto repo = std::make_shared<std::string>();
+  CLI::App* cmd = app.add_subcommand(
+      "status", "Show slots in use, the limit, running and queued runs");
+  cmd->add_option("--repo", *repo,
+                  "Repository ns/name (default: every repository the server "
+                  "has seen)");
+  cmd->callback(
+      [&g, repo, run] { *run = [&g, repo] { return Status(g, *repo); }; });
+}
+
+}  // namespace pac::concurrency::cli

@@ -1,0 +1,55 @@
+// `pac-concurrency watch --repo ns/name [--count N]`: prints the
+// repository's events (released, expired, admitted, ...) as they happen.
+#include <cstdio>
+
+#include "src/cli/cli.h"
+
+namespace pac::concurrency::cli {
+
+namespace {
+
+int Watch(const GlobalOptions& g, const std::string& repo, int count) {
+  // A watch runs until interrupted unless --timeout is given.
+  auto ctx = CommandContext(g, absl::ZeroDuration());
+  if (!ctx.ok()) return Fail(ctx.status());
+  auto api = OpenApi(g);
+  if (!api.ok()) return Fail(api.status());
+  int seen = 0;
+  absl::Status s = (*api)->api->Watch(
+      *ctx, repo,
+      [&](const Json& ev) {
+        if (ev.is_null()) return true;
+        if (g.output == "json") {
+          std::printf("%s\n", ev.dump().c_str());
+        } else {
+          std::printf("%-14s %s\n", ev["type"].get<std::string>().c_str(),
+                      ev["pipeline_run"].get<std::string>().c_str());
+        }
+        std::fflush(stdout);
+        return count <= 0 || ++seen < count;
+      },
+      [&] {
+        std::fprintf(stderr, "watching %s\n", repo.c_str());
+        return true;
+      });
+  if (!s.ok() && s.code() != absl::StatusCode::kDeadlineExceeded) {
+    return Fail(s);
+  }
+  return kExitOk;
+}
+
+}  // namespace
+
+void RegisterWatchCommand(CLI::App& app, GlobalOptions& g, Runner* run) {
+  auto repo = std::make_shared<std::string>();
+  auto count = std::make_shared<int>(0);
+  CLI::App* cmd = app.add_subcommand(
+      "watch", "Print a repository's slot events as they happen");
+  cmd->add_option("--repo", *repo, "Repository ns/name")->required();
+  cmd->add_option("--count", *count, "Stop after this many events");
+  cmd->callback([&g, repo, count, run] {
+    *run = [&g, repo, count] { return Watch(g, *repo, *count); };
+  });
+}
+
+}  // namespace pac::concurrency::cli

@@ -1,0 +1,101 @@
+// Api: the operations of the HTTP service, with JSON requests and answers.
+//
+// Two implementations share this interface, so the CLI behaves the same
+// against a driver configuration and against a running server:
+//   * Service (service.h) runs them on a Driver in this process;
+//   * RemoteApi (remote_api.h) sends them to `pac-concurrency serve`.
+// Request bodies and answers are the JSON documents of docs/api.md. Errors
+// are absl::Status with the library's canonical codes; the HTTP layer maps
+// them to status codes and back (ErrorToJson / StatusFromErrorJson).
+//
+// Thread-safe.
+#ifndef PAC_SRC_SERVER_API_H_
+#define PAC_SRC_SERVER_API_H_
+
+#include <functional>
+#include <string>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "nlohmann/json.hpp"
+#include "pac/concurrency/context.h"
+#include "pac/concurrency/driver.h"
+
+namespace pac::concurrency::server {
+
+using Json = nlohmann::json;
+
+class Api {
+ public:
+  virtual ~Api() = default;
+
+  // Sets a repository's limit: body {"concurrency_limit": N}. Answers the
+  // runs admitted by a raise.
+  [[nodiscard]] virtual absl::StatusOr<Json> SetLimit(const Context& ctx,
+                                                      std::string_view repo_key,
+                                                      const Json& body) = 0;
+  // Applies Pipelines-as-Code Repository manifests (YAML, several documents
+  // allowed): each one's spec.concurrency_limit becomes its limit.
+  [[nodiscard]] virtual absl::StatusOr<Json> ApplyManifests(
+      const Context& ctx, std::string_view yaml) = 0;
+  // Submits a run: body {"pipeline_run", "creation_time"?, "enqueue"?,
+  // "concurrency_limit"?}. Answers {"acquired", "lease"?, "position"}.
+  [[nodiscard]] virtual absl::StatusOr<Json> Submit(const Context& ctx,
+                                                    std::string_view repo_key,
+                                                    const Json& body) = 0;
+  // Releases a run (or removes it from the queue); `lease_id` may be empty.
+  [[nodiscard]] virtual absl::StatusOr<Json> Release(
+      const Context& ctx, std::string_view repo_key, std::string_view run_key,
+      std::string_view lease_id) = 0;
+  [[nodiscard]] virtual absl::StatusOr<Json> Renew(
+      const Context& ctx, std::string_view lease_id) = 0;
+  // Running and queued runs, in order, with positions and wait times.
+  [[nodiscard]] virtual absl::StatusOr<Json> Status(
+      const Context& ctx, std::string_view repo_key) = 0;
+  // Status of every repository this server has seen.
+  [[nodiscard]] virtual absl::StatusOr<Json> ListRepositories(
+      const Context& ctx) = 0;
+  // Removes every lease, queue entry and state of the repository.
+  [[nodiscard]] virtual absl::StatusOr<Json> Cleanup(
+      const Context& ctx, std::string_view repo_key) = 0;
+  // Rebuilds queues and running sets: body {"pipelineruns": <kubectl get
+  // pipelineruns -o json>, "repositories": "<Repository manifests YAML>"}.
+  [[nodiscard]] virtual absl::StatusOr<Json> Import(const Context& ctx,
+                                                    const Json& body) = 0;
+  // Calls `on_event` with each event of the repository ({"type",
+  // "repository", "pipeline_run"}) until `ctx` ends (then returns its error)
+  // or `on_event` returns false (then OK). When nothing happens for a while
+  // `on_event` gets a null Json (a heartbeat, to notice a reader that left).
+  // `on_ready` (optional) runs once the watch is established; returning
+  // false from it ends the watch at once (OK).
+  [[nodiscard]] virtual absl::Status Watch(
+      const Context& ctx, std::string_view repo_key,
+      const std::function<bool(const Json&)>& on_event,
+      const std::function<bool()>& on_ready = nullptr) = 0;
+};
+
+// --- JSON codecs shared by the service, the HTTP layer and the CLI. ---
+
+std::string FormatTimestamp(absl::Time t);
+absl::StatusOr<absl::Time> ParseTimestamp(std::string_view text,
+                                          std::string_view field);
+Json LeaseToJson(const Lease& lease);
+Json LeasesToJson(const std::vector<Lease>& leases);
+std::string_view WatchEventTypeName(WatchEventType type);
+
+// The canonical code name ("INVALID_ARGUMENT"); "LEASE_LOST" for a lost
+// lease.
+std::string ErrorCodeName(const absl::Status& status);
+// {"error": {"code": ..., "message": ...}}
+Json ErrorToJson(const absl::Status& status);
+// The HTTP status for an error.
+int HttpStatusFor(const absl::Status& status);
+// The inverse of ErrorToJson (for clients); `http_status` is used when the
+// body is not an error document.
+absl::Status StatusFromErrorJson(int http_status, std::string_view body);
+
+}  // namespace pac::concurrency::server
+
+#endif  // PAC_SRC_SERVER_API_H_

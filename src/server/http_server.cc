@@ -1,0 +1,335 @@
+#include "src/server/http_server.h"
+
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+
+#include "httplib.h"
+#include "pac/concurrency/config.h"
+#include "src/common/strings.h"
+
+namespace pac::concurrency::server {
+
+using internal::Cat;
+
+namespace {
+
+using Reply = absl::StatusOr<std::pair<int, Json>>;
+
+void SendJson(httplib::Response& res, int status, const Json& body) {
+  res.status = status;
+  res.set_content(body.dump() + "\n", "application/json");
+}
+
+void SendError(httplib::Response& res, const absl::Status& s) {
+  SendJson(res, HttpStatusFor(s), ErrorToJson(s));
+}
+
+absl::StatusOr<Json> ParseBody(const httplib::Request& req) {
+  if (req.body.empty()) {
+    return absl::InvalidArgumentError("request body: empty, expected JSON");
+  }
+  Json doc = Json::parse(req.body, nullptr, /*allow_exceptions=*/false);
+  if (doc.is_discarded()) {
+    return absl::InvalidArgumentError("request body: not valid JSON");
+  }
+  return doc;
+}
+
+std::string RepoKey(const httplib::Request& req) {
+  return Cat(req.matches[1].str(), "/", req.matches[2].str());
+}
+
+bool IsMutating(const std::string& method) {
+  return method == "POST" || method == "PUT" || method == "DELETE" ||
+         method == "PATCH";
+}
+
+}  // namespace
+
+bool ConstantTimeEquals(std::string_view a, std::string_view b) {
+  unsigned char diff = a.size() == b.size() ? 0 : 1;
+  for (size_t i = 0; i < a.size(); ++i) {
+    diff |= static_cast<unsigned char>(a[i]) ^
+            static_cast<unsigned char>(b.empty() ? 0 : b[i % b.size()]);
+  }
+  return diff == 0;
+}
+
+HttpServer::HttpServer(Service* service, Metrics* metrics,
+                       HttpServerOptions options)
+    : service_(service),
+      metrics_(metrics),
+      options_(std::move(options)),
+      http_(std::make_unique<httplib::Server>()),
+      root_(Context::WithCancel(Context::Background())) {
+  if (metrics_ != nullptr) {
+    metrics_->Describe("pac_http_requests_total", "counter",
+                       "HTTP requests, by route, method and status.");
+    metrics_->Describe("pac_http_request_duration_seconds", "histogram",
+                       "Time to answer an HTTP request, by route.");
+  }
+  Routes();
+}
+
+HttpServer::~HttpServer() { Stop(); }
+
+void HttpServer::Routes() {
+  httplib::Server& s = *http_;
+  const int threads = std::max(4, options_.threads);
+  s.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  s.set_payload_max_length(options_.max_body_bytes);
+  s.set_keep_alive_max_count(1000000);
+  s.set_keep_alive_timeout(30);
+  s.set_tcp_nodelay(true);
+
+  s.set_pre_routing_handler(
+      [this](const httplib::Request& req, httplib::Response& res) {
+        if (options_.token.empty() || !IsMutating(req.method)) {
+          return httplib::Server::HandlerResponse::Unhandled;
+        }
+        const std::string auth = req.get_header_value("Authorization");
+        const std::string prefix = "Bearer ";
+        if (auth.compare(0, prefix.size(), prefix) == 0 &&
+            ConstantTimeEquals(std::string_view(auth).substr(prefix.size()),
+                               options_.token)) {
+          return httplib::Server::HandlerResponse::Unhandled;
+        }
+        res.set_header("WWW-Authenticate", "Bearer");
+        SendError(res, absl::UnauthenticatedError(
+                           "a bearer token is required for this request"));
+        return httplib::Server::HandlerResponse::Handled;
+      });
+  s.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
+    if (!res.body.empty()) return;
+    switch (res.status) {
+      case 404:
+        SendJson(res, 404,
+                 ErrorToJson(absl::NotFoundError(
+                     Cat("no route for ", req.method, " ", req.path))));
+        break;
+      case 413:
+        SendJson(
+            res, 413,
+            ErrorToJson(absl::InvalidArgumentError("request body: too large")));
+        break;
+      default:
+        SendJson(
+            res, res.status,
+            ErrorToJson(absl::InvalidArgumentError(Cat("HTTP ", res.status))));
+    }
+  });
+  s.set_exception_handler([](const httplib::Request&, httplib::Response& res,
+                             std::exception_ptr ep) {
+    std::string what = "unexpected error";
+    try {
+      std::rethrow_exception(ep);
+    } catch (const Json::exception& e) {
+      SendError(res,
+                absl::InvalidArgumentError(Cat("request body: ", e.what())));
+      return;
+    } catch (const std::exception& e) {
+      what = e.what();
+    } catch (...) {
+    }
+    SendError(res, absl::InternalError(what));
+  });
+
+  // Wraps a handler: a per-request deadline, JSON answers, metrics.
+  auto wrap =
+      [this](std::string route,
+             std::function<Reply(const httplib::Request&, const Context&)> fn) {
+        return [this, route = std::move(route), fn = std::move(fn)](
+                   const httplib::Request& req, httplib::Response& res) {
+          const absl::Time start = absl::Now();
+          Context ctx =
+              Context::WithTimeout(root_.first, options_.request_timeout);
+          Reply r = fn(req, ctx);
+          if (r.ok()) {
+            SendJson(res, r->first, r->second);
+          } else {
+            SendError(res, r.status());
+          }
+          if (metrics_ != nullptr) {
+            metrics_->Inc("pac_http_requests_total",
+                          {{"code", std::to_string(res.status)},
+                           {"method", req.method},
+                           {"route", route}});
+            metrics_->Observe("pac_http_request_duration_seconds",
+                              {{"route", route}},
+                              absl::ToDoubleSeconds(absl::Now() - start));
+          }
+        };
+      };
+  auto ok = [](absl::StatusOr<Json> j, int code = 200) -> Reply {
+    if (!j.ok()) return j.status();
+    return std::make_pair(code, *std::move(j));
+  };
+
+  const std::string repo = "/v1/repositories/([^/]+)/([^/]+)";
+
+  s.Get("/healthz", wrap("/healthz", [](const auto&, const Context&) -> Reply {
+          return std::make_pair(200, Json{{"status", "ok"}});
+        }));
+  s.Get("/readyz",
+        wrap("/readyz", [this](const auto&, const Context& ctx) -> Reply {
+          if (absl::Status st = service_->Ready(ctx); !st.ok()) {
+            return absl::UnavailableError(
+                Cat("backend not ready: ", std::string(st.message())));
+          }
+          return std::make_pair(200, Json{{"status", "ready"}});
+        }));
+  s.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+    Context ctx = Context::WithTimeout(root_.first, options_.request_timeout);
+    std::vector<Metrics::Gauge> gauges = service_->Gauges(ctx);
+    std::string text = metrics_ != nullptr ? metrics_->Render(gauges) : "";
+    res.set_content(text, "text/plain; version=0.0.4");
+  });
+  s.Get("/v1/repositories",
+        wrap("/v1/repositories", [this, ok](const auto&, const Context& ctx) {
+          return ok(service_->ListRepositories(ctx));
+        }));
+  s.Post("/v1/repositories",
+         wrap("/v1/repositories",
+              [this, ok](const httplib::Request& req, const Context& ctx) {
+                return ok(service_->ApplyManifests(ctx, req.body));
+              }));
+  s.Get(repo, wrap("/v1/repositories/{ns}/{name}",
+                   [this, ok](const httplib::Request& req, const Context& ctx) {
+                     return ok(service_->Status(ctx, RepoKey(req)));
+                   }));
+  s.Put(repo, wrap("/v1/repositories/{ns}/{name}",
+                   [this, ok](const httplib::Request& req,
+                              const Context& ctx) -> Reply {
+                     auto body = ParseBody(req);
+                     if (!body.ok()) return body.status();
+                     return ok(service_->SetLimit(ctx, RepoKey(req), *body));
+                   }));
+  s.Delete(repo,
+           wrap("/v1/repositories/{ns}/{name}",
+                [this, ok](const httplib::Request& req, const Context& ctx) {
+                  return ok(service_->Cleanup(ctx, RepoKey(req)));
+                }));
+  s.Post(repo + "/runs",
+         wrap("/v1/repositories/{ns}/{name}/runs",
+              [this](const httplib::Request& req, const Context& ctx) -> Reply {
+                auto body = ParseBody(req);
+                if (!body.ok()) return body.status();
+                auto r = service_->Submit(ctx, RepoKey(req), *body);
+                if (!r.ok()) return r.status();
+                const int code = (*r)["acquired"].get<bool>() ? 200 : 202;
+                return std::make_pair(code, *std::move(r));
+              }));
+  s.Delete(repo + "/runs/([^/]+)/([^/]+)",
+           wrap("/v1/repositories/{ns}/{name}/runs/{run_ns}/{run_name}",
+                [this, ok](const httplib::Request& req, const Context& ctx) {
+                  return ok(service_->Release(
+                      ctx, RepoKey(req),
+                      Cat(req.matches[3].str(), "/", req.matches[4].str()),
+                      req.get_param_value("lease_id")));
+                }));
+  s.Post("/v1/leases/([^/]+)/renew",
+         wrap("/v1/leases/{id}/renew",
+              [this, ok](const httplib::Request& req, const Context& ctx) {
+                return ok(service_->Renew(ctx, req.matches[1].str()));
+              }));
+  s.Post("/v1/import", wrap("/v1/import",
+                            [this, ok](const httplib::Request& req,
+                                       const Context& ctx) -> Reply {
+                              auto body = ParseBody(req);
+                              if (!body.ok()) return body.status();
+                              return ok(service_->Import(ctx, *body));
+                            }));
+
+  // Watch: long poll with ?timeout=30s, else a server-sent event stream.
+  s.Get(repo + "/watch", [this](const httplib::Request& req,
+                                httplib::Response& res) {
+    const std::string key = RepoKey(req);
+    if (absl::Status st = ValidateKey(key, "repository"); !st.ok()) {
+      SendError(res, st);
+      return;
+    }
+    if (metrics_ != nullptr) {
+      metrics_->Inc("pac_http_requests_total",
+                    {{"code", "200"},
+                     {"method", "GET"},
+                     {"route", "/v1/repositories/{ns}/{name}/watch"}});
+    }
+    if (req.has_param("timeout")) {
+      auto d = ParseDuration(req.get_param_value("timeout"));
+      if (!d.ok() || *d <= absl::ZeroDuration() ||
+          *d > options_.max_long_poll) {
+        SendError(res, absl::InvalidArgumentError(
+                           Cat("timeout: must be a duration in (0, ",
+                               absl::FormatDuration(options_.max_long_poll),
+                               "] such as 30s")));
+        return;
+      }
+      Context ctx = Context::WithTimeout(root_.first, *d);
+      Json events = Json::array();
+      absl::Status st = service_->Watch(
+          ctx, key,
+          [&events](const Json& ev) {
+            if (ev.is_null()) return true;
+            events.push_back(ev);
+            return false;  // answer at the first event
+          },
+          nullptr);
+      if (!st.ok() && st.code() != absl::StatusCode::kDeadlineExceeded) {
+        SendError(res, st);
+        return;
+      }
+      SendJson(res, 200, Json{{"repository", key}, {"events", events}});
+      return;
+    }
+    res.set_header("Cache-Control", "no-cache");
+    Context parent = root_.first;
+    Service* service = service_;
+    res.set_chunked_content_provider(
+        "text/event-stream",
+        [service, parent, key](size_t, httplib::DataSink& sink) {
+          auto send = [&sink](const std::string& text) {
+            return sink.write(text.data(), text.size());
+          };
+          (void)service->Watch(
+              parent, key,
+              [&](const Json& ev) {
+                if (ev.is_null()) return send(": heartbeat\n\n");
+                return send(Cat("event: ", ev["type"].get<std::string>(),
+                                "\ndata: ", ev.dump(), "\n\n"));
+              },
+              [&] {
+                return send(Cat("event: ready\ndata: ",
+                                Json{{"repository", key}}.dump(), "\n\n"));
+              });
+          sink.done();
+          return true;
+        });
+  });
+}
+
+absl::Status HttpServer::Start() {
+  if (options_.port == 0) {
+    port_ = http_->bind_to_any_port(options_.host);
+    if (port_ <= 0) {
+      return absl::UnavailableError(
+          Cat("cannot listen on ", options_.host, ": bind failed"));
+    }
+  } else {
+    if (!http_->bind_to_port(options_.host, options_.port)) {
+      return absl::UnavailableError(Cat("cannot listen on ", options_.host, ":",
+                                        options_.port, " (address in use?)"));
+    }
+    port_ = options_.port;
+  }
+  thread_ = std::thread([this] { http_->listen_after_bind(); });
+  return absl::OkStatus();
+}
+
+void HttpServer::Stop() {
+  root_.second.Cancel();
+  http_->stop();
+  if (thread_.joinable()) thread_.join();
+}
+
+}  // namespace pac::concurrency::server

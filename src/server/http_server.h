@@ -1,0 +1,67 @@
+// HttpServer: the HTTP/JSON API of `pac-concurrency serve` (docs/api.md)
+// over a Service, with /healthz, /readyz and Prometheus /metrics.
+//
+// Not copyable. Start() binds and serves on a background thread; Stop()
+// (and the destructor) end open watch streams and join every thread.
+#ifndef PAC_SRC_SERVER_HTTP_SERVER_H_
+#define PAC_SRC_SERVER_HTTP_SERVER_H_
+
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "pac/concurrency/context.h"
+#include "src/server/metrics.h"
+#include "src/server/service.h"
+
+namespace httplib {
+class Server;
+}
+
+namespace pac::concurrency::server {
+
+struct HttpServerOptions {
+  std::string host = "127.0.0.1";
+  int port = 8080;  // 0: any free port (see HttpServer::port())
+  // When set, every mutating request needs "Authorization: Bearer <token>".
+  std::string token;
+  size_t max_body_bytes = 1 << 20;
+  int threads = 64;  // each open watch stream holds one
+  absl::Duration request_timeout = absl::Seconds(30);
+  absl::Duration max_long_poll = absl::Minutes(5);
+};
+
+class HttpServer {
+ public:
+  HttpServer(Service* service, Metrics* metrics, HttpServerOptions options);
+  ~HttpServer();
+  HttpServer(const HttpServer&) = delete;
+  HttpServer& operator=(const HttpServer&) = delete;
+
+  // Binds the address (Unavailable naming it if that fails) and serves.
+  [[nodiscard]] absl::Status Start();
+  // The bound port (after Start).
+  [[nodiscard]] int port() const { return port_; }
+  // Stops serving; idempotent. Not to be called concurrently with itself.
+  void Stop();
+
+ private:
+  void Routes();
+
+  Service* const service_;
+  Metrics* const metrics_;
+  const HttpServerOptions options_;
+  std::unique_ptr<httplib::Server> http_;
+  std::pair<Context, Context::Canceller> root_;
+  std::thread thread_;
+  int port_ = 0;
+};
+
+// Compares in time independent of where the strings differ.
+bool ConstantTimeEquals(std::string_view a, std::string_view b);
+
+}  // namespace pac::concurrency::server
+
+#endif  // PAC_SRC_SERVER_HTTP_SERVER_H_

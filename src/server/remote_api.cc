@@ -1,0 +1,228 @@
+#include "src/server/remote_api.h"
+
+#include <algorithm>
+#include <atomic>
+
+#include "httplib.h"
+#include "src/common/strings.h"
+
+namespace pac::concurrency::server {
+
+using internal::Cat;
+
+namespace {
+
+// Percent-encodes one path segment or query value.
+std::string Escape(std::string_view s) {
+  static const char* kHex = "0123456789ABCDEF";
+  std::string out;
+  for (unsigned char c : s) {
+    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
+      out += static_cast<char>(c);
+    } else {
+      out += '%';
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    }
+  }
+  return out;
+}
+
+// "ns/name" -> "ns/name" with each part escaped (a key with more or fewer
+// slashes is escaped whole, and the server rejects it by name).
+std::string KeyPath(std::string_view key) {
+  size_t slash = key.find('/');
+  if (slash == std::string_view::npos ||
+      key.find('/', slash + 1) != std::string_view::npos) {
+    return Cat(Escape(key), "/-");
+  }
+  return Cat(Escape(key.substr(0, slash)), "/", Escape(key.substr(slash + 1)));
+}
+
+void ApplyTimeouts(httplib::Client& cli, const Context& ctx) {
+  absl::Duration left = ctx.deadline() - absl::Now();
+  left = std::clamp(left, absl::Milliseconds(10), absl::Hours(1));
+  const int64_t us = absl::ToInt64Microseconds(left);
+  cli.set_connection_timeout(std::min<int64_t>(us / 1000000, 5),
+                             us < 5000000 ? us % 1000000 : 0);
+  cli.set_read_timeout(us / 1000000, us % 1000000);
+  cli.set_write_timeout(us / 1000000, us % 1000000);
+}
+
+}  // namespace
+
+RemoteApi::RemoteApi(std::string base_url, std::string token)
+    : base_url_(std::move(base_url)), token_(std::move(token)) {}
+
+absl::StatusOr<Json> RemoteApi::Call(const Context& ctx,
+                                     const std::string& method,
+                                     const std::string& path,
+                                     const std::string& body,
+                                     const std::string& content_type) {
+  if (absl::Status s = ctx.Err(); !s.ok()) return s;
+  httplib::Client cli(base_url_);
+  if (!cli.is_valid()) {
+    return absl::InvalidArgumentError(
+        Cat("server: not a valid URL \"", base_url_, "\""));
+  }
+  ApplyTimeouts(cli, ctx);
+  if (!token_.empty()) cli.set_bearer_token_auth(token_);
+  httplib::Result r = method == "GET"    ? cli.Get(path)
+                      : method == "POST" ? cli.Post(path, body, content_type)
+                      : method == "PUT"  ? cli.Put(path, body, content_type)
+                                         : cli.Delete(path);
+  if (!r) {
+    if (absl::Status s = ctx.Err(); !s.ok()) return s;
+    return absl::UnavailableError(
+        Cat("server ", base_url_, ": ", httplib::to_string(r.error())));
+  }
+  if (r->status >= 300) return StatusFromErrorJson(r->status, r->body);
+  Json doc = Json::parse(r->body, nullptr, /*allow_exceptions=*/false);
+  if (doc.is_discarded()) {
+    return absl::InternalError(
+        Cat("server ", base_url_, ": answer is not JSON"));
+  }
+  return doc;
+}
+
+absl::StatusOr<Json> RemoteApi::SetLimit(const Context& ctx,
+                                         std::string_view repo_key,
+                                         const Json& body) {
+  return Call(ctx, "PUT", Cat("/v1/repositories/", KeyPath(repo_key)),
+              body.dump(), "application/json");
+}
+
+absl::StatusOr<Json> RemoteApi::ApplyManifests(const Context& ctx,
+                                               std::string_view yaml) {
+  return Call(ctx, "POST", "/v1/repositories", std::string(yaml),
+              "application/yaml");
+}
+
+absl::StatusOr<Json> RemoteApi::Submit(const Context& ctx,
+                                       std::string_view repo_key,
+                                       const Json& body) {
+  return Call(ctx, "POST", Cat("/v1/repositories/", KeyPath(repo_key), "/runs"),
+              body.dump(), "application/json");
+}
+
+absl::StatusOr<Json> RemoteApi::Release(const Context& ctx,
+                                        std::string_view repo_key,
+                                        std::string_view run_key,
+                                        std::string_view lease_id) {
+  std::string path =
+      Cat("/v1/repositories/", KeyPath(repo_key), "/runs/", KeyPath(run_key));
+  if (!lease_id.empty()) path += Cat("?lease_id=", Escape(lease_id));
+  return Call(ctx, "DELETE", path, "", "");
+}
+
+absl::StatusOr<Json> RemoteApi::Renew(const Context& ctx,
+                                      std::string_view lease_id) {
+  if (lease_id.empty()) {
+    return absl::InvalidArgumentError("lease_id: required");
+  }
+  return Call(ctx, "POST", Cat("/v1/leases/", Escape(lease_id), "/renew"), "",
+              "application/json");
+}
+
+absl::StatusOr<Json> RemoteApi::Status(const Context& ctx,
+                                       std::string_view repo_key) {
+  return Call(ctx, "GET", Cat("/v1/repositories/", KeyPath(repo_key)), "", "");
+}
+
+absl::StatusOr<Json> RemoteApi::ListRepositories(const Context& ctx) {
+  return Call(ctx, "GET", "/v1/repositories", "", "");
+}
+
+absl::StatusOr<Json> RemoteApi::Cleanup(const Context& ctx,
+                                        std::string_view repo_key) {
+  return Call(ctx, "DELETE", Cat("/v1/repositories/", KeyPath(repo_key)), "",
+              "");
+}
+
+absl::StatusOr<Json> RemoteApi::Import(const Context& ctx, const Json& body) {
+  return Call(ctx, "POST", "/v1/import", body.dump(), "application/json");
+}
+
+absl::Status RemoteApi::Watch(const Context& ctx, std::string_view repo_key,
+                              const std::function<bool(const Json&)>& on_event,
+                              const std::function<bool()>& on_ready) {
+  if (absl::Status s = ctx.Err(); !s.ok()) return s;
+  httplib::Client cli(base_url_);
+  if (!cli.is_valid()) {
+    return absl::InvalidArgumentError(
+        Cat("server: not a valid URL \"", base_url_, "\""));
+  }
+  cli.set_connection_timeout(5, 0);
+  // The server sends a heartbeat every 10 s; a silent minute is a dead
+  // stream. A nearer deadline of `ctx` ends the read sooner.
+  absl::Duration read = std::clamp(ctx.deadline() - absl::Now(),
+                                   absl::Milliseconds(10), absl::Seconds(60));
+  const int64_t us = absl::ToInt64Microseconds(read);
+  cli.set_read_timeout(us / 1000000, us % 1000000);
+  if (!token_.empty()) cli.set_bearer_token_auth(token_);
+  std::atomic<bool> stopped_by_reader{false};
+  int64_t cb = ctx.AddCancelCallback([&cli] { cli.stop(); });
+  std::string buffer;
+  std::string error_body;
+  int status = 0;
+  auto r = cli.Get(
+      Cat("/v1/repositories/", KeyPath(repo_key), "/watch"),
+      [&](const httplib::Response& res) {
+        status = res.status;
+        return true;
+      },
+      [&](const char* data, size_t len) {
+        if (status != 200) {
+          error_body.append(data, len);
+          return error_body.size() < 65536;
+        }
+        if (ctx.Done()) return false;
+        buffer.append(data, len);
+        size_t end;
+        while ((end = buffer.find("\n\n")) != std::string::npos) {
+          std::string block = buffer.substr(0, end);
+          buffer.erase(0, end + 2);
+          std::string event, payload;
+          size_t start = 0;
+          while (start < block.size()) {
+            size_t nl = block.find('\n', start);
+            std::string line =
+                block.substr(start, nl == std::string::npos ? std::string::npos
+                                                            : nl - start);
+            if (line.rfind("event: ", 0) == 0) event = line.substr(7);
+            if (line.rfind("data: ", 0) == 0) payload += line.substr(6);
+            if (nl == std::string::npos) break;
+            start = nl + 1;
+          }
+          bool go_on = true;
+          if (event == "ready") {
+            if (on_ready) go_on = on_ready();
+          } else if (event.empty()) {
+            go_on = on_event(Json());  // heartbeat
+          } else {
+            Json ev = Json::parse(payload, nullptr, false);
+            if (!ev.is_discarded()) go_on = on_event(ev);
+          }
+          if (!go_on) {
+            stopped_by_reader = true;
+            return false;
+          }
+        }
+        return true;
+      });
+  ctx.RemoveCancelCallback(cb);
+  if (stopped_by_reader) return absl::OkStatus();
+  if (absl::Status s = ctx.Err(); !s.ok()) return s;
+  if (status != 0 && status != 200) {
+    return StatusFromErrorJson(status, error_body);
+  }
+  if (!r) {
+    return absl::UnavailableError(
+        Cat("server ", base_url_,
+            ": watch stream ended: ", httplib::to_string(r.error())));
+  }
+  return absl::UnavailableError(
+      Cat("server ", base_url_, ": watch stream ended"));
+}
+
+}  // namespace pac::concurrency::server

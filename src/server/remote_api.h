@@ -1,0 +1,52 @@
+// RemoteApi: the Api over HTTP, talking to `pac-concurrency serve`.
+//
+// Thread-safe: every call opens its own connection (the CLI makes few).
+// Transport failures are Unavailable naming the server; error documents
+// from the server come back as the Status they encode.
+#ifndef PAC_SRC_SERVER_REMOTE_API_H_
+#define PAC_SRC_SERVER_REMOTE_API_H_
+
+#include <string>
+
+#include "src/server/api.h"
+
+namespace pac::concurrency::server {
+
+class RemoteApi final : public Api {
+ public:
+  // `base_url`: "http://host:port". `token` (may be empty) is sent as a
+  // bearer token.
+  RemoteApi(std::string base_url, std::string token);
+
+  absl::StatusOr<Json> SetLimit(const Context& ctx, std::string_view repo_key,
+                                const Json& body) override;
+  absl::StatusOr<Json> ApplyManifests(const Context& ctx,
+                                      std::string_view yaml) override;
+  absl::StatusOr<Json> Submit(const Context& ctx, std::string_view repo_key,
+                              const Json& body) override;
+  absl::StatusOr<Json> Release(const Context& ctx, std::string_view repo_key,
+                               std::string_view run_key,
+                               std::string_view lease_id) override;
+  absl::StatusOr<Json> Renew(const Context& ctx,
+                             std::string_view lease_id) override;
+  absl::StatusOr<Json> Status(const Context& ctx,
+                              std::string_view repo_key) override;
+  absl::StatusOr<Json> ListRepositories(const Context& ctx) override;
+  absl::StatusOr<Json> Cleanup(const Context& ctx,
+                               std::string_view repo_key) override;
+  absl::StatusOr<Json> Import(const Context& ctx, const Json& body) override;
+  absl::Status Watch(const Context& ctx, std::string_view repo_key,
+                     const std::function<bool(const Json&)>& on_event,
+                     const std::function<bool()>& on_ready) override;
+
+ private:
+  absl::StatusOr<Json> Call(const Context& ctx, const std::string& method,
+                            const std::string& path, const std::string& body,
+                            const std::string& content_type);
+  const std::string base_url_;
+  const std::string token_;
+};
+
+}  // namespace pac::concurrency::server
+
+#endif  // PAC_SRC_SERVER_REMOTE_API_H_

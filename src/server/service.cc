@@ -1,0 +1,547 @@
+#include "src/server/service.h"
+
+#include <deque>
+#include <memory>
+
+#include "pac/concurrency/status.h"
+#include "src/common/strings.h"
+#include "src/server/manifests.h"
+
+namespace pac::concurrency::server {
+
+using internal::Cat;
+using internal::CondVar;
+using internal::Mutex;
+using internal::MutexLock;
+
+namespace {
+
+constexpr size_t kMaxQueuedAtEntries = 100000;
+constexpr absl::Duration kWatchHeartbeat = absl::Seconds(10);
+
+// Rejects members of `body` outside `allowed` (a typo must not be ignored).
+absl::Status CheckFields(const Json& body,
+                         std::initializer_list<std::string_view> allowed) {
+  if (!body.is_object()) {
+    return absl::InvalidArgumentError("request body: must be a JSON object");
+  }
+  for (auto it = body.begin(); it != body.end(); ++it) {
+    bool known = false;
+    for (std::string_view a : allowed) known = known || it.key() == a;
+    if (!known) {
+      return absl::InvalidArgumentError(
+          Cat("request body: unknown field \"", it.key().substr(0, 64), "\""));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::optional<int32_t>> OptionalLimit(const Json& body) {
+  auto it = body.find("concurrency_limit");
+  if (it == body.end() || it->is_null()) return std::optional<int32_t>();
+  if (!it->is_number_integer()) {
+    return absl::InvalidArgumentError(
+        "concurrency_limit: must be an integer (0 = unlimited)");
+  }
+  int64_t v = it->get<int64_t>();
+  if (v < 0) {
+    return absl::InvalidArgumentError(
+        Cat("concurrency_limit: must not be negative (got ", v, ")"));
+  }
+  if (v > INT32_MAX) {
+    return absl::InvalidArgumentError("concurrency_limit: too large");
+  }
+  return std::optional<int32_t>(static_cast<int32_t>(v));
+}
+
+Json QueueEntryToJson(const QueueEntry& q, absl::Time now) {
+  return Json{{"pipeline_run", q.pipeline_run_key},
+              {"position", q.position},
+              {"creation_time", FormatTimestamp(q.creation_time)},
+              {"enqueued_at", FormatTimestamp(q.enqueued_at)},
+              {"waiting_seconds",
+               std::max(0.0, absl::ToDoubleSeconds(now - q.enqueued_at))}};
+}
+
+}  // namespace
+
+Service::Service(Driver* driver, Clock* clock, Metrics* metrics)
+    : driver_(driver),
+      clock_(clock != nullptr ? clock : Clock::Real()),
+      metrics_(metrics) {
+  if (metrics_ == nullptr) return;
+  metrics_->Describe("pac_acquire_duration_seconds", "histogram",
+                     "Time to answer a submit, by outcome.");
+  metrics_->Describe("pac_wait_time_seconds", "histogram",
+                     "Time a run waited in the queue before admission "
+                     "(runs queued through this server).");
+  metrics_->Describe("pac_admissions_total", "counter",
+                     "Runs granted a slot, by how.");
+  metrics_->Describe("pac_releases_total", "counter", "Slots released.");
+  metrics_->Describe("pac_errors_total", "counter",
+                     "Failed operations, by operation and code.");
+  metrics_->Describe("pac_slots_in_use", "gauge",
+                     "Unexpired leases of the repository.");
+  metrics_->Describe("pac_concurrency_limit", "gauge",
+                     "Recorded limit of the repository (0 = unlimited).");
+  metrics_->Describe("pac_queue_depth", "gauge",
+                     "Runs waiting in the repository's queue.");
+}
+
+void Service::CountError(const char* op, const absl::Status& s) {
+  if (metrics_ != nullptr) {
+    metrics_->Inc("pac_errors_total",
+                  {{"code", ErrorCodeName(s)}, {"operation", op}});
+  }
+}
+
+void Service::Seen(const std::string& repo_key) {
+  MutexLock lock(&mu_);
+  repos_.insert(repo_key);
+}
+
+void Service::NoteQueued(const std::string& repo, const std::string& run) {
+  MutexLock lock(&mu_);
+  if (queued_at_.size() >= kMaxQueuedAtEntries) return;
+  queued_at_.emplace(std::make_pair(repo, run), clock_->Now());
+}
+
+void Service::NoteAdmitted(const std::vector<Lease>& leases) {
+  if (metrics_ == nullptr || leases.empty()) return;
+  metrics_->Inc("pac_admissions_total", {{"how", "promoted"}},
+                static_cast<double>(leases.size()));
+  MutexLock lock(&mu_);
+  for (const Lease& l : leases) {
+    auto it = queued_at_.find({l.repository_key, l.pipeline_run_key});
+    if (it == queued_at_.end()) continue;
+    metrics_->Observe("pac_wait_time_seconds", {},
+                      absl::ToDoubleSeconds(l.acquired_at - it->second));
+    queued_at_.erase(it);
+  }
+}
+
+absl::StatusOr<Json> Service::SetLimitTo(const Context& ctx,
+                                         const Repository& repo) {
+  auto admitted = driver_->SetRepositoryLimit(ctx, repo);
+  if (!admitted.ok()) {
+    CountError("set_limit", admitted.status());
+    return admitted.status();
+  }
+  Seen(repo.Key());
+  NoteAdmitted(*admitted);
+  return Json{{"repository", repo.Key()},
+              {"concurrency_limit", EffectiveLimit(repo)},
+              {"admitted", LeasesToJson(*admitted)}};
+}
+
+absl::StatusOr<Json> Service::SetLimit(const Context& ctx,
+                                       std::string_view repo_key,
+                                       const Json& body) {
+  if (absl::Status s = CheckFields(body, {"concurrency_limit"}); !s.ok()) {
+    return s;
+  }
+  auto limit = OptionalLimit(body);
+  if (!limit.ok()) return limit.status();
+  if (!limit->has_value()) {
+    return absl::InvalidArgumentError(
+        "concurrency_limit: required (0 = unlimited)");
+  }
+  auto repo = Repository::FromKey(repo_key, **limit);
+  if (!repo.ok()) return repo.status();
+  return SetLimitTo(ctx, *repo);
+}
+
+absl::StatusOr<Json> Service::ApplyManifests(const Context& ctx,
+                                             std::string_view yaml) {
+  auto repos = ParseRepositoryManifests(yaml);
+  if (!repos.ok()) return repos.status();
+  Json out = Json::array();
+  for (const Repository& r : *repos) {
+    auto one = SetLimitTo(ctx, r);
+    if (!one.ok()) return one.status();
+    out.push_back(*one);
+  }
+  return Json{{"repositories", out}};
+}
+
+absl::StatusOr<Json> Service::Submit(const Context& ctx,
+                                     std::string_view repo_key,
+                                     const Json& body) {
+  if (absl::Status s =
+          CheckFields(body, {"pipeline_run", "creation_time", "enqueue",
+                             "concurrency_limit", "state"});
+      !s.ok()) {
+    return s;
+  }
+  auto run_it = body.find("pipeline_run");
+  if (run_it == body.end() || !run_it->is_string()) {
+    return absl::InvalidArgumentError(
+        "pipeline_run: required string \"namespace/name\"");
+  }
+  const std::string run = run_it->get<std::string>();
+  if (absl::Status s = ValidateKey(run, "pipeline_run"); !s.ok()) return s;
+  auto limit = OptionalLimit(body);
+  if (!limit.ok()) return limit.status();
+  AcquireOptions options;
+  if (auto it = body.find("creation_time");
+      it != body.end() && !it->is_null()) {
+    if (!it->is_string()) {
+      return absl::InvalidArgumentError(
+          "creation_time: must be an RFC 3339 string");
+    }
+    auto t = ParseTimestamp(it->get<std::string>(), "creation_time");
+    if (!t.ok()) return t.status();
+    options.creation_time = *t;
+  }
+  if (auto it = body.find("enqueue"); it != body.end()) {
+    if (!it->is_boolean()) {
+      return absl::InvalidArgumentError("enqueue: must be true or false");
+    }
+    options.enqueue = it->get<bool>();
+  }
+  if (auto it = body.find("state"); it != body.end()) {
+    if (!it->is_string() || (*it != "started" && *it != "queued")) {
+      return absl::InvalidArgumentError(
+          "state: must be \"started\" (adopt a running run) or \"queued\"");
+    }
+    options.adopt_running = *it == "started";
+  }
+  auto repo = Repository::FromKey(repo_key, limit->value_or(0));
+  if (!repo.ok()) return repo.status();
+  if (!limit->has_value()) {
+    // Keep the limit the backend knows (set by another server, perhaps).
+    auto recorded = driver_->GetRepositoryLimit(ctx, repo_key);
+    if (!recorded.ok()) {
+      CountError("submit", recorded.status());
+      return recorded.status();
+    }
+    if (!recorded->has_value()) {
+      return absl::FailedPreconditionError(
+          Cat("repository ", repo_key,
+              " has no recorded concurrency limit: pass concurrency_limit "
+              "(0 = unlimited) or set it first (PUT /v1/repositories/",
+              repo_key, ")"));
+    }
+    repo->concurrency_limit = **recorded;
+  }
+  const absl::Time start = absl::Now();
+  auto r = driver_->AcquireSlot(ctx, *repo, run, options);
+  const double took = absl::ToDoubleSeconds(absl::Now() - start);
+  if (!r.ok()) {
+    CountError("submit", r.status());
+    if (metrics_ != nullptr) {
+      metrics_->Observe("pac_acquire_duration_seconds", {{"outcome", "error"}},
+                        took);
+    }
+    return r.status();
+  }
+  const std::string key(repo_key);
+  Seen(key);
+  if (metrics_ != nullptr) {
+    metrics_->Observe("pac_acquire_duration_seconds",
+                      {{"outcome", r->acquired ? "acquired" : "queued"}}, took);
+  }
+  NoteAdmitted(r->admitted);
+  Json out{{"repository", key},
+           {"pipeline_run", run},
+           {"acquired", r->acquired},
+           {"position", r->position},
+           {"admitted", LeasesToJson(r->admitted)}};
+  if (r->acquired) {
+    out["lease"] = LeaseToJson(r->lease);
+    if (metrics_ != nullptr) {
+      MutexLock lock(&mu_);
+      auto it = queued_at_.find({key, run});
+      if (it != queued_at_.end()) {
+        metrics_->Observe(
+            "pac_wait_time_seconds", {},
+            absl::ToDoubleSeconds(r->lease.acquired_at - it->second));
+        queued_at_.erase(it);
+      } else if (r->lease.acquired_at >= start - absl::Seconds(1)) {
+        metrics_->Inc("pac_admissions_total", {{"how", "immediate"}});
+      }
+    }
+  } else if (r->position > 0) {
+    NoteQueued(key, run);
+  }
+  return out;
+}
+
+absl::StatusOr<Json> Service::Release(const Context& ctx,
+                                      std::string_view repo_key,
+                                      std::string_view run_key,
+                                      std::string_view lease_id) {
+  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
+  if (absl::Status s = ValidateKey(run_key, "pipeline_run"); !s.ok()) return s;
+  auto r = driver_->ReleaseSlot(ctx, lease_id, run_key, repo_key);
+  if (!r.ok()) {
+    CountError("release", r.status());
+    return r.status();
+  }
+  if (metrics_ != nullptr && r->released) {
+    metrics_->Inc("pac_releases_total", {});
+  }
+  {
+    MutexLock lock(&mu_);
+    queued_at_.erase({std::string(repo_key), std::string(run_key)});
+  }
+  NoteAdmitted(r->admitted);
+  return Json{{"repository", std::string(repo_key)},
+              {"pipeline_run", std::string(run_key)},
+              {"released", r->released},
+              {"dequeued", r->dequeued},
+              {"admitted", LeasesToJson(r->admitted)}};
+}
+
+absl::StatusOr<Json> Service::Renew(const Context& ctx,
+                                    std::string_view lease_id) {
+  if (lease_id.empty()) {
+    return absl::InvalidArgumentError("lease_id: required");
+  }
+  auto l = driver_->RenewLease(ctx, lease_id);
+  if (!l.ok()) {
+    CountError("renew", l.status());
+    return l.status();
+  }
+  return LeaseToJson(*l);
+}
+
+absl::StatusOr<Json> Service::Status(const Context& ctx,
+                                     std::string_view repo_key) {
+  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
+  auto limit = driver_->GetRepositoryLimit(ctx, repo_key);
+  if (!limit.ok()) return limit.status();
+  auto running = driver_->GetRunningPipelineRuns(ctx, repo_key);
+  if (!running.ok()) return running.status();
+  auto queued = driver_->GetQueuedPipelineRuns(ctx, repo_key);
+  if (!queued.ok()) return queued.status();
+  const absl::Time now = clock_->Now();
+  Json run_list = Json::array();
+  for (const Lease& l : *running) {
+    Json j = LeaseToJson(l);
+    j["running_seconds"] =
+        std::max(0.0, absl::ToDoubleSeconds(now - l.acquired_at));
+    run_list.push_back(std::move(j));
+  }
+  Json queue_list = Json::array();
+  for (const QueueEntry& q : *queued) {
+    queue_list.push_back(QueueEntryToJson(q, now));
+  }
+  Json out{{"repository", std::string(repo_key)},
+           {"concurrency_limit", nullptr},
+           {"in_use", running->size()},
+           {"queue_depth", queued->size()},
+           {"running", run_list},
+           {"queued", queue_list}};
+  if (limit->has_value()) out["concurrency_limit"] = **limit;
+  return out;
+}
+
+absl::StatusOr<Json> Service::ListRepositories(const Context& ctx) {
+  std::set<std::string> repos;
+  {
+    MutexLock lock(&mu_);
+    repos = repos_;
+  }
+  Json out = Json::array();
+  for (const std::string& r : repos) {
+    auto s = Status(ctx, r);
+    if (!s.ok()) return s.status();
+    out.push_back(*s);
+  }
+  return Json{{"repositories", out}};
+}
+
+absl::StatusOr<Json> Service::Cleanup(const Context& ctx,
+                                      std::string_view repo_key) {
+  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
+  if (absl::Status s = driver_->CleanupRepository(ctx, repo_key); !s.ok()) {
+    CountError("cleanup", s);
+    return s;
+  }
+  MutexLock lock(&mu_);
+  repos_.erase(std::string(repo_key));
+  return Json{{"repository", std::string(repo_key)}, {"cleaned", true}};
+}
+
+absl::StatusOr<Json> Service::Import(const Context& ctx, const Json& body) {
+  if (absl::Status s = CheckFields(body, {"pipelineruns", "repositories"});
+      !s.ok()) {
+    return s;
+  }
+  std::map<std::string, int32_t> limits;
+  Json repos_out = Json::array();
+  if (auto it = body.find("repositories"); it != body.end() && !it->is_null()) {
+    if (!it->is_string()) {
+      return absl::InvalidArgumentError(
+          "repositories: must be the manifests' YAML (or JSON) as a string");
+    }
+    auto repos = ParseRepositoryManifests(it->get<std::string>());
+    if (!repos.ok()) return repos.status();
+    for (const Repository& r : *repos) limits[r.Key()] = EffectiveLimit(r);
+  }
+  PipelineRunScan scan;
+  if (auto it = body.find("pipelineruns"); it != body.end() && !it->is_null()) {
+    auto parsed = ParsePipelineRuns(*it);
+    if (!parsed.ok()) return parsed.status();
+    scan = std::move(*parsed);
+  }
+  // Runs of repositories without a limit anywhere are skipped, not guessed.
+  for (const ImportedRun& r : scan.runs) {
+    if (limits.count(r.repository_key) != 0) continue;
+    auto recorded = driver_->GetRepositoryLimit(ctx, r.repository_key);
+    if (!recorded.ok()) return recorded.status();
+    if (recorded->has_value()) limits[r.repository_key] = **recorded;
+  }
+  // Limits first, so that the adopted runs count against them.
+  for (const auto& [key, limit] : limits) {
+    auto repo = Repository::FromKey(key, limit);
+    if (!repo.ok()) return repo.status();
+    auto one = SetLimitTo(ctx, *repo);
+    if (!one.ok()) return one.status();
+    repos_out.push_back(
+        Json{{"repository", key}, {"concurrency_limit", limit}});
+  }
+  Json running = Json::array(), queued = Json::array(),
+       admitted = Json::array(), skipped = Json::array();
+  for (const auto& [run, why] : scan.skipped) {
+    skipped.push_back(Json{{"pipeline_run", run}, {"reason", why}});
+  }
+  for (const ImportedRun& r : scan.runs) {
+    auto lit = limits.find(r.repository_key);
+    if (lit == limits.end()) {
+      skipped.push_back(
+          Json{{"pipeline_run", r.run_key},
+               {"reason", Cat("repository ", r.repository_key,
+                              " has no limit: include its manifest")}});
+      continue;
+    }
+    Repository repo = *Repository::FromKey(r.repository_key, lit->second);
+    AcquireOptions options;
+    options.creation_time = r.creation_time;
+    options.adopt_running = r.running;
+    auto res = driver_->AcquireSlot(ctx, repo, r.run_key, options);
+    if (!res.ok()) return res.status();
+    Seen(r.repository_key);
+    if (r.running) {
+      running.push_back(r.run_key);
+    } else if (res->acquired) {
+      admitted.push_back(r.run_key);
+    } else {
+      queued.push_back(Json{{"pipeline_run", r.run_key},
+                            {"repository", r.repository_key},
+                            {"position", res->position}});
+    }
+  }
+  return Json{{"repositories", repos_out},
+              {"running", running},
+              {"queued", queued},
+              {"admitted", admitted},
+              {"skipped", skipped}};
+}
+
+absl::Status Service::Watch(const Context& ctx, std::string_view repo_key,
+                            const std::function<bool(const Json&)>& on_event,
+                            const std::function<bool()>& on_ready) {
+  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
+  struct Shared {
+    Mutex mu;
+    CondVar cv;
+    std::deque<WatchEvent> events PAC_GUARDED_BY(mu);
+    bool cancelled PAC_GUARDED_BY(mu) = false;
+  };
+  auto shared = std::make_shared<Shared>();
+  auto handle = driver_->WatchSlotAvailability(
+      ctx, repo_key, [shared](const WatchEvent& ev) {
+        {
+          MutexLock lock(&shared->mu);
+          if (shared->events.size() < 10000) shared->events.push_back(ev);
+        }
+        shared->cv.NotifyAll();
+      });
+  if (!handle.ok()) return handle.status();
+  int64_t cb = ctx.AddCancelCallback([shared] {
+    {
+      MutexLock lock(&shared->mu);
+      shared->cancelled = true;
+    }
+    shared->cv.NotifyAll();
+  });
+  absl::Status result = absl::OkStatus();
+  absl::Time last_sent = absl::Now();
+  bool more = !on_ready || on_ready();
+  while (more) {
+    std::deque<WatchEvent> batch;
+    {
+      MutexLock lock(&shared->mu);
+      while (shared->events.empty() && !shared->cancelled &&
+             absl::Now() < ctx.deadline() &&
+             absl::Now() < last_sent + kWatchHeartbeat) {
+        shared->cv.WaitUntil(
+            &shared->mu, std::min(ctx.deadline(), last_sent + kWatchHeartbeat));
+      }
+      batch.swap(shared->events);
+    }
+    if (batch.empty() && absl::Now() >= last_sent + kWatchHeartbeat &&
+        ctx.Err().ok()) {
+      last_sent = absl::Now();
+      if (!on_event(Json())) break;  // the heartbeat found the reader gone
+      continue;
+    }
+    if (!batch.empty()) last_sent = absl::Now();
+    bool stop = false;
+    for (const WatchEvent& ev : batch) {
+      Json j{{"type", WatchEventTypeName(ev.type)},
+             {"repository", ev.repository_key},
+             {"pipeline_run", ev.pipeline_run_key}};
+      if (!on_event(j)) {
+        stop = true;
+        break;
+      }
+    }
+    if (stop) break;
+    if (absl::Status s = ctx.Err(); !s.ok()) {
+      result = s;
+      break;
+    }
+  }
+  ctx.RemoveCancelCallback(cb);
+  (*handle)->Stop();
+  return result;
+}
+
+std::vector<Metrics::Gauge> Service::Gauges(const Context& ctx) {
+  std::set<std::string> repos;
+  {
+    MutexLock lock(&mu_);
+    repos = repos_;
+  }
+  std::vector<Metrics::Gauge> in_use, limit, depth;
+  for (const std::string& r : repos) {
+    Labels labels{{"repository", r}};
+    if (auto n = driver_->GetCurrentSlots(ctx, r); n.ok()) {
+      in_use.push_back({"pac_slots_in_use", labels, static_cast<double>(*n)});
+    }
+    if (auto l = driver_->GetRepositoryLimit(ctx, r);
+        l.ok() && l->has_value()) {
+      limit.push_back(
+          {"pac_concurrency_limit", labels, static_cast<double>(**l)});
+    }
+    if (auto q = driver_->GetQueuedPipelineRuns(ctx, r); q.ok()) {
+      depth.push_back(
+          {"pac_queue_depth", labels, static_cast<double>(q->size())});
+    }
+  }
+  std::vector<Metrics::Gauge> out;
+  for (auto* v : {&in_use, &limit, &depth}) {
+    out.insert(out.end(), v->begin(), v->end());
+  }
+  return out;
+}
+
+absl::Status Service::Ready(const Context& ctx) {
+  auto r = driver_->GetRepositoryLimit(ctx, "pac-system/readiness-probe");
+  return r.ok() ? absl::OkStatus() : r.status();
+}
+
+}  // namespace pac::concurrency::server

@@ -1,0 +1,75 @@
+// Service: the Api run on a Driver in this process. The HTTP server wraps
+// one; the CLI uses one directly when given a driver configuration.
+//
+// Leases handed out here are not renewed by the service: the caller renews
+// them (Renew) or they expire after the driver's TTL, which is what frees
+// the slot of a client that died.
+//
+// Thread-safe. The driver, clock and metrics must outlive the Service.
+#ifndef PAC_SRC_SERVER_SERVICE_H_
+#define PAC_SRC_SERVER_SERVICE_H_
+
+#include <map>
+#include <set>
+#include <string>
+#include <utility>
+
+#include "pac/concurrency/clock.h"
+#include "pac/concurrency/driver.h"
+#include "src/common/mutex.h"
+#include "src/server/api.h"
+#include "src/server/metrics.h"
+
+namespace pac::concurrency::server {
+
+class Service final : public Api {
+ public:
+  // `metrics` may be null.
+  Service(Driver* driver, Clock* clock, Metrics* metrics);
+
+  absl::StatusOr<Json> SetLimit(const Context& ctx, std::string_view repo_key,
+                                const Json& body) override;
+  absl::StatusOr<Json> ApplyManifests(const Context& ctx,
+                                      std::string_view yaml) override;
+  absl::StatusOr<Json> Submit(const Context& ctx, std::string_view repo_key,
+                              const Json& body) override;
+  absl::StatusOr<Json> Release(const Context& ctx, std::string_view repo_key,
+                               std::string_view run_key,
+                               std::string_view lease_id) override;
+  absl::StatusOr<Json> Renew(const Context& ctx,
+                             std::string_view lease_id) override;
+  absl::StatusOr<Json> Status(const Context& ctx,
+                              std::string_view repo_key) override;
+  absl::StatusOr<Json> ListRepositories(const Context& ctx) override;
+  absl::StatusOr<Json> Cleanup(const Context& ctx,
+                               std::string_view repo_key) override;
+  absl::StatusOr<Json> Import(const Context& ctx, const Json& body) override;
+  absl::Status Watch(const Context& ctx, std::string_view repo_key,
+                     const std::function<bool(const Json&)>& on_event,
+                     const std::function<bool()>& on_ready) override;
+
+  // Scrape-time gauges for every repository this service has seen.
+  std::vector<Metrics::Gauge> Gauges(const Context& ctx);
+  // Checks that the backend answers.
+  absl::Status Ready(const Context& ctx);
+
+ private:
+  void Seen(const std::string& repo_key);
+  void NoteQueued(const std::string& repo, const std::string& run);
+  void NoteAdmitted(const std::vector<Lease>& leases);
+  absl::StatusOr<Json> SetLimitTo(const Context& ctx, const Repository& repo);
+  void CountError(const char* op, const absl::Status& s);
+
+  Driver* const driver_;
+  Clock* const clock_;
+  Metrics* const metrics_;
+  internal::Mutex mu_;
+  std::set<std::string> repos_ PAC_GUARDED_BY(mu_);
+  // When this service queued a run, for the wait-time histogram.
+  std::map<std::pair<std::string, std::string>, absl::Time> queued_at_
+      PAC_GUARDED_BY(mu_);
+};
+
+}  // namespace pac::concurrency::server
+
+#endif  // PAC_SRC_SERVER_SERVICE_H_
