@@ -59,7 +59,7 @@ absl::Status AddRepository(const YAML::Node& doc, int index,
   }
   if (absl::Status s = ValidateRepository(repo); !s.ok()) {
     return absl::InvalidArgumentError(
-        Cat(where, ": ", std::string(s.message())));
+        Cat(where, " (", repo.Key(), "): ", std::string(s.message())));
   }
   out->push_back(std::move(repo));
   return absl::OkStatus();

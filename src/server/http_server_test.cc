@@ -1,0 +1,273 @@
+// The HTTP layer in-process: routing, error documents, the bearer token,
+// body limits, watches (stream and long poll), metrics, and RemoteApi's
+// round trip of errors. Many client threads through one server never
+// exceed a limit.
+#include "src/server/http_server.h"
+
+#include <atomic>
+#include <thread>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "httplib.h"
+#include "pac/concurrency/concurrency.h"
+#include "src/server/remote_api.h"
+
+namespace pac::concurrency::server {
+namespace {
+
+using ::testing::HasSubstr;
+
+class HttpServerTest : public ::testing::Test {
+ protected:
+  void Start(const std::string& token = "") {
+    auto d = NewMemoryDriver(MemoryConfig{absl::Minutes(5)});
+    ASSERT_TRUE(d.ok());
+    driver_ = *std::move(d);
+    service_ = std::make_unique<Service>(driver_.get(), nullptr, &metrics_);
+    HttpServerOptions o;
+    o.port = 0;
+    o.token = token;
+    o.max_body_bytes = 64 * 1024;
+    o.threads = 24;
+    server_ = std::make_unique<HttpServer>(service_.get(), &metrics_, o);
+    ASSERT_TRUE(server_->Start().ok());
+    url_ = "http://127.0.0.1:" + std::to_string(server_->port());
+  }
+  void TearDown() override {
+    if (server_) server_->Stop();
+    server_.reset();
+    service_.reset();
+    if (driver_) (void)driver_->Close();
+  }
+  httplib::Client Client() {
+    httplib::Client c(url_);
+    c.set_read_timeout(10, 0);
+    return c;
+  }
+  static Json Body(const httplib::Result& r) {
+    return Json::parse(r->body, nullptr, false);
+  }
+
+  std::unique_ptr<Driver> driver_;
+  Metrics metrics_;
+  std::unique_ptr<Service> service_;
+  std::unique_ptr<HttpServer> server_;
+  std::string url_;
+  Context ctx_ = Context::Background();
+};
+
+TEST_F(HttpServerTest, MalformedRequestsGet4xxWithAMessageAndServingGoesOn) {
+  Start();
+  auto c = Client();
+  struct Case {
+    std::string method, path, body;
+    int want;
+    std::string message;
+  } cases[] = {
+      {"PUT", "/v1/repositories/ns/app", "{not json", 400, "not valid JSON"},
+      {"PUT", "/v1/repositories/ns/app", "", 400, "empty"},
+      {"PUT", "/v1/repositories/ns/app", R"({"concurrency_limit":1,"x":2})",
+       400, "unknown field"},
+      {"PUT", "/v1/repositories/ns/app", R"({"concurrency_limit":-1})", 400,
+       "negative"},
+      {"PUT", "/v1/repositories/NS/app", R"({"concurrency_limit":1})", 400,
+       "uppercase"},
+      {"POST", "/v1/repositories/ns/app/runs", R"({"pipeline_run":"a"})", 400,
+       "pipeline_run"},
+      {"POST", "/v1/repositories/ns/app/runs", R"([1,2,3])", 400,
+       "JSON object"},
+      {"POST", "/v1/repositories/ns/app/runs",
+       std::string(100 * 1024, '{'), 413, "too large"},
+      {"POST", "/v1/repositories", "kind: Repository\nmetadata: {name: x}\n",
+       400, "metadata.namespace"},
+      {"GET", "/v1/nothing/here", "", 404, "no route"},
+      {"POST", "/v1/leases/zzz/renew", "", 410, "lease"},
+  };
+  for (const Case& k : cases) {
+    auto r = k.method == "PUT"
+                 ? c.Put(k.path, k.body, "application/json")
+             : k.method == "POST" ? c.Post(k.path, k.body, "application/json")
+                                  : c.Get(k.path);
+    ASSERT_TRUE(r) << k.path;
+    EXPECT_EQ(r->status, k.want) << k.method << " " << k.path;
+    Json e = Body(r);
+    ASSERT_TRUE(e.is_object()) << r->body;
+    EXPECT_THAT(e["error"]["message"].get<std::string>(),
+                HasSubstr(k.message))
+        << k.path;
+    EXPECT_FALSE(e["error"]["code"].get<std::string>().empty());
+  }
+  auto health = c.Get("/healthz");
+  ASSERT_TRUE(health);
+  EXPECT_EQ(health->status, 200);
+  auto ready = c.Get("/readyz");
+  EXPECT_EQ(ready->status, 200);
+  // Nothing was written by the refused requests.
+  EXPECT_FALSE(driver_->GetRepositoryLimit(ctx_, "ns/app")->has_value());
+}
+
+TEST_F(HttpServerTest, BearerTokenGuardsEveryMutatingRequest) {
+  Start("s3cret-token");
+  auto c = Client();
+  auto none = c.Put("/v1/repositories/ns/app", R"({"concurrency_limit":1})",
+                    "application/json");
+  EXPECT_EQ(none->status, 401);
+  EXPECT_EQ(Body(none)["error"]["code"], "UNAUTHENTICATED");
+  c.set_bearer_token_auth("s3cret-tokeX");
+  EXPECT_EQ(c.Put("/v1/repositories/ns/app", R"({"concurrency_limit":1})",
+                  "application/json")
+                ->status,
+            401);
+  EXPECT_EQ(c.Delete("/v1/repositories/ns/app")->status, 401);
+  EXPECT_FALSE(driver_->GetRepositoryLimit(ctx_, "ns/app")->has_value());
+  // Reads need no token.
+  EXPECT_EQ(c.Get("/v1/repositories/ns/app")->status, 200);
+  RemoteApi good(url_, "s3cret-token");
+  EXPECT_TRUE(good.SetLimit(ctx_, "ns/app", Json{{"concurrency_limit", 1}}).ok());
+  RemoteApi bad(url_, "wrong");
+  EXPECT_EQ(bad.Submit(ctx_, "ns/app", Json{{"pipeline_run", "ns/a"}})
+                .status()
+                .code(),
+            absl::StatusCode::kUnauthenticated);
+}
+
+TEST_F(HttpServerTest, RemoteApiRoundTripsAnswersAndErrors) {
+  Start();
+  RemoteApi api(url_, "");
+  auto a = api.Submit(ctx_, "ns/app",
+                      Json{{"pipeline_run", "ns/a"}, {"concurrency_limit", 1}});
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_TRUE((*a)["acquired"].get<bool>());
+  auto b = api.Submit(ctx_, "ns/app", Json{{"pipeline_run", "ns/b"}});
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ((*b)["position"], 1);
+  const std::string id = (*a)["lease"]["lease_id"];
+  EXPECT_TRUE(api.Renew(ctx_, id).ok());
+  auto rel = api.Release(ctx_, "ns/app", "ns/a", id);
+  ASSERT_TRUE(rel.ok());
+  EXPECT_EQ((*rel)["admitted"][0]["pipeline_run"], "ns/b");
+  EXPECT_TRUE(IsLeaseLost(api.Renew(ctx_, id).status()));
+  EXPECT_EQ(api.Status(ctx_, "bad/Key").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(api.Submit(ctx_, "never/seen", Json{{"pipeline_run", "ns/x"}})
+                .status()
+                .code(),
+            absl::StatusCode::kFailedPrecondition);
+  RemoteApi nobody("http://127.0.0.1:1", "");
+  EXPECT_EQ(nobody.Status(ctx_, "ns/app").status().code(),
+            absl::StatusCode::kUnavailable);
+}
+
+TEST_F(HttpServerTest, StreamWatchSeesAReleaseByAnotherClient) {
+  Start();
+  RemoteApi api(url_, "");
+  ASSERT_TRUE(api.Submit(ctx_, "ns/app",
+                         Json{{"pipeline_run", "ns/a"}, {"concurrency_limit", 1}})
+                  .ok());
+  std::vector<std::string> seen;
+  auto ctx = Context::WithTimeout(Context::Background(), absl::Seconds(20));
+  absl::Status s = api.Watch(
+      ctx, "ns/app",
+      [&](const Json& ev) {
+        if (ev.is_null()) return true;
+        seen.push_back(ev["type"].get<std::string>() + " " +
+                       ev["pipeline_run"].get<std::string>());
+        return ev["type"] != "released";
+      },
+      [&] {
+        std::thread([this] {
+          RemoteApi other(url_, "");
+          (void)other.Release(Context::Background(), "ns/app", "ns/a", "");
+        }).detach();
+        return true;
+      });
+  EXPECT_TRUE(s.ok()) << s;
+  EXPECT_THAT(seen, ::testing::ElementsAre("released ns/a"));
+}
+
+TEST_F(HttpServerTest, LongPollAnswersAtTheFirstEventOrEmptyAtTimeout) {
+  Start();
+  RemoteApi api(url_, "");
+  ASSERT_TRUE(api.Submit(ctx_, "ns/app",
+                         Json{{"pipeline_run", "ns/a"}, {"concurrency_limit", 1}})
+                  .ok());
+  auto c = Client();
+  auto empty = c.Get("/v1/repositories/ns/app/watch?timeout=200ms");
+  ASSERT_TRUE(empty);
+  EXPECT_EQ(empty->status, 200);
+  EXPECT_TRUE(Body(empty)["events"].empty());
+  std::thread releaser([this] {
+    absl::SleepFor(absl::Milliseconds(300));
+    RemoteApi other(url_, "");
+    (void)other.Release(Context::Background(), "ns/app", "ns/a", "");
+  });
+  auto got = c.Get("/v1/repositories/ns/app/watch?timeout=10s");
+  releaser.join();
+  ASSERT_TRUE(got);
+  ASSERT_EQ(Body(got)["events"].size(), 1u) << got->body;
+  EXPECT_EQ(Body(got)["events"][0]["type"], "released");
+  EXPECT_EQ(c.Get("/v1/repositories/ns/app/watch?timeout=forever")->status,
+            400);
+}
+
+TEST_F(HttpServerTest, MetricsExposeGaugesCountersAndHistograms) {
+  Start();
+  RemoteApi api(url_, "");
+  ASSERT_TRUE(api.Submit(ctx_, "ns/app",
+                         Json{{"pipeline_run", "ns/a"}, {"concurrency_limit", 3}})
+                  .ok());
+  auto c = Client();
+  (void)c.Put("/v1/repositories/ns/app", "{oops", "application/json");
+  auto m = c.Get("/metrics");
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->status, 200);
+  EXPECT_THAT(m->get_header_value("Content-Type"), HasSubstr("text/plain"));
+  EXPECT_THAT(m->body, HasSubstr("pac_slots_in_use{repository=\"ns/app\"} 1"));
+  EXPECT_THAT(m->body,
+              HasSubstr("pac_concurrency_limit{repository=\"ns/app\"} 3"));
+  EXPECT_THAT(m->body, HasSubstr("pac_queue_depth{repository=\"ns/app\"} 0"));
+  EXPECT_THAT(m->body, HasSubstr("pac_acquire_duration_seconds_count{outcome="
+                                 "\"acquired\"} 1"));
+  EXPECT_THAT(m->body, HasSubstr("pac_http_requests_total{code=\"400\""));
+}
+
+TEST_F(HttpServerTest, ManyClientsThroughOneServerNeverExceedTheLimit) {
+  Start();
+  RemoteApi setup(url_, "");
+  ASSERT_TRUE(
+      setup.SetLimit(ctx_, "ns/app", Json{{"concurrency_limit", 2}}).ok());
+  std::atomic<int> holding{0}, max_holding{0}, done{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      RemoteApi api(url_, "");
+      for (int i = 0; i < 10; ++i) {
+        const std::string run = "ns/r-" + std::to_string(t) + "-" +
+                                std::to_string(i);
+        Json body{{"pipeline_run", run}};
+        while (true) {
+          auto r = api.Submit(ctx_, "ns/app", body);
+          if (!r.ok()) return;
+          if ((*r)["acquired"].get<bool>()) break;
+          absl::SleepFor(absl::Milliseconds(2));
+        }
+        int now = ++holding;
+        int prev = max_holding.load();
+        while (now > prev && !max_holding.compare_exchange_weak(prev, now)) {
+        }
+        absl::SleepFor(absl::Milliseconds(1));
+        --holding;
+        if (!api.Release(ctx_, "ns/app", run, "").ok()) return;
+        ++done;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(done.load(), 80);
+  EXPECT_LE(max_holding.load(), 2);
+  EXPECT_GE(max_holding.load(), 1);
+}
+
+}  // namespace
+}  // namespace pac::concurrency::server

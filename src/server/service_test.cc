@@ -1,0 +1,308 @@
+// Service (the Api on a driver) and the manifest/import readers, on the
+// memory driver with a manual clock.
+#include "src/server/service.h"
+
+#include <memory>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "pac/concurrency/concurrency.h"
+#include "src/server/manifests.h"
+
+namespace pac::concurrency::server {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+class ServiceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto d = NewMemoryDriver(MemoryConfig{absl::Minutes(5)},
+                             DriverOptions{&clock_, nullptr, true});
+    ASSERT_TRUE(d.ok()) << d.status();
+    driver_ = *std::move(d);
+    service_ = std::make_unique<Service>(driver_.get(), &clock_, &metrics_);
+  }
+  void TearDown() override {
+    service_.reset();
+    (void)driver_->Close();
+  }
+  Json Submit(const std::string& repo, const Json& body) {
+    auto r = service_->Submit(ctx_, repo, body);
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? *r : Json();
+  }
+  std::vector<std::string> Queued(const std::string& repo) {
+    std::vector<std::string> out;
+    auto s = service_->Status(ctx_, repo);
+    EXPECT_TRUE(s.ok()) << s.status();
+    for (const Json& q : (*s)["queued"]) out.push_back(q["pipeline_run"]);
+    return out;
+  }
+  std::vector<std::string> Running(const std::string& repo) {
+    std::vector<std::string> out;
+    auto s = service_->Status(ctx_, repo);
+    for (const Json& q : (*s)["running"]) out.push_back(q["pipeline_run"]);
+    std::sort(out.begin(), out.end());
+    return out;
+  }
+
+  ManualClock clock_{absl::FromUnixSeconds(1800000000)};
+  std::unique_ptr<Driver> driver_;
+  Metrics metrics_;
+  std::unique_ptr<Service> service_;
+  Context ctx_ = Context::Background();
+};
+
+TEST_F(ServiceTest, SubmitWithoutAnyLimitIsRefusedNotGuessed) {
+  auto r = service_->Submit(ctx_, "ns/repo", Json{{"pipeline_run", "ns/a"}});
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(r.status().message()),
+              HasSubstr("no recorded concurrency limit"));
+  // Nothing was written.
+  EXPECT_FALSE(driver_->GetRepositoryLimit(ctx_, "ns/repo")->has_value());
+}
+
+TEST_F(ServiceTest, SubmitUsesTheRecordedLimitAndQueuesInOrder) {
+  ASSERT_TRUE(
+      service_->SetLimit(ctx_, "ns/repo", Json{{"concurrency_limit", 1}}).ok());
+  Json a = Submit("ns/repo", Json{{"pipeline_run", "ns/a"}});
+  EXPECT_TRUE(a["acquired"].get<bool>());
+  EXPECT_FALSE(a["lease"]["lease_id"].get<std::string>().empty());
+  Json b = Submit("ns/repo", Json{{"pipeline_run", "ns/b"}});
+  EXPECT_FALSE(b["acquired"].get<bool>());
+  EXPECT_EQ(b["position"], 1);
+  Json c = Submit("ns/repo", Json{{"pipeline_run", "ns/c"}});
+  EXPECT_EQ(c["position"], 2);
+  // An older run (by creation time) goes ahead of both.
+  Json old = Submit("ns/repo", Json{{"pipeline_run", "ns/old"},
+                                    {"creation_time", "2020-01-01T00:00:00Z"}});
+  EXPECT_EQ(old["position"], 1);
+  EXPECT_THAT(Queued("ns/repo"), ElementsAre("ns/old", "ns/b", "ns/c"));
+  // Submitting again keeps the place.
+  EXPECT_EQ(Submit("ns/repo", Json{{"pipeline_run", "ns/b"}})["position"], 2);
+  auto rel = service_->Release(ctx_, "ns/repo", "ns/a", "");
+  ASSERT_TRUE(rel.ok());
+  EXPECT_TRUE((*rel)["released"].get<bool>());
+  ASSERT_EQ((*rel)["admitted"].size(), 1u);
+  EXPECT_EQ((*rel)["admitted"][0]["pipeline_run"], "ns/old");
+  // A raise admits the queue at once.
+  auto raised =
+      service_->SetLimit(ctx_, "ns/repo", Json{{"concurrency_limit", 3}});
+  ASSERT_TRUE(raised.ok());
+  EXPECT_EQ((*raised)["admitted"].size(), 2u);
+  EXPECT_THAT(Running("ns/repo"), ElementsAre("ns/b", "ns/c", "ns/old"));
+}
+
+TEST_F(ServiceTest, BadRequestsAreInvalidArgumentAndWriteNothing) {
+  struct Case {
+    Json body;
+    std::string want;
+  } cases[] = {
+      {Json{{"pipeline_run", "ns/a"}, {"concurrency_limit", -1}},
+       "must not be negative"},
+      {Json{{"pipeline_run", "ns/a"}, {"concurrency_limit", "2"}},
+       "must be an integer"},
+      {Json{{"pipeline_run", "ns/a"}, {"concurrency_limit", 1}, {"extra", 1}},
+       "unknown field \"extra\""},
+      {Json{{"pipeline_run", "NS/a"}, {"concurrency_limit", 1}}, "pipeline_run"},
+      {Json{{"concurrency_limit", 1}}, "pipeline_run: required"},
+      {Json{{"pipeline_run", "ns/a"}, {"creation_time", "yesterday"}},
+       "creation_time"},
+      {Json{{"pipeline_run", "ns/a"}, {"enqueue", "yes"}}, "enqueue"},
+      {Json{{"pipeline_run", "ns/a"}, {"state", "done"}}, "state"},
+      {Json::array(), "must be a JSON object"},
+  };
+  for (const Case& c : cases) {
+    auto r = service_->Submit(ctx_, "ns/repo", c.body);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument)
+        << c.body.dump();
+    EXPECT_THAT(std::string(r.status().message()), HasSubstr(c.want))
+        << c.body.dump();
+  }
+  EXPECT_EQ(service_->Submit(ctx_, "bad key", Json{{"pipeline_run", "ns/a"},
+                                                   {"concurrency_limit", 1}})
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_FALSE(driver_->GetRepositoryLimit(ctx_, "ns/repo")->has_value());
+  EXPECT_EQ(service_->SetLimit(ctx_, "ns/repo", Json::object()).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(ServiceTest, RenewOfAReleasedLeaseIsLeaseLost) {
+  Json a = Submit("ns/repo",
+                  Json{{"pipeline_run", "ns/a"}, {"concurrency_limit", 1}});
+  const std::string id = a["lease"]["lease_id"];
+  clock_.Advance(absl::Minutes(4));
+  auto renewed = service_->Renew(ctx_, id);
+  ASSERT_TRUE(renewed.ok()) << renewed.status();
+  ASSERT_TRUE(service_->Release(ctx_, "ns/repo", "ns/a", id).ok());
+  EXPECT_TRUE(IsLeaseLost(service_->Renew(ctx_, id).status()));
+}
+
+TEST_F(ServiceTest, MetricsCountAndGaugeWhatHappened) {
+  Submit("ns/repo", Json{{"pipeline_run", "ns/a"}, {"concurrency_limit", 1}});
+  Submit("ns/repo", Json{{"pipeline_run", "ns/b"}});
+  clock_.Advance(absl::Seconds(7));
+  ASSERT_TRUE(service_->Release(ctx_, "ns/repo", "ns/a", "").ok());
+  std::string text = metrics_.Render(service_->Gauges(ctx_));
+  EXPECT_THAT(text, HasSubstr("pac_slots_in_use{repository=\"ns/repo\"} 1"));
+  EXPECT_THAT(text, HasSubstr("pac_concurrency_limit{repository=\"ns/repo\"} 1"));
+  EXPECT_THAT(text, HasSubstr("pac_queue_depth{repository=\"ns/repo\"} 0"));
+  EXPECT_THAT(text, HasSubstr("pac_releases_total 1"));
+  // ns/b waited 7 s: counted in the (5, 10] bucket.
+  EXPECT_THAT(text, HasSubstr("pac_wait_time_seconds_bucket{le=\"5\"} 0"));
+  EXPECT_THAT(text, HasSubstr("pac_wait_time_seconds_bucket{le=\"10\"} 1"));
+  EXPECT_THAT(text, HasSubstr("pac_wait_time_seconds_sum 7"));
+}
+
+TEST_F(ServiceTest, WatchDeliversEventsAndStopsWhenTheReaderSaysSo) {
+  Submit("ns/repo", Json{{"pipeline_run", "ns/a"}, {"concurrency_limit", 1}});
+  std::vector<std::string> types;
+  bool ready = false;
+  auto ctx = Context::WithTimeout(Context::Background(), absl::Seconds(10));
+  absl::Status s = service_->Watch(
+      ctx, "ns/repo",
+      [&](const Json& ev) {
+        if (ev.is_null()) return true;
+        types.push_back(ev["type"]);
+        return ev["type"] != "released";
+      },
+      [&] {
+        ready = true;
+        // Release from "another client" once the watch is established.
+        EXPECT_TRUE(service_->Release(ctx_, "ns/repo", "ns/a", "").ok());
+        return true;
+      });
+  EXPECT_TRUE(s.ok()) << s;
+  EXPECT_TRUE(ready);
+  EXPECT_THAT(types, ElementsAre("released"));
+}
+
+TEST_F(ServiceTest, WatchEndsWithTheContext) {
+  auto ctx = Context::WithTimeout(Context::Background(), absl::Milliseconds(50));
+  absl::Status s = service_->Watch(
+      ctx, "ns/repo", [](const Json&) { return true; }, nullptr);
+  EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded);
+}
+
+// --- Manifests and import. ---
+
+TEST(ManifestsTest, ReadsRepositoriesFromSeveralDocumentsAndLists) {
+  auto repos = ParseRepositoryManifests(R"(
+apiVersion: pipelinesascode.tekton.dev/v1alpha1
+kind: Repository
+metadata: {name: app, namespace: team-a}
+spec: {url: "https://example.com/app", concurrency_limit: 2}
+---
+apiVersion: v1
+kind: List
+items:
+- kind: Repository
+  metadata: {name: lib, namespace: team-b}
+  spec: {url: "https://example.com/lib"}
+)");
+  ASSERT_TRUE(repos.ok()) << repos.status();
+  ASSERT_EQ(repos->size(), 2u);
+  EXPECT_EQ((*repos)[0].Key(), "team-a/app");
+  EXPECT_EQ((*repos)[0].concurrency_limit, 2);
+  EXPECT_EQ((*repos)[1].Key(), "team-b/lib");
+  EXPECT_EQ((*repos)[1].concurrency_limit, 0);  // unset: unlimited
+}
+
+TEST(ManifestsTest, BadManifestsNameTheProblem) {
+  struct Case {
+    const char* yaml;
+    const char* want;
+  } cases[] = {
+      {"kind: Repository\nmetadata: {name: app}\n", "metadata.namespace"},
+      {"kind: Repository\nmetadata: {name: app, namespace: a}\nspec: "
+       "{concurrency_limit: -3}\n",
+       "spec.concurrency_limit"},
+      {"kind: Repository\nmetadata: {name: app, namespace: a}\nspec: "
+       "{concurrency_limit: two}\n",
+       "spec.concurrency_limit"},
+      {"kind: ConfigMap\nmetadata: {name: app, namespace: a}\n",
+       "kind must be Repository"},
+      {"kind: Repository\nmetadata: {name: App_1, namespace: a}\n", "App_1"},
+      {"key: [unclosed\n", "not valid YAML"},
+      {"", "no Repository"},
+  };
+  for (const Case& c : cases) {
+    auto r = ParseRepositoryManifests(c.yaml);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << c.yaml;
+    EXPECT_THAT(std::string(r.status().message()), HasSubstr(c.want)) << c.yaml;
+  }
+}
+
+Json PipelineRun(const std::string& ns, const std::string& name,
+                 const std::string& repo, const std::string& state,
+                 const std::string& created, const std::string& order = "") {
+  Json ann = Json::object();
+  if (!repo.empty()) ann["pipelinesascode.tekton.dev/repository"] = repo;
+  if (!state.empty()) ann["pipelinesascode.tekton.dev/state"] = state;
+  if (!order.empty()) ann["pipelinesascode.tekton.dev/execution-order"] = order;
+  return Json{{"apiVersion", "tekton.dev/v1"},
+              {"kind", "PipelineRun"},
+              {"metadata",
+               {{"name", name},
+                {"namespace", ns},
+                {"creationTimestamp", created},
+                {"annotations", ann}}}};
+}
+
+TEST_F(ServiceTest, ImportRebuildsRunningSetsAndQueuesInOrder) {
+  Json list{{"apiVersion", "v1"}, {"kind", "List"}, {"items", Json::array()}};
+  auto& items = list["items"];
+  // Three running (above the limit of 2: adopted, nobody evicted).
+  items.push_back(PipelineRun("ns", "r1", "app", "started", "2026-01-01T10:00:00Z"));
+  items.push_back(PipelineRun("ns", "r2", "app", "started", "2026-01-01T10:00:01Z"));
+  items.push_back(PipelineRun("ns", "r3", "app", "started", "2026-01-01T10:00:02Z"));
+  // Queued, listed out of order; q-b and q-a share a timestamp and are
+  // ordered by execution-order.
+  items.push_back(PipelineRun("ns", "q-late", "app", "queued", "2026-01-01T11:00:00Z"));
+  items.push_back(PipelineRun("ns", "q-a", "app", "queued", "2026-01-01T10:30:00Z",
+                              "ns/q-b,ns/q-a"));
+  items.push_back(PipelineRun("ns", "q-b", "app", "queued", "2026-01-01T10:30:00Z",
+                              "ns/q-b,ns/q-a"));
+  items.push_back(PipelineRun("ns", "done", "app", "completed", "2026-01-01T09:00:00Z"));
+  items.push_back(PipelineRun("ns", "plain", "", "", "2026-01-01T09:00:00Z"));
+  items.push_back(PipelineRun("other", "x", "nolimit", "queued", "2026-01-01T09:00:00Z"));
+  Json body{{"pipelineruns", list},
+            {"repositories",
+             "kind: Repository\nmetadata: {name: app, namespace: ns}\n"
+             "spec: {concurrency_limit: 2}\n"}};
+  auto r = service_->Import(ctx_, body);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ((*r)["running"].size(), 3u);
+  EXPECT_EQ((*r)["queued"].size(), 3u);
+  EXPECT_EQ((*r)["skipped"].size(), 3u);
+  EXPECT_THAT(Running("ns/app"), ElementsAre("ns/r1", "ns/r2", "ns/r3"));
+  EXPECT_THAT(Queued("ns/app"), ElementsAre("ns/q-b", "ns/q-a", "ns/q-late"));
+  // Importing again changes nothing.
+  ASSERT_TRUE(service_->Import(ctx_, body).ok());
+  EXPECT_THAT(Queued("ns/app"), ElementsAre("ns/q-b", "ns/q-a", "ns/q-late"));
+  // Three hold slots under a limit of 2: the first release admits nobody,
+  // the second admits the head of the queue.
+  EXPECT_TRUE(
+      (*service_->Release(ctx_, "ns/app", "ns/r1", ""))["admitted"].empty());
+  auto second = service_->Release(ctx_, "ns/app", "ns/r2", "");
+  ASSERT_EQ((*second)["admitted"].size(), 1u);
+  EXPECT_EQ((*second)["admitted"][0]["pipeline_run"], "ns/q-b");
+}
+
+TEST_F(ServiceTest, ImportRejectsMalformedInput) {
+  EXPECT_EQ(service_->Import(ctx_, Json{{"pipelineruns", Json{{"items", 3}}}})
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(service_->Import(ctx_, Json{{"repositories", 7}}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(service_->Import(ctx_, Json{{"bogus", 1}}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace pac::concurrency::server
