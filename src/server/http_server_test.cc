@@ -77,24 +77,22 @@ TEST_F(HttpServerTest, MalformedRequestsGet4xxWithAMessageAndServingGoesOn) {
        "pipeline_run"},
       {"POST", "/v1/repositories/ns/app/runs", R"([1,2,3])", 400,
        "JSON object"},
-      {"POST", "/v1/repositories/ns/app/runs",
-       std::string(100 * 1024, '{'), 413, "too large"},
+      {"POST", "/v1/repositories/ns/app/runs", std::string(100 * 1024, '{'),
+       413, "too large"},
       {"POST", "/v1/repositories", "kind: Repository\nmetadata: {name: x}\n",
        400, "metadata.namespace"},
       {"GET", "/v1/nothing/here", "", 404, "no route"},
       {"POST", "/v1/leases/zzz/renew", "", 410, "lease"},
   };
   for (const Case& k : cases) {
-    auto r = k.method == "PUT"
-                 ? c.Put(k.path, k.body, "application/json")
+    auto r = k.method == "PUT"    ? c.Put(k.path, k.body, "application/json")
              : k.method == "POST" ? c.Post(k.path, k.body, "application/json")
                                   : c.Get(k.path);
     ASSERT_TRUE(r) << k.path;
     EXPECT_EQ(r->status, k.want) << k.method << " " << k.path;
     Json e = Body(r);
     ASSERT_TRUE(e.is_object()) << r->body;
-    EXPECT_THAT(e["error"]["message"].get<std::string>(),
-                HasSubstr(k.message))
+    EXPECT_THAT(e["error"]["message"].get<std::string>(), HasSubstr(k.message))
         << k.path;
     EXPECT_FALSE(e["error"]["code"].get<std::string>().empty());
   }
@@ -124,7 +122,8 @@ TEST_F(HttpServerTest, BearerTokenGuardsEveryMutatingRequest) {
   // Reads need no token.
   EXPECT_EQ(c.Get("/v1/repositories/ns/app")->status, 200);
   RemoteApi good(url_, "s3cret-token");
-  EXPECT_TRUE(good.SetLimit(ctx_, "ns/app", Json{{"concurrency_limit", 1}}).ok());
+  EXPECT_TRUE(
+      good.SetLimit(ctx_, "ns/app", Json{{"concurrency_limit", 1}}).ok());
   RemoteApi bad(url_, "wrong");
   EXPECT_EQ(bad.Submit(ctx_, "ns/app", Json{{"pipeline_run", "ns/a"}})
                 .status()
@@ -162,9 +161,10 @@ TEST_F(HttpServerTest, RemoteApiRoundTripsAnswersAndErrors) {
 TEST_F(HttpServerTest, StreamWatchSeesAReleaseByAnotherClient) {
   Start();
   RemoteApi api(url_, "");
-  ASSERT_TRUE(api.Submit(ctx_, "ns/app",
-                         Json{{"pipeline_run", "ns/a"}, {"concurrency_limit", 1}})
-                  .ok());
+  ASSERT_TRUE(
+      api.Submit(ctx_, "ns/app",
+                 Json{{"pipeline_run", "ns/a"}, {"concurrency_limit", 1}})
+          .ok());
   std::vector<std::string> seen;
   auto ctx = Context::WithTimeout(Context::Background(), absl::Seconds(20));
   absl::Status s = api.Watch(
@@ -189,9 +189,10 @@ TEST_F(HttpServerTest, StreamWatchSeesAReleaseByAnotherClient) {
 TEST_F(HttpServerTest, LongPollAnswersAtTheFirstEventOrEmptyAtTimeout) {
   Start();
   RemoteApi api(url_, "");
-  ASSERT_TRUE(api.Submit(ctx_, "ns/app",
-                         Json{{"pipeline_run", "ns/a"}, {"concurrency_limit", 1}})
-                  .ok());
+  ASSERT_TRUE(
+      api.Submit(ctx_, "ns/app",
+                 Json{{"pipeline_run", "ns/a"}, {"concurrency_limit", 1}})
+          .ok());
   auto c = Client();
   auto empty = c.Get("/v1/repositories/ns/app/watch?timeout=200ms");
   ASSERT_TRUE(empty);
@@ -214,9 +215,10 @@ TEST_F(HttpServerTest, LongPollAnswersAtTheFirstEventOrEmptyAtTimeout) {
 TEST_F(HttpServerTest, MetricsExposeGaugesCountersAndHistograms) {
   Start();
   RemoteApi api(url_, "");
-  ASSERT_TRUE(api.Submit(ctx_, "ns/app",
-                         Json{{"pipeline_run", "ns/a"}, {"concurrency_limit", 3}})
-                  .ok());
+  ASSERT_TRUE(
+      api.Submit(ctx_, "ns/app",
+                 Json{{"pipeline_run", "ns/a"}, {"concurrency_limit", 3}})
+          .ok());
   auto c = Client();
   (void)c.Put("/v1/repositories/ns/app", "{oops", "application/json");
   auto m = c.Get("/metrics");
@@ -243,8 +245,8 @@ TEST_F(HttpServerTest, ManyClientsThroughOneServerNeverExceedTheLimit) {
     threads.emplace_back([&, t] {
       RemoteApi api(url_, "");
       for (int i = 0; i < 10; ++i) {
-        const std::string run = "ns/r-" + std::to_string(t) + "-" +
-                                std::to_string(i);
+        const std::string run =
+            "ns/r-" + std::to_string(t) + "-" + std::to_string(i);
         Json body{{"pipeline_run", run}};
         while (true) {
           auto r = api.Submit(ctx_, "ns/app", body);

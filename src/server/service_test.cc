@@ -106,7 +106,8 @@ TEST_F(ServiceTest, BadRequestsAreInvalidArgumentAndWriteNothing) {
        "must be an integer"},
       {Json{{"pipeline_run", "ns/a"}, {"concurrency_limit", 1}, {"extra", 1}},
        "unknown field \"extra\""},
-      {Json{{"pipeline_run", "NS/a"}, {"concurrency_limit", 1}}, "pipeline_run"},
+      {Json{{"pipeline_run", "NS/a"}, {"concurrency_limit", 1}},
+       "pipeline_run"},
       {Json{{"concurrency_limit", 1}}, "pipeline_run: required"},
       {Json{{"pipeline_run", "ns/a"}, {"creation_time", "yesterday"}},
        "creation_time"},
@@ -121,11 +122,13 @@ TEST_F(ServiceTest, BadRequestsAreInvalidArgumentAndWriteNothing) {
     EXPECT_THAT(std::string(r.status().message()), HasSubstr(c.want))
         << c.body.dump();
   }
-  EXPECT_EQ(service_->Submit(ctx_, "bad key", Json{{"pipeline_run", "ns/a"},
-                                                   {"concurrency_limit", 1}})
-                .status()
-                .code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      service_
+          ->Submit(ctx_, "bad key",
+                   Json{{"pipeline_run", "ns/a"}, {"concurrency_limit", 1}})
+          .status()
+          .code(),
+      absl::StatusCode::kInvalidArgument);
   EXPECT_FALSE(driver_->GetRepositoryLimit(ctx_, "ns/repo")->has_value());
   EXPECT_EQ(service_->SetLimit(ctx_, "ns/repo", Json::object()).status().code(),
             absl::StatusCode::kInvalidArgument);
@@ -149,7 +152,8 @@ TEST_F(ServiceTest, MetricsCountAndGaugeWhatHappened) {
   ASSERT_TRUE(service_->Release(ctx_, "ns/repo", "ns/a", "").ok());
   std::string text = metrics_.Render(service_->Gauges(ctx_));
   EXPECT_THAT(text, HasSubstr("pac_slots_in_use{repository=\"ns/repo\"} 1"));
-  EXPECT_THAT(text, HasSubstr("pac_concurrency_limit{repository=\"ns/repo\"} 1"));
+  EXPECT_THAT(text,
+              HasSubstr("pac_concurrency_limit{repository=\"ns/repo\"} 1"));
   EXPECT_THAT(text, HasSubstr("pac_queue_depth{repository=\"ns/repo\"} 0"));
   EXPECT_THAT(text, HasSubstr("pac_releases_total 1"));
   // ns/b waited 7 s: counted in the (5, 10] bucket.
@@ -182,7 +186,8 @@ TEST_F(ServiceTest, WatchDeliversEventsAndStopsWhenTheReaderSaysSo) {
 }
 
 TEST_F(ServiceTest, WatchEndsWithTheContext) {
-  auto ctx = Context::WithTimeout(Context::Background(), absl::Milliseconds(50));
+  auto ctx =
+      Context::WithTimeout(Context::Background(), absl::Milliseconds(50));
   absl::Status s = service_->Watch(
       ctx, "ns/repo", [](const Json&) { return true; }, nullptr);
   EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded);
@@ -257,19 +262,25 @@ TEST_F(ServiceTest, ImportRebuildsRunningSetsAndQueuesInOrder) {
   Json list{{"apiVersion", "v1"}, {"kind", "List"}, {"items", Json::array()}};
   auto& items = list["items"];
   // Three running (above the limit of 2: adopted, nobody evicted).
-  items.push_back(PipelineRun("ns", "r1", "app", "started", "2026-01-01T10:00:00Z"));
-  items.push_back(PipelineRun("ns", "r2", "app", "started", "2026-01-01T10:00:01Z"));
-  items.push_back(PipelineRun("ns", "r3", "app", "started", "2026-01-01T10:00:02Z"));
+  items.push_back(
+      PipelineRun("ns", "r1", "app", "started", "2026-01-01T10:00:00Z"));
+  items.push_back(
+      PipelineRun("ns", "r2", "app", "started", "2026-01-01T10:00:01Z"));
+  items.push_back(
+      PipelineRun("ns", "r3", "app", "started", "2026-01-01T10:00:02Z"));
   // Queued, listed out of order; q-b and q-a share a timestamp and are
   // ordered by execution-order.
-  items.push_back(PipelineRun("ns", "q-late", "app", "queued", "2026-01-01T11:00:00Z"));
-  items.push_back(PipelineRun("ns", "q-a", "app", "queued", "2026-01-01T10:30:00Z",
-                              "ns/q-b,ns/q-a"));
-  items.push_back(PipelineRun("ns", "q-b", "app", "queued", "2026-01-01T10:30:00Z",
-                              "ns/q-b,ns/q-a"));
-  items.push_back(PipelineRun("ns", "done", "app", "completed", "2026-01-01T09:00:00Z"));
+  items.push_back(
+      PipelineRun("ns", "q-late", "app", "queued", "2026-01-01T11:00:00Z"));
+  items.push_back(PipelineRun("ns", "q-a", "app", "queued",
+                              "2026-01-01T10:30:00Z", "ns/q-b,ns/q-a"));
+  items.push_back(PipelineRun("ns", "q-b", "app", "queued",
+                              "2026-01-01T10:30:00Z", "ns/q-b,ns/q-a"));
+  items.push_back(
+      PipelineRun("ns", "done", "app", "completed", "2026-01-01T09:00:00Z"));
   items.push_back(PipelineRun("ns", "plain", "", "", "2026-01-01T09:00:00Z"));
-  items.push_back(PipelineRun("other", "x", "nolimit", "queued", "2026-01-01T09:00:00Z"));
+  items.push_back(
+      PipelineRun("other", "x", "nolimit", "queued", "2026-01-01T09:00:00Z"));
   Json body{{"pipelineruns", list},
             {"repositories",
              "kind: Repository\nmetadata: {name: app, namespace: ns}\n"

@@ -1,0 +1,395 @@
+// End to end: the real `pac-concurrency` binary, started as a server and
+// driven over HTTP and through its CLI (exit codes, JSON output), `run`
+// killed with SIGTERM and SIGKILL, and two servers sharing one PostgreSQL
+// and one etcd that never admit more than the limit between them.
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <fstream>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/time/clock.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "src/server/remote_api.h"
+#include "tests/conformance/pg_test_env.h"
+
+namespace pac::concurrency {
+namespace {
+
+using server::Json;
+using server::RemoteApi;
+using ::testing::HasSubstr;
+
+const char* Binary() { return PAC_CLI_BINARY; }
+
+std::string TempDir() {
+  static std::string dir = [] {
+    char tmpl[] = "/tmp/pac-e2e.XXXXXX";
+    return std::string(mkdtemp(tmpl));
+  }();
+  return dir;
+}
+
+std::string WriteFile(const std::string& name, const std::string& text) {
+  std::string path = TempDir() + "/" + name;
+  std::ofstream(path) << text;
+  return path;
+}
+
+std::string Unique(const std::string& prefix) {
+  static std::mt19937_64 rng{std::random_device{}()};
+  return prefix + "-" + std::to_string(rng() % 1000000000);
+}
+
+// A child process with its stdout (and stderr) on a pipe.
+struct Child {
+  pid_t pid = -1;
+  int out = -1;
+};
+
+Child Spawn(const std::vector<std::string>& args,
+            const std::vector<std::string>& env = {}, bool own_group = false) {
+  int fds[2];
+  EXPECT_EQ(pipe(fds), 0);
+  pid_t pid = fork();
+  if (pid == 0) {
+    if (own_group) setpgid(0, 0);
+    dup2(fds[1], 1);
+    dup2(fds[1], 2);
+    close(fds[0]);
+    close(fds[1]);
+    for (const std::string& e : env) putenv(const_cast<char*>(e.c_str()));
+    std::vector<char*> argv;
+    for (const std::string& a : args)
+      argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  close(fds[1]);
+  return Child{pid, fds[0]};
+}
+
+// Reads a child's output until it exits; returns its exit code.
+int Finish(Child c, std::string* output) {
+  std::string out;
+  char buf[4096];
+  ssize_t n;
+  while ((n = read(c.out, buf, sizeof buf)) > 0) out.append(buf, n);
+  close(c.out);
+  int status = 0;
+  waitpid(c.pid, &status, 0);
+  if (output != nullptr) *output = out;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+struct CliResult {
+  int code;
+  std::string out;
+  Json json() const { return Json::parse(out, nullptr, false); }
+};
+
+CliResult Cli(const std::string& server, std::vector<std::string> args,
+              const std::vector<std::string>& env = {}) {
+  std::vector<std::string> full{Binary(), "--server", server};
+  full.insert(full.end(), args.begin(), args.end());
+  CliResult r;
+  r.code = Finish(Spawn(full, env), &r.out);
+  return r;
+}
+
+// `pac-concurrency serve` on a free port.
+class ServerProcess {
+ public:
+  explicit ServerProcess(std::vector<std::string> extra = {},
+                         std::vector<std::string> env = {}) {
+    std::vector<std::string> args{Binary(), "serve", "--listen", "127.0.0.1:0"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    child_ = Spawn(args, env);
+    // The first line says where it listens.
+    // (Log lines on stderr may come first.)
+    std::string line;
+    absl::Time deadline = absl::Now() + absl::Seconds(30);
+    while (absl::Now() < deadline) {
+      pollfd p{child_.out, POLLIN, 0};
+      if (poll(&p, 1, 100) <= 0) continue;
+      char ch;
+      if (read(child_.out, &ch, 1) != 1) break;
+      if (ch != '\n') {
+        line += ch;
+      } else if (line.find("serving on http://") != std::string::npos) {
+        break;
+      } else {
+        line.clear();
+      }
+    }
+    size_t at = line.find("http://");
+    if (at != std::string::npos) {
+      url_ = line.substr(at, line.find(' ', at) - at);
+    }
+    // Keep draining its log so it never blocks on a full pipe.
+    drain_ = std::thread([fd = child_.out] {
+      char buf[4096];
+      while (read(fd, buf, sizeof buf) > 0) {
+      }
+    });
+  }
+  ~ServerProcess() {
+    kill(child_.pid, SIGTERM);
+    int status;
+    waitpid(child_.pid, &status, 0);
+    drain_.join();
+    close(child_.out);
+  }
+  const std::string& url() const { return url_; }
+
+ private:
+  Child child_;
+  std::string url_;
+  std::thread drain_;
+};
+
+int InUse(const std::string& url, const std::string& repo) {
+  RemoteApi api(url, "");
+  auto s = api.Status(Context::Background(), repo);
+  return s.ok() ? (*s)["in_use"].get<int>() : -1;
+}
+
+bool Eventually(const std::function<bool()>& pred,
+                absl::Duration patience = absl::Seconds(20)) {
+  absl::Time deadline = absl::Now() + patience;
+  while (absl::Now() < deadline) {
+    if (pred()) return true;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  return pred();
+}
+
+TEST(CliE2ETest, CommandsAgainstAServerGiveExitCodesAndJson) {
+  ServerProcess server;
+  ASSERT_FALSE(server.url().empty());
+  const std::string& u = server.url();
+  EXPECT_EQ(Cli(u, {"limit", "--repo", "ns/app", "1"}).code, 0);
+  CliResult a =
+      Cli(u, {"acquire", "--repo", "ns/app", "--run", "ns/a", "-o", "json"});
+  EXPECT_EQ(a.code, 0) << a.out;
+  EXPECT_TRUE(a.json()["acquired"].get<bool>());
+  CliResult b =
+      Cli(u, {"acquire", "--repo", "ns/app", "--run", "ns/b", "-o", "json"});
+  EXPECT_EQ(b.code, 3) << b.out;
+  EXPECT_EQ(b.json()["position"], 1);
+  CliResult st = Cli(u, {"status", "--repo", "ns/app", "--output", "json"});
+  ASSERT_EQ(st.code, 0);
+  EXPECT_EQ(st.json()["in_use"], 1);
+  EXPECT_EQ(st.json()["queued"][0]["pipeline_run"], "ns/b");
+  CliResult q = Cli(u, {"queue", "--repo", "ns/app"});
+  EXPECT_THAT(q.out, HasSubstr("ns/b"));
+  CliResult rel =
+      Cli(u, {"release", "--repo", "ns/app", "--run", "ns/a", "-o", "json"});
+  EXPECT_EQ(rel.code, 0);
+  EXPECT_EQ(rel.json()["admitted"][0]["pipeline_run"], "ns/b");
+  // Bad input: exit 2 and a message naming what is wrong.
+  CliResult bad = Cli(u, {"acquire", "--repo", "Bad/x", "--run", "ns/a"});
+  EXPECT_EQ(bad.code, 2);
+  EXPECT_THAT(bad.out, HasSubstr("INVALID_ARGUMENT"));
+  EXPECT_EQ(Cli(u, {"acquire", "--repo", "ns/app"}).code, 2);  // no --run
+  // An unreachable server: exit 69.
+  CliResult down = Cli("http://127.0.0.1:1", {"status", "--repo", "ns/app"});
+  EXPECT_EQ(down.code, 69);
+  EXPECT_THAT(down.out, HasSubstr("UNAVAILABLE"));
+  // Config validation.
+  std::string good =
+      WriteFile("good.yaml",
+                "concurrency-driver: postgresql\n"
+                "postgresql-host: db\npostgresql-password: hunter2\n");
+  CliResult v = Cli(u, {"config", "validate", good});
+  EXPECT_EQ(v.code, 0) << v.out;
+  EXPECT_THAT(v.out, HasSubstr("postgresql"));
+  EXPECT_THAT(v.out, ::testing::Not(HasSubstr("hunter2")));
+  std::string broken = WriteFile("bad.yaml",
+                                 "concurrency-driver: postgresql\n"
+                                 "postgresql-port: many\n");
+  CliResult vb = Cli(u, {"config", "validate", broken});
+  EXPECT_EQ(vb.code, 2);
+  EXPECT_THAT(vb.out, HasSubstr("postgresql-port"));
+  // Import from kubectl output, through the CLI.
+  std::string prs = WriteFile("prs.json", R"({"kind":"List","items":[
+    {"metadata":{"name":"old","namespace":"imp","creationTimestamp":"2026-01-01T00:00:00Z",
+      "annotations":{"pipelinesascode.tekton.dev/state":"started",
+                     "pipelinesascode.tekton.dev/repository":"repo"}}},
+    {"metadata":{"name":"next","namespace":"imp","creationTimestamp":"2026-01-01T00:01:00Z",
+      "annotations":{"pipelinesascode.tekton.dev/state":"queued",
+                     "pipelinesascode.tekton.dev/repository":"repo"}}}]})");
+  std::string repos =
+      WriteFile("repos.yaml",
+                "kind: Repository\nmetadata: {name: repo, namespace: imp}\n"
+                "spec: {concurrency_limit: 1}\n");
+  CliResult imp = Cli(u, {"import", "--pipelineruns", prs, "--repositories",
+                          repos, "-o", "json"});
+  ASSERT_EQ(imp.code, 0) << imp.out;
+  EXPECT_EQ(imp.json()["queued"][0]["pipeline_run"], "imp/next");
+  EXPECT_EQ(InUse(u, "imp/repo"), 1);
+}
+
+TEST(CliE2ETest, RunReleasesAtOnceOnSigterm) {
+  ServerProcess server;
+  const std::string& u = server.url();
+  Child run = Spawn({Binary(), "--server", u, "run", "--repo", "ns/term",
+                     "--run", "ns/a", "--limit", "1", "--", "sleep", "30"});
+  ASSERT_TRUE(Eventually([&] { return InUse(u, "ns/term") == 1; }));
+  kill(run.pid, SIGTERM);
+  std::string out;
+  EXPECT_EQ(Finish(run, &out), 143) << out;  // the command's status
+  EXPECT_THAT(out, HasSubstr("released the slot"));
+  // Released at once: the memory driver's TTL (30 min) never came into it.
+  EXPECT_EQ(InUse(u, "ns/term"), 0);
+}
+
+TEST(CliE2ETest, RunExitsWithTheCommandsStatusAndWaitsInTheQueue) {
+  ServerProcess server;
+  const std::string& u = server.url();
+  ASSERT_EQ(Cli(u, {"acquire", "--repo", "ns/q", "--run", "ns/holder",
+                    "--limit", "1"})
+                .code,
+            0);
+  Child run = Spawn({Binary(), "--server", u, "run", "--repo", "ns/q", "--run",
+                     "ns/waiter", "--", "sh", "-c", "exit 7"});
+  ASSERT_TRUE(Eventually([&] {
+    RemoteApi api(u, "");
+    auto s = api.Status(Context::Background(), "ns/q");
+    return s.ok() && (*s)["queue_depth"] == 1;
+  }));
+  ASSERT_EQ(Cli(u, {"release", "--repo", "ns/q", "--run", "ns/holder"}).code,
+            0);
+  std::string out;
+  EXPECT_EQ(Finish(run, &out), 7) << out;
+  EXPECT_THAT(out, HasSubstr("queued at position 1"));
+  EXPECT_EQ(InUse(u, "ns/q"), 0);
+}
+
+TEST(CliE2ETest, RunKilledWithSigkillFreesTheSlotAfterTheTtl) {
+  ServerProcess server({}, {"PAC_MEMORY_LEASE_TTL=2s"});
+  const std::string& u = server.url();
+  Child holder = Spawn({Binary(), "--server", u, "run", "--repo", "ns/kill",
+                        "--run", "ns/a", "--limit", "1", "--", "sleep", "60"},
+                       {}, /*own_group=*/true);
+  ASSERT_TRUE(Eventually([&] { return InUse(u, "ns/kill") == 1; }));
+  Child waiter = Spawn({Binary(), "--server", u, "run", "--repo", "ns/kill",
+                        "--run", "ns/b", "--", "true"});
+  ASSERT_TRUE(Eventually([&] {
+    RemoteApi api(u, "");
+    auto s = api.Status(Context::Background(), "ns/kill");
+    return s.ok() && (*s)["queue_depth"] == 1;
+  }));
+  kill(holder.pid, SIGKILL);
+  int status;
+  waitpid(holder.pid, &status, 0);  // (its orphaned `sleep` keeps the pipe)
+  close(holder.out);
+  // The dead holder's lease still counts until its TTL runs out...
+  RemoteApi api(u, "");
+  auto now = api.Status(Context::Background(), "ns/kill");
+  ASSERT_TRUE(now.ok());
+  EXPECT_EQ((*now)["running"][0]["pipeline_run"], "ns/a");
+  // ...then the head of the queue is admitted, runs and releases.
+  std::string out;
+  EXPECT_EQ(Finish(waiter, &out), 0) << out;
+  EXPECT_THAT(out, HasSubstr("acquired a slot"));
+  EXPECT_EQ(InUse(u, "ns/kill"), 0);
+  kill(-holder.pid, SIGKILL);  // the orphaned `sleep`
+}
+
+// N clients over two servers on one backend: the in-test counter of
+// holders never passes the limit.
+void HammerTwoServers(const std::string& config_path) {
+  ServerProcess a({"--config", config_path}), b({"--config", config_path});
+  ASSERT_FALSE(a.url().empty());
+  ASSERT_FALSE(b.url().empty());
+  const std::string repo = Unique("shared") + "/app";
+  RemoteApi setup(a.url(), "");
+  ASSERT_TRUE(
+      setup
+          .SetLimit(Context::Background(), repo, Json{{"concurrency_limit", 2}})
+          .ok());
+  std::atomic<int> holding{0}, max_holding{0}, done{0}, errors{0};
+  std::vector<std::thread> threads;
+  const int kThreads = 8, kRuns = 6;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      RemoteApi api(t % 2 == 0 ? a.url() : b.url(), "");
+      Context ctx =
+          Context::WithTimeout(Context::Background(), absl::Minutes(2));
+      for (int i = 0; i < kRuns; ++i) {
+        const std::string run =
+            "ns/r-" + std::to_string(t) + "-" + std::to_string(i);
+        bool acquired = false;
+        while (!acquired && !ctx.Done()) {
+          auto r = api.Submit(ctx, repo, Json{{"pipeline_run", run}});
+          if (!r.ok()) {
+            ++errors;
+            return;
+          }
+          acquired = (*r)["acquired"].get<bool>();
+          if (!acquired) absl::SleepFor(absl::Milliseconds(5));
+        }
+        int now = ++holding;
+        int prev = max_holding.load();
+        while (now > prev && !max_holding.compare_exchange_weak(prev, now)) {
+        }
+        absl::SleepFor(absl::Milliseconds(3));
+        --holding;
+        if (!api.Release(ctx, repo, run, "").ok()) {
+          ++errors;
+          return;
+        }
+        ++done;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(errors.load(), 0);
+  EXPECT_EQ(done.load(), kThreads * kRuns);
+  EXPECT_LE(max_holding.load(), 2);
+  EXPECT_EQ(max_holding.load(), 2);  // the limit was actually reached
+}
+
+TEST(CliE2ETest, TwoServersSharingPostgreSQLNeverExceedTheLimit) {
+  auto pg = conformance::TestPostgreSQLConfig();
+  ASSERT_TRUE(pg.ok()) << pg.status();
+  std::string config = WriteFile(
+      "pg.yaml",
+      "concurrency-driver: postgresql\n"
+      "postgresql-host: " +
+          pg->host + "\n" + "postgresql-port: " + std::to_string(pg->port) +
+          "\n" + "postgresql-database: " + pg->database + "\n" +
+          "postgresql-username: " + pg->username + "\n" +
+          "postgresql-password-file: " +
+          conformance::EnvOr("PAC_TEST_PG_PASSWORD_FILE") + "\n" +
+          "postgresql-ssl-mode: require\n");
+  HammerTwoServers(config);
+}
+
+TEST(CliE2ETest, TwoServersSharingEtcdNeverExceedTheLimit) {
+  const std::string endpoints = conformance::EnvOr("PAC_TEST_ETCD_ENDPOINTS");
+  ASSERT_FALSE(endpoints.empty())
+      << "PAC_TEST_ETCD_ENDPOINTS is not set: run through `make test`";
+  std::string config = WriteFile("etcd.yaml",
+                                 "concurrency-driver: etcd\n"
+                                 "etcd-endpoints: " +
+                                     endpoints +
+                                     "\n"
+                                     "etcd-prefix: /" +
+                                     Unique("e2e") + "/\n");
+  HammerTwoServers(config);
+}
+
+}  // namespace
+}  // namespace pac::concurrency
