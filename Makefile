@@ -1,11 +1,11 @@
 # pac-concurrency: the two set-up commands and a few more.
-#   make run    install what is missing, build, run the main job
+#   make run    install what is missing, build, start the server (memory driver)
 #   make test   install, build, run every test (plain, ASan/UBSan, TSan)
 #   make bench  install, build, run the benchmarks (docs/benchmarks.md)
 JOBS ?= $(shell nproc)
 BUILD ?= build
 
-.PHONY: all deps build run test bench format clean
+.PHONY: all deps build run example test bench format clean
 
 all: build
 
@@ -17,6 +17,9 @@ build: deps
 	cmake --build $(BUILD) -j$(JOBS)
 
 run: build
+	bash scripts/run.sh
+
+example: build
 	./$(BUILD)/examples/basic_usage
 
 test: deps
