@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs the benchmarks and prints the ratios recorded in docs/benchmarks.md.
 #  1. memory driver vs. mutex-protected map floors (same binary);
-#  2. PostgreSQL driver vs. pgbench running the driver's own admission and
-#     release SQL against the same throwaway server, in the same run.
+#  2. the HTTP service on the memory driver vs. a direct driver call;
+#  3. PostgreSQL driver vs. pgbench running the driver's own admission and
+#     release SQL against the same throwaway server, in the same run;
+#  4. etcd driver vs. a raw Put loop over the same gRPC client.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
@@ -14,6 +16,9 @@ echo "=== memory driver vs. mutex-protected map floors"
   --benchmark_repetitions=3 --benchmark_report_aggregates_only=true \
   --benchmark_out="$OUT/memory_bench.json" --benchmark_out_format=json
 python3 scripts/bench_ratios.py "$OUT/memory_bench.json"
+
+echo "=== HTTP service on the memory driver (keep-alive clients)"
+"$BUILD/bench/http_bench" 5 | tee "$OUT/http_bench.txt"
 
 SERVERS_DIR=$(mktemp -d /tmp/pac-bench-servers.XXXXXX)
 chmod 755 "$SERVERS_DIR"

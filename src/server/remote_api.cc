@@ -66,6 +66,7 @@ absl::StatusOr<Json> RemoteApi::Call(const Context& ctx,
         Cat("server: not a valid URL \"", base_url_, "\""));
   }
   ApplyTimeouts(cli, ctx);
+  cli.set_tcp_nodelay(true);
   if (!token_.empty()) cli.set_bearer_token_auth(token_);
   httplib::Result r = method == "GET"    ? cli.Get(path)
                       : method == "POST" ? cli.Post(path, body, content_type)
