@@ -90,9 +90,10 @@ void Metrics::Describe(const std::string& name, const std::string& type,
 std::string Metrics::Render(const std::vector<Gauge>& gauges) const {
   std::string out;
   MutexLock lock(&mu_);
+  const auto& help = help_;  // read under mu_, held until we return
   auto header = [&](const std::string& name, const char* fallback_type) {
-    auto it = help_.find(name);
-    if (it != help_.end()) {
+    auto it = help.find(name);
+    if (it != help.end()) {
       out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name,
                          it->second.second, name, it->second.first);
     } else {
