@@ -87,21 +87,22 @@ void Metrics::Describe(const std::string& name, const std::string& type,
   help_[name] = {type, help};
 }
 
+void Metrics::AppendHeader(std::string* out, const std::string& name,
+                           const char* fallback_type) const {
+  auto it = help_.find(name);
+  if (it != help_.end()) {
+    *out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, it->second.second,
+                        name, it->second.first);
+  } else {
+    *out += fmt::format("# TYPE {} {}\n", name, fallback_type);
+  }
+}
+
 std::string Metrics::Render(const std::vector<Gauge>& gauges) const {
   std::string out;
   MutexLock lock(&mu_);
-  const auto& help = help_;  // read under mu_, held until we return
-  auto header = [&](const std::string& name, const char* fallback_type) {
-    auto it = help.find(name);
-    if (it != help.end()) {
-      out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name,
-                         it->second.second, name, it->second.first);
-    } else {
-      out += fmt::format("# TYPE {} {}\n", name, fallback_type);
-    }
-  };
   for (const auto& [name, series] : counters_) {
-    header(name, "counter");
+    AppendHeader(&out, name, "counter");
     for (const auto& [labels, v] : series) {
       out +=
           fmt::format("{}{} {}\n", name, FormatLabels(labels), FormatValue(v));
@@ -109,7 +110,7 @@ std::string Metrics::Render(const std::vector<Gauge>& gauges) const {
   }
   const auto& bounds = Buckets();
   for (const auto& [name, series] : histograms_) {
-    header(name, "histogram");
+    AppendHeader(&out, name, "histogram");
     for (const auto& [labels, h] : series) {
       uint64_t cumulative = 0;
       for (size_t i = 0; i < bounds.size(); ++i) {
@@ -128,7 +129,7 @@ std::string Metrics::Render(const std::vector<Gauge>& gauges) const {
   std::string last;
   for (const Gauge& g : gauges) {
     if (g.name != last) {
-      header(g.name, "gauge");
+      AppendHeader(&out, g.name, "gauge");
       last = g.name;
     }
     out += fmt::format("{}{} {}\n", g.name, FormatLabels(g.labels),

@@ -45,6 +45,9 @@ class Metrics {
     uint64_t count = 0;
     double sum = 0;
   };
+  void AppendHeader(std::string* out, const std::string& name,
+                    const char* fallback_type) const PAC_REQUIRES(mu_);
+
   mutable internal::Mutex mu_;
   std::map<std::string, std::pair<std::string, std::string>> help_
       PAC_GUARDED_BY(mu_);  // name -> (type, help)
