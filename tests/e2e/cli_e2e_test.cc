@@ -240,6 +240,34 @@ TEST(CliE2ETest, CommandsAgainstAServerGiveExitCodesAndJson) {
   EXPECT_EQ(InUse(u, "imp/repo"), 1);
 }
 
+TEST(CliE2ETest, WatchPrintsEventsAsTheyHappen) {
+  ServerProcess server;
+  const std::string& u = server.url();
+  ASSERT_EQ(
+      Cli(u, {"acquire", "--repo", "ns/w", "--run", "ns/a", "--limit", "1"})
+          .code,
+      0);
+  Child watch = Spawn({Binary(), "--server", u, "watch", "--repo", "ns/w",
+                       "--count", "1", "-o", "json"});
+  // Wait until the watch is established ("watching ns/w" on stderr).
+  std::string seen;
+  absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while (seen.find("watching ns/w") == std::string::npos &&
+         absl::Now() < deadline) {
+    pollfd p{watch.out, POLLIN, 0};
+    if (poll(&p, 1, 100) <= 0) continue;
+    char ch;
+    if (read(watch.out, &ch, 1) != 1) break;
+    seen += ch;
+  }
+  ASSERT_THAT(seen, HasSubstr("watching ns/w"));
+  ASSERT_EQ(Cli(u, {"release", "--repo", "ns/w", "--run", "ns/a"}).code, 0);
+  std::string out;
+  EXPECT_EQ(Finish(watch, &out), 0);
+  EXPECT_THAT(out, HasSubstr(R"("type":"released")"));
+  EXPECT_THAT(out, HasSubstr(R"("pipeline_run":"ns/a")"));
+}
+
 TEST(CliE2ETest, RunReleasesAtOnceOnSigterm) {
   ServerProcess server;
   const std::string& u = server.url();
@@ -375,6 +403,20 @@ TEST(CliE2ETest, TwoServersSharingPostgreSQLNeverExceedTheLimit) {
           conformance::EnvOr("PAC_TEST_PG_PASSWORD_FILE") + "\n" +
           "postgresql-ssl-mode: require\n");
   HammerTwoServers(config);
+  // The CLI without a server (none listens on port 1), on the same
+  // backend: --config.
+  const std::string repo = Unique("direct") + "/app";
+  CliResult a =
+      Cli("http://127.0.0.1:1", {"--config", config, "acquire", "--repo", repo,
+                                 "--run", "ns/a", "--limit", "1"});
+  EXPECT_EQ(a.code, 0) << a.out;
+  CliResult st = Cli("http://127.0.0.1:1", {"--config", config, "status",
+                                            "--repo", repo, "-o", "json"});
+  ASSERT_EQ(st.code, 0) << st.out;
+  // (Log lines may precede the JSON document on the shared pipe.)
+  Json doc = Json::parse(st.out.substr(st.out.find('{')), nullptr, false);
+  EXPECT_EQ(doc["in_use"], 1);
+  EXPECT_EQ(doc["running"][0]["pipeline_run"], "ns/a");
 }
 
 TEST(CliE2ETest, TwoServersSharingEtcdNeverExceedTheLimit) {
