@@ -83,7 +83,7 @@ absl::StatusOr<std::unique_ptr<Driver>> EtcdDriver::Create(
   probe.set_count_only(true);
   auto r = d->kv_->Range(ctx, probe);
   if (!r.ok()) return r.status();
-  d->StartWatch(r->header().revision() + 1);
+  d->RestartWatch(r->header().revision() + 1);
   d->promote_thread_ = std::thread([p = d.get()] { p->PromoteLoop(); });
   d->logger_->info("etcd driver ready (mode {}, prefix {}, lease ttl {}s)",
                    config.mode, d->prefix_, d->ttl_seconds_);
@@ -114,7 +114,10 @@ absl::Status EtcdDriver::Close() {
   watchers_.StopAll();
   cv_.NotifyAll();
   if (promote_thread_.joinable()) promote_thread_.join();
-  watch_.reset();
+  {
+    MutexLock lock(&watch_mu_);
+    watch_.reset();
+  }
   dispatcher_.Shutdown();
   logger_->info("etcd driver closed");
   return absl::OkStatus();
@@ -649,7 +652,17 @@ absl::StatusOr<std::unique_ptr<WatchHandle>> EtcdDriver::WatchSlotAvailability(
   return watchers_.Add(ctx, std::string(repo_key), std::move(callback));
 }
 
-void EtcdDriver::StartWatch(int64_t from_revision) {
+void EtcdDriver::ResumeWatchForTest(int64_t revision) {
+  RestartWatch(revision);
+}
+
+void EtcdDriver::RestartWatch(int64_t from_revision) {
+  MutexLock lock(&watch_mu_);
+  watch_.reset();
+  StartWatchLocked(from_revision);
+}
+
+void EtcdDriver::StartWatchLocked(int64_t from_revision) {
   const std::string p = prefix_ + "repo/";
   auto w = kv_->Watch(p, PrefixEnd(p), from_revision,
                       [this](const WatchBatch& b) { OnWatch(b); });
@@ -732,8 +745,7 @@ void EtcdDriver::PromoteLoop() {
       from = last_revision_ == 0 ? 0 : last_revision_ + 1;
     }
     if (restart) {
-      watch_.reset();
-      StartWatch(from);
+      RestartWatch(from);
       bool failed;
       {
         MutexLock lock(&mu_);

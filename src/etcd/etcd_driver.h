@@ -71,6 +71,11 @@ class EtcdDriver final : public Driver {
       const Context& ctx, std::string_view run_key) override;
   absl::Status CleanupRepository(const Context& ctx,
                                  std::string_view repo_key) override;
+  // Test hook: restarts the watch stream from `revision`, as the driver
+  // does after a broken stream. A revision the store has compacted makes it
+  // answer with a compaction, which the driver must survive (resync).
+  void ResumeWatchForTest(int64_t revision);
+
   absl::Duration LeaseTTL() const override { return ttl_; }
   absl::Status Close() override;
 
@@ -125,7 +130,9 @@ class EtcdDriver final : public Driver {
   absl::StatusOr<std::vector<int64_t>> Leases(const Context& ctx, size_t n);
   Lease MakeLease(const std::string& repo, const std::string& run,
                   int64_t lease, int64_t token, absl::Time now) const;
-  void StartWatch(int64_t from_revision);
+  // Replaces the watch stream with one from `from_revision` (0: now).
+  void RestartWatch(int64_t from_revision) PAC_EXCLUDES(watch_mu_);
+  void StartWatchLocked(int64_t from_revision) PAC_REQUIRES(watch_mu_);
   void OnWatch(const WatchBatch& batch);
   void PromoteLoop();
   absl::Status CheckOpen() const;
@@ -153,7 +160,11 @@ class EtcdDriver final : public Driver {
   int64_t last_revision_ PAC_GUARDED_BY(mu_) = 0;
   bool restart_watch_ PAC_GUARDED_BY(mu_) = false;
   bool stop_ PAC_GUARDED_BY(mu_) = false;
-  std::unique_ptr<EtcdWatch> watch_;  // promote thread only (and Close)
+  // Serialises replacing the watch stream (promote thread, Close, tests).
+  // Taken before mu_, never while holding it: destroying a stream joins
+  // its thread, which may be waiting for mu_ in OnWatch.
+  Mutex watch_mu_;
+  std::unique_ptr<EtcdWatch> watch_ PAC_GUARDED_BY(watch_mu_);
   std::thread promote_thread_;
 };
 
