@@ -14,6 +14,10 @@ namespace pac::concurrency::internal {
 namespace {
 
 constexpr int kMaxAttempts = 200;
+constexpr size_t kMaxCachedViews = 4096;
+constexpr size_t kMaxGuardedSlots = 64;
+// Leases granted ahead, so an admission need not wait for a grant.
+constexpr size_t kLeasePoolTarget = 4;
 
 std::string Hex(int64_t v) {
   char buf[24];
@@ -85,6 +89,7 @@ absl::StatusOr<std::unique_ptr<Driver>> EtcdDriver::Create(
   if (!r.ok()) return r.status();
   d->RestartWatch(r->header().revision() + 1);
   d->promote_thread_ = std::thread([p = d.get()] { p->PromoteLoop(); });
+  d->refill_thread_ = std::thread([p = d.get()] { p->RefillLoop(); });
   d->logger_->info("etcd driver ready (mode {}, prefix {}, lease ttl {}s)",
                    config.mode, d->prefix_, d->ttl_seconds_);
   return std::unique_ptr<Driver>(std::move(d));
@@ -113,7 +118,9 @@ absl::Status EtcdDriver::Close() {
   }
   watchers_.StopAll();
   cv_.NotifyAll();
+  refill_cv_.NotifyAll();
   if (promote_thread_.joinable()) promote_thread_.join();
+  if (refill_thread_.joinable()) refill_thread_.join();
   {
     MutexLock lock(&watch_mu_);
     watch_.reset();
@@ -147,6 +154,16 @@ etcdpb::TxnRequest EtcdDriver::GuardedTxn(const std::string& repo_prefix,
   return txn;
 }
 
+void EtcdDriver::GuardSlots(etcdpb::TxnRequest* txn, const RepoView& v) const {
+  for (const auto& [run, slot] : v.slots) {
+    auto* cmp = txn->add_compare();
+    cmp->set_key(Cat(RepoPrefix(v.repo), "slot/", run));
+    cmp->set_target(etcdpb::Compare::CREATE);
+    cmp->set_result(etcdpb::Compare::EQUAL);
+    cmp->set_create_revision(slot.create_revision);
+  }
+}
+
 void EtcdDriver::AddGrant(etcdpb::TxnRequest* txn, const std::string& repo,
                           const std::string& run, int64_t lease) const {
   *txn->add_success() =
@@ -178,17 +195,71 @@ absl::StatusOr<std::string> EtcdDriver::GetKey(const Context& ctx,
   return r->kvs(0).value();
 }
 
+etcdpb::RequestOp EtcdDriver::RangeRepoOp(const std::string& repo) const {
+  const std::string p = RepoPrefix(repo);
+  etcdpb::RequestOp op;
+  auto* r = op.mutable_request_range();
+  r->set_key(p);
+  r->set_range_end(PrefixEnd(p));
+  return op;
+}
+
 absl::StatusOr<EtcdDriver::RepoView> EtcdDriver::Read(const Context& ctx,
                                                       const std::string& repo) {
-  const std::string p = RepoPrefix(repo);
-  etcdpb::RangeRequest req;
-  req.set_key(p);
-  req.set_range_end(PrefixEnd(p));
-  auto r = kv_->Range(ctx, req);
+  etcdpb::RequestOp op = RangeRepoOp(repo);
+  auto r = kv_->Range(ctx, op.request_range());
   if (!r.ok()) return r.status();
+  RepoView v = ParseView(repo, *r, r->header().revision());
+  CacheView(repo, v);
+  return v;
+}
+
+absl::StatusOr<EtcdDriver::RepoView> EtcdDriver::View(const Context& ctx,
+                                                      const std::string& repo,
+                                                      bool* cached) {
+  {
+    MutexLock lock(&mu_);
+    auto it = views_.find(repo);
+    // (Each cached slot costs a compare; etcd allows 128 per Txn.)
+    if (it != views_.end() && it->second.slots.size() <= kMaxGuardedSlots) {
+      *cached = true;
+      return it->second;
+    }
+  }
+  *cached = false;
+  return Read(ctx, repo);
+}
+
+void EtcdDriver::ForgetView(const std::string& repo) {
+  MutexLock lock(&mu_);
+  views_.erase(repo);
+}
+
+void EtcdDriver::CacheView(const std::string& repo, const RepoView& v) {
+  MutexLock lock(&mu_);
+  if (views_.size() >= kMaxCachedViews) views_.clear();
+  auto it = views_.find(repo);
+  // Keep the newer of two views (a slow reader must not roll it back).
+  if (it == views_.end() || it->second.revision <= v.revision) views_[repo] = v;
+}
+
+void EtcdDriver::CacheTxnView(const std::string& repo,
+                              const etcdpb::TxnResponse& tr) {
+  if (tr.responses_size() == 0) return;
+  const etcdpb::ResponseOp& last = tr.responses(tr.responses_size() - 1);
+  if (!last.has_response_range()) return;
+  CacheView(repo,
+            ParseView(repo, last.response_range(), tr.header().revision()));
+}
+
+EtcdDriver::RepoView EtcdDriver::ParseView(const std::string& repo,
+                                           const etcdpb::RangeResponse& r,
+                                           int64_t revision) const {
+  const std::string p = RepoPrefix(repo);
   RepoView v;
-  v.revision = r->header().revision();
-  for (const auto& kv : r->kvs()) {
+  v.repo = repo;
+  v.revision = revision;
+  for (const auto& kv : r.kvs()) {
     std::string_view rest = std::string_view(kv.key()).substr(p.size());
     if (rest == "meta") {
       v.exists = true;
@@ -228,21 +299,65 @@ absl::StatusOr<std::vector<int64_t>> EtcdDriver::Leases(const Context& ctx,
   std::vector<int64_t> out;
   {
     MutexLock lock(&mu_);
+    // A spare lease's TTL runs from its grant: use young ones only.
+    const absl::Time oldest = clock_->Now() - ttl_ / 10;
     while (out.size() < n && !spare_leases_.empty()) {
-      out.push_back(spare_leases_.back());
+      int64_t l = spare_leases_.back();
       spare_leases_.pop_back();
+      auto it = granted_at_.find(l);
+      if (it == granted_at_.end() || it->second < oldest) {
+        if (it != granted_at_.end()) granted_at_.erase(it);
+        continue;  // too old: left to expire (it carries no key)
+      }
+      out.push_back(l);
+    }
+    if (n > 0 && spare_leases_.size() < kLeasePoolTarget) {
+      refill_wanted_ = true;
+      refill_cv_.NotifyOne();
     }
   }
   while (out.size() < n) {
+    const absl::Time granted = clock_->Now();
     auto id = kv_->LeaseGrant(ctx, ttl_seconds_);
     if (!id.ok()) {
       MutexLock lock(&mu_);
       for (int64_t l : out) spare_leases_.push_back(l);
       return id.status();
     }
+    MutexLock lock(&mu_);
+    granted_at_[*id] = granted;
     out.push_back(*id);
   }
   return out;
+}
+
+void EtcdDriver::RefillLoop() {
+  MutexLock lock(&mu_);
+  while (true) {
+    while (!stop_ && !refill_wanted_) refill_cv_.Wait(&mu_);
+    if (stop_) return;
+    refill_wanted_ = false;
+    while (!stop_ && spare_leases_.size() < kLeasePoolTarget) {
+      mu_.Unlock();
+      Context ctx =
+          Context::WithTimeout(Context::Background(), absl::Seconds(5));
+      const absl::Time granted = clock_->Now();
+      auto id = kv_->LeaseGrant(ctx, ttl_seconds_);
+      mu_.Lock();
+      if (!id.ok()) break;  // the next demand tries again
+      granted_at_[*id] = granted;
+      spare_leases_.insert(spare_leases_.begin(), *id);  // oldest first out
+    }
+  }
+}
+
+absl::Time EtcdDriver::TakeExpiry(int64_t lease, absl::Time now) {
+  MutexLock lock(&mu_);
+  auto it = granted_at_.find(lease);
+  if (it == granted_at_.end()) return now + ttl_;
+  absl::Time expires = it->second + ttl_;
+  granted_at_.erase(it);
+  return expires;
 }
 
 Lease EtcdDriver::MakeLease(const std::string& repo, const std::string& run,
@@ -256,10 +371,12 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
                                                int32_t limit, bool set_limit,
                                                const std::string& run,
                                                const AcquireOptions& options) {
+  bool fresh = false;
   for (int attempt = 0; attempt < kMaxAttempts; ++attempt) {
     if (absl::Status s = ctx.Err(); !s.ok()) return s;
     if (absl::Status s = CheckOpen(); !s.ok()) return s;
-    auto view = Read(ctx, repo);
+    bool cached = false;
+    auto view = fresh ? Read(ctx, repo) : View(ctx, repo, &cached);
     if (!view.ok()) return view.status();
     const RepoView& v = *view;
     const int32_t eff_limit = set_limit ? limit : v.limit;
@@ -311,7 +428,14 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
       }
     }
     if (!limit_changed && promote.empty() && !grant_caller && !enqueue_caller) {
-      return result;  // nothing to write
+      // Nothing to write. A cached view may be behind another process's
+      // write (a promotion, say): answer from a fresh read only.
+      if (cached) {
+        fresh = true;
+        --attempt;
+        continue;
+      }
+      return result;
     }
     const size_t n_leases = promote.size() + (grant_caller ? 1 : 0);
     auto leases = Leases(ctx, n_leases);
@@ -319,6 +443,9 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
     const absl::Time now = clock_->Now();
     const std::string p = RepoPrefix(repo);
     etcdpb::TxnRequest txn = GuardedTxn(p, v.meta_mod);
+    // An expiry deletes a slot without touching `meta`: a plan made from a
+    // cached view also checks that every slot it counted still exists.
+    if (cached) GuardSlots(&txn, v);
     if (limit_changed)
       *txn.add_success() = PutOp(p + "limit", std::to_string(limit));
     size_t li = 0;
@@ -342,6 +469,10 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
       *txn.add_success() = PutOp(Cat(p, "queue/", Pad20(creation_us), "/", run),
                                  std::to_string(absl::ToUnixMicros(now)));
     }
+    // Both branches answer the repository as it is after the Txn, so the
+    // next step needs no read of its own.
+    *txn.add_success() = RangeRepoOp(repo);
+    *txn.add_failure() = RangeRepoOp(repo);
     auto tr = kv_->Txn(ctx, txn);
     if (!tr.ok() || !tr->succeeded()) {
       {
@@ -349,11 +480,15 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
         for (int64_t l : *leases) spare_leases_.push_back(l);
       }
       if (!tr.ok()) {
+        ForgetView(repo);
         if (IsRetryable(tr.status())) continue;
         return tr.status();
       }
-      continue;  // someone changed the repository: read again
+      CacheTxnView(repo, *tr);  // someone changed the repository
+      fresh = false;
+      continue;
     }
+    CacheTxnView(repo, *tr);
     const int64_t token = tr->header().revision();
     {
       MutexLock lock(&mu_);
@@ -363,6 +498,7 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
     }
     for (const auto& [r, lease] : granted) {
       Lease l = MakeLease(repo, r, lease, token, now);
+      l.expires_at = TakeExpiry(lease, now);
       if (r == run) {
         result.acquired = true;
         result.lease = l;
@@ -464,13 +600,16 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseSlot(
     repo = lrepo;
     run = lrun;
   }
+  bool fresh = false;
   for (int attempt = 0; attempt < kMaxAttempts; ++attempt) {
     if (absl::Status s = ctx.Err(); !s.ok()) return s;
-    auto view = Read(ctx, repo);
+    bool cached_view = false;
+    auto view = fresh ? Read(ctx, repo) : View(ctx, repo, &cached_view);
     if (!view.ok()) return view.status();
     const RepoView& v = *view;
     const std::string p = RepoPrefix(repo);
     etcdpb::TxnRequest txn = GuardedTxn(p, v.meta_mod);
+    if (cached_view) GuardSlots(&txn, v);
     bool released = false, dequeued = false;
     int64_t running = static_cast<int64_t>(v.slots.size());
     auto slot = v.slots.find(run);
@@ -490,6 +629,11 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseSlot(
       }
     }
     if (!released && !dequeued) {
+      if (cached_view) {  // confirm on a fresh read before saying "nothing"
+        fresh = true;
+        --attempt;
+        continue;
+      }
       if (cached) {
         MutexLock lock(&mu_);
         known_leases_.erase(lease);  // it expired or was released elsewhere
@@ -511,15 +655,24 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseSlot(
       *txn.add_success() = DeleteOp(promote[i]->key);
       AddGrant(&txn, repo, promote[i]->run, l);
     }
+    *txn.add_success() = RangeRepoOp(repo);
+    *txn.add_failure() = RangeRepoOp(repo);
     auto tr = kv_->Txn(ctx, txn);
     if (!tr.ok() || !tr->succeeded()) {
       {
         MutexLock lock(&mu_);
         for (int64_t l : *leases) spare_leases_.push_back(l);
       }
-      if (!tr.ok() && !IsRetryable(tr.status())) return tr.status();
+      if (!tr.ok()) {
+        ForgetView(repo);
+        if (!IsRetryable(tr.status())) return tr.status();
+        continue;
+      }
+      CacheTxnView(repo, *tr);
+      fresh = false;
       continue;
     }
+    CacheTxnView(repo, *tr);
     result.released = released;
     result.dequeued = dequeued;
     {
@@ -535,6 +688,7 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseSlot(
     for (size_t i = 0; i < promote.size(); ++i) {
       result.admitted.push_back(MakeLease(repo, promote[i]->run, (*leases)[i],
                                           tr->header().revision(), now));
+      result.admitted.back().expires_at = TakeExpiry((*leases)[i], now);
       logger_->info("admitted {} from the queue of {}", promote[i]->run, repo);
     }
     if (released) logger_->debug("slot released: {} in {}", run, repo);
@@ -680,7 +834,9 @@ void EtcdDriver::OnWatch(const WatchBatch& b) {
   MutexLock lock(&mu_);
   if (b.compact_revision > 0 || b.broken) {
     // Resume from the last revision seen; after a compaction, from now,
-    // telling every watcher to re-read.
+    // telling every watcher to re-read. Cached views may have missed
+    // changes.
+    views_.clear();
     restart_watch_ = true;
     if (b.compact_revision > 0) last_revision_ = 0;
     watchers_.CollectAll(WatchEventType::kResync, &events);
@@ -701,6 +857,12 @@ void EtcdDriver::OnWatch(const WatchBatch& b) {
     if (s2 == std::string_view::npos) continue;
     std::string repo(rest.substr(0, s2));
     std::string_view tail = rest.substr(s2 + 1);
+    // A change the cached view does not include (another process, or an
+    // expiry, which does not touch `meta`): forget the view.
+    if (auto it = views_.find(repo);
+        it != views_.end() && ev.kv().mod_revision() > it->second.revision) {
+      views_.erase(it);
+    }
     WatchEventType type;
     std::string run;
     if (tail.substr(0, 5) == "slot/") {
@@ -819,6 +981,7 @@ absl::Status EtcdDriver::CleanupRepository(const Context& ctx,
     *txn.add_success() = DeleteOp(Cat(prefix_, "state/run/", q.run));
   }
   auto r = kv_->Txn(ctx, txn);
+  ForgetView(repo);
   if (!r.ok()) return r.status();
   if (!v->exists) {
     // No meta key to signal the cleanup: tell local watchers directly.

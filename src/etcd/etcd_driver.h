@@ -93,6 +93,7 @@ class EtcdDriver final : public Driver {
     int64_t enqueued_us = 0;
   };
   struct RepoView {
+    std::string repo;
     int64_t meta_mod = 0;
     bool exists = false;
     int32_t limit = 0;
@@ -110,7 +111,22 @@ class EtcdDriver final : public Driver {
              const DriverOptions& options);
 
   std::string RepoPrefix(std::string_view repo) const;
+  // A fresh read of the repository (also cached).
   absl::StatusOr<RepoView> Read(const Context& ctx, const std::string& repo);
+  // The cached view if there is one (`*cached` says so), else a read. A
+  // cached view is only a guess: every write compares `meta`, and an answer
+  // that writes nothing is confirmed on a fresh read.
+  absl::StatusOr<RepoView> View(const Context& ctx, const std::string& repo,
+                                bool* cached);
+  RepoView ParseView(const std::string& repo, const etcdpb::RangeResponse& r,
+                     int64_t revision) const;
+  etcdpb::RequestOp RangeRepoOp(const std::string& repo) const;
+  // Compares that each slot of `v` still exists as `v` saw it.
+  void GuardSlots(etcdpb::TxnRequest* txn, const RepoView& v) const;
+  void CacheView(const std::string& repo, const RepoView& v) PAC_EXCLUDES(mu_);
+  void CacheTxnView(const std::string& repo, const etcdpb::TxnResponse& tr)
+      PAC_EXCLUDES(mu_);
+  void ForgetView(const std::string& repo) PAC_EXCLUDES(mu_);
   // A Txn guarded by the repository's meta revision (see the file comment).
   etcdpb::TxnRequest GuardedTxn(const std::string& repo_prefix,
                                 int64_t meta_mod) const;
@@ -128,6 +144,11 @@ class EtcdDriver final : public Driver {
                                      bool set_limit, const std::string& run,
                                      const AcquireOptions& options);
   absl::StatusOr<std::vector<int64_t>> Leases(const Context& ctx, size_t n);
+  // Grants leases ahead of demand (kLeasePoolTarget spares).
+  void RefillLoop();
+  // The true expiry of a lease this driver granted (its grant time + TTL),
+  // forgetting the grant time; `now` + TTL if unknown.
+  absl::Time TakeExpiry(int64_t lease, absl::Time now) PAC_EXCLUDES(mu_);
   Lease MakeLease(const std::string& repo, const std::string& run,
                   int64_t lease, int64_t token, absl::Time now) const;
   // Replaces the watch stream with one from `from_revision` (0: now).
@@ -153,10 +174,18 @@ class EtcdDriver final : public Driver {
 
   std::set<std::string> to_promote_ PAC_GUARDED_BY(mu_);
   std::vector<int64_t> spare_leases_ PAC_GUARDED_BY(mu_);
+  // When each spare (or just granted) lease was granted: its TTL runs from
+  // then. Entries leave when the lease is handed out in a Lease.
+  std::map<int64_t, absl::Time> granted_at_ PAC_GUARDED_BY(mu_);
+  bool refill_wanted_ PAC_GUARDED_BY(mu_) = false;
+  CondVar refill_cv_;
   // Leases this driver granted: lease -> (repo, run). Lets a release by id
   // skip reading the lease index; the release's Txn still checks the slot.
   std::map<int64_t, std::pair<std::string, std::string>> known_leases_
       PAC_GUARDED_BY(mu_);
+  // Each repository as the last Txn or read left it, at `revision`;
+  // dropped when the watch reports a later change.
+  std::map<std::string, RepoView> views_ PAC_GUARDED_BY(mu_);
   int64_t last_revision_ PAC_GUARDED_BY(mu_) = 0;
   bool restart_watch_ PAC_GUARDED_BY(mu_) = false;
   bool stop_ PAC_GUARDED_BY(mu_) = false;
@@ -166,6 +195,7 @@ class EtcdDriver final : public Driver {
   Mutex watch_mu_;
   std::unique_ptr<EtcdWatch> watch_ PAC_GUARDED_BY(watch_mu_);
   std::thread promote_thread_;
+  std::thread refill_thread_;  // keeps spare_leases_ stocked
 };
 
 // The in-process store shared by every "mock"/"memory" mode driver of one
