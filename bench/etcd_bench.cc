@@ -7,14 +7,37 @@
 //  * BM_Etcd_AcquireRelease/repos/threads: each thread a client with its own
 //    driver; a pair is AcquireSlot (no queueing) and, when granted,
 //    ReleaseSlot by lease id. Limit 2: "granted_per_s" counts admitted pairs.
+//  * BM_Etcd_HandOff: 16 clients (threads, each with its own driver and
+//    watch) queue on 1 repository with limit 2; a client that is queued
+//    waits for its kAdmitted event, then releases at once, which admits the
+//    next run in the releasing Txn. Counts admitted pairs/s.
+//  * BM_Etcd_ReleaseToWatcherAcrossProcesses: another process (this binary
+//    re-executed with --release-child) releases; this process's watcher is
+//    called. Latency from the child's release start to the callback
+//    (CLOCK_MONOTONIC is shared by both processes).
+#include <spawn.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdio>
+#include <iostream>
 #include <memory>
+#include <mutex>
+#include <set>
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "benchmark/benchmark.h"
 #include "pac/concurrency/concurrency.h"
 #include "src/etcd/grpc_etcd.h"
 #include "tests/conformance/etcd_test_env.h"
+
+extern char** environ;
 
 namespace pac::concurrency {
 namespace {
@@ -82,7 +105,151 @@ BENCHMARK(BM_Etcd_AcquireRelease)
     ->MinTime(3)
     ->UseRealTime();
 
+void BM_Etcd_HandOff(benchmark::State& state) {
+  auto driver = NewEtcdDriver(ConfigOrDie());
+  if (!driver.ok()) std::abort();
+  Context ctx;
+  static const std::string ns = absl::StrCat("handoff-", getpid());
+  Repository repo{ns, "repo", 2};
+  std::mutex mu;
+  std::condition_variable cv;
+  std::set<std::string> admitted;
+  auto watch = (*driver)->WatchSlotAvailability(
+      ctx, repo.Key(), [&](const WatchEvent& e) {
+        if (e.type != WatchEventType::kAdmitted) return;
+        std::lock_guard<std::mutex> lock(mu);
+        admitted.insert(e.pipeline_run_key);
+        cv.notify_all();
+      });
+  if (!watch.ok()) std::abort();
+  int64_t errors = 0, i = 0;
+  for (auto _ : state) {
+    std::string run = absl::StrCat(ns, "/run-", state.thread_index(), "-", i++);
+    auto a = (*driver)->AcquireSlot(ctx, repo, run);
+    if (!a.ok()) {
+      ++errors;
+      continue;
+    }
+    std::string lease = a->lease.lease_id;
+    if (!a->acquired) {
+      std::unique_lock<std::mutex> lock(mu);
+      if (!cv.wait_for(lock, std::chrono::seconds(30),
+                       [&] { return admitted.count(run) > 0; })) {
+        ++errors;
+        continue;
+      }
+      admitted.erase(run);
+      lock.unlock();
+      lease.clear();  // release by key: the lease was granted by another
+    }
+    auto r = (*driver)->ReleaseSlot(ctx, lease, run, repo.Key());
+    if (!r.ok() || !r->released) ++errors;
+  }
+  state.SetItemsProcessed(state.iterations());
+  state.counters["errors"] = static_cast<double>(errors);
+  (*watch)->Stop();
+  (void)(*driver)->Close();
+}
+BENCHMARK(BM_Etcd_HandOff)->Threads(16)->MinTime(3)->UseRealTime();
+
+int64_t MonoNanos() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
+
+// The child of BM_Etcd_ReleaseToWatcherAcrossProcesses: reads lease ids,
+// releases each, and answers when it started.
+int ReleaseChild() {
+  auto driver = NewEtcdDriver(ConfigOrDie());
+  if (!driver.ok()) return 1;
+  std::string id;
+  while (std::getline(std::cin, id)) {
+    int64_t start = MonoNanos();
+    auto r = (*driver)->ReleaseSlot(Context(), id, "", "");
+    std::cout << (r.ok() && r->released ? start : -1) << std::endl;
+  }
+  return 0;
+}
+
+void BM_Etcd_ReleaseToWatcherAcrossProcesses(benchmark::State& state) {
+  auto driver = NewEtcdDriver(ConfigOrDie());
+  if (!driver.ok()) std::abort();
+  Context ctx;
+  Repository repo{"bench", absl::StrCat("watched-", getpid()), 1};
+  std::atomic<int64_t> seen_ns{0};
+  std::atomic<int> seen{0};
+  auto watch = (*driver)->WatchSlotAvailability(
+      ctx, repo.Key(), [&](const WatchEvent& e) {
+        if (e.type != WatchEventType::kReleased) return;
+        seen_ns.store(MonoNanos());
+        seen.fetch_add(1);
+      });
+  if (!watch.ok()) std::abort();
+  int to_child[2], from_child[2];
+  if (pipe(to_child) != 0 || pipe(from_child) != 0) std::abort();
+  // posix_spawn, not fork: gRPC's fork handlers must not run here.
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, to_child[0], 0);
+  posix_spawn_file_actions_adddup2(&actions, from_child[1], 1);
+  posix_spawn_file_actions_addclose(&actions, to_child[1]);
+  posix_spawn_file_actions_addclose(&actions, from_child[0]);
+  char arg0[] = "etcd_bench", arg1[] = "--release-child";
+  char* child_argv[] = {arg0, arg1, nullptr};
+  pid_t pid = 0;
+  if (posix_spawn(&pid, "/proc/self/exe", &actions, nullptr, child_argv,
+                  environ) != 0) {
+    std::abort();
+  }
+  posix_spawn_file_actions_destroy(&actions);
+  close(to_child[0]);
+  close(from_child[1]);
+  FILE* out = fdopen(to_child[1], "w");
+  FILE* in = fdopen(from_child[0], "r");
+  std::vector<double> latencies_ms;
+  int expected = 0;
+  for (auto _ : state) {
+    auto a = (*driver)->AcquireSlot(ctx, repo, "bench/w");
+    if (!a.ok() || !a->acquired) std::abort();
+    std::fprintf(out, "%s\n", a->lease.lease_id.c_str());
+    std::fflush(out);
+    long long start = -1;
+    if (std::fscanf(in, "%lld", &start) != 1 || start < 0) std::abort();
+    ++expected;
+    absl::Time give_up = absl::Now() + absl::Seconds(5);
+    while (seen.load() < expected && absl::Now() < give_up) {
+      absl::SleepFor(absl::Microseconds(50));
+    }
+    if (seen.load() < expected) std::abort();
+    latencies_ms.push_back((seen_ns.load() - start) / 1e6);
+  }
+  std::fclose(out);
+  std::fclose(in);
+  int status;
+  waitpid(pid, &status, 0);
+  std::sort(latencies_ms.begin(), latencies_ms.end());
+  auto pct = [&](double p) {
+    return latencies_ms[std::min(latencies_ms.size() - 1,
+                                 static_cast<size_t>(p * latencies_ms.size()))];
+  };
+  state.counters["p50_ms"] = pct(0.50);
+  state.counters["p99_ms"] = pct(0.99);
+  state.counters["max_ms"] = latencies_ms.back();
+  (*watch)->Stop();
+  (void)(*driver)->Close();
+}
+BENCHMARK(BM_Etcd_ReleaseToWatcherAcrossProcesses)->Iterations(200);
+
 }  // namespace
 }  // namespace pac::concurrency
 
-BENCHMARK_MAIN();
+int main(int argc, char** argv) {
+  if (argc > 1 && std::string(argv[1]) == "--release-child") {
+    return pac::concurrency::ReleaseChild();
+  }
+  benchmark::Initialize(&argc, argv);
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

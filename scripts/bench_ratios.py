@@ -73,6 +73,13 @@ def etcd(bench_json):
             rate = b["items_per_second"]
             print(f"{m.group(1) + ' ' + m.group(2):28} {p or 0:10.0f} {rate:9.0f} "
                   f"{b.get('granted_per_s', 0):10.0f} {rate / p if p else 0:10.2f}")
+    for b in data["benchmarks"]:
+        if b["name"].startswith("BM_Etcd_HandOff"):
+            print(f"hand-off, 1 repository (limit 2), 16 queued clients: "
+                  f"{b['items_per_second']:.0f} admitted pairs/s")
+        if b["name"].startswith("BM_Etcd_ReleaseToWatcherAcrossProcesses"):
+            print(f"release -> watcher in another process: p50 {b['p50_ms']:.1f} ms, "
+                  f"p99 {b['p99_ms']:.1f} ms, max {b['max_ms']:.1f} ms")
 
 
 if __name__ == "__main__":
