@@ -847,6 +847,20 @@ void EtcdDriver::OnWatch(const WatchBatch& b) {
   }
   last_revision_ = std::max(last_revision_, b.revision);
   const std::string p = prefix_ + "repo/";
+  // Our Txns (acquire, release) always write the repository's `meta` key:
+  // a slot deleted in the same revision as a `meta` put was released by a
+  // Txn that already admitted the queue. Only other deletions (expiries)
+  // need a promotion step.
+  std::set<std::pair<std::string_view, int64_t>> txn_writes;
+  for (const auto& ev : b.events) {
+    std::string_view key(ev.kv().key());
+    if (ev.type() != etcdpb::Event::PUT || key.size() < p.size() + 5 ||
+        key.substr(key.size() - 5) != "/meta" || key.substr(0, p.size()) != p) {
+      continue;
+    }
+    txn_writes.emplace(key.substr(p.size(), key.size() - p.size() - 5),
+                       ev.kv().mod_revision());
+  }
   for (const auto& ev : b.events) {
     std::string_view key(ev.kv().key());
     if (key.substr(0, p.size()) != p) continue;
@@ -869,7 +883,10 @@ void EtcdDriver::OnWatch(const WatchBatch& b) {
       run = std::string(tail.substr(5));
       if (ev.type() == etcdpb::Event::DELETE) {
         type = WatchEventType::kReleased;
-        to_promote_.insert(repo);  // an expiry frees a slot: admit the queue
+        if (txn_writes.count({rest.substr(0, s2), ev.kv().mod_revision()}) ==
+            0) {
+          to_promote_.insert(repo);  // an expiry frees a slot: admit the queue
+        }
       } else if (ev.kv().version() == 1) {
         type = WatchEventType::kAdmitted;
       } else {
