@@ -68,6 +68,71 @@ void BM_Etcd_RawPut(benchmark::State& state) {
 }
 BENCHMARK(BM_Etcd_RawPut)->Threads(1)->Threads(16)->MinTime(3)->UseRealTime();
 
+// A second floor: the driver's acquire Txn without the driver. A compare
+// on a `meta` key's mod revision, puts of `meta`, a slot key and a lease
+// index key, and a range of the repository's keys, as one Txn; then the
+// release Txn of the same shape deleting them. No leases, no cache, no
+// planning: what etcd itself charges for the pair.
+void BM_Etcd_RawTxnPair(benchmark::State& state) {
+  auto kv = internal::NewGrpcEtcd(ConfigOrDie(), nullptr);
+  if (!kv.ok()) std::abort();
+  Context ctx;
+  namespace pb = internal::etcdpb;
+  const std::string p =
+      absl::StrCat("/bench/rawtxn/", state.thread_index(), "/");
+  int64_t meta_mod = 0, errors = 0;
+  auto op_put = [](const std::string& k, const std::string& v) {
+    pb::RequestOp op;
+    op.mutable_request_put()->set_key(k);
+    op.mutable_request_put()->set_value(v);
+    return op;
+  };
+  auto op_del = [](const std::string& k) {
+    pb::RequestOp op;
+    op.mutable_request_delete_range()->set_key(k);
+    return op;
+  };
+  auto txn_with = [&](std::vector<pb::RequestOp> ops) {
+    pb::TxnRequest t;
+    auto* c = t.add_compare();
+    c->set_key(p + "meta");
+    c->set_target(pb::Compare::MOD);
+    c->set_result(pb::Compare::EQUAL);
+    c->set_mod_revision(meta_mod);
+    *t.add_success() = op_put(p + "meta", "");
+    for (auto& o : ops) *t.add_success() = std::move(o);
+    pb::RequestOp range;
+    range.mutable_request_range()->set_key(p);
+    range.mutable_request_range()->set_range_end(p.substr(0, p.size() - 1) +
+                                                 "0");
+    *t.add_success() = range;
+    *t.add_failure() = range;
+    auto r = (*kv)->Txn(ctx, t);
+    if (!r.ok() || !r->succeeded()) {
+      ++errors;
+      meta_mod = 0;
+      for (const auto& x :
+           r.ok() ? r->responses(0).response_range().kvs()
+                  : decltype(r->responses(0).response_range().kvs()){}) {
+        if (x.key() == p + "meta") meta_mod = x.mod_revision();
+      }
+      return;
+    }
+    meta_mod = r->header().revision();
+  };
+  for (auto _ : state) {
+    txn_with({op_put(p + "slot/run", "lease"), op_put(p + "lease", "run")});
+    txn_with({op_del(p + "slot/run"), op_del(p + "lease")});
+  }
+  state.SetItemsProcessed(state.iterations());
+  state.counters["errors"] = static_cast<double>(errors);
+}
+BENCHMARK(BM_Etcd_RawTxnPair)
+    ->Threads(1)
+    ->Threads(16)
+    ->MinTime(3)
+    ->UseRealTime();
+
 void BM_Etcd_AcquireRelease(benchmark::State& state) {
   const int repos = static_cast<int>(state.range(0));
   auto driver = NewEtcdDriver(ConfigOrDie());

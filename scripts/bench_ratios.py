@@ -59,20 +59,25 @@ def pg(bench_json, pgbench_txt):
 def etcd(bench_json):
     with open(bench_json) as f:
         data = json.load(f)
-    put = {}
+    put, txn = {}, {}
     for b in data["benchmarks"]:
         m = re.match(r"BM_Etcd_RawPut/.*(threads:\d+)", b["name"])
         if m:
             put[m.group(1)] = b["items_per_second"]
-    print(f"{'point':28} {'raw Put/s':>10} {'pairs/s':>9} {'granted/s':>10} "
-          f"{'pairs/Put':>10}")
+        m = re.match(r"BM_Etcd_RawTxnPair/.*(threads:\d+)", b["name"])
+        if m:
+            txn[m.group(1)] = b["items_per_second"]
+    print(f"{'point':28} {'raw Put/s':>10} {'raw Txn pairs/s':>16} {'pairs/s':>9} "
+          f"{'granted/s':>10} {'pairs/Put':>10} {'pairs/Txn pair':>15}")
     for b in data["benchmarks"]:
         m = re.match(r"BM_Etcd_AcquireRelease/(repos:\d+)/.*(threads:\d+)", b["name"])
         if m:
             p = put.get(m.group(2))
+            t = txn.get(m.group(2))
             rate = b["items_per_second"]
-            print(f"{m.group(1) + ' ' + m.group(2):28} {p or 0:10.0f} {rate:9.0f} "
-                  f"{b.get('granted_per_s', 0):10.0f} {rate / p if p else 0:10.2f}")
+            print(f"{m.group(1) + ' ' + m.group(2):28} {p or 0:10.0f} {t or 0:16.0f} "
+                  f"{rate:9.0f} {b.get('granted_per_s', 0):10.0f} "
+                  f"{rate / p if p else 0:10.2f} {rate / t if t else 0:15.2f}")
     for b in data["benchmarks"]:
         if b["name"].startswith("BM_Etcd_HandOff"):
             print(f"hand-off, 1 repository (limit 2), 16 queued clients: "
