@@ -304,6 +304,32 @@ TEST(CliE2ETest, RunExitsWithTheCommandsStatusAndWaitsInTheQueue) {
   EXPECT_EQ(InUse(u, "ns/q"), 0);
 }
 
+TEST(CliE2ETest, RunKeepsItsLeaseAliveLongerThanTheTtl) {
+  ServerProcess server({}, {"PAC_MEMORY_LEASE_TTL=1s"});
+  const std::string& u = server.url();
+  Child run = Spawn({Binary(), "--server", u, "run", "--repo", "ns/long",
+                     "--run", "ns/a", "--limit", "1", "--", "sleep", "4"});
+  ASSERT_TRUE(Eventually([&] { return InUse(u, "ns/long") == 1; }));
+  // Four TTLs later the slot is still held by the same lease.
+  RemoteApi api(u, "");
+  auto first = api.Status(Context::Background(), "ns/long");
+  ASSERT_TRUE(first.ok());
+  const std::string lease = (*first)["running"][0]["lease_id"];
+  absl::SleepFor(absl::Seconds(3));
+  auto later = api.Status(Context::Background(), "ns/long");
+  ASSERT_TRUE(later.ok());
+  ASSERT_EQ((*later)["in_use"], 1);
+  EXPECT_EQ((*later)["running"][0]["lease_id"], lease);
+  // Nobody else got in meanwhile.
+  EXPECT_EQ(
+      Cli(u, {"acquire", "--repo", "ns/long", "--run", "ns/b", "--no-queue"})
+          .code,
+      3);
+  std::string out;
+  EXPECT_EQ(Finish(run, &out), 0) << out;
+  EXPECT_THAT(out, ::testing::Not(HasSubstr("lease lost")));
+}
+
 TEST(CliE2ETest, RunKilledWithSigkillFreesTheSlotAfterTheTtl) {
   ServerProcess server({}, {"PAC_MEMORY_LEASE_TTL=2s"});
   const std::string& u = server.url();
