@@ -15,6 +15,14 @@ struct AcquireFlags {
   bool no_queue = false;
 };
 
+void PrintAcquired(const Json& d) {
+  std::printf(
+      "acquired: lease %s (fencing token %lld, expires %s)\n",
+      d["lease"]["lease_id"].get<std::string>().c_str(),
+      static_cast<long long>(d["lease"]["fencing_token"].get<int64_t>()),
+      d["lease"]["expires_at"].get<std::string>().c_str());
+}
+
 int Acquire(const GlobalOptions& g, const AcquireFlags& f) {
   auto ctx =
       CommandContext(g, f.wait ? absl::ZeroDuration() : absl::Seconds(30));
@@ -31,14 +39,7 @@ int Acquire(const GlobalOptions& g, const AcquireFlags& f) {
                    static_cast<long long>(p));
     });
     if (!lease.ok()) return Fail(lease.status());
-    Json doc{{"acquired", true}, {"lease", *lease}};
-    Print(g, doc, [](const Json& d) {
-      std::printf(
-          "acquired: lease %s (fencing token %lld, expires %s)\n",
-          d["lease"]["lease_id"].get<std::string>().c_str(),
-          static_cast<long long>(d["lease"]["fencing_token"].get<int64_t>()),
-          d["lease"]["expires_at"].get<std::string>().c_str());
-    });
+    Print(g, Json{{"acquired", true}, {"lease", *lease}}, PrintAcquired);
     return kExitOk;
   }
   auto r = (*api)->api->Submit(*ctx, f.repo, body);
@@ -46,11 +47,7 @@ int Acquire(const GlobalOptions& g, const AcquireFlags& f) {
   const bool acquired = (*r)["acquired"].get<bool>();
   Print(g, *r, [](const Json& d) {
     if (d["acquired"].get<bool>()) {
-      std::printf(
-          "acquired: lease %s (fencing token %lld, expires %s)\n",
-          d["lease"]["lease_id"].get<std::string>().c_str(),
-          static_cast<long long>(d["lease"]["fencing_token"].get<int64_t>()),
-          d["lease"]["expires_at"].get<std::string>().c_str());
+      PrintAcquired(d);
     } else if (d["position"].get<int64_t>() > 0) {
       std::printf("queued at position %lld\n",
                   static_cast<long long>(d["position"].get<int64_t>()));
