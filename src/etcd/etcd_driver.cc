@@ -35,6 +35,21 @@ bool ParseHex(std::string_view s, int64_t* out) {
   return true;
 }
 
+// A Lease's id: the etcd lease and the slot's create revision (its fencing
+// token). An etcd lease is reused after a release, so the lease alone does
+// not name one grant; with the revision, a stale holder's id never matches
+// a later grant (rule 12).
+std::string LeaseId(int64_t lease, int64_t token) {
+  return Hex(lease) + "-" + Hex(token);
+}
+
+bool ParseLeaseId(std::string_view id, int64_t* lease, int64_t* token) {
+  size_t dash = id.find('-');
+  if (dash == std::string_view::npos) return false;
+  return ParseHex(id.substr(0, dash), lease) &&
+         ParseHex(id.substr(dash + 1), token);
+}
+
 std::string Pad20(int64_t v) {
   char buf[32];
   std::snprintf(buf, sizeof(buf), "%020" PRId64, std::max<int64_t>(v, 0));
@@ -355,15 +370,30 @@ absl::Time EtcdDriver::TakeExpiry(int64_t lease, absl::Time now) {
   MutexLock lock(&mu_);
   auto it = granted_at_.find(lease);
   if (it == granted_at_.end()) return now + ttl_;
-  absl::Time expires = it->second + ttl_;
+  const absl::Time since = it->second;
   granted_at_.erase(it);
-  return expires;
+  if (live_since_.size() > 100000) live_since_.clear();
+  live_since_[lease] = since;
+  return since + ttl_;
+}
+
+void EtcdDriver::RecycleLocked(int64_t lease) {
+  auto it = live_since_.find(lease);
+  if (it == live_since_.end()) return;
+  const absl::Time since = it->second;
+  live_since_.erase(it);
+  // Its keys are gone; while young it can carry the next grant (the next
+  // Lease gets a new id: the new slot's revision is part of it).
+  if (clock_->Now() - since < ttl_ / 10) {
+    granted_at_[lease] = since;
+    spare_leases_.push_back(lease);
+  }
 }
 
 Lease EtcdDriver::MakeLease(const std::string& repo, const std::string& run,
                             int64_t lease, int64_t token,
                             absl::Time now) const {
-  return Lease{Hex(lease), repo, run, now, now + ttl_, token};
+  return Lease{LeaseId(lease, token), repo, run, now, now + ttl_, token};
 }
 
 absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
@@ -569,10 +599,10 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseSlot(
   if (absl::Status s = CheckOpen(); !s.ok()) return s;
   ReleaseResult result;
   std::string repo(repo_key), run(run_key);
-  int64_t lease = 0;
+  int64_t lease = 0, token = 0;
   bool cached = false;
   if (!lease_id.empty()) {
-    if (!ParseHex(lease_id, &lease)) return result;  // not ours
+    if (!ParseLeaseId(lease_id, &lease, &token)) return result;  // not ours
     MutexLock lock(&mu_);
     auto it = known_leases_.find(lease);
     if (it != known_leases_.end()) {
@@ -614,7 +644,8 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseSlot(
     int64_t running = static_cast<int64_t>(v.slots.size());
     auto slot = v.slots.find(run);
     if (slot != v.slots.end() &&
-        (lease_id.empty() || slot->second.lease_hex == Hex(lease))) {
+        (lease_id.empty() || (slot->second.lease_hex == Hex(lease) &&
+                              slot->second.create_revision == token))) {
       *txn.add_success() = DeleteOp(p + "slot/" + run);
       *txn.add_success() =
           DeleteOp(Cat(prefix_, "lease/", slot->second.lease_hex));
@@ -679,7 +710,10 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseSlot(
       MutexLock lock(&mu_);
       if (released && slot != v.slots.end()) {
         int64_t gone = 0;
-        if (ParseHex(slot->second.lease_hex, &gone)) known_leases_.erase(gone);
+        if (ParseHex(slot->second.lease_hex, &gone)) {
+          known_leases_.erase(gone);
+          RecycleLocked(gone);
+        }
       }
       for (size_t i = 0; i < promote.size(); ++i) {
         known_leases_[(*leases)[i]] = {repo, promote[i]->run};
@@ -704,8 +738,10 @@ absl::StatusOr<Lease> EtcdDriver::RenewLease(const Context& ctx,
   }
   if (absl::Status s = ctx.Err(); !s.ok()) return s;
   if (absl::Status s = CheckOpen(); !s.ok()) return s;
-  int64_t lease = 0;
-  if (!ParseHex(lease_id, &lease)) return LeaseLostError("unknown lease id");
+  int64_t lease = 0, token = 0;
+  if (!ParseLeaseId(lease_id, &lease, &token)) {
+    return LeaseLostError("unknown lease id");
+  }
   etcdpb::RangeRequest req;
   req.set_key(Cat(prefix_, "lease/", Hex(lease)));
   auto r = kv_->Range(ctx, req);
@@ -713,9 +749,6 @@ absl::StatusOr<Lease> EtcdDriver::RenewLease(const Context& ctx,
   if (r->kvs_size() == 0) {
     return LeaseLostError("lease has expired or was released");
   }
-  auto ttl = kv_->LeaseKeepAlive(ctx, lease);
-  if (!ttl.ok()) return ttl.status();
-  if (*ttl <= 0) return LeaseLostError("lease has expired");
   const std::string& v = r->kvs(0).value();
   size_t nl = v.find('\n');
   std::string repo = v.substr(0, nl), run = v.substr(nl + 1);
@@ -723,9 +756,24 @@ absl::StatusOr<Lease> EtcdDriver::RenewLease(const Context& ctx,
   sreq.set_key(Cat(RepoPrefix(repo), "slot/", run));
   auto s = kv_->Range(ctx, sreq);
   if (!s.ok()) return s.status();
-  if (s->kvs_size() == 0) return LeaseLostError("lease has expired");
+  // The slot must be the one this id was granted (same revision): the etcd
+  // lease may carry a later grant by now.
+  if (s->kvs_size() == 0 || s->kvs(0).create_revision() != token ||
+      s->kvs(0).value() != Hex(lease)) {
+    return LeaseLostError("lease has expired or was released");
+  }
+  const absl::Time before = clock_->Now();
+  auto ttl = kv_->LeaseKeepAlive(ctx, lease);
+  if (!ttl.ok()) return ttl.status();
+  if (*ttl <= 0) return LeaseLostError("lease has expired");
   absl::Time now = clock_->Now();
-  Lease out = MakeLease(repo, run, lease, s->kvs(0).create_revision(), now);
+  {
+    MutexLock lock(&mu_);
+    if (auto it = live_since_.find(lease); it != live_since_.end()) {
+      it->second = before;  // its TTL restarted
+    }
+  }
+  Lease out = MakeLease(repo, run, lease, token, now);
   out.expires_at = now + absl::Seconds(*ttl);
   return out;
 }

@@ -149,6 +149,8 @@ class EtcdDriver final : public Driver {
   // The true expiry of a lease this driver granted (its grant time + TTL),
   // forgetting the grant time; `now` + TTL if unknown.
   absl::Time TakeExpiry(int64_t lease, absl::Time now) PAC_EXCLUDES(mu_);
+  // After a release: back to the spares if the lease is young.
+  void RecycleLocked(int64_t lease) PAC_REQUIRES(mu_);
   Lease MakeLease(const std::string& repo, const std::string& run,
                   int64_t lease, int64_t token, absl::Time now) const;
   // Replaces the watch stream with one from `from_revision` (0: now).
@@ -177,6 +179,9 @@ class EtcdDriver final : public Driver {
   // When each spare (or just granted) lease was granted: its TTL runs from
   // then. Entries leave when the lease is handed out in a Lease.
   std::map<int64_t, absl::Time> granted_at_ PAC_GUARDED_BY(mu_);
+  // Leases handed out in a Lease, with when their TTL last (re)started:
+  // a young one is reused after its slot is released.
+  std::map<int64_t, absl::Time> live_since_ PAC_GUARDED_BY(mu_);
   bool refill_wanted_ PAC_GUARDED_BY(mu_) = false;
   CondVar refill_cv_;
   // Leases this driver granted: lease -> (repo, run). Lets a release by id
