@@ -396,6 +396,31 @@ Lease EtcdDriver::MakeLease(const std::string& repo, const std::string& run,
   return Lease{LeaseId(lease, token), repo, run, now, now + ttl_, token};
 }
 
+absl::StatusOr<std::optional<etcdpb::TxnResponse>> EtcdDriver::CommitStep(
+    const Context& ctx, const std::string& repo, etcdpb::TxnRequest txn,
+    const std::vector<int64_t>& leases) {
+  // Both branches answer the repository as it is after the Txn, so the
+  // next step needs no read of its own.
+  *txn.add_success() = RangeRepoOp(repo);
+  *txn.add_failure() = RangeRepoOp(repo);
+  auto tr = kv_->Txn(ctx, txn);
+  if (tr.ok() && tr->succeeded()) {
+    CacheTxnView(repo, *tr);
+    return std::optional<etcdpb::TxnResponse>(*std::move(tr));
+  }
+  {
+    MutexLock lock(&mu_);
+    for (int64_t l : leases) spare_leases_.push_back(l);
+  }
+  if (!tr.ok()) {
+    ForgetView(repo);
+    if (!IsRetryable(tr.status())) return tr.status();
+  } else {
+    CacheTxnView(repo, *tr);  // someone changed the repository
+  }
+  return std::optional<etcdpb::TxnResponse>();
+}
+
 absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
                                                const std::string& repo,
                                                int32_t limit, bool set_limit,
@@ -499,27 +524,13 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
       *txn.add_success() = PutOp(Cat(p, "queue/", Pad20(creation_us), "/", run),
                                  std::to_string(absl::ToUnixMicros(now)));
     }
-    // Both branches answer the repository as it is after the Txn, so the
-    // next step needs no read of its own.
-    *txn.add_success() = RangeRepoOp(repo);
-    *txn.add_failure() = RangeRepoOp(repo);
-    auto tr = kv_->Txn(ctx, txn);
-    if (!tr.ok() || !tr->succeeded()) {
-      {
-        MutexLock lock(&mu_);
-        for (int64_t l : *leases) spare_leases_.push_back(l);
-      }
-      if (!tr.ok()) {
-        ForgetView(repo);
-        if (IsRetryable(tr.status())) continue;
-        return tr.status();
-      }
-      CacheTxnView(repo, *tr);  // someone changed the repository
+    auto tr = CommitStep(ctx, repo, std::move(txn), *leases);
+    if (!tr.ok()) return tr.status();
+    if (!tr->has_value()) {  // planned on an outdated view: plan again
       fresh = false;
       continue;
     }
-    CacheTxnView(repo, *tr);
-    const int64_t token = tr->header().revision();
+    const int64_t token = (*tr)->header().revision();
     {
       MutexLock lock(&mu_);
       // Leases that expire are never released here: bound the cache.
@@ -686,24 +697,12 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseSlot(
       *txn.add_success() = DeleteOp(promote[i]->key);
       AddGrant(&txn, repo, promote[i]->run, l);
     }
-    *txn.add_success() = RangeRepoOp(repo);
-    *txn.add_failure() = RangeRepoOp(repo);
-    auto tr = kv_->Txn(ctx, txn);
-    if (!tr.ok() || !tr->succeeded()) {
-      {
-        MutexLock lock(&mu_);
-        for (int64_t l : *leases) spare_leases_.push_back(l);
-      }
-      if (!tr.ok()) {
-        ForgetView(repo);
-        if (!IsRetryable(tr.status())) return tr.status();
-        continue;
-      }
-      CacheTxnView(repo, *tr);
+    auto tr = CommitStep(ctx, repo, std::move(txn), *leases);
+    if (!tr.ok()) return tr.status();
+    if (!tr->has_value()) {  // planned on an outdated view: plan again
       fresh = false;
       continue;
     }
-    CacheTxnView(repo, *tr);
     result.released = released;
     result.dequeued = dequeued;
     {
@@ -721,7 +720,7 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseSlot(
     }
     for (size_t i = 0; i < promote.size(); ++i) {
       result.admitted.push_back(MakeLease(repo, promote[i]->run, (*leases)[i],
-                                          tr->header().revision(), now));
+                                          (*tr)->header().revision(), now));
       result.admitted.back().expires_at = TakeExpiry((*leases)[i], now);
       logger_->info("admitted {} from the queue of {}", promote[i]->run, repo);
     }

@@ -17,6 +17,7 @@
 #include <atomic>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -121,6 +122,14 @@ class EtcdDriver final : public Driver {
   RepoView ParseView(const std::string& repo, const etcdpb::RangeResponse& r,
                      int64_t revision) const;
   etcdpb::RequestOp RangeRepoOp(const std::string& repo) const;
+  // Commits a step's Txn with the repository's range in both branches, so
+  // the view cache learns the outcome. The response when it succeeded;
+  // nullopt when the step must be planned again (a lost compare, a
+  // retryable error); otherwise the error. A failed Txn's leases go back to
+  // the spares.
+  absl::StatusOr<std::optional<etcdpb::TxnResponse>> CommitStep(
+      const Context& ctx, const std::string& repo, etcdpb::TxnRequest txn,
+      const std::vector<int64_t>& leases) PAC_EXCLUDES(mu_);
   // Compares that each slot of `v` still exists as `v` saw it.
   void GuardSlots(etcdpb::TxnRequest* txn, const RepoView& v) const;
   void CacheView(const std::string& repo, const RepoView& v) PAC_EXCLUDES(mu_);
