@@ -106,14 +106,17 @@ void Service::NoteQueued(const std::string& repo, const std::string& run) {
   queued_at_.emplace(std::make_pair(repo, run), clock_->Now());
 }
 
-void Service::NoteAdmitted(const std::vector<Lease>& leases) {
+void Service::NoteAdmitted(const std::vector<Lease>& leases, const char* how) {
   if (metrics_ == nullptr || leases.empty()) return;
-  metrics_->Inc("pac_admissions_total", {{"how", "promoted"}},
-                static_cast<double>(leases.size()));
   MutexLock lock(&mu_);
   for (const Lease& l : leases) {
+    // A grant is counted once, however often its run re-submits.
+    if (counted_.size() >= kMaxQueuedAtEntries) counted_.clear();
+    if (!counted_.insert(l.lease_id).second) continue;
     auto it = queued_at_.find({l.repository_key, l.pipeline_run_key});
-    if (it == queued_at_.end()) continue;
+    const bool waited = it != queued_at_.end();
+    metrics_->Inc("pac_admissions_total", {{"how", waited ? "promoted" : how}});
+    if (!waited) continue;
     metrics_->Observe("pac_wait_time_seconds", {},
                       absl::ToDoubleSeconds(l.acquired_at - it->second));
     queued_at_.erase(it);
@@ -128,7 +131,7 @@ absl::StatusOr<Json> Service::SetLimitTo(const Context& ctx,
     return admitted.status();
   }
   Seen(repo.Key());
-  NoteAdmitted(*admitted);
+  NoteAdmitted(*admitted, "promoted");
   return Json{{"repository", repo.Key()},
               {"concurrency_limit", EffectiveLimit(repo)},
               {"admitted", LeasesToJson(*admitted)}};
@@ -241,7 +244,7 @@ absl::StatusOr<Json> Service::Submit(const Context& ctx,
     metrics_->Observe("pac_acquire_duration_seconds",
                       {{"outcome", r->acquired ? "acquired" : "queued"}}, took);
   }
-  NoteAdmitted(r->admitted);
+  NoteAdmitted(r->admitted, "promoted");
   Json out{{"repository", key},
            {"pipeline_run", run},
            {"acquired", r->acquired},
@@ -249,18 +252,7 @@ absl::StatusOr<Json> Service::Submit(const Context& ctx,
            {"admitted", LeasesToJson(r->admitted)}};
   if (r->acquired) {
     out["lease"] = LeaseToJson(r->lease);
-    if (metrics_ != nullptr) {
-      MutexLock lock(&mu_);
-      auto it = queued_at_.find({key, run});
-      if (it != queued_at_.end()) {
-        metrics_->Observe(
-            "pac_wait_time_seconds", {},
-            absl::ToDoubleSeconds(r->lease.acquired_at - it->second));
-        queued_at_.erase(it);
-      } else if (r->lease.acquired_at >= start - absl::Seconds(1)) {
-        metrics_->Inc("pac_admissions_total", {{"how", "immediate"}});
-      }
-    }
+    NoteAdmitted({r->lease}, "immediate");
   } else if (r->position > 0) {
     NoteQueued(key, run);
   }
@@ -285,7 +277,7 @@ absl::StatusOr<Json> Service::Release(const Context& ctx,
     MutexLock lock(&mu_);
     queued_at_.erase({std::string(repo_key), std::string(run_key)});
   }
-  NoteAdmitted(r->admitted);
+  NoteAdmitted(r->admitted, "promoted");
   return Json{{"repository", std::string(repo_key)},
               {"pipeline_run", std::string(run_key)},
               {"released", r->released},

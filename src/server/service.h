@@ -56,7 +56,9 @@ class Service final : public Api {
  private:
   void Seen(const std::string& repo_key);
   void NoteQueued(const std::string& repo, const std::string& run);
-  void NoteAdmitted(const std::vector<Lease>& leases);
+  // Counts each grant once (`how` unless the run waited in the queue here:
+  // then "promoted", and its wait is observed).
+  void NoteAdmitted(const std::vector<Lease>& leases, const char* how);
   absl::StatusOr<Json> SetLimitTo(const Context& ctx, const Repository& repo);
   void CountError(const char* op, const absl::Status& s);
 
@@ -66,6 +68,8 @@ class Service final : public Api {
   internal::Mutex mu_;
   std::set<std::string> repos_ PAC_GUARDED_BY(mu_);
   // When this service queued a run, for the wait-time histogram.
+  // Lease ids already counted in pac_admissions_total.
+  std::set<std::string> counted_ PAC_GUARDED_BY(mu_);
   std::map<std::pair<std::string, std::string>, absl::Time> queued_at_
       PAC_GUARDED_BY(mu_);
 };

@@ -150,7 +150,11 @@ TEST_F(ServiceTest, MetricsCountAndGaugeWhatHappened) {
   Submit("ns/repo", Json{{"pipeline_run", "ns/b"}});
   clock_.Advance(absl::Seconds(7));
   ASSERT_TRUE(service_->Release(ctx_, "ns/repo", "ns/a", "").ok());
+  // ns/b re-submits after its promotion (as `run` does): not a new grant.
+  EXPECT_TRUE(Submit("ns/repo", Json{{"pipeline_run", "ns/b"}})["acquired"]);
   std::string text = metrics_.Render(service_->Gauges(ctx_));
+  EXPECT_THAT(text, HasSubstr("pac_admissions_total{how=\"immediate\"} 1\n"));
+  EXPECT_THAT(text, HasSubstr("pac_admissions_total{how=\"promoted\"} 1\n"));
   EXPECT_THAT(text, HasSubstr("pac_slots_in_use{repository=\"ns/repo\"} 1"));
   EXPECT_THAT(text,
               HasSubstr("pac_concurrency_limit{repository=\"ns/repo\"} 1"));
