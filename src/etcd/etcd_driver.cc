@@ -6,6 +6,7 @@
 #include <cstdio>
 
 #include "pac/concurrency/status.h"
+#include "src/common/keys.h"
 #include "src/common/logging.h"
 #include "src/common/strings.h"
 #include "src/etcd/mock_etcd.h"
@@ -601,10 +602,9 @@ absl::StatusOr<std::vector<Lease>> EtcdDriver::SetRepositoryLimit(
 absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseSlot(
     const Context& ctx, std::string_view lease_id, std::string_view run_key,
     std::string_view repo_key) {
-  if (lease_id.empty()) {
-    if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
-    if (absl::Status s = ValidateKey(run_key, "pipeline_run"); !s.ok())
-      return s;
+  if (absl::Status s = ValidateReleaseKeys(lease_id, run_key, repo_key);
+      !s.ok()) {
+    return s;
   }
   if (absl::Status s = ctx.Err(); !s.ok()) return s;
   if (absl::Status s = CheckOpen(); !s.ok()) return s;

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "pac/concurrency/status.h"
+#include "src/common/keys.h"
 #include "src/common/logging.h"
 #include "src/common/strings.h"
 
@@ -300,11 +301,9 @@ absl::StatusOr<AcquireResult> MemoryDriver::AcquireSlot(
 absl::StatusOr<ReleaseResult> MemoryDriver::ReleaseSlot(
     const Context& ctx, std::string_view lease_id, std::string_view run_key,
     std::string_view repo_key) {
-  if (lease_id.empty()) {
-    if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
-    if (absl::Status s = ValidateKey(run_key, "pipeline_run"); !s.ok()) {
-      return s;
-    }
+  if (absl::Status s = ValidateReleaseKeys(lease_id, run_key, repo_key);
+      !s.ok()) {
+    return s;
   }
   if (absl::Status s = ctx.Err(); !s.ok()) return s;
   if (absl::Status s = CheckOpen(); !s.ok()) return s;

@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "pac/concurrency/status.h"
+#include "src/common/keys.h"
 #include "src/common/logging.h"
 #include "src/common/strings.h"
 #include "src/postgresql/schema.h"
@@ -216,11 +217,9 @@ absl::StatusOr<AcquireResult> PostgreSQLDriver::AcquireSlot(
 absl::StatusOr<ReleaseResult> PostgreSQLDriver::ReleaseSlot(
     const Context& ctx, std::string_view lease_id, std::string_view run_key,
     std::string_view repo_key) {
-  if (lease_id.empty()) {
-    if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
-    if (absl::Status s = ValidateKey(run_key, "pipeline_run"); !s.ok()) {
-      return s;
-    }
+  if (absl::Status s = ValidateReleaseKeys(lease_id, run_key, repo_key);
+      !s.ok()) {
+    return s;
   }
   auto r = Query(
       ctx, kReleaseSql,

@@ -1,0 +1,25 @@
+// Input checks shared by the drivers (internal).
+#ifndef PAC_SRC_COMMON_KEYS_H_
+#define PAC_SRC_COMMON_KEYS_H_
+
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "pac/concurrency/repository.h"
+
+namespace pac::concurrency::internal {
+
+// The keys of a ReleaseSlot call. Without a lease id the run is named by
+// (repository, run), so both must be valid keys; with one, the keys are
+// optional filters and are not checked here.
+inline absl::Status ValidateReleaseKeys(std::string_view lease_id,
+                                        std::string_view run_key,
+                                        std::string_view repo_key) {
+  if (!lease_id.empty()) return absl::OkStatus();
+  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
+  return ValidateKey(run_key, "pipeline_run");
+}
+
+}  // namespace pac::concurrency::internal
+
+#endif  // PAC_SRC_COMMON_KEYS_H_
