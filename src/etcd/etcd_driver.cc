@@ -180,12 +180,19 @@ void EtcdDriver::GuardSlots(etcdpb::TxnRequest* txn, const RepoView& v) const {
   }
 }
 
-void EtcdDriver::AddGrant(etcdpb::TxnRequest* txn, const std::string& repo,
-                          const std::string& run, int64_t lease) const {
+void EtcdDriver::AddGrant(etcdpb::TxnRequest* txn, RepoView* after,
+                          const std::string& run, int64_t lease,
+                          const std::string& dequeued_key) const {
   *txn->add_success() =
-      PutOp(Cat(RepoPrefix(repo), "slot/", run), Hex(lease), lease);
-  *txn->add_success() =
-      PutOp(Cat(prefix_, "lease/", Hex(lease)), Cat(repo, "\n", run), lease);
+      PutOp(Cat(RepoPrefix(after->repo), "slot/", run), Hex(lease), lease);
+  *txn->add_success() = PutOp(Cat(prefix_, "lease/", Hex(lease)),
+                              Cat(after->repo, "\n", run), lease);
+  // Its create revision is the commit's, filled in by CommitStep.
+  after->slots[run] = SlotInfo{run, Hex(lease), 0};
+  if (!dequeued_key.empty()) {
+    std::erase_if(after->queue,
+                  [&](const QueueInfo& q) { return q.key == dequeued_key; });
+  }
 }
 
 absl::Status EtcdDriver::PutKey(const Context& ctx, std::string key,
@@ -300,13 +307,7 @@ EtcdDriver::RepoView EtcdDriver::ParseView(const std::string& repo,
       v.queue.push_back(std::move(qi));
     }
   }
-  std::sort(v.queue.begin(), v.queue.end(),
-            [](const QueueInfo& a, const QueueInfo& b) {
-              if (a.creation_us != b.creation_us) {
-                return a.creation_us < b.creation_us;
-              }
-              return a.create_revision < b.create_revision;
-            });
+  SortQueue(&v);
   return v;
 }
 
@@ -397,16 +398,39 @@ Lease EtcdDriver::MakeLease(const std::string& repo, const std::string& run,
   return Lease{LeaseId(lease, token), repo, run, now, now + ttl_, token};
 }
 
+void EtcdDriver::SortQueue(RepoView* v) {
+  std::sort(v->queue.begin(), v->queue.end(),
+            [](const QueueInfo& a, const QueueInfo& b) {
+              if (a.creation_us != b.creation_us) {
+                return a.creation_us < b.creation_us;
+              }
+              return a.create_revision < b.create_revision;
+            });
+}
+
 absl::StatusOr<std::optional<etcdpb::TxnResponse>> EtcdDriver::CommitStep(
     const Context& ctx, const std::string& repo, etcdpb::TxnRequest txn,
-    const std::vector<int64_t>& leases) {
-  // Both branches answer the repository as it is after the Txn, so the
-  // next step needs no read of its own.
-  *txn.add_success() = RangeRepoOp(repo);
+    const std::vector<int64_t>& leases, RepoView after) {
+  // A failed compare answers the repository as it is now, so the next
+  // attempt needs no read of its own. A success answers nothing: the
+  // compares held, so the repository is `after` (the plan's view with the
+  // Txn's writes). A range here would cost etcd a walk over every key the
+  // repository ever had (deleted keys stay in its index until compaction).
   *txn.add_failure() = RangeRepoOp(repo);
   auto tr = kv_->Txn(ctx, txn);
   if (tr.ok() && tr->succeeded()) {
-    CacheTxnView(repo, *tr);
+    const int64_t rev = tr->header().revision();
+    after.revision = rev;
+    after.meta_mod = rev;  // every step puts `meta`
+    after.exists = true;
+    for (auto& [run, slot] : after.slots) {
+      if (slot.create_revision == 0) slot.create_revision = rev;
+    }
+    for (QueueInfo& q : after.queue) {
+      if (q.create_revision == 0) q.create_revision = rev;
+    }
+    SortQueue(&after);
+    CacheView(repo, after);
     return std::optional<etcdpb::TxnResponse>(*std::move(tr));
   }
   {
@@ -504,28 +528,35 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
     if (cached) GuardSlots(&txn, v);
     if (limit_changed)
       *txn.add_success() = PutOp(p + "limit", std::to_string(limit));
+    RepoView after = v;  // the repository once the Txn commits
+    if (limit_changed) after.limit = limit;
     size_t li = 0;
     std::vector<std::pair<std::string, int64_t>> granted;  // run, lease
     for (const QueueInfo* q : promote) {
       int64_t lease = (*leases)[li++];
       *txn.add_success() = DeleteOp(q->key);
-      AddGrant(&txn, repo, q->run, lease);
+      AddGrant(&txn, &after, q->run, lease, q->key);
       granted.emplace_back(q->run, lease);
     }
     if (grant_caller) {
       int64_t lease = (*leases)[li++];
-      if (caller_queued != nullptr)
+      std::string dequeue;
+      if (caller_queued != nullptr) {
         *txn.add_success() = DeleteOp(caller_queued->key);
-      AddGrant(&txn, repo, run, lease);
+        dequeue = caller_queued->key;
+      }
+      AddGrant(&txn, &after, run, lease, dequeue);
       granted.emplace_back(run, lease);
     }
     int64_t creation_us = 0;
     if (enqueue_caller) {
       creation_us = absl::ToUnixMicros(options.creation_time.value_or(now));
-      *txn.add_success() = PutOp(Cat(p, "queue/", Pad20(creation_us), "/", run),
-                                 std::to_string(absl::ToUnixMicros(now)));
+      QueueInfo q{run, Cat(p, "queue/", Pad20(creation_us), "/", run),
+                  creation_us, 0, absl::ToUnixMicros(now)};
+      *txn.add_success() = PutOp(q.key, std::to_string(q.enqueued_us));
+      after.queue.push_back(std::move(q));
     }
-    auto tr = CommitStep(ctx, repo, std::move(txn), *leases);
+    auto tr = CommitStep(ctx, repo, std::move(txn), *leases, std::move(after));
     if (!tr.ok()) return tr.status();
     if (!tr->has_value()) {  // planned on an outdated view: plan again
       fresh = false;
@@ -692,12 +723,18 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseSlot(
     auto leases = Leases(ctx, promote.size());
     if (!leases.ok()) return leases.status();
     const absl::Time now = clock_->Now();
+    RepoView after = v;  // the repository once the Txn commits
+    if (released) after.slots.erase(run);
+    if (dequeued) {
+      std::erase_if(after.queue,
+                    [&](const QueueInfo& q) { return q.run == run; });
+    }
     for (size_t i = 0; i < promote.size(); ++i) {
       int64_t l = (*leases)[i];
       *txn.add_success() = DeleteOp(promote[i]->key);
-      AddGrant(&txn, repo, promote[i]->run, l);
+      AddGrant(&txn, &after, promote[i]->run, l, promote[i]->key);
     }
-    auto tr = CommitStep(ctx, repo, std::move(txn), *leases);
+    auto tr = CommitStep(ctx, repo, std::move(txn), *leases, std::move(after));
     if (!tr.ok()) return tr.status();
     if (!tr->has_value()) {  // planned on an outdated view: plan again
       fresh = false;

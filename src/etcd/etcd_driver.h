@@ -122,14 +122,17 @@ class EtcdDriver final : public Driver {
   RepoView ParseView(const std::string& repo, const etcdpb::RangeResponse& r,
                      int64_t revision) const;
   etcdpb::RequestOp RangeRepoOp(const std::string& repo) const;
-  // Commits a step's Txn with the repository's range in both branches, so
-  // the view cache learns the outcome. The response when it succeeded;
-  // nullopt when the step must be planned again (a lost compare, a
-  // retryable error); otherwise the error. A failed Txn's leases go back to
-  // the spares.
+  // Commits a step's Txn. On success the view cache gets `after`, the
+  // repository as the Txn leaves it (new keys with create revision 0 get
+  // the commit's); a failed compare returns the repository's range, which
+  // is cached instead. The response when it succeeded; nullopt when the
+  // step must be planned again (a lost compare, a retryable error);
+  // otherwise the error. A failed Txn's leases go back to the spares.
   absl::StatusOr<std::optional<etcdpb::TxnResponse>> CommitStep(
       const Context& ctx, const std::string& repo, etcdpb::TxnRequest txn,
-      const std::vector<int64_t>& leases) PAC_EXCLUDES(mu_);
+      const std::vector<int64_t>& leases, RepoView after) PAC_EXCLUDES(mu_);
+  // Sorts a view's queue into admission order: (creation time, revision).
+  static void SortQueue(RepoView* v);
   // Compares that each slot of `v` still exists as `v` saw it.
   void GuardSlots(etcdpb::TxnRequest* txn, const RepoView& v) const;
   void CacheView(const std::string& repo, const RepoView& v) PAC_EXCLUDES(mu_);
@@ -139,9 +142,11 @@ class EtcdDriver final : public Driver {
   // A Txn guarded by the repository's meta revision (see the file comment).
   etcdpb::TxnRequest GuardedTxn(const std::string& repo_prefix,
                                 int64_t meta_mod) const;
-  // Adds the slot and lease-index keys of a grant to `txn`.
-  void AddGrant(etcdpb::TxnRequest* txn, const std::string& repo,
-                const std::string& run, int64_t lease) const;
+  // Adds the slot and lease-index keys of a grant to `txn`, and the grant
+  // to `after` (taking `dequeued_key`, if any, out of its queue).
+  void AddGrant(etcdpb::TxnRequest* txn, RepoView* after,
+                const std::string& run, int64_t lease,
+                const std::string& dequeued_key) const;
   absl::Status PutKey(const Context& ctx, std::string key,
                       std::string_view value);
   absl::StatusOr<std::string> GetKey(const Context& ctx, std::string key,
