@@ -103,7 +103,7 @@ absl::StatusOr<std::unique_ptr<Driver>> EtcdDriver::Create(
   probe.set_count_only(true);
   auto r = d->kv_->Range(ctx, probe);
   if (!r.ok()) return r.status();
-  d->RestartWatch(r->header().revision() + 1);
+  // The watch stream opens on first need (EnsureWatch).
   d->promote_thread_ = std::thread([p = d.get()] { p->PromoteLoop(); });
   d->refill_thread_ = std::thread([p = d.get()] { p->RefillLoop(); });
   d->logger_->info("etcd driver ready (mode {}, prefix {}, lease ttl {}s)",
@@ -259,11 +259,18 @@ void EtcdDriver::ForgetView(const std::string& repo) {
 }
 
 void EtcdDriver::CacheView(const std::string& repo, const RepoView& v) {
-  MutexLock lock(&mu_);
-  if (views_.size() >= kMaxCachedViews) views_.clear();
-  auto it = views_.find(repo);
-  // Keep the newer of two views (a slow reader must not roll it back).
-  if (it == views_.end() || it->second.revision <= v.revision) views_[repo] = v;
+  {
+    MutexLock lock(&mu_);
+    if (views_.size() >= kMaxCachedViews) views_.clear();
+    auto it = views_.find(repo);
+    // Keep the newer of two views (a slow reader must not roll it back).
+    if (it == views_.end() || it->second.revision <= v.revision) {
+      views_[repo] = v;
+    }
+  }
+  // A queue needs promoting when a slot expires, which only the watch
+  // sees: from now on this driver watches.
+  if (!v.queue.empty()) EnsureWatch(v.revision + 1);
 }
 
 void EtcdDriver::CacheTxnView(const std::string& repo,
@@ -887,6 +894,16 @@ absl::StatusOr<std::unique_ptr<WatchHandle>> EtcdDriver::WatchSlotAvailability(
   if (!callback) return absl::InvalidArgumentError("callback: must be set");
   if (absl::Status s = ctx.Err(); !s.ok()) return s;
   if (absl::Status s = CheckOpen(); !s.ok()) return s;
+  if (!watch_started_.load()) {
+    // The stream starts after the current revision: nothing committed
+    // once this call returns is missed.
+    etcdpb::RangeRequest req;
+    req.set_key(RepoPrefix(repo_key) + "meta");
+    req.set_count_only(true);
+    auto r = kv_->Range(ctx, req);
+    if (!r.ok()) return r.status();
+    EnsureWatch(r->header().revision() + 1);
+  }
   return watchers_.Add(ctx, std::string(repo_key), std::move(callback));
 }
 
@@ -897,6 +914,20 @@ void EtcdDriver::ResumeWatchForTest(int64_t revision) {
 void EtcdDriver::RestartWatch(int64_t from_revision) {
   MutexLock lock(&watch_mu_);
   watch_.reset();
+  watch_started_.store(true);
+  StartWatchLocked(from_revision);
+}
+
+void EtcdDriver::EnsureWatch(int64_t from_revision) {
+  if (watch_started_.load() || closed_.load()) return;
+  MutexLock lock(&watch_mu_);
+  if (watch_started_.load()) return;
+  {
+    // A stream that fails to start is resumed from here by PromoteLoop.
+    MutexLock l(&mu_);
+    last_revision_ = std::max(last_revision_, from_revision - 1);
+  }
+  watch_started_.store(true);
   StartWatchLocked(from_revision);
 }
 

@@ -169,6 +169,11 @@ class EtcdDriver final : public Driver {
                   int64_t lease, int64_t token, absl::Time now) const;
   // Replaces the watch stream with one from `from_revision` (0: now).
   void RestartWatch(int64_t from_revision) PAC_EXCLUDES(watch_mu_);
+  // Opens the watch stream from `from_revision` unless it is open. The
+  // stream costs etcd and this process work on every change under the
+  // prefix, so it opens on first need only: a watcher is registered, or
+  // the driver sees a queue (whose head an expiry must admit).
+  void EnsureWatch(int64_t from_revision) PAC_EXCLUDES(watch_mu_, mu_);
   void StartWatchLocked(int64_t from_revision) PAC_REQUIRES(watch_mu_);
   void OnWatch(const WatchBatch& batch);
   void PromoteLoop();
@@ -213,6 +218,7 @@ class EtcdDriver final : public Driver {
   // its thread, which may be waiting for mu_ in OnWatch.
   Mutex watch_mu_;
   std::unique_ptr<EtcdWatch> watch_ PAC_GUARDED_BY(watch_mu_);
+  std::atomic<bool> watch_started_{false};
   std::thread promote_thread_;
   std::thread refill_thread_;  // keeps spare_leases_ stocked
 };
