@@ -263,8 +263,15 @@ void EtcdDriver::CacheView(const std::string& repo, const RepoView& v) {
     MutexLock lock(&mu_);
     if (views_.size() >= kMaxCachedViews) views_.clear();
     auto it = views_.find(repo);
-    // Keep the newer of two views (a slow reader must not roll it back).
-    if (it == views_.end() || it->second.revision <= v.revision) {
+    // The watch already delivered a later change of the repository: this
+    // view misses it and would not get it applied.
+    auto seen = event_rev_.find(repo);
+    const int64_t missed =
+        std::max(event_rev_floor_, seen == event_rev_.end() ? 0 : seen->second);
+    if (watch_started_.load() && missed > v.revision) {
+      if (it != views_.end() && it->second.revision < missed) views_.erase(it);
+    } else if (it == views_.end() || it->second.revision <= v.revision) {
+      // Keep the newer of two views (a slow reader must not roll it back).
       views_[repo] = v;
     }
   }
@@ -282,6 +289,42 @@ void EtcdDriver::CacheTxnView(const std::string& repo,
             ParseView(repo, last.response_range(), tr.header().revision()));
 }
 
+void EtcdDriver::ApplyKv(RepoView* v, std::string_view rest, bool put,
+                         const etcdpb::KeyValue& kv) {
+  if (rest == "meta") {
+    v->exists = put;
+    v->meta_mod = put ? kv.mod_revision() : 0;
+  } else if (rest == "limit") {
+    v->limit = 0;
+    if (put) {
+      std::from_chars(kv.value().data(), kv.value().data() + kv.value().size(),
+                      v->limit);
+    }
+  } else if (rest.substr(0, 5) == "slot/") {
+    std::string run(rest.substr(5));
+    if (put) {
+      v->slots[run] = SlotInfo{run, kv.value(), kv.create_revision()};
+    } else {
+      v->slots.erase(run);
+    }
+  } else if (rest.substr(0, 6) == "queue/") {
+    std::erase_if(v->queue,
+                  [&](const QueueInfo& q) { return q.key == kv.key(); });
+    if (!put) return;
+    std::string_view q = rest.substr(6);
+    size_t slash = q.find('/');
+    if (slash == std::string_view::npos) return;
+    QueueInfo qi;
+    qi.run = std::string(q.substr(slash + 1));
+    qi.key = kv.key();
+    std::from_chars(q.data(), q.data() + slash, qi.creation_us);
+    qi.create_revision = kv.create_revision();
+    std::from_chars(kv.value().data(), kv.value().data() + kv.value().size(),
+                    qi.enqueued_us);
+    v->queue.push_back(std::move(qi));
+  }
+}
+
 EtcdDriver::RepoView EtcdDriver::ParseView(const std::string& repo,
                                            const etcdpb::RangeResponse& r,
                                            int64_t revision) const {
@@ -290,29 +333,7 @@ EtcdDriver::RepoView EtcdDriver::ParseView(const std::string& repo,
   v.repo = repo;
   v.revision = revision;
   for (const auto& kv : r.kvs()) {
-    std::string_view rest = std::string_view(kv.key()).substr(p.size());
-    if (rest == "meta") {
-      v.exists = true;
-      v.meta_mod = kv.mod_revision();
-    } else if (rest == "limit") {
-      std::from_chars(kv.value().data(), kv.value().data() + kv.value().size(),
-                      v.limit);
-    } else if (rest.substr(0, 5) == "slot/") {
-      std::string run(rest.substr(5));
-      v.slots[run] = SlotInfo{run, kv.value(), kv.create_revision()};
-    } else if (rest.substr(0, 6) == "queue/") {
-      std::string_view q = rest.substr(6);
-      size_t slash = q.find('/');
-      if (slash == std::string_view::npos) continue;
-      QueueInfo qi;
-      qi.run = std::string(q.substr(slash + 1));
-      qi.key = kv.key();
-      std::from_chars(q.data(), q.data() + slash, qi.creation_us);
-      qi.create_revision = kv.create_revision();
-      std::from_chars(kv.value().data(), kv.value().data() + kv.value().size(),
-                      qi.enqueued_us);
-      v.queue.push_back(std::move(qi));
-    }
+    ApplyKv(&v, std::string_view(kv.key()).substr(p.size()), true, kv);
   }
   SortQueue(&v);
   return v;
@@ -932,6 +953,11 @@ void EtcdDriver::EnsureWatch(int64_t from_revision) {
 }
 
 void EtcdDriver::StartWatchLocked(int64_t from_revision) {
+  {
+    // Views older than the stream's start cannot take its events.
+    MutexLock lock(&mu_);
+    watch_from_ = from_revision > 0 ? from_revision : INT64_MAX;
+  }
   const std::string p = prefix_ + "repo/";
   auto w = kv_->Watch(p, PrefixEnd(p), from_revision,
                       [this](const WatchBatch& b) { OnWatch(b); });
@@ -967,6 +993,13 @@ void EtcdDriver::OnWatch(const WatchBatch& b) {
   // Txn that already admitted the queue. Only other deletions (expiries)
   // need a promotion step.
   std::set<std::pair<std::string_view, int64_t>> txn_writes;
+  // Views that took events, and the revision they are now at (set after
+  // the loop: a revision's events all come in one batch).
+  std::map<std::string, int64_t> applied;
+  if (event_rev_.size() > kMaxCachedViews) {
+    event_rev_.clear();
+    event_rev_floor_ = last_revision_;
+  }
   for (const auto& ev : b.events) {
     std::string_view key(ev.kv().key());
     if (ev.type() != etcdpb::Event::PUT || key.size() < p.size() + 5 ||
@@ -987,11 +1020,21 @@ void EtcdDriver::OnWatch(const WatchBatch& b) {
     std::string repo(rest.substr(0, s2));
     std::string_view tail = rest.substr(s2 + 1);
     // A change the cached view does not include (another process, or an
-    // expiry, which does not touch `meta`): forget the view.
+    // expiry): applied to the view when the stream has delivered every
+    // change since the view's revision, else the view is dropped.
+    const int64_t rev = ev.kv().mod_revision();
     if (auto it = views_.find(repo);
-        it != views_.end() && ev.kv().mod_revision() > it->second.revision) {
-      views_.erase(it);
+        it != views_.end() && rev > it->second.revision) {
+      if (it->second.revision + 1 >= watch_from_) {
+        ApplyKv(&it->second, tail, ev.type() == etcdpb::Event::PUT, ev.kv());
+        int64_t& upto = applied[repo];
+        upto = std::max(upto, rev);
+      } else {
+        views_.erase(it);
+      }
     }
+    int64_t& seen = event_rev_[repo];
+    seen = std::max(seen, rev);
     WatchEventType type;
     std::string run;
     if (tail.substr(0, 5) == "slot/") {
@@ -1015,6 +1058,12 @@ void EtcdDriver::OnWatch(const WatchBatch& b) {
       continue;
     }
     watchers_.Collect(repo, type, run, &events);
+  }
+  for (const auto& [repo, rev] : applied) {
+    auto it = views_.find(repo);
+    if (it == views_.end()) continue;
+    it->second.revision = std::max(it->second.revision, rev);
+    SortQueue(&it->second);
   }
   if (!to_promote_.empty()) cv_.NotifyAll();
   dispatcher_.Post(std::move(events));

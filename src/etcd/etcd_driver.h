@@ -121,6 +121,10 @@ class EtcdDriver final : public Driver {
                                 bool* cached);
   RepoView ParseView(const std::string& repo, const etcdpb::RangeResponse& r,
                      int64_t revision) const;
+  // Applies one key of the repository (`rest`: its name after the
+  // repository's prefix) as put or deleted. The caller sorts the queue.
+  static void ApplyKv(RepoView* v, std::string_view rest, bool put,
+                      const etcdpb::KeyValue& kv);
   etcdpb::RequestOp RangeRepoOp(const std::string& repo) const;
   // Commits a step's Txn. On success the view cache gets `after`, the
   // repository as the Txn leaves it (new keys with create revision 0 get
@@ -211,6 +215,13 @@ class EtcdDriver final : public Driver {
   // dropped when the watch reports a later change.
   std::map<std::string, RepoView> views_ PAC_GUARDED_BY(mu_);
   int64_t last_revision_ PAC_GUARDED_BY(mu_) = 0;
+  // The current stream delivers every change from this revision on
+  // (INT64_MAX: unknown, after a restart from "now").
+  int64_t watch_from_ PAC_GUARDED_BY(mu_) = INT64_MAX;
+  // The latest revision the stream delivered for each repository; views
+  // older than it are not cached. Below the floor, all are unknown.
+  std::map<std::string, int64_t> event_rev_ PAC_GUARDED_BY(mu_);
+  int64_t event_rev_floor_ PAC_GUARDED_BY(mu_) = 0;
   bool restart_watch_ PAC_GUARDED_BY(mu_) = false;
   bool stop_ PAC_GUARDED_BY(mu_) = false;
   // Serialises replacing the watch stream (promote thread, Close, tests).
