@@ -190,7 +190,10 @@ void BM_Etcd_HandOff(benchmark::State& state) {
   int64_t errors = 0, i = 0;
   for (auto _ : state) {
     std::string run = absl::StrCat(ns, "/run-", state.thread_index(), "-", i++);
-    auto a = (*driver)->AcquireSlot(ctx, repo, run);
+    // As a controller submits: with the PipelineRun's creation time.
+    AcquireOptions opts;
+    opts.creation_time = absl::Now();
+    auto a = (*driver)->AcquireSlot(ctx, repo, run, opts);
     if (!a.ok()) {
       ++errors;
       continue;

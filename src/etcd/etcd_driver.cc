@@ -180,6 +180,79 @@ void EtcdDriver::GuardSlots(etcdpb::TxnRequest* txn, const RepoView& v) const {
   }
 }
 
+const EtcdDriver::QueueInfo* EtcdDriver::LastQueueKey(const RepoView& v) {
+  const QueueInfo* last = nullptr;
+  for (const QueueInfo& q : v.queue) {
+    if (last == nullptr || q.key > last->key) last = &q;
+  }
+  return last;
+}
+
+void EtcdDriver::GuardAdmissions(etcdpb::TxnRequest* txn, const RepoView& v,
+                                 const QueueInfo* last_admitted,
+                                 bool drained) const {
+  if (v.queue.empty() || (last_admitted == nullptr && !drained)) return;
+  // Entries this view has not seen were joined at the end (FastEnqueueTxn)
+  // after one it has, so they sort after its head. Between the head and
+  // the last admitted entry (to the end, if the plan leaves room and no
+  // queue) there must be none: every key there is older than the view.
+  // Only live entries and cancelled ones lie in that range.
+  const std::string q = RepoPrefix(v.repo) + "queue/";
+  auto* cmp = txn->add_compare();
+  cmp->set_key(Cat(q, Pad20(v.queue.front().creation_us), "/"));
+  cmp->set_range_end(drained ? PrefixEnd(q) : last_admitted->key);
+  cmp->set_target(etcdpb::Compare::CREATE);
+  cmp->set_result(etcdpb::Compare::LESS);
+  cmp->set_create_revision(v.revision + 1);
+}
+
+std::vector<const EtcdDriver::QueueInfo*> EtcdDriver::StaleEntries(
+    const RepoView& v) {
+  std::vector<const QueueInfo*> out;
+  std::set<std::string_view> seen;
+  for (const QueueInfo& q : v.queue) {
+    if (v.slots.count(q.run) > 0 || !seen.insert(q.run).second) {
+      out.push_back(&q);
+    }
+  }
+  return out;
+}
+
+void EtcdDriver::DropStale(etcdpb::TxnRequest* txn, RepoView* after,
+                           const std::vector<const QueueInfo*>& stale,
+                           const std::string& caller) {
+  for (const QueueInfo* q : stale) {
+    if (q->run == caller) continue;  // the caller's own entries are handled
+    *txn->add_success() = DeleteOp(q->key);
+    std::erase_if(after->queue,
+                  [&](const QueueInfo& e) { return e.key == q->key; });
+  }
+}
+
+etcdpb::TxnRequest EtcdDriver::FastEnqueueTxn(const RepoView& v,
+                                              const QueueInfo& last,
+                                              const std::string& run) const {
+  // The new key sorts after `last`, the view's greatest queue key (keys
+  // order by creation time first). If `last` is still queued, the new
+  // entry sorts after every entry a concurrent release can see as its
+  // head, so it leaves `meta` alone and conflicts with nobody; releases
+  // that admit past the head check the range they admit from
+  // (GuardAdmissions). A compare on the run's own slot keeps a running
+  // run from being queued.
+  etcdpb::TxnRequest txn;
+  auto* cmp = txn.add_compare();
+  cmp->set_key(last.key);
+  cmp->set_target(etcdpb::Compare::CREATE);
+  cmp->set_result(etcdpb::Compare::EQUAL);
+  cmp->set_create_revision(last.create_revision);
+  cmp = txn.add_compare();
+  cmp->set_key(Cat(RepoPrefix(v.repo), "slot/", run));
+  cmp->set_target(etcdpb::Compare::CREATE);
+  cmp->set_result(etcdpb::Compare::EQUAL);
+  cmp->set_create_revision(0);
+  return txn;
+}
+
 void EtcdDriver::AddGrant(etcdpb::TxnRequest* txn, RepoView* after,
                           const std::string& run, int64_t lease,
                           const std::string& dequeued_key) const {
@@ -438,7 +511,7 @@ void EtcdDriver::SortQueue(RepoView* v) {
 
 absl::StatusOr<std::optional<etcdpb::TxnResponse>> EtcdDriver::CommitStep(
     const Context& ctx, const std::string& repo, etcdpb::TxnRequest txn,
-    const std::vector<int64_t>& leases, RepoView after) {
+    const std::vector<int64_t>& leases, RepoView after, bool exact) {
   // A failed compare answers the repository as it is now, so the next
   // attempt needs no read of its own. A success answers nothing: the
   // compares held, so the repository is `after` (the plan's view with the
@@ -448,17 +521,19 @@ absl::StatusOr<std::optional<etcdpb::TxnResponse>> EtcdDriver::CommitStep(
   auto tr = kv_->Txn(ctx, txn);
   if (tr.ok() && tr->succeeded()) {
     const int64_t rev = tr->header().revision();
-    after.revision = rev;
-    after.meta_mod = rev;  // every step puts `meta`
-    after.exists = true;
-    for (auto& [run, slot] : after.slots) {
-      if (slot.create_revision == 0) slot.create_revision = rev;
+    if (exact) {
+      after.revision = rev;
+      after.meta_mod = rev;  // a guarded step puts `meta`
+      after.exists = true;
+      for (auto& [run, slot] : after.slots) {
+        if (slot.create_revision == 0) slot.create_revision = rev;
+      }
+      for (QueueInfo& q : after.queue) {
+        if (q.create_revision == 0) q.create_revision = rev;
+      }
+      SortQueue(&after);
+      CacheView(repo, after);
     }
-    for (QueueInfo& q : after.queue) {
-      if (q.create_revision == 0) q.create_revision = rev;
-    }
-    SortQueue(&after);
-    CacheView(repo, after);
     return std::optional<etcdpb::TxnResponse>(*std::move(tr));
   }
   {
@@ -494,9 +569,11 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
       return eff_limit == 0 ? INT64_MAX : eff_limit - running;
     };
     // Queue heads admitted into free slots, oldest first.
+    const std::vector<const QueueInfo*> stale = StaleEntries(v);
     std::vector<const QueueInfo*> promote;
     for (const QueueInfo& q : v.queue) {
       if (free_slots() <= 0) break;
+      if (std::find(stale.begin(), stale.end(), &q) != stale.end()) continue;
       promote.push_back(&q);
       ++running;
     }
@@ -550,13 +627,43 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
     if (!leases.ok()) return leases.status();
     const absl::Time now = clock_->Now();
     const std::string p = RepoPrefix(repo);
-    etcdpb::TxnRequest txn = GuardedTxn(p, v.meta_mod);
-    // An expiry deletes a slot without touching `meta`: a plan made from a
-    // cached view also checks that every slot it counted still exists.
-    if (cached) GuardSlots(&txn, v);
+    int64_t creation_us = 0;
+    std::string queue_key;
+    if (enqueue_caller) {
+      creation_us = absl::ToUnixMicros(options.creation_time.value_or(now));
+      queue_key = Cat(p, "queue/", Pad20(creation_us), "/", run);
+    }
+    const QueueInfo* last = LastQueueKey(v);
+    // Joining the end of a queue is a Txn of its own that leaves `meta`
+    // alone, so it does not conflict with releases (see FastEnqueueTxn).
+    // Only with a given creation time: a re-submit then writes the same key
+    // again, where "now" would queue the run a second time.
+    const bool fast = enqueue_caller && options.creation_time.has_value() &&
+                      !limit_changed && promote.empty() && !grant_caller &&
+                      last != nullptr && queue_key > last->key;
+    RepoView after = v;  // the repository once the Txn commits
+    etcdpb::TxnRequest txn;
+    if (fast) {
+      txn = FastEnqueueTxn(v, *last, run);
+      // The queue is joined because every slot is taken. A slot that
+      // expired since the view means a head to admit instead: this
+      // driver's watch sees the expiry and admits it (PromoteLoop), or,
+      // without background promotion, the Txn checks the slots.
+      if (!background_ || !watch_started_.load()) GuardSlots(&txn, v);
+    } else {
+      txn = GuardedTxn(p, v.meta_mod);
+      // An expiry deletes a slot without touching `meta`: a plan made from
+      // a cached view also checks that every slot it counted still exists.
+      if (cached) GuardSlots(&txn, v);
+      const size_t left = v.queue.size() - promote.size() -
+                          (grant_caller && caller_queued != nullptr ? 1 : 0);
+      const bool room = free_slots() > (grant_caller ? 1 : 0);
+      GuardAdmissions(&txn, v, promote.empty() ? nullptr : promote.back(),
+                      left == 0 && room);
+      DropStale(&txn, &after, stale, run);
+    }
     if (limit_changed)
       *txn.add_success() = PutOp(p + "limit", std::to_string(limit));
-    RepoView after = v;  // the repository once the Txn commits
     if (limit_changed) after.limit = limit;
     size_t li = 0;
     std::vector<std::pair<std::string, int64_t>> granted;  // run, lease
@@ -576,15 +683,13 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
       AddGrant(&txn, &after, run, lease, dequeue);
       granted.emplace_back(run, lease);
     }
-    int64_t creation_us = 0;
     if (enqueue_caller) {
-      creation_us = absl::ToUnixMicros(options.creation_time.value_or(now));
-      QueueInfo q{run, Cat(p, "queue/", Pad20(creation_us), "/", run),
-                  creation_us, 0, absl::ToUnixMicros(now)};
+      QueueInfo q{run, queue_key, creation_us, 0, absl::ToUnixMicros(now)};
       *txn.add_success() = PutOp(q.key, std::to_string(q.enqueued_us));
       after.queue.push_back(std::move(q));
     }
-    auto tr = CommitStep(ctx, repo, std::move(txn), *leases, std::move(after));
+    auto tr = CommitStep(ctx, repo, std::move(txn), *leases, std::move(after),
+                         /*exact=*/!fast);
     if (!tr.ok()) return tr.status();
     if (!tr->has_value()) {  // planned on an outdated view: plan again
       fresh = false;
@@ -741,17 +846,25 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseSlot(
       }
       return result;
     }
+    const std::vector<const QueueInfo*> stale = StaleEntries(v);
     std::vector<const QueueInfo*> promote;
     for (const QueueInfo& q : v.queue) {
       if (q.run == run) continue;
       if (v.limit != 0 && running >= v.limit) break;
+      if (std::find(stale.begin(), stale.end(), &q) != stale.end()) continue;
       promote.push_back(&q);
       ++running;
     }
+    size_t left = 0;
+    for (const QueueInfo& q : v.queue) left += q.run == run ? 0 : 1;
+    GuardAdmissions(
+        &txn, v, promote.empty() ? nullptr : promote.back(),
+        left == promote.size() && (v.limit == 0 || running < v.limit));
     auto leases = Leases(ctx, promote.size());
     if (!leases.ok()) return leases.status();
     const absl::Time now = clock_->Now();
     RepoView after = v;  // the repository once the Txn commits
+    DropStale(&txn, &after, stale, run);
     if (released) after.slots.erase(run);
     if (dequeued) {
       std::erase_if(after.queue,
@@ -762,7 +875,8 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseSlot(
       *txn.add_success() = DeleteOp(promote[i]->key);
       AddGrant(&txn, &after, promote[i]->run, l, promote[i]->key);
     }
-    auto tr = CommitStep(ctx, repo, std::move(txn), *leases, std::move(after));
+    auto tr = CommitStep(ctx, repo, std::move(txn), *leases, std::move(after),
+                         /*exact=*/true);
     if (!tr.ok()) return tr.status();
     if (!tr->has_value()) {  // planned on an outdated view: plan again
       fresh = false;

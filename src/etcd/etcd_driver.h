@@ -126,19 +126,43 @@ class EtcdDriver final : public Driver {
   static void ApplyKv(RepoView* v, std::string_view rest, bool put,
                       const etcdpb::KeyValue& kv);
   etcdpb::RequestOp RangeRepoOp(const std::string& repo) const;
-  // Commits a step's Txn. On success the view cache gets `after`, the
-  // repository as the Txn leaves it (new keys with create revision 0 get
-  // the commit's); a failed compare returns the repository's range, which
-  // is cached instead. The response when it succeeded; nullopt when the
-  // step must be planned again (a lost compare, a retryable error);
-  // otherwise the error. A failed Txn's leases go back to the spares.
+  // Commits a step's Txn. On success, if `exact` (the Txn was guarded by
+  // `meta`, so `after` is the whole repository at the commit's revision)
+  // the view cache gets `after`, the repository as the Txn leaves it (new
+  // keys with create revision 0 get the commit's); otherwise the watch
+  // brings the change; a failed compare returns
+  // the repository's range, which is cached instead. The response when it
+  // succeeded; nullopt when the step must be planned again (a lost compare, a
+  // retryable error); otherwise the error. A failed Txn's leases go back to the
+  // spares.
   absl::StatusOr<std::optional<etcdpb::TxnResponse>> CommitStep(
       const Context& ctx, const std::string& repo, etcdpb::TxnRequest txn,
-      const std::vector<int64_t>& leases, RepoView after) PAC_EXCLUDES(mu_);
+      const std::vector<int64_t>& leases, RepoView after, bool exact)
+      PAC_EXCLUDES(mu_);
   // Sorts a view's queue into admission order: (creation time, revision).
   static void SortQueue(RepoView* v);
   // Compares that each slot of `v` still exists as `v` saw it.
   void GuardSlots(etcdpb::TxnRequest* txn, const RepoView& v) const;
+  // The queue entry of `v` with the greatest key (nullptr: none).
+  static const QueueInfo* LastQueueKey(const RepoView& v);
+  // Joining the end of a queue does not write `meta` (FastEnqueueTxn). A
+  // guarded plan that admits from the queue (up to `last_admitted`, or to
+  // its end when `drained`: none of it left and slots free) adds a compare
+  // that no entry it has not seen sorts before what it admits.
+  void GuardAdmissions(etcdpb::TxnRequest* txn, const RepoView& v,
+                       const QueueInfo* last_admitted, bool drained) const;
+  // Queue entries to drop when the repository is next written: a run
+  // queued twice (two processes joined the end at once) keeps its first
+  // entry; a run that holds a slot keeps none. Pointers into `v`.
+  static std::vector<const QueueInfo*> StaleEntries(const RepoView& v);
+  // Deletes `stale` entries (except the caller's own, which the step
+  // handles) in `txn` and from `after`.
+  static void DropStale(etcdpb::TxnRequest* txn, RepoView* after,
+                        const std::vector<const QueueInfo*>& stale,
+                        const std::string& caller);
+  // The compares of an enqueue at the end of `v`'s queue, after `last`.
+  etcdpb::TxnRequest FastEnqueueTxn(const RepoView& v, const QueueInfo& last,
+                                    const std::string& run) const;
   void CacheView(const std::string& repo, const RepoView& v) PAC_EXCLUDES(mu_);
   void CacheTxnView(const std::string& repo, const etcdpb::TxnResponse& tr)
       PAC_EXCLUDES(mu_);

@@ -192,6 +192,11 @@ bool MockEtcd::CompareLocked(const etcdpb::Compare& c) {
          it != kv_.end() && InRange(it->first, c.key(), c.range_end()); ++it) {
       subjects.push_back(it->second);
     }
+    // As etcd: an empty range compares as one absent key (never for VALUE).
+    if (subjects.empty()) {
+      if (c.target() == etcdpb::Compare::VALUE) return false;
+      subjects.push_back(etcdpb::KeyValue());
+    }
   }
   for (const auto& kv : subjects) {
     int cmp = 0;
