@@ -256,12 +256,14 @@ etcdpb::TxnRequest EtcdDriver::FastEnqueueTxn(const RepoView& v,
 void EtcdDriver::AddGrant(etcdpb::TxnRequest* txn, RepoView* after,
                           const std::string& run, int64_t lease,
                           const std::string& dequeued_key) const {
+  const int64_t since_us = absl::ToUnixMicros(LeaseSince(lease));
   *txn->add_success() =
-      PutOp(Cat(RepoPrefix(after->repo), "slot/", run), Hex(lease), lease);
+      PutOp(Cat(RepoPrefix(after->repo), "slot/", run),
+            Cat(Hex(lease), "/", std::to_string(since_us)), lease);
   *txn->add_success() = PutOp(Cat(prefix_, "lease/", Hex(lease)),
                               Cat(after->repo, "\n", run), lease);
   // Its create revision is the commit's, filled in by CommitStep.
-  after->slots[run] = SlotInfo{run, Hex(lease), 0};
+  after->slots[run] = SlotInfo{run, Hex(lease), 0, since_us};
   if (!dequeued_key.empty()) {
     std::erase_if(after->queue,
                   [&](const QueueInfo& q) { return q.key == dequeued_key; });
@@ -376,7 +378,15 @@ void EtcdDriver::ApplyKv(RepoView* v, std::string_view rest, bool put,
   } else if (rest.substr(0, 5) == "slot/") {
     std::string run(rest.substr(5));
     if (put) {
-      v->slots[run] = SlotInfo{run, kv.value(), kv.create_revision()};
+      std::string_view value(kv.value());
+      size_t slash = value.find('/');
+      SlotInfo slot{run, std::string(value.substr(0, slash)),
+                    kv.create_revision(), 0};
+      if (slash != std::string_view::npos) {
+        std::string_view us = value.substr(slash + 1);
+        std::from_chars(us.data(), us.data() + us.size(), slot.since_us);
+      }
+      v->slots[run] = std::move(slot);
     } else {
       v->slots.erase(run);
     }
@@ -480,11 +490,24 @@ absl::Time EtcdDriver::TakeExpiry(int64_t lease, absl::Time now) {
   return since + ttl_;
 }
 
-void EtcdDriver::RecycleLocked(int64_t lease) {
-  auto it = live_since_.find(lease);
-  if (it == live_since_.end()) return;
-  const absl::Time since = it->second;
-  live_since_.erase(it);
+absl::Time EtcdDriver::LeaseSince(int64_t lease) const {
+  MutexLock lock(&mu_);
+  if (auto it = granted_at_.find(lease); it != granted_at_.end()) {
+    return it->second;
+  }
+  if (auto it = live_since_.find(lease); it != live_since_.end()) {
+    return it->second;
+  }
+  return clock_->Now();
+}
+
+void EtcdDriver::RecycleLocked(int64_t lease, absl::Time since) {
+  // This driver's own record is the better one (renewals move it).
+  if (auto it = live_since_.find(lease); it != live_since_.end()) {
+    since = it->second;
+    live_since_.erase(it);
+  }
+  if (since == absl::InfinitePast()) return;
   // Its keys are gone; while young it can carry the next grant (the next
   // Lease gets a new id: the new slot's revision is part of it).
   if (clock_->Now() - since < ttl_ / 10) {
@@ -700,7 +723,9 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
       MutexLock lock(&mu_);
       // Leases that expire are never released here: bound the cache.
       if (known_leases_.size() > 100000) known_leases_.clear();
-      for (const auto& [r, lease] : granted) known_leases_[lease] = {repo, r};
+      for (const auto& [r, lease] : granted) {
+        known_leases_[lease] = KnownLease{repo, r, token};
+      }
     }
     for (const auto& [r, lease] : granted) {
       Lease l = MakeLease(repo, r, lease, token, now);
@@ -779,14 +804,17 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseSlot(
   if (!lease_id.empty()) {
     if (!ParseLeaseId(lease_id, &lease, &token)) return result;  // not ours
     MutexLock lock(&mu_);
+    // An etcd lease moves on to the next run when a release hands its slot
+    // over (possibly in another process): the record counts only for the
+    // grant it was made for. Otherwise the lease index answers.
     auto it = known_leases_.find(lease);
-    if (it != known_leases_.end()) {
-      if ((!repo.empty() && it->second.first != repo) ||
-          (!run.empty() && it->second.second != run)) {
+    if (it != known_leases_.end() && it->second.token == token) {
+      if ((!repo.empty() && it->second.repo != repo) ||
+          (!run.empty() && it->second.run != run)) {
         return result;
       }
-      repo = it->second.first;
-      run = it->second.second;
+      repo = it->second.repo;
+      run = it->second.run;
       cached = true;
     }
   }
@@ -822,8 +850,6 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseSlot(
         (lease_id.empty() || (slot->second.lease_hex == Hex(lease) &&
                               slot->second.create_revision == token))) {
       *txn.add_success() = DeleteOp(p + "slot/" + run);
-      *txn.add_success() =
-          DeleteOp(Cat(prefix_, "lease/", slot->second.lease_hex));
       released = true;
       --running;
     } else if (lease_id.empty()) {
@@ -860,9 +886,33 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseSlot(
     GuardAdmissions(
         &txn, v, promote.empty() ? nullptr : promote.back(),
         left == promote.size() && (v.limit == 0 || running < v.limit));
-    auto leases = Leases(ctx, promote.size());
-    if (!leases.ok()) return leases.status();
     const absl::Time now = clock_->Now();
+    // The released slot's etcd lease, if young, carries the first admitted
+    // run's slot: a hand-off grants no lease (its index key is rewritten).
+    int64_t released_lease = 0;
+    absl::Time released_since = absl::InfinitePast();
+    if (released) {
+      ParseHex(slot->second.lease_hex, &released_lease);
+      if (slot->second.since_us > 0) {
+        released_since = absl::FromUnixMicros(slot->second.since_us);
+      }
+    }
+    const bool reuse = released && !promote.empty() && released_lease != 0 &&
+                       now - released_since < ttl_ / 10;
+    if (released && !reuse) {
+      *txn.add_success() =
+          DeleteOp(Cat(prefix_, "lease/", slot->second.lease_hex));
+    }
+    auto leases = Leases(ctx, promote.size() - (reuse ? 1 : 0));
+    if (!leases.ok()) return leases.status();
+    std::vector<int64_t> grant_leases = *leases;
+    if (reuse) {
+      {
+        MutexLock lock(&mu_);
+        granted_at_[released_lease] = released_since;  // for AddGrant
+      }
+      grant_leases.insert(grant_leases.begin(), released_lease);
+    }
     RepoView after = v;  // the repository once the Txn commits
     DropStale(&txn, &after, stale, run);
     if (released) after.slots.erase(run);
@@ -871,12 +921,16 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseSlot(
                     [&](const QueueInfo& q) { return q.run == run; });
     }
     for (size_t i = 0; i < promote.size(); ++i) {
-      int64_t l = (*leases)[i];
+      int64_t l = grant_leases[i];
       *txn.add_success() = DeleteOp(promote[i]->key);
       AddGrant(&txn, &after, promote[i]->run, l, promote[i]->key);
     }
     auto tr = CommitStep(ctx, repo, std::move(txn), *leases, std::move(after),
                          /*exact=*/true);
+    if (reuse && (!tr.ok() || !tr->has_value())) {
+      MutexLock lock(&mu_);
+      granted_at_.erase(released_lease);  // still the released slot's
+    }
     if (!tr.ok()) return tr.status();
     if (!tr->has_value()) {  // planned on an outdated view: plan again
       fresh = false;
@@ -886,21 +940,22 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseSlot(
     result.dequeued = dequeued;
     {
       MutexLock lock(&mu_);
-      if (released && slot != v.slots.end()) {
-        int64_t gone = 0;
-        if (ParseHex(slot->second.lease_hex, &gone)) {
-          known_leases_.erase(gone);
-          RecycleLocked(gone);
-        }
+      if (released && !reuse) {
+        known_leases_.erase(released_lease);
+        RecycleLocked(released_lease, released_since);
+      } else if (reuse) {
+        live_since_.erase(released_lease);  // TakeExpiry moves it back
       }
       for (size_t i = 0; i < promote.size(); ++i) {
-        known_leases_[(*leases)[i]] = {repo, promote[i]->run};
+        known_leases_[grant_leases[i]] =
+            KnownLease{repo, promote[i]->run, (*tr)->header().revision()};
       }
     }
     for (size_t i = 0; i < promote.size(); ++i) {
-      result.admitted.push_back(MakeLease(repo, promote[i]->run, (*leases)[i],
+      result.admitted.push_back(MakeLease(repo, promote[i]->run,
+                                          grant_leases[i],
                                           (*tr)->header().revision(), now));
-      result.admitted.back().expires_at = TakeExpiry((*leases)[i], now);
+      result.admitted.back().expires_at = TakeExpiry(grant_leases[i], now);
       logger_->info("admitted {} from the queue of {}", promote[i]->run, repo);
     }
     if (released) logger_->debug("slot released: {} in {}", run, repo);
@@ -937,7 +992,8 @@ absl::StatusOr<Lease> EtcdDriver::RenewLease(const Context& ctx,
   // The slot must be the one this id was granted (same revision): the etcd
   // lease may carry a later grant by now.
   if (s->kvs_size() == 0 || s->kvs(0).create_revision() != token ||
-      s->kvs(0).value() != Hex(lease)) {
+      std::string_view(s->kvs(0).value())
+              .substr(0, s->kvs(0).value().find('/')) != Hex(lease)) {
     return LeaseLostError("lease has expired or was released");
   }
   const absl::Time before = clock_->Now();

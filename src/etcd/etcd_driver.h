@@ -85,6 +85,10 @@ class EtcdDriver final : public Driver {
     std::string run;
     std::string lease_hex;
     int64_t create_revision = 0;
+    // When the etcd lease's TTL started (at the latest), from the slot's
+    // value "<lease hex>/<µs>": lets whoever releases the slot reuse a
+    // young lease. 0: unknown.
+    int64_t since_us = 0;
   };
   struct QueueInfo {
     std::string run;
@@ -174,7 +178,9 @@ class EtcdDriver final : public Driver {
   // to `after` (taking `dequeued_key`, if any, out of its queue).
   void AddGrant(etcdpb::TxnRequest* txn, RepoView* after,
                 const std::string& run, int64_t lease,
-                const std::string& dequeued_key) const;
+                const std::string& dequeued_key) const PAC_EXCLUDES(mu_);
+  // When `lease`'s TTL started, as far as this driver knows (now if not).
+  absl::Time LeaseSince(int64_t lease) const PAC_EXCLUDES(mu_);
   absl::Status PutKey(const Context& ctx, std::string key,
                       std::string_view value);
   absl::StatusOr<std::string> GetKey(const Context& ctx, std::string key,
@@ -192,7 +198,7 @@ class EtcdDriver final : public Driver {
   // forgetting the grant time; `now` + TTL if unknown.
   absl::Time TakeExpiry(int64_t lease, absl::Time now) PAC_EXCLUDES(mu_);
   // After a release: back to the spares if the lease is young.
-  void RecycleLocked(int64_t lease) PAC_REQUIRES(mu_);
+  void RecycleLocked(int64_t lease, absl::Time since) PAC_REQUIRES(mu_);
   Lease MakeLease(const std::string& repo, const std::string& run,
                   int64_t lease, int64_t token, absl::Time now) const;
   // Replaces the watch stream with one from `from_revision` (0: now).
@@ -218,7 +224,7 @@ class EtcdDriver final : public Driver {
 
   WatchDispatcher dispatcher_;
   WatcherRegistry watchers_;
-  Mutex mu_;
+  mutable Mutex mu_;
   CondVar cv_;
 
   std::set<std::string> to_promote_ PAC_GUARDED_BY(mu_);
@@ -231,10 +237,13 @@ class EtcdDriver final : public Driver {
   std::map<int64_t, absl::Time> live_since_ PAC_GUARDED_BY(mu_);
   bool refill_wanted_ PAC_GUARDED_BY(mu_) = false;
   CondVar refill_cv_;
-  // Leases this driver granted: lease -> (repo, run). Lets a release by id
-  // skip reading the lease index; the release's Txn still checks the slot.
-  std::map<int64_t, std::pair<std::string, std::string>> known_leases_
-      PAC_GUARDED_BY(mu_);
+  // Leases this driver granted: lease -> (repo, run, token). Lets a release by
+  // id skip reading the lease index; the release's Txn still checks the slot.
+  struct KnownLease {
+    std::string repo, run;
+    int64_t token = 0;  // the grant's slot revision
+  };
+  std::map<int64_t, KnownLease> known_leases_ PAC_GUARDED_BY(mu_);
   // Each repository as the last Txn or read left it, at `revision`;
   // dropped when the watch reports a later change.
   std::map<std::string, RepoView> views_ PAC_GUARDED_BY(mu_);

@@ -315,5 +315,62 @@ TEST(EtcdDriverTest, CompactionDuringAWatchResyncsInMockMode) {
   CompactionDuringAWatch(**d, *kv);
 }
 
+// The etcd lease part of a Lease id ("<lease>-<slot revision>").
+std::string EtcdLeaseOf(const std::string& lease_id) {
+  return lease_id.substr(0, lease_id.find('-'));
+}
+
+TEST(EtcdDriverTest, AHandOffPassesAYoungLeaseToTheAdmittedRunOnly) {
+  EtcdConfig c;
+  c.mode = "mock";
+  c.lease_ttl = absl::Seconds(60);
+  ManualClock clock;
+  DriverOptions o;
+  o.clock = &clock;
+  auto a = NewEtcdDriver(c, o);
+  auto b = NewEtcdDriver(c, o);
+  ASSERT_TRUE(a.ok() && b.ok());
+  Context ctx;
+  Repository repo{"handoff", "repo", 1};
+  AcquireOptions opts;
+  opts.creation_time = clock.Now();
+  auto x = (*a)->AcquireSlot(ctx, repo, "handoff/x", opts);
+  ASSERT_TRUE(x.ok() && x->acquired);
+  auto h = (*b)->AcquireSlot(ctx, repo, "handoff/h", opts);
+  ASSERT_TRUE(h.ok() && !h->acquired);
+  // Released while young: the next run's slot rides on the same etcd
+  // lease, under a Lease id of its own.
+  auto rel = (*a)->ReleaseSlot(ctx, x->lease.lease_id, "", "");
+  ASSERT_TRUE(rel.ok() && rel->released);
+  ASSERT_EQ(rel->admitted.size(), 1u);
+  const Lease handed = rel->admitted[0];
+  EXPECT_EQ(handed.pipeline_run_key, "handoff/h");
+  EXPECT_EQ(EtcdLeaseOf(handed.lease_id), EtcdLeaseOf(x->lease.lease_id));
+  EXPECT_NE(handed.lease_id, x->lease.lease_id);
+  // The old id names nothing any more, in either process.
+  EXPECT_TRUE(IsLeaseLost((*a)->RenewLease(ctx, x->lease.lease_id).status()));
+  auto stale = (*b)->ReleaseSlot(ctx, x->lease.lease_id, "", "");
+  ASSERT_TRUE(stale.ok());
+  EXPECT_FALSE(stale->released);
+  auto running = (*b)->GetRunningPipelineRuns(ctx, repo.Key());
+  ASSERT_TRUE(running.ok());
+  ASSERT_EQ(running->size(), 1u);
+  EXPECT_EQ((*running)[0].lease_id, handed.lease_id);
+  // The new id works from the process that did not grant it.
+  EXPECT_TRUE((*b)->RenewLease(ctx, handed.lease_id).ok());
+  // An old lease is not passed on: the next run gets a lease of its own.
+  auto n = (*a)->AcquireSlot(ctx, repo, "handoff/n", opts);
+  ASSERT_TRUE(n.ok() && !n->acquired);
+  clock.Advance(absl::Seconds(7));  // past a tenth of the TTL
+  auto rel2 = (*b)->ReleaseSlot(ctx, handed.lease_id, "", "");
+  ASSERT_TRUE(rel2.ok() && rel2->released);
+  ASSERT_EQ(rel2->admitted.size(), 1u);
+  EXPECT_EQ(rel2->admitted[0].pipeline_run_key, "handoff/n");
+  EXPECT_NE(EtcdLeaseOf(rel2->admitted[0].lease_id),
+            EtcdLeaseOf(handed.lease_id));
+  EXPECT_TRUE(
+      (*a)->ReleaseSlot(ctx, rel2->admitted[0].lease_id, "", "")->released);
+}
+
 }  // namespace
 }  // namespace pac::concurrency
