@@ -180,6 +180,31 @@ void EtcdDriver::GuardSlots(etcdpb::TxnRequest* txn, const RepoView& v) const {
   }
 }
 
+absl::StatusOr<std::optional<EtcdDriver::RepoView>> EtcdDriver::Confirm(
+    const Context& ctx, const RepoView& v) {
+  // Compares only, so etcd serves it as a read (no log entry), and of
+  // single keys: no walk over the repository's deleted keys, as a range
+  // makes. Entries joined at the end of the queue do not move anyone
+  // already in it, so they need no check.
+  etcdpb::TxnRequest txn;
+  auto* cmp = txn.add_compare();
+  cmp->set_key(RepoPrefix(v.repo) + "meta");
+  cmp->set_target(etcdpb::Compare::MOD);
+  cmp->set_result(etcdpb::Compare::EQUAL);
+  cmp->set_mod_revision(v.meta_mod);
+  GuardSlots(&txn, v);
+  *txn.add_failure() = RangeRepoOp(v.repo);
+  auto tr = kv_->Txn(ctx, txn);
+  if (!tr.ok()) {
+    ForgetView(v.repo);
+    return tr.status();
+  }
+  if (tr->succeeded()) return std::optional<RepoView>();
+  CacheTxnView(v.repo, *tr);
+  return std::optional<RepoView>(ParseView(
+      v.repo, tr->responses(0).response_range(), tr->header().revision()));
+}
+
 const EtcdDriver::QueueInfo* EtcdDriver::LastQueueKey(const RepoView& v) {
   const QueueInfo* last = nullptr;
   for (const QueueInfo& q : v.queue) {
@@ -578,11 +603,16 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
                                                const std::string& run,
                                                const AcquireOptions& options) {
   bool fresh = false;
+  std::optional<RepoView> confirmed;  // etcd's view, from Confirm
   for (int attempt = 0; attempt < kMaxAttempts; ++attempt) {
     if (absl::Status s = ctx.Err(); !s.ok()) return s;
     if (absl::Status s = CheckOpen(); !s.ok()) return s;
     bool cached = false;
-    auto view = fresh ? Read(ctx, repo) : View(ctx, repo, &cached);
+    absl::StatusOr<RepoView> view = confirmed.has_value()
+                                        ? *std::move(confirmed)
+                                    : fresh ? Read(ctx, repo)
+                                            : View(ctx, repo, &cached);
+    confirmed.reset();
     if (!view.ok()) return view.status();
     const RepoView& v = *view;
     const int32_t eff_limit = set_limit ? limit : v.limit;
@@ -637,11 +667,15 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
     }
     if (!limit_changed && promote.empty() && !grant_caller && !enqueue_caller) {
       // Nothing to write. A cached view may be behind another process's
-      // write (a promotion, say): answer from a fresh read only.
+      // write (a promotion, say): answer only once etcd confirms it.
       if (cached) {
-        fresh = true;
-        --attempt;
-        continue;
+        auto current = Confirm(ctx, v);
+        if (!current.ok()) return current.status();
+        if (current->has_value()) {  // plan again on etcd's current view
+          confirmed = std::move(*current);
+          --attempt;
+          continue;
+        }
       }
       return result;
     }
@@ -712,7 +746,7 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
       after.queue.push_back(std::move(q));
     }
     auto tr = CommitStep(ctx, repo, std::move(txn), *leases, std::move(after),
-                         /*exact=*/!fast);
+                         /*exact=*/!fast && v.queue.empty());
     if (!tr.ok()) return tr.status();
     if (!tr->has_value()) {  // planned on an outdated view: plan again
       fresh = false;
@@ -926,7 +960,7 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseSlot(
       AddGrant(&txn, &after, promote[i]->run, l, promote[i]->key);
     }
     auto tr = CommitStep(ctx, repo, std::move(txn), *leases, std::move(after),
-                         /*exact=*/true);
+                         /*exact=*/v.queue.empty());
     if (reuse && (!tr.ok() || !tr->has_value())) {
       MutexLock lock(&mu_);
       granted_at_.erase(released_lease);  // still the released slot's

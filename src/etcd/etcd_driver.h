@@ -130,15 +130,17 @@ class EtcdDriver final : public Driver {
   static void ApplyKv(RepoView* v, std::string_view rest, bool put,
                       const etcdpb::KeyValue& kv);
   etcdpb::RequestOp RangeRepoOp(const std::string& repo) const;
-  // Commits a step's Txn. On success, if `exact` (the Txn was guarded by
-  // `meta`, so `after` is the whole repository at the commit's revision)
-  // the view cache gets `after`, the repository as the Txn leaves it (new
-  // keys with create revision 0 get the commit's); otherwise the watch
-  // brings the change; a failed compare returns
-  // the repository's range, which is cached instead. The response when it
-  // succeeded; nullopt when the step must be planned again (a lost compare, a
-  // retryable error); otherwise the error. A failed Txn's leases go back to the
-  // spares.
+  // Commits a step's Txn. On success, if `exact`, the view cache gets
+  // `after`, the repository as the Txn leaves it at the commit's revision
+  // (new keys with create revision 0 get the commit's). That holds when
+  // the Txn was guarded by `meta` and the plan's view had no queue: an
+  // entry joined at the end of a queue (FastEnqueueTxn) does not touch
+  // `meta`, so a view with a queue may lack one, and the watch, which
+  // applies every change after the cached view, brings the commit
+  // instead. A failed compare returns the repository's range, which is
+  // cached. The response when it succeeded; nullopt when the step must be
+  // planned again (a lost compare, a retryable error); otherwise the
+  // error. A failed Txn's leases go back to the spares.
   absl::StatusOr<std::optional<etcdpb::TxnResponse>> CommitStep(
       const Context& ctx, const std::string& repo, etcdpb::TxnRequest txn,
       const std::vector<int64_t>& leases, RepoView after, bool exact)
@@ -147,6 +149,12 @@ class EtcdDriver final : public Driver {
   static void SortQueue(RepoView* v);
   // Compares that each slot of `v` still exists as `v` saw it.
   void GuardSlots(etcdpb::TxnRequest* txn, const RepoView& v) const;
+  // Whether `v` (a cached view) still holds for an answer that writes
+  // nothing: `meta` and every slot unchanged. If not, the repository as
+  // etcd has it now (also cached).
+  absl::StatusOr<std::optional<RepoView>> Confirm(const Context& ctx,
+                                                  const RepoView& v)
+      PAC_EXCLUDES(mu_);
   // The queue entry of `v` with the greatest key (nullptr: none).
   static const QueueInfo* LastQueueKey(const RepoView& v);
   // Joining the end of a queue does not write `meta` (FastEnqueueTxn). A
