@@ -1227,6 +1227,7 @@ void EtcdDriver::OnWatch(const WatchBatch& b) {
     // expiry): applied to the view when the stream has delivered every
     // change since the view's revision, else the view is dropped.
     const int64_t rev = ev.kv().mod_revision();
+    // (etcd sends all events of a revision in one response.)
     if (auto it = views_.find(repo);
         it != views_.end() && rev > it->second.revision) {
       if (it->second.revision + 1 >= watch_from_) {

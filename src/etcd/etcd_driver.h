@@ -1,16 +1,19 @@
 // The etcd driver. Key layout (docs/etcd.md), under the configured prefix P:
 //
-//   P repo/<ns>/<name>/meta                 bumped by every change of the repo
+//   P repo/<ns>/<name>/meta                 bumped by every guarded change
 //   P repo/<ns>/<name>/limit                the concurrency limit
-//   P repo/<ns>/<name>/slot/<run>           a held slot; value: lease id; it
-//                                           carries its own etcd lease
+//   P repo/<ns>/<name>/slot/<run>           a held slot; value: "<lease
+//                                           id hex>/<lease TTL start µs>";
+//                                           it carries its own etcd lease
 //   P repo/<ns>/<name>/queue/<µs:20>/<run>  a queued run (creation time)
 //   P lease/<lease id hex>                  "<repo>\n<run>", same etcd lease
 //   P state/repo/<repo>, P state/run/<run>  free-form states
 //
-// Every change of a repository is one Txn whose compare is "meta's
-// mod_revision is what I read": counting and granting are one atomic step,
-// and a concurrent change makes the Txn fail and the step retry.
+// Every change of a repository but one is a Txn whose compare is "meta's
+// mod_revision is what I saw": counting and granting are one atomic step,
+// and a concurrent change makes the Txn fail and the step retry. The
+// exception, joining the end of a non-empty queue, is shown safe in
+// FastEnqueueTxn.
 #ifndef PAC_SRC_ETCD_ETCD_DRIVER_H_
 #define PAC_SRC_ETCD_ETCD_DRIVER_H_
 

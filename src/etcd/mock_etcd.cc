@@ -87,6 +87,19 @@ void MockEtcd::Record(etcdpb::Event ev, int64_t rev) {
   }
   for (const auto& w : watchers_) {
     if (w->stopped || !InRange(ev.kv().key(), w->key, w->range_end)) continue;
+    // As etcd: all events of one revision reach a watcher in one response.
+    bool merged = false;
+    for (auto it = outbox_.rbegin();
+         it != outbox_.rend() && it->second.revision == rev &&
+         it->second.compact_revision == 0;
+         ++it) {
+      if (it->first == w) {
+        it->second.events.push_back(ev);
+        merged = true;
+        break;
+      }
+    }
+    if (merged) continue;
     WatchBatch b;
     b.events.push_back(ev);
     b.revision = rev;
@@ -398,6 +411,11 @@ absl::StatusOr<std::unique_ptr<EtcdWatch>> MockEtcd::Watch(
       if (start_revision > 0) {
         for (const auto& [rev, ev] : history_) {
           if (rev < start_revision || !InRange(ev.kv().key(), key, range_end)) {
+            continue;
+          }
+          if (!outbox_.empty() && outbox_.back().first == w &&
+              outbox_.back().second.revision == rev) {
+            outbox_.back().second.events.push_back(ev);  // one revision
             continue;
           }
           WatchBatch b;
