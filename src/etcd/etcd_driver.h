@@ -122,8 +122,9 @@ class EtcdDriver final : public Driver {
   // A fresh read of the repository (also cached).
   absl::StatusOr<RepoView> Read(const Context& ctx, const std::string& repo);
   // The cached view if there is one (`*cached` says so), else a read. A
-  // cached view is only a guess: every write compares `meta`, and an answer
-  // that writes nothing is confirmed on a fresh read.
+  // cached view is only a guess: every guarded write compares `meta` (and
+  // the slots it counted), and an answer that writes nothing is confirmed
+  // (Confirm for an acquire, a fresh read for a release).
   absl::StatusOr<RepoView> View(const Context& ctx, const std::string& repo,
                                 bool* cached);
   RepoView ParseView(const std::string& repo, const etcdpb::RangeResponse& r,
