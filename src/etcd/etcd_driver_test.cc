@@ -372,5 +372,52 @@ TEST(EtcdDriverTest, AHandOffPassesAYoungLeaseToTheAdmittedRunOnly) {
       (*a)->ReleaseSlot(ctx, rel2->admitted[0].lease_id, "", "")->released);
 }
 
+// A run joins the end of the queue without touching `meta`, so a driver
+// whose view predates it still plans with a passing `meta` compare. Its
+// admissions must not skip the unseen run: raising the limit admits both.
+TEST(EtcdDriverTest, AdmittingPastTheHeadSeesARunJoinedUnseen) {
+  EtcdConfig c;
+  c.mode = "mock";
+  ManualClock clock;
+  DriverOptions o;
+  o.clock = &clock;
+  auto a = NewEtcdDriver(c, o);
+  auto b = NewEtcdDriver(c, o);
+  ASSERT_TRUE(a.ok() && b.ok());
+  Context ctx;
+  Repository repo{"unseen", "repo", 2};
+  AcquireOptions opts;
+  opts.creation_time = clock.Now();
+  for (const char* run : {"unseen/a1", "unseen/a2"}) {
+    ASSERT_TRUE((*a)->AcquireSlot(ctx, repo, run, opts)->acquired);
+  }
+  auto q1 = (*a)->AcquireSlot(ctx, repo, "unseen/q1", opts);
+  ASSERT_TRUE(q1.ok() && !q1->acquired);
+  // Driver a hears nothing from now on: its cached view stays as it is.
+  auto probe = internal::SharedMockEtcd(&clock)->Range(ctx, [] {
+    internal::etcdpb::RangeRequest r;
+    r.set_key("/");
+    r.set_count_only(true);
+    return r;
+  }());
+  ASSERT_TRUE(probe.ok());
+  static_cast<internal::EtcdDriver&>(**a).ResumeWatchForTest(
+      probe->header().revision() + 1000);
+  opts.creation_time = clock.Now() + absl::Seconds(1);
+  auto q2 = (*b)->AcquireSlot(ctx, repo, "unseen/q2", opts);
+  ASSERT_TRUE(q2.ok() && !q2->acquired);
+  EXPECT_EQ(q2->position, 2);
+  // Limit 4: two free slots for q1 and the run a has not seen.
+  repo.concurrency_limit = 4;
+  auto admitted = (*a)->SetRepositoryLimit(ctx, repo);
+  ASSERT_TRUE(admitted.ok()) << admitted.status();
+  std::vector<std::string> runs;
+  for (const Lease& l : *admitted) runs.push_back(l.pipeline_run_key);
+  EXPECT_THAT(runs, ::testing::UnorderedElementsAre("unseen/q1", "unseen/q2"));
+  auto queued = (*b)->GetQueuedPipelineRuns(ctx, repo.Key());
+  ASSERT_TRUE(queued.ok());
+  EXPECT_TRUE(queued->empty());
+}
+
 }  // namespace
 }  // namespace pac::concurrency
