@@ -712,8 +712,16 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
       // An expiry deletes a slot without touching `meta`: a plan made from
       // a cached view also checks that every slot it counted still exists.
       if (cached) GuardSlots(&txn, v);
-      const size_t left = v.queue.size() - promote.size() -
-                          (grant_caller && caller_queued != nullptr ? 1 : 0);
+      // Entries the plan leaves queued (stale ones are deleted).
+      size_t left = 0;
+      for (const QueueInfo& q : v.queue) {
+        if (std::find(promote.begin(), promote.end(), &q) != promote.end() ||
+            std::find(stale.begin(), stale.end(), &q) != stale.end() ||
+            (grant_caller && &q == caller_queued)) {
+          continue;
+        }
+        ++left;
+      }
       const bool room = free_slots() > (grant_caller ? 1 : 0);
       GuardAdmissions(&txn, v, promote.empty() ? nullptr : promote.back(),
                       left == 0 && room);
@@ -915,8 +923,14 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseSlot(
       promote.push_back(&q);
       ++running;
     }
-    size_t left = 0;
-    for (const QueueInfo& q : v.queue) left += q.run == run ? 0 : 1;
+    size_t left = 0;  // entries the plan leaves queued (stale: deleted)
+    for (const QueueInfo& q : v.queue) {
+      if (q.run == run ||
+          std::find(stale.begin(), stale.end(), &q) != stale.end()) {
+        continue;
+      }
+      ++left;
+    }
     GuardAdmissions(
         &txn, v, promote.empty() ? nullptr : promote.back(),
         left == promote.size() && (v.limit == 0 || running < v.limit));
