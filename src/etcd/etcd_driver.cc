@@ -200,9 +200,10 @@ absl::StatusOr<std::optional<EtcdDriver::RepoView>> EtcdDriver::Confirm(
     return tr.status();
   }
   if (tr->succeeded()) return std::optional<RepoView>();
-  CacheTxnView(v.repo, *tr);
-  return std::optional<RepoView>(ParseView(
-      v.repo, tr->responses(0).response_range(), tr->header().revision()));
+  RepoView now = ParseView(v.repo, tr->responses(0).response_range(),
+                           tr->header().revision());
+  CacheView(v.repo, now);
+  return std::optional<RepoView>(std::move(now));
 }
 
 const EtcdDriver::QueueInfo* EtcdDriver::LastQueueKey(const RepoView& v) {
@@ -231,20 +232,20 @@ void EtcdDriver::GuardAdmissions(etcdpb::TxnRequest* txn, const RepoView& v,
   cmp->set_create_revision(v.revision + 1);
 }
 
-std::vector<const EtcdDriver::QueueInfo*> EtcdDriver::StaleEntries(
+std::set<const EtcdDriver::QueueInfo*> EtcdDriver::StaleEntries(
     const RepoView& v) {
-  std::vector<const QueueInfo*> out;
+  std::set<const QueueInfo*> out;
   std::set<std::string_view> seen;
   for (const QueueInfo& q : v.queue) {
     if (v.slots.count(q.run) > 0 || !seen.insert(q.run).second) {
-      out.push_back(&q);
+      out.insert(&q);
     }
   }
   return out;
 }
 
 void EtcdDriver::DropStale(etcdpb::TxnRequest* txn, RepoView* after,
-                           const std::vector<const QueueInfo*>& stale,
+                           const std::set<const QueueInfo*>& stale,
                            const std::string& caller) {
   for (const QueueInfo* q : stale) {
     if (q->run == caller) continue;  // the caller's own entries are handled
@@ -290,6 +291,7 @@ void EtcdDriver::AddGrant(etcdpb::TxnRequest* txn, RepoView* after,
   // Its create revision is the commit's, filled in by CommitStep.
   after->slots[run] = SlotInfo{run, Hex(lease), 0, since_us};
   if (!dequeued_key.empty()) {
+    *txn->add_success() = DeleteOp(dequeued_key);
     std::erase_if(after->queue,
                   [&](const QueueInfo& q) { return q.key == dequeued_key; });
   }
@@ -457,9 +459,9 @@ absl::StatusOr<std::vector<int64_t>> EtcdDriver::Leases(const Context& ctx,
     while (out.size() < n && !spare_leases_.empty()) {
       int64_t l = spare_leases_.back();
       spare_leases_.pop_back();
-      auto it = granted_at_.find(l);
-      if (it == granted_at_.end() || it->second < oldest) {
-        if (it != granted_at_.end()) granted_at_.erase(it);
+      auto it = lease_since_.find(l);
+      if (it == lease_since_.end() || it->second < oldest) {
+        if (it != lease_since_.end()) lease_since_.erase(it);
         continue;  // too old: left to expire (it carries no key)
       }
       out.push_back(l);
@@ -478,7 +480,7 @@ absl::StatusOr<std::vector<int64_t>> EtcdDriver::Leases(const Context& ctx,
       return id.status();
     }
     MutexLock lock(&mu_);
-    granted_at_[*id] = granted;
+    NoteGrantLocked(*id, granted);
     out.push_back(*id);
   }
   return out;
@@ -498,46 +500,42 @@ void EtcdDriver::RefillLoop() {
       auto id = kv_->LeaseGrant(ctx, ttl_seconds_);
       mu_.Lock();
       if (!id.ok()) break;  // the next demand tries again
-      granted_at_[*id] = granted;
+      NoteGrantLocked(*id, granted);
       spare_leases_.insert(spare_leases_.begin(), *id);  // oldest first out
     }
   }
 }
 
-absl::Time EtcdDriver::TakeExpiry(int64_t lease, absl::Time now) {
+void EtcdDriver::NoteGrantLocked(int64_t lease, absl::Time since) {
+  // Leases that expire unreleased stay here: bound the map (a lease
+  // forgotten is just never reused).
+  if (lease_since_.size() > 100000) lease_since_.clear();
+  lease_since_[lease] = since;
+}
+
+absl::Time EtcdDriver::ExpiryOf(int64_t lease, absl::Time now) {
   MutexLock lock(&mu_);
-  auto it = granted_at_.find(lease);
-  if (it == granted_at_.end()) return now + ttl_;
-  const absl::Time since = it->second;
-  granted_at_.erase(it);
-  if (live_since_.size() > 100000) live_since_.clear();
-  live_since_[lease] = since;
-  return since + ttl_;
+  auto it = lease_since_.find(lease);
+  return (it == lease_since_.end() ? now : it->second) + ttl_;
 }
 
 absl::Time EtcdDriver::LeaseSince(int64_t lease) const {
   MutexLock lock(&mu_);
-  if (auto it = granted_at_.find(lease); it != granted_at_.end()) {
-    return it->second;
-  }
-  if (auto it = live_since_.find(lease); it != live_since_.end()) {
-    return it->second;
-  }
-  return clock_->Now();
+  auto it = lease_since_.find(lease);
+  return it == lease_since_.end() ? clock_->Now() : it->second;
 }
 
 void EtcdDriver::RecycleLocked(int64_t lease, absl::Time since) {
   // This driver's own record is the better one (renewals move it).
-  if (auto it = live_since_.find(lease); it != live_since_.end()) {
-    since = it->second;
-    live_since_.erase(it);
-  }
-  if (since == absl::InfinitePast()) return;
+  auto it = lease_since_.find(lease);
+  if (it != lease_since_.end()) since = it->second;
   // Its keys are gone; while young it can carry the next grant (the next
   // Lease gets a new id: the new slot's revision is part of it).
-  if (clock_->Now() - since < ttl_ / 10) {
-    granted_at_[lease] = since;
+  if (since != absl::InfinitePast() && clock_->Now() - since < ttl_ / 10) {
+    lease_since_[lease] = since;
     spare_leases_.push_back(lease);
+  } else if (it != lease_since_.end()) {
+    lease_since_.erase(it);
   }
 }
 
@@ -622,11 +620,11 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
       return eff_limit == 0 ? INT64_MAX : eff_limit - running;
     };
     // Queue heads admitted into free slots, oldest first.
-    const std::vector<const QueueInfo*> stale = StaleEntries(v);
+    const std::set<const QueueInfo*> stale = StaleEntries(v);
     std::vector<const QueueInfo*> promote;
     for (const QueueInfo& q : v.queue) {
       if (free_slots() <= 0) break;
-      if (std::find(stale.begin(), stale.end(), &q) != stale.end()) continue;
+      if (stale.count(&q) > 0) continue;
       promote.push_back(&q);
       ++running;
     }
@@ -716,8 +714,7 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
       size_t left = 0;
       for (const QueueInfo& q : v.queue) {
         if (std::find(promote.begin(), promote.end(), &q) != promote.end() ||
-            std::find(stale.begin(), stale.end(), &q) != stale.end() ||
-            (grant_caller && &q == caller_queued)) {
+            stale.count(&q) > 0 || (grant_caller && &q == caller_queued)) {
           continue;
         }
         ++left;
@@ -727,25 +724,21 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
                       left == 0 && room);
       DropStale(&txn, &after, stale, run);
     }
-    if (limit_changed)
+    if (limit_changed) {
       *txn.add_success() = PutOp(p + "limit", std::to_string(limit));
-    if (limit_changed) after.limit = limit;
+      after.limit = limit;
+    }
     size_t li = 0;
     std::vector<std::pair<std::string, int64_t>> granted;  // run, lease
     for (const QueueInfo* q : promote) {
       int64_t lease = (*leases)[li++];
-      *txn.add_success() = DeleteOp(q->key);
       AddGrant(&txn, &after, q->run, lease, q->key);
       granted.emplace_back(q->run, lease);
     }
     if (grant_caller) {
       int64_t lease = (*leases)[li++];
-      std::string dequeue;
-      if (caller_queued != nullptr) {
-        *txn.add_success() = DeleteOp(caller_queued->key);
-        dequeue = caller_queued->key;
-      }
-      AddGrant(&txn, &after, run, lease, dequeue);
+      AddGrant(&txn, &after, run, lease,
+               caller_queued != nullptr ? caller_queued->key : "");
       granted.emplace_back(run, lease);
     }
     if (enqueue_caller) {
@@ -771,7 +764,7 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
     }
     for (const auto& [r, lease] : granted) {
       Lease l = MakeLease(repo, r, lease, token, now);
-      l.expires_at = TakeExpiry(lease, now);
+      l.expires_at = ExpiryOf(lease, now);
       if (r == run) {
         result.acquired = true;
         result.lease = l;
@@ -914,19 +907,18 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseSlot(
       }
       return result;
     }
-    const std::vector<const QueueInfo*> stale = StaleEntries(v);
+    const std::set<const QueueInfo*> stale = StaleEntries(v);
     std::vector<const QueueInfo*> promote;
     for (const QueueInfo& q : v.queue) {
       if (q.run == run) continue;
       if (v.limit != 0 && running >= v.limit) break;
-      if (std::find(stale.begin(), stale.end(), &q) != stale.end()) continue;
+      if (stale.count(&q) > 0) continue;
       promote.push_back(&q);
       ++running;
     }
     size_t left = 0;  // entries the plan leaves queued (stale: deleted)
     for (const QueueInfo& q : v.queue) {
-      if (q.run == run ||
-          std::find(stale.begin(), stale.end(), &q) != stale.end()) {
+      if (q.run == run || stale.count(&q) > 0) {
         continue;
       }
       ++left;
@@ -957,7 +949,8 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseSlot(
     if (reuse) {
       {
         MutexLock lock(&mu_);
-        granted_at_[released_lease] = released_since;  // for AddGrant
+        // Unless this driver knows better (AddGrant and ExpiryOf read it).
+        lease_since_.emplace(released_lease, released_since);
       }
       grant_leases.insert(grant_leases.begin(), released_lease);
     }
@@ -969,16 +962,10 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseSlot(
                     [&](const QueueInfo& q) { return q.run == run; });
     }
     for (size_t i = 0; i < promote.size(); ++i) {
-      int64_t l = grant_leases[i];
-      *txn.add_success() = DeleteOp(promote[i]->key);
-      AddGrant(&txn, &after, promote[i]->run, l, promote[i]->key);
+      AddGrant(&txn, &after, promote[i]->run, grant_leases[i], promote[i]->key);
     }
     auto tr = CommitStep(ctx, repo, std::move(txn), *leases, std::move(after),
                          /*exact=*/v.queue.empty());
-    if (reuse && (!tr.ok() || !tr->has_value())) {
-      MutexLock lock(&mu_);
-      granted_at_.erase(released_lease);  // still the released slot's
-    }
     if (!tr.ok()) return tr.status();
     if (!tr->has_value()) {  // planned on an outdated view: plan again
       fresh = false;
@@ -991,8 +978,6 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseSlot(
       if (released && !reuse) {
         known_leases_.erase(released_lease);
         RecycleLocked(released_lease, released_since);
-      } else if (reuse) {
-        live_since_.erase(released_lease);  // TakeExpiry moves it back
       }
       for (size_t i = 0; i < promote.size(); ++i) {
         known_leases_[grant_leases[i]] =
@@ -1003,7 +988,7 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseSlot(
       result.admitted.push_back(MakeLease(repo, promote[i]->run,
                                           grant_leases[i],
                                           (*tr)->header().revision(), now));
-      result.admitted.back().expires_at = TakeExpiry(grant_leases[i], now);
+      result.admitted.back().expires_at = ExpiryOf(grant_leases[i], now);
       logger_->info("admitted {} from the queue of {}", promote[i]->run, repo);
     }
     if (released) logger_->debug("slot released: {} in {}", run, repo);
@@ -1051,7 +1036,7 @@ absl::StatusOr<Lease> EtcdDriver::RenewLease(const Context& ctx,
   absl::Time now = clock_->Now();
   {
     MutexLock lock(&mu_);
-    if (auto it = live_since_.find(lease); it != live_since_.end()) {
+    if (auto it = lease_since_.find(lease); it != lease_since_.end()) {
       it->second = before;  // its TTL restarted
     }
   }

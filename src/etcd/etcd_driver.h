@@ -170,11 +170,11 @@ class EtcdDriver final : public Driver {
   // Queue entries to drop when the repository is next written: a run
   // queued twice (two processes joined the end at once) keeps its first
   // entry; a run that holds a slot keeps none. Pointers into `v`.
-  static std::vector<const QueueInfo*> StaleEntries(const RepoView& v);
+  static std::set<const QueueInfo*> StaleEntries(const RepoView& v);
   // Deletes `stale` entries (except the caller's own, which the step
   // handles) in `txn` and from `after`.
   static void DropStale(etcdpb::TxnRequest* txn, RepoView* after,
-                        const std::vector<const QueueInfo*>& stale,
+                        const std::set<const QueueInfo*>& stale,
                         const std::string& caller);
   // The compares of an enqueue at the end of `v`'s queue, after `last`.
   etcdpb::TxnRequest FastEnqueueTxn(const RepoView& v, const QueueInfo& last,
@@ -187,7 +187,7 @@ class EtcdDriver final : public Driver {
   etcdpb::TxnRequest GuardedTxn(const std::string& repo_prefix,
                                 int64_t meta_mod) const;
   // Adds the slot and lease-index keys of a grant to `txn`, and the grant
-  // to `after` (taking `dequeued_key`, if any, out of its queue).
+  // to `after`; a non-empty `dequeued_key` is deleted in both.
   void AddGrant(etcdpb::TxnRequest* txn, RepoView* after,
                 const std::string& run, int64_t lease,
                 const std::string& dequeued_key) const PAC_EXCLUDES(mu_);
@@ -206,9 +206,11 @@ class EtcdDriver final : public Driver {
   absl::StatusOr<std::vector<int64_t>> Leases(const Context& ctx, size_t n);
   // Grants leases ahead of demand (kLeasePoolTarget spares).
   void RefillLoop();
-  // The true expiry of a lease this driver granted (its grant time + TTL),
-  // forgetting the grant time; `now` + TTL if unknown.
-  absl::Time TakeExpiry(int64_t lease, absl::Time now) PAC_EXCLUDES(mu_);
+  // Records that `lease`'s TTL started at `since`.
+  void NoteGrantLocked(int64_t lease, absl::Time since) PAC_REQUIRES(mu_);
+  // The true expiry of a lease (its TTL start + TTL); `now` + TTL if
+  // unknown.
+  absl::Time ExpiryOf(int64_t lease, absl::Time now) PAC_EXCLUDES(mu_);
   // After a release: back to the spares if the lease is young.
   void RecycleLocked(int64_t lease, absl::Time since) PAC_REQUIRES(mu_);
   Lease MakeLease(const std::string& repo, const std::string& run,
@@ -241,12 +243,10 @@ class EtcdDriver final : public Driver {
 
   std::set<std::string> to_promote_ PAC_GUARDED_BY(mu_);
   std::vector<int64_t> spare_leases_ PAC_GUARDED_BY(mu_);
-  // When each spare (or just granted) lease was granted: its TTL runs from
-  // then. Entries leave when the lease is handed out in a Lease.
-  std::map<int64_t, absl::Time> granted_at_ PAC_GUARDED_BY(mu_);
-  // Leases handed out in a Lease, with when their TTL last (re)started:
-  // a young one is reused after its slot is released.
-  std::map<int64_t, absl::Time> live_since_ PAC_GUARDED_BY(mu_);
+  // When the TTL of each lease this driver knows (spares, and leases it
+  // handed out in a Lease) last (re)started: a spare is used, and a
+  // released lease reused, only while young.
+  std::map<int64_t, absl::Time> lease_since_ PAC_GUARDED_BY(mu_);
   bool refill_wanted_ PAC_GUARDED_BY(mu_) = false;
   CondVar refill_cv_;
   // Leases this driver granted: lease -> (repo, run, token). Lets a release by

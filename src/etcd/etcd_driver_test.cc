@@ -320,27 +320,41 @@ std::string EtcdLeaseOf(const std::string& lease_id) {
   return lease_id.substr(0, lease_id.find('-'));
 }
 
-TEST(EtcdDriverTest, AHandOffPassesAYoungLeaseToTheAdmittedRunOnly) {
-  EtcdConfig c;
-  c.mode = "mock";
-  c.lease_ttl = absl::Seconds(60);
+// Two mock-mode drivers on one store and manual clock, as two processes
+// sharing one etcd.
+struct TwoMockDrivers {
+  TwoMockDrivers() {
+    EtcdConfig c;
+    c.mode = "mock";
+    c.lease_ttl = absl::Seconds(60);
+    DriverOptions o;
+    o.clock = &clock;
+    auto da = NewEtcdDriver(c, o);
+    auto db = NewEtcdDriver(c, o);
+    if (da.ok()) a = *std::move(da);
+    if (db.ok()) b = *std::move(db);
+  }
   ManualClock clock;
-  DriverOptions o;
-  o.clock = &clock;
-  auto a = NewEtcdDriver(c, o);
-  auto b = NewEtcdDriver(c, o);
-  ASSERT_TRUE(a.ok() && b.ok());
+  std::unique_ptr<Driver> a, b;
+};
+
+TEST(EtcdDriverTest, AHandOffPassesAYoungLeaseToTheAdmittedRunOnly) {
+  TwoMockDrivers d;
+  ASSERT_TRUE(d.a != nullptr && d.b != nullptr);
+  auto& a = d.a;
+  auto& b = d.b;
+  ManualClock& clock = d.clock;
   Context ctx;
   Repository repo{"handoff", "repo", 1};
   AcquireOptions opts;
   opts.creation_time = clock.Now();
-  auto x = (*a)->AcquireSlot(ctx, repo, "handoff/x", opts);
+  auto x = a->AcquireSlot(ctx, repo, "handoff/x", opts);
   ASSERT_TRUE(x.ok() && x->acquired);
-  auto h = (*b)->AcquireSlot(ctx, repo, "handoff/h", opts);
+  auto h = b->AcquireSlot(ctx, repo, "handoff/h", opts);
   ASSERT_TRUE(h.ok() && !h->acquired);
   // Released while young: the next run's slot rides on the same etcd
   // lease, under a Lease id of its own.
-  auto rel = (*a)->ReleaseSlot(ctx, x->lease.lease_id, "", "");
+  auto rel = a->ReleaseSlot(ctx, x->lease.lease_id, "", "");
   ASSERT_TRUE(rel.ok() && rel->released);
   ASSERT_EQ(rel->admitted.size(), 1u);
   const Lease handed = rel->admitted[0];
@@ -348,50 +362,47 @@ TEST(EtcdDriverTest, AHandOffPassesAYoungLeaseToTheAdmittedRunOnly) {
   EXPECT_EQ(EtcdLeaseOf(handed.lease_id), EtcdLeaseOf(x->lease.lease_id));
   EXPECT_NE(handed.lease_id, x->lease.lease_id);
   // The old id names nothing any more, in either process.
-  EXPECT_TRUE(IsLeaseLost((*a)->RenewLease(ctx, x->lease.lease_id).status()));
-  auto stale = (*b)->ReleaseSlot(ctx, x->lease.lease_id, "", "");
+  EXPECT_TRUE(IsLeaseLost(a->RenewLease(ctx, x->lease.lease_id).status()));
+  auto stale = b->ReleaseSlot(ctx, x->lease.lease_id, "", "");
   ASSERT_TRUE(stale.ok());
   EXPECT_FALSE(stale->released);
-  auto running = (*b)->GetRunningPipelineRuns(ctx, repo.Key());
+  auto running = b->GetRunningPipelineRuns(ctx, repo.Key());
   ASSERT_TRUE(running.ok());
   ASSERT_EQ(running->size(), 1u);
   EXPECT_EQ((*running)[0].lease_id, handed.lease_id);
   // The new id works from the process that did not grant it.
-  EXPECT_TRUE((*b)->RenewLease(ctx, handed.lease_id).ok());
+  EXPECT_TRUE(b->RenewLease(ctx, handed.lease_id).ok());
   // An old lease is not passed on: the next run gets a lease of its own.
-  auto n = (*a)->AcquireSlot(ctx, repo, "handoff/n", opts);
+  auto n = a->AcquireSlot(ctx, repo, "handoff/n", opts);
   ASSERT_TRUE(n.ok() && !n->acquired);
   clock.Advance(absl::Seconds(7));  // past a tenth of the TTL
-  auto rel2 = (*b)->ReleaseSlot(ctx, handed.lease_id, "", "");
+  auto rel2 = b->ReleaseSlot(ctx, handed.lease_id, "", "");
   ASSERT_TRUE(rel2.ok() && rel2->released);
   ASSERT_EQ(rel2->admitted.size(), 1u);
   EXPECT_EQ(rel2->admitted[0].pipeline_run_key, "handoff/n");
   EXPECT_NE(EtcdLeaseOf(rel2->admitted[0].lease_id),
             EtcdLeaseOf(handed.lease_id));
   EXPECT_TRUE(
-      (*a)->ReleaseSlot(ctx, rel2->admitted[0].lease_id, "", "")->released);
+      a->ReleaseSlot(ctx, rel2->admitted[0].lease_id, "", "")->released);
 }
 
 // A run joins the end of the queue without touching `meta`, so a driver
 // whose view predates it still plans with a passing `meta` compare. Its
 // admissions must not skip the unseen run: raising the limit admits both.
 TEST(EtcdDriverTest, AdmittingPastTheHeadSeesARunJoinedUnseen) {
-  EtcdConfig c;
-  c.mode = "mock";
-  ManualClock clock;
-  DriverOptions o;
-  o.clock = &clock;
-  auto a = NewEtcdDriver(c, o);
-  auto b = NewEtcdDriver(c, o);
-  ASSERT_TRUE(a.ok() && b.ok());
+  TwoMockDrivers d;
+  ASSERT_TRUE(d.a != nullptr && d.b != nullptr);
+  auto& a = d.a;
+  auto& b = d.b;
+  ManualClock& clock = d.clock;
   Context ctx;
   Repository repo{"unseen", "repo", 2};
   AcquireOptions opts;
   opts.creation_time = clock.Now();
   for (const char* run : {"unseen/a1", "unseen/a2"}) {
-    ASSERT_TRUE((*a)->AcquireSlot(ctx, repo, run, opts)->acquired);
+    ASSERT_TRUE(a->AcquireSlot(ctx, repo, run, opts)->acquired);
   }
-  auto q1 = (*a)->AcquireSlot(ctx, repo, "unseen/q1", opts);
+  auto q1 = a->AcquireSlot(ctx, repo, "unseen/q1", opts);
   ASSERT_TRUE(q1.ok() && !q1->acquired);
   // Driver a hears nothing from now on: its cached view stays as it is.
   auto probe = internal::SharedMockEtcd(&clock)->Range(ctx, [] {
@@ -401,20 +412,20 @@ TEST(EtcdDriverTest, AdmittingPastTheHeadSeesARunJoinedUnseen) {
     return r;
   }());
   ASSERT_TRUE(probe.ok());
-  static_cast<internal::EtcdDriver&>(**a).ResumeWatchForTest(
+  static_cast<internal::EtcdDriver&>(*a).ResumeWatchForTest(
       probe->header().revision() + 1000);
   opts.creation_time = clock.Now() + absl::Seconds(1);
-  auto q2 = (*b)->AcquireSlot(ctx, repo, "unseen/q2", opts);
+  auto q2 = b->AcquireSlot(ctx, repo, "unseen/q2", opts);
   ASSERT_TRUE(q2.ok() && !q2->acquired);
   EXPECT_EQ(q2->position, 2);
   // Limit 4: two free slots for q1 and the run a has not seen.
   repo.concurrency_limit = 4;
-  auto admitted = (*a)->SetRepositoryLimit(ctx, repo);
+  auto admitted = a->SetRepositoryLimit(ctx, repo);
   ASSERT_TRUE(admitted.ok()) << admitted.status();
   std::vector<std::string> runs;
   for (const Lease& l : *admitted) runs.push_back(l.pipeline_run_key);
   EXPECT_THAT(runs, ::testing::UnorderedElementsAre("unseen/q1", "unseen/q2"));
-  auto queued = (*b)->GetQueuedPipelineRuns(ctx, repo.Key());
+  auto queued = b->GetQueuedPipelineRuns(ctx, repo.Key());
   ASSERT_TRUE(queued.ok());
   EXPECT_TRUE(queued->empty());
 }

@@ -67,9 +67,9 @@ class Service final : public Api {
   Metrics* const metrics_;
   internal::Mutex mu_;
   std::set<std::string> repos_ PAC_GUARDED_BY(mu_);
-  // When this service queued a run, for the wait-time histogram.
   // Lease ids already counted in pac_admissions_total.
   std::set<std::string> counted_ PAC_GUARDED_BY(mu_);
+  // When this service queued a run, for the wait-time histogram.
   std::map<std::pair<std::string, std::string>, absl::Time> queued_at_
       PAC_GUARDED_BY(mu_);
 };
