@@ -132,10 +132,34 @@ BENCHMARK(BM_Etcd_RawTxnPair)
     ->MinTime(3)
     ->UseRealTime();
 
-void BM_Etcd_AcquireRelease(benchmark::State& state) {
-  const int repos = static_cast<int>(state.range(0));
+// One driver per process, shared by the threads of the "shared" variants
+// (a controller with many workers); created on first use, never closed.
+Driver* SharedDriver() {
+  static Driver* const d = [] {
+    auto driver = NewEtcdDriver(ConfigOrDie());
+    if (!driver.ok()) std::abort();
+    return driver->release();
+  }();
+  return d;
+}
+
+// state.range(1) set: the threads share one driver.
+std::unique_ptr<Driver> OwnDriverUnlessShared(benchmark::State& state,
+                                              Driver** d) {
+  if (state.range(1) != 0) {
+    *d = SharedDriver();
+    return nullptr;
+  }
   auto driver = NewEtcdDriver(ConfigOrDie());
   if (!driver.ok()) std::abort();
+  *d = driver->get();
+  return std::move(*driver);
+}
+
+void BM_Etcd_AcquireRelease(benchmark::State& state) {
+  const int repos = static_cast<int>(state.range(0));
+  Driver* driver = nullptr;
+  auto own = OwnDriverUnlessShared(state, &driver);
   Context ctx;
   AcquireOptions no_queue;
   no_queue.enqueue = false;
@@ -144,13 +168,12 @@ void BM_Etcd_AcquireRelease(benchmark::State& state) {
   for (auto _ : state) {
     Repository repo{"bench", absl::StrCat("repo-", i % repos), 2};
     std::string run = absl::StrCat("bench/run-", state.thread_index(), "-", i);
-    auto a = (*driver)->AcquireSlot(ctx, repo, run, no_queue);
+    auto a = driver->AcquireSlot(ctx, repo, run, no_queue);
     if (!a.ok()) {
       ++errors;
     } else if (a->acquired) {
       ++granted;
-      if (!(*driver)->ReleaseSlot(ctx, a->lease.lease_id, "", "").ok())
-        ++errors;
+      if (!driver->ReleaseSlot(ctx, a->lease.lease_id, "", "").ok()) ++errors;
     }
     ++i;
   }
@@ -158,28 +181,38 @@ void BM_Etcd_AcquireRelease(benchmark::State& state) {
   state.counters["granted_per_s"] = benchmark::Counter(
       static_cast<double>(granted), benchmark::Counter::kIsRate);
   state.counters["errors"] = static_cast<double>(errors);
-  (void)(*driver)->Close();
+  if (own) (void)own->Close();
 }
 BENCHMARK(BM_Etcd_AcquireRelease)
-    ->ArgNames({"repos"})
-    ->Arg(1)
-    ->Arg(100)
+    ->ArgNames({"repos", "shared"})
+    ->Args({1, 0})
+    ->Args({100, 0})
     ->Threads(1)
+    ->Threads(16)
+    ->MinTime(3)
+    ->UseRealTime();
+BENCHMARK(BM_Etcd_AcquireRelease)
+    ->ArgNames({"repos", "shared"})
+    ->Args({1, 1})
+    ->Args({100, 1})
     ->Threads(16)
     ->MinTime(3)
     ->UseRealTime();
 
 void BM_Etcd_HandOff(benchmark::State& state) {
-  auto driver = NewEtcdDriver(ConfigOrDie());
-  if (!driver.ok()) std::abort();
+  Driver* driver = nullptr;
+  auto own = OwnDriverUnlessShared(state, &driver);
   Context ctx;
-  static const std::string ns = absl::StrCat("handoff-", getpid());
+  // The same for every thread of one run (a repetition reuses it: leftover
+  // runs are released by then).
+  const std::string ns =
+      absl::StrCat("handoff-", getpid(), "-", state.range(1));
   Repository repo{ns, "repo", 2};
   std::mutex mu;
   std::condition_variable cv;
   std::set<std::string> admitted;
-  auto watch = (*driver)->WatchSlotAvailability(
-      ctx, repo.Key(), [&](const WatchEvent& e) {
+  auto watch =
+      driver->WatchSlotAvailability(ctx, repo.Key(), [&](const WatchEvent& e) {
         if (e.type != WatchEventType::kAdmitted) return;
         std::lock_guard<std::mutex> lock(mu);
         admitted.insert(e.pipeline_run_key);
@@ -192,7 +225,7 @@ void BM_Etcd_HandOff(benchmark::State& state) {
     // As a controller submits: with the PipelineRun's creation time.
     AcquireOptions opts;
     opts.creation_time = absl::Now();
-    auto a = (*driver)->AcquireSlot(ctx, repo, run, opts);
+    auto a = driver->AcquireSlot(ctx, repo, run, opts);
     if (!a.ok()) {
       ++errors;
       continue;
@@ -209,15 +242,21 @@ void BM_Etcd_HandOff(benchmark::State& state) {
       lock.unlock();
       lease.clear();  // release by key: the lease was granted by another
     }
-    auto r = (*driver)->ReleaseSlot(ctx, lease, run, repo.Key());
+    auto r = driver->ReleaseSlot(ctx, lease, run, repo.Key());
     if (!r.ok() || !r->released) ++errors;
   }
   state.SetItemsProcessed(state.iterations());
   state.counters["errors"] = static_cast<double>(errors);
   (*watch)->Stop();
-  (void)(*driver)->Close();
+  if (own) (void)own->Close();
 }
-BENCHMARK(BM_Etcd_HandOff)->Threads(16)->MinTime(3)->UseRealTime();
+BENCHMARK(BM_Etcd_HandOff)
+    ->ArgNames({"repo", "shared"})
+    ->Args({1, 0})
+    ->Args({1, 1})
+    ->Threads(16)
+    ->MinTime(3)
+    ->UseRealTime();
 
 int64_t MonoNanos() {
   timespec ts;

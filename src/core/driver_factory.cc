@@ -5,6 +5,7 @@
 #include "src/common/strings.h"
 #include "src/etcd/etcd_driver.h"
 #include "src/etcd/grpc_etcd.h"
+#include "src/etcd/txn_batcher.h"
 #include "src/memory/memory_driver.h"
 #include "src/postgresql/postgresql_driver.h"
 
@@ -40,7 +41,9 @@ absl::StatusOr<std::unique_ptr<Driver>> NewEtcdDriver(
     kv = internal::SharedMockEtcd(options.clock != nullptr ? options.clock
                                                            : Clock::Real());
   }
-  return internal::EtcdDriver::Create(std::move(kv), config, options);
+  // Concurrent Txns on different repositories share one etcd request.
+  return internal::EtcdDriver::Create(internal::NewTxnBatcher(std::move(kv)),
+                                      config, options);
 }
 
 absl::StatusOr<std::unique_ptr<Driver>> NewDriver(

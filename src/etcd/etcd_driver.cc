@@ -19,6 +19,8 @@ constexpr size_t kMaxCachedViews = 4096;
 constexpr size_t kMaxGuardedSlots = 64;
 // Leases granted ahead, so an admission need not wait for a grant.
 constexpr size_t kLeasePoolTarget = 4;
+// How long View waits for the watch to bring this driver's own commit.
+constexpr absl::Duration kOwnCommitWait = absl::Milliseconds(50);
 
 std::string Hex(int64_t v) {
   char buf[24];
@@ -134,6 +136,8 @@ absl::Status EtcdDriver::Close() {
   }
   watchers_.StopAll();
   cv_.NotifyAll();
+  turns_cv_.NotifyAll();
+  views_cv_.NotifyAll();
   refill_cv_.NotifyAll();
   if (promote_thread_.joinable()) promote_thread_.join();
   if (refill_thread_.joinable()) refill_thread_.join();
@@ -344,15 +348,75 @@ absl::StatusOr<EtcdDriver::RepoView> EtcdDriver::View(const Context& ctx,
                                                       bool* cached) {
   {
     MutexLock lock(&mu_);
-    auto it = views_.find(repo);
-    // (Each cached slot costs a compare; etcd allows 128 per Txn.)
-    if (it != views_.end() && it->second.slots.size() <= kMaxGuardedSlots) {
-      *cached = true;
-      return it->second;
+    const absl::Time until =
+        std::min(ctx.deadline(), absl::Now() + kOwnCommitWait);
+    while (true) {
+      auto it = views_.find(repo);
+      // (Each cached slot costs a compare; etcd allows 128 per Txn.)
+      if (it == views_.end() || it->second.slots.size() > kMaxGuardedSlots) {
+        break;
+      }
+      auto own = own_commit_rev_.find(repo);
+      if (own == own_commit_rev_.end() || it->second.revision >= own->second) {
+        *cached = true;
+        return it->second;
+      }
+      if (views_cv_.WaitUntil(&mu_, until)) break;  // timed out: read
     }
   }
   *cached = false;
   return Read(ctx, repo);
+}
+
+// Holds a repository's turn (TakeTurn) until destroyed.
+class EtcdDriver::Turn {
+ public:
+  explicit Turn(EtcdDriver* d) : d_(d) {}
+  ~Turn() {
+    if (!repo_.empty()) d_->EndTurn(repo_);
+  }
+  Turn(const Turn&) = delete;
+  Turn& operator=(const Turn&) = delete;
+  bool held() const { return !repo_.empty(); }
+  absl::Status Take(const Context& ctx, const std::string& repo) {
+    absl::Status s = d_->TakeTurn(ctx, repo);
+    if (s.ok()) repo_ = repo;
+    return s;
+  }
+
+ private:
+  EtcdDriver* const d_;
+  std::string repo_;
+};
+
+absl::Status EtcdDriver::TakeTurn(const Context& ctx, const std::string& repo) {
+  // A cancelled context wakes the waiters (registered before mu_ is taken:
+  // it runs at once if the context is already cancelled).
+  const int64_t cancel_id = ctx.AddCancelCallback([this] {
+    MutexLock lock(&mu_);
+    turns_cv_.NotifyAll();
+  });
+  absl::Status s;
+  {
+    MutexLock lock(&mu_);
+    while (turns_.count(repo) > 0) {
+      if (s = ctx.Err(); !s.ok()) break;
+      if (stop_) {
+        s = absl::FailedPreconditionError("etcd driver closed");
+        break;
+      }
+      turns_cv_.WaitUntil(&mu_, ctx.deadline());
+    }
+    if (s.ok()) turns_.insert(repo);
+  }
+  ctx.RemoveCancelCallback(cancel_id);
+  return s;
+}
+
+void EtcdDriver::EndTurn(const std::string& repo) {
+  MutexLock lock(&mu_);
+  turns_.erase(repo);
+  turns_cv_.NotifyAll();
 }
 
 void EtcdDriver::ForgetView(const std::string& repo) {
@@ -579,6 +643,11 @@ absl::StatusOr<std::optional<etcdpb::TxnResponse>> EtcdDriver::CommitStep(
       }
       SortQueue(&after);
       CacheView(repo, after);
+    } else {
+      MutexLock lock(&mu_);
+      if (own_commit_rev_.size() >= kMaxCachedViews) own_commit_rev_.clear();
+      int64_t& own = own_commit_rev_[repo];
+      own = std::max(own, rev);
     }
     return std::optional<etcdpb::TxnResponse>(*std::move(tr));
   }
@@ -602,6 +671,7 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
                                                const AcquireOptions& options) {
   bool fresh = false;
   std::optional<RepoView> confirmed;  // etcd's view, from Confirm
+  Turn turn(this);  // taken once the step turns out to need a guarded write
   for (int attempt = 0; attempt < kMaxAttempts; ++attempt) {
     if (absl::Status s = ctx.Err(); !s.ok()) return s;
     if (absl::Status s = CheckOpen(); !s.ok()) return s;
@@ -677,9 +747,6 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
       }
       return result;
     }
-    const size_t n_leases = promote.size() + (grant_caller ? 1 : 0);
-    auto leases = Leases(ctx, n_leases);
-    if (!leases.ok()) return leases.status();
     const absl::Time now = clock_->Now();
     const std::string p = RepoPrefix(repo);
     int64_t creation_us = 0;
@@ -696,6 +763,15 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
     const bool fast = enqueue_caller && options.creation_time.has_value() &&
                       !limit_changed && promote.empty() && !grant_caller &&
                       last != nullptr && queue_key > last->key;
+    if (!fast && !turn.held()) {
+      // Plan again once it is this thread's turn: the view may have moved.
+      if (absl::Status s = turn.Take(ctx, repo); !s.ok()) return s;
+      --attempt;
+      continue;
+    }
+    const size_t n_leases = promote.size() + (grant_caller ? 1 : 0);
+    auto leases = Leases(ctx, n_leases);
+    if (!leases.ok()) return leases.status();
     RepoView after = v;  // the repository once the Txn commits
     etcdpb::TxnRequest txn;
     if (fast) {
@@ -868,6 +944,8 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseSlot(
     repo = lrepo;
     run = lrun;
   }
+  Turn turn(this);
+  if (absl::Status s = turn.Take(ctx, repo); !s.ok()) return s;
   bool fresh = false;
   for (int attempt = 0; attempt < kMaxAttempts; ++attempt) {
     if (absl::Status s = ctx.Err(); !s.ok()) return s;
@@ -1269,6 +1347,7 @@ void EtcdDriver::OnWatch(const WatchBatch& b) {
     it->second.revision = std::max(it->second.revision, rev);
     SortQueue(&it->second);
   }
+  if (!applied.empty()) views_cv_.NotifyAll();
   if (!to_promote_.empty()) cv_.NotifyAll();
   dispatcher_.Post(std::move(events));
 }

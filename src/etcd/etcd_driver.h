@@ -125,8 +125,21 @@ class EtcdDriver final : public Driver {
   // cached view is only a guess: every guarded write compares `meta` (and
   // the slots it counted), and an answer that writes nothing is confirmed
   // (Confirm for an acquire, a fresh read for a release).
+  //
+  // After this driver's own commit that the cache did not take (a view with
+  // a queue, see CommitStep), the cached view is known to be behind: the
+  // watch brings the commit within a round trip, so View waits for it a
+  // little (kOwnCommitWait) before it reads instead.
   absl::StatusOr<RepoView> View(const Context& ctx, const std::string& repo,
-                                bool* cached);
+                                bool* cached) PAC_EXCLUDES(mu_);
+  // Guarded steps of one repository in this driver take turns: threads of
+  // one process that plan on the same view would fail each other's
+  // compares (and, many at once, could starve one). Waits until the turn
+  // is free or the context ends. Joining the end of a queue needs no turn.
+  absl::Status TakeTurn(const Context& ctx, const std::string& repo)
+      PAC_EXCLUDES(mu_);
+  void EndTurn(const std::string& repo) PAC_EXCLUDES(mu_);
+  class Turn;
   RepoView ParseView(const std::string& repo, const etcdpb::RangeResponse& r,
                      int64_t revision) const;
   // Applies one key of the repository (`rest`: its name after the
@@ -259,6 +272,14 @@ class EtcdDriver final : public Driver {
   // Each repository as the last Txn or read left it, at `revision`;
   // dropped when the watch reports a later change.
   std::map<std::string, RepoView> views_ PAC_GUARDED_BY(mu_);
+  // Signalled when the watch applies changes to cached views.
+  CondVar views_cv_;
+  // The revision of this driver's last commit per repository that the view
+  // cache did not take (CommitStep with !exact).
+  std::map<std::string, int64_t> own_commit_rev_ PAC_GUARDED_BY(mu_);
+  // Repositories whose turn is taken (TakeTurn).
+  std::set<std::string> turns_ PAC_GUARDED_BY(mu_);
+  CondVar turns_cv_;
   int64_t last_revision_ PAC_GUARDED_BY(mu_) = 0;
   // The current stream delivers every change from this revision on
   // (INT64_MAX: unknown, after a restart from "now").

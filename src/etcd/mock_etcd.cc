@@ -282,6 +282,59 @@ absl::StatusOr<etcdpb::PutResponse> MockEtcd::Put(
   return out;
 }
 
+void MockEtcd::PathLocked(const etcdpb::TxnRequest& req,
+                          std::vector<bool>* path) {
+  bool ok = true;
+  for (const auto& c : req.compare()) ok = ok && CompareLocked(c);
+  path->push_back(ok);
+  for (const auto& op : ok ? req.success() : req.failure()) {
+    if (op.has_request_txn()) PathLocked(op.request_txn(), path);
+  }
+}
+
+bool MockEtcd::LeasesExistLocked(const etcdpb::TxnRequest& req,
+                                 const std::vector<bool>& path, size_t* at) {
+  const bool ok = path[(*at)++];
+  for (const auto& op : ok ? req.success() : req.failure()) {
+    if (op.has_request_put() && op.request_put().lease() != 0 &&
+        !leases_.count(op.request_put().lease())) {
+      return false;
+    }
+    if (op.has_request_txn() &&
+        !LeasesExistLocked(op.request_txn(), path, at)) {
+      return false;
+    }
+  }
+  return true;
+}
+
+bool MockEtcd::ApplyLocked(const etcdpb::TxnRequest& req,
+                           const std::vector<bool>& path, size_t* at,
+                           int64_t rev, etcdpb::TxnResponse* out) {
+  const bool ok = path[(*at)++];
+  out->set_succeeded(ok);
+  bool wrote = false;
+  for (const auto& op : ok ? req.success() : req.failure()) {
+    etcdpb::ResponseOp* r = out->add_responses();
+    if (op.has_request_range()) {
+      RangeLocked(op.request_range(), r->mutable_response_range());
+    } else if (op.has_request_put()) {
+      (void)PutLocked(op.request_put(), rev, r->mutable_response_put());
+      wrote = true;
+    } else if (op.has_request_delete_range()) {
+      const auto& d = op.request_delete_range();
+      int64_t n = DeleteLocked(d.key(), d.range_end(), rev, nullptr);
+      r->mutable_response_delete_range()->set_deleted(n);
+      wrote = wrote || n > 0;
+    } else if (op.has_request_txn()) {
+      wrote = ApplyLocked(op.request_txn(), path, at, rev,
+                          r->mutable_response_txn()) ||
+              wrote;
+    }
+  }
+  return wrote;
+}
+
 absl::StatusOr<etcdpb::TxnResponse> MockEtcd::Txn(
     const Context& ctx, const etcdpb::TxnRequest& req) {
   if (absl::Status s = ctx.Err(); !s.ok()) return s;
@@ -289,34 +342,19 @@ absl::StatusOr<etcdpb::TxnResponse> MockEtcd::Txn(
   {
     MutexLock lock(&mu_);
     ExpireLocked(clock_->Now());
-    bool ok = true;
-    for (const auto& c : req.compare()) ok = ok && CompareLocked(c);
-    out.set_succeeded(ok);
-    const auto& ops = ok ? req.success() : req.failure();
+    // As etcd: every compare, nested Txns' too, is decided on the state
+    // before the first write; then the chosen branches run in order, all
+    // at one revision.
+    std::vector<bool> path;
+    PathLocked(req, &path);
     // Leases must exist before anything is written (all or nothing).
-    for (const auto& op : ops) {
-      if (op.has_request_put() && op.request_put().lease() != 0 &&
-          !leases_.count(op.request_put().lease())) {
-        return absl::NotFoundError("etcdserver: requested lease not found");
-      }
+    size_t at = 0;
+    if (!LeasesExistLocked(req, path, &at)) {
+      return absl::NotFoundError("etcdserver: requested lease not found");
     }
     const int64_t rev = revision_ + 1;
-    bool wrote = false;
-    for (const auto& op : ops) {
-      etcdpb::ResponseOp* r = out.add_responses();
-      if (op.has_request_range()) {
-        RangeLocked(op.request_range(), r->mutable_response_range());
-      } else if (op.has_request_put()) {
-        (void)PutLocked(op.request_put(), rev, r->mutable_response_put());
-        wrote = true;
-      } else if (op.has_request_delete_range()) {
-        const auto& d = op.request_delete_range();
-        int64_t n = DeleteLocked(d.key(), d.range_end(), rev, nullptr);
-        r->mutable_response_delete_range()->set_deleted(n);
-        wrote = wrote || n > 0;
-      }
-    }
-    if (wrote) revision_ = rev;
+    at = 0;
+    if (ApplyLocked(req, path, &at, rev, &out)) revision_ = rev;
     *out.mutable_header() = Header();
   }
   Flush();

@@ -69,6 +69,17 @@ class MockEtcd final : public EtcdKV {
                        int64_t rev, std::vector<etcdpb::KeyValue>* prev)
       PAC_REQUIRES(mu_);
   bool CompareLocked(const etcdpb::Compare& c) PAC_REQUIRES(mu_);
+  // A Txn in three passes over its chosen branches, nested Txns included
+  // (`path`: each Txn's outcome, depth first): choose, check leases, apply.
+  // ApplyLocked returns whether it wrote.
+  void PathLocked(const etcdpb::TxnRequest& req, std::vector<bool>* path)
+      PAC_REQUIRES(mu_);
+  bool LeasesExistLocked(const etcdpb::TxnRequest& req,
+                         const std::vector<bool>& path, size_t* at)
+      PAC_REQUIRES(mu_);
+  bool ApplyLocked(const etcdpb::TxnRequest& req, const std::vector<bool>& path,
+                   size_t* at, int64_t rev, etcdpb::TxnResponse* out)
+      PAC_REQUIRES(mu_);
   void ExpireLocked(absl::Time now) PAC_REQUIRES(mu_);
   void Record(etcdpb::Event ev, int64_t rev) PAC_REQUIRES(mu_);
   void Flush() PAC_EXCLUDES(mu_);

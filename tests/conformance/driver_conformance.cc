@@ -194,6 +194,13 @@ TEST_P(DriverConformanceTest, Rule01_StressNeverOverAdmits) {
   std::atomic<int> grants{0};
   std::atomic<int> releases{0};
   std::atomic<int> errors{0};
+  std::mutex first_error_mu;
+  std::string first_error;  // what went wrong first, for the failure message
+  auto error = [&](const std::string& what) {
+    ++errors;
+    std::lock_guard<std::mutex> lock(first_error_mu);
+    if (first_error.empty()) first_error = what;
+  };
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
@@ -204,7 +211,7 @@ TEST_P(DriverConformanceTest, Rule01_StressNeverOverAdmits) {
         opts.enqueue = false;
         auto r = d->AcquireSlot(ctx_, repo, run, opts);
         if (!r.ok()) {
-          ++errors;
+          error(absl::StrCat("acquire: ", r.status().ToString()));
           continue;
         }
         if (!r->acquired) continue;
@@ -216,13 +223,17 @@ TEST_P(DriverConformanceTest, Rule01_StressNeverOverAdmits) {
         std::this_thread::yield();
         --inflight;
         auto rel = d->ReleaseSlot(ctx_, r->lease.lease_id, run, repo.Key());
-        if (!rel.ok() || !rel->released) ++errors;
+        if (!rel.ok()) {
+          error(absl::StrCat("release: ", rel.status().ToString()));
+        } else if (!rel->released) {
+          error(absl::StrCat("release: ", run, " held no slot"));
+        }
         ++releases;
       }
     });
   }
   for (auto& th : threads) th.join();
-  EXPECT_EQ(errors.load(), 0);
+  EXPECT_EQ(errors.load(), 0) << first_error;
   EXPECT_LE(max_seen.load(), kLimit);
   EXPECT_GT(grants.load(), kThreads);
   EXPECT_EQ(grants.load(), releases.load());

@@ -1,0 +1,284 @@
+#include "src/etcd/txn_batcher.h"
+
+#include <algorithm>
+#include <deque>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "src/common/mutex.h"
+
+namespace pac::concurrency::internal {
+namespace {
+
+// [begin, end) in etcd's byte order; an empty `end` is unbounded.
+struct Interval {
+  std::string begin, end;
+};
+
+bool Overlap(const Interval& a, const Interval& b) {
+  const bool a_before_b_ends = b.end.empty() || a.begin < b.end;
+  const bool b_before_a_ends = a.end.empty() || b.begin < a.end;
+  return a_before_b_ends && b_before_a_ends;
+}
+
+// etcd's (key, range_end): no range_end is the key alone; "\0" is every key
+// from `key` on.
+void AddKey(const std::string& key, const std::string& range_end,
+            std::vector<Interval>* out) {
+  if (range_end.empty()) {
+    out->push_back({key, key + std::string(1, '\0')});
+  } else if (range_end == std::string(1, '\0')) {
+    out->push_back({key, ""});
+  } else {
+    out->push_back({key, range_end});
+  }
+}
+
+void AddOps(const google::protobuf::RepeatedPtrField<etcdpb::RequestOp>& ops,
+            std::vector<Interval>* out);
+
+void AddFootprint(const etcdpb::TxnRequest& req, std::vector<Interval>* out) {
+  for (const auto& c : req.compare()) AddKey(c.key(), c.range_end(), out);
+  AddOps(req.success(), out);
+  AddOps(req.failure(), out);
+}
+
+void AddOps(const google::protobuf::RepeatedPtrField<etcdpb::RequestOp>& ops,
+            std::vector<Interval>* out) {
+  for (const auto& op : ops) {
+    if (op.has_request_range()) {
+      AddKey(op.request_range().key(), op.request_range().range_end(), out);
+    } else if (op.has_request_put()) {
+      AddKey(op.request_put().key(), "", out);
+    } else if (op.has_request_delete_range()) {
+      AddKey(op.request_delete_range().key(),
+             op.request_delete_range().range_end(), out);
+    } else if (op.has_request_txn()) {
+      AddFootprint(op.request_txn(), out);
+    }
+  }
+}
+
+bool Disjoint(const std::vector<Interval>& a, const std::vector<Interval>& b) {
+  for (const Interval& x : a) {
+    for (const Interval& y : b) {
+      if (Overlap(x, y)) return false;
+    }
+  }
+  return true;
+}
+
+// Errors with which etcd refuses a whole request before applying any of it,
+// for what one of its Txns asked.
+bool RejectedForAMember(const absl::Status& s) {
+  return absl::IsInvalidArgument(s) || absl::IsNotFound(s) ||
+         absl::IsFailedPrecondition(s) || absl::IsResourceExhausted(s) ||
+         absl::IsOutOfRange(s) || absl::IsPermissionDenied(s);
+}
+
+class TxnBatcherImpl final : public TxnBatcher {
+ public:
+  TxnBatcherImpl(std::shared_ptr<EtcdKV> inner, TxnBatchOptions options)
+      : inner_(std::move(inner)),
+        max_batch_(std::max<size_t>(1, options.max_batch)),
+        max_in_flight_(std::max(1, options.max_in_flight)) {}
+
+  Stats stats() const override {
+    MutexLock lock(&mu_);
+    return stats_;
+  }
+
+  absl::StatusOr<etcdpb::RangeResponse> Range(
+      const Context& ctx, const etcdpb::RangeRequest& req) override {
+    return inner_->Range(ctx, req);
+  }
+  absl::StatusOr<etcdpb::PutResponse> Put(
+      const Context& ctx, const etcdpb::PutRequest& req) override {
+    return inner_->Put(ctx, req);
+  }
+  absl::StatusOr<int64_t> LeaseGrant(const Context& ctx,
+                                     int64_t ttl_seconds) override {
+    return inner_->LeaseGrant(ctx, ttl_seconds);
+  }
+  absl::Status LeaseRevoke(const Context& ctx, int64_t id) override {
+    return inner_->LeaseRevoke(ctx, id);
+  }
+  absl::StatusOr<int64_t> LeaseKeepAlive(const Context& ctx,
+                                         int64_t id) override {
+    return inner_->LeaseKeepAlive(ctx, id);
+  }
+  absl::StatusOr<int64_t> LeaseTimeToLive(const Context& ctx,
+                                          int64_t id) override {
+    return inner_->LeaseTimeToLive(ctx, id);
+  }
+  absl::StatusOr<std::unique_ptr<EtcdWatch>> Watch(const std::string& key,
+                                                   const std::string& range_end,
+                                                   int64_t start_revision,
+                                                   WatchFn fn) override {
+    return inner_->Watch(key, range_end, start_revision, std::move(fn));
+  }
+  absl::Status Compact(const Context& ctx, int64_t revision) override {
+    return inner_->Compact(ctx, revision);
+  }
+
+  absl::StatusOr<etcdpb::TxnResponse> Txn(
+      const Context& ctx, const etcdpb::TxnRequest& req) override;
+
+ private:
+  struct Member {
+    etcdpb::TxnRequest req;
+    std::vector<Interval> footprint;
+    absl::Time deadline;
+    bool sent = false;
+    bool done = false;
+    absl::StatusOr<etcdpb::TxnResponse> result;
+  };
+  using Batch = std::vector<std::shared_ptr<Member>>;
+
+  // Takes the next batch from `pending_`: in arrival order, each member
+  // whose footprint is disjoint from every earlier pending one (taken or
+  // left), so Txns that overlap keep their order.
+  Batch TakeBatchLocked() PAC_REQUIRES(mu_);
+  // Sends `batch` and records each member's result. A batch of the
+  // sender's own Txn alone goes with the sender's context (`ctx`), so that
+  // cancelling it cancels the call, as without batching.
+  void Send(Batch& batch, const Member* self, const Context& ctx)
+      PAC_EXCLUDES(mu_);
+  absl::StatusOr<etcdpb::TxnResponse> SendOne(Member& m);
+
+  const std::shared_ptr<EtcdKV> inner_;
+  const size_t max_batch_;
+  const int max_in_flight_;
+  mutable Mutex mu_;
+  CondVar cv_;
+  std::deque<std::shared_ptr<Member>> pending_ PAC_GUARDED_BY(mu_);
+  int in_flight_ PAC_GUARDED_BY(mu_) = 0;
+  Stats stats_ PAC_GUARDED_BY(mu_);
+};
+
+TxnBatcherImpl::Batch TxnBatcherImpl::TakeBatchLocked() {
+  Batch batch;
+  std::vector<const std::vector<Interval>*> seen;
+  for (auto it = pending_.begin(); it != pending_.end();) {
+    if (batch.size() == max_batch_) break;
+    const std::vector<Interval>& fp = (*it)->footprint;
+    bool free = true;
+    for (const auto* other : seen) {
+      if (!Disjoint(fp, *other)) {
+        free = false;
+        break;
+      }
+    }
+    seen.push_back(&fp);
+    if (!free) {
+      ++it;
+      continue;
+    }
+    (*it)->sent = true;
+    batch.push_back(*it);
+    it = pending_.erase(it);
+  }
+  return batch;
+}
+
+absl::StatusOr<etcdpb::TxnResponse> TxnBatcherImpl::SendOne(Member& m) {
+  return inner_->Txn(Context::WithDeadline(Context::Background(), m.deadline),
+                     m.req);
+}
+
+void TxnBatcherImpl::Send(Batch& batch, const Member* self,
+                          const Context& ctx) {
+  if (batch.size() == 1 && batch[0].get() == self) {
+    batch[0]->result = inner_->Txn(ctx, self->req);
+  } else if (batch.size() == 1) {
+    batch[0]->result = SendOne(*batch[0]);
+  } else {
+    etcdpb::TxnRequest all;
+    absl::Time deadline = absl::InfinitePast();
+    for (auto& m : batch) {
+      all.add_success()->mutable_request_txn()->Swap(&m->req);
+      deadline = std::max(deadline, m->deadline);
+    }
+    auto r = inner_->Txn(Context::WithDeadline(Context::Background(), deadline),
+                         all);
+    for (size_t i = 0; i < batch.size(); ++i) {
+      batch[i]->req.Swap(
+          all.mutable_success(static_cast<int>(i))->mutable_request_txn());
+    }
+    if (r.ok() && r->responses_size() != static_cast<int>(batch.size())) {
+      r = absl::InternalError("etcd: a batch Txn answered the wrong count");
+    }
+    if (r.ok()) {
+      for (size_t i = 0; i < batch.size(); ++i) {
+        etcdpb::TxnResponse one;
+        one.Swap(
+            r->mutable_responses(static_cast<int>(i))->mutable_response_txn());
+        *one.mutable_header() = r->header();
+        batch[i]->result = std::move(one);
+      }
+    } else if (RejectedForAMember(r.status())) {
+      for (auto& m : batch) m->result = SendOne(*m);
+    } else {
+      for (auto& m : batch) m->result = r.status();
+    }
+  }
+  MutexLock lock(&mu_);
+  ++stats_.batches;
+  for (auto& m : batch) m->done = true;
+}
+
+absl::StatusOr<etcdpb::TxnResponse> TxnBatcherImpl::Txn(
+    const Context& ctx, const etcdpb::TxnRequest& req) {
+  if (absl::Status s = ctx.Err(); !s.ok()) return s;
+  auto m = std::make_shared<Member>();
+  m->req = req;
+  AddFootprint(req, &m->footprint);
+  m->deadline = ctx.deadline();
+  // A cancelled caller stops waiting (registered before mu_ is taken: the
+  // callback runs at once if the context is already cancelled).
+  const int64_t cancel_id = ctx.AddCancelCallback([this] {
+    MutexLock lock(&mu_);
+    cv_.NotifyAll();
+  });
+  absl::StatusOr<etcdpb::TxnResponse> out;
+  mu_.Lock();
+  pending_.push_back(m);
+  while (true) {
+    if (m->done) {
+      out = std::move(m->result);
+      ++stats_.txns;
+      break;
+    }
+    if (in_flight_ < max_in_flight_ && !pending_.empty()) {
+      Batch batch = TakeBatchLocked();
+      ++in_flight_;
+      mu_.Unlock();
+      Send(batch, m.get(), ctx);
+      mu_.Lock();
+      --in_flight_;
+      cv_.NotifyAll();
+      continue;
+    }
+    if (absl::Status s = ctx.Err(); !s.ok()) {
+      // Not sent yet: withdrawn. Sent: its outcome is unknown to the caller,
+      // as with a call abandoned on its deadline.
+      if (!m->sent) std::erase(pending_, m);
+      out = s;
+      break;
+    }
+    cv_.WaitUntil(&mu_, ctx.deadline());
+  }
+  mu_.Unlock();
+  ctx.RemoveCancelCallback(cancel_id);
+  return out;
+}
+
+}  // namespace
+
+std::shared_ptr<TxnBatcher> NewTxnBatcher(std::shared_ptr<EtcdKV> inner,
+                                          TxnBatchOptions options) {
+  return std::make_shared<TxnBatcherImpl>(std::move(inner), options);
+}
+
+}  // namespace pac::concurrency::internal

@@ -1,0 +1,64 @@
+// Group commit for etcd Txns: an EtcdKV that sends the Txns of concurrent
+// callers as one Txn, each caller's Txn nested in it (etcd >= 3.3 runs a
+// `request_txn` op with its own compares and branches). One Txn costs etcd
+// one request, one raft entry and one apply however many nested Txns it
+// carries, so callers that would each have sent a Txn of their own share the
+// cost: a controller whose workers act on many repositories at once gets
+// more pairs per second from the same server.
+//
+// Correctness rests on one rule: Txns share a batch only if their key
+// footprints (every key and range they compare, read or write, in either
+// branch) are disjoint. etcd decides all compares of a batch on the state
+// before its first write, then applies the chosen branches in order, at one
+// revision; with disjoint footprints no nested Txn can see or change
+// another's keys, so the outcome is the one of sending them one by one (in
+// any order), and each caller gets its own Txn's response. Txns on one
+// repository always overlap (its `meta` key, its failure-branch range), so
+// they never share a batch.
+//
+// Batching is adaptive: a Txn is sent at once, alone, while fewer than
+// `max_in_flight` batches are in flight; callers that come meanwhile wait and
+// go in the next batch, sent by whichever waiting caller gets there first.
+// A lone caller therefore pays nothing.
+//
+// Failure: a batch that etcd rejects as a whole for what one Txn asked (an
+// unknown lease, too many operations, a permission) is sent again Txn by
+// Txn, so each caller gets its own answer. Any other error (unavailable,
+// deadline) is every member's, as it would have been had it been sent
+// alone: its outcome is unknown. A batch's deadline is its members' latest;
+// a caller whose own deadline passes, or whose context is cancelled, stops
+// waiting with that error (a Txn not yet sent is withdrawn and never sent).
+//
+// Thread-safety: every method may be called from any thread. Ranges, puts,
+// leases and watches go straight to the wrapped store.
+#ifndef PAC_SRC_ETCD_TXN_BATCHER_H_
+#define PAC_SRC_ETCD_TXN_BATCHER_H_
+
+#include <cstddef>
+#include <memory>
+
+#include "src/etcd/etcd_kv.h"
+
+namespace pac::concurrency::internal {
+
+struct TxnBatchOptions {
+  size_t max_batch = 64;  // nested Txns per batch (etcd allows 128 ops)
+  int max_in_flight = 2;  // batches in flight at once
+};
+
+// Wraps `inner` (gRPC or mock). Counters for tests and benchmarks.
+class TxnBatcher : public EtcdKV {
+ public:
+  struct Stats {
+    int64_t txns = 0;     // Txn calls answered
+    int64_t batches = 0;  // Txn requests sent to the wrapped store
+  };
+  virtual Stats stats() const = 0;
+};
+
+std::shared_ptr<TxnBatcher> NewTxnBatcher(std::shared_ptr<EtcdKV> inner,
+                                          TxnBatchOptions options = {});
+
+}  // namespace pac::concurrency::internal
+
+#endif  // PAC_SRC_ETCD_TXN_BATCHER_H_

@@ -1,0 +1,294 @@
+// TxnBatcher against the mock store and a real etcd (PAC_TEST_ETCD_ENDPOINTS,
+// set by `make test`): concurrent Txns share requests only where that cannot
+// change what any of them sees.
+#include "src/etcd/txn_batcher.h"
+
+#include <unistd.h>
+
+#include <atomic>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "pac/concurrency/clock.h"
+#include "src/etcd/grpc_etcd.h"
+#include "src/etcd/mock_etcd.h"
+#include "tests/conformance/etcd_test_env.h"
+
+namespace pac::concurrency::internal {
+namespace {
+
+// Makes every Txn slow, so that concurrent callers pile up behind the ones
+// in flight and batches form; counts the nested Txns of each request.
+class SlowTxns final : public EtcdKV {
+ public:
+  explicit SlowTxns(std::shared_ptr<EtcdKV> inner) : inner_(std::move(inner)) {}
+  absl::StatusOr<etcdpb::RangeResponse> Range(
+      const Context& ctx, const etcdpb::RangeRequest& req) override {
+    return inner_->Range(ctx, req);
+  }
+  absl::StatusOr<etcdpb::TxnResponse> Txn(
+      const Context& ctx, const etcdpb::TxnRequest& req) override {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    int nested = 0;
+    for (const auto& op : req.success()) nested += op.has_request_txn();
+    if (nested > 1) ++multi_;
+    return inner_->Txn(ctx, req);
+  }
+  absl::StatusOr<etcdpb::PutResponse> Put(
+      const Context& ctx, const etcdpb::PutRequest& req) override {
+    return inner_->Put(ctx, req);
+  }
+  absl::StatusOr<int64_t> LeaseGrant(const Context& ctx,
+                                     int64_t ttl_seconds) override {
+    return inner_->LeaseGrant(ctx, ttl_seconds);
+  }
+  absl::Status LeaseRevoke(const Context& ctx, int64_t id) override {
+    return inner_->LeaseRevoke(ctx, id);
+  }
+  absl::StatusOr<int64_t> LeaseKeepAlive(const Context& ctx,
+                                         int64_t id) override {
+    return inner_->LeaseKeepAlive(ctx, id);
+  }
+  absl::StatusOr<int64_t> LeaseTimeToLive(const Context& ctx,
+                                          int64_t id) override {
+    return inner_->LeaseTimeToLive(ctx, id);
+  }
+  absl::StatusOr<std::unique_ptr<EtcdWatch>> Watch(const std::string& key,
+                                                   const std::string& range_end,
+                                                   int64_t start_revision,
+                                                   WatchFn fn) override {
+    return inner_->Watch(key, range_end, start_revision, std::move(fn));
+  }
+  absl::Status Compact(const Context& ctx, int64_t revision) override {
+    return inner_->Compact(ctx, revision);
+  }
+  int multi() const { return multi_.load(); }
+
+ private:
+  std::shared_ptr<EtcdKV> inner_;
+  std::atomic<int> multi_{0};
+};
+
+class TxnBatcherTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    std::shared_ptr<EtcdKV> store;
+    if (GetParam() == "mock") {
+      store = std::make_shared<MockEtcd>(Clock::Real());
+    } else {
+      auto c = conformance::TestEtcdConfig();
+      ASSERT_TRUE(c.ok()) << c.status();
+      auto kv = NewGrpcEtcd(*c, nullptr);
+      ASSERT_TRUE(kv.ok()) << kv.status();
+      store = *kv;
+    }
+    slow_ = std::make_shared<SlowTxns>(store);
+    batcher_ = NewTxnBatcher(slow_);
+    prefix_ = absl::StrCat(
+        "/batcher-test/", getpid(), "/",
+        ::testing::UnitTest::GetInstance()->current_test_info()->name(), "/");
+  }
+
+  // Adds one to `key` by compare-and-swap on its mod revision, retrying a
+  // lost compare. The read goes past the batcher; the write through it.
+  absl::Status Increment(const std::string& key) {
+    Context ctx =
+        Context::WithTimeout(Context::Background(), absl::Seconds(30));
+    while (true) {
+      etcdpb::RangeRequest get;
+      get.set_key(key);
+      auto r = batcher_->Range(ctx, get);
+      if (!r.ok()) return r.status();
+      int64_t mod = 0, value = 0;
+      if (r->kvs_size() > 0) {
+        mod = r->kvs(0).mod_revision();
+        value = std::stoll(r->kvs(0).value());
+      }
+      etcdpb::TxnRequest txn;
+      auto* c = txn.add_compare();
+      c->set_key(key);
+      c->set_target(etcdpb::Compare::MOD);
+      c->set_result(etcdpb::Compare::EQUAL);
+      c->set_mod_revision(mod);
+      auto* put = txn.add_success()->mutable_request_put();
+      put->set_key(key);
+      put->set_value(std::to_string(value + 1));
+      auto t = batcher_->Txn(ctx, txn);
+      if (!t.ok()) return t.status();
+      if (t->succeeded()) return absl::OkStatus();
+    }
+  }
+
+  int64_t Value(const std::string& key) {
+    etcdpb::RangeRequest get;
+    get.set_key(key);
+    auto r = batcher_->Range(Context(), get);
+    if (!r.ok() || r->kvs_size() == 0) return -1;
+    return std::stoll(r->kvs(0).value());
+  }
+
+  std::shared_ptr<SlowTxns> slow_;
+  std::shared_ptr<TxnBatcher> batcher_;
+  std::string prefix_;
+};
+
+// Each thread increments its own key: the Txns are disjoint and share
+// requests, and every caller gets its own Txn's answer.
+TEST_P(TxnBatcherTest, DisjointTxnsShareRequestsAndEachGetsItsAnswer) {
+  constexpr int kThreads = 8, kEach = 25;
+  std::vector<std::thread> threads;
+  std::atomic<int> errors{0};
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kEach; ++i) {
+        if (!Increment(absl::StrCat(prefix_, "k", t)).ok()) ++errors;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(errors.load(), 0);
+  for (int t = 0; t < kThreads; ++t) {
+    EXPECT_EQ(Value(absl::StrCat(prefix_, "k", t)), kEach) << t;
+  }
+  auto stats = batcher_->stats();
+  EXPECT_EQ(stats.txns, kThreads * kEach);  // each one succeeded first time
+  EXPECT_LT(stats.batches, stats.txns);
+  EXPECT_GT(slow_->multi(), 0);
+}
+
+// All threads increment one key. Two of these Txns in one request would both
+// pass their compare on the state before it and lose an increment: the
+// batcher must keep them apart.
+TEST_P(TxnBatcherTest, OverlappingTxnsNeverShareARequest) {
+  constexpr int kThreads = 8, kEach = 15;
+  const std::string shared = prefix_ + "shared";
+  std::vector<std::thread> threads;
+  std::atomic<int> errors{0};
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kEach; ++i) {
+        // A disjoint key too, so that batches do form.
+        if (!Increment(shared).ok()) ++errors;
+        if (!Increment(absl::StrCat(prefix_, "own", t)).ok()) ++errors;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(errors.load(), 0);
+  EXPECT_EQ(Value(shared), kThreads * kEach);
+  EXPECT_GT(slow_->multi(), 0);
+}
+
+// A range compare over a prefix overlaps every key under it. Readers check
+// that nothing under `dir` changed since their read and, in the same Txn,
+// read it again: the two sums must agree. A writer's Txn batched after such
+// a reader's would pass the reader's compare (decided before any write) and
+// change what its second read sees.
+TEST_P(TxnBatcherTest, ARangeOverlapsTheKeysUnderIt) {
+  constexpr int kThreads = 6, kEach = 20;
+  const std::string dir = prefix_ + "dir/";
+  std::vector<std::thread> threads;
+  std::atomic<int> errors{0}, torn{0}, checked{0};
+  auto sum_of = [](const etcdpb::RangeResponse& r) {
+    int64_t sum = 0;
+    for (const auto& kv : r.kvs()) sum += std::stoll(kv.value());
+    return sum;
+  };
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      Context ctx;
+      for (int i = 0; i < kEach; ++i) {
+        if (t % 2 == 0) {
+          if (!Increment(absl::StrCat(dir, t)).ok()) ++errors;
+          continue;
+        }
+        etcdpb::RangeRequest read;
+        read.set_key(dir);
+        read.set_range_end(PrefixEnd(dir));
+        auto before = batcher_->Range(ctx, read);
+        if (!before.ok()) {
+          ++errors;
+          continue;
+        }
+        etcdpb::TxnRequest txn;
+        auto* c = txn.add_compare();
+        c->set_key(dir);
+        c->set_range_end(PrefixEnd(dir));
+        c->set_target(etcdpb::Compare::MOD);
+        c->set_result(etcdpb::Compare::LESS);
+        c->set_mod_revision(before->header().revision() + 1);
+        *txn.add_success()->mutable_request_range() = read;
+        auto r = batcher_->Txn(ctx, txn);
+        if (!r.ok()) {
+          ++errors;
+        } else if (r->succeeded()) {
+          ++checked;
+          if (sum_of(r->responses(0).response_range()) != sum_of(*before)) {
+            ++torn;
+          }
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(errors.load(), 0);
+  EXPECT_EQ(torn.load(), 0);
+  EXPECT_GT(checked.load(), 0);
+  int64_t total = 0;
+  for (int t = 0; t < kThreads; t += 2) total += Value(absl::StrCat(dir, t));
+  EXPECT_EQ(total, (kThreads / 2) * kEach);
+}
+
+// A Txn etcd refuses (a put on a lease that does not exist) fails alone;
+// the Txns it was batched with still commit.
+TEST_P(TxnBatcherTest, ARefusedTxnFailsAloneItsBatchCommits) {
+  constexpr int kThreads = 8, kRounds = 5;
+  for (int round = 0; round < kRounds; ++round) {
+    std::vector<std::thread> threads;
+    std::vector<absl::Status> results(kThreads);
+    for (int t = 0; t < kThreads; ++t) {
+      threads.emplace_back([&, t] {
+        etcdpb::TxnRequest txn;
+        auto* put = txn.add_success()->mutable_request_put();
+        put->set_key(absl::StrCat(prefix_, round, "/k", t));
+        put->set_value("v");
+        if (t == 3) put->set_lease(0x7fffffff12345);  // never granted
+        results[t] = batcher_->Txn(Context(), txn).status();
+      });
+    }
+    for (auto& th : threads) th.join();
+    for (int t = 0; t < kThreads; ++t) {
+      if (t == 3) {
+        EXPECT_TRUE(absl::IsNotFound(results[t])) << results[t];
+        EXPECT_EQ(Value(absl::StrCat(prefix_, round, "/k", t)), -1);
+      } else {
+        EXPECT_TRUE(results[t].ok()) << t << ": " << results[t];
+      }
+    }
+  }
+  EXPECT_GT(slow_->multi(), 0);
+}
+
+// A caller whose context has ended is answered at once and its Txn is not
+// sent.
+TEST_P(TxnBatcherTest, AnEndedContextSendsNothing) {
+  auto [ctx, cancel] = Context::WithCancel(Context::Background());
+  cancel.Cancel();
+  etcdpb::TxnRequest txn;
+  auto* put = txn.add_success()->mutable_request_put();
+  put->set_key(prefix_ + "never");
+  put->set_value("1");
+  auto r = batcher_->Txn(ctx, txn);
+  EXPECT_TRUE(absl::IsCancelled(r.status())) << r.status();
+  EXPECT_EQ(Value(prefix_ + "never"), -1);
+  EXPECT_EQ(batcher_->stats().batches, 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Mock, TxnBatcherTest, ::testing::Values("mock"));
+INSTANTIATE_TEST_SUITE_P(Etcd, TxnBatcherTest, ::testing::Values("etcd"));
+
+}  // namespace
+}  // namespace pac::concurrency::internal
