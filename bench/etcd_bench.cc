@@ -4,13 +4,16 @@
 //  * BM_Etcd_RawPut: the floor. A Put loop over the same gRPC client the
 //    driver uses. A pair needs two replicated writes (the acquire Txn and the
 //    release Txn), so 0.5x of the Put rate is the ceiling of pairs/s.
-//  * BM_Etcd_AcquireRelease/repos/threads: each thread a client with its own
-//    driver; a pair is AcquireSlot (no queueing) and, when granted,
-//    ReleaseSlot by lease id. Limit 2: "granted_per_s" counts admitted pairs.
-//  * BM_Etcd_HandOff: 16 clients (threads, each with its own driver and
-//    watch) queue on 1 repository with limit 2; a client that is queued
-//    waits for its kAdmitted event, then releases at once, which admits the
-//    next run in the releasing Txn. Counts admitted pairs/s.
+//  * BM_Etcd_AcquireRelease/repos/shared/threads: a pair is AcquireSlot (no
+//    queueing) and, when granted, ReleaseSlot by lease id. Limit 2:
+//    "granted_per_s" counts admitted pairs. shared:0 gives each thread its
+//    own driver (as separate processes); shared:1 has the threads share one
+//    (a controller's workers), whose Txns can share requests (group commit).
+//  * BM_Etcd_HandOff/repo/shared: 16 clients (threads, with a driver and
+//    watch each, or sharing one) queue on 1 repository with limit 2; a
+//    client that is queued waits for its kAdmitted event, then releases at
+//    once, which admits the next run in the releasing Txn. Counts admitted
+//    pairs/s.
 //  * BM_Etcd_ReleaseToWatcherAcrossProcesses: another process (this binary
 //    re-executed with --release-child) releases; this process's watcher is
 //    called. Latency from the child's release start to the callback

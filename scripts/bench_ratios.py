@@ -67,20 +67,25 @@ def etcd(bench_json):
         m = re.match(r"BM_Etcd_RawTxnPair/.*(threads:\d+)", b["name"])
         if m:
             txn[m.group(1)] = b["items_per_second"]
-    print(f"{'point':28} {'raw Put/s':>10} {'raw Txn pairs/s':>16} {'pairs/s':>9} "
+    print(f"{'point':38} {'raw Put/s':>10} {'raw Txn pairs/s':>16} {'pairs/s':>9} "
           f"{'granted/s':>10} {'pairs/Put':>10} {'pairs/Txn pair':>15}")
     for b in data["benchmarks"]:
-        m = re.match(r"BM_Etcd_AcquireRelease/(repos:\d+)/.*(threads:\d+)", b["name"])
+        m = re.match(r"BM_Etcd_AcquireRelease/(repos:\d+)/shared:(\d)/.*(threads:\d+)",
+                     b["name"])
         if m:
-            p = put.get(m.group(2))
-            t = txn.get(m.group(2))
+            p = put.get(m.group(3))
+            t = txn.get(m.group(3))
             rate = b["items_per_second"]
-            print(f"{m.group(1) + ' ' + m.group(2):28} {p or 0:10.0f} {t or 0:16.0f} "
+            drivers = "1 driver" if m.group(2) == "1" else "a driver each"
+            point = f"{m.group(1)} {m.group(3)} {drivers}"
+            print(f"{point:38} {p or 0:10.0f} {t or 0:16.0f} "
                   f"{rate:9.0f} {b.get('granted_per_s', 0):10.0f} "
                   f"{rate / p if p else 0:10.2f} {rate / t if t else 0:15.2f}")
     for b in data["benchmarks"]:
-        if b["name"].startswith("BM_Etcd_HandOff"):
-            print(f"hand-off, 1 repository (limit 2), 16 queued clients: "
+        m = re.match(r"BM_Etcd_HandOff/repo:1/shared:(\d)", b["name"])
+        if m:
+            drivers = "one shared driver" if m.group(1) == "1" else "a driver each"
+            print(f"hand-off, 1 repository (limit 2), 16 queued clients, {drivers}: "
                   f"{b['items_per_second']:.0f} admitted pairs/s")
         if b["name"].startswith("BM_Etcd_ReleaseToWatcherAcrossProcesses"):
             print(f"release -> watcher in another process: p50 {b['p50_ms']:.1f} ms, "
