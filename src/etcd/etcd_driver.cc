@@ -226,7 +226,8 @@ void EtcdDriver::GuardAdmissions(etcdpb::TxnRequest* txn, const RepoView& v,
   // after one it has, so they sort after its head. Between the head and
   // the last admitted entry (to the end, if the plan leaves room and no
   // queue) there must be none: every key there is older than the view.
-  // Only live entries and cancelled ones lie in that range.
+  // Only live entries and cancelled ones lie in that range. (A view with
+  // no queue has none unseen: joining the end needs an entry to join.)
   const std::string q = RepoPrefix(v.repo) + "queue/";
   auto* cmp = txn->add_compare();
   cmp->set_key(Cat(q, Pad20(v.queue.front().creation_us), "/"));
@@ -795,9 +796,12 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
         }
         ++left;
       }
+      // Checked to the end of the queue when the plan leaves none of it
+      // and either leaves a slot free or gives one to the caller: an
+      // entry it has not seen would have come first.
       const bool room = free_slots() > (grant_caller ? 1 : 0);
       GuardAdmissions(&txn, v, promote.empty() ? nullptr : promote.back(),
-                      left == 0 && room);
+                      left == 0 && (room || grant_caller));
       DropStale(&txn, &after, stale, run);
     }
     if (limit_changed) {

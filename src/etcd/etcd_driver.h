@@ -176,8 +176,9 @@ class EtcdDriver final : public Driver {
   static const QueueInfo* LastQueueKey(const RepoView& v);
   // Joining the end of a queue does not write `meta` (FastEnqueueTxn). A
   // guarded plan that admits from the queue (up to `last_admitted`, or to
-  // its end when `drained`: none of it left and slots free) adds a compare
-  // that no entry it has not seen sorts before what it admits.
+  // its end when `drained`: none of it left, and slots free or one given
+  // to the caller) adds a compare that no entry it has not seen sorts
+  // before what it admits.
   void GuardAdmissions(etcdpb::TxnRequest* txn, const RepoView& v,
                        const QueueInfo* last_admitted, bool drained) const;
   // Queue entries to drop when the repository is next written: a run

@@ -14,6 +14,7 @@
 #include <fstream>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "gmock/gmock.h"
@@ -21,6 +22,7 @@
 #include "pac/concurrency/concurrency.h"
 #include "src/etcd/etcd_rpc.pb.h"
 #include "src/etcd/grpc_etcd.h"
+#include "src/etcd/mock_etcd.h"
 #include "tests/conformance/driver_conformance.h"
 #include "tests/conformance/etcd_test_env.h"
 #include "tests/conformance/multiprocess.h"
@@ -428,6 +430,101 @@ TEST(EtcdDriverTest, AdmittingPastTheHeadSeesARunJoinedUnseen) {
   auto queued = b->GetQueuedPipelineRuns(ctx, repo.Key());
   ASSERT_TRUE(queued.ok());
   EXPECT_TRUE(queued->empty());
+}
+
+// While a's watch lags (held), another process joins the end of the queue,
+// and a's release admits the head it knows. a's cached views must not lose
+// the run that joined: re-submitting it finds it queued, writing nothing.
+TEST(EtcdDriverTest, ARunJoinedWhileTheWatchLagsIsNotQueuedTwice) {
+  TwoMockDrivers d;
+  ASSERT_TRUE(d.a != nullptr && d.b != nullptr);
+  auto& a = d.a;
+  auto& b = d.b;
+  ManualClock& clock = d.clock;
+  auto mock = std::dynamic_pointer_cast<internal::MockEtcd>(
+      internal::SharedMockEtcd(&clock));
+  ASSERT_TRUE(mock != nullptr);
+  Context ctx;
+  Repository repo{"gap", "repo", 1};
+  AcquireOptions opts;
+  opts.creation_time = clock.Now();
+  auto x = a->AcquireSlot(ctx, repo, "gap/x", opts);
+  ASSERT_TRUE(x.ok() && x->acquired);
+  opts.creation_time = clock.Now() + absl::Microseconds(1);
+  auto q2 = a->AcquireSlot(ctx, repo, "gap/q2", opts);
+  ASSERT_TRUE(q2.ok() && !q2->acquired);
+  mock->DrainDeliveriesForTest();  // a's watch has caught up
+  mock->HoldDeliveriesForTest(true);
+  AcquireOptions q3_opts;
+  q3_opts.creation_time = clock.Now() + absl::Microseconds(2);
+  auto q3 = b->AcquireSlot(ctx, repo, "gap/q3", q3_opts);
+  ASSERT_TRUE(q3.ok() && !q3->acquired);
+  EXPECT_EQ(q3->position, 2);
+  auto q3_key = [&] {
+    internal::etcdpb::RangeRequest r;
+    r.set_key("/pac-concurrency/repo/gap/repo/queue/");
+    r.set_range_end(internal::PrefixEnd(r.key()));
+    auto got = mock->Range(ctx, r);
+    EXPECT_TRUE(got.ok());
+    for (const auto& kv : got->kvs()) {
+      if (absl::EndsWith(kv.key(), "/gap/q3")) return kv;
+    }
+    return internal::etcdpb::KeyValue();
+  };
+  const int64_t q3_mod = q3_key().mod_revision();
+  ASSERT_GT(q3_mod, 0);
+  // a has not heard of q3; its release admits q2.
+  auto rel = a->ReleaseSlot(ctx, x->lease.lease_id, "", "");
+  ASSERT_TRUE(rel.ok() && rel->released);
+  ASSERT_EQ(rel->admitted.size(), 1u);
+  EXPECT_EQ(rel->admitted[0].pipeline_run_key, "gap/q2");
+  mock->HoldDeliveriesForTest(false);
+  mock->DrainDeliveriesForTest();
+  // a knows of q3 now: it answers, writing nothing.
+  auto again = a->AcquireSlot(ctx, repo, "gap/q3", q3_opts);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_FALSE(again->acquired);
+  EXPECT_EQ(again->position, 1);
+  EXPECT_EQ(q3_key().mod_revision(), q3_mod);
+}
+
+// While a's watch lags, a run joins the end of the queue and a's first
+// release admits the head a knows. a's second release must admit the run
+// that joined, not leave its slot free.
+TEST(EtcdDriverTest, AReleaseAdmitsARunJoinedWhileTheWatchLags) {
+  TwoMockDrivers d;
+  ASSERT_TRUE(d.a != nullptr && d.b != nullptr);
+  auto& a = d.a;
+  auto& b = d.b;
+  ManualClock& clock = d.clock;
+  auto mock = std::dynamic_pointer_cast<internal::MockEtcd>(
+      internal::SharedMockEtcd(&clock));
+  ASSERT_TRUE(mock != nullptr);
+  Context ctx;
+  Repository repo{"gap2", "repo", 2};
+  AcquireOptions opts;
+  opts.creation_time = clock.Now();
+  auto x1 = a->AcquireSlot(ctx, repo, "gap2/x1", opts);
+  auto x2 = a->AcquireSlot(ctx, repo, "gap2/x2", opts);
+  ASSERT_TRUE(x1.ok() && x1->acquired && x2.ok() && x2->acquired);
+  opts.creation_time = clock.Now() + absl::Microseconds(1);
+  auto q2 = a->AcquireSlot(ctx, repo, "gap2/q2", opts);
+  ASSERT_TRUE(q2.ok() && !q2->acquired);
+  mock->DrainDeliveriesForTest();
+  mock->HoldDeliveriesForTest(true);  // a hears nothing until the end
+  opts.creation_time = clock.Now() + absl::Microseconds(2);
+  auto q3 = b->AcquireSlot(ctx, repo, "gap2/q3", opts);
+  ASSERT_TRUE(q3.ok() && !q3->acquired);
+  auto r1 = a->ReleaseSlot(ctx, x1->lease.lease_id, "", "");
+  ASSERT_TRUE(r1.ok() && r1->released);
+  ASSERT_EQ(r1->admitted.size(), 1u);
+  EXPECT_EQ(r1->admitted[0].pipeline_run_key, "gap2/q2");
+  // Still unheard of by a's watch: q3.
+  auto r2 = a->ReleaseSlot(ctx, x2->lease.lease_id, "", "");
+  ASSERT_TRUE(r2.ok() && r2->released);
+  ASSERT_EQ(r2->admitted.size(), 1u);
+  EXPECT_EQ(r2->admitted[0].pipeline_run_key, "gap2/q3");
+  mock->HoldDeliveriesForTest(false);
 }
 
 }  // namespace

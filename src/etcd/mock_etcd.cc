@@ -485,6 +485,23 @@ absl::Status MockEtcd::Compact(const Context& ctx, int64_t revision) {
 
 void MockEtcd::Flush() { outbox_cv_.NotifyAll(); }
 
+void MockEtcd::HoldDeliveriesForTest(bool hold) {
+  {
+    MutexLock lock(&mu_);
+    hold_ = hold;
+  }
+  outbox_cv_.NotifyAll();
+}
+
+void MockEtcd::DrainDeliveriesForTest() {
+  MutexLock lock(&mu_);
+  while (!stop_) {
+    bool busy = !outbox_.empty() || delivering_;
+    if (!busy) return;
+    delivered_cv_.WaitUntil(&mu_, absl::Now() + absl::Milliseconds(10));
+  }
+}
+
 void MockEtcd::ExpiryLoop() {
   MutexLock lock(&mu_);
   while (!stop_) {
@@ -506,11 +523,12 @@ void MockEtcd::DeliveryLoop() {
     std::deque<std::pair<std::shared_ptr<Watcher>, WatchBatch>> batch;
     {
       MutexLock lock(&mu_);
-      while (outbox_.empty() && !stop_) {
+      while ((outbox_.empty() || HeldLocked()) && !stop_) {
         outbox_cv_.WaitUntil(&mu_, absl::Now() + absl::Milliseconds(100));
       }
       if (stop_) return;
       batch.swap(outbox_);
+      delivering_ = true;
     }
     for (auto& [w, b] : batch) {
       {
@@ -525,6 +543,11 @@ void MockEtcd::DeliveryLoop() {
       }
       delivered_cv_.NotifyAll();
     }
+    {
+      MutexLock lock(&mu_);
+      delivering_ = false;
+    }
+    delivered_cv_.NotifyAll();
   }
 }
 

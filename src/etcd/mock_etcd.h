@@ -44,6 +44,11 @@ class MockEtcd final : public EtcdKV {
                                                    WatchFn fn) override;
   absl::Status Compact(const Context& ctx, int64_t revision) override;
 
+  // Test hooks: while held, watch events wait (as on a slow stream);
+  // DrainDeliveriesForTest waits until every event so far was delivered.
+  void HoldDeliveriesForTest(bool hold) PAC_EXCLUDES(mu_);
+  void DrainDeliveriesForTest() PAC_EXCLUDES(mu_);
+
  private:
   struct LeaseRec {
     int64_t ttl;
@@ -74,6 +79,7 @@ class MockEtcd final : public EtcdKV {
   // ApplyLocked returns whether it wrote.
   void PathLocked(const etcdpb::TxnRequest& req, std::vector<bool>* path)
       PAC_REQUIRES(mu_);
+  bool HeldLocked() const PAC_REQUIRES(mu_) { return hold_ && !stop_; }
   bool LeasesExistLocked(const etcdpb::TxnRequest& req,
                          const std::vector<bool>& path, size_t* at)
       PAC_REQUIRES(mu_);
@@ -103,6 +109,8 @@ class MockEtcd final : public EtcdKV {
   CondVar delivered_cv_;  // a delivery finished (in_flight went false)
   bool stop_ PAC_GUARDED_BY(mu_) = false;
   bool kicked_ PAC_GUARDED_BY(mu_) = false;
+  bool hold_ PAC_GUARDED_BY(mu_) = false;        // HoldDeliveriesForTest
+  bool delivering_ PAC_GUARDED_BY(mu_) = false;  // a batch is out
   int clock_listener_ = 0;
   std::thread expiry_thread_;
   std::thread delivery_thread_;
