@@ -35,25 +35,34 @@ void AddKey(const std::string& key, const std::string& range_end,
   }
 }
 
-void AddOps(const google::protobuf::RepeatedPtrField<etcdpb::RequestOp>& ops,
-            std::vector<Interval>* out);
+// What a Txn may read (compares, ranges) and write (puts, deletes), in
+// either branch, nested Txns included.
+struct Footprint {
+  std::vector<Interval> reads, writes;
+};
 
-void AddFootprint(const etcdpb::TxnRequest& req, std::vector<Interval>* out) {
-  for (const auto& c : req.compare()) AddKey(c.key(), c.range_end(), out);
+void AddOps(const google::protobuf::RepeatedPtrField<etcdpb::RequestOp>& ops,
+            Footprint* out);
+
+void AddFootprint(const etcdpb::TxnRequest& req, Footprint* out) {
+  for (const auto& c : req.compare()) {
+    AddKey(c.key(), c.range_end(), &out->reads);
+  }
   AddOps(req.success(), out);
   AddOps(req.failure(), out);
 }
 
 void AddOps(const google::protobuf::RepeatedPtrField<etcdpb::RequestOp>& ops,
-            std::vector<Interval>* out) {
+            Footprint* out) {
   for (const auto& op : ops) {
     if (op.has_request_range()) {
-      AddKey(op.request_range().key(), op.request_range().range_end(), out);
+      AddKey(op.request_range().key(), op.request_range().range_end(),
+             &out->reads);
     } else if (op.has_request_put()) {
-      AddKey(op.request_put().key(), "", out);
+      AddKey(op.request_put().key(), "", &out->writes);
     } else if (op.has_request_delete_range()) {
       AddKey(op.request_delete_range().key(),
-             op.request_delete_range().range_end(), out);
+             op.request_delete_range().range_end(), &out->writes);
     } else if (op.has_request_txn()) {
       AddFootprint(op.request_txn(), out);
     }
@@ -67,6 +76,13 @@ bool Disjoint(const std::vector<Interval>& a, const std::vector<Interval>& b) {
     }
   }
   return true;
+}
+
+// Whether two Txns may share a request: neither writes what the other
+// reads or writes. (Both reading one key is harmless.)
+bool Independent(const Footprint& a, const Footprint& b) {
+  return Disjoint(a.writes, b.writes) && Disjoint(a.writes, b.reads) &&
+         Disjoint(b.writes, a.reads);
 }
 
 // Errors with which etcd refuses a whole request before applying any of it,
@@ -128,7 +144,7 @@ class TxnBatcherImpl final : public TxnBatcher {
  private:
   struct Member {
     etcdpb::TxnRequest req;
-    std::vector<Interval> footprint;
+    Footprint footprint;
     absl::Time deadline;
     bool sent = false;
     bool done = false;
@@ -137,8 +153,8 @@ class TxnBatcherImpl final : public TxnBatcher {
   using Batch = std::vector<std::shared_ptr<Member>>;
 
   // Takes the next batch from `pending_`: in arrival order, each member
-  // whose footprint is disjoint from every earlier pending one (taken or
-  // left), so Txns that overlap keep their order.
+  // independent of every earlier pending one (taken or left), so Txns
+  // that are not keep their order.
   Batch TakeBatchLocked() PAC_REQUIRES(mu_);
   // Sends `batch` and records each member's result. A batch of the
   // sender's own Txn alone goes with the sender's context (`ctx`), so that
@@ -159,13 +175,13 @@ class TxnBatcherImpl final : public TxnBatcher {
 
 TxnBatcherImpl::Batch TxnBatcherImpl::TakeBatchLocked() {
   Batch batch;
-  std::vector<const std::vector<Interval>*> seen;
+  std::vector<const Footprint*> seen;
   for (auto it = pending_.begin(); it != pending_.end();) {
     if (batch.size() == max_batch_) break;
-    const std::vector<Interval>& fp = (*it)->footprint;
+    const Footprint& fp = (*it)->footprint;
     bool free = true;
     for (const auto* other : seen) {
-      if (!Disjoint(fp, *other)) {
+      if (!Independent(fp, *other)) {
         free = false;
         break;
       }

@@ -6,15 +6,18 @@
 // cost: a controller whose workers act on many repositories at once gets
 // more pairs per second from the same server.
 //
-// Correctness rests on one rule: Txns share a batch only if their key
-// footprints (every key and range they compare, read or write, in either
-// branch) are disjoint. etcd decides all compares of a batch on the state
-// before its first write, then applies the chosen branches in order, at one
-// revision; with disjoint footprints no nested Txn can see or change
-// another's keys, so the outcome is the one of sending them one by one (in
-// any order), and each caller gets its own Txn's response. Txns on one
-// repository always overlap (its `meta` key, its failure-branch range), so
-// they never share a batch.
+// Correctness rests on one rule: Txns share a batch only if they are
+// independent: neither writes (puts, deletes) a key the other reads
+// (compares, ranges) or writes, in either branch. etcd decides all compares
+// of a batch on the state before its first write, then applies the chosen
+// branches in order, at one revision; when no Txn touches what another
+// writes, each sees what it would have seen alone, so the outcome is the
+// one of sending them one by one (in any order), and each caller gets its
+// own Txn's response, whose header is the batch's (a range in it shows its
+// keys as they are at that revision). Steps of one repository that write
+// (its `meta`, and a range over it on failure) are never independent of
+// one another; read-only confirmations of one repository are, and share a
+// request that etcd serves as a read.
 //
 // Batching is adaptive: a Txn is sent at once, alone, while fewer than
 // `max_in_flight` batches are in flight; callers that come meanwhile wait and

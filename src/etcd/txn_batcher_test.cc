@@ -182,6 +182,42 @@ TEST_P(TxnBatcherTest, OverlappingTxnsNeverShareARequest) {
   EXPECT_GT(slow_->multi(), 0);
 }
 
+// Txns that only read one key (a compare and a range, as the driver's
+// confirmations) are independent: they share requests, and each sees the
+// key as it is.
+TEST_P(TxnBatcherTest, ReadOnlyTxnsOfOneKeyShareRequests) {
+  const std::string key = prefix_ + "read";
+  ASSERT_TRUE(Increment(key).ok());
+  constexpr int kThreads = 8, kEach = 20;
+  std::vector<std::thread> threads;
+  std::atomic<int> errors{0}, wrong{0};
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < kEach; ++i) {
+        etcdpb::TxnRequest txn;
+        auto* c = txn.add_compare();
+        c->set_key(key);
+        c->set_target(etcdpb::Compare::VALUE);
+        c->set_result(etcdpb::Compare::EQUAL);
+        c->set_value("1");
+        txn.add_success()->mutable_request_range()->set_key(key);
+        auto r = batcher_->Txn(Context(), txn);
+        if (!r.ok()) {
+          ++errors;
+        } else if (!r->succeeded() ||
+                   r->responses(0).response_range().kvs_size() != 1 ||
+                   r->responses(0).response_range().kvs(0).value() != "1") {
+          ++wrong;
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(errors.load(), 0);
+  EXPECT_EQ(wrong.load(), 0);
+  EXPECT_GT(slow_->multi(), 0);
+}
+
 // A range compare over a prefix overlaps every key under it. Readers check
 // that nothing under `dir` changed since their read and, in the same Txn,
 // read it again: the two sums must agree. A writer's Txn batched after such
