@@ -622,13 +622,14 @@ void EtcdDriver::SortQueue(RepoView* v) {
 
 absl::StatusOr<std::optional<etcdpb::TxnResponse>> EtcdDriver::CommitStep(
     const Context& ctx, const std::string& repo, etcdpb::TxnRequest txn,
-    const std::vector<int64_t>& leases, RepoView after, bool exact) {
+    const std::vector<int64_t>& leases, RepoView after, bool exact,
+    bool join_end) {
   // A failed compare answers the repository as it is now, so the next
   // attempt needs no read of its own. A success answers nothing: the
   // compares held, so the repository is `after` (the plan's view with the
   // Txn's writes). A range here would cost etcd a walk over every key the
   // repository ever had (deleted keys stay in its index until compaction).
-  *txn.add_failure() = RangeRepoOp(repo);
+  if (!join_end) *txn.add_failure() = RangeRepoOp(repo);
   auto tr = kv_->Txn(ctx, txn);
   if (tr.ok() && tr->succeeded()) {
     const int64_t rev = tr->header().revision();
@@ -659,6 +660,8 @@ absl::StatusOr<std::optional<etcdpb::TxnResponse>> EtcdDriver::CommitStep(
   if (!tr.ok()) {
     ForgetView(repo);
     if (!IsRetryable(tr.status())) return tr.status();
+  } else if (join_end) {
+    ForgetView(repo);  // (no range): the next attempt reads
   } else {
     CacheTxnView(repo, *tr);  // someone changed the repository
   }
@@ -827,7 +830,7 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
       after.queue.push_back(std::move(q));
     }
     auto tr = CommitStep(ctx, repo, std::move(txn), *leases, std::move(after),
-                         /*exact=*/!fast && v.queue.empty());
+                         /*exact=*/!fast && v.queue.empty(), fast);
     if (!tr.ok()) return tr.status();
     if (!tr->has_value()) {  // planned on an outdated view: plan again
       fresh = false;
@@ -1047,7 +1050,7 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseSlot(
       AddGrant(&txn, &after, promote[i]->run, grant_leases[i], promote[i]->key);
     }
     auto tr = CommitStep(ctx, repo, std::move(txn), *leases, std::move(after),
-                         /*exact=*/v.queue.empty());
+                         /*exact=*/v.queue.empty(), /*join_end=*/false);
     if (!tr.ok()) return tr.status();
     if (!tr->has_value()) {  // planned on an outdated view: plan again
       fresh = false;

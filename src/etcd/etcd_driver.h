@@ -155,13 +155,18 @@ class EtcdDriver final : public Driver {
   // `meta`, so a view with a queue may lack one, and the watch, which
   // applies every change after the cached view, brings the commit
   // instead. A failed compare returns the repository's range, which is
-  // cached. The response when it succeeded; nullopt when the step must be
-  // planned again (a lost compare, a retryable error); otherwise the
-  // error. A failed Txn's leases go back to the spares.
+  // cached; except for `join_end` (FastEnqueueTxn): without that range, a
+  // run joining the end of a queue reads nothing another joining run
+  // writes, so such Txns can share a request (txn_batcher.h), and a lost
+  // compare (rare: the entry joined after was admitted) drops the cached
+  // view so the step reads afresh. The response when it succeeded; nullopt
+  // when the step must be planned again (a lost compare, a retryable
+  // error); otherwise the error. A failed Txn's leases go back to the
+  // spares.
   absl::StatusOr<std::optional<etcdpb::TxnResponse>> CommitStep(
       const Context& ctx, const std::string& repo, etcdpb::TxnRequest txn,
-      const std::vector<int64_t>& leases, RepoView after, bool exact)
-      PAC_EXCLUDES(mu_);
+      const std::vector<int64_t>& leases, RepoView after, bool exact,
+      bool join_end) PAC_EXCLUDES(mu_);
   // Sorts a view's queue into admission order: (creation time, revision).
   static void SortQueue(RepoView* v);
   // Compares that each slot of `v` still exists as `v` saw it.
