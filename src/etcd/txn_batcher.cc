@@ -247,6 +247,22 @@ void TxnBatcherImpl::Send(Batch& batch, const Member* self,
 absl::StatusOr<etcdpb::TxnResponse> TxnBatcherImpl::Txn(
     const Context& ctx, const etcdpb::TxnRequest& req) {
   if (absl::Status s = ctx.Err(); !s.ok()) return s;
+  {
+    // Nobody waiting and room in flight: sent at once, alone, as is (no
+    // copy, no footprint).
+    MutexLock lock(&mu_);
+    if (in_flight_ < max_in_flight_ && pending_.empty()) {
+      ++in_flight_;
+      mu_.Unlock();
+      auto r = inner_->Txn(ctx, req);
+      mu_.Lock();
+      --in_flight_;
+      ++stats_.batches;
+      ++stats_.txns;
+      cv_.NotifyAll();  // a caller that came meanwhile may send now
+      return r;
+    }
+  }
   auto m = std::make_shared<Member>();
   m->req = req;
   AddFootprint(req, &m->footprint);
