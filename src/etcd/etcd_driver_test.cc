@@ -323,9 +323,10 @@ std::string EtcdLeaseOf(const std::string& lease_id) {
 }
 
 // Two mock-mode drivers on one store and manual clock, as two processes
-// sharing one etcd.
-struct TwoMockDrivers {
-  TwoMockDrivers() {
+// sharing one etcd; `mock` is the store (its test hooks hold the watches).
+class TwoMockDrivers : public ::testing::Test {
+ protected:
+  void SetUp() override {
     EtcdConfig c;
     c.mode = "mock";
     c.lease_ttl = absl::Seconds(60);
@@ -333,20 +334,21 @@ struct TwoMockDrivers {
     o.clock = &clock;
     auto da = NewEtcdDriver(c, o);
     auto db = NewEtcdDriver(c, o);
-    if (da.ok()) a = *std::move(da);
-    if (db.ok()) b = *std::move(db);
+    ASSERT_TRUE(da.ok()) << da.status();
+    ASSERT_TRUE(db.ok()) << db.status();
+    a = *std::move(da);
+    b = *std::move(db);
+    mock = std::dynamic_pointer_cast<internal::MockEtcd>(
+        internal::SharedMockEtcd(&clock));
+    ASSERT_TRUE(mock != nullptr);
   }
   ManualClock clock;
   std::unique_ptr<Driver> a, b;
+  std::shared_ptr<internal::MockEtcd> mock;
+  Context ctx;
 };
 
-TEST(EtcdDriverTest, AHandOffPassesAYoungLeaseToTheAdmittedRunOnly) {
-  TwoMockDrivers d;
-  ASSERT_TRUE(d.a != nullptr && d.b != nullptr);
-  auto& a = d.a;
-  auto& b = d.b;
-  ManualClock& clock = d.clock;
-  Context ctx;
+TEST_F(TwoMockDrivers, AHandOffPassesAYoungLeaseToTheAdmittedRunOnly) {
   Repository repo{"handoff", "repo", 1};
   AcquireOptions opts;
   opts.creation_time = clock.Now();
@@ -391,13 +393,7 @@ TEST(EtcdDriverTest, AHandOffPassesAYoungLeaseToTheAdmittedRunOnly) {
 // A run joins the end of the queue without touching `meta`, so a driver
 // whose view predates it still plans with a passing `meta` compare. Its
 // admissions must not skip the unseen run: raising the limit admits both.
-TEST(EtcdDriverTest, AdmittingPastTheHeadSeesARunJoinedUnseen) {
-  TwoMockDrivers d;
-  ASSERT_TRUE(d.a != nullptr && d.b != nullptr);
-  auto& a = d.a;
-  auto& b = d.b;
-  ManualClock& clock = d.clock;
-  Context ctx;
+TEST_F(TwoMockDrivers, AdmittingPastTheHeadSeesARunJoinedUnseen) {
   Repository repo{"unseen", "repo", 2};
   AcquireOptions opts;
   opts.creation_time = clock.Now();
@@ -435,16 +431,7 @@ TEST(EtcdDriverTest, AdmittingPastTheHeadSeesARunJoinedUnseen) {
 // While a's watch lags (held), another process joins the end of the queue,
 // and a's release admits the head it knows. a's cached views must not lose
 // the run that joined: re-submitting it finds it queued, writing nothing.
-TEST(EtcdDriverTest, ARunJoinedWhileTheWatchLagsIsNotQueuedTwice) {
-  TwoMockDrivers d;
-  ASSERT_TRUE(d.a != nullptr && d.b != nullptr);
-  auto& a = d.a;
-  auto& b = d.b;
-  ManualClock& clock = d.clock;
-  auto mock = std::dynamic_pointer_cast<internal::MockEtcd>(
-      internal::SharedMockEtcd(&clock));
-  ASSERT_TRUE(mock != nullptr);
-  Context ctx;
+TEST_F(TwoMockDrivers, ARunJoinedWhileTheWatchLagsIsNotQueuedTwice) {
   Repository repo{"gap", "repo", 1};
   AcquireOptions opts;
   opts.creation_time = clock.Now();
@@ -491,16 +478,7 @@ TEST(EtcdDriverTest, ARunJoinedWhileTheWatchLagsIsNotQueuedTwice) {
 // While a's watch lags, a run joins the end of the queue and a's first
 // release admits the head a knows. a's second release must admit the run
 // that joined, not leave its slot free.
-TEST(EtcdDriverTest, AReleaseAdmitsARunJoinedWhileTheWatchLags) {
-  TwoMockDrivers d;
-  ASSERT_TRUE(d.a != nullptr && d.b != nullptr);
-  auto& a = d.a;
-  auto& b = d.b;
-  ManualClock& clock = d.clock;
-  auto mock = std::dynamic_pointer_cast<internal::MockEtcd>(
-      internal::SharedMockEtcd(&clock));
-  ASSERT_TRUE(mock != nullptr);
-  Context ctx;
+TEST_F(TwoMockDrivers, AReleaseAdmitsARunJoinedWhileTheWatchLags) {
   Repository repo{"gap2", "repo", 2};
   AcquireOptions opts;
   opts.creation_time = clock.Now();

@@ -9,6 +9,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -61,6 +62,53 @@ class EtcdKV {
       const std::string& key, const std::string& range_end,
       int64_t start_revision, WatchFn fn) = 0;
   virtual absl::Status Compact(const Context& ctx, int64_t revision) = 0;
+};
+
+// An EtcdKV that passes every call on to another; a subclass overrides
+// what it changes (the Txn batcher, test wrappers).
+class ForwardingEtcdKV : public EtcdKV {
+ public:
+  explicit ForwardingEtcdKV(std::shared_ptr<EtcdKV> inner)
+      : inner_(std::move(inner)) {}
+  absl::StatusOr<etcdpb::RangeResponse> Range(
+      const Context& ctx, const etcdpb::RangeRequest& req) override {
+    return inner_->Range(ctx, req);
+  }
+  absl::StatusOr<etcdpb::TxnResponse> Txn(
+      const Context& ctx, const etcdpb::TxnRequest& req) override {
+    return inner_->Txn(ctx, req);
+  }
+  absl::StatusOr<etcdpb::PutResponse> Put(
+      const Context& ctx, const etcdpb::PutRequest& req) override {
+    return inner_->Put(ctx, req);
+  }
+  absl::StatusOr<int64_t> LeaseGrant(const Context& ctx,
+                                     int64_t ttl_seconds) override {
+    return inner_->LeaseGrant(ctx, ttl_seconds);
+  }
+  absl::Status LeaseRevoke(const Context& ctx, int64_t id) override {
+    return inner_->LeaseRevoke(ctx, id);
+  }
+  absl::StatusOr<int64_t> LeaseKeepAlive(const Context& ctx,
+                                         int64_t id) override {
+    return inner_->LeaseKeepAlive(ctx, id);
+  }
+  absl::StatusOr<int64_t> LeaseTimeToLive(const Context& ctx,
+                                          int64_t id) override {
+    return inner_->LeaseTimeToLive(ctx, id);
+  }
+  absl::StatusOr<std::unique_ptr<EtcdWatch>> Watch(const std::string& key,
+                                                   const std::string& range_end,
+                                                   int64_t start_revision,
+                                                   WatchFn fn) override {
+    return inner_->Watch(key, range_end, start_revision, std::move(fn));
+  }
+  absl::Status Compact(const Context& ctx, int64_t revision) override {
+    return inner_->Compact(ctx, revision);
+  }
+
+ protected:
+  const std::shared_ptr<EtcdKV> inner_;
 };
 
 // The end of the range of all keys that start with `prefix`.

@@ -96,46 +96,13 @@ bool RejectedForAMember(const absl::Status& s) {
 class TxnBatcherImpl final : public TxnBatcher {
  public:
   TxnBatcherImpl(std::shared_ptr<EtcdKV> inner, TxnBatchOptions options)
-      : inner_(std::move(inner)),
+      : TxnBatcher(std::move(inner)),
         max_batch_(std::max<size_t>(1, options.max_batch)),
         max_in_flight_(std::max(1, options.max_in_flight)) {}
 
   Stats stats() const override {
     MutexLock lock(&mu_);
     return stats_;
-  }
-
-  absl::StatusOr<etcdpb::RangeResponse> Range(
-      const Context& ctx, const etcdpb::RangeRequest& req) override {
-    return inner_->Range(ctx, req);
-  }
-  absl::StatusOr<etcdpb::PutResponse> Put(
-      const Context& ctx, const etcdpb::PutRequest& req) override {
-    return inner_->Put(ctx, req);
-  }
-  absl::StatusOr<int64_t> LeaseGrant(const Context& ctx,
-                                     int64_t ttl_seconds) override {
-    return inner_->LeaseGrant(ctx, ttl_seconds);
-  }
-  absl::Status LeaseRevoke(const Context& ctx, int64_t id) override {
-    return inner_->LeaseRevoke(ctx, id);
-  }
-  absl::StatusOr<int64_t> LeaseKeepAlive(const Context& ctx,
-                                         int64_t id) override {
-    return inner_->LeaseKeepAlive(ctx, id);
-  }
-  absl::StatusOr<int64_t> LeaseTimeToLive(const Context& ctx,
-                                          int64_t id) override {
-    return inner_->LeaseTimeToLive(ctx, id);
-  }
-  absl::StatusOr<std::unique_ptr<EtcdWatch>> Watch(const std::string& key,
-                                                   const std::string& range_end,
-                                                   int64_t start_revision,
-                                                   WatchFn fn) override {
-    return inner_->Watch(key, range_end, start_revision, std::move(fn));
-  }
-  absl::Status Compact(const Context& ctx, int64_t revision) override {
-    return inner_->Compact(ctx, revision);
   }
 
   absl::StatusOr<etcdpb::TxnResponse> Txn(
@@ -163,7 +130,6 @@ class TxnBatcherImpl final : public TxnBatcher {
       PAC_EXCLUDES(mu_);
   absl::StatusOr<etcdpb::TxnResponse> SendOne(Member& m);
 
-  const std::shared_ptr<EtcdKV> inner_;
   const size_t max_batch_;
   const int max_in_flight_;
   mutable Mutex mu_;

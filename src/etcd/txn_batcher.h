@@ -50,8 +50,9 @@ struct TxnBatchOptions {
 };
 
 // Wraps `inner` (gRPC or mock). Counters for tests and benchmarks.
-class TxnBatcher : public EtcdKV {
+class TxnBatcher : public ForwardingEtcdKV {
  public:
+  using ForwardingEtcdKV::ForwardingEtcdKV;
   struct Stats {
     int64_t txns = 0;     // Txn calls answered
     int64_t batches = 0;  // Txn requests sent to the wrapped store

@@ -22,13 +22,9 @@ namespace {
 
 // Makes every Txn slow, so that concurrent callers pile up behind the ones
 // in flight and batches form; counts the nested Txns of each request.
-class SlowTxns final : public EtcdKV {
+class SlowTxns final : public ForwardingEtcdKV {
  public:
-  explicit SlowTxns(std::shared_ptr<EtcdKV> inner) : inner_(std::move(inner)) {}
-  absl::StatusOr<etcdpb::RangeResponse> Range(
-      const Context& ctx, const etcdpb::RangeRequest& req) override {
-    return inner_->Range(ctx, req);
-  }
+  using ForwardingEtcdKV::ForwardingEtcdKV;
   absl::StatusOr<etcdpb::TxnResponse> Txn(
       const Context& ctx, const etcdpb::TxnRequest& req) override {
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
@@ -37,38 +33,9 @@ class SlowTxns final : public EtcdKV {
     if (nested > 1) ++multi_;
     return inner_->Txn(ctx, req);
   }
-  absl::StatusOr<etcdpb::PutResponse> Put(
-      const Context& ctx, const etcdpb::PutRequest& req) override {
-    return inner_->Put(ctx, req);
-  }
-  absl::StatusOr<int64_t> LeaseGrant(const Context& ctx,
-                                     int64_t ttl_seconds) override {
-    return inner_->LeaseGrant(ctx, ttl_seconds);
-  }
-  absl::Status LeaseRevoke(const Context& ctx, int64_t id) override {
-    return inner_->LeaseRevoke(ctx, id);
-  }
-  absl::StatusOr<int64_t> LeaseKeepAlive(const Context& ctx,
-                                         int64_t id) override {
-    return inner_->LeaseKeepAlive(ctx, id);
-  }
-  absl::StatusOr<int64_t> LeaseTimeToLive(const Context& ctx,
-                                          int64_t id) override {
-    return inner_->LeaseTimeToLive(ctx, id);
-  }
-  absl::StatusOr<std::unique_ptr<EtcdWatch>> Watch(const std::string& key,
-                                                   const std::string& range_end,
-                                                   int64_t start_revision,
-                                                   WatchFn fn) override {
-    return inner_->Watch(key, range_end, start_revision, std::move(fn));
-  }
-  absl::Status Compact(const Context& ctx, int64_t revision) override {
-    return inner_->Compact(ctx, revision);
-  }
   int multi() const { return multi_.load(); }
 
  private:
-  std::shared_ptr<EtcdKV> inner_;
   std::atomic<int> multi_{0};
 };
 
