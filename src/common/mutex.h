@@ -9,6 +9,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/time/time.h"
+#include "pac/concurrency/context.h"
 
 #define PAC_GUARDED_BY(x) ABSL_GUARDED_BY(x)
 #define PAC_REQUIRES(...) ABSL_EXCLUSIVE_LOCKS_REQUIRED(__VA_ARGS__)
@@ -66,6 +67,26 @@ class CondVar {
 
  private:
   std::condition_variable cv_;
+};
+
+// While alive, cancelling `ctx` wakes the waiters of `cv` (which wait with
+// `mu` held, until ctx.deadline()). Create it before taking `mu`, and let it
+// go after releasing `mu`: the callback takes `mu`, and runs at once if
+// `ctx` is already cancelled.
+class WakeOnCancel {
+ public:
+  WakeOnCancel(const Context& ctx, Mutex* mu, CondVar* cv)
+      : ctx_(ctx), id_(ctx.AddCancelCallback([mu, cv] {
+          MutexLock lock(mu);
+          cv->NotifyAll();
+        })) {}
+  ~WakeOnCancel() { ctx_.RemoveCancelCallback(id_); }
+  WakeOnCancel(const WakeOnCancel&) = delete;
+  WakeOnCancel& operator=(const WakeOnCancel&) = delete;
+
+ private:
+  const Context& ctx_;
+  const int64_t id_;
 };
 
 }  // namespace pac::concurrency::internal

@@ -391,12 +391,7 @@ class EtcdDriver::Turn {
 };
 
 absl::Status EtcdDriver::TakeTurn(const Context& ctx, const std::string& repo) {
-  // A cancelled context wakes the waiters (registered before mu_ is taken:
-  // it runs at once if the context is already cancelled).
-  const int64_t cancel_id = ctx.AddCancelCallback([this] {
-    MutexLock lock(&mu_);
-    turns_cv_.NotifyAll();
-  });
+  WakeOnCancel wake(ctx, &mu_, &turns_cv_);
   absl::Status s;
   {
     MutexLock lock(&mu_);
@@ -410,7 +405,6 @@ absl::Status EtcdDriver::TakeTurn(const Context& ctx, const std::string& repo) {
     }
     if (s.ok()) turns_.insert(repo);
   }
-  ctx.RemoveCancelCallback(cancel_id);
   return s;
 }
 
@@ -622,18 +616,17 @@ void EtcdDriver::SortQueue(RepoView* v) {
 
 absl::StatusOr<std::optional<etcdpb::TxnResponse>> EtcdDriver::CommitStep(
     const Context& ctx, const std::string& repo, etcdpb::TxnRequest txn,
-    const std::vector<int64_t>& leases, RepoView after, bool exact,
-    bool join_end) {
+    const std::vector<int64_t>& leases, RepoView after, Commit kind) {
   // A failed compare answers the repository as it is now, so the next
   // attempt needs no read of its own. A success answers nothing: the
   // compares held, so the repository is `after` (the plan's view with the
   // Txn's writes). A range here would cost etcd a walk over every key the
   // repository ever had (deleted keys stay in its index until compaction).
-  if (!join_end) *txn.add_failure() = RangeRepoOp(repo);
+  if (kind != Commit::kJoinEnd) *txn.add_failure() = RangeRepoOp(repo);
   auto tr = kv_->Txn(ctx, txn);
   if (tr.ok() && tr->succeeded()) {
     const int64_t rev = tr->header().revision();
-    if (exact) {
+    if (kind == Commit::kExact) {
       after.revision = rev;
       after.meta_mod = rev;  // a guarded step puts `meta`
       after.exists = true;
@@ -660,7 +653,7 @@ absl::StatusOr<std::optional<etcdpb::TxnResponse>> EtcdDriver::CommitStep(
   if (!tr.ok()) {
     ForgetView(repo);
     if (!IsRetryable(tr.status())) return tr.status();
-  } else if (join_end) {
+  } else if (kind == Commit::kJoinEnd) {
     ForgetView(repo);  // (no range): the next attempt reads
   } else {
     CacheTxnView(repo, *tr);  // someone changed the repository
@@ -830,7 +823,9 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
       after.queue.push_back(std::move(q));
     }
     auto tr = CommitStep(ctx, repo, std::move(txn), *leases, std::move(after),
-                         /*exact=*/!fast && v.queue.empty(), fast);
+                         fast              ? Commit::kJoinEnd
+                         : v.queue.empty() ? Commit::kExact
+                                           : Commit::kQueue);
     if (!tr.ok()) return tr.status();
     if (!tr->has_value()) {  // planned on an outdated view: plan again
       fresh = false;
@@ -1050,7 +1045,7 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseSlot(
       AddGrant(&txn, &after, promote[i]->run, grant_leases[i], promote[i]->key);
     }
     auto tr = CommitStep(ctx, repo, std::move(txn), *leases, std::move(after),
-                         /*exact=*/v.queue.empty(), /*join_end=*/false);
+                         v.queue.empty() ? Commit::kExact : Commit::kQueue);
     if (!tr.ok()) return tr.status();
     if (!tr->has_value()) {  // planned on an outdated view: plan again
       fresh = false;

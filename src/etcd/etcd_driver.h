@@ -126,8 +126,8 @@ class EtcdDriver final : public Driver {
   // the slots it counted), and an answer that writes nothing is confirmed
   // (Confirm for an acquire, a fresh read for a release).
   //
-  // After this driver's own commit that the cache did not take (a view with
-  // a queue, see CommitStep), the cached view is known to be behind: the
+  // After this driver's own guarded commit that the cache did not take
+  // (Commit::kQueue), the cached view is known to be behind: the
   // watch brings the commit within a round trip, so View waits for it a
   // little (kOwnCommitWait) before it reads instead.
   absl::StatusOr<RepoView> View(const Context& ctx, const std::string& repo,
@@ -147,26 +147,34 @@ class EtcdDriver final : public Driver {
   static void ApplyKv(RepoView* v, std::string_view rest, bool put,
                       const etcdpb::KeyValue& kv);
   etcdpb::RequestOp RangeRepoOp(const std::string& repo) const;
-  // Commits a step's Txn. On success, if `exact`, the view cache gets
-  // `after`, the repository as the Txn leaves it at the commit's revision
-  // (new keys with create revision 0 get the commit's). That holds when
-  // the Txn was guarded by `meta` and the plan's view had no queue: an
-  // entry joined at the end of a queue (FastEnqueueTxn) does not touch
-  // `meta`, so a view with a queue may lack one, and the watch, which
-  // applies every change after the cached view, brings the commit
-  // instead. A failed compare returns the repository's range, which is
-  // cached; except for `join_end` (FastEnqueueTxn): without that range, a
-  // run joining the end of a queue reads nothing another joining run
-  // writes, so such Txns can share a request (txn_batcher.h), and a lost
-  // compare (rare: the entry joined after was admitted) drops the cached
-  // view so the step reads afresh. The response when it succeeded; nullopt
-  // when the step must be planned again (a lost compare, a retryable
-  // error); otherwise the error. A failed Txn's leases go back to the
-  // spares.
+  // What a step's Txn is, for the view cache.
+  enum class Commit {
+    // Guarded by `meta`, planned on a view without a queue: on success the
+    // repository is `after` exactly, at the commit's revision (new keys
+    // with create revision 0 get the commit's), and the cache takes it.
+    kExact,
+    // Guarded, planned on a view with a queue: an entry joined at the end
+    // (FastEnqueueTxn) does not touch `meta`, so the view may lack one. The
+    // watch, which applies every change after the cached view, brings the
+    // commit, and the next step of the repository in this driver waits
+    // for it (own_commit_rev_).
+    kQueue,
+    // Joining the end of a queue (FastEnqueueTxn): no range on failure, so
+    // that a run joining reads nothing another joining run writes and such
+    // Txns can share a request (txn_batcher.h). A lost compare (rare: the
+    // entry joined after was admitted) drops the cached view, so the step
+    // reads afresh. On success, as kQueue.
+    kJoinEnd,
+  };
+  // Commits a step's Txn. A failed compare of a guarded Txn returns the
+  // repository's range, which is cached. The response when it succeeded;
+  // nullopt when the step must be planned again (a lost compare, a
+  // retryable error); otherwise the error. A failed Txn's leases go back to
+  // the spares.
   absl::StatusOr<std::optional<etcdpb::TxnResponse>> CommitStep(
       const Context& ctx, const std::string& repo, etcdpb::TxnRequest txn,
-      const std::vector<int64_t>& leases, RepoView after, bool exact,
-      bool join_end) PAC_EXCLUDES(mu_);
+      const std::vector<int64_t>& leases, RepoView after, Commit kind)
+      PAC_EXCLUDES(mu_);
   // Sorts a view's queue into admission order: (creation time, revision).
   static void SortQueue(RepoView* v);
   // Compares that each slot of `v` still exists as `v` saw it.
@@ -280,8 +288,8 @@ class EtcdDriver final : public Driver {
   std::map<std::string, RepoView> views_ PAC_GUARDED_BY(mu_);
   // Signalled when the watch applies changes to cached views.
   CondVar views_cv_;
-  // The revision of this driver's last commit per repository that the view
-  // cache did not take (CommitStep with !exact).
+  // The revision of this driver's last guarded commit per repository that
+  // the view cache did not take (Commit::kQueue).
   std::map<std::string, int64_t> own_commit_rev_ PAC_GUARDED_BY(mu_);
   // Repositories whose turn is taken (TakeTurn).
   std::set<std::string> turns_ PAC_GUARDED_BY(mu_);

@@ -123,12 +123,15 @@ class TxnBatcherImpl final : public TxnBatcher {
   // independent of every earlier pending one (taken or left), so Txns
   // that are not keep their order.
   Batch TakeBatchLocked() PAC_REQUIRES(mu_);
-  // Sends `batch` and records each member's result. A batch of the
-  // sender's own Txn alone goes with the sender's context (`ctx`), so that
-  // cancelling it cancels the call, as without batching.
+  // Sends `batch` and records each member's result.
   void Send(Batch& batch, const Member* self, const Context& ctx)
       PAC_EXCLUDES(mu_);
-  absl::StatusOr<etcdpb::TxnResponse> SendOne(Member& m);
+  // Sends one member's Txn alone: the sender's own (`self`) with the
+  // sender's context (`ctx`), so that cancelling it cancels the call, as
+  // without batching; another's with its deadline.
+  absl::StatusOr<etcdpb::TxnResponse> SendOne(const Member& m,
+                                              const Member* self,
+                                              const Context& ctx);
 
   const size_t max_batch_;
   const int max_in_flight_;
@@ -145,13 +148,9 @@ TxnBatcherImpl::Batch TxnBatcherImpl::TakeBatchLocked() {
   for (auto it = pending_.begin(); it != pending_.end();) {
     if (batch.size() == max_batch_) break;
     const Footprint& fp = (*it)->footprint;
-    bool free = true;
-    for (const auto* other : seen) {
-      if (!Independent(fp, *other)) {
-        free = false;
-        break;
-      }
-    }
+    const bool free = std::all_of(
+        seen.begin(), seen.end(),
+        [&](const Footprint* other) { return Independent(fp, *other); });
     seen.push_back(&fp);
     if (!free) {
       ++it;
@@ -164,17 +163,18 @@ TxnBatcherImpl::Batch TxnBatcherImpl::TakeBatchLocked() {
   return batch;
 }
 
-absl::StatusOr<etcdpb::TxnResponse> TxnBatcherImpl::SendOne(Member& m) {
-  return inner_->Txn(Context::WithDeadline(Context::Background(), m.deadline),
-                     m.req);
+absl::StatusOr<etcdpb::TxnResponse> TxnBatcherImpl::SendOne(
+    const Member& m, const Member* self, const Context& ctx) {
+  return inner_->Txn(
+      &m == self ? ctx
+                 : Context::WithDeadline(Context::Background(), m.deadline),
+      m.req);
 }
 
 void TxnBatcherImpl::Send(Batch& batch, const Member* self,
                           const Context& ctx) {
-  if (batch.size() == 1 && batch[0].get() == self) {
-    batch[0]->result = inner_->Txn(ctx, self->req);
-  } else if (batch.size() == 1) {
-    batch[0]->result = SendOne(*batch[0]);
+  if (batch.size() == 1) {
+    batch[0]->result = SendOne(*batch[0], self, ctx);
   } else {
     etcdpb::TxnRequest all;
     absl::Time deadline = absl::InfinitePast();
@@ -200,7 +200,7 @@ void TxnBatcherImpl::Send(Batch& batch, const Member* self,
         batch[i]->result = std::move(one);
       }
     } else if (RejectedForAMember(r.status())) {
-      for (auto& m : batch) m->result = SendOne(*m);
+      for (auto& m : batch) m->result = SendOne(*m, self, ctx);
     } else {
       for (auto& m : batch) m->result = r.status();
     }
@@ -233,12 +233,7 @@ absl::StatusOr<etcdpb::TxnResponse> TxnBatcherImpl::Txn(
   m->req = req;
   AddFootprint(req, &m->footprint);
   m->deadline = ctx.deadline();
-  // A cancelled caller stops waiting (registered before mu_ is taken: the
-  // callback runs at once if the context is already cancelled).
-  const int64_t cancel_id = ctx.AddCancelCallback([this] {
-    MutexLock lock(&mu_);
-    cv_.NotifyAll();
-  });
+  WakeOnCancel wake(ctx, &mu_, &cv_);  // a cancelled caller stops waiting
   absl::StatusOr<etcdpb::TxnResponse> out;
   mu_.Lock();
   pending_.push_back(m);
@@ -268,7 +263,6 @@ absl::StatusOr<etcdpb::TxnResponse> TxnBatcherImpl::Txn(
     cv_.WaitUntil(&mu_, ctx.deadline());
   }
   mu_.Unlock();
-  ctx.RemoveCancelCallback(cancel_id);
   return out;
 }
 
