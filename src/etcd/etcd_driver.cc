@@ -21,6 +21,8 @@ constexpr size_t kMaxGuardedSlots = 64;
 constexpr size_t kLeasePoolTarget = 4;
 // How long View waits for the watch to bring this driver's own commit.
 constexpr absl::Duration kOwnCommitWait = absl::Milliseconds(50);
+// Releases of one repository answered by one Txn, at most (ReleaseGroup).
+constexpr size_t kMaxReleaseGroup = 16;
 
 std::string Hex(int64_t v) {
   char buf[24];
@@ -251,9 +253,9 @@ std::set<const EtcdDriver::QueueInfo*> EtcdDriver::StaleEntries(
 
 void EtcdDriver::DropStale(etcdpb::TxnRequest* txn, RepoView* after,
                            const std::set<const QueueInfo*>& stale,
-                           const std::string& caller) {
+                           const std::set<std::string>& callers) {
   for (const QueueInfo* q : stale) {
-    if (q->run == caller) continue;  // the caller's own entries are handled
+    if (callers.count(q->run) > 0) continue;  // the callers' are handled
     *txn->add_success() = DeleteOp(q->key);
     std::erase_if(after->queue,
                   [&](const QueueInfo& e) { return e.key == q->key; });
@@ -379,6 +381,8 @@ class EtcdDriver::Turn {
   Turn(const Turn&) = delete;
   Turn& operator=(const Turn&) = delete;
   bool held() const { return !repo_.empty(); }
+  // The turn of `repo`, taken by the caller (in turns_).
+  void Adopt(const std::string& repo) { repo_ = repo; }
   absl::Status Take(const Context& ctx, const std::string& repo) {
     absl::Status s = d_->TakeTurn(ctx, repo);
     if (s.ok()) repo_ = repo;
@@ -798,7 +802,7 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
       const bool room = free_slots() > (grant_caller ? 1 : 0);
       GuardAdmissions(&txn, v, promote.empty() ? nullptr : promote.back(),
                       left == 0 && (room || grant_caller));
-      DropStale(&txn, &after, stale, run);
+      DropStale(&txn, &after, stale, {run});
     }
     if (limit_changed) {
       *txn.add_success() = PutOp(p + "limit", std::to_string(limit));
@@ -946,51 +950,148 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseSlot(
     repo = lrepo;
     run = lrun;
   }
+  ReleaseReq self;
+  self.run = run;
+  self.lease = lease;
+  self.token = token;
+  self.by_lease = !lease_id.empty();
+  self.known = cached;
   Turn turn(this);
-  if (absl::Status s = turn.Take(ctx, repo); !s.ok()) return s;
+  if (absl::Status s = WaitReleaseTurn(ctx, repo, &self, &turn); !s.ok()) {
+    return s;
+  }
+  if (self.state == ReleaseReq::kDone) return std::move(self.result);
+  return ReleaseGroup(ctx, repo, &self);
+}
+
+absl::Status EtcdDriver::WaitReleaseTurn(const Context& ctx,
+                                         const std::string& repo,
+                                         ReleaseReq* me, Turn* turn) {
+  WakeOnCancel wake(ctx, &mu_, &turns_cv_);
+  MutexLock lock(&mu_);
+  release_waiters_[repo].push_back(me);
+  while (me->state != ReleaseReq::kDone) {
+    if (me->state == ReleaseReq::kClaimed) {
+      // The turn's holder answers, or hands it back on an error of its own.
+      turns_cv_.Wait(&mu_);
+      continue;
+    }
+    absl::Status s = ctx.Err();
+    if (s.ok() && stop_)
+      s = absl::FailedPreconditionError("etcd driver closed");
+    if (!s.ok() || turns_.count(repo) == 0) {
+      auto it = release_waiters_.find(repo);
+      std::erase(it->second, me);
+      if (it->second.empty()) release_waiters_.erase(it);
+      if (!s.ok()) return s;
+      turns_.insert(repo);
+      turn->Adopt(repo);
+      return absl::OkStatus();
+    }
+    turns_cv_.WaitUntil(&mu_, ctx.deadline());
+  }
+  return absl::OkStatus();
+}
+
+void EtcdDriver::ClaimReleasesLocked(const std::string& repo,
+                                     std::vector<ReleaseReq*>* group) {
+  auto it = release_waiters_.find(repo);
+  if (it == release_waiters_.end()) return;
+  while (group->size() < kMaxReleaseGroup && !it->second.empty()) {
+    ReleaseReq* r = it->second.front();
+    it->second.pop_front();
+    r->state = ReleaseReq::kClaimed;
+    group->push_back(r);
+  }
+  if (it->second.empty()) release_waiters_.erase(it);
+}
+
+void EtcdDriver::HandBack(const std::string& repo,
+                          const std::vector<ReleaseReq*>& group) {
+  MutexLock lock(&mu_);
+  for (size_t i = group.size(); i-- > 1;) {
+    group[i]->state = ReleaseReq::kWaiting;
+    release_waiters_[repo].push_front(group[i]);
+  }
+  turns_cv_.NotifyAll();
+}
+
+absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(const Context& ctx,
+                                                       const std::string& repo,
+                                                       ReleaseReq* self) {
+  // group[0] is this thread's own release; the others wait for its answer.
+  std::vector<ReleaseReq*> group{self};
   bool fresh = false;
   for (int attempt = 0; attempt < kMaxAttempts; ++attempt) {
-    if (absl::Status s = ctx.Err(); !s.ok()) return s;
+    if (absl::Status s = ctx.Err(); !s.ok()) {
+      HandBack(repo, group);
+      return s;
+    }
+    {
+      MutexLock lock(&mu_);
+      ClaimReleasesLocked(repo, &group);
+    }
     bool cached_view = false;
     auto view = fresh ? Read(ctx, repo) : View(ctx, repo, &cached_view);
-    if (!view.ok()) return view.status();
+    if (!view.ok()) {
+      HandBack(repo, group);
+      return view.status();
+    }
     const RepoView& v = *view;
     const std::string p = RepoPrefix(repo);
     etcdpb::TxnRequest txn = GuardedTxn(p, v.meta_mod);
     if (cached_view) GuardSlots(&txn, v);
-    bool released = false, dequeued = false;
+    std::vector<ReleaseResult> results(group.size());
+    std::vector<const SlotInfo*> freed(group.size(), nullptr);
+    std::set<std::string> done_runs;  // runs whose slot or entries go
     int64_t running = static_cast<int64_t>(v.slots.size());
-    auto slot = v.slots.find(run);
-    if (slot != v.slots.end() &&
-        (lease_id.empty() || (slot->second.lease_hex == Hex(lease) &&
-                              slot->second.create_revision == token))) {
-      *txn.add_success() = DeleteOp(p + "slot/" + run);
-      released = true;
-      --running;
-    } else if (lease_id.empty()) {
-      for (const QueueInfo& q : v.queue) {
-        if (q.run == run) {
-          *txn.add_success() = DeleteOp(q.key);
-          dequeued = true;
+    bool unconfirmed = false;
+    for (size_t i = 0; i < group.size(); ++i) {
+      const ReleaseReq& m = *group[i];
+      // Two releases of one run: the first takes it, the second finds
+      // nothing, as it would one after the other.
+      if (done_runs.count(m.run) > 0) continue;
+      auto slot = v.slots.find(m.run);
+      if (slot != v.slots.end() &&
+          (!m.by_lease || (slot->second.lease_hex == Hex(m.lease) &&
+                           slot->second.create_revision == m.token))) {
+        *txn.add_success() = DeleteOp(p + "slot/" + m.run);
+        results[i].released = true;
+        freed[i] = &slot->second;
+        --running;
+      } else if (!m.by_lease) {
+        for (const QueueInfo& q : v.queue) {
+          if (q.run == m.run) {
+            *txn.add_success() = DeleteOp(q.key);
+            results[i].dequeued = true;
+          }
         }
       }
+      if (results[i].released || results[i].dequeued) {
+        done_runs.insert(m.run);
+      } else if (cached_view) {
+        unconfirmed = true;
+      }
     }
-    if (!released && !dequeued) {
-      if (cached_view) {  // confirm on a fresh read before saying "nothing"
-        fresh = true;
-        --attempt;
-        continue;
-      }
-      if (cached) {
+    if (unconfirmed) {  // confirm on a fresh read before saying "nothing"
+      fresh = true;
+      --attempt;
+      continue;
+    }
+    if (done_runs.empty()) {
+      {
         MutexLock lock(&mu_);
-        known_leases_.erase(lease);  // it expired or was released elsewhere
+        for (const ReleaseReq* m : group) {
+          if (m->known) known_leases_.erase(m->lease);  // expired, or gone
+        }
       }
-      return result;
+      AnswerGroup(group, results);
+      return results[0];
     }
     const std::set<const QueueInfo*> stale = StaleEntries(v);
     std::vector<const QueueInfo*> promote;
     for (const QueueInfo& q : v.queue) {
-      if (q.run == run) continue;
+      if (done_runs.count(q.run) > 0) continue;
       if (v.limit != 0 && running >= v.limit) break;
       if (stale.count(&q) > 0) continue;
       promote.push_back(&q);
@@ -998,83 +1099,119 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseSlot(
     }
     size_t left = 0;  // entries the plan leaves queued (stale: deleted)
     for (const QueueInfo& q : v.queue) {
-      if (q.run == run || stale.count(&q) > 0) {
-        continue;
-      }
+      if (done_runs.count(q.run) > 0 || stale.count(&q) > 0) continue;
       ++left;
     }
     GuardAdmissions(
         &txn, v, promote.empty() ? nullptr : promote.back(),
         left == promote.size() && (v.limit == 0 || running < v.limit));
     const absl::Time now = clock_->Now();
-    // The released slot's etcd lease, if young, carries the first admitted
-    // run's slot: a hand-off grants no lease (its index key is rewritten).
-    int64_t released_lease = 0;
-    absl::Time released_since = absl::InfinitePast();
-    if (released) {
-      ParseHex(slot->second.lease_hex, &released_lease);
-      if (slot->second.since_us > 0) {
-        released_since = absl::FromUnixMicros(slot->second.since_us);
+    // A released slot's etcd lease, if young, carries an admitted run's
+    // slot: a hand-off grants no lease (its index key is rewritten).
+    std::vector<int64_t> freed_lease(group.size(), 0);
+    std::vector<absl::Time> freed_since(group.size(), absl::InfinitePast());
+    std::vector<bool> reused(group.size(), false);
+    std::vector<int64_t> grant_leases;
+    for (size_t i = 0; i < group.size(); ++i) {
+      if (freed[i] == nullptr) continue;
+      ParseHex(freed[i]->lease_hex, &freed_lease[i]);
+      if (freed[i]->since_us > 0) {
+        freed_since[i] = absl::FromUnixMicros(freed[i]->since_us);
+      }
+      if (grant_leases.size() < promote.size() && freed_lease[i] != 0 &&
+          now - freed_since[i] < ttl_ / 10) {
+        reused[i] = true;
+        grant_leases.push_back(freed_lease[i]);
+      } else {
+        *txn.add_success() =
+            DeleteOp(Cat(prefix_, "lease/", freed[i]->lease_hex));
       }
     }
-    const bool reuse = released && !promote.empty() && released_lease != 0 &&
-                       now - released_since < ttl_ / 10;
-    if (released && !reuse) {
-      *txn.add_success() =
-          DeleteOp(Cat(prefix_, "lease/", slot->second.lease_hex));
+    auto leases = Leases(ctx, promote.size() - grant_leases.size());
+    if (!leases.ok()) {
+      HandBack(repo, group);
+      return leases.status();
     }
-    auto leases = Leases(ctx, promote.size() - (reuse ? 1 : 0));
-    if (!leases.ok()) return leases.status();
-    std::vector<int64_t> grant_leases = *leases;
-    if (reuse) {
-      {
-        MutexLock lock(&mu_);
+    {
+      MutexLock lock(&mu_);
+      for (size_t i = 0; i < group.size(); ++i) {
         // Unless this driver knows better (AddGrant and ExpiryOf read it).
-        lease_since_.emplace(released_lease, released_since);
+        if (reused[i]) lease_since_.emplace(freed_lease[i], freed_since[i]);
       }
-      grant_leases.insert(grant_leases.begin(), released_lease);
     }
+    grant_leases.insert(grant_leases.end(), leases->begin(), leases->end());
     RepoView after = v;  // the repository once the Txn commits
-    DropStale(&txn, &after, stale, run);
-    if (released) after.slots.erase(run);
-    if (dequeued) {
-      std::erase_if(after.queue,
-                    [&](const QueueInfo& q) { return q.run == run; });
+    DropStale(&txn, &after, stale, done_runs);
+    for (size_t i = 0; i < group.size(); ++i) {
+      const std::string& r = group[i]->run;
+      if (results[i].released) after.slots.erase(r);
+      if (results[i].dequeued) {
+        std::erase_if(after.queue,
+                      [&](const QueueInfo& q) { return q.run == r; });
+      }
     }
     for (size_t i = 0; i < promote.size(); ++i) {
       AddGrant(&txn, &after, promote[i]->run, grant_leases[i], promote[i]->key);
     }
     auto tr = CommitStep(ctx, repo, std::move(txn), *leases, std::move(after),
                          v.queue.empty() ? Commit::kExact : Commit::kQueue);
-    if (!tr.ok()) return tr.status();
+    if (!tr.ok()) {
+      HandBack(repo, group);
+      return tr.status();
+    }
     if (!tr->has_value()) {  // planned on an outdated view: plan again
       fresh = false;
       continue;
     }
-    result.released = released;
-    result.dequeued = dequeued;
+    const int64_t rev = (*tr)->header().revision();
     {
       MutexLock lock(&mu_);
-      if (released && !reuse) {
-        known_leases_.erase(released_lease);
-        RecycleLocked(released_lease, released_since);
+      for (size_t i = 0; i < group.size(); ++i) {
+        if (freed[i] != nullptr && !reused[i]) {
+          known_leases_.erase(freed_lease[i]);
+          RecycleLocked(freed_lease[i], freed_since[i]);
+        } else if (freed[i] == nullptr && group[i]->known &&
+                   !results[i].dequeued) {
+          known_leases_.erase(
+              group[i]->lease);  // expired, or released elsewhere
+        }
       }
       for (size_t i = 0; i < promote.size(); ++i) {
-        known_leases_[grant_leases[i]] =
-            KnownLease{repo, promote[i]->run, (*tr)->header().revision()};
+        known_leases_[grant_leases[i]] = KnownLease{repo, promote[i]->run, rev};
       }
     }
+    // The k-th run admitted is told to the k-th release that freed a slot;
+    // any beyond (the limit was raised meanwhile) to this thread's.
+    size_t k = 0;
     for (size_t i = 0; i < promote.size(); ++i) {
-      result.admitted.push_back(MakeLease(repo, promote[i]->run,
-                                          grant_leases[i],
-                                          (*tr)->header().revision(), now));
-      result.admitted.back().expires_at = ExpiryOf(grant_leases[i], now);
+      while (k < group.size() && freed[k] == nullptr) ++k;
+      ReleaseResult& to = results[k < group.size() ? k++ : 0];
+      to.admitted.push_back(
+          MakeLease(repo, promote[i]->run, grant_leases[i], rev, now));
+      to.admitted.back().expires_at = ExpiryOf(grant_leases[i], now);
       logger_->info("admitted {} from the queue of {}", promote[i]->run, repo);
     }
-    if (released) logger_->debug("slot released: {} in {}", run, repo);
-    return result;
+    for (size_t i = 0; i < group.size(); ++i) {
+      if (results[i].released) {
+        logger_->debug("slot released: {} in {}", group[i]->run, repo);
+      }
+    }
+    AnswerGroup(group, results);
+    return results[0];
   }
+  HandBack(repo, group);
   return absl::AbortedError(Cat("etcd: too much contention on ", repo));
+}
+
+void EtcdDriver::AnswerGroup(const std::vector<ReleaseReq*>& group,
+                             const std::vector<ReleaseResult>& results) {
+  if (group.size() < 2) return;
+  MutexLock lock(&mu_);
+  for (size_t i = 1; i < group.size(); ++i) {
+    group[i]->result = results[i];
+    group[i]->state = ReleaseReq::kDone;
+  }
+  turns_cv_.NotifyAll();
 }
 
 absl::StatusOr<Lease> EtcdDriver::RenewLease(const Context& ctx,

@@ -18,6 +18,7 @@
 #define PAC_SRC_ETCD_ETCD_DRIVER_H_
 
 #include <atomic>
+#include <deque>
 #include <map>
 #include <memory>
 #include <optional>
@@ -140,6 +141,39 @@ class EtcdDriver final : public Driver {
       PAC_EXCLUDES(mu_);
   void EndTurn(const std::string& repo) PAC_EXCLUDES(mu_);
   class Turn;
+  // A release waiting for its repository's turn. Releases of one
+  // repository would only queue up behind each other's Txns (every one
+  // rewrites `meta`), so whoever gets the turn releases the waiting ones
+  // with its own in one Txn (ReleaseGroup) and answers them.
+  struct ReleaseReq {
+    std::string run;
+    int64_t lease = 0, token = 0;
+    bool by_lease = false;  // a lease id was given: only that grant
+    bool known = false;     // the grant is in known_leases_
+    // kWaiting: listed in release_waiters_; kClaimed: in a group, not
+    // listed; kDone: `result` is the answer.
+    enum State { kWaiting, kClaimed, kDone } state = kWaiting;
+    ReleaseResult result;
+  };
+  // Waits until `me` has the repository's turn (kWaiting, `turn` holds
+  // it) or an answer (kDone), or the context ends (an error; then it is
+  // neither claimed nor listed).
+  absl::Status WaitReleaseTurn(const Context& ctx, const std::string& repo,
+                               ReleaseReq* me, Turn* turn) PAC_EXCLUDES(mu_);
+  // Adds waiting releases of `repo` to `group`, oldest first.
+  void ClaimReleasesLocked(const std::string& repo,
+                           std::vector<ReleaseReq*>* group) PAC_REQUIRES(mu_);
+  // Releases group[0] (this thread's, holding the turn) and the releases
+  // it claims, in one Txn. On an error, the claimed ones are handed back
+  // to wait again with their own contexts; otherwise they are answered.
+  absl::StatusOr<ReleaseResult> ReleaseGroup(const Context& ctx,
+                                             const std::string& repo,
+                                             ReleaseReq* self)
+      PAC_EXCLUDES(mu_);
+  void HandBack(const std::string& repo, const std::vector<ReleaseReq*>& group)
+      PAC_EXCLUDES(mu_);
+  void AnswerGroup(const std::vector<ReleaseReq*>& group,
+                   const std::vector<ReleaseResult>& results) PAC_EXCLUDES(mu_);
   RepoView ParseView(const std::string& repo, const etcdpb::RangeResponse& r,
                      int64_t revision) const;
   // Applies one key of the repository (`rest`: its name after the
@@ -198,11 +232,11 @@ class EtcdDriver final : public Driver {
   // queued twice (two processes joined the end at once) keeps its first
   // entry; a run that holds a slot keeps none. Pointers into `v`.
   static std::set<const QueueInfo*> StaleEntries(const RepoView& v);
-  // Deletes `stale` entries (except the caller's own, which the step
-  // handles) in `txn` and from `after`.
+  // Deletes `stale` entries (except those of `callers`' runs, which the
+  // step handles) in `txn` and from `after`.
   static void DropStale(etcdpb::TxnRequest* txn, RepoView* after,
                         const std::set<const QueueInfo*>& stale,
-                        const std::string& caller);
+                        const std::set<std::string>& callers);
   // The compares of an enqueue at the end of `v`'s queue, after `last`.
   etcdpb::TxnRequest FastEnqueueTxn(const RepoView& v, const QueueInfo& last,
                                     const std::string& run) const;
@@ -291,8 +325,11 @@ class EtcdDriver final : public Driver {
   // The revision of this driver's last guarded commit per repository that
   // the view cache did not take (Commit::kQueue).
   std::map<std::string, int64_t> own_commit_rev_ PAC_GUARDED_BY(mu_);
-  // Repositories whose turn is taken (TakeTurn).
+  // Repositories whose turn is taken (TakeTurn, WaitReleaseTurn).
   std::set<std::string> turns_ PAC_GUARDED_BY(mu_);
+  // Releases waiting for each repository's turn, oldest first.
+  std::map<std::string, std::deque<ReleaseReq*>> release_waiters_
+      PAC_GUARDED_BY(mu_);
   CondVar turns_cv_;
   int64_t last_revision_ PAC_GUARDED_BY(mu_) = 0;
   // The current stream delivers every change from this revision on

@@ -12,6 +12,7 @@
 #include <atomic>
 #include <cstdio>
 #include <fstream>
+#include <set>
 #include <thread>
 
 #include "absl/strings/match.h"
@@ -504,6 +505,120 @@ TEST_F(TwoMockDrivers, AReleaseAdmitsARunJoinedWhileTheWatchLags) {
   EXPECT_EQ(r2->admitted[0].pipeline_run_key, "gap2/q3");
   mock->HoldDeliveriesForTest(false);
 }
+
+// Delays each Txn, so that releases of one repository pile up behind the
+// one in flight; counts the Txns that delete slots, and can fail the first
+// Txn that deletes more than one.
+class SlowReleases final : public internal::ForwardingEtcdKV {
+ public:
+  using ForwardingEtcdKV::ForwardingEtcdKV;
+  absl::StatusOr<internal::etcdpb::TxnResponse> Txn(
+      const Context& ctx, const internal::etcdpb::TxnRequest& req) override {
+    int slots = 0;
+    for (const auto& op : req.success()) {
+      if (op.has_request_delete_range() &&
+          absl::StrContains(op.request_delete_range().key(), "/slot/")) {
+        ++slots;
+      }
+    }
+    if (slots > 0) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      ++release_txns;
+      if (slots > 1 && fail_first_group.exchange(false)) {
+        return absl::PermissionDeniedError("injected: group refused");
+      }
+    }
+    return inner_->Txn(ctx, req);
+  }
+  std::atomic<int> release_txns{0};
+  std::atomic<bool> fail_first_group{false};
+};
+
+class GroupedReleases : public ::testing::TestWithParam<bool> {
+ protected:
+  void SetUp() override {
+    slow = std::make_shared<SlowReleases>(
+        std::make_shared<internal::MockEtcd>(&clock));
+    EtcdConfig c;
+    c.mode = "mock";
+    c.lease_ttl = absl::Seconds(60);
+    DriverOptions o;
+    o.clock = &clock;
+    auto d = internal::EtcdDriver::Create(slow, c, o);
+    ASSERT_TRUE(d.ok()) << d.status();
+    driver = *std::move(d);
+  }
+  ManualClock clock;
+  std::shared_ptr<SlowReleases> slow;
+  std::unique_ptr<Driver> driver;
+  Context ctx;
+};
+
+// Eight holders release at once while eight runs wait: the releases that
+// queue up behind one in flight go in one Txn, and every caller is answered
+// for its own slot. Each queued run is admitted exactly once, told to one
+// release. With the first group's Txn refused (GetParam()), its owner gets
+// the error and the releases it took are handed back and done alone.
+TEST_P(GroupedReleases, ReleasesWaitingForATurnShareATxn) {
+  constexpr int kN = 8;
+  Repository repo{"group", "repo", kN};
+  AcquireOptions opts;
+  opts.creation_time = clock.Now();
+  std::vector<std::string> holders;
+  for (int i = 0; i < kN; ++i) {
+    auto a = driver->AcquireSlot(ctx, repo, absl::StrCat("group/h", i), opts);
+    ASSERT_TRUE(a.ok() && a->acquired);
+    holders.push_back(a->lease.lease_id);
+  }
+  for (int i = 0; i < kN; ++i) {
+    auto a = driver->AcquireSlot(ctx, repo, absl::StrCat("group/q", i), opts);
+    ASSERT_TRUE(a.ok() && !a->acquired);
+  }
+  slow->fail_first_group = GetParam();
+  slow->release_txns = 0;
+  std::vector<absl::StatusOr<ReleaseResult>> results(
+      kN, absl::UnknownError("not run"));
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kN; ++i) {
+    threads.emplace_back(
+        [&, i] { results[i] = driver->ReleaseSlot(ctx, holders[i], "", ""); });
+  }
+  for (auto& t : threads) t.join();
+  int released = 0, refused = 0;
+  std::multiset<std::string> admitted;
+  for (const auto& r : results) {
+    if (!r.ok()) {
+      EXPECT_TRUE(absl::IsPermissionDenied(r.status())) << r.status();
+      ++refused;
+      continue;
+    }
+    released += r->released;
+    for (const Lease& l : r->admitted) admitted.insert(l.pipeline_run_key);
+  }
+  EXPECT_EQ(refused, GetParam() ? 1 : 0);
+  EXPECT_EQ(released, kN - refused);
+  EXPECT_LT(slow->release_txns.load(), kN);  // some shared a Txn
+  auto running = driver->GetRunningPipelineRuns(ctx, repo.Key());
+  ASSERT_TRUE(running.ok());
+  std::set<std::string> now_running;
+  for (const Lease& l : *running) now_running.insert(l.pipeline_run_key);
+  // The refused release's holder still runs, and one run still waits.
+  EXPECT_EQ(static_cast<int>(running->size()), kN);
+  EXPECT_EQ(static_cast<int>(admitted.size()), kN - refused);
+  for (const std::string& q : admitted) {
+    EXPECT_EQ(admitted.count(q), 1u) << q << " told to one release only";
+    EXPECT_EQ(now_running.count(q), 1u) << q;
+  }
+  auto queued = driver->GetQueuedPipelineRuns(ctx, repo.Key());
+  ASSERT_TRUE(queued.ok());
+  EXPECT_EQ(static_cast<int>(queued->size()), refused);
+}
+
+INSTANTIATE_TEST_SUITE_P(Etcd, GroupedReleases, ::testing::Bool(),
+                         [](const auto& info) {
+                           return info.param ? "FirstGroupRefused"
+                                             : "AllCommit";
+                         });
 
 }  // namespace
 }  // namespace pac::concurrency
