@@ -35,10 +35,10 @@ void AddKey(const std::string& key, const std::string& range_end,
   }
 }
 
-// What a Txn may read (compares, ranges) and write (puts, deletes), in
-// either branch, nested Txns included.
+// What a Txn may read (compares; ranges) and write (puts, deletes), in
+// either branch, nested Txns included. `reads` holds both kinds of read.
 struct Footprint {
-  std::vector<Interval> reads, writes;
+  std::vector<Interval> compares, reads, writes;
 };
 
 void AddOps(const google::protobuf::RepeatedPtrField<etcdpb::RequestOp>& ops,
@@ -46,6 +46,7 @@ void AddOps(const google::protobuf::RepeatedPtrField<etcdpb::RequestOp>& ops,
 
 void AddFootprint(const etcdpb::TxnRequest& req, Footprint* out) {
   for (const auto& c : req.compare()) {
+    AddKey(c.key(), c.range_end(), &out->compares);
     AddKey(c.key(), c.range_end(), &out->reads);
   }
   AddOps(req.success(), out);
@@ -78,10 +79,23 @@ bool Disjoint(const std::vector<Interval>& a, const std::vector<Interval>& b) {
   return true;
 }
 
-// Whether two Txns may share a request: neither writes what the other
-// reads or writes. (Both reading one key is harmless.)
+// Whether two Txns are independent: neither writes what the other reads or
+// writes. (Both reading one key is harmless.) Then they may go in either
+// order.
 bool Independent(const Footprint& a, const Footprint& b) {
   return Disjoint(a.writes, b.writes) && Disjoint(a.writes, b.reads) &&
+         Disjoint(b.writes, a.reads);
+}
+
+// Whether `a` may come before `b` in one request, as if sent first. etcd
+// decides `b`'s compares before `a` writes, so they must not read what `a`
+// writes; `b`'s ranges run after `a`'s writes and see them, as they would
+// have one after the other. `b` must not write what `a` reads at all: `a`'s
+// answer (a range, or the view a success leaves) is taken as the state at
+// the request's revision, which `b`'s writes share. No key is written by
+// both.
+bool MayPrecede(const Footprint& a, const Footprint& b) {
+  return Disjoint(a.writes, b.writes) && Disjoint(a.writes, b.compares) &&
          Disjoint(b.writes, a.reads);
 }
 
@@ -144,20 +158,33 @@ class TxnBatcherImpl final : public TxnBatcher {
 
 TxnBatcherImpl::Batch TxnBatcherImpl::TakeBatchLocked() {
   Batch batch;
-  std::vector<const Footprint*> seen;
+  std::vector<const Footprint*> left;  // earlier pending Txns not taken
   for (auto it = pending_.begin(); it != pending_.end();) {
     if (batch.size() == max_batch_) break;
     const Footprint& fp = (*it)->footprint;
-    const bool free = std::all_of(
-        seen.begin(), seen.end(),
+    // Goes ahead of the earlier ones left behind only if independent of
+    // them; in the batch, at its end or else at its front.
+    bool take = std::all_of(
+        left.begin(), left.end(),
         [&](const Footprint* other) { return Independent(fp, *other); });
-    seen.push_back(&fp);
-    if (!free) {
+    bool front = false;
+    if (take) {
+      take = std::all_of(batch.begin(), batch.end(), [&](const auto& m) {
+        return MayPrecede(m->footprint, fp);
+      });
+      if (!take) {
+        take = front = std::all_of(
+            batch.begin(), batch.end(),
+            [&](const auto& m) { return MayPrecede(fp, m->footprint); });
+      }
+    }
+    if (!take) {
+      left.push_back(&fp);
       ++it;
       continue;
     }
     (*it)->sent = true;
-    batch.push_back(*it);
+    batch.insert(front ? batch.begin() : batch.end(), *it);
     it = pending_.erase(it);
   }
   return batch;
