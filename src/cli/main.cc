@@ -11,10 +11,15 @@
 #include <iostream>
 
 #include "CLI/CLI.hpp"
+#include "absl/synchronization/mutex.h"
 #include "src/cli/cli.h"
 
 int main(int argc, char** argv) {
   using namespace pac::concurrency::cli;
+  // Debian's abseil checks every absl::Mutex lock (gRPC's, on each call)
+  // for lock-order cycles through one process-wide graph. A product binary
+  // does not need the check; it costs the etcd driver 5-8% (docs/etcd.md).
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   CLI::App app{
       "pac-concurrency: concurrency control for CI pipeline runs.\n"
       "Runs over a repository's limit wait in a queue, oldest first."};
