@@ -6,18 +6,18 @@
 // cost: a controller whose workers act on many repositories at once gets
 // more pairs per second from the same server.
 //
-// Correctness rests on one rule: Txns share a batch only if they are
-// independent: neither writes (puts, deletes) a key the other reads
-// (compares, ranges) or writes, in either branch. etcd decides all compares
-// of a batch on the state before its first write, then applies the chosen
-// branches in order, at one revision; when no Txn touches what another
-// writes, each sees what it would have seen alone, so the outcome is the
-// one of sending them one by one (in any order), and each caller gets its
-// own Txn's response, whose header is the batch's (a range in it shows its
-// keys as they are at that revision). Steps of one repository that write
-// (its `meta`, and a range over it on failure) are never independent of
-// one another; read-only confirmations of one repository are, and share a
-// request that etcd serves as a read.
+// Correctness rests on one rule. etcd decides all compares of a batch on
+// the state before its first write, then applies the chosen branches in
+// order, at one revision, a range seeing the writes before it. So Txn B
+// may follow Txn A in a batch when B's compares read nothing A writes, B
+// writes nothing A reads (compares or ranges) and no key is written by
+// both (MayPrecede): each then sees what it would have seen sent alone in
+// that order, and each caller gets its own Txn's response, whose header is
+// the batch's (a range in it shows its keys as they are at that
+// revision). Guarded steps of one repository (which all write and compare
+// its `meta`) never share a batch; a run joining the end of a queue may go
+// before a release of it; read-only confirmations of one repository share
+// a request that etcd serves as a read.
 //
 // Batching is adaptive: a Txn is sent at once, alone, while fewer than
 // `max_in_flight` batches are in flight; callers that come meanwhile wait and
