@@ -381,11 +381,14 @@ class EtcdDriver::Turn {
   Turn(const Turn&) = delete;
   Turn& operator=(const Turn&) = delete;
   bool held() const { return !repo_.empty(); }
-  // The turn of `repo`, taken by the caller (in turns_).
-  void Adopt(const std::string& repo) { repo_ = repo; }
-  absl::Status Take(const Context& ctx, const std::string& repo) {
-    absl::Status s = d_->TakeTurn(ctx, repo);
-    if (s.ok()) repo_ = repo;
+  // With `release`, the turn's holder may answer it instead (then the
+  // turn is not taken: release->state is kDone).
+  absl::Status Take(const Context& ctx, const std::string& repo,
+                    ReleaseReq* release = nullptr) {
+    absl::Status s = d_->TakeTurn(ctx, repo, release);
+    if (s.ok() && (release == nullptr || release->state != ReleaseReq::kDone)) {
+      repo_ = repo;
+    }
     return s;
   }
 
@@ -394,22 +397,40 @@ class EtcdDriver::Turn {
   std::string repo_;
 };
 
-absl::Status EtcdDriver::TakeTurn(const Context& ctx, const std::string& repo) {
+absl::Status EtcdDriver::TakeTurn(const Context& ctx, const std::string& repo,
+                                  ReleaseReq* release) {
   WakeOnCancel wake(ctx, &mu_, &turns_cv_);
-  absl::Status s;
-  {
-    MutexLock lock(&mu_);
-    while (turns_.count(repo) > 0) {
-      if (s = ctx.Err(); !s.ok()) break;
-      if (stop_) {
-        s = absl::FailedPreconditionError("etcd driver closed");
-        break;
-      }
-      turns_cv_.WaitUntil(&mu_, ctx.deadline());
+  MutexLock lock(&mu_);
+  bool listed = false;  // in release_waiters_, unless claimed
+  while (true) {
+    if (release != nullptr && release->state == ReleaseReq::kDone) break;
+    if (release != nullptr && release->state == ReleaseReq::kClaimed) {
+      // The turn's holder answers, or hands it back on an error of its own.
+      turns_cv_.Wait(&mu_);
+      continue;
     }
-    if (s.ok()) turns_.insert(repo);
+    absl::Status s;
+    if (turns_.count(repo) > 0) {
+      s = ctx.Err();
+      if (s.ok() && stop_)
+        s = absl::FailedPreconditionError("etcd driver closed");
+    }
+    if (!s.ok() || turns_.count(repo) == 0) {
+      if (listed) {
+        auto it = release_waiters_.find(repo);
+        std::erase(it->second, release);
+        if (it->second.empty()) release_waiters_.erase(it);
+      }
+      if (s.ok()) turns_.insert(repo);
+      return s;
+    }
+    if (release != nullptr && !listed) {
+      release_waiters_[repo].push_back(release);
+      listed = true;
+    }
+    turns_cv_.WaitUntil(&mu_, ctx.deadline());
   }
-  return s;
+  return absl::OkStatus();
 }
 
 void EtcdDriver::EndTurn(const std::string& repo) {
@@ -957,40 +978,9 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseSlot(
   self.by_lease = !lease_id.empty();
   self.known = cached;
   Turn turn(this);
-  if (absl::Status s = WaitReleaseTurn(ctx, repo, &self, &turn); !s.ok()) {
-    return s;
-  }
+  if (absl::Status s = turn.Take(ctx, repo, &self); !s.ok()) return s;
   if (self.state == ReleaseReq::kDone) return std::move(self.result);
   return ReleaseGroup(ctx, repo, &self);
-}
-
-absl::Status EtcdDriver::WaitReleaseTurn(const Context& ctx,
-                                         const std::string& repo,
-                                         ReleaseReq* me, Turn* turn) {
-  WakeOnCancel wake(ctx, &mu_, &turns_cv_);
-  MutexLock lock(&mu_);
-  release_waiters_[repo].push_back(me);
-  while (me->state != ReleaseReq::kDone) {
-    if (me->state == ReleaseReq::kClaimed) {
-      // The turn's holder answers, or hands it back on an error of its own.
-      turns_cv_.Wait(&mu_);
-      continue;
-    }
-    absl::Status s = ctx.Err();
-    if (s.ok() && stop_)
-      s = absl::FailedPreconditionError("etcd driver closed");
-    if (!s.ok() || turns_.count(repo) == 0) {
-      auto it = release_waiters_.find(repo);
-      std::erase(it->second, me);
-      if (it->second.empty()) release_waiters_.erase(it);
-      if (!s.ok()) return s;
-      turns_.insert(repo);
-      turn->Adopt(repo);
-      return absl::OkStatus();
-    }
-    turns_cv_.WaitUntil(&mu_, ctx.deadline());
-  }
-  return absl::OkStatus();
 }
 
 void EtcdDriver::ClaimReleasesLocked(const std::string& repo,
@@ -1042,7 +1032,15 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(const Context& ctx,
     etcdpb::TxnRequest txn = GuardedTxn(p, v.meta_mod);
     if (cached_view) GuardSlots(&txn, v);
     std::vector<ReleaseResult> results(group.size());
-    std::vector<const SlotInfo*> freed(group.size(), nullptr);
+    // The slot each member frees (or none), its etcd lease, when that
+    // lease's TTL started, and whether an admitted run's slot takes it.
+    struct Freed {
+      const SlotInfo* slot = nullptr;
+      int64_t lease = 0;
+      absl::Time since = absl::InfinitePast();
+      bool reused = false;
+    };
+    std::vector<Freed> freed(group.size());
     std::set<std::string> done_runs;  // runs whose slot or entries go
     int64_t running = static_cast<int64_t>(v.slots.size());
     bool unconfirmed = false;
@@ -1057,7 +1055,7 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(const Context& ctx,
                            slot->second.create_revision == m.token))) {
         *txn.add_success() = DeleteOp(p + "slot/" + m.run);
         results[i].released = true;
-        freed[i] = &slot->second;
+        freed[i].slot = &slot->second;
         --running;
       } else if (!m.by_lease) {
         for (const QueueInfo& q : v.queue) {
@@ -1078,12 +1076,19 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(const Context& ctx,
       --attempt;
       continue;
     }
+    // A known grant that this plan finds nothing of expired or was
+    // released elsewhere: forgotten once the answer is certain.
+    auto forget_unmatched = [&]() PAC_REQUIRES(mu_) {
+      for (size_t i = 0; i < group.size(); ++i) {
+        if (group[i]->known && !results[i].released && !results[i].dequeued) {
+          known_leases_.erase(group[i]->lease);
+        }
+      }
+    };
     if (done_runs.empty()) {
       {
         MutexLock lock(&mu_);
-        for (const ReleaseReq* m : group) {
-          if (m->known) known_leases_.erase(m->lease);  // expired, or gone
-        }
+        forget_unmatched();
       }
       AnswerGroup(group, results);
       return results[0];
@@ -1108,23 +1113,19 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(const Context& ctx,
     const absl::Time now = clock_->Now();
     // A released slot's etcd lease, if young, carries an admitted run's
     // slot: a hand-off grants no lease (its index key is rewritten).
-    std::vector<int64_t> freed_lease(group.size(), 0);
-    std::vector<absl::Time> freed_since(group.size(), absl::InfinitePast());
-    std::vector<bool> reused(group.size(), false);
     std::vector<int64_t> grant_leases;
-    for (size_t i = 0; i < group.size(); ++i) {
-      if (freed[i] == nullptr) continue;
-      ParseHex(freed[i]->lease_hex, &freed_lease[i]);
-      if (freed[i]->since_us > 0) {
-        freed_since[i] = absl::FromUnixMicros(freed[i]->since_us);
-      }
-      if (grant_leases.size() < promote.size() && freed_lease[i] != 0 &&
-          now - freed_since[i] < ttl_ / 10) {
-        reused[i] = true;
-        grant_leases.push_back(freed_lease[i]);
+    for (Freed& f : freed) {
+      if (f.slot == nullptr) continue;
+      ParseHex(f.slot->lease_hex, &f.lease);
+      if (f.slot->since_us > 0)
+        f.since = absl::FromUnixMicros(f.slot->since_us);
+      if (grant_leases.size() < promote.size() && f.lease != 0 &&
+          now - f.since < ttl_ / 10) {
+        f.reused = true;
+        grant_leases.push_back(f.lease);
       } else {
         *txn.add_success() =
-            DeleteOp(Cat(prefix_, "lease/", freed[i]->lease_hex));
+            DeleteOp(Cat(prefix_, "lease/", f.slot->lease_hex));
       }
     }
     auto leases = Leases(ctx, promote.size() - grant_leases.size());
@@ -1134,9 +1135,9 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(const Context& ctx,
     }
     {
       MutexLock lock(&mu_);
-      for (size_t i = 0; i < group.size(); ++i) {
+      for (const Freed& f : freed) {
         // Unless this driver knows better (AddGrant and ExpiryOf read it).
-        if (reused[i]) lease_since_.emplace(freed_lease[i], freed_since[i]);
+        if (f.reused) lease_since_.emplace(f.lease, f.since);
       }
     }
     grant_leases.insert(grant_leases.end(), leases->begin(), leases->end());
@@ -1166,14 +1167,11 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(const Context& ctx,
     const int64_t rev = (*tr)->header().revision();
     {
       MutexLock lock(&mu_);
-      for (size_t i = 0; i < group.size(); ++i) {
-        if (freed[i] != nullptr && !reused[i]) {
-          known_leases_.erase(freed_lease[i]);
-          RecycleLocked(freed_lease[i], freed_since[i]);
-        } else if (freed[i] == nullptr && group[i]->known &&
-                   !results[i].dequeued) {
-          known_leases_.erase(
-              group[i]->lease);  // expired, or released elsewhere
+      forget_unmatched();
+      for (const Freed& f : freed) {
+        if (f.slot != nullptr && !f.reused) {
+          known_leases_.erase(f.lease);
+          RecycleLocked(f.lease, f.since);
         }
       }
       for (size_t i = 0; i < promote.size(); ++i) {
@@ -1184,7 +1182,7 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(const Context& ctx,
     // any beyond (the limit was raised meanwhile) to this thread's.
     size_t k = 0;
     for (size_t i = 0; i < promote.size(); ++i) {
-      while (k < group.size() && freed[k] == nullptr) ++k;
+      while (k < group.size() && !results[k].released) ++k;
       ReleaseResult& to = results[k < group.size() ? k++ : 0];
       to.admitted.push_back(
           MakeLease(repo, promote[i]->run, grant_leases[i], rev, now));

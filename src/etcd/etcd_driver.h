@@ -133,12 +133,16 @@ class EtcdDriver final : public Driver {
   // little (kOwnCommitWait) before it reads instead.
   absl::StatusOr<RepoView> View(const Context& ctx, const std::string& repo,
                                 bool* cached) PAC_EXCLUDES(mu_);
+  struct ReleaseReq;
   // Guarded steps of one repository in this driver take turns: threads of
   // one process that plan on the same view would fail each other's
   // compares (and, many at once, could starve one). Waits until the turn
   // is free or the context ends. Joining the end of a queue needs no turn.
-  absl::Status TakeTurn(const Context& ctx, const std::string& repo)
-      PAC_EXCLUDES(mu_);
+  // A `release` waits listed in release_waiters_, where the turn's holder
+  // may claim and answer it instead (ReleaseGroup): then it returns OK
+  // with release->state kDone and the turn not taken.
+  absl::Status TakeTurn(const Context& ctx, const std::string& repo,
+                        ReleaseReq* release) PAC_EXCLUDES(mu_);
   void EndTurn(const std::string& repo) PAC_EXCLUDES(mu_);
   class Turn;
   // A release waiting for its repository's turn. Releases of one
@@ -155,11 +159,6 @@ class EtcdDriver final : public Driver {
     enum State { kWaiting, kClaimed, kDone } state = kWaiting;
     ReleaseResult result;
   };
-  // Waits until `me` has the repository's turn (kWaiting, `turn` holds
-  // it) or an answer (kDone), or the context ends (an error; then it is
-  // neither claimed nor listed).
-  absl::Status WaitReleaseTurn(const Context& ctx, const std::string& repo,
-                               ReleaseReq* me, Turn* turn) PAC_EXCLUDES(mu_);
   // Adds waiting releases of `repo` to `group`, oldest first.
   void ClaimReleasesLocked(const std::string& repo,
                            std::vector<ReleaseReq*>* group) PAC_REQUIRES(mu_);
@@ -325,7 +324,7 @@ class EtcdDriver final : public Driver {
   // The revision of this driver's last guarded commit per repository that
   // the view cache did not take (Commit::kQueue).
   std::map<std::string, int64_t> own_commit_rev_ PAC_GUARDED_BY(mu_);
-  // Repositories whose turn is taken (TakeTurn, WaitReleaseTurn).
+  // Repositories whose turn is taken (TakeTurn).
   std::set<std::string> turns_ PAC_GUARDED_BY(mu_);
   // Releases waiting for each repository's turn, oldest first.
   std::map<std::string, std::deque<ReleaseReq*>> release_waiters_

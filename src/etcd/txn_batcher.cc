@@ -35,10 +35,10 @@ void AddKey(const std::string& key, const std::string& range_end,
   }
 }
 
-// What a Txn may read (compares; ranges) and write (puts, deletes), in
-// either branch, nested Txns included. `reads` holds both kinds of read.
+// What a Txn may read (compares, ranges) and write (puts, deletes), in
+// either branch, nested Txns included.
 struct Footprint {
-  std::vector<Interval> compares, reads, writes;
+  std::vector<Interval> compares, ranges, writes;
 };
 
 void AddOps(const google::protobuf::RepeatedPtrField<etcdpb::RequestOp>& ops,
@@ -47,7 +47,6 @@ void AddOps(const google::protobuf::RepeatedPtrField<etcdpb::RequestOp>& ops,
 void AddFootprint(const etcdpb::TxnRequest& req, Footprint* out) {
   for (const auto& c : req.compare()) {
     AddKey(c.key(), c.range_end(), &out->compares);
-    AddKey(c.key(), c.range_end(), &out->reads);
   }
   AddOps(req.success(), out);
   AddOps(req.failure(), out);
@@ -58,7 +57,7 @@ void AddOps(const google::protobuf::RepeatedPtrField<etcdpb::RequestOp>& ops,
   for (const auto& op : ops) {
     if (op.has_request_range()) {
       AddKey(op.request_range().key(), op.request_range().range_end(),
-             &out->reads);
+             &out->ranges);
     } else if (op.has_request_put()) {
       AddKey(op.request_put().key(), "", &out->writes);
     } else if (op.has_request_delete_range()) {
@@ -79,12 +78,17 @@ bool Disjoint(const std::vector<Interval>& a, const std::vector<Interval>& b) {
   return true;
 }
 
+// Whether `fp` reads (by compare or range) none of `writes`.
+bool ReadsNone(const Footprint& fp, const std::vector<Interval>& writes) {
+  return Disjoint(writes, fp.compares) && Disjoint(writes, fp.ranges);
+}
+
 // Whether two Txns are independent: neither writes what the other reads or
 // writes. (Both reading one key is harmless.) Then they may go in either
 // order.
 bool Independent(const Footprint& a, const Footprint& b) {
-  return Disjoint(a.writes, b.writes) && Disjoint(a.writes, b.reads) &&
-         Disjoint(b.writes, a.reads);
+  return Disjoint(a.writes, b.writes) && ReadsNone(b, a.writes) &&
+         ReadsNone(a, b.writes);
 }
 
 // Whether `a` may come before `b` in one request, as if sent first. etcd
@@ -96,7 +100,7 @@ bool Independent(const Footprint& a, const Footprint& b) {
 // both.
 bool MayPrecede(const Footprint& a, const Footprint& b) {
   return Disjoint(a.writes, b.writes) && Disjoint(a.writes, b.compares) &&
-         Disjoint(b.writes, a.reads);
+         ReadsNone(a, b.writes);
 }
 
 // Errors with which etcd refuses a whole request before applying any of it,
