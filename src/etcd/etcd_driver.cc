@@ -641,14 +641,15 @@ void EtcdDriver::SortQueue(RepoView* v) {
 
 absl::StatusOr<std::optional<etcdpb::TxnResponse>> EtcdDriver::CommitStep(
     const Context& ctx, const std::string& repo, etcdpb::TxnRequest txn,
-    const std::vector<int64_t>& leases, RepoView after, Commit kind) {
+    const std::vector<int64_t>& leases, RepoView after, Commit kind,
+    bool admits) {
   // A failed compare answers the repository as it is now, so the next
   // attempt needs no read of its own. A success answers nothing: the
   // compares held, so the repository is `after` (the plan's view with the
   // Txn's writes). A range here would cost etcd a walk over every key the
   // repository ever had (deleted keys stay in its index until compaction).
   if (kind != Commit::kJoinEnd) *txn.add_failure() = RangeRepoOp(repo);
-  auto tr = kv_->Txn(ctx, txn);
+  auto tr = admits ? kv_->AdmittingTxn(ctx, txn) : kv_->Txn(ctx, txn);
   if (tr.ok() && tr->succeeded()) {
     const int64_t rev = tr->header().revision();
     if (kind == Commit::kExact) {
@@ -850,7 +851,8 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
     auto tr = CommitStep(ctx, repo, std::move(txn), *leases, std::move(after),
                          fast              ? Commit::kJoinEnd
                          : v.queue.empty() ? Commit::kExact
-                                           : Commit::kQueue);
+                                           : Commit::kQueue,
+                         !promote.empty());
     if (!tr.ok()) return tr.status();
     if (!tr->has_value()) {  // planned on an outdated view: plan again
       fresh = false;
@@ -1155,7 +1157,8 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(const Context& ctx,
       AddGrant(&txn, &after, promote[i]->run, grant_leases[i], promote[i]->key);
     }
     auto tr = CommitStep(ctx, repo, std::move(txn), *leases, std::move(after),
-                         v.queue.empty() ? Commit::kExact : Commit::kQueue);
+                         v.queue.empty() ? Commit::kExact : Commit::kQueue,
+                         !promote.empty());
     if (!tr.ok()) {
       HandBack(repo, group);
       return tr.status();

@@ -203,11 +203,11 @@ class EtcdDriver final : public Driver {
   // repository's range, which is cached. The response when it succeeded;
   // nullopt when the step must be planned again (a lost compare, a
   // retryable error); otherwise the error. A failed Txn's leases go back to
-  // the spares.
+  // the spares. A Txn that `admits` queued runs goes as AdmittingTxn.
   absl::StatusOr<std::optional<etcdpb::TxnResponse>> CommitStep(
       const Context& ctx, const std::string& repo, etcdpb::TxnRequest txn,
-      const std::vector<int64_t>& leases, RepoView after, Commit kind)
-      PAC_EXCLUDES(mu_);
+      const std::vector<int64_t>& leases, RepoView after, Commit kind,
+      bool admits) PAC_EXCLUDES(mu_);
   // Sorts a view's queue into admission order: (creation time, revision).
   static void SortQueue(RepoView* v);
   // Compares that each slot of `v` still exists as `v` saw it.

@@ -514,8 +514,9 @@ TEST_F(TwoMockDrivers, AReleaseAdmitsARunJoinedWhileTheWatchLags) {
 }
 
 // Delays each Txn, so that releases of one repository pile up behind the
-// one in flight; counts the Txns that delete slots, and can fail the first
-// Txn that deletes more than one.
+// one in flight; counts the Txns that delete slots (and those of them sent
+// as admitting queued runs), and can fail the first Txn that deletes more
+// than one.
 class SlowReleases final : public internal::ForwardingEtcdKV {
  public:
   using ForwardingEtcdKV::ForwardingEtcdKV;
@@ -531,15 +532,25 @@ class SlowReleases final : public internal::ForwardingEtcdKV {
     if (slots > 0) {
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
       ++release_txns;
+      if (admitting) ++admitting_txns;
       if (slots > 1 && fail_first_group.exchange(false)) {
         return absl::PermissionDeniedError("injected: group refused");
       }
     }
     return inner_->Txn(ctx, req);
   }
-  std::atomic<int> release_txns{0};
+  absl::StatusOr<internal::etcdpb::TxnResponse> AdmittingTxn(
+      const Context& ctx, const internal::etcdpb::TxnRequest& req) override {
+    admitting = true;
+    auto r = Txn(ctx, req);
+    admitting = false;
+    return r;
+  }
+  std::atomic<int> release_txns{0}, admitting_txns{0};
+  static thread_local bool admitting;
   std::atomic<bool> fail_first_group{false};
 };
+thread_local bool SlowReleases::admitting = false;
 
 class GroupedReleases : public ::testing::TestWithParam<bool> {
  protected:
@@ -605,6 +616,8 @@ TEST_P(GroupedReleases, ReleasesWaitingForATurnShareATxn) {
   EXPECT_EQ(refused, GetParam() ? 1 : 0);
   EXPECT_EQ(released, kN - refused);
   EXPECT_LT(slow->release_txns.load(), kN);  // some shared a Txn
+  // Each release Txn admits queued runs, so none waits for a request.
+  EXPECT_EQ(slow->admitting_txns.load(), slow->release_txns.load());
   auto running = driver->GetRunningPipelineRuns(ctx, repo.Key());
   ASSERT_TRUE(running.ok());
   std::set<std::string> now_running;

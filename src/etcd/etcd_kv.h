@@ -45,6 +45,13 @@ class EtcdKV {
       const Context& ctx, const etcdpb::RangeRequest& req) = 0;
   virtual absl::StatusOr<etcdpb::TxnResponse> Txn(
       const Context& ctx, const etcdpb::TxnRequest& req) = 0;
+  // As Txn, for a Txn that admits queued runs, which wait for it: the
+  // batcher (txn_batcher.h) sends it without waiting for a request slot.
+  // Elsewhere it is Txn (a subclass that overrides Txn gets it too).
+  virtual absl::StatusOr<etcdpb::TxnResponse> AdmittingTxn(
+      const Context& ctx, const etcdpb::TxnRequest& req) {
+    return Txn(ctx, req);
+  }
   virtual absl::StatusOr<etcdpb::PutResponse> Put(
       const Context& ctx, const etcdpb::PutRequest& req) = 0;
   // Grants a lease of `ttl_seconds`; returns its id.

@@ -125,6 +125,8 @@ class TxnBatcherImpl final : public TxnBatcher {
 
   absl::StatusOr<etcdpb::TxnResponse> Txn(
       const Context& ctx, const etcdpb::TxnRequest& req) override;
+  absl::StatusOr<etcdpb::TxnResponse> AdmittingTxn(
+      const Context& ctx, const etcdpb::TxnRequest& req) override;
 
  private:
   struct Member {
@@ -157,6 +159,7 @@ class TxnBatcherImpl final : public TxnBatcher {
   CondVar cv_;
   std::deque<std::shared_ptr<Member>> pending_ PAC_GUARDED_BY(mu_);
   int in_flight_ PAC_GUARDED_BY(mu_) = 0;
+  bool admitting_in_flight_ PAC_GUARDED_BY(mu_) = false;
   Stats stats_ PAC_GUARDED_BY(mu_);
 };
 
@@ -239,6 +242,25 @@ void TxnBatcherImpl::Send(Batch& batch, const Member* self,
   MutexLock lock(&mu_);
   ++stats_.batches;
   for (auto& m : batch) m->done = true;
+}
+
+absl::StatusOr<etcdpb::TxnResponse> TxnBatcherImpl::AdmittingTxn(
+    const Context& ctx, const etcdpb::TxnRequest& req) {
+  if (absl::Status s = ctx.Err(); !s.ok()) return s;
+  {
+    MutexLock lock(&mu_);
+    if (!admitting_in_flight_) {
+      admitting_in_flight_ = true;
+      mu_.Unlock();
+      auto r = inner_->Txn(ctx, req);
+      mu_.Lock();
+      admitting_in_flight_ = false;
+      ++stats_.batches;
+      ++stats_.txns;
+      return r;
+    }
+  }
+  return Txn(ctx, req);
 }
 
 absl::StatusOr<etcdpb::TxnResponse> TxnBatcherImpl::Txn(

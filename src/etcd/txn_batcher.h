@@ -22,7 +22,12 @@
 // Batching is adaptive: a Txn is sent at once, alone, while fewer than
 // `max_in_flight` batches are in flight; callers that come meanwhile wait and
 // go in the next batch, sent by whichever waiting caller gets there first.
-// A lone caller therefore pays nothing.
+// A lone caller therefore pays nothing. One more request is kept for a Txn
+// that admits queued runs (AdmittingTxn): runs wait for it, and Txns that
+// admit nobody (queue joins, say) would otherwise hold both requests. It
+// goes at once, alone, unless another such Txn is in flight; then it goes
+// as any other. Txns that go ahead of waiting ones this way were sent
+// concurrently with them, so either order is one the callers could see.
 //
 // Failure: a batch that etcd rejects as a whole for what one Txn asked (an
 // unknown lease, too many operations, a permission) is sent again Txn by

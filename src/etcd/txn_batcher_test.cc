@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <map>
 #include <mutex>
 #include <set>
@@ -374,6 +375,83 @@ TEST_P(TxnBatcherTest, AnEndedContextSendsNothing) {
   EXPECT_TRUE(absl::IsCancelled(r.status())) << r.status();
   EXPECT_EQ(Value(prefix_ + "never"), -1);
   EXPECT_EQ(batcher_->stats().batches, 0);
+}
+
+// Holds every Txn that reaches the store until opened; counts them.
+class GatedTxns final : public ForwardingEtcdKV {
+ public:
+  using ForwardingEtcdKV::ForwardingEtcdKV;
+  absl::StatusOr<etcdpb::TxnResponse> Txn(
+      const Context& ctx, const etcdpb::TxnRequest& req) override {
+    std::unique_lock<std::mutex> lock(mu_);
+    ++arrived_;
+    cv_.notify_all();
+    cv_.wait(lock, [&] { return open_; });
+    lock.unlock();
+    return inner_->Txn(ctx, req);
+  }
+  // Waits until `n` Txns have reached the store (false after 10 s).
+  bool AwaitArrived(int n) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, std::chrono::seconds(10),
+                        [&] { return arrived_ >= n; });
+  }
+  int arrived() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return arrived_;
+  }
+  void Open() {
+    std::lock_guard<std::mutex> lock(mu_);
+    open_ = true;
+    cv_.notify_all();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int arrived_ = 0;
+  bool open_ = false;
+};
+
+etcdpb::TxnRequest PutTxn(const std::string& key) {
+  etcdpb::TxnRequest txn;
+  auto* put = txn.add_success()->mutable_request_put();
+  put->set_key(key);
+  put->set_value("1");
+  return txn;
+}
+
+// With every request in flight taken (two Txns held by the store), a Txn
+// that admits queued runs still goes at once, in a request of its own. A
+// second one while the first is in flight waits as any other Txn does.
+TEST(TxnBatcherAdmittingTest, AnAdmittingTxnDoesNotWaitForARequest) {
+  auto gate =
+      std::make_shared<GatedTxns>(std::make_shared<MockEtcd>(Clock::Real()));
+  auto batcher = NewTxnBatcher(gate, {.max_batch = 64, .max_in_flight = 2});
+  Context ctx = Context::WithTimeout(Context::Background(), absl::Seconds(30));
+  std::vector<absl::StatusOr<etcdpb::TxnResponse>> results(
+      5, absl::UnknownError("not run"));
+  std::vector<std::thread> threads;
+  auto send = [&](int i, bool admitting) {
+    threads.emplace_back([&, i, admitting] {
+      auto txn = PutTxn(absl::StrCat("/gated/", i));
+      results[i] =
+          admitting ? batcher->AdmittingTxn(ctx, txn) : batcher->Txn(ctx, txn);
+    });
+  };
+  send(0, false);
+  send(1, false);
+  ASSERT_TRUE(gate->AwaitArrived(2));
+  send(2, false);  // waits: both requests are in flight
+  send(3, true);   // goes
+  ASSERT_TRUE(gate->AwaitArrived(3)) << "the admitting Txn waited";
+  send(4, true);  // the admitting request is taken: waits
+  absl::SleepFor(absl::Milliseconds(50));
+  EXPECT_EQ(gate->arrived(), 3);
+  gate->Open();
+  for (auto& t : threads) t.join();
+  for (const auto& r : results) EXPECT_TRUE(r.ok() && r->succeeded());
+  EXPECT_EQ(batcher->stats().txns, 5);
 }
 
 INSTANTIATE_TEST_SUITE_P(Mock, TxnBatcherTest, ::testing::Values("mock"));
