@@ -1494,6 +1494,7 @@ void EtcdDriver::OnWatch(const WatchBatch& b) {
 
 void EtcdDriver::PromoteLoop() {
   absl::Duration backoff = absl::Milliseconds(100);
+  absl::Time last_restart = absl::InfinitePast();
   while (true) {
     std::set<std::string> repos;
     bool restart = false;
@@ -1511,18 +1512,20 @@ void EtcdDriver::PromoteLoop() {
       from = last_revision_ == 0 ? 0 : last_revision_ + 1;
     }
     if (restart) {
-      RestartWatch(from);
-      bool failed;
-      {
+      // A stream that breaks again at once (its endpoint is down, say) is
+      // restarted after a pause that grows, not in a busy loop.
+      if (absl::Now() - last_restart < absl::Seconds(1)) {
         MutexLock lock(&mu_);
-        failed = restart_watch_;
-      }
-      if (failed) {
-        absl::SleepFor(backoff);
+        const absl::Time until = absl::Now() + backoff;
+        while (!stop_ && absl::Now() < until) cv_.WaitUntil(&mu_, until);
+        if (stop_) return;
+        from = last_revision_ == 0 ? 0 : last_revision_ + 1;
         backoff = std::min(backoff * 2, absl::Seconds(5));
       } else {
         backoff = absl::Milliseconds(100);
       }
+      last_restart = absl::Now();
+      RestartWatch(from);
     }
     for (const std::string& repo : repos) {
       Context ctx =

@@ -10,8 +10,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <cstdio>
 #include <fstream>
+#include <mutex>
 #include <set>
 #include <thread>
 
@@ -27,6 +29,7 @@
 #include "tests/conformance/driver_conformance.h"
 #include "tests/conformance/etcd_test_env.h"
 #include "tests/conformance/multiprocess.h"
+#include "tests/conformance/tcp_forwarder.h"
 
 namespace pac::concurrency {
 namespace {
@@ -131,6 +134,100 @@ TEST(EtcdDriverTest, UnreachableEndpointsAreUnavailable) {
   auto d = NewEtcdDriver(c);
   ASSERT_FALSE(d.ok());
   EXPECT_TRUE(absl::IsUnavailable(d.status())) << d.status();
+}
+
+// A watch whose endpoint goes away moves on to the next endpoint by itself.
+// The driver makes no other call here that would move it (its watcher hears
+// of writes another driver makes, straight to the server): a watch that
+// came back to the dead endpoint would hear nothing more.
+TEST(EtcdDriverTest, AWatchWhoseEndpointDiesMovesToTheNext) {
+  auto c = TestEtcdConfig();
+  ASSERT_TRUE(c.ok()) << c.status();
+  auto fwd = conformance::TcpForwarder::Start(c->endpoints[0]);
+  ASSERT_TRUE(fwd.ok()) << fwd.status();
+  EtcdConfig via = *c;
+  via.endpoints = {(*fwd)->endpoint(), c->endpoints[0]};
+  DriverOptions quiet;
+  quiet.background_cleanup = false;    // no promotion step after a resync
+  auto d = NewEtcdDriver(via, quiet);  // on the forwarder first
+  ASSERT_TRUE(d.ok()) << d.status();
+  auto writer = NewEtcdDriver(*c);
+  ASSERT_TRUE(writer.ok()) << writer.status();
+  Context ctx = Context::WithTimeout(Context(), absl::Seconds(30));
+  const std::string ns = UniqueNs("failover");
+  Repository repo{ns, "repo", 1};
+  std::mutex mu;
+  std::condition_variable cv;
+  std::set<std::string> released;
+  auto w =
+      (*d)->WatchSlotAvailability(ctx, repo.Key(), [&](const WatchEvent& e) {
+        if (e.type != WatchEventType::kReleased) return;
+        std::lock_guard<std::mutex> lock(mu);
+        released.insert(e.pipeline_run_key);
+        cv.notify_all();
+      });
+  ASSERT_TRUE(w.ok()) << w.status();
+  auto hand_off = [&](const std::string& run) {
+    auto a = (*writer)->AcquireSlot(ctx, repo, run, {});
+    ASSERT_TRUE(a.ok() && a->acquired) << a.status();
+    auto r = (*writer)->ReleaseSlot(ctx, a->lease.lease_id, "", "");
+    ASSERT_TRUE(r.ok() && r->released) << r.status();
+  };
+  auto heard = [&](const std::string& run) {
+    std::unique_lock<std::mutex> lock(mu);
+    return cv.wait_for(lock, std::chrono::seconds(15),
+                       [&] { return released.count(run) > 0; });
+  };
+  hand_off(ns + "/before");
+  ASSERT_TRUE(heard(ns + "/before"));
+  (*fwd)->Close();  // the first endpoint is gone
+  hand_off(ns + "/after");
+  EXPECT_TRUE(heard(ns + "/after")) << "the watch stayed on the dead endpoint";
+  (*w)->Stop();
+}
+
+// Counts the watch streams opened through it.
+class CountedWatches final : public internal::ForwardingEtcdKV {
+ public:
+  using ForwardingEtcdKV::ForwardingEtcdKV;
+  absl::StatusOr<std::unique_ptr<internal::EtcdWatch>> Watch(
+      const std::string& key, const std::string& range_end,
+      int64_t start_revision, internal::WatchFn fn) override {
+    ++opened;
+    return inner_->Watch(key, range_end, start_revision, std::move(fn));
+  }
+  std::atomic<int> opened{0};
+};
+
+// With its only endpoint gone, the watch is opened again after pauses that
+// grow (0.1 s, doubling, up to 5 s), not in a busy loop: two seconds hold
+// a handful of attempts, where a loop made thousands.
+TEST(EtcdDriverTest, AWatchWithNoEndpointLeftRetriesWithPauses) {
+  auto c = TestEtcdConfig();
+  ASSERT_TRUE(c.ok()) << c.status();
+  auto fwd = conformance::TcpForwarder::Start(c->endpoints[0]);
+  ASSERT_TRUE(fwd.ok()) << fwd.status();
+  EtcdConfig via = *c;
+  via.endpoints = {(*fwd)->endpoint()};
+  auto grpc = internal::NewGrpcEtcd(via, nullptr);
+  ASSERT_TRUE(grpc.ok()) << grpc.status();
+  auto counted = std::make_shared<CountedWatches>(*grpc);
+  DriverOptions quiet;
+  quiet.background_cleanup = false;
+  auto d = internal::EtcdDriver::Create(counted, via, quiet);
+  ASSERT_TRUE(d.ok()) << d.status();
+  Context ctx = Context::WithTimeout(Context(), absl::Seconds(30));
+  Repository repo{UniqueNs("nowhere"), "repo", 1};
+  auto w =
+      (*d)->WatchSlotAvailability(ctx, repo.Key(), [](const WatchEvent&) {});
+  ASSERT_TRUE(w.ok()) << w.status();
+  absl::SleepFor(absl::Milliseconds(200));
+  ASSERT_EQ(counted->opened.load(), 1);
+  (*fwd)->Close();
+  absl::SleepFor(absl::Seconds(2));
+  EXPECT_LE(counted->opened.load(), 12);
+  EXPECT_GE(counted->opened.load(), 2);  // it does try again
+  (*w)->Stop();
 }
 
 std::vector<pid_t> Pids(const std::string& path) {

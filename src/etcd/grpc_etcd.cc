@@ -16,6 +16,12 @@
 namespace pac::concurrency::internal {
 namespace {
 
+// etcd's "require leader" metadata (clientv3's WithRequireLeader): a member
+// that has no leader refuses the call, or ends the watch stream, with
+// Unavailable instead of holding it.
+constexpr char kRequireLeaderKey[] = "hasleader";
+constexpr char kRequireLeaderValue[] = "true";
+
 absl::Status FromGrpc(const grpc::Status& s, std::string_view what) {
   if (s.ok()) return absl::OkStatus();
   // error_message() returns a copy: keep it alive for the view below.
@@ -248,8 +254,9 @@ class GrpcEtcd final : public EtcdKV,
     return out;
   }
 
-  std::shared_ptr<grpc::Channel> Channel() {
+  std::shared_ptr<grpc::Channel> Channel(size_t* index = nullptr) {
     std::lock_guard<std::mutex> lock(mu_);
+    if (index != nullptr) *index = current_;
     return channels_[current_];
   }
   size_t CurrentIndex() {
@@ -269,6 +276,10 @@ class GrpcEtcd final : public EtcdKV,
       deadline = absl::Now() + absl::Seconds(30);
     }
     c->set_deadline(absl::ToChronoTime(deadline));
+    // A member without a leader answers at once (Unavailable, "no
+    // leader"), so the call moves on to the next endpoint instead of
+    // waiting there for its deadline.
+    c->AddMetadata(kRequireLeaderKey, kRequireLeaderValue);
     std::lock_guard<std::mutex> lock(mu_);
     if (!token_.empty()) c->AddMetadata("token", token_);
   }
@@ -367,6 +378,9 @@ class GrpcEtcd::StreamWatch final : public EtcdWatch {
   StreamWatch(std::shared_ptr<GrpcEtcd> etcd, etcdpb::WatchRequest create,
               WatchFn fn)
       : etcd_(std::move(etcd)), create_(std::move(create)), fn_(std::move(fn)) {
+    // A member that loses its leader ends the stream (Unavailable), where
+    // it would otherwise stay open and silent, its member cut off.
+    ctx_.AddMetadata(kRequireLeaderKey, kRequireLeaderValue);
     {
       std::lock_guard<std::mutex> lock(etcd_->mu_);
       if (!etcd_->token_.empty()) ctx_.AddMetadata("token", etcd_->token_);
@@ -381,11 +395,12 @@ class GrpcEtcd::StreamWatch final : public EtcdWatch {
 
  private:
   void Run() {
-    auto stream = etcdpb::Watch::NewStub(etcd_->Channel())->Watch(&ctx_);
+    size_t index = 0;
+    auto stream = etcdpb::Watch::NewStub(etcd_->Channel(&index))->Watch(&ctx_);
     WatchBatch end;
     end.broken = true;
     if (!stream->Write(create_)) {
-      stream->Finish();
+      Broken(stream->Finish(), index);
       if (!stopping_) fn_(end);
       return;
     }
@@ -406,8 +421,17 @@ class GrpcEtcd::StreamWatch final : public EtcdWatch {
       b.events.assign(resp.events().begin(), resp.events().end());
       if (!stopping_) fn_(b);
     }
-    stream->Finish();
+    Broken(stream->Finish(), index);
     if (!stopping_) fn_(end);
+  }
+
+  // A stream that its endpoint ended as unavailable (gone, or without a
+  // leader) is resumed on the next endpoint, as unary calls move on.
+  void Broken(const grpc::Status& s, size_t index) {
+    if (stopping_ || s.error_code() != grpc::StatusCode::UNAVAILABLE) return;
+    etcd_->logger_->warn("etcd watch stream unavailable, failing over: {}",
+                         s.error_message());
+    etcd_->Failover(index);
   }
 
   std::shared_ptr<GrpcEtcd> etcd_;

@@ -1,0 +1,50 @@
+// A TCP forwarder on 127.0.0.1 in front of a real server, for tests that
+// need an endpoint to go away while the server stays: Close() stops
+// listening and cuts every connection, as if that endpoint's machine died.
+#ifndef PAC_TESTS_CONFORMANCE_TCP_FORWARDER_H_
+#define PAC_TESTS_CONFORMANCE_TCP_FORWARDER_H_
+
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace pac::concurrency::conformance {
+
+class TcpForwarder {
+ public:
+  // Listens on a free port of 127.0.0.1 and forwards every connection to
+  // `target` ("host:port", an IPv4 address).
+  static absl::StatusOr<std::unique_ptr<TcpForwarder>> Start(
+      const std::string& target);
+  ~TcpForwarder();
+  TcpForwarder(const TcpForwarder&) = delete;
+  TcpForwarder& operator=(const TcpForwarder&) = delete;
+
+  // "127.0.0.1:<port>".
+  std::string endpoint() const;
+  // Stops accepting and cuts every connection; joins the threads.
+  void Close();
+
+ private:
+  TcpForwarder(int listen_fd, int port, std::string target_host,
+               int target_port);
+  void AcceptLoop();
+  void Pump(int a, int b);
+
+  const int listen_fd_;
+  const int port_;
+  const std::string target_host_;
+  const int target_port_;
+  std::mutex mu_;
+  bool closed_ = false;             // guarded by mu_
+  std::vector<int> fds_;            // guarded by mu_
+  std::vector<std::thread> pumps_;  // guarded by mu_
+  std::thread accept_thread_;
+};
+
+}  // namespace pac::concurrency::conformance
+
+#endif  // PAC_TESTS_CONFORMANCE_TCP_FORWARDER_H_
