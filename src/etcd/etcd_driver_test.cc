@@ -1,7 +1,7 @@
 // The etcd driver: the conformance suite in "mock" mode (in-process store,
 // manual clock) and against a real etcd 3.4 server, plus TLS, auth, a
-// 3-node cluster losing its leader, compaction during a watch, and a holder
-// killed with SIGKILL.
+// 3-node cluster losing its leader, a watch whose endpoint goes away,
+// compaction during a watch, and a holder killed with SIGKILL.
 #include "src/etcd/etcd_driver.h"
 
 #include <signal.h>
@@ -136,22 +136,38 @@ TEST(EtcdDriverTest, UnreachableEndpointsAreUnavailable) {
   EXPECT_TRUE(absl::IsUnavailable(d.status())) << d.status();
 }
 
+// The test server's config (`direct`) and one whose first endpoint is a
+// forwarder in front of it (`via`), followed by the server itself if
+// `then_direct`.
+struct Forwarded {
+  std::unique_ptr<conformance::TcpForwarder> fwd;
+  EtcdConfig direct, via;
+};
+absl::StatusOr<Forwarded> Forward(bool then_direct) {
+  Forwarded f;
+  auto c = TestEtcdConfig();
+  if (!c.ok()) return c.status();
+  auto fwd = conformance::TcpForwarder::Start(c->endpoints[0]);
+  if (!fwd.ok()) return fwd.status();
+  f.fwd = *std::move(fwd);
+  f.direct = f.via = *c;
+  f.via.endpoints = {f.fwd->endpoint()};
+  if (then_direct) f.via.endpoints.push_back(c->endpoints[0]);
+  return f;
+}
+
 // A watch whose endpoint goes away moves on to the next endpoint by itself.
 // The driver makes no other call here that would move it (its watcher hears
 // of writes another driver makes, straight to the server): a watch that
 // came back to the dead endpoint would hear nothing more.
 TEST(EtcdDriverTest, AWatchWhoseEndpointDiesMovesToTheNext) {
-  auto c = TestEtcdConfig();
-  ASSERT_TRUE(c.ok()) << c.status();
-  auto fwd = conformance::TcpForwarder::Start(c->endpoints[0]);
-  ASSERT_TRUE(fwd.ok()) << fwd.status();
-  EtcdConfig via = *c;
-  via.endpoints = {(*fwd)->endpoint(), c->endpoints[0]};
+  auto f = Forward(/*then_direct=*/true);
+  ASSERT_TRUE(f.ok()) << f.status();
   DriverOptions quiet;
-  quiet.background_cleanup = false;    // no promotion step after a resync
-  auto d = NewEtcdDriver(via, quiet);  // on the forwarder first
+  quiet.background_cleanup = false;       // no promotion step after a resync
+  auto d = NewEtcdDriver(f->via, quiet);  // on the forwarder first
   ASSERT_TRUE(d.ok()) << d.status();
-  auto writer = NewEtcdDriver(*c);
+  auto writer = NewEtcdDriver(f->direct);
   ASSERT_TRUE(writer.ok()) << writer.status();
   Context ctx = Context::WithTimeout(Context(), absl::Seconds(30));
   const std::string ns = UniqueNs("failover");
@@ -180,7 +196,7 @@ TEST(EtcdDriverTest, AWatchWhoseEndpointDiesMovesToTheNext) {
   };
   hand_off(ns + "/before");
   ASSERT_TRUE(heard(ns + "/before"));
-  (*fwd)->Close();  // the first endpoint is gone
+  f->fwd->Close();  // the first endpoint is gone
   hand_off(ns + "/after");
   EXPECT_TRUE(heard(ns + "/after")) << "the watch stayed on the dead endpoint";
   (*w)->Stop();
@@ -203,18 +219,14 @@ class CountedWatches final : public internal::ForwardingEtcdKV {
 // grow (0.1 s, doubling, up to 5 s), not in a busy loop: two seconds hold
 // a handful of attempts, where a loop made thousands.
 TEST(EtcdDriverTest, AWatchWithNoEndpointLeftRetriesWithPauses) {
-  auto c = TestEtcdConfig();
-  ASSERT_TRUE(c.ok()) << c.status();
-  auto fwd = conformance::TcpForwarder::Start(c->endpoints[0]);
-  ASSERT_TRUE(fwd.ok()) << fwd.status();
-  EtcdConfig via = *c;
-  via.endpoints = {(*fwd)->endpoint()};
-  auto grpc = internal::NewGrpcEtcd(via, nullptr);
+  auto f = Forward(/*then_direct=*/false);
+  ASSERT_TRUE(f.ok()) << f.status();
+  auto grpc = internal::NewGrpcEtcd(f->via, nullptr);
   ASSERT_TRUE(grpc.ok()) << grpc.status();
   auto counted = std::make_shared<CountedWatches>(*grpc);
   DriverOptions quiet;
   quiet.background_cleanup = false;
-  auto d = internal::EtcdDriver::Create(counted, via, quiet);
+  auto d = internal::EtcdDriver::Create(counted, f->via, quiet);
   ASSERT_TRUE(d.ok()) << d.status();
   Context ctx = Context::WithTimeout(Context(), absl::Seconds(30));
   Repository repo{UniqueNs("nowhere"), "repo", 1};
@@ -223,7 +235,7 @@ TEST(EtcdDriverTest, AWatchWithNoEndpointLeftRetriesWithPauses) {
   ASSERT_TRUE(w.ok()) << w.status();
   absl::SleepFor(absl::Milliseconds(200));
   ASSERT_EQ(counted->opened.load(), 1);
-  (*fwd)->Close();
+  f->fwd->Close();
   absl::SleepFor(absl::Seconds(2));
   EXPECT_LE(counted->opened.load(), 12);
   EXPECT_GE(counted->opened.load(), 2);  // it does try again
