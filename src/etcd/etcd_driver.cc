@@ -5,6 +5,7 @@
 #include <cinttypes>
 #include <cstdio>
 
+#include "absl/cleanup/cleanup.h"
 #include "pac/concurrency/status.h"
 #include "src/common/keys.h"
 #include "src/common/logging.h"
@@ -1011,24 +1012,20 @@ void EtcdDriver::HandBack(const std::string& repo,
 absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(const Context& ctx,
                                                        const std::string& repo,
                                                        ReleaseReq* self) {
-  // group[0] is this thread's own release; the others wait for its answer.
+  // group[0] is this thread's own release; the others wait for its answer,
+  // or, if this thread returns an error, go on with their own contexts.
   std::vector<ReleaseReq*> group{self};
+  absl::Cleanup hand_back = [&] { HandBack(repo, group); };
   bool fresh = false;
   for (int attempt = 0; attempt < kMaxAttempts; ++attempt) {
-    if (absl::Status s = ctx.Err(); !s.ok()) {
-      HandBack(repo, group);
-      return s;
-    }
+    if (absl::Status s = ctx.Err(); !s.ok()) return s;
     {
       MutexLock lock(&mu_);
       ClaimReleasesLocked(repo, &group);
     }
     bool cached_view = false;
     auto view = fresh ? Read(ctx, repo) : View(ctx, repo, &cached_view);
-    if (!view.ok()) {
-      HandBack(repo, group);
-      return view.status();
-    }
+    if (!view.ok()) return view.status();
     const RepoView& v = *view;
     const std::string p = RepoPrefix(repo);
     etcdpb::TxnRequest txn = GuardedTxn(p, v.meta_mod);
@@ -1092,6 +1089,7 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(const Context& ctx,
         MutexLock lock(&mu_);
         forget_unmatched();
       }
+      std::move(hand_back).Cancel();
       AnswerGroup(group, results);
       return results[0];
     }
@@ -1131,10 +1129,7 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(const Context& ctx,
       }
     }
     auto leases = Leases(ctx, promote.size() - grant_leases.size());
-    if (!leases.ok()) {
-      HandBack(repo, group);
-      return leases.status();
-    }
+    if (!leases.ok()) return leases.status();
     {
       MutexLock lock(&mu_);
       for (const Freed& f : freed) {
@@ -1159,10 +1154,7 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(const Context& ctx,
     auto tr = CommitStep(ctx, repo, std::move(txn), *leases, std::move(after),
                          v.queue.empty() ? Commit::kExact : Commit::kQueue,
                          !promote.empty());
-    if (!tr.ok()) {
-      HandBack(repo, group);
-      return tr.status();
-    }
+    if (!tr.ok()) return tr.status();
     if (!tr->has_value()) {  // planned on an outdated view: plan again
       fresh = false;
       continue;
@@ -1197,10 +1189,10 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(const Context& ctx,
         logger_->debug("slot released: {} in {}", group[i]->run, repo);
       }
     }
+    std::move(hand_back).Cancel();
     AnswerGroup(group, results);
     return results[0];
   }
-  HandBack(repo, group);
   return absl::AbortedError(Cat("etcd: too much contention on ", repo));
 }
 
@@ -1498,7 +1490,6 @@ void EtcdDriver::PromoteLoop() {
   while (true) {
     std::set<std::string> repos;
     bool restart = false;
-    int64_t from = 0;
     {
       MutexLock lock(&mu_);
       while (!stop_ && to_promote_.empty() && !restart_watch_) {
@@ -1509,7 +1500,6 @@ void EtcdDriver::PromoteLoop() {
       to_promote_.clear();
       restart = restart_watch_;
       restart_watch_ = false;
-      from = last_revision_ == 0 ? 0 : last_revision_ + 1;
     }
     if (restart) {
       // A stream that breaks again at once (its endpoint is down, say) is
@@ -1519,12 +1509,16 @@ void EtcdDriver::PromoteLoop() {
         const absl::Time until = absl::Now() + backoff;
         while (!stop_ && absl::Now() < until) cv_.WaitUntil(&mu_, until);
         if (stop_) return;
-        from = last_revision_ == 0 ? 0 : last_revision_ + 1;
         backoff = std::min(backoff * 2, absl::Seconds(5));
       } else {
         backoff = absl::Milliseconds(100);
       }
       last_restart = absl::Now();
+      int64_t from;  // read after the pause: the last revision seen
+      {
+        MutexLock lock(&mu_);
+        from = last_revision_ == 0 ? 0 : last_revision_ + 1;
+      }
       RestartWatch(from);
     }
     for (const std::string& repo : repos) {

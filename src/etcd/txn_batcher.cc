@@ -143,6 +143,11 @@ class TxnBatcherImpl final : public TxnBatcher {
   // independent of every earlier pending one (taken or left), so Txns
   // that are not keep their order.
   Batch TakeBatchLocked() PAC_REQUIRES(mu_);
+  // Sends `req` at once, alone, as is (no copy, no footprint), counted in
+  // `*in_flight` (in_flight_ or admitting_in_flight_) while it is.
+  absl::StatusOr<etcdpb::TxnResponse> SendAloneLocked(
+      const Context& ctx, const etcdpb::TxnRequest& req, int* in_flight)
+      PAC_REQUIRES(mu_);
   // Sends `batch` and records each member's result.
   void Send(Batch& batch, const Member* self, const Context& ctx)
       PAC_EXCLUDES(mu_);
@@ -159,7 +164,7 @@ class TxnBatcherImpl final : public TxnBatcher {
   CondVar cv_;
   std::deque<std::shared_ptr<Member>> pending_ PAC_GUARDED_BY(mu_);
   int in_flight_ PAC_GUARDED_BY(mu_) = 0;
-  bool admitting_in_flight_ PAC_GUARDED_BY(mu_) = false;
+  int admitting_in_flight_ PAC_GUARDED_BY(mu_) = 0;  // 0 or 1
   Stats stats_ PAC_GUARDED_BY(mu_);
 };
 
@@ -244,20 +249,28 @@ void TxnBatcherImpl::Send(Batch& batch, const Member* self,
   for (auto& m : batch) m->done = true;
 }
 
+absl::StatusOr<etcdpb::TxnResponse> TxnBatcherImpl::SendAloneLocked(
+    const Context& ctx, const etcdpb::TxnRequest& req, int* in_flight) {
+  ++*in_flight;
+  mu_.Unlock();
+  auto r = inner_->Txn(ctx, req);
+  mu_.Lock();
+  --*in_flight;
+  ++stats_.batches;
+  ++stats_.txns;
+  // A caller that came meanwhile may send now (the admitting request
+  // holds none of theirs).
+  if (in_flight == &in_flight_) cv_.NotifyAll();
+  return r;
+}
+
 absl::StatusOr<etcdpb::TxnResponse> TxnBatcherImpl::AdmittingTxn(
     const Context& ctx, const etcdpb::TxnRequest& req) {
   if (absl::Status s = ctx.Err(); !s.ok()) return s;
   {
     MutexLock lock(&mu_);
-    if (!admitting_in_flight_) {
-      admitting_in_flight_ = true;
-      mu_.Unlock();
-      auto r = inner_->Txn(ctx, req);
-      mu_.Lock();
-      admitting_in_flight_ = false;
-      ++stats_.batches;
-      ++stats_.txns;
-      return r;
+    if (admitting_in_flight_ == 0) {
+      return SendAloneLocked(ctx, req, &admitting_in_flight_);
     }
   }
   return Txn(ctx, req);
@@ -271,15 +284,7 @@ absl::StatusOr<etcdpb::TxnResponse> TxnBatcherImpl::Txn(
     // copy, no footprint).
     MutexLock lock(&mu_);
     if (in_flight_ < max_in_flight_ && pending_.empty()) {
-      ++in_flight_;
-      mu_.Unlock();
-      auto r = inner_->Txn(ctx, req);
-      mu_.Lock();
-      --in_flight_;
-      ++stats_.batches;
-      ++stats_.txns;
-      cv_.NotifyAll();  // a caller that came meanwhile may send now
-      return r;
+      return SendAloneLocked(ctx, req, &in_flight_);
     }
   }
   auto m = std::make_shared<Member>();
