@@ -1,5 +1,5 @@
-// `pac-concurrency status [--repo ns/name]`: slots in use, limit, running
-// and queued runs.
+// `pac-concurrency status [--repo ns/name | --namespace ns]`: slots in use,
+// limit, running and queued runs.
 #include <cstdio>
 
 #include "src/cli/cli.h"
@@ -33,16 +33,21 @@ void PrintRepository(const Json& r) {
   }
 }
 
-int Status(const GlobalOptions& g, const std::string& repo) {
+int Status(const GlobalOptions& g, const std::string& repo,
+           const std::string& ns) {
+  if (!repo.empty() && !ns.empty()) {
+    return Fail(absl::InvalidArgumentError(
+        "status: give --repo or --namespace, not both"));
+  }
   auto ctx = CommandContext(g);
   if (!ctx.ok()) return Fail(ctx.status());
   auto api = OpenApi(g);
   if (!api.ok()) return Fail(api.status());
   if (repo.empty()) {
-    auto all = (*api)->api->ListRepositories(*ctx);
+    auto all = (*api)->api->ListRepositories(*ctx, ns);
     if (!all.ok()) return Fail(all.status());
     Print(g, *all, [](const Json& doc) {
-      if (doc["repositories"].empty()) std::printf("no repositories seen\n");
+      if (doc["repositories"].empty()) std::printf("no repositories\n");
       for (const Json& r : doc["repositories"]) PrintRepository(r);
     });
     return kExitOk;
@@ -57,13 +62,17 @@ int Status(const GlobalOptions& g, const std::string& repo) {
 
 void RegisterStatusCommand(CLI::App& app, GlobalOptions& g, Runner* run) {
   auto repo = std::make_shared<std::string>();
+  auto ns = std::make_shared<std::string>();
   CLI::App* cmd = app.add_subcommand(
       "status", "Show slots in use, the limit, running and queued runs");
   cmd->add_option("--repo", *repo,
-                  "Repository ns/name (default: every repository the server "
-                  "has seen)");
-  cmd->callback(
-      [&g, repo, run] { *run = [&g, repo] { return Status(g, *repo); }; });
+                  "Repository ns/name (default: every repository the backend "
+                  "holds a limit, a running or a queued run of)");
+  cmd->add_option("--namespace", *ns,
+                  "Only the repositories of this namespace");
+  cmd->callback([&g, repo, ns, run] {
+    *run = [&g, repo, ns] { return Status(g, *repo, *ns); };
+  });
 }
 
 }  // namespace pac::concurrency::cli

@@ -124,6 +124,14 @@ absl::Status ValidateKey(std::string_view key, std::string_view field) {
   return absl::OkStatus();
 }
 
+absl::Status ValidateNamespace(std::string_view ns, std::string_view field) {
+  if (std::string p = LabelProblem(ns); !p.empty()) {
+    return absl::InvalidArgumentError(
+        internal::Cat(field, ": namespace name ", p));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidateRepository(const Repository& repo) {
   if (repo.concurrency_limit.has_value() && *repo.concurrency_limit < 0) {
     return absl::InvalidArgumentError(

@@ -49,6 +49,16 @@ TEST(RepositoryTest, KeyAndLimit) {
   EXPECT_FALSE(ValidateRepository(slashy).ok());
 }
 
+TEST(RepositoryTest, NamespaceAlone) {
+  EXPECT_TRUE(ValidateNamespace("team-a", "namespace").ok());
+  for (std::string_view bad : {"", "Team", "a/b", "-a", "a.b"}) {
+    absl::Status s = ValidateNamespace(bad, "namespace");
+    EXPECT_TRUE(absl::IsInvalidArgument(s)) << bad;
+    EXPECT_NE(s.message().find("namespace"), std::string::npos) << s;
+  }
+  EXPECT_FALSE(ValidateNamespace(std::string(64, 'a'), "namespace").ok());
+}
+
 TEST(RepositoryTest, FromKey) {
   auto repo = Repository::FromKey("ns/repo", 3);
   ASSERT_TRUE(repo.ok());

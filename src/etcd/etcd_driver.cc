@@ -1271,6 +1271,60 @@ absl::StatusOr<std::optional<int32_t>> EtcdDriver::GetRepositoryLimit(
   return std::optional<int32_t>(limit);
 }
 
+absl::StatusOr<std::vector<std::string>> EtcdDriver::ListRepositories(
+    const Context& ctx, std::string_view namespace_name) {
+  if (!namespace_name.empty()) {
+    if (absl::Status s = ValidateNamespace(namespace_name, "namespace");
+        !s.ok()) {
+      return s;
+    }
+  }
+  if (absl::Status s = ctx.Err(); !s.ok()) return s;
+  if (absl::Status s = CheckOpen(); !s.ok()) return s;
+  const std::string p = prefix_ + "repo/";
+  const std::string from =
+      namespace_name.empty() ? p : Cat(p, namespace_name, "/");
+  const std::string end = PrefixEnd(from);
+  // Pages of keys only. Once a repository is known to have a record, the
+  // rest of its keys (a long queue, many slots) are skipped: the next page
+  // starts after its prefix.
+  constexpr int64_t kPage = 256;
+  std::vector<std::string> out;
+  std::string start = from;
+  while (start < end) {
+    etcdpb::RangeRequest req;
+    req.set_key(start);
+    req.set_range_end(end);
+    req.set_keys_only(true);
+    req.set_limit(kPage);
+    auto r = kv_->Range(ctx, req);
+    if (!r.ok()) return r.status();
+    if (r->kvs_size() == 0) break;
+    std::string next = start;
+    for (const etcdpb::KeyValue& kv : r->kvs()) {
+      next = std::max(next, kv.key() + '\0');
+      std::string_view rest = std::string_view(kv.key()).substr(p.size());
+      // <ns>/<name>/<kind>...: `meta` alone is not a record (a cleaned
+      // repository keeps nothing, and `meta` goes with it).
+      size_t s1 = rest.find('/');
+      size_t s2 = s1 == std::string_view::npos ? s1 : rest.find('/', s1 + 1);
+      if (s2 == std::string_view::npos) continue;
+      std::string_view repo = rest.substr(0, s2);
+      std::string_view kind = rest.substr(s2 + 1);
+      if (!out.empty() && out.back() == repo) continue;
+      if (kind != "limit" && !kind.starts_with("slot/") &&
+          !kind.starts_with("queue/")) {
+        continue;
+      }
+      out.emplace_back(repo);
+      next = PrefixEnd(RepoPrefix(repo));
+    }
+    if (!r->more()) break;
+    start = std::move(next);
+  }
+  return out;
+}
+
 absl::StatusOr<int> EtcdDriver::GetCurrentSlots(const Context& ctx,
                                                 std::string_view repo_key) {
   auto l = GetRunningPipelineRuns(ctx, repo_key);

@@ -57,6 +57,8 @@ class EtcdDriver final : public Driver {
       const Context& ctx, const Repository& repo) override;
   absl::StatusOr<std::optional<int32_t>> GetRepositoryLimit(
       const Context& ctx, std::string_view repo_key) override;
+  absl::StatusOr<std::vector<std::string>> ListRepositories(
+      const Context& ctx, std::string_view namespace_name) override;
   absl::StatusOr<int> GetCurrentSlots(const Context& ctx,
                                       std::string_view repo_key) override;
   absl::StatusOr<std::vector<Lease>> GetRunningPipelineRuns(

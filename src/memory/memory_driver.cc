@@ -250,6 +250,7 @@ absl::StatusOr<AcquireResult> MemoryDriver::AcquireSlot(
       rit = shard.repos.try_emplace(repo_key).first;
     }
     RepoState& rs = rit->second;
+    rs.limit_recorded = true;
     if (rs.limit != limit) {
       rs.limit = limit;
       AddEvent(shard, repo_key, WatchEventType::kLimitChanged, "", fx);
@@ -419,6 +420,7 @@ absl::StatusOr<std::vector<Lease>> MemoryDriver::SetRepositoryLimit(
   {
     MutexLock lock(&shard.mu);
     RepoState& rs = shard.repos[repo_key];
+    rs.limit_recorded = true;
     if (rs.limit != EffectiveLimit(repo)) {
       logger_->info("concurrency limit of {} changed from {} to {}", repo_key,
                     rs.limit, EffectiveLimit(repo));
@@ -441,8 +443,37 @@ absl::StatusOr<std::optional<int32_t>> MemoryDriver::GetRepositoryLimit(
   Shard& shard = ShardFor(repo_key);
   MutexLock lock(&shard.mu);
   auto rit = shard.repos.find(repo_key);
-  if (rit == shard.repos.end()) return std::optional<int32_t>();
+  if (rit == shard.repos.end() || !rit->second.limit_recorded) {
+    return std::optional<int32_t>();
+  }
   return std::optional<int32_t>(rit->second.limit);
+}
+
+absl::StatusOr<std::vector<std::string>> MemoryDriver::ListRepositories(
+    const Context& ctx, std::string_view namespace_name) {
+  if (!namespace_name.empty()) {
+    if (absl::Status s = ValidateNamespace(namespace_name, "namespace");
+        !s.ok()) {
+      return s;
+    }
+  }
+  if (absl::Status s = ctx.Err(); !s.ok()) return s;
+  if (absl::Status s = CheckOpen(); !s.ok()) return s;
+  const std::string ns_prefix =
+      namespace_name.empty() ? "" : Cat(namespace_name, "/");
+  std::vector<std::string> out;
+  for (Shard& shard : shards_) {
+    MutexLock lock(&shard.mu);
+    for (const auto& [key, rs] : shard.repos) {
+      // Acquiring records the limit, so every repository with a lease or a
+      // queued run has one; a repository with only a state is not listed.
+      if (!rs.limit_recorded) continue;
+      if (!std::string_view(key).starts_with(ns_prefix)) continue;
+      out.push_back(key);
+    }
+  }
+  std::sort(out.begin(), out.end());
+  return out;
 }
 
 absl::StatusOr<int> MemoryDriver::GetCurrentSlots(const Context& ctx,

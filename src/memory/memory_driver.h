@@ -63,6 +63,8 @@ class MemoryDriver final : public Driver {
       const Context& ctx, const Repository& repo) override;
   absl::StatusOr<std::optional<int32_t>> GetRepositoryLimit(
       const Context& ctx, std::string_view repo_key) override;
+  absl::StatusOr<std::vector<std::string>> ListRepositories(
+      const Context& ctx, std::string_view namespace_name) override;
   absl::StatusOr<int> GetCurrentSlots(const Context& ctx,
                                       std::string_view repo_key) override;
   absl::StatusOr<std::vector<Lease>> GetRunningPipelineRuns(
@@ -109,10 +111,11 @@ class MemoryDriver final : public Driver {
     absl::Time enqueued_at;
   };
   struct RepoState {
-    int32_t limit = 0;                                    // 0: unlimited
-    StringMap<LeaseRec> running;                          // by run key
-    std::map<QueueKey, QueueRec> queue;                   // admission order
-    StringMap<QueueKey> queued;                           // run key -> place
+    int32_t limit = 0;                   // 0: unlimited
+    bool limit_recorded = false;         // by an acquire or SetRepositoryLimit
+    StringMap<LeaseRec> running;         // by run key
+    std::map<QueueKey, QueueRec> queue;  // admission order
+    StringMap<QueueKey> queued;          // run key -> place
     absl::Time earliest_expiry = absl::InfiniteFuture();  // lower bound
     std::optional<std::string> state;
   };

@@ -52,6 +52,11 @@ class Handle final : public Driver {
     if (closed_) return Closed();
     return store_->GetRepositoryLimit(ctx, repo);
   }
+  absl::StatusOr<std::vector<std::string>> ListRepositories(
+      const Context& ctx, std::string_view ns) override {
+    if (closed_) return Closed();
+    return store_->ListRepositories(ctx, ns);
+  }
   absl::StatusOr<int> GetCurrentSlots(const Context& ctx,
                                       std::string_view repo) override {
     if (closed_) return Closed();

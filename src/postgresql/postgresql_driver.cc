@@ -296,6 +296,34 @@ absl::StatusOr<std::optional<int32_t>> PostgreSQLDriver::GetRepositoryLimit(
   return std::optional<int32_t>(static_cast<int32_t>(r->GetInt(0, 0)));
 }
 
+absl::StatusOr<std::vector<std::string>> PostgreSQLDriver::ListRepositories(
+    const Context& ctx, std::string_view namespace_name) {
+  if (!namespace_name.empty()) {
+    if (absl::Status s = ValidateNamespace(namespace_name, "namespace");
+        !s.ok()) {
+      return s;
+    }
+  }
+  // Rows written by the original Go code may have slots but no
+  // pac_repositories row, so both tables are asked.
+  auto r =
+      Query(ctx,
+            "SELECT repository_key FROM pac_repositories"
+            " WHERE $1::text = '' OR"
+            " left(repository_key, length($1::text) + 1) = $1::text || '/'"
+            " UNION SELECT repository_key FROM concurrency_slots"
+            " WHERE (state = 'queued' OR (state = 'running' AND"
+            " expires_at > clock_timestamp())) AND ($1::text = '' OR"
+            " left(repository_key, length($1::text) + 1) = $1::text || '/')",
+            {std::string(namespace_name)});
+  if (!r.ok()) return r.status();
+  std::vector<std::string> out;
+  out.reserve(r->rows());
+  for (int i = 0; i < r->rows(); ++i) out.emplace_back(r->Get(i, 0));
+  std::sort(out.begin(), out.end());  // byte order, whatever the collation
+  return out;
+}
+
 absl::StatusOr<int> PostgreSQLDriver::GetCurrentSlots(
     const Context& ctx, std::string_view repo_key) {
   if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;

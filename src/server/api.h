@@ -54,9 +54,11 @@ class Api {
   // Running and queued runs, in order, with positions and wait times.
   [[nodiscard]] virtual absl::StatusOr<Json> Status(
       const Context& ctx, std::string_view repo_key) = 0;
-  // Status of every repository this server has seen.
+  // Status of every repository the backend holds a record of (a limit, a
+  // running or a queued run), in key order; only those of `namespace_name`
+  // when it is not empty.
   [[nodiscard]] virtual absl::StatusOr<Json> ListRepositories(
-      const Context& ctx) = 0;
+      const Context& ctx, std::string_view namespace_name) = 0;
   // Removes every lease, queue entry and state of the repository.
   [[nodiscard]] virtual absl::StatusOr<Json> Cleanup(
       const Context& ctx, std::string_view repo_key) = 0;

@@ -186,9 +186,11 @@ void HttpServer::Routes() {
     res.set_content(text, "text/plain; version=0.0.4");
   });
   s.Get("/v1/repositories",
-        wrap("/v1/repositories", [this, ok](const auto&, const Context& ctx) {
-          return ok(service_->ListRepositories(ctx));
-        }));
+        wrap("/v1/repositories",
+             [this, ok](const httplib::Request& req, const Context& ctx) {
+               return ok(service_->ListRepositories(
+                   ctx, req.get_param_value("namespace")));
+             }));
   s.Post("/v1/repositories",
          wrap("/v1/repositories",
               [this, ok](const httplib::Request& req, const Context& ctx) {

@@ -81,6 +81,7 @@ TEST_F(HttpServerTest, MalformedRequestsGet4xxWithAMessageAndServingGoesOn) {
        413, "too large"},
       {"POST", "/v1/repositories", "kind: Repository\nmetadata: {name: x}\n",
        400, "metadata.namespace"},
+      {"GET", "/v1/repositories?namespace=Bad_NS", "", 400, "namespace"},
       {"GET", "/v1/nothing/here", "", 404, "no route"},
       {"POST", "/v1/leases/zzz/renew", "", 410, "lease"},
   };

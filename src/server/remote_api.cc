@@ -130,7 +130,17 @@ absl::StatusOr<Json> RemoteApi::Status(const Context& ctx,
   return Call(ctx, "GET", Cat("/v1/repositories/", KeyPath(repo_key)), "", "");
 }
 
-absl::StatusOr<Json> RemoteApi::ListRepositories(const Context& ctx) {
+absl::StatusOr<Json> RemoteApi::ListRepositories(
+    const Context& ctx, std::string_view namespace_name) {
+  if (!namespace_name.empty()) {
+    // Checked here too: the name goes into the URL as it is.
+    if (absl::Status s = ValidateNamespace(namespace_name, "namespace");
+        !s.ok()) {
+      return s;
+    }
+    return Call(ctx, "GET", Cat("/v1/repositories?namespace=", namespace_name),
+                "", "");
+  }
   return Call(ctx, "GET", "/v1/repositories", "", "");
 }
 

@@ -329,14 +329,15 @@ absl::StatusOr<Json> Service::Status(const Context& ctx,
   return out;
 }
 
-absl::StatusOr<Json> Service::ListRepositories(const Context& ctx) {
-  std::set<std::string> repos;
-  {
-    MutexLock lock(&mu_);
-    repos = repos_;
+absl::StatusOr<Json> Service::ListRepositories(
+    const Context& ctx, std::string_view namespace_name) {
+  auto repos = driver_->ListRepositories(ctx, namespace_name);
+  if (!repos.ok()) {
+    CountError("list", repos.status());
+    return repos.status();
   }
   Json out = Json::array();
-  for (const std::string& r : repos) {
+  for (const std::string& r : *repos) {
     auto s = Status(ctx, r);
     if (!s.ok()) return s.status();
     out.push_back(*s);

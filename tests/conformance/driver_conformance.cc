@@ -165,6 +165,57 @@ TEST_P(DriverConformanceTest, Rule01_RecordedLimitIsReadBack) {
             absl::StatusCode::kInvalidArgument);
 }
 
+TEST_P(DriverConformanceTest, Rule01_RepositoriesWithARecordAreListed) {
+  auto none = driver_->ListRepositories(ctx_, ns_);
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_TRUE(none->empty());
+  // A repository with a running and a queued run, one with only a limit,
+  // one with only a state (not listed), and one in a namespace whose name
+  // starts with this one's (not listed under this namespace).
+  ASSERT_TRUE(driver_->AcquireSlot(ctx_, Repo("busy", 1), Run("a"))->acquired);
+  ASSERT_FALSE(driver_->AcquireSlot(ctx_, Repo("busy", 1), Run("b"))->acquired);
+  ASSERT_TRUE(driver_->SetRepositoryLimit(ctx_, Repo("idle", 3)).ok());
+  ASSERT_TRUE(
+      driver_->SetRepositoryState(ctx_, Repo("state-only", 1), "x").ok());
+  const std::string neighbour_ns = ns_ + "x";
+  Repository neighbour{neighbour_ns, "busy", 1};
+  ASSERT_TRUE(
+      driver_->AcquireSlot(ctx_, neighbour, neighbour_ns + "/r")->acquired);
+  // Enough repositories for the listing to take several pages.
+  std::vector<std::string> want = {Repo("busy", 1).Key(),
+                                   Repo("idle", 3).Key()};
+  for (int i = 0; i < 300; ++i) {
+    Repository r = Repo(absl::StrFormat("many-%03d", i), 2);
+    ASSERT_TRUE(driver_->SetRepositoryLimit(ctx_, r).ok());
+    want.push_back(r.Key());
+  }
+  std::sort(want.begin(), want.end());
+  auto listed = driver_->ListRepositories(ctx_, ns_);
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  EXPECT_EQ(*listed, want);
+  // Another process sees the same; the whole listing holds both namespaces.
+  std::unique_ptr<Driver> other = MakeDriver();
+  EXPECT_EQ(*other->ListRepositories(ctx_, ns_), want);
+  auto all = other->ListRepositories(ctx_, "");
+  ASSERT_TRUE(all.ok()) << all.status();
+  EXPECT_TRUE(std::is_sorted(all->begin(), all->end()));
+  EXPECT_THAT(*all, testing::IsSupersetOf(want));
+  EXPECT_THAT(*all, testing::Contains(neighbour.Key()));
+  EXPECT_THAT(*all,
+              testing::Not(testing::Contains(Repo("state-only", 1).Key())));
+  EXPECT_EQ(*other->ListRepositories(ctx_, neighbour_ns),
+            std::vector<std::string>{neighbour.Key()});
+  ASSERT_TRUE(other->Close().ok());
+  // A cleaned repository is gone from the listing.
+  ASSERT_TRUE(driver_->CleanupRepository(ctx_, Repo("busy", 1).Key()).ok());
+  want.erase(std::find(want.begin(), want.end(), Repo("busy", 1).Key()));
+  EXPECT_EQ(*driver_->ListRepositories(ctx_, ns_), want);
+  auto bad = driver_->ListRepositories(ctx_, "Bad_NS");
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("namespace"), std::string::npos)
+      << bad.status();
+}
+
 TEST_P(DriverConformanceTest, Rule01_ZeroOrUnsetLimitIsUnlimited) {
   Repository zero = Repo("zero", 0);
   Repository unset{ns_, "unset", std::nullopt};
@@ -991,6 +1042,10 @@ TEST_P(DriverConformanceTest, Rule16_ClosedDriverGivesTypedError) {
   EXPECT_TRUE(absl::IsFailedPrecondition(r.status()) ||
               absl::IsUnavailable(r.status()))
       << r.status();
+  auto l = d->ListRepositories(ctx_, "");
+  EXPECT_TRUE(absl::IsFailedPrecondition(l.status()) ||
+              absl::IsUnavailable(l.status()))
+      << l.status();
 }
 
 }  // namespace pac::concurrency::conformance

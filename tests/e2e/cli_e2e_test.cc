@@ -193,6 +193,19 @@ TEST(CliE2ETest, CommandsAgainstAServerGiveExitCodesAndJson) {
   EXPECT_EQ(st.json()["queued"][0]["pipeline_run"], "ns/b");
   CliResult q = Cli(u, {"queue", "--repo", "ns/app"});
   EXPECT_THAT(q.out, HasSubstr("ns/b"));
+  // Every repository of a namespace, and a bad namespace name.
+  EXPECT_EQ(Cli(u, {"limit", "--repo", "other/app", "1"}).code, 0);
+  CliResult list = Cli(u, {"status", "--namespace", "ns", "-o", "json"});
+  ASSERT_EQ(list.code, 0) << list.out;
+  ASSERT_EQ(list.json()["repositories"].size(), 1u) << list.out;
+  EXPECT_EQ(list.json()["repositories"][0]["repository"], "ns/app");
+  EXPECT_EQ(list.json()["repositories"][0]["queue_depth"], 1);
+  CliResult every = Cli(u, {"status", "-o", "json"});
+  ASSERT_EQ(every.code, 0) << every.out;
+  EXPECT_EQ(every.json()["repositories"].size(), 2u) << every.out;
+  CliResult bad_ns = Cli(u, {"status", "--namespace", "Bad_NS"});
+  EXPECT_EQ(bad_ns.code, 2) << bad_ns.out;
+  EXPECT_THAT(bad_ns.out, HasSubstr("namespace"));
   CliResult rel =
       Cli(u, {"release", "--repo", "ns/app", "--run", "ns/a", "-o", "json"});
   EXPECT_EQ(rel.code, 0);
@@ -443,6 +456,15 @@ TEST(CliE2ETest, TwoServersSharingPostgreSQLNeverExceedTheLimit) {
   Json doc = Json::parse(st.out.substr(st.out.find('{')), nullptr, false);
   EXPECT_EQ(doc["in_use"], 1);
   EXPECT_EQ(doc["running"][0]["pipeline_run"], "ns/a");
+  // A new process lists what the backend holds, not what it has seen.
+  CliResult list =
+      Cli("http://127.0.0.1:1", {"--config", config, "status", "--namespace",
+                                 repo.substr(0, repo.find('/')), "-o", "json"});
+  ASSERT_EQ(list.code, 0) << list.out;
+  Json all = Json::parse(list.out.substr(list.out.find('{')), nullptr, false);
+  ASSERT_EQ(all["repositories"].size(), 1u) << list.out;
+  EXPECT_EQ(all["repositories"][0]["repository"], repo);
+  EXPECT_EQ(all["repositories"][0]["in_use"], 1);
 }
 
 TEST(CliE2ETest, TwoServersSharingEtcdNeverExceedTheLimit) {

@@ -159,6 +159,15 @@ class Driver {
   [[nodiscard]] virtual absl::StatusOr<std::optional<int32_t>>
   GetRepositoryLimit(const Context& ctx, std::string_view repo_key) = 0;
 
+  // Keys of the repositories the backend holds a record of (a recorded
+  // limit, an unexpired lease or a queued run), in key order: what every
+  // process sharing the backend sees, not only this one. A non-empty
+  // `namespace_name` lists only that namespace's repositories; it must be a
+  // valid namespace name (InvalidArgument otherwise). A repository removed
+  // by CleanupRepository is no longer listed.
+  [[nodiscard]] virtual absl::StatusOr<std::vector<std::string>>
+  ListRepositories(const Context& ctx, std::string_view namespace_name) = 0;
+
   // Number of unexpired leases of the repository.
   [[nodiscard]] virtual absl::StatusOr<int> GetCurrentSlots(
       const Context& ctx, std::string_view repo_key) = 0;

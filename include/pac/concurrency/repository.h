@@ -37,6 +37,11 @@ struct Repository {
 [[nodiscard]] absl::Status ValidateKey(std::string_view key,
                                        std::string_view field);
 
+// Checks a namespace name alone (a DNS-1123 label). `field` names the input
+// in the error, for example "namespace".
+[[nodiscard]] absl::Status ValidateNamespace(std::string_view ns,
+                                             std::string_view field);
+
 // Checks both parts of `repo` and its limit.
 [[nodiscard]] absl::Status ValidateRepository(const Repository& repo);
 
