@@ -1441,12 +1441,18 @@ void EtcdDriver::OnWatch(const WatchBatch& b) {
   PendingEvents events;
   MutexLock lock(&mu_);
   if (b.compact_revision > 0 || b.broken) {
-    // Resume from the last revision seen; after a compaction, from now,
-    // telling every watcher to re-read. Cached views may have missed
-    // changes.
+    // Resume from the last revision seen; after a compaction, from just
+    // after the compacted revision, telling every watcher to re-read.
+    // Not "from now": a watcher re-reads when told, possibly before the
+    // stream is back, and a change made between its read and the restart
+    // would be heard by nobody. Changes after the compaction that the
+    // re-read already saw come again, which a watcher takes as a hint.
+    // Cached views may have missed changes.
     views_.clear();
     restart_watch_ = true;
-    if (b.compact_revision > 0) last_revision_ = 0;
+    if (b.compact_revision > 0) {
+      last_revision_ = std::max(last_revision_, b.compact_revision);
+    }
     watchers_.CollectAll(WatchEventType::kResync, &events);
     for (const auto& [w, ev] : events) to_promote_.insert(ev.repository_key);
     cv_.NotifyAll();
