@@ -20,6 +20,13 @@ inline absl::Status ValidateReleaseKeys(std::string_view lease_id,
   return ValidateKey(run_key, "pipeline_run");
 }
 
+// The namespace of a ListRepositories call: empty (every namespace) or a
+// valid namespace name.
+inline absl::Status ValidateNamespaceFilter(std::string_view namespace_name) {
+  if (namespace_name.empty()) return absl::OkStatus();
+  return ValidateNamespace(namespace_name, "namespace");
+}
+
 }  // namespace pac::concurrency::internal
 
 #endif  // PAC_SRC_COMMON_KEYS_H_

@@ -451,11 +451,8 @@ absl::StatusOr<std::optional<int32_t>> MemoryDriver::GetRepositoryLimit(
 
 absl::StatusOr<std::vector<std::string>> MemoryDriver::ListRepositories(
     const Context& ctx, std::string_view namespace_name) {
-  if (!namespace_name.empty()) {
-    if (absl::Status s = ValidateNamespace(namespace_name, "namespace");
-        !s.ok()) {
-      return s;
-    }
+  if (absl::Status s = ValidateNamespaceFilter(namespace_name); !s.ok()) {
+    return s;
   }
   if (absl::Status s = ctx.Err(); !s.ok()) return s;
   if (absl::Status s = CheckOpen(); !s.ok()) return s;

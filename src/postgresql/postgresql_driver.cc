@@ -298,11 +298,8 @@ absl::StatusOr<std::optional<int32_t>> PostgreSQLDriver::GetRepositoryLimit(
 
 absl::StatusOr<std::vector<std::string>> PostgreSQLDriver::ListRepositories(
     const Context& ctx, std::string_view namespace_name) {
-  if (!namespace_name.empty()) {
-    if (absl::Status s = ValidateNamespace(namespace_name, "namespace");
-        !s.ok()) {
-      return s;
-    }
+  if (absl::Status s = ValidateNamespaceFilter(namespace_name); !s.ok()) {
+    return s;
   }
   // Rows written by the original Go code may have slots but no
   // pac_repositories row, so both tables are asked.
