@@ -151,22 +151,28 @@ class GrpcEtcd final : public EtcdKV,
   absl::StatusOr<etcdpb::RangeResponse> Range(
       const Context& ctx, const etcdpb::RangeRequest& req) override {
     return Unary<etcdpb::RangeResponse>(
-        ctx, "range", [&](grpc::ClientContext* c, etcdpb::RangeResponse* r) {
-          return etcdpb::KV::NewStub(Channel())->Range(c, req, r);
+        ctx, "range",
+        [&](grpc::ClientContext* c, etcdpb::RangeResponse* r,
+            const ChannelPtr& ch) {
+          return etcdpb::KV::NewStub(ch)->Range(c, req, r);
         });
   }
   absl::StatusOr<etcdpb::TxnResponse> Txn(
       const Context& ctx, const etcdpb::TxnRequest& req) override {
     return Unary<etcdpb::TxnResponse>(
-        ctx, "txn", [&](grpc::ClientContext* c, etcdpb::TxnResponse* r) {
-          return etcdpb::KV::NewStub(Channel())->Txn(c, req, r);
+        ctx, "txn",
+        [&](grpc::ClientContext* c, etcdpb::TxnResponse* r,
+            const ChannelPtr& ch) {
+          return etcdpb::KV::NewStub(ch)->Txn(c, req, r);
         });
   }
   absl::StatusOr<etcdpb::PutResponse> Put(
       const Context& ctx, const etcdpb::PutRequest& req) override {
     return Unary<etcdpb::PutResponse>(
-        ctx, "put", [&](grpc::ClientContext* c, etcdpb::PutResponse* r) {
-          return etcdpb::KV::NewStub(Channel())->Put(c, req, r);
+        ctx, "put",
+        [&](grpc::ClientContext* c, etcdpb::PutResponse* r,
+            const ChannelPtr& ch) {
+          return etcdpb::KV::NewStub(ch)->Put(c, req, r);
         });
   }
   absl::StatusOr<int64_t> LeaseGrant(const Context& ctx,
@@ -175,8 +181,9 @@ class GrpcEtcd final : public EtcdKV,
     req.set_ttl(ttl_seconds);
     auto r = Unary<etcdpb::LeaseGrantResponse>(
         ctx, "lease grant",
-        [&](grpc::ClientContext* c, etcdpb::LeaseGrantResponse* r) {
-          return etcdpb::Lease::NewStub(Channel())->LeaseGrant(c, req, r);
+        [&](grpc::ClientContext* c, etcdpb::LeaseGrantResponse* r,
+            const ChannelPtr& ch) {
+          return etcdpb::Lease::NewStub(ch)->LeaseGrant(c, req, r);
         });
     if (!r.ok()) return r.status();
     if (!r->error().empty()) {
@@ -189,8 +196,9 @@ class GrpcEtcd final : public EtcdKV,
     req.set_id(id);
     auto r = Unary<etcdpb::LeaseRevokeResponse>(
         ctx, "lease revoke",
-        [&](grpc::ClientContext* c, etcdpb::LeaseRevokeResponse* r) {
-          return etcdpb::Lease::NewStub(Channel())->LeaseRevoke(c, req, r);
+        [&](grpc::ClientContext* c, etcdpb::LeaseRevokeResponse* r,
+            const ChannelPtr& ch) {
+          return etcdpb::Lease::NewStub(ch)->LeaseRevoke(c, req, r);
         });
     return r.status();
   }
@@ -198,8 +206,9 @@ class GrpcEtcd final : public EtcdKV,
                                          int64_t id) override {
     auto r = Unary<etcdpb::LeaseKeepAliveResponse>(
         ctx, "lease keepalive",
-        [&](grpc::ClientContext* c, etcdpb::LeaseKeepAliveResponse* r) {
-          auto stream = etcdpb::Lease::NewStub(Channel())->LeaseKeepAlive(c);
+        [&](grpc::ClientContext* c, etcdpb::LeaseKeepAliveResponse* r,
+            const ChannelPtr& ch) {
+          auto stream = etcdpb::Lease::NewStub(ch)->LeaseKeepAlive(c);
           etcdpb::LeaseKeepAliveRequest req;
           req.set_id(id);
           if (!stream->Write(req)) return stream->Finish();
@@ -222,8 +231,9 @@ class GrpcEtcd final : public EtcdKV,
     req.set_id(id);
     auto r = Unary<etcdpb::LeaseTimeToLiveResponse>(
         ctx, "lease ttl",
-        [&](grpc::ClientContext* c, etcdpb::LeaseTimeToLiveResponse* r) {
-          return etcdpb::Lease::NewStub(Channel())->LeaseTimeToLive(c, req, r);
+        [&](grpc::ClientContext* c, etcdpb::LeaseTimeToLiveResponse* r,
+            const ChannelPtr& ch) {
+          return etcdpb::Lease::NewStub(ch)->LeaseTimeToLive(c, req, r);
         });
     if (!r.ok()) return r.status();
     return r->ttl();
@@ -234,8 +244,9 @@ class GrpcEtcd final : public EtcdKV,
     req.set_physical(true);
     auto r = Unary<etcdpb::CompactionResponse>(
         ctx, "compact",
-        [&](grpc::ClientContext* c, etcdpb::CompactionResponse* r) {
-          return etcdpb::KV::NewStub(Channel())->Compact(c, req, r);
+        [&](grpc::ClientContext* c, etcdpb::CompactionResponse* r,
+            const ChannelPtr& ch) {
+          return etcdpb::KV::NewStub(ch)->Compact(c, req, r);
         });
     return r.status();
   }
@@ -254,14 +265,12 @@ class GrpcEtcd final : public EtcdKV,
     return out;
   }
 
-  std::shared_ptr<grpc::Channel> Channel(size_t* index = nullptr) {
+  using ChannelPtr = std::shared_ptr<grpc::Channel>;
+
+  ChannelPtr Channel(size_t* index = nullptr) {
     std::lock_guard<std::mutex> lock(mu_);
     if (index != nullptr) *index = current_;
     return channels_[current_];
-  }
-  size_t CurrentIndex() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return current_;
   }
   // Moves away from endpoint `failed`, unless another caller already did
   // (several threads failing on one dead endpoint move once, not in circles
@@ -290,14 +299,14 @@ class GrpcEtcd final : public EtcdKV,
     req.set_password(config_.password);
     for (size_t attempt = 0; attempt < channels_.size(); ++attempt) {
       grpc::ClientContext c;
-      const size_t index = CurrentIndex();
+      size_t index = 0;
+      const ChannelPtr ch = Channel(&index);
       absl::Time deadline = ctx.deadline() == absl::InfiniteFuture()
                                 ? absl::Now() + config_.dial_timeout
                                 : ctx.deadline();
       c.set_deadline(absl::ToChronoTime(deadline));
       etcdpb::AuthenticateResponse resp;
-      grpc::Status s =
-          etcdpb::Auth::NewStub(Channel())->Authenticate(&c, req, &resp);
+      grpc::Status s = etcdpb::Auth::NewStub(ch)->Authenticate(&c, req, &resp);
       if (s.ok()) {
         std::lock_guard<std::mutex> lock(mu_);
         token_ = resp.token();
@@ -325,11 +334,14 @@ class GrpcEtcd final : public EtcdKV,
     while (true) {
       if (absl::Status s = ctx.Err(); !s.ok()) return s;
       grpc::ClientContext c;
-      const size_t index = CurrentIndex();
+      // The endpoint and its channel under one lock: a failure is charged
+      // to the endpoint the call went to.
+      size_t index = 0;
+      const ChannelPtr ch = Channel(&index);
       Prepare(&c, ctx);
       int64_t cancel_id = ctx.AddCancelCallback([&c] { c.TryCancel(); });
       Resp resp;
-      grpc::Status gs = call(&c, &resp);
+      grpc::Status gs = call(&c, &resp, ch);
       ctx.RemoveCancelCallback(cancel_id);
       if (gs.ok()) return resp;
       absl::Status s = FromGrpc(gs, what);

@@ -69,9 +69,12 @@ class TxnBatcherTest : public ::testing::TestWithParam<std::string> {
     }
     slow_ = std::make_shared<SlowTxns>(store);
     batcher_ = NewTxnBatcher(slow_);
+    // Unique per run of a test too (--gtest_repeat reuses the server).
+    static int runs = 0;
     prefix_ = absl::StrCat(
         "/batcher-test/", getpid(), "/",
-        ::testing::UnitTest::GetInstance()->current_test_info()->name(), "/");
+        ::testing::UnitTest::GetInstance()->current_test_info()->name(), "/",
+        runs++, "/");
   }
 
   // Adds one to `key` by compare-and-swap on its mod revision, retrying a
