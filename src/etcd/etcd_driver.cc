@@ -4,6 +4,7 @@
 #include <charconv>
 #include <cinttypes>
 #include <cstdio>
+#include <random>
 
 #include "absl/cleanup/cleanup.h"
 #include "pac/concurrency/status.h"
@@ -24,6 +25,15 @@ constexpr size_t kLeasePoolTarget = 4;
 constexpr absl::Duration kOwnCommitWait = absl::Milliseconds(50);
 // Releases of one repository answered by one Txn, at most (ReleaseGroup).
 constexpr size_t kMaxReleaseGroup = 16;
+
+// A random 64-bit instance id, in hex.
+std::string RandomInstanceId() {
+  std::random_device rd;
+  const uint64_t v = (static_cast<uint64_t>(rd()) << 32) ^ rd();
+  char buf[24];
+  auto end = std::to_chars(buf, buf + sizeof(buf), v, 16).ptr;
+  return std::string(buf, end);
+}
 
 std::string Hex(int64_t v) {
   char buf[24];
@@ -127,7 +137,21 @@ EtcdDriver::EtcdDriver(std::shared_ptr<EtcdKV> kv, const EtcdConfig& config,
       ttl_seconds_(absl::ToInt64Seconds(ttl_)),
       clock_(options.clock != nullptr ? options.clock : Clock::Real()),
       logger_(OrNullLogger(options.logger)),
-      background_(options.background_cleanup) {}
+      background_(options.background_cleanup),
+      instance_id_(RandomInstanceId()) {}
+
+std::string EtcdDriver::NewCommitId() {
+  return Cat(instance_id_, ".", next_commit_.fetch_add(1) + 1);
+}
+
+int64_t EtcdDriver::CommittedAt(const RepoView& v,
+                                const std::string& commit_id) {
+  if (commit_id.empty()) return 0;
+  for (const auto& [run, slot] : v.slots) {
+    if (slot.commit_id == commit_id) return slot.create_revision;
+  }
+  return 0;
+}
 
 EtcdDriver::~EtcdDriver() { (void)Close(); }
 
@@ -289,15 +313,16 @@ etcdpb::TxnRequest EtcdDriver::FastEnqueueTxn(const RepoView& v,
 
 void EtcdDriver::AddGrant(etcdpb::TxnRequest* txn, RepoView* after,
                           const std::string& run, int64_t lease,
-                          const std::string& dequeued_key) const {
+                          const std::string& dequeued_key,
+                          const std::string& commit_id) const {
   const int64_t since_us = absl::ToUnixMicros(LeaseSince(lease));
-  *txn->add_success() =
-      PutOp(Cat(RepoPrefix(after->repo), "slot/", run),
-            Cat(Hex(lease), "/", std::to_string(since_us)), lease);
+  *txn->add_success() = PutOp(
+      Cat(RepoPrefix(after->repo), "slot/", run),
+      Cat(Hex(lease), "/", std::to_string(since_us), "/", commit_id), lease);
   *txn->add_success() = PutOp(Cat(prefix_, "lease/", Hex(lease)),
                               Cat(after->repo, "\n", run), lease);
   // Its create revision is the commit's, filled in by CommitStep.
-  after->slots[run] = SlotInfo{run, Hex(lease), 0, since_us};
+  after->slots[run] = SlotInfo{run, Hex(lease), 0, since_us, commit_id};
   if (!dequeued_key.empty()) {
     *txn->add_success() = DeleteOp(dequeued_key);
     std::erase_if(after->queue,
@@ -467,15 +492,6 @@ void EtcdDriver::CacheView(const std::string& repo, const RepoView& v) {
   if (!v.queue.empty()) EnsureWatch(v.revision + 1);
 }
 
-void EtcdDriver::CacheTxnView(const std::string& repo,
-                              const etcdpb::TxnResponse& tr) {
-  if (tr.responses_size() == 0) return;
-  const etcdpb::ResponseOp& last = tr.responses(tr.responses_size() - 1);
-  if (!last.has_response_range()) return;
-  CacheView(repo,
-            ParseView(repo, last.response_range(), tr.header().revision()));
-}
-
 void EtcdDriver::ApplyKv(RepoView* v, std::string_view rest, bool put,
                          const etcdpb::KeyValue& kv) {
   if (rest == "meta") {
@@ -497,6 +513,9 @@ void EtcdDriver::ApplyKv(RepoView* v, std::string_view rest, bool put,
       if (slash != std::string_view::npos) {
         std::string_view us = value.substr(slash + 1);
         std::from_chars(us.data(), us.data() + us.size(), slot.since_us);
+        if (size_t id = us.find('/'); id != std::string_view::npos) {
+          slot.commit_id = std::string(us.substr(id + 1));
+        }
       }
       v->slots[run] = std::move(slot);
     } else {
@@ -643,7 +662,7 @@ void EtcdDriver::SortQueue(RepoView* v) {
 absl::StatusOr<std::optional<etcdpb::TxnResponse>> EtcdDriver::CommitStep(
     const Context& ctx, const std::string& repo, etcdpb::TxnRequest txn,
     const std::vector<int64_t>& leases, RepoView after, Commit kind,
-    bool admits) {
+    bool admits, const std::string& commit_id) {
   // A failed compare answers the repository as it is now, so the next
   // attempt needs no read of its own. A success answers nothing: the
   // compares held, so the repository is `after` (the plan's view with the
@@ -673,17 +692,43 @@ absl::StatusOr<std::optional<etcdpb::TxnResponse>> EtcdDriver::CommitStep(
     }
     return std::optional<etcdpb::TxnResponse>(*std::move(tr));
   }
-  {
+  // Did an earlier send of this very Txn commit? (See the header.)
+  std::optional<RepoView> now;
+  if (tr.ok() && kind != Commit::kJoinEnd && tr->responses_size() > 0 &&
+      tr->responses(tr->responses_size() - 1).has_response_range()) {
+    now = ParseView(repo,
+                    tr->responses(tr->responses_size() - 1).response_range(),
+                    tr->header().revision());
+  } else if (!tr.ok() && !commit_id.empty() && IsRetryable(tr.status())) {
+    // The read goes to whichever endpoint answers now.
+    ForgetView(repo);
+    if (auto r = Read(ctx, repo); r.ok()) now = *std::move(r);
+  }
+  if (now.has_value()) {
+    if (const int64_t rev = CommittedAt(*now, commit_id); rev > 0) {
+      logger_->info("etcd: a Txn on {} whose answer was lost had committed",
+                    repo);
+      CacheView(repo, *now);
+      etcdpb::TxnResponse done;
+      done.set_succeeded(true);
+      done.mutable_header()->set_revision(rev);
+      return std::optional<etcdpb::TxnResponse>(std::move(done));
+    }
+  }
+  if (tr.ok()) {
+    // A lost compare is certain: this Txn wrote nothing.
     MutexLock lock(&mu_);
     for (int64_t l : leases) spare_leases_.push_back(l);
   }
   if (!tr.ok()) {
-    ForgetView(repo);
+    if (!now.has_value()) ForgetView(repo);
     if (!IsRetryable(tr.status())) return tr.status();
   } else if (kind == Commit::kJoinEnd) {
     ForgetView(repo);  // (no range): the next attempt reads
+  } else if (now.has_value()) {
+    CacheView(repo, *now);  // someone changed the repository
   } else {
-    CacheTxnView(repo, *tr);  // someone changed the repository
+    ForgetView(repo);
   }
   return std::optional<etcdpb::TxnResponse>();
 }
@@ -833,15 +878,17 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
     }
     size_t li = 0;
     std::vector<std::pair<std::string, int64_t>> granted;  // run, lease
+    const std::string commit_id =
+        promote.empty() && !grant_caller ? "" : NewCommitId();
     for (const QueueInfo* q : promote) {
       int64_t lease = (*leases)[li++];
-      AddGrant(&txn, &after, q->run, lease, q->key);
+      AddGrant(&txn, &after, q->run, lease, q->key, commit_id);
       granted.emplace_back(q->run, lease);
     }
     if (grant_caller) {
       int64_t lease = (*leases)[li++];
       AddGrant(&txn, &after, run, lease,
-               caller_queued != nullptr ? caller_queued->key : "");
+               caller_queued != nullptr ? caller_queued->key : "", commit_id);
       granted.emplace_back(run, lease);
     }
     if (enqueue_caller) {
@@ -853,7 +900,7 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
                          fast              ? Commit::kJoinEnd
                          : v.queue.empty() ? Commit::kExact
                                            : Commit::kQueue,
-                         !promote.empty());
+                         !promote.empty(), commit_id);
     if (!tr.ok()) return tr.status();
     if (!tr->has_value()) {  // planned on an outdated view: plan again
       fresh = false;
@@ -1148,12 +1195,14 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(const Context& ctx,
                       [&](const QueueInfo& q) { return q.run == r; });
       }
     }
+    const std::string commit_id = promote.empty() ? "" : NewCommitId();
     for (size_t i = 0; i < promote.size(); ++i) {
-      AddGrant(&txn, &after, promote[i]->run, grant_leases[i], promote[i]->key);
+      AddGrant(&txn, &after, promote[i]->run, grant_leases[i], promote[i]->key,
+               commit_id);
     }
     auto tr = CommitStep(ctx, repo, std::move(txn), *leases, std::move(after),
                          v.queue.empty() ? Commit::kExact : Commit::kQueue,
-                         !promote.empty());
+                         !promote.empty(), commit_id);
     if (!tr.ok()) return tr.status();
     if (!tr->has_value()) {  // planned on an outdated view: plan again
       fresh = false;

@@ -92,9 +92,11 @@ class EtcdDriver final : public Driver {
     std::string lease_hex;
     int64_t create_revision = 0;
     // When the etcd lease's TTL started (at the latest), from the slot's
-    // value "<lease hex>/<µs>": lets whoever releases the slot reuse a
-    // young lease. 0: unknown.
+    // value "<lease hex>/<µs>/<commit id>": lets whoever releases the slot
+    // reuse a young lease. 0: unknown.
     int64_t since_us = 0;
+    // The granting Txn's NewCommitId (empty in values written without one).
+    std::string commit_id;
   };
   struct QueueInfo {
     std::string run;
@@ -204,12 +206,27 @@ class EtcdDriver final : public Driver {
   // Commits a step's Txn. A failed compare of a guarded Txn returns the
   // repository's range, which is cached. The response when it succeeded;
   // nullopt when the step must be planned again (a lost compare, a
-  // retryable error); otherwise the error. A failed Txn's leases go back to
-  // the spares. A Txn that `admits` queued runs goes as AdmittingTxn.
+  // retryable error); otherwise the error. A Txn that lost its compare
+  // gives its leases back to the spares. A Txn that `admits` queued runs
+  // goes as AdmittingTxn.
+  //
+  // `commit_id` (NewCommitId) is in the value of every slot the Txn grants.
+  // When the answer was lost and the client sent the Txn again, the second
+  // send loses its compare to the first; and a send that failed with
+  // Unavailable may have committed. Either way a granted slot carrying
+  // `commit_id` proves the commit, and the step is answered as committed at
+  // that slot's create revision, as planned (else the admitted runs would
+  // be reported by nobody). Without that proof, the leases of a Txn that
+  // failed with an error are dropped, not reused: it may still commit.
   absl::StatusOr<std::optional<etcdpb::TxnResponse>> CommitStep(
       const Context& ctx, const std::string& repo, etcdpb::TxnRequest txn,
       const std::vector<int64_t>& leases, RepoView after, Commit kind,
-      bool admits) PAC_EXCLUDES(mu_);
+      bool admits, const std::string& commit_id) PAC_EXCLUDES(mu_);
+  // The revision at which a slot of `v` granted with `commit_id` was
+  // created, or 0.
+  static int64_t CommittedAt(const RepoView& v, const std::string& commit_id);
+  // A token unique to one planned Txn of this driver (instance, counter).
+  std::string NewCommitId();
   // Sorts a view's queue into admission order: (creation time, revision).
   static void SortQueue(RepoView* v);
   // Compares that each slot of `v` still exists as `v` saw it.
@@ -242,8 +259,6 @@ class EtcdDriver final : public Driver {
   etcdpb::TxnRequest FastEnqueueTxn(const RepoView& v, const QueueInfo& last,
                                     const std::string& run) const;
   void CacheView(const std::string& repo, const RepoView& v) PAC_EXCLUDES(mu_);
-  void CacheTxnView(const std::string& repo, const etcdpb::TxnResponse& tr)
-      PAC_EXCLUDES(mu_);
   void ForgetView(const std::string& repo) PAC_EXCLUDES(mu_);
   // A Txn guarded by the repository's meta revision (see the file comment).
   etcdpb::TxnRequest GuardedTxn(const std::string& repo_prefix,
@@ -252,7 +267,8 @@ class EtcdDriver final : public Driver {
   // to `after`; a non-empty `dequeued_key` is deleted in both.
   void AddGrant(etcdpb::TxnRequest* txn, RepoView* after,
                 const std::string& run, int64_t lease,
-                const std::string& dequeued_key) const PAC_EXCLUDES(mu_);
+                const std::string& dequeued_key,
+                const std::string& commit_id) const PAC_EXCLUDES(mu_);
   // When `lease`'s TTL started, as far as this driver knows (now if not).
   absl::Time LeaseSince(int64_t lease) const PAC_EXCLUDES(mu_);
   absl::Status PutKey(const Context& ctx, std::string key,
@@ -296,6 +312,8 @@ class EtcdDriver final : public Driver {
   Clock* const clock_;
   const std::shared_ptr<spdlog::logger> logger_;
   const bool background_;
+  const std::string instance_id_;  // random: commit ids unique across drivers
+  std::atomic<uint64_t> next_commit_{0};
   std::atomic<bool> closed_{false};
 
   WatchDispatcher dispatcher_;

@@ -756,5 +756,99 @@ INSTANTIATE_TEST_SUITE_P(Etcd, GroupedReleases, ::testing::Bool(),
                                              : "AllCommit";
                          });
 
+// Loses the answer of the next Txn that releases a slot and grants one (a
+// release that admits a queued run), after it committed: either the client
+// sends it again, as the gRPC client does after a broken connection (the
+// second send loses its compare to the first), or the call fails with
+// Unavailable.
+class LostAnswers final : public internal::ForwardingEtcdKV {
+ public:
+  enum class Mode { kResent, kUnavailable };
+  LostAnswers(std::shared_ptr<internal::EtcdKV> inner, Mode mode)
+      : ForwardingEtcdKV(std::move(inner)), mode_(mode) {}
+  absl::StatusOr<internal::etcdpb::TxnResponse> Txn(
+      const Context& ctx, const internal::etcdpb::TxnRequest& req) override {
+    bool deletes = false, grants = false;
+    for (const auto& op : req.success()) {
+      if (op.has_request_delete_range() &&
+          absl::StrContains(op.request_delete_range().key(), "/slot/")) {
+        deletes = true;
+      }
+      if (op.has_request_put() &&
+          absl::StrContains(op.request_put().key(), "/slot/")) {
+        grants = true;
+      }
+    }
+    if (!deletes || !grants || !armed.exchange(false)) {
+      return inner_->Txn(ctx, req);
+    }
+    auto first = inner_->Txn(ctx, req);
+    EXPECT_TRUE(first.ok() && first->succeeded());
+    lost = true;
+    if (mode_ == Mode::kUnavailable) {
+      return absl::UnavailableError("injected: connection reset");
+    }
+    return inner_->Txn(ctx, req);
+  }
+  std::atomic<bool> armed{false}, lost{false};
+
+ private:
+  const Mode mode_;
+};
+
+class LostAnswer : public ::testing::TestWithParam<LostAnswers::Mode> {};
+
+// The run a release admitted is reported by that release, even when the
+// release's answer was lost after it committed; nothing is admitted twice.
+TEST_P(LostAnswer, AReleaseWhoseAnswerWasLostReportsWhatItAdmitted) {
+  ManualClock clock;
+  auto kv = std::make_shared<LostAnswers>(
+      std::make_shared<internal::MockEtcd>(&clock), GetParam());
+  EtcdConfig c;
+  c.mode = "mock";
+  c.lease_ttl = absl::Seconds(60);
+  DriverOptions o;
+  o.clock = &clock;
+  auto d = internal::EtcdDriver::Create(kv, c, o);
+  ASSERT_TRUE(d.ok()) << d.status();
+  Context ctx;
+  Repository repo{"lost", "repo", 1};
+  AcquireOptions opts;
+  opts.creation_time = clock.Now();
+  auto a = (*d)->AcquireSlot(ctx, repo, "lost/a", opts);
+  ASSERT_TRUE(a.ok() && a->acquired);
+  auto b = (*d)->AcquireSlot(ctx, repo, "lost/b", opts);
+  ASSERT_TRUE(b.ok() && !b->acquired);
+  kv->armed = true;
+  auto r = (*d)->ReleaseSlot(ctx, a->lease.lease_id, "", "");
+  ASSERT_TRUE(kv->lost.load()) << "the release admitted nobody";
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(r->released);
+  ASSERT_EQ(r->admitted.size(), 1u);
+  EXPECT_EQ(r->admitted[0].pipeline_run_key, "lost/b");
+  auto running = (*d)->GetRunningPipelineRuns(ctx, repo.Key());
+  ASSERT_TRUE(running.ok());
+  ASSERT_EQ(running->size(), 1u);
+  EXPECT_EQ((*running)[0].pipeline_run_key, "lost/b");
+  EXPECT_EQ((*running)[0].fencing_token, r->admitted[0].fencing_token);
+  EXPECT_TRUE((*d)->GetQueuedPipelineRuns(ctx, repo.Key())->empty());
+  // The lease it reported is the slot's: renewing and releasing by it work.
+  EXPECT_TRUE((*d)->RenewLease(ctx, r->admitted[0].lease_id).ok());
+  auto rb = (*d)->ReleaseSlot(ctx, r->admitted[0].lease_id, "", "");
+  ASSERT_TRUE(rb.ok()) << rb.status();
+  EXPECT_TRUE(rb->released);
+  EXPECT_EQ(*(*d)->GetCurrentSlots(ctx, repo.Key()), 0);
+  ASSERT_TRUE((*d)->Close().ok());
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Etcd, LostAnswer,
+    ::testing::Values(LostAnswers::Mode::kResent,
+                      LostAnswers::Mode::kUnavailable),
+    [](const auto& info) {
+      return info.param == LostAnswers::Mode::kResent ? "SentAgain"
+                                                      : "Unavailable";
+    });
+
 }  // namespace
 }  // namespace pac::concurrency
