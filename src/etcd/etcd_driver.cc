@@ -147,6 +147,7 @@ std::string EtcdDriver::NewCommitId() {
 int64_t EtcdDriver::CommittedAt(const RepoView& v,
                                 const std::string& commit_id) {
   if (commit_id.empty()) return 0;
+  if (v.meta_commit_id == commit_id) return v.meta_mod;
   for (const auto& [run, slot] : v.slots) {
     if (slot.commit_id == commit_id) return slot.create_revision;
   }
@@ -188,16 +189,17 @@ std::string EtcdDriver::RepoPrefix(std::string_view repo) const {
 }
 
 etcdpb::TxnRequest EtcdDriver::GuardedTxn(const std::string& repo_prefix,
-                                          int64_t meta_mod) const {
+                                          int64_t meta_mod,
+                                          const std::string& commit_id) const {
   // Commits only if nothing of the repository changed since it was read,
-  // and marks this commit as a change.
+  // and marks this commit as a change, by whom.
   etcdpb::TxnRequest txn;
   auto* cmp = txn.add_compare();
   cmp->set_key(repo_prefix + "meta");
   cmp->set_target(etcdpb::Compare::MOD);
   cmp->set_result(etcdpb::Compare::EQUAL);
   cmp->set_mod_revision(meta_mod);
-  *txn.add_success() = PutOp(repo_prefix + "meta", "");
+  *txn.add_success() = PutOp(repo_prefix + "meta", commit_id);
   return txn;
 }
 
@@ -497,6 +499,7 @@ void EtcdDriver::ApplyKv(RepoView* v, std::string_view rest, bool put,
   if (rest == "meta") {
     v->exists = put;
     v->meta_mod = put ? kv.mod_revision() : 0;
+    v->meta_commit_id = put ? kv.value() : "";
   } else if (rest == "limit") {
     v->limit = 0;
     if (put) {
@@ -675,6 +678,7 @@ absl::StatusOr<std::optional<etcdpb::TxnResponse>> EtcdDriver::CommitStep(
     if (kind == Commit::kExact) {
       after.revision = rev;
       after.meta_mod = rev;  // a guarded step puts `meta`
+      after.meta_commit_id = commit_id;
       after.exists = true;
       for (auto& [run, slot] : after.slots) {
         if (slot.create_revision == 0) slot.create_revision = rev;
@@ -843,6 +847,7 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
     if (!leases.ok()) return leases.status();
     RepoView after = v;  // the repository once the Txn commits
     etcdpb::TxnRequest txn;
+    const std::string commit_id = fast ? "" : NewCommitId();
     if (fast) {
       txn = FastEnqueueTxn(v, *last, run);
       // The queue is joined because every slot is taken. A slot that
@@ -851,7 +856,7 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
       // without background promotion, the Txn checks the slots.
       if (!background_ || !watch_started_.load()) GuardSlots(&txn, v);
     } else {
-      txn = GuardedTxn(p, v.meta_mod);
+      txn = GuardedTxn(p, v.meta_mod, commit_id);
       // An expiry deletes a slot without touching `meta`: a plan made from
       // a cached view also checks that every slot it counted still exists.
       if (cached) GuardSlots(&txn, v);
@@ -878,8 +883,6 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
     }
     size_t li = 0;
     std::vector<std::pair<std::string, int64_t>> granted;  // run, lease
-    const std::string commit_id =
-        promote.empty() && !grant_caller ? "" : NewCommitId();
     for (const QueueInfo* q : promote) {
       int64_t lease = (*leases)[li++];
       AddGrant(&txn, &after, q->run, lease, q->key, commit_id);
@@ -1075,7 +1078,8 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(const Context& ctx,
     if (!view.ok()) return view.status();
     const RepoView& v = *view;
     const std::string p = RepoPrefix(repo);
-    etcdpb::TxnRequest txn = GuardedTxn(p, v.meta_mod);
+    const std::string commit_id = NewCommitId();
+    etcdpb::TxnRequest txn = GuardedTxn(p, v.meta_mod, commit_id);
     if (cached_view) GuardSlots(&txn, v);
     std::vector<ReleaseResult> results(group.size());
     // The slot each member frees (or none), its etcd lease, when that
@@ -1195,7 +1199,6 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(const Context& ctx,
                       [&](const QueueInfo& q) { return q.run == r; });
       }
     }
-    const std::string commit_id = promote.empty() ? "" : NewCommitId();
     for (size_t i = 0; i < promote.size(); ++i) {
       AddGrant(&txn, &after, promote[i]->run, grant_leases[i], promote[i]->key,
                commit_id);

@@ -108,6 +108,7 @@ class EtcdDriver final : public Driver {
   struct RepoView {
     std::string repo;
     int64_t meta_mod = 0;
+    std::string meta_commit_id;  // of the last guarded Txn (meta's value)
     bool exists = false;
     int32_t limit = 0;
     std::map<std::string, SlotInfo> slots;  // by run
@@ -262,7 +263,8 @@ class EtcdDriver final : public Driver {
   void ForgetView(const std::string& repo) PAC_EXCLUDES(mu_);
   // A Txn guarded by the repository's meta revision (see the file comment).
   etcdpb::TxnRequest GuardedTxn(const std::string& repo_prefix,
-                                int64_t meta_mod) const;
+                                int64_t meta_mod,
+                                const std::string& commit_id) const;
   // Adds the slot and lease-index keys of a grant to `txn`, and the grant
   // to `after`; a non-empty `dequeued_key` is deleted in both.
   void AddGrant(etcdpb::TxnRequest* txn, RepoView* after,

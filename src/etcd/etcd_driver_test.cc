@@ -756,8 +756,9 @@ INSTANTIATE_TEST_SUITE_P(Etcd, GroupedReleases, ::testing::Bool(),
                                              : "AllCommit";
                          });
 
-// Loses the answer of the next Txn that releases a slot and grants one (a
-// release that admits a queued run), after it committed: either the client
+// Loses the answer of the next Txn that releases a slot (and grants one,
+// when `need_grant`: a release that admits a queued run), after it
+// committed: either the client
 // sends it again, as the gRPC client does after a broken connection (the
 // second send loses its compare to the first), or the call fails with
 // Unavailable.
@@ -779,7 +780,7 @@ class LostAnswers final : public internal::ForwardingEtcdKV {
         grants = true;
       }
     }
-    if (!deletes || !grants || !armed.exchange(false)) {
+    if (!deletes || (need_grant && !grants) || !armed.exchange(false)) {
       return inner_->Txn(ctx, req);
     }
     auto first = inner_->Txn(ctx, req);
@@ -790,7 +791,7 @@ class LostAnswers final : public internal::ForwardingEtcdKV {
     }
     return inner_->Txn(ctx, req);
   }
-  std::atomic<bool> armed{false}, lost{false};
+  std::atomic<bool> armed{false}, lost{false}, need_grant{true};
 
  private:
   const Mode mode_;
@@ -838,6 +839,36 @@ TEST_P(LostAnswer, AReleaseWhoseAnswerWasLostReportsWhatItAdmitted) {
   ASSERT_TRUE(rb.ok()) << rb.status();
   EXPECT_TRUE(rb->released);
   EXPECT_EQ(*(*d)->GetCurrentSlots(ctx, repo.Key()), 0);
+  ASSERT_TRUE((*d)->Close().ok());
+}
+
+// A release that admits nobody, whose answer was lost, still says that it
+// released (`meta` carries the commit id).
+TEST_P(LostAnswer, AReleaseThatAdmitsNobodySaysItReleased) {
+  ManualClock clock;
+  auto kv = std::make_shared<LostAnswers>(
+      std::make_shared<internal::MockEtcd>(&clock), GetParam());
+  kv->need_grant = false;
+  EtcdConfig c;
+  c.mode = "mock";
+  c.lease_ttl = absl::Seconds(60);
+  DriverOptions o;
+  o.clock = &clock;
+  auto d = internal::EtcdDriver::Create(kv, c, o);
+  ASSERT_TRUE(d.ok()) << d.status();
+  Context ctx;
+  Repository repo{"lost", "alone", 2};
+  auto a = (*d)->AcquireSlot(ctx, repo, "lost/a");
+  ASSERT_TRUE(a.ok() && a->acquired);
+  kv->armed = true;
+  auto r = (*d)->ReleaseSlot(ctx, a->lease.lease_id, "", "");
+  ASSERT_TRUE(kv->lost.load()) << "the release was not sent";
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(r->released);
+  EXPECT_TRUE(r->admitted.empty());
+  EXPECT_EQ(*(*d)->GetCurrentSlots(ctx, repo.Key()), 0);
+  // Released once: a second release finds nothing.
+  EXPECT_FALSE((*d)->ReleaseSlot(ctx, a->lease.lease_id, "", "")->released);
   ASSERT_TRUE((*d)->Close().ok());
 }
 
