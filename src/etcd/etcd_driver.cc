@@ -26,6 +26,19 @@ constexpr absl::Duration kOwnCommitWait = absl::Milliseconds(50);
 // Releases of one repository answered by one Txn, at most (ReleaseGroup).
 constexpr size_t kMaxReleaseGroup = 16;
 
+// Splits `rest`, a key after `P repo/`, into "<ns>/<name>" and what
+// follows its '/' (the kind: meta, limit, slot/..., queue/...). False if
+// the key has no kind.
+bool SplitRepoKey(std::string_view rest, std::string_view* repo,
+                  std::string_view* kind) {
+  size_t s1 = rest.find('/');
+  size_t s2 = s1 == std::string_view::npos ? s1 : rest.find('/', s1 + 1);
+  if (s2 == std::string_view::npos) return false;
+  *repo = rest.substr(0, s2);
+  *kind = rest.substr(s2 + 1);
+  return true;
+}
+
 // A random 64-bit instance id, in hex.
 std::string RandomInstanceId() {
   std::random_device rd;
@@ -705,7 +718,6 @@ absl::StatusOr<std::optional<etcdpb::TxnResponse>> EtcdDriver::CommitStep(
                     tr->header().revision());
   } else if (!tr.ok() && !commit_id.empty() && IsRetryable(tr.status())) {
     // The read goes to whichever endpoint answers now.
-    ForgetView(repo);
     if (auto r = Read(ctx, repo); r.ok()) now = *std::move(r);
   }
   if (now.has_value()) {
@@ -724,16 +736,14 @@ absl::StatusOr<std::optional<etcdpb::TxnResponse>> EtcdDriver::CommitStep(
     MutexLock lock(&mu_);
     for (int64_t l : leases) spare_leases_.push_back(l);
   }
-  if (!tr.ok()) {
-    if (!now.has_value()) ForgetView(repo);
-    if (!IsRetryable(tr.status())) return tr.status();
-  } else if (kind == Commit::kJoinEnd) {
-    ForgetView(repo);  // (no range): the next attempt reads
-  } else if (now.has_value()) {
-    CacheView(repo, *now);  // someone changed the repository
+  // A lost compare answers the repository as it is now (a queue join's
+  // answers nothing: the next attempt reads), as does the read above.
+  if (now.has_value()) {
+    CacheView(repo, *now);
   } else {
     ForgetView(repo);
   }
+  if (!tr.ok() && !IsRetryable(tr.status())) return tr.status();
   return std::optional<etcdpb::TxnResponse>();
 }
 
@@ -1352,15 +1362,14 @@ absl::StatusOr<std::vector<std::string>> EtcdDriver::ListRepositories(
     std::string next = start;
     for (const etcdpb::KeyValue& kv : r->kvs()) {
       next = std::max(next, kv.key() + '\0');
-      std::string_view rest = std::string_view(kv.key()).substr(p.size());
-      // <ns>/<name>/<kind>...: `meta` alone is not a record (a cleaned
-      // repository keeps nothing, and `meta` goes with it).
-      size_t s1 = rest.find('/');
-      size_t s2 = s1 == std::string_view::npos ? s1 : rest.find('/', s1 + 1);
-      if (s2 == std::string_view::npos) continue;
-      std::string_view repo = rest.substr(0, s2);
-      std::string_view kind = rest.substr(s2 + 1);
-      if (!out.empty() && out.back() == repo) continue;
+      // `meta` alone is not a record (a cleaned repository keeps nothing,
+      // and `meta` goes with it).
+      std::string_view repo, kind;
+      if (!SplitRepoKey(std::string_view(kv.key()).substr(p.size()), &repo,
+                        &kind) ||
+          (!out.empty() && out.back() == repo)) {
+        continue;
+      }
       if (kind != "limit" && !kind.starts_with("slot/") &&
           !kind.starts_with("queue/")) {
         continue;
@@ -1534,13 +1543,9 @@ void EtcdDriver::OnWatch(const WatchBatch& b) {
   for (const auto& ev : b.events) {
     std::string_view key(ev.kv().key());
     if (key.substr(0, p.size()) != p) continue;
-    std::string_view rest = key.substr(p.size());
-    // <ns>/<name>/<kind>...
-    size_t s1 = rest.find('/');
-    size_t s2 = s1 == std::string_view::npos ? s1 : rest.find('/', s1 + 1);
-    if (s2 == std::string_view::npos) continue;
-    std::string repo(rest.substr(0, s2));
-    std::string_view tail = rest.substr(s2 + 1);
+    std::string_view repo_view, tail;
+    if (!SplitRepoKey(key.substr(p.size()), &repo_view, &tail)) continue;
+    std::string repo(repo_view);
     // A change the cached view does not include (another process, or an
     // expiry): applied to the view when the stream has delivered every
     // change since the view's revision, else the view is dropped.
@@ -1564,8 +1569,7 @@ void EtcdDriver::OnWatch(const WatchBatch& b) {
       run = std::string(tail.substr(5));
       if (ev.type() == etcdpb::Event::DELETE) {
         type = WatchEventType::kReleased;
-        if (txn_writes.count({rest.substr(0, s2), ev.kv().mod_revision()}) ==
-            0) {
+        if (txn_writes.count({repo_view, ev.kv().mod_revision()}) == 0) {
           to_promote_.insert(repo);  // an expiry frees a slot: admit the queue
         }
       } else if (ev.kv().version() == 1) {

@@ -629,6 +629,20 @@ TEST_F(TwoMockDrivers, AReleaseAdmitsARunJoinedWhileTheWatchLags) {
   mock->HoldDeliveriesForTest(false);
 }
 
+// A mock-mode driver over `kv` (a wrapper around a MockEtcd), with a 60 s
+// lease TTL on `clock`.
+std::unique_ptr<Driver> MockDriverOver(std::shared_ptr<internal::EtcdKV> kv,
+                                       ManualClock* clock) {
+  EtcdConfig c;
+  c.mode = "mock";
+  c.lease_ttl = absl::Seconds(60);
+  DriverOptions o;
+  o.clock = clock;
+  auto d = internal::EtcdDriver::Create(std::move(kv), c, o);
+  EXPECT_TRUE(d.ok()) << d.status();
+  return d.ok() ? *std::move(d) : nullptr;
+}
+
 // Delays each Txn, so that releases of one repository pile up behind the
 // one in flight; counts the Txns that delete slots (and those of them sent
 // as admitting queued runs), and can fail the first Txn that deletes more
@@ -673,14 +687,8 @@ class GroupedReleases : public ::testing::TestWithParam<bool> {
   void SetUp() override {
     slow = std::make_shared<SlowReleases>(
         std::make_shared<internal::MockEtcd>(&clock));
-    EtcdConfig c;
-    c.mode = "mock";
-    c.lease_ttl = absl::Seconds(60);
-    DriverOptions o;
-    o.clock = &clock;
-    auto d = internal::EtcdDriver::Create(slow, c, o);
-    ASSERT_TRUE(d.ok()) << d.status();
-    driver = *std::move(d);
+    driver = MockDriverOver(slow, &clock);
+    ASSERT_NE(driver, nullptr);
   }
   ManualClock clock;
   std::shared_ptr<SlowReleases> slow;
@@ -797,89 +805,80 @@ class LostAnswers final : public internal::ForwardingEtcdKV {
   const Mode mode_;
 };
 
-class LostAnswer : public ::testing::TestWithParam<LostAnswers::Mode> {};
+class LostAnswer : public ::testing::TestWithParam<LostAnswers::Mode> {
+ protected:
+  void SetUp() override {
+    kv = std::make_shared<LostAnswers>(
+        std::make_shared<internal::MockEtcd>(&clock), GetParam());
+    d = MockDriverOver(kv, &clock);
+    ASSERT_NE(d, nullptr);
+  }
+  void TearDown() override {
+    if (d != nullptr) EXPECT_TRUE(d->Close().ok());
+  }
+  ManualClock clock;
+  std::shared_ptr<LostAnswers> kv;
+  std::unique_ptr<Driver> d;
+  Context ctx;
+};
 
 // The run a release admitted is reported by that release, even when the
 // release's answer was lost after it committed; nothing is admitted twice.
 TEST_P(LostAnswer, AReleaseWhoseAnswerWasLostReportsWhatItAdmitted) {
-  ManualClock clock;
-  auto kv = std::make_shared<LostAnswers>(
-      std::make_shared<internal::MockEtcd>(&clock), GetParam());
-  EtcdConfig c;
-  c.mode = "mock";
-  c.lease_ttl = absl::Seconds(60);
-  DriverOptions o;
-  o.clock = &clock;
-  auto d = internal::EtcdDriver::Create(kv, c, o);
-  ASSERT_TRUE(d.ok()) << d.status();
-  Context ctx;
   Repository repo{"lost", "repo", 1};
   AcquireOptions opts;
   opts.creation_time = clock.Now();
-  auto a = (*d)->AcquireSlot(ctx, repo, "lost/a", opts);
+  auto a = d->AcquireSlot(ctx, repo, "lost/a", opts);
   ASSERT_TRUE(a.ok() && a->acquired);
-  auto b = (*d)->AcquireSlot(ctx, repo, "lost/b", opts);
+  auto b = d->AcquireSlot(ctx, repo, "lost/b", opts);
   ASSERT_TRUE(b.ok() && !b->acquired);
   kv->armed = true;
-  auto r = (*d)->ReleaseSlot(ctx, a->lease.lease_id, "", "");
+  auto r = d->ReleaseSlot(ctx, a->lease.lease_id, "", "");
   ASSERT_TRUE(kv->lost.load()) << "the release admitted nobody";
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_TRUE(r->released);
   ASSERT_EQ(r->admitted.size(), 1u);
   EXPECT_EQ(r->admitted[0].pipeline_run_key, "lost/b");
-  auto running = (*d)->GetRunningPipelineRuns(ctx, repo.Key());
+  auto running = d->GetRunningPipelineRuns(ctx, repo.Key());
   ASSERT_TRUE(running.ok());
   ASSERT_EQ(running->size(), 1u);
   EXPECT_EQ((*running)[0].pipeline_run_key, "lost/b");
   EXPECT_EQ((*running)[0].fencing_token, r->admitted[0].fencing_token);
-  EXPECT_TRUE((*d)->GetQueuedPipelineRuns(ctx, repo.Key())->empty());
+  EXPECT_TRUE(d->GetQueuedPipelineRuns(ctx, repo.Key())->empty());
   // The lease it reported is the slot's: renewing and releasing by it work.
-  EXPECT_TRUE((*d)->RenewLease(ctx, r->admitted[0].lease_id).ok());
-  auto rb = (*d)->ReleaseSlot(ctx, r->admitted[0].lease_id, "", "");
+  EXPECT_TRUE(d->RenewLease(ctx, r->admitted[0].lease_id).ok());
+  auto rb = d->ReleaseSlot(ctx, r->admitted[0].lease_id, "", "");
   ASSERT_TRUE(rb.ok()) << rb.status();
   EXPECT_TRUE(rb->released);
-  EXPECT_EQ(*(*d)->GetCurrentSlots(ctx, repo.Key()), 0);
-  ASSERT_TRUE((*d)->Close().ok());
+  EXPECT_EQ(*d->GetCurrentSlots(ctx, repo.Key()), 0);
 }
 
 // A release that admits nobody, whose answer was lost, still says that it
 // released (`meta` carries the commit id).
 TEST_P(LostAnswer, AReleaseThatAdmitsNobodySaysItReleased) {
-  ManualClock clock;
-  auto kv = std::make_shared<LostAnswers>(
-      std::make_shared<internal::MockEtcd>(&clock), GetParam());
   kv->need_grant = false;
-  EtcdConfig c;
-  c.mode = "mock";
-  c.lease_ttl = absl::Seconds(60);
-  DriverOptions o;
-  o.clock = &clock;
-  auto d = internal::EtcdDriver::Create(kv, c, o);
-  ASSERT_TRUE(d.ok()) << d.status();
-  Context ctx;
   Repository repo{"lost", "alone", 2};
-  auto a = (*d)->AcquireSlot(ctx, repo, "lost/a");
+  auto a = d->AcquireSlot(ctx, repo, "lost/a");
   ASSERT_TRUE(a.ok() && a->acquired);
   kv->armed = true;
-  auto r = (*d)->ReleaseSlot(ctx, a->lease.lease_id, "", "");
+  auto r = d->ReleaseSlot(ctx, a->lease.lease_id, "", "");
   ASSERT_TRUE(kv->lost.load()) << "the release was not sent";
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_TRUE(r->released);
   EXPECT_TRUE(r->admitted.empty());
-  EXPECT_EQ(*(*d)->GetCurrentSlots(ctx, repo.Key()), 0);
+  EXPECT_EQ(*d->GetCurrentSlots(ctx, repo.Key()), 0);
   // Released once: a second release finds nothing.
-  EXPECT_FALSE((*d)->ReleaseSlot(ctx, a->lease.lease_id, "", "")->released);
-  ASSERT_TRUE((*d)->Close().ok());
+  EXPECT_FALSE(d->ReleaseSlot(ctx, a->lease.lease_id, "", "")->released);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Etcd, LostAnswer,
-    ::testing::Values(LostAnswers::Mode::kResent,
-                      LostAnswers::Mode::kUnavailable),
-    [](const auto& info) {
-      return info.param == LostAnswers::Mode::kResent ? "SentAgain"
-                                                      : "Unavailable";
-    });
+INSTANTIATE_TEST_SUITE_P(Etcd, LostAnswer,
+                         ::testing::Values(LostAnswers::Mode::kResent,
+                                           LostAnswers::Mode::kUnavailable),
+                         [](const auto& info) {
+                           return info.param == LostAnswers::Mode::kResent
+                                      ? "SentAgain"
+                                      : "Unavailable";
+                         });
 
 }  // namespace
 }  // namespace pac::concurrency
