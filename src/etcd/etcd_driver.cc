@@ -64,19 +64,53 @@ bool ParseHex(std::string_view s, int64_t* out) {
   return true;
 }
 
-// A Lease's id: the etcd lease and the slot's create revision (its fencing
-// token). An etcd lease is reused after a release, so the lease alone does
-// not name one grant; with the revision, a stale holder's id never matches
-// a later grant (rule 12).
-std::string LeaseId(int64_t lease, int64_t token) {
-  return Hex(lease) + "-" + Hex(token);
+// A Lease's id: the etcd lease, the slot's create revision (its fencing
+// token), and the repository and run the grant is for, as
+// `<lease hex>-<revision hex>:<ns>:<name>:<run ns>:<run name>` (':' since a
+// key's '/' would split an HTTP path). An etcd lease is reused after a
+// release, so the lease alone does not name one grant; with the revision, a
+// stale holder's id never matches a later grant (rule 12). The keys let a
+// release or renewal by id alone go straight to the slot, with no index key
+// from lease to slot to write, delete and read.
+std::string LeaseId(int64_t lease, int64_t token, std::string_view repo,
+                    std::string_view run) {
+  std::string out = Cat(Hex(lease), "-", Hex(token), ":", repo, ":", run);
+  std::replace(out.begin(), out.end(), '/', ':');
+  return out;
 }
 
-bool ParseLeaseId(std::string_view id, int64_t* lease, int64_t* token) {
-  size_t dash = id.find('-');
-  if (dash == std::string_view::npos) return false;
-  return ParseHex(id.substr(0, dash), lease) &&
-         ParseHex(id.substr(dash + 1), token);
+struct ParsedLeaseId {
+  int64_t lease = 0, token = 0;
+  std::string repo, run;
+};
+
+// nullopt: not an id this driver issued (then it names no grant here).
+std::optional<ParsedLeaseId> ParseLeaseId(std::string_view id) {
+  ParsedLeaseId out;
+  const size_t colon = id.find(':');
+  const size_t dash = id.substr(0, colon).find('-');
+  if (colon == std::string_view::npos || dash == std::string_view::npos ||
+      !ParseHex(id.substr(0, dash), &out.lease) ||
+      !ParseHex(id.substr(dash + 1, colon - dash - 1), &out.token)) {
+    return std::nullopt;
+  }
+  std::vector<std::string_view> parts;
+  for (size_t at = colon + 1;;) {
+    const size_t next = id.find(':', at);
+    parts.push_back(id.substr(at, next == std::string_view::npos
+                                      ? std::string_view::npos
+                                      : next - at));
+    if (next == std::string_view::npos) break;
+    at = next + 1;
+  }
+  if (parts.size() != 4) return std::nullopt;
+  out.repo = Cat(parts[0], "/", parts[1]);
+  out.run = Cat(parts[2], "/", parts[3]);
+  if (!ValidateKey(out.repo, "lease id").ok() ||
+      !ValidateKey(out.run, "lease id").ok()) {
+    return std::nullopt;
+  }
+  return out;
 }
 
 std::string Pad20(int64_t v) {
@@ -334,8 +368,6 @@ void EtcdDriver::AddGrant(etcdpb::TxnRequest* txn, RepoView* after,
   *txn->add_success() = PutOp(
       Cat(RepoPrefix(after->repo), "slot/", run),
       Cat(Hex(lease), "/", std::to_string(since_us), "/", commit_id), lease);
-  *txn->add_success() = PutOp(Cat(prefix_, "lease/", Hex(lease)),
-                              Cat(after->repo, "\n", run), lease);
   // Its create revision is the commit's, filled in by CommitStep.
   after->slots[run] = SlotInfo{run, Hex(lease), 0, since_us, commit_id};
   if (!dequeued_key.empty()) {
@@ -525,7 +557,7 @@ void EtcdDriver::ApplyKv(RepoView* v, std::string_view rest, bool put,
       std::string_view value(kv.value());
       size_t slash = value.find('/');
       SlotInfo slot{run, std::string(value.substr(0, slash)),
-                    kv.create_revision(), 0};
+                    kv.create_revision(), 0, {}};
       if (slash != std::string_view::npos) {
         std::string_view us = value.substr(slash + 1);
         std::from_chars(us.data(), us.data() + us.size(), slot.since_us);
@@ -662,7 +694,8 @@ void EtcdDriver::RecycleLocked(int64_t lease, absl::Time since) {
 Lease EtcdDriver::MakeLease(const std::string& repo, const std::string& run,
                             int64_t lease, int64_t token,
                             absl::Time now) const {
-  return Lease{LeaseId(lease, token), repo, run, now, now + ttl_, token};
+  return Lease{
+      LeaseId(lease, token, repo, run), repo, run, now, now + ttl_, token};
 }
 
 void EtcdDriver::SortQueue(RepoView* v) {
@@ -920,14 +953,6 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
       continue;
     }
     const int64_t token = (*tr)->header().revision();
-    {
-      MutexLock lock(&mu_);
-      // Leases that expire are never released here: bound the cache.
-      if (known_leases_.size() > 100000) known_leases_.clear();
-      for (const auto& [r, lease] : granted) {
-        known_leases_[lease] = KnownLease{repo, r, token};
-      }
-    }
     for (const auto& [r, lease] : granted) {
       Lease l = MakeLease(repo, r, lease, token, now);
       l.expires_at = ExpiryOf(lease, now);
@@ -1001,45 +1026,24 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseSlot(
   ReleaseResult result;
   std::string repo(repo_key), run(run_key);
   int64_t lease = 0, token = 0;
-  bool cached = false;
   if (!lease_id.empty()) {
-    if (!ParseLeaseId(lease_id, &lease, &token)) return result;  // not ours
-    MutexLock lock(&mu_);
-    // An etcd lease moves on to the next run when a release hands its slot
-    // over (possibly in another process): the record counts only for the
-    // grant it was made for. Otherwise the lease index answers.
-    auto it = known_leases_.find(lease);
-    if (it != known_leases_.end() && it->second.token == token) {
-      if ((!repo.empty() && it->second.repo != repo) ||
-          (!run.empty() && it->second.run != run)) {
-        return result;
-      }
-      repo = it->second.repo;
-      run = it->second.run;
-      cached = true;
+    // The id names its repository and run: no read before the Txn, which
+    // checks that the slot is still this grant.
+    std::optional<ParsedLeaseId> id = ParseLeaseId(lease_id);
+    if (!id.has_value() || (!repo.empty() && id->repo != repo) ||
+        (!run.empty() && id->run != run)) {
+      return result;  // not a grant of this driver, or of another run
     }
-  }
-  if (!lease_id.empty() && !cached) {
-    etcdpb::RangeRequest req;
-    req.set_key(Cat(prefix_, "lease/", Hex(lease)));
-    auto r = kv_->Range(ctx, req);
-    if (!r.ok()) return r.status();
-    if (r->kvs_size() == 0) return result;
-    const std::string& v = r->kvs(0).value();
-    size_t nl = v.find('\n');
-    std::string lrepo = v.substr(0, nl), lrun = v.substr(nl + 1);
-    if ((!repo.empty() && lrepo != repo) || (!run.empty() && lrun != run)) {
-      return result;
-    }
-    repo = lrepo;
-    run = lrun;
+    repo = std::move(id->repo);
+    run = std::move(id->run);
+    lease = id->lease;
+    token = id->token;
   }
   ReleaseReq self;
   self.run = run;
   self.lease = lease;
   self.token = token;
   self.by_lease = !lease_id.empty();
-  self.known = cached;
   Turn turn(this);
   if (absl::Status s = turn.Take(ctx, repo, &self); !s.ok()) return s;
   if (self.state == ReleaseReq::kDone) return std::move(self.result);
@@ -1136,20 +1140,7 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(const Context& ctx,
       --attempt;
       continue;
     }
-    // A known grant that this plan finds nothing of expired or was
-    // released elsewhere: forgotten once the answer is certain.
-    auto forget_unmatched = [&]() PAC_REQUIRES(mu_) {
-      for (size_t i = 0; i < group.size(); ++i) {
-        if (group[i]->known && !results[i].released && !results[i].dequeued) {
-          known_leases_.erase(group[i]->lease);
-        }
-      }
-    };
     if (done_runs.empty()) {
-      {
-        MutexLock lock(&mu_);
-        forget_unmatched();
-      }
       std::move(hand_back).Cancel();
       AnswerGroup(group, results);
       return results[0];
@@ -1184,9 +1175,6 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(const Context& ctx,
           now - f.since < ttl_ / 10) {
         f.reused = true;
         grant_leases.push_back(f.lease);
-      } else {
-        *txn.add_success() =
-            DeleteOp(Cat(prefix_, "lease/", f.slot->lease_hex));
       }
     }
     auto leases = Leases(ctx, promote.size() - grant_leases.size());
@@ -1224,15 +1212,10 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(const Context& ctx,
     const int64_t rev = (*tr)->header().revision();
     {
       MutexLock lock(&mu_);
-      forget_unmatched();
       for (const Freed& f : freed) {
         if (f.slot != nullptr && !f.reused) {
-          known_leases_.erase(f.lease);
           RecycleLocked(f.lease, f.since);
         }
-      }
-      for (size_t i = 0; i < promote.size(); ++i) {
-        known_leases_[grant_leases[i]] = KnownLease{repo, promote[i]->run, rev};
       }
     }
     // The k-th run admitted is told to the k-th release that freed a slot;
@@ -1276,20 +1259,11 @@ absl::StatusOr<Lease> EtcdDriver::RenewLease(const Context& ctx,
   }
   if (absl::Status s = ctx.Err(); !s.ok()) return s;
   if (absl::Status s = CheckOpen(); !s.ok()) return s;
-  int64_t lease = 0, token = 0;
-  if (!ParseLeaseId(lease_id, &lease, &token)) {
-    return LeaseLostError("unknown lease id");
-  }
-  etcdpb::RangeRequest req;
-  req.set_key(Cat(prefix_, "lease/", Hex(lease)));
-  auto r = kv_->Range(ctx, req);
-  if (!r.ok()) return r.status();
-  if (r->kvs_size() == 0) {
-    return LeaseLostError("lease has expired or was released");
-  }
-  const std::string& v = r->kvs(0).value();
-  size_t nl = v.find('\n');
-  std::string repo = v.substr(0, nl), run = v.substr(nl + 1);
+  std::optional<ParsedLeaseId> id = ParseLeaseId(lease_id);
+  if (!id.has_value()) return LeaseLostError("unknown lease id");
+  const int64_t lease = id->lease, token = id->token;
+  const std::string& repo = id->repo;
+  const std::string& run = id->run;
   etcdpb::RangeRequest sreq;
   sreq.set_key(Cat(RepoPrefix(repo), "slot/", run));
   auto s = kv_->Range(ctx, sreq);
@@ -1688,7 +1662,6 @@ absl::Status EtcdDriver::CleanupRepository(const Context& ctx,
   *txn.add_success() = DeleteOp(p, PrefixEnd(p));
   *txn.add_success() = DeleteOp(Cat(prefix_, "state/repo/", repo));
   for (const auto& [run, s] : v->slots) {
-    *txn.add_success() = DeleteOp(Cat(prefix_, "lease/", s.lease_hex));
     *txn.add_success() = DeleteOp(Cat(prefix_, "state/run/", run));
   }
   for (const QueueInfo& q : v->queue) {

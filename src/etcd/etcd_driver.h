@@ -3,10 +3,10 @@
 //   P repo/<ns>/<name>/meta                 bumped by every guarded change
 //   P repo/<ns>/<name>/limit                the concurrency limit
 //   P repo/<ns>/<name>/slot/<run>           a held slot; value: "<lease
-//                                           id hex>/<lease TTL start µs>";
-//                                           it carries its own etcd lease
+//                                           id hex>/<lease TTL start µs>/
+//                                           <commit id>"; it carries its
+//                                           own etcd lease
 //   P repo/<ns>/<name>/queue/<µs:20>/<run>  a queued run (creation time)
-//   P lease/<lease id hex>                  "<repo>\n<run>", same etcd lease
 //   P state/repo/<repo>, P state/run/<run>  free-form states
 //
 // Every change of a repository but one is a Txn whose compare is "meta's
@@ -158,7 +158,6 @@ class EtcdDriver final : public Driver {
     std::string run;
     int64_t lease = 0, token = 0;
     bool by_lease = false;  // a lease id was given: only that grant
-    bool known = false;     // the grant is in known_leases_
     // kWaiting: listed in release_waiters_; kClaimed: in a group, not
     // listed; kDone: `result` is the answer.
     enum State { kWaiting, kClaimed, kDone } state = kWaiting;
@@ -265,7 +264,7 @@ class EtcdDriver final : public Driver {
   etcdpb::TxnRequest GuardedTxn(const std::string& repo_prefix,
                                 int64_t meta_mod,
                                 const std::string& commit_id) const;
-  // Adds the slot and lease-index keys of a grant to `txn`, and the grant
+  // Adds the slot key of a grant to `txn`, and the grant
   // to `after`; a non-empty `dequeued_key` is deleted in both.
   void AddGrant(etcdpb::TxnRequest* txn, RepoView* after,
                 const std::string& run, int64_t lease,
@@ -331,13 +330,6 @@ class EtcdDriver final : public Driver {
   std::map<int64_t, absl::Time> lease_since_ PAC_GUARDED_BY(mu_);
   bool refill_wanted_ PAC_GUARDED_BY(mu_) = false;
   CondVar refill_cv_;
-  // Leases this driver granted: lease -> (repo, run, token). Lets a release by
-  // id skip reading the lease index; the release's Txn still checks the slot.
-  struct KnownLease {
-    std::string repo, run;
-    int64_t token = 0;  // the grant's slot revision
-  };
-  std::map<int64_t, KnownLease> known_leases_ PAC_GUARDED_BY(mu_);
   // Each repository as the last Txn or read left it, at `revision`;
   // dropped when the watch reports a later change.
   std::map<std::string, RepoView> views_ PAC_GUARDED_BY(mu_);

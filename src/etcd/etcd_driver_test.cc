@@ -441,7 +441,7 @@ TEST(EtcdDriverTest, CompactionDuringAWatchResyncsInMockMode) {
   CompactionDuringAWatch(**d, *kv);
 }
 
-// The etcd lease part of a Lease id ("<lease>-<slot revision>").
+// The etcd lease part of a Lease id ("<lease>-<slot revision>:<keys>").
 std::string EtcdLeaseOf(const std::string& lease_id) {
   return lease_id.substr(0, lease_id.find('-'));
 }
@@ -512,6 +512,52 @@ TEST_F(TwoMockDrivers, AHandOffPassesAYoungLeaseToTheAdmittedRunOnly) {
             EtcdLeaseOf(handed.lease_id));
   EXPECT_TRUE(
       a->ReleaseSlot(ctx, rel2->admitted[0].lease_id, "", "")->released);
+}
+
+// A Lease id names its grant: the etcd lease, the slot's revision, the
+// repository and the run, so a release or renewal by id alone goes to the
+// slot with no index key. An id changed in any part names nothing.
+TEST_F(TwoMockDrivers, ALeaseIdNamesItsGrantAndNothingElse) {
+  Repository repo{"ids", "repo", 2};
+  auto x = a->AcquireSlot(ctx, repo, "ids/x");
+  auto y = a->AcquireSlot(ctx, repo, "ids/y");
+  ASSERT_TRUE(x.ok() && x->acquired && y.ok() && y->acquired);
+  const std::string id = x->lease.lease_id;
+  EXPECT_EQ(id.find('/'), std::string::npos) << id;  // fits an HTTP path
+  const std::string grant = id.substr(0, id.find(':'));
+  EXPECT_EQ(id, grant + ":ids:repo:ids:x");
+  // x's grant with y's name, another repository, the old form without
+  // keys, a broken key: none is released or renewed, from either driver.
+  for (const std::string& forged :
+       {grant + ":ids:repo:ids:y", grant + ":ids:other:ids:x", grant,
+        grant + ":ids:repo:ids", grant + ":ids:repo:ids:X!"}) {
+    auto r = b->ReleaseSlot(ctx, forged, "", "");
+    ASSERT_TRUE(r.ok()) << forged << ": " << r.status();
+    EXPECT_FALSE(r->released) << forged;
+    EXPECT_TRUE(IsLeaseLost(a->RenewLease(ctx, forged).status())) << forged;
+  }
+  // The right id with another run or repository named beside it.
+  EXPECT_FALSE(b->ReleaseSlot(ctx, id, "ids/y", "")->released);
+  EXPECT_FALSE(b->ReleaseSlot(ctx, id, "", "ids/other")->released);
+  auto slots = a->GetCurrentSlots(ctx, repo.Key());
+  ASSERT_TRUE(slots.ok());
+  EXPECT_EQ(*slots, 2);
+  // No key maps etcd leases to slots.
+  internal::etcdpb::RangeRequest all;
+  all.set_key("/");
+  all.set_range_end(std::string(1, '\0'));
+  auto keys = mock->Range(ctx, all);
+  ASSERT_TRUE(keys.ok());
+  for (const auto& kv : keys->kvs()) {
+    EXPECT_EQ(kv.key().find("/lease/"), std::string::npos) << kv.key();
+  }
+  // The id itself works from the driver that did not grant it.
+  EXPECT_TRUE(b->RenewLease(ctx, id).ok());
+  auto rel = b->ReleaseSlot(ctx, id, "ids/x", repo.Key());
+  ASSERT_TRUE(rel.ok());
+  EXPECT_TRUE(rel->released);
+  EXPECT_TRUE(IsLeaseLost(a->RenewLease(ctx, id).status()));
+  EXPECT_TRUE(a->RenewLease(ctx, y->lease.lease_id).ok());
 }
 
 // A run joins the end of the queue without touching `meta`, so a driver
