@@ -136,6 +136,10 @@ class TxnBatcherImpl final : public TxnBatcher {
     bool sent = false;
     bool done = false;
     absl::StatusOr<etcdpb::TxnResponse> result;
+    // Its caller waits on this alone: woken when its Txn is answered, or
+    // when it is first in line and a request is free (it sends the next
+    // batch), not by every batch that ends.
+    CondVar cv;
   };
   using Batch = std::vector<std::shared_ptr<Member>>;
 
@@ -148,6 +152,9 @@ class TxnBatcherImpl final : public TxnBatcher {
   absl::StatusOr<etcdpb::TxnResponse> SendAloneLocked(
       const Context& ctx, const etcdpb::TxnRequest& req, int* in_flight)
       PAC_REQUIRES(mu_);
+  // Wakes the caller first in line, to send the next batch, if a request
+  // is free.
+  void WakeNextSenderLocked() PAC_REQUIRES(mu_);
   // Sends `batch` and records each member's result.
   void Send(Batch& batch, const Member* self, const Context& ctx)
       PAC_EXCLUDES(mu_);
@@ -161,7 +168,6 @@ class TxnBatcherImpl final : public TxnBatcher {
   const size_t max_batch_;
   const int max_in_flight_;
   mutable Mutex mu_;
-  CondVar cv_;
   std::deque<std::shared_ptr<Member>> pending_ PAC_GUARDED_BY(mu_);
   int in_flight_ PAC_GUARDED_BY(mu_) = 0;
   int admitting_in_flight_ PAC_GUARDED_BY(mu_) = 0;  // 0 or 1
@@ -246,7 +252,16 @@ void TxnBatcherImpl::Send(Batch& batch, const Member* self,
   }
   MutexLock lock(&mu_);
   ++stats_.batches;
-  for (auto& m : batch) m->done = true;
+  for (auto& m : batch) {
+    m->done = true;
+    if (m.get() != self) m->cv.NotifyOne();
+  }
+}
+
+void TxnBatcherImpl::WakeNextSenderLocked() {
+  if (in_flight_ < max_in_flight_ && !pending_.empty()) {
+    pending_.front()->cv.NotifyOne();
+  }
 }
 
 absl::StatusOr<etcdpb::TxnResponse> TxnBatcherImpl::SendAloneLocked(
@@ -260,7 +275,7 @@ absl::StatusOr<etcdpb::TxnResponse> TxnBatcherImpl::SendAloneLocked(
   ++stats_.txns;
   // A caller that came meanwhile may send now (the admitting request
   // holds none of theirs).
-  if (in_flight == &in_flight_) cv_.NotifyAll();
+  if (in_flight == &in_flight_) WakeNextSenderLocked();
   return r;
 }
 
@@ -291,7 +306,7 @@ absl::StatusOr<etcdpb::TxnResponse> TxnBatcherImpl::Txn(
   m->req = req;
   AddFootprint(req, &m->footprint);
   m->deadline = ctx.deadline();
-  WakeOnCancel wake(ctx, &mu_, &cv_);  // a cancelled caller stops waiting
+  WakeOnCancel wake(ctx, &mu_, &m->cv);  // a cancelled caller stops waiting
   absl::StatusOr<etcdpb::TxnResponse> out;
   mu_.Lock();
   pending_.push_back(m);
@@ -308,7 +323,8 @@ absl::StatusOr<etcdpb::TxnResponse> TxnBatcherImpl::Txn(
       Send(batch, m.get(), ctx);
       mu_.Lock();
       --in_flight_;
-      cv_.NotifyAll();
+      // Still waiting, this caller sends the next batch itself.
+      if (m->done) WakeNextSenderLocked();
       continue;
     }
     if (absl::Status s = ctx.Err(); !s.ok()) {
@@ -318,7 +334,7 @@ absl::StatusOr<etcdpb::TxnResponse> TxnBatcherImpl::Txn(
       out = s;
       break;
     }
-    cv_.WaitUntil(&mu_, ctx.deadline());
+    m->cv.WaitUntil(&mu_, ctx.deadline());
   }
   mu_.Unlock();
   return out;

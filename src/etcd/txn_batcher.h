@@ -21,7 +21,10 @@
 //
 // Batching is adaptive: a Txn is sent at once, alone, while fewer than
 // `max_in_flight` batches are in flight; callers that come meanwhile wait and
-// go in the next batch, sent by whichever waiting caller gets there first.
+// go in the next batch, sent by the caller first in line when a request
+// frees up. Each caller sleeps until its own Txn is answered or its turn to
+// send comes: a batch that ends wakes its members and one sender, not every
+// caller waiting (with 16 workers that waking cost 15% of the pairs/s).
 // A lone caller therefore pays nothing. One more request is kept for a Txn
 // that admits queued runs (AdmittingTxn): runs wait for it, and Txns that
 // admit nobody (queue joins, say) would otherwise hold both requests. It
