@@ -22,6 +22,18 @@ namespace {
 constexpr char kRequireLeaderKey[] = "hasleader";
 constexpr char kRequireLeaderValue[] = "true";
 
+// How long one attempt of a call may take before it is sent again, to the
+// next endpoint. A member forwards a write to its leader; when the leader
+// dies, the write is lost and the member answers only after its own request
+// timeout (5 s plus two election timeouts), while a new leader is usually
+// elected within one or two seconds. Sending again is safe: every guarded
+// Txn compares `meta`, so at most one of the two commits, and the driver
+// finds its commit id if the first one did (docs/etcd.md); the other calls
+// are reads, idempotent puts, or grants whose spare lease expires.
+constexpr absl::Duration kAttemptTimeout = absl::Seconds(2);
+// A call whose context has no deadline: all attempts together.
+constexpr absl::Duration kNoDeadlineLimit = absl::Seconds(30);
+
 absl::Status FromGrpc(const grpc::Status& s, std::string_view what) {
   if (s.ok()) return absl::OkStatus();
   // error_message() returns a copy: keep it alive for the view below.
@@ -242,12 +254,14 @@ class GrpcEtcd final : public EtcdKV,
     etcdpb::CompactionRequest req;
     req.set_revision(revision);
     req.set_physical(true);
+    // A physical compaction of a large store may take long: one attempt.
     auto r = Unary<etcdpb::CompactionResponse>(
         ctx, "compact",
         [&](grpc::ClientContext* c, etcdpb::CompactionResponse* r,
             const ChannelPtr& ch) {
           return etcdpb::KV::NewStub(ch)->Compact(c, req, r);
-        });
+        },
+        absl::InfiniteDuration());
     return r.status();
   }
 
@@ -279,11 +293,7 @@ class GrpcEtcd final : public EtcdKV,
     std::lock_guard<std::mutex> lock(mu_);
     if (current_ == failed) current_ = (current_ + 1) % channels_.size();
   }
-  void Prepare(grpc::ClientContext* c, const Context& ctx) {
-    absl::Time deadline = ctx.deadline();
-    if (deadline == absl::InfiniteFuture()) {
-      deadline = absl::Now() + absl::Seconds(30);
-    }
+  void Prepare(grpc::ClientContext* c, absl::Time deadline) {
     c->set_deadline(absl::ToChronoTime(deadline));
     // A member without a leader answers at once (Unavailable, "no
     // leader"), so the call moves on to the next endpoint instead of
@@ -328,9 +338,13 @@ class GrpcEtcd final : public EtcdKV,
 
   template <typename Resp, typename Call>
   absl::StatusOr<Resp> Unary(const Context& ctx, std::string_view what,
-                             Call call) {
+                             Call call,
+                             absl::Duration attempt_timeout = kAttemptTimeout) {
     bool reauthenticated = false;
     absl::Duration backoff = absl::Milliseconds(50);
+    const absl::Time deadline = ctx.deadline() == absl::InfiniteFuture()
+                                    ? absl::Now() + kNoDeadlineLimit
+                                    : ctx.deadline();
     while (true) {
       if (absl::Status s = ctx.Err(); !s.ok()) return s;
       grpc::ClientContext c;
@@ -338,7 +352,9 @@ class GrpcEtcd final : public EtcdKV,
       // to the endpoint the call went to.
       size_t index = 0;
       const ChannelPtr ch = Channel(&index);
-      Prepare(&c, ctx);
+      const absl::Time attempt_deadline =
+          std::min(deadline, absl::Now() + attempt_timeout);
+      Prepare(&c, attempt_deadline);
       int64_t cancel_id = ctx.AddCancelCallback([&c] { c.TryCancel(); });
       Resp resp;
       grpc::Status gs = call(&c, &resp, ch);
@@ -355,7 +371,16 @@ class GrpcEtcd final : public EtcdKV,
       }
       if (absl::IsUnavailable(s) || absl::IsDeadlineExceeded(s)) {
         if (absl::Status cs = ctx.Err(); !cs.ok()) return cs;
-        if (absl::IsDeadlineExceeded(s)) return s;
+        if (absl::IsDeadlineExceeded(s)) {
+          if (attempt_deadline >= deadline) return s;
+          // Only this attempt timed out: most likely a write forwarded to a
+          // leader that died. Sent again, to the next endpoint, at once.
+          logger_->warn(
+              "etcd endpoint did not answer a {} within {}, failing over", what,
+              absl::FormatDuration(attempt_timeout));
+          Failover(index);
+          continue;
+        }
         logger_->warn("etcd endpoint unavailable, failing over: {}",
                       s.ToString());
         Failover(index);
