@@ -556,8 +556,11 @@ void EtcdDriver::ApplyKv(RepoView* v, std::string_view rest, bool put,
     if (put) {
       std::string_view value(kv.value());
       size_t slash = value.find('/');
-      SlotInfo slot{run, std::string(value.substr(0, slash)),
-                    kv.create_revision(), 0, {}};
+      SlotInfo slot{run,
+                    std::string(value.substr(0, slash)),
+                    kv.create_revision(),
+                    0,
+                    {}};
       if (slash != std::string_view::npos) {
         std::string_view us = value.substr(slash + 1);
         std::from_chars(us.data(), us.data() + us.size(), slot.since_us);
