@@ -568,6 +568,16 @@ TEST_F(TwoMockDrivers, ALeaseIdNamesItsGrantAndNothingElse) {
   EXPECT_TRUE(rel->released);
   EXPECT_TRUE(IsLeaseLost(a->RenewLease(ctx, id).status()));
   EXPECT_TRUE(a->RenewLease(ctx, y->lease.lease_id).ok());
+  // Names with dots and dashes, and long ones, go through the id intact.
+  Repository dotted{"team-a", "my.repo-1", 1};
+  const std::string long_run = "team-a/" + std::string(60, 'r') + ".x-1";
+  auto z = a->AcquireSlot(ctx, dotted, long_run);
+  ASSERT_TRUE(z.ok() && z->acquired) << z.status();
+  EXPECT_TRUE(b->RenewLease(ctx, z->lease.lease_id).ok());
+  auto zr = b->ReleaseSlot(ctx, z->lease.lease_id, "", "");
+  ASSERT_TRUE(zr.ok());
+  EXPECT_TRUE(zr->released);
+  EXPECT_EQ(*a->GetCurrentSlots(ctx, dotted.Key()), 0);
 }
 
 // A run joins the end of the queue without touching `meta`, so a driver
