@@ -7,6 +7,7 @@
 #include <random>
 
 #include "absl/cleanup/cleanup.h"
+#include "absl/strings/str_split.h"
 #include "pac/concurrency/status.h"
 #include "src/common/keys.h"
 #include "src/common/logging.h"
@@ -86,26 +87,18 @@ struct ParsedLeaseId {
 
 // nullopt: not an id this driver issued (then it names no grant here).
 std::optional<ParsedLeaseId> ParseLeaseId(std::string_view id) {
+  const std::vector<absl::string_view> parts = absl::StrSplit(AV(id), ':');
+  if (parts.size() != 5) return std::nullopt;
+  const std::string_view grant = SV(parts[0]);
+  const size_t dash = grant.find('-');
   ParsedLeaseId out;
-  const size_t colon = id.find(':');
-  const size_t dash = id.substr(0, colon).find('-');
-  if (colon == std::string_view::npos || dash == std::string_view::npos ||
-      !ParseHex(id.substr(0, dash), &out.lease) ||
-      !ParseHex(id.substr(dash + 1, colon - dash - 1), &out.token)) {
+  if (dash == std::string_view::npos ||
+      !ParseHex(grant.substr(0, dash), &out.lease) ||
+      !ParseHex(grant.substr(dash + 1), &out.token)) {
     return std::nullopt;
   }
-  std::vector<std::string_view> parts;
-  for (size_t at = colon + 1;;) {
-    const size_t next = id.find(':', at);
-    parts.push_back(id.substr(at, next == std::string_view::npos
-                                      ? std::string_view::npos
-                                      : next - at));
-    if (next == std::string_view::npos) break;
-    at = next + 1;
-  }
-  if (parts.size() != 4) return std::nullopt;
-  out.repo = Cat(parts[0], "/", parts[1]);
-  out.run = Cat(parts[2], "/", parts[3]);
+  out.repo = Cat(SV(parts[1]), "/", SV(parts[2]));
+  out.run = Cat(SV(parts[3]), "/", SV(parts[4]));
   if (!ValidateKey(out.repo, "lease id").ok() ||
       !ValidateKey(out.run, "lease id").ok()) {
     return std::nullopt;

@@ -254,7 +254,7 @@ void TxnBatcherImpl::Send(Batch& batch, const Member* self,
   ++stats_.batches;
   for (auto& m : batch) {
     m->done = true;
-    if (m.get() != self) m->cv.NotifyOne();
+    m->cv.NotifyOne();
   }
 }
 
