@@ -130,7 +130,7 @@ void TcpForwarder::Pump(int a, int b) {
         break;
       }
       for (ssize_t off = 0; off < n;) {
-        ssize_t w = write(p[1 - i].fd, buf + off, n - off);
+        ssize_t w = send(p[1 - i].fd, buf + off, n - off, MSG_NOSIGNAL);
         if (w <= 0) {
           done = true;
           break;
