@@ -3,9 +3,11 @@
 
   bench_ratios.py memory_bench.json
   bench_ratios.py --pg pg_bench.json pgbench.txt
+  bench_ratios.py --etcd etcd_bench.1.json [etcd_bench.2.json ...]
 """
 import json
 import re
+import statistics
 import sys
 
 
@@ -56,10 +58,12 @@ def pg(bench_json, pgbench_txt):
                   f"p99 {b['p99_ms']:.2f} ms, max {b['max_ms']:.2f} ms")
 
 
-def etcd(bench_json):
+def etcd_run(bench_json):
+    """One run's points: {point: (raw Put/s, raw Txn pairs/s, pairs/s,
+    granted/s)}, hand-off rates and release-to-watcher latencies."""
     with open(bench_json) as f:
         data = json.load(f)
-    put, txn = {}, {}
+    put, txn, points, handoff, latency = {}, {}, {}, {}, None
     for b in data["benchmarks"]:
         m = re.match(r"BM_Etcd_RawPut/.*(threads:\d+)", b["name"])
         if m:
@@ -67,34 +71,72 @@ def etcd(bench_json):
         m = re.match(r"BM_Etcd_RawTxnPair/.*(threads:\d+)", b["name"])
         if m:
             txn[m.group(1)] = b["items_per_second"]
-    print(f"{'point':38} {'raw Put/s':>10} {'raw Txn pairs/s':>16} {'pairs/s':>9} "
-          f"{'granted/s':>10} {'pairs/Put':>10} {'pairs/Txn pair':>15}")
     for b in data["benchmarks"]:
         m = re.match(r"BM_Etcd_AcquireRelease/(repos:\d+)/shared:(\d)/.*(threads:\d+)",
                      b["name"])
         if m:
-            p = put.get(m.group(3))
-            t = txn.get(m.group(3))
-            rate = b["items_per_second"]
             drivers = "1 driver" if m.group(2) == "1" else "a driver each"
+            if m.group(3) == "threads:1":
+                drivers = "1 driver"
             point = f"{m.group(1)} {m.group(3)} {drivers}"
-            print(f"{point:38} {p or 0:10.0f} {t or 0:16.0f} "
-                  f"{rate:9.0f} {b.get('granted_per_s', 0):10.0f} "
-                  f"{rate / p if p else 0:10.2f} {rate / t if t else 0:15.2f}")
-    for b in data["benchmarks"]:
+            points[point] = (put.get(m.group(3), 0), txn.get(m.group(3), 0),
+                             b["items_per_second"], b.get("granted_per_s", 0))
         m = re.match(r"BM_Etcd_HandOff/repo:1/shared:(\d)", b["name"])
         if m:
             drivers = "one shared driver" if m.group(1) == "1" else "a driver each"
-            print(f"hand-off, 1 repository (limit 2), 16 queued clients, {drivers}: "
-                  f"{b['items_per_second']:.0f} admitted pairs/s")
+            handoff[drivers] = b["items_per_second"]
         if b["name"].startswith("BM_Etcd_ReleaseToWatcherAcrossProcesses"):
-            print(f"release -> watcher in another process: p50 {b['p50_ms']:.1f} ms, "
-                  f"p99 {b['p99_ms']:.1f} ms, max {b['max_ms']:.1f} ms")
+            latency = (b["p50_ms"], b["p99_ms"], b["max_ms"])
+    return points, handoff, latency
+
+
+def etcd(bench_jsons):
+    runs = [etcd_run(path) for path in bench_jsons]
+    header = (f"{'point':38} {'raw Put/s':>10} {'raw Txn pairs/s':>16} {'pairs/s':>9} "
+              f"{'granted/s':>10} {'pairs/Put':>10} {'pairs/Txn pair':>15}")
+    ratio = lambda a, b: a / b if b else 0.0
+    for i, (points, handoff, latency) in enumerate(runs, 1):
+        if len(runs) > 1:
+            print(f"--- run {i} of {len(runs)}")
+        print(header)
+        for point, (p, t, rate, granted) in points.items():
+            print(f"{point:38} {p:10.0f} {t:16.0f} {rate:9.0f} {granted:10.0f} "
+                  f"{ratio(rate, p):10.2f} {ratio(rate, t):15.2f}")
+        for drivers, rate in handoff.items():
+            print(f"hand-off, 1 repository (limit 2), 16 queued clients, {drivers}: "
+                  f"{rate:.0f} admitted pairs/s")
+        if latency:
+            print(f"release -> watcher in another process: p50 {latency[0]:.1f} ms, "
+                  f"p99 {latency[1]:.1f} ms, max {latency[2]:.1f} ms")
+    if len(runs) < 2:
+        return
+    # Each ratio is taken against its own run's floors (the same server),
+    # then the median over the runs; [min-max] beside it.
+    med = statistics.median
+    span = lambda xs: f"[{min(xs):.2f}-{max(xs):.2f}]"
+    print(f"--- median of {len(runs)} runs (each ratio against its own run's floors)")
+    print(f"{'point':38} {'raw Put/s':>10} {'pairs/s':>9} {'pairs/Put':>10} "
+          f"{'range':>11} {'pairs/Txn pair':>15}")
+    for point in runs[0][0]:
+        rows = [r[0][point] for r in runs if point in r[0]]
+        by_put = [ratio(x[2], x[0]) for x in rows]
+        by_txn = [ratio(x[2], x[1]) for x in rows]
+        print(f"{point:38} {med([x[0] for x in rows]):10.0f} "
+              f"{med([x[2] for x in rows]):9.0f} {med(by_put):10.2f} "
+              f"{span(by_put):>11} {med(by_txn):15.2f}")
+    for drivers in runs[0][1]:
+        rates = [r[1][drivers] for r in runs if drivers in r[1]]
+        print(f"hand-off, {drivers}: median {med(rates):.0f} admitted pairs/s "
+              f"[{min(rates):.0f}-{max(rates):.0f}]")
+    p99s = [r[2][1] for r in runs if r[2]]
+    if p99s:
+        print(f"release -> watcher in another process: p99 median {med(p99s):.1f} ms, "
+              f"worst run {max(p99s):.1f} ms")
 
 
 if __name__ == "__main__":
     if sys.argv[1] == "--etcd":
-        etcd(sys.argv[2])
+        etcd(sys.argv[2:])
     elif sys.argv[1] == "--pg":
         pg(sys.argv[2], sys.argv[3])
     else:
