@@ -4,6 +4,9 @@
 //  * BM_Etcd_RawPut: the floor. A Put loop over the same gRPC client the
 //    driver uses. A pair needs two replicated writes (the acquire Txn and the
 //    release Txn), so 0.5x of the Put rate is the ceiling of pairs/s.
+//  * BM_Etcd_RawTxnPair, BM_Etcd_RawTxnPairGrouped: the driver's acquire
+//    and release Txns as etcd sees them, with no driver; alone, and with
+//    the threads' Txns grouped into shared requests by the driver's batcher.
 //  * BM_Etcd_AcquireRelease/repos/shared/threads: a pair is AcquireSlot (no
 //    queueing) and, when granted, ReleaseSlot by lease id. Limit 2:
 //    "granted_per_s" counts admitted pairs. shared:0 gives each thread its
@@ -40,6 +43,7 @@
 #include "benchmark/benchmark.h"
 #include "pac/concurrency/concurrency.h"
 #include "src/etcd/grpc_etcd.h"
+#include "src/etcd/txn_batcher.h"
 #include "tests/conformance/etcd_test_env.h"
 
 extern char** environ;
@@ -97,9 +101,7 @@ BENCHMARK(BM_Etcd_RawPut)->Threads(1)->Threads(16)->MinTime(3)->UseRealTime();
 // the compare fails, a range of the repository's keys), as one Txn; then
 // the release Txn of the same shape deleting the slot key. No
 // leases, no cache, no planning: what etcd itself charges for the pair.
-void BM_Etcd_RawTxnPair(benchmark::State& state) {
-  auto kv = internal::NewGrpcEtcd(ConfigOrDie(), nullptr);
-  if (!kv.ok()) std::abort();
+void RawTxnPairLoop(benchmark::State& state, internal::EtcdKV* kv) {
   Context ctx;
   namespace pb = internal::etcdpb;
   const std::string p =
@@ -130,7 +132,7 @@ void BM_Etcd_RawTxnPair(benchmark::State& state) {
     range.mutable_request_range()->set_range_end(p.substr(0, p.size() - 1) +
                                                  "0");
     *t.add_failure() = range;  // as the driver: a range on failure only
-    auto r = (*kv)->Txn(ctx, t);
+    auto r = kv->Txn(ctx, t);
     if (!r.ok() || !r->succeeded()) {
       ++errors;
       meta_mod = 0;
@@ -151,11 +153,34 @@ void BM_Etcd_RawTxnPair(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations());
   state.counters["errors"] = static_cast<double>(errors);
 }
+
+void BM_Etcd_RawTxnPair(benchmark::State& state) {
+  auto kv = internal::NewGrpcEtcd(ConfigOrDie(), nullptr);
+  if (!kv.ok()) std::abort();
+  RawTxnPairLoop(state, kv->get());
+}
 BENCHMARK(BM_Etcd_RawTxnPair)
     ->Threads(1)
     ->Threads(16)
     ->MinTime(3)
     ->UseRealTime();
+
+// The same pairs, the threads' Txns grouped into shared requests by the
+// driver's own batcher (group commit) over one gRPC client: what etcd
+// gives Txns of this shape when they share requests, the floor of the
+// one-driver points at 16 clients.
+void BM_Etcd_RawTxnPairGrouped(benchmark::State& state) {
+  // Shared by the threads and never destroyed, as SharedDriver() below.
+  static internal::TxnBatcher* const batcher = [] {
+    auto kv = internal::NewGrpcEtcd(ConfigOrDie(), nullptr);
+    if (!kv.ok()) std::abort();
+    auto* owner = new std::shared_ptr<internal::TxnBatcher>(
+        internal::NewTxnBatcher(*std::move(kv)));
+    return owner->get();
+  }();
+  RawTxnPairLoop(state, batcher);
+}
+BENCHMARK(BM_Etcd_RawTxnPairGrouped)->Threads(16)->MinTime(3)->UseRealTime();
 
 // One driver per process, shared by the threads of the "shared" variants
 // (a controller with many workers); created on first use, never closed.
