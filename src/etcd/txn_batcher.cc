@@ -250,12 +250,14 @@ void TxnBatcherImpl::Send(Batch& batch, const Member* self,
       for (auto& m : batch) m->result = r.status();
     }
   }
-  MutexLock lock(&mu_);
-  ++stats_.batches;
-  for (auto& m : batch) {
-    m->done = true;
-    m->cv.NotifyOne();
+  {
+    MutexLock lock(&mu_);
+    ++stats_.batches;
+    for (auto& m : batch) m->done = true;
   }
+  // Woken after the unlock, so that a member does not wake only to wait
+  // for the mutex. `batch` keeps every member (and its cv) alive.
+  for (auto& m : batch) m->cv.NotifyOne();
 }
 
 void TxnBatcherImpl::WakeNextSenderLocked() {
