@@ -4,7 +4,8 @@
 #  2. the HTTP service on the memory driver vs. a direct driver call;
 #  3. PostgreSQL driver vs. pgbench running the driver's own admission and
 #     release SQL against the same throwaway server, in the same run;
-#  4. etcd driver vs. a raw Put loop over the same gRPC client.
+#  4. etcd driver vs. a raw Put loop and raw Txn pairs over the same gRPC
+#     client, three runs on fresh servers, medians.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
@@ -50,9 +51,9 @@ python3 scripts/bench_ratios.py --pg "$OUT/pg_bench.json" "$OUT/pgbench.txt"
 
 # etcd's own rate moves by 10-25% between fresh servers (the Put floor at
 # 16 clients went from 12,500 to 17,300 within one hour on one machine,
-# while the driver's rates moved far less), so one run's
-# ratio says little: ETCD_BENCH_RUNS runs (default 3), each on a fresh
-# server, each ratio against its own run's floors, and the median reported.
+# while the driver's rates moved far less), so one run's ratio says
+# little: ETCD_BENCH_RUNS runs (default 3), each on a fresh server, each
+# ratio against its own run's floors, and the median reported.
 ETCD_BENCH_RUNS=${ETCD_BENCH_RUNS:-3}
 etcd_jsons=()
 for run in $(seq 1 "$ETCD_BENCH_RUNS"); do

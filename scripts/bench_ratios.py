@@ -59,8 +59,9 @@ def pg(bench_json, pgbench_txt):
 
 
 def etcd_run(bench_json):
-    """One run's points: {point: (raw Put/s, raw Txn pairs/s (grouped for
-    a shared driver at 16 threads), pairs/s, granted/s)}, hand-off rates and release-to-watcher latencies."""
+    """One run: {point: (raw Put/s, raw Txn pairs/s (grouped for a shared
+    driver at 16 threads), pairs/s, granted/s)}, the hand-off rates and the
+    release-to-watcher latencies (p50, p99, max)."""
     with open(bench_json) as f:
         data = json.load(f)
     put, txn, grouped, points, handoff, latency = {}, {}, {}, {}, {}, None
@@ -78,9 +79,8 @@ def etcd_run(bench_json):
         m = re.match(r"BM_Etcd_AcquireRelease/(repos:\d+)/shared:(\d)/.*(threads:\d+)",
                      b["name"])
         if m:
-            drivers = "1 driver" if m.group(2) == "1" else "a driver each"
-            if m.group(3) == "threads:1":
-                drivers = "1 driver"
+            one = m.group(2) == "1" or m.group(3) == "threads:1"
+            drivers = "1 driver" if one else "a driver each"
             point = f"{m.group(1)} {m.group(3)} {drivers}"
             # The Txn floor of a shared driver at 16 threads is the grouped
             # one (its Txns share requests); of a driver each, Txns alone.
