@@ -1424,14 +1424,28 @@ absl::StatusOr<std::unique_ptr<WatchHandle>> EtcdDriver::WatchSlotAvailability(
 }
 
 void EtcdDriver::ResumeWatchForTest(int64_t revision) {
-  RestartWatch(revision);
+  MutexLock lock(&watch_mu_);
+  {
+    MutexLock l(&mu_);
+    last_revision_ = revision - 1;
+  }
+  RestartWatchLocked();
 }
 
-void EtcdDriver::RestartWatch(int64_t from_revision) {
+void EtcdDriver::RestartWatch() {
   MutexLock lock(&watch_mu_);
-  watch_.reset();
+  RestartWatchLocked();
+}
+
+void EtcdDriver::RestartWatchLocked() {
+  watch_.reset();  // first: its events move last_revision_ until it is gone
+  int64_t from;
+  {
+    MutexLock lock(&mu_);
+    from = last_revision_ == 0 ? 0 : last_revision_ + 1;
+  }
   watch_started_.store(true);
-  StartWatchLocked(from_revision);
+  StartWatchLocked(from);
 }
 
 void EtcdDriver::EnsureWatch(int64_t from_revision) {
@@ -1597,12 +1611,7 @@ void EtcdDriver::PromoteLoop() {
         backoff = absl::Milliseconds(100);
       }
       last_restart = absl::Now();
-      int64_t from;  // read after the pause: the last revision seen
-      {
-        MutexLock lock(&mu_);
-        from = last_revision_ == 0 ? 0 : last_revision_ + 1;
-      }
-      RestartWatch(from);
+      RestartWatch();  // after the pause: from the last revision seen
     }
     for (const std::string& repo : repos) {
       Context ctx =

@@ -79,8 +79,10 @@ class EtcdDriver final : public Driver {
   absl::Status CleanupRepository(const Context& ctx,
                                  std::string_view repo_key) override;
   // Test hook: restarts the watch stream from `revision`, as the driver
-  // does after a broken stream. A revision the store has compacted makes it
-  // answer with a compaction, which the driver must survive (resync).
+  // does after a broken stream that had seen everything before it (a later
+  // restart of the driver's own resumes from there too). A revision the
+  // store has compacted makes it answer with a compaction, which the
+  // driver must survive (resync).
   void ResumeWatchForTest(int64_t revision);
 
   absl::Duration LeaseTTL() const override { return ttl_; }
@@ -294,8 +296,12 @@ class EtcdDriver final : public Driver {
   void RecycleLocked(int64_t lease, absl::Time since) PAC_REQUIRES(mu_);
   Lease MakeLease(const std::string& repo, const std::string& run,
                   int64_t lease, int64_t token, absl::Time now) const;
-  // Replaces the watch stream with one from `from_revision` (0: now).
-  void RestartWatch(int64_t from_revision) PAC_EXCLUDES(watch_mu_);
+  // Replaces the watch stream with one from just after the last revision
+  // seen (now, if none). The revision is read under watch_mu_ once the old
+  // stream is gone, so of two restarts the later one resumes from what the
+  // earlier one's stream saw, or a test hook set.
+  void RestartWatch() PAC_EXCLUDES(watch_mu_, mu_);
+  void RestartWatchLocked() PAC_REQUIRES(watch_mu_) PAC_EXCLUDES(mu_);
   // Opens the watch stream from `from_revision` unless it is open. The
   // stream costs etcd and this process work on every change under the
   // prefix, so it opens on first need only: a watcher is registered, or
