@@ -20,17 +20,21 @@
 // a request that etcd serves as a read.
 //
 // Batching is adaptive: a Txn is sent at once, alone, while fewer than
-// `max_in_flight` batches are in flight; callers that come meanwhile wait and
-// go in the next batch, sent by the caller first in line when a request
-// frees up. Each caller sleeps until its own Txn is answered or its turn to
-// send comes: a batch that ends wakes its members and one sender, not every
-// caller waiting (with 16 workers that waking cost 15% of the pairs/s).
-// A lone caller therefore pays nothing. One more request is kept for a Txn
-// that admits queued runs (AdmittingTxn): runs wait for it, and Txns that
-// admit nobody (queue joins, say) would otherwise hold both requests. It
-// goes at once, alone, unless another such Txn is in flight; then it goes
-// as any other. Txns that go ahead of waiting ones this way were sent
-// concurrently with them, so either order is one the callers could see.
+// `max_in_flight` batches (by default one) are in flight; callers that come
+// meanwhile wait and go in the next batch, sent by the caller first in line
+// when a request frees up. One batch in flight rather than two makes fewer,
+// larger requests, and etcd 3.4 pays much of a Txn's cost per request (it
+// copies its buffer of uncommitted writes for each Txn's read view): 16
+// workers on 100 repositories made 15% more pairs/s (docs/benchmarks.md). Each
+// caller sleeps until its own Txn is answered or its turn to send comes: a
+// batch that ends wakes its members and one sender, not every caller waiting
+// (with 16 workers that waking cost 15% of the pairs/s). A lone caller
+// therefore pays nothing. One more request is kept for a Txn that admits queued
+// runs (AdmittingTxn): runs wait for it, and Txns that admit nobody (queue
+// joins, say) would otherwise hold every request. It goes at once, alone,
+// unless another such Txn is in flight; then it goes as any other. Txns that go
+// ahead of waiting ones this way were sent concurrently with them, so either
+// order is one the callers could see.
 //
 // Failure: a batch that etcd rejects as a whole for what one Txn asked (an
 // unknown lease, too many operations, a permission) is sent again Txn by
@@ -54,7 +58,7 @@ namespace pac::concurrency::internal {
 
 struct TxnBatchOptions {
   size_t max_batch = 64;  // nested Txns per batch (etcd allows 128 ops)
-  int max_in_flight = 2;  // batches in flight at once
+  int max_in_flight = 1;  // batches in flight at once, besides an admitting one
 };
 
 // Wraps `inner` (gRPC or mock). Counters for tests and benchmarks.
