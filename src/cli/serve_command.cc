@@ -20,6 +20,7 @@ struct ServeOptions {
   std::string listen = "127.0.0.1:8080";
   std::string token_file;
   int threads = 64;
+  int max_watches = 0;
   size_t max_body = 1 << 20;
   std::string request_timeout = "30s";
 };
@@ -53,6 +54,12 @@ int Serve(const GlobalOptions& g, const ServeOptions& o) {
   options.host = listen->first;
   options.port = listen->second;
   options.threads = o.threads;
+  if (o.max_watches >= o.threads) {
+    return Fail(absl::InvalidArgumentError(Cat(
+        "--max-watches: must be below --threads (", o.threads,
+        "), so that other requests keep a thread (got ", o.max_watches, ")")));
+  }
+  options.max_watches = o.max_watches;
   options.max_body_bytes = o.max_body;
   auto rt = ParseDuration(o.request_timeout);
   if (!rt.ok() || *rt <= absl::ZeroDuration()) {
@@ -112,6 +119,11 @@ void RegisterServeCommand(CLI::App& app, GlobalOptions& g, Runner* run) {
   cmd->add_option("--threads", o->threads,
                   "Worker threads (each open watch stream holds one)")
       ->check(CLI::Range(4, 4096))
+      ->capture_default_str();
+  cmd->add_option("--max-watches", o->max_watches,
+                  "Watches open at once; one more gets 429 (0: half of "
+                  "--threads)")
+      ->check(CLI::Range(0, 4096))
       ->capture_default_str();
   cmd->add_option("--max-body", o->max_body, "Largest request body (bytes)")
       ->capture_default_str();

@@ -62,8 +62,16 @@ HttpServer::HttpServer(Service* service, Metrics* metrics,
       metrics_(metrics),
       options_(std::move(options)),
       http_(std::make_unique<httplib::Server>()),
-      root_(Context::WithCancel(Context::Background())) {
+      root_(Context::WithCancel(Context::Background())),
+      max_watches_(options_.max_watches > 0
+                       ? options_.max_watches
+                       : std::max(1, std::max(4, options_.threads) / 2)) {
   if (metrics_ != nullptr) {
+    metrics_->Describe("pac_http_open_watches", "gauge",
+                       "Watches (streams and long polls) open now.");
+    metrics_->Describe("pac_http_max_watches", "gauge",
+                       "Watches this server keeps open at once; one more "
+                       "is refused with 429.");
     metrics_->Describe("pac_http_requests_total", "counter",
                        "HTTP requests, by route, method and status.");
     metrics_->Describe("pac_http_request_duration_seconds", "histogram",
@@ -182,6 +190,8 @@ void HttpServer::Routes() {
   s.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
     Context ctx = Context::WithTimeout(root_.first, options_.request_timeout);
     std::vector<Metrics::Gauge> gauges = service_->Gauges(ctx);
+    gauges.push_back({"pac_http_open_watches", {}, double(open_watches_)});
+    gauges.push_back({"pac_http_max_watches", {}, double(max_watches_)});
     std::string text = metrics_ != nullptr ? metrics_->Render(gauges) : "";
     res.set_content(text, "text/plain; version=0.0.4");
   });
@@ -251,13 +261,30 @@ void HttpServer::Routes() {
       SendError(res, st);
       return;
     }
+    // An open watch holds a server thread; past the cap it is refused, so
+    // that watchers never hold every thread.
+    const bool admitted = open_watches_.fetch_add(1) < max_watches_;
+    if (!admitted) open_watches_.fetch_sub(1);
     if (metrics_ != nullptr) {
       metrics_->Inc("pac_http_requests_total",
-                    {{"code", "200"},
+                    {{"code", admitted ? "200" : "429"},
                      {"method", "GET"},
                      {"route", "/v1/repositories/{ns}/{name}/watch"}});
     }
+    if (!admitted) {
+      res.set_header("Retry-After", "1");
+      SendError(res, absl::ResourceExhaustedError(Cat(
+                         "too many open watches: this server keeps at most ",
+                         max_watches_,
+                         " open at once (serve --max-watches), so that other "
+                         "requests still get a thread; retry later")));
+      return;
+    }
     if (req.has_param("timeout")) {
+      struct Closer {
+        std::atomic<int>* n;
+        ~Closer() { n->fetch_sub(1); }
+      } closer{&open_watches_};
       auto d = ParseDuration(req.get_param_value("timeout"));
       if (!d.ok() || *d <= absl::ZeroDuration() ||
           *d > options_.max_long_poll) {
@@ -306,6 +333,11 @@ void HttpServer::Routes() {
               });
           sink.done();
           return true;
+        },
+        // Called when the response goes, whether the stream ran or not
+        // (once, should httplib ever copy the response).
+        [this, once = std::make_shared<std::atomic<bool>>(false)](bool) {
+          if (!once->exchange(true)) open_watches_.fetch_sub(1);
         });
   });
 }

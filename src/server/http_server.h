@@ -6,6 +6,7 @@
 #ifndef PAC_SRC_SERVER_HTTP_SERVER_H_
 #define PAC_SRC_SERVER_HTTP_SERVER_H_
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <thread>
@@ -29,6 +30,10 @@ struct HttpServerOptions {
   std::string token;
   size_t max_body_bytes = 1 << 20;
   int threads = 64;  // each open watch stream holds one
+  // Watches (streams and long polls) open at once; one more is refused
+  // with ResourceExhausted (HTTP 429), so that watchers never hold every
+  // thread and acquire/release calls still get one. 0: half the threads.
+  int max_watches = 0;
   absl::Duration request_timeout = absl::Seconds(30);
   absl::Duration max_long_poll = absl::Minutes(5);
 };
@@ -57,6 +62,8 @@ class HttpServer {
   std::pair<Context, Context::Canceller> root_;
   std::thread thread_;
   int port_ = 0;
+  const int max_watches_;
+  std::atomic<int> open_watches_{0};
 };
 
 // Compares in time independent of where the strings differ.

@@ -20,7 +20,7 @@ using ::testing::HasSubstr;
 
 class HttpServerTest : public ::testing::Test {
  protected:
-  void Start(const std::string& token = "") {
+  void Start(const std::string& token = "", int max_watches = 0) {
     auto d = NewMemoryDriver(MemoryConfig{absl::Minutes(5)});
     ASSERT_TRUE(d.ok());
     driver_ = *std::move(d);
@@ -30,6 +30,7 @@ class HttpServerTest : public ::testing::Test {
     o.token = token;
     o.max_body_bytes = 64 * 1024;
     o.threads = 24;
+    o.max_watches = max_watches;
     server_ = std::make_unique<HttpServer>(service_.get(), &metrics_, o);
     ASSERT_TRUE(server_->Start().ok());
     url_ = "http://127.0.0.1:" + std::to_string(server_->port());
@@ -211,6 +212,81 @@ TEST_F(HttpServerTest, LongPollAnswersAtTheFirstEventOrEmptyAtTimeout) {
   EXPECT_EQ(Body(got)["events"][0]["type"], "released");
   EXPECT_EQ(c.Get("/v1/repositories/ns/app/watch?timeout=forever")->status,
             400);
+}
+
+// Each open watch holds a server thread. Past the cap a watch is refused
+// (429, ResourceExhausted), and other requests are still served; a watch
+// that ends frees its place.
+TEST_F(HttpServerTest, WatchesPastTheCapAreRefusedAndOtherRequestsServed) {
+  Start("", /*max_watches=*/2);
+  RemoteApi api(url_, "");
+  ASSERT_TRUE(
+      api.Submit(ctx_, "ns/app",
+                 Json{{"pipeline_run", "ns/a"}, {"concurrency_limit", 1}})
+          .ok());
+  auto open_watches = [this] {
+    auto m = Client().Get("/metrics");
+    const std::string key = "\npac_http_open_watches ";
+    size_t at = m ? m->body.find(key) : std::string::npos;
+    return at == std::string::npos ? -1
+                                   : std::stoi(m->body.substr(at + key.size()));
+  };
+  EXPECT_EQ(open_watches(), 0);
+
+  // A stream and a long poll fill both places.
+  auto [stream_ctx, stop_stream] = Context::WithCancel(Context::Background());
+  std::atomic<bool> stream_ready{false};
+  std::thread stream([&, ctx = stream_ctx] {
+    (void)RemoteApi(url_, "").Watch(
+        ctx, "ns/app", [](const Json&) { return true; },
+        [&] {
+          stream_ready = true;
+          return true;
+        });
+  });
+  std::thread poll([this] {
+    auto r = Client().Get("/v1/repositories/ns/app/watch?timeout=1500ms");
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 200) << r->body;
+  });
+  for (int i = 0; i < 500 && open_watches() != 2; ++i) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  ASSERT_EQ(open_watches(), 2);
+  EXPECT_TRUE(stream_ready);
+
+  auto refused = Client().Get("/v1/repositories/ns/app/watch?timeout=1s");
+  ASSERT_TRUE(refused);
+  EXPECT_EQ(refused->status, 429);
+  EXPECT_EQ(Body(refused)["error"]["code"], "RESOURCE_EXHAUSTED");
+  EXPECT_THAT(Body(refused)["error"]["message"].get<std::string>(),
+              HasSubstr("too many open watches"));
+  EXPECT_EQ(refused->get_header_value("Retry-After"), "1");
+  auto refused_stream = Client().Get("/v1/repositories/other/app/watch");
+  ASSERT_TRUE(refused_stream);
+  EXPECT_EQ(refused_stream->status, 429);
+
+  // Other requests still get a thread.
+  auto b = api.Submit(ctx_, "ns/app",
+                      Json{{"pipeline_run", "ns/b"}, {"concurrency_limit", 1}});
+  EXPECT_TRUE(b.ok()) << b.status();
+  EXPECT_TRUE(api.Release(ctx_, "ns/app", "ns/a", "").ok());
+
+  // The long poll ends at the first event (the release): its place frees.
+  poll.join();
+  for (int i = 0; i < 500 && open_watches() != 1; ++i) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_EQ(open_watches(), 1);
+  auto again = Client().Get("/v1/repositories/ns/app/watch?timeout=100ms");
+  ASSERT_TRUE(again);
+  EXPECT_EQ(again->status, 200) << again->body;
+
+  stop_stream.Cancel();
+  stream.join();
+  EXPECT_THAT(metrics_.Render({}),
+              HasSubstr("pac_http_requests_total{code=\"429\",method=\"GET\","
+                        "route=\"/v1/repositories/{ns}/{name}/watch\"} 2"));
 }
 
 TEST_F(HttpServerTest, MetricsExposeGaugesCountersAndHistograms) {

@@ -219,6 +219,11 @@ TEST(CliE2ETest, CommandsAgainstAServerGiveExitCodesAndJson) {
   CliResult down = Cli("http://127.0.0.1:1", {"status", "--repo", "ns/app"});
   EXPECT_EQ(down.code, 69);
   EXPECT_THAT(down.out, HasSubstr("UNAVAILABLE"));
+  // Watches may not take every server thread: refused before listening.
+  CliResult watches = Cli(u, {"serve", "--listen", "127.0.0.1:0", "--threads",
+                              "8", "--max-watches", "8"});
+  EXPECT_EQ(watches.code, 2);
+  EXPECT_THAT(watches.out, HasSubstr("--max-watches: must be below --threads"));
   // Config validation.
   std::string good =
       WriteFile("good.yaml",
