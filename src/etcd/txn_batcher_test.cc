@@ -457,6 +457,40 @@ TEST(TxnBatcherAdmittingTest, AnAdmittingTxnDoesNotWaitForARequest) {
   EXPECT_EQ(batcher->stats().txns, 5);
 }
 
+// By default one plain batch is in flight: while it is, further Txns wait
+// (an admitting one still goes), and then the waiting ones share a request.
+TEST(TxnBatcherAdmittingTest, ByDefaultOneBatchIsInFlightAndTheRestWait) {
+  auto gate =
+      std::make_shared<GatedTxns>(std::make_shared<MockEtcd>(Clock::Real()));
+  auto batcher = NewTxnBatcher(gate);
+  Context ctx = Context::WithTimeout(Context::Background(), absl::Seconds(30));
+  std::vector<absl::StatusOr<etcdpb::TxnResponse>> results(
+      6, absl::UnknownError("not run"));
+  std::vector<std::thread> threads;
+  auto send = [&](int i, bool admitting) {
+    threads.emplace_back([&, i, admitting] {
+      auto txn = PutTxn(absl::StrCat("/gated/", i));
+      results[i] =
+          admitting ? batcher->AdmittingTxn(ctx, txn) : batcher->Txn(ctx, txn);
+    });
+  };
+  send(0, false);
+  ASSERT_TRUE(gate->AwaitArrived(1));
+  for (int i = 1; i <= 4; ++i) send(i, false);
+  absl::SleepFor(absl::Milliseconds(100));
+  EXPECT_EQ(gate->arrived(), 1) << "a second plain batch went while one was "
+                                   "in flight";
+  send(5, true);
+  ASSERT_TRUE(gate->AwaitArrived(2)) << "the admitting Txn waited";
+  gate->Open();
+  for (auto& t : threads) t.join();
+  for (const auto& r : results) EXPECT_TRUE(r.ok() && r->succeeded());
+  EXPECT_EQ(batcher->stats().txns, 6);
+  // Txn 0 and the admitting one alone; the four that waited together (one
+  // more request should a thread have come late).
+  EXPECT_LE(batcher->stats().batches, 4);
+}
+
 INSTANTIATE_TEST_SUITE_P(Mock, TxnBatcherTest, ::testing::Values("mock"));
 INSTANTIATE_TEST_SUITE_P(Etcd, TxnBatcherTest, ::testing::Values("etcd"));
 
