@@ -201,8 +201,14 @@ absl::StatusOr<Json> WaitForSlot(
       return failure;
     }
     if (ctx.Done()) break;
-    if (!w.ok() && !IsRetryable(w)) return w;
-    // The watch broke (server restart, network): wait a little, re-check.
+    // A server whose watches are all taken (429, --max-watches) is polled
+    // with the backoff below instead: the run keeps its place.
+    if (!w.ok() && !IsRetryable(w) &&
+        w.code() != absl::StatusCode::kResourceExhausted) {
+      return w;
+    }
+    // The watch broke (server restart, network) or was refused: wait a
+    // little, re-check.
     absl::SleepFor(backoff);
     backoff = std::min(backoff * 2, absl::Seconds(5));
     failure = absl::OkStatus();

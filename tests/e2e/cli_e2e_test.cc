@@ -322,6 +322,53 @@ TEST(CliE2ETest, RunExitsWithTheCommandsStatusAndWaitsInTheQueue) {
   EXPECT_EQ(InUse(u, "ns/q"), 0);
 }
 
+// With every watch place of the server taken (--max-watches), a queued
+// `run` is refused a watch (429) and polls instead: it keeps its place and
+// starts once admitted. `watch` itself reports the refusal.
+TEST(CliE2ETest, RunWaitsInTheQueueWhenTheServerRefusesMoreWatches) {
+  ServerProcess server({"--threads", "4", "--max-watches", "1"});
+  const std::string& u = server.url();
+  ASSERT_EQ(Cli(u, {"acquire", "--repo", "ns/full", "--run", "ns/holder",
+                    "--limit", "1"})
+                .code,
+            0);
+  Child watch = Spawn({Binary(), "--server", u, "watch", "--repo", "ns/other"});
+  std::string seen;
+  absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while (seen.find("watching ns/other") == std::string::npos &&
+         absl::Now() < deadline) {
+    pollfd p{watch.out, POLLIN, 0};
+    if (poll(&p, 1, 100) <= 0) continue;
+    char ch;
+    if (read(watch.out, &ch, 1) != 1) break;
+    seen += ch;
+  }
+  ASSERT_THAT(seen, HasSubstr("watching ns/other"));
+  CliResult refused = Cli(u, {"watch", "--repo", "ns/full", "--count", "1"});
+  EXPECT_NE(refused.code, 0);
+  EXPECT_THAT(refused.out, HasSubstr("too many open watches"));
+
+  Child run = Spawn({Binary(), "--server", u, "run", "--repo", "ns/full",
+                     "--run", "ns/waiter", "--", "sh", "-c", "exit 7"});
+  ASSERT_TRUE(Eventually([&] {
+    RemoteApi api(u, "");
+    auto s = api.Status(Context::Background(), "ns/full");
+    return s.ok() && (*s)["queue_depth"] == 1;
+  }));
+  // Refused its watch by now, it still waits (it used to give up).
+  absl::SleepFor(absl::Milliseconds(1500));
+  int status = 0;
+  EXPECT_EQ(waitpid(run.pid, &status, WNOHANG), 0) << "run gave up waiting";
+  ASSERT_EQ(Cli(u, {"release", "--repo", "ns/full", "--run", "ns/holder"}).code,
+            0);
+  std::string out;
+  EXPECT_EQ(Finish(run, &out), 7) << out;
+  EXPECT_THAT(out, HasSubstr("queued at position 1"));
+  kill(watch.pid, SIGTERM);
+  std::string ignored;
+  (void)Finish(watch, &ignored);
+}
+
 TEST(CliE2ETest, RunKeepsItsLeaseAliveLongerThanTheTtl) {
   ServerProcess server({}, {"PAC_MEMORY_LEASE_TTL=1s"});
   const std::string& u = server.url();
