@@ -5,6 +5,7 @@
 
 #include <unistd.h>
 
+#include <array>
 #include <atomic>
 #include <condition_variable>
 #include <map>
@@ -424,71 +425,72 @@ etcdpb::TxnRequest PutTxn(const std::string& key) {
   return txn;
 }
 
+// A batcher over a gated mock store, and callers that each send a put of
+// their own key on a thread of their own.
+class TxnBatcherAdmittingTest : public ::testing::Test {
+ protected:
+  void Make(TxnBatchOptions options) {
+    batcher_ = NewTxnBatcher(gate_, options);
+  }
+  void Send(int i, bool admitting) {
+    threads_.emplace_back([this, i, admitting] {
+      auto txn = PutTxn(absl::StrCat("/gated/", i));
+      results_[i] = admitting ? batcher_->AdmittingTxn(ctx_, txn)
+                              : batcher_->Txn(ctx_, txn);
+    });
+  }
+  // Opens the gate, waits for every caller, and expects each Txn of the
+  // `n` sent to have committed.
+  void OpenAndJoin(int n) {
+    gate_->Open();
+    for (auto& t : threads_) t.join();
+    for (int i = 0; i < n; ++i) {
+      EXPECT_TRUE(results_[i].ok() && results_[i]->succeeded()) << i;
+    }
+    EXPECT_EQ(batcher_->stats().txns, n);
+  }
+
+  std::shared_ptr<GatedTxns> gate_ =
+      std::make_shared<GatedTxns>(std::make_shared<MockEtcd>(Clock::Real()));
+  std::shared_ptr<TxnBatcher> batcher_;
+  Context ctx_ = Context::WithTimeout(Context::Background(), absl::Seconds(30));
+  std::array<absl::StatusOr<etcdpb::TxnResponse>, 8> results_;
+  std::vector<std::thread> threads_;
+};
+
 // With every request in flight taken (two Txns held by the store), a Txn
 // that admits queued runs still goes at once, in a request of its own. A
 // second one while the first is in flight waits as any other Txn does.
-TEST(TxnBatcherAdmittingTest, AnAdmittingTxnDoesNotWaitForARequest) {
-  auto gate =
-      std::make_shared<GatedTxns>(std::make_shared<MockEtcd>(Clock::Real()));
-  auto batcher = NewTxnBatcher(gate, {.max_batch = 64, .max_in_flight = 2});
-  Context ctx = Context::WithTimeout(Context::Background(), absl::Seconds(30));
-  std::vector<absl::StatusOr<etcdpb::TxnResponse>> results(
-      5, absl::UnknownError("not run"));
-  std::vector<std::thread> threads;
-  auto send = [&](int i, bool admitting) {
-    threads.emplace_back([&, i, admitting] {
-      auto txn = PutTxn(absl::StrCat("/gated/", i));
-      results[i] =
-          admitting ? batcher->AdmittingTxn(ctx, txn) : batcher->Txn(ctx, txn);
-    });
-  };
-  send(0, false);
-  send(1, false);
-  ASSERT_TRUE(gate->AwaitArrived(2));
-  send(2, false);  // waits: both requests are in flight
-  send(3, true);   // goes
-  ASSERT_TRUE(gate->AwaitArrived(3)) << "the admitting Txn waited";
-  send(4, true);  // the admitting request is taken: waits
+TEST_F(TxnBatcherAdmittingTest, AnAdmittingTxnDoesNotWaitForARequest) {
+  Make({.max_batch = 64, .max_in_flight = 2});
+  Send(0, false);
+  Send(1, false);
+  ASSERT_TRUE(gate_->AwaitArrived(2));
+  Send(2, false);  // waits: both requests are in flight
+  Send(3, true);   // goes
+  ASSERT_TRUE(gate_->AwaitArrived(3)) << "the admitting Txn waited";
+  Send(4, true);  // the admitting request is taken: waits
   absl::SleepFor(absl::Milliseconds(50));
-  EXPECT_EQ(gate->arrived(), 3);
-  gate->Open();
-  for (auto& t : threads) t.join();
-  for (const auto& r : results) EXPECT_TRUE(r.ok() && r->succeeded());
-  EXPECT_EQ(batcher->stats().txns, 5);
+  EXPECT_EQ(gate_->arrived(), 3);
+  OpenAndJoin(5);
 }
 
 // By default one plain batch is in flight: while it is, further Txns wait
 // (an admitting one still goes), and then the waiting ones share a request.
-TEST(TxnBatcherAdmittingTest, ByDefaultOneBatchIsInFlightAndTheRestWait) {
-  auto gate =
-      std::make_shared<GatedTxns>(std::make_shared<MockEtcd>(Clock::Real()));
-  auto batcher = NewTxnBatcher(gate);
-  Context ctx = Context::WithTimeout(Context::Background(), absl::Seconds(30));
-  std::vector<absl::StatusOr<etcdpb::TxnResponse>> results(
-      6, absl::UnknownError("not run"));
-  std::vector<std::thread> threads;
-  auto send = [&](int i, bool admitting) {
-    threads.emplace_back([&, i, admitting] {
-      auto txn = PutTxn(absl::StrCat("/gated/", i));
-      results[i] =
-          admitting ? batcher->AdmittingTxn(ctx, txn) : batcher->Txn(ctx, txn);
-    });
-  };
-  send(0, false);
-  ASSERT_TRUE(gate->AwaitArrived(1));
-  for (int i = 1; i <= 4; ++i) send(i, false);
+TEST_F(TxnBatcherAdmittingTest, ByDefaultOneBatchIsInFlightAndTheRestWait) {
+  Make({});
+  Send(0, false);
+  ASSERT_TRUE(gate_->AwaitArrived(1));
+  for (int i = 1; i <= 4; ++i) Send(i, false);
   absl::SleepFor(absl::Milliseconds(100));
-  EXPECT_EQ(gate->arrived(), 1) << "a second plain batch went while one was "
-                                   "in flight";
-  send(5, true);
-  ASSERT_TRUE(gate->AwaitArrived(2)) << "the admitting Txn waited";
-  gate->Open();
-  for (auto& t : threads) t.join();
-  for (const auto& r : results) EXPECT_TRUE(r.ok() && r->succeeded());
-  EXPECT_EQ(batcher->stats().txns, 6);
+  EXPECT_EQ(gate_->arrived(), 1) << "a second plain batch went while one was "
+                                    "in flight";
+  Send(5, true);
+  ASSERT_TRUE(gate_->AwaitArrived(2)) << "the admitting Txn waited";
+  OpenAndJoin(6);
   // Txn 0 and the admitting one alone; the four that waited together (one
   // more request should a thread have come late).
-  EXPECT_LE(batcher->stats().batches, 4);
+  EXPECT_LE(batcher_->stats().batches, 4);
 }
 
 INSTANTIATE_TEST_SUITE_P(Mock, TxnBatcherTest, ::testing::Values("mock"));

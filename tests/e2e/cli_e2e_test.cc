@@ -164,6 +164,22 @@ int InUse(const std::string& url, const std::string& repo) {
   return s.ok() ? (*s)["in_use"].get<int>() : -1;
 }
 
+// Reads the child's output until `text` appears (a watch says "watching
+// ns/name" on stderr once established), for at most 20 s; returns what it
+// read.
+std::string ReadUntil(const Child& c, const std::string& text) {
+  std::string seen;
+  absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while (seen.find(text) == std::string::npos && absl::Now() < deadline) {
+    pollfd p{c.out, POLLIN, 0};
+    if (poll(&p, 1, 100) <= 0) continue;
+    char ch;
+    if (read(c.out, &ch, 1) != 1) break;
+    seen += ch;
+  }
+  return seen;
+}
+
 bool Eventually(const std::function<bool()>& pred,
                 absl::Duration patience = absl::Seconds(20)) {
   absl::Time deadline = absl::Now() + patience;
@@ -267,18 +283,7 @@ TEST(CliE2ETest, WatchPrintsEventsAsTheyHappen) {
       0);
   Child watch = Spawn({Binary(), "--server", u, "watch", "--repo", "ns/w",
                        "--count", "1", "-o", "json"});
-  // Wait until the watch is established ("watching ns/w" on stderr).
-  std::string seen;
-  absl::Time deadline = absl::Now() + absl::Seconds(20);
-  while (seen.find("watching ns/w") == std::string::npos &&
-         absl::Now() < deadline) {
-    pollfd p{watch.out, POLLIN, 0};
-    if (poll(&p, 1, 100) <= 0) continue;
-    char ch;
-    if (read(watch.out, &ch, 1) != 1) break;
-    seen += ch;
-  }
-  ASSERT_THAT(seen, HasSubstr("watching ns/w"));
+  ASSERT_THAT(ReadUntil(watch, "watching ns/w"), HasSubstr("watching ns/w"));
   ASSERT_EQ(Cli(u, {"release", "--repo", "ns/w", "--run", "ns/a"}).code, 0);
   std::string out;
   EXPECT_EQ(Finish(watch, &out), 0);
@@ -333,17 +338,8 @@ TEST(CliE2ETest, RunWaitsInTheQueueWhenTheServerRefusesMoreWatches) {
                 .code,
             0);
   Child watch = Spawn({Binary(), "--server", u, "watch", "--repo", "ns/other"});
-  std::string seen;
-  absl::Time deadline = absl::Now() + absl::Seconds(20);
-  while (seen.find("watching ns/other") == std::string::npos &&
-         absl::Now() < deadline) {
-    pollfd p{watch.out, POLLIN, 0};
-    if (poll(&p, 1, 100) <= 0) continue;
-    char ch;
-    if (read(watch.out, &ch, 1) != 1) break;
-    seen += ch;
-  }
-  ASSERT_THAT(seen, HasSubstr("watching ns/other"));
+  ASSERT_THAT(ReadUntil(watch, "watching ns/other"),
+              HasSubstr("watching ns/other"));
   CliResult refused = Cli(u, {"watch", "--repo", "ns/full", "--count", "1"});
   EXPECT_NE(refused.code, 0);
   EXPECT_THAT(refused.out, HasSubstr("too many open watches"));
