@@ -40,6 +40,9 @@ std::string RepoKey(const httplib::Request& req) {
   return Cat(req.matches[1].str(), "/", req.matches[2].str());
 }
 
+// The server's worker threads (at least 4).
+int PoolThreads(const HttpServerOptions& o) { return std::max(4, o.threads); }
+
 bool IsMutating(const std::string& method) {
   return method == "POST" || method == "PUT" || method == "DELETE" ||
          method == "PATCH";
@@ -65,7 +68,7 @@ HttpServer::HttpServer(Service* service, Metrics* metrics,
       root_(Context::WithCancel(Context::Background())),
       max_watches_(options_.max_watches > 0
                        ? options_.max_watches
-                       : std::max(1, std::max(4, options_.threads) / 2)) {
+                       : std::max(1, PoolThreads(options_) / 2)) {
   if (metrics_ != nullptr) {
     metrics_->Describe("pac_http_open_watches", "gauge",
                        "Watches (streams and long polls) open now.");
@@ -84,7 +87,7 @@ HttpServer::~HttpServer() { Stop(); }
 
 void HttpServer::Routes() {
   httplib::Server& s = *http_;
-  const int threads = std::max(4, options_.threads);
+  const int threads = PoolThreads(options_);
   s.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   s.set_payload_max_length(options_.max_body_bytes);
   s.set_keep_alive_max_count(1000000);
@@ -262,16 +265,17 @@ void HttpServer::Routes() {
       return;
     }
     // An open watch holds a server thread; past the cap it is refused, so
-    // that watchers never hold every thread.
-    const bool admitted = open_watches_.fetch_add(1) < max_watches_;
-    if (!admitted) open_watches_.fetch_sub(1);
+    // that watchers never hold every thread. The place is held while
+    // `place` or a copy lives: to the end of a long poll, or as long as the
+    // response keeps the stream's provider.
+    std::shared_ptr<std::atomic<int>> place = TakeWatchPlace();
     if (metrics_ != nullptr) {
       metrics_->Inc("pac_http_requests_total",
-                    {{"code", admitted ? "200" : "429"},
+                    {{"code", place ? "200" : "429"},
                      {"method", "GET"},
                      {"route", "/v1/repositories/{ns}/{name}/watch"}});
     }
-    if (!admitted) {
+    if (!place) {
       res.set_header("Retry-After", "1");
       SendError(res, absl::ResourceExhaustedError(Cat(
                          "too many open watches: this server keeps at most ",
@@ -281,10 +285,6 @@ void HttpServer::Routes() {
       return;
     }
     if (req.has_param("timeout")) {
-      struct Closer {
-        std::atomic<int>* n;
-        ~Closer() { n->fetch_sub(1); }
-      } closer{&open_watches_};
       auto d = ParseDuration(req.get_param_value("timeout"));
       if (!d.ok() || *d <= absl::ZeroDuration() ||
           *d > options_.max_long_poll) {
@@ -316,7 +316,7 @@ void HttpServer::Routes() {
     Service* service = service_;
     res.set_chunked_content_provider(
         "text/event-stream",
-        [service, parent, key](size_t, httplib::DataSink& sink) {
+        [service, parent, key, place](size_t, httplib::DataSink& sink) {
           auto send = [&sink](const std::string& text) {
             return sink.write(text.data(), text.size());
           };
@@ -333,13 +333,17 @@ void HttpServer::Routes() {
               });
           sink.done();
           return true;
-        },
-        // Called when the response goes, whether the stream ran or not
-        // (once, should httplib ever copy the response).
-        [this, once = std::make_shared<std::atomic<bool>>(false)](bool) {
-          if (!once->exchange(true)) open_watches_.fetch_sub(1);
         });
   });
+}
+
+std::shared_ptr<std::atomic<int>> HttpServer::TakeWatchPlace() {
+  if (open_watches_.fetch_add(1) >= max_watches_) {
+    open_watches_.fetch_sub(1);
+    return nullptr;
+  }
+  return std::shared_ptr<std::atomic<int>>(
+      &open_watches_, [](std::atomic<int>* n) { n->fetch_sub(1); });
 }
 
 absl::Status HttpServer::Start() {

@@ -54,6 +54,9 @@ class HttpServer {
 
  private:
   void Routes();
+  // A place among the watches kept open (max_watches_), given back when
+  // the last copy of the handle goes; null when every place is taken.
+  std::shared_ptr<std::atomic<int>> TakeWatchPlace();
 
   Service* const service_;
   Metrics* const metrics_;
