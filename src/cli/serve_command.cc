@@ -20,6 +20,7 @@ struct ServeOptions {
   std::string listen = "127.0.0.1:8080";
   std::string token_file;
   int threads = 64;
+  int max_threads = 0;
   int max_watches = 0;
   size_t max_body = 1 << 20;
   std::string request_timeout = "30s";
@@ -54,10 +55,18 @@ int Serve(const GlobalOptions& g, const ServeOptions& o) {
   options.host = listen->first;
   options.port = listen->second;
   options.threads = o.threads;
-  if (o.max_watches >= o.threads) {
-    return Fail(absl::InvalidArgumentError(Cat(
-        "--max-watches: must be below --threads (", o.threads,
-        "), so that other requests keep a thread (got ", o.max_watches, ")")));
+  if (o.max_threads != 0 && o.max_threads < o.threads) {
+    return Fail(absl::InvalidArgumentError(
+        Cat("--max-threads: must be at least --threads (", o.threads,
+            ") or 0 for the default (got ", o.max_threads, ")")));
+  }
+  options.max_threads = o.max_threads;
+  const int max_threads = server::MaxThreadsOf(options);
+  if (o.max_watches >= max_threads) {
+    return Fail(absl::InvalidArgumentError(
+        Cat("--max-watches: must be below the most threads (", max_threads,
+            ", --max-threads), so that other requests keep a thread (got ",
+            o.max_watches, ")")));
   }
   options.max_watches = o.max_watches;
   options.max_body_bytes = o.max_body;
@@ -117,12 +126,18 @@ void RegisterServeCommand(CLI::App& app, GlobalOptions& g, Runner* run) {
   cmd->add_option("--token-file", o->token_file,
                   "Require this bearer token on mutating requests");
   cmd->add_option("--threads", o->threads,
-                  "Worker threads (each open watch stream holds one)")
+                  "Worker threads kept ready (each open connection holds "
+                  "one; more start when none is idle)")
       ->check(CLI::Range(4, 4096))
+      ->capture_default_str();
+  cmd->add_option("--max-threads", o->max_threads,
+                  "Worker threads at most (0: the greater of 256 and "
+                  "--threads)")
+      ->check(CLI::Range(0, 4096))
       ->capture_default_str();
   cmd->add_option("--max-watches", o->max_watches,
                   "Watches open at once; one more gets 429 (0: half of "
-                  "--threads)")
+                  "the most threads)")
       ->check(CLI::Range(0, 4096))
       ->capture_default_str();
   cmd->add_option("--max-body", o->max_body, "Largest request body (bytes)")

@@ -1,5 +1,7 @@
 #include "src/server/http_server.h"
 
+#include <sys/socket.h>
+
 #include <condition_variable>
 #include <deque>
 #include <mutex>
@@ -7,6 +9,7 @@
 #include "httplib.h"
 #include "pac/concurrency/config.h"
 #include "src/common/strings.h"
+#include "src/server/thread_pool.h"
 
 namespace pac::concurrency::server {
 
@@ -40,8 +43,23 @@ std::string RepoKey(const httplib::Request& req) {
   return Cat(req.matches[1].str(), "/", req.matches[2].str());
 }
 
-// The server's worker threads (at least 4).
+// The server's worker threads kept ready (at least 4), and at most.
 int PoolThreads(const HttpServerOptions& o) { return std::max(4, o.threads); }
+
+// httplib's task queue on the server's pool (which outlives it: httplib
+// makes one queue per listen and shuts it down when listening ends).
+class PoolQueue : public httplib::TaskQueue {
+ public:
+  explicit PoolQueue(std::shared_ptr<ElasticThreadPool> pool)
+      : pool_(std::move(pool)) {}
+  void enqueue(std::function<void()> fn) override {
+    pool_->Enqueue(std::move(fn));
+  }
+  void shutdown() override { pool_->Shutdown(); }
+
+ private:
+  std::shared_ptr<ElasticThreadPool> pool_;
+};
 
 bool IsMutating(const std::string& method) {
   return method == "POST" || method == "PUT" || method == "DELETE" ||
@@ -64,17 +82,27 @@ HttpServer::HttpServer(Service* service, Metrics* metrics,
     : service_(service),
       metrics_(metrics),
       options_(std::move(options)),
+      pool_(std::make_shared<ElasticThreadPool>(ElasticThreadPool::Options{
+          PoolThreads(options_), MaxThreadsOf(options_),
+          options_.thread_idle_timeout})),
       http_(std::make_unique<httplib::Server>()),
       root_(Context::WithCancel(Context::Background())),
       max_watches_(options_.max_watches > 0
                        ? options_.max_watches
-                       : std::max(1, PoolThreads(options_) / 2)) {
+                       : std::max(1, MaxThreadsOf(options_) / 2)) {
   if (metrics_ != nullptr) {
     metrics_->Describe("pac_http_open_watches", "gauge",
                        "Watches (streams and long polls) open now.");
     metrics_->Describe("pac_http_max_watches", "gauge",
                        "Watches this server keeps open at once; one more "
                        "is refused with 429.");
+    metrics_->Describe("pac_http_threads", "gauge",
+                       "Server threads now; each open connection holds one.");
+    metrics_->Describe("pac_http_busy_threads", "gauge",
+                       "Server threads serving a connection now.");
+    metrics_->Describe("pac_http_max_threads", "gauge",
+                       "Server threads at most; a connection beyond them "
+                       "waits for one.");
     metrics_->Describe("pac_http_requests_total", "counter",
                        "HTTP requests, by route, method and status.");
     metrics_->Describe("pac_http_request_duration_seconds", "histogram",
@@ -85,14 +113,28 @@ HttpServer::HttpServer(Service* service, Metrics* metrics,
 
 HttpServer::~HttpServer() { Stop(); }
 
+int MaxThreadsOf(const HttpServerOptions& o) {
+  return std::max(PoolThreads(o),
+                  o.max_threads > 0 ? o.max_threads : std::max(256, o.threads));
+}
+
 void HttpServer::Routes() {
   httplib::Server& s = *http_;
-  const int threads = PoolThreads(options_);
-  s.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  s.new_task_queue = [pool = pool_] { return new PoolQueue(pool); };
   s.set_payload_max_length(options_.max_body_bytes);
   s.set_keep_alive_max_count(1000000);
-  s.set_keep_alive_timeout(30);
+  s.set_keep_alive_timeout(
+      std::max<int64_t>(1, absl::ToInt64Seconds(options_.keep_alive_timeout)));
   s.set_tcp_nodelay(true);
+  // httplib's own options set SO_REUSEPORT, with which a second server
+  // binds the same port and the kernel splits the connections between the
+  // two (with memory drivers, two separate states). SO_REUSEADDR alone
+  // still lets a restarted server bind while old connections linger.
+  s.set_socket_options([this](int sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+    listen_fd_ = sock;
+  });
 
   s.set_pre_routing_handler(
       [this](const httplib::Request& req, httplib::Response& res) {
@@ -195,6 +237,10 @@ void HttpServer::Routes() {
     std::vector<Metrics::Gauge> gauges = service_->Gauges(ctx);
     gauges.push_back({"pac_http_open_watches", {}, double(open_watches_)});
     gauges.push_back({"pac_http_max_watches", {}, double(max_watches_)});
+    gauges.push_back({"pac_http_threads", {}, double(pool_->threads())});
+    gauges.push_back({"pac_http_busy_threads", {}, double(pool_->busy())});
+    gauges.push_back(
+        {"pac_http_max_threads", {}, double(pool_->max_threads())});
     std::string text = metrics_ != nullptr ? metrics_->Render(gauges) : "";
     res.set_content(text, "text/plain; version=0.0.4");
   });
@@ -360,6 +406,10 @@ absl::Status HttpServer::Start() {
     }
     port_ = options_.port;
   }
+  // httplib listens with a backlog of 5: a burst of more new connections
+  // than that lost SYNs, which the clients sent again after a second.
+  // Listening again on the bound socket raises the backlog.
+  if (listen_fd_ >= 0) (void)::listen(listen_fd_, SOMAXCONN);
   thread_ = std::thread([this] { http_->listen_after_bind(); });
   return absl::OkStatus();
 }

@@ -29,14 +29,25 @@ struct HttpServerOptions {
   // When set, every mutating request needs "Authorization: Bearer <token>".
   std::string token;
   size_t max_body_bytes = 1 << 20;
-  int threads = 64;  // each open watch stream holds one
+  // Threads kept ready. Each open connection holds one while it is open,
+  // idle keep-alive connections and watches included; when none is idle
+  // the server starts more, up to max_threads (0: the greater of 256 and
+  // threads), and those end after thread_idle_timeout without work.
+  int threads = 64;
+  int max_threads = 0;
+  absl::Duration thread_idle_timeout = absl::Seconds(10);
+  // How long a connection may stay idle between two requests.
+  absl::Duration keep_alive_timeout = absl::Seconds(5);
   // Watches (streams and long polls) open at once; one more is refused
   // with ResourceExhausted (HTTP 429), so that watchers never hold every
-  // thread and acquire/release calls still get one. 0: half the threads.
+  // thread and acquire/release calls still get one. 0: half of the
+  // threads at most (MaxThreadsOf).
   int max_watches = 0;
   absl::Duration request_timeout = absl::Seconds(30);
   absl::Duration max_long_poll = absl::Minutes(5);
 };
+
+class ElasticThreadPool;
 
 class HttpServer {
  public:
@@ -61,13 +72,18 @@ class HttpServer {
   Service* const service_;
   Metrics* const metrics_;
   const HttpServerOptions options_;
+  std::shared_ptr<ElasticThreadPool> pool_;
   std::unique_ptr<httplib::Server> http_;
   std::pair<Context, Context::Canceller> root_;
   std::thread thread_;
   int port_ = 0;
+  int listen_fd_ = -1;  // the bound socket (set while binding, in Start)
   const int max_watches_;
   std::atomic<int> open_watches_{0};
 };
+
+// The server's threads at most under `o` (at least 4, at least o.threads).
+int MaxThreadsOf(const HttpServerOptions& o);
 
 // Compares in time independent of where the strings differ.
 bool ConstantTimeEquals(std::string_view a, std::string_view b);

@@ -5,7 +5,9 @@
 #include "src/server/http_server.h"
 
 #include <atomic>
+#include <functional>
 #include <thread>
+#include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -20,7 +22,8 @@ using ::testing::HasSubstr;
 
 class HttpServerTest : public ::testing::Test {
  protected:
-  void Start(const std::string& token = "", int max_watches = 0) {
+  void Start(const std::string& token = "", int max_watches = 0,
+             const std::function<void(HttpServerOptions&)>& tweak = {}) {
     auto d = NewMemoryDriver(MemoryConfig{absl::Minutes(5)});
     ASSERT_TRUE(d.ok());
     driver_ = *std::move(d);
@@ -31,6 +34,7 @@ class HttpServerTest : public ::testing::Test {
     o.max_body_bytes = 64 * 1024;
     o.threads = 24;
     o.max_watches = max_watches;
+    if (tweak) tweak(o);
     server_ = std::make_unique<HttpServer>(service_.get(), &metrics_, o);
     ASSERT_TRUE(server_->Start().ok());
     url_ = "http://127.0.0.1:" + std::to_string(server_->port());
@@ -45,6 +49,14 @@ class HttpServerTest : public ::testing::Test {
     httplib::Client c(url_);
     c.set_read_timeout(10, 0);
     return c;
+  }
+  // A gauge's value from /metrics, or -1.
+  int Gauge(const std::string& name) {
+    auto m = Client().Get("/metrics");
+    const std::string key = "\n" + name + " ";
+    size_t at = m ? m->body.find(key) : std::string::npos;
+    return at == std::string::npos ? -1
+                                   : std::stoi(m->body.substr(at + key.size()));
   }
   static Json Body(const httplib::Result& r) {
     return Json::parse(r->body, nullptr, false);
@@ -224,13 +236,7 @@ TEST_F(HttpServerTest, WatchesPastTheCapAreRefusedAndOtherRequestsServed) {
       api.Submit(ctx_, "ns/app",
                  Json{{"pipeline_run", "ns/a"}, {"concurrency_limit", 1}})
           .ok());
-  auto open_watches = [this] {
-    auto m = Client().Get("/metrics");
-    const std::string key = "\npac_http_open_watches ";
-    size_t at = m ? m->body.find(key) : std::string::npos;
-    return at == std::string::npos ? -1
-                                   : std::stoi(m->body.substr(at + key.size()));
-  };
+  auto open_watches = [this] { return Gauge("pac_http_open_watches"); };
   EXPECT_EQ(open_watches(), 0);
 
   // A stream and a long poll fill both places.
@@ -287,6 +293,68 @@ TEST_F(HttpServerTest, WatchesPastTheCapAreRefusedAndOtherRequestsServed) {
   EXPECT_THAT(metrics_.Render({}),
               HasSubstr("pac_http_requests_total{code=\"429\",method=\"GET\","
                         "route=\"/v1/repositories/{ns}/{name}/watch\"} 2"));
+}
+
+// A client that keeps its connection open between requests (Go's
+// http.Client, a requests.Session) holds a server thread while it says
+// nothing. More such clients than the threads kept ready must not make
+// everyone else wait for one of them to time out: the server starts
+// threads (up to max_threads), which end once idle again. With the fixed
+// pool of before, the fifth client waited for the keep-alive timeout.
+TEST_F(HttpServerTest, IdleKeepAliveConnectionsDoNotStarveOtherRequests) {
+  Start("", 0, [](HttpServerOptions& o) {
+    o.threads = 4;
+    o.max_threads = 16;
+    o.thread_idle_timeout = absl::Milliseconds(200);
+    o.keep_alive_timeout = absl::Seconds(60);
+  });
+  EXPECT_EQ(Gauge("pac_http_max_threads"), 16);
+  std::vector<std::unique_ptr<httplib::Client>> idle;
+  for (int i = 0; i < 8; ++i) {
+    auto c = std::make_unique<httplib::Client>(url_);
+    c->set_keep_alive(true);
+    c->set_read_timeout(5, 0);
+    auto r = c->Get("/healthz");
+    ASSERT_TRUE(r) << "client " << i << ": " << httplib::to_string(r.error());
+    EXPECT_EQ(r->status, 200);
+    idle.push_back(std::move(c));
+  }
+  // Eight idle connections, each on a thread, and still served: this
+  // request (and the metrics request itself).
+  EXPECT_GE(Gauge("pac_http_busy_threads"), 9);
+  RemoteApi api(url_, "");
+  auto r = api.Submit(ctx_, "ns/app",
+                      Json{{"pipeline_run", "ns/a"}, {"concurrency_limit", 1}});
+  ASSERT_TRUE(r.ok()) << r.status();
+  // The kept connections still work.
+  for (auto& c : idle) {
+    auto again = c->Get("/healthz");
+    ASSERT_TRUE(again);
+    EXPECT_EQ(again->status, 200);
+  }
+  // Once they close, the extra threads end.
+  idle.clear();
+  int threads = -1;
+  for (int i = 0; i < 500 && (threads = Gauge("pac_http_threads")) != 4; ++i) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_EQ(threads, 4) << "busy " << Gauge("pac_http_busy_threads");
+}
+
+// A second server on the port of a running one must fail to start: with
+// SO_REUSEPORT (httplib's default) it bound the same port, and the kernel
+// split the connections between the two servers' separate states.
+TEST_F(HttpServerTest, ASecondServerCannotTakeThePortOfARunningOne) {
+  Start();
+  HttpServerOptions o;
+  o.port = server_->port();
+  HttpServer second(service_.get(), &metrics_, o);
+  absl::Status s = second.Start();
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr("address in use"));
+  auto r = Client().Get("/healthz");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
 }
 
 TEST_F(HttpServerTest, MetricsExposeGaugesCountersAndHistograms) {

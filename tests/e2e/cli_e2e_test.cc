@@ -236,10 +236,24 @@ TEST(CliE2ETest, CommandsAgainstAServerGiveExitCodesAndJson) {
   EXPECT_EQ(down.code, 69);
   EXPECT_THAT(down.out, HasSubstr("UNAVAILABLE"));
   // Watches may not take every server thread: refused before listening.
-  CliResult watches = Cli(u, {"serve", "--listen", "127.0.0.1:0", "--threads",
-                              "8", "--max-watches", "8"});
+  CliResult watches =
+      Cli(u, {"serve", "--listen", "127.0.0.1:0", "--threads", "8",
+              "--max-threads", "16", "--max-watches", "16"});
   EXPECT_EQ(watches.code, 2);
-  EXPECT_THAT(watches.out, HasSubstr("--max-watches: must be below --threads"));
+  EXPECT_THAT(watches.out,
+              HasSubstr("--max-watches: must be below the most threads (16"));
+  CliResult threads = Cli(u, {"serve", "--listen", "127.0.0.1:0", "--threads",
+                              "8", "--max-threads", "6"});
+  EXPECT_EQ(threads.code, 2);
+  EXPECT_THAT(threads.out, HasSubstr("--max-threads: must be at least"));
+  // The port of a running server is refused, not shared with it (if it
+  // were, `timeout` ends the second server: 124).
+  CliResult taken;
+  taken.code = Finish(Spawn({"/usr/bin/timeout", "10", Binary(), "serve",
+                             "--listen", u.substr(u.find("//") + 2)}),
+                      &taken.out);
+  EXPECT_EQ(taken.code, 69) << taken.out;
+  EXPECT_THAT(taken.out, HasSubstr("address in use"));
   // Config validation.
   std::string good =
       WriteFile("good.yaml",
