@@ -540,6 +540,7 @@ void EtcdDriver::ApplyKv(RepoView* v, std::string_view rest, bool put,
     v->meta_commit_id = put ? kv.value() : "";
   } else if (rest == "limit") {
     v->limit = 0;
+    v->has_limit = put;
     if (put) {
       std::from_chars(kv.value().data(), kv.value().data() + kv.value().size(),
                       v->limit);
@@ -1360,20 +1361,14 @@ absl::StatusOr<int> EtcdDriver::GetCurrentSlots(const Context& ctx,
   return static_cast<int>(l->size());
 }
 
-absl::StatusOr<std::vector<Lease>> EtcdDriver::GetRunningPipelineRuns(
-    const Context& ctx, std::string_view repo_key) {
-  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
-  if (absl::Status s = ctx.Err(); !s.ok()) return s;
-  if (absl::Status s = CheckOpen(); !s.ok()) return s;
-  std::string repo(repo_key);
-  auto v = Read(ctx, repo);
-  if (!v.ok()) return v.status();
+absl::StatusOr<std::vector<Lease>> EtcdDriver::RunningOf(const Context& ctx,
+                                                         const RepoView& v) {
   std::vector<Lease> out;
   absl::Time now = clock_->Now();
-  for (const auto& [run, s] : v->slots) {
+  for (const auto& [run, s] : v.slots) {
     int64_t lease = 0;
     ParseHex(s.lease_hex, &lease);
-    Lease l = MakeLease(repo, run, lease, s.create_revision, now);
+    Lease l = MakeLease(v.repo, run, lease, s.create_revision, now);
     // The true expiry: what is left of the etcd lease (renewals move it).
     auto left = kv_->LeaseTimeToLive(ctx, lease);
     if (!left.ok()) return left.status();
@@ -1387,6 +1382,27 @@ absl::StatusOr<std::vector<Lease>> EtcdDriver::GetRunningPipelineRuns(
   return out;
 }
 
+std::vector<QueueEntry> EtcdDriver::QueuedOf(const RepoView& v) {
+  std::vector<QueueEntry> out;
+  int64_t pos = 0;
+  for (const QueueInfo& q : v.queue) {
+    out.push_back(QueueEntry{q.run, absl::FromUnixMicros(q.creation_us),
+                             q.create_revision,
+                             absl::FromUnixMicros(q.enqueued_us), ++pos});
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<Lease>> EtcdDriver::GetRunningPipelineRuns(
+    const Context& ctx, std::string_view repo_key) {
+  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
+  if (absl::Status s = ctx.Err(); !s.ok()) return s;
+  if (absl::Status s = CheckOpen(); !s.ok()) return s;
+  auto v = Read(ctx, std::string(repo_key));
+  if (!v.ok()) return v.status();
+  return RunningOf(ctx, *v);
+}
+
 absl::StatusOr<std::vector<QueueEntry>> EtcdDriver::GetQueuedPipelineRuns(
     const Context& ctx, std::string_view repo_key) {
   if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
@@ -1394,13 +1410,25 @@ absl::StatusOr<std::vector<QueueEntry>> EtcdDriver::GetQueuedPipelineRuns(
   if (absl::Status s = CheckOpen(); !s.ok()) return s;
   auto v = Read(ctx, std::string(repo_key));
   if (!v.ok()) return v.status();
-  std::vector<QueueEntry> out;
-  int64_t pos = 0;
-  for (const QueueInfo& q : v->queue) {
-    out.push_back(QueueEntry{q.run, absl::FromUnixMicros(q.creation_us),
-                             q.create_revision,
-                             absl::FromUnixMicros(q.enqueued_us), ++pos});
-  }
+  return QueuedOf(*v);
+}
+
+// One Range of the repository: its limit, slots and queue at one revision.
+// (A slot whose lease etcd reports expired is left out, as in
+// GetRunningPipelineRuns; etcd deletes such a key any moment.)
+absl::StatusOr<RepositorySnapshot> EtcdDriver::GetRepositorySnapshot(
+    const Context& ctx, std::string_view repo_key) {
+  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
+  if (absl::Status s = ctx.Err(); !s.ok()) return s;
+  if (absl::Status s = CheckOpen(); !s.ok()) return s;
+  auto v = Read(ctx, std::string(repo_key));
+  if (!v.ok()) return v.status();
+  RepositorySnapshot out;
+  if (v->has_limit) out.limit = v->limit;
+  auto running = RunningOf(ctx, *v);
+  if (!running.ok()) return running.status();
+  out.running = *std::move(running);
+  out.queued = QueuedOf(*v);
   return out;
 }
 

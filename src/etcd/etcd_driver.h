@@ -65,6 +65,8 @@ class EtcdDriver final : public Driver {
       const Context& ctx, std::string_view repo_key) override;
   absl::StatusOr<std::vector<QueueEntry>> GetQueuedPipelineRuns(
       const Context& ctx, std::string_view repo_key) override;
+  absl::StatusOr<RepositorySnapshot> GetRepositorySnapshot(
+      const Context& ctx, std::string_view repo_key) override;
   absl::StatusOr<std::unique_ptr<WatchHandle>> WatchSlotAvailability(
       const Context& ctx, std::string_view repo_key,
       WatchCallback callback) override;
@@ -113,6 +115,7 @@ class EtcdDriver final : public Driver {
     std::string meta_commit_id;  // of the last guarded Txn (meta's value)
     bool exists = false;
     int32_t limit = 0;
+    bool has_limit = false;                 // the `limit` key exists
     std::map<std::string, SlotInfo> slots;  // by run
     std::vector<QueueInfo> queue;           // admission order
     int64_t revision = 0;
@@ -127,6 +130,11 @@ class EtcdDriver final : public Driver {
              const DriverOptions& options);
 
   std::string RepoPrefix(std::string_view repo) const;
+  // The unexpired slots of a view (each lease's TTL asked of etcd), oldest
+  // grant first, and its queue.
+  absl::StatusOr<std::vector<Lease>> RunningOf(const Context& ctx,
+                                               const RepoView& v);
+  static std::vector<QueueEntry> QueuedOf(const RepoView& v);
   // A fresh read of the repository (also cached).
   absl::StatusOr<RepoView> Read(const Context& ctx, const std::string& repo);
   // The cached view if there is one (`*cached` says so), else a read. A

@@ -482,39 +482,26 @@ absl::StatusOr<int> MemoryDriver::GetCurrentSlots(const Context& ctx,
 
 absl::StatusOr<std::vector<Lease>> MemoryDriver::GetRunningPipelineRuns(
     const Context& ctx, std::string_view repo_key) {
-  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
-  if (absl::Status s = ctx.Err(); !s.ok()) return s;
-  if (absl::Status s = CheckOpen(); !s.ok()) return s;
-  const absl::Time now = clock_->Now();
-  Shard& shard = ShardFor(repo_key);
-  std::vector<Lease> out;
-  Effects fx;
-  {
-    MutexLock lock(&shard.mu);
-    auto rit = shard.repos.find(repo_key);
-    if (rit == shard.repos.end()) return out;
-    std::string key(repo_key);
-    Sweep(shard, key, rit->second, now, fx);
-    Promote(shard, key, rit->second, now, fx);
-    for (const auto& [run, rec] : rit->second.running) {
-      out.push_back(MakeLease(key, run, rec));
-    }
-  }
-  Deliver(fx);
-  std::sort(out.begin(), out.end(), [](const Lease& a, const Lease& b) {
-    return a.fencing_token < b.fencing_token;
-  });
-  return out;
+  auto s = GetRepositorySnapshot(ctx, repo_key);
+  if (!s.ok()) return s.status();
+  return std::move(s->running);
 }
 
 absl::StatusOr<std::vector<QueueEntry>> MemoryDriver::GetQueuedPipelineRuns(
+    const Context& ctx, std::string_view repo_key) {
+  auto s = GetRepositorySnapshot(ctx, repo_key);
+  if (!s.ok()) return s.status();
+  return std::move(s->queued);
+}
+
+absl::StatusOr<RepositorySnapshot> MemoryDriver::GetRepositorySnapshot(
     const Context& ctx, std::string_view repo_key) {
   if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
   if (absl::Status s = ctx.Err(); !s.ok()) return s;
   if (absl::Status s = CheckOpen(); !s.ok()) return s;
   const absl::Time now = clock_->Now();
   Shard& shard = ShardFor(repo_key);
-  std::vector<QueueEntry> out;
+  RepositorySnapshot out;
   Effects fx;
   {
     MutexLock lock(&shard.mu);
@@ -523,13 +510,21 @@ absl::StatusOr<std::vector<QueueEntry>> MemoryDriver::GetQueuedPipelineRuns(
     std::string key(repo_key);
     Sweep(shard, key, rit->second, now, fx);
     Promote(shard, key, rit->second, now, fx);
+    if (rit->second.limit_recorded) out.limit = rit->second.limit;
+    for (const auto& [run, rec] : rit->second.running) {
+      out.running.push_back(MakeLease(key, run, rec));
+    }
     int64_t pos = 0;
     for (const auto& [qk, rec] : rit->second.queue) {
-      out.push_back(QueueEntry{rec.run_key, qk.creation_time, qk.sequence,
-                               rec.enqueued_at, ++pos});
+      out.queued.push_back(QueueEntry{rec.run_key, qk.creation_time,
+                                      qk.sequence, rec.enqueued_at, ++pos});
     }
   }
   Deliver(fx);
+  std::sort(out.running.begin(), out.running.end(),
+            [](const Lease& a, const Lease& b) {
+              return a.fencing_token < b.fencing_token;
+            });
   return out;
 }
 

@@ -72,6 +72,10 @@ class Handle final : public Driver {
     if (closed_) return Closed();
     return store_->GetQueuedPipelineRuns(ctx, repo);
   }
+  absl::StatusOr<RepositorySnapshot> GetRepositorySnapshot(
+      const Context& ctx, std::string_view repo) override {
+    return store_->GetRepositorySnapshot(ctx, repo);
+  }
   absl::StatusOr<std::unique_ptr<WatchHandle>> WatchSlotAvailability(
       const Context& ctx, std::string_view repo, WatchCallback cb) override {
     if (closed_) return Closed();

@@ -3,6 +3,7 @@
 #include <poll.h>
 
 #include <algorithm>
+#include <tuple>
 
 #include "pac/concurrency/status.h"
 #include "src/common/keys.h"
@@ -48,6 +49,19 @@ constexpr const char* kQueuedSql =
     "SELECT pipeline_run_key, " PAC_MICROS("creation_time") ", queue_seq, "
     PAC_MICROS("created_at") " FROM concurrency_slots WHERE repository_key = $1"
     " AND state = 'queued' ORDER BY creation_time, queue_seq";
+
+// The repository in one statement, so one snapshot: the limit row, the
+// running rows (as kRunningSql) and the queued rows (as kQueuedSql).
+constexpr const char* kSnapshotSql =
+    "SELECT 'limit', '', '', 0::bigint, 0::bigint, concurrency_limit::bigint,"
+    " 0::bigint FROM pac_repositories WHERE repository_key = $1"
+    " UNION ALL SELECT 'running', pipeline_run_key, lease_id, "
+    PAC_MICROS("acquired_at") ", " PAC_MICROS("expires_at") ", fencing_token,"
+    " 0 FROM concurrency_slots WHERE repository_key = $1 AND state ="
+    " 'running' AND expires_at > clock_timestamp()"
+    " UNION ALL SELECT 'queued', pipeline_run_key, '', "
+    PAC_MICROS("creation_time") ", " PAC_MICROS("created_at") ", queue_seq, 0"
+    " FROM concurrency_slots WHERE repository_key = $1 AND state = 'queued'";
 
 std::optional<std::string> OptText(std::string_view s) {
   if (s.empty()) return std::nullopt;
@@ -353,6 +367,38 @@ absl::StatusOr<std::vector<QueueEntry>> PostgreSQLDriver::GetQueuedPipelineRuns(
     out.push_back(QueueEntry{std::string(r->Get(i, 0)), r->GetMicros(i, 1),
                              r->GetInt(i, 2), r->GetMicros(i, 3), i + 1});
   }
+  return out;
+}
+
+absl::StatusOr<RepositorySnapshot> PostgreSQLDriver::GetRepositorySnapshot(
+    const Context& ctx, std::string_view repo_key) {
+  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
+  auto r = Query(ctx, kSnapshotSql, {std::string(repo_key)});
+  if (!r.ok()) return r.status();
+  RepositorySnapshot out;
+  std::string repo(repo_key);
+  for (int i = 0; i < r->rows(); ++i) {
+    const std::string_view kind = r->Get(i, 0);
+    if (kind == "limit") {
+      out.limit = static_cast<int32_t>(r->GetInt(i, 5));
+    } else if (kind == "running") {
+      out.running.push_back(LeaseFromRow(*r, i, repo));
+    } else {
+      out.queued.push_back(QueueEntry{std::string(r->Get(i, 1)),
+                                      r->GetMicros(i, 3), r->GetInt(i, 5),
+                                      r->GetMicros(i, 4), 0});
+    }
+  }
+  std::sort(out.running.begin(), out.running.end(),
+            [](const Lease& a, const Lease& b) {
+              return a.fencing_token < b.fencing_token;
+            });
+  std::sort(out.queued.begin(), out.queued.end(),
+            [](const QueueEntry& a, const QueueEntry& b) {
+              return std::tie(a.creation_time, a.sequence) <
+                     std::tie(b.creation_time, b.sequence);
+            });
+  for (size_t i = 0; i < out.queued.size(); ++i) out.queued[i].position = i + 1;
   return out;
 }
 

@@ -59,6 +59,8 @@ class PostgreSQLDriver final : public Driver {
       const Context& ctx, std::string_view repo_key) override;
   absl::StatusOr<std::vector<QueueEntry>> GetQueuedPipelineRuns(
       const Context& ctx, std::string_view repo_key) override;
+  absl::StatusOr<RepositorySnapshot> GetRepositorySnapshot(
+      const Context& ctx, std::string_view repo_key) override;
   absl::StatusOr<std::unique_ptr<WatchHandle>> WatchSlotAvailability(
       const Context& ctx, std::string_view repo_key,
       WatchCallback callback) override;

@@ -301,31 +301,29 @@ absl::StatusOr<Json> Service::Renew(const Context& ctx,
 absl::StatusOr<Json> Service::Status(const Context& ctx,
                                      std::string_view repo_key) {
   if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
-  auto limit = driver_->GetRepositoryLimit(ctx, repo_key);
-  if (!limit.ok()) return limit.status();
-  auto running = driver_->GetRunningPipelineRuns(ctx, repo_key);
-  if (!running.ok()) return running.status();
-  auto queued = driver_->GetQueuedPipelineRuns(ctx, repo_key);
-  if (!queued.ok()) return queued.status();
+  // One consistent state: a run handed a slot between separate reads would
+  // show in both lists or in neither.
+  auto snap = driver_->GetRepositorySnapshot(ctx, repo_key);
+  if (!snap.ok()) return snap.status();
   const absl::Time now = clock_->Now();
   Json run_list = Json::array();
-  for (const Lease& l : *running) {
+  for (const Lease& l : snap->running) {
     Json j = LeaseToJson(l);
     j["running_seconds"] =
         std::max(0.0, absl::ToDoubleSeconds(now - l.acquired_at));
     run_list.push_back(std::move(j));
   }
   Json queue_list = Json::array();
-  for (const QueueEntry& q : *queued) {
+  for (const QueueEntry& q : snap->queued) {
     queue_list.push_back(QueueEntryToJson(q, now));
   }
   Json out{{"repository", std::string(repo_key)},
            {"concurrency_limit", nullptr},
-           {"in_use", running->size()},
-           {"queue_depth", queued->size()},
+           {"in_use", snap->running.size()},
+           {"queue_depth", snap->queued.size()},
            {"running", run_list},
            {"queued", queue_list}};
-  if (limit->has_value()) out["concurrency_limit"] = **limit;
+  if (snap->limit.has_value()) out["concurrency_limit"] = *snap->limit;
   return out;
 }
 
@@ -512,18 +510,16 @@ std::vector<Metrics::Gauge> Service::Gauges(const Context& ctx) {
   std::vector<Metrics::Gauge> in_use, limit, depth;
   for (const std::string& r : repos) {
     Labels labels{{"repository", r}};
-    if (auto n = driver_->GetCurrentSlots(ctx, r); n.ok()) {
-      in_use.push_back({"pac_slots_in_use", labels, static_cast<double>(*n)});
-    }
-    if (auto l = driver_->GetRepositoryLimit(ctx, r);
-        l.ok() && l->has_value()) {
+    auto snap = driver_->GetRepositorySnapshot(ctx, r);
+    if (!snap.ok()) continue;
+    in_use.push_back({"pac_slots_in_use", labels,
+                      static_cast<double>(snap->running.size())});
+    if (snap->limit.has_value()) {
       limit.push_back(
-          {"pac_concurrency_limit", labels, static_cast<double>(**l)});
+          {"pac_concurrency_limit", labels, static_cast<double>(*snap->limit)});
     }
-    if (auto q = driver_->GetQueuedPipelineRuns(ctx, r); q.ok()) {
-      depth.push_back(
-          {"pac_queue_depth", labels, static_cast<double>(q->size())});
-    }
+    depth.push_back(
+        {"pac_queue_depth", labels, static_cast<double>(snap->queued.size())});
   }
   std::vector<Metrics::Gauge> out;
   for (auto* v : {&in_use, &limit, &depth}) {

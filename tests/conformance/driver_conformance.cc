@@ -621,6 +621,74 @@ TEST_P(DriverConformanceTest, Rule07_ReleaseAdmitsHeadAndReportsIt) {
   EXPECT_EQ(c->lease.lease_id, rel->admitted[0].lease_id);
 }
 
+// A snapshot is one state: while releases hand slots to the queue and the
+// released runs queue again, a reader never sees a run both running and
+// queued, nor a run in neither list beyond the one between its release
+// and its re-queue. Three separate reads (Driver's default) fail this.
+TEST_P(DriverConformanceTest, Rule07_SnapshotSeesAHandOffWholeOrNotAtAll) {
+  Repository repo = Repo("snapshot", 2);
+  std::vector<std::string> runs;
+  for (int i = 0; i < 6; ++i) {
+    runs.push_back(Run(absl::StrCat("r", i)));
+    ASSERT_TRUE(driver_->AcquireSlot(ctx_, repo, runs.back()).ok());
+  }
+  // At rest it says what the separate reads say.
+  auto rest = driver_->GetRepositorySnapshot(ctx_, repo.Key());
+  ASSERT_TRUE(rest.ok()) << rest.status();
+  EXPECT_EQ(rest->limit, std::optional<int32_t>(2));
+  EXPECT_EQ(RunKeys(rest->running),
+            RunKeys(*driver_->GetRunningPipelineRuns(ctx_, repo.Key())));
+  EXPECT_THAT(RunKeys(rest->queued),
+              ElementsAre(runs[2], runs[3], runs[4], runs[5]));
+  for (size_t i = 0; i < rest->queued.size(); ++i) {
+    EXPECT_EQ(rest->queued[i].position, static_cast<int64_t>(i + 1));
+  }
+  auto none = driver_->GetRepositorySnapshot(ctx_, Repo("never", 1).Key());
+  ASSERT_TRUE(none.ok());
+  EXPECT_FALSE(none->limit.has_value());
+  EXPECT_TRUE(none->running.empty() && none->queued.empty());
+
+  std::atomic<bool> done{false};
+  std::atomic<int> snapshots{0};
+  std::mutex mu;
+  std::vector<std::string> bad;  // guarded by mu
+  std::thread reader([&] {
+    while (!done.load()) {
+      auto s = driver_->GetRepositorySnapshot(ctx_, repo.Key());
+      if (!s.ok()) continue;
+      ++snapshots;
+      std::set<std::string> seen;
+      for (const Lease& l : s->running) seen.insert(l.pipeline_run_key);
+      for (const QueueEntry& q : s->queued) {
+        if (seen.count(q.pipeline_run_key) > 0) {
+          std::lock_guard<std::mutex> lock(mu);
+          bad.push_back(q.pipeline_run_key + " both running and queued");
+        }
+        seen.insert(q.pipeline_run_key);
+      }
+      if (seen.size() < 5 || s->running.size() > 2) {
+        std::lock_guard<std::mutex> lock(mu);
+        bad.push_back(absl::StrCat(s->running.size(), " running and ",
+                                   s->queued.size(), " queued"));
+      }
+    }
+  });
+  for (int i = 0; i < 150; ++i) {
+    auto running = driver_->GetRunningPipelineRuns(ctx_, repo.Key());
+    ASSERT_TRUE(running.ok());
+    ASSERT_FALSE(running->empty());
+    const std::string run = running->front().pipeline_run_key;
+    ASSERT_TRUE(driver_->ReleaseSlot(ctx_, "", run, repo.Key()).ok());
+    ASSERT_TRUE(driver_->AcquireSlot(ctx_, repo, run).ok());
+  }
+  done = true;
+  reader.join();
+  EXPECT_GT(snapshots.load(), 0);
+  std::lock_guard<std::mutex> lock(mu);
+  EXPECT_TRUE(bad.empty()) << bad.size()
+                           << " inconsistent snapshots, first: " << bad.front();
+}
+
 TEST_P(DriverConformanceTest, Rule07_QueueManagerReleasesPromote) {
   Repository repo = Repo("qm-promote", 1);
   QueueManager qm(driver_.get(), nullptr);

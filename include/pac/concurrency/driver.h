@@ -81,6 +81,13 @@ struct AcquireResult {
   std::vector<Lease> admitted;
 };
 
+// One repository at one moment (Driver::GetRepositorySnapshot).
+struct RepositorySnapshot {
+  std::optional<int32_t> limit;    // as GetRepositoryLimit
+  std::vector<Lease> running;      // as GetRunningPipelineRuns
+  std::vector<QueueEntry> queued;  // as GetQueuedPipelineRuns
+};
+
 struct ReleaseResult {
   bool released = false;        // a lease was released
   bool dequeued = false;        // a queue entry was removed
@@ -179,6 +186,14 @@ class Driver {
   // The queue in admission order (rule 6).
   [[nodiscard]] virtual absl::StatusOr<std::vector<QueueEntry>>
   GetQueuedPipelineRuns(const Context& ctx, std::string_view repo_key) = 0;
+
+  // The limit, running runs and queue as one consistent state: a run is in
+  // at most one of the lists, and a hand-off is seen entirely or not at
+  // all. The three calls above are separate reads, each of its own moment.
+  // The memory, PostgreSQL and etcd drivers read it in one step (one lock,
+  // one statement, one Range); this default makes the three calls.
+  [[nodiscard]] virtual absl::StatusOr<RepositorySnapshot>
+  GetRepositorySnapshot(const Context& ctx, std::string_view repo_key);
 
   // Calls `callback` when a slot of the repository frees or a run is
   // admitted (rule 8). The watch ends when the handle is stopped or
