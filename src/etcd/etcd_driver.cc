@@ -1393,22 +1393,24 @@ std::vector<QueueEntry> EtcdDriver::QueuedOf(const RepoView& v) {
   return out;
 }
 
-absl::StatusOr<std::vector<Lease>> EtcdDriver::GetRunningPipelineRuns(
+absl::StatusOr<EtcdDriver::RepoView> EtcdDriver::ReadChecked(
     const Context& ctx, std::string_view repo_key) {
   if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
   if (absl::Status s = ctx.Err(); !s.ok()) return s;
   if (absl::Status s = CheckOpen(); !s.ok()) return s;
-  auto v = Read(ctx, std::string(repo_key));
+  return Read(ctx, std::string(repo_key));
+}
+
+absl::StatusOr<std::vector<Lease>> EtcdDriver::GetRunningPipelineRuns(
+    const Context& ctx, std::string_view repo_key) {
+  auto v = ReadChecked(ctx, repo_key);
   if (!v.ok()) return v.status();
   return RunningOf(ctx, *v);
 }
 
 absl::StatusOr<std::vector<QueueEntry>> EtcdDriver::GetQueuedPipelineRuns(
     const Context& ctx, std::string_view repo_key) {
-  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
-  if (absl::Status s = ctx.Err(); !s.ok()) return s;
-  if (absl::Status s = CheckOpen(); !s.ok()) return s;
-  auto v = Read(ctx, std::string(repo_key));
+  auto v = ReadChecked(ctx, repo_key);
   if (!v.ok()) return v.status();
   return QueuedOf(*v);
 }
@@ -1418,10 +1420,7 @@ absl::StatusOr<std::vector<QueueEntry>> EtcdDriver::GetQueuedPipelineRuns(
 // GetRunningPipelineRuns; etcd deletes such a key any moment.)
 absl::StatusOr<RepositorySnapshot> EtcdDriver::GetRepositorySnapshot(
     const Context& ctx, std::string_view repo_key) {
-  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
-  if (absl::Status s = ctx.Err(); !s.ok()) return s;
-  if (absl::Status s = CheckOpen(); !s.ok()) return s;
-  auto v = Read(ctx, std::string(repo_key));
+  auto v = ReadChecked(ctx, repo_key);
   if (!v.ok()) return v.status();
   RepositorySnapshot out;
   if (v->has_limit) out.limit = v->limit;

@@ -135,6 +135,10 @@ class EtcdDriver final : public Driver {
   absl::StatusOr<std::vector<Lease>> RunningOf(const Context& ctx,
                                                const RepoView& v);
   static std::vector<QueueEntry> QueuedOf(const RepoView& v);
+  // Read() of a repository key the caller gave, once the key, the context
+  // and the driver are checked.
+  absl::StatusOr<RepoView> ReadChecked(const Context& ctx,
+                                       std::string_view repo_key);
   // A fresh read of the repository (also cached).
   absl::StatusOr<RepoView> Read(const Context& ctx, const std::string& repo);
   // The cached view if there is one (`*cached` says so), else a read. A
