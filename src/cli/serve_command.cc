@@ -98,6 +98,7 @@ int Serve(const GlobalOptions& g, const ServeOptions& o) {
   if (!driver.ok()) return Fail(driver.status());
   server::Metrics metrics;
   server::Service service(driver->get(), nullptr, &metrics);
+  options.logger = logger;
   server::HttpServer http(&service, &metrics, options);
   if (absl::Status s = http.Start(); !s.ok()) return Fail(s);
   std::printf("pac-concurrency serving on http://%s:%d (driver %s%s)\n",

@@ -8,6 +8,7 @@
 
 #include "httplib.h"
 #include "pac/concurrency/config.h"
+#include "spdlog/spdlog.h"
 #include "src/common/strings.h"
 #include "src/server/thread_pool.h"
 
@@ -135,6 +136,16 @@ void HttpServer::Routes() {
     setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
     listen_fd_ = sock;
   });
+
+  if (options_.logger != nullptr) {
+    s.set_logger([logger = options_.logger](const httplib::Request& req,
+                                            const httplib::Response& res) {
+      logger->log(
+          res.status >= 500 ? spdlog::level::warn : spdlog::level::debug,
+          "http {} {} {} ({} bytes) from {}", req.method, req.path, res.status,
+          res.body.size(), req.remote_addr);
+    });
+  }
 
   s.set_pre_routing_handler(
       [this](const httplib::Request& req, httplib::Response& res) {

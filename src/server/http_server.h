@@ -20,6 +20,9 @@
 namespace httplib {
 class Server;
 }
+namespace spdlog {
+class logger;
+}
 
 namespace pac::concurrency::server {
 
@@ -44,6 +47,10 @@ struct HttpServerOptions {
   // threads at most (MaxThreadsOf).
   int max_watches = 0;
   absl::Duration request_timeout = absl::Seconds(30);
+  // When set, every answered request is logged: at debug level, or at warn
+  // for a 5xx. Method, path (not the query), status, body size and peer;
+  // never a header or a body.
+  std::shared_ptr<spdlog::logger> logger;
   absl::Duration max_long_poll = absl::Minutes(5);
 };
 

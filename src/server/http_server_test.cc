@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <functional>
+#include <sstream>
 #include <thread>
 #include <vector>
 
@@ -13,6 +14,8 @@
 #include "gtest/gtest.h"
 #include "httplib.h"
 #include "pac/concurrency/concurrency.h"
+#include "spdlog/sinks/ostream_sink.h"
+#include "spdlog/spdlog.h"
 #include "src/server/remote_api.h"
 
 namespace pac::concurrency::server {
@@ -355,6 +358,31 @@ TEST_F(HttpServerTest, ASecondServerCannotTakeThePortOfARunningOne) {
   auto r = Client().Get("/healthz");
   ASSERT_TRUE(r);
   EXPECT_EQ(r->status, 200);
+}
+
+// Each answered request is one log line (debug; warn for a 5xx) with its
+// method, path and status, and no header: not the bearer token.
+TEST_F(HttpServerTest, RequestsAreLoggedWithoutTheirHeaders) {
+  std::ostringstream out;
+  auto logger = std::make_shared<spdlog::logger>(
+      "http-test", std::make_shared<spdlog::sinks::ostream_sink_mt>(out));
+  logger->set_level(spdlog::level::debug);
+  Start("s3cret-token", 0, [&](HttpServerOptions& o) { o.logger = logger; });
+  auto c = Client();
+  c.set_bearer_token_auth("s3cret-token");
+  ASSERT_TRUE(c.Get("/healthz"));
+  ASSERT_TRUE(c.Put("/v1/repositories/ns/app?dry=1",
+                    R"({"concurrency_limit":2})", "application/json"));
+  ASSERT_TRUE(c.Get("/v1/nothing/here"));
+  server_->Stop();
+  logger->flush();
+  const std::string log = out.str();
+  EXPECT_THAT(log, HasSubstr("[debug] http GET /healthz 200"));
+  EXPECT_THAT(log, HasSubstr("http PUT /v1/repositories/ns/app 200"));
+  EXPECT_THAT(log, HasSubstr("http GET /v1/nothing/here 404"));
+  EXPECT_THAT(log, HasSubstr("from 127.0.0.1"));
+  EXPECT_THAT(log, ::testing::Not(HasSubstr("s3cret")));
+  EXPECT_THAT(log, ::testing::Not(HasSubstr("dry=1")));
 }
 
 TEST_F(HttpServerTest, MetricsExposeGaugesCountersAndHistograms) {
