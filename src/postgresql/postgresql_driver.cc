@@ -39,19 +39,9 @@ constexpr const char* kRenewSql =
     "lease_id, " PAC_MICROS("acquired_at") ", " PAC_MICROS(
         "expires_at") ", fencing_token, 0, repository_key";
 
-constexpr const char* kRunningSql =
-    "SELECT 'acquired', pipeline_run_key, lease_id, " PAC_MICROS("acquired_at")
-    ", " PAC_MICROS("expires_at") ", fencing_token, 0 FROM concurrency_slots"
-    " WHERE repository_key = $1 AND state = 'running' AND expires_at >"
-    " clock_timestamp() ORDER BY fencing_token";
-
-constexpr const char* kQueuedSql =
-    "SELECT pipeline_run_key, " PAC_MICROS("creation_time") ", queue_seq, "
-    PAC_MICROS("created_at") " FROM concurrency_slots WHERE repository_key = $1"
-    " AND state = 'queued' ORDER BY creation_time, queue_seq";
-
 // The repository in one statement, so one snapshot: the limit row, the
-// running rows (as kRunningSql) and the queued rows (as kQueuedSql).
+// unexpired running rows and the queued rows (GetRepositorySnapshot orders
+// them; the running and queued listings are read from it too).
 constexpr const char* kSnapshotSql =
     "SELECT 'limit', '', '', 0::bigint, 0::bigint, concurrency_limit::bigint,"
     " 0::bigint FROM pac_repositories WHERE repository_key = $1"
@@ -348,26 +338,16 @@ absl::StatusOr<int> PostgreSQLDriver::GetCurrentSlots(
 
 absl::StatusOr<std::vector<Lease>> PostgreSQLDriver::GetRunningPipelineRuns(
     const Context& ctx, std::string_view repo_key) {
-  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
-  auto r = Query(ctx, kRunningSql, {std::string(repo_key)});
-  if (!r.ok()) return r.status();
-  std::vector<Lease> out;
-  std::string repo(repo_key);
-  for (int i = 0; i < r->rows(); ++i) out.push_back(LeaseFromRow(*r, i, repo));
-  return out;
+  auto s = GetRepositorySnapshot(ctx, repo_key);
+  if (!s.ok()) return s.status();
+  return std::move(s->running);
 }
 
 absl::StatusOr<std::vector<QueueEntry>> PostgreSQLDriver::GetQueuedPipelineRuns(
     const Context& ctx, std::string_view repo_key) {
-  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
-  auto r = Query(ctx, kQueuedSql, {std::string(repo_key)});
-  if (!r.ok()) return r.status();
-  std::vector<QueueEntry> out;
-  for (int i = 0; i < r->rows(); ++i) {
-    out.push_back(QueueEntry{std::string(r->Get(i, 0)), r->GetMicros(i, 1),
-                             r->GetInt(i, 2), r->GetMicros(i, 3), i + 1});
-  }
-  return out;
+  auto s = GetRepositorySnapshot(ctx, repo_key);
+  if (!s.ok()) return s.status();
+  return std::move(s->queued);
 }
 
 absl::StatusOr<RepositorySnapshot> PostgreSQLDriver::GetRepositorySnapshot(

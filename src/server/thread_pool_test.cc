@@ -24,18 +24,28 @@ bool Eventually(F done) {
   return done();
 }
 
+// Enqueues `n` tasks that count themselves started, block until `release`
+// is notified (as a connection kept open holds its thread), then count
+// themselves finished if asked to.
+void EnqueueBlocking(ElasticThreadPool& pool, int n, std::atomic<int>& started,
+                     absl::Notification& release,
+                     std::atomic<int>* finished = nullptr) {
+  for (int i = 0; i < n; ++i) {
+    pool.Enqueue([&started, &release, finished] {
+      ++started;
+      release.WaitForNotification();
+      if (finished != nullptr) ++*finished;
+    });
+  }
+}
+
 TEST(ElasticThreadPoolTest, BlockedThreadsDoNotHoldBackNewTasks) {
   ElasticThreadPool pool({/*core=*/2, /*max=*/8, absl::Seconds(30)});
   EXPECT_EQ(pool.threads(), 2);
   absl::Notification release;
   std::atomic<int> started{0};
   // Six tasks that block: a fixed pool of two would run only two.
-  for (int i = 0; i < 6; ++i) {
-    pool.Enqueue([&] {
-      ++started;
-      release.WaitForNotification();
-    });
-  }
+  EnqueueBlocking(pool, 6, started, release);
   EXPECT_TRUE(Eventually([&] { return started == 6; })) << started;
   EXPECT_EQ(pool.threads(), 6);
   EXPECT_EQ(pool.busy(), 6);
@@ -47,13 +57,7 @@ TEST(ElasticThreadPoolTest, NeverMoreThreadsThanTheMaximum) {
   ElasticThreadPool pool({/*core=*/1, /*max=*/3, absl::Seconds(30)});
   absl::Notification release;
   std::atomic<int> started{0}, finished{0};
-  for (int i = 0; i < 7; ++i) {
-    pool.Enqueue([&] {
-      ++started;
-      release.WaitForNotification();
-      ++finished;
-    });
-  }
+  EnqueueBlocking(pool, 7, started, release, &finished);
   ASSERT_TRUE(Eventually([&] { return started == 3; }));
   // The other four wait for a thread rather than get one of their own.
   absl::SleepFor(absl::Milliseconds(100));
@@ -69,12 +73,7 @@ TEST(ElasticThreadPoolTest, ExtraThreadsEndOnceIdleAndCoreThreadsStay) {
   for (int round = 0; round < 2; ++round) {
     absl::Notification release;
     std::atomic<int> started{0};
-    for (int i = 0; i < 10; ++i) {
-      pool.Enqueue([&] {
-        ++started;
-        release.WaitForNotification();
-      });
-    }
+    EnqueueBlocking(pool, 10, started, release);
     ASSERT_TRUE(Eventually([&] { return started == 10; }));
     EXPECT_EQ(pool.threads(), 10);
     release.Notify();
