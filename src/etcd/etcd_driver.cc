@@ -194,6 +194,26 @@ int64_t EtcdDriver::CommittedAt(const RepoView& v,
   return 0;
 }
 
+int64_t EtcdDriver::LightCommitted(const Context& ctx, const RepoView& v,
+                                   const LightProof& light) {
+  // Each slot gone while `meta` stayed: deleted by no guarded Txn. Each
+  // etcd lease still alive: deleted by no expiry either (a lease is never
+  // revoked while it carries a slot). So by a light release of these very
+  // grants: this one's earlier send (or, if another holder of the same
+  // grant released it at the same time, that one; either way the grant is
+  // released).
+  if (v.meta_mod != light.meta_mod) return 0;
+  for (const auto& [run, create_revision, lease] : light.slots) {
+    auto it = v.slots.find(run);
+    if (it != v.slots.end() && it->second.create_revision == create_revision) {
+      return 0;  // still held: it did not commit
+    }
+    auto ttl = kv_->LeaseTimeToLive(ctx, lease);
+    if (!ttl.ok() || *ttl <= 0) return 0;
+  }
+  return v.revision;
+}
+
 EtcdDriver::~EtcdDriver() { (void)Close(); }
 
 absl::Status EtcdDriver::Close() {
@@ -244,7 +264,20 @@ etcdpb::TxnRequest EtcdDriver::GuardedTxn(const std::string& repo_prefix,
 }
 
 void EtcdDriver::GuardSlots(etcdpb::TxnRequest* txn, const RepoView& v) const {
+  // At most kMaxGuardedSlots (etcd allows 128 compares per Txn). A view
+  // with more is never planned on from the cache (View reads it afresh).
+  // Light releases, which delete slots without touching `meta`, happen
+  // only under a limit of at most kMaxGuardedSlots: then that many slots
+  // still there prove the repository full, which is all a plan to queue
+  // needs; under a greater limit (or none) the plan compares none, as
+  // before light releases (an expiry then still frees a slot unseen).
+  if (v.slots.size() > kMaxGuardedSlots &&
+      (v.limit == 0 || v.limit > static_cast<int32_t>(kMaxGuardedSlots))) {
+    return;
+  }
+  size_t n = 0;
   for (const auto& [run, slot] : v.slots) {
+    if (n++ == kMaxGuardedSlots) break;
     auto* cmp = txn->add_compare();
     cmp->set_key(Cat(RepoPrefix(v.repo), "slot/", run));
     cmp->set_target(etcdpb::Compare::CREATE);
@@ -708,7 +741,7 @@ void EtcdDriver::SortQueue(RepoView* v) {
 absl::StatusOr<std::optional<etcdpb::TxnResponse>> EtcdDriver::CommitStep(
     const Context& ctx, const std::string& repo, etcdpb::TxnRequest txn,
     const std::vector<int64_t>& leases, RepoView after, Commit kind,
-    bool admits, const std::string& commit_id) {
+    bool admits, const std::string& commit_id, const LightProof* light) {
   // A failed compare answers the repository as it is now, so the next
   // attempt needs no read of its own. A success answers nothing: the
   // compares held, so the repository is `after` (the plan's view with the
@@ -718,7 +751,13 @@ absl::StatusOr<std::optional<etcdpb::TxnResponse>> EtcdDriver::CommitStep(
   auto tr = admits ? kv_->AdmittingTxn(ctx, txn) : kv_->Txn(ctx, txn);
   if (tr.ok() && tr->succeeded()) {
     const int64_t rev = tr->header().revision();
-    if (kind == Commit::kExact) {
+    if (kind == Commit::kLight) {
+      // `meta` is as the view had it; nothing else of the repository
+      // changed but expiries and other light releases (which a plan on
+      // this view finds by its slot compares).
+      after.revision = rev;
+      CacheView(repo, after);
+    } else if (kind == Commit::kExact) {
       after.revision = rev;
       after.meta_mod = rev;  // a guarded step puts `meta`
       after.meta_commit_id = commit_id;
@@ -746,12 +785,15 @@ absl::StatusOr<std::optional<etcdpb::TxnResponse>> EtcdDriver::CommitStep(
     now = ParseView(repo,
                     tr->responses(tr->responses_size() - 1).response_range(),
                     tr->header().revision());
-  } else if (!tr.ok() && !commit_id.empty() && IsRetryable(tr.status())) {
+  } else if (!tr.ok() && (!commit_id.empty() || light != nullptr) &&
+             IsRetryable(tr.status())) {
     // The read goes to whichever endpoint answers now.
     if (auto r = Read(ctx, repo); r.ok()) now = *std::move(r);
   }
   if (now.has_value()) {
-    if (const int64_t rev = CommittedAt(*now, commit_id); rev > 0) {
+    if (const int64_t rev = light != nullptr ? LightCommitted(ctx, *now, *light)
+                                             : CommittedAt(*now, commit_id);
+        rev > 0) {
       logger_->info("etcd: a Txn on {} whose answer was lost had committed",
                     repo);
       CacheView(repo, *now);
@@ -897,9 +939,15 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
       if (!background_ || !watch_started_.load()) GuardSlots(&txn, v);
     } else {
       txn = GuardedTxn(p, v.meta_mod, commit_id);
-      // An expiry deletes a slot without touching `meta`: a plan made from
-      // a cached view also checks that every slot it counted still exists.
-      if (cached) GuardSlots(&txn, v);
+      // An expiry or a light release deletes a slot without touching
+      // `meta`. A plan that queues the caller, or leaves runs queued, also
+      // checks that every slot it counted still exists: a run queued while
+      // a slot was free would wait for nobody. A plan that only grants
+      // (nobody queued) needs no such check: a slot gone means more room,
+      // and checking would make grants lose to every light release. (The
+      // view it leaves in the cache may then count a slot that is gone,
+      // which the next plan that queues finds by this check.)
+      if (enqueue_caller || !v.queue.empty()) GuardSlots(&txn, v);
       // Entries the plan leaves queued (stale ones are deleted).
       size_t left = 0;
       for (const QueueInfo& q : v.queue) {
@@ -1159,6 +1207,31 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(const Context& ctx,
     GuardAdmissions(
         &txn, v, promote.empty() ? nullptr : promote.back(),
         left == promote.size() && (v.limit == 0 || running < v.limit));
+    // Nobody queued: a light release (LightProof), which does not rewrite
+    // `meta`. Its compare on `meta` keeps the queue empty until it commits.
+    std::optional<LightProof> light;
+    if (v.queue.empty() && v.limit <= static_cast<int32_t>(kMaxGuardedSlots)) {
+      light.emplace();
+      light->meta_mod = v.meta_mod;
+      etcdpb::TxnRequest l;
+      *l.add_compare() = txn.compare(0);  // `meta` unchanged
+      for (const Freed& f : freed) {
+        if (f.slot == nullptr) continue;
+        auto* cmp = l.add_compare();
+        cmp->set_key(Cat(p, "slot/", f.slot->run));
+        cmp->set_target(etcdpb::Compare::CREATE);
+        cmp->set_result(etcdpb::Compare::EQUAL);
+        cmp->set_create_revision(f.slot->create_revision);
+        int64_t lease = 0;
+        ParseHex(f.slot->lease_hex, &lease);
+        light->slots.emplace_back(f.slot->run, f.slot->create_revision, lease);
+      }
+      // The deletes, without the `meta` put GuardedTxn began with.
+      for (int i = 1; i < txn.success_size(); ++i) {
+        *l.add_success() = txn.success(i);
+      }
+      txn = std::move(l);
+    }
     const absl::Time now = clock_->Now();
     // A released slot's etcd lease, if young, carries an admitted run's
     // slot: a hand-off grants no lease (its index key is rewritten).
@@ -1199,8 +1272,11 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(const Context& ctx,
                commit_id);
     }
     auto tr = CommitStep(ctx, repo, std::move(txn), *leases, std::move(after),
-                         v.queue.empty() ? Commit::kExact : Commit::kQueue,
-                         !promote.empty(), commit_id);
+                         light.has_value() ? Commit::kLight
+                         : v.queue.empty() ? Commit::kExact
+                                           : Commit::kQueue,
+                         !promote.empty(), light.has_value() ? "" : commit_id,
+                         light.has_value() ? &*light : nullptr);
     if (!tr.ok()) return tr.status();
     if (!tr->has_value()) {  // planned on an outdated view: plan again
       fresh = false;
@@ -1530,11 +1606,14 @@ void EtcdDriver::OnWatch(const WatchBatch& b) {
   }
   last_revision_ = std::max(last_revision_, b.revision);
   const std::string p = prefix_ + "repo/";
-  // Our Txns (acquire, release) always write the repository's `meta` key:
-  // a slot deleted in the same revision as a `meta` put was released by a
-  // Txn that already admitted the queue. Only other deletions (expiries)
-  // need a promotion step.
+  // Guarded Txns write the repository's `meta` key: a slot deleted in the
+  // same revision as a `meta` put was released by a Txn that already
+  // admitted the queue. Other deletions (expiries, light releases) may
+  // need a promotion step (`freed`): unless the repository's view, which
+  // the stream keeps current, has no queue (a light release always finds
+  // none; LightProof).
   std::set<std::pair<std::string_view, int64_t>> txn_writes;
+  std::set<std::string> freed;
   // Views that took events, and the revision they are now at (set after
   // the loop: a revision's events all come in one batch).
   std::map<std::string, int64_t> applied;
@@ -1581,7 +1660,7 @@ void EtcdDriver::OnWatch(const WatchBatch& b) {
       if (ev.type() == etcdpb::Event::DELETE) {
         type = WatchEventType::kReleased;
         if (txn_writes.count({repo_view, ev.kv().mod_revision()}) == 0) {
-          to_promote_.insert(repo);  // an expiry frees a slot: admit the queue
+          freed.insert(repo);  // a slot freed: admit the queue, if any
         }
       } else if (ev.kv().version() == 1) {
         type = WatchEventType::kAdmitted;
@@ -1604,6 +1683,12 @@ void EtcdDriver::OnWatch(const WatchBatch& b) {
     SortQueue(&it->second);
   }
   if (!applied.empty()) views_cv_.NotifyAll();
+  for (const std::string& repo : freed) {
+    // A view still cached took every event of this batch (or is later).
+    auto it = views_.find(repo);
+    if (it != views_.end() && it->second.queue.empty()) continue;
+    to_promote_.insert(repo);
+  }
   if (!to_promote_.empty()) cv_.NotifyAll();
   dispatcher_.Post(std::move(events));
 }

@@ -1,6 +1,6 @@
 // The etcd driver. Key layout (docs/etcd.md), under the configured prefix P:
 //
-//   P repo/<ns>/<name>/meta                 bumped by every guarded change
+//   P repo/<ns>/<name>/meta                 rewritten by every guarded change
 //   P repo/<ns>/<name>/limit                the concurrency limit
 //   P repo/<ns>/<name>/slot/<run>           a held slot; value: "<lease
 //                                           id hex>/<lease TTL start µs>/
@@ -9,11 +9,12 @@
 //   P repo/<ns>/<name>/queue/<µs:20>/<run>  a queued run (creation time)
 //   P state/repo/<repo>, P state/run/<run>  free-form states
 //
-// Every change of a repository but one is a Txn whose compare is "meta's
-// mod_revision is what I saw": counting and granting are one atomic step,
-// and a concurrent change makes the Txn fail and the step retry. The
-// exception, joining the end of a non-empty queue, is shown safe in
-// FastEnqueueTxn.
+// Every change of a repository but two is a Txn whose compare is "meta's
+// mod_revision is what I saw" and that rewrites `meta`: counting and
+// granting are one atomic step, and a concurrent change makes the Txn fail
+// and the step retry. The exceptions, joining the end of a non-empty queue
+// and a release with nobody queued, are shown safe in FastEnqueueTxn and
+// LightProof.
 #ifndef PAC_SRC_ETCD_ETCD_DRIVER_H_
 #define PAC_SRC_ETCD_ETCD_DRIVER_H_
 
@@ -25,6 +26,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "pac/concurrency/driver.h"
@@ -216,7 +218,31 @@ class EtcdDriver final : public Driver {
     // entry joined after was admitted) drops the cached view, so the step
     // reads afresh. On success, as kQueue.
     kJoinEnd,
+    // A light release (LightProof): compares `meta` but leaves it alone.
+    // On success the repository is `after` at the commit's revision, with
+    // `meta` as before; the cache takes it.
+    kLight,
   };
+  // A release planned on a view without a queue deletes its slots in a Txn
+  // that compares `meta` and each slot but writes nothing else: the queue
+  // is still empty at the commit (its first entry is always a guarded Txn,
+  // which rewrites `meta`), so there is nobody to admit. Such a delete is
+  // seen by others as an expiry is: guarded plans compare the slots they
+  // counted (GuardSlots). Only for limits up to kMaxGuardedSlots (or none),
+  // so that those compares prove a full repository is still full.
+  //
+  // What proves the commit when its answer was lost (LightCommitted): the
+  // Txn compared and wrote no commit id.
+  struct LightProof {
+    int64_t meta_mod = 0;
+    // run, the slot's create revision, its etcd lease
+    std::vector<std::tuple<std::string, int64_t, int64_t>> slots;
+  };
+  // The revision of `v` if it proves that `light` committed: `meta`
+  // unchanged, each slot gone while its etcd lease is alive (no expiry
+  // deleted it). Else 0.
+  int64_t LightCommitted(const Context& ctx, const RepoView& v,
+                         const LightProof& light);
   // Commits a step's Txn. A failed compare of a guarded Txn returns the
   // repository's range, which is cached. The response when it succeeded;
   // nullopt when the step must be planned again (a lost compare, a
@@ -235,7 +261,8 @@ class EtcdDriver final : public Driver {
   absl::StatusOr<std::optional<etcdpb::TxnResponse>> CommitStep(
       const Context& ctx, const std::string& repo, etcdpb::TxnRequest txn,
       const std::vector<int64_t>& leases, RepoView after, Commit kind,
-      bool admits, const std::string& commit_id) PAC_EXCLUDES(mu_);
+      bool admits, const std::string& commit_id,
+      const LightProof* light = nullptr) PAC_EXCLUDES(mu_);
   // The revision at which a slot of `v` granted with `commit_id` was
   // created, or 0.
   static int64_t CommittedAt(const RepoView& v, const std::string& commit_id);

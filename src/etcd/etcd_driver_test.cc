@@ -13,9 +13,12 @@
 #include <condition_variable>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <mutex>
 #include <set>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -920,7 +923,9 @@ TEST_P(LostAnswer, AReleaseWhoseAnswerWasLostReportsWhatItAdmitted) {
 }
 
 // A release that admits nobody, whose answer was lost, still says that it
-// released (`meta` carries the commit id).
+// released. With nobody queued it is a light release, which writes no
+// commit id: its slot gone while `meta` stayed and its lease lives proves
+// it (LightCommitted).
 TEST_P(LostAnswer, AReleaseThatAdmitsNobodySaysItReleased) {
   kv->need_grant = false;
   Repository repo{"lost", "alone", 2};
@@ -945,6 +950,176 @@ INSTANTIATE_TEST_SUITE_P(Etcd, LostAnswer,
                                       ? "SentAgain"
                                       : "Unavailable";
                          });
+
+// Records the Txns sent through it, counts every request after `counting`
+// is set, and runs `before_enqueue` once, before the first Txn that puts a
+// queue key is sent.
+class LightReleases final : public internal::ForwardingEtcdKV {
+ public:
+  using ForwardingEtcdKV::ForwardingEtcdKV;
+  absl::StatusOr<internal::etcdpb::TxnResponse> Txn(
+      const Context& ctx, const internal::etcdpb::TxnRequest& req) override {
+    std::function<void()> hook;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      txns.push_back(req);
+      for (const auto& op : req.success()) {
+        if (op.has_request_put() &&
+            absl::StrContains(op.request_put().key(), "/queue/")) {
+          hook = std::exchange(before_enqueue, nullptr);
+        }
+      }
+    }
+    if (counting) ++requests;
+    if (hook) hook();
+    return inner_->Txn(ctx, req);
+  }
+  absl::StatusOr<internal::etcdpb::RangeResponse> Range(
+      const Context& ctx, const internal::etcdpb::RangeRequest& req) override {
+    if (counting) ++requests;
+    return inner_->Range(ctx, req);
+  }
+  internal::etcdpb::TxnRequest Last() {
+    std::lock_guard<std::mutex> lock(mu);
+    return txns.back();
+  }
+  std::mutex mu;
+  std::vector<internal::etcdpb::TxnRequest> txns;
+  std::function<void()> before_enqueue;
+  std::atomic<bool> counting{false};
+  std::atomic<int> requests{0};
+};
+
+class LightRelease : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    mock = std::make_shared<internal::MockEtcd>(&clock);
+    kv = std::make_shared<LightReleases>(mock);
+    a = MockDriverOver(mock, &clock);
+    b = MockDriverOver(kv, &clock);
+    ASSERT_NE(a, nullptr);
+    ASSERT_NE(b, nullptr);
+  }
+  void TearDown() override {
+    if (a != nullptr) EXPECT_TRUE(a->Close().ok());
+    if (b != nullptr) EXPECT_TRUE(b->Close().ok());
+  }
+  // The mod revision of a repository's `meta` key (0: none).
+  int64_t MetaMod(const Repository& repo) {
+    internal::etcdpb::RangeRequest r;
+    r.set_key(absl::StrCat("/pac-concurrency/repo/", repo.Key(), "/meta"));
+    auto got = mock->Range(ctx, r);
+    EXPECT_TRUE(got.ok());
+    return got.ok() && got->kvs_size() > 0 ? got->kvs(0).mod_revision() : 0;
+  }
+  ManualClock clock;
+  std::shared_ptr<internal::MockEtcd> mock;
+  std::shared_ptr<LightReleases> kv;
+  std::unique_ptr<Driver> a, b;  // b's requests go through kv
+  Context ctx;
+};
+
+// With nobody queued, a release deletes its slot and writes nothing else
+// (no `meta`): one key write fewer per acquire+release pair. With a queue,
+// it still rewrites `meta` and admits the head in the same Txn.
+TEST_F(LightRelease, AReleaseWithNobodyQueuedWritesOnlyItsSlot) {
+  Repository repo{"light", "repo", 2};
+  auto x = b->AcquireSlot(ctx, repo, "light/x");
+  ASSERT_TRUE(x.ok() && x->acquired);
+  const int64_t meta = MetaMod(repo);
+  ASSERT_GT(meta, 0);
+  auto r = b->ReleaseSlot(ctx, x->lease.lease_id, "", "");
+  ASSERT_TRUE(r.ok() && r->released) << r.status();
+  const internal::etcdpb::TxnRequest t = kv->Last();
+  ASSERT_EQ(t.success_size(), 1);
+  EXPECT_EQ(t.success(0).request_delete_range().key(),
+            "/pac-concurrency/repo/light/repo/slot/light/x");
+  EXPECT_EQ(MetaMod(repo), meta);
+  EXPECT_EQ(*b->GetCurrentSlots(ctx, repo.Key()), 0);
+  // The driver's view after it stays right: the next pair works as well.
+  auto y = b->AcquireSlot(ctx, repo, "light/y");
+  ASSERT_TRUE(y.ok() && y->acquired);
+  EXPECT_TRUE(b->ReleaseSlot(ctx, y->lease.lease_id, "", "")->released);
+
+  Repository one{"light", "one", 1};
+  AcquireOptions opts;
+  opts.creation_time = clock.Now();
+  auto h = b->AcquireSlot(ctx, one, "light/h", opts);
+  auto w = b->AcquireSlot(ctx, one, "light/w", opts);
+  ASSERT_TRUE(h.ok() && h->acquired && w.ok() && !w->acquired);
+  const int64_t before = MetaMod(one);
+  auto rh = b->ReleaseSlot(ctx, h->lease.lease_id, "", "");
+  ASSERT_TRUE(rh.ok() && rh->released);
+  ASSERT_EQ(rh->admitted.size(), 1u);
+  EXPECT_EQ(rh->admitted[0].pipeline_run_key, "light/w");
+  EXPECT_GT(MetaMod(one), before);
+}
+
+// A run that another driver planned to queue, from a view that had every
+// slot taken, is not queued when a light release freed a slot in the
+// meantime (the release left `meta` alone): the enqueue's compare on the
+// slots it counted fails, and the run gets the slot. Queued, it would wait
+// for nobody: the release saw no queue to admit from.
+TEST_F(LightRelease, AnEnqueuePlannedBeforeALightReleaseTakesTheSlot) {
+  Repository repo{"light", "race", 1};
+  AcquireOptions opts;
+  opts.creation_time = clock.Now();
+  auto x = a->AcquireSlot(ctx, repo, "light/x", opts);
+  ASSERT_TRUE(x.ok() && x->acquired);
+  const int64_t meta = MetaMod(repo);
+  bool released = false;
+  int64_t meta_after = 0;
+  kv->before_enqueue = [&] {
+    auto r = a->ReleaseSlot(ctx, x->lease.lease_id, "", "");
+    released = r.ok() && r->released;
+    meta_after = MetaMod(repo);
+  };
+  auto y = b->AcquireSlot(ctx, repo, "light/y", opts);
+  ASSERT_TRUE(released) << "b never planned to queue";
+  EXPECT_EQ(meta_after, meta) << "the release was not a light one";
+  ASSERT_TRUE(y.ok()) << y.status();
+  EXPECT_TRUE(y->acquired) << "queued at " << y->position
+                           << " behind a free slot";
+  EXPECT_TRUE(b->GetQueuedPipelineRuns(ctx, repo.Key())->empty());
+  auto running = b->GetRunningPipelineRuns(ctx, repo.Key());
+  ASSERT_TRUE(running.ok());
+  ASSERT_EQ(running->size(), 1u);
+  EXPECT_EQ((*running)[0].pipeline_run_key, "light/y");
+}
+
+// A light release is a slot deleted without a `meta` write, as an expiry
+// is; a watching driver whose view (kept current by its watch) shows no
+// queue runs no promotion step for it: no request at all.
+TEST_F(LightRelease, AWatchingDriverSpendsNoRequestOnALightRelease) {
+  Repository repo{"light", "watched", 2};
+  std::mutex mu;
+  std::condition_variable cv;
+  std::set<std::string> released;
+  auto w = b->WatchSlotAvailability(ctx, repo.Key(), [&](const WatchEvent& e) {
+    if (e.type != WatchEventType::kReleased) return;
+    std::lock_guard<std::mutex> lock(mu);
+    released.insert(e.pipeline_run_key);
+    cv.notify_all();
+  });
+  ASSERT_TRUE(w.ok()) << w.status();
+  auto x = b->AcquireSlot(ctx, repo, "light/x");  // b caches a view
+  auto y = a->AcquireSlot(ctx, repo, "light/y");
+  ASSERT_TRUE(x.ok() && x->acquired && y.ok() && y->acquired);
+  mock->DrainDeliveriesForTest();  // b's view has y
+  kv->counting = true;
+  const int64_t meta = MetaMod(repo);
+  ASSERT_TRUE(a->ReleaseSlot(ctx, y->lease.lease_id, "", "")->released);
+  EXPECT_EQ(MetaMod(repo), meta);
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(10),
+                            [&] { return released.count("light/y") > 0; }));
+  }
+  // A promotion step would follow the event at once (a Confirm Txn).
+  absl::SleepFor(absl::Milliseconds(300));
+  EXPECT_EQ(kv->requests.load(), 0);
+  (*w)->Stop();
+}
 
 }  // namespace
 }  // namespace pac::concurrency
