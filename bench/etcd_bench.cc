@@ -96,11 +96,13 @@ void BM_Etcd_RawPut(benchmark::State& state) {
 }
 BENCHMARK(BM_Etcd_RawPut)->Threads(1)->Threads(16)->MinTime(3)->UseRealTime();
 
-// A second floor: the driver's acquire Txn without the driver. A compare
-// on a `meta` key's mod revision, puts of `meta` and a slot key (and, if
-// the compare fails, a range of the repository's keys), as one Txn; then
-// the release Txn of the same shape deleting the slot key. No
-// leases, no cache, no planning: what etcd itself charges for the pair.
+// A second floor: the driver's Txn pair without the driver. The acquire:
+// a compare on a `meta` key's mod revision, puts of `meta` and a slot key
+// (and, if the compare fails, a range of the repository's keys), as one
+// Txn. The release with nobody queued (a light release, docs/etcd.md):
+// compares on `meta` and on the slot's create revision, a delete of the
+// slot key, and the same range on failure. No leases, no cache, no
+// planning: what etcd itself charges for the pair.
 void RawTxnPairLoop(benchmark::State& state, internal::EtcdKV* kv) {
   Context ctx;
   namespace pb = internal::etcdpb;
@@ -118,15 +120,26 @@ void RawTxnPairLoop(benchmark::State& state, internal::EtcdKV* kv) {
     op.mutable_request_delete_range()->set_key(k);
     return op;
   };
-  auto txn_with = [&](std::vector<pb::RequestOp> ops) {
+  int64_t slot_rev = 0;  // the slot's create revision
+  // acquire: put `meta` and the slot; release: compare the slot, delete it.
+  auto txn_with = [&](bool acquire) {
     pb::TxnRequest t;
     auto* c = t.add_compare();
     c->set_key(p + "meta");
     c->set_target(pb::Compare::MOD);
     c->set_result(pb::Compare::EQUAL);
     c->set_mod_revision(meta_mod);
-    *t.add_success() = op_put(p + "meta", "");
-    for (auto& o : ops) *t.add_success() = std::move(o);
+    if (acquire) {
+      *t.add_success() = op_put(p + "meta", "");
+      *t.add_success() = op_put(p + "slot/run", "lease");
+    } else {
+      c = t.add_compare();
+      c->set_key(p + "slot/run");
+      c->set_target(pb::Compare::CREATE);
+      c->set_result(pb::Compare::EQUAL);
+      c->set_create_revision(slot_rev);
+      *t.add_success() = op_del(p + "slot/run");
+    }
     pb::RequestOp range;
     range.mutable_request_range()->set_key(p);
     range.mutable_request_range()->set_range_end(p.substr(0, p.size() - 1) +
@@ -135,20 +148,26 @@ void RawTxnPairLoop(benchmark::State& state, internal::EtcdKV* kv) {
     auto r = kv->Txn(ctx, t);
     if (!r.ok() || !r->succeeded()) {
       ++errors;
-      meta_mod = 0;
+      meta_mod = slot_rev = 0;
       for (const auto& x :
            r.ok() ? r->responses(0).response_range().kvs()
                   : decltype(r->responses(0).response_range().kvs()){}) {
         if (x.key() == p + "meta") meta_mod = x.mod_revision();
+        if (x.key() == p + "slot/run") slot_rev = x.create_revision();
       }
       return;
     }
-    meta_mod = r->header().revision();
+    if (acquire) {
+      meta_mod = r->header().revision();
+      if (slot_rev == 0) slot_rev = meta_mod;  // (a put keeps it otherwise)
+    } else {
+      slot_rev = 0;
+    }
   };
   CompactServer(state);
   for (auto _ : state) {
-    txn_with({op_put(p + "slot/run", "lease")});
-    txn_with({op_del(p + "slot/run")});
+    txn_with(/*acquire=*/true);
+    txn_with(/*acquire=*/false);
   }
   state.SetItemsProcessed(state.iterations());
   state.counters["errors"] = static_cast<double>(errors);
