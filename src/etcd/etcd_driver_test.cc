@@ -972,6 +972,16 @@ class LightReleases final : public internal::ForwardingEtcdKV {
     }
     if (counting) ++requests;
     if (hook) hook();
+    bool deletes_slot = false;
+    for (const auto& op : req.success()) {
+      deletes_slot |=
+          op.has_request_delete_range() &&
+          absl::StrContains(op.request_delete_range().key(), "/slot/");
+    }
+    if (deletes_slot && lose_next_release.exchange(false)) {
+      if (before_loss) before_loss();
+      return absl::UnavailableError("injected: never sent");
+    }
     return inner_->Txn(ctx, req);
   }
   absl::StatusOr<internal::etcdpb::RangeResponse> Range(
@@ -986,6 +996,10 @@ class LightReleases final : public internal::ForwardingEtcdKV {
   std::mutex mu;
   std::vector<internal::etcdpb::TxnRequest> txns;
   std::function<void()> before_enqueue;
+  // The next Txn that deletes a slot is not sent: before_loss runs, and
+  // the caller gets Unavailable (an outcome it cannot know).
+  std::atomic<bool> lose_next_release{false};
+  std::function<void()> before_loss;
   std::atomic<bool> counting{false};
   std::atomic<int> requests{0};
 };
@@ -1053,6 +1067,25 @@ TEST_F(LightRelease, AReleaseWithNobodyQueuedWritesOnlyItsSlot) {
   ASSERT_EQ(rh->admitted.size(), 1u);
   EXPECT_EQ(rh->admitted[0].pipeline_run_key, "light/w");
   EXPECT_GT(MetaMod(one), before);
+}
+
+// A light release that never reached etcd, failing with Unavailable after
+// its slot expired, does not pass for committed: the slot is gone and
+// `meta` unchanged, as after its own commit, but the slot's lease is gone
+// too, so an expiry deleted it. The release says it released nothing.
+TEST_F(LightRelease, AReleaseThatNeverCommittedIsNotProvedByAnExpiry) {
+  Repository repo{"light", "expired", 2};
+  auto x = b->AcquireSlot(ctx, repo, "light/x");
+  ASSERT_TRUE(x.ok() && x->acquired);
+  const int64_t meta = MetaMod(repo);
+  kv->before_loss = [&] { clock.Advance(absl::Seconds(61)); };
+  kv->lose_next_release = true;
+  auto r = b->ReleaseSlot(ctx, x->lease.lease_id, "", "");
+  ASSERT_FALSE(kv->lose_next_release.load()) << "no release was sent";
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_FALSE(r->released) << "an expiry was taken for the release";
+  EXPECT_EQ(MetaMod(repo), meta);
+  EXPECT_EQ(*b->GetCurrentSlots(ctx, repo.Key()), 0);
 }
 
 // A run that another driver planned to queue, from a view that had every
