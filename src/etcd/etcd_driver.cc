@@ -741,7 +741,8 @@ void EtcdDriver::SortQueue(RepoView* v) {
 absl::StatusOr<std::optional<etcdpb::TxnResponse>> EtcdDriver::CommitStep(
     const Context& ctx, const std::string& repo, etcdpb::TxnRequest txn,
     const std::vector<int64_t>& leases, RepoView after, Commit kind,
-    bool admits, const std::string& commit_id, const LightProof* light) {
+    bool admits, const std::string& commit_id, const LightProof* light,
+    std::optional<RepoView>* current) {
   // A failed compare answers the repository as it is now, so the next
   // attempt needs no read of its own. A success answers nothing: the
   // compares held, so the repository is `after` (the plan's view with the
@@ -812,6 +813,7 @@ absl::StatusOr<std::optional<etcdpb::TxnResponse>> EtcdDriver::CommitStep(
   // answers nothing: the next attempt reads), as does the read above.
   if (now.has_value()) {
     CacheView(repo, *now);
+    if (current != nullptr) *current = *std::move(now);
   } else {
     ForgetView(repo);
   }
@@ -987,13 +989,19 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
       *txn.add_success() = PutOp(q.key, std::to_string(q.enqueued_us));
       after.queue.push_back(std::move(q));
     }
+    std::optional<RepoView> current;
     auto tr = CommitStep(ctx, repo, std::move(txn), *leases, std::move(after),
                          fast              ? Commit::kJoinEnd
                          : v.queue.empty() ? Commit::kExact
                                            : Commit::kQueue,
-                         !promote.empty(), commit_id);
+                         !promote.empty(), commit_id, nullptr, &current);
     if (!tr.ok()) return tr.status();
-    if (!tr->has_value()) {  // planned on an outdated view: plan again
+    if (!tr->has_value()) {
+      // Planned on an outdated view: plan again, on the repository as etcd
+      // just answered it. That view is as fresh as a read, so an answer
+      // that writes nothing ("no slot free") needs no Confirm: under
+      // contention a Confirm rarely held, and the caller went round again.
+      confirmed = std::move(current);
       fresh = false;
       continue;
     }

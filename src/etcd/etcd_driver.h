@@ -258,11 +258,16 @@ class EtcdDriver final : public Driver {
   // that slot's create revision, as planned (else the admitted runs would
   // be reported by nobody). Without that proof, the leases of a Txn that
   // failed with an error are dropped, not reused: it may still commit.
+  //
+  // When the step must be planned again, `current` (if given) gets the
+  // repository as etcd answered it (a lost compare's failure branch, or the
+  // read after an error), when there is one: as fresh as a read.
   absl::StatusOr<std::optional<etcdpb::TxnResponse>> CommitStep(
       const Context& ctx, const std::string& repo, etcdpb::TxnRequest txn,
       const std::vector<int64_t>& leases, RepoView after, Commit kind,
       bool admits, const std::string& commit_id,
-      const LightProof* light = nullptr) PAC_EXCLUDES(mu_);
+      const LightProof* light = nullptr,
+      std::optional<RepoView>* current = nullptr) PAC_EXCLUDES(mu_);
   // The revision at which a slot of `v` granted with `commit_id` was
   // created, or 0.
   static int64_t CommittedAt(const RepoView& v, const std::string& commit_id);

@@ -1073,6 +1073,33 @@ TEST_F(LightRelease, AReleaseWithNobodyQueuedWritesOnlyItsSlot) {
   EXPECT_GT(MetaMod(one), before);
 }
 
+// A grant that loses its compare to another driver's grant answers "no
+// slot free" from the repository its failed Txn returned: that view is as
+// fresh as a read, so no Confirm follows. (With one, under contention the
+// Confirm rarely held and the caller went round again.)
+TEST_F(LightRelease, ALostGrantAnswersFromItsFailureBranch) {
+  Repository repo{"light", "lost", 1};
+  auto x = b->AcquireSlot(ctx, repo, "light/x");
+  ASSERT_TRUE(x.ok() && x->acquired);
+  // b's view: the slot free. b has no watch (nobody queued): it does not
+  // hear a's grant.
+  ASSERT_TRUE(b->ReleaseSlot(ctx, x->lease.lease_id, "", "")->released);
+  auto y = a->AcquireSlot(ctx, repo, "light/y");
+  ASSERT_TRUE(y.ok() && y->acquired);
+  const size_t before = [&] {
+    std::lock_guard<std::mutex> lock(kv->mu);
+    return kv->txns.size();
+  }();
+  AcquireOptions no_queue;
+  no_queue.enqueue = false;
+  auto z = b->AcquireSlot(ctx, repo, "light/z", no_queue);
+  ASSERT_TRUE(z.ok()) << z.status();
+  EXPECT_FALSE(z->acquired);
+  std::lock_guard<std::mutex> lock(kv->mu);
+  EXPECT_EQ(kv->txns.size() - before, 1u)
+      << "more than the lost grant was sent";
+}
+
 // A light release that never reached etcd, failing with Unavailable after
 // its slot expired, does not pass for committed: the slot is gone and
 // `meta` unchanged, as after its own commit, but the slot's lease is gone
