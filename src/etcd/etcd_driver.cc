@@ -248,17 +248,33 @@ std::string EtcdDriver::RepoPrefix(std::string_view repo) const {
   return Cat(prefix_, "repo/", repo, "/");
 }
 
+void EtcdDriver::AddMetaCompare(etcdpb::TxnRequest* txn,
+                                const std::string& repo_prefix,
+                                int64_t meta_mod) {
+  auto* cmp = txn->add_compare();
+  cmp->set_key(repo_prefix + "meta");
+  cmp->set_target(etcdpb::Compare::MOD);
+  cmp->set_result(etcdpb::Compare::EQUAL);
+  cmp->set_mod_revision(meta_mod);
+}
+
+void EtcdDriver::AddSlotCompare(etcdpb::TxnRequest* txn,
+                                const std::string& repo, const std::string& run,
+                                int64_t create_revision) const {
+  auto* cmp = txn->add_compare();
+  cmp->set_key(Cat(RepoPrefix(repo), "slot/", run));
+  cmp->set_target(etcdpb::Compare::CREATE);
+  cmp->set_result(etcdpb::Compare::EQUAL);
+  cmp->set_create_revision(create_revision);
+}
+
 etcdpb::TxnRequest EtcdDriver::GuardedTxn(const std::string& repo_prefix,
                                           int64_t meta_mod,
                                           const std::string& commit_id) const {
   // Commits only if nothing of the repository changed since it was read,
   // and marks this commit as a change, by whom.
   etcdpb::TxnRequest txn;
-  auto* cmp = txn.add_compare();
-  cmp->set_key(repo_prefix + "meta");
-  cmp->set_target(etcdpb::Compare::MOD);
-  cmp->set_result(etcdpb::Compare::EQUAL);
-  cmp->set_mod_revision(meta_mod);
+  AddMetaCompare(&txn, repo_prefix, meta_mod);
   *txn.add_success() = PutOp(repo_prefix + "meta", commit_id);
   return txn;
 }
@@ -278,11 +294,7 @@ void EtcdDriver::GuardSlots(etcdpb::TxnRequest* txn, const RepoView& v) const {
   size_t n = 0;
   for (const auto& [run, slot] : v.slots) {
     if (n++ == kMaxGuardedSlots) break;
-    auto* cmp = txn->add_compare();
-    cmp->set_key(Cat(RepoPrefix(v.repo), "slot/", run));
-    cmp->set_target(etcdpb::Compare::CREATE);
-    cmp->set_result(etcdpb::Compare::EQUAL);
-    cmp->set_create_revision(slot.create_revision);
+    AddSlotCompare(txn, v.repo, run, slot.create_revision);
   }
 }
 
@@ -293,11 +305,7 @@ absl::StatusOr<std::optional<EtcdDriver::RepoView>> EtcdDriver::Confirm(
   // makes. Entries joined at the end of the queue do not move anyone
   // already in it, so they need no check.
   etcdpb::TxnRequest txn;
-  auto* cmp = txn.add_compare();
-  cmp->set_key(RepoPrefix(v.repo) + "meta");
-  cmp->set_target(etcdpb::Compare::MOD);
-  cmp->set_result(etcdpb::Compare::EQUAL);
-  cmp->set_mod_revision(v.meta_mod);
+  AddMetaCompare(&txn, RepoPrefix(v.repo), v.meta_mod);
   GuardSlots(&txn, v);
   *txn.add_failure() = RangeRepoOp(v.repo);
   auto tr = kv_->Txn(ctx, txn);
@@ -378,11 +386,7 @@ etcdpb::TxnRequest EtcdDriver::FastEnqueueTxn(const RepoView& v,
   cmp->set_target(etcdpb::Compare::CREATE);
   cmp->set_result(etcdpb::Compare::EQUAL);
   cmp->set_create_revision(last.create_revision);
-  cmp = txn.add_compare();
-  cmp->set_key(Cat(RepoPrefix(v.repo), "slot/", run));
-  cmp->set_target(etcdpb::Compare::CREATE);
-  cmp->set_result(etcdpb::Compare::EQUAL);
-  cmp->set_create_revision(0);
+  AddSlotCompare(&txn, v.repo, run, 0);
   return txn;
 }
 
@@ -1145,9 +1149,19 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(const Context& ctx,
     if (!view.ok()) return view.status();
     const RepoView& v = *view;
     const std::string p = RepoPrefix(repo);
-    const std::string commit_id = NewCommitId();
-    etcdpb::TxnRequest txn = GuardedTxn(p, v.meta_mod, commit_id);
-    if (cached_view) GuardSlots(&txn, v);
+    // Nobody queued: a light release (LightProof), which compares `meta`
+    // but does not rewrite it, so it carries no commit id. Its compare
+    // keeps the queue empty until it commits: there is nobody to admit.
+    const bool light =
+        v.queue.empty() && v.limit <= static_cast<int32_t>(kMaxGuardedSlots);
+    const std::string commit_id = light ? "" : NewCommitId();
+    etcdpb::TxnRequest txn;
+    if (light) {
+      AddMetaCompare(&txn, p, v.meta_mod);
+    } else {
+      txn = GuardedTxn(p, v.meta_mod, commit_id);
+      if (cached_view) GuardSlots(&txn, v);
+    }
     std::vector<ReleaseResult> results(group.size());
     // The slot each member frees (or none), its etcd lease, when that
     // lease's TTL started, and whether an admitted run's slot takes it.
@@ -1215,30 +1229,17 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(const Context& ctx,
     GuardAdmissions(
         &txn, v, promote.empty() ? nullptr : promote.back(),
         left == promote.size() && (v.limit == 0 || running < v.limit));
-    // Nobody queued: a light release (LightProof), which does not rewrite
-    // `meta`. Its compare on `meta` keeps the queue empty until it commits.
-    std::optional<LightProof> light;
-    if (v.queue.empty() && v.limit <= static_cast<int32_t>(kMaxGuardedSlots)) {
-      light.emplace();
-      light->meta_mod = v.meta_mod;
-      etcdpb::TxnRequest l;
-      *l.add_compare() = txn.compare(0);  // `meta` unchanged
+    // A light release deletes exactly the grants it saw, and proves a lost
+    // answer by them (LightCommitted).
+    LightProof proof{v.meta_mod, {}};
+    if (light) {
       for (const Freed& f : freed) {
         if (f.slot == nullptr) continue;
-        auto* cmp = l.add_compare();
-        cmp->set_key(Cat(p, "slot/", f.slot->run));
-        cmp->set_target(etcdpb::Compare::CREATE);
-        cmp->set_result(etcdpb::Compare::EQUAL);
-        cmp->set_create_revision(f.slot->create_revision);
+        AddSlotCompare(&txn, repo, f.slot->run, f.slot->create_revision);
         int64_t lease = 0;
         ParseHex(f.slot->lease_hex, &lease);
-        light->slots.emplace_back(f.slot->run, f.slot->create_revision, lease);
+        proof.slots.emplace_back(f.slot->run, f.slot->create_revision, lease);
       }
-      // The deletes, without the `meta` put GuardedTxn began with.
-      for (int i = 1; i < txn.success_size(); ++i) {
-        *l.add_success() = txn.success(i);
-      }
-      txn = std::move(l);
     }
     const absl::Time now = clock_->Now();
     // A released slot's etcd lease, if young, carries an admitted run's
@@ -1280,11 +1281,10 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(const Context& ctx,
                commit_id);
     }
     auto tr = CommitStep(ctx, repo, std::move(txn), *leases, std::move(after),
-                         light.has_value() ? Commit::kLight
+                         light             ? Commit::kLight
                          : v.queue.empty() ? Commit::kExact
                                            : Commit::kQueue,
-                         !promote.empty(), light.has_value() ? "" : commit_id,
-                         light.has_value() ? &*light : nullptr);
+                         !promote.empty(), commit_id, light ? &proof : nullptr);
     if (!tr.ok()) return tr.status();
     if (!tr->has_value()) {  // planned on an outdated view: plan again
       fresh = false;

@@ -306,6 +306,13 @@ class EtcdDriver final : public Driver {
                                     const std::string& run) const;
   void CacheView(const std::string& repo, const RepoView& v) PAC_EXCLUDES(mu_);
   void ForgetView(const std::string& repo) PAC_EXCLUDES(mu_);
+  // Adds the compare "`meta`'s mod revision is `meta_mod`".
+  static void AddMetaCompare(etcdpb::TxnRequest* txn,
+                             const std::string& repo_prefix, int64_t meta_mod);
+  // Adds the compare "the slot of `run` in `repo` was created at
+  // `create_revision`" (0: the run holds no slot).
+  void AddSlotCompare(etcdpb::TxnRequest* txn, const std::string& repo,
+                      const std::string& run, int64_t create_revision) const;
   // A Txn guarded by the repository's meta revision (see the file comment).
   etcdpb::TxnRequest GuardedTxn(const std::string& repo_prefix,
                                 int64_t meta_mod,

@@ -843,6 +843,19 @@ INSTANTIATE_TEST_SUITE_P(Etcd, GroupedReleases, ::testing::Bool(),
 // sends it again, as the gRPC client does after a broken connection (the
 // second send loses its compare to the first), or the call fails with
 // Unavailable.
+// Whether `req` succeeds with a put (`put`) or a delete of a slot key.
+bool WritesASlot(const internal::etcdpb::TxnRequest& req, bool put) {
+  for (const auto& op : req.success()) {
+    const std::string& key =
+        put ? op.request_put().key() : op.request_delete_range().key();
+    if ((put ? op.has_request_put() : op.has_request_delete_range()) &&
+        absl::StrContains(key, "/slot/")) {
+      return true;
+    }
+  }
+  return false;
+}
+
 class LostAnswers final : public internal::ForwardingEtcdKV {
  public:
   enum class Mode { kResent, kUnavailable };
@@ -850,18 +863,9 @@ class LostAnswers final : public internal::ForwardingEtcdKV {
       : ForwardingEtcdKV(std::move(inner)), mode_(mode) {}
   absl::StatusOr<internal::etcdpb::TxnResponse> Txn(
       const Context& ctx, const internal::etcdpb::TxnRequest& req) override {
-    bool deletes = false, grants = false;
-    for (const auto& op : req.success()) {
-      if (op.has_request_delete_range() &&
-          absl::StrContains(op.request_delete_range().key(), "/slot/")) {
-        deletes = true;
-      }
-      if (op.has_request_put() &&
-          absl::StrContains(op.request_put().key(), "/slot/")) {
-        grants = true;
-      }
-    }
-    if (!deletes || (need_grant && !grants) || !armed.exchange(false)) {
+    if (!WritesASlot(req, /*put=*/false) ||
+        (need_grant && !WritesASlot(req, /*put=*/true)) ||
+        !armed.exchange(false)) {
       return inner_->Txn(ctx, req);
     }
     auto first = inner_->Txn(ctx, req);
@@ -976,13 +980,7 @@ class LightReleases final : public internal::ForwardingEtcdKV {
     }
     if (counting) ++requests;
     if (hook) hook();
-    bool deletes_slot = false;
-    for (const auto& op : req.success()) {
-      deletes_slot |=
-          op.has_request_delete_range() &&
-          absl::StrContains(op.request_delete_range().key(), "/slot/");
-    }
-    if (deletes_slot && lose_next_release.exchange(false)) {
+    if (WritesASlot(req, /*put=*/false) && lose_next_release.exchange(false)) {
       if (before_loss) before_loss();
       return absl::UnavailableError("injected: never sent");
     }
