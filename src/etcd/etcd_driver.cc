@@ -20,6 +20,11 @@ namespace {
 constexpr int kMaxAttempts = 200;
 constexpr size_t kMaxCachedViews = 4096;
 constexpr size_t kMaxGuardedSlots = 64;
+// Light grants (GuardSeats) compare every seat below the limit, besides
+// the up to kMaxGuardedSlots slots a plan may compare: etcd allows 128
+// compares per Txn.
+constexpr int32_t kMaxLightGrantLimit = 32;
+constexpr size_t kMaxSeatRuns = 100000;
 // Leases granted ahead, so an admission need not wait for a grant.
 constexpr size_t kLeasePoolTarget = 4;
 // How long View waits for the watch to bring this driver's own commit.
@@ -65,23 +70,24 @@ bool ParseHex(std::string_view s, int64_t* out) {
   return true;
 }
 
-// A Lease's id: the etcd lease, the slot's create revision (its fencing
-// token), and the repository and run the grant is for, as
-// `<lease hex>-<revision hex>:<ns>:<name>:<run ns>:<run name>` (':' since a
-// key's '/' would split an HTTP path). An etcd lease is reused after a
-// release, so the lease alone does not name one grant; with the revision, a
-// stale holder's id never matches a later grant (rule 12). The keys let a
-// release or renewal by id alone go straight to the slot, with no index key
-// from lease to slot to write, delete and read.
-std::string LeaseId(int64_t lease, int64_t token, std::string_view repo,
-                    std::string_view run) {
-  std::string out = Cat(Hex(lease), "-", Hex(token), ":", repo, ":", run);
+// A Lease's id: the etcd lease, the grant's revision (its fencing token),
+// the seat, and the repository and run the grant is for, as
+// `<lease hex>-<revision hex>-<seat hex>:<ns>:<name>:<run ns>:<run name>`
+// (':' since a key's '/' would split an HTTP path). An etcd lease is reused
+// after a release, and a seat by the next grant, so neither alone names one
+// grant; with the revision, a stale holder's id never matches a later grant
+// (rule 12). The keys let a release or renewal by id alone go straight to
+// the slot, with no index key from lease to slot to write, delete and read.
+std::string LeaseId(int64_t lease, int64_t token, int64_t seat,
+                    std::string_view repo, std::string_view run) {
+  std::string out =
+      Cat(Hex(lease), "-", Hex(token), "-", Hex(seat), ":", repo, ":", run);
   std::replace(out.begin(), out.end(), '/', ':');
   return out;
 }
 
 struct ParsedLeaseId {
-  int64_t lease = 0, token = 0;
+  int64_t lease = 0, token = 0, seat = 0;
   std::string repo, run;
 };
 
@@ -89,12 +95,11 @@ struct ParsedLeaseId {
 std::optional<ParsedLeaseId> ParseLeaseId(std::string_view id) {
   const std::vector<absl::string_view> parts = absl::StrSplit(AV(id), ':');
   if (parts.size() != 5) return std::nullopt;
-  const std::string_view grant = SV(parts[0]);
-  const size_t dash = grant.find('-');
+  const std::vector<absl::string_view> grant = absl::StrSplit(parts[0], '-');
   ParsedLeaseId out;
-  if (dash == std::string_view::npos ||
-      !ParseHex(grant.substr(0, dash), &out.lease) ||
-      !ParseHex(grant.substr(dash + 1), &out.token)) {
+  if (grant.size() != 3 || !ParseHex(SV(grant[0]), &out.lease) ||
+      !ParseHex(SV(grant[1]), &out.token) ||
+      !ParseHex(SV(grant[2]), &out.seat)) {
     return std::nullopt;
   }
   out.repo = Cat(SV(parts[1]), "/", SV(parts[2]));
@@ -104,6 +109,12 @@ std::optional<ParsedLeaseId> ParseLeaseId(std::string_view id) {
     return std::nullopt;
   }
   return out;
+}
+
+// The fields of a seat's value, "<lease hex>/<µs>/<commit id>/<run>"
+// (the run keeps its '/'); fewer than four if it is not one.
+std::vector<absl::string_view> SeatFields(const std::string& value) {
+  return absl::StrSplit(AV(value), absl::MaxSplits('/', 3));
 }
 
 std::string Pad20(int64_t v) {
@@ -189,7 +200,7 @@ int64_t EtcdDriver::CommittedAt(const RepoView& v,
   if (commit_id.empty()) return 0;
   if (v.meta_commit_id == commit_id) return v.meta_mod;
   for (const auto& [run, slot] : v.slots) {
-    if (slot.commit_id == commit_id) return slot.create_revision;
+    if (slot.commit_id == commit_id) return slot.revision;
   }
   return 0;
 }
@@ -203,9 +214,9 @@ int64_t EtcdDriver::LightCommitted(const Context& ctx, const RepoView& v,
   // grant released it at the same time, that one; either way the grant is
   // released).
   if (v.meta_mod != light.meta_mod) return 0;
-  for (const auto& [run, create_revision, lease] : light.slots) {
+  for (const auto& [run, revision, lease] : light.slots) {
     auto it = v.slots.find(run);
-    if (it != v.slots.end() && it->second.create_revision == create_revision) {
+    if (it != v.slots.end() && it->second.revision == revision) {
       return 0;  // still held: it did not commit
     }
     auto ttl = kv_->LeaseTimeToLive(ctx, lease);
@@ -258,14 +269,38 @@ void EtcdDriver::AddMetaCompare(etcdpb::TxnRequest* txn,
   cmp->set_mod_revision(meta_mod);
 }
 
+std::string EtcdDriver::SeatKey(const std::string& repo, int64_t seat) const {
+  return Cat(RepoPrefix(repo), "slot/", std::to_string(seat));
+}
+
 void EtcdDriver::AddSlotCompare(etcdpb::TxnRequest* txn,
-                                const std::string& repo, const std::string& run,
-                                int64_t create_revision) const {
+                                const std::string& repo, int64_t seat,
+                                int64_t revision) const {
   auto* cmp = txn->add_compare();
-  cmp->set_key(Cat(RepoPrefix(repo), "slot/", run));
-  cmp->set_target(etcdpb::Compare::CREATE);
+  cmp->set_key(SeatKey(repo, seat));
+  cmp->set_target(etcdpb::Compare::MOD);
   cmp->set_result(etcdpb::Compare::EQUAL);
-  cmp->set_create_revision(create_revision);
+  cmp->set_mod_revision(revision);
+}
+
+bool EtcdDriver::LightGrantsPossible(const RepoView& v) {
+  return v.exists && v.limit > 0 && v.limit <= kMaxLightGrantLimit;
+}
+
+void EtcdDriver::GuardSeats(etcdpb::TxnRequest* txn, const RepoView& v,
+                            const std::set<int64_t>& skip) const {
+  if (!LightGrantsPossible(v)) return;
+  std::map<int64_t, int64_t> held;  // seat: grant revision
+  for (const auto& [run, slot] : v.slots) held[slot.seat] = slot.revision;
+  for (int64_t seat = 0; seat < v.limit; ++seat) {
+    if (skip.count(seat) > 0) continue;
+    auto it = held.find(seat);
+    auto* cmp = txn->add_compare();
+    cmp->set_key(SeatKey(v.repo, seat));
+    cmp->set_target(etcdpb::Compare::MOD);
+    cmp->set_result(etcdpb::Compare::LESS);
+    cmp->set_mod_revision((it == held.end() ? 0 : it->second) + 1);
+  }
 }
 
 etcdpb::TxnRequest EtcdDriver::GuardedTxn(const std::string& repo_prefix,
@@ -279,7 +314,8 @@ etcdpb::TxnRequest EtcdDriver::GuardedTxn(const std::string& repo_prefix,
   return txn;
 }
 
-void EtcdDriver::GuardSlots(etcdpb::TxnRequest* txn, const RepoView& v) const {
+std::set<int64_t> EtcdDriver::GuardSlots(etcdpb::TxnRequest* txn,
+                                         const RepoView& v) const {
   // At most kMaxGuardedSlots (etcd allows 128 compares per Txn). A view
   // with more is never planned on from the cache (View reads it afresh).
   // Light releases, which delete slots without touching `meta`, happen
@@ -287,15 +323,17 @@ void EtcdDriver::GuardSlots(etcdpb::TxnRequest* txn, const RepoView& v) const {
   // still there prove the repository full, which is all a plan to queue
   // needs; under a greater limit (or none) the plan compares none, as
   // before light releases (an expiry then still frees a slot unseen).
+  std::set<int64_t> seats;
   if (v.slots.size() > kMaxGuardedSlots &&
       (v.limit == 0 || v.limit > static_cast<int32_t>(kMaxGuardedSlots))) {
-    return;
+    return seats;
   }
-  size_t n = 0;
   for (const auto& [run, slot] : v.slots) {
-    if (n++ == kMaxGuardedSlots) break;
-    AddSlotCompare(txn, v.repo, run, slot.create_revision);
+    if (seats.size() == kMaxGuardedSlots) break;
+    AddSlotCompare(txn, v.repo, slot.seat, slot.revision);
+    seats.insert(slot.seat);
   }
+  return seats;
 }
 
 absl::StatusOr<std::optional<EtcdDriver::RepoView>> EtcdDriver::Confirm(
@@ -306,7 +344,7 @@ absl::StatusOr<std::optional<EtcdDriver::RepoView>> EtcdDriver::Confirm(
   // already in it, so they need no check.
   etcdpb::TxnRequest txn;
   AddMetaCompare(&txn, RepoPrefix(v.repo), v.meta_mod);
-  GuardSlots(&txn, v);
+  (void)GuardSlots(&txn, v);
   *txn.add_failure() = RangeRepoOp(v.repo);
   auto tr = kv_->Txn(ctx, txn);
   if (!tr.ok()) {
@@ -378,33 +416,58 @@ etcdpb::TxnRequest EtcdDriver::FastEnqueueTxn(const RepoView& v,
   // entry sorts after every entry a concurrent release can see as its
   // head, so it leaves `meta` alone and conflicts with nobody; releases
   // that admit past the head check the range they admit from
-  // (GuardAdmissions). A compare on the run's own slot keeps a running
-  // run from being queued.
+  // (GuardAdmissions).
+  //
+  // Nor is a running run queued: the view shows it holds no slot, and no
+  // grant of it can commit between the view and this Txn. A grant from the
+  // queue needs its entry at the head, and the run's entry (this key, or
+  // one with the same creation time) sorts after `last`, which would have
+  // to be admitted first; a grant with nobody waiting needs the queue
+  // empty, and `last` is in it. The view is exact about seats unless a
+  // light release left it (seats_unverified); then the caller adds
+  // GuardSeats.
+  (void)run;
   etcdpb::TxnRequest txn;
   auto* cmp = txn.add_compare();
   cmp->set_key(last.key);
   cmp->set_target(etcdpb::Compare::CREATE);
   cmp->set_result(etcdpb::Compare::EQUAL);
   cmp->set_create_revision(last.create_revision);
-  AddSlotCompare(&txn, v.repo, run, 0);
   return txn;
 }
 
-void EtcdDriver::AddGrant(etcdpb::TxnRequest* txn, RepoView* after,
-                          const std::string& run, int64_t lease,
-                          const std::string& dequeued_key,
-                          const std::string& commit_id) const {
+int64_t EtcdDriver::AddGrant(etcdpb::TxnRequest* txn, RepoView* after,
+                             const std::string& run, int64_t lease,
+                             const std::string& dequeued_key,
+                             const std::string& commit_id) const {
+  std::set<int64_t> taken;
+  for (const auto& [r, slot] : after->slots) taken.insert(slot.seat);
+  int64_t seat = 0;
+  while (taken.count(seat) > 0) ++seat;
+  const std::string key = SeatKey(after->repo, seat);
+  auto* ops = txn->mutable_success();
+  for (int i = 0; i < ops->size(); ++i) {
+    const auto& op = ops->Get(i);
+    if (op.has_request_delete_range() &&
+        op.request_delete_range().key() == key &&
+        op.request_delete_range().range_end().empty()) {
+      ops->DeleteSubrange(i, 1);  // the put replaces the holder it frees
+      break;
+    }
+  }
   const int64_t since_us = absl::ToUnixMicros(LeaseSince(lease));
   *txn->add_success() = PutOp(
-      Cat(RepoPrefix(after->repo), "slot/", run),
-      Cat(Hex(lease), "/", std::to_string(since_us), "/", commit_id), lease);
-  // Its create revision is the commit's, filled in by CommitStep.
-  after->slots[run] = SlotInfo{run, Hex(lease), 0, since_us, commit_id};
+      key,
+      Cat(Hex(lease), "/", std::to_string(since_us), "/", commit_id, "/", run),
+      lease);
+  // Its revision is the commit's, filled in by CommitStep.
+  after->slots[run] = SlotInfo{run, Hex(lease), 0, since_us, commit_id, seat};
   if (!dequeued_key.empty()) {
     *txn->add_success() = DeleteOp(dequeued_key);
     std::erase_if(after->queue,
                   [&](const QueueInfo& q) { return q.key == dequeued_key; });
   }
+  return seat;
 }
 
 absl::Status EtcdDriver::PutKey(const Context& ctx, std::string key,
@@ -570,7 +633,7 @@ void EtcdDriver::CacheView(const std::string& repo, const RepoView& v) {
 }
 
 void EtcdDriver::ApplyKv(RepoView* v, std::string_view rest, bool put,
-                         const etcdpb::KeyValue& kv) {
+                         const etcdpb::KeyValue& kv, std::string* gone) {
   if (rest == "meta") {
     v->exists = put;
     v->meta_mod = put ? kv.mod_revision() : 0;
@@ -583,26 +646,28 @@ void EtcdDriver::ApplyKv(RepoView* v, std::string_view rest, bool put,
                       v->limit);
     }
   } else if (rest.substr(0, 5) == "slot/") {
-    std::string run(rest.substr(5));
-    if (put) {
-      std::string_view value(kv.value());
-      size_t slash = value.find('/');
-      SlotInfo slot{run,
-                    std::string(value.substr(0, slash)),
-                    kv.create_revision(),
-                    0,
-                    {}};
-      if (slash != std::string_view::npos) {
-        std::string_view us = value.substr(slash + 1);
-        std::from_chars(us.data(), us.data() + us.size(), slot.since_us);
-        if (size_t id = us.find('/'); id != std::string_view::npos) {
-          slot.commit_id = std::string(us.substr(id + 1));
-        }
-      }
-      v->slots[run] = std::move(slot);
-    } else {
-      v->slots.erase(run);
+    const std::string_view num = rest.substr(5);
+    int64_t seat = -1;
+    auto [end, ec] = std::from_chars(num.data(), num.data() + num.size(), seat);
+    if (ec != std::errc() || end != num.data() + num.size() || seat < 0) {
+      return;  // not a seat
     }
+    // The seat's holder until now: released by a delete, or by a put over
+    // it (a release that admits the queue head into the seat it frees).
+    for (auto it = v->slots.begin(); it != v->slots.end(); ++it) {
+      if (it->second.seat != seat) continue;
+      if (gone != nullptr) *gone = it->first;
+      v->slots.erase(it);
+      break;
+    }
+    if (!put) return;
+    const std::vector<absl::string_view> f = SeatFields(kv.value());
+    if (f.size() != 4 || f[3].empty()) return;
+    SlotInfo slot{std::string(f[3]), std::string(f[0]),
+                  kv.mod_revision(), 0,
+                  std::string(f[2]), seat};
+    std::from_chars(f[1].data(), f[1].data() + f[1].size(), slot.since_us);
+    v->slots[slot.run] = slot;
   } else if (rest.substr(0, 6) == "queue/") {
     std::erase_if(v->queue,
                   [&](const QueueInfo& q) { return q.key == kv.key(); });
@@ -726,10 +791,14 @@ void EtcdDriver::RecycleLocked(int64_t lease, absl::Time since) {
 }
 
 Lease EtcdDriver::MakeLease(const std::string& repo, const std::string& run,
-                            int64_t lease, int64_t token,
+                            int64_t lease, int64_t token, int64_t seat,
                             absl::Time now) const {
-  return Lease{
-      LeaseId(lease, token, repo, run), repo, run, now, now + ttl_, token};
+  return Lease{LeaseId(lease, token, seat, repo, run),
+               repo,
+               run,
+               now,
+               now + ttl_,
+               token};
 }
 
 void EtcdDriver::SortQueue(RepoView* v) {
@@ -756,20 +825,24 @@ absl::StatusOr<std::optional<etcdpb::TxnResponse>> EtcdDriver::CommitStep(
   auto tr = admits ? kv_->AdmittingTxn(ctx, txn) : kv_->Txn(ctx, txn);
   if (tr.ok() && tr->succeeded()) {
     const int64_t rev = tr->header().revision();
-    if (kind == Commit::kLight) {
-      // `meta` is as the view had it; nothing else of the repository
-      // changed but expiries and other light releases (which a plan on
-      // this view finds by its slot compares).
+    for (auto& [run, slot] : after.slots) {
+      if (slot.revision == 0) slot.revision = rev;
+    }
+    if (kind == Commit::kLight || kind == Commit::kLightGrant) {
+      // `meta` is as the view had it. Nothing else of the repository
+      // changed but expiries and light releases (which a plan on this view
+      // finds by its slot compares), and, after a light release, light
+      // grants (which it finds by GuardSeats).
       after.revision = rev;
+      after.seats_unverified =
+          kind == Commit::kLight && LightGrantsPossible(after);
       CacheView(repo, after);
     } else if (kind == Commit::kExact) {
       after.revision = rev;
       after.meta_mod = rev;  // a guarded step puts `meta`
       after.meta_commit_id = commit_id;
       after.exists = true;
-      for (auto& [run, slot] : after.slots) {
-        if (slot.create_revision == 0) slot.create_revision = rev;
-      }
+      after.seats_unverified = false;  // it compared them (GuardSeats)
       for (QueueInfo& q : after.queue) {
         if (q.create_revision == 0) q.create_revision = rev;
       }
@@ -873,8 +946,8 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
         int64_t lease = 0;
         ParseHex(it->second.lease_hex, &lease);
         result.acquired = true;
-        result.lease = MakeLease(repo, run, lease, it->second.create_revision,
-                                 clock_->Now());
+        result.lease = MakeLease(repo, run, lease, it->second.revision,
+                                 it->second.seat, clock_->Now());
       } else if (caller_promoted) {
         // Admitted below with the others.
       } else if (options.adopt_running ||
@@ -930,6 +1003,10 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
       --attempt;
       continue;
     }
+    // Only the caller granted, nobody queued, under a small limit: a Txn
+    // that puts only its seat (GuardSeats shows it atomic).
+    const bool light = grant_caller && promote.empty() && !limit_changed &&
+                       v.queue.empty() && LightGrantsPossible(v);
     const size_t n_leases = promote.size() + (grant_caller ? 1 : 0);
     auto leases = Leases(ctx, n_leases);
     if (!leases.ok()) return leases.status();
@@ -942,7 +1019,14 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
       // expired since the view means a head to admit instead: this
       // driver's watch sees the expiry and admits it (PromoteLoop), or,
       // without background promotion, the Txn checks the slots.
-      if (!background_ || !watch_started_.load()) GuardSlots(&txn, v);
+      std::set<int64_t> compared;
+      if (!background_ || !watch_started_.load()) {
+        compared = GuardSlots(&txn, v);
+      }
+      if (v.seats_unverified) GuardSeats(&txn, v, compared);
+    } else if (light) {
+      AddMetaCompare(&txn, p, v.meta_mod);
+      GuardSeats(&txn, v);
     } else {
       txn = GuardedTxn(p, v.meta_mod, commit_id);
       // An expiry or a light release deletes a slot without touching
@@ -953,7 +1037,11 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
       // and checking would make grants lose to every light release. (The
       // view it leaves in the cache may then count a slot that is gone,
       // which the next plan that queues finds by this check.)
-      if (enqueue_caller || !v.queue.empty()) GuardSlots(&txn, v);
+      std::set<int64_t> compared;
+      if (enqueue_caller || !v.queue.empty()) compared = GuardSlots(&txn, v);
+      // Light grants put seats without touching `meta`: this Txn must not
+      // count or fill a seat one of them took unseen.
+      GuardSeats(&txn, v, compared);
       // Entries the plan leaves queued (stale ones are deleted).
       size_t left = 0;
       for (const QueueInfo& q : v.queue) {
@@ -974,19 +1062,24 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
     if (limit_changed) {
       *txn.add_success() = PutOp(p + "limit", std::to_string(limit));
       after.limit = limit;
+      after.has_limit = true;
     }
     size_t li = 0;
-    std::vector<std::pair<std::string, int64_t>> granted;  // run, lease
+    // run, lease, seat
+    std::vector<std::tuple<std::string, int64_t, int64_t>> granted;
     for (const QueueInfo* q : promote) {
       int64_t lease = (*leases)[li++];
-      AddGrant(&txn, &after, q->run, lease, q->key, commit_id);
-      granted.emplace_back(q->run, lease);
+      granted.emplace_back(
+          q->run, lease,
+          AddGrant(&txn, &after, q->run, lease, q->key, commit_id));
     }
     if (grant_caller) {
       int64_t lease = (*leases)[li++];
-      AddGrant(&txn, &after, run, lease,
-               caller_queued != nullptr ? caller_queued->key : "", commit_id);
-      granted.emplace_back(run, lease);
+      granted.emplace_back(
+          run, lease,
+          AddGrant(&txn, &after, run, lease,
+                   caller_queued != nullptr ? caller_queued->key : "",
+                   commit_id));
     }
     if (enqueue_caller) {
       QueueInfo q{run, queue_key, creation_us, 0, absl::ToUnixMicros(now)};
@@ -996,6 +1089,7 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
     std::optional<RepoView> current;
     auto tr = CommitStep(ctx, repo, std::move(txn), *leases, std::move(after),
                          fast              ? Commit::kJoinEnd
+                         : light           ? Commit::kLightGrant
                          : v.queue.empty() ? Commit::kExact
                                            : Commit::kQueue,
                          !promote.empty(), commit_id, nullptr, &current);
@@ -1010,8 +1104,8 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
       continue;
     }
     const int64_t token = (*tr)->header().revision();
-    for (const auto& [r, lease] : granted) {
-      Lease l = MakeLease(repo, r, lease, token, now);
+    for (const auto& [r, lease, seat] : granted) {
+      Lease l = MakeLease(repo, r, lease, token, seat, now);
       l.expires_at = ExpiryOf(lease, now);
       if (r == run) {
         result.acquired = true;
@@ -1160,7 +1254,9 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(const Context& ctx,
       AddMetaCompare(&txn, p, v.meta_mod);
     } else {
       txn = GuardedTxn(p, v.meta_mod, commit_id);
-      if (cached_view) GuardSlots(&txn, v);
+      std::set<int64_t> compared;
+      if (cached_view) compared = GuardSlots(&txn, v);
+      GuardSeats(&txn, v, compared);  // it may fill seats (admissions)
     }
     std::vector<ReleaseResult> results(group.size());
     // The slot each member frees (or none), its etcd lease, when that
@@ -1183,8 +1279,8 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(const Context& ctx,
       auto slot = v.slots.find(m.run);
       if (slot != v.slots.end() &&
           (!m.by_lease || (slot->second.lease_hex == Hex(m.lease) &&
-                           slot->second.create_revision == m.token))) {
-        *txn.add_success() = DeleteOp(p + "slot/" + m.run);
+                           slot->second.revision == m.token))) {
+        *txn.add_success() = DeleteOp(SeatKey(repo, slot->second.seat));
         results[i].released = true;
         freed[i].slot = &slot->second;
         --running;
@@ -1235,10 +1331,10 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(const Context& ctx,
     if (light) {
       for (const Freed& f : freed) {
         if (f.slot == nullptr) continue;
-        AddSlotCompare(&txn, repo, f.slot->run, f.slot->create_revision);
+        AddSlotCompare(&txn, repo, f.slot->seat, f.slot->revision);
         int64_t lease = 0;
         ParseHex(f.slot->lease_hex, &lease);
-        proof.slots.emplace_back(f.slot->run, f.slot->create_revision, lease);
+        proof.slots.emplace_back(f.slot->run, f.slot->revision, lease);
       }
     }
     const absl::Time now = clock_->Now();
@@ -1276,9 +1372,10 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(const Context& ctx,
                       [&](const QueueInfo& q) { return q.run == r; });
       }
     }
+    std::vector<int64_t> seats;  // of the admitted runs
     for (size_t i = 0; i < promote.size(); ++i) {
-      AddGrant(&txn, &after, promote[i]->run, grant_leases[i], promote[i]->key,
-               commit_id);
+      seats.push_back(AddGrant(&txn, &after, promote[i]->run, grant_leases[i],
+                               promote[i]->key, commit_id));
     }
     auto tr = CommitStep(ctx, repo, std::move(txn), *leases, std::move(after),
                          light             ? Commit::kLight
@@ -1305,8 +1402,8 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(const Context& ctx,
     for (size_t i = 0; i < promote.size(); ++i) {
       while (k < group.size() && !results[k].released) ++k;
       ReleaseResult& to = results[k < group.size() ? k++ : 0];
-      to.admitted.push_back(
-          MakeLease(repo, promote[i]->run, grant_leases[i], rev, now));
+      to.admitted.push_back(MakeLease(repo, promote[i]->run, grant_leases[i],
+                                      rev, seats[i], now));
       to.admitted.back().expires_at = ExpiryOf(grant_leases[i], now);
       logger_->info("admitted {} from the queue of {}", promote[i]->run, repo);
     }
@@ -1346,14 +1443,16 @@ absl::StatusOr<Lease> EtcdDriver::RenewLease(const Context& ctx,
   const std::string& repo = id->repo;
   const std::string& run = id->run;
   etcdpb::RangeRequest sreq;
-  sreq.set_key(Cat(RepoPrefix(repo), "slot/", run));
+  sreq.set_key(SeatKey(repo, id->seat));
   auto s = kv_->Range(ctx, sreq);
   if (!s.ok()) return s.status();
-  // The slot must be the one this id was granted (same revision): the etcd
-  // lease may carry a later grant by now.
-  if (s->kvs_size() == 0 || s->kvs(0).create_revision() != token ||
-      std::string_view(s->kvs(0).value())
-              .substr(0, s->kvs(0).value().find('/')) != Hex(lease)) {
+  // The seat must hold the grant this id names (same revision): the etcd
+  // lease, and the seat, may carry a later grant by now.
+  const std::vector<absl::string_view> f =
+      s->kvs_size() == 0 ? std::vector<absl::string_view>{}
+                         : SeatFields(s->kvs(0).value());
+  if (f.size() != 4 || s->kvs(0).mod_revision() != token ||
+      SV(f[0]) != Hex(lease) || SV(f[3]) != run) {
     return LeaseLostError("lease has expired or was released");
   }
   const absl::Time before = clock_->Now();
@@ -1367,7 +1466,7 @@ absl::StatusOr<Lease> EtcdDriver::RenewLease(const Context& ctx,
       it->second = before;  // its TTL restarted
     }
   }
-  Lease out = MakeLease(repo, run, lease, token, now);
+  Lease out = MakeLease(repo, run, lease, token, id->seat, now);
   out.expires_at = now + absl::Seconds(*ttl);
   return out;
 }
@@ -1452,7 +1551,7 @@ absl::StatusOr<std::vector<Lease>> EtcdDriver::RunningOf(const Context& ctx,
   for (const auto& [run, s] : v.slots) {
     int64_t lease = 0;
     ParseHex(s.lease_hex, &lease);
-    Lease l = MakeLease(v.repo, run, lease, s.create_revision, now);
+    Lease l = MakeLease(v.repo, run, lease, s.revision, s.seat, now);
     // The true expiry: what is left of the etcd lease (renewals move it).
     auto left = kv_->LeaseTimeToLive(ctx, lease);
     if (!left.ok()) return left.status();
@@ -1521,17 +1620,21 @@ absl::StatusOr<std::unique_ptr<WatchHandle>> EtcdDriver::WatchSlotAvailability(
   if (!callback) return absl::InvalidArgumentError("callback: must be set");
   if (absl::Status s = ctx.Err(); !s.ok()) return s;
   if (absl::Status s = CheckOpen(); !s.ok()) return s;
-  if (!watch_started_.load()) {
-    // The stream starts after the current revision: nothing committed
-    // once this call returns is missed.
-    etcdpb::RangeRequest req;
-    req.set_key(RepoPrefix(repo_key) + "meta");
-    req.set_count_only(true);
-    auto r = kv_->Range(ctx, req);
-    if (!r.ok()) return r.status();
-    EnsureWatch(r->header().revision() + 1);
+  // Which run holds each seat now, so that a release heard as a seat's
+  // deletion names its run (seat_runs_). The stream starts after this
+  // read's revision: nothing committed once this call returns is missed.
+  const std::string repo(repo_key);
+  auto v = Read(ctx, repo);
+  if (!v.ok()) return v.status();
+  {
+    MutexLock lock(&mu_);
+    if (seat_runs_.size() + v->slots.size() > kMaxSeatRuns) seat_runs_.clear();
+    for (const auto& [run, slot] : v->slots) {
+      seat_runs_.emplace(SeatKey(repo, slot.seat), run);
+    }
   }
-  return watchers_.Add(ctx, std::string(repo_key), std::move(callback));
+  if (!watch_started_.load()) EnsureWatch(v->revision + 1);
+  return watchers_.Add(ctx, repo, std::move(callback));
 }
 
 void EtcdDriver::ResumeWatchForTest(int64_t revision) {
@@ -1648,11 +1751,13 @@ void EtcdDriver::OnWatch(const WatchBatch& b) {
     // expiry): applied to the view when the stream has delivered every
     // change since the view's revision, else the view is dropped.
     const int64_t rev = ev.kv().mod_revision();
+    std::string gone;  // the run whose slot this change ended, if known
     // (etcd sends all events of a revision in one response.)
     if (auto it = views_.find(repo);
         it != views_.end() && rev > it->second.revision) {
       if (it->second.revision + 1 >= watch_from_) {
-        ApplyKv(&it->second, tail, ev.type() == etcdpb::Event::PUT, ev.kv());
+        ApplyKv(&it->second, tail, ev.type() == etcdpb::Event::PUT, ev.kv(),
+                &gone);
         int64_t& upto = applied[repo];
         upto = std::max(upto, rev);
       } else {
@@ -1664,17 +1769,32 @@ void EtcdDriver::OnWatch(const WatchBatch& b) {
     WatchEventType type;
     std::string run;
     if (tail.substr(0, 5) == "slot/") {
-      run = std::string(tail.substr(5));
+      // The seat's holder until now: as the view knew it, else as this
+      // watch saw it put (a delete event carries only the key).
+      const std::string seat_key(key);
+      if (auto known = seat_runs_.find(seat_key); known != seat_runs_.end()) {
+        if (gone.empty()) gone = known->second;
+        seat_runs_.erase(known);
+      }
       if (ev.type() == etcdpb::Event::DELETE) {
-        type = WatchEventType::kReleased;
         if (txn_writes.count({repo_view, ev.kv().mod_revision()}) == 0) {
           freed.insert(repo);  // a slot freed: admit the queue, if any
         }
-      } else if (ev.kv().version() == 1) {
-        type = WatchEventType::kAdmitted;
-      } else {
+        watchers_.Collect(repo, WatchEventType::kReleased, gone, &events);
         continue;
       }
+      // Every put of a seat is a grant. Over a held seat (the key existed:
+      // version > 1) it is a release that admitted the queue head into the
+      // seat it freed, in one Txn: its holder was released.
+      if (ev.kv().version() > 1) {
+        watchers_.Collect(repo, WatchEventType::kReleased, gone, &events);
+      }
+      const std::vector<absl::string_view> f = SeatFields(ev.kv().value());
+      if (f.size() != 4) continue;
+      run = std::string(f[3]);
+      if (seat_runs_.size() >= kMaxSeatRuns) seat_runs_.clear();
+      seat_runs_[seat_key] = run;
+      type = WatchEventType::kAdmitted;
     } else if (tail == "limit") {
       type = WatchEventType::kLimitChanged;
     } else if (tail == "meta" && ev.type() == etcdpb::Event::DELETE) {

@@ -2,19 +2,20 @@
 //
 //   P repo/<ns>/<name>/meta                 rewritten by every guarded change
 //   P repo/<ns>/<name>/limit                the concurrency limit
-//   P repo/<ns>/<name>/slot/<run>           a held slot; value: "<lease
-//                                           id hex>/<lease TTL start µs>/
-//                                           <commit id>"; it carries its
-//                                           own etcd lease
+//   P repo/<ns>/<name>/slot/<seat>          a held slot, in a numbered seat;
+//                                           value: "<lease id hex>/<lease
+//                                           TTL start µs>/<commit id>/<run>";
+//                                           it carries its own etcd lease
 //   P repo/<ns>/<name>/queue/<µs:20>/<run>  a queued run (creation time)
 //   P state/repo/<repo>, P state/run/<run>  free-form states
 //
-// Every change of a repository but two is a Txn whose compare is "meta's
+// Every change of a repository but three is a Txn whose compare is "meta's
 // mod_revision is what I saw" and that rewrites `meta`: counting and
 // granting are one atomic step, and a concurrent change makes the Txn fail
-// and the step retry. The exceptions, joining the end of a non-empty queue
-// and a release with nobody queued, are shown safe in FastEnqueueTxn and
-// LightProof.
+// and the step retry. The exceptions, joining the end of a non-empty queue,
+// a release with nobody queued and a grant with nobody queued under a
+// limit of at most kMaxLightGrantLimit, are shown safe in FastEnqueueTxn,
+// LightProof and GuardSeats.
 #ifndef PAC_SRC_ETCD_ETCD_DRIVER_H_
 #define PAC_SRC_ETCD_ETCD_DRIVER_H_
 
@@ -96,13 +97,16 @@ class EtcdDriver final : public Driver {
   struct SlotInfo {
     std::string run;
     std::string lease_hex;
-    int64_t create_revision = 0;
+    // The revision of the Txn that granted it (the seat key's mod
+    // revision; a seat is only ever put by a grant): its fencing token.
+    int64_t revision = 0;
     // When the etcd lease's TTL started (at the latest), from the slot's
     // value "<lease hex>/<µs>/<commit id>": lets whoever releases the slot
     // reuse a young lease. 0: unknown.
     int64_t since_us = 0;
     // The granting Txn's NewCommitId (empty in values written without one).
     std::string commit_id;
+    int64_t seat = -1;  // the key is `slot/<seat>`
   };
   struct QueueInfo {
     std::string run;
@@ -121,6 +125,9 @@ class EtcdDriver final : public Driver {
     std::map<std::string, SlotInfo> slots;  // by run
     std::vector<QueueInfo> queue;           // admission order
     int64_t revision = 0;
+    // Left by a light release, which compares no seat but its own: a light
+    // grant into another seat may have committed unseen (GuardSeats).
+    bool seats_unverified = false;
   };
   // What one repository step decided.
   struct Plan {
@@ -197,8 +204,10 @@ class EtcdDriver final : public Driver {
                      int64_t revision) const;
   // Applies one key of the repository (`rest`: its name after the
   // repository's prefix) as put or deleted. The caller sorts the queue.
+  // `gone` (if given) gets the run whose slot the change ended, if `v`
+  // knew it.
   static void ApplyKv(RepoView* v, std::string_view rest, bool put,
-                      const etcdpb::KeyValue& kv);
+                      const etcdpb::KeyValue& kv, std::string* gone = nullptr);
   etcdpb::RequestOp RangeRepoOp(const std::string& repo) const;
   // What a step's Txn is, for the view cache.
   enum class Commit {
@@ -220,8 +229,12 @@ class EtcdDriver final : public Driver {
     kJoinEnd,
     // A light release (LightProof): compares `meta` but leaves it alone.
     // On success the repository is `after` at the commit's revision, with
-    // `meta` as before; the cache takes it.
+    // `meta` as before, and seats_unverified; the cache takes it.
     kLight,
+    // A light grant (GuardSeats): compares `meta` and every seat, leaves
+    // `meta` alone. On success the repository is `after` at the commit's
+    // revision, with `meta` as before; the cache takes it.
+    kLightGrant,
   };
   // A release planned on a view without a queue deletes its slots in a Txn
   // that compares `meta` and each slot but writes nothing else: the queue
@@ -235,7 +248,7 @@ class EtcdDriver final : public Driver {
   // Txn compared and wrote no commit id.
   struct LightProof {
     int64_t meta_mod = 0;
-    // run, the slot's create revision, its etcd lease
+    // run, the slot's grant revision, its etcd lease
     std::vector<std::tuple<std::string, int64_t, int64_t>> slots;
   };
   // The revision of `v` if it proves that `light` committed: `meta`
@@ -275,8 +288,26 @@ class EtcdDriver final : public Driver {
   std::string NewCommitId();
   // Sorts a view's queue into admission order: (creation time, revision).
   static void SortQueue(RepoView* v);
-  // Compares that each slot of `v` still exists as `v` saw it.
-  void GuardSlots(etcdpb::TxnRequest* txn, const RepoView& v) const;
+  // Compares that each slot of `v` still exists as `v` saw it (at most
+  // kMaxGuardedSlots); returns the seats compared.
+  std::set<int64_t> GuardSlots(etcdpb::TxnRequest* txn,
+                               const RepoView& v) const;
+  // Whether runs may be granted in `v`'s repository without a `meta`
+  // write (a light grant): a limit of 1 to kMaxLightGrantLimit.
+  static bool LightGrantsPossible(const RepoView& v);
+  // A light grant puts only its seat. What keeps it atomic against every
+  // other grant is that it, and every other Txn that puts a seat or a
+  // queue entry (guarded ones, and a join at the end planned on a view
+  // with seats_unverified), compares every seat below the limit: "not put
+  // since `v`" (mod revision < the view's + 1: unchanged or deleted, the
+  // view's 0 for a free seat). Every grant puts a seat below the limit of
+  // its view (the lowest free one), and that limit is `v`'s while `meta`
+  // is unchanged, so any grant `v` has not seen fails these compares: no
+  // two grants count the same free seat, and a run granted unseen is never
+  // granted or queued again. Seats in `skip` are compared already (equal,
+  // by GuardSlots). No-op unless LightGrantsPossible(v).
+  void GuardSeats(etcdpb::TxnRequest* txn, const RepoView& v,
+                  const std::set<int64_t>& skip = {}) const;
   // Whether `v` (a cached view) still holds for an answer that writes
   // nothing: `meta` and every slot unchanged. If not, the repository as
   // etcd has it now (also cached).
@@ -309,20 +340,22 @@ class EtcdDriver final : public Driver {
   // Adds the compare "`meta`'s mod revision is `meta_mod`".
   static void AddMetaCompare(etcdpb::TxnRequest* txn,
                              const std::string& repo_prefix, int64_t meta_mod);
-  // Adds the compare "the slot of `run` in `repo` was created at
-  // `create_revision`" (0: the run holds no slot).
+  // Adds the compare "seat `seat` of `repo` holds the grant of `revision`".
   void AddSlotCompare(etcdpb::TxnRequest* txn, const std::string& repo,
-                      const std::string& run, int64_t create_revision) const;
+                      int64_t seat, int64_t revision) const;
+  std::string SeatKey(const std::string& repo, int64_t seat) const;
   // A Txn guarded by the repository's meta revision (see the file comment).
   etcdpb::TxnRequest GuardedTxn(const std::string& repo_prefix,
                                 int64_t meta_mod,
                                 const std::string& commit_id) const;
-  // Adds the slot key of a grant to `txn`, and the grant
-  // to `after`; a non-empty `dequeued_key` is deleted in both.
-  void AddGrant(etcdpb::TxnRequest* txn, RepoView* after,
-                const std::string& run, int64_t lease,
-                const std::string& dequeued_key,
-                const std::string& commit_id) const PAC_EXCLUDES(mu_);
+  // Adds the slot key of a grant to `txn`, in the lowest seat `after` has
+  // free, and the grant to `after`; a non-empty `dequeued_key` is deleted
+  // in both. A seat whose holder `txn` deletes is put instead (etcd refuses
+  // a put and a delete of one key in one Txn). Returns the seat.
+  int64_t AddGrant(etcdpb::TxnRequest* txn, RepoView* after,
+                   const std::string& run, int64_t lease,
+                   const std::string& dequeued_key,
+                   const std::string& commit_id) const PAC_EXCLUDES(mu_);
   // When `lease`'s TTL started, as far as this driver knows (now if not).
   absl::Time LeaseSince(int64_t lease) const PAC_EXCLUDES(mu_);
   absl::Status PutKey(const Context& ctx, std::string key,
@@ -346,7 +379,8 @@ class EtcdDriver final : public Driver {
   // After a release: back to the spares if the lease is young.
   void RecycleLocked(int64_t lease, absl::Time since) PAC_REQUIRES(mu_);
   Lease MakeLease(const std::string& repo, const std::string& run,
-                  int64_t lease, int64_t token, absl::Time now) const;
+                  int64_t lease, int64_t token, int64_t seat,
+                  absl::Time now) const;
   // Replaces the watch stream with one from just after the last revision
   // seen (now, if none). The revision is read under watch_mu_ once the old
   // stream is gone, so of two restarts the later one resumes from what the
@@ -408,6 +442,10 @@ class EtcdDriver final : public Driver {
   // The latest revision the stream delivered for each repository; views
   // older than it are not cached. Below the floor, all are unknown.
   std::map<std::string, int64_t> event_rev_ PAC_GUARDED_BY(mu_);
+  // The run in each seat key the watch has seen put (or a read by
+  // WatchSlotAvailability found), so that a seat's deletion, whose event
+  // carries only the key, names the run released.
+  std::map<std::string, std::string> seat_runs_ PAC_GUARDED_BY(mu_);
   int64_t event_rev_floor_ PAC_GUARDED_BY(mu_) = 0;
   bool restart_watch_ PAC_GUARDED_BY(mu_) = false;
   bool stop_ PAC_GUARDED_BY(mu_) = false;

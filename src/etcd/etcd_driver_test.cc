@@ -716,8 +716,29 @@ std::unique_ptr<Driver> MockDriverOver(std::shared_ptr<internal::EtcdKV> kv,
   return d.ok() ? *std::move(d) : nullptr;
 }
 
+// How many slots a Txn frees: each slot key it deletes, and, for a release
+// that admits the queue head into the seat it frees (a put over the held
+// seat, no delete), each queue entry it deletes beside a slot put. (A
+// promotion into a free seat looks the same; these tests make none.)
+int SlotsFreed(const internal::etcdpb::TxnRequest& req) {
+  int deleted = 0, dequeued = 0;
+  bool puts_slot = false;
+  for (const auto& op : req.success()) {
+    if (op.has_request_delete_range()) {
+      const std::string& key = op.request_delete_range().key();
+      if (absl::StrContains(key, "/slot/")) ++deleted;
+      if (absl::StrContains(key, "/queue/")) ++dequeued;
+    }
+    if (op.has_request_put() &&
+        absl::StrContains(op.request_put().key(), "/slot/")) {
+      puts_slot = true;
+    }
+  }
+  return deleted + (puts_slot ? dequeued : 0);
+}
+
 // Delays each Txn, so that releases of one repository pile up behind the
-// one in flight; counts the Txns that delete slots (and those of them sent
+// one in flight; counts the Txns that free slots (and those of them sent
 // as admitting queued runs), and can fail the first Txn that deletes more
 // than one.
 class SlowReleases final : public internal::ForwardingEtcdKV {
@@ -725,13 +746,7 @@ class SlowReleases final : public internal::ForwardingEtcdKV {
   using ForwardingEtcdKV::ForwardingEtcdKV;
   absl::StatusOr<internal::etcdpb::TxnResponse> Txn(
       const Context& ctx, const internal::etcdpb::TxnRequest& req) override {
-    int slots = 0;
-    for (const auto& op : req.success()) {
-      if (op.has_request_delete_range() &&
-          absl::StrContains(op.request_delete_range().key(), "/slot/")) {
-        ++slots;
-      }
-    }
+    const int slots = SlotsFreed(req);
     if (slots > 0) {
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
       ++release_txns;
@@ -863,7 +878,7 @@ class LostAnswers final : public internal::ForwardingEtcdKV {
       : ForwardingEtcdKV(std::move(inner)), mode_(mode) {}
   absl::StatusOr<internal::etcdpb::TxnResponse> Txn(
       const Context& ctx, const internal::etcdpb::TxnRequest& req) override {
-    if (!WritesASlot(req, /*put=*/false) ||
+    if (SlotsFreed(req) == 0 ||
         (need_grant && !WritesASlot(req, /*put=*/true)) ||
         !armed.exchange(false)) {
       return inner_->Txn(ctx, req);
@@ -1049,12 +1064,18 @@ TEST_F(LightRelease, AReleaseWithNobodyQueuedWritesOnlyItsSlot) {
   const internal::etcdpb::TxnRequest t = kv->Last();
   ASSERT_EQ(t.success_size(), 1);
   EXPECT_EQ(t.success(0).request_delete_range().key(),
-            "/pac-concurrency/repo/light/repo/slot/light/x");
+            "/pac-concurrency/repo/light/repo/slot/0");
   EXPECT_EQ(MetaMod(repo), meta);
   EXPECT_EQ(*b->GetCurrentSlots(ctx, repo.Key()), 0);
-  // The driver's view after it stays right: the next pair works as well.
+  // The driver's view after it stays right: the next pair works as well,
+  // and its grant (nobody queued, a small limit) writes only its seat.
   auto y = b->AcquireSlot(ctx, repo, "light/y");
   ASSERT_TRUE(y.ok() && y->acquired);
+  const internal::etcdpb::TxnRequest g = kv->Last();
+  ASSERT_EQ(g.success_size(), 1);
+  EXPECT_EQ(g.success(0).request_put().key(),
+            "/pac-concurrency/repo/light/repo/slot/0");
+  EXPECT_EQ(MetaMod(repo), meta);
   EXPECT_TRUE(b->ReleaseSlot(ctx, y->lease.lease_id, "", "")->released);
 
   Repository one{"light", "one", 1};
@@ -1180,6 +1201,99 @@ TEST_F(LightRelease, AWatchingDriverSpendsNoRequestOnALightRelease) {
   // A promotion step would follow the event at once (a Confirm Txn).
   absl::SleepFor(absl::Milliseconds(300));
   EXPECT_EQ(kv->requests.load(), 0);
+  (*w)->Stop();
+}
+
+// b's view left by its light release misses a's light grants (they write
+// no `meta`), and b then takes a guarded step (it raises the limit). Its
+// Txn compares every seat below the old limit: it must not put its run
+// into a seat it thinks free and a's grant took, which would end that
+// grant unseen (and, without the limit change, admit over the limit).
+TEST_F(LightRelease, AGuardedStepOnAStaleViewFillsNoSeatALightGrantTook) {
+  Repository repo{"light", "stale", 2};
+  auto x = b->AcquireSlot(ctx, repo, "light/x");
+  ASSERT_TRUE(x.ok() && x->acquired);
+  ASSERT_TRUE(b->ReleaseSlot(ctx, x->lease.lease_id, "", "")->released);
+  const int64_t meta = MetaMod(repo);
+  auto y = a->AcquireSlot(ctx, repo, "light/y");
+  auto z = a->AcquireSlot(ctx, repo, "light/z");
+  ASSERT_TRUE(y.ok() && y->acquired && z.ok() && z->acquired);
+  ASSERT_EQ(MetaMod(repo), meta) << "a's grants were not light";
+  Repository wider{"light", "stale", 3};
+  auto w = b->AcquireSlot(ctx, wider, "light/w");
+  ASSERT_TRUE(w.ok()) << w.status();
+  EXPECT_TRUE(w->acquired);
+  auto running = a->GetRunningPipelineRuns(ctx, repo.Key());
+  ASSERT_TRUE(running.ok());
+  std::set<std::string> runs;
+  for (const Lease& l : *running) runs.insert(l.pipeline_run_key);
+  EXPECT_EQ(runs, (std::set<std::string>{"light/w", "light/y", "light/z"}));
+  EXPECT_TRUE(a->RenewLease(ctx, y->lease.lease_id).ok());
+  EXPECT_TRUE(a->RenewLease(ctx, z->lease.lease_id).ok());
+  // And at the old limit, from a view as stale: no slot for a fourth run.
+  ASSERT_TRUE(b->ReleaseSlot(ctx, w->lease.lease_id, "", "")->released);
+  auto v = a->AcquireSlot(ctx, wider, "light/v");
+  ASSERT_TRUE(v.ok() && v->acquired);
+  AcquireOptions no_queue;
+  no_queue.enqueue = false;
+  auto u = b->AcquireSlot(ctx, wider, "light/u", no_queue);
+  ASSERT_TRUE(u.ok()) << u.status();
+  EXPECT_FALSE(u->acquired);
+  EXPECT_EQ(*a->GetCurrentSlots(ctx, repo.Key()), 3);
+}
+
+// Rule 2 across drivers: b, whose view misses a's light grant of a run,
+// acquires the same run. Its light grant loses the seat compares, and the
+// repository it gets back shows the run held: b answers with a's lease,
+// not a second slot.
+TEST_F(LightRelease, ARunGrantedUnseenIsNotGrantedASecondSlot) {
+  Repository repo{"light", "twice", 3};
+  auto x = b->AcquireSlot(ctx, repo, "light/x");
+  ASSERT_TRUE(x.ok() && x->acquired);
+  ASSERT_TRUE(b->ReleaseSlot(ctx, x->lease.lease_id, "", "")->released);
+  auto y = a->AcquireSlot(ctx, repo, "light/y");
+  ASSERT_TRUE(y.ok() && y->acquired);
+  auto again = b->AcquireSlot(ctx, repo, "light/y");
+  ASSERT_TRUE(again.ok()) << again.status();
+  ASSERT_TRUE(again->acquired);
+  EXPECT_EQ(again->lease.lease_id, y->lease.lease_id);
+  EXPECT_EQ(again->lease.fencing_token, y->lease.fencing_token);
+  EXPECT_EQ(*a->GetCurrentSlots(ctx, repo.Key()), 1);
+}
+
+// A release that admits the queue head puts the head's slot over the seat
+// it frees (one key, no delete). A driver watching that never saw the
+// repository hears both: the holder released, by name, and the head
+// admitted.
+TEST_F(LightRelease, AHandOffIsHeardAsAReleaseAndAnAdmission) {
+  Repository repo{"light", "handoff", 1};
+  AcquireOptions opts;
+  opts.creation_time = clock.Now();
+  auto h = a->AcquireSlot(ctx, repo, "light/h", opts);
+  auto q = a->AcquireSlot(ctx, repo, "light/q", opts);
+  ASSERT_TRUE(h.ok() && h->acquired && q.ok() && !q->acquired);
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<std::pair<WatchEventType, std::string>> heard;
+  auto w = b->WatchSlotAvailability(ctx, repo.Key(), [&](const WatchEvent& e) {
+    std::lock_guard<std::mutex> lock(mu);
+    heard.emplace_back(e.type, e.pipeline_run_key);
+    cv.notify_all();
+  });
+  ASSERT_TRUE(w.ok()) << w.status();
+  auto r = a->ReleaseSlot(ctx, h->lease.lease_id, "", "");
+  ASSERT_TRUE(r.ok() && r->released && r->admitted.size() == 1u);
+  mock->DrainDeliveriesForTest();
+  std::unique_lock<std::mutex> lock(mu);
+  const auto has = [&](WatchEventType t, const std::string& run) {
+    return std::find(heard.begin(), heard.end(), std::make_pair(t, run)) !=
+           heard.end();
+  };
+  EXPECT_TRUE(cv.wait_for(lock, std::chrono::seconds(10), [&] {
+    return has(WatchEventType::kReleased, "light/h") &&
+           has(WatchEventType::kAdmitted, "light/q");
+  }));
+  lock.unlock();
   (*w)->Stop();
 }
 

@@ -335,9 +335,45 @@ bool MockEtcd::ApplyLocked(const etcdpb::TxnRequest& req,
   return wrote;
 }
 
+namespace {
+
+// As etcd checks a Txn before it runs: in one list of operations a key is
+// put at most once, and not put where a delete of the same list reaches
+// ("duplicate key given in txn request").
+bool HasDuplicateKey(const etcdpb::TxnRequest& req) {
+  for (const auto* ops : {&req.success(), &req.failure()}) {
+    std::set<std::string> puts;
+    for (const auto& op : *ops) {
+      if (op.has_request_txn() && HasDuplicateKey(op.request_txn())) {
+        return true;
+      }
+      if (!op.has_request_put()) continue;
+      const std::string& k = op.request_put().key();
+      if (!puts.insert(k).second) return true;
+      for (const auto& d : *ops) {
+        if (!d.has_request_delete_range()) continue;
+        const auto& del = d.request_delete_range();
+        const bool hit =
+            del.range_end().empty()
+                ? del.key() == k
+                : (k >= del.key() && (del.range_end() == std::string(1, '\0') ||
+                                      k < del.range_end()));
+        if (hit) return true;
+      }
+    }
+  }
+  return false;
+}
+
+}  // namespace
+
 absl::StatusOr<etcdpb::TxnResponse> MockEtcd::Txn(
     const Context& ctx, const etcdpb::TxnRequest& req) {
   if (absl::Status s = ctx.Err(); !s.ok()) return s;
+  if (HasDuplicateKey(req)) {
+    return absl::InvalidArgumentError(
+        "etcdserver: duplicate key given in txn request");
+  }
   etcdpb::TxnResponse out;
   {
     MutexLock lock(&mu_);
