@@ -96,13 +96,14 @@ void BM_Etcd_RawPut(benchmark::State& state) {
 }
 BENCHMARK(BM_Etcd_RawPut)->Threads(1)->Threads(16)->MinTime(3)->UseRealTime();
 
-// A second floor: the driver's Txn pair without the driver. The acquire:
-// a compare on a `meta` key's mod revision, puts of `meta` and a slot key
-// (and, if the compare fails, a range of the repository's keys), as one
-// Txn. The release with nobody queued (a light release, docs/etcd.md):
-// compares on `meta` and on the slot's create revision, a delete of the
-// slot key, and the same range on failure. No leases, no cache, no
-// planning: what etcd itself charges for the pair.
+// A second floor: the driver's Txn pair without the driver. The acquire
+// with nobody queued under limit 2 (a light grant, docs/etcd.md): compares
+// on a `meta` key's mod revision and on both seats, a put of seat 0 (and,
+// if a compare fails, a range of the repository's keys), as one Txn. The
+// release with nobody queued (a light release): compares on `meta` and on
+// the seat's revision, a delete of the seat, and the same range on
+// failure. No leases, no cache, no planning: what etcd itself charges for
+// the pair.
 void RawTxnPairLoop(benchmark::State& state, internal::EtcdKV* kv) {
   Context ctx;
   namespace pb = internal::etcdpb;
@@ -120,8 +121,10 @@ void RawTxnPairLoop(benchmark::State& state, internal::EtcdKV* kv) {
     op.mutable_request_delete_range()->set_key(k);
     return op;
   };
-  int64_t slot_rev = 0;  // the slot's create revision
-  // acquire: put `meta` and the slot; release: compare the slot, delete it.
+  int64_t slot_rev = 0;  // the seat's grant revision (its mod revision)
+  // acquire (a light grant under limit 2): compare both seats free, put
+  // seat 0; release: compare seat 0, delete it. `meta` is compared by both
+  // and written by neither (it stays absent here: mod revision 0).
   auto txn_with = [&](bool acquire) {
     pb::TxnRequest t;
     auto* c = t.add_compare();
@@ -130,15 +133,21 @@ void RawTxnPairLoop(benchmark::State& state, internal::EtcdKV* kv) {
     c->set_result(pb::Compare::EQUAL);
     c->set_mod_revision(meta_mod);
     if (acquire) {
-      *t.add_success() = op_put(p + "meta", "");
-      *t.add_success() = op_put(p + "slot/run", "lease");
+      for (const char* seat : {"slot/0", "slot/1"}) {
+        c = t.add_compare();
+        c->set_key(p + seat);
+        c->set_target(pb::Compare::MOD);
+        c->set_result(pb::Compare::LESS);
+        c->set_mod_revision(1);
+      }
+      *t.add_success() = op_put(p + "slot/0", "lease/0/commit/bench/run");
     } else {
       c = t.add_compare();
-      c->set_key(p + "slot/run");
-      c->set_target(pb::Compare::CREATE);
+      c->set_key(p + "slot/0");
+      c->set_target(pb::Compare::MOD);
       c->set_result(pb::Compare::EQUAL);
-      c->set_create_revision(slot_rev);
-      *t.add_success() = op_del(p + "slot/run");
+      c->set_mod_revision(slot_rev);
+      *t.add_success() = op_del(p + "slot/0");
     }
     pb::RequestOp range;
     range.mutable_request_range()->set_key(p);
@@ -153,16 +162,11 @@ void RawTxnPairLoop(benchmark::State& state, internal::EtcdKV* kv) {
            r.ok() ? r->responses(0).response_range().kvs()
                   : decltype(r->responses(0).response_range().kvs()){}) {
         if (x.key() == p + "meta") meta_mod = x.mod_revision();
-        if (x.key() == p + "slot/run") slot_rev = x.create_revision();
+        if (x.key() == p + "slot/0") slot_rev = x.mod_revision();
       }
       return;
     }
-    if (acquire) {
-      meta_mod = r->header().revision();
-      if (slot_rev == 0) slot_rev = meta_mod;  // (a put keeps it otherwise)
-    } else {
-      slot_rev = 0;
-    }
+    slot_rev = acquire ? r->header().revision() : 0;
   };
   CompactServer(state);
   for (auto _ : state) {
