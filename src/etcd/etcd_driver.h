@@ -212,8 +212,9 @@ class EtcdDriver final : public Driver {
   // What a step's Txn is, for the view cache.
   enum class Commit {
     // Guarded by `meta`, planned on a view without a queue: on success the
-    // repository is `after` exactly, at the commit's revision (new keys
-    // with create revision 0 get the commit's), and the cache takes it.
+    // repository is `after` exactly, at the commit's revision (new slots
+    // and queue entries with revision 0 get the commit's), and the cache
+    // takes it.
     kExact,
     // Guarded, planned on a view with a queue: an entry joined at the end
     // (FastEnqueueTxn) does not touch `meta`, so the view may lack one. The
@@ -268,7 +269,7 @@ class EtcdDriver final : public Driver {
   // send loses its compare to the first; and a send that failed with
   // Unavailable may have committed. Either way a granted slot carrying
   // `commit_id` proves the commit, and the step is answered as committed at
-  // that slot's create revision, as planned (else the admitted runs would
+  // that slot's revision, as planned (else the admitted runs would
   // be reported by nobody). Without that proof, the leases of a Txn that
   // failed with an error are dropped, not reused: it may still commit.
   //
@@ -281,8 +282,8 @@ class EtcdDriver final : public Driver {
       bool admits, const std::string& commit_id,
       const LightProof* light = nullptr,
       std::optional<RepoView>* current = nullptr) PAC_EXCLUDES(mu_);
-  // The revision at which a slot of `v` granted with `commit_id` was
-  // created, or 0.
+  // The revision at which a slot of `v` was granted with `commit_id` (or
+  // `meta` written with it), or 0.
   static int64_t CommittedAt(const RepoView& v, const std::string& commit_id);
   // A token unique to one planned Txn of this driver (instance, counter).
   std::string NewCommitId();
