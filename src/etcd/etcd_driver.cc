@@ -275,11 +275,12 @@ std::string EtcdDriver::SeatKey(const std::string& repo, int64_t seat) const {
 
 void EtcdDriver::AddSlotCompare(etcdpb::TxnRequest* txn,
                                 const std::string& repo, int64_t seat,
-                                int64_t revision) const {
+                                int64_t revision,
+                                etcdpb::Compare::CompareResult result) const {
   auto* cmp = txn->add_compare();
   cmp->set_key(SeatKey(repo, seat));
   cmp->set_target(etcdpb::Compare::MOD);
-  cmp->set_result(etcdpb::Compare::EQUAL);
+  cmp->set_result(result);
   cmp->set_mod_revision(revision);
 }
 
@@ -290,16 +291,13 @@ bool EtcdDriver::LightGrantsPossible(const RepoView& v) {
 void EtcdDriver::GuardSeats(etcdpb::TxnRequest* txn, const RepoView& v,
                             const std::set<int64_t>& skip) const {
   if (!LightGrantsPossible(v)) return;
-  std::map<int64_t, int64_t> held;  // seat: grant revision
-  for (const auto& [run, slot] : v.slots) held[slot.seat] = slot.revision;
+  std::vector<int64_t> held(v.limit, 0);  // by seat: grant revision, or 0
+  for (const auto& [run, slot] : v.slots) {
+    if (slot.seat < v.limit) held[slot.seat] = slot.revision;
+  }
   for (int64_t seat = 0; seat < v.limit; ++seat) {
     if (skip.count(seat) > 0) continue;
-    auto it = held.find(seat);
-    auto* cmp = txn->add_compare();
-    cmp->set_key(SeatKey(v.repo, seat));
-    cmp->set_target(etcdpb::Compare::MOD);
-    cmp->set_result(etcdpb::Compare::LESS);
-    cmp->set_mod_revision((it == held.end() ? 0 : it->second) + 1);
+    AddSlotCompare(txn, v.repo, seat, held[seat] + 1, etcdpb::Compare::LESS);
   }
 }
 
@@ -408,9 +406,7 @@ void EtcdDriver::DropStale(etcdpb::TxnRequest* txn, RepoView* after,
   }
 }
 
-etcdpb::TxnRequest EtcdDriver::FastEnqueueTxn(const RepoView& v,
-                                              const QueueInfo& last,
-                                              const std::string& run) const {
+etcdpb::TxnRequest EtcdDriver::FastEnqueueTxn(const QueueInfo& last) {
   // The new key sorts after `last`, the view's greatest queue key (keys
   // order by creation time first). If `last` is still queued, the new
   // entry sorts after every entry a concurrent release can see as its
@@ -426,7 +422,6 @@ etcdpb::TxnRequest EtcdDriver::FastEnqueueTxn(const RepoView& v,
   // empty, and `last` is in it. The view is exact about seats unless a
   // light release left it (seats_unverified); then the caller adds
   // GuardSeats.
-  (void)run;
   etcdpb::TxnRequest txn;
   auto* cmp = txn.add_compare();
   cmp->set_key(last.key);
@@ -445,16 +440,6 @@ int64_t EtcdDriver::AddGrant(etcdpb::TxnRequest* txn, RepoView* after,
   int64_t seat = 0;
   while (taken.count(seat) > 0) ++seat;
   const std::string key = SeatKey(after->repo, seat);
-  auto* ops = txn->mutable_success();
-  for (int i = 0; i < ops->size(); ++i) {
-    const auto& op = ops->Get(i);
-    if (op.has_request_delete_range() &&
-        op.request_delete_range().key() == key &&
-        op.request_delete_range().range_end().empty()) {
-      ops->DeleteSubrange(i, 1);  // the put replaces the holder it frees
-      break;
-    }
-  }
   const int64_t since_us = absl::ToUnixMicros(LeaseSince(lease));
   *txn->add_success() = PutOp(
       key,
@@ -633,7 +618,7 @@ void EtcdDriver::CacheView(const std::string& repo, const RepoView& v) {
 }
 
 void EtcdDriver::ApplyKv(RepoView* v, std::string_view rest, bool put,
-                         const etcdpb::KeyValue& kv, std::string* gone) {
+                         const etcdpb::KeyValue& kv) {
   if (rest == "meta") {
     v->exists = put;
     v->meta_mod = put ? kv.mod_revision() : 0;
@@ -654,12 +639,8 @@ void EtcdDriver::ApplyKv(RepoView* v, std::string_view rest, bool put,
     }
     // The seat's holder until now: released by a delete, or by a put over
     // it (a release that admits the queue head into the seat it frees).
-    for (auto it = v->slots.begin(); it != v->slots.end(); ++it) {
-      if (it->second.seat != seat) continue;
-      if (gone != nullptr) *gone = it->first;
-      v->slots.erase(it);
-      break;
-    }
+    std::erase_if(v->slots,
+                  [&](const auto& e) { return e.second.seat == seat; });
     if (!put) return;
     const std::vector<absl::string_view> f = SeatFields(kv.value());
     if (f.size() != 4 || f[3].empty()) return;
@@ -825,34 +806,33 @@ absl::StatusOr<std::optional<etcdpb::TxnResponse>> EtcdDriver::CommitStep(
   auto tr = admits ? kv_->AdmittingTxn(ctx, txn) : kv_->Txn(ctx, txn);
   if (tr.ok() && tr->succeeded()) {
     const int64_t rev = tr->header().revision();
-    for (auto& [run, slot] : after.slots) {
-      if (slot.revision == 0) slot.revision = rev;
-    }
-    if (kind == Commit::kLight || kind == Commit::kLightGrant) {
-      // `meta` is as the view had it. Nothing else of the repository
-      // changed but expiries and light releases (which a plan on this view
-      // finds by its slot compares), and, after a light release, light
-      // grants (which it finds by GuardSeats).
-      after.revision = rev;
-      after.seats_unverified =
-          kind == Commit::kLight && LightGrantsPossible(after);
-      CacheView(repo, after);
-    } else if (kind == Commit::kExact) {
-      after.revision = rev;
-      after.meta_mod = rev;  // a guarded step puts `meta`
-      after.meta_commit_id = commit_id;
-      after.exists = true;
-      after.seats_unverified = false;  // it compared them (GuardSeats)
-      for (QueueInfo& q : after.queue) {
-        if (q.create_revision == 0) q.create_revision = rev;
-      }
-      SortQueue(&after);
-      CacheView(repo, after);
-    } else {
+    if (kind == Commit::kQueue || kind == Commit::kJoinEnd) {
       MutexLock lock(&mu_);
       if (own_commit_rev_.size() >= kMaxCachedViews) own_commit_rev_.clear();
       int64_t& own = own_commit_rev_[repo];
       own = std::max(own, rev);
+    } else {
+      after.revision = rev;
+      for (auto& [run, slot] : after.slots) {
+        if (slot.revision == 0) slot.revision = rev;
+      }
+      if (kind == Commit::kExact) {
+        after.meta_mod = rev;  // a guarded step puts `meta`
+        after.meta_commit_id = commit_id;
+        after.exists = true;
+        for (QueueInfo& q : after.queue) {
+          if (q.create_revision == 0) q.create_revision = rev;
+        }
+        SortQueue(&after);
+      }
+      // A light release compared no seat but its own: a light grant
+      // beside it may be missing (GuardSeats). The other two compared
+      // them, or wrote `meta`. (Light ones leave `meta` as the view had
+      // it; expiries and light releases since, a plan on this view finds
+      // by its slot compares.)
+      after.seats_unverified =
+          kind == Commit::kLight && LightGrantsPossible(after);
+      CacheView(repo, after);
     }
     return std::optional<etcdpb::TxnResponse>(*std::move(tr));
   }
@@ -1014,7 +994,7 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
     etcdpb::TxnRequest txn;
     const std::string commit_id = fast ? "" : NewCommitId();
     if (fast) {
-      txn = FastEnqueueTxn(v, *last, run);
+      txn = FastEnqueueTxn(*last);
       // The queue is joined because every slot is taken. A slot that
       // expired since the view means a head to admit instead: this
       // driver's watch sees the expiry and admits it (PromoteLoop), or,
@@ -1280,7 +1260,6 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(const Context& ctx,
       if (slot != v.slots.end() &&
           (!m.by_lease || (slot->second.lease_hex == Hex(m.lease) &&
                            slot->second.revision == m.token))) {
-        *txn.add_success() = DeleteOp(SeatKey(repo, slot->second.seat));
         results[i].released = true;
         freed[i].slot = &slot->second;
         --running;
@@ -1376,6 +1355,14 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(const Context& ctx,
     for (size_t i = 0; i < promote.size(); ++i) {
       seats.push_back(AddGrant(&txn, &after, promote[i]->run, grant_leases[i],
                                promote[i]->key, commit_id));
+    }
+    // A freed seat an admitted run took is put over (etcd refuses a put and
+    // a delete of one key in one Txn); the others are deleted.
+    for (const Freed& f : freed) {
+      if (f.slot != nullptr &&
+          std::find(seats.begin(), seats.end(), f.slot->seat) == seats.end()) {
+        *txn.add_success() = DeleteOp(SeatKey(repo, f.slot->seat));
+      }
     }
     auto tr = CommitStep(ctx, repo, std::move(txn), *leases, std::move(after),
                          light             ? Commit::kLight
@@ -1751,13 +1738,11 @@ void EtcdDriver::OnWatch(const WatchBatch& b) {
     // expiry): applied to the view when the stream has delivered every
     // change since the view's revision, else the view is dropped.
     const int64_t rev = ev.kv().mod_revision();
-    std::string gone;  // the run whose slot this change ended, if known
     // (etcd sends all events of a revision in one response.)
     if (auto it = views_.find(repo);
         it != views_.end() && rev > it->second.revision) {
       if (it->second.revision + 1 >= watch_from_) {
-        ApplyKv(&it->second, tail, ev.type() == etcdpb::Event::PUT, ev.kv(),
-                &gone);
+        ApplyKv(&it->second, tail, ev.type() == etcdpb::Event::PUT, ev.kv());
         int64_t& upto = applied[repo];
         upto = std::max(upto, rev);
       } else {
@@ -1769,11 +1754,13 @@ void EtcdDriver::OnWatch(const WatchBatch& b) {
     WatchEventType type;
     std::string run;
     if (tail.substr(0, 5) == "slot/") {
-      // The seat's holder until now: as the view knew it, else as this
-      // watch saw it put (a delete event carries only the key).
+      // The seat's holder until now, as this watch saw it put, or the
+      // watcher's registration read it (a delete event carries only the
+      // key).
       const std::string seat_key(key);
+      std::string gone;
       if (auto known = seat_runs_.find(seat_key); known != seat_runs_.end()) {
-        if (gone.empty()) gone = known->second;
+        gone = std::move(known->second);
         seat_runs_.erase(known);
       }
       if (ev.type() == etcdpb::Event::DELETE) {

@@ -204,10 +204,8 @@ class EtcdDriver final : public Driver {
                      int64_t revision) const;
   // Applies one key of the repository (`rest`: its name after the
   // repository's prefix) as put or deleted. The caller sorts the queue.
-  // `gone` (if given) gets the run whose slot the change ended, if `v`
-  // knew it.
   static void ApplyKv(RepoView* v, std::string_view rest, bool put,
-                      const etcdpb::KeyValue& kv, std::string* gone = nullptr);
+                      const etcdpb::KeyValue& kv);
   etcdpb::RequestOp RangeRepoOp(const std::string& repo) const;
   // What a step's Txn is, for the view cache.
   enum class Commit {
@@ -333,17 +331,20 @@ class EtcdDriver final : public Driver {
   static void DropStale(etcdpb::TxnRequest* txn, RepoView* after,
                         const std::set<const QueueInfo*>& stale,
                         const std::set<std::string>& callers);
-  // The compares of an enqueue at the end of `v`'s queue, after `last`.
-  etcdpb::TxnRequest FastEnqueueTxn(const RepoView& v, const QueueInfo& last,
-                                    const std::string& run) const;
+  // The compare of an enqueue at the end of a queue, after `last` (the
+  // view's greatest queue key).
+  static etcdpb::TxnRequest FastEnqueueTxn(const QueueInfo& last);
   void CacheView(const std::string& repo, const RepoView& v) PAC_EXCLUDES(mu_);
   void ForgetView(const std::string& repo) PAC_EXCLUDES(mu_);
   // Adds the compare "`meta`'s mod revision is `meta_mod`".
   static void AddMetaCompare(etcdpb::TxnRequest* txn,
                              const std::string& repo_prefix, int64_t meta_mod);
-  // Adds the compare "seat `seat` of `repo` holds the grant of `revision`".
-  void AddSlotCompare(etcdpb::TxnRequest* txn, const std::string& repo,
-                      int64_t seat, int64_t revision) const;
+  // Adds the compare "seat `seat` of `repo` holds the grant of `revision`"
+  // (EQUAL), or "was put before `revision`" (LESS: GuardSeats).
+  void AddSlotCompare(
+      etcdpb::TxnRequest* txn, const std::string& repo, int64_t seat,
+      int64_t revision,
+      etcdpb::Compare::CompareResult result = etcdpb::Compare::EQUAL) const;
   std::string SeatKey(const std::string& repo, int64_t seat) const;
   // A Txn guarded by the repository's meta revision (see the file comment).
   etcdpb::TxnRequest GuardedTxn(const std::string& repo_prefix,
@@ -351,8 +352,8 @@ class EtcdDriver final : public Driver {
                                 const std::string& commit_id) const;
   // Adds the slot key of a grant to `txn`, in the lowest seat `after` has
   // free, and the grant to `after`; a non-empty `dequeued_key` is deleted
-  // in both. A seat whose holder `txn` deletes is put instead (etcd refuses
-  // a put and a delete of one key in one Txn). Returns the seat.
+  // in both. Returns the seat. (A release deletes a freed seat only if no
+  // grant took it: etcd refuses a put and a delete of one key in one Txn.)
   int64_t AddGrant(etcdpb::TxnRequest* txn, RepoView* after,
                    const std::string& run, int64_t lease,
                    const std::string& dequeued_key,

@@ -1175,15 +1175,8 @@ TEST_F(LightRelease, AnEnqueuePlannedBeforeALightReleaseTakesTheSlot) {
 // queue runs no promotion step for it: no request at all.
 TEST_F(LightRelease, AWatchingDriverSpendsNoRequestOnALightRelease) {
   Repository repo{"light", "watched", 2};
-  std::mutex mu;
-  std::condition_variable cv;
-  std::set<std::string> released;
-  auto w = b->WatchSlotAvailability(ctx, repo.Key(), [&](const WatchEvent& e) {
-    if (e.type != WatchEventType::kReleased) return;
-    std::lock_guard<std::mutex> lock(mu);
-    released.insert(e.pipeline_run_key);
-    cv.notify_all();
-  });
+  conformance::EventLog heard;
+  auto w = b->WatchSlotAvailability(ctx, repo.Key(), heard.Callback());
   ASSERT_TRUE(w.ok()) << w.status();
   auto x = b->AcquireSlot(ctx, repo, "light/x");  // b caches a view
   auto y = a->AcquireSlot(ctx, repo, "light/y");
@@ -1193,11 +1186,7 @@ TEST_F(LightRelease, AWatchingDriverSpendsNoRequestOnALightRelease) {
   const int64_t meta = MetaMod(repo);
   ASSERT_TRUE(a->ReleaseSlot(ctx, y->lease.lease_id, "", "")->released);
   EXPECT_EQ(MetaMod(repo), meta);
-  {
-    std::unique_lock<std::mutex> lock(mu);
-    ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(10),
-                            [&] { return released.count("light/y") > 0; }));
-  }
+  ASSERT_TRUE(heard.Await(WatchEventType::kReleased, "light/y"));
   // A promotion step would follow the event at once (a Confirm Txn).
   absl::SleepFor(absl::Milliseconds(300));
   EXPECT_EQ(kv->requests.load(), 0);
@@ -1272,28 +1261,14 @@ TEST_F(LightRelease, AHandOffIsHeardAsAReleaseAndAnAdmission) {
   auto h = a->AcquireSlot(ctx, repo, "light/h", opts);
   auto q = a->AcquireSlot(ctx, repo, "light/q", opts);
   ASSERT_TRUE(h.ok() && h->acquired && q.ok() && !q->acquired);
-  std::mutex mu;
-  std::condition_variable cv;
-  std::vector<std::pair<WatchEventType, std::string>> heard;
-  auto w = b->WatchSlotAvailability(ctx, repo.Key(), [&](const WatchEvent& e) {
-    std::lock_guard<std::mutex> lock(mu);
-    heard.emplace_back(e.type, e.pipeline_run_key);
-    cv.notify_all();
-  });
+  conformance::EventLog heard;
+  auto w = b->WatchSlotAvailability(ctx, repo.Key(), heard.Callback());
   ASSERT_TRUE(w.ok()) << w.status();
   auto r = a->ReleaseSlot(ctx, h->lease.lease_id, "", "");
   ASSERT_TRUE(r.ok() && r->released && r->admitted.size() == 1u);
   mock->DrainDeliveriesForTest();
-  std::unique_lock<std::mutex> lock(mu);
-  const auto has = [&](WatchEventType t, const std::string& run) {
-    return std::find(heard.begin(), heard.end(), std::make_pair(t, run)) !=
-           heard.end();
-  };
-  EXPECT_TRUE(cv.wait_for(lock, std::chrono::seconds(10), [&] {
-    return has(WatchEventType::kReleased, "light/h") &&
-           has(WatchEventType::kAdmitted, "light/q");
-  }));
-  lock.unlock();
+  EXPECT_TRUE(heard.Await(WatchEventType::kReleased, "light/h"));
+  EXPECT_TRUE(heard.Await(WatchEventType::kAdmitted, "light/q"));
   (*w)->Stop();
 }
 

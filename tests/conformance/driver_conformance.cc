@@ -38,35 +38,40 @@ std::vector<std::string> RunKeys(const std::vector<QueueEntry>& entries) {
   return out;
 }
 
-// Collects watch events; thread-safe.
-class EventLog {
- public:
-  WatchCallback Callback() {
-    return [this](const WatchEvent& e) {
-      std::lock_guard<std::mutex> lock(mu_);
-      events_.push_back(e);
-    };
-  }
-  bool Has(WatchEventType type, const std::string& run = "") {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (const auto& e : events_) {
-      if (e.type == type && (run.empty() || e.pipeline_run_key == run)) {
-        return true;
-      }
-    }
-    return false;
-  }
-  size_t size() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return events_.size();
-  }
-
- private:
-  std::mutex mu_;
-  std::vector<WatchEvent> events_;
-};
-
 }  // namespace
+
+WatchCallback EventLog::Callback() {
+  return [this](const WatchEvent& e) {
+    std::lock_guard<std::mutex> lock(mu_);
+    events_.push_back(e);
+    cv_.notify_all();
+  };
+}
+
+bool EventLog::HasLocked(WatchEventType type, const std::string& run) const {
+  for (const auto& e : events_) {
+    if (e.type == type && (run.empty() || e.pipeline_run_key == run)) {
+      return true;
+    }
+  }
+  return false;
+}
+
+bool EventLog::Has(WatchEventType type, const std::string& run) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return HasLocked(type, run);
+}
+
+bool EventLog::Await(WatchEventType type, const std::string& run) {
+  std::unique_lock<std::mutex> lock(mu_);
+  return cv_.wait_for(lock, std::chrono::seconds(10),
+                      [&] { return HasLocked(type, run); });
+}
+
+size_t EventLog::size() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return events_.size();
+}
 
 void DriverConformanceTest::SetUp() {
   if (factory().manual_clock) {

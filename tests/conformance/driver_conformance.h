@@ -10,9 +10,12 @@
 #ifndef PAC_TESTS_CONFORMANCE_DRIVER_CONFORMANCE_H_
 #define PAC_TESTS_CONFORMANCE_DRIVER_CONFORMANCE_H_
 
+#include <condition_variable>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -20,6 +23,23 @@
 #include "pac/concurrency/concurrency.h"
 
 namespace pac::concurrency::conformance {
+
+// Collects watch events; thread-safe. The log must outlive the watch.
+class EventLog {
+ public:
+  WatchCallback Callback();
+  // Whether an event of `type` (for `run`, unless empty) has arrived.
+  bool Has(WatchEventType type, const std::string& run = "");
+  // Has(), waiting up to 10 s for it.
+  bool Await(WatchEventType type, const std::string& run = "");
+  size_t size();
+
+ private:
+  bool HasLocked(WatchEventType type, const std::string& run) const;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<WatchEvent> events_;
+};
 
 struct ConformanceEnv {
   Clock* clock = nullptr;  // a ManualClock when the driver supports one
