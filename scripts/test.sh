@@ -68,7 +68,7 @@ run_suite() {
   local log
   log=$(mktemp)
   # shellcheck disable=SC2086
-  (cd "$dir" && ctest --output-on-failure $ctest_args) 2>&1 | tee "$log"
+  (cd "$dir" && ctest $ctest_args) 2>&1 | tee "$log"
   local rc=${PIPESTATUS[0]}
   # Count the individual GoogleTest cases, not just the binaries.
   local p f
