@@ -1272,5 +1272,70 @@ TEST_F(LightRelease, AHandOffIsHeardAsAReleaseAndAnAdmission) {
   (*w)->Stop();
 }
 
+// A view left by a light release may miss a light grant: the release
+// compared only `meta` and its own seat. b's release misses a's release of
+// s and grant of y into s's seat (both before the release's revision, so
+// b's watch never applies them); its watch then brings q's grant and w's
+// entry, and b's view shows every seat taken (by s and q) and a queue.
+// There y joins the end of the queue with a Txn that leaves `meta` alone;
+// it must compare the seats too (s's seat was put since b's view saw it),
+// or y would wait in the queue while it holds a slot.
+TEST_F(LightRelease, AJoinOnAViewLeftByALightReleaseQueuesNoRunThatHoldsASlot) {
+  Repository repo{"light", "join", 2};
+  AcquireOptions at0;
+  at0.creation_time = clock.Now();
+  conformance::EventLog heard;
+  auto watch = b->WatchSlotAvailability(ctx, repo.Key(), heard.Callback());
+  ASSERT_TRUE(watch.ok()) << watch.status();
+  auto p = b->AcquireSlot(ctx, repo, "light/p", at0);
+  auto s = b->AcquireSlot(ctx, repo, "light/s", at0);
+  ASSERT_TRUE(p.ok() && p->acquired && s.ok() && s->acquired);
+  mock->DrainDeliveriesForTest();
+  mock->HoldDeliveriesForTest(true);
+  ASSERT_TRUE(a->ReleaseSlot(ctx, "", "light/s", repo.Key())->released);
+  auto y = a->AcquireSlot(ctx, repo, "light/y", at0);
+  ASSERT_TRUE(y.ok() && y->acquired);
+  const int64_t meta = MetaMod(repo);
+  ASSERT_TRUE(b->ReleaseSlot(ctx, p->lease.lease_id, "", "")->released);
+  ASSERT_EQ(MetaMod(repo), meta) << "b's release was not a light one";
+  mock->HoldDeliveriesForTest(false);
+  auto q = a->AcquireSlot(ctx, repo, "light/q", at0);
+  clock.Advance(absl::Seconds(1));
+  AcquireOptions at1;
+  at1.creation_time = clock.Now();
+  auto w = a->AcquireSlot(ctx, repo, "light/w", at1);
+  ASSERT_TRUE(q.ok() && q->acquired && w.ok() && !w->acquired);
+  mock->DrainDeliveriesForTest();
+  ASSERT_TRUE(heard.Await(WatchEventType::kAdmitted, "light/q"));
+
+  clock.Advance(absl::Seconds(1));
+  AcquireOptions at2;
+  at2.creation_time = clock.Now();
+  const size_t before = [&] {
+    std::lock_guard<std::mutex> lock(kv->mu);
+    return kv->txns.size();
+  }();
+  auto again = b->AcquireSlot(ctx, repo, "light/y", at2);
+  {
+    // b took the join's path: its first Txn puts a queue entry, not `meta`.
+    std::lock_guard<std::mutex> lock(kv->mu);
+    ASSERT_GT(kv->txns.size(), before);
+    const internal::etcdpb::TxnRequest& join = kv->txns[before];
+    ASSERT_EQ(join.success_size(), 1);
+    EXPECT_TRUE(
+        absl::StrContains(join.success(0).request_put().key(), "/queue/"));
+  }
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE(again->acquired)
+      << "queued at " << again->position << " while it holds a slot";
+  EXPECT_EQ(again->lease.lease_id, y->lease.lease_id);
+  auto queued = a->GetQueuedPipelineRuns(ctx, repo.Key());
+  ASSERT_TRUE(queued.ok());
+  ASSERT_EQ(queued->size(), 1u);
+  EXPECT_EQ((*queued)[0].pipeline_run_key, "light/w");
+  EXPECT_EQ(*a->GetCurrentSlots(ctx, repo.Key()), 2);
+  (*watch)->Stop();
+}
+
 }  // namespace
 }  // namespace pac::concurrency
