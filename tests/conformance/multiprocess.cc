@@ -1,10 +1,12 @@
 #include "tests/conformance/multiprocess.h"
 
+#include <poll.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <fstream>
 #include <map>
@@ -24,13 +26,21 @@ int64_t MonoNanos() {
 }
 
 // Worker body; returns the process exit code.
+// Once its driver is made, a worker says so on `ready` and waits for `go`
+// to close: the workers start together, however long each took to start
+// (under a sanitizer, seconds), so their runs contend.
 int Worker(const DriverMaker& make, const Repository& repo, int id, int runs,
-           const std::string& log_path) {
+           const std::string& log_path, int ready, int go) {
   auto driver = make();
   if (!driver.ok()) {
     std::fprintf(stderr, "worker %d: %s\n", id,
                  driver.status().ToString().c_str());
     return 2;
+  }
+  const char one = 1;
+  if (write(ready, &one, 1) != 1) return 7;
+  char none;
+  while (read(go, &none, 1) < 0 && errno == EINTR) {
   }
   std::ofstream log(log_path);
   Context ctx;
@@ -67,7 +77,7 @@ int Worker(const DriverMaker& make, const Repository& repo, int id, int runs,
     }
     log << "G " << run << " " << r->lease.fencing_token << " " << MonoNanos()
         << "\n";
-    absl::SleepFor(absl::Microseconds(500));
+    absl::SleepFor(absl::Milliseconds(2));
     int64_t release_start = MonoNanos();
     log << "R " << run << " " << release_start << "\n";
     absl::StatusOr<ReleaseResult> rel;
@@ -109,13 +119,37 @@ HammerReport RunMultiProcessHammer(const DriverMaker& make,
   Repository repo{repo_ns, "hammer", limit};
   char dir_template[] = "/tmp/pac-hammer-XXXXXX";
   std::string dir = mkdtemp(dir_template);
+  int ready[2], go[2];
+  if (pipe(ready) != 0 || pipe(go) != 0) {
+    report.first_problem = "pipe failed";
+    return report;
+  }
   std::vector<pid_t> pids;
   for (int i = 0; i < processes; ++i) {
     std::string path = absl::StrCat(dir, "/w", i, ".log");
     pid_t pid = fork();
-    if (pid == 0) _exit(Worker(make, repo, i, runs_per_process, path));
+    if (pid == 0) {
+      close(ready[0]);
+      close(go[1]);
+      _exit(Worker(make, repo, i, runs_per_process, path, ready[1], go[0]));
+    }
     pids.push_back(pid);
   }
+  close(ready[1]);
+  close(go[0]);
+  // Every worker ready (or gone: its end of `ready` closes), or a minute
+  // passed: they start.
+  const absl::Time until = absl::Now() + absl::Minutes(1);
+  for (int n = 0; n < processes && absl::Now() < until;) {
+    pollfd pfd{ready[0], POLLIN, 0};
+    if (poll(&pfd, 1, 100) <= 0) continue;
+    char c;
+    const ssize_t got = read(ready[0], &c, 1);
+    if (got == 0) break;  // every worker has exited
+    if (got == 1) ++n;
+  }
+  close(go[1]);
+  close(ready[0]);
   for (pid_t pid : pids) {
     int status = 0;
     waitpid(pid, &status, 0);
