@@ -1010,6 +1010,10 @@ class LightReleases final : public internal::ForwardingEtcdKV {
     std::lock_guard<std::mutex> lock(mu);
     return txns.back();
   }
+  size_t Sent() {
+    std::lock_guard<std::mutex> lock(mu);
+    return txns.size();
+  }
   std::mutex mu;
   std::vector<internal::etcdpb::TxnRequest> txns;
   std::function<void()> before_enqueue;
@@ -1105,10 +1109,7 @@ TEST_F(LightRelease, ALostGrantAnswersFromItsFailureBranch) {
   ASSERT_TRUE(b->ReleaseSlot(ctx, x->lease.lease_id, "", "")->released);
   auto y = a->AcquireSlot(ctx, repo, "light/y");
   ASSERT_TRUE(y.ok() && y->acquired);
-  const size_t before = [&] {
-    std::lock_guard<std::mutex> lock(kv->mu);
-    return kv->txns.size();
-  }();
+  const size_t before = kv->Sent();
   AcquireOptions no_queue;
   no_queue.enqueue = false;
   auto z = b->AcquireSlot(ctx, repo, "light/z", no_queue);
@@ -1311,10 +1312,7 @@ TEST_F(LightRelease, AJoinOnAViewLeftByALightReleaseQueuesNoRunThatHoldsASlot) {
   clock.Advance(absl::Seconds(1));
   AcquireOptions at2;
   at2.creation_time = clock.Now();
-  const size_t before = [&] {
-    std::lock_guard<std::mutex> lock(kv->mu);
-    return kv->txns.size();
-  }();
+  const size_t before = kv->Sent();
   auto again = b->AcquireSlot(ctx, repo, "light/y", at2);
   {
     // b took the join's path: its first Txn puts a queue entry, not `meta`.

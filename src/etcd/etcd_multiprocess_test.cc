@@ -7,7 +7,6 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <cstdio>
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
@@ -42,11 +41,7 @@ TEST(EtcdMultiProcessTest, FourProcessesNeverOverAdmitAndKeepFifo) {
   EXPECT_GT(report.queued, 50) << "too little contention to test FIFO";
   EXPECT_GT(report.fifo_checks, 0);
   EXPECT_EQ(report.fifo_violations, 0) << report.first_problem;
-  std::printf(
-      "hammer: %d grants, %d queued, %d promotions, max overlap %d, "
-      "%d FIFO checks\n",
-      report.grants, report.queued, report.promotions, report.max_overlap,
-      report.fifo_checks);
+  conformance::PrintHammerReport(report);
 }
 
 // A holder process dies (SIGKILL); its slot is freed when its etcd lease's

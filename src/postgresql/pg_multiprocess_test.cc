@@ -40,11 +40,7 @@ TEST(PostgreSQLMultiProcessTest, FourProcessesNeverOverAdmitAndKeepFifo) {
   EXPECT_GT(report.queued, 100) << "too little contention to test FIFO";
   EXPECT_GT(report.fifo_checks, 0);
   EXPECT_EQ(report.fifo_violations, 0) << report.first_problem;
-  std::printf(
-      "hammer: %d grants, %d queued, %d promotions, max overlap %d, "
-      "%d FIFO checks\n",
-      report.grants, report.queued, report.promotions, report.max_overlap,
-      report.fifo_checks);
+  conformance::PrintHammerReport(report);
 }
 
 TEST(PostgreSQLMultiProcessTest, WatcherWokenByAReleaseInAnotherProcess) {

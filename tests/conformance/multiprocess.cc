@@ -25,10 +25,10 @@ int64_t MonoNanos() {
   return static_cast<int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
 }
 
-// Worker body; returns the process exit code.
-// Once its driver is made, a worker says so on `ready` and waits for `go`
-// to close: the workers start together, however long each took to start
-// (under a sanitizer, seconds), so their runs contend.
+// Worker body; returns the process exit code. Once its driver is made, a
+// worker says so on `ready` and waits for `go` to close: the workers start
+// together, however long each took to start (under a sanitizer, seconds),
+// so their runs contend.
 int Worker(const DriverMaker& make, const Repository& repo, int id, int runs,
            const std::string& log_path, int ready, int go) {
   auto driver = make();
@@ -111,6 +111,14 @@ struct RunInfo {
 };
 
 }  // namespace
+
+void PrintHammerReport(const HammerReport& report) {
+  std::printf(
+      "hammer: %d grants, %d queued, %d promotions, max overlap %d, "
+      "%d FIFO checks\n",
+      report.grants, report.queued, report.promotions, report.max_overlap,
+      report.fifo_checks);
+}
 
 HammerReport RunMultiProcessHammer(const DriverMaker& make,
                                    const std::string& repo_ns, int processes,

@@ -45,6 +45,9 @@ HammerReport RunMultiProcessHammer(const DriverMaker& make,
                                    const std::string& repo_ns, int processes,
                                    int runs_per_process, int limit);
 
+// Prints the report's counts on one line ("hammer: ..."), for the log.
+void PrintHammerReport(const HammerReport& report);
+
 }  // namespace pac::concurrency::conformance
 
 #endif  // PAC_TESTS_CONFORMANCE_MULTIPROCESS_H_
