@@ -24,7 +24,24 @@ struct ServeOptions {
   int max_watches = 0;
   size_t max_body = 1 << 20;
   std::string request_timeout = "30s";
+  std::string header_timeout = "10s";
+  std::string body_timeout = "30s";
+  std::string keep_alive_timeout = "5s";
+  size_t max_header_bytes = 16 * 1024;
+  int max_connections = 4096;
+  int max_connections_per_peer = 0;
 };
+
+// A positive duration flag's value, or InvalidArgument naming the flag.
+absl::StatusOr<absl::Duration> PositiveDuration(const std::string& flag,
+                                                const std::string& value) {
+  auto d = ParseDuration(value);
+  if (!d.ok() || *d <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        Cat(flag, ": must be a positive duration such as 10s"));
+  }
+  return *d;
+}
 
 absl::StatusOr<std::pair<std::string, int>> ParseListen(const std::string& s) {
   size_t colon = s.rfind(':');
@@ -70,12 +87,25 @@ int Serve(const GlobalOptions& g, const ServeOptions& o) {
   }
   options.max_watches = o.max_watches;
   options.max_body_bytes = o.max_body;
-  auto rt = ParseDuration(o.request_timeout);
-  if (!rt.ok() || *rt <= absl::ZeroDuration()) {
-    return Fail(absl::InvalidArgumentError(
-        "--request-timeout: must be a positive duration"));
+  struct {
+    const char* flag;
+    const std::string& value;
+    absl::Duration& out;
+  } durations[] = {
+      {"--request-timeout", o.request_timeout, options.request_timeout},
+      {"--header-timeout", o.header_timeout, options.header_timeout},
+      {"--body-timeout", o.body_timeout, options.body_timeout},
+      {"--keep-alive-timeout", o.keep_alive_timeout,
+       options.keep_alive_timeout},
+  };
+  for (auto& d : durations) {
+    auto v = PositiveDuration(d.flag, d.value);
+    if (!v.ok()) return Fail(v.status());
+    d.out = *v;
   }
-  options.request_timeout = *rt;
+  options.max_header_bytes = o.max_header_bytes;
+  options.max_connections = o.max_connections;
+  options.max_connections_per_peer = o.max_connections_per_peer;
   if (!o.token_file.empty()) {
     auto t = ReadSecretFile(o.token_file, "--token-file");
     if (!t.ok()) return Fail(t.status());
@@ -127,8 +157,9 @@ void RegisterServeCommand(CLI::App& app, GlobalOptions& g, Runner* run) {
   cmd->add_option("--token-file", o->token_file,
                   "Require this bearer token on mutating requests");
   cmd->add_option("--threads", o->threads,
-                  "Worker threads kept ready (each open connection holds "
-                  "one; more start when none is idle)")
+                  "Worker threads kept ready (a request holds one while it "
+                  "runs, a watch while it is open; more start when none is "
+                  "idle)")
       ->check(CLI::Range(4, 4096))
       ->capture_default_str();
   cmd->add_option("--max-threads", o->max_threads,
@@ -145,6 +176,31 @@ void RegisterServeCommand(CLI::App& app, GlobalOptions& g, Runner* run) {
       ->capture_default_str();
   cmd->add_option("--request-timeout", o->request_timeout,
                   "Time limit of one request")
+      ->capture_default_str();
+  cmd->add_option("--header-timeout", o->header_timeout,
+                  "A request's line and headers must arrive within this of "
+                  "its first byte (else 408)")
+      ->capture_default_str();
+  cmd->add_option("--body-timeout", o->body_timeout,
+                  "A request's body must arrive within this of its headers "
+                  "(else 408)")
+      ->capture_default_str();
+  cmd->add_option("--keep-alive-timeout", o->keep_alive_timeout,
+                  "An idle connection is closed after this")
+      ->capture_default_str();
+  cmd->add_option("--max-header-bytes", o->max_header_bytes,
+                  "Largest request line and headers together (bytes; else "
+                  "431)")
+      ->check(CLI::Range(size_t(1024), size_t(1) << 20))
+      ->capture_default_str();
+  cmd->add_option("--max-connections", o->max_connections,
+                  "Connections open at once; past it the oldest idle one is "
+                  "closed, or the new one refused (503) when none is idle")
+      ->check(CLI::Range(16, 1000000))
+      ->capture_default_str();
+  cmd->add_option("--max-connections-per-peer", o->max_connections_per_peer,
+                  "Connections open at once from one address (0: no cap)")
+      ->check(CLI::Range(0, 1000000))
       ->capture_default_str();
   cmd->callback([&g, o, run] { *run = [&g, o] { return Serve(g, *o); }; });
 }

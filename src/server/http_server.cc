@@ -1,15 +1,9 @@
 #include "src/server/http_server.h"
 
-#include <sys/socket.h>
-
-#include <condition_variable>
-#include <deque>
-#include <mutex>
-
-#include "httplib.h"
 #include "pac/concurrency/config.h"
 #include "spdlog/spdlog.h"
 #include "src/common/strings.h"
+#include "src/server/http_transport.h"
 #include "src/server/thread_pool.h"
 
 namespace pac::concurrency::server {
@@ -20,17 +14,24 @@ namespace {
 
 using Reply = absl::StatusOr<std::pair<int, Json>>;
 
-void SendJson(httplib::Response& res, int status, const Json& body) {
-  res.status = status;
-  res.set_content(body.dump() + "\n", "application/json");
+HttpResponse JsonAnswer(int status, const Json& body) {
+  HttpResponse r;
+  r.status = status;
+  // Messages escape user bytes (EscapeBytes); `replace` is the last guard
+  // against an invalid UTF-8 byte reaching the serializer.
+  r.body = body.dump(-1, ' ', false, Json::error_handler_t::replace) + "\n";
+  return r;
 }
 
-void SendError(httplib::Response& res, const absl::Status& s) {
-  SendJson(res, HttpStatusFor(s), ErrorToJson(s));
+HttpResponse ErrorAnswer(const absl::Status& s) {
+  return JsonAnswer(HttpStatusFor(s), ErrorToJson(s));
 }
 
-absl::StatusOr<Json> ParseBody(const httplib::Request& req) {
+// An empty body is `{}` where `empty_is_object`, else an error.
+absl::StatusOr<Json> ParseBody(const HttpRequest& req,
+                               bool empty_is_object = false) {
   if (req.body.empty()) {
+    if (empty_is_object) return Json::object();
     return absl::InvalidArgumentError("request body: empty, expected JSON");
   }
   Json doc = Json::parse(req.body, nullptr, /*allow_exceptions=*/false);
@@ -40,31 +41,33 @@ absl::StatusOr<Json> ParseBody(const httplib::Request& req) {
   return doc;
 }
 
-std::string RepoKey(const httplib::Request& req) {
-  return Cat(req.matches[1].str(), "/", req.matches[2].str());
+std::string RepoKey(const HttpRequest& req) {
+  return Cat(req.params[0], "/", req.params[1]);
 }
 
 // The server's worker threads kept ready (at least 4), and at most.
 int PoolThreads(const HttpServerOptions& o) { return std::max(4, o.threads); }
 
-// httplib's task queue on the server's pool (which outlives it: httplib
-// makes one queue per listen and shuts it down when listening ends).
-class PoolQueue : public httplib::TaskQueue {
- public:
-  explicit PoolQueue(std::shared_ptr<ElasticThreadPool> pool)
-      : pool_(std::move(pool)) {}
-  void enqueue(std::function<void()> fn) override {
-    pool_->Enqueue(std::move(fn));
-  }
-  void shutdown() override { pool_->Shutdown(); }
-
- private:
-  std::shared_ptr<ElasticThreadPool> pool_;
-};
-
 bool IsMutating(const std::string& method) {
   return method == "POST" || method == "PUT" || method == "DELETE" ||
          method == "PATCH";
+}
+
+std::vector<std::string> Split(const std::string& pattern) {
+  std::vector<std::string> out;
+  size_t at = 1;
+  while (true) {
+    size_t slash = pattern.find('/', at);
+    out.push_back(pattern.substr(at, slash - at));
+    if (slash == std::string::npos) return out;
+    at = slash + 1;
+  }
+}
+
+std::string DecodedPath(const HttpRequest& req) {
+  std::string p;
+  for (const std::string& s : req.segments) p += "/" + s;
+  return p;
 }
 
 }  // namespace
@@ -86,7 +89,6 @@ HttpServer::HttpServer(Service* service, Metrics* metrics,
       pool_(std::make_shared<ElasticThreadPool>(ElasticThreadPool::Options{
           PoolThreads(options_), MaxThreadsOf(options_),
           options_.thread_idle_timeout})),
-      http_(std::make_unique<httplib::Server>()),
       root_(Context::WithCancel(Context::Background())),
       max_watches_(options_.max_watches > 0
                        ? options_.max_watches
@@ -98,18 +100,40 @@ HttpServer::HttpServer(Service* service, Metrics* metrics,
                        "Watches this server keeps open at once; one more "
                        "is refused with 429.");
     metrics_->Describe("pac_http_threads", "gauge",
-                       "Server threads now; each open connection holds one.");
+                       "Server worker threads now.");
     metrics_->Describe("pac_http_busy_threads", "gauge",
-                       "Server threads serving a connection now.");
+                       "Worker threads running a request or a watch now.");
     metrics_->Describe("pac_http_max_threads", "gauge",
-                       "Server threads at most; a connection beyond them "
-                       "waits for one.");
+                       "Worker threads at most; a request beyond them waits "
+                       "for one.");
+    metrics_->Describe("pac_http_open_connections", "gauge",
+                       "Client connections open now.");
+    metrics_->Describe("pac_http_max_connections", "gauge",
+                       "Client connections kept open at once.");
+    metrics_->Describe("pac_http_refusals_total", "counter",
+                       "Connections refused or closed by a limit, by reason.");
     metrics_->Describe("pac_http_requests_total", "counter",
                        "HTTP requests, by route, method and status.");
     metrics_->Describe("pac_http_request_duration_seconds", "histogram",
                        "Time to answer an HTTP request, by route.");
   }
   Routes();
+  HttpTransport::Options t;
+  t.host = options_.host;
+  t.port = options_.port;
+  t.max_body_bytes = options_.max_body_bytes;
+  t.max_header_bytes = options_.max_header_bytes;
+  t.header_timeout = options_.header_timeout;
+  t.body_timeout = options_.body_timeout;
+  t.keep_alive_timeout = options_.keep_alive_timeout;
+  t.max_connections = options_.max_connections;
+  t.max_connections_per_peer = options_.max_connections_per_peer;
+  transport_ = std::make_unique<HttpTransport>(
+      t, pool_, [this](HttpRequest& req) { return Handle(req); },
+      [this](HttpRequest& req) { return Precheck(req); },
+      [this](const HttpRequest& req, int status, size_t bytes) {
+        Observe(req, status, bytes);
+      });
 }
 
 HttpServer::~HttpServer() { Stop(); }
@@ -119,131 +143,99 @@ int MaxThreadsOf(const HttpServerOptions& o) {
                   o.max_threads > 0 ? o.max_threads : std::max(256, o.threads));
 }
 
-void HttpServer::Routes() {
-  httplib::Server& s = *http_;
-  s.new_task_queue = [pool = pool_] { return new PoolQueue(pool); };
-  s.set_payload_max_length(options_.max_body_bytes);
-  s.set_keep_alive_max_count(1000000);
-  s.set_keep_alive_timeout(
-      std::max<int64_t>(1, absl::ToInt64Seconds(options_.keep_alive_timeout)));
-  s.set_tcp_nodelay(true);
-  // httplib's own options set SO_REUSEPORT, with which a second server
-  // binds the same port and the kernel splits the connections between the
-  // two (with memory drivers, two separate states). SO_REUSEADDR alone
-  // still lets a restarted server bind while old connections linger.
-  s.set_socket_options([this](int sock) {
-    int yes = 1;
-    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
-    listen_fd_ = sock;
-  });
-
-  if (options_.logger != nullptr) {
-    s.set_logger([logger = options_.logger](const httplib::Request& req,
-                                            const httplib::Response& res) {
-      logger->log(
-          res.status >= 500 ? spdlog::level::warn : spdlog::level::debug,
-          "http {} {} {} ({} bytes) from {}", req.method, req.path, res.status,
-          res.body.size(), req.remote_addr);
-    });
+std::optional<HttpResponse> HttpServer::Precheck(HttpRequest& req) const {
+  if (options_.token.empty() || !IsMutating(req.method)) return std::nullopt;
+  const std::string& auth = req.authorization;
+  const std::string prefix = "Bearer ";
+  if (auth.compare(0, prefix.size(), prefix) == 0 &&
+      ConstantTimeEquals(std::string_view(auth).substr(prefix.size()),
+                         options_.token)) {
+    return std::nullopt;
   }
+  HttpResponse r = ErrorAnswer(absl::UnauthenticatedError(
+      "a bearer token is required for this request"));
+  r.headers.emplace_back("WWW-Authenticate", "Bearer");
+  return r;
+}
 
-  s.set_pre_routing_handler(
-      [this](const httplib::Request& req, httplib::Response& res) {
-        if (options_.token.empty() || !IsMutating(req.method)) {
-          return httplib::Server::HandlerResponse::Unhandled;
-        }
-        const std::string auth = req.get_header_value("Authorization");
-        const std::string prefix = "Bearer ";
-        if (auth.compare(0, prefix.size(), prefix) == 0 &&
-            ConstantTimeEquals(std::string_view(auth).substr(prefix.size()),
-                               options_.token)) {
-          return httplib::Server::HandlerResponse::Unhandled;
-        }
-        res.set_header("WWW-Authenticate", "Bearer");
-        SendError(res, absl::UnauthenticatedError(
-                           "a bearer token is required for this request"));
-        return httplib::Server::HandlerResponse::Handled;
-      });
-  s.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
-    if (!res.body.empty()) return;
-    switch (res.status) {
-      case 404:
-        SendJson(res, 404,
-                 ErrorToJson(absl::NotFoundError(
-                     Cat("no route for ", req.method, " ", req.path))));
-        break;
-      case 413:
-        SendJson(
-            res, 413,
-            ErrorToJson(absl::InvalidArgumentError("request body: too large")));
-        break;
-      default:
-        SendJson(
-            res, res.status,
-            ErrorToJson(absl::InvalidArgumentError(Cat("HTTP ", res.status))));
-    }
-  });
-  s.set_exception_handler([](const httplib::Request&, httplib::Response& res,
-                             std::exception_ptr ep) {
-    std::string what = "unexpected error";
-    try {
-      std::rethrow_exception(ep);
-    } catch (const Json::exception& e) {
-      SendError(res,
-                absl::InvalidArgumentError(Cat("request body: ", e.what())));
-      return;
-    } catch (const std::exception& e) {
-      what = e.what();
-    } catch (...) {
-    }
-    SendError(res, absl::InternalError(what));
-  });
+void HttpServer::Observe(const HttpRequest& req, int status,
+                         size_t bytes) const {
+  if (options_.logger == nullptr) return;
+  options_.logger->log(
+      status >= 500 ? spdlog::level::warn : spdlog::level::debug,
+      "http {} {} {} ({} bytes) from {}", EscapeBytes(req.method),
+      EscapeBytes(req.path), status, bytes, req.remote_addr);
+}
 
+HttpResponse HttpServer::Handle(HttpRequest& req) {
+  for (const Route& r : routes_) {
+    if (r.method != req.method || r.pattern.size() != req.segments.size()) {
+      continue;
+    }
+    req.params.clear();
+    bool match = true;
+    for (size_t i = 0; i < r.pattern.size() && match; ++i) {
+      if (r.pattern[i] == "*") {
+        match = !req.segments[i].empty();
+        req.params.push_back(req.segments[i]);
+      } else {
+        match = r.pattern[i] == req.segments[i];
+      }
+    }
+    if (match) return r.fn(req);
+  }
+  return ErrorAnswer(absl::NotFoundError(
+      Cat("no route for ", EscapeBytes(req.method), " ",
+          EscapeBytes(DecodedPath(req)), " (docs/api.md lists the routes)")));
+}
+
+void HttpServer::Routes() {
+  auto add = [this](std::string method, const std::string& pattern,
+                    std::function<HttpResponse(HttpRequest&)> fn) {
+    routes_.push_back({std::move(method), Split(pattern), std::move(fn)});
+  };
   // Wraps a handler: a per-request deadline, JSON answers, metrics.
-  auto wrap =
-      [this](std::string route,
-             std::function<Reply(const httplib::Request&, const Context&)> fn) {
-        return [this, route = std::move(route), fn = std::move(fn)](
-                   const httplib::Request& req, httplib::Response& res) {
-          const absl::Time start = absl::Now();
-          Context ctx =
-              Context::WithTimeout(root_.first, options_.request_timeout);
-          Reply r = fn(req, ctx);
-          if (r.ok()) {
-            SendJson(res, r->first, r->second);
-          } else {
-            SendError(res, r.status());
-          }
-          if (metrics_ != nullptr) {
-            metrics_->Inc("pac_http_requests_total",
-                          {{"code", std::to_string(res.status)},
-                           {"method", req.method},
-                           {"route", route}});
-            metrics_->Observe("pac_http_request_duration_seconds",
-                              {{"route", route}},
-                              absl::ToDoubleSeconds(absl::Now() - start));
-          }
-        };
-      };
+  auto wrap = [this](std::string route,
+                     std::function<Reply(HttpRequest&, const Context&)> fn) {
+    return [this, route = std::move(route),
+            fn = std::move(fn)](HttpRequest& req) -> HttpResponse {
+      const absl::Time start = absl::Now();
+      Context ctx = Context::WithTimeout(root_.first, options_.request_timeout);
+      Reply r = fn(req, ctx);
+      HttpResponse res =
+          r.ok() ? JsonAnswer(r->first, r->second) : ErrorAnswer(r.status());
+      if (metrics_ != nullptr) {
+        metrics_->Inc("pac_http_requests_total",
+                      {{"code", std::to_string(res.status)},
+                       {"method", req.method},
+                       {"route", route}});
+        metrics_->Observe("pac_http_request_duration_seconds",
+                          {{"route", route}},
+                          absl::ToDoubleSeconds(absl::Now() - start));
+      }
+      return res;
+    };
+  };
   auto ok = [](absl::StatusOr<Json> j, int code = 200) -> Reply {
     if (!j.ok()) return j.status();
     return std::make_pair(code, *std::move(j));
   };
 
-  const std::string repo = "/v1/repositories/([^/]+)/([^/]+)";
+  const std::string repo = "/v1/repositories/*/*";
+  const std::string repo_route = "/v1/repositories/{ns}/{name}";
 
-  s.Get("/healthz", wrap("/healthz", [](const auto&, const Context&) -> Reply {
-          return std::make_pair(200, Json{{"status", "ok"}});
-        }));
-  s.Get("/readyz",
-        wrap("/readyz", [this](const auto&, const Context& ctx) -> Reply {
-          if (absl::Status st = service_->Ready(ctx); !st.ok()) {
-            return absl::UnavailableError(
-                Cat("backend not ready: ", std::string(st.message())));
-          }
-          return std::make_pair(200, Json{{"status", "ready"}});
-        }));
-  s.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+  add("GET", "/healthz", wrap("/healthz", [](auto&, const Context&) -> Reply {
+        return std::make_pair(200, Json{{"status", "ok"}});
+      }));
+  add("GET", "/readyz",
+      wrap("/readyz", [this](auto&, const Context& ctx) -> Reply {
+        if (absl::Status st = service_->Ready(ctx); !st.ok()) {
+          return absl::UnavailableError(
+              Cat("backend not ready: ", std::string(st.message())));
+        }
+        return std::make_pair(200, Json{{"status", "ready"}});
+      }));
+  add("GET", "/metrics", [this](HttpRequest&) {
     Context ctx = Context::WithTimeout(root_.first, options_.request_timeout);
     std::vector<Metrics::Gauge> gauges = service_->Gauges(ctx);
     gauges.push_back({"pac_http_open_watches", {}, double(open_watches_)});
@@ -252,146 +244,149 @@ void HttpServer::Routes() {
     gauges.push_back({"pac_http_busy_threads", {}, double(pool_->busy())});
     gauges.push_back(
         {"pac_http_max_threads", {}, double(pool_->max_threads())});
-    std::string text = metrics_ != nullptr ? metrics_->Render(gauges) : "";
-    res.set_content(text, "text/plain; version=0.0.4");
+    gauges.push_back({"pac_http_open_connections",
+                      {},
+                      double(transport_->open_connections())});
+    gauges.push_back({"pac_http_max_connections",
+                      {},
+                      double(transport_->max_connections())});
+    for (const auto& [reason, n] : transport_->Refusals()) {
+      gauges.push_back({"pac_http_refusals_total", {{"reason", reason}}, n});
+    }
+    HttpResponse res;
+    res.content_type = "text/plain; version=0.0.4";
+    res.body = metrics_ != nullptr ? metrics_->Render(gauges) : "";
+    return res;
   });
-  s.Get("/v1/repositories",
-        wrap("/v1/repositories",
-             [this, ok](const httplib::Request& req, const Context& ctx) {
-               return ok(service_->ListRepositories(
-                   ctx, req.get_param_value("namespace")));
-             }));
-  s.Post("/v1/repositories",
-         wrap("/v1/repositories",
-              [this, ok](const httplib::Request& req, const Context& ctx) {
-                return ok(service_->ApplyManifests(ctx, req.body));
-              }));
-  s.Get(repo, wrap("/v1/repositories/{ns}/{name}",
-                   [this, ok](const httplib::Request& req, const Context& ctx) {
-                     return ok(service_->Status(ctx, RepoKey(req)));
-                   }));
-  s.Put(repo, wrap("/v1/repositories/{ns}/{name}",
-                   [this, ok](const httplib::Request& req,
-                              const Context& ctx) -> Reply {
-                     auto body = ParseBody(req);
-                     if (!body.ok()) return body.status();
-                     return ok(service_->SetLimit(ctx, RepoKey(req), *body));
-                   }));
-  s.Delete(repo,
-           wrap("/v1/repositories/{ns}/{name}",
-                [this, ok](const httplib::Request& req, const Context& ctx) {
-                  return ok(service_->Cleanup(ctx, RepoKey(req)));
-                }));
-  s.Post(repo + "/runs",
-         wrap("/v1/repositories/{ns}/{name}/runs",
-              [this](const httplib::Request& req, const Context& ctx) -> Reply {
-                auto body = ParseBody(req);
-                if (!body.ok()) return body.status();
-                auto r = service_->Submit(ctx, RepoKey(req), *body);
-                if (!r.ok()) return r.status();
-                const int code = (*r)["acquired"].get<bool>() ? 200 : 202;
-                return std::make_pair(code, *std::move(r));
-              }));
-  s.Delete(repo + "/runs/([^/]+)/([^/]+)",
-           wrap("/v1/repositories/{ns}/{name}/runs/{run_ns}/{run_name}",
-                [this, ok](const httplib::Request& req, const Context& ctx) {
-                  return ok(service_->Release(
-                      ctx, RepoKey(req),
-                      Cat(req.matches[3].str(), "/", req.matches[4].str()),
-                      req.get_param_value("lease_id")));
-                }));
-  s.Post("/v1/leases/([^/]+)/renew",
-         wrap("/v1/leases/{id}/renew",
-              [this, ok](const httplib::Request& req, const Context& ctx) {
-                return ok(service_->Renew(ctx, req.matches[1].str()));
-              }));
-  s.Post("/v1/import", wrap("/v1/import",
-                            [this, ok](const httplib::Request& req,
-                                       const Context& ctx) -> Reply {
-                              auto body = ParseBody(req);
-                              if (!body.ok()) return body.status();
-                              return ok(service_->Import(ctx, *body));
-                            }));
+  add("GET", "/v1/repositories",
+      wrap("/v1/repositories",
+           [this, ok](HttpRequest& req, const Context& ctx) {
+             return ok(service_->ListRepositories(
+                 ctx, req.get_param_value("namespace")));
+           }));
+  add("POST", "/v1/repositories",
+      wrap("/v1/repositories",
+           [this, ok](HttpRequest& req, const Context& ctx) {
+             return ok(service_->ApplyManifests(ctx, req.body));
+           }));
+  add("GET", repo,
+      wrap(repo_route, [this, ok](HttpRequest& req, const Context& ctx) {
+        return ok(service_->Status(ctx, RepoKey(req)));
+      }));
+  add("PUT", repo,
+      wrap(repo_route,
+           [this, ok](HttpRequest& req, const Context& ctx) -> Reply {
+             auto body = ParseBody(req);
+             if (!body.ok()) return body.status();
+             return ok(service_->SetLimit(ctx, RepoKey(req), *body));
+           }));
+  add("DELETE", repo,
+      wrap(repo_route, [this, ok](HttpRequest& req, const Context& ctx) {
+        return ok(service_->Cleanup(ctx, RepoKey(req)));
+      }));
+  add("POST", repo + "/runs",
+      wrap(repo_route + "/runs",
+           [this](HttpRequest& req, const Context& ctx) -> Reply {
+             auto body = ParseBody(req);
+             if (!body.ok()) return body.status();
+             auto r = service_->Submit(ctx, RepoKey(req), *body);
+             if (!r.ok()) return r.status();
+             const int code = (*r)["acquired"].get<bool>() ? 200 : 202;
+             return std::make_pair(code, *std::move(r));
+           }));
+  add("DELETE", repo + "/runs/*/*",
+      wrap(repo_route + "/runs/{run_ns}/{run_name}",
+           [this, ok](HttpRequest& req, const Context& ctx) {
+             return ok(service_->Release(ctx, RepoKey(req),
+                                         Cat(req.params[2], "/", req.params[3]),
+                                         req.get_param_value("lease_id")));
+           }));
+  // The renew body is optional: none (curl -X POST) means {}.
+  add("POST", "/v1/leases/*/renew",
+      wrap("/v1/leases/{id}/renew",
+           [this, ok](HttpRequest& req, const Context& ctx) -> Reply {
+             auto body = ParseBody(req, /*empty_is_object=*/true);
+             if (!body.ok()) return body.status();
+             if (!body->is_object() || !body->empty()) {
+               return absl::InvalidArgumentError(
+                   "request body: a renew takes no fields (send {} or "
+                   "nothing)");
+             }
+             return ok(service_->Renew(ctx, req.params[0]));
+           }));
+  add("POST", "/v1/import",
+      wrap("/v1/import",
+           [this, ok](HttpRequest& req, const Context& ctx) -> Reply {
+             auto body = ParseBody(req);
+             if (!body.ok()) return body.status();
+             return ok(service_->Import(ctx, *body));
+           }));
+  add("GET", repo + "/watch", [this](HttpRequest& req) { return Watch(req); });
+}
 
-  // Watch: long poll with ?timeout=30s, else a server-sent event stream.
-  s.Get(repo + "/watch", [this](const httplib::Request& req,
-                                httplib::Response& res) {
-    const std::string key = RepoKey(req);
-    if (absl::Status st = ValidateKey(key, "repository"); !st.ok()) {
-      SendError(res, st);
-      return;
+HttpResponse HttpServer::Watch(HttpRequest& req) {
+  const std::string key = RepoKey(req);
+  if (absl::Status st = ValidateKey(key, "repository"); !st.ok()) {
+    return ErrorAnswer(st);
+  }
+  // An open watch holds a worker thread; past the cap it is refused, so
+  // that watchers never hold every thread. The place is held while `place`
+  // or a copy lives: to the end of a long poll, or of the stream.
+  std::shared_ptr<std::atomic<int>> place = TakeWatchPlace();
+  if (metrics_ != nullptr) {
+    metrics_->Inc("pac_http_requests_total",
+                  {{"code", place ? "200" : "429"},
+                   {"method", "GET"},
+                   {"route", "/v1/repositories/{ns}/{name}/watch"}});
+  }
+  if (!place) {
+    HttpResponse r = ErrorAnswer(absl::ResourceExhaustedError(
+        Cat("too many open watches: this server keeps at most ", max_watches_,
+            " open at once (serve --max-watches), so that other requests "
+            "still get a thread; retry later")));
+    r.headers.emplace_back("Retry-After", "1");
+    return r;
+  }
+  if (req.has_param("timeout")) {
+    auto d = ParseDuration(req.get_param_value("timeout"));
+    if (!d.ok() || *d <= absl::ZeroDuration() || *d > options_.max_long_poll) {
+      return ErrorAnswer(absl::InvalidArgumentError(
+          Cat("timeout: must be a duration in (0, ",
+              absl::FormatDuration(options_.max_long_poll), "] such as 30s")));
     }
-    // An open watch holds a server thread; past the cap it is refused, so
-    // that watchers never hold every thread. The place is held while
-    // `place` or a copy lives: to the end of a long poll, or as long as the
-    // response keeps the stream's provider.
-    std::shared_ptr<std::atomic<int>> place = TakeWatchPlace();
-    if (metrics_ != nullptr) {
-      metrics_->Inc("pac_http_requests_total",
-                    {{"code", place ? "200" : "429"},
-                     {"method", "GET"},
-                     {"route", "/v1/repositories/{ns}/{name}/watch"}});
+    Context ctx = Context::WithTimeout(root_.first, *d);
+    Json events = Json::array();
+    absl::Status st = service_->Watch(
+        ctx, key,
+        [&events](const Json& ev) {
+          if (ev.is_null()) return true;
+          events.push_back(ev);
+          return false;  // answer at the first event
+        },
+        nullptr);
+    if (!st.ok() && st.code() != absl::StatusCode::kDeadlineExceeded) {
+      return ErrorAnswer(st);
     }
-    if (!place) {
-      res.set_header("Retry-After", "1");
-      SendError(res, absl::ResourceExhaustedError(Cat(
-                         "too many open watches: this server keeps at most ",
-                         max_watches_,
-                         " open at once (serve --max-watches), so that other "
-                         "requests still get a thread; retry later")));
-      return;
-    }
-    if (req.has_param("timeout")) {
-      auto d = ParseDuration(req.get_param_value("timeout"));
-      if (!d.ok() || *d <= absl::ZeroDuration() ||
-          *d > options_.max_long_poll) {
-        SendError(res, absl::InvalidArgumentError(
-                           Cat("timeout: must be a duration in (0, ",
-                               absl::FormatDuration(options_.max_long_poll),
-                               "] such as 30s")));
-        return;
-      }
-      Context ctx = Context::WithTimeout(root_.first, *d);
-      Json events = Json::array();
-      absl::Status st = service_->Watch(
-          ctx, key,
-          [&events](const Json& ev) {
-            if (ev.is_null()) return true;
-            events.push_back(ev);
-            return false;  // answer at the first event
-          },
-          nullptr);
-      if (!st.ok() && st.code() != absl::StatusCode::kDeadlineExceeded) {
-        SendError(res, st);
-        return;
-      }
-      SendJson(res, 200, Json{{"repository", key}, {"events", events}});
-      return;
-    }
-    res.set_header("Cache-Control", "no-cache");
-    Context parent = root_.first;
-    Service* service = service_;
-    res.set_chunked_content_provider(
-        "text/event-stream",
-        [service, parent, key, place](size_t, httplib::DataSink& sink) {
-          auto send = [&sink](const std::string& text) {
-            return sink.write(text.data(), text.size());
-          };
-          (void)service->Watch(
-              parent, key,
-              [&](const Json& ev) {
-                if (ev.is_null()) return send(": heartbeat\n\n");
-                return send(Cat("event: ", ev["type"].get<std::string>(),
-                                "\ndata: ", ev.dump(), "\n\n"));
-              },
-              [&] {
-                return send(Cat("event: ready\ndata: ",
-                                Json{{"repository", key}}.dump(), "\n\n"));
-              });
-          sink.done();
-          return true;
+    return JsonAnswer(200, Json{{"repository", key}, {"events", events}});
+  }
+  HttpResponse res;
+  res.content_type = "text/event-stream";
+  res.headers.emplace_back("Cache-Control", "no-cache");
+  res.stream = [service = service_, parent = root_.first, key,
+                place](const std::function<bool(std::string_view)>& write) {
+    (void)service->Watch(
+        parent, key,
+        [&](const Json& ev) {
+          if (ev.is_null()) return write(": heartbeat\n\n");
+          return write(Cat("event: ", ev["type"].get<std::string>(),
+                           "\ndata: ", ev.dump(), "\n\n"));
+        },
+        [&] {
+          return write(Cat("event: ready\ndata: ",
+                           Json{{"repository", key}}.dump(), "\n\n"));
         });
-  });
+  };
+  return res;
 }
 
 std::shared_ptr<std::atomic<int>> HttpServer::TakeWatchPlace() {
@@ -404,31 +399,18 @@ std::shared_ptr<std::atomic<int>> HttpServer::TakeWatchPlace() {
 }
 
 absl::Status HttpServer::Start() {
-  if (options_.port == 0) {
-    port_ = http_->bind_to_any_port(options_.host);
-    if (port_ <= 0) {
-      return absl::UnavailableError(
-          Cat("cannot listen on ", options_.host, ": bind failed"));
-    }
-  } else {
-    if (!http_->bind_to_port(options_.host, options_.port)) {
-      return absl::UnavailableError(Cat("cannot listen on ", options_.host, ":",
-                                        options_.port, " (address in use?)"));
-    }
-    port_ = options_.port;
-  }
-  // httplib listens with a backlog of 5: a burst of more new connections
-  // than that lost SYNs, which the clients sent again after a second.
-  // Listening again on the bound socket raises the backlog.
-  if (listen_fd_ >= 0) (void)::listen(listen_fd_, SOMAXCONN);
-  thread_ = std::thread([this] { http_->listen_after_bind(); });
+  if (absl::Status s = transport_->Start(); !s.ok()) return s;
+  port_ = transport_->port();
   return absl::OkStatus();
 }
 
 void HttpServer::Stop() {
+  if (stopped_) return;
+  stopped_ = true;
   root_.second.Cancel();
-  http_->stop();
-  if (thread_.joinable()) thread_.join();
+  transport_->Close();
+  pool_->Shutdown();
+  transport_->Join();
 }
 
 }  // namespace pac::concurrency::server

@@ -1,25 +1,26 @@
 // HttpServer: the HTTP/JSON API of `pac-concurrency serve` (docs/api.md)
 // over a Service, with /healthz, /readyz and Prometheus /metrics.
 //
-// Not copyable. Start() binds and serves on a background thread; Stop()
-// (and the destructor) end open watch streams and join every thread.
+// The routes live here; the sockets, parsing and per-client limits in
+// HttpTransport (http_transport.h). Not copyable. Start() binds and
+// serves on background threads; Stop() (and the destructor) end open
+// watch streams and join every thread.
 #ifndef PAC_SRC_SERVER_HTTP_SERVER_H_
 #define PAC_SRC_SERVER_HTTP_SERVER_H_
 
 #include <atomic>
 #include <memory>
+#include <optional>
 #include <string>
-#include <thread>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "pac/concurrency/context.h"
+#include "src/server/http_message.h"
 #include "src/server/metrics.h"
 #include "src/server/service.h"
 
-namespace httplib {
-class Server;
-}
 namespace spdlog {
 class logger;
 }
@@ -32,10 +33,11 @@ struct HttpServerOptions {
   // When set, every mutating request needs "Authorization: Bearer <token>".
   std::string token;
   size_t max_body_bytes = 1 << 20;
-  // Threads kept ready. Each open connection holds one while it is open,
-  // idle keep-alive connections and watches included; when none is idle
-  // the server starts more, up to max_threads (0: the greater of 256 and
-  // threads), and those end after thread_idle_timeout without work.
+  // Worker threads kept ready. A request holds one while its handler runs,
+  // and an open watch for as long as it is open; an idle or slow
+  // connection holds none. When none is idle the server starts more, up to
+  // max_threads (0: the greater of 256 and threads), and those end after
+  // thread_idle_timeout without work.
   int threads = 64;
   int max_threads = 0;
   absl::Duration thread_idle_timeout = absl::Seconds(10);
@@ -52,9 +54,22 @@ struct HttpServerOptions {
   // never a header or a body.
   std::shared_ptr<spdlog::logger> logger;
   absl::Duration max_long_poll = absl::Minutes(5);
+  // A request's line and headers must arrive within header_timeout of its
+  // first byte, and its body within body_timeout of the headers; else the
+  // connection is answered 408 and closed.
+  absl::Duration header_timeout = absl::Seconds(10);
+  absl::Duration body_timeout = absl::Seconds(30);
+  // The request line and headers together, in bytes (431 past it).
+  size_t max_header_bytes = 16 * 1024;
+  // Connections open at once, and from one peer address (0: no cap). A new
+  // connection past a cap closes the oldest idle one it can; when none is
+  // idle it is refused.
+  int max_connections = 4096;
+  int max_connections_per_peer = 0;
 };
 
 class ElasticThreadPool;
+class HttpTransport;
 
 class HttpServer {
  public:
@@ -71,7 +86,16 @@ class HttpServer {
   void Stop();
 
  private:
+  struct Route {
+    std::string method;
+    std::vector<std::string> pattern;  // "*" matches one segment
+    std::function<HttpResponse(HttpRequest&)> fn;
+  };
   void Routes();
+  HttpResponse Handle(HttpRequest& req);
+  std::optional<HttpResponse> Precheck(HttpRequest& req) const;
+  void Observe(const HttpRequest& req, int status, size_t bytes) const;
+  HttpResponse Watch(HttpRequest& req);
   // A place among the watches kept open (max_watches_), given back when
   // the last copy of the handle goes; null when every place is taken.
   std::shared_ptr<std::atomic<int>> TakeWatchPlace();
@@ -80,11 +104,11 @@ class HttpServer {
   Metrics* const metrics_;
   const HttpServerOptions options_;
   std::shared_ptr<ElasticThreadPool> pool_;
-  std::unique_ptr<httplib::Server> http_;
+  std::vector<Route> routes_;
+  std::unique_ptr<HttpTransport> transport_;
   std::pair<Context, Context::Canceller> root_;
-  std::thread thread_;
   int port_ = 0;
-  int listen_fd_ = -1;  // the bound socket (set while binding, in Start)
+  bool stopped_ = false;
   const int max_watches_;
   std::atomic<int> open_watches_{0};
 };

@@ -1,0 +1,666 @@
+// HttpTransport's implementation: the acceptor, the connection registry
+// with its caps and idle eviction, and one Conn per connection (read a
+// request under deadlines and limits, run the handler on the pool, write
+// the answer or stream it, then read the next one).
+#include "src/server/http_transport.h"
+
+#include <sys/resource.h>
+
+#include <boost/asio.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <deque>
+#include <limits>
+#include <map>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "fmt/format.h"
+#include "nlohmann/json.hpp"
+#include "src/server/thread_pool.h"
+
+namespace pac::concurrency::server {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = asio::ip::tcp;
+using Json = nlohmann::json;
+
+namespace {
+
+std::chrono::nanoseconds ToChrono(absl::Duration d) {
+  return absl::ToChronoNanoseconds(d);
+}
+
+std::string ReasonPhrase(int status) {
+  auto r = http::obsolete_reason(http::int_to_status(unsigned(status)));
+  return r.empty() ? "Unknown" : std::string(r.data(), r.size());
+}
+
+// A JSON error answer: {"error": {"code", "message"}}.
+HttpResponse ErrorAnswer(int status, const char* code,
+                         const std::string& message) {
+  HttpResponse r;
+  r.status = status;
+  r.body = Json{{"error", {{"code", code}, {"message", message}}}}.dump(
+               -1, ' ', false, Json::error_handler_t::replace) +
+           "\n";
+  return r;
+}
+
+// The connection states the registry tracks.
+enum class ConnState { kIdle, kReading, kBusy };
+
+}  // namespace
+
+class HttpTransport::Impl {
+ public:
+  class Conn;
+
+  Impl(Options o, std::shared_ptr<ElasticThreadPool> pool, Handler handler,
+       Precheck precheck, Observer observer)
+      : options_(std::move(o)),
+        pool_(std::move(pool)),
+        handler_(std::move(handler)),
+        precheck_(std::move(precheck)),
+        observer_(std::move(observer)),
+        acceptor_(asio::make_strand(ioc_)),
+        work_(asio::make_work_guard(ioc_)) {}
+
+  absl::Status Start();
+  void Close();
+  void Join() {
+    work_.reset();
+    ioc_.stop();
+    for (std::thread& t : threads_) {
+      if (t.joinable()) t.join();
+    }
+  }
+  void DoAccept();
+  void OnAccept(tcp::socket socket);
+
+  // Registry: called from connections' strands and the acceptor.
+  void SetState(uint64_t id, ConnState s) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = conns_.find(id);
+    if (it == conns_.end()) return;
+    it->second.state = s;
+    it->second.since = absl::Now();
+  }
+  void Unregister(uint64_t id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    EraseLocked(id);
+  }
+  void EraseLocked(uint64_t id) {
+    auto it = conns_.find(id);
+    if (it == conns_.end()) return;
+    auto p = per_peer_.find(it->second.peer);
+    if (p != per_peer_.end() && --p->second <= 0) per_peer_.erase(p);
+    conns_.erase(it);
+  }
+  void CountRefusal(const std::string& reason) {
+    std::lock_guard<std::mutex> lock(mu_);
+    refusals_[reason] += 1;
+  }
+
+  const Options options_;
+  std::shared_ptr<ElasticThreadPool> pool_;
+  Handler handler_;
+  Precheck precheck_;
+  Observer observer_;
+  asio::io_context ioc_;
+  tcp::acceptor acceptor_;
+  asio::executor_work_guard<asio::io_context::executor_type> work_;
+  std::vector<std::thread> threads_;
+  std::atomic<int> port_{0};
+  std::atomic<bool> closed_{false};
+
+  struct Entry {
+    std::weak_ptr<Conn> conn;
+    std::string peer;
+    ConnState state = ConnState::kIdle;
+    absl::Time since;
+  };
+  mutable std::mutex mu_;
+  std::unordered_map<uint64_t, Entry> conns_;      // guarded by mu_
+  std::unordered_map<std::string, int> per_peer_;  // guarded by mu_
+  std::map<std::string, double> refusals_;         // guarded by mu_
+  uint64_t next_id_ = 1;                           // guarded by mu_
+};
+
+// One client connection. Everything but StreamWrite runs on its strand.
+class HttpTransport::Impl::Conn : public std::enable_shared_from_this<Conn> {
+ public:
+  Conn(Impl* t, tcp::socket socket, uint64_t id, std::string peer)
+      : t_(t),
+        socket_(std::move(socket)),
+        timer_(socket_.get_executor()),
+        id_(id),
+        peer_(std::move(peer)) {}
+
+  // Starts reading requests (on the strand).
+  void Begin() {
+    asio::post(socket_.get_executor(),
+               [self = shared_from_this()] { self->ReadNext(); });
+  }
+
+  // Closes the socket; pending operations end with an error. On the strand.
+  void Shutdown() {
+    if (closed_.exchange(true)) return;
+    beast::error_code ec;
+    timer_.cancel();
+    socket_.shutdown(tcp::socket::shutdown_both, ec);
+    socket_.close(ec);
+    t_->Unregister(id_);
+  }
+  // From any thread.
+  void PostShutdown() {
+    asio::post(socket_.get_executor(),
+               [self = shared_from_this()] { self->Shutdown(); });
+  }
+
+ private:
+  enum class Phase { kNone, kIdle, kHeader, kBody, kWrite };
+
+  void Arm(absl::Duration d, Phase p) {
+    phase_ = p;
+    timed_out_ = false;
+    const uint64_t gen = ++timer_gen_;
+    timer_.expires_after(ToChrono(d));
+    timer_.async_wait(
+        [self = shared_from_this(), gen](const beast::error_code& ec) {
+          if (ec || gen != self->timer_gen_ || self->closed_) return;
+          self->timed_out_ = true;
+          beast::error_code ignored;
+          self->socket_.cancel(ignored);
+        });
+  }
+  void Disarm() {
+    ++timer_gen_;
+    phase_ = Phase::kNone;
+    timer_.cancel();
+  }
+
+  void ReadNext() {
+    if (closed_) return;
+    if (buf_.size() > 0) {
+      ReadHeader();
+      return;
+    }
+    t_->SetState(id_, ConnState::kIdle);
+    Arm(t_->options_.keep_alive_timeout, Phase::kIdle);
+    socket_.async_read_some(
+        buf_.prepare(4096),
+        [self = shared_from_this()](const beast::error_code& ec, size_t n) {
+          if (ec) {
+            self->Shutdown();  // closed, reset or idle too long
+            return;
+          }
+          self->buf_.commit(n);
+          self->ReadHeader();
+        });
+  }
+
+  void ReadHeader() {
+    t_->SetState(id_, ConnState::kReading);
+    parser_.emplace();
+    parser_->header_limit(std::uint32_t(std::min<size_t>(
+        t_->options_.max_header_bytes, std::numeric_limits<uint32_t>::max())));
+    parser_->body_limit(std::uint64_t(t_->options_.max_body_bytes));
+    req_ = HttpRequest{};
+    req_.remote_addr = peer_;
+    Arm(t_->options_.header_timeout, Phase::kHeader);
+    http::async_read_header(
+        socket_, buf_, *parser_,
+        [self = shared_from_this()](const beast::error_code& ec, size_t) {
+          self->OnHeader(ec);
+        });
+  }
+
+  // Answers a refusal and closes the connection after it.
+  void Refuse(const std::string& reason, HttpResponse r) {
+    t_->CountRefusal(reason);
+    keep_alive_ = false;
+    Answer(std::move(r));
+  }
+
+  // A read ended with `ec` in `phase`: refuse, or close quietly.
+  void OnReadError(const beast::error_code& ec, Phase phase) {
+    const auto& o = t_->options_;
+    if (timed_out_) {
+      const bool header = phase == Phase::kHeader;
+      Refuse(header ? "header_timeout" : "body_timeout",
+             ErrorAnswer(
+                 408, "DEADLINE_EXCEEDED",
+                 header ? fmt::format("request headers: not received within "
+                                      "{} (serve --header-timeout)",
+                                      absl::FormatDuration(o.header_timeout))
+                        : fmt::format("request body: not received within {} "
+                                      "(serve --body-timeout)",
+                                      absl::FormatDuration(o.body_timeout))));
+      return;
+    }
+    if (ec == http::error::header_limit) {
+      Refuse("headers_too_large",
+             ErrorAnswer(431, "INVALID_ARGUMENT",
+                         fmt::format("request headers: too large, more than "
+                                     "{} bytes (serve --max-header-bytes)",
+                                     o.max_header_bytes)));
+      return;
+    }
+    if (ec == http::error::body_limit) {
+      Refuse("body_too_large", TooLarge());
+      return;
+    }
+    if (ec == http::error::end_of_stream || ec == asio::error::eof ||
+        ec == asio::error::connection_reset ||
+        ec == asio::error::operation_aborted ||
+        ec == http::error::partial_message) {
+      Shutdown();
+      return;
+    }
+    Refuse("malformed", ErrorAnswer(400, "INVALID_ARGUMENT",
+                                    "malformed HTTP request: " + ec.message()));
+  }
+
+  HttpResponse TooLarge() const {
+    return ErrorAnswer(413, "INVALID_ARGUMENT",
+                       fmt::format("request body: too large, more than {} "
+                                   "bytes (serve --max-body raises the limit)",
+                                   t_->options_.max_body_bytes));
+  }
+
+  void OnHeader(const beast::error_code& ec) {
+    const bool timed_out = timed_out_;
+    Disarm();
+    timed_out_ = timed_out;
+    if (ec) {
+      OnReadError(ec, Phase::kHeader);
+      return;
+    }
+    auto& msg = parser_->get();
+    req_.method = std::string(msg.method_string());
+    req_.target = std::string(msg.target());
+    req_.authorization = std::string(msg[http::field::authorization]);
+    version_ = msg.version();
+    keep_alive_ = msg.keep_alive();
+    std::string error;
+    if (!ParseTarget(req_, &error)) {
+      Refuse("malformed", ErrorAnswer(400, "INVALID_ARGUMENT", error));
+      return;
+    }
+    if (auto len = parser_->content_length();
+        len && *len > t_->options_.max_body_bytes) {
+      Refuse("body_too_large", TooLarge());
+      return;
+    }
+    if (t_->precheck_) {
+      if (auto refused = t_->precheck_(req_)) {
+        // The body is not read: the connection cannot be reused after it.
+        if (!parser_->is_done()) keep_alive_ = false;
+        Answer(*std::move(refused));
+        return;
+      }
+    }
+    if (parser_->is_done()) {
+      Dispatch();
+      return;
+    }
+    if (beast::iequals(msg[http::field::expect], "100-continue")) {
+      auto cont =
+          std::make_shared<std::string>("HTTP/1.1 100 Continue\r\n\r\n");
+      Arm(t_->options_.write_timeout, Phase::kWrite);
+      asio::async_write(socket_, asio::buffer(*cont),
+                        [self = shared_from_this(), cont](
+                            const beast::error_code& ec, size_t) {
+                          self->Disarm();
+                          if (ec) {
+                            self->Shutdown();
+                            return;
+                          }
+                          self->ReadBody();
+                        });
+      return;
+    }
+    ReadBody();
+  }
+
+  void ReadBody() {
+    Arm(t_->options_.body_timeout, Phase::kBody);
+    http::async_read(
+        socket_, buf_, *parser_,
+        [self = shared_from_this()](const beast::error_code& ec, size_t) {
+          const bool timed_out = self->timed_out_;
+          self->Disarm();
+          self->timed_out_ = timed_out;
+          if (ec) {
+            self->OnReadError(ec, Phase::kBody);
+            return;
+          }
+          self->Dispatch();
+        });
+  }
+
+  // Runs the handler on the pool; the answer comes back to the strand.
+  void Dispatch() {
+    req_.body = std::move(parser_->get().body());
+    parser_.reset();
+    t_->SetState(id_, ConnState::kBusy);
+    auto self = shared_from_this();
+    t_->pool_->Enqueue([self, req = std::move(req_)]() mutable {
+      HttpResponse r = self->t_->handler_(req);
+      if (!r.stream) {
+        asio::post(self->socket_.get_executor(),
+                   [self, req = std::move(req), r = std::move(r)]() mutable {
+                     self->req_ = std::move(req);
+                     self->Answer(std::move(r));
+                   });
+        return;
+      }
+      // A stream: its head, its pieces as the handler writes them, its end.
+      auto stream = std::move(r.stream);
+      const bool chunked = self->version_ >= 11;
+      asio::post(self->socket_.get_executor(), [self, r, chunked]() mutable {
+        self->Enqueue(self->Head(r, std::nullopt, chunked), false);
+      });
+      stream([self, chunked](std::string_view piece) {
+        return self->StreamWrite(piece, chunked);
+      });
+      const int status = r.status;
+      asio::post(self->socket_.get_executor(),
+                 [self, req = std::move(req), chunked, status]() mutable {
+                   self->req_ = std::move(req);
+                   if (!chunked) self->keep_alive_ = false;
+                   if (self->t_->observer_)
+                     self->t_->observer_(self->req_, status, 0);
+                   self->Enqueue(chunked ? "0\r\n\r\n" : "", true);
+                 });
+    });
+  }
+
+  // From the stream's worker thread.
+  bool StreamWrite(std::string_view piece, bool chunked) {
+    if (closed_) return false;
+    if (piece.empty()) return true;
+    // A reader this far behind is too slow to keep.
+    if (unsent_bytes_.load() > 4 * 1024 * 1024) {
+      PostShutdown();
+      return false;
+    }
+    std::string bytes = chunked
+                            ? fmt::format("{:x}\r\n{}\r\n", piece.size(), piece)
+                            : std::string(piece);
+    unsent_bytes_ += bytes.size();
+    asio::post(socket_.get_executor(),
+               [self = shared_from_this(), bytes = std::move(bytes)]() mutable {
+                 self->Enqueue(std::move(bytes), false);
+               });
+    return !closed_;
+  }
+
+  std::string Head(const HttpResponse& r, std::optional<size_t> length,
+                   bool chunked) const {
+    std::string h = fmt::format("HTTP/1.{} {} {}\r\nContent-Type: {}\r\n",
+                                version_ >= 11 ? 1 : 0, r.status,
+                                ReasonPhrase(r.status), r.content_type);
+    if (length) h += fmt::format("Content-Length: {}\r\n", *length);
+    if (chunked) h += "Transfer-Encoding: chunked\r\n";
+    for (const auto& [name, value] : r.headers) {
+      h += fmt::format("{}: {}\r\n", name, value);
+    }
+    if (!keep_alive_ || (!length && !chunked)) {
+      h += "Connection: close\r\n";
+    } else if (version_ < 11) {
+      h += "Connection: keep-alive\r\n";
+    }
+    h += "\r\n";
+    return h;
+  }
+
+  // Sends a whole answer to req_, then goes on with the next request.
+  void Answer(HttpResponse r) {
+    if (t_->observer_) t_->observer_(req_, r.status, r.body.size());
+    std::string bytes = Head(r, r.body.size(), false);
+    if (req_.method != "HEAD") bytes += r.body;
+    Enqueue(std::move(bytes), true);
+  }
+
+  void Enqueue(std::string bytes, bool last) {
+    if (closed_) return;
+    out_.push_back({std::move(bytes), last});
+    if (!writing_) WriteFront();
+  }
+
+  void WriteFront() {
+    writing_ = true;
+    Arm(t_->options_.write_timeout, Phase::kWrite);
+    asio::async_write(
+        socket_, asio::buffer(out_.front().bytes),
+        [self = shared_from_this()](const beast::error_code& ec, size_t n) {
+          self->Disarm();
+          self->writing_ = false;
+          if (ec) {
+            self->Shutdown();
+            return;
+          }
+          const bool last = self->out_.front().last;
+          self->unsent_bytes_ -=
+              std::min<size_t>(n, self->unsent_bytes_.load());
+          self->out_.pop_front();
+          if (!self->out_.empty()) {
+            self->WriteFront();
+          } else if (last) {
+            if (self->keep_alive_) {
+              self->ReadNext();
+            } else {
+              self->Shutdown();
+            }
+          }
+        });
+  }
+
+  Impl* const t_;
+  tcp::socket socket_;
+  asio::steady_timer timer_;
+  const uint64_t id_;
+  const std::string peer_;
+  beast::flat_buffer buf_;
+  std::optional<http::request_parser<http::string_body>> parser_;
+  HttpRequest req_;
+  unsigned version_ = 11;
+  bool keep_alive_ = true;
+  Phase phase_ = Phase::kNone;
+  uint64_t timer_gen_ = 0;
+  bool timed_out_ = false;
+  bool writing_ = false;
+  struct Out {
+    std::string bytes;
+    bool last;  // the end of an answer
+  };
+  std::deque<Out> out_;
+  std::atomic<bool> closed_{false};
+  std::atomic<size_t> unsent_bytes_{0};
+};
+
+absl::Status HttpTransport::Impl::Start() {
+  // Each connection is a descriptor: take what the hard limit allows.
+  rlimit rl{};
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    (void)setrlimit(RLIMIT_NOFILE, &rl);
+  }
+  const std::string where = fmt::format("{}:{}", options_.host, options_.port);
+  beast::error_code ec;
+  asio::ip::address addr = asio::ip::make_address(options_.host, ec);
+  if (ec) {
+    tcp::resolver resolver(ioc_);
+    auto results =
+        resolver.resolve(options_.host, std::to_string(options_.port), ec);
+    if (ec || results.empty()) {
+      return absl::UnavailableError(
+          fmt::format("cannot listen on {}: {}", where, ec.message()));
+    }
+    addr = results.begin()->endpoint().address();
+  }
+  tcp::endpoint ep(addr, static_cast<unsigned short>(options_.port));
+  acceptor_.open(ep.protocol(), ec);
+  if (!ec) acceptor_.set_option(asio::socket_base::reuse_address(true), ec);
+  if (!ec) acceptor_.bind(ep, ec);
+  if (ec) {
+    return absl::UnavailableError(fmt::format(
+        "cannot listen on {} (address in use?): {}", where, ec.message()));
+  }
+  acceptor_.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) {
+    return absl::UnavailableError(
+        fmt::format("cannot listen on {}: {}", where, ec.message()));
+  }
+  port_ = acceptor_.local_endpoint().port();
+  DoAccept();
+  for (int i = 0; i < std::max(1, options_.io_threads); ++i) {
+    threads_.emplace_back([this] { ioc_.run(); });
+  }
+  return absl::OkStatus();
+}
+
+void HttpTransport::Impl::DoAccept() {
+  acceptor_.async_accept(
+      asio::make_strand(ioc_),
+      [this](const beast::error_code& ec, tcp::socket socket) {
+        if (closed_) return;
+        if (ec == asio::error::operation_aborted) return;
+        if (!ec) {
+          OnAccept(std::move(socket));
+          DoAccept();
+          return;
+        }
+        // Out of descriptors or the like: try again shortly.
+        auto timer =
+            std::make_shared<asio::steady_timer>(acceptor_.get_executor());
+        timer->expires_after(std::chrono::milliseconds(50));
+        timer->async_wait([this, timer](const beast::error_code&) {
+          if (!closed_) DoAccept();
+        });
+      });
+}
+
+void HttpTransport::Impl::OnAccept(tcp::socket socket) {
+  beast::error_code ec;
+  socket.set_option(tcp::no_delay(true), ec);
+  auto remote = socket.remote_endpoint(ec);
+  if (ec) return;  // already gone
+  std::string peer = remote.address().to_string();
+  std::shared_ptr<Conn> victim;
+  std::shared_ptr<Conn> conn;
+  bool refused = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    const bool over_total = options_.max_connections > 0 &&
+                            int(conns_.size()) >= options_.max_connections;
+    const bool over_peer = options_.max_connections_per_peer > 0 &&
+                           per_peer_[peer] >= options_.max_connections_per_peer;
+    if (over_total || over_peer) {
+      // The oldest idle connection (of this peer when that is the cap hit).
+      uint64_t oldest = 0;
+      absl::Time when = absl::InfiniteFuture();
+      for (const auto& [id, e] : conns_) {
+        if (e.state != ConnState::kIdle) continue;
+        if (over_peer && e.peer != peer) continue;
+        if (e.since < when) {
+          when = e.since;
+          oldest = id;
+        }
+      }
+      if (oldest == 0) {
+        refused = true;
+        refusals_["capacity"] += 1;
+      } else {
+        victim = conns_[oldest].conn.lock();
+        EraseLocked(oldest);
+        refusals_["evicted_idle"] += 1;
+      }
+    }
+    if (!refused) {
+      const uint64_t id = next_id_++;
+      conn = std::make_shared<Conn>(this, std::move(socket), id, peer);
+      conns_[id] = Entry{conn, peer, ConnState::kIdle, absl::Now()};
+      per_peer_[peer] += 1;
+    }
+  }
+  if (victim) victim->PostShutdown();
+  if (refused) {
+    // Best effort, never blocking: the socket is non-blocking in Asio.
+    std::string body =
+        Json{{"error",
+              {{"code", "RESOURCE_EXHAUSTED"},
+               {"message", fmt::format("too many open connections: this "
+                                       "server keeps at most {} ({} per peer; "
+                                       "serve --max-connections); retry later",
+                                       options_.max_connections,
+                                       options_.max_connections_per_peer)}}}}
+            .dump() +
+        "\n";
+    std::string bytes = fmt::format(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+        "Content-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{}",
+        body.size(), body);
+    socket.non_blocking(true, ec);
+    (void)socket.write_some(asio::buffer(bytes), ec);
+    socket.shutdown(tcp::socket::shutdown_both, ec);
+    socket.close(ec);
+    return;
+  }
+  conn->Begin();
+}
+
+void HttpTransport::Impl::Close() {
+  if (closed_.exchange(true)) return;
+  asio::post(acceptor_.get_executor(), [this] {
+    beast::error_code ec;
+    acceptor_.close(ec);
+  });
+  std::vector<std::shared_ptr<Conn>> all;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [id, e] : conns_) {
+      if (auto c = e.conn.lock()) all.push_back(std::move(c));
+    }
+  }
+  for (auto& c : all) c->PostShutdown();
+}
+
+HttpTransport::HttpTransport(Options options,
+                             std::shared_ptr<ElasticThreadPool> pool,
+                             Handler handler, Precheck precheck,
+                             Observer observer)
+    : impl_(std::make_unique<Impl>(std::move(options), std::move(pool),
+                                   std::move(handler), std::move(precheck),
+                                   std::move(observer))) {}
+
+HttpTransport::~HttpTransport() {
+  Close();
+  Join();
+}
+
+absl::Status HttpTransport::Start() { return impl_->Start(); }
+int HttpTransport::port() const { return impl_->port_; }
+void HttpTransport::Close() { impl_->Close(); }
+void HttpTransport::Join() { impl_->Join(); }
+
+int HttpTransport::open_connections() const {
+  std::lock_guard<std::mutex> lock(impl_->mu_);
+  return int(impl_->conns_.size());
+}
+int HttpTransport::max_connections() const {
+  return impl_->options_.max_connections;
+}
+
+std::vector<std::pair<std::string, double>> HttpTransport::Refusals() const {
+  std::lock_guard<std::mutex> lock(impl_->mu_);
+  return {impl_->refusals_.begin(), impl_->refusals_.end()};
+}
+
+}  // namespace pac::concurrency::server
