@@ -107,6 +107,7 @@ int main(int argc, char** argv) {
   server::HttpServerOptions options;
   options.port = 0;
   options.threads = 32;
+  options.inline_handlers = true;  // as `serve` runs the memory driver
   server::HttpServer http(&service, &metrics, options);
   if (!http.Start().ok()) return 1;
   const std::string url = "http://127.0.0.1:" + std::to_string(http.port());

@@ -129,6 +129,7 @@ int Serve(const GlobalOptions& g, const ServeOptions& o) {
   server::Metrics metrics;
   server::Service service(driver->get(), nullptr, &metrics);
   options.logger = logger;
+  options.inline_handlers = (*driver)->Type() == "memory";
   server::HttpServer http(&service, &metrics, options);
   if (absl::Status s = http.Start(); !s.ok()) return Fail(s);
   std::printf("pac-concurrency serving on http://%s:%d (driver %s%s)\n",

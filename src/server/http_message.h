@@ -28,6 +28,10 @@ struct HttpRequest {
   std::string authorization;  // the Authorization header, or empty
   std::string body;
   std::string remote_addr;
+  // Set before the body is read (HttpTransport's precheck) when the
+  // handler may block for long (a long poll): it then never runs on an
+  // I/O thread.
+  bool long_running = false;
   // The segments a route's wildcards matched, in order (set by the router).
   std::vector<std::string> params;
 

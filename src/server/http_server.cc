@@ -128,6 +128,7 @@ HttpServer::HttpServer(Service* service, Metrics* metrics,
   t.keep_alive_timeout = options_.keep_alive_timeout;
   t.max_connections = options_.max_connections;
   t.max_connections_per_peer = options_.max_connections_per_peer;
+  t.inline_handlers = options_.inline_handlers;
   transport_ = std::make_unique<HttpTransport>(
       t, pool_, [this](HttpRequest& req) { return Handle(req); },
       [this](HttpRequest& req) { return Precheck(req); },
@@ -144,6 +145,9 @@ int MaxThreadsOf(const HttpServerOptions& o) {
 }
 
 std::optional<HttpResponse> HttpServer::Precheck(HttpRequest& req) const {
+  // A watch (a stream or a long poll) holds its thread while it is open.
+  req.long_running = req.method == "GET" && req.segments.size() == 5 &&
+                     req.segments[4] == "watch";
   if (options_.token.empty() || !IsMutating(req.method)) return std::nullopt;
   const std::string& auth = req.authorization;
   const std::string prefix = "Bearer ";

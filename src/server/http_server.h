@@ -66,6 +66,11 @@ struct HttpServerOptions {
   // idle it is refused.
   int max_connections = 4096;
   int max_connections_per_peer = 0;
+  // Run request handlers on the I/O threads instead of the worker pool:
+  // faster, and right only when the backend never blocks for long (the
+  // memory driver; `serve` sets it for that driver). Watches always run on
+  // the pool.
+  bool inline_handlers = false;
 };
 
 class ElasticThreadPool;

@@ -37,6 +37,7 @@ class HttpServerTest : public ::testing::Test {
     o.max_body_bytes = 64 * 1024;
     o.threads = 24;
     o.max_watches = max_watches;
+    o.inline_handlers = true;  // as `serve` runs the memory driver
     if (tweak) tweak(o);
     server_ = std::make_unique<HttpServer>(service_.get(), &metrics_, o);
     ASSERT_TRUE(server_->Start().ok());

@@ -1,7 +1,7 @@
 // HttpTransport's implementation: the acceptor, the connection registry
-// with its caps and idle eviction, and one Conn per connection (read a
-// request under deadlines and limits, run the handler on the pool, write
-// the answer or stream it, then read the next one).
+// with its caps, idle eviction and deadline sweep, and one Conn per connection
+// (read a request under deadlines and limits, run the handler on the pool,
+// write the answer or stream it, then read the next one).
 #include "src/server/http_transport.h"
 
 #include <sys/resource.h>
@@ -12,13 +12,13 @@
 #include <deque>
 #include <limits>
 #include <map>
-#include <mutex>
 #include <thread>
 #include <unordered_map>
 #include <vector>
 
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
+#include "src/common/mutex.h"
 #include "src/server/thread_pool.h"
 
 namespace pac::concurrency::server {
@@ -30,10 +30,6 @@ using tcp = asio::ip::tcp;
 using Json = nlohmann::json;
 
 namespace {
-
-std::chrono::nanoseconds ToChrono(absl::Duration d) {
-  return absl::ToChronoNanoseconds(d);
-}
 
 std::string ReasonPhrase(int status) {
   auto r = http::obsolete_reason(http::int_to_status(unsigned(status)));
@@ -66,43 +62,41 @@ class HttpTransport::Impl {
         pool_(std::move(pool)),
         handler_(std::move(handler)),
         precheck_(std::move(precheck)),
-        observer_(std::move(observer)),
-        acceptor_(asio::make_strand(ioc_)),
-        work_(asio::make_work_guard(ioc_)) {}
+        observer_(std::move(observer)) {
+    for (int i = 0; i < std::max(1, options_.io_threads); ++i) {
+      loops_.push_back(std::make_unique<Loop>());
+    }
+  }
 
   absl::Status Start();
   void Close();
   void Join() {
-    work_.reset();
-    ioc_.stop();
-    for (std::thread& t : threads_) {
-      if (t.joinable()) t.join();
+    for (auto& l : loops_) {
+      l->work.reset();
+      l->ioc.stop();
+    }
+    for (auto& l : loops_) {
+      if (l->thread.joinable()) l->thread.join();
     }
   }
   void DoAccept();
   void OnAccept(tcp::socket socket);
+  // Every 100 ms: tells the connections whose deadline has passed.
+  void Sweep();
 
-  // Registry: called from connections' strands and the acceptor.
-  void SetState(uint64_t id, ConnState s) {
-    std::lock_guard<std::mutex> lock(mu_);
-    auto it = conns_.find(id);
-    if (it == conns_.end()) return;
-    it->second.state = s;
-    it->second.since = absl::Now();
-  }
-  void Unregister(uint64_t id) {
-    std::lock_guard<std::mutex> lock(mu_);
+  void Unregister(uint64_t id) PAC_EXCLUDES(mu_) {
+    internal::MutexLock lock(&mu_);
     EraseLocked(id);
   }
-  void EraseLocked(uint64_t id) {
+  void EraseLocked(uint64_t id) PAC_REQUIRES(mu_) {
     auto it = conns_.find(id);
     if (it == conns_.end()) return;
     auto p = per_peer_.find(it->second.peer);
     if (p != per_peer_.end() && --p->second <= 0) per_peer_.erase(p);
     conns_.erase(it);
   }
-  void CountRefusal(const std::string& reason) {
-    std::lock_guard<std::mutex> lock(mu_);
+  void CountRefusal(const std::string& reason) PAC_EXCLUDES(mu_) {
+    internal::MutexLock lock(&mu_);
     refusals_[reason] += 1;
   }
 
@@ -111,47 +105,60 @@ class HttpTransport::Impl {
   Handler handler_;
   Precheck precheck_;
   Observer observer_;
-  asio::io_context ioc_;
-  tcp::acceptor acceptor_;
-  asio::executor_work_guard<asio::io_context::executor_type> work_;
-  std::vector<std::thread> threads_;
+  // One event loop per I/O thread: a connection lives on one loop, so its
+  // handlers never run at once and need no strand.
+  struct Loop {
+    asio::io_context ioc{1};
+    std::optional<asio::executor_work_guard<asio::io_context::executor_type>>
+        work{ioc.get_executor()};
+    std::thread thread;
+  };
+  std::vector<std::unique_ptr<Loop>> loops_;
+  size_t next_loop_ = 0;  // on loop 0 (the acceptor's)
+  std::optional<tcp::acceptor> acceptor_;
+  std::optional<asio::steady_timer> sweep_;
   std::atomic<int> port_{0};
   std::atomic<bool> closed_{false};
 
   struct Entry {
     std::weak_ptr<Conn> conn;
     std::string peer;
-    ConnState state = ConnState::kIdle;
-    absl::Time since;
   };
-  mutable std::mutex mu_;
-  std::unordered_map<uint64_t, Entry> conns_;      // guarded by mu_
-  std::unordered_map<std::string, int> per_peer_;  // guarded by mu_
-  std::map<std::string, double> refusals_;         // guarded by mu_
-  uint64_t next_id_ = 1;                           // guarded by mu_
+  mutable internal::Mutex mu_;
+  std::unordered_map<uint64_t, Entry> conns_ PAC_GUARDED_BY(mu_);
+  std::unordered_map<std::string, int> per_peer_ PAC_GUARDED_BY(mu_);
+  std::map<std::string, double> refusals_ PAC_GUARDED_BY(mu_);
+  uint64_t next_id_ PAC_GUARDED_BY(mu_) = 1;
 };
 
-// One client connection. Everything but StreamWrite runs on its strand.
+namespace {
+int64_t MonoNanos() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+}  // namespace
+
+// One client connection. Everything but StreamWrite, PostShutdown and the
+// state/deadline atomics runs on its loop's thread.
 class HttpTransport::Impl::Conn : public std::enable_shared_from_this<Conn> {
  public:
   Conn(Impl* t, tcp::socket socket, uint64_t id, std::string peer)
-      : t_(t),
-        socket_(std::move(socket)),
-        timer_(socket_.get_executor()),
-        id_(id),
-        peer_(std::move(peer)) {}
+      : t_(t), socket_(std::move(socket)), id_(id), peer_(std::move(peer)) {
+    since_ns_ = MonoNanos();
+  }
 
-  // Starts reading requests (on the strand).
+  // Starts reading requests.
   void Begin() {
     asio::post(socket_.get_executor(),
                [self = shared_from_this()] { self->ReadNext(); });
   }
 
-  // Closes the socket; pending operations end with an error. On the strand.
+  // Closes the socket; pending operations end with an error.
   void Shutdown() {
     if (closed_.exchange(true)) return;
+    deadline_ns_ = 0;
     beast::error_code ec;
-    timer_.cancel();
     socket_.shutdown(tcp::socket::shutdown_both, ec);
     socket_.close(ec);
     t_->Unregister(id_);
@@ -161,27 +168,38 @@ class HttpTransport::Impl::Conn : public std::enable_shared_from_this<Conn> {
     asio::post(socket_.get_executor(),
                [self = shared_from_this()] { self->Shutdown(); });
   }
+  // From the sweep: the deadline may have passed; checked again here, as
+  // the connection may have moved on since.
+  void PostDeadline() {
+    asio::post(socket_.get_executor(), [self = shared_from_this()] {
+      const int64_t d = self->deadline_ns_;
+      if (self->closed_ || d == 0 || d > MonoNanos()) return;
+      self->deadline_ns_ = 0;
+      self->timed_out_ = true;
+      beast::error_code ignored;
+      self->socket_.cancel(ignored);
+    });
+  }
+
+  std::atomic<int> state_{int(ConnState::kIdle)};
+  std::atomic<int64_t> since_ns_{0};     // when state_ was last set
+  std::atomic<int64_t> deadline_ns_{0};  // 0: none
 
  private:
   enum class Phase { kNone, kIdle, kHeader, kBody, kWrite };
 
+  void SetState(ConnState s) {
+    state_ = int(s);
+    since_ns_ = MonoNanos();
+  }
   void Arm(absl::Duration d, Phase p) {
     phase_ = p;
     timed_out_ = false;
-    const uint64_t gen = ++timer_gen_;
-    timer_.expires_after(ToChrono(d));
-    timer_.async_wait(
-        [self = shared_from_this(), gen](const beast::error_code& ec) {
-          if (ec || gen != self->timer_gen_ || self->closed_) return;
-          self->timed_out_ = true;
-          beast::error_code ignored;
-          self->socket_.cancel(ignored);
-        });
+    deadline_ns_ = MonoNanos() + absl::ToInt64Nanoseconds(d);
   }
   void Disarm() {
-    ++timer_gen_;
     phase_ = Phase::kNone;
-    timer_.cancel();
+    deadline_ns_ = 0;
   }
 
   void ReadNext() {
@@ -190,7 +208,7 @@ class HttpTransport::Impl::Conn : public std::enable_shared_from_this<Conn> {
       ReadHeader();
       return;
     }
-    t_->SetState(id_, ConnState::kIdle);
+    SetState(ConnState::kIdle);
     Arm(t_->options_.keep_alive_timeout, Phase::kIdle);
     socket_.async_read_some(
         buf_.prepare(4096),
@@ -205,7 +223,7 @@ class HttpTransport::Impl::Conn : public std::enable_shared_from_this<Conn> {
   }
 
   void ReadHeader() {
-    t_->SetState(id_, ConnState::kReading);
+    SetState(ConnState::kReading);
     parser_.emplace();
     parser_->header_limit(std::uint32_t(std::min<size_t>(
         t_->options_.max_header_bytes, std::numeric_limits<uint32_t>::max())));
@@ -344,12 +362,27 @@ class HttpTransport::Impl::Conn : public std::enable_shared_from_this<Conn> {
         });
   }
 
-  // Runs the handler on the pool; the answer comes back to the strand.
+  // Runs the handler: here on the I/O thread when handlers run inline and
+  // the request is not long-running (no thread hop), else on the pool,
+  // whence the answer comes back to the loop. A stream's writing loop
+  // always runs on the pool.
   void Dispatch() {
     req_.body = std::move(parser_->get().body());
     parser_.reset();
-    t_->SetState(id_, ConnState::kBusy);
+    SetState(ConnState::kBusy);
     auto self = shared_from_this();
+    if (!req_.long_running && t_->options_.inline_handlers) {
+      HttpResponse r = t_->handler_(req_);
+      if (!r.stream) {
+        Answer(std::move(r));
+        return;
+      }
+      t_->pool_->Enqueue(
+          [self, req = std::move(req_), r = std::move(r)]() mutable {
+            self->RunStream(std::move(req), std::move(r));
+          });
+      return;
+    }
     t_->pool_->Enqueue([self, req = std::move(req_)]() mutable {
       HttpResponse r = self->t_->handler_(req);
       if (!r.stream) {
@@ -360,25 +393,32 @@ class HttpTransport::Impl::Conn : public std::enable_shared_from_this<Conn> {
                    });
         return;
       }
-      // A stream: its head, its pieces as the handler writes them, its end.
-      auto stream = std::move(r.stream);
-      const bool chunked = self->version_ >= 11;
-      asio::post(self->socket_.get_executor(), [self, r, chunked]() mutable {
-        self->Enqueue(self->Head(r, std::nullopt, chunked), false);
-      });
-      stream([self, chunked](std::string_view piece) {
-        return self->StreamWrite(piece, chunked);
-      });
-      const int status = r.status;
-      asio::post(self->socket_.get_executor(),
-                 [self, req = std::move(req), chunked, status]() mutable {
-                   self->req_ = std::move(req);
-                   if (!chunked) self->keep_alive_ = false;
-                   if (self->t_->observer_)
-                     self->t_->observer_(self->req_, status, 0);
-                   self->Enqueue(chunked ? "0\r\n\r\n" : "", true);
-                 });
+      self->RunStream(std::move(req), std::move(r));
     });
+  }
+
+  // On a pool thread: the stream's head, its pieces as the handler writes
+  // them, its end.
+  void RunStream(HttpRequest req, HttpResponse r) {
+    auto self = shared_from_this();
+    auto stream = std::move(r.stream);
+    r.stream = nullptr;
+    const bool chunked = version_ >= 11;
+    asio::post(socket_.get_executor(), [self, r, chunked]() mutable {
+      self->Enqueue(self->Head(r, std::nullopt, chunked), false);
+    });
+    stream([self, chunked](std::string_view piece) {
+      return self->StreamWrite(piece, chunked);
+    });
+    const int status = r.status;
+    asio::post(socket_.get_executor(),
+               [self, req = std::move(req), chunked, status]() mutable {
+                 self->req_ = std::move(req);
+                 if (!chunked) self->keep_alive_ = false;
+                 if (self->t_->observer_)
+                   self->t_->observer_(self->req_, status, 0);
+                 self->Enqueue(chunked ? "0\r\n\r\n" : "", true);
+               });
   }
 
   // From the stream's worker thread.
@@ -464,7 +504,6 @@ class HttpTransport::Impl::Conn : public std::enable_shared_from_this<Conn> {
 
   Impl* const t_;
   tcp::socket socket_;
-  asio::steady_timer timer_;
   const uint64_t id_;
   const std::string peer_;
   beast::flat_buffer buf_;
@@ -473,7 +512,6 @@ class HttpTransport::Impl::Conn : public std::enable_shared_from_this<Conn> {
   unsigned version_ = 11;
   bool keep_alive_ = true;
   Phase phase_ = Phase::kNone;
-  uint64_t timer_gen_ = 0;
   bool timed_out_ = false;
   bool writing_ = false;
   struct Out {
@@ -492,11 +530,12 @@ absl::Status HttpTransport::Impl::Start() {
     rl.rlim_cur = rl.rlim_max;
     (void)setrlimit(RLIMIT_NOFILE, &rl);
   }
+  asio::io_context& ioc = loops_[0]->ioc;
   const std::string where = fmt::format("{}:{}", options_.host, options_.port);
   beast::error_code ec;
   asio::ip::address addr = asio::ip::make_address(options_.host, ec);
   if (ec) {
-    tcp::resolver resolver(ioc_);
+    tcp::resolver resolver(ioc);
     auto results =
         resolver.resolve(options_.host, std::to_string(options_.port), ec);
     if (ec || results.empty()) {
@@ -506,30 +545,55 @@ absl::Status HttpTransport::Impl::Start() {
     addr = results.begin()->endpoint().address();
   }
   tcp::endpoint ep(addr, static_cast<unsigned short>(options_.port));
-  acceptor_.open(ep.protocol(), ec);
-  if (!ec) acceptor_.set_option(asio::socket_base::reuse_address(true), ec);
-  if (!ec) acceptor_.bind(ep, ec);
+  acceptor_.emplace(ioc);
+  acceptor_->open(ep.protocol(), ec);
+  // SO_REUSEADDR (not SO_REUSEPORT): a restarted server binds while old
+  // connections linger, and a second server cannot share the port.
+  if (!ec) acceptor_->set_option(asio::socket_base::reuse_address(true), ec);
+  if (!ec) acceptor_->bind(ep, ec);
   if (ec) {
     return absl::UnavailableError(fmt::format(
         "cannot listen on {} (address in use?): {}", where, ec.message()));
   }
-  acceptor_.listen(asio::socket_base::max_listen_connections, ec);
+  acceptor_->listen(asio::socket_base::max_listen_connections, ec);
   if (ec) {
     return absl::UnavailableError(
         fmt::format("cannot listen on {}: {}", where, ec.message()));
   }
-  port_ = acceptor_.local_endpoint().port();
+  port_ = acceptor_->local_endpoint().port();
+  sweep_.emplace(ioc);
   DoAccept();
-  for (int i = 0; i < std::max(1, options_.io_threads); ++i) {
-    threads_.emplace_back([this] { ioc_.run(); });
+  Sweep();
+  for (auto& l : loops_) {
+    l->thread = std::thread([loop = l.get()] { loop->ioc.run(); });
   }
   return absl::OkStatus();
 }
 
+void HttpTransport::Impl::Sweep() {
+  sweep_->expires_after(std::chrono::milliseconds(100));
+  sweep_->async_wait([this](const beast::error_code& ec) {
+    if (ec || closed_) return;
+    const int64_t now = MonoNanos();
+    std::vector<std::shared_ptr<Conn>> due;
+    {
+      internal::MutexLock lock(&mu_);
+      for (auto& [id, e] : conns_) {
+        auto c = e.conn.lock();
+        if (!c) continue;
+        const int64_t d = c->deadline_ns_;
+        if (d != 0 && d <= now) due.push_back(std::move(c));
+      }
+    }
+    for (auto& c : due) c->PostDeadline();
+    Sweep();
+  });
+}
+
 void HttpTransport::Impl::DoAccept() {
-  acceptor_.async_accept(
-      asio::make_strand(ioc_),
-      [this](const beast::error_code& ec, tcp::socket socket) {
+  asio::io_context& target = loops_[next_loop_++ % loops_.size()]->ioc;
+  acceptor_->async_accept(
+      target, [this](const beast::error_code& ec, tcp::socket socket) {
         if (closed_) return;
         if (ec == asio::error::operation_aborted) return;
         if (!ec) {
@@ -538,8 +602,7 @@ void HttpTransport::Impl::DoAccept() {
           return;
         }
         // Out of descriptors or the like: try again shortly.
-        auto timer =
-            std::make_shared<asio::steady_timer>(acceptor_.get_executor());
+        auto timer = std::make_shared<asio::steady_timer>(loops_[0]->ioc);
         timer->expires_after(std::chrono::milliseconds(50));
         timer->async_wait([this, timer](const beast::error_code&) {
           if (!closed_) DoAccept();
@@ -557,28 +620,32 @@ void HttpTransport::Impl::OnAccept(tcp::socket socket) {
   std::shared_ptr<Conn> conn;
   bool refused = false;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    internal::MutexLock lock(&mu_);
     const bool over_total = options_.max_connections > 0 &&
                             int(conns_.size()) >= options_.max_connections;
-    const bool over_peer = options_.max_connections_per_peer > 0 &&
-                           per_peer_[peer] >= options_.max_connections_per_peer;
+    auto peer_count = per_peer_.find(peer);
+    const bool over_peer =
+        options_.max_connections_per_peer > 0 &&
+        peer_count != per_peer_.end() &&
+        peer_count->second >= options_.max_connections_per_peer;
     if (over_total || over_peer) {
       // The oldest idle connection (of this peer when that is the cap hit).
       uint64_t oldest = 0;
-      absl::Time when = absl::InfiniteFuture();
+      int64_t when = std::numeric_limits<int64_t>::max();
       for (const auto& [id, e] : conns_) {
-        if (e.state != ConnState::kIdle) continue;
         if (over_peer && e.peer != peer) continue;
-        if (e.since < when) {
-          when = e.since;
+        auto c = e.conn.lock();
+        if (!c || c->state_ != int(ConnState::kIdle)) continue;
+        if (c->since_ns_ < when) {
+          when = c->since_ns_;
           oldest = id;
+          victim = std::move(c);
         }
       }
       if (oldest == 0) {
         refused = true;
         refusals_["capacity"] += 1;
       } else {
-        victim = conns_[oldest].conn.lock();
         EraseLocked(oldest);
         refusals_["evicted_idle"] += 1;
       }
@@ -586,19 +653,21 @@ void HttpTransport::Impl::OnAccept(tcp::socket socket) {
     if (!refused) {
       const uint64_t id = next_id_++;
       conn = std::make_shared<Conn>(this, std::move(socket), id, peer);
-      conns_[id] = Entry{conn, peer, ConnState::kIdle, absl::Now()};
+      conns_[id] = Entry{conn, peer};
       per_peer_[peer] += 1;
     }
   }
   if (victim) victim->PostShutdown();
   if (refused) {
-    // Best effort, never blocking: the socket is non-blocking in Asio.
+    // Best effort, never blocking: one write on a non-blocking socket.
     std::string body =
         Json{{"error",
               {{"code", "RESOURCE_EXHAUSTED"},
                {"message", fmt::format("too many open connections: this "
                                        "server keeps at most {} ({} per peer; "
-                                       "serve --max-connections); retry later",
+                                       "serve --max-connections, "
+                                       "--max-connections-per-peer); retry "
+                                       "later",
                                        options_.max_connections,
                                        options_.max_connections_per_peer)}}}}
             .dump() +
@@ -618,13 +687,16 @@ void HttpTransport::Impl::OnAccept(tcp::socket socket) {
 
 void HttpTransport::Impl::Close() {
   if (closed_.exchange(true)) return;
-  asio::post(acceptor_.get_executor(), [this] {
-    beast::error_code ec;
-    acceptor_.close(ec);
-  });
+  if (acceptor_) {
+    asio::post(loops_[0]->ioc, [this] {
+      beast::error_code ec;
+      acceptor_->close(ec);
+      sweep_->cancel();
+    });
+  }
   std::vector<std::shared_ptr<Conn>> all;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    internal::MutexLock lock(&mu_);
     for (auto& [id, e] : conns_) {
       if (auto c = e.conn.lock()) all.push_back(std::move(c));
     }
@@ -651,7 +723,7 @@ void HttpTransport::Close() { impl_->Close(); }
 void HttpTransport::Join() { impl_->Join(); }
 
 int HttpTransport::open_connections() const {
-  std::lock_guard<std::mutex> lock(impl_->mu_);
+  internal::MutexLock lock(&impl_->mu_);
   return int(impl_->conns_.size());
 }
 int HttpTransport::max_connections() const {
@@ -659,7 +731,7 @@ int HttpTransport::max_connections() const {
 }
 
 std::vector<std::pair<std::string, double>> HttpTransport::Refusals() const {
-  std::lock_guard<std::mutex> lock(impl_->mu_);
+  internal::MutexLock lock(&impl_->mu_);
   return {impl_->refusals_.begin(), impl_->refusals_.end()};
 }
 

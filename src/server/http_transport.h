@@ -35,7 +35,13 @@ class HttpTransport {
   struct Options {
     std::string host = "127.0.0.1";
     int port = 0;
+    // Threads waiting on the sockets, each with its own event loop.
     int io_threads = 2;
+    // Run handlers on the I/O thread that read the request (no thread
+    // hop), except long_running ones: only for handlers that never block
+    // for long (a backend in this process's memory). Otherwise every
+    // handler runs on the pool.
+    bool inline_handlers = false;
     size_t max_body_bytes = 1 << 20;
     size_t max_header_bytes = 16 * 1024;
     absl::Duration header_timeout = absl::Seconds(10);
