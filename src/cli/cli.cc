@@ -133,7 +133,7 @@ int Fail(const absl::Status& status) {
 void Print(const GlobalOptions& g, const Json& doc,
            const std::function<void(const Json&)>& table) {
   if (g.output == "json" || !table) {
-    std::cout << doc.dump(2) << std::endl;
+    std::cout << server::DumpSafe(doc, 2) << std::endl;
   } else {
     table(doc);
     std::cout.flush();

@@ -4,8 +4,12 @@
 #include <cstdio>
 
 #include "src/cli/cli.h"
+#include "src/common/escape.h"
+#include "src/common/strings.h"
 
 namespace pac::concurrency::cli {
+
+using internal::Cat;
 
 namespace {
 
@@ -20,17 +24,22 @@ int Import(const GlobalOptions& g, const std::string& prs,
   if (!prs.empty()) {
     auto text = ReadFile(prs, "--pipelineruns");
     if (!text.ok()) return Fail(text.status());
-    Json doc = Json::parse(*text, nullptr, false);
-    if (doc.is_discarded()) {
-      return Fail(
-          absl::InvalidArgumentError("--pipelineruns: not JSON (use kubectl "
-                                     "get pipelineruns -A -o json)"));
+    auto doc = server::ParseJson(*text, "--pipelineruns");
+    if (!doc.ok()) {
+      return Fail(absl::InvalidArgumentError(
+          Cat(doc.status().message(),
+              " (use kubectl get pipelineruns -A -o json)")));
     }
-    body["pipelineruns"] = std::move(doc);
+    body["pipelineruns"] = *std::move(doc);
   }
   if (!repos.empty()) {
     auto text = ReadFile(repos, "--repositories");
     if (!text.ok()) return Fail(text.status());
+    if (size_t bad = 0; !internal::IsValidUtf8(*text, &bad)) {
+      return Fail(absl::InvalidArgumentError(Cat(
+          "--repositories: byte ", bad, " is not valid UTF-8 (",
+          internal::EscapeBytes(std::string_view(*text).substr(bad, 1)), ")")));
+    }
     body["repositories"] = *text;
   }
   auto ctx = CommandContext(g, absl::Minutes(5));

@@ -13,6 +13,8 @@
 #include "CLI/CLI.hpp"
 #include "absl/synchronization/mutex.h"
 #include "src/cli/cli.h"
+#include "src/common/escape.h"
+#include "src/common/strings.h"
 
 int main(int argc, char** argv) {
   using namespace pac::concurrency::cli;
@@ -63,5 +65,13 @@ int main(int argc, char** argv) {
     return rc == 0 ? 0 : kExitUsage;
   }
   if (!run) return kExitUsage;
-  return run();
+  // The last guard: no input may abort the process. Every known error is a
+  // Status well before this; reaching here is a bug, reported as one.
+  try {
+    return run();
+  } catch (const std::exception& e) {
+    return Fail(absl::InternalError(pac::concurrency::internal::Cat(
+        "unexpected exception (a bug; please report it): ",
+        pac::concurrency::internal::EscapeBytes(e.what()))));
+  }
 }

@@ -20,7 +20,7 @@ int Watch(const GlobalOptions& g, const std::string& repo, int count) {
       [&](const Json& ev) {
         if (ev.is_null()) return true;
         if (g.output == "json") {
-          std::printf("%s\n", ev.dump().c_str());
+          std::printf("%s\n", server::DumpSafe(ev).c_str());
         } else {
           std::printf("%-14s %s\n", ev["type"].get<std::string>().c_str(),
                       ev["pipeline_run"].get<std::string>().c_str());

@@ -3,6 +3,7 @@
 #include <string>
 
 #include "pac/concurrency/status.h"
+#include "src/common/escape.h"
 #include "src/common/strings.h"
 
 namespace pac::concurrency::server {
@@ -10,6 +11,91 @@ namespace pac::concurrency::server {
 using internal::AV;
 using internal::Cat;
 using internal::SV;
+
+absl::StatusOr<Json> ParseJson(std::string_view text, std::string_view what) {
+  // The deepest nesting, outside strings.
+  int depth = 0;
+  bool in_string = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      if (c == '\\') {
+        ++i;
+      } else if (c == '"') {
+        in_string = false;
+      }
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > kMaxJsonDepth) {
+        return absl::InvalidArgumentError(
+            Cat(what, ": JSON nested deeper than ", kMaxJsonDepth, " levels"));
+      }
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  Json doc = Json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (doc.is_discarded()) {
+    size_t bad = 0;
+    if (!internal::IsValidUtf8(text, &bad)) {
+      return absl::InvalidArgumentError(Cat(
+          what, ": not valid JSON (byte ", bad,
+          " is not UTF-8: ", internal::EscapeBytes(text.substr(bad, 1)), ")"));
+    }
+    return absl::InvalidArgumentError(Cat(what, ": not valid JSON"));
+  }
+  return doc;
+}
+
+namespace {
+
+// Where the first string of `doc` (a key or a value) that is not valid
+// UTF-8 is, as "/field/0", with the string escaped; empty if none.
+std::string FirstInvalidUtf8(const Json& doc, const std::string& at) {
+  if (doc.is_string()) {
+    const std::string& v = doc.get_ref<const std::string&>();
+    return internal::IsValidUtf8(v)
+               ? ""
+               : Cat(at.empty() ? "/" : at, " (\"",
+                     internal::EscapeBytes(std::string_view(v).substr(0, 80)),
+                     v.size() > 80 ? "…" : "", "\")");
+  }
+  if (doc.is_object()) {
+    for (const auto& [k, v] : doc.items()) {
+      if (!internal::IsValidUtf8(k)) {
+        return Cat(at, "/", internal::EscapeBytes(k), " (a field name)");
+      }
+      if (std::string bad = FirstInvalidUtf8(v, Cat(at, "/", k));
+          !bad.empty()) {
+        return bad;
+      }
+    }
+  } else if (doc.is_array()) {
+    for (size_t i = 0; i < doc.size(); ++i) {
+      if (std::string bad = FirstInvalidUtf8(doc[i], Cat(at, "/", i));
+          !bad.empty()) {
+        return bad;
+      }
+    }
+  }
+  return "";
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> DumpStrict(const Json& doc, std::string_view what) {
+  try {
+    return doc.dump();
+  } catch (const Json::type_error&) {
+    return absl::InvalidArgumentError(
+        Cat(what, ": ", FirstInvalidUtf8(doc, ""), " is not valid UTF-8"));
+  }
+}
+
+std::string DumpSafe(const Json& doc, int indent) {
+  return doc.dump(indent, ' ', false, Json::error_handler_t::replace);
+}
 
 std::string FormatTimestamp(absl::Time t) {
   return absl::FormatTime(absl::RFC3339_full, t, absl::UTCTimeZone());
@@ -21,7 +107,8 @@ absl::StatusOr<absl::Time> ParseTimestamp(std::string_view text,
   std::string err;
   if (!absl::ParseTime(absl::RFC3339_full, AV(text), &t, &err)) {
     return absl::InvalidArgumentError(
-        Cat(field, ": not an RFC 3339 time (\"", text.substr(0, 64), "\")"));
+        Cat(field, ": not an RFC 3339 time (\"",
+            internal::EscapeBytes(text.substr(0, 64)), "\")"));
   }
   return t;
 }

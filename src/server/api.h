@@ -87,6 +87,19 @@ Json LeaseToJson(const Lease& lease);
 Json LeasesToJson(const std::vector<Lease>& leases);
 std::string_view WatchEventTypeName(WatchEventType type);
 
+// JSON nested deeper than this is refused before it is parsed: the
+// serializer and the code that walks a document recurse, and a kubectl
+// export nests about 20 deep.
+inline constexpr int kMaxJsonDepth = 128;
+// Parses `text` as JSON; InvalidArgument naming `what` when it is not JSON
+// (invalid UTF-8 included) or nests deeper than kMaxJsonDepth.
+absl::StatusOr<Json> ParseJson(std::string_view text, std::string_view what);
+// `doc` as text; InvalidArgument naming `what` when a string in it is not
+// valid UTF-8 (for a request about to be sent).
+absl::StatusOr<std::string> DumpStrict(const Json& doc, std::string_view what);
+// `doc` as text, an invalid UTF-8 byte shown as U+FFFD (for output).
+std::string DumpSafe(const Json& doc, int indent = -1);
+
 // The canonical code name ("INVALID_ARGUMENT"); "LEASE_LOST" for a lost
 // lease.
 std::string ErrorCodeName(const absl::Status& status);

@@ -265,6 +265,31 @@ TEST_F(HttpBoundaryTest, PipelinedRequestsAreAnsweredInOrder) {
   EXPECT_LT(health, status);
 }
 
+// JSON nested 100,000 deep overflowed the stack of whoever walked or
+// printed it; it is refused before parsing, as is a body whose bytes are
+// not UTF-8 (named, escaped).
+TEST_F(HttpBoundaryTest, DeepOrNonUtf8JsonBodiesAreRefusedByName) {
+  Start([](HttpServerOptions& o) { o.max_body_bytes = 1 << 20; });
+  struct Case {
+    std::string path, body, message;
+  } cases[] = {
+      {"/v1/import", std::string(100000, '[') + std::string(100000, ']'),
+       "nested deeper than 128 levels"},
+      {"/v1/repositories/ns/app/runs", "{\"pipeline_run\":\"ns/a\xff\"}",
+       "not UTF-8: \\\\xff"},
+  };
+  for (const Case& k : cases) {
+    RawConn c(port_);
+    ASSERT_TRUE(c.Send("POST " + k.path + " HTTP/1.1\r\nHost: x\r\n" +
+                       "Content-Length: " + std::to_string(k.body.size()) +
+                       "\r\n\r\n" + k.body));
+    const std::string r = c.ReadResponses(1);
+    EXPECT_THAT(StatusLine(r), HasSubstr(" 400 ")) << k.path;
+    EXPECT_THAT(Body(r), HasSubstr(k.message)) << k.path;
+  }
+  ExpectHealthy();
+}
+
 // A parser refusal is a JSON error that says what was wrong, not a bare
 // "HTTP 400".
 TEST_F(HttpBoundaryTest, ParserRefusalsAreJsonErrorsThatNameTheProblem) {

@@ -15,6 +15,8 @@
 #include <utility>
 #include <vector>
 
+#include "src/common/escape.h"
+
 namespace pac::concurrency::server {
 
 struct HttpRequest {
@@ -57,10 +59,7 @@ struct HttpResponse {
       stream;
 };
 
-// `s` with every byte that is not printable ASCII or part of valid UTF-8
-// shown as \xNN, and backslashes doubled: safe to put in a message, a log
-// line or a JSON string.
-[[nodiscard]] std::string EscapeBytes(std::string_view s);
+using internal::EscapeBytes;
 
 // Percent-decodes `s` ('+' stays unless `plus_is_space`); nullopt when an
 // escape is malformed ("%g1", a lone "%").

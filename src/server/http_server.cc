@@ -34,11 +34,7 @@ absl::StatusOr<Json> ParseBody(const HttpRequest& req,
     if (empty_is_object) return Json::object();
     return absl::InvalidArgumentError("request body: empty, expected JSON");
   }
-  Json doc = Json::parse(req.body, nullptr, /*allow_exceptions=*/false);
-  if (doc.is_discarded()) {
-    return absl::InvalidArgumentError("request body: not valid JSON");
-  }
-  return doc;
+  return ParseJson(req.body, "request body");
 }
 
 std::string RepoKey(const HttpRequest& req) {

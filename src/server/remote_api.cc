@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <memory>
 
 #include "httplib.h"
+#include "src/common/escape.h"
 #include "src/common/strings.h"
 
 namespace pac::concurrency::server {
@@ -51,6 +53,56 @@ void ApplyTimeouts(httplib::Client& cli, const Context& ctx) {
 
 }  // namespace
 
+absl::Status ValidateServerUrl(std::string_view url) {
+  const std::string shown = internal::EscapeBytes(url);
+  const size_t sep = url.find("://");
+  if (sep == std::string_view::npos) {
+    return absl::InvalidArgumentError(Cat(
+        "--server: \"", shown, "\" is not a URL (expected http://host:port)"));
+  }
+  const std::string_view scheme = url.substr(0, sep);
+  if (scheme != "http" && scheme != "https") {
+    return absl::InvalidArgumentError(
+        Cat("--server: scheme \"", internal::EscapeBytes(scheme),
+            "\" is not supported (expected http://host:port)"));
+  }
+  const std::string_view rest = url.substr(sep + 3);
+  if (rest.empty() || rest[0] == '/' || rest[0] == ':') {
+    return absl::InvalidArgumentError(
+        Cat("--server: \"", shown, "\" names no host"));
+  }
+  if (!internal::IsValidUtf8(url) ||
+      rest.find_first_of(" \t\r\n") != std::string_view::npos) {
+    return absl::InvalidArgumentError(
+        Cat("--server: \"", shown, "\" is not a valid URL"));
+  }
+  return absl::OkStatus();
+}
+
+namespace {
+
+// An HTTP client for `url`, or InvalidArgument naming what is wrong with it
+// (httplib's constructor throws on an unknown scheme).
+absl::StatusOr<std::unique_ptr<httplib::Client>> MakeClient(
+    const std::string& url) {
+  if (absl::Status s = ValidateServerUrl(url); !s.ok()) return s;
+  std::unique_ptr<httplib::Client> client;
+  try {
+    client = std::make_unique<httplib::Client>(url);
+  } catch (const std::exception& e) {
+    return absl::InvalidArgumentError(Cat("--server: not a usable URL \"",
+                                          internal::EscapeBytes(url),
+                                          "\": ", e.what()));
+  }
+  if (!client->is_valid()) {
+    return absl::InvalidArgumentError(
+        Cat("--server: not a valid URL \"", internal::EscapeBytes(url), "\""));
+  }
+  return client;
+}
+
+}  // namespace
+
 RemoteApi::RemoteApi(std::string base_url, std::string token)
     : base_url_(std::move(base_url)), token_(std::move(token)) {}
 
@@ -60,11 +112,9 @@ absl::StatusOr<Json> RemoteApi::Call(const Context& ctx,
                                      const std::string& body,
                                      const std::string& content_type) {
   if (absl::Status s = ctx.Err(); !s.ok()) return s;
-  httplib::Client cli(base_url_);
-  if (!cli.is_valid()) {
-    return absl::InvalidArgumentError(
-        Cat("server: not a valid URL \"", base_url_, "\""));
-  }
+  auto client = MakeClient(base_url_);
+  if (!client.ok()) return client.status();
+  httplib::Client& cli = **client;
   ApplyTimeouts(cli, ctx);
   cli.set_tcp_nodelay(true);
   if (!token_.empty()) cli.set_bearer_token_auth(token_);
@@ -78,10 +128,10 @@ absl::StatusOr<Json> RemoteApi::Call(const Context& ctx,
         Cat("server ", base_url_, ": ", httplib::to_string(r.error())));
   }
   if (r->status >= 300) return StatusFromErrorJson(r->status, r->body);
-  Json doc = Json::parse(r->body, nullptr, /*allow_exceptions=*/false);
-  if (doc.is_discarded()) {
-    return absl::InternalError(
-        Cat("server ", base_url_, ": answer is not JSON"));
+  auto doc = ParseJson(r->body, "answer");
+  if (!doc.ok()) {
+    return absl::InternalError(Cat("server ", internal::EscapeBytes(base_url_),
+                                   ": ", doc.status().message()));
   }
   return doc;
 }
@@ -89,8 +139,10 @@ absl::StatusOr<Json> RemoteApi::Call(const Context& ctx,
 absl::StatusOr<Json> RemoteApi::SetLimit(const Context& ctx,
                                          std::string_view repo_key,
                                          const Json& body) {
-  return Call(ctx, "PUT", Cat("/v1/repositories/", KeyPath(repo_key)),
-              body.dump(), "application/json");
+  auto text = DumpStrict(body, "request body");
+  if (!text.ok()) return text.status();
+  return Call(ctx, "PUT", Cat("/v1/repositories/", KeyPath(repo_key)), *text,
+              "application/json");
 }
 
 absl::StatusOr<Json> RemoteApi::ApplyManifests(const Context& ctx,
@@ -102,8 +154,10 @@ absl::StatusOr<Json> RemoteApi::ApplyManifests(const Context& ctx,
 absl::StatusOr<Json> RemoteApi::Submit(const Context& ctx,
                                        std::string_view repo_key,
                                        const Json& body) {
+  auto text = DumpStrict(body, "request body");
+  if (!text.ok()) return text.status();
   return Call(ctx, "POST", Cat("/v1/repositories/", KeyPath(repo_key), "/runs"),
-              body.dump(), "application/json");
+              *text, "application/json");
 }
 
 absl::StatusOr<Json> RemoteApi::Release(const Context& ctx,
@@ -151,18 +205,18 @@ absl::StatusOr<Json> RemoteApi::Cleanup(const Context& ctx,
 }
 
 absl::StatusOr<Json> RemoteApi::Import(const Context& ctx, const Json& body) {
-  return Call(ctx, "POST", "/v1/import", body.dump(), "application/json");
+  auto text = DumpStrict(body, "request body");
+  if (!text.ok()) return text.status();
+  return Call(ctx, "POST", "/v1/import", *text, "application/json");
 }
 
 absl::Status RemoteApi::Watch(const Context& ctx, std::string_view repo_key,
                               const std::function<bool(const Json&)>& on_event,
                               const std::function<bool()>& on_ready) {
   if (absl::Status s = ctx.Err(); !s.ok()) return s;
-  httplib::Client cli(base_url_);
-  if (!cli.is_valid()) {
-    return absl::InvalidArgumentError(
-        Cat("server: not a valid URL \"", base_url_, "\""));
-  }
+  auto client = MakeClient(base_url_);
+  if (!client.ok()) return client.status();
+  httplib::Client& cli = **client;
   cli.set_connection_timeout(5, 0);
   // The server sends a heartbeat every 10 s; a silent minute is a dead
   // stream. A nearer deadline of `ctx` ends the read sooner.

@@ -12,6 +12,10 @@
 
 namespace pac::concurrency::server {
 
+// OK when `url` is an http:// or https:// URL with a host; else
+// InvalidArgument naming --server and what is wrong.
+absl::Status ValidateServerUrl(std::string_view url);
+
 class RemoteApi final : public Api {
  public:
   // `base_url`: "http://host:port". `token` (may be empty) is sent as a

@@ -294,6 +294,53 @@ TEST(CliE2ETest, CommandsAgainstAServerGiveExitCodesAndJson) {
   EXPECT_EQ(InUse(u, "imp/repo"), 1);
 }
 
+// Issue 19, observation 5: the CLI aborted (exit 134) on invalid UTF-8 in
+// --run, --creation-time or an input file and on --server ftp://x, and
+// crashed (exit 139) importing JSON nested 100,000 deep. Each is exit 2
+// with a message naming the argument, the byte shown escaped, and the
+// server, which saw none of it, still serves.
+TEST(CliE2ETest, BadBytesUrlsAndDeepJsonAreExit2WithAMessage) {
+  ServerProcess server;
+  const std::string& u = server.url();
+  ASSERT_EQ(Cli(u, {"limit", "--repo", "ns/app", "1"}).code, 0);
+  const std::string deep = WriteFile(
+      "deep.json", std::string(100000, '[') + std::string(100000, ']'));
+  const std::string bad_json =
+      WriteFile("bad.json", "{\"items\":[{\"metadata\":{\"name\":\"\xff\"}}]}");
+  const std::string bad_yaml = WriteFile(
+      "bad.yaml",
+      "kind: Repository\nmetadata:\n  name: \"a\xff\"\n  namespace: ns\n");
+  struct Case {
+    std::vector<std::string> args;
+    std::string message;
+  } cases[] = {
+      {{"--server", u, "acquire", "--repo", "ns/app", "--run", "ns/a\xff"},
+       "/pipeline_run (\"ns/a\\xff\") is not valid UTF-8"},
+      {{"--server", u, "acquire", "--repo", "ns/app", "--run", "ns/b",
+        "--creation-time", "2024\xff"},
+       "/creation_time"},
+      {{"--server", "ftp://x", "status"}, "scheme \"ftp\" is not supported"},
+      {{"--server", "http://", "status"}, "names no host"},
+      {{"--server", "localhost:8080", "status"}, "is not a URL"},
+      {{"--server", u, "import", "--pipelineruns", deep},
+       "nested deeper than 128 levels"},
+      {{"--server", u, "import", "--pipelineruns", bad_json},
+       "not UTF-8: \\xff"},
+      {{"--server", u, "import", "--repositories", bad_yaml},
+       "--repositories: byte 37 is not valid UTF-8 (\\xff)"},
+  };
+  for (const Case& k : cases) {
+    std::vector<std::string> full{Binary()};
+    full.insert(full.end(), k.args.begin(), k.args.end());
+    CliResult r;
+    r.code = Finish(Spawn(full), &r.out);
+    EXPECT_EQ(r.code, 2) << k.args[k.args.size() - 1] << ": " << r.out;
+    EXPECT_THAT(r.out, HasSubstr(k.message));
+    EXPECT_THAT(r.out, ::testing::Not(HasSubstr("terminate called")));
+  }
+  EXPECT_EQ(InUse(u, "ns/app"), 0);
+}
+
 TEST(CliE2ETest, WatchPrintsEventsAsTheyHappen) {
   ServerProcess server;
   const std::string& u = server.url();
