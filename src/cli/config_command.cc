@@ -1,5 +1,6 @@
 // `pac-concurrency config validate FILE`: checks a driver configuration
 // (with PAC_* environment overrides) and prints it with secrets redacted.
+#include <algorithm>
 #include <cstdio>
 
 #include "src/cli/cli.h"
@@ -12,14 +13,31 @@ int Validate(const GlobalOptions& g, const std::string& file) {
   std::map<std::string, std::string> flat;
   auto config = LoadDriverConfig(file, &flat);
   if (!config.ok()) return Fail(config.status());
+  // Only the keys this project reads: a whole Pipelines-as-Code ConfigMap
+  // also holds settings of its own (tokens, webhook secrets) that are none
+  // of ours to print.
+  std::map<std::string, std::string> used;
+  int ignored = 0;
+  const auto& known = ConfigKeys();
+  for (const auto& [k, v] : flat) {
+    if (std::find(known.begin(), known.end(), k) != known.end()) {
+      used[k] = v;
+    } else {
+      ++ignored;
+    }
+  }
   Json doc{{"valid", true},
            {"driver", config->driver},
-           {"settings", RedactSecrets(flat)}};
+           {"settings", RedactSecrets(used)},
+           {"ignored_keys", ignored}};
   Print(g, doc, [](const Json& d) {
     std::printf("valid: driver %s\n", d["driver"].get<std::string>().c_str());
     for (auto it = d["settings"].begin(); it != d["settings"].end(); ++it) {
       std::printf("  %s: %s\n", it.key().c_str(),
                   it.value().get<std::string>().c_str());
+    }
+    if (int n = d["ignored_keys"].get<int>(); n > 0) {
+      std::printf("(%d other keys ignored: not concurrency settings)\n", n);
     }
   });
   return kExitOk;

@@ -341,6 +341,30 @@ TEST(CliE2ETest, BadBytesUrlsAndDeepJsonAreExit2WithAMessage) {
   EXPECT_EQ(InUse(u, "ns/app"), 0);
 }
 
+// Issue 19, observation 8: `config validate` of a whole Pipelines-as-Code
+// ConfigMap printed the keys it ignores verbatim, secrets included. It
+// prints only the keys it reads, passwords as ***, and counts the rest.
+TEST(CliE2ETest, ConfigValidatePrintsOnlyItsKeysWithSecretsHidden) {
+  const std::string cm = WriteFile(
+      "pac-cm.yaml",
+      "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: pipelines-as-code\n"
+      "data:\n  concurrency-driver: postgresql\n  postgresql-host: db\n"
+      "  postgresql-password: hunter2\n  github-token: ghp_secret123\n"
+      "  webhook-secret: whsec_abc\n");
+  for (const char* output : {"table", "json"}) {
+    CliResult r;
+    r.code = Finish(Spawn({Binary(), "-o", output, "config", "validate", cm}),
+                    &r.out);
+    EXPECT_EQ(r.code, 0) << r.out;
+    EXPECT_THAT(r.out, HasSubstr("postgresql-host"));
+    EXPECT_THAT(r.out, HasSubstr("***"));
+    for (const char* secret : {"hunter2", "ghp_secret123", "whsec_abc",
+                               "github-token", "webhook-secret"}) {
+      EXPECT_THAT(r.out, ::testing::Not(HasSubstr(secret))) << output;
+    }
+  }
+}
+
 TEST(CliE2ETest, WatchPrintsEventsAsTheyHappen) {
   ServerProcess server;
   const std::string& u = server.url();
