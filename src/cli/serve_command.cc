@@ -28,6 +28,7 @@ struct ServeOptions {
   std::string body_timeout = "30s";
   std::string keep_alive_timeout = "5s";
   size_t max_header_bytes = 16 * 1024;
+  size_t max_header_count = 100;
   int max_connections = 4096;
   int max_connections_per_peer = 0;
 };
@@ -104,12 +105,16 @@ int Serve(const GlobalOptions& g, const ServeOptions& o) {
     d.out = *v;
   }
   options.max_header_bytes = o.max_header_bytes;
+  options.max_header_count = o.max_header_count;
   options.max_connections = o.max_connections;
   options.max_connections_per_peer = o.max_connections_per_peer;
   if (!o.token_file.empty()) {
-    auto t = ReadSecretFile(o.token_file, "--token-file");
-    if (!t.ok()) return Fail(t.status());
-    options.token = *t;
+    auto text = ReadFile(o.token_file, "--token-file");
+    if (!text.ok()) return Fail(text.status());
+    auto tokens = server::TokenTable::Parse(*text, "--token-file");
+    if (!tokens.ok()) return Fail(tokens.status());
+    options.tokens =
+        std::make_shared<const server::TokenTable>(*std::move(tokens));
   }
   auto config = LoadDriverConfig(g.config, nullptr);
   if (!config.ok()) return Fail(config.status());
@@ -135,7 +140,7 @@ int Serve(const GlobalOptions& g, const ServeOptions& o) {
   std::printf("pac-concurrency serving on http://%s:%d (driver %s%s)\n",
               options.host.c_str(), http.port(),
               std::string((*driver)->Type()).c_str(),
-              options.token.empty() ? "" : ", bearer token required");
+              options.tokens == nullptr ? "" : ", bearer token required");
   std::fflush(stdout);
   logger->info("listening on {}:{} with driver {}", options.host, http.port(),
                (*driver)->Type());
@@ -156,7 +161,9 @@ void RegisterServeCommand(CLI::App& app, GlobalOptions& g, Runner* run) {
   cmd->add_option("--listen", o->listen, "Address to listen on (port 0: any)")
       ->capture_default_str();
   cmd->add_option("--token-file", o->token_file,
-                  "Require this bearer token on mutating requests");
+                  "Bearer tokens: one token (required on mutating "
+                  "requests), or lines \"<token> <role> [ns,...]\" with "
+                  "roles read, controller, admin (docs/api.md)");
   cmd->add_option("--threads", o->threads,
                   "Worker threads kept ready (a request holds one while it "
                   "runs, a watch while it is open; more start when none is "
@@ -193,6 +200,10 @@ void RegisterServeCommand(CLI::App& app, GlobalOptions& g, Runner* run) {
                   "Largest request line and headers together (bytes; else "
                   "431)")
       ->check(CLI::Range(size_t(1024), size_t(1) << 20))
+      ->capture_default_str();
+  cmd->add_option("--max-header-count", o->max_header_count,
+                  "Most header fields in a request (else 431)")
+      ->check(CLI::Range(size_t(8), size_t(10000)))
       ->capture_default_str();
   cmd->add_option("--max-connections", o->max_connections,
                   "Connections open at once; past it the oldest idle one is "

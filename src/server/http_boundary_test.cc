@@ -303,6 +303,15 @@ TEST_F(HttpBoundaryTest, ParserRefusalsAreJsonErrorsThatNameTheProblem) {
     EXPECT_THAT(Body(r), HasSubstr("--max-header-bytes"));
   }
   {
+    std::string many;
+    for (int i = 0; i < 150; ++i) many += "X-H" + std::to_string(i) + ": 1\r\n";
+    RawConn c(port_);
+    ASSERT_TRUE(c.Send("GET /healthz HTTP/1.1\r\nHost: x\r\n" + many + "\r\n"));
+    const std::string r = c.ReadResponses(1);
+    EXPECT_THAT(StatusLine(r), HasSubstr(" 431 "));
+    EXPECT_THAT(Body(r), HasSubstr("--max-header-count"));
+  }
+  {
     RawConn c(port_);
     ASSERT_TRUE(c.Send("GARBAGE\r\n\r\n"));
     const std::string r = c.ReadResponses(1);

@@ -34,6 +34,10 @@ struct HttpRequest {
   // handler may block for long (a long poll): it then never runs on an
   // I/O thread.
   bool long_running = false;
+  // Who sent it, set by the server's token check (auth.h): a role name,
+  // and the namespaces the token is limited to (empty: all).
+  std::string role;
+  std::vector<std::string> namespaces;
   // The segments a route's wildcards matched, in order (set by the router).
   std::vector<std::string> params;
 

@@ -60,6 +60,17 @@ std::vector<std::string> Split(const std::string& pattern) {
   }
 }
 
+// Removes every "lease_id" from an answer (for read-only tokens: a lease
+// id lets its bearer renew or release the run).
+void HideLeaseIds(Json& doc) {
+  if (doc.is_object()) {
+    doc.erase("lease_id");
+    for (auto& [k, v] : doc.items()) HideLeaseIds(v);
+  } else if (doc.is_array()) {
+    for (Json& v : doc) HideLeaseIds(v);
+  }
+}
+
 std::string DecodedPath(const HttpRequest& req) {
   std::string p;
   for (const std::string& s : req.segments) p += "/" + s;
@@ -113,12 +124,17 @@ HttpServer::HttpServer(Service* service, Metrics* metrics,
     metrics_->Describe("pac_http_request_duration_seconds", "histogram",
                        "Time to answer an HTTP request, by route.");
   }
+  tokens_ = options_.tokens != nullptr
+                ? options_.tokens
+                : std::make_shared<const TokenTable>(
+                      TokenTable::Single(options_.token));
   Routes();
   HttpTransport::Options t;
   t.host = options_.host;
   t.port = options_.port;
   t.max_body_bytes = options_.max_body_bytes;
   t.max_header_bytes = options_.max_header_bytes;
+  t.max_header_count = options_.max_header_count;
   t.header_timeout = options_.header_timeout;
   t.body_timeout = options_.body_timeout;
   t.keep_alive_timeout = options_.keep_alive_timeout;
@@ -144,18 +160,50 @@ std::optional<HttpResponse> HttpServer::Precheck(HttpRequest& req) const {
   // A watch (a stream or a long poll) holds its thread while it is open.
   req.long_running = req.method == "GET" && req.segments.size() == 5 &&
                      req.segments[4] == "watch";
-  if (options_.token.empty() || !IsMutating(req.method)) return std::nullopt;
-  const std::string& auth = req.authorization;
-  const std::string prefix = "Bearer ";
-  if (auth.compare(0, prefix.size(), prefix) == 0 &&
-      ConstantTimeEquals(std::string_view(auth).substr(prefix.size()),
-                         options_.token)) {
-    return std::nullopt;
+  const Route* route = Match(req);
+  const TokenTable& tokens = *tokens_;
+  req.role = std::string(RoleName(Role::kAdmin));
+  if (tokens.open()) return std::nullopt;
+  if (route != nullptr && !route->access.role) return std::nullopt;
+  // The one shared token of before: reads need none.
+  if (tokens.single() && !IsMutating(req.method)) return std::nullopt;
+  TokenTable::Failure why;
+  std::optional<Principal> who = tokens.Authenticate(req.authorization, &why);
+  if (!who) {
+    HttpResponse r = ErrorAnswer(absl::UnauthenticatedError(
+        why == TokenTable::Failure::kMissing
+            ? "a bearer token is required for this request (Authorization: "
+              "Bearer <token>)"
+            : "the bearer token is not one this server knows"));
+    r.headers.emplace_back("WWW-Authenticate", "Bearer");
+    return r;
   }
-  HttpResponse r = ErrorAnswer(absl::UnauthenticatedError(
-      "a bearer token is required for this request"));
-  r.headers.emplace_back("WWW-Authenticate", "Bearer");
-  return r;
+  req.role = std::string(RoleName(who->role));
+  req.namespaces = who->namespaces;
+  if (route == nullptr) return std::nullopt;  // a 404 for whoever asks
+  const Access& a = route->access;
+  if (who->role < *a.role) {
+    return ErrorAnswer(absl::PermissionDeniedError(
+        Cat("this request needs a token with the ", RoleName(*a.role),
+            " role; this token has the ", RoleName(who->role), " role")));
+  }
+  if (a.scope == Scope::kRepository && !who->AllowsNamespace(req.params[0])) {
+    return ErrorAnswer(absl::PermissionDeniedError(
+        Cat("this token may not act on namespace \"",
+            EscapeBytes(req.params[0]), "\"")));
+  }
+  if (a.scope == Scope::kEveryNamespace && !who->namespaces.empty()) {
+    return ErrorAnswer(absl::PermissionDeniedError(
+        "this request spans namespaces: it needs a token not limited to "
+        "some"));
+  }
+  if (req.has_param("namespace") &&
+      !who->AllowsNamespace(req.get_param_value("namespace"))) {
+    return ErrorAnswer(absl::PermissionDeniedError(
+        Cat("this token may not read namespace \"",
+            EscapeBytes(req.get_param_value("namespace")), "\"")));
+  }
+  return std::nullopt;
 }
 
 void HttpServer::Observe(const HttpRequest& req, int status,
@@ -167,7 +215,7 @@ void HttpServer::Observe(const HttpRequest& req, int status,
       EscapeBytes(req.path), status, bytes, req.remote_addr);
 }
 
-HttpResponse HttpServer::Handle(HttpRequest& req) {
+const HttpServer::Route* HttpServer::Match(HttpRequest& req) const {
   for (const Route& r : routes_) {
     if (r.method != req.method || r.pattern.size() != req.segments.size()) {
       continue;
@@ -182,8 +230,13 @@ HttpResponse HttpServer::Handle(HttpRequest& req) {
         match = r.pattern[i] == req.segments[i];
       }
     }
-    if (match) return r.fn(req);
+    if (match) return &r;
   }
+  return nullptr;
+}
+
+HttpResponse HttpServer::Handle(HttpRequest& req) {
+  if (const Route* r = Match(req)) return r->fn(req);
   return ErrorAnswer(absl::NotFoundError(
       Cat("no route for ", EscapeBytes(req.method), " ",
           EscapeBytes(DecodedPath(req)), " (docs/api.md lists the routes)")));
@@ -191,9 +244,19 @@ HttpResponse HttpServer::Handle(HttpRequest& req) {
 
 void HttpServer::Routes() {
   auto add = [this](std::string method, const std::string& pattern,
+                    Access access,
                     std::function<HttpResponse(HttpRequest&)> fn) {
-    routes_.push_back({std::move(method), Split(pattern), std::move(fn)});
+    routes_.push_back(
+        {std::move(method), Split(pattern), access, std::move(fn)});
   };
+  const Access open{std::nullopt, Scope::kAny};
+  const Access read_repo{Role::kRead, Scope::kRepository};
+  const Access read_all{Role::kRead, Scope::kEveryNamespace};
+  const Access read_list{Role::kRead, Scope::kAny};
+  const Access controller_repo{Role::kController, Scope::kRepository};
+  const Access controller_any{Role::kController, Scope::kAny};
+  const Access admin_repo{Role::kAdmin, Scope::kRepository};
+  const Access admin_all{Role::kAdmin, Scope::kEveryNamespace};
   // Wraps a handler: a per-request deadline, JSON answers, metrics.
   auto wrap = [this](std::string route,
                      std::function<Reply(HttpRequest&, const Context&)> fn) {
@@ -202,6 +265,9 @@ void HttpServer::Routes() {
       const absl::Time start = absl::Now();
       Context ctx = Context::WithTimeout(root_.first, options_.request_timeout);
       Reply r = fn(req, ctx);
+      if (r.ok() && req.role == RoleName(Role::kRead)) {
+        HideLeaseIds(r->second);
+      }
       HttpResponse res =
           r.ok() ? JsonAnswer(r->first, r->second) : ErrorAnswer(r.status());
       if (metrics_ != nullptr) {
@@ -224,10 +290,11 @@ void HttpServer::Routes() {
   const std::string repo = "/v1/repositories/*/*";
   const std::string repo_route = "/v1/repositories/{ns}/{name}";
 
-  add("GET", "/healthz", wrap("/healthz", [](auto&, const Context&) -> Reply {
+  add("GET", "/healthz", open,
+      wrap("/healthz", [](auto&, const Context&) -> Reply {
         return std::make_pair(200, Json{{"status", "ok"}});
       }));
-  add("GET", "/readyz",
+  add("GET", "/readyz", open,
       wrap("/readyz", [this](auto&, const Context& ctx) -> Reply {
         if (absl::Status st = service_->Ready(ctx); !st.ok()) {
           return absl::UnavailableError(
@@ -235,7 +302,7 @@ void HttpServer::Routes() {
         }
         return std::make_pair(200, Json{{"status", "ready"}});
       }));
-  add("GET", "/metrics", [this](HttpRequest&) {
+  add("GET", "/metrics", read_all, [this](HttpRequest&) {
     Context ctx = Context::WithTimeout(root_.first, options_.request_timeout);
     std::vector<Metrics::Gauge> gauges = service_->Gauges(ctx);
     gauges.push_back({"pac_http_open_watches", {}, double(open_watches_)});
@@ -258,43 +325,63 @@ void HttpServer::Routes() {
     res.body = metrics_ != nullptr ? metrics_->Render(gauges) : "";
     return res;
   });
-  add("GET", "/v1/repositories",
+  add("GET", "/v1/repositories", read_list,
       wrap("/v1/repositories",
            [this, ok](HttpRequest& req, const Context& ctx) {
-             return ok(service_->ListRepositories(
-                 ctx, req.get_param_value("namespace")));
+             auto list = service_->ListRepositories(
+                 ctx, req.get_param_value("namespace"));
+             if (list.ok() && !req.namespaces.empty()) {
+               // A token limited to namespaces sees only their
+               // repositories.
+               Principal who{Role::kRead, req.namespaces};
+               Json kept = Json::array();
+               for (Json& r : (*list)["repositories"]) {
+                 const std::string key = r.value("repository", "");
+                 if (who.AllowsNamespace(key.substr(0, key.find('/')))) {
+                   kept.push_back(std::move(r));
+                 }
+               }
+               (*list)["repositories"] = std::move(kept);
+             }
+             return ok(std::move(list));
            }));
-  add("POST", "/v1/repositories",
+  add("POST", "/v1/repositories", admin_all,
       wrap("/v1/repositories",
            [this, ok](HttpRequest& req, const Context& ctx) {
              return ok(service_->ApplyManifests(ctx, req.body));
            }));
-  add("GET", repo,
+  add("GET", repo, read_repo,
       wrap(repo_route, [this, ok](HttpRequest& req, const Context& ctx) {
         return ok(service_->Status(ctx, RepoKey(req)));
       }));
-  add("PUT", repo,
+  add("PUT", repo, admin_repo,
       wrap(repo_route,
            [this, ok](HttpRequest& req, const Context& ctx) -> Reply {
              auto body = ParseBody(req);
              if (!body.ok()) return body.status();
              return ok(service_->SetLimit(ctx, RepoKey(req), *body));
            }));
-  add("DELETE", repo,
+  add("DELETE", repo, admin_repo,
       wrap(repo_route, [this, ok](HttpRequest& req, const Context& ctx) {
         return ok(service_->Cleanup(ctx, RepoKey(req)));
       }));
-  add("POST", repo + "/runs",
+  add("POST", repo + "/runs", controller_repo,
       wrap(repo_route + "/runs",
            [this](HttpRequest& req, const Context& ctx) -> Reply {
              auto body = ParseBody(req);
              if (!body.ok()) return body.status();
+             if (body->is_object() && body->value("state", "") == "started" &&
+                 req.role != RoleName(Role::kAdmin)) {
+               return absl::PermissionDeniedError(
+                   "adopting a running run (\"state\": \"started\") needs "
+                   "a token with the admin role: it may exceed the limit");
+             }
              auto r = service_->Submit(ctx, RepoKey(req), *body);
              if (!r.ok()) return r.status();
              const int code = (*r)["acquired"].get<bool>() ? 200 : 202;
              return std::make_pair(code, *std::move(r));
            }));
-  add("DELETE", repo + "/runs/*/*",
+  add("DELETE", repo + "/runs/*/*", controller_repo,
       wrap(repo_route + "/runs/{run_ns}/{run_name}",
            [this, ok](HttpRequest& req, const Context& ctx) {
              return ok(service_->Release(ctx, RepoKey(req),
@@ -302,7 +389,7 @@ void HttpServer::Routes() {
                                          req.get_param_value("lease_id")));
            }));
   // The renew body is optional: none (curl -X POST) means {}.
-  add("POST", "/v1/leases/*/renew",
+  add("POST", "/v1/leases/*/renew", controller_any,
       wrap("/v1/leases/{id}/renew",
            [this, ok](HttpRequest& req, const Context& ctx) -> Reply {
              auto body = ParseBody(req, /*empty_is_object=*/true);
@@ -314,14 +401,15 @@ void HttpServer::Routes() {
              }
              return ok(service_->Renew(ctx, req.params[0]));
            }));
-  add("POST", "/v1/import",
+  add("POST", "/v1/import", admin_all,
       wrap("/v1/import",
            [this, ok](HttpRequest& req, const Context& ctx) -> Reply {
              auto body = ParseBody(req);
              if (!body.ok()) return body.status();
              return ok(service_->Import(ctx, *body));
            }));
-  add("GET", repo + "/watch", [this](HttpRequest& req) { return Watch(req); });
+  add("GET", repo + "/watch", read_repo,
+      [this](HttpRequest& req) { return Watch(req); });
 }
 
 HttpResponse HttpServer::Watch(HttpRequest& req) {

@@ -17,6 +17,7 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "pac/concurrency/context.h"
+#include "src/server/auth.h"
 #include "src/server/http_message.h"
 #include "src/server/metrics.h"
 #include "src/server/service.h"
@@ -32,6 +33,8 @@ struct HttpServerOptions {
   int port = 8080;  // 0: any free port (see HttpServer::port())
   // When set, every mutating request needs "Authorization: Bearer <token>".
   std::string token;
+  // Tokens with roles (auth.h); when set, replaces `token`.
+  std::shared_ptr<const TokenTable> tokens;
   size_t max_body_bytes = 1 << 20;
   // Worker threads kept ready. A request holds one while its handler runs,
   // and an open watch for as long as it is open; an idle or slow
@@ -59,8 +62,10 @@ struct HttpServerOptions {
   // connection is answered 408 and closed.
   absl::Duration header_timeout = absl::Seconds(10);
   absl::Duration body_timeout = absl::Seconds(30);
-  // The request line and headers together, in bytes (431 past it).
+  // The request line and headers together, in bytes, and the number of
+  // header fields (431 past either).
   size_t max_header_bytes = 16 * 1024;
+  size_t max_header_count = 100;
   // Connections open at once, and from one peer address (0: no cap). A new
   // connection past a cap closes the oldest idle one it can; when none is
   // idle it is refused.
@@ -91,11 +96,24 @@ class HttpServer {
   void Stop();
 
  private:
+  // What a route's caller must be, when tokens have roles.
+  enum class Scope {
+    kAny,             // no namespace in the request
+    kRepository,      // the namespace of the path's repository
+    kEveryNamespace,  // spans namespaces: a token limited to some may not
+  };
+  struct Access {
+    std::optional<Role> role;  // none: open to all (health probes)
+    Scope scope;
+  };
   struct Route {
     std::string method;
     std::vector<std::string> pattern;  // "*" matches one segment
+    Access access;
     std::function<HttpResponse(HttpRequest&)> fn;
   };
+  // The route of `req` (its params set), or null.
+  const Route* Match(HttpRequest& req) const;
   void Routes();
   HttpResponse Handle(HttpRequest& req);
   std::optional<HttpResponse> Precheck(HttpRequest& req) const;
@@ -110,6 +128,7 @@ class HttpServer {
   const HttpServerOptions options_;
   std::shared_ptr<ElasticThreadPool> pool_;
   std::vector<Route> routes_;
+  std::shared_ptr<const TokenTable> tokens_;
   std::unique_ptr<HttpTransport> transport_;
   std::pair<Context, Context::Canceller> root_;
   int port_ = 0;

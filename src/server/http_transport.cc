@@ -300,6 +300,15 @@ class HttpTransport::Impl::Conn : public std::enable_shared_from_this<Conn> {
       return;
     }
     auto& msg = parser_->get();
+    if (size_t fields = size_t(std::distance(msg.begin(), msg.end()));
+        fields > t_->options_.max_header_count) {
+      Refuse("headers_too_large",
+             ErrorAnswer(431, "INVALID_ARGUMENT",
+                         fmt::format("request headers: {} fields, more than "
+                                     "{} (serve --max-header-count)",
+                                     fields, t_->options_.max_header_count)));
+      return;
+    }
     req_.method = std::string(msg.method_string());
     req_.target = std::string(msg.target());
     req_.authorization = std::string(msg[http::field::authorization]);

@@ -44,6 +44,7 @@ class HttpTransport {
     bool inline_handlers = false;
     size_t max_body_bytes = 1 << 20;
     size_t max_header_bytes = 16 * 1024;
+    size_t max_header_count = 100;
     absl::Duration header_timeout = absl::Seconds(10);
     absl::Duration body_timeout = absl::Seconds(30);
     absl::Duration keep_alive_timeout = absl::Seconds(5);
