@@ -2,10 +2,11 @@
 #   make run    install what is missing, build, start the server (memory driver)
 #   make test   install, build, run every test (plain, ASan/UBSan, TSan)
 #   make bench  install, build, run the benchmarks (docs/benchmarks.md)
+#   make fuzz   install, build the fuzz targets (clang), run each 5 minutes
 JOBS ?= $(shell nproc)
 BUILD ?= build
 
-.PHONY: all deps build run example test bench format clean
+.PHONY: all deps build run example test bench fuzz format clean
 
 all: build
 
@@ -28,8 +29,12 @@ test: deps
 bench: build
 	bash scripts/bench.sh
 
+FUZZ_SECONDS ?= 300
+fuzz: deps
+	bash scripts/fuzz.sh $(FUZZ_SECONDS)
+
 format:
 	clang-format -i $$(git ls-files '*.cc' '*.h')
 
 clean:
-	rm -rf build build-asan build-tsan
+	rm -rf build build-asan build-tsan build-fuzz

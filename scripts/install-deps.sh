@@ -13,7 +13,7 @@ PACKAGES=(
   libpq-dev postgresql-15 postgresql-contrib
   etcd-server etcd-client
   openssl ca-certificates curl procps
-  clang clang-format
+  clang clang-format libclang-rt-14-dev
 )
 
 missing=()

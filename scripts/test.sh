@@ -116,6 +116,15 @@ run_suite "tsan" build-tsan \
   "-DCMAKE_BUILD_TYPE=RelWithDebInfo -DPAC_SANITIZE=thread -DPAC_BUILD_BENCH=OFF -DPAC_BUILD_EXAMPLES=OFF" \
   "$CTEST_COMMON -L threaded"
 
+# The fuzz targets, briefly (make fuzz runs them for longer).
+echo "=== fuzz targets, ${PAC_FUZZ_SECONDS:-20}s each"
+if bash scripts/fuzz.sh "${PAC_FUZZ_SECONDS:-20}"; then
+  passed=$((passed + 1))
+else
+  failed=$((failed + 1))
+  status=1
+fi
+
 echo
 echo "tests: ${passed} passed, ${failed} failed"
 exit $status
