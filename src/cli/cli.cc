@@ -86,7 +86,9 @@ absl::StatusOr<std::unique_ptr<ApiHandle>> OpenApi(const GlobalOptions& g) {
   } else if (const char* t = std::getenv("PAC_TOKEN"); t != nullptr) {
     token = t;
   }
-  h->remote = std::make_unique<server::RemoteApi>(g.server, token);
+  server::ClientTls tls{g.ca_file, g.cert_file, g.key_file};
+  if (absl::Status s = tls.Validate(g.server); !s.ok()) return s;
+  h->remote = std::make_unique<server::RemoteApi>(g.server, token, tls);
   h->api = h->remote.get();
   return h;
 }

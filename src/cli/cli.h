@@ -34,8 +34,13 @@ struct GlobalOptions {
   std::string server = "http://127.0.0.1:8080";  // --server / PAC_SERVER
   std::string config;                            // --config: no server
   std::string token_file;                        // --token-file
-  std::string output = "table";                  // --output table|json
-  std::string timeout;  // --timeout; empty: the command's default
+  // HTTPS to the server: the CA that signed its certificate (else the
+  // system's), and a client certificate and key for mutual TLS.
+  std::string ca_file;           // --ca-file / PAC_CA_FILE
+  std::string cert_file;         // --cert / PAC_CERT_FILE
+  std::string key_file;          // --key / PAC_KEY_FILE
+  std::string output = "table";  // --output table|json
+  std::string timeout;           // --timeout; empty: the command's default
   std::string log_level = "warn";
 };
 

@@ -35,6 +35,20 @@ int main(int argc, char** argv) {
   app.add_option("--config", g.config,
                  "Use the backend of this driver config directly instead of "
                  "a server (YAML; PAC_* variables override)");
+  for (auto [env, field] : {std::pair{"PAC_CA_FILE", &g.ca_file},
+                            {"PAC_CERT_FILE", &g.cert_file},
+                            {"PAC_KEY_FILE", &g.key_file}}) {
+    if (const char* v = std::getenv(env); v != nullptr) *field = v;
+  }
+  app.add_option("--ca-file", g.ca_file,
+                 "https:// servers: the CA of the server's certificate "
+                 "(env PAC_CA_FILE; default: the system's)");
+  app.add_option("--cert", g.cert_file,
+                 "https:// servers: a client certificate for mutual TLS "
+                 "(env PAC_CERT_FILE)");
+  app.add_option("--key", g.key_file,
+                 "https:// servers: the client certificate's key "
+                 "(env PAC_KEY_FILE)");
   app.add_option("--token-file", g.token_file,
                  "File holding the server's bearer token (or env PAC_TOKEN)");
   app.add_option("-o,--output", g.output, "Output format")

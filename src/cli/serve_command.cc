@@ -19,6 +19,7 @@ namespace {
 struct ServeOptions {
   std::string listen = "127.0.0.1:8080";
   std::string token_file;
+  std::string tls_cert, tls_key, tls_client_ca;
   int threads = 64;
   int max_threads = 0;
   int max_watches = 0;
@@ -116,6 +117,13 @@ int Serve(const GlobalOptions& g, const ServeOptions& o) {
     options.tokens =
         std::make_shared<const server::TokenTable>(*std::move(tokens));
   }
+  options.tls_cert_file = o.tls_cert;
+  options.tls_key_file = o.tls_key;
+  options.tls_client_ca_file = o.tls_client_ca;
+  if (!o.tls_client_ca.empty() && o.tls_cert.empty()) {
+    return Fail(absl::InvalidArgumentError(
+        "--tls-client-ca: needs --tls-cert and --tls-key"));
+  }
   auto config = LoadDriverConfig(g.config, nullptr);
   if (!config.ok()) return Fail(config.status());
 
@@ -137,7 +145,8 @@ int Serve(const GlobalOptions& g, const ServeOptions& o) {
   options.inline_handlers = (*driver)->Type() == "memory";
   server::HttpServer http(&service, &metrics, options);
   if (absl::Status s = http.Start(); !s.ok()) return Fail(s);
-  std::printf("pac-concurrency serving on http://%s:%d (driver %s%s)\n",
+  std::printf("pac-concurrency serving on %s://%s:%d (driver %s%s)\n",
+              options.tls_cert_file.empty() ? "http" : "https",
               options.host.c_str(), http.port(),
               std::string((*driver)->Type()).c_str(),
               options.tokens == nullptr ? "" : ", bearer token required");
@@ -164,6 +173,12 @@ void RegisterServeCommand(CLI::App& app, GlobalOptions& g, Runner* run) {
                   "Bearer tokens: one token (required on mutating "
                   "requests), or lines \"<token> <role> [ns,...]\" with "
                   "roles read, controller, admin (docs/api.md)");
+  cmd->add_option("--tls-cert", o->tls_cert,
+                  "Serve HTTPS (TLS 1.2+) with this PEM certificate chain");
+  cmd->add_option("--tls-key", o->tls_key, "The PEM key of --tls-cert");
+  cmd->add_option("--tls-client-ca", o->tls_client_ca,
+                  "Require client certificates signed by this CA (mutual "
+                  "TLS)");
   cmd->add_option("--threads", o->threads,
                   "Worker threads kept ready (a request holds one while it "
                   "runs, a watch while it is open; more start when none is "

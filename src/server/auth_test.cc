@@ -170,9 +170,8 @@ TEST_F(RolesTest, EveryRouteTimesEveryRole) {
         EXPECT_EQ(got->status, 403) << cell << " as " << token;
         // The role needed is named: the route's (controller for a
         // submit), or admin to adopt.
-        EXPECT_THAT(got->body,
-                    HasSubstr(level == 1 ? "needs a token with the"
-                                         : "with the admin role"))
+        EXPECT_THAT(got->body, HasSubstr(level == 1 ? "needs a token with the"
+                                                    : "with the admin role"))
             << cell << " as " << token;
       } else {
         EXPECT_NE(got->status, 401) << cell << " as " << token;

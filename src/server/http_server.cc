@@ -141,6 +141,9 @@ HttpServer::HttpServer(Service* service, Metrics* metrics,
   t.max_connections = options_.max_connections;
   t.max_connections_per_peer = options_.max_connections_per_peer;
   t.inline_handlers = options_.inline_handlers;
+  t.tls_cert_file = options_.tls_cert_file;
+  t.tls_key_file = options_.tls_key_file;
+  t.tls_client_ca_file = options_.tls_client_ca_file;
   transport_ = std::make_unique<HttpTransport>(
       t, pool_, [this](HttpRequest& req) { return Handle(req); },
       [this](HttpRequest& req) { return Precheck(req); },

@@ -71,6 +71,11 @@ struct HttpServerOptions {
   // idle it is refused.
   int max_connections = 4096;
   int max_connections_per_peer = 0;
+  // HTTPS (TLS 1.2+) when both are set (PEM files); with tls_client_ca_file
+  // every client must present a certificate that CA signed (mutual TLS).
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  std::string tls_client_ca_file;
   // Run request handlers on the I/O threads instead of the worker pool:
   // faster, and right only when the backend never blocks for long (the
   // memory driver; `serve` sets it for that driver). Watches always run on

@@ -7,6 +7,7 @@
 #include <sys/resource.h>
 
 #include <boost/asio.hpp>
+#include <boost/asio/ssl.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <deque>
@@ -26,6 +27,7 @@ namespace pac::concurrency::server {
 namespace asio = boost::asio;
 namespace beast = boost::beast;
 namespace http = beast::http;
+namespace ssl = asio::ssl;
 using tcp = asio::ip::tcp;
 using Json = nlohmann::json;
 
@@ -83,6 +85,9 @@ class HttpTransport::Impl {
   void OnAccept(tcp::socket socket);
   // Every 100 ms: tells the connections whose deadline has passed.
   void Sweep();
+  // The TLS context of tls_cert_file and friends (InvalidArgument naming
+  // the flag of a file that does not load).
+  absl::Status MakeTlsContext();
 
   void Unregister(uint64_t id) PAC_EXCLUDES(mu_) {
     internal::MutexLock lock(&mu_);
@@ -116,6 +121,7 @@ class HttpTransport::Impl {
   std::vector<std::unique_ptr<Loop>> loops_;
   size_t next_loop_ = 0;  // on loop 0 (the acceptor's)
   std::optional<tcp::acceptor> acceptor_;
+  std::optional<ssl::context> tls_;  // set when serving TLS
   std::optional<asio::steady_timer> sweep_;
   std::atomic<int> port_{0};
   std::atomic<bool> closed_{false};
@@ -144,14 +150,23 @@ int64_t MonoNanos() {
 class HttpTransport::Impl::Conn : public std::enable_shared_from_this<Conn> {
  public:
   Conn(Impl* t, tcp::socket socket, uint64_t id, std::string peer)
-      : t_(t), socket_(std::move(socket)), id_(id), peer_(std::move(peer)) {
+      : t_(t),
+        ex_(socket.get_executor()),
+        socket_(std::move(socket)),
+        id_(id),
+        peer_(std::move(peer)) {
     since_ns_ = MonoNanos();
   }
 
-  // Starts reading requests.
+  // Starts reading requests (after a TLS handshake when serving TLS).
   void Begin() {
-    asio::post(socket_.get_executor(),
-               [self = shared_from_this()] { self->ReadNext(); });
+    asio::post(ex_, [self = shared_from_this()] {
+      if (self->t_->tls_) {
+        self->StartTls();
+      } else {
+        self->ReadNext();
+      }
+    });
   }
 
   // Closes the socket; pending operations end with an error.
@@ -159,25 +174,24 @@ class HttpTransport::Impl::Conn : public std::enable_shared_from_this<Conn> {
     if (closed_.exchange(true)) return;
     deadline_ns_ = 0;
     beast::error_code ec;
-    socket_.shutdown(tcp::socket::shutdown_both, ec);
-    socket_.close(ec);
+    Lowest().shutdown(tcp::socket::shutdown_both, ec);
+    Lowest().close(ec);
     t_->Unregister(id_);
   }
   // From any thread.
   void PostShutdown() {
-    asio::post(socket_.get_executor(),
-               [self = shared_from_this()] { self->Shutdown(); });
+    asio::post(ex_, [self = shared_from_this()] { self->Shutdown(); });
   }
   // From the sweep: the deadline may have passed; checked again here, as
   // the connection may have moved on since.
   void PostDeadline() {
-    asio::post(socket_.get_executor(), [self = shared_from_this()] {
+    asio::post(ex_, [self = shared_from_this()] {
       const int64_t d = self->deadline_ns_;
       if (self->closed_ || d == 0 || d > MonoNanos()) return;
       self->deadline_ns_ = 0;
       self->timed_out_ = true;
       beast::error_code ignored;
-      self->socket_.cancel(ignored);
+      self->Lowest().cancel(ignored);
     });
   }
 
@@ -202,6 +216,72 @@ class HttpTransport::Impl::Conn : public std::enable_shared_from_this<Conn> {
     deadline_ns_ = 0;
   }
 
+  // Ends the connection once an answer is out: under TLS with a
+  // close_notify first (within a second), so the client sees a clean end.
+  void CloseAfterAnswer() {
+    if (!tls_) {
+      Shutdown();
+      return;
+    }
+    Arm(absl::Seconds(1), Phase::kWrite);
+    tls_->async_shutdown([self = shared_from_this()](const beast::error_code&) {
+      self->Disarm();
+      self->Shutdown();
+    });
+  }
+
+  // The TCP socket, under TLS or not.
+  tcp::socket& Lowest() { return tls_ ? tls_->next_layer() : socket_; }
+  // Calls f with the stream requests travel on: TLS or the plain socket.
+  template <class F>
+  void Io(F&& f) {
+    if (tls_) {
+      f(*tls_);
+    } else {
+      f(socket_);
+    }
+  }
+
+  // Serving TLS: the first bytes must be a TLS handshake record. A client
+  // that speaks plain HTTP is told so in plain HTTP (400) and closed.
+  void StartTls() {
+    Arm(t_->options_.header_timeout, Phase::kHeader);
+    socket_.async_read_some(
+        buf_.prepare(4096),
+        [self = shared_from_this()](const beast::error_code& ec, size_t n) {
+          self->Disarm();
+          if (ec) {
+            self->Shutdown();
+            return;
+          }
+          self->buf_.commit(n);
+          const auto* first =
+              static_cast<const unsigned char*>(self->buf_.data().data());
+          if (n == 0 || first[0] != 0x16) {
+            self->req_.remote_addr = self->peer_;
+            self->Refuse("not_tls",
+                         ErrorAnswer(400, "INVALID_ARGUMENT",
+                                     "this server speaks HTTPS only: use "
+                                     "https:// (serve --tls-cert)"));
+            return;
+          }
+          self->tls_.emplace(std::move(self->socket_), *self->t_->tls_);
+          self->Arm(self->t_->options_.header_timeout, Phase::kHeader);
+          self->tls_->async_handshake(
+              ssl::stream_base::server, self->buf_.data(),
+              [self](const beast::error_code& ec, size_t used) {
+                self->Disarm();
+                if (ec) {
+                  self->t_->CountRefusal("tls_handshake");
+                  self->Shutdown();
+                  return;
+                }
+                self->buf_.consume(used);
+                self->ReadNext();
+              });
+        });
+  }
+
   void ReadNext() {
     if (closed_) return;
     if (buf_.size() > 0) {
@@ -210,16 +290,16 @@ class HttpTransport::Impl::Conn : public std::enable_shared_from_this<Conn> {
     }
     SetState(ConnState::kIdle);
     Arm(t_->options_.keep_alive_timeout, Phase::kIdle);
-    socket_.async_read_some(
-        buf_.prepare(4096),
-        [self = shared_from_this()](const beast::error_code& ec, size_t n) {
-          if (ec) {
-            self->Shutdown();  // closed, reset or idle too long
-            return;
-          }
-          self->buf_.commit(n);
-          self->ReadHeader();
-        });
+    auto on_read = [self = shared_from_this()](const beast::error_code& ec,
+                                               size_t n) {
+      if (ec) {
+        self->Shutdown();  // closed, reset or idle too long
+        return;
+      }
+      self->buf_.commit(n);
+      self->ReadHeader();
+    };
+    Io([&](auto& s) { s.async_read_some(buf_.prepare(4096), on_read); });
   }
 
   void ReadHeader() {
@@ -231,11 +311,11 @@ class HttpTransport::Impl::Conn : public std::enable_shared_from_this<Conn> {
     req_ = HttpRequest{};
     req_.remote_addr = peer_;
     Arm(t_->options_.header_timeout, Phase::kHeader);
-    http::async_read_header(
-        socket_, buf_, *parser_,
-        [self = shared_from_this()](const beast::error_code& ec, size_t) {
-          self->OnHeader(ec);
-        });
+    auto on_header = [self = shared_from_this()](const beast::error_code& ec,
+                                                 size_t) {
+      self->OnHeader(ec);
+    };
+    Io([&](auto& s) { http::async_read_header(s, buf_, *parser_, on_header); });
   }
 
   // Answers a refusal and closes the connection after it.
@@ -340,16 +420,16 @@ class HttpTransport::Impl::Conn : public std::enable_shared_from_this<Conn> {
       auto cont =
           std::make_shared<std::string>("HTTP/1.1 100 Continue\r\n\r\n");
       Arm(t_->options_.write_timeout, Phase::kWrite);
-      asio::async_write(socket_, asio::buffer(*cont),
-                        [self = shared_from_this(), cont](
-                            const beast::error_code& ec, size_t) {
-                          self->Disarm();
-                          if (ec) {
-                            self->Shutdown();
-                            return;
-                          }
-                          self->ReadBody();
-                        });
+      auto on_sent = [self = shared_from_this(), cont](
+                         const beast::error_code& ec, size_t) {
+        self->Disarm();
+        if (ec) {
+          self->Shutdown();
+          return;
+        }
+        self->ReadBody();
+      };
+      Io([&](auto& s) { asio::async_write(s, asio::buffer(*cont), on_sent); });
       return;
     }
     ReadBody();
@@ -357,18 +437,18 @@ class HttpTransport::Impl::Conn : public std::enable_shared_from_this<Conn> {
 
   void ReadBody() {
     Arm(t_->options_.body_timeout, Phase::kBody);
-    http::async_read(
-        socket_, buf_, *parser_,
-        [self = shared_from_this()](const beast::error_code& ec, size_t) {
-          const bool timed_out = self->timed_out_;
-          self->Disarm();
-          self->timed_out_ = timed_out;
-          if (ec) {
-            self->OnReadError(ec, Phase::kBody);
-            return;
-          }
-          self->Dispatch();
-        });
+    auto on_body = [self = shared_from_this()](const beast::error_code& ec,
+                                               size_t) {
+      const bool timed_out = self->timed_out_;
+      self->Disarm();
+      self->timed_out_ = timed_out;
+      if (ec) {
+        self->OnReadError(ec, Phase::kBody);
+        return;
+      }
+      self->Dispatch();
+    };
+    Io([&](auto& s) { http::async_read(s, buf_, *parser_, on_body); });
   }
 
   // Runs the handler: here on the I/O thread when handlers run inline and
@@ -395,7 +475,7 @@ class HttpTransport::Impl::Conn : public std::enable_shared_from_this<Conn> {
     t_->pool_->Enqueue([self, req = std::move(req_)]() mutable {
       HttpResponse r = self->t_->handler_(req);
       if (!r.stream) {
-        asio::post(self->socket_.get_executor(),
+        asio::post(self->ex_,
                    [self, req = std::move(req), r = std::move(r)]() mutable {
                      self->req_ = std::move(req);
                      self->Answer(std::move(r));
@@ -413,21 +493,19 @@ class HttpTransport::Impl::Conn : public std::enable_shared_from_this<Conn> {
     auto stream = std::move(r.stream);
     r.stream = nullptr;
     const bool chunked = version_ >= 11;
-    asio::post(socket_.get_executor(), [self, r, chunked]() mutable {
+    asio::post(ex_, [self, r, chunked]() mutable {
       self->Enqueue(self->Head(r, std::nullopt, chunked), false);
     });
     stream([self, chunked](std::string_view piece) {
       return self->StreamWrite(piece, chunked);
     });
     const int status = r.status;
-    asio::post(socket_.get_executor(),
-               [self, req = std::move(req), chunked, status]() mutable {
-                 self->req_ = std::move(req);
-                 if (!chunked) self->keep_alive_ = false;
-                 if (self->t_->observer_)
-                   self->t_->observer_(self->req_, status, 0);
-                 self->Enqueue(chunked ? "0\r\n\r\n" : "", true);
-               });
+    asio::post(ex_, [self, req = std::move(req), chunked, status]() mutable {
+      self->req_ = std::move(req);
+      if (!chunked) self->keep_alive_ = false;
+      if (self->t_->observer_) self->t_->observer_(self->req_, status, 0);
+      self->Enqueue(chunked ? "0\r\n\r\n" : "", true);
+    });
   }
 
   // From the stream's worker thread.
@@ -443,7 +521,7 @@ class HttpTransport::Impl::Conn : public std::enable_shared_from_this<Conn> {
                             ? fmt::format("{:x}\r\n{}\r\n", piece.size(), piece)
                             : std::string(piece);
     unsent_bytes_ += bytes.size();
-    asio::post(socket_.get_executor(),
+    asio::post(ex_,
                [self = shared_from_this(), bytes = std::move(bytes)]() mutable {
                  self->Enqueue(std::move(bytes), false);
                });
@@ -486,33 +564,38 @@ class HttpTransport::Impl::Conn : public std::enable_shared_from_this<Conn> {
   void WriteFront() {
     writing_ = true;
     Arm(t_->options_.write_timeout, Phase::kWrite);
-    asio::async_write(
-        socket_, asio::buffer(out_.front().bytes),
-        [self = shared_from_this()](const beast::error_code& ec, size_t n) {
-          self->Disarm();
-          self->writing_ = false;
-          if (ec) {
-            self->Shutdown();
-            return;
-          }
-          const bool last = self->out_.front().last;
-          self->unsent_bytes_ -=
-              std::min<size_t>(n, self->unsent_bytes_.load());
-          self->out_.pop_front();
-          if (!self->out_.empty()) {
-            self->WriteFront();
-          } else if (last) {
-            if (self->keep_alive_) {
-              self->ReadNext();
-            } else {
-              self->Shutdown();
-            }
-          }
-        });
+    auto on_written = [self = shared_from_this()](const beast::error_code& ec,
+                                                  size_t n) {
+      self->Disarm();
+      self->writing_ = false;
+      if (ec) {
+        self->Shutdown();
+        return;
+      }
+      const bool last = self->out_.front().last;
+      self->unsent_bytes_ -= std::min<size_t>(n, self->unsent_bytes_.load());
+      self->out_.pop_front();
+      if (!self->out_.empty()) {
+        self->WriteFront();
+      } else if (last) {
+        if (self->keep_alive_) {
+          self->ReadNext();
+        } else {
+          self->CloseAfterAnswer();
+        }
+      }
+    };
+    Io([&](auto& s) {
+      asio::async_write(s, asio::buffer(out_.front().bytes), on_written);
+    });
   }
 
   Impl* const t_;
-  tcp::socket socket_;
+  // The connection's loop (the socket's executor, kept apart: the socket
+  // moves into tls_ while other threads post here).
+  const tcp::socket::executor_type ex_;
+  tcp::socket socket_;  // moved into tls_ once a TLS handshake starts
+  std::optional<ssl::stream<tcp::socket>> tls_;
   const uint64_t id_;
   const std::string peer_;
   beast::flat_buffer buf_;
@@ -538,6 +621,9 @@ absl::Status HttpTransport::Impl::Start() {
   if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
     rl.rlim_cur = rl.rlim_max;
     (void)setrlimit(RLIMIT_NOFILE, &rl);
+  }
+  if (!options_.tls_cert_file.empty() || !options_.tls_key_file.empty()) {
+    if (absl::Status s = MakeTlsContext(); !s.ok()) return s;
   }
   asio::io_context& ioc = loops_[0]->ioc;
   const std::string where = fmt::format("{}:{}", options_.host, options_.port);
@@ -575,6 +661,43 @@ absl::Status HttpTransport::Impl::Start() {
   Sweep();
   for (auto& l : loops_) {
     l->thread = std::thread([loop = l.get()] { loop->ioc.run(); });
+  }
+  return absl::OkStatus();
+}
+
+absl::Status HttpTransport::Impl::MakeTlsContext() {
+  const Options& o = options_;
+  if (o.tls_cert_file.empty() || o.tls_key_file.empty()) {
+    return absl::InvalidArgumentError(
+        "--tls-cert and --tls-key: give both, or neither");
+  }
+  tls_.emplace(ssl::context::tls_server);
+  beast::error_code ec;
+  tls_->set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 |
+                        ssl::context::no_sslv3 | ssl::context::no_tlsv1 |
+                        ssl::context::no_tlsv1_1 | ssl::context::single_dh_use,
+                    ec);
+  SSL_CTX_set_min_proto_version(tls_->native_handle(), TLS1_2_VERSION);
+  tls_->use_certificate_chain_file(o.tls_cert_file, ec);
+  if (ec) {
+    return absl::InvalidArgumentError(fmt::format(
+        "--tls-cert {}: {}", EscapeBytes(o.tls_cert_file), ec.message()));
+  }
+  tls_->use_private_key_file(o.tls_key_file, ssl::context::pem, ec);
+  if (ec) {
+    return absl::InvalidArgumentError(
+        fmt::format("--tls-key {}: {} (or it does not match --tls-cert)",
+                    EscapeBytes(o.tls_key_file), ec.message()));
+  }
+  if (!o.tls_client_ca_file.empty()) {
+    tls_->load_verify_file(o.tls_client_ca_file, ec);
+    if (ec) {
+      return absl::InvalidArgumentError(
+          fmt::format("--tls-client-ca {}: {}",
+                      EscapeBytes(o.tls_client_ca_file), ec.message()));
+    }
+    tls_->set_verify_mode(ssl::verify_peer | ssl::verify_fail_if_no_peer_cert,
+                          ec);
   }
   return absl::OkStatus();
 }

@@ -53,6 +53,11 @@ class HttpTransport {
     absl::Duration write_timeout = absl::Seconds(30);
     int max_connections = 4096;
     int max_connections_per_peer = 0;
+    // TLS (1.2 or later) when both are set: PEM certificate chain and key.
+    // With tls_client_ca_file, clients must present a certificate it signed.
+    std::string tls_cert_file;
+    std::string tls_key_file;
+    std::string tls_client_ca_file;
   };
   // Runs on a worker thread with the whole request.
   using Handler = std::function<HttpResponse(HttpRequest&)>;

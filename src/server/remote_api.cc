@@ -1,5 +1,7 @@
 #include "src/server/remote_api.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <memory>
@@ -51,6 +53,23 @@ void ApplyTimeouts(httplib::Client& cli, const Context& ctx) {
   cli.set_write_timeout(us / 1000000, us % 1000000);
 }
 
+// What went wrong below HTTP, in words that say what to check.
+std::string Describe(httplib::Error e) {
+  switch (e) {
+    case httplib::Error::SSLServerVerification:
+      return "the server's TLS certificate is not trusted (check --ca-file "
+             "and that the certificate names this host)";
+    case httplib::Error::SSLConnection:
+      return "the TLS handshake failed (a server that requires client "
+             "certificates needs --cert and --key; an http:// server does "
+             "not speak TLS)";
+    case httplib::Error::SSLLoadingCerts:
+      return "could not load the TLS files (--ca-file, --cert, --key)";
+    default:
+      return httplib::to_string(e);
+  }
+}
+
 }  // namespace
 
 absl::Status ValidateServerUrl(std::string_view url) {
@@ -84,11 +103,13 @@ namespace {
 // An HTTP client for `url`, or InvalidArgument naming what is wrong with it
 // (httplib's constructor throws on an unknown scheme).
 absl::StatusOr<std::unique_ptr<httplib::Client>> MakeClient(
-    const std::string& url) {
+    const std::string& url, const ClientTls& tls) {
   if (absl::Status s = ValidateServerUrl(url); !s.ok()) return s;
   std::unique_ptr<httplib::Client> client;
   try {
-    client = std::make_unique<httplib::Client>(url);
+    client = tls.cert_file.empty() ? std::make_unique<httplib::Client>(url)
+                                   : std::make_unique<httplib::Client>(
+                                         url, tls.cert_file, tls.key_file);
   } catch (const std::exception& e) {
     return absl::InvalidArgumentError(Cat("--server: not a usable URL \"",
                                           internal::EscapeBytes(url),
@@ -98,13 +119,40 @@ absl::StatusOr<std::unique_ptr<httplib::Client>> MakeClient(
     return absl::InvalidArgumentError(
         Cat("--server: not a valid URL \"", internal::EscapeBytes(url), "\""));
   }
+  if (url.rfind("https://", 0) == 0) {
+    client->enable_server_certificate_verification(true);
+    if (!tls.ca_file.empty()) client->set_ca_cert_path(tls.ca_file);
+  }
   return client;
 }
 
 }  // namespace
 
-RemoteApi::RemoteApi(std::string base_url, std::string token)
-    : base_url_(std::move(base_url)), token_(std::move(token)) {}
+absl::Status ClientTls::Validate(std::string_view url) const {
+  const bool https = url.rfind("https://", 0) == 0;
+  if (!https && (!ca_file.empty() || !cert_file.empty() || !key_file.empty())) {
+    return absl::InvalidArgumentError(
+        "--ca-file, --cert and --key are for an https:// --server");
+  }
+  if (cert_file.empty() != key_file.empty()) {
+    return absl::InvalidArgumentError(
+        "--cert and --key: give both, or neither");
+  }
+  for (auto [flag, path] : {std::pair{"--ca-file", &ca_file},
+                            {"--cert", &cert_file},
+                            {"--key", &key_file}}) {
+    if (!path->empty() && ::access(path->c_str(), R_OK) != 0) {
+      return absl::InvalidArgumentError(
+          Cat(flag, " ", internal::EscapeBytes(*path), ": not readable"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+RemoteApi::RemoteApi(std::string base_url, std::string token, ClientTls tls)
+    : base_url_(std::move(base_url)),
+      token_(std::move(token)),
+      tls_(std::move(tls)) {}
 
 absl::StatusOr<Json> RemoteApi::Call(const Context& ctx,
                                      const std::string& method,
@@ -112,7 +160,7 @@ absl::StatusOr<Json> RemoteApi::Call(const Context& ctx,
                                      const std::string& body,
                                      const std::string& content_type) {
   if (absl::Status s = ctx.Err(); !s.ok()) return s;
-  auto client = MakeClient(base_url_);
+  auto client = MakeClient(base_url_, tls_);
   if (!client.ok()) return client.status();
   httplib::Client& cli = **client;
   ApplyTimeouts(cli, ctx);
@@ -124,8 +172,14 @@ absl::StatusOr<Json> RemoteApi::Call(const Context& ctx,
                                          : cli.Delete(path);
   if (!r) {
     if (absl::Status s = ctx.Err(); !s.ok()) return s;
-    return absl::UnavailableError(
-        Cat("server ", base_url_, ": ", httplib::to_string(r.error())));
+    std::string why = Describe(r.error());
+    // Under TLS 1.3 a refused client certificate shows as a failed read.
+    if (base_url_.rfind("https://", 0) == 0 && tls_.cert_file.empty() &&
+        r.error() == httplib::Error::Read) {
+      why += " (if the server requires client certificates, give --cert and "
+             "--key)";
+    }
+    return absl::UnavailableError(Cat("server ", base_url_, ": ", why));
   }
   if (r->status >= 300) return StatusFromErrorJson(r->status, r->body);
   auto doc = ParseJson(r->body, "answer");
@@ -214,7 +268,7 @@ absl::Status RemoteApi::Watch(const Context& ctx, std::string_view repo_key,
                               const std::function<bool(const Json&)>& on_event,
                               const std::function<bool()>& on_ready) {
   if (absl::Status s = ctx.Err(); !s.ok()) return s;
-  auto client = MakeClient(base_url_);
+  auto client = MakeClient(base_url_, tls_);
   if (!client.ok()) return client.status();
   httplib::Client& cli = **client;
   cli.set_connection_timeout(5, 0);
@@ -284,7 +338,7 @@ absl::Status RemoteApi::Watch(const Context& ctx, std::string_view repo_key,
   if (!r) {
     return absl::UnavailableError(
         Cat("server ", base_url_,
-            ": watch stream ended: ", httplib::to_string(r.error())));
+            ": watch stream ended: ", Describe(r.error())));
   }
   return absl::UnavailableError(
       Cat("server ", base_url_, ": watch stream ended"));

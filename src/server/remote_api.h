@@ -16,11 +16,21 @@ namespace pac::concurrency::server {
 // InvalidArgument naming --server and what is wrong.
 absl::Status ValidateServerUrl(std::string_view url);
 
+// HTTPS settings of a client (all optional).
+struct ClientTls {
+  std::string ca_file;    // the server's CA; empty: the system's CAs
+  std::string cert_file;  // a client certificate for mutual TLS
+  std::string key_file;   // its key
+  // OK when the files are readable, given together where they must be, and
+  // only with an https:// URL; else InvalidArgument naming the flag.
+  [[nodiscard]] absl::Status Validate(std::string_view url) const;
+};
+
 class RemoteApi final : public Api {
  public:
   // `base_url`: "http://host:port". `token` (may be empty) is sent as a
   // bearer token.
-  RemoteApi(std::string base_url, std::string token);
+  RemoteApi(std::string base_url, std::string token, ClientTls tls = {});
 
   absl::StatusOr<Json> SetLimit(const Context& ctx, std::string_view repo_key,
                                 const Json& body) override;
@@ -50,6 +60,7 @@ class RemoteApi final : public Api {
                             const std::string& content_type);
   const std::string base_url_;
   const std::string token_;
+  const ClientTls tls_;
 };
 
 }  // namespace pac::concurrency::server

@@ -131,13 +131,13 @@ class ServerProcess {
       if (read(child_.out, &ch, 1) != 1) break;
       if (ch != '\n') {
         line += ch;
-      } else if (line.find("serving on http://") != std::string::npos) {
+      } else if (line.find("serving on http") != std::string::npos) {
         break;
       } else {
         line.clear();
       }
     }
-    size_t at = line.find("http://");
+    size_t at = line.find("http");
     if (at != std::string::npos) {
       url_ = line.substr(at, line.find(' ', at) - at);
     }
@@ -339,6 +339,123 @@ TEST(CliE2ETest, BadBytesUrlsAndDeepJsonAreExit2WithAMessage) {
     EXPECT_THAT(r.out, ::testing::Not(HasSubstr("terminate called")));
   }
   EXPECT_EQ(InUse(u, "ns/app"), 0);
+}
+
+// Runs a shell command; its exit code.
+int Shell(const std::string& cmd) {
+  int rc = std::system(cmd.c_str());
+  return WIFEXITED(rc) ? WEXITSTATUS(rc) : 128;
+}
+
+// A CA, a server certificate for 127.0.0.1 it signed, a client
+// certificate it signed, and another CA, made with the openssl command.
+struct TestPki {
+  std::string dir, ca, server_cert, server_key, client_cert, client_key,
+      other_ca;
+  static TestPki Make() {
+    TestPki p;
+    p.dir = TempDir() + "/pki";
+    const std::string d = p.dir;
+    const std::string cmd =
+        "set -e; mkdir -p " + d + "; cd " + d +
+        "; for ca in ca other-ca; do openssl req -x509 -newkey rsa:2048 "
+        "-nodes -days 2 -subj /CN=$ca -keyout $ca.key -out $ca.crt "
+        "2>/dev/null; done; printf 'subjectAltName=IP:127.0.0.1\\n' > "
+        "san.ext; openssl req -newkey rsa:2048 -nodes -subj /CN=server "
+        "-keyout server.key -out server.csr 2>/dev/null; openssl x509 -req "
+        "-in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 "
+        "-extfile san.ext -out server.crt 2>/dev/null; openssl req -newkey "
+        "rsa:2048 -nodes -subj /CN=client -keyout client.key -out client.csr "
+        "2>/dev/null; openssl x509 -req -in client.csr -CA ca.crt -CAkey "
+        "ca.key -CAcreateserial -days 2 -out client.crt 2>/dev/null";
+    EXPECT_EQ(Shell(cmd), 0) << "openssl could not make the test certificates";
+    p.ca = d + "/ca.crt";
+    p.other_ca = d + "/other-ca.crt";
+    p.server_cert = d + "/server.crt";
+    p.server_key = d + "/server.key";
+    p.client_cert = d + "/client.crt";
+    p.client_key = d + "/client.key";
+    return p;
+  }
+};
+
+CliResult RunCli(std::vector<std::string> args) {
+  std::vector<std::string> full{Binary()};
+  full.insert(full.end(), args.begin(), args.end());
+  CliResult r;
+  r.code = Finish(Spawn(full), &r.out);
+  return r;
+}
+
+// serve --tls-cert/--tls-key: the CLI and curl with the right CA work; the
+// wrong CA and a plain-HTTP client fail with messages that say why.
+TEST(CliE2ETest, TlsServerWithRightAndWrongCasAndPlainHttp) {
+  TestPki pki = TestPki::Make();
+  ServerProcess server(
+      {"--tls-cert", pki.server_cert, "--tls-key", pki.server_key});
+  ASSERT_EQ(server.url().rfind("https://", 0), 0u) << server.url();
+  const std::string& u = server.url();
+  CliResult ok = RunCli(
+      {"--server", u, "--ca-file", pki.ca, "limit", "--repo", "ns/app", "1"});
+  EXPECT_EQ(ok.code, 0) << ok.out;
+  CliResult st = RunCli(
+      {"--server", u, "--ca-file", pki.ca, "status", "--repo", "ns/app"});
+  EXPECT_EQ(st.code, 0) << st.out;
+  EXPECT_THAT(st.out, HasSubstr("ns/app"));
+  EXPECT_EQ(
+      Shell("curl -sf --cacert " + pki.ca + " " + u + "/healthz >/dev/null"),
+      0);
+  // TLS 1.2 and later only.
+  const std::string hostport = u.substr(8);
+  EXPECT_EQ(Shell("openssl s_client -connect " + hostport +
+                  " -tls1_2 -CAfile " + pki.ca + " </dev/null >/dev/null 2>&1"),
+            0);
+  EXPECT_NE(Shell("openssl s_client -connect " + hostport +
+                  " -tls1_1 -CAfile " + pki.ca + " </dev/null >/dev/null 2>&1"),
+            0);
+  // The wrong CA: the server's certificate is not trusted.
+  CliResult wrong =
+      RunCli({"--server", u, "--ca-file", pki.other_ca, "status"});
+  EXPECT_NE(wrong.code, 0);
+  EXPECT_THAT(wrong.out, HasSubstr("certificate is not trusted"));
+  EXPECT_NE(Shell("curl -sf --cacert " + pki.other_ca + " " + u +
+                  "/healthz >/dev/null 2>&1"),
+            0);
+  // Plain HTTP to the TLS port: told to use https.
+  std::string plain = u;
+  plain.replace(0, 5, "http");
+  CliResult p = RunCli({"--server", plain, "status"});
+  EXPECT_EQ(p.code, 2) << p.out;
+  EXPECT_THAT(p.out, HasSubstr("speaks HTTPS only"));
+  // TLS flags with an http:// server are a usage error.
+  CliResult mixed = RunCli({"--server", plain, "--ca-file", pki.ca, "status"});
+  EXPECT_EQ(mixed.code, 2) << mixed.out;
+  EXPECT_THAT(mixed.out, HasSubstr("https://"));
+}
+
+// serve --tls-client-ca: a client without a certificate, or with one of
+// another CA, is refused in the handshake; one with a certificate of the
+// CA is served.
+TEST(CliE2ETest, MutualTlsNeedsAClientCertificateOfTheCa) {
+  TestPki pki = TestPki::Make();
+  ServerProcess server({"--tls-cert", pki.server_cert, "--tls-key",
+                        pki.server_key, "--tls-client-ca", pki.ca});
+  const std::string& u = server.url();
+  CliResult none = RunCli({"--server", u, "--ca-file", pki.ca, "status"});
+  EXPECT_NE(none.code, 0) << none.out;
+  EXPECT_THAT(none.out, HasSubstr("--cert and --key"));
+  CliResult with = RunCli({"--server", u, "--ca-file", pki.ca, "--cert",
+                           pki.client_cert, "--key", pki.client_key, "status"});
+  EXPECT_EQ(with.code, 0) << with.out;
+  // A certificate of another CA is refused.
+  CliResult other = RunCli({"--server", u, "--ca-file", pki.ca, "--cert",
+                            pki.dir + "/other-ca.crt", "--key",
+                            pki.dir + "/other-ca.key", "status"});
+  EXPECT_NE(other.code, 0) << other.out;
+  CliResult half = RunCli({"--server", u, "--ca-file", pki.ca, "--cert",
+                           pki.client_cert, "status"});
+  EXPECT_EQ(half.code, 2) << half.out;
+  EXPECT_THAT(half.out, HasSubstr("--cert and --key"));
 }
 
 // Issue 19, observation 8: `config validate` of a whole Pipelines-as-Code
