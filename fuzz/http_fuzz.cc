@@ -35,8 +35,8 @@ server::HttpServer& Server() {
 }
 
 // Sends `bytes` on a new connection, half-closes it and reads until the
-// server closes; returns what it answered. Aborts when the server neither
-// answers nor closes within 10 s.
+// server closes or stays silent for a second (a watch stream stays open);
+// returns what it answered.
 std::string Exchange(std::string_view bytes) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in a{};
@@ -56,7 +56,7 @@ std::string Exchange(std::string_view bytes) {
   char buf[16384];
   while (true) {
     pollfd p{fd, POLLIN, 0};
-    fuzz::Check(poll(&p, 1, 10000) > 0, "the server answers or closes in 10 s");
+    if (poll(&p, 1, 1000) <= 0) break;
     ssize_t n = recv(fd, buf, sizeof buf, 0);
     if (n <= 0) break;
     out.append(buf, size_t(n));
@@ -72,8 +72,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       Exchange(std::string_view(reinterpret_cast<const char*>(data), size));
   fuzz::Check(answer.empty() || answer.rfind("HTTP/1.", 0) == 0,
               "an answer is HTTP");
+  // The server still answers at once (nothing above stalled it).
   static int n = 0;
-  if (++n % 500 == 0) {
+  if (++n % 200 == 0) {
     fuzz::Check(
         Exchange("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").find(" 200 ") !=
             std::string::npos,
