@@ -116,6 +116,20 @@ run_suite "tsan" build-tsan \
   "-DCMAKE_BUILD_TYPE=RelWithDebInfo -DPAC_SANITIZE=thread -DPAC_BUILD_BENCH=OFF -DPAC_BUILD_EXAMPLES=OFF" \
   "$CTEST_COMMON -L threaded"
 
+# Every test docs/contract.md names exists (and the check catches one that
+# does not).
+echo "=== contract: the tests docs/contract.md names exist"
+bogus=$(mktemp)
+printf 'names `DriverConformanceTest.Rule00_NoSuchTest`\n' >"$bogus"
+if bash scripts/check-contract.sh && ! bash scripts/check-contract.sh "$bogus" >/dev/null; then
+  passed=$((passed + 1))
+else
+  echo "=== contract check: FAILED"
+  failed=$((failed + 1))
+  status=1
+fi
+rm -f "$bogus"
+
 # The fuzz targets, briefly (make fuzz runs them for longer).
 echo "=== fuzz targets, ${PAC_FUZZ_SECONDS:-20}s each"
 if bash scripts/fuzz.sh "${PAC_FUZZ_SECONDS:-20}"; then

@@ -1,5 +1,5 @@
-// The conformance suite: one test (at least) per rule of
-// shared/spec/CONTRACT.md, written once and instantiated for every driver:
+// The conformance suite: one test (at least) per rule of docs/contract.md
+// (RuleNN_ names the rule), written once and instantiated for every driver:
 //
 //   INSTANTIATE_TEST_SUITE_P(Memory, DriverConformanceTest,
 //                            testing::Values(MemoryFactory()),

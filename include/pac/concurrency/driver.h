@@ -1,8 +1,8 @@
 // Driver: the storage backend of concurrency control (the specification's
 // ConcurrencyDriver), and the types its operations exchange.
 //
-// Contract (../shared/spec/CONTRACT.md; the conformance suite checks it for
-// every driver):
+// Contract (docs/contract.md; the conformance suite checks it for every
+// driver):
 //  * Thread-safety: every method may be called concurrently from any number
 //    of threads, and, for shared backends, processes.
 //  * Atomicity: each mutating call is one atomic step on the backend. In
