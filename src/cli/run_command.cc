@@ -2,8 +2,10 @@
 // waits in the queue (showing its position), keeps the lease alive while
 // the command runs, releases on exit and on SIGINT/SIGTERM/SIGHUP (which
 // are passed on to the command), and exits with the command's status, as
-// `consul lock -n 1` does. If the lease is lost (the server says it
-// expired), the command is sent SIGTERM: it no longer holds a slot.
+// `consul lock -n 1` does. If the lease is lost (the server says so, or no
+// renewal succeeded before it expires, e.g. the server is unreachable), the
+// command is sent SIGTERM and then SIGKILL before the lease expires: it no
+// longer holds a slot.
 #include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
@@ -33,6 +35,8 @@ namespace {
 struct RunFlags {
   std::string repo, run, creation_time;
   int limit = -1;
+  absl::Duration kill_grace = absl::Seconds(10);
+  std::string kill_grace_text = "10s";
   std::vector<std::string> command;
 };
 
@@ -41,15 +45,37 @@ struct RunFlags {
 struct SignalState {
   std::atomic<int> signal{0};
   std::atomic<pid_t> child{0};
+  // The command runs in a process group of its own (unless stdin is a
+  // terminal, where it stays in run's for job control): signals go to the
+  // whole group, so `sh -c` and its children stop together.
+  std::atomic<bool> own_group{false};
   Context::Canceller cancel;
 };
+
+// Sends `sig` to the command, and to its process group when it has one.
+void Signal(const SignalState& state, int sig) {
+  const pid_t child = state.child.load();
+  if (child <= 0) return;
+  if (state.own_group.load()) {
+    kill(-child, sig);
+  } else {
+    kill(child, sig);
+  }
+}
 
 void Note(const std::string& text) {
   std::fprintf(stderr, "pac-concurrency: %s\n", text.c_str());
   std::fflush(stderr);
 }
 
-int RunCommand(const GlobalOptions& g, const RunFlags& f) {
+int RunCommand(const GlobalOptions& g, RunFlags f) {
+  if (auto d = ParseDuration(f.kill_grace_text);
+      !d.ok() || *d < absl::ZeroDuration()) {
+    return Fail(absl::InvalidArgumentError(
+        "--kill-grace: must be a duration such as 10s"));
+  } else {
+    f.kill_grace = *d;
+  }
   if (f.command.empty()) {
     return Fail(absl::InvalidArgumentError(
         "run: give the command after --, e.g. run --repo ns/r --run ns/pr -- "
@@ -73,8 +99,7 @@ int RunCommand(const GlobalOptions& g, const RunFlags& f) {
       if (sigwait(&signals, &sig) != 0) continue;
       state->signal = sig;
       state->cancel.Cancel();
-      pid_t child = state->child.load();
-      if (child > 0) kill(child, sig);
+      Signal(*state, sig);
     }
   }).detach();
 
@@ -99,7 +124,12 @@ int RunCommand(const GlobalOptions& g, const RunFlags& f) {
   Note(Cat("acquired a slot in ", f.repo, " (lease ", lease_id,
            ", fencing token ", (*lease)["fencing_token"].get<int64_t>(), ")"));
 
-  // Keep the lease alive: renew at a third of its TTL.
+  // Keep the lease alive: renew at a third of its TTL. A holder that
+  // cannot renew must assume that its slot goes to somebody else when the
+  // lease expires, whether or not it can reach anyone: the command is sent
+  // SIGTERM `grace` before the last moment the lease is sure to be alive,
+  // and SIGKILL just before that moment (rule 4 of docs/contract.md).
+  const absl::Time granted_seen = absl::Now();
   absl::Duration ttl = absl::Seconds(30);
   {
     auto acquired = server::ParseTimestamp(
@@ -111,31 +141,65 @@ int RunCommand(const GlobalOptions& g, const RunFlags& f) {
     }
   }
   const absl::Duration every = std::max(ttl / 3, absl::Milliseconds(200));
+  const absl::Duration margin = std::min(absl::Seconds(1), ttl / 10);
+  const absl::Duration grace = std::min(f.kill_grace, ttl / 4);
   internal::Mutex mu;
   internal::CondVar cv;
   bool done = false;  // guarded by mu
   std::atomic<bool> lost{false};
+  // Sleeps until `until` or until the command is done; false when done.
+  auto sleep_until = [&](absl::Time until) {
+    internal::MutexLock lock(&mu);
+    while (!done && absl::Now() < until) cv.WaitUntil(&mu, until);
+    return !done;
+  };
+  // Stops the command: SIGTERM now, SIGKILL at `kill_at` if still there.
+  auto stop_command = [&](absl::Time kill_at) {
+    lost = true;
+    Signal(*state, SIGTERM);
+    if (!sleep_until(kill_at)) return;
+    if (state->child.load() > 0) {
+      Note("the command did not stop after SIGTERM: SIGKILL");
+      Signal(*state, SIGKILL);
+    }
+  };
   std::thread renewer([&] {
-    absl::Duration wait = every;
+    // The lease is sure to be alive until `valid_until`: the server
+    // extends it to its own now + TTL, which is no earlier than the moment
+    // the renewal was sent. The grant itself was seen at `granted_seen`;
+    // its exact moment is unknown, so the first renewal goes at once.
+    absl::Time valid_until = granted_seen + ttl - 2 * margin;
+    absl::Duration wait = absl::ZeroDuration();
     while (true) {
-      {
-        internal::MutexLock lock(&mu);
-        absl::Time until = absl::Now() + wait;
-        while (!done && absl::Now() < until) cv.WaitUntil(&mu, until);
-        if (done) return;
+      const absl::Time term_at = valid_until - grace - margin;
+      if (!sleep_until(std::min(absl::Now() + wait, term_at))) return;
+      if (absl::Now() >= term_at) {
+        Note(
+            Cat("could not renew the lease before it expires (at the "
+                "latest ",
+                absl::FormatDuration(valid_until - absl::Now()),
+                " from now); its slot may go to another run: stopping "
+                "the command (SIGTERM; SIGKILL in ",
+                absl::FormatDuration(grace), ")"));
+        stop_command(valid_until - margin);
+        return;
       }
-      Context rc = Context::WithTimeout(Context::Background(), every);
+      const absl::Time sent = absl::Now();
+      Context rc = Context::WithDeadline(
+          Context::Background(),
+          std::min(sent + every,
+                   std::max(term_at, sent + absl::Milliseconds(50))));
       auto r = a.Renew(rc, lease_id);
       if (r.ok()) {
+        valid_until = sent + ttl;
         wait = every;
         continue;
       }
       if (IsLeaseLost(r.status())) {
-        lost = true;
         Note(Cat("lease lost: ", std::string(SV(r.status().message())),
-                 "; stopping the command"));
-        pid_t child = state->child.load();
-        if (child > 0) kill(child, SIGTERM);
+                 "; stopping the command (SIGTERM; SIGKILL in ",
+                 absl::FormatDuration(grace), ")"));
+        stop_command(absl::Now() + grace);
         return;
       }
       Note(Cat("renewal failed (will retry): ",
@@ -164,28 +228,38 @@ int RunCommand(const GlobalOptions& g, const RunFlags& f) {
   defaults = signals;
   posix_spawnattr_setsigmask(&attr, &none);
   posix_spawnattr_setsigdefault(&attr, &defaults);
-  posix_spawnattr_setflags(&attr,
-                           POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+  const bool own_group = !isatty(STDIN_FILENO);
+  short flags = POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF;
+  if (own_group) {
+    posix_spawnattr_setpgroup(&attr, 0);
+    flags |= POSIX_SPAWN_SETPGROUP;
+  }
+  posix_spawnattr_setflags(&attr, flags);
   pid_t pid = 0;
   int rc = 0;
-  const bool interrupted = state->signal.load() != 0;
+  const bool interrupted = state->signal.load() != 0 || lost.load();
   if (!interrupted) {
     rc = posix_spawnp(&pid, argv[0], nullptr, &attr, argv.data(), environ);
   }
   posix_spawnattr_destroy(&attr);
   int exit_code;
   if (interrupted) {
-    exit_code = 128 + state->signal.load();
+    exit_code = lost ? 1 : 128 + state->signal.load();
   } else if (rc != 0) {
     Note(Cat("cannot run ", f.command[0], ": ", std::strerror(rc)));
     exit_code = 127;
   } else {
+    state->own_group = own_group;
     state->child = pid;
-    if (int sig = state->signal.load(); sig != 0) kill(pid, sig);
+    if (int sig = state->signal.load(); sig != 0) Signal(*state, sig);
+    if (lost) Signal(*state, SIGTERM);  // lost while it was being started
     int status = 0;
     while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
     }
     state->child = 0;
+    // The slot is gone: what the command left running in its group goes
+    // too (a shell that died of SIGTERM may leave children that ignore it).
+    if (lost && own_group) kill(-pid, SIGKILL);
     exit_code = WIFEXITED(status)     ? WEXITSTATUS(status)
                 : WIFSIGNALED(status) ? 128 + WTERMSIG(status)
                                       : 1;
@@ -193,8 +267,15 @@ int RunCommand(const GlobalOptions& g, const RunFlags& f) {
   stop_renewer();
   Context rc_ctx =
       Context::WithTimeout(Context::Background(), absl::Seconds(10));
+  // After a lost lease the release is still sent (by lease id, it frees
+  // only this grant, if the server still has it), but nobody is told that
+  // the slot was released: it may have gone to another run already.
   auto released = a.Release(rc_ctx, f.repo, f.run, lease_id);
-  if (!released.ok()) {
+  if (lost) {
+    Note(
+        "the lease was lost while the command ran; the command was "
+        "stopped");
+  } else if (!released.ok()) {
     Note(Cat("release failed (the slot frees when the lease expires): ",
              std::string(SV(released.status().message()))));
   } else {
@@ -224,6 +305,11 @@ void RegisterRunCommand(CLI::App& app, GlobalOptions& g, Runner* run) {
                   "one)");
   cmd->add_option("--creation-time", f->creation_time,
                   "The run's creation time (RFC 3339), which orders the queue");
+  cmd->add_option("--kill-grace", f->kill_grace_text,
+                  "When the lease cannot be renewed before it expires, the "
+                  "command gets SIGTERM, then SIGKILL this much later (at "
+                  "most a quarter of the lease's TTL)")
+      ->capture_default_str();
   cmd->add_option("command", f->command, "The command and its arguments")
       ->expected(-1);
   cmd->callback([&g, f, run] { *run = [&g, f] { return RunCommand(g, *f); }; });

@@ -149,11 +149,18 @@ class ServerProcess {
     });
   }
   ~ServerProcess() {
-    kill(child_.pid, SIGTERM);
+    if (!killed_) kill(child_.pid, SIGTERM);
     int status;
-    waitpid(child_.pid, &status, 0);
+    if (!killed_) waitpid(child_.pid, &status, 0);
     drain_.join();
     close(child_.out);
+  }
+  // Kills the server with SIGKILL (no cleanup, as a crash) and reaps it.
+  void KillNow() {
+    kill(child_.pid, SIGKILL);
+    int status;
+    waitpid(child_.pid, &status, 0);
+    killed_ = true;
   }
   const std::string& url() const { return url_; }
   pid_t pid() const { return child_.pid; }
@@ -162,6 +169,7 @@ class ServerProcess {
   Child child_;
   std::string url_;
   std::thread drain_;
+  bool killed_ = false;
 };
 
 int InUse(const std::string& url, const std::string& repo) {
@@ -597,6 +605,49 @@ TEST(CliE2ETest, RunKeepsItsLeaseAliveLongerThanTheTtl) {
   std::string out;
   EXPECT_EQ(Finish(run, &out), 0) << out;
   EXPECT_THAT(out, ::testing::Not(HasSubstr("lease lost")));
+}
+
+// Issue 21, point 1: with its server killed, `run` kept its command running
+// after the lease had expired (it printed "renewal failed" and retried),
+// so a waiter admitted elsewhere ran beside it. Now a holder that cannot
+// renew before its lease's expiry stops its command before then: SIGTERM,
+// and SIGKILL for a command that ignores it; it says so and does not claim
+// to have released the slot.
+TEST(CliE2ETest, RunStopsItsCommandWhenItCannotRenewBeforeTheLeaseExpires) {
+  ServerProcess server({}, {"PAC_MEMORY_LEASE_TTL=4s"});
+  const std::string& u = server.url();
+  Child run = Spawn({Binary(), "--server", u, "run", "--repo", "ns/app",
+                     "--run", "ns/a", "--limit", "1", "--", "sh", "-c",
+                     "trap '' TERM; sleep 601"});
+  ASSERT_TRUE(Eventually([&] { return InUse(u, "ns/app") == 1; }));
+  absl::SleepFor(absl::Milliseconds(1500));  // a renewal or two
+  const absl::Time killed = absl::Now();
+  server.KillNow();
+  // A watchdog, so that a run that never stops fails the test instead of
+  // hanging it.
+  std::atomic<bool> finished{false};
+  std::thread watchdog([&] {
+    for (int i = 0; i < 300 && !finished; ++i) {
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    if (!finished) {
+      kill(run.pid, SIGKILL);
+      (void)Shell("pkill -KILL -f 'sleep 601'");
+    }
+  });
+  std::string out;
+  const int code = Finish(run, &out);
+  const absl::Duration took = absl::Now() - killed;
+  finished = true;
+  watchdog.join();
+  // The lease expires at the latest a TTL (4 s) after the kill; `run`
+  // stops its command before the earliest moment it can expire (the last
+  // renewal's send time + TTL), so before the kill + 4 s in any case.
+  EXPECT_LT(took, absl::Seconds(4)) << out;
+  EXPECT_THAT(out, HasSubstr("stopping the command"));
+  EXPECT_THAT(out, HasSubstr("SIGKILL"));
+  EXPECT_THAT(out, ::testing::Not(HasSubstr("released the slot")));
+  EXPECT_EQ(code, 128 + SIGKILL) << out;
 }
 
 TEST(CliE2ETest, RunKilledWithSigkillFreesTheSlotAfterTheTtl) {
