@@ -376,5 +376,48 @@ TEST_F(HttpBoundaryTest, AtTheConnectionCapTheOldestIdleConnectionIsClosed) {
   EXPECT_EQ(RawConn::CountResponses(idle.back()->ReadResponses(1)), 1);
 }
 
+// Per peer: past --max-connections-per-peer a new connection from that
+// address closes the oldest idle one of that address; when none of its
+// connections is idle it is refused with 503 naming the flag.
+TEST_F(HttpBoundaryTest, ThePerPeerCapClosesThatPeersOldestIdleOrRefuses) {
+  Start([](HttpServerOptions& o) {
+    o.max_connections_per_peer = 3;
+    o.keep_alive_timeout = absl::Seconds(60);
+    o.header_timeout = absl::Seconds(60);
+  });
+  // Three connections in the middle of a request: none is idle.
+  std::vector<std::unique_ptr<RawConn>> busy;
+  for (int i = 0; i < 3; ++i) {
+    busy.push_back(std::make_unique<RawConn>(port_));
+    ASSERT_TRUE(busy.back()->Send("GET /healthz HTTP/1.1\r\nHo"));
+  }
+  absl::SleepFor(absl::Milliseconds(200));
+  {
+    RawConn c(port_);
+    const std::string r = c.ReadResponses(1, absl::Seconds(5));
+    EXPECT_THAT(StatusLine(r), HasSubstr(" 503 "));
+    EXPECT_THAT(Body(r), HasSubstr("--max-connections-per-peer"));
+  }
+  // One of them finishes its request and idles: the next connection takes
+  // its place.
+  ASSERT_TRUE(busy[0]->Send("st: x\r\n\r\n"));
+  ASSERT_EQ(RawConn::CountResponses(busy[0]->ReadResponses(1)), 1);
+  absl::SleepFor(absl::Milliseconds(100));
+  RawConn next(port_);
+  ASSERT_TRUE(next.Send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"));
+  EXPECT_THAT(next.ReadResponses(1), HasSubstr(" 200 "));
+  EXPECT_EQ(busy[0]->ReadUntil([](const std::string&) { return false; },
+                               absl::Seconds(2)),
+            "");
+  // /metrics counts both.
+  RawConn m(port_);
+  ASSERT_TRUE(m.Send("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"));
+  const std::string metrics = m.ReadResponses(1);
+  EXPECT_THAT(metrics,
+              HasSubstr("pac_http_refusals_total{reason=\"capacity\"} 1"));
+  EXPECT_THAT(metrics,
+              HasSubstr("pac_http_refusals_total{reason=\"evicted_idle\"}"));
+}
+
 }  // namespace
 }  // namespace pac::concurrency::server
