@@ -94,7 +94,7 @@ echo "=== thread-safety analysis (clang -Wthread-safety)"
 tsa_failed=0
 for f in $(git ls-files 'src/*.cc' | grep -v '_test\.cc$'); do
   if ! clang++ -std=c++20 -fsyntax-only -Wthread-safety -Werror=thread-safety \
-       -Iinclude -I. -Ibuild/generated $(pkg-config --cflags libpq) "$f"; then
+       -Iinclude -I. -Ibuild/generated $(pkg-config --cflags libpq cpp-httplib) "$f"; then
     tsa_failed=1
   fi
 done
