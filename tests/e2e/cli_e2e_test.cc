@@ -941,7 +941,14 @@ TEST(CliE2ETest, SlowIdleAndFloodingClientsDoNotStarveOrBloatTheServer) {
       offered / 1048576.0, accepted / 1048576.0, refused, rss);
   EXPECT_GT(refused, 0);
   EXPECT_GT(rss, 0);
+#if defined(__SANITIZE_ADDRESS__)
+  // AddressSanitizer keeps up to 256 MB of freed memory in quarantine and
+  // adds its shadow: the 200 MB bound is the plain build's (measured there
+  // at 40 MB); here only a flood that is read whole would fail.
+  EXPECT_LT(rss, 1024.0);
+#else
   EXPECT_LT(rss, 200.0);
+#endif
   auto h = api.Status(ctx, "ns/app");
   EXPECT_TRUE(h.ok()) << h.status();
 }
