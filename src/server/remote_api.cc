@@ -152,7 +152,19 @@ absl::Status ClientTls::Validate(std::string_view url) const {
 RemoteApi::RemoteApi(std::string base_url, std::string token, ClientTls tls)
     : base_url_(std::move(base_url)),
       token_(std::move(token)),
-      tls_(std::move(tls)) {}
+      tls_(std::move(tls)) {
+  // "https://host:port/prefix/" -> origin "https://host:port", prefix
+  // "/prefix": a server behind a path-routing proxy, and a trailing slash.
+  origin_ = base_url_;
+  if (size_t sep = base_url_.find("://"); sep != std::string::npos) {
+    if (size_t slash = base_url_.find('/', sep + 3);
+        slash != std::string::npos) {
+      origin_ = base_url_.substr(0, slash);
+      prefix_ = base_url_.substr(slash);
+      while (!prefix_.empty() && prefix_.back() == '/') prefix_.pop_back();
+    }
+  }
+}
 
 absl::StatusOr<Json> RemoteApi::Call(const Context& ctx,
                                      const std::string& method,
@@ -160,24 +172,26 @@ absl::StatusOr<Json> RemoteApi::Call(const Context& ctx,
                                      const std::string& body,
                                      const std::string& content_type) {
   if (absl::Status s = ctx.Err(); !s.ok()) return s;
-  auto client = MakeClient(base_url_, tls_);
+  auto client = MakeClient(origin_, tls_);
   if (!client.ok()) return client.status();
   httplib::Client& cli = **client;
   ApplyTimeouts(cli, ctx);
   cli.set_tcp_nodelay(true);
   if (!token_.empty()) cli.set_bearer_token_auth(token_);
-  httplib::Result r = method == "GET"    ? cli.Get(path)
-                      : method == "POST" ? cli.Post(path, body, content_type)
-                      : method == "PUT"  ? cli.Put(path, body, content_type)
-                                         : cli.Delete(path);
+  const std::string full = prefix_ + path;
+  httplib::Result r = method == "GET"    ? cli.Get(full)
+                      : method == "POST" ? cli.Post(full, body, content_type)
+                      : method == "PUT"  ? cli.Put(full, body, content_type)
+                                         : cli.Delete(full);
   if (!r) {
     if (absl::Status s = ctx.Err(); !s.ok()) return s;
     std::string why = Describe(r.error());
     // Under TLS 1.3 a refused client certificate shows as a failed read.
     if (base_url_.rfind("https://", 0) == 0 && tls_.cert_file.empty() &&
         r.error() == httplib::Error::Read) {
-      why += " (if the server requires client certificates, give --cert and "
-             "--key)";
+      why +=
+          " (if the server requires client certificates, give --cert and "
+          "--key)";
     }
     return absl::UnavailableError(Cat("server ", base_url_, ": ", why));
   }
@@ -193,6 +207,7 @@ absl::StatusOr<Json> RemoteApi::Call(const Context& ctx,
 absl::StatusOr<Json> RemoteApi::SetLimit(const Context& ctx,
                                          std::string_view repo_key,
                                          const Json& body) {
+  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
   auto text = DumpStrict(body, "request body");
   if (!text.ok()) return text.status();
   return Call(ctx, "PUT", Cat("/v1/repositories/", KeyPath(repo_key)), *text,
@@ -208,6 +223,7 @@ absl::StatusOr<Json> RemoteApi::ApplyManifests(const Context& ctx,
 absl::StatusOr<Json> RemoteApi::Submit(const Context& ctx,
                                        std::string_view repo_key,
                                        const Json& body) {
+  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
   auto text = DumpStrict(body, "request body");
   if (!text.ok()) return text.status();
   return Call(ctx, "POST", Cat("/v1/repositories/", KeyPath(repo_key), "/runs"),
@@ -218,6 +234,8 @@ absl::StatusOr<Json> RemoteApi::Release(const Context& ctx,
                                         std::string_view repo_key,
                                         std::string_view run_key,
                                         std::string_view lease_id) {
+  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
+  if (absl::Status s = ValidateKey(run_key, "pipeline_run"); !s.ok()) return s;
   std::string path =
       Cat("/v1/repositories/", KeyPath(repo_key), "/runs/", KeyPath(run_key));
   if (!lease_id.empty()) path += Cat("?lease_id=", Escape(lease_id));
@@ -235,6 +253,7 @@ absl::StatusOr<Json> RemoteApi::Renew(const Context& ctx,
 
 absl::StatusOr<Json> RemoteApi::Status(const Context& ctx,
                                        std::string_view repo_key) {
+  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
   return Call(ctx, "GET", Cat("/v1/repositories/", KeyPath(repo_key)), "", "");
 }
 
@@ -254,6 +273,7 @@ absl::StatusOr<Json> RemoteApi::ListRepositories(
 
 absl::StatusOr<Json> RemoteApi::Cleanup(const Context& ctx,
                                         std::string_view repo_key) {
+  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
   return Call(ctx, "DELETE", Cat("/v1/repositories/", KeyPath(repo_key)), "",
               "");
 }
@@ -268,7 +288,8 @@ absl::Status RemoteApi::Watch(const Context& ctx, std::string_view repo_key,
                               const std::function<bool(const Json&)>& on_event,
                               const std::function<bool()>& on_ready) {
   if (absl::Status s = ctx.Err(); !s.ok()) return s;
-  auto client = MakeClient(base_url_, tls_);
+  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
+  auto client = MakeClient(origin_, tls_);
   if (!client.ok()) return client.status();
   httplib::Client& cli = **client;
   cli.set_connection_timeout(5, 0);
@@ -285,7 +306,7 @@ absl::Status RemoteApi::Watch(const Context& ctx, std::string_view repo_key,
   std::string error_body;
   int status = 0;
   auto r = cli.Get(
-      Cat("/v1/repositories/", KeyPath(repo_key), "/watch"),
+      Cat(prefix_, "/v1/repositories/", KeyPath(repo_key), "/watch"),
       [&](const httplib::Response& res) {
         status = res.status;
         return true;
@@ -336,9 +357,8 @@ absl::Status RemoteApi::Watch(const Context& ctx, std::string_view repo_key,
     return StatusFromErrorJson(status, error_body);
   }
   if (!r) {
-    return absl::UnavailableError(
-        Cat("server ", base_url_,
-            ": watch stream ended: ", Describe(r.error())));
+    return absl::UnavailableError(Cat(
+        "server ", base_url_, ": watch stream ended: ", Describe(r.error())));
   }
   return absl::UnavailableError(
       Cat("server ", base_url_, ": watch stream ended"));

@@ -59,6 +59,8 @@ class RemoteApi final : public Api {
                             const std::string& path, const std::string& body,
                             const std::string& content_type);
   const std::string base_url_;
+  std::string origin_;  // scheme://host:port of base_url_
+  std::string prefix_;  // its path, without the trailing slash
   const std::string token_;
   const ClientTls tls_;
 };

@@ -466,6 +466,30 @@ TEST(CliE2ETest, MutualTlsNeedsAClientCertificateOfTheCa) {
   EXPECT_THAT(half.out, HasSubstr("--cert and --key"));
 }
 
+// Through --server, a bad key was a 404 "no route" (exit 1) while --config
+// said INVALID_ARGUMENT; a trailing slash in --server failed to connect.
+// Keys are checked by the client as by the server (exit 2 naming the
+// field); a trailing slash works, and a path prefix is kept (for a server
+// behind a path-routing proxy).
+TEST(CliE2ETest, ServerUrlsWithSlashesAndBadKeysThroughAServer) {
+  ServerProcess server;
+  const std::string& u = server.url();
+  for (const char* key : {"/a", "ns/", "a/b/c"}) {
+    CliResult r = Cli(u, {"status", "--repo", key});
+    EXPECT_EQ(r.code, 2) << key << ": " << r.out;
+    EXPECT_THAT(r.out, HasSubstr("INVALID_ARGUMENT: repository"));
+  }
+  CliResult bad_run =
+      Cli(u, {"acquire", "--repo", "ns/app", "--run", "no-namespace"});
+  EXPECT_EQ(bad_run.code, 2) << bad_run.out;
+  EXPECT_THAT(bad_run.out, HasSubstr("pipeline_run"));
+  EXPECT_EQ(Cli(u + "/", {"limit", "--repo", "ns/app", "1"}).code, 0);
+  CliResult prefixed =
+      Cli(u + "/behind/a/proxy/", {"status", "--repo", "ns/app"});
+  EXPECT_THAT(prefixed.out,
+              HasSubstr("/behind/a/proxy/v1/repositories/ns/app"));
+}
+
 // Issue 19, observation 8: `config validate` of a whole Pipelines-as-Code
 // ConfigMap printed the keys it ignores verbatim, secrets included. It
 // prints only the keys it reads, passwords as ***, and counts the rest.
