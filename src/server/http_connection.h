@@ -8,6 +8,10 @@
 #ifndef PAC_SRC_SERVER_HTTP_CONNECTION_H_
 #define PAC_SRC_SERVER_HTTP_CONNECTION_H_
 
+// clang-format off
+#include <utility>  // first: Boost.Asio 1.74 uses std::exchange without it
+// clang-format on
+
 #include <boost/asio.hpp>
 #include <boost/asio/ssl.hpp>
 #include <boost/beast/core.hpp>
@@ -17,7 +21,6 @@
 #include <map>
 #include <thread>
 #include <unordered_map>
-#include <utility>  // before Boost.Asio, which uses std::exchange
 #include <vector>
 
 #include "fmt/format.h"

@@ -1,6 +1,8 @@
 // HttpTransport's implementation: binding and the TLS context, the
 // acceptor with the connection caps and idle eviction, the deadline sweep,
 // and closing. A connection's own work is in http_connection.h.
+#include "src/server/http_transport.h"
+
 #include <sys/resource.h>
 
 #include "src/server/http_connection.h"
