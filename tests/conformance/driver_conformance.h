@@ -86,6 +86,10 @@ class DriverConformanceTest : public ::testing::TestWithParam<DriverFactory> {
   Context ctx_ = Context::Background();
 };
 
+// The runs of `leases` or `entries`, in their order.
+std::vector<std::string> RunKeys(const std::vector<Lease>& leases);
+std::vector<std::string> RunKeys(const std::vector<QueueEntry>& entries);
+
 }  // namespace pac::concurrency::conformance
 
 #endif  // PAC_TESTS_CONFORMANCE_DRIVER_CONFORMANCE_H_

@@ -1,0 +1,151 @@
+// Private to the etcd driver: its tuning constants and the encodings of
+// its keys, values and lease ids (docs/etcd.md), shared by the files the
+// driver is split into. Nothing here talks to etcd.
+#ifndef PAC_SRC_ETCD_ETCD_ENCODING_H_
+#define PAC_SRC_ETCD_ETCD_ENCODING_H_
+
+#include <algorithm>
+#include <charconv>
+#include <cinttypes>
+#include <cstdio>
+#include <optional>
+#include <random>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/strings/str_split.h"
+#include "src/common/keys.h"
+#include "src/common/strings.h"
+#include "src/etcd/etcd_kv.h"
+
+namespace pac::concurrency::internal {
+
+inline constexpr int kMaxAttempts = 200;
+inline constexpr size_t kMaxCachedViews = 4096;
+inline constexpr size_t kMaxGuardedSlots = 64;
+// Light grants (GuardSeats) compare every seat below the limit, besides
+// the up to kMaxGuardedSlots slots a plan may compare: etcd allows 128
+// compares per Txn.
+inline constexpr int32_t kMaxLightGrantLimit = 32;
+inline constexpr size_t kMaxSeatRuns = 100000;
+// Leases granted ahead, so an admission need not wait for a grant.
+inline constexpr size_t kLeasePoolTarget = 4;
+// How long View waits for the watch to bring this driver's own commit.
+inline constexpr absl::Duration kOwnCommitWait = absl::Milliseconds(50);
+// Releases of one repository answered by one Txn, at most (ReleaseGroup).
+inline constexpr size_t kMaxReleaseGroup = 16;
+
+// Splits `rest`, a key after `P repo/`, into "<ns>/<name>" and what
+// follows its '/' (the kind: meta, limit, slot/..., queue/...). False if
+// the key has no kind.
+inline bool SplitRepoKey(std::string_view rest, std::string_view* repo,
+                         std::string_view* kind) {
+  size_t s1 = rest.find('/');
+  size_t s2 = s1 == std::string_view::npos ? s1 : rest.find('/', s1 + 1);
+  if (s2 == std::string_view::npos) return false;
+  *repo = rest.substr(0, s2);
+  *kind = rest.substr(s2 + 1);
+  return true;
+}
+
+// A random 64-bit instance id, in hex.
+inline std::string RandomInstanceId() {
+  std::random_device rd;
+  const uint64_t v = (static_cast<uint64_t>(rd()) << 32) ^ rd();
+  char buf[24];
+  auto end = std::to_chars(buf, buf + sizeof(buf), v, 16).ptr;
+  return std::string(buf, end);
+}
+
+inline std::string Hex(int64_t v) {
+  char buf[24];
+  auto end =
+      std::to_chars(buf, buf + sizeof(buf), static_cast<uint64_t>(v), 16).ptr;
+  return std::string(buf, end);
+}
+
+inline bool ParseHex(std::string_view s, int64_t* out) {
+  uint64_t v = 0;
+  if (s.empty() || s.size() > 16) return false;
+  auto [ptr, ec] = std::from_chars(s.data(), s.data() + s.size(), v, 16);
+  if (ec != std::errc() || ptr != s.data() + s.size()) return false;
+  *out = static_cast<int64_t>(v);
+  return true;
+}
+
+// A Lease's id: the etcd lease, the grant's revision (its fencing token),
+// the seat, and the repository and run the grant is for, as
+// `<lease hex>-<revision hex>-<seat hex>:<ns>:<name>:<run ns>:<run name>`
+// (':' since a key's '/' would split an HTTP path). An etcd lease is reused
+// after a release, and a seat by the next grant, so neither alone names one
+// grant; with the revision, a stale holder's id never matches a later grant
+// (rule 12). The keys let a release or renewal by id alone go straight to
+// the slot, with no index key from lease to slot to write, delete and read.
+inline std::string LeaseId(int64_t lease, int64_t token, int64_t seat,
+                           std::string_view repo, std::string_view run) {
+  std::string out =
+      Cat(Hex(lease), "-", Hex(token), "-", Hex(seat), ":", repo, ":", run);
+  std::replace(out.begin(), out.end(), '/', ':');
+  return out;
+}
+
+struct ParsedLeaseId {
+  int64_t lease = 0, token = 0, seat = 0;
+  std::string repo, run;
+};
+
+// nullopt: not an id this driver issued (then it names no grant here).
+inline std::optional<ParsedLeaseId> ParseLeaseId(std::string_view id) {
+  const std::vector<absl::string_view> parts = absl::StrSplit(AV(id), ':');
+  if (parts.size() != 5) return std::nullopt;
+  const std::vector<absl::string_view> grant = absl::StrSplit(parts[0], '-');
+  ParsedLeaseId out;
+  if (grant.size() != 3 || !ParseHex(SV(grant[0]), &out.lease) ||
+      !ParseHex(SV(grant[1]), &out.token) ||
+      !ParseHex(SV(grant[2]), &out.seat)) {
+    return std::nullopt;
+  }
+  out.repo = Cat(SV(parts[1]), "/", SV(parts[2]));
+  out.run = Cat(SV(parts[3]), "/", SV(parts[4]));
+  if (!ValidateKey(out.repo, "lease id").ok() ||
+      !ValidateKey(out.run, "lease id").ok()) {
+    return std::nullopt;
+  }
+  return out;
+}
+
+// The fields of a seat's value, "<lease hex>/<µs>/<commit id>/<run>"
+// (the run keeps its '/'); fewer than four if it is not one.
+inline std::vector<absl::string_view> SeatFields(const std::string& value) {
+  return absl::StrSplit(AV(value), absl::MaxSplits('/', 3));
+}
+
+inline std::string Pad20(int64_t v) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%020" PRId64, std::max<int64_t>(v, 0));
+  return buf;
+}
+
+inline etcdpb::RequestOp PutOp(const std::string& key, const std::string& value,
+                               int64_t lease = 0) {
+  etcdpb::RequestOp op;
+  auto* p = op.mutable_request_put();
+  p->set_key(key);
+  p->set_value(value);
+  p->set_lease(lease);
+  return op;
+}
+
+inline etcdpb::RequestOp DeleteOp(const std::string& key,
+                                  const std::string& range_end = "") {
+  etcdpb::RequestOp op;
+  auto* d = op.mutable_request_delete_range();
+  d->set_key(key);
+  d->set_range_end(range_end);
+  return op;
+}
+
+}  // namespace pac::concurrency::internal
+
+#endif  // PAC_SRC_ETCD_ETCD_ENCODING_H_

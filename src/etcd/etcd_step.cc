@@ -1,0 +1,605 @@
+// Planning the etcd driver's steps: Step (acquire, limit changes and the
+// promotion of queue heads) and ReleaseGroup (releases of one repository
+// answered by one Txn), with the per-repository turns that order the
+// guarded writes of one process.
+#include <algorithm>
+#include <charconv>
+#include <string>
+
+#include "absl/cleanup/cleanup.h"
+#include "pac/concurrency/status.h"
+#include "src/common/keys.h"
+#include "src/common/logging.h"
+#include "src/common/strings.h"
+#include "src/etcd/etcd_driver.h"
+#include "src/etcd/etcd_encoding.h"
+
+namespace pac::concurrency::internal {
+
+// Holds a repository's turn (TakeTurn) until destroyed.
+class EtcdDriver::Turn {
+ public:
+  explicit Turn(EtcdDriver* d) : d_(d) {}
+  ~Turn() {
+    if (!repo_.empty()) d_->EndTurn(repo_);
+  }
+  Turn(const Turn&) = delete;
+  Turn& operator=(const Turn&) = delete;
+  bool held() const { return !repo_.empty(); }
+  // With `release`, the turn's holder may answer it instead (then the
+  // turn is not taken: release->state is kDone).
+  absl::Status Take(const Context& ctx, const std::string& repo,
+                    ReleaseReq* release = nullptr) {
+    absl::Status s = d_->TakeTurn(ctx, repo, release);
+    if (s.ok() && (release == nullptr || release->state != ReleaseReq::kDone)) {
+      repo_ = repo;
+    }
+    return s;
+  }
+
+ private:
+  EtcdDriver* const d_;
+  std::string repo_;
+};
+
+absl::Status EtcdDriver::TakeTurn(const Context& ctx, const std::string& repo,
+                                  ReleaseReq* release) {
+  WakeOnCancel wake(ctx, &mu_, &turns_cv_);
+  MutexLock lock(&mu_);
+  bool listed = false;  // in release_waiters_, unless claimed
+  while (true) {
+    if (release != nullptr && release->state == ReleaseReq::kDone) break;
+    if (release != nullptr && release->state == ReleaseReq::kClaimed) {
+      // The turn's holder answers, or hands it back on an error of its own.
+      turns_cv_.Wait(&mu_);
+      continue;
+    }
+    absl::Status s;
+    if (turns_.count(repo) > 0) {
+      s = ctx.Err();
+      if (s.ok() && stop_)
+        s = absl::FailedPreconditionError("etcd driver closed");
+    }
+    if (!s.ok() || turns_.count(repo) == 0) {
+      if (listed) {
+        auto it = release_waiters_.find(repo);
+        std::erase(it->second, release);
+        if (it->second.empty()) release_waiters_.erase(it);
+      }
+      if (s.ok()) turns_.insert(repo);
+      return s;
+    }
+    if (release != nullptr && !listed) {
+      release_waiters_[repo].push_back(release);
+      listed = true;
+    }
+    turns_cv_.WaitUntil(&mu_, ctx.deadline());
+  }
+  return absl::OkStatus();
+}
+
+void EtcdDriver::EndTurn(const std::string& repo) {
+  MutexLock lock(&mu_);
+  turns_.erase(repo);
+  turns_cv_.NotifyAll();
+}
+
+absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
+                                               const std::string& repo,
+                                               int32_t limit, bool set_limit,
+                                               const std::string& run,
+                                               const AcquireOptions& options) {
+  bool fresh = false;
+  std::optional<RepoView> confirmed;  // etcd's view, from Confirm
+  Turn turn(this);  // taken once the step turns out to need a guarded write
+  for (int attempt = 0; attempt < kMaxAttempts; ++attempt) {
+    if (absl::Status s = ctx.Err(); !s.ok()) return s;
+    if (absl::Status s = CheckOpen(); !s.ok()) return s;
+    bool cached = false;
+    absl::StatusOr<RepoView> view = confirmed.has_value()
+                                        ? *std::move(confirmed)
+                                    : fresh ? Read(ctx, repo)
+                                            : View(ctx, repo, &cached);
+    confirmed.reset();
+    if (!view.ok()) return view.status();
+    const RepoView& v = *view;
+    const int32_t eff_limit = set_limit ? limit : v.limit;
+    const bool limit_changed = set_limit && (!v.exists || v.limit != limit);
+    int64_t running = static_cast<int64_t>(v.slots.size());
+    auto free_slots = [&] {
+      return eff_limit == 0 ? INT64_MAX : eff_limit - running;
+    };
+    // Queue heads admitted into free slots, oldest first.
+    const std::set<const QueueInfo*> stale = StaleEntries(v);
+    std::vector<const QueueInfo*> promote;
+    for (const QueueInfo& q : v.queue) {
+      if (free_slots() <= 0) break;
+      if (stale.count(&q) > 0) continue;
+      promote.push_back(&q);
+      ++running;
+    }
+    AcquireResult result;
+    bool grant_caller = false, enqueue_caller = false;
+    const QueueInfo* caller_queued = nullptr;
+    for (const QueueInfo& q : v.queue) {
+      if (q.run == run) caller_queued = &q;
+    }
+    bool caller_promoted =
+        caller_queued != nullptr && std::find(promote.begin(), promote.end(),
+                                              caller_queued) != promote.end();
+    if (!run.empty()) {
+      if (auto it = v.slots.find(run); it != v.slots.end()) {
+        int64_t lease = 0;
+        ParseHex(it->second.lease_hex, &lease);
+        result.acquired = true;
+        result.lease = MakeLease(repo, run, lease, it->second.revision,
+                                 it->second.seat, clock_->Now());
+      } else if (caller_promoted) {
+        // Admitted below with the others.
+      } else if (options.adopt_running ||
+                 (promote.size() == v.queue.size() && free_slots() > 0)) {
+        grant_caller = true;
+      } else if (caller_queued != nullptr) {
+        int64_t pos = 0;
+        for (const QueueInfo& q : v.queue) {
+          if (std::find(promote.begin(), promote.end(), &q) != promote.end()) {
+            continue;
+          }
+          ++pos;
+          if (&q == caller_queued) break;
+        }
+        result.position = pos;
+      } else if (options.enqueue) {
+        enqueue_caller = true;
+      }
+    }
+    if (!limit_changed && promote.empty() && !grant_caller && !enqueue_caller) {
+      // Nothing to write. A cached view may be behind another process's
+      // write (a promotion, say): answer only once etcd confirms it.
+      if (cached) {
+        auto current = Confirm(ctx, v);
+        if (!current.ok()) return current.status();
+        if (current->has_value()) {  // plan again on etcd's current view
+          confirmed = std::move(*current);
+          --attempt;
+          continue;
+        }
+      }
+      return result;
+    }
+    const absl::Time now = clock_->Now();
+    const std::string p = RepoPrefix(repo);
+    int64_t creation_us = 0;
+    std::string queue_key;
+    if (enqueue_caller) {
+      creation_us = absl::ToUnixMicros(options.creation_time.value_or(now));
+      queue_key = Cat(p, "queue/", Pad20(creation_us), "/", run);
+    }
+    const QueueInfo* last = LastQueueKey(v);
+    // Joining the end of a queue is a Txn of its own that leaves `meta`
+    // alone, so it does not conflict with releases (see FastEnqueueTxn).
+    // Only with a given creation time: a re-submit then writes the same key
+    // again, where "now" would queue the run a second time.
+    const bool fast = enqueue_caller && options.creation_time.has_value() &&
+                      !limit_changed && promote.empty() && !grant_caller &&
+                      last != nullptr && queue_key > last->key;
+    if (!fast && !turn.held()) {
+      // Plan again once it is this thread's turn: the view may have moved.
+      if (absl::Status s = turn.Take(ctx, repo); !s.ok()) return s;
+      --attempt;
+      continue;
+    }
+    // Only the caller granted, nobody queued, under a small limit: a Txn
+    // that puts only its seat (GuardSeats shows it atomic).
+    const bool light = grant_caller && promote.empty() && !limit_changed &&
+                       v.queue.empty() && LightGrantsPossible(v);
+    const size_t n_leases = promote.size() + (grant_caller ? 1 : 0);
+    auto leases = Leases(ctx, n_leases);
+    if (!leases.ok()) return leases.status();
+    RepoView after = v;  // the repository once the Txn commits
+    etcdpb::TxnRequest txn;
+    const std::string commit_id = fast ? "" : NewCommitId();
+    if (fast) {
+      txn = FastEnqueueTxn(*last);
+      // The queue is joined because every slot is taken. A slot that
+      // expired since the view means a head to admit instead: this
+      // driver's watch sees the expiry and admits it (PromoteLoop), or,
+      // without background promotion, the Txn checks the slots.
+      std::set<int64_t> compared;
+      if (!background_ || !watch_started_.load()) {
+        compared = GuardSlots(&txn, v);
+      }
+      if (v.seats_unverified) GuardSeats(&txn, v, compared);
+    } else if (light) {
+      AddMetaCompare(&txn, p, v.meta_mod);
+      GuardSeats(&txn, v);
+    } else {
+      txn = GuardedTxn(p, v.meta_mod, commit_id);
+      // An expiry or a light release deletes a slot without touching
+      // `meta`. A plan that queues the caller, or leaves runs queued, also
+      // checks that every slot it counted still exists: a run queued while
+      // a slot was free would wait for nobody. A plan that only grants
+      // (nobody queued) needs no such check: a slot gone means more room,
+      // and checking would make grants lose to every light release. (The
+      // view it leaves in the cache may then count a slot that is gone,
+      // which the next plan that queues finds by this check.)
+      std::set<int64_t> compared;
+      if (enqueue_caller || !v.queue.empty()) compared = GuardSlots(&txn, v);
+      // Light grants put seats without touching `meta`: this Txn must not
+      // count or fill a seat one of them took unseen.
+      GuardSeats(&txn, v, compared);
+      // Entries the plan leaves queued (stale ones are deleted).
+      size_t left = 0;
+      for (const QueueInfo& q : v.queue) {
+        if (std::find(promote.begin(), promote.end(), &q) != promote.end() ||
+            stale.count(&q) > 0 || (grant_caller && &q == caller_queued)) {
+          continue;
+        }
+        ++left;
+      }
+      // Checked to the end of the queue when the plan leaves none of it
+      // and either leaves a slot free or gives one to the caller: an
+      // entry it has not seen would have come first.
+      const bool room = free_slots() > (grant_caller ? 1 : 0);
+      GuardAdmissions(&txn, v, promote.empty() ? nullptr : promote.back(),
+                      left == 0 && (room || grant_caller));
+      DropStale(&txn, &after, stale, {run});
+    }
+    if (limit_changed) {
+      *txn.add_success() = PutOp(p + "limit", std::to_string(limit));
+      after.limit = limit;
+      after.has_limit = true;
+    }
+    size_t li = 0;
+    // run, lease, seat
+    std::vector<std::tuple<std::string, int64_t, int64_t>> granted;
+    for (const QueueInfo* q : promote) {
+      int64_t lease = (*leases)[li++];
+      granted.emplace_back(
+          q->run, lease,
+          AddGrant(&txn, &after, q->run, lease, q->key, commit_id));
+    }
+    if (grant_caller) {
+      int64_t lease = (*leases)[li++];
+      granted.emplace_back(
+          run, lease,
+          AddGrant(&txn, &after, run, lease,
+                   caller_queued != nullptr ? caller_queued->key : "",
+                   commit_id));
+    }
+    if (enqueue_caller) {
+      QueueInfo q{run, queue_key, creation_us, 0, absl::ToUnixMicros(now)};
+      *txn.add_success() = PutOp(q.key, std::to_string(q.enqueued_us));
+      after.queue.push_back(std::move(q));
+    }
+    std::optional<RepoView> current;
+    auto tr = CommitStep(ctx, repo, std::move(txn), *leases, std::move(after),
+                         fast              ? Commit::kJoinEnd
+                         : light           ? Commit::kLightGrant
+                         : v.queue.empty() ? Commit::kExact
+                                           : Commit::kQueue,
+                         !promote.empty(), commit_id, nullptr, &current);
+    if (!tr.ok()) return tr.status();
+    if (!tr->has_value()) {
+      // Planned on an outdated view: plan again, on the repository as etcd
+      // just answered it. That view is as fresh as a read, so an answer
+      // that writes nothing ("no slot free") needs no Confirm: under
+      // contention a Confirm rarely held, and the caller went round again.
+      confirmed = std::move(current);
+      fresh = false;
+      continue;
+    }
+    const int64_t token = (*tr)->header().revision();
+    for (const auto& [r, lease, seat] : granted) {
+      Lease l = MakeLease(repo, r, lease, token, seat, now);
+      l.expires_at = ExpiryOf(lease, now);
+      if (r == run) {
+        result.acquired = true;
+        result.lease = l;
+      } else {
+        result.admitted.push_back(l);
+        logger_->info("admitted {} from the queue of {} (token {})", r, repo,
+                      token);
+      }
+    }
+    // The caller was promoted from the queue along with the others.
+    for (auto it = result.admitted.begin(); it != result.admitted.end(); ++it) {
+      if (it->pipeline_run_key == run && !run.empty()) {
+        result.acquired = true;
+        result.lease = *it;
+        result.admitted.erase(it);
+        break;
+      }
+    }
+    if (enqueue_caller) {
+      int64_t pos = 1;
+      for (const QueueInfo& q : v.queue) {
+        if (std::find(promote.begin(), promote.end(), &q) != promote.end()) {
+          continue;
+        }
+        if (q.creation_us <= creation_us) ++pos;
+      }
+      result.position = pos;
+      logger_->info(
+          "concurrency limit {} of {} reached; {} queued at position {}",
+          eff_limit, repo, run, pos);
+    }
+    return result;
+  }
+  return absl::AbortedError(
+      Cat("etcd: too much contention on ", repo, "; try again"));
+}
+
+absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseSlot(
+    const Context& ctx, std::string_view lease_id, std::string_view run_key,
+    std::string_view repo_key) {
+  if (absl::Status s = ValidateReleaseKeys(lease_id, run_key, repo_key);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = ctx.Err(); !s.ok()) return s;
+  if (absl::Status s = CheckOpen(); !s.ok()) return s;
+  ReleaseResult result;
+  std::string repo(repo_key), run(run_key);
+  int64_t lease = 0, token = 0;
+  if (!lease_id.empty()) {
+    // The id names its repository and run: no read before the Txn, which
+    // checks that the slot is still this grant.
+    std::optional<ParsedLeaseId> id = ParseLeaseId(lease_id);
+    if (!id.has_value() || (!repo.empty() && id->repo != repo) ||
+        (!run.empty() && id->run != run)) {
+      return result;  // not a grant of this driver, or of another run
+    }
+    repo = std::move(id->repo);
+    run = std::move(id->run);
+    lease = id->lease;
+    token = id->token;
+  }
+  ReleaseReq self;
+  self.run = run;
+  self.lease = lease;
+  self.token = token;
+  self.by_lease = !lease_id.empty();
+  Turn turn(this);
+  if (absl::Status s = turn.Take(ctx, repo, &self); !s.ok()) return s;
+  if (self.state == ReleaseReq::kDone) return std::move(self.result);
+  return ReleaseGroup(ctx, repo, &self);
+}
+
+void EtcdDriver::ClaimReleasesLocked(const std::string& repo,
+                                     std::vector<ReleaseReq*>* group) {
+  auto it = release_waiters_.find(repo);
+  if (it == release_waiters_.end()) return;
+  while (group->size() < kMaxReleaseGroup && !it->second.empty()) {
+    ReleaseReq* r = it->second.front();
+    it->second.pop_front();
+    r->state = ReleaseReq::kClaimed;
+    group->push_back(r);
+  }
+  if (it->second.empty()) release_waiters_.erase(it);
+}
+
+void EtcdDriver::HandBack(const std::string& repo,
+                          const std::vector<ReleaseReq*>& group) {
+  MutexLock lock(&mu_);
+  for (size_t i = group.size(); i-- > 1;) {
+    group[i]->state = ReleaseReq::kWaiting;
+    release_waiters_[repo].push_front(group[i]);
+  }
+  turns_cv_.NotifyAll();
+}
+
+absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(const Context& ctx,
+                                                       const std::string& repo,
+                                                       ReleaseReq* self) {
+  // group[0] is this thread's own release; the others wait for its answer,
+  // or, if this thread returns an error, go on with their own contexts.
+  std::vector<ReleaseReq*> group{self};
+  absl::Cleanup hand_back = [&] { HandBack(repo, group); };
+  bool fresh = false;
+  for (int attempt = 0; attempt < kMaxAttempts; ++attempt) {
+    if (absl::Status s = ctx.Err(); !s.ok()) return s;
+    {
+      MutexLock lock(&mu_);
+      ClaimReleasesLocked(repo, &group);
+    }
+    bool cached_view = false;
+    auto view = fresh ? Read(ctx, repo) : View(ctx, repo, &cached_view);
+    if (!view.ok()) return view.status();
+    const RepoView& v = *view;
+    const std::string p = RepoPrefix(repo);
+    // Nobody queued: a light release (LightProof), which compares `meta`
+    // but does not rewrite it, so it carries no commit id. Its compare
+    // keeps the queue empty until it commits: there is nobody to admit.
+    const bool light =
+        v.queue.empty() && v.limit <= static_cast<int32_t>(kMaxGuardedSlots);
+    const std::string commit_id = light ? "" : NewCommitId();
+    etcdpb::TxnRequest txn;
+    if (light) {
+      AddMetaCompare(&txn, p, v.meta_mod);
+    } else {
+      txn = GuardedTxn(p, v.meta_mod, commit_id);
+      std::set<int64_t> compared;
+      if (cached_view) compared = GuardSlots(&txn, v);
+      GuardSeats(&txn, v, compared);  // it may fill seats (admissions)
+    }
+    std::vector<ReleaseResult> results(group.size());
+    // The slot each member frees (or none), its etcd lease, when that
+    // lease's TTL started, and whether an admitted run's slot takes it.
+    struct Freed {
+      const SlotInfo* slot = nullptr;
+      int64_t lease = 0;
+      absl::Time since = absl::InfinitePast();
+      bool reused = false;
+    };
+    std::vector<Freed> freed(group.size());
+    std::set<std::string> done_runs;  // runs whose slot or entries go
+    int64_t running = static_cast<int64_t>(v.slots.size());
+    bool unconfirmed = false;
+    for (size_t i = 0; i < group.size(); ++i) {
+      const ReleaseReq& m = *group[i];
+      // Two releases of one run: the first takes it, the second finds
+      // nothing, as it would one after the other.
+      if (done_runs.count(m.run) > 0) continue;
+      auto slot = v.slots.find(m.run);
+      if (slot != v.slots.end() &&
+          (!m.by_lease || (slot->second.lease_hex == Hex(m.lease) &&
+                           slot->second.revision == m.token))) {
+        results[i].released = true;
+        freed[i].slot = &slot->second;
+        --running;
+      } else if (!m.by_lease) {
+        for (const QueueInfo& q : v.queue) {
+          if (q.run == m.run) {
+            *txn.add_success() = DeleteOp(q.key);
+            results[i].dequeued = true;
+          }
+        }
+      }
+      if (results[i].released || results[i].dequeued) {
+        done_runs.insert(m.run);
+      } else if (cached_view) {
+        unconfirmed = true;
+      }
+    }
+    if (unconfirmed) {  // confirm on a fresh read before saying "nothing"
+      fresh = true;
+      --attempt;
+      continue;
+    }
+    if (done_runs.empty()) {
+      std::move(hand_back).Cancel();
+      AnswerGroup(group, results);
+      return results[0];
+    }
+    const std::set<const QueueInfo*> stale = StaleEntries(v);
+    std::vector<const QueueInfo*> promote;
+    for (const QueueInfo& q : v.queue) {
+      if (done_runs.count(q.run) > 0) continue;
+      if (v.limit != 0 && running >= v.limit) break;
+      if (stale.count(&q) > 0) continue;
+      promote.push_back(&q);
+      ++running;
+    }
+    size_t left = 0;  // entries the plan leaves queued (stale: deleted)
+    for (const QueueInfo& q : v.queue) {
+      if (done_runs.count(q.run) > 0 || stale.count(&q) > 0) continue;
+      ++left;
+    }
+    GuardAdmissions(
+        &txn, v, promote.empty() ? nullptr : promote.back(),
+        left == promote.size() && (v.limit == 0 || running < v.limit));
+    // A light release deletes exactly the grants it saw, and proves a lost
+    // answer by them (LightCommitted).
+    LightProof proof{v.meta_mod, {}};
+    if (light) {
+      for (const Freed& f : freed) {
+        if (f.slot == nullptr) continue;
+        AddSlotCompare(&txn, repo, f.slot->seat, f.slot->revision);
+        int64_t lease = 0;
+        ParseHex(f.slot->lease_hex, &lease);
+        proof.slots.emplace_back(f.slot->run, f.slot->revision, lease);
+      }
+    }
+    const absl::Time now = clock_->Now();
+    // A released slot's etcd lease, if young, carries an admitted run's
+    // slot: a hand-off grants no lease (its index key is rewritten).
+    std::vector<int64_t> grant_leases;
+    for (Freed& f : freed) {
+      if (f.slot == nullptr) continue;
+      ParseHex(f.slot->lease_hex, &f.lease);
+      if (f.slot->since_us > 0)
+        f.since = absl::FromUnixMicros(f.slot->since_us);
+      if (grant_leases.size() < promote.size() && f.lease != 0 &&
+          now - f.since < ttl_ / 10) {
+        f.reused = true;
+        grant_leases.push_back(f.lease);
+      }
+    }
+    auto leases = Leases(ctx, promote.size() - grant_leases.size());
+    if (!leases.ok()) return leases.status();
+    {
+      MutexLock lock(&mu_);
+      for (const Freed& f : freed) {
+        // Unless this driver knows better (AddGrant and ExpiryOf read it).
+        if (f.reused) lease_since_.emplace(f.lease, f.since);
+      }
+    }
+    grant_leases.insert(grant_leases.end(), leases->begin(), leases->end());
+    RepoView after = v;  // the repository once the Txn commits
+    DropStale(&txn, &after, stale, done_runs);
+    for (size_t i = 0; i < group.size(); ++i) {
+      const std::string& r = group[i]->run;
+      if (results[i].released) after.slots.erase(r);
+      if (results[i].dequeued) {
+        std::erase_if(after.queue,
+                      [&](const QueueInfo& q) { return q.run == r; });
+      }
+    }
+    std::vector<int64_t> seats;  // of the admitted runs
+    for (size_t i = 0; i < promote.size(); ++i) {
+      seats.push_back(AddGrant(&txn, &after, promote[i]->run, grant_leases[i],
+                               promote[i]->key, commit_id));
+    }
+    // A freed seat an admitted run took is put over (etcd refuses a put and
+    // a delete of one key in one Txn); the others are deleted.
+    for (const Freed& f : freed) {
+      if (f.slot != nullptr &&
+          std::find(seats.begin(), seats.end(), f.slot->seat) == seats.end()) {
+        *txn.add_success() = DeleteOp(SeatKey(repo, f.slot->seat));
+      }
+    }
+    auto tr = CommitStep(ctx, repo, std::move(txn), *leases, std::move(after),
+                         light             ? Commit::kLight
+                         : v.queue.empty() ? Commit::kExact
+                                           : Commit::kQueue,
+                         !promote.empty(), commit_id, light ? &proof : nullptr);
+    if (!tr.ok()) return tr.status();
+    if (!tr->has_value()) {  // planned on an outdated view: plan again
+      fresh = false;
+      continue;
+    }
+    const int64_t rev = (*tr)->header().revision();
+    {
+      MutexLock lock(&mu_);
+      for (const Freed& f : freed) {
+        if (f.slot != nullptr && !f.reused) {
+          RecycleLocked(f.lease, f.since);
+        }
+      }
+    }
+    // The k-th run admitted is told to the k-th release that freed a slot;
+    // any beyond (the limit was raised meanwhile) to this thread's.
+    size_t k = 0;
+    for (size_t i = 0; i < promote.size(); ++i) {
+      while (k < group.size() && !results[k].released) ++k;
+      ReleaseResult& to = results[k < group.size() ? k++ : 0];
+      to.admitted.push_back(MakeLease(repo, promote[i]->run, grant_leases[i],
+                                      rev, seats[i], now));
+      to.admitted.back().expires_at = ExpiryOf(grant_leases[i], now);
+      logger_->info("admitted {} from the queue of {}", promote[i]->run, repo);
+    }
+    for (size_t i = 0; i < group.size(); ++i) {
+      if (results[i].released) {
+        logger_->debug("slot released: {} in {}", group[i]->run, repo);
+      }
+    }
+    std::move(hand_back).Cancel();
+    AnswerGroup(group, results);
+    return results[0];
+  }
+  return absl::AbortedError(Cat("etcd: too much contention on ", repo));
+}
+
+void EtcdDriver::AnswerGroup(const std::vector<ReleaseReq*>& group,
+                             const std::vector<ReleaseResult>& results) {
+  if (group.size() < 2) return;
+  MutexLock lock(&mu_);
+  for (size_t i = 1; i < group.size(); ++i) {
+    group[i]->result = results[i];
+    group[i]->state = ReleaseReq::kDone;
+  }
+  turns_cv_.NotifyAll();
+}
+
+}  // namespace pac::concurrency::internal

@@ -1,0 +1,271 @@
+// The etcd driver's watch: one stream over every repository, which keeps
+// the cached views current, names released and admitted runs to local
+// watchers, and, when a slot expires or is freed without a guarded Txn,
+// promotes the queue (PromoteLoop). It also restarts the stream after a
+// break or a compaction.
+#include <algorithm>
+#include <charconv>
+#include <string>
+
+#include "absl/cleanup/cleanup.h"
+#include "pac/concurrency/status.h"
+#include "src/common/keys.h"
+#include "src/common/logging.h"
+#include "src/common/strings.h"
+#include "src/etcd/etcd_driver.h"
+#include "src/etcd/etcd_encoding.h"
+
+namespace pac::concurrency::internal {
+
+absl::StatusOr<std::unique_ptr<WatchHandle>> EtcdDriver::WatchSlotAvailability(
+    const Context& ctx, std::string_view repo_key, WatchCallback callback) {
+  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
+  if (!callback) return absl::InvalidArgumentError("callback: must be set");
+  if (absl::Status s = ctx.Err(); !s.ok()) return s;
+  if (absl::Status s = CheckOpen(); !s.ok()) return s;
+  // Which run holds each seat now, so that a release heard as a seat's
+  // deletion names its run (seat_runs_). The stream starts after this
+  // read's revision: nothing committed once this call returns is missed.
+  const std::string repo(repo_key);
+  auto v = Read(ctx, repo);
+  if (!v.ok()) return v.status();
+  {
+    MutexLock lock(&mu_);
+    if (seat_runs_.size() + v->slots.size() > kMaxSeatRuns) seat_runs_.clear();
+    for (const auto& [run, slot] : v->slots) {
+      seat_runs_.emplace(SeatKey(repo, slot.seat), run);
+    }
+  }
+  if (!watch_started_.load()) EnsureWatch(v->revision + 1);
+  return watchers_.Add(ctx, repo, std::move(callback));
+}
+
+void EtcdDriver::ResumeWatchForTest(int64_t revision) {
+  MutexLock lock(&watch_mu_);
+  {
+    MutexLock l(&mu_);
+    last_revision_ = revision - 1;
+  }
+  RestartWatchLocked();
+}
+
+void EtcdDriver::RestartWatch() {
+  MutexLock lock(&watch_mu_);
+  RestartWatchLocked();
+}
+
+void EtcdDriver::RestartWatchLocked() {
+  watch_.reset();  // first: its events move last_revision_ until it is gone
+  int64_t from;
+  {
+    MutexLock lock(&mu_);
+    from = last_revision_ == 0 ? 0 : last_revision_ + 1;
+  }
+  watch_started_.store(true);
+  StartWatchLocked(from);
+}
+
+void EtcdDriver::EnsureWatch(int64_t from_revision) {
+  if (watch_started_.load() || closed_.load()) return;
+  MutexLock lock(&watch_mu_);
+  if (watch_started_.load()) return;
+  {
+    // A stream that fails to start is resumed from here by PromoteLoop.
+    MutexLock l(&mu_);
+    last_revision_ = std::max(last_revision_, from_revision - 1);
+  }
+  watch_started_.store(true);
+  StartWatchLocked(from_revision);
+}
+
+void EtcdDriver::StartWatchLocked(int64_t from_revision) {
+  {
+    // Views older than the stream's start cannot take its events.
+    MutexLock lock(&mu_);
+    watch_from_ = from_revision > 0 ? from_revision : INT64_MAX;
+  }
+  const std::string p = prefix_ + "repo/";
+  auto w = kv_->Watch(p, PrefixEnd(p), from_revision,
+                      [this](const WatchBatch& b) { OnWatch(b); });
+  if (w.ok()) {
+    watch_ = std::move(*w);
+  } else {
+    logger_->warn("etcd watch failed to start: {}", w.status().ToString());
+    MutexLock lock(&mu_);
+    restart_watch_ = true;
+  }
+}
+
+void EtcdDriver::OnWatch(const WatchBatch& b) {
+  PendingEvents events;
+  MutexLock lock(&mu_);
+  if (b.compact_revision > 0 || b.broken) {
+    // Resume from the last revision seen; after a compaction, from just
+    // after the compacted revision, telling every watcher to re-read.
+    // Not "from now": a watcher re-reads when told, possibly before the
+    // stream is back, and a change made between its read and the restart
+    // would be heard by nobody. Changes after the compaction that the
+    // re-read already saw come again, which a watcher takes as a hint.
+    // Cached views may have missed changes.
+    views_.clear();
+    restart_watch_ = true;
+    if (b.compact_revision > 0) {
+      last_revision_ = std::max(last_revision_, b.compact_revision);
+    }
+    watchers_.CollectAll(WatchEventType::kResync, &events);
+    for (const auto& [w, ev] : events) to_promote_.insert(ev.repository_key);
+    cv_.NotifyAll();
+    dispatcher_.Post(std::move(events));
+    return;
+  }
+  last_revision_ = std::max(last_revision_, b.revision);
+  const std::string p = prefix_ + "repo/";
+  // Guarded Txns write the repository's `meta` key: a slot deleted in the
+  // same revision as a `meta` put was released by a Txn that already
+  // admitted the queue. Other deletions (expiries, light releases) may
+  // need a promotion step (`freed`): unless the repository's view, which
+  // the stream keeps current, has no queue (a light release always finds
+  // none; LightProof).
+  std::set<std::pair<std::string_view, int64_t>> txn_writes;
+  std::set<std::string> freed;
+  // Views that took events, and the revision they are now at (set after
+  // the loop: a revision's events all come in one batch).
+  std::map<std::string, int64_t> applied;
+  if (event_rev_.size() > kMaxCachedViews) {
+    event_rev_.clear();
+    event_rev_floor_ = last_revision_;
+  }
+  for (const auto& ev : b.events) {
+    std::string_view key(ev.kv().key());
+    if (ev.type() != etcdpb::Event::PUT || key.size() < p.size() + 5 ||
+        key.substr(key.size() - 5) != "/meta" || key.substr(0, p.size()) != p) {
+      continue;
+    }
+    txn_writes.emplace(key.substr(p.size(), key.size() - p.size() - 5),
+                       ev.kv().mod_revision());
+  }
+  for (const auto& ev : b.events) {
+    std::string_view key(ev.kv().key());
+    if (key.substr(0, p.size()) != p) continue;
+    std::string_view repo_view, tail;
+    if (!SplitRepoKey(key.substr(p.size()), &repo_view, &tail)) continue;
+    std::string repo(repo_view);
+    // A change the cached view does not include (another process, or an
+    // expiry): applied to the view when the stream has delivered every
+    // change since the view's revision, else the view is dropped.
+    const int64_t rev = ev.kv().mod_revision();
+    // (etcd sends all events of a revision in one response.)
+    if (auto it = views_.find(repo);
+        it != views_.end() && rev > it->second.revision) {
+      if (it->second.revision + 1 >= watch_from_) {
+        ApplyKv(&it->second, tail, ev.type() == etcdpb::Event::PUT, ev.kv());
+        int64_t& upto = applied[repo];
+        upto = std::max(upto, rev);
+      } else {
+        views_.erase(it);
+      }
+    }
+    int64_t& seen = event_rev_[repo];
+    seen = std::max(seen, rev);
+    WatchEventType type;
+    std::string run;
+    if (tail.substr(0, 5) == "slot/") {
+      // The seat's holder until now, as this watch saw it put, or the
+      // watcher's registration read it (a delete event carries only the
+      // key).
+      const std::string seat_key(key);
+      std::string gone;
+      if (auto known = seat_runs_.find(seat_key); known != seat_runs_.end()) {
+        gone = std::move(known->second);
+        seat_runs_.erase(known);
+      }
+      if (ev.type() == etcdpb::Event::DELETE) {
+        if (txn_writes.count({repo_view, ev.kv().mod_revision()}) == 0) {
+          freed.insert(repo);  // a slot freed: admit the queue, if any
+        }
+        watchers_.Collect(repo, WatchEventType::kReleased, gone, &events);
+        continue;
+      }
+      // Every put of a seat is a grant. Over a held seat (the key existed:
+      // version > 1) it is a release that admitted the queue head into the
+      // seat it freed, in one Txn: its holder was released.
+      if (ev.kv().version() > 1) {
+        watchers_.Collect(repo, WatchEventType::kReleased, gone, &events);
+      }
+      const std::vector<absl::string_view> f = SeatFields(ev.kv().value());
+      if (f.size() != 4) continue;
+      run = std::string(f[3]);
+      if (seat_runs_.size() >= kMaxSeatRuns) seat_runs_.clear();
+      seat_runs_[seat_key] = run;
+      type = WatchEventType::kAdmitted;
+    } else if (tail == "limit") {
+      type = WatchEventType::kLimitChanged;
+    } else if (tail == "meta" && ev.type() == etcdpb::Event::DELETE) {
+      type = WatchEventType::kCleaned;
+    } else {
+      continue;
+    }
+    watchers_.Collect(repo, type, run, &events);
+  }
+  for (const auto& [repo, rev] : applied) {
+    auto it = views_.find(repo);
+    if (it == views_.end()) continue;
+    it->second.revision = std::max(it->second.revision, rev);
+    SortQueue(&it->second);
+  }
+  if (!applied.empty()) views_cv_.NotifyAll();
+  for (const std::string& repo : freed) {
+    // A view still cached took every event of this batch (or is later).
+    auto it = views_.find(repo);
+    if (it != views_.end() && it->second.queue.empty()) continue;
+    to_promote_.insert(repo);
+  }
+  if (!to_promote_.empty()) cv_.NotifyAll();
+  dispatcher_.Post(std::move(events));
+}
+
+void EtcdDriver::PromoteLoop() {
+  absl::Duration backoff = absl::Milliseconds(100);
+  absl::Time last_restart = absl::InfinitePast();
+  while (true) {
+    std::set<std::string> repos;
+    bool restart = false;
+    {
+      MutexLock lock(&mu_);
+      while (!stop_ && to_promote_.empty() && !restart_watch_) {
+        cv_.WaitUntil(&mu_, absl::Now() + absl::Seconds(1));
+      }
+      if (stop_) return;
+      if (background_) repos.swap(to_promote_);
+      to_promote_.clear();
+      restart = restart_watch_;
+      restart_watch_ = false;
+    }
+    if (restart) {
+      // A stream that breaks again at once (its endpoint is down, say) is
+      // restarted after a pause that grows, not in a busy loop.
+      if (absl::Now() - last_restart < absl::Seconds(1)) {
+        MutexLock lock(&mu_);
+        const absl::Time until = absl::Now() + backoff;
+        while (!stop_ && absl::Now() < until) cv_.WaitUntil(&mu_, until);
+        if (stop_) return;
+        backoff = std::min(backoff * 2, absl::Seconds(5));
+      } else {
+        backoff = absl::Milliseconds(100);
+      }
+      last_restart = absl::Now();
+      RestartWatch();  // after the pause: from the last revision seen
+    }
+    for (const std::string& repo : repos) {
+      Context ctx =
+          Context::WithTimeout(Context::Background(), absl::Seconds(10));
+      auto r = Step(ctx, repo, 0, /*set_limit=*/false, "", {});
+      if (!r.ok()) {
+        logger_->warn("etcd: admitting the queue of {} failed: {}", repo,
+                      r.status().ToString());
+      }
+    }
+  }
+}
+
+}  // namespace pac::concurrency::internal
