@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <set>
 #include <string>
 
 #include "absl/cleanup/cleanup.h"
@@ -149,7 +150,7 @@ absl::StatusOr<Lease> EtcdDriver::RenewLease(const Context& ctx,
   if (absl::Status s = CheckOpen(); !s.ok()) return s;
   std::optional<ParsedLeaseId> id = ParseLeaseId(lease_id);
   if (!id.has_value()) return LeaseLostError("unknown lease id");
-  const int64_t lease = id->lease, token = id->token;
+  const int64_t lease = id->lease, revision = id->revision;
   const std::string& repo = id->repo;
   const std::string& run = id->run;
   etcdpb::RangeRequest sreq;
@@ -161,7 +162,7 @@ absl::StatusOr<Lease> EtcdDriver::RenewLease(const Context& ctx,
   const std::vector<absl::string_view> f =
       s->kvs_size() == 0 ? std::vector<absl::string_view>{}
                          : SeatFields(s->kvs(0).value());
-  if (f.size() != 4 || s->kvs(0).mod_revision() != token ||
+  if (f.size() != 4 || s->kvs(0).mod_revision() != revision ||
       SV(f[0]) != Hex(lease) || SV(f[3]) != run) {
     return LeaseLostError("lease has expired or was released");
   }
@@ -176,7 +177,7 @@ absl::StatusOr<Lease> EtcdDriver::RenewLease(const Context& ctx,
       it->second = before;  // its TTL restarted
     }
   }
-  Lease out = MakeLease(repo, run, lease, token, id->seat, now);
+  Lease out = MakeLease(repo, run, lease, revision, id->seat, now);
   out.expires_at = now + absl::Seconds(*ttl);
   return out;
 }
@@ -276,9 +277,13 @@ absl::StatusOr<std::vector<Lease>> EtcdDriver::RunningOf(const Context& ctx,
 }
 
 std::vector<QueueEntry> EtcdDriver::QueuedOf(const RepoView& v) {
+  // A run is queued once: an entry of a run that holds a slot, or a
+  // second entry of one (StaleEntries), waits for nothing and is not shown.
+  const std::set<const QueueInfo*> stale = StaleEntries(v);
   std::vector<QueueEntry> out;
   int64_t pos = 0;
   for (const QueueInfo& q : v.queue) {
+    if (stale.count(&q) > 0) continue;
     out.push_back(QueueEntry{q.run, absl::FromUnixMicros(q.creation_us),
                              q.create_revision,
                              absl::FromUnixMicros(q.enqueued_us), ++pos});
@@ -361,16 +366,24 @@ absl::Status EtcdDriver::CleanupRepository(const Context& ctx,
   auto v = Read(ctx, repo);
   if (!v.ok()) return v.status();
   const std::string p = RepoPrefix(repo);
+  // The runs' states first, by Txns of at most kMaxTxnOps deletes (etcd's
+  // limit), then the repository's keys and state in one Txn, so that an
+  // error part way leaves the repository there to clean up again.
+  std::set<std::string> runs;
+  for (const auto& [run, s] : v->slots) runs.insert(run);
+  for (const QueueInfo& q : v->queue) runs.insert(q.run);
   etcdpb::TxnRequest txn;
-  // Delete the meta key last in key order is irrelevant: one revision.
+  for (auto it = runs.begin(); it != runs.end();) {
+    *txn.add_success() = DeleteOp(Cat(prefix_, "state/run/", *it));
+    if (++it == runs.end() ||
+        static_cast<size_t>(txn.success_size()) == kMaxTxnOps) {
+      auto r = kv_->Txn(ctx, txn);
+      if (!r.ok()) return r.status();
+      txn.Clear();
+    }
+  }
   *txn.add_success() = DeleteOp(p, PrefixEnd(p));
   *txn.add_success() = DeleteOp(Cat(prefix_, "state/repo/", repo));
-  for (const auto& [run, s] : v->slots) {
-    *txn.add_success() = DeleteOp(Cat(prefix_, "state/run/", run));
-  }
-  for (const QueueInfo& q : v->queue) {
-    *txn.add_success() = DeleteOp(Cat(prefix_, "state/run/", q.run));
-  }
   auto r = kv_->Txn(ctx, txn);
   ForgetView(repo);
   if (!r.ok()) return r.status();

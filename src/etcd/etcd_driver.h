@@ -98,7 +98,8 @@ class EtcdDriver final : public Driver {
     std::string run;
     std::string lease_hex;
     // The revision of the Txn that granted it (the seat key's mod
-    // revision; a seat is only ever put by a grant): its fencing token.
+    // revision; a seat is only ever put by a grant): with the seat, its
+    // fencing token (FencingToken).
     int64_t revision = 0;
     // When the etcd lease's TTL started (at the latest), from the slot's
     // value "<lease hex>/<µs>/<commit id>": lets whoever releases the slot
@@ -179,7 +180,7 @@ class EtcdDriver final : public Driver {
   // with its own in one Txn (ReleaseGroup) and answers them.
   struct ReleaseReq {
     std::string run;
-    int64_t lease = 0, token = 0;
+    int64_t lease = 0, revision = 0;
     bool by_lease = false;  // a lease id was given: only that grant
     // kWaiting: listed in release_waiters_; kClaimed: in a group, not
     // listed; kDone: `result` is the answer.
@@ -327,7 +328,7 @@ class EtcdDriver final : public Driver {
   // entry; a run that holds a slot keeps none. Pointers into `v`.
   static std::set<const QueueInfo*> StaleEntries(const RepoView& v);
   // Deletes `stale` entries (except those of `callers`' runs, which the
-  // step handles) in `txn` and from `after`.
+  // step handles), kMaxStaleDeletes at most, in `txn` and from `after`.
   static void DropStale(etcdpb::TxnRequest* txn, RepoView* after,
                         const std::set<const QueueInfo*>& stale,
                         const std::set<std::string>& callers);
@@ -365,11 +366,15 @@ class EtcdDriver final : public Driver {
   absl::StatusOr<std::string> GetKey(const Context& ctx, std::string key,
                                      std::string_view what);
   // The core step: set the limit, admit the queue, then act for `run`
-  // (empty: nobody). Retries on conflicts until the context ends.
+  // (empty: nobody). Retries on conflicts until the context ends. Admits
+  // by as many Txns as etcd's kMaxTxnOps needs, oldest first, and answers
+  // every run admitted. `holding_turn`: the caller holds the repository's
+  // turn (a release admitting the rest of what its own Txn could not).
   absl::StatusOr<AcquireResult> Step(const Context& ctx,
                                      const std::string& repo, int32_t limit,
                                      bool set_limit, const std::string& run,
-                                     const AcquireOptions& options);
+                                     const AcquireOptions& options,
+                                     bool holding_turn = false);
   absl::StatusOr<std::vector<int64_t>> Leases(const Context& ctx, size_t n);
   // Grants leases ahead of demand (kLeasePoolTarget spares).
   void RefillLoop();
@@ -380,8 +385,9 @@ class EtcdDriver final : public Driver {
   absl::Time ExpiryOf(int64_t lease, absl::Time now) PAC_EXCLUDES(mu_);
   // After a release: back to the spares if the lease is young.
   void RecycleLocked(int64_t lease, absl::Time since) PAC_REQUIRES(mu_);
+  // The Lease of the grant at `revision` into `seat`.
   Lease MakeLease(const std::string& repo, const std::string& run,
-                  int64_t lease, int64_t token, int64_t seat,
+                  int64_t lease, int64_t revision, int64_t seat,
                   absl::Time now) const;
   // Replaces the watch stream with one from just after the last revision
   // seen (now, if none). The revision is read under watch_mu_ once the old

@@ -458,5 +458,71 @@ TEST(EtcdDriverTest, CompactionDuringAWatchResyncsInMockMode) {
   CompactionDuringAWatch(**d, *kv);
 }
 
+// The mock store refuses what etcd 3.4 refuses, with the same code: a Txn
+// with more than 128 compares, success ops or failure ops (the budget of a
+// nested Txn is what its parent leaves), and a request over 1.5 MiB. The
+// driver's steps are tested on the mock, so a step that etcd would refuse
+// must fail there too.
+void RefusesWhatEtcdRefuses(internal::EtcdKV& kv, const std::string& prefix) {
+  Context ctx = Context::WithTimeout(Context(), absl::Seconds(10));
+  auto puts = [&](int n) {
+    internal::etcdpb::TxnRequest txn;
+    for (int i = 0; i < n; ++i) {
+      auto* put = txn.add_success()->mutable_request_put();
+      put->set_key(absl::StrCat(prefix, "k", i));
+      put->set_value("v");
+    }
+    return txn;
+  };
+  auto at_limit = kv.Txn(ctx, puts(128));
+  ASSERT_TRUE(at_limit.ok()) << at_limit.status();
+  EXPECT_TRUE(at_limit->succeeded());
+  auto over = kv.Txn(ctx, puts(129));
+  EXPECT_TRUE(absl::IsInvalidArgument(over.status())) << over.status();
+  EXPECT_THAT(over.status().message(), HasSubstr("too many operations"));
+  internal::etcdpb::TxnRequest compares;
+  for (int i = 0; i < 129; ++i) {
+    auto* cmp = compares.add_compare();
+    cmp->set_key(absl::StrCat(prefix, "k", i));
+    cmp->set_target(internal::etcdpb::Compare::VERSION);
+    cmp->set_version(1);
+  }
+  EXPECT_TRUE(absl::IsInvalidArgument(kv.Txn(ctx, compares).status()));
+  // A nested Txn may use what its parent leaves: 64 + 64 fits, 64 + 65 not.
+  auto nested = [&](int inner) {
+    internal::etcdpb::TxnRequest outer;
+    for (int i = 0; i < 64; ++i) {
+      *outer.add_success()->mutable_request_txn() =
+          i == 0 ? puts(inner) : internal::etcdpb::TxnRequest();
+    }
+    return outer;
+  };
+  EXPECT_TRUE(kv.Txn(ctx, nested(64)).ok());
+  EXPECT_TRUE(absl::IsInvalidArgument(kv.Txn(ctx, nested(65)).status()));
+  internal::etcdpb::PutRequest big;
+  big.set_key(prefix + "big");
+  big.set_value(std::string(1600 * 1024, 'x'));
+  auto too_large = kv.Put(ctx, big);
+  EXPECT_TRUE(absl::IsInvalidArgument(too_large.status()))
+      << too_large.status();
+  EXPECT_THAT(too_large.status().message(), HasSubstr("too large"));
+  big.set_value(std::string(1400 * 1024, 'x'));
+  EXPECT_TRUE(kv.Put(ctx, big).ok());
+}
+
+TEST(EtcdStoreLimits, ARealServerRefusesOversizedRequests) {
+  auto c = TestEtcdConfig();
+  ASSERT_TRUE(c.ok()) << c.status();
+  auto kv = internal::NewGrpcEtcd(*c, nullptr);
+  ASSERT_TRUE(kv.ok()) << kv.status();
+  RefusesWhatEtcdRefuses(**kv, absl::StrCat(UniqueNs("limits"), "/"));
+}
+
+TEST(EtcdStoreLimits, TheMockRefusesWhatARealServerRefuses) {
+  ManualClock clock;
+  internal::MockEtcd kv(&clock);
+  RefusesWhatEtcdRefuses(kv, "limits/");
+}
+
 }  // namespace
 }  // namespace pac::concurrency

@@ -36,6 +36,26 @@ inline constexpr absl::Duration kOwnCommitWait = absl::Milliseconds(50);
 // Releases of one repository answered by one Txn, at most (ReleaseGroup).
 inline constexpr size_t kMaxReleaseGroup = 16;
 
+// Seats below this number make distinct fencing tokens (FencingToken).
+inline constexpr int64_t kSeatsPerRevision = int64_t{1} << 20;
+// etcd's default `--max-txn-ops`: a Txn's compares, success ops and
+// failure ops may each number this many at most.
+inline constexpr size_t kMaxTxnOps = 128;
+// Queue entries of runs that hold a slot or are queued twice, deleted by
+// one Txn at most (the rest by later ones).
+inline constexpr size_t kMaxStaleDeletes = 32;
+
+// A grant's fencing token: the revision of the Txn that granted it, then
+// its seat. Tokens strictly increase per repository (rule 4): a later Txn
+// has a greater revision, and the grants of one Txn take seats in the
+// order they are admitted (AddGrant fills the lowest free seat each time,
+// and the lower ones are taken by then), so each is above the one before.
+// Seats from kSeatsPerRevision up (a million slots held at once) would
+// overlap the next revision's tokens.
+inline int64_t FencingToken(int64_t revision, int64_t seat) {
+  return revision * kSeatsPerRevision + std::min(seat, kSeatsPerRevision - 1);
+}
+
 // Splits `rest`, a key after `P repo/`, into "<ns>/<name>" and what
 // follows its '/' (the kind: meta, limit, slot/..., queue/...). False if
 // the key has no kind.
@@ -74,7 +94,8 @@ inline bool ParseHex(std::string_view s, int64_t* out) {
   return true;
 }
 
-// A Lease's id: the etcd lease, the grant's revision (its fencing token),
+// A Lease's id: the etcd lease, the grant's revision (with the seat, its
+// fencing token),
 // the seat, and the repository and run the grant is for, as
 // `<lease hex>-<revision hex>-<seat hex>:<ns>:<name>:<run ns>:<run name>`
 // (':' since a key's '/' would split an HTTP path). An etcd lease is reused
@@ -82,16 +103,16 @@ inline bool ParseHex(std::string_view s, int64_t* out) {
 // grant; with the revision, a stale holder's id never matches a later grant
 // (rule 12). The keys let a release or renewal by id alone go straight to
 // the slot, with no index key from lease to slot to write, delete and read.
-inline std::string LeaseId(int64_t lease, int64_t token, int64_t seat,
+inline std::string LeaseId(int64_t lease, int64_t revision, int64_t seat,
                            std::string_view repo, std::string_view run) {
   std::string out =
-      Cat(Hex(lease), "-", Hex(token), "-", Hex(seat), ":", repo, ":", run);
+      Cat(Hex(lease), "-", Hex(revision), "-", Hex(seat), ":", repo, ":", run);
   std::replace(out.begin(), out.end(), '/', ':');
   return out;
 }
 
 struct ParsedLeaseId {
-  int64_t lease = 0, token = 0, seat = 0;
+  int64_t lease = 0, revision = 0, seat = 0;
   std::string repo, run;
 };
 
@@ -102,7 +123,7 @@ inline std::optional<ParsedLeaseId> ParseLeaseId(std::string_view id) {
   const std::vector<absl::string_view> grant = absl::StrSplit(parts[0], '-');
   ParsedLeaseId out;
   if (grant.size() != 3 || !ParseHex(SV(grant[0]), &out.lease) ||
-      !ParseHex(SV(grant[1]), &out.token) ||
+      !ParseHex(SV(grant[1]), &out.revision) ||
       !ParseHex(SV(grant[2]), &out.seat)) {
     return std::nullopt;
   }

@@ -107,14 +107,14 @@ void EtcdDriver::RecycleLocked(int64_t lease, absl::Time since) {
 }
 
 Lease EtcdDriver::MakeLease(const std::string& repo, const std::string& run,
-                            int64_t lease, int64_t token, int64_t seat,
+                            int64_t lease, int64_t revision, int64_t seat,
                             absl::Time now) const {
-  return Lease{LeaseId(lease, token, seat, repo, run),
+  return Lease{LeaseId(lease, revision, seat, repo, run),
                repo,
                run,
                now,
                now + ttl_,
-               token};
+               FencingToken(revision, seat)};
 }
 
 }  // namespace pac::concurrency::internal

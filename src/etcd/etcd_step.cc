@@ -88,10 +88,27 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
                                                const std::string& repo,
                                                int32_t limit, bool set_limit,
                                                const std::string& run,
-                                               const AcquireOptions& options) {
+                                               const AcquireOptions& options,
+                                               bool holding_turn) {
   bool fresh = false;
   std::optional<RepoView> confirmed;  // etcd's view, from Confirm
   Turn turn(this);  // taken once the step turns out to need a guarded write
+  // Runs admitted by earlier Txns of this step, which admitted as many as
+  // one Txn may carry and left more to admit (see kMaxTxnOps below).
+  std::vector<Lease> earlier;
+  auto answer = [&](AcquireResult r) {
+    r.admitted.insert(r.admitted.begin(), earlier.begin(), earlier.end());
+    for (auto it = r.admitted.begin(); it != r.admitted.end(); ++it) {
+      if (!run.empty() && it->pipeline_run_key == run) {
+        r.acquired = true;
+        r.position = 0;
+        r.lease = *it;
+        r.admitted.erase(it);
+        break;
+      }
+    }
+    return r;
+  };
   for (int attempt = 0; attempt < kMaxAttempts; ++attempt) {
     if (absl::Status s = ctx.Err(); !s.ok()) return s;
     if (absl::Status s = CheckOpen(); !s.ok()) return s;
@@ -109,20 +126,35 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
     auto free_slots = [&] {
       return eff_limit == 0 ? INT64_MAX : eff_limit - running;
     };
-    // Queue heads admitted into free slots, oldest first.
+    // Queue heads admitted into free slots, oldest first, as many as one
+    // Txn may carry: each takes a seat put and a queue delete, beside the
+    // `meta` and limit puts, the caller's grant or entry (2) and the stale
+    // entries deleted. Any more are admitted by the next Txn of this step.
     const std::set<const QueueInfo*> stale = StaleEntries(v);
+    const size_t max_promote =
+        (kMaxTxnOps - 5 - std::min(stale.size(), kMaxStaleDeletes)) / 2;
     std::vector<const QueueInfo*> promote;
+    bool more = false;  // heads left to admit once this Txn commits
     for (const QueueInfo& q : v.queue) {
       if (free_slots() <= 0) break;
       if (stale.count(&q) > 0) continue;
+      if (promote.size() == max_promote) {
+        more = true;
+        break;
+      }
       promote.push_back(&q);
       ++running;
     }
     AcquireResult result;
     bool grant_caller = false, enqueue_caller = false;
+    // The caller's live entry (a stale one, of a run queued twice, is
+    // only deleted).
     const QueueInfo* caller_queued = nullptr;
     for (const QueueInfo& q : v.queue) {
-      if (q.run == run) caller_queued = &q;
+      if (q.run == run && stale.count(&q) == 0) {
+        caller_queued = &q;
+        break;
+      }
     }
     bool caller_promoted =
         caller_queued != nullptr && std::find(promote.begin(), promote.end(),
@@ -137,12 +169,15 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
       } else if (caller_promoted) {
         // Admitted below with the others.
       } else if (options.adopt_running ||
-                 (promote.size() == v.queue.size() && free_slots() > 0)) {
+                 (promote.size() + stale.size() == v.queue.size() &&
+                  free_slots() > 0)) {
+        // (Stale entries wait for nobody: beside them the caller is first.)
         grant_caller = true;
       } else if (caller_queued != nullptr) {
         int64_t pos = 0;
         for (const QueueInfo& q : v.queue) {
-          if (std::find(promote.begin(), promote.end(), &q) != promote.end()) {
+          if (std::find(promote.begin(), promote.end(), &q) != promote.end() ||
+              stale.count(&q) > 0) {
             continue;
           }
           ++pos;
@@ -165,7 +200,7 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
           continue;
         }
       }
-      return result;
+      return answer(std::move(result));
     }
     const absl::Time now = clock_->Now();
     const std::string p = RepoPrefix(repo);
@@ -183,7 +218,7 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
     const bool fast = enqueue_caller && options.creation_time.has_value() &&
                       !limit_changed && promote.empty() && !grant_caller &&
                       last != nullptr && queue_key > last->key;
-    if (!fast && !turn.held()) {
+    if (!fast && !turn.held() && !holding_turn) {
       // Plan again once it is this thread's turn: the view may have moved.
       if (absl::Status s = turn.Take(ctx, repo); !s.ok()) return s;
       --attempt;
@@ -243,7 +278,7 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
       const bool room = free_slots() > (grant_caller ? 1 : 0);
       GuardAdmissions(&txn, v, promote.empty() ? nullptr : promote.back(),
                       left == 0 && (room || grant_caller));
-      DropStale(&txn, &after, stale, {run});
+      DropStale(&txn, &after, stale, {});
     }
     if (limit_changed) {
       *txn.add_success() = PutOp(p + "limit", std::to_string(limit));
@@ -267,6 +302,16 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
                    caller_queued != nullptr ? caller_queued->key : "",
                    commit_id));
     }
+    if (light) {
+      // GuardSeats compares the seats below the limit only. A run adopted
+      // over the limit takes a seat above it, which another light grant
+      // may take unseen too: it must still be empty.
+      for (const auto& [r, lease, seat] : granted) {
+        if (seat >= v.limit) {
+          AddSlotCompare(&txn, repo, seat, 0, etcdpb::Compare::EQUAL);
+        }
+      }
+    }
     if (enqueue_caller) {
       QueueInfo q{run, queue_key, creation_us, 0, absl::ToUnixMicros(now)};
       *txn.add_success() = PutOp(q.key, std::to_string(q.enqueued_us));
@@ -289,32 +334,34 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
       fresh = false;
       continue;
     }
-    const int64_t token = (*tr)->header().revision();
+    const int64_t revision = (*tr)->header().revision();
     for (const auto& [r, lease, seat] : granted) {
-      Lease l = MakeLease(repo, r, lease, token, seat, now);
+      Lease l = MakeLease(repo, r, lease, revision, seat, now);
       l.expires_at = ExpiryOf(lease, now);
       if (r == run) {
         result.acquired = true;
         result.lease = l;
       } else {
-        result.admitted.push_back(l);
         logger_->info("admitted {} from the queue of {} (token {})", r, repo,
-                      token);
+                      l.fencing_token);
+        result.admitted.push_back(std::move(l));
       }
     }
-    // The caller was promoted from the queue along with the others.
-    for (auto it = result.admitted.begin(); it != result.admitted.end(); ++it) {
-      if (it->pipeline_run_key == run && !run.empty()) {
-        result.acquired = true;
-        result.lease = *it;
-        result.admitted.erase(it);
-        break;
-      }
+    if (more) {
+      // The rest of the heads, by the next Txn, planned on the repository
+      // as this one left it.
+      earlier.insert(earlier.end(), result.admitted.begin(),
+                     result.admitted.end());
+      if (result.acquired) earlier.push_back(result.lease);
+      fresh = false;
+      --attempt;
+      continue;
     }
     if (enqueue_caller) {
       int64_t pos = 1;
       for (const QueueInfo& q : v.queue) {
-        if (std::find(promote.begin(), promote.end(), &q) != promote.end()) {
+        if (std::find(promote.begin(), promote.end(), &q) != promote.end() ||
+            stale.count(&q) > 0) {
           continue;
         }
         if (q.creation_us <= creation_us) ++pos;
@@ -324,7 +371,7 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
           "concurrency limit {} of {} reached; {} queued at position {}",
           eff_limit, repo, run, pos);
     }
-    return result;
+    return answer(std::move(result));
   }
   return absl::AbortedError(
       Cat("etcd: too much contention on ", repo, "; try again"));
@@ -341,7 +388,7 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseSlot(
   if (absl::Status s = CheckOpen(); !s.ok()) return s;
   ReleaseResult result;
   std::string repo(repo_key), run(run_key);
-  int64_t lease = 0, token = 0;
+  int64_t lease = 0, revision = 0;
   if (!lease_id.empty()) {
     // The id names its repository and run: no read before the Txn, which
     // checks that the slot is still this grant.
@@ -353,12 +400,12 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseSlot(
     repo = std::move(id->repo);
     run = std::move(id->run);
     lease = id->lease;
-    token = id->token;
+    revision = id->revision;
   }
   ReleaseReq self;
   self.run = run;
   self.lease = lease;
-  self.token = token;
+  self.revision = revision;
   self.by_lease = !lease_id.empty();
   Turn turn(this);
   if (absl::Status s = turn.Take(ctx, repo, &self); !s.ok()) return s;
@@ -444,15 +491,19 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(const Context& ctx,
       auto slot = v.slots.find(m.run);
       if (slot != v.slots.end() &&
           (!m.by_lease || (slot->second.lease_hex == Hex(m.lease) &&
-                           slot->second.revision == m.token))) {
+                           slot->second.revision == m.revision))) {
         results[i].released = true;
         freed[i].slot = &slot->second;
         --running;
-      } else if (!m.by_lease) {
+      }
+      if (results[i].released || !m.by_lease) {
+        // Every entry of the run goes with it: one that held a slot has
+        // only stale ones (from a second join), which would otherwise be
+        // admitted once the slot is gone.
         for (const QueueInfo& q : v.queue) {
           if (q.run == m.run) {
             *txn.add_success() = DeleteOp(q.key);
-            results[i].dequeued = true;
+            if (!results[i].released) results[i].dequeued = true;
           }
         }
       }
@@ -473,11 +524,24 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(const Context& ctx,
       return results[0];
     }
     const std::set<const QueueInfo*> stale = StaleEntries(v);
+    // As many heads as the Txn can carry beside its deletes (kMaxTxnOps):
+    // a seat put and an entry delete each. The rest are admitted by a step
+    // once this Txn commits.
+    size_t n_freed = 0;
+    for (const Freed& f : freed) n_freed += f.slot != nullptr ? 1 : 0;
+    const size_t ops = static_cast<size_t>(txn.success_size()) + n_freed +
+                       std::min(stale.size(), kMaxStaleDeletes);
+    const size_t max_promote = ops < kMaxTxnOps ? (kMaxTxnOps - ops) / 2 : 0;
     std::vector<const QueueInfo*> promote;
+    bool more = false;
     for (const QueueInfo& q : v.queue) {
       if (done_runs.count(q.run) > 0) continue;
       if (v.limit != 0 && running >= v.limit) break;
       if (stale.count(&q) > 0) continue;
+      if (promote.size() == max_promote) {
+        more = true;
+        break;
+      }
       promote.push_back(&q);
       ++running;
     }
@@ -531,7 +595,7 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(const Context& ctx,
     for (size_t i = 0; i < group.size(); ++i) {
       const std::string& r = group[i]->run;
       if (results[i].released) after.slots.erase(r);
-      if (results[i].dequeued) {
+      if (results[i].released || results[i].dequeued) {
         std::erase_if(after.queue,
                       [&](const QueueInfo& q) { return q.run == r; });
       }
@@ -586,6 +650,21 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(const Context& ctx,
     }
     std::move(hand_back).Cancel();
     AnswerGroup(group, results);
+    if (more) {
+      // Heads beyond what one Txn carries (the limit was raised, or many
+      // slots expired unseen): admitted now, still in this thread's turn,
+      // and told to this release.
+      auto rest = Step(ctx, repo, 0, /*set_limit=*/false, "", {},
+                       /*holding_turn=*/true);
+      if (rest.ok()) {
+        results[0].admitted.insert(results[0].admitted.end(),
+                                   rest->admitted.begin(),
+                                   rest->admitted.end());
+      } else {
+        logger_->warn("etcd: admitting the rest of the queue of {} failed: {}",
+                      repo, rest.status().ToString());
+      }
+    }
     return results[0];
   }
   return absl::AbortedError(Cat("etcd: too much contention on ", repo));

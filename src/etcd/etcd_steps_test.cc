@@ -16,6 +16,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "pac/concurrency/concurrency.h"
@@ -522,6 +523,106 @@ INSTANTIATE_TEST_SUITE_P(Etcd, LostAnswer,
 // Records the Txns sent through it, counts every request after `counting`
 // is set, and runs `before_enqueue` once, before the first Txn that puts a
 // queue key is sent.
+
+// Puts a queue entry for `run` into `repo` directly, as a second join of
+// the run by another process (at another creation time) leaves it.
+void InjectQueueEntry(internal::MockEtcd& mock, const Repository& repo,
+                      const std::string& run, absl::Time created) {
+  internal::etcdpb::PutRequest put;
+  put.set_key(absl::StrCat(
+      "/pac-concurrency/repo/", repo.Key(), "/queue/",
+      absl::StrFormat("%020d", absl::ToUnixMicros(created)), "/", run));
+  put.set_value(absl::StrCat(absl::ToUnixMicros(created)));
+  ASSERT_TRUE(mock.Put(Context(), put).ok());
+}
+
+// Issue 20 (3): a run that holds a slot and has a stale queue entry (a
+// second join) is released; the entry must go with it, not come back as a
+// live entry that admits a finished run. Before: `w` was queued behind the
+// released `r`, whose entry was admitted.
+TEST_F(TwoMockDrivers, AReleasedRunsSecondQueueEntryDoesNotComeBack) {
+  Repository repo{"stale", "repo", 1};
+  auto r = a->AcquireSlot(ctx, repo, "stale/r");
+  ASSERT_TRUE(r.ok() && r->acquired);
+  InjectQueueEntry(*mock, repo, "stale/r", clock.Now() + absl::Seconds(1));
+  // Holding a slot, it is not shown as queued.
+  EXPECT_TRUE(a->GetQueuedPipelineRuns(ctx, repo.Key())->empty());
+  auto rel = a->ReleaseSlot(ctx, "", "stale/r", repo.Key());
+  ASSERT_TRUE(rel.ok() && rel->released);
+  EXPECT_TRUE(rel->admitted.empty());
+  EXPECT_TRUE(a->GetQueuedPipelineRuns(ctx, repo.Key())->empty());
+  auto w = b->AcquireSlot(ctx, repo, "stale/w");
+  ASSERT_TRUE(w.ok());
+  EXPECT_TRUE(w->acquired);
+  EXPECT_TRUE(w->admitted.empty());
+}
+
+// Issue 20 (3): with both of a run's entries present, adopting it grants
+// it once, and releasing it leaves neither entry.
+TEST_F(TwoMockDrivers, ARunQueuedTwiceIsAdoptedOnceAndLeavesNoEntry) {
+  Repository repo{"twice", "repo", 1};
+  ASSERT_TRUE(a->AcquireSlot(ctx, repo, "twice/x")->acquired);
+  auto q = a->AcquireSlot(ctx, repo, "twice/r");
+  ASSERT_TRUE(q.ok() && !q->acquired);
+  InjectQueueEntry(*mock, repo, "twice/r", clock.Now() + absl::Seconds(5));
+  auto queued = b->GetQueuedPipelineRuns(ctx, repo.Key());
+  ASSERT_TRUE(queued.ok());
+  EXPECT_EQ(queued->size(), 1u);  // one run, one place
+  AcquireOptions adopt;
+  adopt.adopt_running = true;
+  auto r = b->AcquireSlot(ctx, repo, "twice/r", adopt);
+  ASSERT_TRUE(r.ok() && r->acquired);
+  auto running = a->GetRunningPipelineRuns(ctx, repo.Key());
+  ASSERT_TRUE(running.ok());
+  EXPECT_EQ(running->size(), 2u);  // x and r, r once
+  ASSERT_TRUE(b->ReleaseSlot(ctx, r->lease.lease_id, "", "")->released);
+  ASSERT_TRUE(a->ReleaseSlot(ctx, "", "twice/x", repo.Key())->released);
+  EXPECT_TRUE(a->GetQueuedPipelineRuns(ctx, repo.Key())->empty());
+  EXPECT_EQ(*a->GetCurrentSlots(ctx, repo.Key()), 0);
+}
+
+// Issue 20 (4): a stale entry (of a run that holds a slot) does not make
+// a new caller wait beside a free slot. Before: `w` was queued at
+// position 1 with one of two slots free, and nothing promoted it.
+TEST_F(TwoMockDrivers, AStaleEntryDoesNotQueueANewCallerBesideAFreeSlot) {
+  Repository repo{"beside", "repo", 2};
+  ASSERT_TRUE(a->AcquireSlot(ctx, repo, "beside/r")->acquired);
+  InjectQueueEntry(*mock, repo, "beside/r", clock.Now() + absl::Seconds(1));
+  auto w = b->AcquireSlot(ctx, repo, "beside/w");
+  ASSERT_TRUE(w.ok());
+  EXPECT_TRUE(w->acquired);
+  EXPECT_EQ(*a->GetCurrentSlots(ctx, repo.Key()), 2);
+}
+
+// Issue 20 (2): two processes adopting runs into a full repository (light
+// grants, nobody queued) each take a seat at or above the limit; neither
+// may overwrite the other's. Before: both took seat 1 and the second
+// overwrote the first, whose renewals then failed.
+TEST_F(TwoMockDrivers, TwoAdoptionsIntoAFullRepositoryKeepBothSlots) {
+  Repository repo{"adopt", "repo", 1};
+  ASSERT_TRUE(a->AcquireSlot(ctx, repo, "adopt/x")->acquired);
+  // b caches a view of the full repository (no queue: no watch keeps it).
+  ASSERT_TRUE(b->AcquireSlot(ctx, repo, "adopt/x")->acquired);
+  AcquireOptions adopt;
+  adopt.adopt_running = true;
+  auto r1 = a->AcquireSlot(ctx, repo, "adopt/r1", adopt);
+  ASSERT_TRUE(r1.ok() && r1->acquired);
+  auto r2 = b->AcquireSlot(ctx, repo, "adopt/r2", adopt);
+  ASSERT_TRUE(r2.ok() && r2->acquired);
+  auto running = a->GetRunningPipelineRuns(ctx, repo.Key());
+  ASSERT_TRUE(running.ok());
+  EXPECT_EQ(running->size(), 3u);
+  EXPECT_TRUE(a->RenewLease(ctx, r1->lease.lease_id).ok());
+  EXPECT_TRUE(b->RenewLease(ctx, r2->lease.lease_id).ok());
+  // Adopting one run from both processes gives both the one grant.
+  auto s1 = a->AcquireSlot(ctx, repo, "adopt/s", adopt);
+  auto s2 = b->AcquireSlot(ctx, repo, "adopt/s", adopt);
+  ASSERT_TRUE(s1.ok() && s1->acquired);
+  ASSERT_TRUE(s2.ok() && s2->acquired);
+  EXPECT_EQ(s1->lease.lease_id, s2->lease.lease_id);
+  EXPECT_TRUE(a->RenewLease(ctx, s1->lease.lease_id).ok());
+  EXPECT_EQ(*a->GetCurrentSlots(ctx, repo.Key()), 4);
+}
 
 }  // namespace
 }  // namespace pac::concurrency

@@ -151,8 +151,10 @@ void EtcdDriver::GuardAdmissions(etcdpb::TxnRequest* txn, const RepoView& v,
 void EtcdDriver::DropStale(etcdpb::TxnRequest* txn, RepoView* after,
                            const std::set<const QueueInfo*>& stale,
                            const std::set<std::string>& callers) {
+  size_t dropped = 0;
   for (const QueueInfo* q : stale) {
     if (callers.count(q->run) > 0) continue;  // the callers' are handled
+    if (dropped++ == kMaxStaleDeletes) break;  // the rest by a later Txn
     *txn->add_success() = DeleteOp(q->key);
     std::erase_if(after->queue,
                   [&](const QueueInfo& e) { return e.key == q->key; });
@@ -277,8 +279,10 @@ absl::StatusOr<std::optional<etcdpb::TxnResponse>> EtcdDriver::CommitStep(
       return std::optional<etcdpb::TxnResponse>(std::move(done));
     }
   }
-  if (tr.ok()) {
-    // A lost compare is certain: this Txn wrote nothing.
+  if (tr.ok() || absl::IsInvalidArgument(tr.status()) ||
+      absl::IsPermissionDenied(tr.status())) {
+    // A lost compare, or a request etcd refused before running it: this
+    // Txn wrote nothing, and its leases carry nothing.
     MutexLock lock(&mu_);
     for (int64_t l : leases) spare_leases_.push_back(l);
   }

@@ -270,6 +270,7 @@ absl::StatusOr<etcdpb::RangeResponse> MockEtcd::Range(
 absl::StatusOr<etcdpb::PutResponse> MockEtcd::Put(
     const Context& ctx, const etcdpb::PutRequest& req) {
   if (absl::Status s = ctx.Err(); !s.ok()) return s;
+  if (absl::Status s = CheckRequestSize(req.ByteSizeLong()); !s.ok()) return s;
   etcdpb::PutResponse out;
   {
     MutexLock lock(&mu_);
@@ -365,11 +366,41 @@ bool HasDuplicateKey(const etcdpb::TxnRequest& req) {
   return false;
 }
 
+// As etcd 3.4 checks a Txn (checkTxnRequest): none of its compares,
+// success ops and failure ops may number more than `max_ops`, and a nested
+// Txn may have at most `max_ops` less its parent's greatest count.
+bool TooManyOps(const etcdpb::TxnRequest& req, int max_ops) {
+  const int count = std::max({req.compare_size(), req.success_size(),
+                              req.failure_size()});
+  if (count > max_ops) return true;
+  for (const auto* ops : {&req.success(), &req.failure()}) {
+    for (const auto& op : *ops) {
+      if (op.has_request_txn() &&
+          TooManyOps(op.request_txn(), max_ops - count)) {
+        return true;
+      }
+    }
+  }
+  return false;
+}
+
 }  // namespace
+
+absl::Status MockEtcd::CheckRequestSize(size_t bytes) {
+  if (bytes > kMaxRequestBytes) {
+    return absl::InvalidArgumentError("etcdserver: request is too large");
+  }
+  return absl::OkStatus();
+}
 
 absl::StatusOr<etcdpb::TxnResponse> MockEtcd::Txn(
     const Context& ctx, const etcdpb::TxnRequest& req) {
   if (absl::Status s = ctx.Err(); !s.ok()) return s;
+  if (TooManyOps(req, kMaxTxnOps)) {
+    return absl::InvalidArgumentError(
+        "etcdserver: too many operations in txn request");
+  }
+  if (absl::Status s = CheckRequestSize(req.ByteSizeLong()); !s.ok()) return s;
   if (HasDuplicateKey(req)) {
     return absl::InvalidArgumentError(
         "etcdserver: duplicate key given in txn request");

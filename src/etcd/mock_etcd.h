@@ -22,6 +22,12 @@ namespace pac::concurrency::internal {
 
 class MockEtcd final : public EtcdKV {
  public:
+  // etcd's defaults for the request limits it enforces as etcd 3.4 does:
+  // `--max-txn-ops` (each of a Txn's compares, success and failure ops)
+  // and `--max-request-bytes`. Over them: InvalidArgument, etcd's message.
+  static constexpr int kMaxTxnOps = 128;
+  static constexpr size_t kMaxRequestBytes = 1536 * 1024;
+
   explicit MockEtcd(Clock* clock);
   ~MockEtcd() override;
 
@@ -50,6 +56,7 @@ class MockEtcd final : public EtcdKV {
   void DrainDeliveriesForTest() PAC_EXCLUDES(mu_);
 
  private:
+  static absl::Status CheckRequestSize(size_t bytes);
   struct LeaseRec {
     int64_t ttl;
     absl::Time expires_at;

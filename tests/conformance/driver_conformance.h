@@ -14,6 +14,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -58,6 +59,9 @@ struct DriverFactory {
   // Upper bound a test waits for a watcher callback or a background step.
   absl::Duration patience = absl::Seconds(10);
 };
+
+// gtest names a failed case's parameter by this, not by its bytes.
+inline void PrintTo(const DriverFactory& f, std::ostream* os) { *os << f.name; }
 
 class DriverConformanceTest : public ::testing::TestWithParam<DriverFactory> {
  protected:

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "gmock/gmock.h"
 #include "tests/conformance/driver_conformance.h"
 
@@ -315,6 +316,25 @@ TEST_P(DriverConformanceTest, Rule11_LoweringLimitEvictsNobody) {
   EXPECT_EQ(last->admitted[0].pipeline_run_key, Run("d"));
 }
 
+// Queues `n` runs (`<prefix>000`, `<prefix>001`, ...) behind `holder`,
+// which holds the repository's only slot, renewing its lease as it goes (a
+// real backend's TTL is short); returns their keys in queue order.
+std::vector<std::string> QueueMany(Driver* d, const Context& ctx,
+                                   const Repository& repo,
+                                   const std::string& ns,
+                                   const std::string& holder_lease,
+                                   const std::string& prefix, int n) {
+  std::vector<std::string> runs;
+  for (int i = 0; i < n; ++i) {
+    runs.push_back(
+        absl::StrCat(ns, "/", prefix, absl::Dec(i, absl::kZeroPad3)));
+    auto r = d->AcquireSlot(ctx, repo, runs.back());
+    EXPECT_TRUE(r.ok() && !r->acquired) << runs.back();
+    if (i % 25 == 24) EXPECT_TRUE(d->RenewLease(ctx, holder_lease).ok());
+  }
+  return runs;
+}
+
 TEST_P(DriverConformanceTest, Rule11_RaisingLimitAdmitsAtOnce) {
   Repository repo = Repo("raise", 1);
   ASSERT_TRUE(driver_->AcquireSlot(ctx_, repo, Run("a"))->acquired);
@@ -331,6 +351,39 @@ TEST_P(DriverConformanceTest, Rule11_RaisingLimitAdmitsAtOnce) {
   ASSERT_TRUE(e.ok());
   EXPECT_TRUE(e->acquired);
   EXPECT_THAT(RunKeys(e->admitted), ElementsAre(Run("d")));
+}
+
+// More admissions than one backend request may carry (etcd: 128 operations
+// per Txn) still come in one call, oldest first, and the rest stay queued
+// in order. (No background promotion: the admitted runs' leases may run
+// out on a real backend's short TTL, which must not move the queue here.)
+TEST_P(DriverConformanceTest,
+       Rule11_RaisingTheLimitPastOneRequestAdmitsInOrder) {
+  std::unique_ptr<Driver> d = MakeDriver(/*background_cleanup=*/false);
+  Repository repo = Repo("raise-many", 1);
+  auto a = d->AcquireSlot(ctx_, repo, Run("a"));
+  ASSERT_TRUE(a.ok() && a->acquired);
+  const std::vector<std::string> queued =
+      QueueMany(d.get(), ctx_, repo, ns_, a->lease.lease_id, "q", 300);
+  auto admitted = d->SetRepositoryLimit(ctx_, Repo("raise-many", 200));
+  ASSERT_TRUE(admitted.ok()) << admitted.status();
+  EXPECT_THAT(RunKeys(*admitted),
+              ElementsAreArray(queued.begin(), queued.begin() + 199));
+  auto left = d->GetQueuedPipelineRuns(ctx_, repo.Key());
+  ASSERT_TRUE(left.ok()) << left.status();
+  EXPECT_THAT(RunKeys(*left),
+              ElementsAreArray(queued.begin() + 199, queued.end()));
+  // Every admitted run holds its own slot, with its own fencing token.
+  std::set<int64_t> tokens;
+  for (const Lease& l : *admitted) tokens.insert(l.fencing_token);
+  EXPECT_EQ(tokens.size(), admitted->size());
+  // A limit of 0 (unlimited) admits the whole backlog, in order.
+  auto rest = d->SetRepositoryLimit(ctx_, Repo("raise-many", 0));
+  ASSERT_TRUE(rest.ok()) << rest.status();
+  EXPECT_THAT(RunKeys(*rest),
+              ElementsAreArray(queued.begin() + 199, queued.end()));
+  EXPECT_TRUE(d->GetQueuedPipelineRuns(ctx_, repo.Key())->empty());
+  EXPECT_TRUE(d->Close().ok());
 }
 
 // ---------------------------------------------------------------------------
@@ -406,6 +459,36 @@ TEST_P(DriverConformanceTest, Rule13_CleanupRemovesOnlyThatRepository) {
               ElementsAre(Run("d")));
   EXPECT_EQ(*driver_->GetRepositoryState(ctx_, kept.Key()), "active");
   EXPECT_EQ(*driver_->GetPipelineRunState(ctx_, Run("c")), "started");
+}
+
+// A repository with more runs than one backend request may delete (etcd:
+// 128 operations per Txn) is cleaned up whole, run states included.
+TEST_P(DriverConformanceTest, Rule13_CleanupOfARepositoryWithAThousandRuns) {
+  Repository repo = Repo("big", 1);
+  auto a = driver_->AcquireSlot(ctx_, repo, Run("a"));
+  ASSERT_TRUE(a.ok() && a->acquired);
+  const std::vector<std::string> queued =
+      QueueMany(driver_.get(), ctx_, repo, ns_, a->lease.lease_id, "q", 999);
+  ASSERT_TRUE(driver_->SetRepositoryState(ctx_, repo, "active").ok());
+  for (int i = 0; i < 999; i += 111) {
+    ASSERT_TRUE(driver_->SetPipelineRunState(ctx_, queued[i], "queued").ok());
+  }
+  ASSERT_TRUE(driver_->SetPipelineRunState(ctx_, Run("a"), "started").ok());
+  absl::Status s = driver_->CleanupRepository(ctx_, repo.Key());
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_EQ(*driver_->GetCurrentSlots(ctx_, repo.Key()), 0);
+  EXPECT_TRUE(driver_->GetQueuedPipelineRuns(ctx_, repo.Key())->empty());
+  EXPECT_TRUE(
+      absl::IsNotFound(driver_->GetRepositoryState(ctx_, repo.Key()).status()));
+  EXPECT_TRUE(
+      absl::IsNotFound(driver_->GetPipelineRunState(ctx_, Run("a")).status()));
+  for (int i = 0; i < 999; i += 111) {
+    EXPECT_TRUE(absl::IsNotFound(
+        driver_->GetPipelineRunState(ctx_, queued[i]).status()));
+  }
+  auto repos = driver_->ListRepositories(ctx_, ns_);
+  ASSERT_TRUE(repos.ok());
+  EXPECT_TRUE(repos->empty());
 }
 
 TEST_P(DriverConformanceTest, Rule13_StatesRoundTrip) {
