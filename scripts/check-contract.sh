@@ -12,8 +12,9 @@ if [ ! -r "$DOC" ]; then
   exit 1
 fi
 # Every test the sources define, as Suite.Test.
-defined=$(git ls-files '*.cc' 2>/dev/null | xargs grep -hoE \
-  'TEST(_F|_P)?\(\s*[A-Za-z0-9_]+,\s*[A-Za-z0-9_]+\)' |
+# (Files joined into one line: clang-format may wrap a long name.)
+defined=$(git ls-files '*.cc' 2>/dev/null | xargs cat | tr '\n' ' ' |
+  grep -oE 'TEST(_F|_P)?\(\s*[A-Za-z0-9_]+,\s*[A-Za-z0-9_]+\)' |
   sed -E 's/TEST(_F|_P)?\(\s*([A-Za-z0-9_]+),\s*([A-Za-z0-9_]+)\)/\2.\3/' |
   sort -u)
 named=$(grep -oE '`[A-Z][A-Za-z0-9_]*\.[A-Z][A-Za-z0-9_]*`' "$DOC" |

@@ -84,12 +84,9 @@ void EtcdDriver::EndTurn(const std::string& repo) {
   turns_cv_.NotifyAll();
 }
 
-absl::StatusOr<AcquireResult> EtcdDriver::Step(const Context& ctx,
-                                               const std::string& repo,
-                                               int32_t limit, bool set_limit,
-                                               const std::string& run,
-                                               const AcquireOptions& options,
-                                               bool holding_turn) {
+absl::StatusOr<AcquireResult> EtcdDriver::Step(
+    const Context& ctx, const std::string& repo, int32_t limit, bool set_limit,
+    const std::string& run, const AcquireOptions& options, bool holding_turn) {
   bool fresh = false;
   std::optional<RepoView> confirmed;  // etcd's view, from Confirm
   Turn turn(this);  // taken once the step turns out to need a guarded write

@@ -153,7 +153,7 @@ void EtcdDriver::DropStale(etcdpb::TxnRequest* txn, RepoView* after,
                            const std::set<std::string>& callers) {
   size_t dropped = 0;
   for (const QueueInfo* q : stale) {
-    if (callers.count(q->run) > 0) continue;  // the callers' are handled
+    if (callers.count(q->run) > 0) continue;   // the callers' are handled
     if (dropped++ == kMaxStaleDeletes) break;  // the rest by a later Txn
     *txn->add_success() = DeleteOp(q->key);
     std::erase_if(after->queue,

@@ -370,8 +370,8 @@ bool HasDuplicateKey(const etcdpb::TxnRequest& req) {
 // success ops and failure ops may number more than `max_ops`, and a nested
 // Txn may have at most `max_ops` less its parent's greatest count.
 bool TooManyOps(const etcdpb::TxnRequest& req, int max_ops) {
-  const int count = std::max({req.compare_size(), req.success_size(),
-                              req.failure_size()});
+  const int count =
+      std::max({req.compare_size(), req.success_size(), req.failure_size()});
   if (count > max_ops) return true;
   for (const auto* ops : {&req.success(), &req.failure()}) {
     for (const auto& op : *ops) {
