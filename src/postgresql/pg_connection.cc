@@ -70,6 +70,11 @@ absl::StatusOr<std::unique_ptr<PgConnection>> PgConnection::Open(
       config.database.c_str(), config.username.c_str(),
       config.ssl_mode.c_str(), timeout.c_str(),
       "pac-concurrency"};
+  // Admission counts under a row lock and needs each statement to see what
+  // committed while it waited (schema.cc, pac_check_isolation): READ
+  // COMMITTED whatever the server's or role's default.
+  keys.push_back("options");
+  values.push_back("-c default_transaction_isolation=read\\ committed");
   if (!config.password.empty()) {
     keys.push_back("password");
     values.push_back(config.password.c_str());

@@ -1,11 +1,16 @@
 // The one place where libpq failures become Status codes.
 //
-//   connection lost/refused, SQLSTATE 08xxx, 57P01-57P03, 53xxx  Unavailable
-//   40001 serialization failure, 40P01 deadlock                   Aborted
-//   28xxx / "password authentication failed" Unauthenticated TLS verification
-//   failures                                     FailedPrecondition 42501
-//   insufficient privilege                                  PermissionDenied
-//   22xxx data exception InvalidArgument anything else Internal
+// clang-format off
+//   connection lost/refused, 08xxx, 57P01-57P03, 53xxx   Unavailable
+//   40001 serialization failure, 40P01 deadlock          Aborted
+//   28xxx, "password authentication failed"              Unauthenticated
+//   TLS verification failures                            FailedPrecondition
+//   25xxx invalid transaction state (pac_check_isolation) FailedPrecondition
+//   42501 insufficient privilege                         PermissionDenied
+//   22xxx data exception                                 InvalidArgument
+//   57014 query cancelled (statement timeout)            DeadlineExceeded
+//   anything else                                        Internal
+// clang-format on
 //
 // Messages come from the server or libpq; neither includes the password.
 #include <string>
@@ -68,6 +73,7 @@ absl::Status PgResultError(const PGresult* result, PGconn* conn,
     return absl::AbortedError(text);
   }
   if (cls == "28") return absl::UnauthenticatedError(text);
+  if (cls == "25") return absl::FailedPreconditionError(text);
   if (sqlstate == "42501") return absl::PermissionDeniedError(text);
   if (cls == "22") return absl::InvalidArgumentError(text);
   if (sqlstate == "57014") return absl::DeadlineExceededError(text);

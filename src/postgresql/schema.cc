@@ -1,5 +1,6 @@
 #include "src/postgresql/schema.h"
 
+#include <iterator>
 #include <string>
 
 #include "src/common/strings.h"
@@ -57,6 +58,37 @@ CREATE TABLE IF NOT EXISTS pac_repositories (
 
 CREATE SEQUENCE IF NOT EXISTS pac_fencing_seq;
 CREATE SEQUENCE IF NOT EXISTS pac_queue_seq;
+)SQL";
+
+// Migration 2: keys as long as the contract allows (63 + 1 + 253
+// characters: a namespace and a name), beyond the specification's 255.
+// Widening a VARCHAR rewrites no row.
+constexpr const char* kMigration2 = R"SQL(
+ALTER TABLE concurrency_slots ALTER COLUMN repository_key TYPE VARCHAR(320),
+                              ALTER COLUMN pipeline_run_key TYPE VARCHAR(320);
+ALTER TABLE repository_states ALTER COLUMN repository_key TYPE VARCHAR(320);
+ALTER TABLE pipeline_run_states ALTER COLUMN pipeline_run_key TYPE VARCHAR(320);
+ALTER TABLE pac_repositories ALTER COLUMN repository_key TYPE VARCHAR(320);
+)SQL";
+
+// The functions, as this build has them: (re)created whenever the schema
+// moves to this build's version.
+constexpr const char* kFunctions = R"SQL(
+-- Every function below counts and grants under the repository row's lock
+-- and relies on READ COMMITTED: each statement sees what committed before
+-- it, so a caller that waited for the lock counts the grants made
+-- meanwhile. Under REPEATABLE READ or SERIALIZABLE it would count from a
+-- snapshot taken before it waited. The driver sets READ COMMITTED on its
+-- connections; this refuses any other.
+CREATE OR REPLACE FUNCTION pac_check_isolation() RETURNS VOID
+LANGUAGE plpgsql AS $$
+BEGIN
+  IF current_setting('transaction_isolation') <> 'read committed' THEN
+    RAISE EXCEPTION 'pac-concurrency needs READ COMMITTED transactions, not %',
+      upper(current_setting('transaction_isolation'))
+      USING ERRCODE = 'invalid_transaction_state';
+  END IF;
+END $$;
 
 CREATE OR REPLACE FUNCTION pac_notify(p_repo TEXT, p_type TEXT, p_run TEXT)
 RETURNS VOID LANGUAGE sql AS $$
@@ -120,10 +152,16 @@ DECLARE
   v_count INTEGER;
   r RECORD;
 BEGIN
-  INSERT INTO pac_repositories (repository_key, concurrency_limit)
-       VALUES (p_repo, p_limit) ON CONFLICT (repository_key) DO NOTHING;
-  SELECT t.concurrency_limit INTO v_old FROM pac_repositories t
-   WHERE t.repository_key = p_repo FOR UPDATE;
+  PERFORM pac_check_isolation();
+  -- The row may be deleted (a cleanup) between the insert that found it
+  -- and the lock: then insert it again, until this call holds it.
+  LOOP
+    INSERT INTO pac_repositories (repository_key, concurrency_limit)
+         VALUES (p_repo, p_limit) ON CONFLICT (repository_key) DO NOTHING;
+    SELECT t.concurrency_limit INTO v_old FROM pac_repositories t
+     WHERE t.repository_key = p_repo FOR UPDATE;
+    EXIT WHEN FOUND;
+  END LOOP;
   IF v_old IS DISTINCT FROM p_limit THEN
     UPDATE pac_repositories t SET concurrency_limit = p_limit, updated_at = v_now
      WHERE t.repository_key = p_repo;
@@ -208,6 +246,7 @@ DECLARE
   v_state TEXT;
   r RECORD;
 BEGIN
+  PERFORM pac_check_isolation();
   IF p_lease IS NOT NULL THEN
     SELECT s.repository_key, s.pipeline_run_key INTO r
       FROM concurrency_slots s WHERE s.lease_id = p_lease;
@@ -258,10 +297,12 @@ DECLARE
   v_limit INTEGER;
   n INTEGER := 0;
 BEGIN
+  PERFORM pac_check_isolation();
   FOR v_repo IN SELECT DISTINCT s.repository_key FROM concurrency_slots s
                  WHERE s.state = 'running' AND s.expires_at <= clock_timestamp() LOOP
     SELECT t.concurrency_limit INTO v_limit FROM pac_repositories t
      WHERE t.repository_key = v_repo FOR UPDATE;
+    CONTINUE WHEN NOT FOUND;  -- cleaned up meanwhile, slots and all
     PERFORM * FROM pac_promote(v_repo, coalesce(v_limit, 0), p_ttl,
                                clock_timestamp());
     n := n + 1;
@@ -273,10 +314,16 @@ END $$;
 CREATE OR REPLACE FUNCTION pac_cleanup(p_repo TEXT) RETURNS VOID
 LANGUAGE plpgsql AS $$
 BEGIN
+  PERFORM pac_check_isolation();
   PERFORM 1 FROM pac_repositories t WHERE t.repository_key = p_repo FOR UPDATE;
+  -- States are keyed by run alone: a run key another repository also
+  -- uses keeps its state.
   DELETE FROM pipeline_run_states p
    WHERE p.pipeline_run_key IN (SELECT s.pipeline_run_key FROM concurrency_slots s
-                                 WHERE s.repository_key = p_repo);
+                                 WHERE s.repository_key = p_repo)
+     AND NOT EXISTS (SELECT 1 FROM concurrency_slots o
+                      WHERE o.pipeline_run_key = p.pipeline_run_key
+                        AND o.repository_key <> p_repo);
   DELETE FROM concurrency_slots s WHERE s.repository_key = p_repo;
   DELETE FROM repository_states r WHERE r.repository_key = p_repo;
   DELETE FROM pac_repositories t WHERE t.repository_key = p_repo;
@@ -313,13 +360,22 @@ absl::Status Migrate(PgConnection& conn, const Context& ctx) {
         Cat("postgresql: the database has schema version ", have,
             ", newer than this build's ", kSchemaVersion));
   }
-  if (have < 1) {
-    auto m = conn.Exec(ctx, Cat(kMigration1,
+  const char* const migrations[] = {kMigration1, kMigration2};
+  static_assert(std::size(migrations) == kSchemaVersion);
+  for (int64_t v = have + 1; v <= kSchemaVersion; ++v) {
+    auto m = conn.Exec(ctx, Cat(migrations[v - 1],
                                 "\nINSERT INTO pac_schema_version (version) "
-                                "VALUES (1);"));
+                                "VALUES (",
+                                v, ");"));
     if (!m.ok()) {
       (void)conn.Exec(ctx, "ROLLBACK");
       return m.status();
+    }
+  }
+  if (have < kSchemaVersion) {
+    if (auto f = conn.Exec(ctx, kFunctions); !f.ok()) {
+      (void)conn.Exec(ctx, "ROLLBACK");
+      return f.status();
     }
   }
   auto commit = conn.Exec(ctx, "COMMIT");

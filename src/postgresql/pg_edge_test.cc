@@ -1,0 +1,216 @@
+// The PostgreSQL driver's edge cases on a real server: interleavings forced
+// by holding a repository's row lock from a connection of the test's own
+// (admissions then stop at their FOR UPDATE, and the test decides what
+// commits before they go on), a role whose default isolation is not READ
+// COMMITTED, keys of the longest valid length, and cleanup beside another
+// repository that uses the same run key.
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/cleanup/cleanup.h"
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "pac/concurrency/concurrency.h"
+#include "src/postgresql/pg_connection.h"
+#include "tests/conformance/pg_test_env.h"
+
+namespace pac::concurrency {
+namespace {
+
+using conformance::TestPostgreSQLConfig;
+using internal::PgConnection;
+using ::testing::HasSubstr;
+
+std::string UniqueNs(const char* what) {
+  static std::atomic<int> n{0};
+  return absl::StrCat(what, "-", getpid(), "-", n++);
+}
+
+std::unique_ptr<PgConnection> Connect() {
+  auto config = TestPostgreSQLConfig();
+  EXPECT_TRUE(config.ok()) << config.status();
+  if (!config.ok()) return nullptr;
+  Context ctx = Context::WithTimeout(Context(), absl::Seconds(10));
+  auto c = PgConnection::Open(*config, ctx);
+  EXPECT_TRUE(c.ok()) << c.status();
+  return c.ok() ? *std::move(c) : nullptr;
+}
+
+std::unique_ptr<Driver> NewDriver() {
+  auto config = TestPostgreSQLConfig();
+  EXPECT_TRUE(config.ok()) << config.status();
+  if (!config.ok()) return nullptr;
+  DriverOptions o;
+  o.background_cleanup = false;
+  auto d = NewPostgreSQLDriver(*config, o);
+  EXPECT_TRUE(d.ok()) << d.status();
+  return d.ok() ? *std::move(d) : nullptr;
+}
+
+absl::Status Exec(PgConnection& c, const std::string& sql,
+                  const std::vector<internal::PgParam>& params = {}) {
+  Context ctx = Context::WithTimeout(Context(), absl::Seconds(10));
+  auto r = c.Exec(ctx, sql, params);
+  return r.ok() ? absl::OkStatus() : r.status();
+}
+
+// Waits until `n` backends wait for a lock inside pac_acquire.
+bool AwaitLockWaiters(PgConnection& c, int n) {
+  const absl::Time give_up = absl::Now() + absl::Seconds(10);
+  while (absl::Now() < give_up) {
+    Context ctx = Context::WithTimeout(Context(), absl::Seconds(5));
+    auto r = c.Exec(ctx,
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE wait_event_type = 'Lock' "
+                    "AND query LIKE '%pac_acquire%'");
+    if (r.ok() && r->GetInt(0, 0) >= n) return true;
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  return false;
+}
+
+// Two drivers (two connection pools, as two replicas) acquire a slot of
+// `repo` (limit 1) while `holder` holds the repository's row locked; once
+// both wait for the lock, `between` runs on `holder`, which then commits.
+// Returns how many of the two acquired.
+int TwoAcquiresAcross(Driver& d1, Driver& d2, const Repository& repo,
+                      PgConnection& holder, const std::string& between) {
+  Context ctx = Context::WithTimeout(Context(), absl::Seconds(30));
+  EXPECT_TRUE(Exec(holder, "BEGIN").ok());
+  EXPECT_TRUE(Exec(holder,
+                   "SELECT 1 FROM pac_repositories "
+                   "WHERE repository_key = $1 FOR UPDATE",
+                   {repo.Key()})
+                  .ok());
+  absl::StatusOr<AcquireResult> r1, r2;
+  std::thread t1([&] { r1 = d1.AcquireSlot(ctx, repo, repo.ns + "/r1"); });
+  std::thread t2([&] { r2 = d2.AcquireSlot(ctx, repo, repo.ns + "/r2"); });
+  auto watcher = Connect();
+  EXPECT_TRUE(watcher != nullptr && AwaitLockWaiters(*watcher, 2))
+      << "the acquires never waited for the row lock";
+  if (!between.empty()) {
+    EXPECT_TRUE(Exec(holder, between, {repo.Key()}).ok());
+  }
+  EXPECT_TRUE(Exec(holder, "COMMIT").ok());
+  t1.join();
+  t2.join();
+  EXPECT_TRUE(r1.ok()) << r1.status();
+  EXPECT_TRUE(r2.ok()) << r2.status();
+  return (r1.ok() && r1->acquired ? 1 : 0) + (r2.ok() && r2->acquired ? 1 : 0);
+}
+
+// Issue 20 (12): the cleanup deletes the repository's row between an
+// acquire's insert (which found the row) and its lock (which then finds
+// none). Before: the acquire granted without holding any lock, and its
+// slot had no repository row: the limit was gone and a release by key
+// freed nothing (pac_release found no row to lock).
+TEST(PostgreSQLEdgeTest, AcquiresRacingACleanupNeverOverAdmit) {
+  auto d1 = NewDriver(), d2 = NewDriver();
+  auto holder = Connect();
+  ASSERT_TRUE(d1 && d2 && holder);
+  Repository repo{UniqueNs("clean-race"), "repo", 1};
+  ASSERT_TRUE(d1->SetRepositoryLimit(Context(), repo).ok());
+  EXPECT_EQ(
+      TwoAcquiresAcross(*d1, *d2, repo, *holder, "SELECT pac_cleanup($1)"), 1);
+  EXPECT_EQ(*d1->GetCurrentSlots(Context(), repo.Key()), 1);
+  EXPECT_EQ(*d1->GetRepositoryLimit(Context(), repo.Key()), 1);
+  // The slot has its repository: a release by key finds and frees it,
+  // and admits the other run.
+  auto running = d1->GetRunningPipelineRuns(Context(), repo.Key());
+  ASSERT_TRUE(running.ok() && running->size() == 1u);
+  auto rel = d1->ReleaseSlot(Context(), "", (*running)[0].pipeline_run_key,
+                             repo.Key());
+  ASSERT_TRUE(rel.ok()) << rel.status();
+  EXPECT_TRUE(rel->released);
+  EXPECT_EQ(rel->admitted.size(), 1u);
+}
+
+// Issue 20 (13): a role whose sessions default to REPEATABLE READ. A waiter
+// that counted from a snapshot taken before it waited would grant beside
+// the grant it waited for. Before: both acquires granted over a limit of 1.
+TEST(PostgreSQLEdgeTest, ARoleDefaultOfRepeatableReadDoesNotOverAdmit) {
+  auto admin = Connect();
+  ASSERT_TRUE(admin != nullptr);
+  ASSERT_TRUE(Exec(*admin,
+                   "ALTER ROLE CURRENT_USER SET default_transaction_isolation "
+                   "= 'repeatable read'")
+                  .ok());
+  absl::Cleanup reset = [&] {
+    EXPECT_TRUE(Exec(*admin,
+                     "ALTER ROLE CURRENT_USER RESET "
+                     "default_transaction_isolation")
+                    .ok());
+  };
+  auto d1 = NewDriver(), d2 = NewDriver();
+  auto holder = Connect();
+  ASSERT_TRUE(d1 && d2 && holder);
+  Repository repo{UniqueNs("rr"), "repo", 1};
+  ASSERT_TRUE(d1->SetRepositoryLimit(Context(), repo).ok());
+  EXPECT_EQ(TwoAcquiresAcross(*d1, *d2, repo, *holder, ""), 1);
+  EXPECT_EQ(*d1->GetCurrentSlots(Context(), repo.Key()), 1);
+  // A session that is not READ COMMITTED is refused by name, whoever
+  // calls the functions.
+  ASSERT_TRUE(
+      Exec(*holder, "SET default_transaction_isolation = 'repeatable read'")
+          .ok());
+  absl::Status s = Exec(*holder,
+                        "SELECT * FROM pac_acquire($1, 'x/y', 1, NULL, true, "
+                        "false, '30 seconds')",
+                        {repo.Key()});
+  EXPECT_TRUE(absl::IsFailedPrecondition(s)) << s;
+  EXPECT_THAT(s.message(), HasSubstr("READ COMMITTED"));
+}
+
+// Issue 20 (16): keys of the longest length the contract allows (a
+// 63-character namespace and a 253-character name) work on PostgreSQL as
+// on every driver. Before: "value too long for type character
+// varying(255)", naming no field.
+TEST(PostgreSQLEdgeTest, KeysOfTheLongestValidLengthWork) {
+  auto d = NewDriver();
+  ASSERT_TRUE(d != nullptr);
+  std::string ns = UniqueNs("long");
+  ns += std::string(63 - ns.size(), 'n');
+  const std::string label(63, 'a');
+  const std::string name =
+      absl::StrCat(label, ".", label, ".", label, ".", std::string(61, 'b'));
+  ASSERT_EQ(name.size(), 253u);
+  Repository repo{ns, name, 1};
+  const std::string run = absl::StrCat(ns, "/", name);
+  Context ctx;
+  auto a = d->AcquireSlot(ctx, repo, run);
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_TRUE(a->acquired);
+  ASSERT_TRUE(d->SetRepositoryState(ctx, repo, "active").ok());
+  ASSERT_TRUE(d->SetPipelineRunState(ctx, run, "started").ok());
+  EXPECT_EQ(*d->GetPipelineRunState(ctx, run), "started");
+  auto rel = d->ReleaseSlot(ctx, a->lease.lease_id, "", "");
+  ASSERT_TRUE(rel.ok() && rel->released);
+  EXPECT_TRUE(d->CleanupRepository(ctx, repo.Key()).ok());
+}
+
+// Issue 20 (16): run states are keyed by run alone. Cleaning up ns/a must
+// keep the state of a run key that ns/ab still uses. Before: it was
+// deleted.
+TEST(PostgreSQLEdgeTest, CleanupKeepsTheStateOfARunAnotherRepositoryUses) {
+  auto d = NewDriver();
+  ASSERT_TRUE(d != nullptr);
+  Context ctx;
+  const std::string ns = UniqueNs("shared");
+  Repository a{ns, "a", 1}, ab{ns, "ab", 1};
+  const std::string run = ns + "/run";
+  ASSERT_TRUE(d->AcquireSlot(ctx, a, run)->acquired);
+  ASSERT_TRUE(d->AcquireSlot(ctx, ab, run)->acquired);
+  ASSERT_TRUE(d->SetPipelineRunState(ctx, run, "started").ok());
+  ASSERT_TRUE(d->AcquireSlot(ctx, a, ns + "/only-a")->position > 0);
+  ASSERT_TRUE(d->SetPipelineRunState(ctx, ns + "/only-a", "queued").ok());
+  ASSERT_TRUE(d->CleanupRepository(ctx, a.Key()).ok());
+  EXPECT_EQ(*d->GetPipelineRunState(ctx, run), "started");
+  EXPECT_TRUE(
+      absl::IsNotFound(d->GetPipelineRunState(ctx, ns + "/only-a").status()));
+  EXPECT_EQ(*d->GetCurrentSlots(ctx, ab.Key()), 1);
+}
+
+}  // namespace
+}  // namespace pac::concurrency
