@@ -117,8 +117,11 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(
     confirmed.reset();
     if (!view.ok()) return view.status();
     const RepoView& v = *view;
-    const int32_t eff_limit = set_limit ? limit : v.limit;
-    const bool limit_changed = set_limit && (!v.exists || v.limit != limit);
+    // A recorded limit kept: as if none were given.
+    const bool set =
+        set_limit && !(options.keep_recorded_limit && v.has_limit);
+    const int32_t eff_limit = set ? limit : v.limit;
+    const bool limit_changed = set && (!v.exists || v.limit != limit);
     int64_t running = static_cast<int64_t>(v.slots.size());
     auto free_slots = [&] {
       return eff_limit == 0 ? INT64_MAX : eff_limit - running;

@@ -237,7 +237,7 @@ absl::StatusOr<AcquireResult> MemoryDriver::AcquireSlot(
   if (absl::Status s = ctx.Err(); !s.ok()) return s;
   if (absl::Status s = CheckOpen(); !s.ok()) return s;
 
-  const int32_t limit = EffectiveLimit(repo);
+  int32_t limit = EffectiveLimit(repo);
   const absl::Time now = clock_->Now();
   Shard& shard = ShardFor(repo_key);
   AcquireResult result;
@@ -250,6 +250,7 @@ absl::StatusOr<AcquireResult> MemoryDriver::AcquireSlot(
       rit = shard.repos.try_emplace(repo_key).first;
     }
     RepoState& rs = rit->second;
+    if (options.keep_recorded_limit && rs.limit_recorded) limit = rs.limit;
     rs.limit_recorded = true;
     if (rs.limit != limit) {
       rs.limit = limit;

@@ -11,114 +11,10 @@
 #include "gtest/gtest.h"
 #include "pac/concurrency/concurrency.h"
 #include "tests/conformance/driver_conformance.h"
+#include "tests/conformance/forwarding_driver.h"
 
 namespace pac::concurrency {
 namespace {
-
-// The memory driver's state lives in one instance. The suite's "other
-// process" is another handle on that instance: a Driver that forwards every
-// call and can be closed on its own.
-class Handle final : public Driver {
- public:
-  explicit Handle(std::shared_ptr<Driver> store) : store_(std::move(store)) {}
-  std::string_view Type() const override { return store_->Type(); }
-  absl::StatusOr<AcquireResult> AcquireSlot(const Context& ctx,
-                                            const Repository& repo,
-                                            std::string_view run,
-                                            const AcquireOptions& o) override {
-    if (closed_) return Closed();
-    return store_->AcquireSlot(ctx, repo, run, o);
-  }
-  using Driver::AcquireSlot;
-  absl::StatusOr<ReleaseResult> ReleaseSlot(const Context& ctx,
-                                            std::string_view id,
-                                            std::string_view run,
-                                            std::string_view repo) override {
-    if (closed_) return Closed();
-    return store_->ReleaseSlot(ctx, id, run, repo);
-  }
-  absl::StatusOr<Lease> RenewLease(const Context& ctx,
-                                   std::string_view id) override {
-    if (closed_) return Closed();
-    return store_->RenewLease(ctx, id);
-  }
-  absl::StatusOr<std::vector<Lease>> SetRepositoryLimit(
-      const Context& ctx, const Repository& repo) override {
-    if (closed_) return Closed();
-    return store_->SetRepositoryLimit(ctx, repo);
-  }
-  absl::StatusOr<std::optional<int32_t>> GetRepositoryLimit(
-      const Context& ctx, std::string_view repo) override {
-    if (closed_) return Closed();
-    return store_->GetRepositoryLimit(ctx, repo);
-  }
-  absl::StatusOr<std::vector<std::string>> ListRepositories(
-      const Context& ctx, std::string_view ns) override {
-    if (closed_) return Closed();
-    return store_->ListRepositories(ctx, ns);
-  }
-  absl::StatusOr<int> GetCurrentSlots(const Context& ctx,
-                                      std::string_view repo) override {
-    if (closed_) return Closed();
-    return store_->GetCurrentSlots(ctx, repo);
-  }
-  absl::StatusOr<std::vector<Lease>> GetRunningPipelineRuns(
-      const Context& ctx, std::string_view repo) override {
-    if (closed_) return Closed();
-    return store_->GetRunningPipelineRuns(ctx, repo);
-  }
-  absl::StatusOr<std::vector<QueueEntry>> GetQueuedPipelineRuns(
-      const Context& ctx, std::string_view repo) override {
-    if (closed_) return Closed();
-    return store_->GetQueuedPipelineRuns(ctx, repo);
-  }
-  absl::StatusOr<RepositorySnapshot> GetRepositorySnapshot(
-      const Context& ctx, std::string_view repo) override {
-    return store_->GetRepositorySnapshot(ctx, repo);
-  }
-  absl::StatusOr<std::unique_ptr<WatchHandle>> WatchSlotAvailability(
-      const Context& ctx, std::string_view repo, WatchCallback cb) override {
-    if (closed_) return Closed();
-    return store_->WatchSlotAvailability(ctx, repo, std::move(cb));
-  }
-  absl::Status SetRepositoryState(const Context& ctx, const Repository& repo,
-                                  std::string_view state) override {
-    if (closed_) return Closed();
-    return store_->SetRepositoryState(ctx, repo, state);
-  }
-  absl::StatusOr<std::string> GetRepositoryState(
-      const Context& ctx, std::string_view repo) override {
-    if (closed_) return Closed();
-    return store_->GetRepositoryState(ctx, repo);
-  }
-  absl::Status SetPipelineRunState(const Context& ctx, std::string_view run,
-                                   std::string_view state) override {
-    if (closed_) return Closed();
-    return store_->SetPipelineRunState(ctx, run, state);
-  }
-  absl::StatusOr<std::string> GetPipelineRunState(
-      const Context& ctx, std::string_view run) override {
-    if (closed_) return Closed();
-    return store_->GetPipelineRunState(ctx, run);
-  }
-  absl::Status CleanupRepository(const Context& ctx,
-                                 std::string_view repo) override {
-    if (closed_) return Closed();
-    return store_->CleanupRepository(ctx, repo);
-  }
-  absl::Duration LeaseTTL() const override { return store_->LeaseTTL(); }
-  absl::Status Close() override {
-    closed_ = true;
-    return absl::OkStatus();
-  }
-
- private:
-  static absl::Status Closed() {
-    return absl::FailedPreconditionError("handle is closed");
-  }
-  std::shared_ptr<Driver> store_;
-  std::atomic<bool> closed_{false};
-};
 
 conformance::DriverFactory MemoryFactory() {
   conformance::DriverFactory f;
@@ -143,7 +39,8 @@ conformance::DriverFactory MemoryFactory() {
       store = std::shared_ptr<Driver>(std::move(*created));
       stores[env.clock] = store;
     }
-    return std::unique_ptr<Driver>(new Handle(store));
+    // The suite's "other process" is another handle on that one instance.
+    return std::unique_ptr<Driver>(new conformance::ForwardingDriver(store));
   };
   return f;
 }

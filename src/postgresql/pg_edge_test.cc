@@ -157,7 +157,7 @@ TEST(PostgreSQLEdgeTest, ARoleDefaultOfRepeatableReadDoesNotOverAdmit) {
           .ok());
   absl::Status s = Exec(*holder,
                         "SELECT * FROM pac_acquire($1, 'x/y', 1, NULL, true, "
-                        "false, '30 seconds')",
+                        "false, '30 seconds', false)",
                         {repo.Key()});
   EXPECT_TRUE(absl::IsFailedPrecondition(s)) << s;
   EXPECT_THAT(s.message(), HasSubstr("READ COMMITTED"));

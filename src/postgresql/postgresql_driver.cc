@@ -24,7 +24,7 @@ constexpr const char* kAcquireSql =
     PAC_MICROS("o_expires") ", o_token, o_pos FROM pac_acquire($1, $2, $3::int,"
     " CASE WHEN $4::bigint IS NULL THEN NULL ELSE 'epoch'::timestamptz +"
     " $4::bigint * interval '1 microsecond' END, $5::boolean, $6::boolean,"
-    " $7::bigint * interval '1 microsecond')";
+    " $7::bigint * interval '1 microsecond', $8::boolean)";
 
 constexpr const char* kReleaseSql =
     "SELECT o_kind, o_run, o_lease, " PAC_MICROS("o_acquired") ", "
@@ -193,7 +193,8 @@ absl::StatusOr<AcquireResult> PostgreSQLDriver::AcquireSlot(
       ctx, kAcquireSql,
       {repo_key, std::string(run_key), std::to_string(EffectiveLimit(repo)),
        creation, options.enqueue ? "true" : "false",
-       options.adopt_running ? "true" : "false", TtlMicros()});
+       options.adopt_running ? "true" : "false", TtlMicros(),
+       options.keep_recorded_limit ? "true" : "false"});
   if (!r.ok()) return r.status();
   AcquireResult result;
   for (int i = 0; i < r->rows(); ++i) {
@@ -277,7 +278,7 @@ absl::StatusOr<std::vector<Lease>> PostgreSQLDriver::SetRepositoryLimit(
   const std::string repo_key = repo.Key();
   auto r = Query(ctx, kAcquireSql,
                  {repo_key, std::nullopt, std::to_string(EffectiveLimit(repo)),
-                  std::nullopt, "false", "false", TtlMicros()});
+                  std::nullopt, "false", "false", TtlMicros(), "false"});
   if (!r.ok()) return r.status();
   std::vector<Lease> admitted;
   for (int i = 0; i < r->rows(); ++i) {

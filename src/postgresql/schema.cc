@@ -62,8 +62,11 @@ CREATE SEQUENCE IF NOT EXISTS pac_queue_seq;
 
 // Migration 2: keys as long as the contract allows (63 + 1 + 253
 // characters: a namespace and a name), beyond the specification's 255.
-// Widening a VARCHAR rewrites no row.
+// Widening a VARCHAR rewrites no row. pac_acquire takes p_keep: its
+// previous signature goes (a call would be ambiguous beside the new one).
 constexpr const char* kMigration2 = R"SQL(
+DROP FUNCTION IF EXISTS pac_acquire(TEXT, TEXT, INTEGER, TIMESTAMPTZ, BOOLEAN,
+                                    BOOLEAN, INTERVAL);
 ALTER TABLE concurrency_slots ALTER COLUMN repository_key TYPE VARCHAR(320),
                               ALTER COLUMN pipeline_run_key TYPE VARCHAR(320);
 ALTER TABLE repository_states ALTER COLUMN repository_key TYPE VARCHAR(320);
@@ -135,13 +138,15 @@ BEGIN
   END LOOP;
 END $$;
 
--- Admission, in one statement: lock the repository row, record its limit,
+-- Admission, in one statement: lock the repository row, record its limit
+-- (with p_keep, only if none is recorded: the recorded one is kept),
 -- reclaim expired leases and admit the queue, then grant, find or queue the
 -- caller. p_run NULL only sets the limit. Rows: 'admitted' for others,
 -- then one of 'acquired', 'queued' (o_pos) or 'full' for the caller.
 CREATE OR REPLACE FUNCTION pac_acquire(p_repo TEXT, p_run TEXT, p_limit INTEGER,
                                        p_creation TIMESTAMPTZ, p_enqueue BOOLEAN,
-                                       p_adopt BOOLEAN, p_ttl INTERVAL)
+                                       p_adopt BOOLEAN, p_ttl INTERVAL,
+                                       p_keep BOOLEAN)
 RETURNS TABLE(o_kind TEXT, o_run TEXT, o_lease TEXT, o_acquired TIMESTAMPTZ,
               o_expires TIMESTAMPTZ, o_token BIGINT, o_pos BIGINT)
 LANGUAGE plpgsql AS $$
@@ -162,6 +167,9 @@ BEGIN
      WHERE t.repository_key = p_repo FOR UPDATE;
     EXIT WHEN FOUND;
   END LOOP;
+  IF p_keep THEN
+    p_limit := v_old;
+  END IF;
   IF v_old IS DISTINCT FROM p_limit THEN
     UPDATE pac_repositories t SET concurrency_limit = p_limit, updated_at = v_now
      WHERE t.repository_key = p_repo;

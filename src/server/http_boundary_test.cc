@@ -18,6 +18,7 @@
 #include "gtest/gtest.h"
 #include "pac/concurrency/concurrency.h"
 #include "src/server/http_server.h"
+#include "src/server/http_test_fixture.h"
 #include "src/server/remote_api.h"
 
 namespace pac::concurrency::server {
@@ -97,26 +98,11 @@ class RawConn {
   int fd_ = -1;
 };
 
-class HttpBoundaryTest : public ::testing::Test {
+class HttpBoundaryTest : public MemoryServerTest {
  protected:
   void Start(const std::function<void(HttpServerOptions&)>& tweak = {}) {
-    auto d = NewMemoryDriver(MemoryConfig{absl::Minutes(5)});
-    ASSERT_TRUE(d.ok());
-    driver_ = *std::move(d);
-    service_ = std::make_unique<Service>(driver_.get(), nullptr, &metrics_);
-    HttpServerOptions o;
-    o.port = 0;
-    o.max_body_bytes = 64 * 1024;
-    if (tweak) tweak(o);
-    server_ = std::make_unique<HttpServer>(service_.get(), &metrics_, o);
-    ASSERT_TRUE(server_->Start().ok());
-    port_ = server_->port();
-  }
-  void TearDown() override {
-    if (server_) server_->Stop();
-    server_.reset();
-    service_.reset();
-    if (driver_) (void)driver_->Close();
+    StartServer(tweak);
+    port_ = port();
   }
   // The server still answers a fresh connection.
   void ExpectHealthy() {
@@ -133,10 +119,6 @@ class HttpBoundaryTest : public ::testing::Test {
     return at == std::string::npos ? "" : response.substr(at + 4);
   }
 
-  std::unique_ptr<Driver> driver_;
-  Metrics metrics_;
-  std::unique_ptr<Service> service_;
-  std::unique_ptr<HttpServer> server_;
   int port_ = 0;
 };
 

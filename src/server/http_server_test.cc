@@ -16,6 +16,7 @@
 #include "pac/concurrency/concurrency.h"
 #include "spdlog/sinks/ostream_sink.h"
 #include "spdlog/spdlog.h"
+#include "src/server/http_test_fixture.h"
 #include "src/server/remote_api.h"
 
 namespace pac::concurrency::server {
@@ -23,31 +24,18 @@ namespace {
 
 using ::testing::HasSubstr;
 
-class HttpServerTest : public ::testing::Test {
+class HttpServerTest : public MemoryServerTest {
  protected:
   void Start(const std::string& token = "", int max_watches = 0,
              const std::function<void(HttpServerOptions&)>& tweak = {}) {
-    auto d = NewMemoryDriver(MemoryConfig{absl::Minutes(5)});
-    ASSERT_TRUE(d.ok());
-    driver_ = *std::move(d);
-    service_ = std::make_unique<Service>(driver_.get(), nullptr, &metrics_);
-    HttpServerOptions o;
-    o.port = 0;
-    o.token = token;
-    o.max_body_bytes = 64 * 1024;
-    o.threads = 24;
-    o.max_watches = max_watches;
-    o.inline_handlers = true;  // as `serve` runs the memory driver
-    if (tweak) tweak(o);
-    server_ = std::make_unique<HttpServer>(service_.get(), &metrics_, o);
-    ASSERT_TRUE(server_->Start().ok());
-    url_ = "http://127.0.0.1:" + std::to_string(server_->port());
-  }
-  void TearDown() override {
-    if (server_) server_->Stop();
-    server_.reset();
-    service_.reset();
-    if (driver_) (void)driver_->Close();
+    StartServer([&](HttpServerOptions& o) {
+      o.token = token;
+      o.threads = 24;
+      o.max_watches = max_watches;
+      o.inline_handlers = true;  // as `serve` runs the memory driver
+      if (tweak) tweak(o);
+    });
+    url_ = "http://127.0.0.1:" + std::to_string(port());
   }
   httplib::Client Client() {
     httplib::Client c(url_);
@@ -66,10 +54,6 @@ class HttpServerTest : public ::testing::Test {
     return Json::parse(r->body, nullptr, false);
   }
 
-  std::unique_ptr<Driver> driver_;
-  Metrics metrics_;
-  std::unique_ptr<Service> service_;
-  std::unique_ptr<HttpServer> server_;
   std::string url_;
   Context ctx_ = Context::Background();
 };

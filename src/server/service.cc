@@ -226,6 +226,9 @@ absl::StatusOr<Json> Service::Submit(const Context& ctx,
               repo_key, ")"));
     }
     repo->concurrency_limit = **recorded;
+    // Admit under the limit recorded when the acquire runs: another server
+    // may change it after this read, which must not be written back.
+    options.keep_recorded_limit = true;
   }
   const absl::Time start = absl::Now();
   auto r = driver_->AcquireSlot(ctx, *repo, run, options);

@@ -8,6 +8,7 @@
 #include "gtest/gtest.h"
 #include "pac/concurrency/concurrency.h"
 #include "src/server/manifests.h"
+#include "tests/conformance/forwarding_driver.h"
 
 namespace pac::concurrency::server {
 namespace {
@@ -62,6 +63,42 @@ TEST_F(ServiceTest, SubmitWithoutAnyLimitIsRefusedNotGuessed) {
               HasSubstr("no recorded concurrency limit"));
   // Nothing was written.
   EXPECT_FALSE(driver_->GetRepositoryLimit(ctx_, "ns/repo")->has_value());
+}
+
+// Another server changes the limit right after this one read it (a driver
+// that sets it to 5 once it has answered GetRepositoryLimit). The submit
+// must admit under 5 and leave 5. Before: it wrote back the 1 it had read.
+class LimitChangedAfterRead final : public conformance::ForwardingDriver {
+ public:
+  using ForwardingDriver::ForwardingDriver;
+  absl::StatusOr<std::optional<int32_t>> GetRepositoryLimit(
+      const Context& ctx, std::string_view repo) override {
+    auto read = store().GetRepositoryLimit(ctx, repo);
+    auto key = Repository::FromKey(repo, 5);
+    EXPECT_TRUE(key.ok());
+    EXPECT_TRUE(store().SetRepositoryLimit(ctx, *key).ok());
+    return read;
+  }
+};
+
+TEST(ServiceRaceTest, ASubmitDoesNotUndoALimitChangedAfterItsRead) {
+  ManualClock clock;
+  auto d = NewMemoryDriver(MemoryConfig{absl::Minutes(5)},
+                           DriverOptions{&clock, nullptr, true});
+  ASSERT_TRUE(d.ok());
+  std::shared_ptr<Driver> store = *std::move(d);
+  Context ctx;
+  ASSERT_TRUE(store->SetRepositoryLimit(ctx, Repository{"ns", "repo", 1}).ok());
+  ASSERT_TRUE(
+      store->AcquireSlot(ctx, Repository{"ns", "repo", 1}, "ns/a")->acquired);
+  LimitChangedAfterRead racing(store);
+  Metrics metrics;
+  Service service(&racing, &clock, &metrics);
+  auto b = service.Submit(ctx, "ns/repo", Json{{"pipeline_run", "ns/b"}});
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_TRUE((*b)["acquired"].get<bool>());
+  EXPECT_EQ(*store->GetRepositoryLimit(ctx, "ns/repo"), 5);
+  (void)store->Close();
 }
 
 TEST_F(ServiceTest, SubmitUsesTheRecordedLimitAndQueuesInOrder) {

@@ -386,6 +386,30 @@ TEST_P(DriverConformanceTest,
   EXPECT_TRUE(d->Close().ok());
 }
 
+// An acquire that keeps the recorded limit (a server that read it from the
+// backend) admits under it and does not write back the limit it was given,
+// which another process may have changed since; with none recorded, it
+// records the one given.
+TEST_P(DriverConformanceTest,
+       Rule11_AnAcquireKeepingTheRecordedLimitUndoesNoChange) {
+  ASSERT_TRUE(driver_->SetRepositoryLimit(ctx_, Repo("kept", 3)).ok());
+  AcquireOptions keep;
+  keep.keep_recorded_limit = true;
+  for (const char* run : {"a", "b", "c"}) {
+    auto r = driver_->AcquireSlot(ctx_, Repo("kept", 1), Run(run), keep);
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_TRUE(r->acquired) << run;
+  }
+  EXPECT_EQ(*driver_->GetRepositoryLimit(ctx_, Repo("kept", 1).Key()), 3);
+  auto d = driver_->AcquireSlot(ctx_, Repo("kept", 9), Run("d"), keep);
+  ASSERT_TRUE(d.ok());
+  EXPECT_FALSE(d->acquired);
+  EXPECT_EQ(*driver_->GetRepositoryLimit(ctx_, Repo("kept", 1).Key()), 3);
+  auto first = driver_->AcquireSlot(ctx_, Repo("fresh", 2), Run("e"), keep);
+  ASSERT_TRUE(first.ok() && first->acquired);
+  EXPECT_EQ(*driver_->GetRepositoryLimit(ctx_, Repo("fresh", 2).Key()), 2);
+}
+
 // ---------------------------------------------------------------------------
 // Rule 12: idempotent release by id or key.
 

@@ -70,6 +70,11 @@ struct AcquireOptions {
   // Record a run that is already running (an import after a restart): it
   // takes a slot even above the limit, as lowering a limit never evicts.
   bool adopt_running = false;
+  // Admit under the limit the backend has recorded for the repository, and
+  // leave it as it is; `repo.concurrency_limit` is recorded only when none
+  // is. For a caller that learnt the limit from the backend: another
+  // process may change it meanwhile, which writing it back would undo.
+  bool keep_recorded_limit = false;
 };
 
 struct AcquireResult {
