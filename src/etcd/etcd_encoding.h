@@ -33,6 +33,10 @@ inline constexpr size_t kMaxSeatRuns = 100000;
 inline constexpr size_t kLeasePoolTarget = 4;
 // How long View waits for the watch to bring this driver's own commit.
 inline constexpr absl::Duration kOwnCommitWait = absl::Milliseconds(50);
+// A failed promotion is tried again after a pause that doubles up to this.
+inline constexpr absl::Duration kMaxPromoteRetry = absl::Seconds(30);
+// How often the promotion loop steps every cached repository with a queue.
+inline constexpr absl::Duration kPromoteSweep = absl::Seconds(30);
 // Releases of one repository answered by one Txn, at most (ReleaseGroup).
 inline constexpr size_t kMaxReleaseGroup = 16;
 

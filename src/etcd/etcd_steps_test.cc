@@ -624,5 +624,62 @@ TEST_F(TwoMockDrivers, TwoAdoptionsIntoAFullRepositoryKeepBothSlots) {
   EXPECT_EQ(*a->GetCurrentSlots(ctx, repo.Key()), 4);
 }
 
+// Every request but the watch fails with Unavailable while `down` is set:
+// an outage of the store as the promotion loop sees it after an expiry.
+class Outage final : public internal::ForwardingEtcdKV {
+ public:
+  using ForwardingEtcdKV::ForwardingEtcdKV;
+  absl::StatusOr<internal::etcdpb::RangeResponse> Range(
+      const Context& ctx, const internal::etcdpb::RangeRequest& req) override {
+    if (down.load()) return absl::UnavailableError("injected: etcd is down");
+    return inner_->Range(ctx, req);
+  }
+  absl::StatusOr<internal::etcdpb::TxnResponse> Txn(
+      const Context& ctx, const internal::etcdpb::TxnRequest& req) override {
+    if (down.load()) return absl::UnavailableError("injected: etcd is down");
+    return inner_->Txn(ctx, req);
+  }
+  absl::StatusOr<internal::etcdpb::TxnResponse> AdmittingTxn(
+      const Context& ctx, const internal::etcdpb::TxnRequest& req) override {
+    return Txn(ctx, req);
+  }
+  absl::StatusOr<int64_t> LeaseGrant(const Context& ctx,
+                                     int64_t ttl_seconds) override {
+    if (down.load()) return absl::UnavailableError("injected: etcd is down");
+    return inner_->LeaseGrant(ctx, ttl_seconds);
+  }
+  std::atomic<bool> down{false};
+};
+
+// Issue 20 (7): a slot expires while the store refuses the promotion step
+// that the expiry triggers. Once the store is back the queue must drain
+// with no new call. Before: the failed step was logged and dropped, and
+// the run waited beside a free slot until someone called.
+TEST(EtcdPromotionTest, AnExpiryPromotionThatFailsIsRetriedAfterTheOutage) {
+  ManualClock clock;
+  auto mock = std::make_shared<internal::MockEtcd>(&clock);
+  auto outage = std::make_shared<Outage>(mock);
+  std::unique_ptr<Driver> d = MockDriverOver(outage, &clock);
+  ASSERT_TRUE(d != nullptr);
+  Context ctx;
+  Repository repo{"outage", "repo", 1};
+  ASSERT_TRUE(d->AcquireSlot(ctx, repo, "outage/x")->acquired);
+  auto w = d->AcquireSlot(ctx, repo, "outage/w");
+  ASSERT_TRUE(w.ok() && !w->acquired);
+  outage->down = true;
+  clock.Advance(absl::Seconds(61));  // x's lease runs out: the watch hears it
+  absl::SleepFor(absl::Milliseconds(300));  // the promotion fails meanwhile
+  outage->down = false;
+  bool admitted = false;
+  for (absl::Time until = absl::Now() + absl::Seconds(10);
+       !admitted && absl::Now() < until;) {
+    auto running = d->GetRunningPipelineRuns(ctx, repo.Key());
+    admitted = running.ok() && running->size() == 1 &&
+               (*running)[0].pipeline_run_key == "outage/w";
+    if (!admitted) absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_TRUE(admitted) << "the queue did not drain after the outage";
+}
+
 }  // namespace
 }  // namespace pac::concurrency

@@ -5,6 +5,8 @@
 // break or a compaction.
 #include <algorithm>
 #include <charconv>
+#include <map>
+#include <set>
 #include <string>
 
 #include "absl/cleanup/cleanup.h"
@@ -106,7 +108,12 @@ void EtcdDriver::OnWatch(const WatchBatch& b) {
     // stream is back, and a change made between its read and the restart
     // would be heard by nobody. Changes after the compaction that the
     // re-read already saw come again, which a watcher takes as a hint.
-    // Cached views may have missed changes.
+    // Cached views may have missed changes. Their repositories with a
+    // queue are stepped too (a slot may have expired unseen), not only the
+    // watched ones.
+    for (const auto& [repo, v] : views_) {
+      if (!v.queue.empty()) to_promote_.insert(repo);
+    }
     views_.clear();
     restart_watch_ = true;
     if (b.compact_revision > 0) {
@@ -227,16 +234,42 @@ void EtcdDriver::OnWatch(const WatchBatch& b) {
 void EtcdDriver::PromoteLoop() {
   absl::Duration backoff = absl::Milliseconds(100);
   absl::Time last_restart = absl::InfinitePast();
+  // Promotions that failed (the store unavailable, say): each is tried
+  // again after a pause that doubles from 100 ms to kMaxPromoteRetry, until
+  // it succeeds, so a queue drains after an outage with no new call.
+  struct Retry {
+    absl::Time at;
+    absl::Duration pause;
+  };
+  std::map<std::string, Retry> retries;
+  // And a slow sweep: every repository whose cached view has a queue is
+  // stepped now and then, in case a promotion was missed altogether.
+  absl::Time next_sweep = absl::Now() + kPromoteSweep;
   while (true) {
     std::set<std::string> repos;
     bool restart = false;
     {
       MutexLock lock(&mu_);
       while (!stop_ && to_promote_.empty() && !restart_watch_) {
-        cv_.WaitUntil(&mu_, absl::Now() + absl::Seconds(1));
+        absl::Time until = std::min(next_sweep, absl::Now() + absl::Seconds(1));
+        for (const auto& [repo, r] : retries) until = std::min(until, r.at);
+        if (absl::Now() >= until) break;
+        cv_.WaitUntil(&mu_, until);
       }
       if (stop_) return;
-      if (background_) repos.swap(to_promote_);
+      if (background_) {
+        repos.swap(to_promote_);
+        const absl::Time now = absl::Now();
+        for (const auto& [repo, r] : retries) {
+          if (r.at <= now) repos.insert(repo);
+        }
+        if (now >= next_sweep) {
+          next_sweep = now + kPromoteSweep;
+          for (const auto& [repo, v] : views_) {
+            if (!v.queue.empty()) repos.insert(repo);
+          }
+        }
+      }
       to_promote_.clear();
       restart = restart_watch_;
       restart_watch_ = false;
@@ -260,10 +293,18 @@ void EtcdDriver::PromoteLoop() {
       Context ctx =
           Context::WithTimeout(Context::Background(), absl::Seconds(10));
       auto r = Step(ctx, repo, 0, /*set_limit=*/false, "", {});
-      if (!r.ok()) {
-        logger_->warn("etcd: admitting the queue of {} failed: {}", repo,
-                      r.status().ToString());
+      if (r.ok() || closed_.load()) {
+        retries.erase(repo);
+        continue;
       }
+      auto [it, first] =
+          retries.try_emplace(repo, Retry{{}, absl::Milliseconds(100)});
+      if (!first)
+        it->second.pause = std::min(it->second.pause * 2, kMaxPromoteRetry);
+      it->second.at = absl::Now() + it->second.pause;
+      logger_->warn("etcd: admitting the queue of {} failed (again in {}): {}",
+                    repo, absl::FormatDuration(it->second.pause),
+                    r.status().ToString());
     }
   }
 }
