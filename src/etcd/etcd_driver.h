@@ -275,12 +275,16 @@ class EtcdDriver final : public Driver {
   // When the step must be planned again, `current` (if given) gets the
   // repository as etcd answered it (a lost compare's failure branch, or the
   // read after an error), when there is one: as fresh as a read.
+  // `proved_light` is set when a light release was answered as committed
+  // by its proof, which another holder's release of the same grant also
+  // explains: its etcd lease is then not reused.
   absl::StatusOr<std::optional<etcdpb::TxnResponse>> CommitStep(
       const Context& ctx, const std::string& repo, etcdpb::TxnRequest txn,
       const std::vector<int64_t>& leases, RepoView after, Commit kind,
       bool admits, const std::string& commit_id,
       const LightProof* light = nullptr,
-      std::optional<RepoView>* current = nullptr) PAC_EXCLUDES(mu_);
+      std::optional<RepoView>* current = nullptr,
+      bool* proved_light = nullptr) PAC_EXCLUDES(mu_);
   // The revision at which a slot of `v` was granted with `commit_id` (or
   // `meta` written with it), or 0.
   static int64_t CommittedAt(const RepoView& v, const std::string& commit_id);

@@ -388,5 +388,33 @@ TEST_F(LightRelease, AJoinOnAViewLeftByALightReleaseQueuesNoRunThatHoldsASlot) {
   (*watch)->Stop();
 }
 
+// Issue 20 (8): two processes release one young grant; b's Txn is lost
+// (never sent) after a's committed, so b proves "released" from the slot
+// gone and the lease alive, which a's release also explains. Only the
+// release that knows it committed may reuse the etcd lease: were both to
+// put it in their spare pools, two later grants would share one etcd
+// lease, and one holder's renewals would keep the other's slot alive.
+TEST_F(LightRelease, ADoubleReleaseDoesNotPutTheLeaseInTwoPools) {
+  Repository repo{"double", "repo", 2};
+  auto x = a->AcquireSlot(ctx, repo, "double/x");
+  ASSERT_TRUE(x.ok() && x->acquired);
+  kv->lose_next_release = true;
+  kv->before_loss = [&] {
+    auto first = a->ReleaseSlot(ctx, x->lease.lease_id, "", "");
+    ASSERT_TRUE(first.ok() && first->released);
+  };
+  auto second = b->ReleaseSlot(ctx, x->lease.lease_id, "", "");
+  ASSERT_TRUE(second.ok()) << second.status();
+  auto p = a->AcquireSlot(ctx, repo, "double/p");
+  auto q = b->AcquireSlot(ctx, repo, "double/q");
+  ASSERT_TRUE(p.ok() && p->acquired);
+  ASSERT_TRUE(q.ok() && q->acquired);
+  const std::string lp =
+      p->lease.lease_id.substr(0, p->lease.lease_id.find('-'));
+  const std::string lq =
+      q->lease.lease_id.substr(0, q->lease.lease_id.find('-'));
+  EXPECT_NE(lp, lq) << "two slots share one etcd lease";
+}
+
 }  // namespace
 }  // namespace pac::concurrency

@@ -118,8 +118,7 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(
     if (!view.ok()) return view.status();
     const RepoView& v = *view;
     // A recorded limit kept: as if none were given.
-    const bool set =
-        set_limit && !(options.keep_recorded_limit && v.has_limit);
+    const bool set = set_limit && !(options.keep_recorded_limit && v.has_limit);
     const int32_t eff_limit = set ? limit : v.limit;
     const bool limit_changed = set && (!v.exists || v.limit != limit);
     int64_t running = static_cast<int64_t>(v.slots.size());
@@ -613,11 +612,13 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(const Context& ctx,
         *txn.add_success() = DeleteOp(SeatKey(repo, f.slot->seat));
       }
     }
+    bool proved_light = false;
     auto tr = CommitStep(ctx, repo, std::move(txn), *leases, std::move(after),
                          light             ? Commit::kLight
                          : v.queue.empty() ? Commit::kExact
                                            : Commit::kQueue,
-                         !promote.empty(), commit_id, light ? &proof : nullptr);
+                         !promote.empty(), commit_id, light ? &proof : nullptr,
+                         nullptr, &proved_light);
     if (!tr.ok()) return tr.status();
     if (!tr->has_value()) {  // planned on an outdated view: plan again
       fresh = false;
@@ -627,7 +628,9 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(const Context& ctx,
     {
       MutexLock lock(&mu_);
       for (const Freed& f : freed) {
-        if (f.slot != nullptr && !f.reused) {
+        // A release proved by its slot being gone may be another
+        // holder's, which reuses the lease itself: never both.
+        if (f.slot != nullptr && !f.reused && !proved_light) {
           RecycleLocked(f.lease, f.since);
         }
       }

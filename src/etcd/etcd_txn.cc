@@ -214,7 +214,7 @@ absl::StatusOr<std::optional<etcdpb::TxnResponse>> EtcdDriver::CommitStep(
     const Context& ctx, const std::string& repo, etcdpb::TxnRequest txn,
     const std::vector<int64_t>& leases, RepoView after, Commit kind,
     bool admits, const std::string& commit_id, const LightProof* light,
-    std::optional<RepoView>* current) {
+    std::optional<RepoView>* current, bool* proved_light) {
   // A failed compare answers the repository as it is now, so the next
   // attempt needs no read of its own. A success answers nothing: the
   // compares held, so the repository is `after` (the plan's view with the
@@ -272,6 +272,7 @@ absl::StatusOr<std::optional<etcdpb::TxnResponse>> EtcdDriver::CommitStep(
         rev > 0) {
       logger_->info("etcd: a Txn on {} whose answer was lost had committed",
                     repo);
+      if (light != nullptr && proved_light != nullptr) *proved_light = true;
       CacheView(repo, *now);
       etcdpb::TxnResponse done;
       done.set_succeeded(true);
