@@ -681,5 +681,45 @@ TEST(EtcdPromotionTest, AnExpiryPromotionThatFailsIsRetriedAfterTheOutage) {
   EXPECT_TRUE(admitted) << "the queue did not drain after the outage";
 }
 
+// Issue 20 (9): two runs joined by one request (group commit nests their
+// Txns in one) share a create revision, and Kubernetes creation times have
+// one-second resolution: a tie on both. Every process must order them the
+// same way, whether its view came from a Range (key order) or from watch
+// events (the order of the Txn's ops). Before: the process whose cached
+// view took the events admitted "ties/b" first, where a fresh read admits
+// "ties/a" first.
+TEST_F(TwoMockDrivers,
+       RunsTiedOnCreationTimeAndRevisionHaveOneOrderEverywhere) {
+  Repository repo{"ties", "repo", 1};
+  AcquireOptions early;
+  early.creation_time = clock.Now() - absl::Hours(1);
+  auto x = a->AcquireSlot(ctx, repo, "ties/x");
+  ASSERT_TRUE(x.ok() && x->acquired);
+  auto y = a->AcquireSlot(ctx, repo, "ties/y", early);  // a watches now
+  ASSERT_TRUE(y.ok() && !y->acquired);
+  const int64_t us = absl::ToUnixMicros(clock.Now());
+  internal::etcdpb::TxnRequest join;
+  for (const char* run : {"ties/b", "ties/a"}) {  // one revision, b first
+    auto* put = join.add_success()->mutable_request_put();
+    put->set_key(absl::StrCat("/pac-concurrency/repo/", repo.Key(), "/queue/",
+                              absl::StrFormat("%020d", us), "/", run));
+    put->set_value(absl::StrCat(us));
+  }
+  ASSERT_TRUE(mock->Txn(ctx, join).ok());
+  mock->DrainDeliveriesForTest();
+  auto queued = b->GetQueuedPipelineRuns(ctx, repo.Key());
+  ASSERT_TRUE(queued.ok());
+  ASSERT_EQ(queued->size(), 3u);
+  const std::string first_tied = (*queued)[1].pipeline_run_key;
+  auto rx = a->ReleaseSlot(ctx, x->lease.lease_id, "", "");
+  ASSERT_TRUE(rx.ok() && rx->admitted.size() == 1u);
+  EXPECT_EQ(rx->admitted[0].pipeline_run_key, "ties/y");
+  mock->DrainDeliveriesForTest();
+  auto ry = a->ReleaseSlot(ctx, rx->admitted[0].lease_id, "", "");
+  ASSERT_TRUE(ry.ok() && ry->admitted.size() == 1u);
+  EXPECT_EQ(ry->admitted[0].pipeline_run_key, first_tied);
+  EXPECT_EQ(first_tied, "ties/a");
+}
+
 }  // namespace
 }  // namespace pac::concurrency

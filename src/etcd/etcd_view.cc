@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <charconv>
 #include <string>
+#include <tuple>
 
 #include "absl/cleanup/cleanup.h"
 #include "pac/concurrency/status.h"
@@ -196,10 +197,12 @@ EtcdDriver::RepoView EtcdDriver::ParseView(const std::string& repo,
 void EtcdDriver::SortQueue(RepoView* v) {
   std::sort(v->queue.begin(), v->queue.end(),
             [](const QueueInfo& a, const QueueInfo& b) {
-              if (a.creation_us != b.creation_us) {
-                return a.creation_us < b.creation_us;
-              }
-              return a.create_revision < b.create_revision;
+              // Creation time, then the join's revision, then the key: runs
+              // joined by one request share a revision, and a view built
+              // from watch events has them in the Txn's op order, a Range
+              // in key order. One total order, the same in every process.
+              return std::tie(a.creation_us, a.create_revision, a.key) <
+                     std::tie(b.creation_us, b.create_revision, b.key);
             });
 }
 
