@@ -135,6 +135,11 @@ void EtcdDriver::OnWatch(const WatchBatch& b) {
   // none; LightProof).
   std::set<std::pair<std::string_view, int64_t>> txn_writes;
   std::set<std::string> freed;
+  // Repositories a run joined the queue of: a join planned before a slot
+  // expired (a plan under a limit above 64 compares no slots) waits beside
+  // the free slot, and the expiry, heard while the queue was empty,
+  // promoted nobody.
+  std::set<std::string> joined;
   // Views that took events, and the revision they are now at (set after
   // the loop: a revision's events all come in one batch).
   std::map<std::string, int64_t> applied;
@@ -174,6 +179,9 @@ void EtcdDriver::OnWatch(const WatchBatch& b) {
     }
     int64_t& seen = event_rev_[repo];
     seen = std::max(seen, rev);
+    if (tail.substr(0, 6) == "queue/" && ev.type() == etcdpb::Event::PUT) {
+      joined.insert(repo);
+    }
     WatchEventType type;
     std::string run;
     if (tail.substr(0, 5) == "slot/") {
@@ -226,6 +234,15 @@ void EtcdDriver::OnWatch(const WatchBatch& b) {
     auto it = views_.find(repo);
     if (it != views_.end() && it->second.queue.empty()) continue;
     to_promote_.insert(repo);
+  }
+  for (const std::string& repo : joined) {
+    // Only a view the stream keeps current tells that there is room.
+    auto it = views_.find(repo);
+    if (it == views_.end() || it->second.queue.empty()) continue;
+    const RepoView& v = it->second;
+    if (v.limit == 0 || static_cast<int64_t>(v.slots.size()) < v.limit) {
+      to_promote_.insert(repo);
+    }
   }
   if (!to_promote_.empty()) cv_.NotifyAll();
   dispatcher_.Post(std::move(events));
