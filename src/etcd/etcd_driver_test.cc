@@ -427,9 +427,11 @@ void CompactionDuringAWatch(Driver& d, internal::EtcdKV& kv) {
   ASSERT_TRUE(b.ok() && b->acquired);
   ASSERT_TRUE(d.ReleaseSlot(ctx, b->lease.lease_id, "", "")->released);
   EXPECT_TRUE(seen(WatchEventType::kReleased, repo.ns + "/after"));
-  // And no replayed history: the compacted releases were not re-announced.
+  // And no replayed history: the compacted releases were not re-announced
+  // (old-4's, at the compaction revision, which etcd keeps, may come again).
   std::lock_guard<std::mutex> lock(mu);
   for (const auto& [t, r] : events) {
+    if (r == repo.ns + "/old-4") continue;
     EXPECT_EQ(r.find("/old-"), std::string::npos) << r;
   }
 }

@@ -789,5 +789,48 @@ TEST(EtcdPromotionTest, ARunJoiningBesideASlotThatJustExpiredIsAdmitted) {
   (*watch)->Stop();
 }
 
+// Issue 20 (6): etcd keeps the history from the compaction revision on. A
+// stream resumed from before it gets a compaction answer and must start
+// again at that revision, whose events are still there: here the release
+// of x, made while the old stream's events were held. Before: the stream
+// restarted one revision later and the release was never heard.
+TEST_F(TwoMockDrivers,
+       AStreamResumedPastACompactionHearsTheCompactionRevision) {
+  Repository repo{"compacted", "repo", 1};
+  std::mutex mu;
+  std::vector<std::pair<WatchEventType, std::string>> events;
+  auto w = a->WatchSlotAvailability(ctx, repo.Key(), [&](const WatchEvent& e) {
+    std::lock_guard<std::mutex> lock(mu);
+    events.emplace_back(e.type, e.pipeline_run_key);
+  });
+  ASSERT_TRUE(w.ok());
+  auto x = b->AcquireSlot(ctx, repo, "compacted/x");
+  ASSERT_TRUE(x.ok() && x->acquired);
+  mock->DrainDeliveriesForTest();
+  mock->HoldDeliveriesForTest(true);
+  ASSERT_TRUE(b->ReleaseSlot(ctx, x->lease.lease_id, "", "")->released);
+  internal::etcdpb::RangeRequest probe;
+  probe.set_key("/");
+  probe.set_count_only(true);
+  const int64_t released_at = mock->Range(ctx, probe)->header().revision();
+  ASSERT_TRUE(mock->Compact(ctx, released_at).ok());
+  static_cast<internal::EtcdDriver*>(a.get())->ResumeWatchForTest(released_at -
+                                                                  1);
+  mock->HoldDeliveriesForTest(false);
+  bool heard = false;
+  for (absl::Time until = absl::Now() + absl::Seconds(5);
+       !heard && absl::Now() < until;) {
+    mock->DrainDeliveriesForTest();
+    std::lock_guard<std::mutex> lock(mu);
+    for (const auto& [type, run] : events) {
+      heard =
+          heard || (type == WatchEventType::kReleased && run == "compacted/x");
+    }
+    if (!heard) absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_TRUE(heard) << "the release at the compaction revision was missed";
+  (*w)->Stop();
+}
+
 }  // namespace
 }  // namespace pac::concurrency

@@ -117,7 +117,9 @@ void EtcdDriver::OnWatch(const WatchBatch& b) {
     views_.clear();
     restart_watch_ = true;
     if (b.compact_revision > 0) {
-      last_revision_ = std::max(last_revision_, b.compact_revision);
+      // The oldest revision still kept: the stream resumes there (its
+      // events are not compacted).
+      last_revision_ = std::max(last_revision_, b.compact_revision - 1);
     }
     watchers_.CollectAll(WatchEventType::kResync, &events);
     for (const auto& [w, ev] : events) to_promote_.insert(ev.repository_key);
@@ -125,7 +127,13 @@ void EtcdDriver::OnWatch(const WatchBatch& b) {
     dispatcher_.Post(std::move(events));
     return;
   }
-  last_revision_ = std::max(last_revision_, b.revision);
+  // Resume after the last event delivered, as etcd's clientv3 does: a
+  // response's header revision may be ahead of events still being caught
+  // up, which a resume from it would skip.
+  if (!b.events.empty()) {
+    last_revision_ =
+        std::max(last_revision_, b.events.back().kv().mod_revision());
+  }
   const std::string p = prefix_ + "repo/";
   // Guarded Txns write the repository's `meta` key: a slot deleted in the
   // same revision as a `meta` put was released by a Txn that already

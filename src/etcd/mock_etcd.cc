@@ -508,7 +508,9 @@ absl::StatusOr<std::unique_ptr<EtcdWatch>> MockEtcd::Watch(
   w->fn = std::move(fn);
   {
     MutexLock lock(&mu_);
-    if (start_revision > 0 && start_revision <= compact_revision_) {
+    // As etcd: history from the compaction revision on is kept, so a watch
+    // may start there; earlier is compacted.
+    if (start_revision > 0 && start_revision < compact_revision_) {
       WatchBatch b;
       b.compact_revision = compact_revision_;
       outbox_.emplace_back(w, std::move(b));
