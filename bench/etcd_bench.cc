@@ -418,8 +418,12 @@ void BM_Etcd_ReleaseToWatcherAcrossProcesses(benchmark::State& state) {
   }
   std::fclose(out);
   std::fclose(in);
-  int status;
+  int status = 0;
   waitpid(pid, &status, 0);
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    state.SkipWithError("the releasing child process failed");
+    return;
+  }
   std::sort(latencies_ms.begin(), latencies_ms.end());
   auto pct = [&](double p) {
     return latencies_ms[std::min(latencies_ms.size() - 1,

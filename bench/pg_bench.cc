@@ -132,11 +132,25 @@ void BM_PG_ReleaseToWatcherAcrossProcesses(benchmark::State& state) {
     absl::Time give_up = absl::Now() + absl::Seconds(5);
     while (seen.load() < expected && absl::Now() < give_up) {
     }
-    int status;
+    int status = 0;
     waitpid(pid, &status, 0);
+    // A release that failed, or an event that never came, makes the run
+    // worthless: it stops with an error rather than report a latency.
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+      state.SkipWithError("the child's release failed");
+      break;
+    }
+    if (seen.load() < expected) {
+      state.SkipWithError("the release event never arrived (5 s)");
+      break;
+    }
     latencies_ms.push_back((seen_ns.load() - start) / 1e6);
   }
   (*watch)->Stop();
+  if (latencies_ms.empty()) {
+    (void)driver->Close();
+    return;
+  }
   std::sort(latencies_ms.begin(), latencies_ms.end());
   auto pct = [&](double p) {
     size_t idx = std::min(latencies_ms.size() - 1,

@@ -327,6 +327,7 @@ TEST(EtcdDriverTest, ClusterLeaderKilledDuringOperations) {
         int prev = max_inflight.load();
         while (now > prev && !max_inflight.compare_exchange_weak(prev, now)) {
         }
+        absl::SleepFor(absl::Milliseconds(5));  // an overlap would show here
         --inflight;
         for (int k = 0; k < 20; ++k) {
           Context rctx = Context::WithTimeout(Context(), absl::Seconds(5));

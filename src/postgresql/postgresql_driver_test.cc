@@ -173,6 +173,8 @@ TEST(PostgreSQLDriverTest, ServerRestartDuringOperations) {
         int prev = max_inflight.load();
         while (now > prev && !max_inflight.compare_exchange_weak(prev, now)) {
         }
+        // Held for a while: an over-admission would overlap here.
+        absl::SleepFor(absl::Milliseconds(5));
         --inflight;
         // Release until it sticks: a grant must not leak.
         for (int attempt = 0; attempt < 20; ++attempt) {

@@ -257,10 +257,21 @@ TEST_P(DriverConformanceTest, Rule01_StressNeverOverAdmits) {
     std::lock_guard<std::mutex> lock(first_error_mu);
     if (first_error.empty()) first_error = what;
   };
+  // Each thread its own driver: on PostgreSQL and etcd its own connections
+  // and caches, as separate processes would have.
+  std::vector<std::unique_ptr<Driver>> drivers;
+  for (int t = 0; t < kThreads; ++t) {
+    drivers.push_back(MakeDriver());
+    ASSERT_NE(drivers.back(), nullptr);
+  }
+  // How long a grant is held, counted in `inflight`: long enough for other
+  // threads' acquires to run meanwhile, so that an over-admission shows.
+  const absl::Duration hold =
+      factory().manual_clock ? absl::Microseconds(200) : absl::Milliseconds(2);
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
-      Driver* d = driver_.get();
+      Driver* d = drivers[t].get();
       for (int i = 0; i < kOpsPerThread; ++i) {
         std::string run = Run(absl::StrCat("t", t, "-", i));
         AcquireOptions opts;
@@ -276,7 +287,7 @@ TEST_P(DriverConformanceTest, Rule01_StressNeverOverAdmits) {
         int prev = max_seen.load();
         while (now > prev && !max_seen.compare_exchange_weak(prev, now)) {
         }
-        std::this_thread::yield();
+        absl::SleepFor(hold);
         --inflight;
         auto rel = d->ReleaseSlot(ctx_, r->lease.lease_id, run, repo.Key());
         if (!rel.ok()) {
@@ -289,6 +300,7 @@ TEST_P(DriverConformanceTest, Rule01_StressNeverOverAdmits) {
     });
   }
   for (auto& th : threads) th.join();
+  for (auto& d : drivers) EXPECT_TRUE(d->Close().ok());
   EXPECT_EQ(errors.load(), 0) << first_error;
   EXPECT_LE(max_seen.load(), kLimit);
   EXPECT_GT(grants.load(), kThreads);
