@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <thread>
 
 #include "src/common/strings.h"
 
@@ -73,6 +74,15 @@ absl::StatusOr<std::unique_ptr<PgConnection>> PgConnection::Open(
   // Admission counts under a row lock and needs each statement to see what
   // committed while it waited (schema.cc, pac_check_isolation): READ
   // COMMITTED whatever the server's or role's default.
+  // TCP keepalives: an idle connection whose peer vanished is noticed in
+  // about a minute, not the kernel's two hours.
+  for (const auto& [k, v] :
+       {std::pair{"keepalives", "1"}, std::pair{"keepalives_idle", "30"},
+        std::pair{"keepalives_interval", "10"},
+        std::pair{"keepalives_count", "3"}}) {
+    keys.push_back(k);
+    values.push_back(v);
+  }
   keys.push_back("options");
   values.push_back("-c default_transaction_isolation=read\\ committed");
   if (!config.password.empty()) {
@@ -179,10 +189,15 @@ absl::StatusOr<PgResult> PgConnection::Exec(
     absl::Status s = WaitReadable(ctx);
     if (!s.ok()) {
       // Ask the server to stop; the connection's state is unknown now.
+      // PQcancel opens a connection of its own and blocks with no bound
+      // (on a dead path, until TCP gives up): it runs on a thread of its
+      // own, best effort, and this call returns at its deadline.
       if (PGcancel* cancel = PQgetCancel(conn_)) {
-        char err[256];
-        PQcancel(cancel, err, sizeof(err));
-        PQfreeCancel(cancel);
+        std::thread([cancel] {
+          char err[256];
+          PQcancel(cancel, err, sizeof(err));
+          PQfreeCancel(cancel);
+        }).detach();
       }
       broken_ = true;
       return s;

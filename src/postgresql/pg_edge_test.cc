@@ -3,7 +3,8 @@
 // (admissions then stop at their FOR UPDATE, and the test decides what
 // commits before they go on), a role whose default isolation is not READ
 // COMMITTED, keys of the longest valid length, and cleanup beside another
-// repository that uses the same run key.
+// repository that uses the same run key, and a LISTEN connection whose
+// path goes dead unseen.
 #include <memory>
 #include <string>
 #include <thread>
@@ -15,6 +16,7 @@
 #include "pac/concurrency/concurrency.h"
 #include "src/postgresql/pg_connection.h"
 #include "tests/conformance/pg_test_env.h"
+#include "tests/conformance/tcp_forwarder.h"
 
 namespace pac::concurrency {
 namespace {
@@ -210,6 +212,51 @@ TEST(PostgreSQLEdgeTest, CleanupKeepsTheStateOfARunAnotherRepositoryUses) {
   EXPECT_TRUE(
       absl::IsNotFound(d->GetPipelineRunState(ctx, ns + "/only-a").status()));
   EXPECT_EQ(*d->GetCurrentSlots(ctx, ab.Key()), 1);
+}
+
+// Issue 20 (15): the LISTEN connection's path goes dead without either end
+// being told (a black hole: bytes vanish, nothing is reset). Notifications
+// sent meanwhile are lost; the listener must notice by itself, reconnect
+// once the path is back, and tell watchers to re-read (kResync). Before:
+// it looked healthy forever, and nobody was told.
+TEST(PostgreSQLEdgeTest, AListenConnectionThatWentDeadUnseenIsReplaced) {
+  auto config = TestPostgreSQLConfig();
+  ASSERT_TRUE(config.ok()) << config.status();
+  auto fwd = conformance::TcpForwarder::Start(
+      absl::StrCat(config->host, ":", config->port));
+  ASSERT_TRUE(fwd.ok()) << fwd.status();
+  PostgreSQLConfig through = *config;
+  through.port = std::stoi((*fwd)->endpoint().substr(10));
+  through.connection_timeout = absl::Seconds(2);
+  DriverOptions o;
+  o.background_cleanup = false;
+  auto watched = NewPostgreSQLDriver(through, o);
+  ASSERT_TRUE(watched.ok()) << watched.status();
+  auto direct = NewDriver();
+  ASSERT_TRUE(direct != nullptr);
+  Repository repo{UniqueNs("half-open"), "repo", 1};
+  std::atomic<int> resyncs{0}, releases{0};
+  auto w = (*watched)->WatchSlotAvailability(
+      Context(), repo.Key(), [&](const WatchEvent& e) {
+        if (e.type == WatchEventType::kResync) ++resyncs;
+        if (e.type == WatchEventType::kReleased) ++releases;
+      });
+  ASSERT_TRUE(w.ok()) << w.status();
+  (*fwd)->BlackHole(true);
+  auto a = direct->AcquireSlot(Context(), repo, repo.ns + "/a");
+  ASSERT_TRUE(a.ok() && a->acquired);
+  ASSERT_TRUE(
+      direct->ReleaseSlot(Context(), a->lease.lease_id, "", "")->released);
+  absl::SleepFor(absl::Seconds(5));  // the ping (every 2 s) goes unanswered
+  (*fwd)->BlackHole(false);
+  const absl::Time until = absl::Now() + absl::Seconds(20);
+  while (resyncs.load() == 0 && absl::Now() < until) {
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_GT(resyncs.load(), 0) << "watchers were never told to re-read";
+  EXPECT_EQ(releases.load(), 0);  // the notification itself was lost
+  (*w)->Stop();
+  EXPECT_TRUE((*watched)->Close().ok());
 }
 
 }  // namespace

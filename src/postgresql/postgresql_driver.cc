@@ -132,12 +132,21 @@ std::string PostgreSQLDriver::TtlMicros() const {
   return std::to_string(absl::ToInt64Microseconds(config_.lease_ttl));
 }
 
+absl::Duration PostgreSQLDriver::ListenerPingEvery() const {
+  return std::min(config_.connection_timeout, absl::Seconds(10));
+}
+
 absl::StatusOr<PgResult> PostgreSQLDriver::Query(
-    const Context& ctx, std::string_view sql,
+    const Context& caller_ctx, std::string_view sql,
     const std::vector<PgParam>& params) {
-  const absl::Time budget_end = ctx.deadline() == absl::InfiniteFuture()
+  // A call without a deadline still ends: a statement on a connection
+  // that died unseen would otherwise wait for TCP to give up (hours).
+  const Context ctx = caller_ctx.deadline() == absl::InfiniteFuture()
+                          ? Context::WithTimeout(caller_ctx, kStatementBound)
+                          : caller_ctx;
+  const absl::Time budget_end = caller_ctx.deadline() == absl::InfiniteFuture()
                                     ? absl::Now() + config_.connection_timeout
-                                    : ctx.deadline();
+                                    : caller_ctx.deadline();
   absl::Duration backoff = absl::Milliseconds(50);
   while (true) {
     if (closed_.load()) {
@@ -458,11 +467,32 @@ void PostgreSQLDriver::ListenLoop() {
     }
     was_connected = true;
     absl::Time last_poll = absl::Now();
+    absl::Time last_ping = absl::Now();
+    // A connection that went dead unseen (half-open: no reset ever comes)
+    // looks idle, and notifications would be lost until TCP gives up,
+    // hours later. So the listener asks the server something whenever it
+    // has been quiet for ListenerPingEvery() and reconnects (telling
+    // watchers to re-read) if no answer comes within it.
+    const absl::Duration ping_every = ListenerPingEvery();
     PGconn* raw = (*conn)->raw();
     while (!stopping()) {
       pollfd p{PQsocket(raw), POLLIN, 0};
       ::poll(&p, 1, 100);
       if (PQconsumeInput(raw) == 0 || PQstatus(raw) != CONNECTION_OK) break;
+      if (absl::Now() - last_ping >= ping_every) {
+        Context ping_ctx =
+            Context::WithTimeout(Context::Background(), ping_every);
+        auto pong = (*conn)->Exec(ping_ctx, "SELECT 1");
+        if (!pong.ok()) {
+          logger_->warn(
+              "postgresql LISTEN connection did not answer within {}; "
+              "reconnecting: {}",
+              absl::FormatDuration(ping_every), pong.status().ToString());
+          resync_pending_.store(true);
+          break;
+        }
+        last_ping = absl::Now();
+      }
       PendingEvents events;
       while (PGnotify* n = PQnotifies(raw)) {
         std::string_view payload(n->extra);

@@ -89,6 +89,11 @@ class PostgreSQLDriver final : public Driver {
                             const std::string& repo_key);
 
   void ListenLoop();
+  // How long the LISTEN connection may stay quiet before it is pinged, and
+  // how long the ping may take: min(connection timeout, 10 s).
+  absl::Duration ListenerPingEvery() const;
+  // The bound of a statement whose caller set no deadline.
+  static constexpr absl::Duration kStatementBound = absl::Seconds(60);
   void ReapLoop();
   void Broadcast(WatchEventType type);
 

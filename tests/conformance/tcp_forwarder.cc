@@ -129,6 +129,7 @@ void TcpForwarder::Pump(int a, int b) {
         done = true;
         break;
       }
+      if (black_hole_.load()) continue;  // dropped
       for (ssize_t off = 0; off < n;) {
         ssize_t w = send(p[1 - i].fd, buf + off, n - off, MSG_NOSIGNAL);
         if (w <= 0) {

@@ -4,6 +4,7 @@
 #ifndef PAC_TESTS_CONFORMANCE_TCP_FORWARDER_H_
 #define PAC_TESTS_CONFORMANCE_TCP_FORWARDER_H_
 
+#include <atomic>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -27,6 +28,10 @@ class TcpForwarder {
   std::string endpoint() const;
   // Stops accepting and cuts every connection; joins the threads.
   void Close();
+  // While set, bytes are read and dropped both ways and the connections
+  // stay open: a path that went dead without either end being told (a
+  // half-open connection, a network partition).
+  void BlackHole(bool on) { black_hole_.store(on); }
 
  private:
   TcpForwarder(int listen_fd, int port, std::string target_host,
@@ -38,6 +43,7 @@ class TcpForwarder {
   const int port_;
   const std::string target_host_;
   const int target_port_;
+  std::atomic<bool> black_hole_{false};
   std::mutex mu_;
   bool closed_ = false;             // guarded by mu_
   std::vector<int> fds_;            // guarded by mu_
