@@ -3,5 +3,5 @@
 -- own transaction, as the driver sends them). Variables: repos, client_id.
 \set r random(1, :repos)
 \set c random(1, 1000000000)
-SELECT coalesce(o_lease, '') AS lease FROM pac_acquire('bench/repo-' || :r, 'bench/run-' || :client_id || '-' || :c, 2, NULL, false, false, interval '1 hour', false) \gset
-SELECT count(*) FROM pac_release(nullif(:lease, ''), NULL, NULL, interval '1 hour');
+SELECT coalesce(o_lease, '') AS lease FROM pac_acquire('bench/repo-' || :r, 'bench/run-' || :client_id || '-' || :c, 2, NULL, false, false, interval '1 hour', false, md5(random()::text)) \gset
+SELECT count(*) FROM pac_release(nullif(:lease, ''), NULL, NULL, interval '1 hour', md5(random()::text));

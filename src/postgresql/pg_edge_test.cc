@@ -3,8 +3,8 @@
 // (admissions then stop at their FOR UPDATE, and the test decides what
 // commits before they go on), a role whose default isolation is not READ
 // COMMITTED, keys of the longest valid length, and cleanup beside another
-// repository that uses the same run key, and a LISTEN connection whose
-// path goes dead unseen.
+// repository that uses the same run key, a LISTEN connection whose path
+// goes dead unseen, and an answer lost after its commit.
 #include <memory>
 #include <string>
 #include <thread>
@@ -159,7 +159,7 @@ TEST(PostgreSQLEdgeTest, ARoleDefaultOfRepeatableReadDoesNotOverAdmit) {
           .ok());
   absl::Status s = Exec(*holder,
                         "SELECT * FROM pac_acquire($1, 'x/y', 1, NULL, true, "
-                        "false, '30 seconds', false)",
+                        "false, '30 seconds', false, NULL)",
                         {repo.Key()});
   EXPECT_TRUE(absl::IsFailedPrecondition(s)) << s;
   EXPECT_THAT(s.message(), HasSubstr("READ COMMITTED"));
@@ -257,6 +257,43 @@ TEST(PostgreSQLEdgeTest, AListenConnectionThatWentDeadUnseenIsReplaced) {
   EXPECT_EQ(releases.load(), 0);  // the notification itself was lost
   (*w)->Stop();
   EXPECT_TRUE((*watched)->Close().ok());
+}
+
+// Issue 20 (14): a release commits, and its answer is lost when the
+// connection drops. The driver sends it again with the same request id
+// and must get the first answer: released, and the queue head it admitted.
+// Before: the second send found nothing to release, answered "not
+// released" with no admissions, and nobody learnt that w was admitted.
+TEST(PostgreSQLEdgeTest, AReleaseWhoseAnswerWasLostGetsItOnTheRetry) {
+  auto config = TestPostgreSQLConfig();
+  ASSERT_TRUE(config.ok()) << config.status();
+  auto fwd = conformance::TcpForwarder::Start(
+      absl::StrCat(config->host, ":", config->port));
+  ASSERT_TRUE(fwd.ok()) << fwd.status();
+  PostgreSQLConfig through = *config;
+  through.port = std::stoi((*fwd)->endpoint().substr(10));
+  DriverOptions o;
+  o.background_cleanup = false;
+  auto d = NewPostgreSQLDriver(through, o);
+  ASSERT_TRUE(d.ok()) << d.status();
+  auto direct = NewDriver();
+  ASSERT_TRUE(direct != nullptr);
+  Repository repo{UniqueNs("lost"), "repo", 1};
+  auto x = (*d)->AcquireSlot(Context(), repo, repo.ns + "/x");
+  ASSERT_TRUE(x.ok() && x->acquired);
+  auto w = direct->AcquireSlot(Context(), repo, repo.ns + "/w");
+  ASSERT_TRUE(w.ok() && !w->acquired);
+  (*fwd)->CutOnNextReply();
+  Context ctx = Context::WithTimeout(Context(), absl::Seconds(20));
+  auto rel = (*d)->ReleaseSlot(ctx, x->lease.lease_id, "", "");
+  ASSERT_TRUE(rel.ok()) << rel.status();
+  EXPECT_TRUE(rel->released);
+  ASSERT_EQ(rel->admitted.size(), 1u);
+  EXPECT_EQ(rel->admitted[0].pipeline_run_key, repo.ns + "/w");
+  auto running = direct->GetRunningPipelineRuns(Context(), repo.Key());
+  ASSERT_TRUE(running.ok() && running->size() == 1u);
+  EXPECT_EQ((*running)[0].lease_id, rel->admitted[0].lease_id);
+  EXPECT_TRUE((*d)->Close().ok());
 }
 
 }  // namespace

@@ -3,6 +3,8 @@
 #include <poll.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <random>
 #include <tuple>
 
 #include "pac/concurrency/status.h"
@@ -16,6 +18,18 @@ namespace {
 
 constexpr const char* kChannel = "pac_concurrency";
 
+// A new request id: 128 random bits in hex. A call sends it with every
+// attempt, so that an attempt after a lost answer gets that answer
+// (pac_replay) rather than a second step's.
+std::string NewRequestId() {
+  static thread_local std::mt19937_64 rng{std::random_device{}()};
+  char buf[33];
+  std::snprintf(buf, sizeof(buf), "%016llx%016llx",
+                static_cast<unsigned long long>(rng()),
+                static_cast<unsigned long long>(rng()));
+  return buf;
+}
+
 // Timestamps cross the wire as Unix microseconds.
 #define PAC_MICROS(col) "(extract(epoch from " col ") * 1000000)::bigint"
 
@@ -24,12 +38,12 @@ constexpr const char* kAcquireSql =
     PAC_MICROS("o_expires") ", o_token, o_pos FROM pac_acquire($1, $2, $3::int,"
     " CASE WHEN $4::bigint IS NULL THEN NULL ELSE 'epoch'::timestamptz +"
     " $4::bigint * interval '1 microsecond' END, $5::boolean, $6::boolean,"
-    " $7::bigint * interval '1 microsecond', $8::boolean)";
+    " $7::bigint * interval '1 microsecond', $8::boolean, $9)";
 
 constexpr const char* kReleaseSql =
     "SELECT o_kind, o_run, o_lease, " PAC_MICROS("o_acquired") ", "
     PAC_MICROS("o_expires") ", o_token, o_pos FROM pac_release($1, $2, $3,"
-    " $4::bigint * interval '1 microsecond')";
+    " $4::bigint * interval '1 microsecond', $5)";
 
 constexpr const char* kRenewSql =
     "UPDATE concurrency_slots SET expires_at = clock_timestamp() + $2::bigint *"
@@ -203,7 +217,7 @@ absl::StatusOr<AcquireResult> PostgreSQLDriver::AcquireSlot(
       {repo_key, std::string(run_key), std::to_string(EffectiveLimit(repo)),
        creation, options.enqueue ? "true" : "false",
        options.adopt_running ? "true" : "false", TtlMicros(),
-       options.keep_recorded_limit ? "true" : "false"});
+       options.keep_recorded_limit ? "true" : "false", NewRequestId()});
   if (!r.ok()) return r.status();
   AcquireResult result;
   for (int i = 0; i < r->rows(); ++i) {
@@ -237,7 +251,8 @@ absl::StatusOr<ReleaseResult> PostgreSQLDriver::ReleaseSlot(
   }
   auto r = Query(
       ctx, kReleaseSql,
-      {OptText(lease_id), OptText(run_key), OptText(repo_key), TtlMicros()});
+      {OptText(lease_id), OptText(run_key), OptText(repo_key), TtlMicros(),
+       NewRequestId()});
   if (!r.ok()) return r.status();
   ReleaseResult result;
   std::string repo(repo_key);
@@ -287,7 +302,8 @@ absl::StatusOr<std::vector<Lease>> PostgreSQLDriver::SetRepositoryLimit(
   const std::string repo_key = repo.Key();
   auto r = Query(ctx, kAcquireSql,
                  {repo_key, std::nullopt, std::to_string(EffectiveLimit(repo)),
-                  std::nullopt, "false", "false", TtlMicros(), "false"});
+                  std::nullopt, "false", "false", TtlMicros(), "false",
+                  NewRequestId()});
   if (!r.ok()) return r.status();
   std::vector<Lease> admitted;
   for (int i = 0; i < r->rows(); ++i) {

@@ -62,11 +62,20 @@ CREATE SEQUENCE IF NOT EXISTS pac_queue_seq;
 
 // Migration 2: keys as long as the contract allows (63 + 1 + 253
 // characters: a namespace and a name), beyond the specification's 255.
-// Widening a VARCHAR rewrites no row. pac_acquire takes p_keep: its
-// previous signature goes (a call would be ambiguous beside the new one).
+// Widening a VARCHAR rewrites no row. pac_acquire and pac_release take a
+// request id (and pac_acquire p_keep): their previous signatures go (a
+// call would be ambiguous beside the new ones). pac_outcomes keeps answers.
 constexpr const char* kMigration2 = R"SQL(
 DROP FUNCTION IF EXISTS pac_acquire(TEXT, TEXT, INTEGER, TIMESTAMPTZ, BOOLEAN,
                                     BOOLEAN, INTERVAL);
+DROP FUNCTION IF EXISTS pac_release(TEXT, TEXT, TEXT, INTERVAL);
+-- Answers kept by request id (pac_replay). Unlogged: no WAL per release;
+-- a crash empties it, and a retry then answers as before this table.
+CREATE UNLOGGED TABLE IF NOT EXISTS pac_outcomes (
+    request_id TEXT PRIMARY KEY,
+    result JSONB NOT NULL,
+    created_at TIMESTAMP WITH TIME ZONE NOT NULL
+);
 ALTER TABLE concurrency_slots ALTER COLUMN repository_key TYPE VARCHAR(320),
                               ALTER COLUMN pipeline_run_key TYPE VARCHAR(320);
 ALTER TABLE repository_states ALTER COLUMN repository_key TYPE VARCHAR(320);
@@ -143,10 +152,11 @@ END $$;
 -- reclaim expired leases and admit the queue, then grant, find or queue the
 -- caller. p_run NULL only sets the limit. Rows: 'admitted' for others,
 -- then one of 'acquired', 'queued' (o_pos) or 'full' for the caller.
-CREATE OR REPLACE FUNCTION pac_acquire(p_repo TEXT, p_run TEXT, p_limit INTEGER,
-                                       p_creation TIMESTAMPTZ, p_enqueue BOOLEAN,
-                                       p_adopt BOOLEAN, p_ttl INTERVAL,
-                                       p_keep BOOLEAN)
+CREATE OR REPLACE FUNCTION pac_acquire_step(p_repo TEXT, p_run TEXT,
+                                            p_limit INTEGER,
+                                            p_creation TIMESTAMPTZ,
+                                            p_enqueue BOOLEAN, p_adopt BOOLEAN,
+                                            p_ttl INTERVAL, p_keep BOOLEAN)
 RETURNS TABLE(o_kind TEXT, o_run TEXT, o_lease TEXT, o_acquired TIMESTAMPTZ,
               o_expires TIMESTAMPTZ, o_token BIGINT, o_pos BIGINT)
 LANGUAGE plpgsql AS $$
@@ -241,8 +251,8 @@ END $$;
 -- run's lease, or its queue entry), then admit the queue head into the
 -- freed slot. Rows: 'released' or 'dequeued' for the caller, 'admitted' for
 -- the runs that took the slot.
-CREATE OR REPLACE FUNCTION pac_release(p_lease TEXT, p_run TEXT, p_repo TEXT,
-                                       p_ttl INTERVAL)
+CREATE OR REPLACE FUNCTION pac_release_step(p_lease TEXT, p_run TEXT,
+                                            p_repo TEXT, p_ttl INTERVAL)
 RETURNS TABLE(o_kind TEXT, o_run TEXT, o_lease TEXT, o_acquired TIMESTAMPTZ,
               o_expires TIMESTAMPTZ, o_token BIGINT, o_pos BIGINT)
 LANGUAGE plpgsql AS $$
@@ -296,6 +306,97 @@ BEGIN
   END IF;
 END $$;
 
+-- The answers of acquires that admitted others and of every release, kept
+-- by request id for ten minutes (pac_reap deletes older ones): a call whose
+-- answer was lost after its commit (the connection dropped) is sent again
+-- with the same id and gets the same rows, instead of a step that finds
+-- nothing left to do. Concurrent sends of one id wait for each other.
+CREATE OR REPLACE FUNCTION pac_replay(p_request TEXT)
+RETURNS TABLE(o_kind TEXT, o_run TEXT, o_lease TEXT, o_acquired TIMESTAMPTZ,
+              o_expires TIMESTAMPTZ, o_token BIGINT, o_pos BIGINT)
+LANGUAGE sql AS $$
+  SELECT x.k, x.run, x.lease, x.acq, x.exp, x.tok, x.pos
+    FROM pac_outcomes o,
+         jsonb_to_recordset(o.result) AS x(k TEXT, run TEXT, lease TEXT,
+                                          acq TIMESTAMPTZ, exp TIMESTAMPTZ,
+                                          tok BIGINT, pos BIGINT, n BIGINT)
+   WHERE o.request_id = p_request
+   ORDER BY x.n;
+$$;
+
+CREATE OR REPLACE FUNCTION pac_acquire(p_repo TEXT, p_run TEXT, p_limit INTEGER,
+                                       p_creation TIMESTAMPTZ, p_enqueue BOOLEAN,
+                                       p_adopt BOOLEAN, p_ttl INTERVAL,
+                                       p_keep BOOLEAN, p_request TEXT)
+RETURNS TABLE(o_kind TEXT, o_run TEXT, o_lease TEXT, o_acquired TIMESTAMPTZ,
+              o_expires TIMESTAMPTZ, o_token BIGINT, o_pos BIGINT)
+LANGUAGE plpgsql AS $$
+DECLARE
+  v_result JSONB;
+BEGIN
+  IF p_request IS NOT NULL THEN
+    PERFORM pg_advisory_xact_lock(hashtext(p_request));
+    IF EXISTS (SELECT 1 FROM pac_outcomes o WHERE o.request_id = p_request) THEN
+      RETURN QUERY SELECT * FROM pac_replay(p_request);
+      RETURN;
+    END IF;
+  END IF;
+  SELECT coalesce(jsonb_agg(jsonb_build_object(
+           'k', r.k, 'run', r.run, 'lease', r.lease, 'acq', r.acq,
+           'exp', r.exp, 'tok', r.tok, 'pos', r.pos, 'n', r.n) ORDER BY r.n),
+         '[]'::jsonb)
+    INTO v_result
+    FROM pac_acquire_step(p_repo, p_run, p_limit, p_creation, p_enqueue,
+                          p_adopt, p_ttl, p_keep)
+         WITH ORDINALITY AS r(k, run, lease, acq, exp, tok, pos, n);
+  -- Only an answer that admitted others is kept: the caller's own part
+  -- (its lease, its place) a second send finds again as it was.
+  IF p_request IS NOT NULL AND v_result @> '[{"k": "admitted"}]' THEN
+    INSERT INTO pac_outcomes (request_id, result, created_at)
+         VALUES (p_request, v_result, clock_timestamp());
+  END IF;
+  RETURN QUERY
+    SELECT x.k, x.run, x.lease, x.acq, x.exp, x.tok, x.pos
+      FROM jsonb_to_recordset(v_result) AS x(k TEXT, run TEXT, lease TEXT,
+                                             acq TIMESTAMPTZ, exp TIMESTAMPTZ,
+                                             tok BIGINT, pos BIGINT, n BIGINT)
+     ORDER BY x.n;
+END $$;
+
+CREATE OR REPLACE FUNCTION pac_release(p_lease TEXT, p_run TEXT, p_repo TEXT,
+                                       p_ttl INTERVAL, p_request TEXT)
+RETURNS TABLE(o_kind TEXT, o_run TEXT, o_lease TEXT, o_acquired TIMESTAMPTZ,
+              o_expires TIMESTAMPTZ, o_token BIGINT, o_pos BIGINT)
+LANGUAGE plpgsql AS $$
+DECLARE
+  v_result JSONB;
+BEGIN
+  IF p_request IS NOT NULL THEN
+    PERFORM pg_advisory_xact_lock(hashtext(p_request));
+    IF EXISTS (SELECT 1 FROM pac_outcomes o WHERE o.request_id = p_request) THEN
+      RETURN QUERY SELECT * FROM pac_replay(p_request);
+      RETURN;
+    END IF;
+  END IF;
+  SELECT coalesce(jsonb_agg(jsonb_build_object(
+           'k', r.k, 'run', r.run, 'lease', r.lease, 'acq', r.acq,
+           'exp', r.exp, 'tok', r.tok, 'pos', r.pos, 'n', r.n) ORDER BY r.n),
+         '[]'::jsonb)
+    INTO v_result
+    FROM pac_release_step(p_lease, p_run, p_repo, p_ttl)
+         WITH ORDINALITY AS r(k, run, lease, acq, exp, tok, pos, n);
+  IF p_request IS NOT NULL AND v_result <> '[]'::jsonb THEN
+    INSERT INTO pac_outcomes (request_id, result, created_at)
+         VALUES (p_request, v_result, clock_timestamp());
+  END IF;
+  RETURN QUERY
+    SELECT x.k, x.run, x.lease, x.acq, x.exp, x.tok, x.pos
+      FROM jsonb_to_recordset(v_result) AS x(k TEXT, run TEXT, lease TEXT,
+                                             acq TIMESTAMPTZ, exp TIMESTAMPTZ,
+                                             tok BIGINT, pos BIGINT, n BIGINT)
+     ORDER BY x.n;
+END $$;
+
 -- Background cleanup: every repository with an expired lease is locked,
 -- reclaimed and its queue admitted. Returns how many repositories.
 CREATE OR REPLACE FUNCTION pac_reap(p_ttl INTERVAL) RETURNS INTEGER
@@ -315,6 +416,8 @@ BEGIN
                                clock_timestamp());
     n := n + 1;
   END LOOP;
+  DELETE FROM pac_outcomes o
+   WHERE o.created_at < clock_timestamp() - interval '10 minutes';
   RETURN n;
 END $$;
 

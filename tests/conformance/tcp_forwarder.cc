@@ -129,7 +129,11 @@ void TcpForwarder::Pump(int a, int b) {
         done = true;
         break;
       }
-      if (black_hole_.load()) continue;  // dropped
+      if (black_hole_.load()) continue;                 // dropped
+      if (i == 1 && cut_next_reply_.exchange(false)) {  // from the server
+        done = true;
+        break;
+      }
       for (ssize_t off = 0; off < n;) {
         ssize_t w = send(p[1 - i].fd, buf + off, n - off, MSG_NOSIGNAL);
         if (w <= 0) {

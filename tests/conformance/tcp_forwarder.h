@@ -32,6 +32,10 @@ class TcpForwarder {
   // stay open: a path that went dead without either end being told (a
   // half-open connection, a network partition).
   void BlackHole(bool on) { black_hole_.store(on); }
+  // The next bytes the server sends on any connection are not forwarded:
+  // that connection is cut instead (an answer lost after the server did
+  // the work, as when a connection drops after a commit).
+  void CutOnNextReply() { cut_next_reply_.store(true); }
 
  private:
   TcpForwarder(int listen_fd, int port, std::string target_host,
@@ -44,6 +48,7 @@ class TcpForwarder {
   const std::string target_host_;
   const int target_port_;
   std::atomic<bool> black_hole_{false};
+  std::atomic<bool> cut_next_reply_{false};
   std::mutex mu_;
   bool closed_ = false;             // guarded by mu_
   std::vector<int> fds_;            // guarded by mu_
