@@ -2,9 +2,13 @@
 
 #include <algorithm>
 #include <map>
+#include <set>
+#include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "pac/concurrency/status.h"
 #include "src/common/logging.h"
@@ -29,6 +33,9 @@ struct Manager::Impl {
   LeaseObserver Observer() {
     LeaseObserver obs;
     obs.on_granted = [this](const Lease& l) { Track(l); };
+    // The QueueManager's calls hand the runs they admit to their caller
+    // (RemoveAndTakeItemFromQueue returns them to be started): its own.
+    obs.on_admitted = [this](const Lease& l) { Track(l); };
     obs.on_released = [this](std::string_view repo, std::string_view run) {
       UntrackByKey(repo, run);
     };
@@ -42,6 +49,21 @@ struct Manager::Impl {
       tracked[lease.lease_id] = lease;
     }
     cv.NotifyAll();
+  }
+
+  // An admitted run's lease belongs to its own holder, who renews it: here
+  // only if a WaitForSlot of this Manager waits for that run (it will
+  // return the lease). Anybody else's expires after one TTL unless its
+  // holder picks it up, so a waiter that died or gave up holds no slot
+  // for longer.
+  void TrackIfAwaited(const Lease& lease) {
+    {
+      MutexLock lock(&mu);
+      if (awaited.count({lease.repository_key, lease.pipeline_run_key}) == 0) {
+        return;
+      }
+    }
+    Track(lease);
   }
 
   void Untrack(std::string_view lease_id) {
@@ -134,6 +156,8 @@ struct Manager::Impl {
   Mutex mu;
   CondVar cv;
   std::map<std::string, Lease> tracked PAC_GUARDED_BY(mu);
+  // (repository, run) of every WaitForSlot in progress.
+  std::multiset<std::pair<std::string, std::string>> awaited PAC_GUARDED_BY(mu);
   bool closed PAC_GUARDED_BY(mu) = false;
   bool kicked PAC_GUARDED_BY(mu) = false;
   int clock_listener = 0;
@@ -206,7 +230,7 @@ absl::StatusOr<AcquireResult> Manager::AcquireSlot(
     return result;
   }
   if (result->acquired) impl_->Track(result->lease);
-  for (const Lease& l : result->admitted) impl_->Track(l);
+  for (const Lease& l : result->admitted) impl_->TrackIfAwaited(l);
   return result;
 }
 
@@ -230,6 +254,17 @@ absl::StatusOr<Lease> Manager::WaitForSlot(
   std::unique_ptr<WatchHandle> watch;
   int64_t cancel_id = ctx.AddCancelCallback([signal] { signal->Fire(); });
   const std::string repo_key = repo.Key();
+  // While it waits, a release by this Manager that admits the run keeps
+  // its lease alive until this call returns it (TrackIfAwaited).
+  const std::pair<std::string, std::string> key{repo_key, std::string(run_key)};
+  {
+    MutexLock lock(&impl_->mu);
+    impl_->awaited.insert(key);
+  }
+  absl::Cleanup not_awaited = [&] {
+    MutexLock lock(&impl_->mu);
+    impl_->awaited.erase(impl_->awaited.find(key));
+  };
 
   auto give_up = [&](absl::Status why) -> absl::Status {
     ctx.RemoveCancelCallback(cancel_id);
@@ -241,7 +276,7 @@ absl::StatusOr<Lease> Manager::WaitForSlot(
     auto released = impl_->driver->ReleaseSlot(cleanup, "", run_key, repo_key);
     impl_->UntrackByKey(repo_key, run_key);
     if (released.ok()) {
-      for (const Lease& l : released->admitted) impl_->Track(l);
+      for (const Lease& l : released->admitted) impl_->TrackIfAwaited(l);
     } else {
       impl_->logger->warn("could not withdraw {} from {}: {}", run_key,
                           repo_key, released.status().ToString());
@@ -257,12 +292,9 @@ absl::StatusOr<Lease> Manager::WaitForSlot(
     if (absl::Status s = ctx.Err(); !s.ok()) return give_up(s);
     auto result = AcquireSlot(ctx, repo, run_key, opts);
     if (!result.ok()) {
-      if (absl::IsCancelled(result.status()) ||
-          absl::IsDeadlineExceeded(result.status())) {
-        return give_up(result.status());
-      }
-      ctx.RemoveCancelCallback(cancel_id);
-      return result.status();
+      // Whatever the error, the entry is withdrawn (best effort): a waiter
+      // that is gone must not be admitted later.
+      return give_up(result.status());
     }
     if (result->acquired) {
       ctx.RemoveCancelCallback(cancel_id);
@@ -272,14 +304,7 @@ absl::StatusOr<Lease> Manager::WaitForSlot(
     if (watch == nullptr) {
       auto w = impl_->driver->WatchSlotAvailability(
           ctx, repo_key, [signal](const WatchEvent&) { signal->Fire(); });
-      if (!w.ok()) {
-        if (absl::IsCancelled(w.status()) ||
-            absl::IsDeadlineExceeded(w.status())) {
-          return give_up(w.status());
-        }
-        ctx.RemoveCancelCallback(cancel_id);
-        return w.status();
-      }
+      if (!w.ok()) return give_up(w.status());
       watch = std::move(*w);
       continue;  // re-read: the slot may have freed before the watch began
     }
@@ -307,7 +332,7 @@ absl::StatusOr<ReleaseResult> Manager::ReleaseSlot(const Context& ctx,
   } else {
     impl_->UntrackByKey(repo_key, run_key);
   }
-  for (const Lease& l : result->admitted) impl_->Track(l);
+  for (const Lease& l : result->admitted) impl_->TrackIfAwaited(l);
   return result;
 }
 

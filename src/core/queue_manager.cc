@@ -17,14 +17,17 @@ QueueManager::QueueManager(Driver* driver,
       observer_(std::move(observer)) {}
 
 void QueueManager::Granted(const AcquireResult& result) {
-  if (!observer_.on_granted) return;
-  if (result.acquired) observer_.on_granted(result.lease);
-  for (const Lease& l : result.admitted) observer_.on_granted(l);
+  if (result.acquired && observer_.on_granted) {
+    observer_.on_granted(result.lease);
+  }
+  Granted(result.admitted);
 }
 
-void QueueManager::Granted(const std::vector<Lease>& leases) {
-  if (!observer_.on_granted) return;
-  for (const Lease& l : leases) observer_.on_granted(l);
+void QueueManager::Granted(const std::vector<Lease>& admitted) {
+  const auto& tell =
+      observer_.on_admitted ? observer_.on_admitted : observer_.on_granted;
+  if (!tell) return;
+  for (const Lease& l : admitted) tell(l);
 }
 
 absl::Status QueueManager::InitQueues(

@@ -268,7 +268,59 @@ TEST_P(DriverConformanceTest, Rule10_ManagerKeepsLeasesAlive) {
   EXPECT_EQ(lost.load(), 0);
   ASSERT_TRUE(
       manager->ReleaseSlot(ctx_, a->lease.lease_id, Run("a"), repo.Key()).ok());
-  // b was promoted by the Manager's own release, so it is tracked now.
+  // b was admitted by the Manager's own release, but nobody here waits for
+  // it: its own holder renews it, not this Manager.
+  EXPECT_EQ(manager->TrackedLeaseCount(), 0u);
+  EXPECT_TRUE(manager->Close().ok());
+}
+
+// Issue 20 (17): a run admitted for a waiter that is gone (it queued, then
+// died) holds its slot for one TTL at most: the Manager whose release
+// admitted it does not renew it, and the next run gets the slot. Before:
+// the Manager renewed it until it closed.
+TEST_P(DriverConformanceTest, Rule10_AnAdmittedRunNobodyWaitsForExpires) {
+  ManagerOptions options;
+  options.clock = clock_;
+  auto manager = Manager::FromDriver(MakeDriver(), nullptr, options);
+  Repository repo = Repo("orphan", 1);
+  auto a = manager->AcquireSlot(ctx_, repo, Run("a"));
+  ASSERT_TRUE(a.ok() && a->acquired);
+  ASSERT_FALSE(driver_->AcquireSlot(ctx_, repo, Run("gone"))->acquired);
+  auto rel = manager->ReleaseSlot(ctx_, a->lease.lease_id, "", "");
+  ASSERT_TRUE(rel.ok() && rel->admitted.size() == 1u);
+  EXPECT_EQ(manager->TrackedLeaseCount(), 0u);
+  for (int step = 0; step < 4; ++step) Advance(ttl_ / 2);
+  // Its lease ran out: the slot is free for the next run.
+  EXPECT_TRUE(Eventually([&] {
+    auto next = driver_->AcquireSlot(ctx_, repo, Run("next"));
+    return next.ok() && next->acquired;
+  }));
+  EXPECT_TRUE(manager->Close().ok());
+}
+
+// A run that a WaitForSlot of this Manager waits for is renewed from the
+// moment a release admits it.
+TEST_P(DriverConformanceTest,
+       Rule10_AnAdmittedRunAWaiterHereWaitsForIsRenewed) {
+  ManagerOptions options;
+  options.clock = clock_;
+  auto manager = Manager::FromDriver(MakeDriver(), nullptr, options);
+  Repository repo = Repo("awaited", 1);
+  auto a = manager->AcquireSlot(ctx_, repo, Run("a"));
+  ASSERT_TRUE(a.ok() && a->acquired);
+  absl::StatusOr<Lease> waited = absl::UnknownError("not yet");
+  std::thread waiter([&] {
+    waited = manager->WaitForSlot(Context::WithTimeout(ctx_, absl::Seconds(30)),
+                                  repo, Run("w"));
+  });
+  ASSERT_TRUE(Eventually([&] {
+    auto q = driver_->GetQueuedPipelineRuns(ctx_, repo.Key());
+    return q.ok() && q->size() == 1;
+  }));
+  auto rel = manager->ReleaseSlot(ctx_, a->lease.lease_id, "", "");
+  ASSERT_TRUE(rel.ok() && rel->admitted.size() == 1u);
+  waiter.join();
+  ASSERT_TRUE(waited.ok()) << waited.status();
   EXPECT_EQ(manager->TrackedLeaseCount(), 1u);
   EXPECT_TRUE(manager->Close().ok());
 }

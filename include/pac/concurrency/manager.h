@@ -1,6 +1,17 @@
 // Manager: the entry point (the specification's NewManager). It owns a
 // driver and a QueueManager, delegates to them, and keeps alive the leases
-// it granted (rule 10) until they are released or the Manager closes.
+// its callers hold (rule 10) until they are released or the Manager closes.
+//
+// Who owns a lease: the holder of its run. The Manager renews the leases
+// its callers acquired (AcquireSlot, WaitForSlot), the runs the
+// QueueManager's calls grant or hand to their caller (which starts them),
+// leases given to TrackLease, and the lease of a run admitted from the
+// queue (by a release or a raised limit of this Manager) only while a
+// WaitForSlot of this Manager waits for that run. Any other admitted run
+// belongs to its own waiter (another process, a controller that re-submits
+// when a watch tells it): if nobody picks its lease up and renews it, it
+// expires after one TTL and the slot passes on (rule 9). So a waiter that
+// died or gave up holds a slot for one TTL at most.
 //
 // Thread-safe. Destroying the Manager closes it.
 #ifndef PAC_CONCURRENCY_MANAGER_H_
@@ -56,16 +67,17 @@ class Manager {
       const AcquireOptions& options = {});
 
   // Waits in the queue until `run_key` is admitted, the context ends or the
-  // driver fails. On Cancelled/DeadlineExceeded the queue entry is removed
-  // (rule 14). `on_position` (optional) is told the queue position whenever
-  // it is re-read.
+  // driver fails. On any error the queue entry (or a slot granted
+  // meanwhile) is withdrawn, best effort (rule 14). `on_position`
+  // (optional) is told the queue position whenever it is re-read.
   [[nodiscard]] absl::StatusOr<Lease> WaitForSlot(
       const Context& ctx, const Repository& repo, std::string_view run_key,
       const AcquireOptions& options = {},
       const std::function<void(int64_t)>& on_position = nullptr);
 
   // As Driver::ReleaseSlot; stops renewing the lease. Runs admitted in its
-  // place are renewed by this Manager.
+  // place are renewed here only if a WaitForSlot of this Manager waits for
+  // them (see the top of this file).
   [[nodiscard]] absl::StatusOr<ReleaseResult> ReleaseSlot(
       const Context& ctx, std::string_view lease_id, std::string_view run_key,
       std::string_view repo_key);

@@ -33,7 +33,11 @@ struct PipelineRunRecord {
 // Told of every lease a QueueManager call granted and of every run it
 // released, so that the Manager can keep granted leases alive.
 struct LeaseObserver {
+  // A lease granted to the caller of a QueueManager call.
   std::function<void(const Lease&)> on_granted;
+  // A lease granted to another run, admitted from the queue by a call
+  // (a release, a raised limit). Unset: on_granted is told.
+  std::function<void(const Lease&)> on_admitted;
   std::function<void(std::string_view repo_key, std::string_view run_key)>
       on_released;
 };
