@@ -832,5 +832,55 @@ TEST_F(TwoMockDrivers,
   (*w)->Stop();
 }
 
+// Issue 20 (6): after a gap (a resync past a compaction) the watch still
+// names x as the holder of seat 0, which y took meanwhile. A watcher that
+// registers reads the seat's holder now; that must replace the stale name,
+// or y's release is reported as x's. Before: it was reported as x's.
+TEST_F(TwoMockDrivers, ARegistrationAfterAGapNamesTheSeatsCurrentHolder) {
+  Repository repo{"gap-names", "repo", 1};
+  std::mutex mu;
+  std::vector<std::string> released;
+  auto first = a->WatchSlotAvailability(ctx, repo.Key(), [](auto) {});
+  ASSERT_TRUE(first.ok());
+  auto x = b->AcquireSlot(ctx, repo, "gap-names/x");
+  ASSERT_TRUE(x.ok() && x->acquired);
+  mock->DrainDeliveriesForTest();
+  internal::etcdpb::RangeRequest probe;
+  probe.set_key("/");
+  probe.set_count_only(true);
+  const int64_t before = mock->Range(ctx, probe)->header().revision();
+  mock->HoldDeliveriesForTest(true);
+  ASSERT_TRUE(b->ReleaseSlot(ctx, x->lease.lease_id, "", "")->released);
+  auto y = b->AcquireSlot(ctx, repo, "gap-names/y");
+  ASSERT_TRUE(y.ok() && y->acquired);
+  ASSERT_TRUE(b->SetRepositoryState(ctx, repo, "moved on").ok());
+  ASSERT_TRUE(
+      mock->Compact(ctx, mock->Range(ctx, probe)->header().revision()).ok());
+  static_cast<internal::EtcdDriver*>(a.get())->ResumeWatchForTest(before + 1);
+  mock->HoldDeliveriesForTest(false);
+  mock->DrainDeliveriesForTest();
+  auto second =
+      a->WatchSlotAvailability(ctx, repo.Key(), [&](const WatchEvent& e) {
+        if (e.type != WatchEventType::kReleased) return;
+        std::lock_guard<std::mutex> lock(mu);
+        released.push_back(e.pipeline_run_key);
+      });
+  ASSERT_TRUE(second.ok());
+  ASSERT_TRUE(b->ReleaseSlot(ctx, y->lease.lease_id, "", "")->released);
+  bool heard = false;
+  for (absl::Time until = absl::Now() + absl::Seconds(5);
+       !heard && absl::Now() < until;) {
+    mock->DrainDeliveriesForTest();
+    std::lock_guard<std::mutex> lock(mu);
+    heard = !released.empty();
+    if (!heard) absl::SleepFor(absl::Milliseconds(10));
+  }
+  std::lock_guard<std::mutex> lock(mu);
+  ASSERT_FALSE(released.empty());
+  EXPECT_EQ(released[0], "gap-names/y");
+  (*first)->Stop();
+  (*second)->Stop();
+}
+
 }  // namespace
 }  // namespace pac::concurrency

@@ -34,8 +34,10 @@ absl::StatusOr<std::unique_ptr<WatchHandle>> EtcdDriver::WatchSlotAvailability(
   {
     MutexLock lock(&mu_);
     if (seat_runs_.size() + v->slots.size() > kMaxSeatRuns) seat_runs_.clear();
+    // The read is current: its holder replaces a name the watch may have
+    // kept from before a gap (a resync), which would name a release wrong.
     for (const auto& [run, slot] : v->slots) {
-      seat_runs_.emplace(SeatKey(repo, slot.seat), run);
+      seat_runs_[SeatKey(repo, slot.seat)] = run;
     }
   }
   if (!watch_started_.load()) EnsureWatch(v->revision + 1);
