@@ -513,6 +513,44 @@ void RefusesWhatEtcdRefuses(internal::EtcdKV& kv, const std::string& prefix) {
   EXPECT_TRUE(kv.Put(ctx, big).ok());
 }
 
+// Issue 20 (7), end to end: etcd goes away (every connection cut, new ones
+// refused) while a slot's lease runs out on the server; once it is back,
+// the queue drains with no new call. (The watch resumes from the last
+// revision it saw and hears the expiry; a promotion that fails is retried:
+// EtcdPromotionTest.AnExpiryPromotionThatFailsIsRetriedAfterTheOutage.)
+TEST(EtcdDriverTest, AQueueDrainsAfterAnOutageDuringWhichASlotExpired) {
+  auto c = TestEtcdConfig();
+  ASSERT_TRUE(c.ok()) << c.status();
+  auto fwd = conformance::TcpForwarder::Start(c->endpoints[0]);
+  ASSERT_TRUE(fwd.ok()) << fwd.status();
+  EtcdConfig through = *c;
+  through.endpoints = {(*fwd)->endpoint()};
+  through.lease_ttl = absl::Seconds(2);
+  through.dial_timeout = absl::Seconds(2);
+  auto d = NewEtcdDriver(through);
+  ASSERT_TRUE(d.ok()) << d.status();
+  Context ctx = Context::WithTimeout(Context(), absl::Seconds(30));
+  Repository repo{UniqueNs("outage"), "repo", 1};
+  auto x = (*d)->AcquireSlot(ctx, repo, repo.ns + "/x");
+  ASSERT_TRUE(x.ok() && x->acquired);  // nobody renews it
+  auto w = (*d)->AcquireSlot(ctx, repo, repo.ns + "/w");
+  ASSERT_TRUE(w.ok() && !w->acquired);
+  (*fwd)->SetDown(true);
+  absl::SleepFor(absl::Seconds(4));  // x's lease (2 s) runs out meanwhile
+  (*fwd)->SetDown(false);
+  auto direct = NewEtcdDriver(*c);
+  ASSERT_TRUE(direct.ok());
+  bool admitted = false;
+  for (absl::Time until = absl::Now() + absl::Seconds(20);
+       !admitted && absl::Now() < until;) {
+    auto running = (*direct)->GetRunningPipelineRuns(ctx, repo.Key());
+    admitted = running.ok() && running->size() == 1 &&
+               (*running)[0].pipeline_run_key == repo.ns + "/w";
+    if (!admitted) absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_TRUE(admitted) << "the queue did not drain after the outage";
+}
+
 TEST(EtcdStoreLimits, ARealServerRefusesOversizedRequests) {
   auto c = TestEtcdConfig();
   ASSERT_TRUE(c.ok()) << c.status();

@@ -85,12 +85,23 @@ void TcpForwarder::Close() {
   fds_.clear();
 }
 
+void TcpForwarder::SetDown(bool down) {
+  down_.store(down);
+  if (!down) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  for (int fd : fds_) shutdown(fd, SHUT_RDWR);
+}
+
 void TcpForwarder::AcceptLoop() {
   while (true) {
     int client = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
     if (client < 0) {
       if (errno == EINTR) continue;
       return;  // closed
+    }
+    if (down_.load()) {
+      close(client);
+      continue;
     }
     int server = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     sockaddr_in a = Addr(target_host_, target_port_);

@@ -36,6 +36,9 @@ class TcpForwarder {
   // that connection is cut instead (an answer lost after the server did
   // the work, as when a connection drops after a commit).
   void CutOnNextReply() { cut_next_reply_.store(true); }
+  // Down: cuts every connection and refuses new ones (accepted, then
+  // closed), as a server that went away; up again: forwards as before.
+  void SetDown(bool down);
 
  private:
   TcpForwarder(int listen_fd, int port, std::string target_host,
@@ -49,6 +52,7 @@ class TcpForwarder {
   const int target_port_;
   std::atomic<bool> black_hole_{false};
   std::atomic<bool> cut_next_reply_{false};
+  std::atomic<bool> down_{false};
   std::mutex mu_;
   bool closed_ = false;             // guarded by mu_
   std::vector<int> fds_;            // guarded by mu_
