@@ -283,8 +283,8 @@ class EtcdDriver final : public Driver {
       const std::vector<int64_t>& leases, RepoView after, Commit kind,
       bool admits, const std::string& commit_id,
       const LightProof* light = nullptr,
-      std::optional<RepoView>* current = nullptr,
-      bool* proved_light = nullptr) PAC_EXCLUDES(mu_);
+      std::optional<RepoView>* current = nullptr, bool* proved_light = nullptr)
+      PAC_EXCLUDES(mu_);
   // The revision at which a slot of `v` was granted with `commit_id` (or
   // `meta` written with it), or 0.
   static int64_t CommittedAt(const RepoView& v, const std::string& commit_id);

@@ -249,10 +249,9 @@ absl::StatusOr<ReleaseResult> PostgreSQLDriver::ReleaseSlot(
       !s.ok()) {
     return s;
   }
-  auto r = Query(
-      ctx, kReleaseSql,
-      {OptText(lease_id), OptText(run_key), OptText(repo_key), TtlMicros(),
-       NewRequestId()});
+  auto r = Query(ctx, kReleaseSql,
+                 {OptText(lease_id), OptText(run_key), OptText(repo_key),
+                  TtlMicros(), NewRequestId()});
   if (!r.ok()) return r.status();
   ReleaseResult result;
   std::string repo(repo_key);
@@ -300,10 +299,10 @@ absl::StatusOr<std::vector<Lease>> PostgreSQLDriver::SetRepositoryLimit(
     const Context& ctx, const Repository& repo) {
   if (absl::Status s = ValidateRepository(repo); !s.ok()) return s;
   const std::string repo_key = repo.Key();
-  auto r = Query(ctx, kAcquireSql,
-                 {repo_key, std::nullopt, std::to_string(EffectiveLimit(repo)),
-                  std::nullopt, "false", "false", TtlMicros(), "false",
-                  NewRequestId()});
+  auto r = Query(
+      ctx, kAcquireSql,
+      {repo_key, std::nullopt, std::to_string(EffectiveLimit(repo)),
+       std::nullopt, "false", "false", TtlMicros(), "false", NewRequestId()});
   if (!r.ok()) return r.status();
   std::vector<Lease> admitted;
   for (int i = 0; i < r->rows(); ++i) {
