@@ -69,7 +69,7 @@ constexpr const char* kMigration2 = R"SQL(
 DROP FUNCTION IF EXISTS pac_acquire(TEXT, TEXT, INTEGER, TIMESTAMPTZ, BOOLEAN,
                                     BOOLEAN, INTERVAL);
 DROP FUNCTION IF EXISTS pac_release(TEXT, TEXT, TEXT, INTERVAL);
--- Answers kept by request id (pac_replay). Unlogged: no WAL per release;
+-- Answers kept by request id (pac_kept). Unlogged: no WAL per release;
 -- a crash empties it, and a retry then answers as before this table.
 CREATE UNLOGGED TABLE IF NOT EXISTS pac_outcomes (
     request_id TEXT PRIMARY KEY,
@@ -309,20 +309,37 @@ END $$;
 -- The answers of acquires that admitted others and of every release, kept
 -- by request id for ten minutes (pac_reap deletes older ones): a call whose
 -- answer was lost after its commit (the connection dropped) is sent again
--- with the same id and gets the same rows, instead of a step that finds
--- nothing left to do. Concurrent sends of one id wait for each other.
-CREATE OR REPLACE FUNCTION pac_replay(p_request TEXT)
+-- with the same id and gets the same rows (pac_kept, pac_rows), instead of
+-- a step that finds nothing left to do. Concurrent sends of one id wait
+-- for each other.
+-- The rows of a kept answer (an array of objects k, run, lease, acq, exp,
+-- tok, pos, n), in their order.
+CREATE OR REPLACE FUNCTION pac_rows(p_result JSONB)
 RETURNS TABLE(o_kind TEXT, o_run TEXT, o_lease TEXT, o_acquired TIMESTAMPTZ,
               o_expires TIMESTAMPTZ, o_token BIGINT, o_pos BIGINT)
 LANGUAGE sql AS $$
   SELECT x.k, x.run, x.lease, x.acq, x.exp, x.tok, x.pos
-    FROM pac_outcomes o,
-         jsonb_to_recordset(o.result) AS x(k TEXT, run TEXT, lease TEXT,
+    FROM jsonb_to_recordset(p_result) AS x(k TEXT, run TEXT, lease TEXT,
                                           acq TIMESTAMPTZ, exp TIMESTAMPTZ,
                                           tok BIGINT, pos BIGINT, n BIGINT)
-   WHERE o.request_id = p_request
    ORDER BY x.n;
 $$;
+
+-- The answer kept for `p_request`, or NULL; waits first for any attempt
+-- with the same id that the server is still running.
+CREATE OR REPLACE FUNCTION pac_kept(p_request TEXT) RETURNS JSONB
+LANGUAGE plpgsql AS $$
+DECLARE
+  v_result JSONB;
+BEGIN
+  IF p_request IS NULL THEN
+    RETURN NULL;
+  END IF;
+  PERFORM pg_advisory_xact_lock(hashtext(p_request));
+  SELECT o.result INTO v_result FROM pac_outcomes o
+   WHERE o.request_id = p_request;
+  RETURN v_result;
+END $$;
 
 CREATE OR REPLACE FUNCTION pac_acquire(p_repo TEXT, p_run TEXT, p_limit INTEGER,
                                        p_creation TIMESTAMPTZ, p_enqueue BOOLEAN,
@@ -334,12 +351,10 @@ LANGUAGE plpgsql AS $$
 DECLARE
   v_result JSONB;
 BEGIN
-  IF p_request IS NOT NULL THEN
-    PERFORM pg_advisory_xact_lock(hashtext(p_request));
-    IF EXISTS (SELECT 1 FROM pac_outcomes o WHERE o.request_id = p_request) THEN
-      RETURN QUERY SELECT * FROM pac_replay(p_request);
-      RETURN;
-    END IF;
+  v_result := pac_kept(p_request);
+  IF v_result IS NOT NULL THEN
+    RETURN QUERY SELECT * FROM pac_rows(v_result);
+    RETURN;
   END IF;
   SELECT coalesce(jsonb_agg(jsonb_build_object(
            'k', r.k, 'run', r.run, 'lease', r.lease, 'acq', r.acq,
@@ -355,12 +370,7 @@ BEGIN
     INSERT INTO pac_outcomes (request_id, result, created_at)
          VALUES (p_request, v_result, clock_timestamp());
   END IF;
-  RETURN QUERY
-    SELECT x.k, x.run, x.lease, x.acq, x.exp, x.tok, x.pos
-      FROM jsonb_to_recordset(v_result) AS x(k TEXT, run TEXT, lease TEXT,
-                                             acq TIMESTAMPTZ, exp TIMESTAMPTZ,
-                                             tok BIGINT, pos BIGINT, n BIGINT)
-     ORDER BY x.n;
+  RETURN QUERY SELECT * FROM pac_rows(v_result);
 END $$;
 
 CREATE OR REPLACE FUNCTION pac_release(p_lease TEXT, p_run TEXT, p_repo TEXT,
@@ -371,12 +381,10 @@ LANGUAGE plpgsql AS $$
 DECLARE
   v_result JSONB;
 BEGIN
-  IF p_request IS NOT NULL THEN
-    PERFORM pg_advisory_xact_lock(hashtext(p_request));
-    IF EXISTS (SELECT 1 FROM pac_outcomes o WHERE o.request_id = p_request) THEN
-      RETURN QUERY SELECT * FROM pac_replay(p_request);
-      RETURN;
-    END IF;
+  v_result := pac_kept(p_request);
+  IF v_result IS NOT NULL THEN
+    RETURN QUERY SELECT * FROM pac_rows(v_result);
+    RETURN;
   END IF;
   SELECT coalesce(jsonb_agg(jsonb_build_object(
            'k', r.k, 'run', r.run, 'lease', r.lease, 'acq', r.acq,
@@ -389,12 +397,7 @@ BEGIN
     INSERT INTO pac_outcomes (request_id, result, created_at)
          VALUES (p_request, v_result, clock_timestamp());
   END IF;
-  RETURN QUERY
-    SELECT x.k, x.run, x.lease, x.acq, x.exp, x.tok, x.pos
-      FROM jsonb_to_recordset(v_result) AS x(k TEXT, run TEXT, lease TEXT,
-                                             acq TIMESTAMPTZ, exp TIMESTAMPTZ,
-                                             tok BIGINT, pos BIGINT, n BIGINT)
-     ORDER BY x.n;
+  RETURN QUERY SELECT * FROM pac_rows(v_result);
 END $$;
 
 -- Background cleanup: every repository with an expired lease is locked,
