@@ -821,10 +821,12 @@ TEST_F(TwoMockDrivers,
   for (absl::Time until = absl::Now() + absl::Seconds(5);
        !heard && absl::Now() < until;) {
     mock->DrainDeliveriesForTest();
-    std::lock_guard<std::mutex> lock(mu);
-    for (const auto& [type, run] : events) {
-      heard =
-          heard || (type == WatchEventType::kReleased && run == "compacted/x");
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      for (const auto& [type, run] : events) {
+        heard = heard ||
+                (type == WatchEventType::kReleased && run == "compacted/x");
+      }
     }
     if (!heard) absl::SleepFor(absl::Milliseconds(20));
   }
@@ -871,15 +873,20 @@ TEST_F(TwoMockDrivers, ARegistrationAfterAGapNamesTheSeatsCurrentHolder) {
   for (absl::Time until = absl::Now() + absl::Seconds(5);
        !heard && absl::Now() < until;) {
     mock->DrainDeliveriesForTest();
-    std::lock_guard<std::mutex> lock(mu);
-    heard = !released.empty();
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      heard = !released.empty();
+    }
     if (!heard) absl::SleepFor(absl::Milliseconds(10));
   }
+  // Stop the watches before reading what they heard: a callback takes mu,
+  // and Stop waits for a running callback, so holding mu across Stop could
+  // deadlock.
+  (*first)->Stop();
+  (*second)->Stop();
   std::lock_guard<std::mutex> lock(mu);
   ASSERT_FALSE(released.empty());
   EXPECT_EQ(released[0], "gap-names/y");
-  (*first)->Stop();
-  (*second)->Stop();
 }
 
 }  // namespace
