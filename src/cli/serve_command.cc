@@ -8,6 +8,7 @@
 #include "spdlog/spdlog.h"
 #include "src/cli/cli.h"
 #include "src/common/strings.h"
+#include "src/core/deferred_driver.h"
 #include "src/server/http_server.h"
 
 namespace pac::concurrency::cli {
@@ -65,6 +66,15 @@ absl::StatusOr<std::pair<std::string, int>> ParseListen(const std::string& s) {
             "\")"));
   }
   return std::make_pair(s.substr(0, colon), port);
+}
+
+// The lease TTL the configuration gives its driver.
+absl::Duration ConfiguredLeaseTtl(const DriverConfig& c) {
+  if (c.driver == "etcd" && c.etcd.has_value()) return c.etcd->lease_ttl;
+  if (c.driver == "postgresql" && c.postgresql.has_value()) {
+    return c.postgresql->lease_ttl;
+  }
+  return c.memory.value_or(MemoryConfig{}).lease_ttl;
 }
 
 int Serve(const GlobalOptions& g, const ServeOptions& o) {
@@ -138,6 +148,23 @@ int Serve(const GlobalOptions& g, const ServeOptions& o) {
   logger->set_level(
       spdlog::level::from_str(g.log_level == "warn" ? "info" : g.log_level));
   auto driver = NewDriver(*config, DriverOptions{nullptr, logger, true});
+  const bool deferred = !driver.ok() && absl::IsUnavailable(driver.status());
+  if (deferred) {
+    // Unreachable (not misconfigured): serve now, not ready, and connect in
+    // the background, so that a sidecar can start before its backend.
+    logger->warn(
+        "the {} backend is unreachable; serving, not ready (/readyz 503), "
+        "and connecting in the background: {}",
+        config->driver, driver.status().ToString());
+    driver = internal::NewDeferredDriver(
+        config->driver, ConfiguredLeaseTtl(*config), driver.status(),
+        [config = *config, logger] {
+          auto d = NewDriver(config, DriverOptions{nullptr, logger, true});
+          if (d.ok())
+            logger->info("connected to the {} backend", config.driver);
+          return d;
+        });
+  }
   if (!driver.ok()) return Fail(driver.status());
   server::Metrics metrics;
   server::Service service(driver->get(), nullptr, &metrics);
@@ -145,10 +172,11 @@ int Serve(const GlobalOptions& g, const ServeOptions& o) {
   options.inline_handlers = (*driver)->Type() == "memory";
   server::HttpServer http(&service, &metrics, options);
   if (absl::Status s = http.Start(); !s.ok()) return Fail(s);
-  std::printf("pac-concurrency serving on %s://%s:%d (driver %s%s)\n",
+  std::printf("pac-concurrency serving on %s://%s:%d (driver %s%s%s)\n",
               options.tls_cert_file.empty() ? "http" : "https",
               options.host.c_str(), http.port(),
               std::string((*driver)->Type()).c_str(),
+              deferred ? ", backend not connected yet" : "",
               options.tokens == nullptr ? "" : ", bearer token required");
   std::fflush(stdout);
   logger->info("listening on {}:{} with driver {}", options.host, http.port(),

@@ -5,6 +5,9 @@
 #include <string_view>
 
 #include "absl/status/status.h"
+#include "absl/time/civil_time.h"
+#include "absl/time/time.h"
+#include "pac/concurrency/driver.h"
 #include "pac/concurrency/repository.h"
 
 namespace pac::concurrency::internal {
@@ -18,6 +21,25 @@ inline absl::Status ValidateReleaseKeys(std::string_view lease_id,
   if (!lease_id.empty()) return absl::OkStatus();
   if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
   return ValidateKey(run_key, "pipeline_run");
+}
+
+// The options of an AcquireSlot call: a creation time, when given, lies in
+// the years 0001-9999 (RFC 3339's range, which every backend stores and
+// orders exactly, before 1970 too).
+inline absl::Status ValidateAcquireOptions(const AcquireOptions& options) {
+  if (!options.creation_time.has_value()) return absl::OkStatus();
+  static const absl::Time kFirst =
+      absl::FromCivil(absl::CivilSecond(1, 1, 1, 0, 0, 0), absl::UTCTimeZone());
+  static const absl::Time kEnd = absl::FromCivil(
+      absl::CivilSecond(10000, 1, 1, 0, 0, 0), absl::UTCTimeZone());
+  if (*options.creation_time < kFirst || *options.creation_time >= kEnd) {
+    return absl::InvalidArgumentError(
+        "creation_time: outside the years 0001-9999 (" +
+        absl::FormatTime(absl::RFC3339_full, *options.creation_time,
+                         absl::UTCTimeZone()) +
+        ")");
+  }
+  return absl::OkStatus();
 }
 
 // The namespace of a ListRepositories call: empty (every namespace) or a

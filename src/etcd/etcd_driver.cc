@@ -125,6 +125,7 @@ absl::StatusOr<AcquireResult> EtcdDriver::AcquireSlot(
     const AcquireOptions& options) {
   if (absl::Status s = ValidateRepository(repo); !s.ok()) return s;
   if (absl::Status s = ValidateKey(run_key, "pipeline_run"); !s.ok()) return s;
+  if (absl::Status s = ValidateAcquireOptions(options); !s.ok()) return s;
   if (absl::Status s = ctx.Err(); !s.ok()) return s;
   if (absl::Status s = CheckOpen(); !s.ok()) return s;
   return Step(ctx, repo.Key(), EffectiveLimit(repo), true, std::string(run_key),

@@ -405,7 +405,19 @@ class EtcdDriver final : public Driver {
   // the driver sees a queue (whose head an expiry must admit).
   void EnsureWatch(int64_t from_revision) PAC_EXCLUDES(watch_mu_, mu_);
   void StartWatchLocked(int64_t from_revision) PAC_REQUIRES(watch_mu_);
-  void OnWatch(const WatchBatch& batch);
+  void OnWatch(const WatchBatch& batch) PAC_EXCLUDES(mu_);
+  // A seat deleted by no guarded Txn: a light release or an expiry, told
+  // apart after the fact (ResolveExpiries). `events[begin, end)` are its
+  // kReleased events.
+  struct BareDeletion {
+    size_t begin = 0;
+    size_t end = 0;
+    int64_t lease = 0;
+  };
+  void CollectWatchEvents(const WatchBatch& batch, PendingEvents* events,
+                          std::vector<BareDeletion>* bare) PAC_EXCLUDES(mu_);
+  void ResolveExpiries(PendingEvents* events,
+                       const std::vector<BareDeletion>& bare) PAC_EXCLUDES(mu_);
   void PromoteLoop();
   absl::Status CheckOpen() const;
 
@@ -454,10 +466,15 @@ class EtcdDriver final : public Driver {
   // The latest revision the stream delivered for each repository; views
   // older than it are not cached. Below the floor, all are unknown.
   std::map<std::string, int64_t> event_rev_ PAC_GUARDED_BY(mu_);
-  // The run in each seat key the watch has seen put (or a read by
-  // WatchSlotAvailability found), so that a seat's deletion, whose event
-  // carries only the key, names the run released.
-  std::map<std::string, std::string> seat_runs_ PAC_GUARDED_BY(mu_);
+  // The run (and its etcd lease) in each seat key the watch has seen put
+  // (or a read by WatchSlotAvailability found), so that a seat's deletion,
+  // whose event carries only the key, names the run released, and whether
+  // its lease ran out (ExpiredOrReleased).
+  struct SeatHolder {
+    std::string run;
+    int64_t lease = 0;
+  };
+  std::map<std::string, SeatHolder> seat_runs_ PAC_GUARDED_BY(mu_);
   int64_t event_rev_floor_ PAC_GUARDED_BY(mu_) = 0;
   bool restart_watch_ PAC_GUARDED_BY(mu_) = false;
   bool stop_ PAC_GUARDED_BY(mu_) = false;

@@ -152,6 +152,37 @@ inline std::string Pad20(int64_t v) {
   return buf;
 }
 
+// A creation time (µs since 1970) as a queue key's time field, ordered as
+// the times are when compared as bytes: from 1970 twenty digits; before it
+// '-' (below every digit) and nineteen digits of v - INT64_MIN, which grow
+// with v. Keys written before pre-1970 times were accepted are unchanged.
+inline std::string QueueTime(int64_t us) {
+  if (us >= 0) return Pad20(us);
+  char buf[32];
+  const uint64_t shifted = static_cast<uint64_t>(us) ^ (uint64_t{1} << 63);
+  std::snprintf(buf, sizeof(buf), "-%019" PRIu64, shifted);
+  return buf;
+}
+
+// The inverse of QueueTime; false if `field` is not one.
+inline bool ParseQueueTime(std::string_view field, int64_t* us) {
+  const bool negative = !field.empty() && field.front() == '-';
+  if (negative) field.remove_prefix(1);
+  if (field.size() != (negative ? 19u : 20u)) return false;
+  uint64_t v = 0;
+  auto [end, ec] =
+      std::from_chars(field.data(), field.data() + field.size(), v);
+  if (ec != std::errc() || end != field.data() + field.size()) return false;
+  if (negative) {
+    if (v >= (uint64_t{1} << 63)) return false;
+    *us = static_cast<int64_t>(v ^ (uint64_t{1} << 63));
+  } else {
+    if (v > static_cast<uint64_t>(INT64_MAX)) return false;
+    *us = static_cast<int64_t>(v);
+  }
+  return true;
+}
+
 inline etcdpb::RequestOp PutOp(const std::string& key, const std::string& value,
                                int64_t lease = 0) {
   etcdpb::RequestOp op;

@@ -207,7 +207,7 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(
     std::string queue_key;
     if (enqueue_caller) {
       creation_us = absl::ToUnixMicros(options.creation_time.value_or(now));
-      queue_key = Cat(p, "queue/", Pad20(creation_us), "/", run);
+      queue_key = Cat(p, "queue/", QueueTime(creation_us), "/", run);
     }
     const QueueInfo* last = LastQueueKey(v);
     // Joining the end of a queue is a Txn of its own that leaves `meta`

@@ -141,7 +141,7 @@ void EtcdDriver::GuardAdmissions(etcdpb::TxnRequest* txn, const RepoView& v,
   // no queue has none unseen: joining the end needs an entry to join.)
   const std::string q = RepoPrefix(v.repo) + "queue/";
   auto* cmp = txn->add_compare();
-  cmp->set_key(Cat(q, Pad20(v.queue.front().creation_us), "/"));
+  cmp->set_key(Cat(q, QueueTime(v.queue.front().creation_us), "/"));
   cmp->set_range_end(drained ? PrefixEnd(q) : last_admitted->key);
   cmp->set_target(etcdpb::Compare::CREATE);
   cmp->set_result(etcdpb::Compare::LESS);

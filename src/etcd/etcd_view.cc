@@ -172,7 +172,7 @@ void EtcdDriver::ApplyKv(RepoView* v, std::string_view rest, bool put,
     QueueInfo qi;
     qi.run = std::string(q.substr(slash + 1));
     qi.key = kv.key();
-    std::from_chars(q.data(), q.data() + slash, qi.creation_us);
+    if (!ParseQueueTime(q.substr(0, slash), &qi.creation_us)) return;
     qi.create_revision = kv.create_revision();
     std::from_chars(kv.value().data(), kv.value().data() + kv.value().size(),
                     qi.enqueued_us);

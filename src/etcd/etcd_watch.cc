@@ -37,7 +37,9 @@ absl::StatusOr<std::unique_ptr<WatchHandle>> EtcdDriver::WatchSlotAvailability(
     // The read is current: its holder replaces a name the watch may have
     // kept from before a gap (a resync), which would name a release wrong.
     for (const auto& [run, slot] : v->slots) {
-      seat_runs_[SeatKey(repo, slot.seat)] = run;
+      SeatHolder& h = seat_runs_[SeatKey(repo, slot.seat)];
+      h.run = run;
+      if (!ParseHex(slot.lease_hex, &h.lease)) h.lease = 0;
     }
   }
   if (!watch_started_.load()) EnsureWatch(v->revision + 1);
@@ -102,6 +104,33 @@ void EtcdDriver::StartWatchLocked(int64_t from_revision) {
 
 void EtcdDriver::OnWatch(const WatchBatch& b) {
   PendingEvents events;
+  std::vector<BareDeletion> bare;
+  CollectWatchEvents(b, &events, &bare);
+  ResolveExpiries(&events, bare);
+  dispatcher_.Post(std::move(events));
+}
+
+void EtcdDriver::ResolveExpiries(PendingEvents* events,
+                                 const std::vector<BareDeletion>& bare) {
+  // The driver never revokes a lease: a released slot's lease lives on
+  // (reused, or left to run out unrenewed), while etcd deletes an expired
+  // one with its keys. So a lease etcd no longer knows ran out. Asked
+  // without mu_, on the watch thread, only for repositories watched here;
+  // a lease that cannot be asked about leaves the event `released`.
+  for (const BareDeletion& d : bare) {
+    if (d.lease == 0) continue;
+    Context ctx = Context::WithTimeout(Context::Background(), absl::Seconds(2));
+    auto ttl = kv_->LeaseTimeToLive(ctx, d.lease);
+    if (!ttl.ok() || *ttl >= 0) continue;
+    for (size_t i = d.begin; i < d.end; ++i) {
+      (*events)[i].second.type = WatchEventType::kExpired;
+    }
+  }
+}
+
+void EtcdDriver::CollectWatchEvents(const WatchBatch& b, PendingEvents* out,
+                                    std::vector<BareDeletion>* bare) {
+  PendingEvents& events = *out;
   MutexLock lock(&mu_);
   if (b.compact_revision > 0 || b.broken) {
     // Resume from the last revision seen; after a compaction, from just
@@ -126,7 +155,6 @@ void EtcdDriver::OnWatch(const WatchBatch& b) {
     watchers_.CollectAll(WatchEventType::kResync, &events);
     for (const auto& [w, ev] : events) to_promote_.insert(ev.repository_key);
     cv_.NotifyAll();
-    dispatcher_.Post(std::move(events));
     return;
   }
   // Resume after the last event delivered, as etcd's clientv3 does: a
@@ -199,29 +227,33 @@ void EtcdDriver::OnWatch(const WatchBatch& b) {
       // watcher's registration read it (a delete event carries only the
       // key).
       const std::string seat_key(key);
-      std::string gone;
+      SeatHolder gone;
       if (auto known = seat_runs_.find(seat_key); known != seat_runs_.end()) {
         gone = std::move(known->second);
         seat_runs_.erase(known);
       }
       if (ev.type() == etcdpb::Event::DELETE) {
+        const size_t begin = events.size();
+        watchers_.Collect(repo, WatchEventType::kReleased, gone.run, &events);
         if (txn_writes.count({repo_view, ev.kv().mod_revision()}) == 0) {
           freed.insert(repo);  // a slot freed: admit the queue, if any
+          if (events.size() > begin) {
+            bare->push_back(BareDeletion{begin, events.size(), gone.lease});
+          }
         }
-        watchers_.Collect(repo, WatchEventType::kReleased, gone, &events);
         continue;
       }
       // Every put of a seat is a grant. Over a held seat (the key existed:
       // version > 1) it is a release that admitted the queue head into the
       // seat it freed, in one Txn: its holder was released.
       if (ev.kv().version() > 1) {
-        watchers_.Collect(repo, WatchEventType::kReleased, gone, &events);
+        watchers_.Collect(repo, WatchEventType::kReleased, gone.run, &events);
       }
       const std::vector<absl::string_view> f = SeatFields(ev.kv().value());
       if (f.size() != 4) continue;
       run = std::string(f[3]);
       if (seat_runs_.size() >= kMaxSeatRuns) seat_runs_.clear();
-      seat_runs_[seat_key] = run;
+      seat_runs_[seat_key] = SeatHolder{run, ev.kv().lease()};
       type = WatchEventType::kAdmitted;
     } else if (tail == "limit") {
       type = WatchEventType::kLimitChanged;
@@ -255,7 +287,6 @@ void EtcdDriver::OnWatch(const WatchBatch& b) {
     }
   }
   if (!to_promote_.empty()) cv_.NotifyAll();
-  dispatcher_.Post(std::move(events));
 }
 
 void EtcdDriver::PromoteLoop() {

@@ -31,8 +31,13 @@ constexpr char kRequireLeaderValue[] = "true";
 // finds its commit id if the first one did (docs/etcd.md); the other calls
 // are reads, idempotent puts, or grants whose spare lease expires.
 constexpr absl::Duration kAttemptTimeout = absl::Seconds(2);
-// A call whose context has no deadline: all attempts together.
+// A call whose context has no deadline: all attempts together, and how
+// long it keeps retrying an unavailable etcd.
 constexpr absl::Duration kNoDeadlineLimit = absl::Seconds(30);
+constexpr absl::Duration kNoDeadlineRetries = absl::Seconds(4);
+// The longest pause between two attempts of a call that found etcd
+// unavailable (pauses double from 50 ms up to it).
+constexpr absl::Duration kMaxRetryPause = absl::Milliseconds(250);
 
 absl::Status FromGrpc(const grpc::Status& s, std::string_view what) {
   if (s.ok()) return absl::OkStatus();
@@ -101,7 +106,11 @@ class GrpcEtcd final : public EtcdKV,
     args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
     args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
     args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+    // After an outage the channel dials again within half a second of the
+    // server being back (gRPC's default backoff grows to 120 s).
+    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+    args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 500);
     if (config_.tls.has_value()) {
       grpc::SslCredentialsOptions ssl;
       const TLSConfig& t = *config_.tls;
@@ -134,16 +143,29 @@ class GrpcEtcd final : public EtcdKV,
       }
       channels_.push_back(grpc::CreateCustomChannel(target, creds, args));
     }
-    // Dial: the first endpoint that connects within the dial timeout.
-    absl::Time deadline = absl::Now() + config_.dial_timeout;
+    // Dial every endpoint at once and take the first in the list that is
+    // connected, as soon as one is: a dead endpoint listed first costs
+    // nothing (dialled one after another, it held each call for its share
+    // of the dial timeout).
+    const absl::Time deadline = absl::Now() + config_.dial_timeout;
     bool any = false;
-    for (size_t i = 0; i < channels_.size() && !any; ++i) {
-      if (channels_[i]->WaitForConnected(absl::ToChronoTime(std::min(
-              deadline,
-              absl::Now() + config_.dial_timeout /
-                                static_cast<int>(channels_.size()))))) {
-        current_ = i;
-        any = true;
+    while (!any) {
+      std::vector<grpc_connectivity_state> states;
+      for (size_t i = 0; i < channels_.size() && !any; ++i) {
+        states.push_back(channels_[i]->GetState(/*try_to_connect=*/true));
+        if (states.back() == GRPC_CHANNEL_READY) {
+          current_ = i;
+          any = true;
+        }
+      }
+      if (any || absl::Now() >= deadline) break;
+      // A channel's connection makes progress while somebody waits on it
+      // (else only gRPC's backup poller moves it, every 5 s): wait on each
+      // in turn, briefly.
+      for (size_t i = 0; i < channels_.size(); ++i) {
+        channels_[i]->WaitForStateChange(
+            states[i], absl::ToChronoTime(std::min(
+                           deadline, absl::Now() + absl::Milliseconds(5))));
       }
     }
     if (!any) {
@@ -341,6 +363,7 @@ class GrpcEtcd final : public EtcdKV,
                              Call call,
                              absl::Duration attempt_timeout = kAttemptTimeout) {
     bool reauthenticated = false;
+    const absl::Time started = absl::Now();
     absl::Duration backoff = absl::Milliseconds(50);
     const absl::Time deadline = ctx.deadline() == absl::InfiniteFuture()
                                     ? absl::Now() + kNoDeadlineLimit
@@ -389,11 +412,13 @@ class GrpcEtcd final : public EtcdKV,
           return s;
         }
         if (ctx.deadline() == absl::InfiniteFuture() &&
-            backoff > absl::Seconds(2)) {
+            absl::Now() - started > kNoDeadlineRetries) {
           return s;  // no deadline: give up after a few seconds of retries
         }
+        // Pauses stay short, so that a call waiting out an outage is sent
+        // again within kMaxRetryPause of the server being back.
         absl::SleepFor(backoff);
-        backoff *= 2;
+        backoff = std::min(backoff * 2, kMaxRetryPause);
         continue;
       }
       return s;

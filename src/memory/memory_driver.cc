@@ -234,6 +234,7 @@ absl::StatusOr<AcquireResult> MemoryDriver::AcquireSlot(
     return ValidateRepository(repo);  // says what is wrong
   }
   if (absl::Status s = ValidateKey(run_key, "pipeline_run"); !s.ok()) return s;
+  if (absl::Status s = ValidateAcquireOptions(options); !s.ok()) return s;
   if (absl::Status s = ctx.Err(); !s.ok()) return s;
   if (absl::Status s = CheckOpen(); !s.ok()) return s;
 

@@ -36,8 +36,12 @@ std::string NewRequestId() {
 constexpr const char* kAcquireSql =
     "SELECT o_kind, o_run, o_lease, " PAC_MICROS("o_acquired") ", "
     PAC_MICROS("o_expires") ", o_token, o_pos FROM pac_acquire($1, $2, $3::int,"
+    // Whole seconds, then microseconds: one product of a bigint and an
+    // interval goes through a double, exact only below 2^53 µs (2255).
     " CASE WHEN $4::bigint IS NULL THEN NULL ELSE 'epoch'::timestamptz +"
-    " $4::bigint * interval '1 microsecond' END, $5::boolean, $6::boolean,"
+    " ($4::bigint / 1000000) * interval '1 second' +"
+    " ($4::bigint % 1000000) * interval '1 microsecond' END,"
+    " $5::boolean, $6::boolean,"
     " $7::bigint * interval '1 microsecond', $8::boolean, $9)";
 
 constexpr const char* kReleaseSql =
@@ -207,6 +211,7 @@ absl::StatusOr<AcquireResult> PostgreSQLDriver::AcquireSlot(
     const AcquireOptions& options) {
   if (absl::Status s = ValidateRepository(repo); !s.ok()) return s;
   if (absl::Status s = ValidateKey(run_key, "pipeline_run"); !s.ok()) return s;
+  if (absl::Status s = ValidateAcquireOptions(options); !s.ok()) return s;
   const std::string repo_key = repo.Key();
   PgParam creation;
   if (options.creation_time.has_value()) {

@@ -547,6 +547,67 @@ TEST_P(DriverConformanceTest, Rule06_AdmitsByCreationTimeThenSequence) {
   EXPECT_THAT(admitted, ElementsAreArray(want));
 }
 
+// Creation times are ordered over the whole range the API accepts (RFC 3339
+// years 0001-9999), before 1970 too: no driver clamps them.
+TEST_P(DriverConformanceTest, Rule06_CreationTimesBefore1970KeepTheirOrder) {
+  Repository repo = Repo("fifo-1900s", 1);
+  ASSERT_TRUE(driver_->AcquireSlot(ctx_, repo, Run("holder"))->acquired);
+  const absl::Time y1 =
+      absl::FromCivil(absl::CivilSecond(1, 1, 1, 0, 0, 0), absl::UTCTimeZone());
+  const absl::Time y9999 = absl::FromCivil(
+      absl::CivilSecond(9999, 12, 31, 23, 59, 59), absl::UTCTimeZone());
+  std::vector<std::pair<std::string, absl::Time>> arrivals = {
+      {"y2020", absl::FromUnixSeconds(1'600'000'000)},
+      {"y1969", absl::FromUnixSeconds(-1)},
+      {"y9999", y9999},
+      {"y1960", absl::FromUnixSeconds(-315'619'200)},
+      {"epoch", absl::UnixEpoch()},
+      {"y0001", y1},
+      {"y1960b", absl::FromUnixSeconds(-315'619'200) + absl::Microseconds(1)}};
+  for (const auto& [name, created] : arrivals) {
+    AcquireOptions opts;
+    opts.creation_time = created;
+    auto r = driver_->AcquireSlot(ctx_, repo, Run(name), opts);
+    ASSERT_TRUE(r.ok()) << name << ": " << r.status();
+    ASSERT_FALSE(r->acquired);
+  }
+  std::vector<std::string> want = {Run("y0001"), Run("y1960"), Run("y1960b"),
+                                   Run("y1969"), Run("epoch"), Run("y2020"),
+                                   Run("y9999")};
+  auto queued = driver_->GetQueuedPipelineRuns(ctx_, repo.Key());
+  ASSERT_TRUE(queued.ok()) << queued.status();
+  EXPECT_THAT(RunKeys(*queued), ElementsAreArray(want));
+  for (const QueueEntry& q : *queued) {
+    for (const auto& [name, created] : arrivals) {
+      if (q.pipeline_run_key == Run(name)) {
+        EXPECT_EQ(q.creation_time, created) << name;
+      }
+    }
+  }
+  std::vector<std::string> admitted;
+  std::string current = Run("holder");
+  for (size_t i = 0; i < want.size(); ++i) {
+    auto rel = driver_->ReleaseSlot(ctx_, "", current, repo.Key());
+    ASSERT_TRUE(rel.ok()) << rel.status();
+    ASSERT_EQ(rel->admitted.size(), 1u);
+    current = rel->admitted[0].pipeline_run_key;
+    admitted.push_back(current);
+  }
+  EXPECT_THAT(admitted, ElementsAreArray(want));
+  // Outside those years: refused, naming the field, nothing written.
+  for (absl::Time bad : {absl::InfinitePast(), y1 - absl::Microseconds(1),
+                         y9999 + absl::Seconds(1), absl::InfiniteFuture()}) {
+    AcquireOptions opts;
+    opts.creation_time = bad;
+    auto r = driver_->AcquireSlot(ctx_, repo, Run("out-of-range"), opts);
+    EXPECT_TRUE(absl::IsInvalidArgument(r.status())) << r.status();
+    EXPECT_THAT(std::string(r.status().message()), HasSubstr("creation_time"));
+  }
+  auto after = driver_->GetQueuedPipelineRuns(ctx_, repo.Key());
+  ASSERT_TRUE(after.ok());
+  EXPECT_TRUE(after->empty());
+}
+
 TEST_P(DriverConformanceTest, Rule06_RunBehindTheHeadCannotJumpAhead) {
   auto lazy = MakeDriver(/*background_cleanup=*/false);
   Repository repo = Repo("no-jump", 1);

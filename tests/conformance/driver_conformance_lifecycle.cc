@@ -183,6 +183,30 @@ TEST_P(DriverConformanceTest, Rule08_WatcherToldOfExpiry) {
               ElementsAre(Run("b")));
 }
 
+// One vocabulary on every driver: a release is `released`, a lease that ran
+// out is `expired`, each naming its run, also with nobody queued (on etcd
+// both are a bare deletion of the seat).
+TEST_P(DriverConformanceTest, Rule08_ReleaseAndExpiryAreToldApart) {
+  Repository repo = Repo("watch-vocabulary", 2);
+  auto a = driver_->AcquireSlot(ctx_, repo, Run("a"));
+  ASSERT_TRUE(a.ok() && a->acquired);
+  ASSERT_TRUE(driver_->AcquireSlot(ctx_, repo, Run("b"))->acquired);
+  EventLog log;
+  auto watch = driver_->WatchSlotAvailability(ctx_, repo.Key(), log.Callback());
+  ASSERT_TRUE(watch.ok()) << watch.status();
+  ASSERT_TRUE(driver_->ReleaseSlot(ctx_, a->lease.lease_id, "", "")->released);
+  EXPECT_TRUE(
+      Eventually([&] { return log.Has(WatchEventType::kReleased, Run("a")); }));
+  PassTTL();
+  EXPECT_TRUE(
+      Eventually([&] { return log.Has(WatchEventType::kExpired, Run("b")); }));
+  EXPECT_TRUE(Eventually([&] {
+    return driver_->GetCurrentSlots(ctx_, repo.Key()).value_or(-1) == 0;
+  }));
+  EXPECT_FALSE(log.Has(WatchEventType::kExpired, Run("a")));
+  EXPECT_FALSE(log.Has(WatchEventType::kReleased, Run("b")));
+}
+
 TEST_P(DriverConformanceTest, Rule08_WatcherToldOfLimitRaiseAndCleanup) {
   Repository repo = Repo("watch-limit", 1);
   ASSERT_TRUE(driver_->AcquireSlot(ctx_, repo, Run("a"))->acquired);

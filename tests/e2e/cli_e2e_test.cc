@@ -26,6 +26,7 @@
 #include "gtest/gtest.h"
 #include "src/server/remote_api.h"
 #include "tests/conformance/pg_test_env.h"
+#include "tests/conformance/tcp_forwarder.h"
 
 namespace pac::concurrency {
 namespace {
@@ -810,6 +811,64 @@ TEST(CliE2ETest, TwoServersSharingEtcdNeverExceedTheLimit) {
                                      "etcd-prefix: /" +
                                      Unique("e2e") + "/\n");
   HammerTwoServers(config);
+}
+
+// The HTTP status of a GET of `url` (curl, 10 s at most), 0 if none came.
+int HttpCode(const std::string& url) {
+  FILE* p = popen(
+      ("curl -s -m 10 -o /dev/null -w '%{http_code}' '" + url + "'").c_str(),
+      "r");
+  if (p == nullptr) return 0;
+  char buf[16] = {0};
+  if (fgets(buf, sizeof buf, p) == nullptr) buf[0] = '\0';
+  pclose(p);
+  return std::atoi(buf);
+}
+
+// `serve` whose etcd is unreachable at start (a forwarder in front of the
+// test server, refusing): it serves, /readyz answers 503 at once, calls
+// answer 503 naming the cause, and once etcd answers it is ready and
+// serves. Before, it exited 69 at start.
+TEST(CliE2ETest, ServeStartsBeforeItsBackendAndIsReadyOnceItAnswers) {
+  const std::string endpoints = conformance::EnvOr("PAC_TEST_ETCD_ENDPOINTS");
+  ASSERT_FALSE(endpoints.empty())
+      << "PAC_TEST_ETCD_ENDPOINTS is not set: run through `make test`";
+  std::string first = endpoints.substr(0, endpoints.find(','));
+  if (first.find("://") != std::string::npos) {
+    first = first.substr(first.find("://") + 3);
+  }
+  auto fwd = conformance::TcpForwarder::Start(first);
+  ASSERT_TRUE(fwd.ok()) << fwd.status();
+  (*fwd)->SetDown(true);
+  std::string config = WriteFile("late-etcd.yaml",
+                                 "concurrency-driver: etcd\n"
+                                 "etcd-endpoints: " +
+                                     (*fwd)->endpoint() +
+                                     "\n"
+                                     "etcd-dial-timeout: 1s\n"
+                                     "etcd-prefix: /" +
+                                     Unique("late") + "/\n");
+  ServerProcess server({"--config", config});
+  ASSERT_FALSE(server.url().empty())
+      << "serve did not start while its backend was unreachable";
+  EXPECT_EQ(HttpCode(server.url() + "/healthz"), 200);
+  const absl::Time asked = absl::Now();
+  EXPECT_EQ(HttpCode(server.url() + "/readyz"), 503);
+  EXPECT_LT(absl::Now() - asked, absl::Seconds(1));
+  const std::string repo = Unique("late") + "/app";
+  CliResult early = Cli(server.url(), {"acquire", "--repo", repo, "--run",
+                                       "ns/r1", "--limit", "1"});
+  EXPECT_EQ(early.code, 69) << early.out;
+  EXPECT_THAT(early.out, HasSubstr("not connected yet"));
+
+  (*fwd)->SetDown(false);
+  EXPECT_TRUE(
+      Eventually([&] { return HttpCode(server.url() + "/readyz") == 200; },
+                 absl::Seconds(15)));
+  CliResult later = Cli(server.url(), {"acquire", "--repo", repo, "--run",
+                                       "ns/r1", "--limit", "1"});
+  EXPECT_EQ(later.code, 0) << later.out;
+  EXPECT_EQ(InUse(server.url(), repo), 1);
 }
 
 // A TCP connection to 127.0.0.1:port, or -1.
