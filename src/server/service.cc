@@ -532,7 +532,11 @@ std::vector<Metrics::Gauge> Service::Gauges(const Context& ctx) {
 }
 
 absl::Status Service::Ready(const Context& ctx) {
-  auto r = driver_->GetRepositoryLimit(ctx, "pac-system/readiness-probe");
+  // A probe answers within a second whatever the backend does: a driver
+  // retries an unreachable backend until its call's deadline, which for a
+  // request is --request-timeout (30 s).
+  Context probe = Context::WithTimeout(ctx, kReadyTimeout);
+  auto r = driver_->GetRepositoryLimit(probe, "pac-system/readiness-probe");
   return r.ok() ? absl::OkStatus() : r.status();
 }
 

@@ -51,7 +51,8 @@ class Service final : public Api {
 
   // Scrape-time gauges for every repository this service has seen.
   std::vector<Metrics::Gauge> Gauges(const Context& ctx);
-  // Checks that the backend answers.
+  // Whether the backend answers a read within kReadyTimeout.
+  static constexpr absl::Duration kReadyTimeout = absl::Milliseconds(800);
   absl::Status Ready(const Context& ctx);
 
  private:

@@ -871,6 +871,52 @@ TEST(CliE2ETest, ServeStartsBeforeItsBackendAndIsReadyOnceItAnswers) {
   EXPECT_EQ(InUse(server.url(), repo), 1);
 }
 
+// `serve` on PostgreSQL through a forwarder that goes down (every
+// connection cut, new ones refused) and comes back: /readyz answers 503
+// within a second while it is down (it waited out the 30 s request timeout
+// before), and a submit is granted soon after it is back.
+TEST(CliE2ETest, ReadyzAnswersWithinASecondWhilePostgreSQLIsDown) {
+  auto pg = conformance::TestPostgreSQLConfig();
+  ASSERT_TRUE(pg.ok()) << pg.status();
+  auto fwd = conformance::TcpForwarder::Start(pg->host + ":" +
+                                              std::to_string(pg->port));
+  ASSERT_TRUE(fwd.ok()) << fwd.status();
+  const std::string ep = (*fwd)->endpoint();
+  std::string config =
+      WriteFile("pg-fwd.yaml",
+                "concurrency-driver: postgresql\n"
+                "postgresql-host: 127.0.0.1\n"
+                "postgresql-port: " +
+                    ep.substr(ep.rfind(':') + 1) + "\n" +
+                    "postgresql-database: " + pg->database + "\n" +
+                    "postgresql-username: " + pg->username + "\n" +
+                    "postgresql-password-file: " +
+                    conformance::EnvOr("PAC_TEST_PG_PASSWORD_FILE") + "\n" +
+                    "postgresql-ssl-mode: disable\n"
+                    "postgresql-connection-timeout: 3s\n");
+  ServerProcess server({"--config", config});
+  ASSERT_FALSE(server.url().empty());
+  ASSERT_EQ(HttpCode(server.url() + "/readyz"), 200);
+  (*fwd)->SetDown(true);
+  for (int i = 0; i < 3; ++i) {
+    const absl::Time asked = absl::Now();
+    EXPECT_EQ(HttpCode(server.url() + "/readyz"), 503);
+    const absl::Duration took = absl::Now() - asked;
+    std::printf("[ timing ] /readyz with PostgreSQL down: %s\n",
+                absl::FormatDuration(took).c_str());
+    EXPECT_LT(took, absl::Seconds(1));
+  }
+  (*fwd)->SetDown(false);
+  const absl::Time back = absl::Now();
+  const std::string repo = Unique("pgback") + "/app";
+  CliResult r = Cli(server.url(), {"acquire", "--repo", repo, "--run", "ns/r1",
+                                   "--limit", "1"});
+  EXPECT_EQ(r.code, 0) << r.out;
+  std::printf("[ timing ] first grant %s after PostgreSQL was back\n",
+              absl::FormatDuration(absl::Now() - back).c_str());
+  EXPECT_EQ(HttpCode(server.url() + "/readyz"), 200);
+}
+
 // A TCP connection to 127.0.0.1:port, or -1.
 int Connect(int port) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
