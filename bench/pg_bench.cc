@@ -111,7 +111,11 @@ void BM_PG_ReleaseToWatcherAcrossProcesses(benchmark::State& state) {
   int expected = 0;
   for (auto _ : state) {
     auto a = driver->AcquireSlot(ctx, repo, "bench/w");
-    if (!a.ok() || !a->acquired) std::abort();
+    if (!a.ok() || !a->acquired) {
+      std::fprintf(stderr, "the watcher's run was not granted: %s\n",
+                   a.ok() ? "queued" : a.status().ToString().c_str());
+      std::abort();
+    }
     int fds[2];
     if (pipe(fds) != 0) std::abort();
     pid_t pid = fork();
