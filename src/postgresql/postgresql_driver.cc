@@ -1,6 +1,7 @@
 #include "src/postgresql/postgresql_driver.h"
 
 #include <poll.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -21,8 +22,20 @@ constexpr const char* kChannel = "pac_concurrency";
 // A new request id: 128 random bits in hex. A call sends it with every
 // attempt, so that an attempt after a lost answer gets that answer
 // (pac_replay) rather than a second step's.
+// A random id per call. The generator is seeded again in a forked child
+// (its copy of the state would repeat the parent's next ids, and a
+// parent's acquire would get the child's kept release answer back: seen
+// in BM_PG_ReleaseToWatcherAcrossProcesses), from 128 bits of the system's
+// randomness.
 std::string NewRequestId() {
-  static thread_local std::mt19937_64 rng{std::random_device{}()};
+  static thread_local std::mt19937_64 rng;
+  static thread_local pid_t seeded_for = 0;
+  if (seeded_for != getpid()) {
+    std::random_device rd;
+    std::seed_seq seq{rd(), rd(), rd(), rd()};
+    rng.seed(seq);
+    seeded_for = getpid();
+  }
   char buf[33];
   std::snprintf(buf, sizeof(buf), "%016llx%016llx",
                 static_cast<unsigned long long>(rng()),
