@@ -466,15 +466,6 @@ class EtcdDriver final : public Driver {
   // The latest revision the stream delivered for each repository; views
   // older than it are not cached. Below the floor, all are unknown.
   std::map<std::string, int64_t> event_rev_ PAC_GUARDED_BY(mu_);
-  // The run (and its etcd lease) in each seat key the watch has seen put
-  // (or a read by WatchSlotAvailability found), so that a seat's deletion,
-  // whose event carries only the key, names the run released, and whether
-  // its lease ran out (ExpiredOrReleased).
-  struct SeatHolder {
-    std::string run;
-    int64_t lease = 0;
-  };
-  std::map<std::string, SeatHolder> seat_runs_ PAC_GUARDED_BY(mu_);
   int64_t event_rev_floor_ PAC_GUARDED_BY(mu_) = 0;
   bool restart_watch_ PAC_GUARDED_BY(mu_) = false;
   bool stop_ PAC_GUARDED_BY(mu_) = false;

@@ -28,7 +28,6 @@ inline constexpr size_t kMaxGuardedSlots = 64;
 // the up to kMaxGuardedSlots slots a plan may compare: etcd allows 128
 // compares per Txn.
 inline constexpr int32_t kMaxLightGrantLimit = 32;
-inline constexpr size_t kMaxSeatRuns = 100000;
 // Leases granted ahead, so an admission need not wait for a grant.
 inline constexpr size_t kLeasePoolTarget = 4;
 // How long View waits for the watch to bring this driver's own commit.

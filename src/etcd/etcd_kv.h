@@ -64,7 +64,8 @@ class EtcdKV {
   // Remaining TTL of a lease in seconds (<= 0: expired or unknown).
   virtual absl::StatusOr<int64_t> LeaseTimeToLive(const Context& ctx,
                                                   int64_t id) = 0;
-  // Watches [key, range_end) from `start_revision` (0: now).
+  // Watches [key, range_end) from `start_revision` (0: now). Events carry
+  // the key's previous value (prev_kv) when it had one.
   virtual absl::StatusOr<std::unique_ptr<EtcdWatch>> Watch(
       const std::string& key, const std::string& range_end,
       int64_t start_revision, WatchFn fn) = 0;

@@ -3,7 +3,9 @@
 // the same data directory and ports. What a long-lived server needs: the
 // first grant soon after the node is back, writes issued during the outage
 // answered on the new connection, and holders whose TTL outlasts the
-// outage keeping their slots. The timings are printed for docs/etcd.md.
+// outage keeping their slots; and a watch whose stream was cut across a
+// compaction naming the right runs afterwards. The timings are printed for
+// docs/etcd.md.
 #include <atomic>
 #include <iostream>
 #include <mutex>
@@ -13,7 +15,10 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "pac/concurrency/concurrency.h"
+#include "src/etcd/etcd_rpc.pb.h"
+#include "src/etcd/grpc_etcd.h"
 #include "tests/conformance/etcd_process.h"
+#include "tests/conformance/tcp_forwarder.h"
 
 namespace pac::concurrency {
 namespace {
@@ -173,6 +178,100 @@ TEST(EtcdOutageTest, ADeadFirstEndpointCostsNoDialTime) {
   // A bound far above the ~10 ms this takes and far below the 5 s share.
   EXPECT_LT(took, absl::Seconds(3));
   EXPECT_TRUE((*d)->Close().ok());
+}
+
+// Issue 21, point 3: a watcher's stream is cut (a forwarder in front of
+// its own node goes down), and meanwhile another driver releases `a`,
+// which admits `b` into the same seat, then 1,000 more revisions are
+// written and compacted away. Back on the stream the watcher is told to
+// re-read (resync) within 2 s, and the next release, `b`'s, names `b`.
+// Before, it named `a`: the run the watch had last seen in that seat.
+TEST(EtcdOutageTest, AfterACutAndACompactionTheNextReleaseNamesItsRun) {
+  auto node = EtcdProcess::Start();
+  ASSERT_TRUE(node.ok()) << node.status();
+  auto fwd = conformance::TcpForwarder::Start((*node)->endpoint());
+  ASSERT_TRUE(fwd.ok()) << fwd.status();
+  EtcdConfig c;
+  c.mode = "etcd";
+  c.dial_timeout = absl::Seconds(5);
+  c.lease_ttl = absl::Seconds(30);
+  c.endpoints = {(*fwd)->endpoint()};
+  auto watched = NewEtcdDriver(c);
+  ASSERT_TRUE(watched.ok()) << watched.status();
+  c.endpoints = {(*node)->endpoint()};
+  auto direct = NewEtcdDriver(c);
+  ASSERT_TRUE(direct.ok()) << direct.status();
+  auto raw = internal::NewGrpcEtcd(c, nullptr);
+  ASSERT_TRUE(raw.ok()) << raw.status();
+  Context bg = Context::Background();
+
+  Repository repo{"resync", "app", 1};
+  std::mutex mu;
+  std::vector<WatchEvent> events;
+  auto w = (*watched)->WatchSlotAvailability(
+      bg, repo.Key(), [&](const WatchEvent& e) {
+        std::lock_guard<std::mutex> lock(mu);
+        events.push_back(e);
+      });
+  ASSERT_TRUE(w.ok()) << w.status();
+  auto heard = [&](WatchEventType type, std::string* run) {
+    std::lock_guard<std::mutex> lock(mu);
+    for (const WatchEvent& e : events) {
+      if (e.type != type) continue;
+      if (run != nullptr) *run = e.pipeline_run_key;
+      return true;
+    }
+    return false;
+  };
+  auto await = [&](WatchEventType type, absl::Duration patience,
+                   std::string* run = nullptr) {
+    const absl::Time until = absl::Now() + patience;
+    while (absl::Now() < until) {
+      if (heard(type, run)) return true;
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+    return heard(type, run);
+  };
+  auto a = (*direct)->AcquireSlot(bg, repo, "resync/a");
+  ASSERT_TRUE(a.ok() && a->acquired) << a.status();
+  // The stream is up and hears this repository.
+  ASSERT_TRUE(await(WatchEventType::kAdmitted, absl::Seconds(10)));
+  auto b = (*direct)->AcquireSlot(bg, repo, "resync/b");
+  ASSERT_TRUE(b.ok() && !b->acquired) << b.status();
+
+  (*fwd)->SetDown(true);
+  auto released = (*direct)->ReleaseSlot(bg, a->lease.lease_id, "", "");
+  ASSERT_TRUE(released.ok()) << released.status();
+  ASSERT_EQ(released->admitted.size(), 1u);
+  const Lease b_lease = released->admitted[0];
+  ASSERT_EQ(b_lease.pipeline_run_key, "resync/b");
+  int64_t revision = 0;
+  for (int i = 0; i < 1000; ++i) {
+    internal::etcdpb::PutRequest put;
+    put.set_key(absl::StrCat("/filler/", i % 10));
+    put.set_value("x");
+    auto r = (*raw)->Put(bg, put);
+    ASSERT_TRUE(r.ok()) << r.status();
+    revision = r->header().revision();
+  }
+  ASSERT_TRUE((*raw)->Compact(bg, revision).ok());
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    events.clear();
+  }
+  (*fwd)->SetDown(false);
+  const absl::Time up = absl::Now();
+  EXPECT_TRUE(await(WatchEventType::kResync, absl::Seconds(15)));
+  const absl::Duration resynced = absl::Now() - up;
+  std::cout << "[ timing ] resync " << absl::FormatDuration(resynced)
+            << " after the stream's path was back\n";
+  EXPECT_LT(resynced, absl::Seconds(2));
+
+  ASSERT_TRUE((*direct)->ReleaseSlot(bg, b_lease.lease_id, "", "").ok());
+  std::string run;
+  ASSERT_TRUE(await(WatchEventType::kReleased, absl::Seconds(10), &run));
+  EXPECT_EQ(run, "resync/b");
+  (*w)->Stop();
 }
 
 }  // namespace

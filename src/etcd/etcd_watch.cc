@@ -25,23 +25,11 @@ absl::StatusOr<std::unique_ptr<WatchHandle>> EtcdDriver::WatchSlotAvailability(
   if (!callback) return absl::InvalidArgumentError("callback: must be set");
   if (absl::Status s = ctx.Err(); !s.ok()) return s;
   if (absl::Status s = CheckOpen(); !s.ok()) return s;
-  // Which run holds each seat now, so that a release heard as a seat's
-  // deletion names its run (seat_runs_). The stream starts after this
-  // read's revision: nothing committed once this call returns is missed.
+  // The stream starts after this read's revision: nothing committed once
+  // this call returns is missed.
   const std::string repo(repo_key);
   auto v = Read(ctx, repo);
   if (!v.ok()) return v.status();
-  {
-    MutexLock lock(&mu_);
-    if (seat_runs_.size() + v->slots.size() > kMaxSeatRuns) seat_runs_.clear();
-    // The read is current: its holder replaces a name the watch may have
-    // kept from before a gap (a resync), which would name a release wrong.
-    for (const auto& [run, slot] : v->slots) {
-      SeatHolder& h = seat_runs_[SeatKey(repo, slot.seat)];
-      h.run = run;
-      if (!ParseHex(slot.lease_hex, &h.lease)) h.lease = 0;
-    }
-  }
   if (!watch_started_.load()) EnsureWatch(v->revision + 1);
   return watchers_.Add(ctx, repo, std::move(callback));
 }
@@ -223,22 +211,36 @@ void EtcdDriver::CollectWatchEvents(const WatchBatch& b, PendingEvents* out,
     WatchEventType type;
     std::string run;
     if (tail.substr(0, 5) == "slot/") {
-      // The seat's holder until now, as this watch saw it put, or the
-      // watcher's registration read it (a delete event carries only the
-      // key).
-      const std::string seat_key(key);
-      SeatHolder gone;
-      if (auto known = seat_runs_.find(seat_key); known != seat_runs_.end()) {
-        gone = std::move(known->second);
-        seat_runs_.erase(known);
+      // The seat's holder until now: the event's previous value (the
+      // stream asks for it), exact even after a gap in the stream. Without
+      // one (etcd could not read it back) the watchers re-read instead of
+      // hearing a release named wrong.
+      std::string gone_run;
+      int64_t gone_lease = 0;
+      bool named = false;
+      if (ev.has_prev_kv()) {
+        const std::vector<absl::string_view> prev =
+            SeatFields(ev.prev_kv().value());
+        if (prev.size() == 4) {
+          gone_run = std::string(prev[3]);
+          gone_lease = ev.prev_kv().lease();
+          named = true;
+        }
+      }
+      const bool held =
+          ev.type() == etcdpb::Event::DELETE || ev.kv().version() > 1;
+      if (held && !named) {
+        watchers_.Collect(repo, WatchEventType::kResync, "", &events);
       }
       if (ev.type() == etcdpb::Event::DELETE) {
         const size_t begin = events.size();
-        watchers_.Collect(repo, WatchEventType::kReleased, gone.run, &events);
+        if (named) {
+          watchers_.Collect(repo, WatchEventType::kReleased, gone_run, &events);
+        }
         if (txn_writes.count({repo_view, ev.kv().mod_revision()}) == 0) {
           freed.insert(repo);  // a slot freed: admit the queue, if any
           if (events.size() > begin) {
-            bare->push_back(BareDeletion{begin, events.size(), gone.lease});
+            bare->push_back(BareDeletion{begin, events.size(), gone_lease});
           }
         }
         continue;
@@ -246,14 +248,12 @@ void EtcdDriver::CollectWatchEvents(const WatchBatch& b, PendingEvents* out,
       // Every put of a seat is a grant. Over a held seat (the key existed:
       // version > 1) it is a release that admitted the queue head into the
       // seat it freed, in one Txn: its holder was released.
-      if (ev.kv().version() > 1) {
-        watchers_.Collect(repo, WatchEventType::kReleased, gone.run, &events);
+      if (held && named) {
+        watchers_.Collect(repo, WatchEventType::kReleased, gone_run, &events);
       }
       const std::vector<absl::string_view> f = SeatFields(ev.kv().value());
       if (f.size() != 4) continue;
       run = std::string(f[3]);
-      if (seat_runs_.size() >= kMaxSeatRuns) seat_runs_.clear();
-      seat_runs_[seat_key] = SeatHolder{run, ev.kv().lease()};
       type = WatchEventType::kAdmitted;
     } else if (tail == "limit") {
       type = WatchEventType::kLimitChanged;

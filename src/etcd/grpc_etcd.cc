@@ -512,6 +512,9 @@ absl::StatusOr<std::unique_ptr<EtcdWatch>> GrpcEtcd::Watch(
   c->set_key(key);
   c->set_range_end(range_end);
   c->set_start_revision(start_revision);
+  // Each event carries the key's previous value: a seat's deletion names
+  // the run that held it (etcd_watch.cc).
+  c->set_prev_kv(true);
   return std::unique_ptr<EtcdWatch>(
       new StreamWatch(shared_from_this(), std::move(req), std::move(fn)));
 }

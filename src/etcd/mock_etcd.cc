@@ -145,6 +145,9 @@ absl::Status MockEtcd::PutLocked(const etcdpb::PutRequest& req, int64_t rev,
   if (req.prev_kv() && kv.version() > 0 && out != nullptr) {
     *out->mutable_prev_kv() = kv;
   }
+  etcdpb::Event ev;
+  ev.set_type(etcdpb::Event::PUT);
+  if (kv.version() > 0) *ev.mutable_prev_kv() = kv;
   if (kv.version() == 0) {
     kv.set_key(req.key());
     kv.set_create_revision(rev);
@@ -158,8 +161,6 @@ absl::Status MockEtcd::PutLocked(const etcdpb::PutRequest& req, int64_t rev,
   kv.set_value(req.value());
   kv.set_lease(req.lease());
   if (req.lease() != 0) leases_[req.lease()].keys.insert(req.key());
-  etcdpb::Event ev;
-  ev.set_type(etcdpb::Event::PUT);
   *ev.mutable_kv() = kv;
   Record(std::move(ev), rev);
   return absl::OkStatus();
