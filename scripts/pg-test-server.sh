@@ -3,6 +3,9 @@
 #
 #   scripts/pg-test-server.sh start DIR   # prints nothing; writes DIR/env
 #   scripts/pg-test-server.sh stop DIR
+#   scripts/pg-test-server.sh restart DIR      # fast stop, then start
+#   scripts/pg-test-server.sh kill DIR         # SIGKILL to every process
+#   scripts/pg-test-server.sh start-again DIR  # after kill: same dir, port
 #
 # The server runs as the unprivileged `postgres` user (created by Debian's
 # postgresql-common) from a data directory under DIR, listens only on
@@ -13,8 +16,8 @@
 # a backslash and '='.
 set -euo pipefail
 
-cmd=${1:?usage: pg-test-server.sh start|stop DIR}
-dir=${2:?usage: pg-test-server.sh start|stop DIR}
+cmd=${1:?usage: pg-test-server.sh start|stop|restart|kill|start-again DIR}
+dir=${2:?usage: pg-test-server.sh start|stop|restart|kill|start-again DIR}
 PGBIN=/usr/lib/postgresql/15/bin
 RUN_AS=postgres
 
@@ -95,11 +98,36 @@ export PAC_TEST_PG_CA=$tls/ca.crt
 export PAC_TEST_PG_OTHER_CA=$tls/other-ca.crt
 export PAC_TEST_PG_DATA=$data
 export PAC_TEST_PG_CTL="$(readlink -f "$0") restart $dir"
+export PAC_TEST_PG_KILL="$(readlink -f "$0") kill $dir"
+export PAC_TEST_PG_START="$(readlink -f "$0") start-again $dir"
 ENV
   ;;
 restart)
   # Used by the restart test: a fast stop and a start on the same port.
   as_pg "$PGBIN/pg_ctl" -D "$dir/data" -m fast -w -t 60 restart -l "$dir/server.log" >/dev/null
+  ;;
+kill)
+  # The outage tests: the server dies as on a machine crash (SIGKILL to the
+  # postmaster and every backend at once; no shutdown, crash recovery on
+  # the next start). Returns once they are all gone.
+  pid=$(head -1 "$dir/data/postmaster.pid")
+  pids="$pid $(pgrep -P "$pid" | tr '\n' ' ')"
+  # shellcheck disable=SC2086
+  kill -KILL $pids 2>/dev/null || true
+  for _ in $(seq 1 500); do
+    alive=0
+    for p in $pids; do
+      st=$(ps -o stat= -p "$p" 2>/dev/null || true)
+      case "$st" in "" | Z*) ;; *) alive=1 ;; esac
+    done
+    [ "$alive" -eq 0 ] && break
+    sleep 0.01
+  done
+  ;;
+start-again)
+  # After `kill`: starts on the same data directory and port; returns once
+  # the server accepts connections (crash recovery done).
+  as_pg "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null
   ;;
 stop)
   if [ -d "$dir/data" ]; then
@@ -108,7 +136,7 @@ stop)
   rm -rf "$dir"
   ;;
 *)
-  echo "usage: pg-test-server.sh start|stop|restart DIR" >&2
+  echo "usage: pg-test-server.sh start|stop|restart|kill|start-again DIR" >&2
   exit 2
   ;;
 esac
