@@ -265,11 +265,12 @@ int RunCommand(const GlobalOptions& g, RunFlags f) {
                                       : 1;
   }
   stop_renewer();
-  Context rc_ctx =
-      Context::WithTimeout(Context::Background(), absl::Seconds(10));
   // After a lost lease the release is still sent (by lease id, it frees
   // only this grant, if the server still has it), but nobody is told that
-  // the slot was released: it may have gone to another run already.
+  // the slot was released: it may have gone to another run already. The
+  // backend is likely out of reach then, so `run` waits for it briefly.
+  Context rc_ctx = Context::WithTimeout(
+      Context::Background(), lost ? absl::Seconds(2) : absl::Seconds(10));
   auto released = a.Release(rc_ctx, f.repo, f.run, lease_id);
   if (lost) {
     Note(
