@@ -1,0 +1,311 @@
+// The history checker on hand-written histories: a clean one, one of each
+// kind of violation (so the checker is shown to fail), and the unknown
+// outcomes that must not be taken for violations.
+#include "src/torture/checker.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace pac::concurrency::torture {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr int64_t kMs = 1'000'000;
+
+// Builds a history call by call; times in milliseconds.
+class History {
+ public:
+  // An acquire answered "acquired" with `lease` (token `token`).
+  History& Granted(const std::string& proc, const std::string& run,
+                   int64_t limit, double t0, double t1,
+                   const std::string& lease, int64_t token,
+                   int64_t created = 0) {
+    Op& in = Invoke(proc, "acquire", t0);
+    in.run = run;
+    in.limit = limit;
+    in.creation_us = created;
+    Op& out = Done(t1);
+    out.acquired = true;
+    out.lease = Grant{run, lease, token};
+    return *this;
+  }
+  // An acquire answered "queued at `position`" (0: not queued).
+  History& Queued(const std::string& proc, const std::string& run,
+                  int64_t limit, double t0, double t1, int64_t position,
+                  bool enqueue = true, int64_t created = 0) {
+    Op& in = Invoke(proc, "acquire", t0);
+    in.run = run;
+    in.limit = limit;
+    in.enqueue = enqueue;
+    in.creation_us = created;
+    Done(t1).position = position;
+    return *this;
+  }
+  // A release by lease id; `t1` < 0: no completion (unknown outcome).
+  History& Release(const std::string& proc, const std::string& lease, double t0,
+                   double t1, std::vector<Grant> admitted = {}) {
+    Invoke(proc, "release", t0).lease_id = lease;
+    if (t1 >= 0) {
+      Op& out = Done(t1);
+      out.released = true;
+      out.admitted = std::move(admitted);
+    }
+    return *this;
+  }
+  History& SetLimit(const std::string& proc, int64_t limit, double t0,
+                    double t1) {
+    Invoke(proc, "set_limit", t0).limit = limit;
+    Done(t1);
+    return *this;
+  }
+  History& Drain(double t) {
+    Invoke("drain", "drain", t);
+    Done(t);
+    return *this;
+  }
+  History& Snapshot(double t0, double t1, std::vector<std::string> queued) {
+    Invoke("drain", "snapshot", t0);
+    Done(t1).queued = std::move(queued);
+    return *this;
+  }
+  const std::vector<Op>& ops() const { return ops_; }
+
+ private:
+  Op& Invoke(const std::string& proc, const std::string& kind, double t) {
+    Op op;
+    op.t_ns = static_cast<int64_t>(t * kMs);
+    op.proc = proc;
+    op.id = ++next_;
+    op.kind = kind;
+    op.repo = "ns/app";
+    ops_.push_back(op);
+    last_ = ops_.size() - 1;
+    return ops_.back();
+  }
+  Op& Done(double t) {
+    Op op = ops_[last_];
+    op.t_ns = static_cast<int64_t>(t * kMs);
+    op.phase = Phase::kOk;
+    op.run.clear();
+    op.lease_id.clear();
+    op.limit = -1;
+    ops_.push_back(op);
+    return ops_.back();
+  }
+  std::vector<Op> ops_;
+  size_t last_ = 0;
+  int64_t next_ = 0;
+};
+
+Report CheckIt(const History& h) {
+  std::vector<Op> sorted = h.ops();
+  std::stable_sort(sorted.begin(), sorted.end(),
+                   [](const Op& a, const Op& b) { return a.t_ns < b.t_ns; });
+  CheckOptions o;
+  o.ttl = absl::Seconds(2);
+  o.drain_bound = absl::Seconds(5);
+  return Check(sorted, o);
+}
+
+std::vector<std::string> Kinds(const Report& r) {
+  std::vector<std::string> k;
+  for (const Violation& v : r.violations) k.push_back(v.kind);
+  return k;
+}
+
+TEST(CheckerTest, AReleaseThatAdmitsTheQueueHeadIsClean) {
+  History h;
+  h.Granted("w1", "ns/a", 1, 0, 1, "L1", 1)
+      .Queued("w2", "ns/b", 1, 2, 3, 1)
+      .Release("w1", "L1", 10, 11, {Grant{"ns/b", "L2", 2}})
+      .Queued("w2", "ns/b", 1, 12, 13, 0, /*enqueue=*/false)
+      .Release("w2", "L2", 20, 21);
+  Report r = CheckIt(h);
+  EXPECT_THAT(Kinds(r), ::testing::IsEmpty());
+  EXPECT_EQ(r.grants, 2);
+  EXPECT_EQ(r.calls, 5);
+}
+
+TEST(CheckerTest, TwoHoldersUnderLimitOneIsOverLimit) {
+  History h;
+  h.Granted("w1", "ns/a", 1, 0, 1, "L1", 1)
+      .Granted("w2", "ns/b", 1, 2, 3, "L2", 2);
+  Report r = CheckIt(h);
+  ASSERT_THAT(Kinds(r), ::testing::ElementsAre("over_limit"));
+  EXPECT_THAT(r.violations[0].what, HasSubstr("2 holders at once"));
+  EXPECT_EQ(r.violations[0].t_ns, 3 * kMs);
+}
+
+TEST(CheckerTest, AReleaseOfUnknownOutcomeSentBeforeIsNoViolation) {
+  History h;
+  h.Granted("w1", "ns/a", 1, 0, 1, "L1", 1)
+      .Release("w1", "L1", 1.5, -1)  // timed out: it may have released
+      .Granted("w2", "ns/b", 1, 2, 3, "L2", 2);
+  EXPECT_THAT(Kinds(CheckIt(h)), ::testing::IsEmpty());
+}
+
+TEST(CheckerTest, ALeasePastItsTtlCountsForNothing) {
+  History h;
+  h.Granted("w1", "ns/a", 1, 0, 1, "L1", 1)
+      .Granted("w2", "ns/b", 1, 3000, 3001, "L2", 2);
+  EXPECT_THAT(Kinds(CheckIt(h)), ::testing::IsEmpty());
+  // Within the TTL (less the margin) it still counts.
+  History close;
+  close.Granted("w1", "ns/a", 1, 0, 1, "L1", 1)
+      .Granted("w2", "ns/b", 1, 1800, 1801, "L2", 2);
+  EXPECT_THAT(Kinds(CheckIt(close)), ::testing::ElementsAre("over_limit"));
+}
+
+TEST(CheckerTest, ALoweredLimitEvictsNobodyButBindsLaterGrants) {
+  History h;
+  h.Granted("w1", "ns/a", 2, 0, 1, "L1", 1)
+      .Granted("w2", "ns/b", 2, 2, 3, "L2", 2)
+      .SetLimit("w3", 1, 5, 6);
+  EXPECT_THAT(Kinds(CheckIt(h)), ::testing::IsEmpty());
+  h.Granted("w4", "ns/c", 1, 10, 11, "L3", 3);
+  Report r = CheckIt(h);
+  ASSERT_THAT(Kinds(r), ::testing::ElementsAre("over_limit"));
+  EXPECT_THAT(r.violations[0].what, HasSubstr("under limit 2"));
+}
+
+TEST(CheckerTest, OneRunHoldingTwoLeasesIsADoubleGrant) {
+  History h;
+  h.Granted("w1", "ns/a", 3, 0, 1, "L1", 1)
+      .Granted("w2", "ns/a", 3, 2, 3, "L2", 2);
+  EXPECT_THAT(Kinds(CheckIt(h)), ::testing::ElementsAre("double_grant"));
+}
+
+TEST(CheckerTest, TokensReusedOrOutOfOrderAreCaught) {
+  History reused;
+  reused.Granted("w1", "ns/a", 3, 0, 1, "L1", 7)
+      .Granted("w2", "ns/b", 3, 2, 3, "L2", 7);
+  EXPECT_THAT(Kinds(CheckIt(reused)), ::testing::Contains("token_reused"));
+  History order;
+  order.Granted("w1", "ns/a", 3, 0, 1, "L1", 10)
+      .Granted("w2", "ns/b", 3, 5, 6, "L2", 9);
+  EXPECT_THAT(Kinds(CheckIt(order)), ::testing::ElementsAre("token_order"));
+  // Concurrent grants may carry their tokens in either order.
+  History concurrent;
+  concurrent.Granted("w1", "ns/a", 3, 0, 4, "L1", 10)
+      .Granted("w2", "ns/b", 3, 1, 3, "L2", 9);
+  EXPECT_THAT(Kinds(CheckIt(concurrent)), ::testing::IsEmpty());
+}
+
+TEST(CheckerTest, AdmittingARunBehindAQueuedOneBreaksFifo) {
+  History h;
+  h.Granted("w1", "ns/h", 1, 0, 1, "L1", 1, 50)
+      .Queued("w2", "ns/x", 1, 2, 3, 1, true, 100)
+      .Queued("w3", "ns/y", 1, 4, 5, 2, true, 200)
+      .Release("w1", "L1", 10, 11, {Grant{"ns/y", "L2", 2}})
+      .Queued("w2", "ns/x", 1, 12, 13, 1, /*enqueue=*/false);
+  Report r = CheckIt(h);
+  ASSERT_THAT(Kinds(r), ::testing::ElementsAre("fifo"));
+  EXPECT_THAT(r.violations[0].what, HasSubstr("ns/y was admitted while ns/x"));
+  // Equal creation times: the one queued first is ahead.
+  History tie;
+  tie.Granted("w1", "ns/h", 1, 0, 1, "L1", 1, 50)
+      .Queued("w2", "ns/x", 1, 2, 3, 1, true, 100)
+      .Queued("w3", "ns/y", 1, 4, 5, 2, true, 100)
+      .Release("w1", "L1", 10, 11, {Grant{"ns/y", "L2", 2}})
+      .Queued("w2", "ns/x", 1, 12, 13, 1, false);
+  EXPECT_THAT(Kinds(CheckIt(tie)), ::testing::ElementsAre("fifo"));
+  // A younger run ahead in time but behind in creation order is fine.
+  History older;
+  older.Granted("w1", "ns/h", 1, 0, 1, "L1", 1, 50)
+      .Queued("w2", "ns/x", 1, 2, 3, 1, true, 300)
+      .Queued("w3", "ns/y", 1, 4, 5, 1, true, 200)
+      .Release("w1", "L1", 10, 11, {Grant{"ns/y", "L2", 2}})
+      .Queued("w2", "ns/x", 1, 12, 13, 1, false);
+  EXPECT_THAT(Kinds(CheckIt(older)), ::testing::IsEmpty());
+}
+
+TEST(CheckerTest, AQueuedRunThatVanishesIsLost) {
+  History h;
+  h.Granted("w1", "ns/h", 1, 0, 1, "L1", 1)
+      .Queued("w2", "ns/x", 1, 2, 3, 1)
+      .Queued("w2", "ns/x", 1, 100, 101, 1, false)
+      .Queued("w2", "ns/x", 1, 200, 201, 0, false);
+  EXPECT_THAT(Kinds(CheckIt(h)), ::testing::ElementsAre("lost_queued"));
+  // A gap longer than the TTL between two looks could hide an admission
+  // and an expiry: no claim.
+  History gap;
+  gap.Granted("w1", "ns/h", 1, 0, 1, "L1", 1)
+      .Queued("w2", "ns/x", 1, 2, 3, 1)
+      .Queued("w2", "ns/x", 1, 100, 101, 1, false)
+      .Queued("w2", "ns/x", 1, 2500, 2501, 0, false);
+  EXPECT_THAT(Kinds(CheckIt(gap)), ::testing::IsEmpty());
+}
+
+TEST(CheckerTest, AQueueLeftAfterTheDrainIsNotDrained) {
+  History h;
+  h.Granted("w1", "ns/h", 1, 0, 1, "L1", 1)
+      .Queued("w2", "ns/x", 1, 2, 3, 1)
+      .Drain(1000)
+      .Snapshot(1100, 1101, {"ns/x"});
+  Report r = CheckIt(h);
+  ASSERT_THAT(Kinds(r), ::testing::Contains("not_drained"));
+  History late;
+  late.Drain(1000)
+      .Snapshot(1100, 1101, {"ns/x"})
+      .Snapshot(7000, 7001, {"ns/x"})
+      .Snapshot(7100, 7101, {});
+  EXPECT_THAT(Kinds(CheckIt(late)), ::testing::ElementsAre("not_drained"));
+  History fine;
+  fine.Drain(1000).Snapshot(1100, 1101, {"ns/x"}).Snapshot(2000, 2001, {});
+  EXPECT_THAT(Kinds(CheckIt(fine)), ::testing::IsEmpty());
+}
+
+TEST(CheckerTest, WindowShowsTheLinesAroundAViolation) {
+  History h;
+  h.Granted("w1", "ns/a", 1, 0, 1, "L1", 1)
+      .Granted("w2", "ns/b", 1, 2, 3, "L2", 2);
+  std::vector<Op> ops = h.ops();
+  std::string w = Window(ops, "ns/app", 3 * kMs, absl::Seconds(1), 3);
+  EXPECT_THAT(w, HasSubstr("\"L2\""));
+  EXPECT_EQ(std::count(w.begin(), w.end(), '\n'), 3);
+}
+
+TEST(HistoryTest, LinesRoundTripAndATornLastLineIsSkipped) {
+  Op op;
+  op.t_ns = 42;
+  op.proc = "w1";
+  op.id = 7;
+  op.phase = Phase::kOk;
+  op.kind = "release";
+  op.repo = "ns/app";
+  op.released = true;
+  op.admitted = {Grant{"ns/b", "L2", 9}};
+  auto back = FromJsonLine(ToJsonLine(op));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->admitted.size(), 1u);
+  EXPECT_EQ(back->admitted[0].token, 9);
+  EXPECT_TRUE(back->released);
+  const std::string path =
+      testing::TempDir() + "/history-" + std::to_string(getpid());
+  {
+    std::ofstream out(path);
+    out << ToJsonLine(op) << "\n" << ToJsonLine(op).substr(0, 10);
+  }
+  auto all = ReadHistory({path});
+  ASSERT_TRUE(all.ok()) << all.status();
+  EXPECT_EQ(all->size(), 1u);
+  {
+    std::ofstream out(path);
+    out << "{broken\n" << ToJsonLine(op) << "\n";
+  }
+  auto bad = ReadHistory({path});
+  EXPECT_FALSE(bad.ok());
+  EXPECT_THAT(std::string(bad.status().message()), HasSubstr(":1:"));
+  std::remove(path.c_str());
+}
+
+}  // namespace
+}  // namespace pac::concurrency::torture
