@@ -2,6 +2,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
 #include <atomic>
 #include <fstream>
 #include <mutex>
@@ -109,8 +110,16 @@ class GrpcEtcd final : public EtcdKV,
     // After an outage the channel dials again within half a second of the
     // server being back (gRPC's default backoff grows to 120 s).
     args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-    args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 500);
+    // gRPC reads its "min reconnect backoff" as the time each connection
+    // attempt gets to finish its TCP, TLS and HTTP/2 handshakes, not as a
+    // pause: at 100 ms a slow or distant link never connected. Each attempt
+    // gets the dial timeout (at least 1 s); refused attempts still fail at
+    // once and are retried after the pauses above.
+    args.SetInt(
+        GRPC_ARG_MIN_RECONNECT_BACKOFF_MS,
+        static_cast<int>(absl::ToInt64Milliseconds(std::clamp(
+            config_.dial_timeout, absl::Seconds(1), absl::Seconds(60)))));
     if (config_.tls.has_value()) {
       grpc::SslCredentialsOptions ssl;
       const TLSConfig& t = *config_.tls;
@@ -303,6 +312,21 @@ class GrpcEtcd final : public EtcdKV,
 
   using ChannelPtr = std::shared_ptr<grpc::Channel>;
 
+  // Waits up to `pause` for `ch` to connect, returning early once it is
+  // ready. A failing call does not wait for the connection (it fails at
+  // once while the channel is in TRANSIENT_FAILURE), and a connection
+  // attempt makes progress only while somebody waits on its channel (else
+  // gRPC's backup poller moves it every 5 s, past its connect deadline):
+  // an idle pause left a driver that had lost its connection failing every
+  // call for good after its server came back (seen by pac-torture).
+  static void PauseDriving(const ChannelPtr& ch, absl::Duration pause) {
+    const absl::Time until = absl::Now() + pause;
+    grpc_connectivity_state state = ch->GetState(/*try_to_connect=*/true);
+    while (state != GRPC_CHANNEL_READY && absl::Now() < until) {
+      ch->WaitForStateChange(state, absl::ToChronoTime(until));
+      state = ch->GetState(/*try_to_connect=*/true);
+    }
+  }
   ChannelPtr Channel(size_t* index = nullptr) {
     std::lock_guard<std::mutex> lock(mu_);
     if (index != nullptr) *index = current_;
@@ -417,7 +441,7 @@ class GrpcEtcd final : public EtcdKV,
         }
         // Pauses stay short, so that a call waiting out an outage is sent
         // again within kMaxRetryPause of the server being back.
-        absl::SleepFor(backoff);
+        PauseDriving(Channel(), backoff);
         backoff = std::min(backoff * 2, kMaxRetryPause);
         continue;
       }

@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -111,6 +112,10 @@ void TcpForwarder::AcceptLoop() {
       close(client);
       continue;
     }
+    // Bytes go on at once, as on the direct path (no Nagle delay).
+    const int one = 1;
+    setsockopt(client, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    setsockopt(server, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     std::lock_guard<std::mutex> lock(mu_);
     if (closed_) {
       close(client);
@@ -140,7 +145,10 @@ void TcpForwarder::Pump(int a, int b) {
         done = true;
         break;
       }
-      if (black_hole_.load()) continue;                 // dropped
+      if (black_hole_.load()) continue;  // dropped
+      if (int64_t us = delay_us_.load(); us > 0) {
+        std::this_thread::sleep_for(std::chrono::microseconds(us));
+      }
       if (i == 1 && cut_next_reply_.exchange(false)) {  // from the server
         done = true;
         break;

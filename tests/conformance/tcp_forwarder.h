@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 
 namespace pac::concurrency::conformance {
 
@@ -36,6 +37,11 @@ class TcpForwarder {
   // that connection is cut instead (an answer lost after the server did
   // the work, as when a connection drops after a commit).
   void CutOnNextReply() { cut_next_reply_.store(true); }
+  // Every chunk read is held this long before it is passed on (a slow or
+  // distant link); zero: none.
+  void SetDelay(absl::Duration d) {
+    delay_us_.store(absl::ToInt64Microseconds(d));
+  }
   // Down: cuts every connection and refuses new ones (accepted, then
   // closed), as a server that went away; up again: forwards as before.
   void SetDown(bool down);
@@ -53,6 +59,7 @@ class TcpForwarder {
   std::atomic<bool> black_hole_{false};
   std::atomic<bool> cut_next_reply_{false};
   std::atomic<bool> down_{false};
+  std::atomic<int64_t> delay_us_{0};
   std::mutex mu_;
   bool closed_ = false;             // guarded by mu_
   std::vector<int> fds_;            // guarded by mu_
