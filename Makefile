@@ -3,10 +3,11 @@
 #   make test   install, build, run every test (plain, ASan/UBSan, TSan)
 #   make bench  install, build, run the benchmarks (docs/benchmarks.md)
 #   make fuzz   install, build the fuzz targets (clang), run each 5 minutes
+#   make torture  install, build, run pac-torture long on every backend
 JOBS ?= $(shell nproc)
 BUILD ?= build
 
-.PHONY: all deps build run example test bench fuzz format clean
+.PHONY: all deps build run example test bench fuzz torture format clean
 
 all: build
 
@@ -32,6 +33,10 @@ bench: build
 FUZZ_SECONDS ?= 300
 fuzz: deps
 	bash scripts/fuzz.sh $(FUZZ_SECONDS)
+
+TORTURE_SECONDS ?= 400
+torture: build
+	TORTURE_SECONDS=$(TORTURE_SECONDS) bash scripts/torture.sh long
 
 format:
 	clang-format -i $$(git ls-files '*.cc' '*.h')

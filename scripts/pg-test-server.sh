@@ -111,7 +111,7 @@ kill)
   # postmaster and every backend at once; no shutdown, crash recovery on
   # the next start). Returns once they are all gone.
   pid=$(head -1 "$dir/data/postmaster.pid")
-  pids="$pid $(pgrep -P "$pid" | tr '\n' ' ')"
+  pids="$pid $(pgrep -P "$pid" | tr '\n' ' ' || true)"
   # shellcheck disable=SC2086
   kill -KILL $pids 2>/dev/null || true
   for _ in $(seq 1 500); do
@@ -123,6 +123,9 @@ kill)
     [ "$alive" -eq 0 ] && break
     sleep 0.01
   done
+  # A killed postmaster may stay a zombie until PID 1 reaps it, and the
+  # next start would take its pid in the lock files for a live server.
+  rm -f "$dir/data/postmaster.pid" "$dir"/.s.PGSQL.*
   ;;
 start-again)
   # After `kill`: starts on the same data directory and port; returns once

@@ -69,6 +69,7 @@ class Checker {
       Lost(name, r);
     }
     Drain();
+    Stalled();
     for (const auto& [name, r] : repos_) {
       report_.grants += static_cast<int64_t>(r.leases.size());
     }
@@ -106,8 +107,14 @@ class Checker {
     if (c.done != nullptr && c.done->phase == Phase::kFail) ++report_.failed;
     if (in.kind == "fault") {
       ++report_.faults;
+      fault_times_.push_back(in.t_ns);
       return;
     }
+    if (in.kind == "heal") {
+      heal_times_.push_back(in.t_ns);
+      return;
+    }
+    if (in.proc != "torture") by_proc_[in.proc].push_back(&c);
     if (in.kind == "drain") {
       drain_start_ = std::min(drain_start_, in.t_ns);
       return;
@@ -158,12 +165,15 @@ class Checker {
         const Op& in = *c->inv;
         const bool targets =
             in.lease_id.empty() ? in.run == l.run : in.lease_id == id;
-        if (targets && c->t1() >= l.start && c->MayHaveActed()) {
+        // Any release that completed after the lease may have been
+        // granted may have ended it, even one that completed before the
+        // grant was first reported.
+        if (targets && c->t1() >= l.lo && c->MayHaveActed()) {
           l.end = std::min(l.end, c->t0());
         }
       }
       for (const Call* c : r.cleanups) {
-        if (c->t1() >= l.start && c->MayHaveActed()) {
+        if (c->t1() >= l.lo && c->MayHaveActed()) {
           l.end = std::min(l.end, c->t0());
         }
       }
@@ -441,6 +451,13 @@ class Checker {
       if (snap == nullptr || c.t0() > snap->t0()) snap = &c;
       if (!c.done->queued.empty()) busy_until = std::max(busy_until, c.t1());
     }
+    // A repository used before the drain but never seen after it began.
+    for (const auto& [repo, r] : repos_) {
+      if (!last.count(repo)) {
+        Add("not_drained", repo,
+            "no snapshot of it succeeded after the drain began", drain_start_);
+      }
+    }
     for (const auto& [repo, s] : last) {
       const auto& [snap, busy_until] = s;
       if (!snap->done->queued.empty()) {
@@ -459,7 +476,34 @@ class Checker {
     }
   }
 
+  // Workers answered again within the bound after each fault healed.
+  void Stalled() {
+    const int64_t bound = absl::ToInt64Nanoseconds(o_.recovery_bound);
+    std::sort(fault_times_.begin(), fault_times_.end());
+    for (int64_t h : heal_times_) {
+      auto next = std::upper_bound(fault_times_.begin(), fault_times_.end(), h);
+      if (next != fault_times_.end() && *next < h + bound) continue;
+      for (const auto& [proc, calls] : by_proc_) {
+        bool tried = false, later = false, answered = false;
+        for (const Call* c : calls) {
+          if (c->t0() >= h && c->t0() < h + bound) tried = true;
+          if (c->t0() >= h + bound) later = true;
+          if (c->ok() && c->t1() >= h && c->t1() <= h + bound) answered = true;
+        }
+        if (tried && later && !answered) {
+          Add("stalled", "",
+              absl::StrCat(proc, " got no answer within ",
+                           absl::FormatDuration(o_.recovery_bound),
+                           " of a fault healing, and was still calling"),
+              h);
+        }
+      }
+    }
+  }
+
   const CheckOptions o_;
+  std::vector<int64_t> fault_times_, heal_times_;
+  std::map<std::string, std::vector<const Call*>> by_proc_;
   std::vector<Call> calls_;
   std::map<std::string, RepoState> repos_;
   int64_t drain_start_ = kNever;

@@ -16,7 +16,10 @@
 //                  admitted (its polls left no gap an admission could have
 //                  hidden in), withdrawn or cleaned up;
 //   not_drained    after the drain began, a queue still not empty when the
-//                  drain ended, or emptied later than the bound.
+//                  drain ended, or emptied later than the bound;
+//   stalled        a worker that called within `recovery_bound` of a fault
+//                  healing (a "heal" call; no other fault began meanwhile)
+//                  and after it, with no call answered in between.
 //
 // A holder certainly holds from the first answer that reported its lease
 // until the earliest of: the invocation of a release or cleanup that could
@@ -42,6 +45,8 @@ struct CheckOptions {
   absl::Duration margin = absl::Milliseconds(100);
   // How long the drain may take from its start until every queue is empty.
   absl::Duration drain_bound = absl::Seconds(30);
+  // How soon after a fault heals every worker must get answers again.
+  absl::Duration recovery_bound = absl::Seconds(5);
 };
 
 struct Violation {

@@ -60,10 +60,30 @@ class History {
     }
     return *this;
   }
+  // A renewal that failed (UNAVAILABLE) 500 ms after it was sent.
+  History& Failed(const std::string& proc, double t0) {
+    Invoke(proc, "renew", t0).lease_id = "L1";
+    Op& out = Done(t0 + 500);
+    out.phase = Phase::kFail;
+    out.error = "UNAVAILABLE";
+    return *this;
+  }
+  // A release by run key (a withdrawal when the run is queued).
+  History& ReleaseByKey(const std::string& proc, const std::string& run,
+                        double t0, double t1) {
+    Invoke(proc, "release", t0).run = run;
+    Done(t1).released = true;
+    return *this;
+  }
   History& SetLimit(const std::string& proc, int64_t limit, double t0,
                     double t1) {
     Invoke(proc, "set_limit", t0).limit = limit;
     Done(t1);
+    return *this;
+  }
+  History& Mark(const std::string& kind, double t) {
+    Invoke("torture", kind, t).repo.clear();
+    Done(t).repo.clear();
     return *this;
   }
   History& Drain(double t) {
@@ -149,6 +169,22 @@ TEST(CheckerTest, AReleaseOfUnknownOutcomeSentBeforeIsNoViolation) {
   h.Granted("w1", "ns/a", 1, 0, 1, "L1", 1)
       .Release("w1", "L1", 1.5, -1)  // timed out: it may have released
       .Granted("w2", "ns/b", 1, 2, 3, "L2", 2);
+  EXPECT_THAT(Kinds(CheckIt(h)), ::testing::IsEmpty());
+}
+
+// Seen in a PostgreSQL run: x, queued, is withdrawn by its worker while a
+// release admits it; the withdrawal releases the fresh lease and completes
+// just before the admitting release reports it. The lease never counted.
+TEST(CheckerTest, AWithdrawalRacingTheAdmissionEndsTheAdmittedLease) {
+  History h;
+  h.Granted("w1", "ns/h", 1, 0, 1, "L1", 1).Queued("w2", "ns/x", 1, 2, 3, 1);
+  // w2 withdraws x by key: [10, 12]; w1's release [9, 13] admitted x.
+  {
+    History& b = h;
+    b.ReleaseByKey("w2", "ns/x", 10, 12)
+        .Release("w1", "L1", 9, 13, {Grant{"ns/x", "L2", 2}})
+        .Granted("w3", "ns/y", 1, 20, 21, "L3", 3);
+  }
   EXPECT_THAT(Kinds(CheckIt(h)), ::testing::IsEmpty());
 }
 
@@ -258,9 +294,33 @@ TEST(CheckerTest, AQueueLeftAfterTheDrainIsNotDrained) {
       .Snapshot(7000, 7001, {"ns/x"})
       .Snapshot(7100, 7101, {});
   EXPECT_THAT(Kinds(CheckIt(late)), ::testing::ElementsAre("not_drained"));
+  History unseen;  // the backend never answered a snapshot
+  unseen.Queued("w2", "ns/x", 1, 2, 3, 1).Drain(1000);
+  EXPECT_THAT(Kinds(CheckIt(unseen)), ::testing::ElementsAre("not_drained"));
   History fine;
   fine.Drain(1000).Snapshot(1100, 1101, {"ns/x"}).Snapshot(2000, 2001, {});
   EXPECT_THAT(Kinds(CheckIt(fine)), ::testing::IsEmpty());
+}
+
+TEST(CheckerTest, AWorkerWithNoAnswerLongAfterAFaultHealedStalled) {
+  History h;
+  h.Granted("w1", "ns/a", 3, 0, 1, "L1", 1)
+      .Mark("fault", 100)
+      .Mark("heal", 1000)
+      .Queued("w1", "ns/b", 3, 1100, 3100, 0)  // answered: fine
+      .Queued("w2", "ns/c", 3, 7000, 7001, 1);
+  // w2 made no call in the window, so it is not judged.
+  EXPECT_THAT(Kinds(CheckIt(h)), ::testing::IsEmpty());
+  History stuck;
+  stuck.Granted("w1", "ns/a", 3, 0, 1, "L1", 1)
+      .Mark("fault", 100)
+      .Mark("heal", 1000);
+  // Calls that fail for 6 s after the heal.
+  for (int i = 0; i < 6; ++i) stuck.Failed("w1", 1100 + i * 1000);
+  ASSERT_THAT(Kinds(CheckIt(stuck)), ::testing::ElementsAre("stalled"));
+  // Another fault within the bound excuses it.
+  stuck.Mark("fault", 3000);
+  EXPECT_THAT(Kinds(CheckIt(stuck)), ::testing::IsEmpty());
 }
 
 TEST(CheckerTest, WindowShowsTheLinesAroundAViolation) {
