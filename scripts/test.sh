@@ -131,8 +131,8 @@ fi
 rm -f "$bogus"
 
 # The fuzz targets, briefly (make fuzz runs them for longer).
-echo "=== fuzz targets, ${PAC_FUZZ_SECONDS:-20}s each"
-if bash scripts/fuzz.sh "${PAC_FUZZ_SECONDS:-20}"; then
+echo "=== fuzz targets, ${PAC_FUZZ_SECONDS:-10}s each"
+if bash scripts/fuzz.sh "${PAC_FUZZ_SECONDS:-10}"; then
   passed=$((passed + 1))
 else
   failed=$((failed + 1))
