@@ -78,6 +78,20 @@ class Checker {
 
  private:
   void Pair(const std::vector<Op>& h) {
+    std::map<std::string, const Op*> last_line;  // by process
+    for (const Op& op : h) {
+      if (op.wall_us == 0) continue;
+      const Op*& prev = last_line[op.proc];
+      if (prev != nullptr) {
+        const int64_t step =
+            (op.wall_us - prev->wall_us) - (op.t_ns - prev->t_ns) / 1000;
+        if (std::llabs(step) > std::llabs(report_.clock_step_us)) {
+          report_.clock_step_us = step;
+          report_.clock_step_at_ns = op.t_ns;
+        }
+      }
+      prev = &op;
+    }
     std::map<std::pair<std::string, int64_t>, size_t> open;
     calls_.reserve(h.size());
     for (const Op& op : h) {

@@ -62,6 +62,12 @@ struct Report {
   int64_t failed = 0;
   int64_t grants = 0;  // distinct leases reported
   int64_t faults = 0;  // "fault" calls
+  // The largest step of the wall clock against CLOCK_MONOTONIC between two
+  // lines of one process (lines that carry the wall time), and when: a
+  // backend that times leases by the wall clock expires them early or
+  // late by that much.
+  int64_t clock_step_us = 0;
+  int64_t clock_step_at_ns = 0;
   std::vector<Violation> violations;
 };
 

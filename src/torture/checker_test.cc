@@ -323,6 +323,21 @@ TEST(CheckerTest, AWorkerWithNoAnswerLongAfterAFaultHealedStalled) {
   EXPECT_THAT(Kinds(CheckIt(stuck)), ::testing::IsEmpty());
 }
 
+TEST(CheckerTest, AStepOfTheWallClockIsReported) {
+  History h;
+  h.Granted("w1", "ns/a", 3, 0, 1, "L1", 1)
+      .Granted("w1", "ns/b", 3, 100, 101, "L2", 2);
+  std::vector<Op> ops = h.ops();
+  // 100 ms of CLOCK_MONOTONIC between the calls, 1.7 s of wall clock.
+  ops[0].wall_us = 1'000'000;
+  ops[1].wall_us = 1'001'000;
+  ops[2].wall_us = 2'700'000;
+  ops[3].wall_us = 2'701'000;
+  Report r = Check(ops, CheckOptions{});
+  EXPECT_NEAR(static_cast<double>(r.clock_step_us), 1'600'000.0, 2'000.0);
+  EXPECT_EQ(r.clock_step_at_ns, 100 * kMs);
+}
+
 TEST(CheckerTest, WindowShowsTheLinesAroundAViolation) {
   History h;
   h.Granted("w1", "ns/a", 1, 0, 1, "L1", 1)
@@ -348,6 +363,9 @@ TEST(HistoryTest, LinesRoundTripAndATornLastLineIsSkipped) {
   EXPECT_EQ(back->admitted.size(), 1u);
   EXPECT_EQ(back->admitted[0].token, 9);
   EXPECT_TRUE(back->released);
+  EXPECT_EQ(back->wall_us, 0);
+  op.wall_us = 1796460387720603;
+  EXPECT_EQ(FromJsonLine(ToJsonLine(op))->wall_us, 1796460387720603);
   const std::string path =
       testing::TempDir() + "/history-" + std::to_string(getpid());
   {

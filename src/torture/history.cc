@@ -8,6 +8,7 @@
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "nlohmann/json.hpp"
 
 namespace pac::concurrency::torture {
@@ -57,6 +58,7 @@ std::string ToJsonLine(const Op& op) {
          {"id", op.id},
          {"ph", PhaseName(op.phase)},
          {"k", op.kind}};
+  if (op.wall_us != 0) j["w"] = op.wall_us;
   if (!op.repo.empty()) j["repo"] = op.repo;
   if (op.phase == Phase::kInvoke) {
     if (!op.run.empty()) j["run"] = op.run;
@@ -105,6 +107,7 @@ absl::StatusOr<Op> FromJsonLine(std::string_view line) {
           absl::StrCat("history: unknown phase \"", ph, "\""));
     }
     op.kind = j.at("k").get<std::string>();
+    op.wall_us = j.value("w", int64_t{0});
     op.repo = j.value("repo", "");
     op.run = j.value("run", "");
     op.lease_id = j.value("lease", "");
@@ -177,7 +180,9 @@ absl::StatusOr<std::unique_ptr<HistoryWriter>> HistoryWriter::Open(
 HistoryWriter::~HistoryWriter() { ::close(fd_); }
 
 void HistoryWriter::Append(const Op& op) {
-  std::string line = ToJsonLine(op);
+  Op stamped = op;
+  stamped.wall_us = absl::ToUnixMicros(absl::Now());
+  std::string line = ToJsonLine(stamped);
   line += '\n';
   size_t done = 0;
   while (done < line.size()) {

@@ -515,6 +515,12 @@ class Torture {
                      " unknown), leases ", r.grants, ", faults ", r.faults,
                      faults.empty() ? "" : " (" + faults + ")", ", violations ",
                      r.violations.size()));
+    if (std::llabs(r.clock_step_us) > 100'000) {
+      Say(absl::StrCat(
+          "the wall clock stepped by ",
+          absl::FormatDuration(absl::Microseconds(r.clock_step_us)),
+          " against CLOCK_MONOTONIC during the run"));
+    }
     for (const Violation& v : r.violations) {
       Say(absl::StrCat("VIOLATION ", v.kind, " in ", v.repo, ": ", v.what));
       std::printf(
