@@ -37,15 +37,22 @@ absl::Time FirstAfter(std::mutex& mu, const std::vector<absl::Time>& times,
   return first;
 }
 
+// A real-server configuration for `endpoints`.
+EtcdConfig Config(std::vector<std::string> endpoints, absl::Duration dial,
+                  absl::Duration ttl = EtcdConfig{}.lease_ttl) {
+  EtcdConfig c;
+  c.mode = "etcd";
+  c.endpoints = std::move(endpoints);
+  c.dial_timeout = dial;
+  c.lease_ttl = ttl;
+  return c;
+}
+
 TEST(EtcdOutageTest, ANodeKilledAndRestartedUnderLoadServesWithinTwoSeconds) {
   auto node = EtcdProcess::Start();
   ASSERT_TRUE(node.ok()) << node.status();
-  EtcdConfig c;
-  c.mode = "etcd";
-  c.endpoints = {(*node)->endpoint()};
-  c.dial_timeout = absl::Seconds(5);
-  c.lease_ttl = absl::Seconds(10);
-  auto d = NewEtcdDriver(c);
+  auto d = NewEtcdDriver(
+      Config({(*node)->endpoint()}, absl::Seconds(5), absl::Seconds(10)));
   ASSERT_TRUE(d.ok()) << d.status();
   Driver& driver = **d;
   Context bg = Context::Background();
@@ -162,10 +169,9 @@ TEST(EtcdOutageTest, ADeadFirstEndpointCostsNoDialTime) {
   ASSERT_TRUE(node.ok()) << node.status();
   const int dead = conformance::FreePort();
   ASSERT_GT(dead, 0);
-  EtcdConfig c;
-  c.mode = "etcd";
-  c.endpoints = {absl::StrCat("127.0.0.1:", dead), (*node)->endpoint()};
-  c.dial_timeout = absl::Seconds(10);
+  const EtcdConfig c =
+      Config({absl::StrCat("127.0.0.1:", dead), (*node)->endpoint()},
+             absl::Seconds(10));
   const absl::Time start = absl::Now();
   auto d = NewEtcdDriver(c);
   ASSERT_TRUE(d.ok()) << d.status();
@@ -191,12 +197,8 @@ TEST(EtcdOutageTest, ANodeRestartedBehindAProxyServesWithinTwoSeconds) {
   ASSERT_TRUE(node.ok()) << node.status();
   auto fwd = conformance::TcpForwarder::Start((*node)->endpoint());
   ASSERT_TRUE(fwd.ok()) << fwd.status();
-  EtcdConfig c;
-  c.mode = "etcd";
-  c.dial_timeout = absl::Seconds(2);
-  c.lease_ttl = absl::Seconds(10);
-  c.endpoints = {(*fwd)->endpoint()};
-  auto d = NewEtcdDriver(c);
+  auto d = NewEtcdDriver(
+      Config({(*fwd)->endpoint()}, absl::Seconds(2), absl::Seconds(10)));
   ASSERT_TRUE(d.ok()) << d.status();
   Context bg = Context::Background();
   Repository repo{"proxied", "app", 0};
@@ -245,11 +247,7 @@ TEST(EtcdOutageTest, AnEndpointBehindASlowLinkConnects) {
   auto fwd = conformance::TcpForwarder::Start((*node)->endpoint());
   ASSERT_TRUE(fwd.ok()) << fwd.status();
   (*fwd)->SetDelay(absl::Milliseconds(300));
-  EtcdConfig c;
-  c.mode = "etcd";
-  c.dial_timeout = absl::Seconds(10);
-  c.endpoints = {(*fwd)->endpoint()};
-  auto d = NewEtcdDriver(c);
+  auto d = NewEtcdDriver(Config({(*fwd)->endpoint()}, absl::Seconds(10)));
   ASSERT_TRUE(d.ok()) << d.status();
   Context ctx = Context::WithTimeout(Context::Background(), absl::Seconds(20));
   auto a = (*d)->AcquireSlot(ctx, Repository{"slow", "app", 1}, "slow/r1");
@@ -269,11 +267,8 @@ TEST(EtcdOutageTest, AfterACutAndACompactionTheNextReleaseNamesItsRun) {
   ASSERT_TRUE(node.ok()) << node.status();
   auto fwd = conformance::TcpForwarder::Start((*node)->endpoint());
   ASSERT_TRUE(fwd.ok()) << fwd.status();
-  EtcdConfig c;
-  c.mode = "etcd";
-  c.dial_timeout = absl::Seconds(5);
-  c.lease_ttl = absl::Seconds(30);
-  c.endpoints = {(*fwd)->endpoint()};
+  EtcdConfig c =
+      Config({(*fwd)->endpoint()}, absl::Seconds(5), absl::Seconds(30));
   auto watched = NewEtcdDriver(c);
   ASSERT_TRUE(watched.ok()) << watched.status();
   c.endpoints = {(*node)->endpoint()};

@@ -51,7 +51,7 @@ struct RepoState {
 };
 
 std::string Ms(int64_t ns) {
-  return absl::StrCat(absl::FormatDuration(absl::Nanoseconds(ns)));
+  return absl::FormatDuration(absl::Nanoseconds(ns));
 }
 
 class Checker {
@@ -198,29 +198,24 @@ class Checker {
   // Returns false when one of them is "none" (0) or none is known.
   bool MaxLimit(const RepoState& r, int64_t w, int64_t t, int64_t* out) const {
     int64_t best = -1;
+    bool unlimited = false;
+    auto take = [&](const Call* c) {
+      if (c->inv->limit == 0) unlimited = true;
+      best = std::max(best, c->inv->limit);
+    };
+    // The last limit settled before w, and every limit sent by t that may
+    // have taken effect at or after w (failed calls: any time).
     const Call* settled = nullptr;
     for (const Call* c : r.limit_calls) {
       if (c->t0() > t) continue;
       if (c->ok() && c->t1() < w) {
         if (settled == nullptr || c->t1() > settled->t1()) settled = c;
-        continue;
-      }
-      if (!c->MayHaveActed()) continue;
-      if (c->inv->limit == 0) return false;
-      best = std::max(best, c->inv->limit);
-    }
-    // Failed calls completed before w may have left their limit too.
-    for (const Call* c : r.limit_calls) {
-      if (c->t1() < w && !c->ok() && c->MayHaveActed()) {
-        if (c->inv->limit == 0) return false;
-        best = std::max(best, c->inv->limit);
+      } else if (c->MayHaveActed()) {
+        take(c);
       }
     }
-    if (settled != nullptr) {
-      if (settled->inv->limit == 0) return false;
-      best = std::max(best, settled->inv->limit);
-    }
-    if (best < 0) return false;
+    if (settled != nullptr) take(settled);
+    if (unlimited || best < 0) return false;
     *out = best;
     return true;
   }

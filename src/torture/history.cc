@@ -8,7 +8,6 @@
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
-#include "absl/time/clock.h"
 #include "nlohmann/json.hpp"
 
 namespace pac::concurrency::torture {
@@ -180,9 +179,7 @@ absl::StatusOr<std::unique_ptr<HistoryWriter>> HistoryWriter::Open(
 HistoryWriter::~HistoryWriter() { ::close(fd_); }
 
 void HistoryWriter::Append(const Op& op) {
-  Op stamped = op;
-  stamped.wall_us = absl::ToUnixMicros(absl::Now());
-  std::string line = ToJsonLine(stamped);
+  std::string line = ToJsonLine(op);
   line += '\n';
   size_t done = 0;
   while (done < line.size()) {

@@ -29,8 +29,8 @@ struct Grant {
 // completion lines (same proc and id) the answer.
 struct Op {
   int64_t t_ns = 0;
-  // The wall clock when the line was written (µs since the epoch), set by
-  // HistoryWriter: a step of it against t_ns shows in the report.
+  // The wall clock read with t_ns (µs since the epoch; 0: not recorded):
+  // a step of it against t_ns shows in the check's report.
   int64_t wall_us = 0;
   std::string proc;  // the worker: "w3", "drain", "faults"
   int64_t id = 0;    // the call's number within its proc

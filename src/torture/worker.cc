@@ -48,22 +48,19 @@ Op Recorder::Invoke(const std::string& kind, const std::string& repo) {
   return op;
 }
 
-void Recorder::Fail(Op op, const absl::Status& s) {
-  Op out;
-  out.t_ns = MonotonicNanos();
-  out.proc = op.proc;
-  out.id = op.id;
-  out.kind = op.kind;
-  out.repo = op.repo;
-  out.phase = Phase::kFail;
-  out.error = absl::StatusCodeToString(s.code());
-  out_.Append(out);
+void Recorder::Write(Op& op, Phase phase) {
+  op.phase = phase;
+  // Both clocks read together: a step of the wall clock shows in the check.
+  op.t_ns = MonotonicNanos();
+  op.wall_us = absl::ToUnixMicros(absl::Now());
+  out_.Append(op);
 }
 
-void Recorder::Ok(Op op) {
-  op.t_ns = MonotonicNanos();
-  op.phase = Phase::kOk;
-  out_.Append(op);
+// A completion line carries only the answer (ToJsonLine leaves the
+// arguments out), so it is the invocation's Op with the answer added.
+void Recorder::Fail(Op op, const absl::Status& s) {
+  op.error = absl::StatusCodeToString(s.code());
+  Write(op, Phase::kFail);
 }
 
 absl::StatusOr<AcquireResult> Recorder::Acquire(const Context& ctx,
@@ -78,21 +75,17 @@ absl::StatusOr<AcquireResult> Recorder::Acquire(const Context& ctx,
   if (o.creation_time.has_value()) {
     op.creation_us = absl::ToUnixMicros(*o.creation_time);
   }
-  op.t_ns = MonotonicNanos();
-  out_.Append(op);
+  Write(op, Phase::kInvoke);
   auto r = driver_.AcquireSlot(ctx, repo, run, o);
   if (!r.ok()) {
     Fail(op, r.status());
     return r;
   }
-  Op done = Invoke("acquire", repo.Key());
-  done.id = op.id;
-  --next_id_;
-  done.acquired = r->acquired;
-  if (r->acquired) done.lease = ToGrant(r->lease);
-  done.position = r->position;
-  done.admitted = ToGrants(r->admitted);
-  Ok(done);
+  op.acquired = r->acquired;
+  if (r->acquired) op.lease = ToGrant(r->lease);
+  op.position = r->position;
+  op.admitted = ToGrants(r->admitted);
+  Write(op, Phase::kOk);
   return r;
 }
 
@@ -103,21 +96,17 @@ absl::StatusOr<ReleaseResult> Recorder::Release(const Context& ctx,
   Op op = Invoke("release", repo);
   op.lease_id = lease_id;
   op.run = lease_id.empty() ? run : "";
-  op.t_ns = MonotonicNanos();
-  out_.Append(op);
+  Write(op, Phase::kInvoke);
   auto r = lease_id.empty() ? driver_.ReleaseSlot(ctx, "", run, repo)
                             : driver_.ReleaseSlot(ctx, lease_id, "", "");
   if (!r.ok()) {
     Fail(op, r.status());
     return r;
   }
-  Op done = op;
-  done.lease_id.clear();
-  done.run.clear();
-  done.released = r->released;
-  done.dequeued = r->dequeued;
-  done.admitted = ToGrants(r->admitted);
-  Ok(done);
+  op.released = r->released;
+  op.dequeued = r->dequeued;
+  op.admitted = ToGrants(r->admitted);
+  Write(op, Phase::kOk);
   return r;
 }
 
@@ -126,17 +115,14 @@ absl::StatusOr<Lease> Recorder::Renew(const Context& ctx,
                                       const std::string& lease_id) {
   Op op = Invoke("renew", repo);
   op.lease_id = lease_id;
-  op.t_ns = MonotonicNanos();
-  out_.Append(op);
+  Write(op, Phase::kInvoke);
   auto r = driver_.RenewLease(ctx, lease_id);
   if (!r.ok()) {
     Fail(op, r.status());
     return r;
   }
-  Op done = op;
-  done.lease_id.clear();
-  done.lease = ToGrant(*r);
-  Ok(done);
+  op.lease = ToGrant(*r);
+  Write(op, Phase::kOk);
   return r;
 }
 
@@ -144,29 +130,25 @@ absl::StatusOr<std::vector<Lease>> Recorder::SetLimit(const Context& ctx,
                                                       const Repository& repo) {
   Op op = Invoke("set_limit", repo.Key());
   op.limit = EffectiveLimit(repo);
-  op.t_ns = MonotonicNanos();
-  out_.Append(op);
+  Write(op, Phase::kInvoke);
   auto r = driver_.SetRepositoryLimit(ctx, repo);
   if (!r.ok()) {
     Fail(op, r.status());
     return r;
   }
-  Op done = op;
-  done.limit = -1;
-  done.admitted = ToGrants(*r);
-  Ok(done);
+  op.admitted = ToGrants(*r);
+  Write(op, Phase::kOk);
   return r;
 }
 
 absl::Status Recorder::Cleanup(const Context& ctx, const std::string& repo) {
   Op op = Invoke("cleanup", repo);
-  op.t_ns = MonotonicNanos();
-  out_.Append(op);
+  Write(op, Phase::kInvoke);
   absl::Status s = driver_.CleanupRepository(ctx, repo);
   if (!s.ok()) {
     Fail(op, s);
   } else {
-    Ok(op);
+    Write(op, Phase::kOk);
   }
   return s;
 }
@@ -174,27 +156,23 @@ absl::Status Recorder::Cleanup(const Context& ctx, const std::string& repo) {
 absl::StatusOr<RepositorySnapshot> Recorder::Snapshot(const Context& ctx,
                                                       const std::string& repo) {
   Op op = Invoke("snapshot", repo);
-  op.t_ns = MonotonicNanos();
-  out_.Append(op);
+  Write(op, Phase::kInvoke);
   auto r = driver_.GetRepositorySnapshot(ctx, repo);
   if (!r.ok()) {
     Fail(op, r.status());
     return r;
   }
-  Op done = op;
-  done.running = ToGrants(r->running);
-  for (const QueueEntry& q : r->queued)
-    done.queued.push_back(q.pipeline_run_key);
-  Ok(done);
+  op.running = ToGrants(r->running);
+  for (const QueueEntry& q : r->queued) op.queued.push_back(q.pipeline_run_key);
+  Write(op, Phase::kOk);
   return r;
 }
 
 void Recorder::Mark(const std::string& kind, const std::string& note) {
   Op op = Invoke(kind, "");
   op.note = note;
-  op.t_ns = MonotonicNanos();
-  out_.Append(op);
-  Ok(op);
+  Write(op, Phase::kInvoke);
+  Write(op, Phase::kOk);
 }
 
 Worker::Worker(Recorder& rec, const TortureRepos& repos, WorkerOptions o)

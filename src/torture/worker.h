@@ -53,8 +53,9 @@ class Recorder {
 
  private:
   Op Invoke(const std::string& kind, const std::string& repo);
+  // Stamps `op` with both clocks and appends it as `phase`.
+  void Write(Op& op, Phase phase);
   void Fail(Op op, const absl::Status& s);
-  void Ok(Op op);
 
   Driver& driver_;
   HistoryWriter& out_;

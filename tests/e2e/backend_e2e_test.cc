@@ -46,18 +46,31 @@ std::string FirstEtcdEndpoint() {
   return first;
 }
 
-// A PostgreSQL configuration file for the test server, or for `port` (a
-// forwarder in front of it), with lease TTL `ttl`.
-std::string PgConfigFile(const std::string& name, int port,
-                         const std::string& ttl) {
+// A forwarder in front of the PostgreSQL test server.
+absl::StatusOr<std::unique_ptr<conformance::TcpForwarder>> PgForwarder() {
+  auto pg = conformance::TestPostgreSQLConfig();
+  if (!pg.ok()) return pg.status();
+  return conformance::TcpForwarder::Start(pg->host + ":" +
+                                          std::to_string(pg->port));
+}
+
+// A PostgreSQL configuration file for the test server, or for `forwarder`
+// in front of it, with lease TTL `ttl`.
+std::string PgConfigFile(const std::string& name, const std::string& ttl,
+                         const conformance::TcpForwarder* forwarder = nullptr) {
   auto pg = conformance::TestPostgreSQLConfig();
   EXPECT_TRUE(pg.ok()) << pg.status();
   if (!pg.ok()) return "";
+  int port = pg->port;
+  if (forwarder != nullptr) {
+    const std::string ep = forwarder->endpoint();
+    port = std::stoi(ep.substr(ep.rfind(':') + 1));
+  }
   return WriteFile(name,
                    "concurrency-driver: postgresql\n"
                    "postgresql-host: 127.0.0.1\n"
                    "postgresql-port: " +
-                       std::to_string(port > 0 ? port : pg->port) + "\n" +
+                       std::to_string(port) + "\n" +
                        "postgresql-database: " + pg->database + "\n" +
                        "postgresql-username: " + pg->username + "\n" +
                        "postgresql-password-file: " +
@@ -115,14 +128,9 @@ TEST(CliE2ETest, ServeStartsBeforeItsBackendAndIsReadyOnceItAnswers) {
 // within a second while it is down (it waited out the 30 s request timeout
 // before), and a submit is granted soon after it is back.
 TEST(CliE2ETest, ReadyzAnswersWithinASecondWhilePostgreSQLIsDown) {
-  auto pg = conformance::TestPostgreSQLConfig();
-  ASSERT_TRUE(pg.ok()) << pg.status();
-  auto fwd = conformance::TcpForwarder::Start(pg->host + ":" +
-                                              std::to_string(pg->port));
+  auto fwd = PgForwarder();
   ASSERT_TRUE(fwd.ok()) << fwd.status();
-  const std::string ep = (*fwd)->endpoint();
-  const std::string config = PgConfigFile(
-      "pg-fwd.yaml", std::stoi(ep.substr(ep.rfind(':') + 1)), "1h");
+  const std::string config = PgConfigFile("pg-fwd.yaml", "1h", fwd->get());
   ServerProcess server({"--config", config});
   ASSERT_FALSE(server.url().empty());
   ASSERT_EQ(HttpCode(server.url() + "/readyz"), 200);
@@ -234,16 +242,11 @@ TEST(CliE2ETest, RunWithConfigCutOffFromEtcdStopsItsCommandInTime) {
 }
 
 TEST(CliE2ETest, RunWithConfigCutOffFromPostgreSQLStopsItsCommandInTime) {
-  auto pg = conformance::TestPostgreSQLConfig();
-  ASSERT_TRUE(pg.ok()) << pg.status();
-  auto fwd = conformance::TcpForwarder::Start(pg->host + ":" +
-                                              std::to_string(pg->port));
+  auto fwd = PgForwarder();
   ASSERT_TRUE(fwd.ok()) << fwd.status();
-  const std::string ep = (*fwd)->endpoint();
   HolderCutOffStopsBeforeTheWaiterRuns(
-      PgConfigFile("pg-cut.yaml", std::stoi(ep.substr(ep.rfind(':') + 1)),
-                   "4s"),
-      PgConfigFile("pg-direct.yaml", 0, "4s"), **fwd, absl::Seconds(4));
+      PgConfigFile("pg-cut.yaml", "4s", fwd->get()),
+      PgConfigFile("pg-direct.yaml", "4s"), **fwd, absl::Seconds(4));
 }
 
 }  // namespace
