@@ -3,16 +3,32 @@
 #include <chrono>
 #include <vector>
 
+#include "src/common/steady_wall_clock.h"
+
 namespace pac::concurrency {
 namespace {
 
-// std::chrono's system clock is one vDSO call; absl::Now() adds a cycle-clock
-// calibration layer that costs more than the rest of an acquire.
+int64_t SteadyNanos() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// The system clock at first use, advanced by std::chrono::steady_clock
+// (CLOCK_MONOTONIC, one vDSO call; absl::Now() adds a cycle-clock
+// calibration layer that costs more than the rest of an acquire). A step of
+// the system clock does not move it: leases timed by it expire after their
+// TTL, not earlier or later.
 class RealClock final : public Clock {
  public:
-  absl::Time Now() const override {
-    return absl::FromChrono(std::chrono::system_clock::now());
-  }
+  RealClock()
+      : clock_(
+            [] { return absl::FromChrono(std::chrono::system_clock::now()); },
+            SteadyNanos) {}
+  absl::Time Now() const override { return clock_.Now(); }
+
+ private:
+  const internal::SteadyWallClock clock_;
 };
 
 }  // namespace

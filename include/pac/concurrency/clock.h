@@ -29,7 +29,11 @@ class Clock {
   }
   virtual void RemoveAdvanceListener(int id) { (void)id; }
 
-  // The process-wide real clock (absl::Now()). Never null, never deleted.
+  // The process-wide real clock: the system clock as read at its first use,
+  // advanced by CLOCK_MONOTONIC since. A step of the system clock does not
+  // move it (leases expire after their TTL, not earlier or later); times it
+  // reports may then differ from absl::Now() by that step until the process
+  // restarts. Never null, never deleted.
   [[nodiscard]] static Clock* Real();
 };
 
