@@ -4,6 +4,7 @@
 #   make bench  install, build, run the benchmarks (docs/benchmarks.md)
 #   make fuzz   install, build the fuzz targets (clang), run each 5 minutes
 #   make torture  install, build, run pac-torture long on every backend
+#               (>= 100,000 calls and >= 50 faults of each kind each)
 JOBS ?= $(shell nproc)
 BUILD ?= build
 
@@ -34,7 +35,7 @@ FUZZ_SECONDS ?= 300
 fuzz: deps
 	bash scripts/fuzz.sh $(FUZZ_SECONDS)
 
-TORTURE_SECONDS ?= 400
+# TORTURE_SECONDS=N runs each backend N s (default 300/600/900).
 torture: build
 	TORTURE_SECONDS=$(TORTURE_SECONDS) bash scripts/torture.sh long
 

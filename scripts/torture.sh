@@ -2,13 +2,18 @@
 # Runs pac-torture (docs/testing.md).
 #
 #   scripts/torture.sh short BACKEND [BINARY]  # CI: seed 1, then a random
-#                                             # seed (printed), 10 s each
-#   scripts/torture.sh long [BINARY]          # make torture: every backend,
-#                                             # TORTURE_SECONDS (400) each
+#                                             # seed (printed; PostgreSQL
+#                                             # and etcd: --mixed), 10 s each
+#   scripts/torture.sh long [BINARY]          # make torture: every backend
+#                                             # (PostgreSQL and etcd mixed)
+#                                             # until >= 100,000 calls and
+#                                             # >= 50 faults of each kind
 #
+# `long` runs memory 300 s, PostgreSQL 600 s and etcd 900 s (TORTURE_SECONDS
+# sets all three) and fails if a run falls short of those counts.
 # PostgreSQL: `short` needs the environment of scripts/pg-test-server.sh
 # start DIR; `long` starts a throwaway server when none is set. etcd runs a
-# node of the torture's own. A run that finds a violation
+# 3-member cluster of the torture's own. A run that finds a violation
 # prints it with its window of history and how to replay it, and fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,13 +24,14 @@ short)
   bin=${3:-build/pac-torture}
   random_seed=$(( (RANDOM << 15 | RANDOM) % 1000000 + 2 ))
   for seed in 1 "$random_seed"; do
-    echo "=== pac-torture --backend $backend --seconds 10 --seed $seed"
-    "$bin" --backend "$backend" --seconds 10 --seed "$seed"
+    mixed=()
+    if [ "$seed" != 1 ] && [ "$backend" != memory ]; then mixed=(--mixed); fi
+    echo "=== pac-torture --backend $backend --seconds 10 --seed $seed ${mixed[*]:-}"
+    "$bin" --backend "$backend" --seconds 10 --seed "$seed" "${mixed[@]}"
   done
   ;;
 long)
   bin=${2:-build/pac-torture}
-  seconds=${TORTURE_SECONDS:-400}
   if [ -z "${PAC_TEST_PG_PORT:-}" ]; then
     servers=$(mktemp -d /tmp/pac-torture-servers.XXXXXX)
     chmod 755 "$servers"
@@ -34,10 +40,15 @@ long)
     # shellcheck disable=SC1091
     source "$servers/pg/env"
   fi
-  for backend in memory postgresql etcd; do
-    echo "=== pac-torture --backend $backend --seconds $seconds"
-    "$bin" --backend "$backend" --seconds "$seconds"
+  status=0
+  for run in memory:300 postgresql:600:--mixed etcd:900:--mixed; do
+    IFS=: read -r backend seconds mixed <<<"$run"
+    seconds=${TORTURE_SECONDS:-$seconds}
+    echo "=== pac-torture --backend $backend --seconds $seconds $mixed"
+    "$bin" --backend "$backend" --seconds "$seconds" $mixed \
+      --expect-calls 100000 --expect-faults 50 || status=$?
   done
+  exit "$status"
   ;;
 *)
   echo "usage: torture.sh short BACKEND [BINARY] | long [BINARY]" >&2

@@ -37,7 +37,48 @@ std::vector<Grant> ToGrants(const std::vector<Lease>& ls) {
   return out;
 }
 
+class DriverTarget final : public Target {
+ public:
+  explicit DriverTarget(Driver& d) : d_(d) {}
+  absl::StatusOr<AcquireResult> Acquire(const Context& ctx,
+                                        const Repository& repo,
+                                        const std::string& run,
+                                        const AcquireOptions& o) override {
+    return d_.AcquireSlot(ctx, repo, run, o);
+  }
+  absl::StatusOr<ReleaseResult> Release(const Context& ctx,
+                                        const std::string& repo,
+                                        const std::string& lease_id,
+                                        const std::string& run) override {
+    return lease_id.empty() ? d_.ReleaseSlot(ctx, "", run, repo)
+                            : d_.ReleaseSlot(ctx, lease_id, "", "");
+  }
+  absl::StatusOr<Lease> Renew(const Context& ctx, const std::string& repo,
+                              const std::string& lease_id) override {
+    (void)repo;
+    return d_.RenewLease(ctx, lease_id);
+  }
+  absl::StatusOr<std::vector<Lease>> SetLimit(const Context& ctx,
+                                              const Repository& repo) override {
+    return d_.SetRepositoryLimit(ctx, repo);
+  }
+  absl::Status Cleanup(const Context& ctx, const std::string& repo) override {
+    return d_.CleanupRepository(ctx, repo);
+  }
+  absl::StatusOr<RepositorySnapshot> Snapshot(
+      const Context& ctx, const std::string& repo) override {
+    return d_.GetRepositorySnapshot(ctx, repo);
+  }
+
+ private:
+  Driver& d_;
+};
+
 }  // namespace
+
+std::unique_ptr<Target> NewDriverTarget(Driver& driver) {
+  return std::make_unique<DriverTarget>(driver);
+}
 
 Op Recorder::Invoke(const std::string& kind, const std::string& repo) {
   Op op;
@@ -76,7 +117,7 @@ absl::StatusOr<AcquireResult> Recorder::Acquire(const Context& ctx,
     op.creation_us = absl::ToUnixMicros(*o.creation_time);
   }
   Write(op, Phase::kInvoke);
-  auto r = driver_.AcquireSlot(ctx, repo, run, o);
+  auto r = target_.Acquire(ctx, repo, run, o);
   if (!r.ok()) {
     Fail(op, r.status());
     return r;
@@ -97,8 +138,7 @@ absl::StatusOr<ReleaseResult> Recorder::Release(const Context& ctx,
   op.lease_id = lease_id;
   op.run = lease_id.empty() ? run : "";
   Write(op, Phase::kInvoke);
-  auto r = lease_id.empty() ? driver_.ReleaseSlot(ctx, "", run, repo)
-                            : driver_.ReleaseSlot(ctx, lease_id, "", "");
+  auto r = target_.Release(ctx, repo, lease_id, run);
   if (!r.ok()) {
     Fail(op, r.status());
     return r;
@@ -116,7 +156,7 @@ absl::StatusOr<Lease> Recorder::Renew(const Context& ctx,
   Op op = Invoke("renew", repo);
   op.lease_id = lease_id;
   Write(op, Phase::kInvoke);
-  auto r = driver_.RenewLease(ctx, lease_id);
+  auto r = target_.Renew(ctx, repo, lease_id);
   if (!r.ok()) {
     Fail(op, r.status());
     return r;
@@ -131,7 +171,7 @@ absl::StatusOr<std::vector<Lease>> Recorder::SetLimit(const Context& ctx,
   Op op = Invoke("set_limit", repo.Key());
   op.limit = EffectiveLimit(repo);
   Write(op, Phase::kInvoke);
-  auto r = driver_.SetRepositoryLimit(ctx, repo);
+  auto r = target_.SetLimit(ctx, repo);
   if (!r.ok()) {
     Fail(op, r.status());
     return r;
@@ -144,7 +184,7 @@ absl::StatusOr<std::vector<Lease>> Recorder::SetLimit(const Context& ctx,
 absl::Status Recorder::Cleanup(const Context& ctx, const std::string& repo) {
   Op op = Invoke("cleanup", repo);
   Write(op, Phase::kInvoke);
-  absl::Status s = driver_.CleanupRepository(ctx, repo);
+  absl::Status s = target_.Cleanup(ctx, repo);
   if (!s.ok()) {
     Fail(op, s);
   } else {
@@ -157,7 +197,7 @@ absl::StatusOr<RepositorySnapshot> Recorder::Snapshot(const Context& ctx,
                                                       const std::string& repo) {
   Op op = Invoke("snapshot", repo);
   Write(op, Phase::kInvoke);
-  auto r = driver_.GetRepositorySnapshot(ctx, repo);
+  auto r = target_.Snapshot(ctx, repo);
   if (!r.ok()) {
     Fail(op, r.status());
     return r;
@@ -218,7 +258,7 @@ void Worker::Run(const std::atomic<bool>& stop,
   for (const Held& h : held_) {
     if (h.neglected) continue;
     Context ctx = Context::WithTimeout(Context::Background(), absl::Seconds(5));
-    (void)rec_.Release(ctx, h.repo.Key(), h.lease_id, "");
+    (void)rec_.Release(ctx, h.repo.Key(), h.lease_id, h.run);
   }
   held_.clear();
 }
@@ -330,8 +370,7 @@ void Worker::ReleaseOne() {
   const int times = rng_() % 10 == 0 ? 2 : 1;
   for (int k = 0; k < times; ++k) {
     Context ctx = Deadline();
-    (void)rec_.Release(ctx, h.repo.Key(), by_key ? "" : h.lease_id,
-                       by_key ? h.run : "");
+    (void)rec_.Release(ctx, h.repo.Key(), by_key ? "" : h.lease_id, h.run);
   }
 }
 

@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -27,11 +28,39 @@ struct TortureRepos {
   std::vector<Repository> All() const;
 };
 
-// Makes driver calls and records each: invocation, then answer.
+// What a worker calls: a driver in its own process (NewDriverTarget), or a
+// `pac-concurrency serve` over HTTP (NewHttpTarget, http_target.h).
+class Target {
+ public:
+  virtual ~Target() = default;
+  virtual absl::StatusOr<AcquireResult> Acquire(const Context& ctx,
+                                                const Repository& repo,
+                                                const std::string& run,
+                                                const AcquireOptions& o) = 0;
+  // By `lease_id` when it is set (`run` is then the run it was granted
+  // to), else the run `run`.
+  virtual absl::StatusOr<ReleaseResult> Release(const Context& ctx,
+                                                const std::string& repo,
+                                                const std::string& lease_id,
+                                                const std::string& run) = 0;
+  virtual absl::StatusOr<Lease> Renew(const Context& ctx,
+                                      const std::string& repo,
+                                      const std::string& lease_id) = 0;
+  virtual absl::StatusOr<std::vector<Lease>> SetLimit(
+      const Context& ctx, const Repository& repo) = 0;
+  virtual absl::Status Cleanup(const Context& ctx, const std::string& repo) = 0;
+  virtual absl::StatusOr<RepositorySnapshot> Snapshot(
+      const Context& ctx, const std::string& repo) = 0;
+};
+
+// Calls `driver` (not owned; it outlives the target).
+std::unique_ptr<Target> NewDriverTarget(Driver& driver);
+
+// Makes calls of a Target and records each: invocation, then answer.
 class Recorder {
  public:
-  Recorder(Driver& driver, HistoryWriter& out, std::string proc)
-      : driver_(driver), out_(out), proc_(std::move(proc)) {}
+  Recorder(Target& target, HistoryWriter& out, std::string proc)
+      : target_(target), out_(out), proc_(std::move(proc)) {}
 
   absl::StatusOr<AcquireResult> Acquire(const Context& ctx,
                                         const Repository& repo,
@@ -57,7 +86,7 @@ class Recorder {
   void Write(Op& op, Phase phase);
   void Fail(Op op, const absl::Status& s);
 
-  Driver& driver_;
+  Target& target_;
   HistoryWriter& out_;
   const std::string proc_;
   int64_t next_id_ = 0;
