@@ -1,11 +1,13 @@
 // The kubectl import: `kubectl get pipelineruns -o json` documents into
-// ParsePipelineRuns. Every run it keeps has valid keys; running runs come
-// before queued ones.
+// ReadPipelineRuns and PlanImport. Every run the plan keeps has valid keys
+// and appears once; each queue's times never go back; every run read is
+// either planned or skipped; a trimmed run reads back the same.
+#include <set>
 #include <string>
 
 #include "fuzz/fuzz_util.h"
 #include "src/server/api.h"
-#include "src/server/manifests.h"
+#include "src/server/import_plan.h"
 
 using namespace pac::concurrency;
 
@@ -13,15 +15,35 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   auto doc = server::ParseJson(
       std::string_view(reinterpret_cast<const char*>(data), size), "input");
   if (!doc.ok()) return 0;
-  auto scan = server::ParsePipelineRuns(*doc);
-  if (!scan.ok()) return 0;
-  bool queued_seen = false;
-  for (const server::ImportedRun& r : scan->runs) {
-    fuzz::Check(ValidateKey(r.repository_key, "repository").ok(),
-                "a valid repository key");
-    fuzz::Check(ValidateKey(r.run_key, "run").ok(), "a valid run key");
-    fuzz::Check(!(r.running && queued_seen), "running runs come first");
-    queued_seen = queued_seen || !r.running;
+  auto runs = server::ReadPipelineRuns(*doc);
+  if (!runs.ok()) return 0;
+  std::map<std::string, int32_t> limits;
+  for (const server::ExportedRun& r : *runs) {
+    const std::string repo = server::RepositoryOf(r);
+    if (!repo.empty()) limits[repo] = static_cast<int32_t>(repo.size() % 3);
+    auto again = server::ReadPipelineRun(server::TrimmedJson(r), "trimmed");
+    fuzz::Check(
+        again.ok() && server::TrimmedJson(*again) == server::TrimmedJson(r),
+        "a trimmed run reads back the same");
   }
+  const server::ImportPlan plan = server::PlanImport(*runs, limits);
+  std::set<std::string> planned;
+  for (const server::RepositoryPlan& p : plan.repositories) {
+    fuzz::Check(ValidateKey(p.repository, "repository").ok(),
+                "a valid repository key");
+    fuzz::Check(p.limit > 0, "only limited repositories are planned");
+    for (const std::string& r : p.adopt) {
+      fuzz::Check(ValidateKey(r, "run").ok(), "a valid run key");
+      fuzz::Check(planned.insert(r).second, "a run planned once");
+    }
+    for (size_t i = 0; i < p.queue.size(); ++i) {
+      fuzz::Check(ValidateKey(p.queue[i].run, "run").ok(), "a valid run key");
+      fuzz::Check(planned.insert(p.queue[i].run).second, "a run planned once");
+      fuzz::Check(i == 0 || p.queue[i - 1].queue_time <= p.queue[i].queue_time,
+                  "queue times never go back");
+    }
+  }
+  fuzz::Check(planned.size() + plan.skipped.size() == runs->size(),
+              "every run is planned or skipped");
   return 0;
 }

@@ -97,6 +97,22 @@ std::string DumpSafe(const Json& doc, int indent) {
   return doc.dump(indent, ' ', false, Json::error_handler_t::replace);
 }
 
+absl::Status CheckFields(const Json& body,
+                         std::initializer_list<std::string_view> allowed) {
+  if (!body.is_object()) {
+    return absl::InvalidArgumentError("request body: must be a JSON object");
+  }
+  for (auto it = body.begin(); it != body.end(); ++it) {
+    bool known = false;
+    for (std::string_view a : allowed) known = known || it.key() == a;
+    if (!known) {
+      return absl::InvalidArgumentError(
+          Cat("request body: unknown field \"", it.key().substr(0, 64), "\""));
+    }
+  }
+  return absl::OkStatus();
+}
+
 std::string FormatTimestamp(absl::Time t) {
   return absl::FormatTime(absl::RFC3339_full, t, absl::UTCTimeZone());
 }

@@ -13,6 +13,7 @@
 #define PAC_SRC_SERVER_API_H_
 
 #include <functional>
+#include <initializer_list>
 #include <string>
 #include <string_view>
 
@@ -79,6 +80,11 @@ class Api {
 };
 
 // --- JSON codecs shared by the service, the HTTP layer and the CLI. ---
+
+// Rejects members of `body` outside `allowed` (a typo must not be ignored);
+// InvalidArgument when `body` is not an object.
+absl::Status CheckFields(const Json& body,
+                         std::initializer_list<std::string_view> allowed);
 
 std::string FormatTimestamp(absl::Time t);
 absl::StatusOr<absl::Time> ParseTimestamp(std::string_view text,

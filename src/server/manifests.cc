@@ -65,17 +65,6 @@ absl::Status AddRepository(const YAML::Node& doc, int index,
   return absl::OkStatus();
 }
 
-const nlohmann::json* Member(const nlohmann::json& obj, const char* key) {
-  if (!obj.is_object()) return nullptr;
-  auto it = obj.find(key);
-  return it == obj.end() ? nullptr : &*it;
-}
-
-std::string StringMember(const nlohmann::json& obj, const char* key) {
-  const nlohmann::json* v = Member(obj, key);
-  return v != nullptr && v->is_string() ? v->get<std::string>() : "";
-}
-
 // The documents of a YAML stream, split at "---" lines (a line that is
 // "---" alone or followed by a space keeps what follows on it), with the
 // line each starts on. yaml-cpp's LoadAll is not used: on a stray flow
@@ -143,99 +132,6 @@ absl::StatusOr<std::vector<Repository>> ParseRepositoryManifests(
     return absl::InvalidArgumentError("Repository manifest: no Repository");
   }
   return out;
-}
-
-absl::StatusOr<PipelineRunScan> ParsePipelineRuns(const nlohmann::json& doc) {
-  std::vector<const nlohmann::json*> items;
-  if (!doc.is_object()) {
-    return absl::InvalidArgumentError("pipelineruns: must be a JSON object");
-  }
-  if (const nlohmann::json* list = Member(doc, "items"); list != nullptr) {
-    if (!list->is_array()) {
-      return absl::InvalidArgumentError("pipelineruns.items: must be an array");
-    }
-    for (const auto& item : *list) items.push_back(&item);
-  } else {
-    items.push_back(&doc);
-  }
-  PipelineRunScan scan;
-  std::vector<ImportedRun> queued;
-  for (size_t i = 0; i < items.size(); ++i) {
-    const nlohmann::json& pr = *items[i];
-    const nlohmann::json* meta = Member(pr, "metadata");
-    const std::string ns = meta ? StringMember(*meta, "namespace") : "";
-    const std::string name = meta ? StringMember(*meta, "name") : "";
-    const std::string run_key = Cat(ns, "/", name);
-    const nlohmann::json* ann = meta ? Member(*meta, "annotations") : nullptr;
-    const std::string state = ann ? StringMember(*ann, kStateAnnotation) : "";
-    const std::string repo =
-        ann ? StringMember(*ann, kRepositoryAnnotation) : "";
-    if (repo.empty()) {
-      scan.skipped.emplace_back(run_key, "no repository annotation");
-      continue;
-    }
-    if (state != "started" && state != "queued") {
-      scan.skipped.emplace_back(run_key, state.empty() ? "no state annotation"
-                                                       : Cat("state ", state));
-      continue;
-    }
-    ImportedRun run;
-    run.run_key = run_key;
-    run.repository_key = Cat(ns, "/", repo);
-    run.running = state == "started";
-    if (absl::Status s = ValidateKey(run.run_key, "pipeline_run"); !s.ok()) {
-      scan.skipped.emplace_back(run_key, std::string(s.message()));
-      continue;
-    }
-    if (absl::Status s = ValidateKey(run.repository_key, "repository");
-        !s.ok()) {
-      scan.skipped.emplace_back(run_key, std::string(s.message()));
-      continue;
-    }
-    auto created = ParseTimestamp(StringMember(*meta, "creationTimestamp"),
-                                  Cat(run_key, ": metadata.creationTimestamp"));
-    if (!created.ok()) {
-      scan.skipped.emplace_back(run_key,
-                                std::string(created.status().message()));
-      continue;
-    }
-    run.creation_time = *created;
-    const std::string order =
-        ann ? StringMember(*ann, kExecutionOrderAnnotation) : "";
-    int pos = 0;
-    size_t start = 0;
-    while (start <= order.size() && !order.empty()) {
-      size_t comma = order.find(',', start);
-      std::string part =
-          order.substr(start, comma == std::string::npos ? std::string::npos
-                                                         : comma - start);
-      if (part == run_key || part == name) {
-        run.order = pos;
-        break;
-      }
-      ++pos;
-      if (comma == std::string::npos) break;
-      start = comma + 1;
-    }
-    if (run.running) {
-      scan.runs.push_back(std::move(run));
-    } else {
-      queued.push_back(std::move(run));
-    }
-  }
-  auto key = [](const ImportedRun& r) {
-    return std::tie(r.creation_time, r.order, r.run_key);
-  };
-  std::stable_sort(scan.runs.begin(), scan.runs.end(),
-                   [&](const ImportedRun& a, const ImportedRun& b) {
-                     return key(a) < key(b);
-                   });
-  std::stable_sort(queued.begin(), queued.end(),
-                   [&](const ImportedRun& a, const ImportedRun& b) {
-                     return key(a) < key(b);
-                   });
-  for (auto& q : queued) scan.runs.push_back(std::move(q));
-  return scan;
 }
 
 }  // namespace pac::concurrency::server

@@ -19,23 +19,6 @@ namespace {
 constexpr size_t kMaxQueuedAtEntries = 100000;
 constexpr absl::Duration kWatchHeartbeat = absl::Seconds(10);
 
-// Rejects members of `body` outside `allowed` (a typo must not be ignored).
-absl::Status CheckFields(const Json& body,
-                         std::initializer_list<std::string_view> allowed) {
-  if (!body.is_object()) {
-    return absl::InvalidArgumentError("request body: must be a JSON object");
-  }
-  for (auto it = body.begin(); it != body.end(); ++it) {
-    bool known = false;
-    for (std::string_view a : allowed) known = known || it.key() == a;
-    if (!known) {
-      return absl::InvalidArgumentError(
-          Cat("request body: unknown field \"", it.key().substr(0, 64), "\""));
-    }
-  }
-  return absl::OkStatus();
-}
-
 absl::StatusOr<std::optional<int32_t>> OptionalLimit(const Json& body) {
   auto it = body.find("concurrency_limit");
   if (it == body.end() || it->is_null()) return std::optional<int32_t>();
@@ -356,82 +339,6 @@ absl::StatusOr<Json> Service::Cleanup(const Context& ctx,
   MutexLock lock(&mu_);
   repos_.erase(std::string(repo_key));
   return Json{{"repository", std::string(repo_key)}, {"cleaned", true}};
-}
-
-absl::StatusOr<Json> Service::Import(const Context& ctx, const Json& body) {
-  if (absl::Status s = CheckFields(body, {"pipelineruns", "repositories"});
-      !s.ok()) {
-    return s;
-  }
-  std::map<std::string, int32_t> limits;
-  Json repos_out = Json::array();
-  if (auto it = body.find("repositories"); it != body.end() && !it->is_null()) {
-    if (!it->is_string()) {
-      return absl::InvalidArgumentError(
-          "repositories: must be the manifests' YAML (or JSON) as a string");
-    }
-    auto repos = ParseRepositoryManifests(it->get<std::string>());
-    if (!repos.ok()) return repos.status();
-    for (const Repository& r : *repos) limits[r.Key()] = EffectiveLimit(r);
-  }
-  PipelineRunScan scan;
-  if (auto it = body.find("pipelineruns"); it != body.end() && !it->is_null()) {
-    auto parsed = ParsePipelineRuns(*it);
-    if (!parsed.ok()) return parsed.status();
-    scan = std::move(*parsed);
-  }
-  // Runs of repositories without a limit anywhere are skipped, not guessed.
-  for (const ImportedRun& r : scan.runs) {
-    if (limits.count(r.repository_key) != 0) continue;
-    auto recorded = driver_->GetRepositoryLimit(ctx, r.repository_key);
-    if (!recorded.ok()) return recorded.status();
-    if (recorded->has_value()) limits[r.repository_key] = **recorded;
-  }
-  // Limits first, so that the adopted runs count against them.
-  for (const auto& [key, limit] : limits) {
-    auto repo = Repository::FromKey(key, limit);
-    if (!repo.ok()) return repo.status();
-    auto one = SetLimitTo(ctx, *repo);
-    if (!one.ok()) return one.status();
-    repos_out.push_back(
-        Json{{"repository", key}, {"concurrency_limit", limit}});
-  }
-  Json running = Json::array(), queued = Json::array(),
-       admitted = Json::array(), skipped = Json::array();
-  for (const auto& [run, why] : scan.skipped) {
-    skipped.push_back(Json{{"pipeline_run", run}, {"reason", why}});
-  }
-  for (const ImportedRun& r : scan.runs) {
-    auto lit = limits.find(r.repository_key);
-    if (lit == limits.end()) {
-      skipped.push_back(
-          Json{{"pipeline_run", r.run_key},
-               {"reason", Cat("repository ", r.repository_key,
-                              " has no limit: include its manifest")}});
-      continue;
-    }
-    Repository repo = *Repository::FromKey(r.repository_key, lit->second);
-    AcquireOptions options;
-    options.creation_time = r.creation_time;
-    options.adopt_running = r.running;
-    auto res = driver_->AcquireSlot(ctx, repo, r.run_key, options);
-    if (!res.ok()) return res.status();
-    Seen(r.repository_key);
-    if (r.running) {
-      running.push_back(r.run_key);
-    } else if (res->acquired) {
-      admitted.push_back(r.run_key);
-    } else {
-      queued.push_back(Json{{"pipeline_run", r.run_key},
-                            {"repository", r.repository_key},
-                            {"position", res->position}});
-    }
-  }
-  return Json{{"repositories", repos_out},
-              {"running", running},
-              {"queued", queued},
-              {"admitted", admitted},
-              {"skipped", skipped}};
 }
 
 absl::Status Service::Watch(const Context& ctx, std::string_view repo_key,

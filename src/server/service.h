@@ -18,6 +18,7 @@
 #include "pac/concurrency/driver.h"
 #include "src/common/mutex.h"
 #include "src/server/api.h"
+#include "src/server/import_plan.h"
 #include "src/server/metrics.h"
 
 namespace pac::concurrency::server {
@@ -62,6 +63,10 @@ class Service final : public Api {
   // then "promoted", and its wait is observed).
   void NoteAdmitted(const std::vector<Lease>& leases, const char* how);
   absl::StatusOr<Json> SetLimitTo(const Context& ctx, const Repository& repo);
+  // Applies one repository's import plan (service_import.cc), appending to
+  // the report's lists.
+  absl::Status ApplyPlan(const Context& ctx, const RepositoryPlan& p,
+                         bool set_limit, Json& report);
   void CountError(const char* op, const absl::Status& s);
 
   Driver* const driver_;

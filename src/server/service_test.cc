@@ -286,17 +286,24 @@ TEST(ManifestsTest, BadManifestsNameTheProblem) {
 Json PipelineRun(const std::string& ns, const std::string& name,
                  const std::string& repo, const std::string& state,
                  const std::string& created, const std::string& order = "") {
-  Json ann = Json::object();
+  // As Pipelines-as-Code writes them: labels and annotations; a queued
+  // run is pending and names its event's runs (itself alone by default).
+  Json ann = Json::object(), labels = Json::object();
   if (!repo.empty()) ann["pipelinesascode.tekton.dev/repository"] = repo;
   if (!state.empty()) ann["pipelinesascode.tekton.dev/state"] = state;
-  if (!order.empty()) ann["pipelinesascode.tekton.dev/execution-order"] = order;
-  return Json{{"apiVersion", "tekton.dev/v1"},
-              {"kind", "PipelineRun"},
-              {"metadata",
-               {{"name", name},
-                {"namespace", ns},
-                {"creationTimestamp", created},
-                {"annotations", ann}}}};
+  labels = ann;
+  ann["pipelinesascode.tekton.dev/execution-order"] =
+      order.empty() ? ns + "/" + name : order;
+  Json pr = {{"apiVersion", "tekton.dev/v1"},
+             {"kind", "PipelineRun"},
+             {"metadata",
+              {{"name", name},
+               {"namespace", ns},
+               {"creationTimestamp", created},
+               {"labels", labels},
+               {"annotations", ann}}}};
+  if (state == "queued") pr["spec"] = {{"status", "PipelineRunPending"}};
+  return pr;
 }
 
 // Found by fuzz/manifest_fuzz: yaml-cpp's LoadAll looped forever (10 GB in
@@ -362,6 +369,20 @@ TEST_F(ServiceTest, ImportRebuildsRunningSetsAndQueuesInOrder) {
   // Importing again changes nothing.
   ASSERT_TRUE(service_->Import(ctx_, body).ok());
   EXPECT_THAT(Queued("ns/app"), ElementsAre("ns/q-b", "ns/q-a", "ns/q-late"));
+  // A batch as the CLI sends it, twice: nothing changes either.
+  RepositoryPlan plan;
+  plan.repository = "ns/app";
+  plan.limit = 2;
+  plan.adopt = {"ns/r1"};
+  plan.queue = {{"ns/q-a", absl::FromUnixSeconds(1)}};
+  Json batch = {{"batch", Json::array({RepositoryPlanToJson(plan, false)})}};
+  for (int i = 0; i < 2; ++i) {
+    auto again = service_->Import(ctx_, batch);
+    ASSERT_TRUE(again.ok()) << again.status();
+    EXPECT_EQ((*again)["queued"][0]["position"], 2);
+  }
+  EXPECT_THAT(Queued("ns/app"), ElementsAre("ns/q-b", "ns/q-a", "ns/q-late"));
+  EXPECT_THAT(Running("ns/app"), ElementsAre("ns/r1", "ns/r2", "ns/r3"));
   // Three hold slots under a limit of 2: the first release admits nobody,
   // the second admits the head of the queue.
   EXPECT_TRUE(
@@ -369,6 +390,44 @@ TEST_F(ServiceTest, ImportRebuildsRunningSetsAndQueuesInOrder) {
   auto second = service_->Release(ctx_, "ns/app", "ns/r2", "");
   ASSERT_EQ((*second)["admitted"].size(), 1u);
   EXPECT_EQ((*second)["admitted"][0]["pipeline_run"], "ns/q-b");
+}
+
+// Before, every re-import reported runs it had admitted the first time as
+// "admitted" again (the controller would start them twice).
+TEST_F(ServiceTest, AReimportReportsRunsItAdmittedBeforeAsAlreadyAdmitted) {
+  Json list{{"kind", "List"},
+            {"items", Json::array({PipelineRun("ns", "q1", "app", "queued",
+                                               "2026-01-01T10:00:00Z"),
+                                   PipelineRun("ns", "q2", "app", "queued",
+                                               "2026-01-01T10:00:01Z")})}};
+  Json body{{"pipelineruns", list},
+            {"repositories",
+             "kind: Repository\nmetadata: {name: app, namespace: ns}\n"
+             "spec: {concurrency_limit: 1}\n"}};
+  auto first = service_->Import(ctx_, body);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ((*first)["admitted"], Json::array({"ns/q1"}));
+  EXPECT_EQ((*first)["queued"].size(), 1u);
+  auto second = service_->Import(ctx_, body);
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ((*second)["admitted"], Json::array());
+  EXPECT_EQ((*second)["already_admitted"], Json::array({"ns/q1"}));
+  EXPECT_EQ((*second)["queued"][0]["pipeline_run"], "ns/q2");
+}
+
+// A Repository List given as PipelineRuns is one clear error, not a
+// "no repository annotation" per item; nothing is written.
+TEST_F(ServiceTest, ImportRefusesAListOfTheWrongKind) {
+  Json repos{
+      {"kind", "List"},
+      {"items",
+       Json::array({{{"kind", "Repository"},
+                     {"metadata", {{"name", "app"}, {"namespace", "ns"}}},
+                     {"spec", {{"concurrency_limit", 1}}}}})}};
+  auto r = service_->Import(ctx_, Json{{"pipelineruns", repos}});
+  ASSERT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(r.status().message()),
+              HasSubstr("wrong kind Repository"));
 }
 
 TEST_F(ServiceTest, ImportRejectsMalformedInput) {
@@ -380,6 +439,21 @@ TEST_F(ServiceTest, ImportRejectsMalformedInput) {
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(service_->Import(ctx_, Json{{"bogus", 1}}).status().code(),
             absl::StatusCode::kInvalidArgument);
+  // A batch with one bad entry writes nothing.
+  Json batch = {
+      {"batch",
+       Json::array(
+           {{{"repository", "ns/ok"},
+             {"concurrency_limit", 1},
+             {"set_limit", true},
+             {"adopt", Json::array({"ns/r"})}},
+            {{"repository", "ns/bad"},
+             {"concurrency_limit", 1},
+             {"queue", Json::array({{{"pipeline_run", "ns/x"},
+                                     {"queue_time", "yesterday"}}})}}})}};
+  EXPECT_EQ(service_->Import(ctx_, batch).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Running("ns/ok"), ::testing::IsEmpty());
 }
 
 }  // namespace

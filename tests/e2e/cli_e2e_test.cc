@@ -121,7 +121,9 @@ TEST(CliE2ETest, CommandsAgainstAServerGiveExitCodesAndJson) {
                      "pipelinesascode.tekton.dev/repository":"repo"}}},
     {"metadata":{"name":"next","namespace":"imp","creationTimestamp":"2026-01-01T00:01:00Z",
       "annotations":{"pipelinesascode.tekton.dev/state":"queued",
-                     "pipelinesascode.tekton.dev/repository":"repo"}}}]})");
+                     "pipelinesascode.tekton.dev/repository":"repo",
+                     "pipelinesascode.tekton.dev/execution-order":"imp/next"}},
+     "spec":{"status":"PipelineRunPending"}}]})");
   std::string repos =
       WriteFile("repos.yaml",
                 "kind: Repository\nmetadata: {name: repo, namespace: imp}\n"

@@ -1,0 +1,276 @@
+// Service::Import: rebuilding running sets and queues from a cluster's
+// PipelineRuns (docs/migration.md). Three request forms:
+//   {"pipelineruns": List, "repositories": "<yaml>"}  planned here
+//   {"batch": [repository plan, ...]}                  planned by the CLI
+//   {"limits_of": ["ns/name", ...]}                    the CLI's planning read
+// A plan (import_plan.h) is applied repository by repository, each run one
+// idempotent AcquireSlot, so a batch sent again changes nothing and an
+// interrupted import run again completes.
+#include "pac/concurrency/status.h"
+#include "src/common/strings.h"
+#include "src/server/import_plan.h"
+#include "src/server/manifests.h"
+#include "src/server/service.h"
+
+namespace pac::concurrency::server {
+
+using internal::Cat;
+
+namespace {
+
+// The most runs one request may carry in its batch: enough to amortize a
+// request, few enough to finish well inside the request timeout on every
+// backend (a run is one AcquireSlot: about a millisecond on PostgreSQL).
+constexpr size_t kMaxBatchRuns = 5000;
+constexpr size_t kMaxLimitLookups = 20000;
+
+absl::StatusOr<RepositoryPlan> PlanFromJson(const Json& j, size_t i,
+                                            bool* set_limit) {
+  const std::string where = Cat("batch[", i, "]");
+  if (absl::Status s = CheckFields(j, {"repository", "concurrency_limit",
+                                       "set_limit", "adopt", "queue"});
+      !s.ok()) {
+    return absl::InvalidArgumentError(Cat(where, ": ", s.message()));
+  }
+  RepositoryPlan p;
+  if (!j.contains("repository") || !j["repository"].is_string()) {
+    return absl::InvalidArgumentError(Cat(where, ".repository: required"));
+  }
+  p.repository = j["repository"].get<std::string>();
+  if (absl::Status s = ValidateKey(p.repository, Cat(where, ".repository"));
+      !s.ok()) {
+    return s;
+  }
+  if (!j.contains("concurrency_limit") ||
+      !j["concurrency_limit"].is_number_integer() ||
+      j["concurrency_limit"].get<int64_t>() < 1 ||
+      j["concurrency_limit"].get<int64_t>() > INT32_MAX) {
+    return absl::InvalidArgumentError(
+        Cat(where, ".concurrency_limit: a positive integer"));
+  }
+  p.limit = j["concurrency_limit"].get<int32_t>();
+  *set_limit = j.value("set_limit", false);
+  if (auto it = j.find("adopt"); it != j.end()) {
+    if (!it->is_array()) {
+      return absl::InvalidArgumentError(Cat(where, ".adopt: a list of runs"));
+    }
+    for (const Json& r : *it) {
+      if (!r.is_string()) {
+        return absl::InvalidArgumentError(Cat(where, ".adopt: run keys"));
+      }
+      p.adopt.push_back(r.get<std::string>());
+    }
+  }
+  if (auto it = j.find("queue"); it != j.end()) {
+    if (!it->is_array()) {
+      return absl::InvalidArgumentError(Cat(where, ".queue: a list"));
+    }
+    for (const Json& q : *it) {
+      if (!q.is_object() || !q.contains("pipeline_run") ||
+          !q["pipeline_run"].is_string() || !q.contains("queue_time") ||
+          !q["queue_time"].is_string()) {
+        return absl::InvalidArgumentError(
+            Cat(where, ".queue: {\"pipeline_run\", \"queue_time\"} objects"));
+      }
+      auto t = ParseTimestamp(q["queue_time"].get<std::string>(),
+                              Cat(where, ".queue_time"));
+      if (!t.ok()) return t.status();
+      p.queue.push_back({q["pipeline_run"].get<std::string>(), *t});
+    }
+  }
+  for (const std::string& r : p.adopt) {
+    if (absl::Status s = ValidateKey(r, Cat(where, ".adopt")); !s.ok()) {
+      return s;
+    }
+  }
+  for (const QueuedRun& q : p.queue) {
+    if (absl::Status s = ValidateKey(q.run, Cat(where, ".queue")); !s.ok()) {
+      return s;
+    }
+  }
+  return p;
+}
+
+}  // namespace
+
+Json RepositoryPlanToJson(const RepositoryPlan& p, bool set_limit) {
+  Json queue = Json::array();
+  for (const QueuedRun& q : p.queue) {
+    queue.push_back(Json{{"pipeline_run", q.run},
+                         {"queue_time", FormatTimestamp(q.queue_time)}});
+  }
+  Json out = {{"repository", p.repository},
+              {"concurrency_limit", p.limit},
+              {"adopt", p.adopt},
+              {"queue", std::move(queue)}};
+  if (set_limit) out["set_limit"] = true;
+  return out;
+}
+
+absl::Status Service::ApplyPlan(const Context& ctx, const RepositoryPlan& p,
+                                bool set_limit, Json& report) {
+  auto repo = Repository::FromKey(p.repository, p.limit);
+  if (!repo.ok()) return repo.status();
+  if (set_limit) {
+    auto one = SetLimitTo(ctx, *repo);
+    if (!one.ok()) return one.status();
+    for (const Json& l : (*one)["admitted"]) {
+      report["admitted"].push_back(l["pipeline_run"]);
+    }
+  }
+  // Which queued runs already held a slot before this import (an earlier
+  // run of it admitted them): not news for the controller.
+  auto before = driver_->GetRepositorySnapshot(ctx, p.repository);
+  if (!before.ok()) return before.status();
+  std::set<std::string> running_before;
+  for (const Lease& l : before->running) {
+    running_before.insert(l.pipeline_run_key);
+  }
+  // An adoption never evicts; it must not undo a limit changed meanwhile.
+  for (const std::string& run : p.adopt) {
+    AcquireOptions o;
+    o.adopt_running = true;
+    o.keep_recorded_limit = !set_limit;
+    auto res = driver_->AcquireSlot(ctx, *repo, run, o);
+    if (!res.ok()) return res.status();
+    report["running"].push_back(run);
+  }
+  for (const QueuedRun& q : p.queue) {
+    AcquireOptions o;
+    o.creation_time = q.queue_time;
+    o.keep_recorded_limit = !set_limit;
+    auto res = driver_->AcquireSlot(ctx, *repo, q.run, o);
+    if (!res.ok()) return res.status();
+    if (!res->acquired) {
+      report["queued"].push_back(Json{{"pipeline_run", q.run},
+                                      {"repository", p.repository},
+                                      {"position", res->position}});
+    } else if (running_before.count(q.run) != 0) {
+      report["already_admitted"].push_back(q.run);
+    } else {
+      NoteAdmitted({res->lease}, "acquired");
+      report["admitted"].push_back(q.run);
+    }
+  }
+  Seen(p.repository);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Json> Service::Import(const Context& ctx, const Json& body) {
+  if (absl::Status s = CheckFields(
+          body, {"pipelineruns", "repositories", "batch", "limits_of"});
+      !s.ok()) {
+    return s;
+  }
+  if (auto it = body.find("limits_of"); it != body.end()) {
+    if (body.size() != 1 || !it->is_array() || it->size() > kMaxLimitLookups) {
+      return absl::InvalidArgumentError(
+          Cat("limits_of: a list of at most ", kMaxLimitLookups,
+              " repository keys, alone in the request"));
+    }
+    Json limits = Json::object();
+    for (const Json& k : *it) {
+      if (!k.is_string()) {
+        return absl::InvalidArgumentError("limits_of: repository keys");
+      }
+      const std::string key = k.get<std::string>();
+      if (absl::Status s = ValidateKey(key, "limits_of"); !s.ok()) return s;
+      auto limit = driver_->GetRepositoryLimit(ctx, key);
+      if (!limit.ok()) return limit.status();
+      if (limit->has_value()) limits[key] = **limit;
+    }
+    return Json{{"limits", std::move(limits)}};
+  }
+  Json report = {{"repositories", Json::array()},
+                 {"running", Json::array()},
+                 {"queued", Json::array()},
+                 {"admitted", Json::array()},
+                 {"already_admitted", Json::array()},
+                 {"skipped", Json::array()},
+                 {"notes", Json::array()}};
+  if (auto it = body.find("batch"); it != body.end()) {
+    if (body.size() != 1 || !it->is_array()) {
+      return absl::InvalidArgumentError(
+          "batch: a list of repository plans, alone in the request");
+    }
+    // Everything is read and checked before anything is written.
+    std::vector<std::pair<RepositoryPlan, bool>> plans;
+    size_t runs = 0;
+    for (size_t i = 0; i < it->size(); ++i) {
+      bool set_limit = false;
+      auto p = PlanFromJson((*it)[i], i, &set_limit);
+      if (!p.ok()) return p.status();
+      runs += p->adopt.size() + p->queue.size();
+      plans.emplace_back(*std::move(p), set_limit);
+    }
+    if (runs > kMaxBatchRuns) {
+      return absl::InvalidArgumentError(Cat("batch: ", runs, " runs; at most ",
+                                            kMaxBatchRuns, " per request"));
+    }
+    for (const auto& [p, set_limit] : plans) {
+      if (set_limit) {
+        report["repositories"].push_back(
+            Json{{"repository", p.repository}, {"concurrency_limit", p.limit}});
+      }
+      if (absl::Status s = ApplyPlan(ctx, p, set_limit, report); !s.ok()) {
+        return s;
+      }
+    }
+    return report;
+  }
+  std::map<std::string, int32_t> limits;
+  if (auto it = body.find("repositories"); it != body.end() && !it->is_null()) {
+    if (!it->is_string()) {
+      return absl::InvalidArgumentError(
+          "repositories: must be the manifests' YAML (or JSON) as a string");
+    }
+    auto repos = ParseRepositoryManifests(it->get<std::string>());
+    if (!repos.ok()) return repos.status();
+    for (const Repository& r : *repos) limits[r.Key()] = EffectiveLimit(r);
+  }
+  std::vector<ExportedRun> runs;
+  if (auto it = body.find("pipelineruns"); it != body.end() && !it->is_null()) {
+    auto read = ReadPipelineRuns(*it);
+    if (!read.ok()) return read.status();
+    runs = *std::move(read);
+  }
+  const std::map<std::string, int32_t> from_manifests = limits;
+  // The limits the backend records for repositories without a manifest.
+  for (const ExportedRun& r : runs) {
+    const std::string repo = RepositoryOf(r);
+    if (repo.empty() || limits.count(repo) != 0 ||
+        !ValidateKey(repo, "repository").ok()) {
+      continue;
+    }
+    auto recorded = driver_->GetRepositoryLimit(ctx, repo);
+    if (!recorded.ok()) return recorded.status();
+    if (recorded->has_value()) limits[repo] = **recorded;
+  }
+  const ImportPlan plan = PlanImport(runs, limits);
+  // Limits first, so that the adopted runs count against them.
+  for (const auto& [key, limit] : from_manifests) {
+    auto repo = Repository::FromKey(key, limit);
+    if (!repo.ok()) return repo.status();
+    auto one = SetLimitTo(ctx, *repo);
+    if (!one.ok()) return one.status();
+    for (const Json& l : (*one)["admitted"]) {
+      report["admitted"].push_back(l["pipeline_run"]);
+    }
+    report["repositories"].push_back(
+        Json{{"repository", key}, {"concurrency_limit", limit}});
+  }
+  for (const RepositoryPlan& p : plan.repositories) {
+    if (absl::Status s = ApplyPlan(ctx, p, /*set_limit=*/false, report);
+        !s.ok()) {
+      return s;
+    }
+  }
+  for (const SkippedRun& s : plan.skipped) {
+    report["skipped"].push_back(
+        Json{{"pipeline_run", s.run}, {"reason", s.reason}});
+  }
+  for (const std::string& n : plan.notes) report["notes"].push_back(n);
+  return report;
+}
+
+}  // namespace pac::concurrency::server
