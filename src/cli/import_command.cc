@@ -1,59 +1,405 @@
-// `pac-concurrency import --pipelineruns prs.json [--repositories r.yaml]`:
-// rebuilds running sets and queues from a cluster's PipelineRuns (the
-// Pipelines-as-Code annotations) and its Repository manifests.
-#include <cstdio>
+// `pac-concurrency import --pipelineruns F|- [--repositories F|-]
+// [--dry-run] [--progress] [--batch-size N]`: rebuilds running sets and
+// queues from a cluster's PipelineRuns and Repository manifests
+// (docs/migration.md). The export is read as a stream and trimmed
+// (export_reader.h), planned here by Pipelines-as-Code's rules
+// (import_plan.h), and sent in batches of planned runs, each one request
+// the server applies idempotently, retried when the answer was lost.
+#include <unistd.h>
 
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <set>
+
+#include "pac/concurrency/status.h"
 #include "src/cli/cli.h"
 #include "src/common/escape.h"
 #include "src/common/strings.h"
+#include "src/server/export_reader.h"
+#include "src/server/import_plan.h"
+#include "src/server/manifests.h"
 
 namespace pac::concurrency::cli {
 
 using internal::Cat;
+using server::ExportedRun;
+using server::ImportPlan;
+using server::RepositoryPlan;
 
 namespace {
 
-int Import(const GlobalOptions& g, const std::string& prs,
-           const std::string& repos) {
-  if (prs.empty() && repos.empty()) {
-    return Fail(absl::InvalidArgumentError(
-        "give --pipelineruns (kubectl get pipelineruns -A -o json) and/or "
-        "--repositories (kubectl get repositories -A -o yaml)"));
+struct ImportFlags {
+  std::string prs, repos;
+  bool dry_run = false;
+  bool progress = false;
+  int batch_size = 1000;
+};
+
+// A progress line on stderr, rewritten at most four times a second; on a
+// terminal, or everywhere with --progress.
+class Progress {
+ public:
+  explicit Progress(bool force) : on_(force || isatty(2) != 0) {}
+  void Say(const std::string& line, bool last = false) {
+    if (!on_) return;
+    const absl::Time now = absl::Now();
+    if (!last && now - shown_ < absl::Milliseconds(250)) return;
+    shown_ = now;
+    std::fprintf(stderr, "\r%s\033[K%s", line.c_str(), last ? "\n" : "");
+    std::fflush(stderr);
   }
-  Json body = Json::object();
-  if (!prs.empty()) {
-    auto text = ReadFile(prs, "--pipelineruns");
-    if (!text.ok()) return Fail(text.status());
-    auto doc = server::ParseJson(*text, "--pipelineruns");
-    if (!doc.ok()) {
-      return Fail(absl::InvalidArgumentError(
-          Cat(doc.status().message(),
-              " (use kubectl get pipelineruns -A -o json)")));
+
+ private:
+  const bool on_;
+  absl::Time shown_ = absl::InfinitePast();
+};
+
+std::string Rate(double n, absl::Duration d) {
+  const double s = std::max(absl::ToDoubleSeconds(d), 1e-3);
+  return Cat(static_cast<int64_t>(n / s), "/s");
+}
+
+absl::StatusOr<std::string> ReadInput(const std::string& path,
+                                      std::string_view what) {
+  if (path != "-") return ReadFile(path, what);
+  std::string text((std::istreambuf_iterator<char>(std::cin)),
+                   std::istreambuf_iterator<char>());
+  return text;
+}
+
+// The export's runs, read as a stream.
+absl::StatusOr<std::vector<ExportedRun>> ReadRuns(const std::string& path,
+                                                  Progress& progress) {
+  std::ifstream file;
+  std::istream* in = &std::cin;
+  int64_t size = -1;
+  if (path != "-") {
+    file.open(path, std::ios::binary | std::ios::ate);
+    if (!file) {
+      return absl::InvalidArgumentError(
+          Cat("--pipelineruns: cannot read file \"", path, "\""));
     }
-    body["pipelineruns"] = *std::move(doc);
+    size = static_cast<int64_t>(file.tellg());
+    file.seekg(0);
+    in = &file;
   }
-  if (!repos.empty()) {
-    auto text = ReadFile(repos, "--repositories");
+  std::vector<ExportedRun> runs;
+  const absl::Time start = absl::Now();
+  absl::Status s =
+      server::ReadPipelineRunExport(*in, "--pipelineruns", [&](ExportedRun r) {
+        runs.push_back(std::move(r));
+        std::string line = Cat("reading: ", runs.size(), " runs");
+        if (size > 0) {
+          const int64_t at = static_cast<int64_t>(in->tellg());
+          if (at > 0) absl::StrAppend(&line, ", ", at * 100 / size, "%");
+        }
+        progress.Say(Cat(line, ", ", Rate(runs.size(), absl::Now() - start)));
+        return absl::OkStatus();
+      });
+  if (!s.ok()) return s;
+  progress.Say(Cat("read ", runs.size(), " runs in ",
+                   absl::FormatDuration(absl::Trunc(absl::Now() - start,
+                                                    absl::Milliseconds(1)))),
+               true);
+  return runs;
+}
+
+// One request, retried (twice, after 1 s and 2 s) when its answer may have
+// been lost: every batch is idempotent.
+absl::StatusOr<Json> Send(server::Api& api, const Context& overall,
+                          const Json& body) {
+  absl::Status last;
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    if (attempt > 0) absl::SleepFor(absl::Seconds(attempt));
+    if (absl::Status s = overall.Err(); !s.ok()) return s;
+    Context ctx = Context::WithTimeout(overall, absl::Seconds(60));
+    auto r = api.Import(ctx, body);
+    if (r.ok()) return r;
+    last = r.status();
+    const bool lost = last.code() == absl::StatusCode::kUnavailable ||
+                      (last.code() == absl::StatusCode::kDeadlineExceeded &&
+                       overall.Err().ok());
+    if (!lost) break;
+  }
+  return last;
+}
+
+// The limits the backend records for the repositories the runs name that
+// no manifest gave.
+absl::Status LookUpLimits(server::Api& api, const Context& ctx,
+                          const std::vector<ExportedRun>& runs,
+                          std::map<std::string, int32_t>& limits) {
+  std::set<std::string> wanted;
+  for (const ExportedRun& r : runs) {
+    const std::string repo = server::RepositoryOf(r);
+    if (!repo.empty() && limits.count(repo) == 0 &&
+        ValidateKey(repo, "repository").ok()) {
+      wanted.insert(repo);
+    }
+  }
+  std::vector<std::string> keys(wanted.begin(), wanted.end());
+  for (size_t i = 0; i < keys.size(); i += 10000) {
+    Json part = Json::array();
+    for (size_t j = i; j < std::min(keys.size(), i + 10000); ++j) {
+      part.push_back(keys[j]);
+    }
+    auto r = Send(api, ctx, Json{{"limits_of", std::move(part)}});
+    if (!r.ok()) return r.status();
+    for (const auto& [k, v] : (*r)["limits"].items()) {
+      limits[k] = v.get<int32_t>();
+    }
+  }
+  return absl::OkStatus();
+}
+
+// The plan, and per repository what the import would admit given what the
+// backend holds now (one status read per repository).
+absl::StatusOr<Json> DryRunReport(
+    server::Api& api, const Context& ctx, const ImportPlan& plan,
+    const std::map<std::string, int32_t>& from_manifests) {
+  Json repos = Json::array();
+  for (const RepositoryPlan& p : plan.repositories) {
+    auto status = api.Status(ctx, p.repository);
+    if (!status.ok()) return status.status();
+    std::set<std::string> holding;
+    for (const Json& l : (*status)["running"]) {
+      holding.insert(l.value("pipeline_run", ""));
+    }
+    for (const std::string& a : p.adopt) holding.insert(a);
+    Json queue = Json::array(), start = Json::array(), already = Json::array();
+    size_t free = holding.size() < static_cast<size_t>(p.limit)
+                      ? p.limit - holding.size()
+                      : 0;
+    for (const server::QueuedRun& q : p.queue) {
+      queue.push_back(q.run);
+      if (holding.count(q.run) != 0) {
+        already.push_back(q.run);
+      } else if (free > 0) {
+        --free;
+        start.push_back(q.run);
+      }
+    }
+    repos.push_back(
+        Json{{"repository", p.repository},
+             {"concurrency_limit", p.limit},
+             {"limit_from",
+              from_manifests.count(p.repository) != 0 ? "manifest" : "backend"},
+             {"adopt", p.adopt},
+             {"queue", std::move(queue)},
+             {"start_now", std::move(start)},
+             {"already_admitted", std::move(already)}});
+  }
+  Json skipped = Json::array();
+  for (const server::SkippedRun& s : plan.skipped) {
+    skipped.push_back(Json{{"pipeline_run", s.run}, {"reason", s.reason}});
+  }
+  return Json{{"dry_run", true},
+              {"repositories", std::move(repos)},
+              {"skipped", std::move(skipped)},
+              {"notes", plan.notes}};
+}
+
+void PrintDryRun(const Json& d) {
+  for (const Json& r : d["repositories"]) {
+    std::printf("%s (limit %d, from its %s)\n",
+                r["repository"].get<std::string>().c_str(),
+                r["concurrency_limit"].get<int>(),
+                r["limit_from"].get<std::string>().c_str());
+    for (const Json& a : r["adopt"]) {
+      std::printf("  adopt      %s\n", a.get<std::string>().c_str());
+    }
+    auto in = [](const Json& list, const Json& v) {
+      return std::find(list.begin(), list.end(), v) != list.end();
+    };
+    size_t i = 0;
+    for (const Json& q : r["queue"]) {
+      ++i;
+      std::printf("  queue #%-3zu %s%s\n", i, q.get<std::string>().c_str(),
+                  in(r["start_now"], q)          ? "  (admitted: start it now)"
+                  : in(r["already_admitted"], q) ? "  (admitted before)"
+                                                 : "");
+    }
+  }
+  for (const Json& s : d["skipped"]) {
+    std::printf("skipped %s: %s\n",
+                s["pipeline_run"].get<std::string>().c_str(),
+                s["reason"].get<std::string>().c_str());
+  }
+  for (const Json& n : d["notes"]) {
+    std::printf("note: %s\n", n.get<std::string>().c_str());
+  }
+  std::printf("dry run: nothing written\n");
+}
+
+// The batches: repository plans cut so that no request carries more than
+// `size` runs (a long queue spans several, in order). A repository whose
+// limit came from a manifest records it in its first part.
+std::vector<Json> Batches(const ImportPlan& plan,
+                          const std::map<std::string, int32_t>& from_manifests,
+                          size_t size) {
+  std::vector<Json> out;
+  Json cur = Json::array();
+  size_t n = 0;
+  auto flush = [&] {
+    if (!cur.empty()) out.push_back(Json{{"batch", std::move(cur)}});
+    cur = Json::array();
+    n = 0;
+  };
+  std::set<std::string> planned;
+  for (const RepositoryPlan& p : plan.repositories) {
+    planned.insert(p.repository);
+    bool first = true;
+    size_t a = 0, q = 0;
+    while (first || a < p.adopt.size() || q < p.queue.size()) {
+      if (n >= size) flush();
+      RepositoryPlan part;
+      part.repository = p.repository;
+      part.limit = p.limit;
+      for (; a < p.adopt.size() && n < size; ++a, ++n) {
+        part.adopt.push_back(p.adopt[a]);
+      }
+      for (; q < p.queue.size() && n < size; ++q, ++n) {
+        part.queue.push_back(p.queue[q]);
+      }
+      cur.push_back(server::RepositoryPlanToJson(
+          part, first && from_manifests.count(p.repository) != 0));
+      first = false;
+    }
+  }
+  // Manifests of repositories with no run to import: their limits.
+  for (const auto& [key, limit] : from_manifests) {
+    if (planned.count(key) != 0) continue;
+    if (n >= size) flush();
+    RepositoryPlan part;
+    part.repository = key;
+    part.limit = limit;
+    if (limit > 0) {
+      cur.push_back(server::RepositoryPlanToJson(part, true));
+      ++n;
+    }
+  }
+  flush();
+  return out;
+}
+
+// An import that stopped part way: what was done stays, and the same
+// command run again completes it.
+int Stopped(const absl::Status& s, size_t done, size_t total) {
+  std::fprintf(stderr,
+               "import stopped after %zu of %zu runs; running it again "
+               "completes it (every batch is idempotent)\n",
+               done, total);
+  return Fail(s);
+}
+
+int Import(const GlobalOptions& g, const ImportFlags& f) {
+  if (f.prs.empty() && f.repos.empty()) {
+    return Fail(absl::InvalidArgumentError(
+        "give --pipelineruns (kubectl get pipelineruns -A -o json, or -o "
+        "yaml; - for stdin) and/or --repositories (kubectl get repositories "
+        "-A -o yaml)"));
+  }
+  if (f.prs == "-" && f.repos == "-") {
+    return Fail(absl::InvalidArgumentError(
+        "--pipelineruns and --repositories cannot both read stdin (-)"));
+  }
+  if (f.batch_size < 1 || f.batch_size > 5000) {
+    return Fail(absl::InvalidArgumentError("--batch-size: 1 to 5000 runs"));
+  }
+  auto overall = CommandContext(g, absl::ZeroDuration());
+  if (!overall.ok()) return Fail(overall.status());
+  Progress progress(f.progress);
+  std::map<std::string, int32_t> from_manifests;
+  if (!f.repos.empty()) {
+    auto text = ReadInput(f.repos, "--repositories");
     if (!text.ok()) return Fail(text.status());
     if (size_t bad = 0; !internal::IsValidUtf8(*text, &bad)) {
       return Fail(absl::InvalidArgumentError(Cat(
           "--repositories: byte ", bad, " is not valid UTF-8 (",
           internal::EscapeBytes(std::string_view(*text).substr(bad, 1)), ")")));
     }
-    body["repositories"] = *text;
+    auto repos = server::ParseRepositoryManifests(*text);
+    if (!repos.ok()) return Fail(repos.status());
+    for (const Repository& r : *repos)
+      from_manifests[r.Key()] = EffectiveLimit(r);
   }
-  auto ctx = CommandContext(g, absl::Minutes(5));
-  if (!ctx.ok()) return Fail(ctx.status());
+  std::vector<ExportedRun> runs;
+  if (!f.prs.empty()) {
+    auto read = ReadRuns(f.prs, progress);
+    if (!read.ok()) return Fail(read.status());
+    runs = *std::move(read);
+  }
   auto api = OpenApi(g);
   if (!api.ok()) return Fail(api.status());
-  auto r = (*api)->api->Import(*ctx, body);
-  if (!r.ok()) return Fail(r.status());
-  Print(g, *r, [](const Json& d) {
+  std::map<std::string, int32_t> limits = from_manifests;
+  if (absl::Status s = LookUpLimits(*(*api)->api, *overall, runs, limits);
+      !s.ok()) {
+    return Stopped(s, 0, runs.size());
+  }
+  const ImportPlan plan = server::PlanImport(runs, limits);
+  runs.clear();
+  runs.shrink_to_fit();
+  if (f.dry_run) {
+    auto d = DryRunReport(*(*api)->api, *overall, plan, from_manifests);
+    if (!d.ok()) return Fail(d.status());
+    Print(g, *d, PrintDryRun);
+    return kExitOk;
+  }
+  Json report = {{"repositories", Json::array()},
+                 {"running", Json::array()},
+                 {"admitted", Json::array()},
+                 {"already_admitted", Json::array()},
+                 {"queued", Json::array()},
+                 {"skipped", Json::array()},
+                 {"notes", plan.notes}};
+  const std::vector<Json> batches =
+      Batches(plan, from_manifests, static_cast<size_t>(f.batch_size));
+  const size_t total = plan.runs();
+  size_t done = 0;
+  const absl::Time start = absl::Now();
+  for (const Json& batch : batches) {
+    auto r = Send(*(*api)->api, *overall, batch);
+    if (!r.ok()) return Stopped(r.status(), done, total);
+    for (const char* k : {"repositories", "running", "admitted",
+                          "already_admitted", "queued"}) {
+      for (Json& v : (*r)[k]) report[k].push_back(std::move(v));
+    }
+    for (const Json& p : batch["batch"]) {
+      done += p["adopt"].size() + p["queue"].size();
+    }
+    const absl::Duration took = absl::Now() - start;
+    const double per_s = done / std::max(absl::ToDoubleSeconds(took), 1e-3);
+    progress.Say(Cat("importing: ", done, "/", total, " runs, ",
+                     Rate(done, took), ", ETA ",
+                     HumanSeconds(per_s > 0 ? (total - done) / per_s : 0)));
+  }
+  progress.Say(Cat("imported ", done, " runs in ",
+                   absl::FormatDuration(absl::Trunc(absl::Now() - start,
+                                                    absl::Milliseconds(1)))),
+               true);
+  for (const server::SkippedRun& s : plan.skipped) {
+    report["skipped"].push_back(
+        Json{{"pipeline_run", s.run}, {"reason", s.reason}});
+  }
+  Print(g, report, [](const Json& d) {
     std::printf(
-        "repositories %zu, running %zu, queued %zu, admitted %zu, "
-        "skipped %zu\n",
-        d["repositories"].size(), d["running"].size(), d["queued"].size(),
-        d["admitted"].size(), d["skipped"].size());
+        "repositories %zu, running %zu, admitted %zu (start them now), "
+        "already admitted %zu, queued %zu, skipped %zu\n",
+        d["repositories"].size(), d["running"].size(), d["admitted"].size(),
+        d["already_admitted"].size(), d["queued"].size(), d["skipped"].size());
+    for (const Json& r : d["running"]) {
+      std::printf("  running  %s\n", r.get<std::string>().c_str());
+    }
+    for (const Json& r : d["admitted"]) {
+      std::printf("  admitted %s (start it now)\n",
+                  r.get<std::string>().c_str());
+    }
+    for (const Json& r : d["already_admitted"]) {
+      std::printf("  admitted %s (before this import)\n",
+                  r.get<std::string>().c_str());
+    }
     for (const Json& q : d["queued"]) {
       std::printf("  queued   %s #%lld\n",
                   q["pipeline_run"].get<std::string>().c_str(),
@@ -64,6 +410,9 @@ int Import(const GlobalOptions& g, const std::string& prs,
                   s["pipeline_run"].get<std::string>().c_str(),
                   s["reason"].get<std::string>().c_str());
     }
+    for (const Json& n : d["notes"]) {
+      std::printf("  note     %s\n", n.get<std::string>().c_str());
+    }
   });
   return kExitOk;
 }
@@ -71,19 +420,28 @@ int Import(const GlobalOptions& g, const std::string& prs,
 }  // namespace
 
 void RegisterImportCommand(CLI::App& app, GlobalOptions& g, Runner* run) {
-  auto prs = std::make_shared<std::string>();
-  auto repos = std::make_shared<std::string>();
+  auto f = std::make_shared<ImportFlags>();
   CLI::App* cmd = app.add_subcommand(
       "import",
-      "Rebuild queues from kubectl output (Pipelines-as-Code "
-      "annotations) and Repository manifests");
-  cmd->add_option("--pipelineruns", *prs,
-                  "Output of kubectl get pipelineruns -A -o json");
-  cmd->add_option("--repositories", *repos,
-                  "Repository manifests (kubectl get repositories -A -o yaml)");
-  cmd->callback([&g, prs, repos, run] {
-    *run = [&g, prs, repos] { return Import(g, *prs, *repos); };
-  });
+      "Rebuild running sets and queues from kubectl output by "
+      "Pipelines-as-Code's rules (docs/migration.md)");
+  cmd->add_option("--pipelineruns", f->prs,
+                  "kubectl get pipelineruns -A -o json (or -o yaml); - for "
+                  "stdin; read as a stream, any size");
+  cmd->add_option("--repositories", f->repos,
+                  "Repository manifests (kubectl get repositories -A -o "
+                  "yaml); - for stdin");
+  cmd->add_flag("--dry-run", f->dry_run,
+                "Print the plan per repository (adopted, queued in order, "
+                "skipped with reasons); write nothing");
+  cmd->add_flag("--progress", f->progress,
+                "Show the progress line on stderr also when it is not a "
+                "terminal");
+  cmd->add_option("--batch-size", f->batch_size,
+                  "Runs per request (1-5000; each request is applied "
+                  "idempotently)")
+      ->capture_default_str();
+  cmd->callback([&g, f, run] { *run = [&g, f] { return Import(g, *f); }; });
 }
 
 }  // namespace pac::concurrency::cli

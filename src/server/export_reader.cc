@@ -21,6 +21,10 @@ using internal::Cat;
 // kept.
 class RunCollector {
  public:
+  // A PipelineRun is a few levels deep; deeper input is refused (it
+  // crashed the whole-document parser once: docs/api.md).
+  static constexpr size_t kMaxDepth = 128;
+
   RunCollector(std::string_view what,
                const std::function<absl::Status(ExportedRun)>& on_run)
       : what_(what), on_run_(on_run) {}
@@ -34,6 +38,12 @@ class RunCollector {
   void StartContainer(bool object) {
     if (!ok()) return;
     const size_t depth = stack_.size();
+    if (depth >= kMaxDepth) {
+      Fail(absl::InvalidArgumentError(Cat(what_, ": nested deeper than ",
+                                          kMaxDepth,
+                                          " levels (not a kubectl export)")));
+      return;
+    }
     if (object && depth == 0) {
       // The root: a List, or the run itself (decided at its end).
       Begin(1);
@@ -218,7 +228,8 @@ class JsonSax {
     if (size_t at = why.find("syntax error"); at != std::string::npos) {
       why = why.substr(at);
     }
-    error = Cat("not valid JSON at byte ", position, ": ", why);
+    error = Cat("not valid JSON at byte ", position, ": ",
+                internal::EscapeBytes(why.substr(0, 200)));
     return false;
   }
   std::string error;

@@ -166,7 +166,7 @@ TEST(CliE2ETest, BadBytesUrlsAndDeepJsonAreExit2WithAMessage) {
       {{"--server", u, "import", "--pipelineruns", deep},
        "nested deeper than 128 levels"},
       {{"--server", u, "import", "--pipelineruns", bad_json},
-       "not UTF-8: \\xff"},
+       "ill-formed UTF-8 byte; last read: '\"\\xff'"},
       {{"--server", u, "import", "--repositories", bad_yaml},
        "--repositories: byte 37 is not valid UTF-8 (\\xff)"},
   };
