@@ -49,6 +49,10 @@ class RunCollector {
       Begin(1);
     } else if (!object && depth == 1 && stack_[0].object &&
                stack_[0].key == "items") {
+      if (saw_list_) {
+        Fail(absl::InvalidArgumentError(Cat(what_, ": items given twice")));
+        return;
+      }
       // A List: its items are the runs, not the root.
       in_list_ = saw_list_ = true;
       item_depth_ = 0;
@@ -82,9 +86,11 @@ class RunCollector {
     stack_.back().key = std::move(key);
   }
 
-  void Scalar(const std::string& value) {
+  // A string, or another scalar (a JSON number, true, null: never a value
+  // the import reads).
+  void Scalar(const std::string& value, bool is_string) {
     if (!ok()) return;
-    if (item_depth_ > 0) Keep(value);
+    if (item_depth_ > 0 && is_string) Keep(value);
     if (!stack_.empty() && !stack_.back().object) ++stack_.back().index;
   }
 
@@ -195,13 +201,13 @@ class RunCollector {
 class JsonSax {
  public:
   explicit JsonSax(RunCollector& c) : c_(c) {}
-  bool null() { return Scalar(""); }
-  bool boolean(bool v) { return Scalar(v ? "true" : "false"); }
-  bool number_integer(int64_t v) { return Scalar(std::to_string(v)); }
-  bool number_unsigned(uint64_t v) { return Scalar(std::to_string(v)); }
-  bool number_float(double, const std::string& s) { return Scalar(s); }
-  bool string(std::string& s) { return Scalar(s); }
-  bool binary(std::vector<uint8_t>&) { return Scalar(""); }
+  bool null() { return Scalar("", false); }
+  bool boolean(bool) { return Scalar("", false); }
+  bool number_integer(int64_t) { return Scalar("", false); }
+  bool number_unsigned(uint64_t) { return Scalar("", false); }
+  bool number_float(double, const std::string&) { return Scalar("", false); }
+  bool string(std::string& s) { return Scalar(s, true); }
+  bool binary(std::vector<uint8_t>&) { return Scalar("", false); }
   bool start_object(size_t) {
     c_.StartContainer(true);
     return c_.ok();
@@ -235,8 +241,8 @@ class JsonSax {
   std::string error;
 
  private:
-  bool Scalar(const std::string& v) {
-    c_.Scalar(v);
+  bool Scalar(const std::string& v, bool is_string) {
+    c_.Scalar(v, is_string);
     return c_.ok();
   }
   RunCollector& c_;
@@ -250,6 +256,7 @@ class YamlEvents final : public YAML::EventHandler {
   void OnDocumentStart(const YAML::Mark&) override { events_ = 0; }
   void OnDocumentEnd() override { c_.EndDocument(); }
   void OnNull(const YAML::Mark&, YAML::anchor_t) override { Value(""); }
+  // (A null value reads as "", which the import treats as absent.)
   void OnAlias(const YAML::Mark&, YAML::anchor_t) override { Value(""); }
   void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t,
                 const std::string& value) override {
@@ -275,7 +282,7 @@ class YamlEvents final : public YAML::EventHandler {
       expect_key_.back() = false;
       return;
     }
-    c_.Scalar(v);
+    c_.Scalar(v, /*is_string=*/true);
     if (!maps_.empty() && maps_.back()) expect_key_.back() = true;
   }
   void Open(bool map) {
