@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <deque>
 #include <fstream>
 #include <iostream>
 #include <set>
@@ -69,9 +70,10 @@ absl::StatusOr<std::string> ReadInput(const std::string& path,
   return text;
 }
 
-// The export's runs, read as a stream.
-absl::StatusOr<std::vector<ExportedRun>> ReadRuns(const std::string& path,
-                                                  Progress& progress) {
+// The export's runs, read as a stream (into a deque: a vector's growth
+// would hold two copies of it for a moment).
+absl::StatusOr<std::deque<ExportedRun>> ReadRuns(const std::string& path,
+                                                 Progress& progress) {
   std::ifstream file;
   std::istream* in = &std::cin;
   int64_t size = -1;
@@ -85,7 +87,7 @@ absl::StatusOr<std::vector<ExportedRun>> ReadRuns(const std::string& path,
     file.seekg(0);
     in = &file;
   }
-  std::vector<ExportedRun> runs;
+  std::deque<ExportedRun> runs;
   const absl::Time start = absl::Now();
   absl::Status s =
       server::ReadPipelineRunExport(*in, "--pipelineruns", [&](ExportedRun r) {
@@ -129,7 +131,7 @@ absl::StatusOr<Json> Send(server::Api& api, const Context& overall,
 // The limits the backend records for the repositories the runs name that
 // no manifest gave.
 absl::Status LookUpLimits(server::Api& api, const Context& ctx,
-                          const std::vector<ExportedRun>& runs,
+                          const std::deque<ExportedRun>& runs,
                           std::map<std::string, int32_t>& limits) {
   std::set<std::string> wanted;
   for (const ExportedRun& r : runs) {
@@ -233,56 +235,154 @@ void PrintDryRun(const Json& d) {
   std::printf("dry run: nothing written\n");
 }
 
-// The batches: repository plans cut so that no request carries more than
-// `size` runs (a long queue spans several, in order). A repository whose
-// limit came from a manifest records it in its first part.
-std::vector<Json> Batches(const ImportPlan& plan,
-                          const std::map<std::string, int32_t>& from_manifests,
-                          size_t size) {
-  std::vector<Json> out;
-  Json cur = Json::array();
-  size_t n = 0;
-  auto flush = [&] {
-    if (!cur.empty()) out.push_back(Json{{"batch", std::move(cur)}});
-    cur = Json::array();
-    n = 0;
-  };
-  std::set<std::string> planned;
-  for (const RepositoryPlan& p : plan.repositories) {
-    planned.insert(p.repository);
-    bool first = true;
-    size_t a = 0, q = 0;
-    while (first || a < p.adopt.size() || q < p.queue.size()) {
-      if (n >= size) flush();
+// The batches, made one at a time: repository plans cut so that no
+// request carries more than `size` runs (a long queue spans several, in
+// order). A repository whose limit came from a manifest records it in its
+// first part; manifests of repositories with no run to import come last,
+// for their limits.
+class Batches {
+ public:
+  Batches(const ImportPlan& plan,
+          const std::map<std::string, int32_t>& from_manifests, size_t size)
+      : plan_(plan), from_manifests_(from_manifests), size_(size) {
+    for (const RepositoryPlan& p : plan.repositories) {
+      planned_.insert(p.repository);
+    }
+    manifest_ = from_manifests_.begin();
+  }
+
+  // The next request body, or false when all are made.
+  bool Next(Json* body) {
+    Json cur = Json::array();
+    size_t n = 0;
+    while (n < size_ && repo_ < plan_.repositories.size()) {
+      const RepositoryPlan& p = plan_.repositories[repo_];
       RepositoryPlan part;
       part.repository = p.repository;
       part.limit = p.limit;
-      for (; a < p.adopt.size() && n < size; ++a, ++n) {
-        part.adopt.push_back(p.adopt[a]);
+      for (; a_ < p.adopt.size() && n < size_; ++a_, ++n) {
+        part.adopt.push_back(p.adopt[a_]);
       }
-      for (; q < p.queue.size() && n < size; ++q, ++n) {
-        part.queue.push_back(p.queue[q]);
+      for (; q_ < p.queue.size() && n < size_; ++q_, ++n) {
+        part.queue.push_back(p.queue[q_]);
       }
       cur.push_back(server::RepositoryPlanToJson(
-          part, first && from_manifests.count(p.repository) != 0));
-      first = false;
+          part, a_ + q_ == part.adopt.size() + part.queue.size() &&
+                    from_manifests_.count(p.repository) != 0));
+      if (a_ == p.adopt.size() && q_ == p.queue.size()) {
+        ++repo_;
+        a_ = q_ = 0;
+      }
     }
-  }
-  // Manifests of repositories with no run to import: their limits.
-  for (const auto& [key, limit] : from_manifests) {
-    if (planned.count(key) != 0) continue;
-    if (n >= size) flush();
-    RepositoryPlan part;
-    part.repository = key;
-    part.limit = limit;
-    if (limit > 0) {
+    for (; n < size_ && manifest_ != from_manifests_.end(); ++manifest_) {
+      const auto& [key, limit] = *manifest_;
+      if (planned_.count(key) != 0 || limit <= 0) continue;
+      RepositoryPlan part;
+      part.repository = key;
+      part.limit = limit;
       cur.push_back(server::RepositoryPlanToJson(part, true));
       ++n;
     }
+    if (cur.empty()) return false;
+    *body = Json{{"batch", std::move(cur)}};
+    return true;
   }
-  flush();
-  return out;
-}
+
+ private:
+  const ImportPlan& plan_;
+  const std::map<std::string, int32_t>& from_manifests_;
+  const size_t size_;
+  std::set<std::string> planned_;
+  size_t repo_ = 0, a_ = 0, q_ = 0;  // the next run to send
+  std::map<std::string, int32_t>::const_iterator manifest_;
+};
+
+// What the import did, kept compact (a 100,000-run import answers 100,000
+// queue places) and printed as a table or streamed as one JSON document.
+struct Report {
+  Json repositories = Json::array();
+  std::vector<std::string> running, admitted, already_admitted;
+  struct Queued {
+    std::string run, repository;
+    int64_t position;
+  };
+  std::vector<Queued> queued;
+
+  // Takes in one batch's answer.
+  void Add(const Json& r) {
+    for (const Json& v : r["repositories"]) repositories.push_back(v);
+    for (auto [key, list] :
+         {std::pair{"running", &running}, std::pair{"admitted", &admitted},
+          std::pair{"already_admitted", &already_admitted}}) {
+      for (const Json& v : r[key]) list->push_back(v.get<std::string>());
+    }
+    for (const Json& q : r["queued"]) {
+      queued.push_back({q["pipeline_run"].get<std::string>(),
+                        q["repository"].get<std::string>(),
+                        q["position"].get<int64_t>()});
+    }
+  }
+
+  void PrintJson(const ImportPlan& plan) const {
+    auto strings = [](const char* key, const std::vector<std::string>& v) {
+      std::printf("\"%s\":[", key);
+      for (size_t i = 0; i < v.size(); ++i) {
+        std::printf("%s%s", i == 0 ? "" : ",",
+                    server::DumpSafe(Json(v[i])).c_str());
+      }
+      std::printf("],");
+    };
+    std::printf("{\"repositories\":%s,",
+                server::DumpSafe(repositories).c_str());
+    strings("running", running);
+    strings("admitted", admitted);
+    strings("already_admitted", already_admitted);
+    std::printf("\"queued\":[");
+    for (size_t i = 0; i < queued.size(); ++i) {
+      std::printf("%s%s", i == 0 ? "" : ",",
+                  server::DumpSafe(Json{{"pipeline_run", queued[i].run},
+                                        {"repository", queued[i].repository},
+                                        {"position", queued[i].position}})
+                      .c_str());
+    }
+    std::printf("],\"skipped\":[");
+    for (size_t i = 0; i < plan.skipped.size(); ++i) {
+      std::printf("%s%s", i == 0 ? "" : ",",
+                  server::DumpSafe(Json{{"pipeline_run", plan.skipped[i].run},
+                                        {"reason", plan.skipped[i].reason}})
+                      .c_str());
+    }
+    std::printf("],\"notes\":%s}\n",
+                server::DumpSafe(Json(plan.notes)).c_str());
+  }
+
+  void PrintTable(const ImportPlan& plan) const {
+    std::printf(
+        "repositories %zu, running %zu, admitted %zu (start them now), "
+        "already admitted %zu, queued %zu, skipped %zu\n",
+        repositories.size(), running.size(), admitted.size(),
+        already_admitted.size(), queued.size(), plan.skipped.size());
+    for (const std::string& r : running) {
+      std::printf("  running  %s\n", r.c_str());
+    }
+    for (const std::string& r : admitted) {
+      std::printf("  admitted %s (start it now)\n", r.c_str());
+    }
+    for (const std::string& r : already_admitted) {
+      std::printf("  admitted %s (before this import)\n", r.c_str());
+    }
+    for (const Queued& q : queued) {
+      std::printf("  queued   %s #%lld\n", q.run.c_str(),
+                  static_cast<long long>(q.position));
+    }
+    for (const server::SkippedRun& sk : plan.skipped) {
+      std::printf("  skipped  %s: %s\n", sk.run.c_str(), sk.reason.c_str());
+    }
+    for (const std::string& n : plan.notes) {
+      std::printf("  note     %s\n", n.c_str());
+    }
+  }
+};
 
 // An import that stopped part way: what was done stays, and the same
 // command run again completes it.
@@ -325,7 +425,7 @@ int Import(const GlobalOptions& g, const ImportFlags& f) {
     for (const Repository& r : *repos)
       from_manifests[r.Key()] = EffectiveLimit(r);
   }
-  std::vector<ExportedRun> runs;
+  std::deque<ExportedRun> runs;
   if (!f.prs.empty()) {
     auto read = ReadRuns(f.prs, progress);
     if (!read.ok()) return Fail(read.status());
@@ -338,34 +438,28 @@ int Import(const GlobalOptions& g, const ImportFlags& f) {
       !s.ok()) {
     return Stopped(s, 0, runs.size());
   }
-  const ImportPlan plan = server::PlanImport(runs, limits);
-  runs.clear();
-  runs.shrink_to_fit();
+  std::vector<const ExportedRun*> ptrs;
+  ptrs.reserve(runs.size());
+  for (const ExportedRun& r : runs) ptrs.push_back(&r);
+  const ImportPlan plan = server::PlanImport(ptrs, limits);
+  ptrs = {};
+  runs = {};
   if (f.dry_run) {
     auto d = DryRunReport(*(*api)->api, *overall, plan, from_manifests);
     if (!d.ok()) return Fail(d.status());
     Print(g, *d, PrintDryRun);
     return kExitOk;
   }
-  Json report = {{"repositories", Json::array()},
-                 {"running", Json::array()},
-                 {"admitted", Json::array()},
-                 {"already_admitted", Json::array()},
-                 {"queued", Json::array()},
-                 {"skipped", Json::array()},
-                 {"notes", plan.notes}};
-  const std::vector<Json> batches =
-      Batches(plan, from_manifests, static_cast<size_t>(f.batch_size));
+  Report report;
+  Batches batches(plan, from_manifests, static_cast<size_t>(f.batch_size));
   const size_t total = plan.runs();
   size_t done = 0;
   const absl::Time start = absl::Now();
-  for (const Json& batch : batches) {
+  Json batch;
+  while (batches.Next(&batch)) {
     auto r = Send(*(*api)->api, *overall, batch);
     if (!r.ok()) return Stopped(r.status(), done, total);
-    for (const char* k : {"repositories", "running", "admitted",
-                          "already_admitted", "queued"}) {
-      for (Json& v : (*r)[k]) report[k].push_back(std::move(v));
-    }
+    report.Add(*r);
     for (const Json& p : batch["batch"]) {
       done += p["adopt"].size() + p["queue"].size();
     }
@@ -379,41 +473,11 @@ int Import(const GlobalOptions& g, const ImportFlags& f) {
                    absl::FormatDuration(absl::Trunc(absl::Now() - start,
                                                     absl::Milliseconds(1)))),
                true);
-  for (const server::SkippedRun& s : plan.skipped) {
-    report["skipped"].push_back(
-        Json{{"pipeline_run", s.run}, {"reason", s.reason}});
+  if (g.output == "json") {
+    report.PrintJson(plan);
+  } else {
+    report.PrintTable(plan);
   }
-  Print(g, report, [](const Json& d) {
-    std::printf(
-        "repositories %zu, running %zu, admitted %zu (start them now), "
-        "already admitted %zu, queued %zu, skipped %zu\n",
-        d["repositories"].size(), d["running"].size(), d["admitted"].size(),
-        d["already_admitted"].size(), d["queued"].size(), d["skipped"].size());
-    for (const Json& r : d["running"]) {
-      std::printf("  running  %s\n", r.get<std::string>().c_str());
-    }
-    for (const Json& r : d["admitted"]) {
-      std::printf("  admitted %s (start it now)\n",
-                  r.get<std::string>().c_str());
-    }
-    for (const Json& r : d["already_admitted"]) {
-      std::printf("  admitted %s (before this import)\n",
-                  r.get<std::string>().c_str());
-    }
-    for (const Json& q : d["queued"]) {
-      std::printf("  queued   %s #%lld\n",
-                  q["pipeline_run"].get<std::string>().c_str(),
-                  static_cast<long long>(q["position"].get<int64_t>()));
-    }
-    for (const Json& s : d["skipped"]) {
-      std::printf("  skipped  %s: %s\n",
-                  s["pipeline_run"].get<std::string>().c_str(),
-                  s["reason"].get<std::string>().c_str());
-    }
-    for (const Json& n : d["notes"]) {
-      std::printf("  note     %s\n", n.get<std::string>().c_str());
-    }
-  });
   return kExitOk;
 }
 

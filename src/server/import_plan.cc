@@ -235,11 +235,20 @@ std::vector<QueuedRun> EventOrder(std::vector<Candidate*> cands, bool all_fit) {
 
 ImportPlan PlanImport(const std::vector<ExportedRun>& runs,
                       const std::map<std::string, int32_t>& limits) {
+  std::vector<const ExportedRun*> ptrs;
+  ptrs.reserve(runs.size());
+  for (const ExportedRun& r : runs) ptrs.push_back(&r);
+  return PlanImport(ptrs, limits);
+}
+
+ImportPlan PlanImport(std::span<const ExportedRun* const> runs,
+                      const std::map<std::string, int32_t>& limits) {
   ImportPlan plan;
   std::vector<Candidate> cands;
   cands.reserve(runs.size());
   std::unordered_set<std::string> seen;
-  for (const ExportedRun& r : runs) {
+  for (const ExportedRun* rp : runs) {
+    const ExportedRun& r = *rp;
     const std::string key = r.Key();
     const std::string repo = RepositoryOf(r);
     auto skip = [&](std::string why) {

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -109,6 +110,8 @@ struct ImportPlan {
 // creationTimestamp (ties: export order); each brings, in its
 // execution-order annotation's order, the runs of its event not placed
 // yet.
+ImportPlan PlanImport(std::span<const ExportedRun* const> runs,
+                      const std::map<std::string, int32_t>& limits);
 ImportPlan PlanImport(const std::vector<ExportedRun>& runs,
                       const std::map<std::string, int32_t>& limits);
 
