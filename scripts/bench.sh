@@ -5,7 +5,8 @@
 #  3. PostgreSQL driver vs. pgbench running the driver's own admission and
 #     release SQL against the same throwaway server, in the same run;
 #  4. etcd driver vs. a raw Put loop and raw Txn pairs over the same gRPC
-#     client, three runs on fresh servers, medians.
+#     client, three runs on fresh servers, medians;
+#  5. the import of 10k and 100k PipelineRuns through a server, per backend.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
@@ -69,3 +70,9 @@ for run in $(seq 1 "$ETCD_BENCH_RUNS"); do
 done
 echo "=== etcd: each run's ratios, then the median over the runs"
 python3 scripts/bench_ratios.py --etcd "${etcd_jsons[@]}"
+
+# The import at scale: 10k and 100k PipelineRuns (full objects) through a
+# server with default flags, each imported twice (scripts/import_bench.py).
+echo "=== import: 10,000 and 100,000 PipelineRuns through serve, twice each"
+python3 scripts/import_bench.py "$BUILD" memory,postgresql,etcd |
+  tee "$OUT/import_bench.txt"

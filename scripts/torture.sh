@@ -9,7 +9,7 @@
 #                                             # until >= 100,000 calls and
 #                                             # >= 50 faults of each kind
 #
-# `long` runs memory 300 s, PostgreSQL 600 s and etcd 900 s (TORTURE_SECONDS
+# `long` runs memory 300 s, PostgreSQL and etcd 900 s each (TORTURE_SECONDS
 # sets all three) and fails if a run falls short of those counts.
 # PostgreSQL: `short` needs the environment of scripts/pg-test-server.sh
 # start DIR; `long` starts a throwaway server when none is set. etcd runs a
@@ -41,7 +41,7 @@ long)
     source "$servers/pg/env"
   fi
   status=0
-  for run in memory:300 postgresql:600:--mixed etcd:900:--mixed; do
+  for run in memory:300 postgresql:900:--mixed etcd:900:--mixed; do
     IFS=: read -r backend seconds mixed <<<"$run"
     seconds=${TORTURE_SECONDS:-$seconds}
     echo "=== pac-torture --backend $backend --seconds $seconds $mixed"
