@@ -12,7 +12,9 @@
 #include <deque>
 #include <fstream>
 #include <iostream>
+#include <mutex>
 #include <set>
+#include <thread>
 
 #include "pac/concurrency/status.h"
 #include "src/cli/cli.h"
@@ -36,6 +38,7 @@ struct ImportFlags {
   bool dry_run = false;
   bool progress = false;
   int batch_size = 1000;
+  int parallel = 4;
 };
 
 // A progress line on stderr, rewritten at most four times a second; on a
@@ -242,21 +245,27 @@ void PrintDryRun(const Json& d) {
 // for their limits.
 class Batches {
  public:
+  // The repositories plan.repositories[i] for i in `repos`; with
+  // `manifests`, also the limits of repositories with no run.
   Batches(const ImportPlan& plan,
-          const std::map<std::string, int32_t>& from_manifests, size_t size)
-      : plan_(plan), from_manifests_(from_manifests), size_(size) {
+          const std::map<std::string, int32_t>& from_manifests, size_t size,
+          std::vector<size_t> repos, bool manifests)
+      : plan_(plan),
+        from_manifests_(from_manifests),
+        size_(size),
+        repos_(std::move(repos)) {
     for (const RepositoryPlan& p : plan.repositories) {
       planned_.insert(p.repository);
     }
-    manifest_ = from_manifests_.begin();
+    manifest_ = manifests ? from_manifests_.begin() : from_manifests_.end();
   }
 
   // The next request body, or false when all are made.
   bool Next(Json* body) {
     Json cur = Json::array();
     size_t n = 0;
-    while (n < size_ && repo_ < plan_.repositories.size()) {
-      const RepositoryPlan& p = plan_.repositories[repo_];
+    while (n < size_ && repo_ < repos_.size()) {
+      const RepositoryPlan& p = plan_.repositories[repos_[repo_]];
       RepositoryPlan part;
       part.repository = p.repository;
       part.limit = p.limit;
@@ -292,6 +301,7 @@ class Batches {
   const ImportPlan& plan_;
   const std::map<std::string, int32_t>& from_manifests_;
   const size_t size_;
+  const std::vector<size_t> repos_;
   std::set<std::string> planned_;
   size_t repo_ = 0, a_ = 0, q_ = 0;  // the next run to send
   std::map<std::string, int32_t>::const_iterator manifest_;
@@ -408,6 +418,9 @@ int Import(const GlobalOptions& g, const ImportFlags& f) {
   if (f.batch_size < 1 || f.batch_size > 5000) {
     return Fail(absl::InvalidArgumentError("--batch-size: 1 to 5000 runs"));
   }
+  if (f.parallel < 1 || f.parallel > 16) {
+    return Fail(absl::InvalidArgumentError("--parallel: 1 to 16"));
+  }
   auto overall = CommandContext(g, absl::ZeroDuration());
   if (!overall.ok()) return Fail(overall.status());
   Progress progress(f.progress);
@@ -450,25 +463,53 @@ int Import(const GlobalOptions& g, const ImportFlags& f) {
     Print(g, *d, PrintDryRun);
     return kExitOk;
   }
+  // Lanes: each sends the batches of its share of the repositories one
+  // after another (a repository's runs stay in order), the lanes at once.
   Report report;
-  Batches batches(plan, from_manifests, static_cast<size_t>(f.batch_size));
   const size_t total = plan.runs();
+  const size_t lanes = std::max<size_t>(
+      1, std::min<size_t>(f.parallel, plan.repositories.size()));
+  std::mutex mu;
   size_t done = 0;
+  absl::Status failed;
   const absl::Time start = absl::Now();
-  Json batch;
-  while (batches.Next(&batch)) {
-    auto r = Send(*(*api)->api, *overall, batch);
-    if (!r.ok()) return Stopped(r.status(), done, total);
-    report.Add(*r);
-    for (const Json& p : batch["batch"]) {
-      done += p["adopt"].size() + p["queue"].size();
+  auto lane = [&](size_t l) {
+    std::vector<size_t> mine;
+    for (size_t i = l; i < plan.repositories.size(); i += lanes) {
+      mine.push_back(i);
     }
-    const absl::Duration took = absl::Now() - start;
-    const double per_s = done / std::max(absl::ToDoubleSeconds(took), 1e-3);
-    progress.Say(Cat("importing: ", done, "/", total, " runs, ",
-                     Rate(done, took), ", ETA ",
-                     HumanSeconds(per_s > 0 ? (total - done) / per_s : 0)));
-  }
+    Batches batches(plan, from_manifests, static_cast<size_t>(f.batch_size),
+                    std::move(mine), /*manifests=*/l == 0);
+    Json batch;
+    while (batches.Next(&batch)) {
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        if (!failed.ok()) return;
+      }
+      auto r = Send(*(*api)->api, *overall, batch);
+      size_t runs = 0;
+      for (const Json& p : batch["batch"]) {
+        runs += p["adopt"].size() + p["queue"].size();
+      }
+      std::lock_guard<std::mutex> lock(mu);
+      if (!r.ok()) {
+        if (failed.ok()) failed = r.status();
+        return;
+      }
+      report.Add(*r);
+      done += runs;
+      const absl::Duration took = absl::Now() - start;
+      const double per_s = done / std::max(absl::ToDoubleSeconds(took), 1e-3);
+      progress.Say(Cat("importing: ", done, "/", total, " runs, ",
+                       Rate(done, took), ", ETA ",
+                       HumanSeconds(per_s > 0 ? (total - done) / per_s : 0)));
+    }
+  };
+  std::vector<std::thread> threads;
+  for (size_t l = 1; l < lanes; ++l) threads.emplace_back(lane, l);
+  lane(0);
+  for (std::thread& t : threads) t.join();
+  if (!failed.ok()) return Stopped(failed, done, total);
   progress.Say(Cat("imported ", done, " runs in ",
                    absl::FormatDuration(absl::Trunc(absl::Now() - start,
                                                     absl::Milliseconds(1)))),
@@ -501,6 +542,10 @@ void RegisterImportCommand(CLI::App& app, GlobalOptions& g, Runner* run) {
   cmd->add_flag("--progress", f->progress,
                 "Show the progress line on stderr also when it is not a "
                 "terminal");
+  cmd->add_option("--parallel", f->parallel,
+                  "Requests in flight at once, each for its own share of the "
+                  "repositories (1-16)")
+      ->capture_default_str();
   cmd->add_option("--batch-size", f->batch_size,
                   "Runs per request (1-5000; each request is applied "
                   "idempotently)")
