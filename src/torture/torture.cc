@@ -28,6 +28,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "pac/concurrency/concurrency.h"
+#include "pac/concurrency/status.h"
 #include "spdlog/sinks/stdout_sinks.h"
 #include "spdlog/spdlog.h"
 #include "src/torture/checker.h"
@@ -108,6 +109,13 @@ int RunWorkerProcess(const Flags& f) {
     Say(out.status().ToString());
     return 2;
   }
+  std::atomic<bool> stop{false}, abandon{false};
+  std::atomic<int64_t> pause{0};
+  std::thread([&stop, term] {
+    int sig = 0;
+    sigwait(&term, &sig);
+    stop = true;
+  }).detach();
   // The driver's log goes to this worker's log file (stderr).
   std::unique_ptr<Driver> driver;
   std::unique_ptr<Target> target;
@@ -117,21 +125,24 @@ int RunWorkerProcess(const Flags& f) {
     DriverOptions options;
     options.logger = spdlog::stderr_logger_mt("pac");
     options.logger->set_level(spdlog::level::info);
-    auto d = NewDriver(*config, options);
-    if (!d.ok()) {
-      Say(d.status().ToString());
-      return 2;
+    // A worker started while the backend is down (a fault in effect, or
+    // one injected while it starts) waits for it, as a controller would.
+    while (driver == nullptr) {
+      auto d = NewDriver(*config, options);
+      if (d.ok()) {
+        driver = *std::move(d);
+      } else if (!IsRetryable(d.status()) &&
+                 d.status().code() != absl::StatusCode::kDeadlineExceeded) {
+        Say(d.status().ToString());
+        return 2;
+      } else if (stop.load()) {
+        return 0;
+      } else {
+        absl::SleepFor(absl::Milliseconds(200));
+      }
     }
-    driver = *std::move(d);
     target = NewDriverTarget(*driver);
   }
-  std::atomic<bool> stop{false}, abandon{false};
-  std::atomic<int64_t> pause{0};
-  std::thread([&stop, term] {
-    int sig = 0;
-    sigwait(&term, &sig);
-    stop = true;
-  }).detach();
   TortureRepos repos(f.ns);
   Recorder rec(*target, **out, f.tag);
   Worker w(rec, repos, WorkerOptions{f.tag, f.ttl, f.base_creation_us, f.seed});
