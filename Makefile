@@ -35,7 +35,7 @@ FUZZ_SECONDS ?= 300
 fuzz: deps
 	bash scripts/fuzz.sh $(FUZZ_SECONDS)
 
-# TORTURE_SECONDS=N runs each backend N s (default 300/600/900).
+# TORTURE_SECONDS=N runs each backend N s (default 300/900/900).
 torture: build
 	TORTURE_SECONDS=$(TORTURE_SECONDS) bash scripts/torture.sh long
 
