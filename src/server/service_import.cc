@@ -6,6 +6,10 @@
 // A plan (import_plan.h) is applied repository by repository, each run one
 // idempotent AcquireSlot, so a batch sent again changes nothing and an
 // interrupted import run again completes.
+#include <map>
+#include <set>
+#include <string_view>
+
 #include "pac/concurrency/status.h"
 #include "src/common/strings.h"
 #include "src/server/import_plan.h"
@@ -123,19 +127,42 @@ absl::Status Service::ApplyPlan(const Context& ctx, const RepositoryPlan& p,
   auto before = driver_->GetRepositorySnapshot(ctx, p.repository);
   if (!before.ok()) return before.status();
   std::set<std::string> running_before;
+  // Leases that cannot expire while this batch runs: a queued run of a
+  // repository they fill cannot be admitted by submitting it again, so
+  // its place is read from the snapshot instead (a second import of the
+  // same export then costs one read per batch, not one call per run).
+  const absl::Time safe = clock_->Now() + absl::Seconds(5);
+  int64_t holding = 0;
   for (const Lease& l : before->running) {
     running_before.insert(l.pipeline_run_key);
+    if (l.expires_at > safe) ++holding;
+  }
+  const int32_t limit = before->limit.value_or(p.limit);
+  const bool full = limit > 0 && holding >= limit;
+  std::map<std::string_view, int64_t> queued_before;
+  if (full) {
+    for (const QueueEntry& q : before->queued) {
+      queued_before.emplace(q.pipeline_run_key, q.position);
+    }
   }
   // An adoption never evicts; it must not undo a limit changed meanwhile.
   for (const std::string& run : p.adopt) {
-    AcquireOptions o;
-    o.adopt_running = true;
-    o.keep_recorded_limit = !set_limit;
-    auto res = driver_->AcquireSlot(ctx, *repo, run, o);
-    if (!res.ok()) return res.status();
+    if (running_before.count(run) == 0) {
+      AcquireOptions o;
+      o.adopt_running = true;
+      o.keep_recorded_limit = !set_limit;
+      auto res = driver_->AcquireSlot(ctx, *repo, run, o);
+      if (!res.ok()) return res.status();
+    }
     report["running"].push_back(run);
   }
   for (const QueuedRun& q : p.queue) {
+    if (auto it = queued_before.find(q.run); it != queued_before.end()) {
+      report["queued"].push_back(Json{{"pipeline_run", q.run},
+                                      {"repository", p.repository},
+                                      {"position", it->second}});
+      continue;
+    }
     AcquireOptions o;
     o.creation_time = q.queue_time;
     o.keep_recorded_limit = !set_limit;
