@@ -19,9 +19,10 @@
 // driver they are threads beside one driver, and a "kill" abandons a
 // worker's leases. --mixed: every second worker calls a `pac-concurrency
 // serve` of its own over HTTP, which reaches the backend through the
-// forwarders and is itself killed and paused. Faults may overlap (at most one per worker and one on
-// the backend at a time). Exit 0: no violation; 1: violations (each
-// printed with its window of history); 2: the run itself failed.
+// forwarders and is itself killed and paused. Faults may overlap (at most one
+// per worker and one on the backend at a time). Exit 0: no violation; 1:
+// violations (each printed with its window of history); 2: the run itself
+// failed.
 #include <cstdio>
 #include <filesystem>
 #include <random>
