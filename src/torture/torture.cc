@@ -42,22 +42,7 @@
 extern char** environ;
 
 namespace pac::concurrency::torture {
-namespace {
-
-// True once something accepts TCP connections on 127.0.0.1:`port`.
-bool Listening(int port) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return false;
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  const bool ok = connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0;
-  close(fd);
-  return ok;
-}
-
-}  // namespace
+namespace {}  // namespace
 
 void Say(const std::string& text) {
   std::printf("pac-torture: %s\n", text.c_str());
@@ -349,7 +334,7 @@ absl::Status Torture::StartServe(size_t i) {
   if (!pid.ok()) return pid.status();
   s.serve_pid = *pid;
   const absl::Time give_up = absl::Now() + absl::Seconds(10);
-  while (!Listening(s.serve_port)) {
+  while (!conformance::Listening(s.serve_port)) {
     if (waitpid(s.serve_pid, nullptr, WNOHANG) == s.serve_pid) {
       s.serve_pid = -1;
       return absl::FailedPreconditionError(

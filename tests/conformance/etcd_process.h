@@ -20,6 +20,8 @@ namespace pac::concurrency::conformance {
 
 // A 127.0.0.1 TCP port nothing listens on (just bound and closed), or -1.
 int FreePort();
+// True once something accepts TCP connections on 127.0.0.1:`port`.
+bool Listening(int port);
 
 class EtcdProcess {
  public:
