@@ -173,14 +173,15 @@ absl::StatusOr<Json> DryRunReport(
       holding.insert(l.value("pipeline_run", ""));
     }
     for (const std::string& a : p.adopt) holding.insert(a);
-    Json queue = Json::array(), start = Json::array(), already = Json::array();
+    Json queue = Json::array(), start = Json::array();
     size_t free = holding.size() < static_cast<size_t>(p.limit)
                       ? p.limit - holding.size()
                       : 0;
     for (const server::QueuedRun& q : p.queue) {
       queue.push_back(q.run);
+      // Holding a slot from before: the controller must start it too.
       if (holding.count(q.run) != 0) {
-        already.push_back(q.run);
+        start.push_back(q.run);
       } else if (free > 0) {
         --free;
         start.push_back(q.run);
@@ -193,8 +194,7 @@ absl::StatusOr<Json> DryRunReport(
               from_manifests.count(p.repository) != 0 ? "manifest" : "backend"},
              {"adopt", p.adopt},
              {"queue", std::move(queue)},
-             {"start_now", std::move(start)},
-             {"already_admitted", std::move(already)}});
+             {"start_now", std::move(start)}});
   }
   Json skipped = Json::array();
   for (const server::SkippedRun& s : plan.skipped) {
@@ -222,9 +222,7 @@ void PrintDryRun(const Json& d) {
     for (const Json& q : r["queue"]) {
       ++i;
       std::printf("  queue #%-3zu %s%s\n", i, q.get<std::string>().c_str(),
-                  in(r["start_now"], q)          ? "  (admitted: start it now)"
-                  : in(r["already_admitted"], q) ? "  (admitted before)"
-                                                 : "");
+                  in(r["start_now"], q) ? "  (admitted: start it now)" : "");
     }
   }
   for (const Json& s : d["skipped"]) {
@@ -311,7 +309,7 @@ class Batches {
 // queue places) and printed as a table or streamed as one JSON document.
 struct Report {
   Json repositories = Json::array();
-  std::vector<std::string> running, admitted, already_admitted;
+  std::vector<std::string> running, admitted;
   struct Queued {
     std::string run, repository;
     int64_t position;
@@ -322,8 +320,7 @@ struct Report {
   void Add(const Json& r) {
     for (const Json& v : r["repositories"]) repositories.push_back(v);
     for (auto [key, list] :
-         {std::pair{"running", &running}, std::pair{"admitted", &admitted},
-          std::pair{"already_admitted", &already_admitted}}) {
+         {std::pair{"running", &running}, std::pair{"admitted", &admitted}}) {
       for (const Json& v : r[key]) list->push_back(v.get<std::string>());
     }
     for (const Json& q : r["queued"]) {
@@ -346,7 +343,6 @@ struct Report {
                 server::DumpSafe(repositories).c_str());
     strings("running", running);
     strings("admitted", admitted);
-    strings("already_admitted", already_admitted);
     std::printf("\"queued\":[");
     for (size_t i = 0; i < queued.size(); ++i) {
       std::printf("%s%s", i == 0 ? "" : ",",
@@ -369,17 +365,14 @@ struct Report {
   void PrintTable(const ImportPlan& plan) const {
     std::printf(
         "repositories %zu, running %zu, admitted %zu (start them now), "
-        "already admitted %zu, queued %zu, skipped %zu\n",
-        repositories.size(), running.size(), admitted.size(),
-        already_admitted.size(), queued.size(), plan.skipped.size());
+        "queued %zu, skipped %zu\n",
+        repositories.size(), running.size(), admitted.size(), queued.size(),
+        plan.skipped.size());
     for (const std::string& r : running) {
       std::printf("  running  %s\n", r.c_str());
     }
     for (const std::string& r : admitted) {
       std::printf("  admitted %s (start it now)\n", r.c_str());
-    }
-    for (const std::string& r : already_admitted) {
-      std::printf("  admitted %s (before this import)\n", r.c_str());
     }
     for (const Queued& q : queued) {
       std::printf("  queued   %s #%lld\n", q.run.c_str(),

@@ -2,8 +2,10 @@
 #ifndef PAC_SRC_COMMON_KEYS_H_
 #define PAC_SRC_COMMON_KEYS_H_
 
+#include <string>
 #include <string_view>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/time/civil_time.h"
 #include "absl/time/time.h"
@@ -38,6 +40,39 @@ inline absl::Status ValidateAcquireOptions(const AcquireOptions& options) {
         absl::FormatTime(absl::RFC3339_full, *options.creation_time,
                          absl::UTCTimeZone()) +
         ")");
+  }
+  return absl::OkStatus();
+}
+
+// An ImportRuns call: a valid repository, at most kMaxImportRuns valid run
+// keys, none named twice, creation times as ValidateAcquireOptions.
+inline absl::Status ValidateImportRequest(const Repository& repo,
+                                          const ImportRequest& request) {
+  if (absl::Status s = ValidateRepository(repo); !s.ok()) return s;
+  const size_t n = request.running.size() + request.waiting.size();
+  if (n > Driver::kMaxImportRuns) {
+    return absl::InvalidArgumentError(
+        "import: " + std::to_string(n) + " runs; at most " +
+        std::to_string(Driver::kMaxImportRuns) + " per call");
+  }
+  absl::flat_hash_set<std::string_view> seen;
+  seen.reserve(n);
+  auto check = [&](std::string_view run) -> absl::Status {
+    if (absl::Status s = ValidateKey(run, "pipeline_run"); !s.ok()) return s;
+    if (!seen.insert(run).second) {
+      return absl::InvalidArgumentError("import: pipeline_run " +
+                                        std::string(run) + " given twice");
+    }
+    return absl::OkStatus();
+  };
+  for (const std::string& run : request.running) {
+    if (absl::Status s = check(run); !s.ok()) return s;
+  }
+  for (const ImportRequest::Waiting& w : request.waiting) {
+    if (absl::Status s = check(w.pipeline_run_key); !s.ok()) return s;
+    AcquireOptions o;
+    o.creation_time = w.creation_time;
+    if (absl::Status s = ValidateAcquireOptions(o); !s.ok()) return s;
   }
   return absl::OkStatus();
 }

@@ -54,6 +54,13 @@ class DeferredDriver final : public Driver {
     if (!d.ok()) return d.status();
     return (*d)->SetRepositoryLimit(ctx, repo);
   }
+  absl::StatusOr<ImportResult> ImportRuns(
+      const Context& ctx, const Repository& repo,
+      const ImportRequest& request) override {
+    auto d = Get();
+    if (!d.ok()) return d.status();
+    return (*d)->ImportRuns(ctx, repo, request);
+  }
   absl::StatusOr<std::optional<int32_t>> GetRepositoryLimit(
       const Context& ctx, std::string_view repo) override {
     auto d = Get();

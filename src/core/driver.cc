@@ -1,5 +1,11 @@
 #include "pac/concurrency/driver.h"
 
+#include <algorithm>
+#include <map>
+#include <set>
+
+#include "src/common/keys.h"
+
 namespace pac::concurrency {
 
 absl::StatusOr<RepositorySnapshot> Driver::GetRepositorySnapshot(
@@ -14,6 +20,113 @@ absl::StatusOr<RepositorySnapshot> Driver::GetRepositorySnapshot(
   auto queued = GetQueuedPipelineRuns(ctx, repo_key);
   if (!queued.ok()) return queued.status();
   out.queued = *std::move(queued);
+  return out;
+}
+
+// One AcquireSlot per run: each is atomic and idempotent, the whole is
+// not (see the declaration).
+absl::StatusOr<ImportResult> Driver::ImportRuns(const Context& ctx,
+                                                const Repository& repo,
+                                                const ImportRequest& request) {
+  if (absl::Status s = internal::ValidateImportRequest(repo, request);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = ctx.Err(); !s.ok()) return s;
+  std::set<std::string> mine(request.running.begin(), request.running.end());
+  for (const ImportRequest::Waiting& w : request.waiting) {
+    mine.insert(w.pipeline_run_key);
+  }
+  ImportResult out;
+  auto others = [&](std::vector<Lease>& admitted) {
+    for (Lease& l : admitted) {
+      if (mine.count(l.pipeline_run_key) == 0) {
+        out.others_admitted.push_back(std::move(l));
+      }
+    }
+  };
+  // What the backend holds already: a running run keeps its lease, and in
+  // a repository full of leases that cannot expire during this call a
+  // queued run keeps its place, so neither is sent again (a second import
+  // of the same export costs a read, not a call per run).
+  auto before = GetRepositorySnapshot(ctx, repo.Key());
+  if (!before.ok()) return before.status();
+  const absl::Time safe = absl::Now() + absl::Seconds(5);
+  std::set<std::string> running_before, queued_before;
+  int64_t holding = 0;
+  for (const Lease& l : before->running) {
+    running_before.insert(l.pipeline_run_key);
+    if (l.expires_at > safe) ++holding;
+  }
+  const int32_t limit = request.set_limit || !before->limit.has_value()
+                            ? EffectiveLimit(repo)
+                            : *before->limit;
+  if (limit > 0 && holding >= limit &&
+      (!request.set_limit || before->limit == limit)) {
+    for (const QueueEntry& q : before->queued) {
+      queued_before.insert(q.pipeline_run_key);
+    }
+  }
+  bool first = true;
+  for (const std::string& run : request.running) {
+    if (running_before.count(run) != 0 && !(request.set_limit && first)) {
+      continue;
+    }
+    AcquireOptions o;
+    o.adopt_running = true;
+    o.keep_recorded_limit = !(request.set_limit && first);
+    first = false;
+    auto r = AcquireSlot(ctx, repo, run, o);
+    if (!r.ok()) return r.status();
+    others(r->admitted);
+  }
+  // Oldest first, as one step would admit them into free slots.
+  std::vector<const ImportRequest::Waiting*> by_time;
+  for (const ImportRequest::Waiting& w : request.waiting) by_time.push_back(&w);
+  std::stable_sort(by_time.begin(), by_time.end(),
+                   [](const auto* a, const auto* b) {
+                     return a->creation_time < b->creation_time;
+                   });
+  for (const ImportRequest::Waiting* wp : by_time) {
+    const ImportRequest::Waiting& w = *wp;
+    if ((running_before.count(w.pipeline_run_key) != 0 ||
+         queued_before.count(w.pipeline_run_key) != 0) &&
+        !(request.set_limit && first)) {
+      continue;
+    }
+    AcquireOptions o;
+    o.creation_time = w.creation_time;
+    o.keep_recorded_limit = !(request.set_limit && first);
+    first = false;
+    auto r = AcquireSlot(ctx, repo, w.pipeline_run_key, o);
+    if (!r.ok()) return r.status();
+    others(r->admitted);
+  }
+  if (first && request.set_limit) {
+    auto admitted = SetRepositoryLimit(ctx, repo);
+    if (!admitted.ok()) return admitted.status();
+    others(*admitted);
+  }
+  // The leases and places, as they are after the calls.
+  auto snap = GetRepositorySnapshot(ctx, repo.Key());
+  if (!snap.ok()) return snap.status();
+  std::map<std::string_view, const Lease*> leases;
+  for (const Lease& l : snap->running) leases[l.pipeline_run_key] = &l;
+  std::map<std::string_view, const QueueEntry*> places;
+  for (const QueueEntry& q : snap->queued) places[q.pipeline_run_key] = &q;
+  for (const std::string& run : request.running) {
+    if (auto it = leases.find(run); it != leases.end()) {
+      out.running.push_back(*it->second);
+    }
+  }
+  for (const ImportRequest::Waiting& w : request.waiting) {
+    if (auto it = leases.find(w.pipeline_run_key); it != leases.end()) {
+      out.admitted.push_back(*it->second);
+    } else if (auto q = places.find(w.pipeline_run_key); q != places.end()) {
+      out.queued.push_back(*q->second);
+    }
+    // Neither: released since (another process); not reported.
+  }
   return out;
 }
 

@@ -5,6 +5,8 @@
 #include <random>
 #include <utility>
 
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/hash/hash.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -299,6 +301,87 @@ absl::StatusOr<AcquireResult> MemoryDriver::AcquireSlot(
   result.admitted = std::move(fx.admitted);
   Deliver(fx);
   return result;
+}
+
+// One step under the shard's lock: the limit, the running runs, the
+// waiting runs queued, then the queue admitted into free slots.
+absl::StatusOr<ImportResult> MemoryDriver::ImportRuns(
+    const Context& ctx, const Repository& repo, const ImportRequest& request) {
+  if (absl::Status s = ValidateImportRequest(repo, request); !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = ctx.Err(); !s.ok()) return s;
+  if (absl::Status s = CheckOpen(); !s.ok()) return s;
+  const std::string repo_key = repo.Key();
+  int32_t limit = EffectiveLimit(repo);
+  const absl::Time now = clock_->Now();
+  Shard& shard = ShardFor(repo_key);
+  ImportResult out;
+  Effects fx;
+  absl::flat_hash_set<std::string_view> mine;
+  for (const std::string& run : request.running) mine.insert(run);
+  for (const ImportRequest::Waiting& w : request.waiting) {
+    mine.insert(w.pipeline_run_key);
+  }
+  {
+    MutexLock lock(&shard.mu);
+    RepoState& rs = shard.repos.try_emplace(repo_key).first->second;
+    if (!request.set_limit && rs.limit_recorded) limit = rs.limit;
+    rs.limit_recorded = true;
+    if (rs.limit != limit) {
+      rs.limit = limit;
+      AddEvent(shard, repo_key, WatchEventType::kLimitChanged, "", fx);
+    }
+    Sweep(shard, repo_key, rs, now, fx);
+    Promote(shard, repo_key, rs, now, fx);
+    for (const std::string& run : request.running) {
+      auto it = rs.running.find(run);
+      if (it == rs.running.end()) {
+        if (auto q = rs.queued.find(run); q != rs.queued.end()) {
+          rs.queue.erase(q->second);
+          rs.queued.erase(q);
+        }
+        Grant(shard, repo_key, rs, run, now);
+        AddEvent(shard, repo_key, WatchEventType::kAdmitted, run, fx);
+        it = rs.running.find(run);
+      }
+      out.running.push_back(MakeLease(repo_key, run, it->second));
+    }
+    for (const ImportRequest::Waiting& w : request.waiting) {
+      const std::string& run = w.pipeline_run_key;
+      if (rs.running.count(run) != 0 || rs.queued.count(run) != 0) continue;
+      QueueKey key{w.creation_time,
+                   next_sequence_.fetch_add(1, std::memory_order_relaxed)};
+      rs.queue.emplace(key, QueueRec{run, now});
+      rs.queued.emplace(run, key);
+    }
+    Promote(shard, repo_key, rs, now, fx);
+    absl::flat_hash_map<std::string_view, int64_t> places;
+    int64_t pos = 0;
+    for (const auto& [qk, rec] : rs.queue) places[rec.run_key] = ++pos;
+    for (const ImportRequest::Waiting& w : request.waiting) {
+      const std::string& run = w.pipeline_run_key;
+      if (auto it = rs.running.find(run); it != rs.running.end()) {
+        out.admitted.push_back(MakeLease(repo_key, run, it->second));
+      } else if (auto q = rs.queued.find(run); q != rs.queued.end()) {
+        const QueueRec& rec = rs.queue.at(q->second);
+        out.queued.push_back(QueueEntry{run, q->second.creation_time,
+                                        q->second.sequence, rec.enqueued_at,
+                                        places.at(run)});
+      }
+    }
+  }
+  for (const Lease& l : out.running) NoteExpiry(l.expires_at);
+  for (Lease& l : fx.admitted) {
+    NoteExpiry(l.expires_at);
+    if (!mine.contains(l.pipeline_run_key)) {
+      out.others_admitted.push_back(l);
+    }
+  }
+  logger_->info("imported {} running and {} waiting runs into {}",
+                request.running.size(), request.waiting.size(), repo_key);
+  Deliver(fx);
+  return out;
 }
 
 absl::StatusOr<ReleaseResult> MemoryDriver::ReleaseSlot(

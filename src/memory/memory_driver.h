@@ -59,6 +59,9 @@ class MemoryDriver final : public Driver {
                                             std::string_view repo_key) override;
   absl::StatusOr<Lease> RenewLease(const Context& ctx,
                                    std::string_view lease_id) override;
+  absl::StatusOr<ImportResult> ImportRuns(
+      const Context& ctx, const Repository& repo,
+      const ImportRequest& request) override;
   absl::StatusOr<std::vector<Lease>> SetRepositoryLimit(
       const Context& ctx, const Repository& repo) override;
   absl::StatusOr<std::optional<int32_t>> GetRepositoryLimit(

@@ -8,6 +8,7 @@
 #include <random>
 #include <tuple>
 
+#include "absl/container/flat_hash_set.h"
 #include "pac/concurrency/status.h"
 #include "src/common/keys.h"
 #include "src/common/logging.h"
@@ -56,6 +57,30 @@ constexpr const char* kAcquireSql =
     " ($4::bigint % 1000000) * interval '1 microsecond' END,"
     " $5::boolean, $6::boolean,"
     " $7::bigint * interval '1 microsecond', $8::boolean, $9)";
+
+constexpr const char* kImportSql =
+    "SELECT o_kind, o_run, o_lease, " PAC_MICROS("o_acquired") ", "
+    PAC_MICROS("o_expires") ", o_token, o_pos FROM pac_import($1, $2::int,"
+    " $3::boolean, $4::text[], $5::text[], ARRAY(SELECT 'epoch'::timestamptz +"
+    " (t.m / 1000000) * interval '1 second' + (t.m % 1000000) *"
+    " interval '1 microsecond' FROM unnest($6::bigint[]) WITH ORDINALITY AS"
+    " t(m, n) ORDER BY t.n), $7::bigint * interval '1 microsecond')";
+
+// `items` as a PostgreSQL array literal.
+std::string ArrayLiteral(const std::vector<std::string>& items) {
+  std::string out = "{";
+  for (const std::string& item : items) {
+    if (out.size() > 1) out += ',';
+    out += '"';
+    for (char c : item) {
+      if (c == '"' || c == '\\') out += '\\';
+      out += c;
+    }
+    out += '"';
+  }
+  out += '}';
+  return out;
+}
 
 constexpr const char* kReleaseSql =
     "SELECT o_kind, o_run, o_lease, " PAC_MICROS("o_acquired") ", "
@@ -258,6 +283,60 @@ absl::StatusOr<AcquireResult> PostgreSQLDriver::AcquireSlot(
         EffectiveLimit(repo), repo_key, run_key, result.position);
   }
   return result;
+}
+
+absl::StatusOr<ImportResult> PostgreSQLDriver::ImportRuns(
+    const Context& ctx, const Repository& repo, const ImportRequest& request) {
+  if (absl::Status s = ValidateImportRequest(repo, request); !s.ok()) {
+    return s;
+  }
+  const std::string repo_key = repo.Key();
+  std::vector<std::string> waiting, micros;
+  waiting.reserve(request.waiting.size());
+  micros.reserve(request.waiting.size());
+  for (const ImportRequest::Waiting& w : request.waiting) {
+    waiting.push_back(w.pipeline_run_key);
+    micros.push_back(std::to_string(absl::ToUnixMicros(w.creation_time)));
+  }
+  std::string times = "{";
+  for (const std::string& m : micros) {
+    if (times.size() > 1) times += ',';
+    times += m;
+  }
+  times += '}';
+  auto r = Query(
+      ctx, kImportSql,
+      {repo_key, std::to_string(EffectiveLimit(repo)),
+       request.set_limit ? "true" : "false", ArrayLiteral(request.running),
+       ArrayLiteral(waiting), std::move(times), TtlMicros()});
+  if (!r.ok()) return r.status();
+  absl::flat_hash_set<std::string_view> mine;
+  for (const std::string& run : request.running) mine.insert(run);
+  for (const std::string& run : waiting) mine.insert(run);
+  ImportResult out;
+  for (int i = 0; i < r->rows(); ++i) {
+    std::string_view kind = r->Get(i, 0);
+    if (kind == "admitted") {
+      if (!mine.contains(r->Get(i, 1))) {
+        out.others_admitted.push_back(LeaseFromRow(*r, i, repo_key));
+      }
+    } else if (kind == "running") {
+      out.running.push_back(LeaseFromRow(*r, i, repo_key));
+    } else if (kind == "held") {
+      out.admitted.push_back(LeaseFromRow(*r, i, repo_key));
+    } else if (kind == "queued") {
+      QueueEntry q;
+      q.pipeline_run_key = std::string(r->Get(i, 1));
+      q.creation_time = r->GetMicros(i, 3);
+      q.enqueued_at = r->GetMicros(i, 4);
+      q.sequence = r->GetInt(i, 5);
+      q.position = r->GetInt(i, 6);
+      out.queued.push_back(std::move(q));
+    }
+  }
+  logger_->info("imported {} running and {} waiting runs into {}",
+                request.running.size(), request.waiting.size(), repo_key);
+  return out;
 }
 
 absl::StatusOr<ReleaseResult> PostgreSQLDriver::ReleaseSlot(

@@ -41,6 +41,9 @@ class PostgreSQLDriver final : public Driver {
       const Context& ctx, const Repository& repo, std::string_view run_key,
       const AcquireOptions& options) override;
   using Driver::AcquireSlot;
+  absl::StatusOr<ImportResult> ImportRuns(
+      const Context& ctx, const Repository& repo,
+      const ImportRequest& request) override;
   absl::StatusOr<ReleaseResult> ReleaseSlot(const Context& ctx,
                                             std::string_view lease_id,
                                             std::string_view run_key,

@@ -83,6 +83,11 @@ ALTER TABLE pipeline_run_states ALTER COLUMN pipeline_run_key TYPE VARCHAR(320);
 ALTER TABLE pac_repositories ALTER COLUMN repository_key TYPE VARCHAR(320);
 )SQL";
 
+// Migration 3: no table changes; pac_import is among the functions.
+constexpr const char* kMigration3 = R"SQL(
+SELECT 1;
+)SQL";
+
 // The functions, as this build has them: (re)created whenever the schema
 // moves to this build's version.
 constexpr const char* kFunctions = R"SQL(
@@ -306,6 +311,97 @@ BEGIN
   END IF;
 END $$;
 
+-- An import's step for one repository (ImportRuns), in one statement: the
+-- limit recorded as pac_acquire_step records it (p_set false: the recorded
+-- one is kept), the running runs given slots (above the limit too), the
+-- waiting runs queued in the given order with p_times (a run the table
+-- holds keeps its lease or its place), then the queue admitted into free
+-- slots. Rows: 'admitted' for every run the step admitted from the queue;
+-- then 'running' with the lease of each p_running run, in order; then for
+-- each p_waiting run in order 'held' (its lease) or 'queued' (o_pos, with
+-- o_acquired its creation time, o_expires its enqueue time and o_token its
+-- sequence).
+CREATE OR REPLACE FUNCTION pac_import(p_repo TEXT, p_limit INTEGER,
+                                      p_set BOOLEAN, p_running TEXT[],
+                                      p_waiting TEXT[], p_times TIMESTAMPTZ[],
+                                      p_ttl INTERVAL)
+RETURNS TABLE(o_kind TEXT, o_run TEXT, o_lease TEXT, o_acquired TIMESTAMPTZ,
+              o_expires TIMESTAMPTZ, o_token BIGINT, o_pos BIGINT)
+LANGUAGE plpgsql AS $$
+DECLARE
+  v_now TIMESTAMPTZ := clock_timestamp();
+  v_limit INTEGER;
+  v_seqs BIGINT[];
+  r RECORD;
+BEGIN
+  -- Locks the repository row until the commit; reclaims expired leases.
+  RETURN QUERY SELECT * FROM pac_acquire_step(p_repo, NULL, p_limit, NULL,
+                                              true, false, p_ttl, NOT p_set);
+  SELECT t.concurrency_limit INTO v_limit FROM pac_repositories t
+   WHERE t.repository_key = p_repo;
+  FOR r IN UPDATE concurrency_slots s
+              SET state = 'running', lease_id = gen_random_uuid()::text,
+                  fencing_token = nextval('pac_fencing_seq'),
+                  acquired_at = v_now, expires_at = v_now + p_ttl,
+                  updated_at = v_now, queue_seq = NULL
+            WHERE s.repository_key = p_repo AND s.state = 'queued'
+              AND s.pipeline_run_key = ANY (p_running)
+        RETURNING s.pipeline_run_key LOOP
+    PERFORM pac_notify(p_repo, 'admitted', r.pipeline_run_key);
+  END LOOP;
+  FOR r IN INSERT INTO concurrency_slots AS s
+                  (repository_key, pipeline_run_key, state, acquired_at,
+                   expires_at, created_at, updated_at, lease_id,
+                   fencing_token, creation_time)
+           SELECT p_repo, u.run, 'running', v_now, v_now + p_ttl, v_now,
+                  v_now, gen_random_uuid()::text, nextval('pac_fencing_seq'),
+                  v_now
+             FROM unnest(p_running) WITH ORDINALITY AS u(run, n) ORDER BY u.n
+           ON CONFLICT (repository_key, pipeline_run_key) DO NOTHING
+        RETURNING s.pipeline_run_key LOOP
+    PERFORM pac_notify(p_repo, 'admitted', r.pipeline_run_key);
+  END LOOP;
+  -- Sequence values in the order they were drawn (each above the last),
+  -- given to the waiting runs in request order.
+  SELECT array_agg(x.v ORDER BY x.v) INTO v_seqs
+    FROM (SELECT nextval('pac_queue_seq') AS v
+            FROM generate_series(1, coalesce(cardinality(p_waiting), 0))) x;
+  INSERT INTO concurrency_slots
+         (repository_key, pipeline_run_key, state, acquired_at, expires_at,
+          created_at, updated_at, creation_time, queue_seq)
+  SELECT p_repo, w.run, 'queued', NULL, 'infinity', v_now, v_now,
+         p_times[w.n], v_seqs[w.n]
+    FROM unnest(p_waiting) WITH ORDINALITY AS w(run, n)
+  ON CONFLICT (repository_key, pipeline_run_key) DO NOTHING;
+  RETURN QUERY SELECT * FROM pac_promote(p_repo, v_limit, p_ttl, v_now);
+  RETURN QUERY
+    SELECT 'running'::text, s.pipeline_run_key::text, s.lease_id,
+           s.acquired_at, s.expires_at, s.fencing_token, 0::bigint
+      FROM unnest(p_running) WITH ORDINALITY AS u(run, n)
+      JOIN concurrency_slots s
+        ON s.repository_key = p_repo AND s.pipeline_run_key = u.run
+     ORDER BY u.n;
+  RETURN QUERY
+    WITH places AS (
+      SELECT q.pipeline_run_key AS run,
+             row_number() OVER (ORDER BY q.creation_time, q.queue_seq) AS pos
+        FROM concurrency_slots q
+       WHERE q.repository_key = p_repo AND q.state = 'queued')
+    SELECT CASE WHEN s.state = 'running' THEN 'held' ELSE 'queued' END,
+           s.pipeline_run_key::text, s.lease_id,
+           CASE WHEN s.state = 'running' THEN s.acquired_at
+                ELSE s.creation_time END,
+           CASE WHEN s.state = 'running' THEN s.expires_at
+                ELSE s.created_at END,
+           coalesce(s.fencing_token, s.queue_seq),
+           coalesce(places.pos, 0)
+      FROM unnest(p_waiting) WITH ORDINALITY AS w(run, n)
+      JOIN concurrency_slots s
+        ON s.repository_key = p_repo AND s.pipeline_run_key = w.run
+      LEFT JOIN places ON places.run = w.run
+     ORDER BY w.n;
+END $$;
+
 -- The answers of acquires that admitted others and of every release, kept
 -- by request id for ten minutes (pac_reap deletes older ones): a call whose
 -- answer was lost after its commit (the connection dropped) is sent again
@@ -474,7 +570,7 @@ absl::Status Migrate(PgConnection& conn, const Context& ctx) {
         Cat("postgresql: the database has schema version ", have,
             ", newer than this build's ", kSchemaVersion));
   }
-  const char* const migrations[] = {kMigration1, kMigration2};
+  const char* const migrations[] = {kMigration1, kMigration2, kMigration3};
   static_assert(std::size(migrations) == kSchemaVersion);
   for (int64_t v = have + 1; v <= kSchemaVersion; ++v) {
     auto m = conn.Exec(ctx, Cat(migrations[v - 1],

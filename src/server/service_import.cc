@@ -3,9 +3,10 @@
 //   {"pipelineruns": List, "repositories": "<yaml>"}  planned here
 //   {"batch": [repository plan, ...]}                  planned by the CLI
 //   {"limits_of": ["ns/name", ...]}                    the CLI's planning read
-// A plan (import_plan.h) is applied repository by repository, each run one
-// idempotent AcquireSlot, so a batch sent again changes nothing and an
-// interrupted import run again completes.
+// A plan (import_plan.h) is applied repository by repository, each one
+// Driver::ImportRuns (one atomic step on memory and PostgreSQL), so a
+// batch sent again changes nothing and an interrupted import run again
+// completes.
 #include <map>
 #include <set>
 #include <string_view>
@@ -24,7 +25,7 @@ namespace {
 
 // The most runs one request may carry in its batch: enough to amortize a
 // request, few enough to finish well inside the request timeout on every
-// backend (a run is one AcquireSlot: about a millisecond on PostgreSQL).
+// backend (one repository's part is one step; on etcd, one step per run).
 constexpr size_t kMaxBatchRuns = 5000;
 constexpr size_t kMaxLimitLookups = 20000;
 
@@ -115,70 +116,37 @@ absl::Status Service::ApplyPlan(const Context& ctx, const RepositoryPlan& p,
                                 bool set_limit, Json& report) {
   auto repo = Repository::FromKey(p.repository, p.limit);
   if (!repo.ok()) return repo.status();
-  if (set_limit) {
-    auto one = SetLimitTo(ctx, *repo);
-    if (!one.ok()) return one.status();
-    for (const Json& l : (*one)["admitted"]) {
-      report["admitted"].push_back(l["pipeline_run"]);
-    }
-  }
-  // Which queued runs already held a slot before this import (an earlier
-  // run of it admitted them): not news for the controller.
-  auto before = driver_->GetRepositorySnapshot(ctx, p.repository);
-  if (!before.ok()) return before.status();
-  std::set<std::string> running_before;
-  // Leases that cannot expire while this batch runs: a queued run of a
-  // repository they fill cannot be admitted by submitting it again, so
-  // its place is read from the snapshot instead (a second import of the
-  // same export then costs one read per batch, not one call per run).
-  const absl::Time safe = clock_->Now() + absl::Seconds(5);
-  int64_t holding = 0;
-  for (const Lease& l : before->running) {
-    running_before.insert(l.pipeline_run_key);
-    if (l.expires_at > safe) ++holding;
-  }
-  const int32_t limit = before->limit.value_or(p.limit);
-  const bool full = limit > 0 && holding >= limit;
-  std::map<std::string_view, int64_t> queued_before;
-  if (full) {
-    for (const QueueEntry& q : before->queued) {
-      queued_before.emplace(q.pipeline_run_key, q.position);
-    }
-  }
-  // An adoption never evicts; it must not undo a limit changed meanwhile.
-  for (const std::string& run : p.adopt) {
-    if (running_before.count(run) == 0) {
-      AcquireOptions o;
-      o.adopt_running = true;
-      o.keep_recorded_limit = !set_limit;
-      auto res = driver_->AcquireSlot(ctx, *repo, run, o);
-      if (!res.ok()) return res.status();
-    }
-    report["running"].push_back(run);
-  }
+  ImportRequest req;
+  req.running = p.adopt;
+  req.waiting.reserve(p.queue.size());
   for (const QueuedRun& q : p.queue) {
-    if (auto it = queued_before.find(q.run); it != queued_before.end()) {
-      report["queued"].push_back(Json{{"pipeline_run", q.run},
-                                      {"repository", p.repository},
-                                      {"position", it->second}});
-      continue;
-    }
-    AcquireOptions o;
-    o.creation_time = q.queue_time;
-    o.keep_recorded_limit = !set_limit;
-    auto res = driver_->AcquireSlot(ctx, *repo, q.run, o);
-    if (!res.ok()) return res.status();
-    if (!res->acquired) {
-      report["queued"].push_back(Json{{"pipeline_run", q.run},
-                                      {"repository", p.repository},
-                                      {"position", res->position}});
-    } else if (running_before.count(q.run) != 0) {
-      report["already_admitted"].push_back(q.run);
-    } else {
-      NoteAdmitted({res->lease}, "acquired");
-      report["admitted"].push_back(q.run);
-    }
+    req.waiting.push_back({q.run, q.queue_time});
   }
+  req.set_limit = set_limit;
+  auto res = driver_->ImportRuns(ctx, *repo, req);
+  if (!res.ok()) {
+    CountError("import", res.status());
+    return res.status();
+  }
+  for (const Lease& l : res->running) {
+    report["running"].push_back(l.pipeline_run_key);
+  }
+  // A waiting run that holds a slot is one the controller must start,
+  // whether this request or an earlier one granted it: the report of an
+  // interrupted import run again is the report of one run in one go.
+  for (const Lease& l : res->admitted) {
+    report["admitted"].push_back(l.pipeline_run_key);
+  }
+  for (const Lease& l : res->others_admitted) {
+    report["admitted"].push_back(l.pipeline_run_key);
+  }
+  for (const QueueEntry& q : res->queued) {
+    report["queued"].push_back(Json{{"pipeline_run", q.pipeline_run_key},
+                                    {"repository", p.repository},
+                                    {"position", q.position}});
+  }
+  NoteAdmitted(res->admitted, "acquired");
+  NoteAdmitted(res->others_admitted, "promoted");
   Seen(p.repository);
   return absl::OkStatus();
 }
@@ -208,13 +176,9 @@ absl::StatusOr<Json> Service::Import(const Context& ctx, const Json& body) {
     }
     return Json{{"limits", std::move(limits)}};
   }
-  Json report = {{"repositories", Json::array()},
-                 {"running", Json::array()},
-                 {"queued", Json::array()},
-                 {"admitted", Json::array()},
-                 {"already_admitted", Json::array()},
-                 {"skipped", Json::array()},
-                 {"notes", Json::array()}};
+  Json report = {{"repositories", Json::array()}, {"running", Json::array()},
+                 {"queued", Json::array()},       {"admitted", Json::array()},
+                 {"skipped", Json::array()},      {"notes", Json::array()}};
   if (auto it = body.find("batch"); it != body.end()) {
     if (body.size() != 1 || !it->is_array()) {
       return absl::InvalidArgumentError(

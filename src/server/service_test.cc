@@ -4,6 +4,7 @@
 
 #include <memory>
 
+#include "absl/strings/str_format.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "pac/concurrency/concurrency.h"
@@ -392,27 +393,93 @@ TEST_F(ServiceTest, ImportRebuildsRunningSetsAndQueuesInOrder) {
   EXPECT_EQ((*second)["admitted"][0]["pipeline_run"], "ns/q-b");
 }
 
-// Before, every re-import reported runs it had admitted the first time as
-// "admitted" again (the controller would start them twice).
-TEST_F(ServiceTest, AReimportReportsRunsItAdmittedBeforeAsAlreadyAdmitted) {
-  Json list{{"kind", "List"},
-            {"items", Json::array({PipelineRun("ns", "q1", "app", "queued",
-                                               "2026-01-01T10:00:00Z"),
-                                   PipelineRun("ns", "q2", "app", "queued",
-                                               "2026-01-01T10:00:01Z")})}};
+// A re-import writes nothing and answers as the first did: a waiting run
+// holding a slot is reported admitted (its controller must start it)
+// whichever import granted it, and a started run is reported running,
+// never admitted. Before, the second answer moved ns/q1 to
+// "already_admitted", so an interrupted import run again reported less
+// than one run in one go.
+TEST_F(ServiceTest, AReimportAnswersAsTheFirstAndWritesNothing) {
+  Json list{
+      {"kind", "List"},
+      {"items",
+       Json::array(
+           {PipelineRun("ns", "s1", "app", "started", "2026-01-01T09:00:00Z"),
+            PipelineRun("ns", "q1", "app", "queued", "2026-01-01T10:00:00Z"),
+            PipelineRun("ns", "q2", "app", "queued",
+                        "2026-01-01T10:00:01Z")})}};
   Json body{{"pipelineruns", list},
             {"repositories",
              "kind: Repository\nmetadata: {name: app, namespace: ns}\n"
-             "spec: {concurrency_limit: 1}\n"}};
+             "spec: {concurrency_limit: 2}\n"}};
   auto first = service_->Import(ctx_, body);
   ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ((*first)["running"], Json::array({"ns/s1"}));
   EXPECT_EQ((*first)["admitted"], Json::array({"ns/q1"}));
   EXPECT_EQ((*first)["queued"].size(), 1u);
+  auto before = driver_->GetRepositorySnapshot(ctx_, "ns/app");
+  ASSERT_TRUE(before.ok());
   auto second = service_->Import(ctx_, body);
   ASSERT_TRUE(second.ok()) << second.status();
-  EXPECT_EQ((*second)["admitted"], Json::array());
-  EXPECT_EQ((*second)["already_admitted"], Json::array({"ns/q1"}));
-  EXPECT_EQ((*second)["queued"][0]["pipeline_run"], "ns/q2");
+  EXPECT_EQ(*second, *first);
+  auto after = driver_->GetRepositorySnapshot(ctx_, "ns/app");
+  ASSERT_TRUE(after.ok());
+  ASSERT_EQ(after->running.size(), before->running.size());
+  for (size_t i = 0; i < after->running.size(); ++i) {
+    EXPECT_EQ(after->running[i].lease_id, before->running[i].lease_id);
+  }
+  EXPECT_EQ(after->queued.size(), 1u);
+}
+
+// An import cut after its first batch and run again whole reports what
+// one run in one go reports (the batches as the CLI sends them).
+TEST_F(ServiceTest, AnInterruptedImportRunAgainReportsAsOneRun) {
+  auto plan = [](const std::string& repo, int limit,
+                 std::vector<std::string> adopt,
+                 std::vector<std::string> queue) {
+    Json q = Json::array();
+    int second = 0;
+    for (const std::string& r : queue) {
+      q.push_back({{"pipeline_run", r},
+                   {"queue_time",
+                    absl::StrFormat("2026-01-01T10:00:%02dZ", second++)}});
+    }
+    return Json{{"repository", repo},
+                {"concurrency_limit", limit},
+                {"set_limit", true},
+                {"adopt", std::move(adopt)},
+                {"queue", std::move(q)}};
+  };
+  Json a = plan("ns/a", 1, {"ns/a1"}, {"ns/a2", "ns/a3"});
+  Json b = plan("ns/b", 2, {}, {"ns/b1", "ns/b2", "ns/b3"});
+  Json c = plan("ns/c", 1, {}, {"ns/c1"});
+  auto merged = [](std::vector<Json> answers) {
+    Json out = Json::object();
+    for (const Json& r : answers) {
+      for (const auto& [k, v] : r.items()) {
+        for (const Json& e : v) out[k].push_back(e);
+      }
+    }
+    return out;
+  };
+  // Cut: only the first batch (a, b) went through; then the whole again.
+  auto cut = service_->Import(ctx_, Json{{"batch", {a, b}}});
+  ASSERT_TRUE(cut.ok()) << cut.status();
+  auto r1 = service_->Import(ctx_, Json{{"batch", {a, b}}});
+  auto r2 = service_->Import(ctx_, Json{{"batch", {c}}});
+  ASSERT_TRUE(r1.ok() && r2.ok());
+  const Json rerun = merged({*r1, *r2});
+  // One go, on a fresh backend.
+  auto d = NewMemoryDriver(MemoryConfig{absl::Minutes(5)},
+                           DriverOptions{&clock_, nullptr, true});
+  ASSERT_TRUE(d.ok());
+  Service fresh(d->get(), &clock_, nullptr);
+  auto g1 = fresh.Import(ctx_, Json{{"batch", {a, b}}});
+  auto g2 = fresh.Import(ctx_, Json{{"batch", {c}}});
+  ASSERT_TRUE(g1.ok() && g2.ok());
+  EXPECT_EQ(rerun, merged({*g1, *g2}));
+  EXPECT_EQ(rerun["admitted"], Json::array({"ns/b1", "ns/b2", "ns/c1"}));
+  (void)(*d)->Close();
 }
 
 // A Repository List given as PipelineRuns is one clear error, not a

@@ -70,6 +70,12 @@ class ForwardingDriver : public Driver {
     if (closed_) return Closed();
     return store_->GetQueuedPipelineRuns(ctx, repo);
   }
+  absl::StatusOr<ImportResult> ImportRuns(
+      const Context& ctx, const Repository& repo,
+      const ImportRequest& request) override {
+    if (closed_) return Closed();
+    return store_->ImportRuns(ctx, repo, request);
+  }
   absl::StatusOr<RepositorySnapshot> GetRepositorySnapshot(
       const Context& ctx, std::string_view repo) override {
     return store_->GetRepositorySnapshot(ctx, repo);

@@ -93,6 +93,37 @@ struct RepositorySnapshot {
   std::vector<QueueEntry> queued;  // as GetQueuedPipelineRuns
 };
 
+// One repository's runs as a cluster shows them (Driver::ImportRuns).
+struct ImportRequest {
+  // Runs the cluster shows running: each takes a slot, above the limit too
+  // (as AcquireOptions::adopt_running).
+  std::vector<std::string> running;
+  // Runs the cluster shows waiting, in admission order, each with the time
+  // its queue place is kept by; runs with equal times keep this order.
+  struct Waiting {
+    std::string pipeline_run_key;
+    absl::Time creation_time;
+  };
+  std::vector<Waiting> waiting;
+  // Record repo.concurrency_limit. False: keep the limit the backend
+  // records, and record the repository's only when none is (as
+  // AcquireOptions::keep_recorded_limit).
+  bool set_limit = false;
+};
+
+struct ImportResult {
+  std::vector<Lease> running;  // the leases of request.running, in its order
+  // The waiting runs that hold a slot after the step (granted by it or by
+  // an earlier one: the runs whose controller must start them), in request
+  // order.
+  std::vector<Lease> admitted;
+  // The waiting runs still queued, with their places, in request order.
+  std::vector<QueueEntry> queued;
+  // Runs outside the request admitted by the step (a raised limit, expired
+  // leases reclaimed).
+  std::vector<Lease> others_admitted;
+};
+
 struct ReleaseResult {
   bool released = false;        // a lease was released
   bool dequeued = false;        // a queue entry was removed
@@ -164,6 +195,20 @@ class Driver {
   // admits queued runs at once, returned here.
   [[nodiscard]] virtual absl::StatusOr<std::vector<Lease>> SetRepositoryLimit(
       const Context& ctx, const Repository& repo) = 0;
+
+  // Records what a cluster shows of one repository (an import, docs/
+  // migration.md): the running runs take slots, the waiting runs are
+  // queued, or admitted into free slots oldest first, and a run the
+  // backend already holds keeps its lease or its place, so the same
+  // request sent again changes nothing. At most kMaxImportRuns runs; a
+  // request naming a run twice, or in both lists, is InvalidArgument and
+  // writes nothing. The memory and PostgreSQL drivers take the whole
+  // request as one atomic step; this default (the etcd driver's) makes one
+  // AcquireSlot per run, each atomic and idempotent, so an interrupted call
+  // may leave part written and is completed by calling it again.
+  static constexpr size_t kMaxImportRuns = 5000;
+  [[nodiscard]] virtual absl::StatusOr<ImportResult> ImportRuns(
+      const Context& ctx, const Repository& repo, const ImportRequest& request);
 
   // The limit last recorded for the repository (0: unlimited), or nullopt
   // when the backend has no record of it. Lets a caller that does not know
