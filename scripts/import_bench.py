@@ -145,8 +145,8 @@ def main():
                     print(f"{backend:10} {n:>7} runs ({mb:6.0f} MB) {attempt:5}: "
                           f"{took:6.1f} s, {n / took:8.0f} runs/s, CLI RSS "
                           f"{rss / 1024:5.0f} MB; running {counts['running']}, "
-                          f"admitted {counts['admitted']}, already admitted "
-                          f"{counts['already_admitted']}, queued {counts['queued']}",
+                          f"admitted {counts['admitted']}, "
+                          f"queued {counts['queued']}",
                           flush=True)
                     if attempt == "first":
                         per_run[(backend, n)] = took / n

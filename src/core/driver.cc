@@ -53,9 +53,13 @@ absl::StatusOr<ImportResult> Driver::ImportRuns(const Context& ctx,
   if (!before.ok()) return before.status();
   const absl::Time safe = absl::Now() + absl::Seconds(5);
   std::set<std::string> running_before, queued_before;
+  // The lease each running run was found with or given: reported even if
+  // it expired before the final read (nobody renews it during an import).
+  std::map<std::string, Lease> adopted;
   int64_t holding = 0;
   for (const Lease& l : before->running) {
     running_before.insert(l.pipeline_run_key);
+    adopted[l.pipeline_run_key] = l;
     if (l.expires_at > safe) ++holding;
   }
   const int32_t limit = request.set_limit || !before->limit.has_value()
@@ -79,6 +83,7 @@ absl::StatusOr<ImportResult> Driver::ImportRuns(const Context& ctx,
     auto r = AcquireSlot(ctx, repo, run, o);
     if (!r.ok()) return r.status();
     others(r->admitted);
+    adopted[run] = r->lease;
   }
   // Oldest first, as one step would admit them into free slots.
   std::vector<const ImportRequest::Waiting*> by_time;
@@ -117,6 +122,8 @@ absl::StatusOr<ImportResult> Driver::ImportRuns(const Context& ctx,
   for (const std::string& run : request.running) {
     if (auto it = leases.find(run); it != leases.end()) {
       out.running.push_back(*it->second);
+    } else if (auto a = adopted.find(run); a != adopted.end()) {
+      out.running.push_back(a->second);
     }
   }
   for (const ImportRequest::Waiting& w : request.waiting) {
