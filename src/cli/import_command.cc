@@ -35,6 +35,7 @@ namespace {
 
 struct ImportFlags {
   std::string prs, repos;
+  std::string global_repository;
   bool dry_run = false;
   bool progress = false;
   int batch_size = 1000;
@@ -418,6 +419,7 @@ int Import(const GlobalOptions& g, const ImportFlags& f) {
   if (!overall.ok()) return Fail(overall.status());
   Progress progress(f.progress);
   std::map<std::string, int32_t> from_manifests;
+  std::vector<std::string> global_notes;
   if (!f.repos.empty()) {
     auto text = ReadInput(f.repos, "--repositories");
     if (!text.ok()) return Fail(text.status());
@@ -428,6 +430,9 @@ int Import(const GlobalOptions& g, const ImportFlags& f) {
     }
     auto repos = server::ParseRepositoryManifests(*text);
     if (!repos.ok()) return Fail(repos.status());
+    auto merged = server::MergeGlobalRepository(*repos, f.global_repository);
+    if (!merged.ok()) return Fail(merged.status());
+    global_notes = *std::move(merged);
     for (const Repository& r : *repos)
       from_manifests[r.Key()] = EffectiveLimit(r);
   }
@@ -447,7 +452,9 @@ int Import(const GlobalOptions& g, const ImportFlags& f) {
   std::vector<const ExportedRun*> ptrs;
   ptrs.reserve(runs.size());
   for (const ExportedRun& r : runs) ptrs.push_back(&r);
-  const ImportPlan plan = server::PlanImport(ptrs, limits);
+  ImportPlan plan = server::PlanImport(ptrs, limits);
+  plan.notes.insert(plan.notes.begin(), global_notes.begin(),
+                    global_notes.end());
   ptrs = {};
   runs = {};
   if (f.dry_run) {
@@ -529,6 +536,10 @@ void RegisterImportCommand(CLI::App& app, GlobalOptions& g, Runner* run) {
   cmd->add_option("--repositories", f->repos,
                   "Repository manifests (kubectl get repositories -A -o "
                   "yaml); - for stdin");
+  cmd->add_option("--global-repository", f->global_repository,
+                  "Pipelines-as-Code's global Repository (namespace/name), "
+                  "whose concurrency_limit a Repository setting none takes; "
+                  "default: the one named pipelines-as-code; none: no merge");
   cmd->add_flag("--dry-run", f->dry_run,
                 "Print the plan per repository (adopted, queued in order, "
                 "skipped with reasons); write nothing");

@@ -54,8 +54,6 @@ absl::Status AddRepository(const YAML::Node& doc, int index,
               "): spec.concurrency_limit must be a non-negative integer"));
     }
     repo.concurrency_limit = static_cast<int32_t>(v);
-  } else {
-    repo.concurrency_limit = 0;
   }
   if (absl::Status s = ValidateRepository(repo); !s.ok()) {
     return absl::InvalidArgumentError(
@@ -132,6 +130,62 @@ absl::StatusOr<std::vector<Repository>> ParseRepositoryManifests(
     return absl::InvalidArgumentError("Repository manifest: no Repository");
   }
   return out;
+}
+
+absl::StatusOr<std::vector<std::string>> MergeGlobalRepository(
+    std::vector<Repository>& repos, std::string_view global) {
+  std::vector<std::string> notes;
+  if (global == "none") return notes;
+  const Repository* from = nullptr;
+  if (!global.empty()) {
+    if (absl::Status s = ValidateKey(global, "global repository"); !s.ok()) {
+      return s;
+    }
+    for (const Repository& r : repos) {
+      if (r.Key() == global) from = &r;
+    }
+    if (from == nullptr) {
+      return absl::InvalidArgumentError(
+          Cat("global repository ", global,
+              ": not among the Repository manifests given"));
+    }
+  } else {
+    std::vector<const Repository*> found;
+    for (const Repository& r : repos) {
+      if (r.name == kDefaultGlobalRepositoryName) found.push_back(&r);
+    }
+    if (found.size() > 1) {
+      std::string keys;
+      for (const Repository* r : found) {
+        keys += (keys.empty() ? "" : ", ") + r->Key();
+      }
+      notes.push_back(Cat("several Repositories are named ",
+                          kDefaultGlobalRepositoryName, " (", keys,
+                          "): none used as the global Repository; name it with "
+                          "--global-repository"));
+      return notes;
+    }
+    if (found.empty()) return notes;
+    from = found[0];
+  }
+  const std::string key = from->Key();
+  const std::optional<int32_t> limit = from->concurrency_limit;
+  if (!limit.has_value()) {
+    notes.push_back(
+        Cat("global Repository ", key, " sets no concurrency_limit"));
+    return notes;
+  }
+  size_t merged = 0;
+  for (Repository& r : repos) {
+    if (!r.concurrency_limit.has_value() && r.Key() != key) {
+      r.concurrency_limit = limit;
+      ++merged;
+    }
+  }
+  notes.push_back(Cat("global Repository ", key, ": its concurrency_limit ",
+                      *limit, " given to ", merged,
+                      " Repositories that set none"));
+  return notes;
 }
 
 }  // namespace pac::concurrency::server

@@ -17,9 +17,27 @@ namespace pac::concurrency::server {
 // Parses one or more Repository manifests (YAML or JSON; several documents,
 // or a `kind: List`). Each needs metadata.name and metadata.namespace;
 // spec.concurrency_limit, when present, is a non-negative integer (absent:
-// unlimited). InvalidArgument names the document and the field.
+// left unset, which is unlimited). InvalidArgument names the document and
+// the field.
 [[nodiscard]] absl::StatusOr<std::vector<Repository>> ParseRepositoryManifests(
     std::string_view yaml);
+
+// Pipelines-as-Code's global Repository: the one its controller names by
+// PAC_CONTROLLER_GLOBAL_REPOSITORY ("pipelines-as-code" unless set) in the
+// controller's namespace. A Repository whose manifest sets no
+// concurrency_limit takes the global one's (its RepositorySpec.Merge); an
+// explicit 0 stays 0.
+inline constexpr char kDefaultGlobalRepositoryName[] = "pipelines-as-code";
+
+// Merges the global Repository's limit into `repos`. `global`: its key
+// ("namespace/name"); "" finds it, a Repository named
+// kDefaultGlobalRepositoryName (none found, or several in different
+// namespaces: nothing is merged, and a note says so); "none": no merge.
+// Returns notes for the report (which global Repository was used, and for
+// how many repositories). InvalidArgument when `global` names a
+// Repository the manifests do not hold.
+[[nodiscard]] absl::StatusOr<std::vector<std::string>> MergeGlobalRepository(
+    std::vector<Repository>& repos, std::string_view global);
 
 }  // namespace pac::concurrency::server
 

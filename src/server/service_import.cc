@@ -152,8 +152,9 @@ absl::Status Service::ApplyPlan(const Context& ctx, const RepositoryPlan& p,
 }
 
 absl::StatusOr<Json> Service::Import(const Context& ctx, const Json& body) {
-  if (absl::Status s = CheckFields(
-          body, {"pipelineruns", "repositories", "batch", "limits_of"});
+  if (absl::Status s =
+          CheckFields(body, {"pipelineruns", "repositories",
+                             "global_repository", "batch", "limits_of"});
       !s.ok()) {
     return s;
   }
@@ -217,6 +218,17 @@ absl::StatusOr<Json> Service::Import(const Context& ctx, const Json& body) {
     }
     auto repos = ParseRepositoryManifests(it->get<std::string>());
     if (!repos.ok()) return repos.status();
+    std::string global;
+    if (auto g = body.find("global_repository"); g != body.end()) {
+      if (!g->is_string()) {
+        return absl::InvalidArgumentError(
+            "global_repository: a repository key, or \"none\"");
+      }
+      global = g->get<std::string>();
+    }
+    auto merged = MergeGlobalRepository(*repos, global);
+    if (!merged.ok()) return merged.status();
+    for (const std::string& n : *merged) report["notes"].push_back(n);
     for (const Repository& r : *repos) limits[r.Key()] = EffectiveLimit(r);
   }
   std::vector<ExportedRun> runs;

@@ -482,6 +482,55 @@ TEST_F(ServiceTest, AnInterruptedImportRunAgainReportsAsOneRun) {
   (void)(*d)->Close();
 }
 
+// Pipelines-as-Code's global Repository lends its concurrency_limit to a
+// Repository that sets none (RepositorySpec.Merge); an explicit 0 stays
+// 0, and "none" turns the merge off. Before, ns/app kept no queue and its
+// queued runs were skipped ("no concurrency limit").
+TEST_F(ServiceTest, ImportMergesTheGlobalRepositorysLimit) {
+  const std::string manifests =
+      "kind: Repository\n"
+      "metadata: {name: pipelines-as-code, namespace: pipelines-as-code}\n"
+      "spec: {concurrency_limit: 1}\n"
+      "---\n"
+      "kind: Repository\nmetadata: {name: app, namespace: ns}\n"
+      "---\n"
+      "kind: Repository\nmetadata: {name: zero, namespace: ns}\n"
+      "spec: {concurrency_limit: 0}\n";
+  Json list{
+      {"kind", "List"},
+      {"items",
+       Json::array(
+           {PipelineRun("ns", "a1", "app", "queued", "2026-01-01T10:00:00Z"),
+            PipelineRun("ns", "a2", "app", "queued", "2026-01-01T10:00:01Z"),
+            PipelineRun("ns", "z1", "zero", "queued",
+                        "2026-01-01T10:00:02Z")})}};
+  auto off = service_->Import(ctx_, Json{{"pipelineruns", list},
+                                         {"repositories", manifests},
+                                         {"global_repository", "none"}});
+  ASSERT_TRUE(off.ok()) << off.status();
+  EXPECT_EQ((*off)["admitted"], Json::array());
+  EXPECT_EQ((*off)["skipped"].size(), 3u);
+
+  auto got = service_->Import(
+      ctx_, Json{{"pipelineruns", list}, {"repositories", manifests}});
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ((*got)["admitted"], Json::array({"ns/a1"}));
+  ASSERT_EQ((*got)["queued"].size(), 1u);
+  EXPECT_EQ((*got)["queued"][0]["pipeline_run"], "ns/a2");
+  ASSERT_EQ((*got)["skipped"].size(), 1u);
+  EXPECT_EQ((*got)["skipped"][0]["pipeline_run"], "ns/z1");
+  EXPECT_THAT((*got)["notes"][0].get<std::string>(),
+              ::testing::HasSubstr("pipelines-as-code/pipelines-as-code"));
+  EXPECT_EQ(**driver_->GetRepositoryLimit(ctx_, "ns/app"), 1);
+
+  auto missing =
+      service_->Import(ctx_, Json{{"pipelineruns", list},
+                                  {"repositories", manifests},
+                                  {"global_repository", "other/global"}});
+  ASSERT_EQ(missing.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(missing.status().message(), ::testing::HasSubstr("other/global"));
+}
+
 // A Repository List given as PipelineRuns is one clear error, not a
 // "no repository annotation" per item; nothing is written.
 TEST_F(ServiceTest, ImportRefusesAListOfTheWrongKind) {
