@@ -256,7 +256,9 @@ items:
   EXPECT_EQ((*repos)[0].Key(), "team-a/app");
   EXPECT_EQ((*repos)[0].concurrency_limit, 2);
   EXPECT_EQ((*repos)[1].Key(), "team-b/lib");
-  EXPECT_EQ((*repos)[1].concurrency_limit, 0);  // unset: unlimited
+  // Unset (unlimited, unless a global Repository lends its limit).
+  EXPECT_EQ((*repos)[1].concurrency_limit, std::nullopt);
+  EXPECT_EQ(EffectiveLimit((*repos)[1]), 0);
 }
 
 TEST(ManifestsTest, BadManifestsNameTheProblem) {
