@@ -164,7 +164,8 @@ absl::Status LookUpLimits(server::Api& api, const Context& ctx,
 // backend holds now (one status read per repository).
 absl::StatusOr<Json> DryRunReport(
     server::Api& api, const Context& ctx, const ImportPlan& plan,
-    const std::map<std::string, int32_t>& from_manifests) {
+    const std::map<std::string, int32_t>& from_manifests,
+    const std::set<std::string>& from_global) {
   Json repos = Json::array();
   for (const RepositoryPlan& p : plan.repositories) {
     auto status = api.Status(ctx, p.repository);
@@ -188,14 +189,16 @@ absl::StatusOr<Json> DryRunReport(
         start.push_back(q.run);
       }
     }
-    repos.push_back(
-        Json{{"repository", p.repository},
-             {"concurrency_limit", p.limit},
-             {"limit_from",
-              from_manifests.count(p.repository) != 0 ? "manifest" : "backend"},
-             {"adopt", p.adopt},
-             {"queue", std::move(queue)},
-             {"start_now", std::move(start)}});
+    repos.push_back(Json{
+        {"repository", p.repository},
+        {"concurrency_limit", p.limit},
+        {"limit_from", from_global.count(p.repository) != 0
+                           ? "global Repository"
+                       : from_manifests.count(p.repository) != 0 ? "manifest"
+                                                                 : "backend"},
+        {"adopt", p.adopt},
+        {"queue", std::move(queue)},
+        {"start_now", std::move(start)}});
   }
   Json skipped = Json::array();
   for (const server::SkippedRun& s : plan.skipped) {
@@ -209,7 +212,7 @@ absl::StatusOr<Json> DryRunReport(
 
 void PrintDryRun(const Json& d) {
   for (const Json& r : d["repositories"]) {
-    std::printf("%s (limit %d, from its %s)\n",
+    std::printf("%s (limit %d, from the %s)\n",
                 r["repository"].get<std::string>().c_str(),
                 r["concurrency_limit"].get<int>(),
                 r["limit_from"].get<std::string>().c_str());
@@ -420,6 +423,7 @@ int Import(const GlobalOptions& g, const ImportFlags& f) {
   Progress progress(f.progress);
   std::map<std::string, int32_t> from_manifests;
   std::vector<std::string> global_notes;
+  std::set<std::string> from_global;  // limits lent by the global Repository
   if (!f.repos.empty()) {
     auto text = ReadInput(f.repos, "--repositories");
     if (!text.ok()) return Fail(text.status());
@@ -430,9 +434,18 @@ int Import(const GlobalOptions& g, const ImportFlags& f) {
     }
     auto repos = server::ParseRepositoryManifests(*text);
     if (!repos.ok()) return Fail(repos.status());
+    std::set<std::string> unset;
+    for (const Repository& r : *repos) {
+      if (!r.concurrency_limit.has_value()) unset.insert(r.Key());
+    }
     auto merged = server::MergeGlobalRepository(*repos, f.global_repository);
     if (!merged.ok()) return Fail(merged.status());
     global_notes = *std::move(merged);
+    for (const Repository& r : *repos) {
+      if (unset.count(r.Key()) != 0 && r.concurrency_limit.has_value()) {
+        from_global.insert(r.Key());
+      }
+    }
     for (const Repository& r : *repos)
       from_manifests[r.Key()] = EffectiveLimit(r);
   }
@@ -458,7 +471,8 @@ int Import(const GlobalOptions& g, const ImportFlags& f) {
   ptrs = {};
   runs = {};
   if (f.dry_run) {
-    auto d = DryRunReport(*(*api)->api, *overall, plan, from_manifests);
+    auto d =
+        DryRunReport(*(*api)->api, *overall, plan, from_manifests, from_global);
     if (!d.ok()) return Fail(d.status());
     Print(g, *d, PrintDryRun);
     return kExitOk;
