@@ -194,6 +194,22 @@ void MemoryDriver::Sweep(Shard& shard, const std::string& repo_key,
   }
 }
 
+MemoryDriver::RepoState& MemoryDriver::Enter(Shard& shard,
+                                             const std::string& repo_key,
+                                             int32_t limit, bool keep_recorded,
+                                             absl::Time now, Effects& fx) {
+  RepoState& rs = shard.repos.try_emplace(repo_key).first->second;
+  if (keep_recorded && rs.limit_recorded) limit = rs.limit;
+  rs.limit_recorded = true;
+  if (rs.limit != limit) {
+    rs.limit = limit;
+    AddEvent(shard, repo_key, WatchEventType::kLimitChanged, "", fx);
+  }
+  Sweep(shard, repo_key, rs, now, fx);
+  Promote(shard, repo_key, rs, now, fx);
+  return rs;
+}
+
 void MemoryDriver::Promote(Shard& shard, const std::string& repo_key,
                            RepoState& rs, absl::Time now, Effects& fx) {
   while (
@@ -248,19 +264,8 @@ absl::StatusOr<AcquireResult> MemoryDriver::AcquireSlot(
   bool granted_now = false;
   {
     MutexLock lock(&shard.mu);
-    auto rit = shard.repos.find(repo_key);
-    if (rit == shard.repos.end()) {
-      rit = shard.repos.try_emplace(repo_key).first;
-    }
-    RepoState& rs = rit->second;
-    if (options.keep_recorded_limit && rs.limit_recorded) limit = rs.limit;
-    rs.limit_recorded = true;
-    if (rs.limit != limit) {
-      rs.limit = limit;
-      AddEvent(shard, repo_key, WatchEventType::kLimitChanged, "", fx);
-    }
-    Sweep(shard, repo_key, rs, now, fx);
-    Promote(shard, repo_key, rs, now, fx);
+    RepoState& rs =
+        Enter(shard, repo_key, limit, options.keep_recorded_limit, now, fx);
 
     std::string run(run_key);
     auto running = rs.running.find(run);
@@ -325,15 +330,7 @@ absl::StatusOr<ImportResult> MemoryDriver::ImportRuns(
   }
   {
     MutexLock lock(&shard.mu);
-    RepoState& rs = shard.repos.try_emplace(repo_key).first->second;
-    if (!request.set_limit && rs.limit_recorded) limit = rs.limit;
-    rs.limit_recorded = true;
-    if (rs.limit != limit) {
-      rs.limit = limit;
-      AddEvent(shard, repo_key, WatchEventType::kLimitChanged, "", fx);
-    }
-    Sweep(shard, repo_key, rs, now, fx);
-    Promote(shard, repo_key, rs, now, fx);
+    RepoState& rs = Enter(shard, repo_key, limit, !request.set_limit, now, fx);
     for (const std::string& run : request.running) {
       auto it = rs.running.find(run);
       if (it == rs.running.end()) {

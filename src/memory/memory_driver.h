@@ -156,6 +156,12 @@ class MemoryDriver final : public Driver {
       PAC_REQUIRES(shard.mu);
   void Sweep(Shard& shard, const std::string& repo_key, RepoState& rs,
              absl::Time now, Effects& fx) PAC_REQUIRES(shard.mu);
+  // The start of an acquire or an import: the repository's state (created
+  // if new) with `limit` recorded (with `keep_recorded`, only if none is),
+  // expired leases reclaimed and the queue admitted into free slots.
+  RepoState& Enter(Shard& shard, const std::string& repo_key, int32_t limit,
+                   bool keep_recorded, absl::Time now, Effects& fx)
+      PAC_REQUIRES(shard.mu);
   void Promote(Shard& shard, const std::string& repo_key, RepoState& rs,
                absl::Time now, Effects& fx) PAC_REQUIRES(shard.mu);
   void RemoveLease(Shard& shard, const std::string& repo_key, RepoState& rs,
