@@ -45,6 +45,13 @@ absl::StatusOr<ImportResult> Driver::ImportRuns(const Context& ctx,
       }
     }
   };
+  // A limit from a manifest is recorded first; every call below then keeps
+  // the recorded one (and records the repository's only if none is).
+  if (request.set_limit) {
+    auto admitted = SetRepositoryLimit(ctx, repo);
+    if (!admitted.ok()) return admitted.status();
+    others(*admitted);
+  }
   // What the backend holds already: a running run keeps its lease, and in
   // a repository full of leases that cannot expire during this call a
   // queued run keeps its place, so neither is sent again (a second import
@@ -52,38 +59,31 @@ absl::StatusOr<ImportResult> Driver::ImportRuns(const Context& ctx,
   auto before = GetRepositorySnapshot(ctx, repo.Key());
   if (!before.ok()) return before.status();
   const absl::Time safe = absl::Now() + absl::Seconds(5);
-  std::set<std::string> running_before, queued_before;
-  // The lease each running run was found with or given: reported even if
-  // it expired before the final read (nobody renews it during an import).
-  std::map<std::string, Lease> adopted;
+  // The lease each run holds, as found or given: a running run's is
+  // reported even if it expired before the final read (nobody renews it
+  // during an import).
+  std::map<std::string, Lease> held;
   int64_t holding = 0;
   for (const Lease& l : before->running) {
-    running_before.insert(l.pipeline_run_key);
-    adopted[l.pipeline_run_key] = l;
+    held[l.pipeline_run_key] = l;
     if (l.expires_at > safe) ++holding;
   }
-  const int32_t limit = request.set_limit || !before->limit.has_value()
-                            ? EffectiveLimit(repo)
-                            : *before->limit;
-  if (limit > 0 && holding >= limit &&
-      (!request.set_limit || before->limit == limit)) {
+  const int32_t limit = before->limit.value_or(EffectiveLimit(repo));
+  std::set<std::string> queued_before;
+  if (limit > 0 && holding >= limit) {
     for (const QueueEntry& q : before->queued) {
       queued_before.insert(q.pipeline_run_key);
     }
   }
-  bool first = true;
   for (const std::string& run : request.running) {
-    if (running_before.count(run) != 0 && !(request.set_limit && first)) {
-      continue;
-    }
+    if (held.count(run) != 0) continue;
     AcquireOptions o;
     o.adopt_running = true;
-    o.keep_recorded_limit = !(request.set_limit && first);
-    first = false;
+    o.keep_recorded_limit = true;
     auto r = AcquireSlot(ctx, repo, run, o);
     if (!r.ok()) return r.status();
     others(r->admitted);
-    adopted[run] = r->lease;
+    held[run] = r->lease;
   }
   // Oldest first, as one step would admit them into free slots.
   std::vector<const ImportRequest::Waiting*> by_time;
@@ -92,25 +92,17 @@ absl::StatusOr<ImportResult> Driver::ImportRuns(const Context& ctx,
                    [](const auto* a, const auto* b) {
                      return a->creation_time < b->creation_time;
                    });
-  for (const ImportRequest::Waiting* wp : by_time) {
-    const ImportRequest::Waiting& w = *wp;
-    if ((running_before.count(w.pipeline_run_key) != 0 ||
-         queued_before.count(w.pipeline_run_key) != 0) &&
-        !(request.set_limit && first)) {
+  for (const ImportRequest::Waiting* w : by_time) {
+    if (held.count(w->pipeline_run_key) != 0 ||
+        queued_before.count(w->pipeline_run_key) != 0) {
       continue;
     }
     AcquireOptions o;
-    o.creation_time = w.creation_time;
-    o.keep_recorded_limit = !(request.set_limit && first);
-    first = false;
-    auto r = AcquireSlot(ctx, repo, w.pipeline_run_key, o);
+    o.creation_time = w->creation_time;
+    o.keep_recorded_limit = true;
+    auto r = AcquireSlot(ctx, repo, w->pipeline_run_key, o);
     if (!r.ok()) return r.status();
     others(r->admitted);
-  }
-  if (first && request.set_limit) {
-    auto admitted = SetRepositoryLimit(ctx, repo);
-    if (!admitted.ok()) return admitted.status();
-    others(*admitted);
   }
   // The leases and places, as they are after the calls.
   auto snap = GetRepositorySnapshot(ctx, repo.Key());
@@ -122,7 +114,7 @@ absl::StatusOr<ImportResult> Driver::ImportRuns(const Context& ctx,
   for (const std::string& run : request.running) {
     if (auto it = leases.find(run); it != leases.end()) {
       out.running.push_back(*it->second);
-    } else if (auto a = adopted.find(run); a != adopted.end()) {
+    } else if (auto a = held.find(run); a != held.end()) {
       out.running.push_back(a->second);
     }
   }

@@ -66,7 +66,8 @@ constexpr const char* kImportSql =
     " interval '1 microsecond' FROM unnest($6::bigint[]) WITH ORDINALITY AS"
     " t(m, n) ORDER BY t.n), $7::bigint * interval '1 microsecond')";
 
-// `items` as a PostgreSQL array literal.
+// `items` as a PostgreSQL array literal (quoted elements: text, or
+// numbers cast by the statement).
 std::string ArrayLiteral(const std::vector<std::string>& items) {
   std::string out = "{";
   for (const std::string& item : items) {
@@ -298,17 +299,11 @@ absl::StatusOr<ImportResult> PostgreSQLDriver::ImportRuns(
     waiting.push_back(w.pipeline_run_key);
     micros.push_back(std::to_string(absl::ToUnixMicros(w.creation_time)));
   }
-  std::string times = "{";
-  for (const std::string& m : micros) {
-    if (times.size() > 1) times += ',';
-    times += m;
-  }
-  times += '}';
   auto r = Query(
       ctx, kImportSql,
       {repo_key, std::to_string(EffectiveLimit(repo)),
        request.set_limit ? "true" : "false", ArrayLiteral(request.running),
-       ArrayLiteral(waiting), std::move(times), TtlMicros()});
+       ArrayLiteral(waiting), ArrayLiteral(micros), TtlMicros()});
   if (!r.ok()) return r.status();
   absl::flat_hash_set<std::string_view> mine;
   for (const std::string& run : request.running) mine.insert(run);
