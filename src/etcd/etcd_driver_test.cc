@@ -33,6 +33,7 @@
 #include "tests/conformance/etcd_test_env.h"
 #include "tests/conformance/multiprocess.h"
 #include "tests/conformance/tcp_forwarder.h"
+#include "tests/conformance/unique_ns.h"
 
 namespace pac::concurrency {
 namespace {
@@ -81,11 +82,6 @@ using conformance::DriverConformanceTest;
 INSTANTIATE_TEST_SUITE_P(Etcd, DriverConformanceTest,
                          ::testing::Values(MockFactory(), RealFactory()),
                          [](const auto& info) { return info.param.name; });
-
-std::string UniqueNs(const char* what) {
-  static std::atomic<int> n{0};
-  return absl::StrCat(what, "-", getpid(), "-", n++);
-}
 
 EtcdConfig SecureConfig() {
   EtcdConfig c;

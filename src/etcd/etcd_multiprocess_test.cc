@@ -13,16 +13,12 @@
 #include "pac/concurrency/concurrency.h"
 #include "tests/conformance/etcd_test_env.h"
 #include "tests/conformance/multiprocess.h"
+#include "tests/conformance/unique_ns.h"
 
 namespace pac::concurrency {
 namespace {
 
 using conformance::TestEtcdConfig;
-
-std::string UniqueNs(const char* what) {
-  static std::atomic<int> n{0};
-  return absl::StrCat(what, "-", getpid(), "-", n++);
-}
 
 TEST(EtcdMultiProcessTest, FourProcessesNeverOverAdmitAndKeepFifo) {
   ASSERT_TRUE(TestEtcdConfig().ok());

@@ -17,6 +17,7 @@
 #include "src/postgresql/pg_connection.h"
 #include "tests/conformance/pg_test_env.h"
 #include "tests/conformance/tcp_forwarder.h"
+#include "tests/conformance/unique_ns.h"
 
 namespace pac::concurrency {
 namespace {
@@ -24,11 +25,6 @@ namespace {
 using conformance::TestPostgreSQLConfig;
 using internal::PgConnection;
 using ::testing::HasSubstr;
-
-std::string UniqueNs(const char* what) {
-  static std::atomic<int> n{0};
-  return absl::StrCat(what, "-", getpid(), "-", n++);
-}
 
 std::unique_ptr<PgConnection> Connect() {
   auto config = TestPostgreSQLConfig();

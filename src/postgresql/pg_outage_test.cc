@@ -22,17 +22,13 @@
 #include "pac/concurrency/concurrency.h"
 #include "tests/conformance/pg_test_env.h"
 #include "tests/conformance/tcp_forwarder.h"
+#include "tests/conformance/unique_ns.h"
 
 namespace pac::concurrency {
 namespace {
 
 using conformance::EnvOr;
 using conformance::TestPostgreSQLConfig;
-
-std::string UniqueNs(const char* what) {
-  static std::atomic<int> n{0};
-  return absl::StrCat(what, "-", getpid(), "-", n++);
-}
 
 // Keeps leases alive as a holder does (`run` renews at a third of the
 // TTL; here every 500 ms, each renewal with a 1 s deadline) and counts the

@@ -12,6 +12,7 @@
 #include "pac/concurrency/driver.h"
 #include "tests/conformance/driver_conformance.h"
 #include "tests/conformance/pg_test_env.h"
+#include "tests/conformance/unique_ns.h"
 
 namespace pac::concurrency {
 namespace {
@@ -43,11 +44,6 @@ INSTANTIATE_TEST_SUITE_P(PostgreSQL, DriverConformanceTest,
                          ::testing::Values(PostgreSQLFactory()),
                          [](const auto& info) { return info.param.name; });
 
-std::string UniqueNs() {
-  static std::atomic<int> n{0};
-  return absl::StrCat("pgt-", getpid(), "-", n++);
-}
-
 TEST(PostgreSQLDriverTest, PasswordWithSpecialCharactersWorks) {
   auto config = TestPostgreSQLConfig();
   ASSERT_TRUE(config.ok()) << config.status();
@@ -77,8 +73,8 @@ TEST(PostgreSQLDriverTest, VerifyFullWithTheRightCa) {
   auto driver = NewPostgreSQLDriver(*config);
   ASSERT_TRUE(driver.ok()) << driver.status();
   Context ctx;
-  auto r = (*driver)->AcquireSlot(ctx, Repository{UniqueNs(), "tls", 1},
-                                  absl::StrCat(UniqueNs(), "/run"));
+  auto r = (*driver)->AcquireSlot(ctx, Repository{UniqueNs("pgt"), "tls", 1},
+                                  absl::StrCat(UniqueNs("pgt"), "/run"));
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_TRUE(r->acquired);
 }
@@ -111,7 +107,7 @@ TEST(PostgreSQLDriverTest, StateSurvivesADriverRestart) {
   auto config = TestPostgreSQLConfig();
   ASSERT_TRUE(config.ok()) << config.status();
   Context ctx;
-  Repository repo{UniqueNs(), "durable", 1};
+  Repository repo{UniqueNs("pgt"), "durable", 1};
   std::string lease_id;
   {
     auto d = NewPostgreSQLDriver(*config);
@@ -140,11 +136,11 @@ TEST(PostgreSQLDriverTest, ServerRestartDuringOperations) {
   auto driver = NewPostgreSQLDriver(*config);
   ASSERT_TRUE(driver.ok()) << driver.status();
   Context bg;
-  Repository held{UniqueNs(), "held", 5};
+  Repository held{UniqueNs("pgt"), "held", 5};
   auto before = (*driver)->AcquireSlot(bg, held, held.ns + "/kept");
   ASSERT_TRUE(before.ok() && before->acquired);
 
-  Repository repo{UniqueNs(), "restart", 2};
+  Repository repo{UniqueNs("pgt"), "restart", 2};
   // A watcher learns that it must re-read state once LISTEN is back.
   std::atomic<int> resyncs{0};
   auto watch = (*driver)->WatchSlotAvailability(
@@ -221,7 +217,7 @@ TEST(PostgreSQLDriverTest, PollingFallbackSendsResync) {
   std::atomic<int> resyncs{0};
   Context ctx;
   auto watch = (*driver)->WatchSlotAvailability(
-      ctx, UniqueNs() + "/polled", [&](const WatchEvent& e) {
+      ctx, UniqueNs("pgt") + "/polled", [&](const WatchEvent& e) {
         if (e.type == WatchEventType::kResync) ++resyncs;
       });
   ASSERT_TRUE(watch.ok()) << watch.status();
@@ -236,7 +232,7 @@ TEST(PostgreSQLDriverTest, PollingFallbackSendsResync) {
   ASSERT_TRUE(quiet.ok());
   std::atomic<int> quiet_events{0};
   auto w2 = (*quiet)->WatchSlotAvailability(
-      ctx, UniqueNs() + "/quiet", [&](const WatchEvent&) { ++quiet_events; });
+      ctx, UniqueNs("pgt") + "/quiet", [&](const WatchEvent&) { ++quiet_events; });
   ASSERT_TRUE(w2.ok());
   absl::SleepFor(absl::Milliseconds(500));
   EXPECT_EQ(quiet_events.load(), 0);
