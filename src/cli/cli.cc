@@ -68,7 +68,8 @@ absl::StatusOr<std::unique_ptr<ApiHandle>> OpenApi(const GlobalOptions& g) {
     auto config = LoadDriverConfig(g.config, nullptr);
     if (!config.ok()) return config.status();
     auto logger = spdlog::stderr_color_mt("pac-cli");
-    logger->set_level(spdlog::level::from_str(g.log_level));
+    logger->set_level(spdlog::level::from_str(
+        g.log_level.empty() ? std::string("warn") : g.log_level));
     auto driver = NewDriver(*config, DriverOptions{nullptr, logger, true});
     spdlog::drop("pac-cli");
     if (!driver.ok()) return driver.status();

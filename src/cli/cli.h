@@ -41,7 +41,7 @@ struct GlobalOptions {
   std::string key_file;          // --key / PAC_KEY_FILE
   std::string output = "table";  // --output table|json
   std::string timeout;           // --timeout; empty: the command's default
-  std::string log_level = "warn";
+  std::string log_level;         // --log-level; empty: the command's default
 };
 
 // The Api a subcommand talks to, and what keeps it alive.

@@ -57,9 +57,9 @@ int main(int argc, char** argv) {
   app.add_option("--timeout", g.timeout,
                  "Time limit of the command (e.g. 30s, 5m; 0 = none). "
                  "Default: 30s; none for watch, run and acquire --wait");
-  app.add_option("--log-level", g.log_level, "Log level")
-      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}))
-      ->capture_default_str();
+  app.add_option("--log-level", g.log_level,
+                 "Log level (default: info for serve, warn for the others)")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
 
   Runner run;
   RegisterServeCommand(app, g, &run);

@@ -146,7 +146,7 @@ int Serve(const GlobalOptions& g, const ServeOptions& o) {
 
   auto logger = spdlog::stderr_color_mt("pac");
   logger->set_level(
-      spdlog::level::from_str(g.log_level == "warn" ? "info" : g.log_level));
+      spdlog::level::from_str(g.log_level.empty() ? std::string("info") : g.log_level));
   auto driver = NewDriver(*config, DriverOptions{nullptr, logger, true});
   const bool deferred = !driver.ok() && absl::IsUnavailable(driver.status());
   if (deferred) {

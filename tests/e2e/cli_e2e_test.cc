@@ -135,6 +135,37 @@ TEST(CliE2ETest, CommandsAgainstAServerGiveExitCodesAndJson) {
   EXPECT_EQ(InUse(u, "imp/repo"), 1);
 }
 
+// serve logs its info lines by default, and none with --log-level warn
+// (warn used to be taken as "the default", which for serve is info).
+TEST(CliE2ETest, ServeLogLevelWarnLogsNoInfoLines) {
+  for (bool warn : {false, true}) {
+    std::vector<std::string> args{Binary(), "serve", "--listen", "127.0.0.1:0"};
+    if (warn) args.insert(args.end(), {"--log-level", "warn"});
+    Child c = Spawn(args);
+    // SIGTERM only once it serves (before that it would kill, not stop it).
+    std::string out;
+    absl::Time deadline = absl::Now() + absl::Seconds(30);
+    while (out.find("serving on") == std::string::npos &&
+           absl::Now() < deadline) {
+      pollfd p{c.out, POLLIN, 0};
+      if (poll(&p, 1, 100) <= 0) continue;
+      char buf[256];
+      ssize_t n = read(c.out, buf, sizeof buf);
+      if (n <= 0) break;
+      out.append(buf, n);
+    }
+    kill(c.pid, SIGTERM);
+    std::string rest;
+    EXPECT_EQ(Finish(c, &rest), 0);
+    out += rest;
+    EXPECT_THAT(out, HasSubstr("serving on"));
+    EXPECT_EQ(out.find("shutting down") != std::string::npos, !warn)
+        << (warn ? "--log-level warn" : "default") << ":\n"
+        << out;
+    EXPECT_EQ(out.find("[info]") != std::string::npos, !warn) << out;
+  }
+}
+
 // Issue 19, observation 5: the CLI aborted (exit 134) on invalid UTF-8 in
 // --run, --creation-time or an input file and on --server ftp://x, and
 // crashed (exit 139) importing JSON nested 100,000 deep. Each is exit 2
