@@ -59,7 +59,8 @@ int main(int argc, char** argv) {
                  "Default: 30s; none for watch, run and acquire --wait");
   app.add_option("--log-level", g.log_level,
                  "Log level (default: info for serve, warn for the others)")
-      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
+      ->check(
+          CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
 
   Runner run;
   RegisterServeCommand(app, g, &run);

@@ -145,8 +145,8 @@ int Serve(const GlobalOptions& g, const ServeOptions& o) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   auto logger = spdlog::stderr_color_mt("pac");
-  logger->set_level(
-      spdlog::level::from_str(g.log_level.empty() ? std::string("info") : g.log_level));
+  logger->set_level(spdlog::level::from_str(
+      g.log_level.empty() ? std::string("info") : g.log_level));
   auto driver = NewDriver(*config, DriverOptions{nullptr, logger, true});
   const bool deferred = !driver.ok() && absl::IsUnavailable(driver.status());
   if (deferred) {
