@@ -34,10 +34,15 @@ int Acquire(const GlobalOptions& g, const AcquireFlags& f) {
   if (!f.creation_time.empty()) body["creation_time"] = f.creation_time;
   if (f.no_queue) body["enqueue"] = false;
   if (f.wait) {
-    auto lease = WaitForSlot(*(*api)->api, *ctx, f.repo, body, [](int64_t p) {
-      std::fprintf(stderr, "queued at position %lld\n",
-                   static_cast<long long>(p));
-    });
+    auto lease =
+        WaitForSlot(*(*api)->api, *ctx, f.repo, body,
+                    [](int64_t p, const std::vector<std::string>& holders) {
+                      std::fprintf(stderr, "queued at position %lld\n",
+                                   static_cast<long long>(p));
+                      for (const std::string& h : holders) {
+                        std::fprintf(stderr, "%s\n", h.c_str());
+                      }
+                    });
     if (!lease.ok()) return Fail(lease.status());
     Print(g, Json{{"acquired", true}, {"lease", *lease}}, PrintAcquired);
     return kExitOk;

@@ -150,9 +150,44 @@ std::string HumanSeconds(double seconds) {
   return fmt::format("{}s", s);
 }
 
+std::vector<std::string> HolderLines(const Json& status, absl::Time now,
+                                     size_t max_lines) {
+  std::vector<std::string> out;
+  if (!status.is_object() || !status.contains("running")) return out;
+  const Json& running = status["running"];
+  const Json& limit = status["concurrency_limit"];
+  out.push_back(Cat(status.value("repository", ""), ": ", running.size(),
+                    " of ",
+                    limit.is_number() ? std::to_string(limit.get<int64_t>())
+                                      : std::string("unlimited"),
+                    " slots in use"));
+  for (size_t i = 0; i < running.size(); ++i) {
+    if (i == max_lines) {
+      out.push_back(Cat("... and ", running.size() - i, " more"));
+      break;
+    }
+    const Json& l = running[i];
+    std::string line = Cat(l.value("pipeline_run", "?"), " holds a slot");
+    const std::string expires = l.value("expires_at", "");
+    if (auto t = server::ParseTimestamp(expires, "expires_at"); t.ok()) {
+      absl::Duration left = absl::Trunc(*t - now, absl::Seconds(1));
+      line += Cat(
+          " (lease ", l.value("lease_id", "?"), " expires ",
+          absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", *t, absl::UTCTimeZone()),
+          left > absl::ZeroDuration() ? Cat(", in ", absl::FormatDuration(left))
+                                      : std::string(", overdue"),
+          ")");
+    }
+    out.push_back(std::move(line));
+  }
+  return out;
+}
+
 absl::StatusOr<Json> WaitForSlot(
     server::Api& api, const Context& ctx, const std::string& repo,
-    const Json& submit_body, const std::function<void(int64_t)>& on_position) {
+    const Json& submit_body,
+    const std::function<void(int64_t, const std::vector<std::string>&)>&
+        on_position) {
   int64_t last_position = -1;
   std::optional<Json> lease;
   absl::Status failure;
@@ -176,8 +211,15 @@ absl::StatusOr<Json> WaitForSlot(
       return false;
     }
     if (pos != last_position) {
+      std::vector<std::string> holders;
+      if (last_position == -1) {
+        // Best effort: the wait goes on if the status cannot be read.
+        if (auto st = api.Status(ctx, repo); st.ok()) {
+          holders = HolderLines(*st, absl::Now());
+        }
+      }
       last_position = pos;
-      if (on_position) on_position(pos);
+      if (on_position) on_position(pos, holders);
     }
     return true;
   };

@@ -8,10 +8,12 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "CLI/CLI.hpp"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "pac/concurrency/config.h"
 #include "pac/concurrency/driver.h"
 #include "src/server/api.h"
@@ -100,12 +102,23 @@ void RegisterImportCommand(CLI::App& app, GlobalOptions& g, Runner* run);
 
 // Waits until `run_key` holds a slot: submits, then re-submits on every
 // event of the repository's watch (and after the watch is ready, so no
-// admission is missed). `on_position` is told each new queue position.
-// Returns the lease JSON. On Cancelled/DeadlineExceeded the run is taken
-// out of the queue.
+// admission is missed). `on_position` is told each new queue position;
+// the first time also who holds the slots (HolderLines), so a user sees
+// what the run waits for. Returns the lease JSON. On
+// Cancelled/DeadlineExceeded the run is taken out of the queue.
 [[nodiscard]] absl::StatusOr<Json> WaitForSlot(
     server::Api& api, const Context& ctx, const std::string& repo,
-    const Json& submit_body, const std::function<void(int64_t)>& on_position);
+    const Json& submit_body,
+    const std::function<void(int64_t position, const std::vector<std::string>&
+                                                   holders)>& on_position);
+
+// Lines naming who holds the slots of a repository, from its status JSON
+// (`Api::Status`), as of `now`: "demo/pr-2 holds a slot (lease m1 expires
+// 2026-12-05T21:00:00Z, in 29m58s)", at most `max_lines` of them and then
+// "... and N more"; the first line says the limit and how many are in use.
+[[nodiscard]] std::vector<std::string> HolderLines(const Json& status,
+                                                   absl::Time now,
+                                                   size_t max_lines = 5);
 
 }  // namespace pac::concurrency::cli
 

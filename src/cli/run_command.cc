@@ -110,9 +110,12 @@ int RunCommand(const GlobalOptions& g, RunFlags f) {
   if (f.limit >= 0) body["concurrency_limit"] = f.limit;
   if (!f.creation_time.empty()) body["creation_time"] = f.creation_time;
 
-  auto lease = WaitForSlot(a, ctx, f.repo, body, [](int64_t pos) {
-    Note(Cat("queued at position ", pos));
-  });
+  auto lease =
+      WaitForSlot(a, ctx, f.repo, body,
+                  [](int64_t pos, const std::vector<std::string>& holders) {
+                    Note(Cat("queued at position ", pos));
+                    for (const std::string& h : holders) Note(h);
+                  });
   if (!lease.ok()) {
     if (int sig = state->signal.load(); sig != 0) {
       Note(Cat("signal ", sig, " while queued: left the queue"));

@@ -423,11 +423,23 @@ TEST(CliE2ETest, RunExitsWithTheCommandsStatusAndWaitsInTheQueue) {
     auto s = api.Status(Context::Background(), "ns/q");
     return s.ok() && (*s)["queue_depth"] == 1;
   }));
+  // acquire --wait also says who holds the slot, and leaves the queue when
+  // its time is up.
+  CliResult waited = Cli(u, {"--timeout", "1s", "acquire", "--wait", "--repo",
+                             "ns/q", "--run", "ns/second"});
+  EXPECT_EQ(waited.code, 124) << waited.out;
+  EXPECT_THAT(waited.out, HasSubstr("queued at position 2"));
+  EXPECT_THAT(waited.out, HasSubstr("ns/holder holds a slot (lease "));
   ASSERT_EQ(Cli(u, {"release", "--repo", "ns/q", "--run", "ns/holder"}).code,
             0);
   std::string out;
   EXPECT_EQ(Finish(run, &out), 7) << out;
   EXPECT_THAT(out, HasSubstr("queued at position 1"));
+  // Who it waits for, and until when at the latest (the TTL is 30 min).
+  EXPECT_THAT(out, HasSubstr("ns/q: 1 of 1 slots in use"));
+  EXPECT_THAT(out, HasSubstr("ns/holder holds a slot (lease "));
+  EXPECT_THAT(out, ::testing::ContainsRegex(
+                       "expires 20[0-9-]+T[0-9:.]+Z, in 29m[0-9]+s\\)"));
   EXPECT_EQ(InUse(u, "ns/q"), 0);
 }
 
