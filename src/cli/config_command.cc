@@ -1,7 +1,9 @@
 // `pac-concurrency config validate FILE`: checks a driver configuration
 // (with PAC_* environment overrides) and prints it with secrets redacted.
 #include <algorithm>
+#include <cctype>
 #include <cstdio>
+#include <cstdlib>
 
 #include "src/cli/cli.h"
 
@@ -26,15 +28,33 @@ int Validate(const GlobalOptions& g, const std::string& file) {
       ++ignored;
     }
   }
+  // The effective values: a PAC_* variable overrides the file's value (it
+  // has already been applied to `config`; shown here with where it came
+  // from).
+  Json from_env = Json::object();
+  for (const std::string& k : known) {
+    std::string name = "PAC_" + k;
+    for (char& c : name) c = c == '-' ? '_' : static_cast<char>(toupper(c));
+    if (const char* v = std::getenv(name.c_str()); v != nullptr) {
+      used[k] = v;
+      from_env[k] = name;
+    }
+  }
   Json doc{{"valid", true},
            {"driver", config->driver},
            {"settings", RedactSecrets(used)},
+           {"from_environment", from_env},
            {"ignored_keys", ignored}};
   Print(g, doc, [](const Json& d) {
     std::printf("valid: driver %s\n", d["driver"].get<std::string>().c_str());
+    const Json& env = d["from_environment"];
     for (auto it = d["settings"].begin(); it != d["settings"].end(); ++it) {
-      std::printf("  %s: %s\n", it.key().c_str(),
-                  it.value().get<std::string>().c_str());
+      std::string from;
+      if (env.contains(it.key())) {
+        from = " (from " + env[it.key()].get<std::string>() + ")";
+      }
+      std::printf("  %s: %s%s\n", it.key().c_str(),
+                  it.value().get<std::string>().c_str(), from.c_str());
     }
     if (int n = d["ignored_keys"].get<int>(); n > 0) {
       std::printf("(%d other keys ignored: not concurrency settings)\n", n);

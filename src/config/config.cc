@@ -143,6 +143,33 @@ absl::Status FlattenSection(const std::string& section, const YAML::Node& node,
   return absl::OkStatus();
 }
 
+// An etcd endpoint as the driver dials it: host:port, optionally after
+// http:// or https:// (what etcdctl and Pipelines-as-Code write); the host
+// a name, an IPv4 address or a bracketed IPv6 one; the port 1..65535.
+bool IsEndpoint(std::string_view ep) {
+  for (std::string_view scheme : {"http://", "https://"}) {
+    if (ep.starts_with(scheme)) ep.remove_prefix(scheme.size());
+  }
+  const size_t colon = ep.rfind(':');
+  if (colon == std::string_view::npos || colon == 0) return false;
+  std::string_view host = ep.substr(0, colon);
+  std::string_view port = ep.substr(colon + 1);
+  if (port.empty() || port.size() > 5) return false;
+  int p = 0;
+  for (char c : port) {
+    if (c < '0' || c > '9') return false;
+    p = p * 10 + (c - '0');
+  }
+  if (p < 1 || p > 65535) return false;
+  if (host.front() == '[') return host.size() > 2 && host.back() == ']';
+  for (char c : host) {
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                    (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_';
+    if (!ok) return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 const std::vector<std::string>& ConfigKeys() {
@@ -346,9 +373,12 @@ absl::Status ValidateConfig(const DriverConfig& config) {
                         "at least one endpoint is needed in etcd mode");
     }
     for (const auto& ep : e.endpoints) {
-      if (ep.empty() || absl::StrContains(ep, " ")) {
-        return FieldError("etcd-endpoints",
-                          internal::Cat("bad endpoint ", Shown("", ep)));
+      if (!IsEndpoint(ep)) {
+        return FieldError(
+            "etcd-endpoints",
+            internal::Cat("bad endpoint ", Shown("", ep),
+                          " (use host:port, optionally after http:// or "
+                          "https://, e.g. etcd-0:2379)"));
       }
     }
     if (e.dial_timeout <= absl::ZeroDuration()) {

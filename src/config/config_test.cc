@@ -94,6 +94,16 @@ TEST(ConfigMapTest, BadValuesNameTheField) {
       {{{"concurrency-driver", "etcd"}}, "etcd-endpoints"},
       {{{"concurrency-driver", "etcd"}, {"etcd-endpoints", " , "}},
        "etcd-endpoints"},
+      {{{"concurrency-driver", "etcd"}, {"etcd-endpoints", "http://"}},
+       "etcd-endpoints"},
+      {{{"concurrency-driver", "etcd"}, {"etcd-endpoints", "etcd-0"}},
+       "etcd-endpoints"},
+      {{{"concurrency-driver", "etcd"}, {"etcd-endpoints", "a:1, b:99999"}},
+       "etcd-endpoints"},
+      {{{"concurrency-driver", "etcd"}, {"etcd-endpoints", "ftp://a:1"}},
+       "etcd-endpoints"},
+      {{{"concurrency-driver", "etcd"}, {"etcd-endpoints", "a:1/path"}},
+       "etcd-endpoints"},
       {{{"concurrency-driver", "etcd"},
         {"etcd-endpoints", "a:1"},
         {"etcd-mode", "raft"}},
@@ -125,6 +135,16 @@ TEST(ConfigMapTest, BadValuesNameTheField) {
     EXPECT_TRUE(absl::IsInvalidArgument(config.status()));
     EXPECT_THAT(Msg(config.status()), HasSubstr(c.field));
   }
+}
+
+// Endpoints as etcdctl and Pipelines-as-Code write them are accepted.
+TEST(ConfigMapTest, EndpointsWithSchemesAndIpv6Parse) {
+  auto c = LoadConfigFromConfigMap(
+      {{"concurrency-driver", "etcd"},
+       {"etcd-endpoints",
+        "https://etcd-0.example.com:2379, http://10.0.0.1:2379, [::1]:2379"}});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->etcd->endpoints.size(), 3u);
 }
 
 TEST(ConfigMapTest, SecretsNeverInErrors) {

@@ -378,6 +378,59 @@ TEST(CliE2ETest, ConfigValidatePrintsOnlyItsKeysWithSecretsHidden) {
   }
 }
 
+// The configurations shipped in examples/config/ are valid, and `config
+// validate` prints the effective values: a PAC_* variable overrides the
+// file and says so; an unreadable referenced file is exit 2 naming its key.
+TEST(CliE2ETest, ConfigValidateShowsOverridesAndAcceptsTheShippedExamples) {
+  const std::string examples =
+      std::string(PAC_SOURCE_DIR) + "/examples/config/";
+  const std::string pw = WriteFile("db-password", "s3cret\n");
+  const std::string pw_env = "PAC_POSTGRESQL_PASSWORD_FILE=" + pw;
+  for (const char* name :
+       {"memory.yaml", "postgresql.yaml", "etcd.yaml", "pac-configmap.yaml"}) {
+    CliResult r;
+    r.code = Finish(
+        Spawn({Binary(), "config", "validate", examples + name}, {pw_env}),
+        &r.out);
+    EXPECT_EQ(r.code, 0) << name << ": " << r.out;
+  }
+  CliResult r;
+  r.code = Finish(
+      Spawn({Binary(), "config", "validate", examples + "postgresql.yaml"},
+            {pw_env, "PAC_POSTGRESQL_PORT=6543"}),
+      &r.out);
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_THAT(r.out,
+              HasSubstr("postgresql-port: 6543 (from PAC_POSTGRESQL_PORT)"));
+  EXPECT_THAT(r.out, HasSubstr("postgresql-host: localhost\n"));
+  EXPECT_THAT(r.out, ::testing::Not(HasSubstr("s3cret")));
+  r.code = Finish(Spawn({Binary(), "-o", "json", "config", "validate",
+                         examples + "postgresql.yaml"},
+                        {pw_env, "PAC_POSTGRESQL_PORT=6543"}),
+                  &r.out);
+  EXPECT_EQ(r.json()["settings"]["postgresql-port"], "6543") << r.out;
+  EXPECT_EQ(r.json()["from_environment"]["postgresql-port"],
+            "PAC_POSTGRESQL_PORT");
+  // What --config would refuse, validate refuses.
+  r.code = Finish(
+      Spawn({Binary(), "config", "validate", examples + "postgresql.yaml"},
+            {pw_env, "PAC_POSTGRESQL_PORT=many"}),
+      &r.out);
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("postgresql-port"));
+  r.code = Finish(
+      Spawn({Binary(), "config", "validate", examples + "postgresql.yaml"}),
+      &r.out);
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("postgresql-password-file: cannot read file"));
+  r.code =
+      Finish(Spawn({Binary(), "config", "validate", examples + "etcd.yaml"},
+                   {"PAC_ETCD_ENDPOINTS=http://"}),
+             &r.out);
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("etcd-endpoints"));
+}
+
 TEST(CliE2ETest, WatchPrintsEventsAsTheyHappen) {
   ServerProcess server;
   const std::string& u = server.url();
