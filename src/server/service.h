@@ -53,7 +53,7 @@ class Service final : public Api {
   // Scrape-time gauges for every repository this service has seen.
   std::vector<Metrics::Gauge> Gauges(const Context& ctx);
   // Whether the backend answers a read within kReadyTimeout.
-  static constexpr absl::Duration kReadyTimeout = absl::Milliseconds(800);
+  static constexpr absl::Duration kReadyTimeout = absl::Milliseconds(600);
   absl::Status Ready(const Context& ctx);
 
  private:

@@ -123,9 +123,10 @@ TEST(CliE2ETest, ServeStartsBeforeItsBackendAndIsReadyOnceItAnswers) {
   EXPECT_EQ(InUse(server.url(), repo), 1);
 }
 
-// `serve` on PostgreSQL through a forwarder that goes down (every
-// connection cut, new ones refused) and comes back: /readyz answers 503
-// within a second while it is down (it waited out the 30 s request timeout
+// `serve` on PostgreSQL through a forwarder that stalls (bytes taken, no
+// answer), then goes down (every connection cut, new ones refused) and
+// comes back: /readyz answers 503 within a second while it stalls or is
+// down (it waited out the 30 s request timeout
 // before), and a submit is granted soon after it is back.
 TEST(CliE2ETest, ReadyzAnswersWithinASecondWhilePostgreSQLIsDown) {
   auto fwd = PgForwarder();
@@ -134,6 +135,18 @@ TEST(CliE2ETest, ReadyzAnswersWithinASecondWhilePostgreSQLIsDown) {
   ServerProcess server({"--config", config});
   ASSERT_FALSE(server.url().empty());
   ASSERT_EQ(HttpCode(server.url() + "/readyz"), 200);
+  // A backend that takes the bytes and never answers (a stalled network):
+  // the same. Cutting the connections below clears the stalled ones.
+  (*fwd)->BlackHole(true);
+  for (int i = 0; i < 3; ++i) {
+    const absl::Time asked = absl::Now();
+    EXPECT_EQ(HttpCode(server.url() + "/readyz"), 503);
+    const absl::Duration took = absl::Now() - asked;
+    std::printf("[ timing ] /readyz with PostgreSQL stalled: %s\n",
+                absl::FormatDuration(took).c_str());
+    EXPECT_LT(took, absl::Seconds(1));
+  }
+  (*fwd)->BlackHole(false);
   (*fwd)->SetDown(true);
   for (int i = 0; i < 3; ++i) {
     const absl::Time asked = absl::Now();
