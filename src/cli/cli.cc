@@ -1,5 +1,6 @@
 #include "src/cli/cli.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -9,6 +10,7 @@
 #include "pac/concurrency/status.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
+#include "src/common/escape.h"
 #include "src/common/strings.h"
 #include "src/server/remote_api.h"
 
@@ -268,6 +270,90 @@ absl::StatusOr<Json> WaitForSlot(
       Context::WithTimeout(Context::Background(), absl::Seconds(10));
   (void)api.Release(cleanup, repo, submit_body.value("pipeline_run", ""), "");
   return why;
+}
+
+namespace {
+
+size_t EditDistance(const std::string& a, const std::string& b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diag = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      size_t up = row[j];
+      row[j] = std::min(
+          {row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diag = up;
+    }
+  }
+  return row[b.size()];
+}
+
+}  // namespace
+
+std::string UnknownCommand(const CLI::App& app, int argc,
+                           const char* const* argv) {
+  std::vector<std::string> names;
+  for (const CLI::App* sub : app.get_subcommands({})) {
+    names.push_back(sub->get_name());
+    for (const std::string& a : sub->get_aliases()) names.push_back(a);
+  }
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--") return "";
+    if (arg.size() > 1 && arg[0] == '-') {
+      if (arg.find('=') != std::string::npos) continue;
+      // A global flag that takes a value: skip the value too.
+      for (const CLI::Option* o : app.get_options()) {
+        if (o->check_name(arg) && o->get_type_size() != 0) {
+          ++i;
+          break;
+        }
+      }
+      continue;
+    }
+    if (std::find(names.begin(), names.end(), arg) != names.end()) return "";
+    // A command this word begins, else the nearest within two edits.
+    std::string best;
+    size_t best_distance = 3;
+    for (const std::string& n : names) {
+      if (arg.size() >= 2 && n.rfind(arg, 0) == 0) {
+        best = n;
+        break;
+      }
+      if (size_t d = EditDistance(arg, n); d < best_distance) {
+        best_distance = d;
+        best = n;
+      }
+    }
+    std::string out =
+        Cat("unknown command \"", internal::EscapeBytes(arg), "\"");
+    if (!best.empty()) out += Cat(" (did you mean \"", best, "\"?)");
+    return out;
+  }
+  return "";
+}
+
+void DescribeGlobalFlags(CLI::App& app) {
+  std::vector<std::pair<std::string, std::string>> rows;
+  size_t width = 0;
+  for (const CLI::Option* o : app.get_options()) {
+    if (o->get_lnames().empty() || o->get_lnames()[0] == "help" ||
+        o->get_lnames()[0] == "version") {
+      continue;
+    }
+    std::string name = o->get_name(false, true);
+    if (o->get_type_size() != 0) name += " " + o->get_type_name();
+    width = std::max(width, name.size());
+    rows.emplace_back(std::move(name), o->get_description());
+  }
+  std::string text = "Global flags (before or after the command):";
+  for (const auto& [name, description] : rows) {
+    text +=
+        "\n  " + name + std::string(width + 2 - name.size(), ' ') + description;
+  }
+  for (CLI::App* sub : app.get_subcommands({})) sub->footer(text);
 }
 
 }  // namespace pac::concurrency::cli

@@ -99,6 +99,20 @@ void RegisterConfigCommand(CLI::App& app, GlobalOptions& g, Runner* run);
 void RegisterRunCommand(CLI::App& app, GlobalOptions& g, Runner* run);
 void RegisterLimitCommand(CLI::App& app, GlobalOptions& g, Runner* run);
 void RegisterImportCommand(CLI::App& app, GlobalOptions& g, Runner* run);
+void RegisterDeleteCommand(CLI::App& app, GlobalOptions& g, Runner* run);
+void RegisterRenewCommand(CLI::App& app, GlobalOptions& g, Runner* run);
+void RegisterVersionCommand(CLI::App& app, GlobalOptions& g, Runner* run);
+void RegisterCompletionCommand(CLI::App& app, GlobalOptions& g, Runner* run);
+
+// The error for a command line whose command is not one of `app`'s
+// ("unknown command \"stauts\" (did you mean \"status\"?)"), or empty
+// when the first word that is not a global flag (or a flag's value) names
+// one, or there is none. Global flags may come before the command.
+[[nodiscard]] std::string UnknownCommand(const CLI::App& app, int argc,
+                                         const char* const* argv);
+
+// Adds to each command's --help the global flags it also takes.
+void DescribeGlobalFlags(CLI::App& app);
 
 // Waits until `run_key` holds a slot: submits, then re-submits on every
 // event of the repository's watch (and after the watch is ready, so no

@@ -1,12 +1,15 @@
 // pac-concurrency: the HTTP service and the operator's command line.
 //
 //   pac-concurrency serve [--listen 127.0.0.1:8080] [--config FILE]
-//   pac-concurrency status|queue|acquire|release|watch|limit|import ...
+//   pac-concurrency status|list|queue|acquire|release|renew|watch|limit|
+//                   delete|import ...
 //   pac-concurrency run --repo ns/name --run ns/pr -- command args...
 //   pac-concurrency config validate FILE
+//   pac-concurrency version | completion bash|zsh
 //
 // Commands other than `serve` talk to a running server (--server, default
 // http://127.0.0.1:8080), or, with --config, to the backend directly.
+#include <cstdio>
 #include <cstdlib>
 #include <iostream>
 
@@ -73,6 +76,16 @@ int main(int argc, char** argv) {
   RegisterImportCommand(app, g, &run);
   RegisterConfigCommand(app, g, &run);
   RegisterRunCommand(app, g, &run);
+  RegisterDeleteCommand(app, g, &run);
+  RegisterRenewCommand(app, g, &run);
+  RegisterVersionCommand(app, g, &run);
+  RegisterCompletionCommand(app, g, &run);
+  DescribeGlobalFlags(app);
+  if (std::string unknown = UnknownCommand(app, argc, argv); !unknown.empty()) {
+    std::fprintf(stderr, "error: %s\nRun with --help for the commands.\n",
+                 unknown.c_str());
+    return kExitUsage;
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -4,6 +4,7 @@
 #include <cstdio>
 
 #include "src/cli/cli.h"
+#include "src/common/strings.h"
 
 namespace pac::concurrency::cli {
 
@@ -17,6 +18,20 @@ int Release(const GlobalOptions& g, const std::string& repo,
   if (!api.ok()) return Fail(api.status());
   auto r = (*api)->api->Release(*ctx, repo, run, lease_id);
   if (!r.ok()) return Fail(r.status());
+  if (!lease_id.empty() && !(*r)["released"].get<bool>() &&
+      !(*r)["dequeued"].get<bool>()) {
+    // Nothing happened: say whether the run holds a slot under another
+    // lease (a stale holder's id) rather than "held no slot".
+    if (auto st = (*api)->api->Status(*ctx, repo); st.ok()) {
+      for (const Json& l : (*st)["running"]) {
+        if (l.value("pipeline_run", "") != run) continue;
+        return Fail(absl::FailedPreconditionError(internal::Cat(
+            "not released: --lease-id ", lease_id, " does not match the lease ",
+            run, " holds (", l.value("lease_id", "?"),
+            "); a newer grant replaced the one it names")));
+      }
+    }
+  }
   Print(g, *r, [](const Json& d) {
     if (d["released"].get<bool>()) {
       std::printf("released %s\n",

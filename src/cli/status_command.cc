@@ -64,7 +64,9 @@ void RegisterStatusCommand(CLI::App& app, GlobalOptions& g, Runner* run) {
   auto repo = std::make_shared<std::string>();
   auto ns = std::make_shared<std::string>();
   CLI::App* cmd = app.add_subcommand(
-      "status", "Show slots in use, the limit, running and queued runs");
+      "status",
+      "Show slots in use, the limit, running and queued runs (alias: list)");
+  cmd->alias("list");
   cmd->add_option("--repo", *repo,
                   "Repository ns/name (default: every repository the backend "
                   "holds a limit, a running or a queued run of)");

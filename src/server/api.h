@@ -60,6 +60,9 @@ class Api {
   // when it is not empty.
   [[nodiscard]] virtual absl::StatusOr<Json> ListRepositories(
       const Context& ctx, std::string_view namespace_name) = 0;
+  // {"version": "0.1.0", "driver": "memory"}: this build and the backend it
+  // uses (through a server: the server's).
+  [[nodiscard]] virtual absl::StatusOr<Json> Version(const Context& ctx) = 0;
   // Removes every lease, queue entry and state of the repository.
   [[nodiscard]] virtual absl::StatusOr<Json> Cleanup(
       const Context& ctx, std::string_view repo_key) = 0;

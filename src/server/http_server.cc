@@ -328,6 +328,10 @@ void HttpServer::Routes() {
     res.body = metrics_ != nullptr ? metrics_->Render(gauges) : "";
     return res;
   });
+  add("GET", "/v1/version", read_list,
+      wrap("/v1/version", [this, ok](HttpRequest&, const Context& ctx) {
+        return ok(service_->Version(ctx));
+      }));
   add("GET", "/v1/repositories", read_list,
       wrap("/v1/repositories",
            [this, ok](HttpRequest& req, const Context& ctx) {

@@ -271,6 +271,10 @@ absl::StatusOr<Json> RemoteApi::ListRepositories(
   return Call(ctx, "GET", "/v1/repositories", "", "");
 }
 
+absl::StatusOr<Json> RemoteApi::Version(const Context& ctx) {
+  return Call(ctx, "GET", "/v1/version", "", "");
+}
+
 absl::StatusOr<Json> RemoteApi::Cleanup(const Context& ctx,
                                         std::string_view repo_key) {
   if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;

@@ -6,6 +6,7 @@
 #include "pac/concurrency/status.h"
 #include "src/common/strings.h"
 #include "src/server/manifests.h"
+#include "src/server/version.h"
 
 namespace pac::concurrency::server {
 
@@ -63,6 +64,8 @@ Service::Service(Driver* driver, Clock* clock, Metrics* metrics)
   metrics_->Describe("pac_releases_total", "counter", "Slots released.");
   metrics_->Describe("pac_errors_total", "counter",
                      "Failed operations, by operation and code.");
+  metrics_->Describe("pac_build_info", "gauge",
+                     "Always 1: this build's version and its driver.");
   metrics_->Describe("pac_slots_in_use", "gauge",
                      "Unexpired leases of the repository.");
   metrics_->Describe("pac_concurrency_limit", "gauge",
@@ -329,6 +332,11 @@ absl::StatusOr<Json> Service::ListRepositories(
   return Json{{"repositories", out}};
 }
 
+absl::StatusOr<Json> Service::Version(const Context& ctx) {
+  return Json{{"version", std::string(server::Version())},
+              {"driver", std::string(driver_->Type())}};
+}
+
 absl::StatusOr<Json> Service::Cleanup(const Context& ctx,
                                       std::string_view repo_key) {
   if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
@@ -432,6 +440,10 @@ std::vector<Metrics::Gauge> Service::Gauges(const Context& ctx) {
         {"pac_queue_depth", labels, static_cast<double>(snap->queued.size())});
   }
   std::vector<Metrics::Gauge> out;
+  out.push_back({"pac_build_info",
+                 {{"driver", std::string(driver_->Type())},
+                  {"version", std::string(server::Version())}},
+                 1});
   for (auto* v : {&in_use, &limit, &depth}) {
     out.insert(out.end(), v->begin(), v->end());
   }

@@ -43,6 +43,7 @@ class Service final : public Api {
                               std::string_view repo_key) override;
   absl::StatusOr<Json> ListRepositories(
       const Context& ctx, std::string_view namespace_name) override;
+  absl::StatusOr<Json> Version(const Context& ctx) override;
   absl::StatusOr<Json> Cleanup(const Context& ctx,
                                std::string_view repo_key) override;
   absl::StatusOr<Json> Import(const Context& ctx, const Json& body) override;

@@ -431,6 +431,98 @@ TEST(CliE2ETest, ConfigValidateShowsOverridesAndAcceptsTheShippedExamples) {
   EXPECT_THAT(r.out, HasSubstr("etcd-endpoints"));
 }
 
+// Issue 26, point 4: the commands a user looks for (version, delete,
+// renew, list), an unknown command named with the closest one, shell
+// completion, and the global flags in each command's --help. Point 8: a
+// release with a stale --lease-id says it does not match.
+TEST(CliE2ETest, VersionDeleteRenewListCompletionAndUnknownCommands) {
+  ServerProcess server;
+  const std::string& u = server.url();
+  CliResult r = Cli(u, {"stauts"});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_THAT(r.out, HasSubstr("unknown command \"stauts\" (did you mean "
+                               "\"status\"?)"));
+  r = Cli(u, {"-o", "json", "frobnicate"});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_THAT(r.out, HasSubstr("unknown command \"frobnicate\""));
+  EXPECT_THAT(r.out, ::testing::Not(HasSubstr("did you mean")));
+  // A global flag's value is not taken for the command.
+  EXPECT_EQ(Cli(u, {"--timeout", "5s", "status"}).code, 0);
+
+  r.code = Finish(Spawn({Binary(), "--version"}), &r.out);
+  EXPECT_EQ(r.code, 0);
+  EXPECT_THAT(r.out, ::testing::MatchesRegex(
+                         "pac-concurrency [0-9]+\\.[0-9]+\\.[0-9]+\n"));
+  r = Cli(u, {"-o", "json", "version"});
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(r.json()["server"]["driver"], "memory");
+  EXPECT_EQ(r.json()["server"]["version"], r.json()["client"]["version"]);
+  std::string metrics;
+  Finish(Spawn({"/usr/bin/curl", "-s", u + "/metrics"}), &metrics);
+  EXPECT_THAT(
+      metrics,
+      ::testing::ContainsRegex(
+          "pac_build_info\\{driver=\"memory\",version=\"[0-9.]+\"\\} 1"));
+
+  ASSERT_EQ(Cli(u, {"acquire", "--repo", "ns/del", "--run", "ns/a", "--limit",
+                    "1", "-o", "json"})
+                .code,
+            0);
+  r = Cli(u, {"-o", "json", "acquire", "--repo", "ns/ren", "--run", "ns/a",
+              "--limit", "1"});
+  ASSERT_EQ(r.code, 0) << r.out;
+  const std::string lease = r.json()["lease"]["lease_id"];
+  r = Cli(u, {"renew", "--lease-id", lease});
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("renewed lease " + lease + " of ns/a"));
+  r = Cli(u, {"renew", "--lease-id", "mnosuchlease"});
+  EXPECT_NE(r.code, 0);
+  EXPECT_THAT(r.out, HasSubstr("error: "));
+  r = Cli(u, {"release", "--repo", "ns/ren", "--run", "ns/a", "--lease-id",
+              "mstale"});
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("--lease-id mstale does not match the lease "
+                               "ns/a holds (" +
+                               lease + ")"));
+  EXPECT_EQ(InUse(u, "ns/ren"), 1);
+
+  r = Cli(u, {"list"});
+  EXPECT_EQ(r.code, 0);
+  EXPECT_THAT(r.out, HasSubstr("ns/del"));
+  r = Cli(u, {"delete", "--repo", "ns/del"});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_THAT(r.out, HasSubstr("--yes"));
+  EXPECT_EQ(InUse(u, "ns/del"), 1);
+  r = Cli(u, {"delete", "--repo", "ns/del", "--yes"});
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(InUse(u, "ns/del"), 0);
+  EXPECT_THAT(Cli(u, {"list"}).out, ::testing::Not(HasSubstr("ns/del")));
+
+  // Completion: the generated script completes commands and their flags.
+  const std::string script = std::string("source <(") + Binary() +
+                             " completion bash); "
+                             "COMP_WORDS=(pac-concurrency sta); COMP_CWORD=1; "
+                             "_pac_concurrency; echo \"[${COMPREPLY[*]}]\"; "
+                             "COMP_WORDS=(pac-concurrency acquire --re); "
+                             "COMP_CWORD=2; _pac_concurrency; "
+                             "echo \"[${COMPREPLY[*]}]\"";
+  r.code = Finish(Spawn({"/bin/bash", "-c", script}), &r.out);
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("[status]\n[--repo]\n"));
+  r.code = Finish(Spawn({Binary(), "completion", "zsh"}), &r.out);
+  EXPECT_EQ(r.code, 0);
+  EXPECT_THAT(r.out, ::testing::StartsWith("#compdef pac-concurrency\n"));
+  EXPECT_THAT(r.out, HasSubstr("bashcompinit"));
+  // Every command's help lists the global flags.
+  for (const char* cmd : {"status", "run", "release", "serve"}) {
+    r.code = Finish(Spawn({Binary(), cmd, "--help"}), &r.out);
+    EXPECT_EQ(r.code, 0) << cmd;
+    EXPECT_THAT(r.out, HasSubstr("Global flags")) << cmd;
+    EXPECT_THAT(r.out, HasSubstr("--server")) << cmd;
+    EXPECT_THAT(r.out, HasSubstr("--timeout")) << cmd;
+  }
+}
+
 TEST(CliE2ETest, WatchPrintsEventsAsTheyHappen) {
   ServerProcess server;
   const std::string& u = server.url();

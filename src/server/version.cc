@@ -1,0 +1,7 @@
+#include "src/server/version.h"
+
+namespace pac::concurrency::server {
+
+std::string_view Version() { return PAC_VERSION; }
+
+}  // namespace pac::concurrency::server
