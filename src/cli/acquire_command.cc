@@ -27,7 +27,7 @@ int Acquire(const GlobalOptions& g, const AcquireFlags& f) {
   auto ctx =
       CommandContext(g, f.wait ? absl::ZeroDuration() : absl::Seconds(30));
   if (!ctx.ok()) return Fail(ctx.status());
-  auto api = OpenApi(g);
+  auto api = OpenApi(g, *ctx);
   if (!api.ok()) return Fail(api.status());
   Json body{{"pipeline_run", f.run}};
   if (f.limit >= 0) body["concurrency_limit"] = f.limit;

@@ -64,16 +64,38 @@ absl::StatusOr<DriverConfig> LoadDriverConfig(
   });
 }
 
-absl::StatusOr<std::unique_ptr<ApiHandle>> OpenApi(const GlobalOptions& g) {
+absl::StatusOr<std::unique_ptr<ApiHandle>> OpenApi(const GlobalOptions& g,
+                                                   const Context& ctx) {
   auto h = std::make_unique<ApiHandle>();
   if (!g.config.empty()) {
     auto config = LoadDriverConfig(g.config, nullptr);
     if (!config.ok()) return config.status();
+    // Connecting counts against the command's time: the backend's own
+    // connect timeouts are cut to what is left of it.
+    const absl::Time deadline = ctx.deadline();
+    const absl::Duration left = deadline - absl::Now();
+    if (deadline != absl::InfiniteFuture()) {
+      if (left <= absl::ZeroDuration()) {
+        return absl::DeadlineExceededError("--timeout reached");
+      }
+      if (config->etcd.has_value()) {
+        config->etcd->dial_timeout = std::min(config->etcd->dial_timeout, left);
+      }
+      if (config->postgresql.has_value()) {
+        config->postgresql->connection_timeout =
+            std::min(config->postgresql->connection_timeout, left);
+      }
+    }
     auto logger = spdlog::stderr_color_mt("pac-cli");
     logger->set_level(spdlog::level::from_str(
         g.log_level.empty() ? std::string("warn") : g.log_level));
     auto driver = NewDriver(*config, DriverOptions{nullptr, logger, true});
     spdlog::drop("pac-cli");
+    if (!driver.ok() && absl::Now() >= deadline) {
+      return absl::DeadlineExceededError(
+          Cat("--timeout reached while connecting to the ", config->driver,
+              " backend (", SV(driver.status().message()), ")"));
+    }
     if (!driver.ok()) return driver.status();
     h->driver = *std::move(driver);
     h->service =

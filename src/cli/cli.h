@@ -56,9 +56,10 @@ struct ApiHandle {
 };
 
 // Builds the Api from the global options (a server unless --config is
-// given).
+// given). With --config, connecting to the backend ends at `ctx`'s
+// deadline (then DeadlineExceeded).
 [[nodiscard]] absl::StatusOr<std::unique_ptr<ApiHandle>> OpenApi(
-    const GlobalOptions& g);
+    const GlobalOptions& g, const Context& ctx);
 
 // Loads a driver configuration: the YAML file (if any), then PAC_*
 // environment variables.

@@ -18,7 +18,7 @@ int Delete(const GlobalOptions& g, const std::string& repo, bool yes) {
   }
   auto ctx = CommandContext(g);
   if (!ctx.ok()) return Fail(ctx.status());
-  auto api = OpenApi(g);
+  auto api = OpenApi(g, *ctx);
   if (!api.ok()) return Fail(api.status());
   auto r = (*api)->api->Cleanup(*ctx, repo);
   if (!r.ok()) return Fail(r.status());

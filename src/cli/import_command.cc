@@ -455,7 +455,7 @@ int Import(const GlobalOptions& g, const ImportFlags& f) {
     if (!read.ok()) return Fail(read.status());
     runs = *std::move(read);
   }
-  auto api = OpenApi(g);
+  auto api = OpenApi(g, *overall);
   if (!api.ok()) return Fail(api.status());
   std::map<std::string, int32_t> limits = from_manifests;
   if (absl::Status s = LookUpLimits(*(*api)->api, *overall, runs, limits);

@@ -21,7 +21,7 @@ int Limit(const GlobalOptions& g, const LimitFlags& f) {
   }
   auto ctx = CommandContext(g);
   if (!ctx.ok()) return Fail(ctx.status());
-  auto api = OpenApi(g);
+  auto api = OpenApi(g, *ctx);
   if (!api.ok()) return Fail(api.status());
   absl::StatusOr<Json> r;
   if (!f.file.empty()) {

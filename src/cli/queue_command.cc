@@ -10,7 +10,7 @@ namespace {
 int Queue(const GlobalOptions& g, const std::string& repo) {
   auto ctx = CommandContext(g);
   if (!ctx.ok()) return Fail(ctx.status());
-  auto api = OpenApi(g);
+  auto api = OpenApi(g, *ctx);
   if (!api.ok()) return Fail(api.status());
   auto s = (*api)->api->Status(*ctx, repo);
   if (!s.ok()) return Fail(s.status());

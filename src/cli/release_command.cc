@@ -14,7 +14,7 @@ int Release(const GlobalOptions& g, const std::string& repo,
             const std::string& run, const std::string& lease_id) {
   auto ctx = CommandContext(g);
   if (!ctx.ok()) return Fail(ctx.status());
-  auto api = OpenApi(g);
+  auto api = OpenApi(g, *ctx);
   if (!api.ok()) return Fail(api.status());
   auto r = (*api)->api->Release(*ctx, repo, run, lease_id);
   if (!r.ok()) return Fail(r.status());

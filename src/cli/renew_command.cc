@@ -11,7 +11,7 @@ namespace {
 int Renew(const GlobalOptions& g, const std::string& lease_id) {
   auto ctx = CommandContext(g);
   if (!ctx.ok()) return Fail(ctx.status());
-  auto api = OpenApi(g);
+  auto api = OpenApi(g, *ctx);
   if (!api.ok()) return Fail(api.status());
   auto r = (*api)->api->Renew(*ctx, lease_id);
   if (!r.ok()) return Fail(r.status());

@@ -103,7 +103,7 @@ int RunCommand(const GlobalOptions& g, RunFlags f) {
     }
   }).detach();
 
-  auto api = OpenApi(g);
+  auto api = OpenApi(g, *base);
   if (!api.ok()) return Fail(api.status());
   server::Api& a = *(*api)->api;
   Json body{{"pipeline_run", f.run}};

@@ -41,7 +41,7 @@ int Status(const GlobalOptions& g, const std::string& repo,
   }
   auto ctx = CommandContext(g);
   if (!ctx.ok()) return Fail(ctx.status());
-  auto api = OpenApi(g);
+  auto api = OpenApi(g, *ctx);
   if (!api.ok()) return Fail(api.status());
   if (repo.empty()) {
     auto all = (*api)->api->ListRepositories(*ctx, ns);

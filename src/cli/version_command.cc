@@ -17,7 +17,7 @@ int Version(const GlobalOptions& g, bool client_only) {
   if (!client_only) {
     auto ctx = CommandContext(g);
     if (!ctx.ok()) return Fail(ctx.status());
-    auto api = OpenApi(g);
+    auto api = OpenApi(g, *ctx);
     absl::StatusOr<Json> v =
         api.ok() ? (*api)->api->Version(*ctx) : api.status();
     if (v.ok()) {

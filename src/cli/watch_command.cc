@@ -12,7 +12,7 @@ int Watch(const GlobalOptions& g, const std::string& repo, int count) {
   // A watch runs until interrupted unless --timeout is given.
   auto ctx = CommandContext(g, absl::ZeroDuration());
   if (!ctx.ok()) return Fail(ctx.status());
-  auto api = OpenApi(g);
+  auto api = OpenApi(g, *ctx);
   if (!api.ok()) return Fail(api.status());
   int seen = 0;
   absl::Status s = (*api)->api->Watch(
@@ -32,9 +32,12 @@ int Watch(const GlobalOptions& g, const std::string& repo, int count) {
         std::fprintf(stderr, "watching %s\n", repo.c_str());
         return true;
       });
-  if (!s.ok() && s.code() != absl::StatusCode::kDeadlineExceeded) {
-    return Fail(s);
+  if (absl::IsDeadlineExceeded(s)) {
+    // As timeout(1): the time ran out before --count events were seen.
+    std::fprintf(stderr, "watch: --timeout reached\n");
+    return kExitTimeout;
   }
+  if (!s.ok()) return Fail(s);
   return kExitOk;
 }
 

@@ -5,9 +5,11 @@
 #include <algorithm>
 #include <atomic>
 #include <memory>
+#include <thread>
 
 #include "httplib.h"
 #include "src/common/escape.h"
+#include "src/common/mutex.h"
 #include "src/common/strings.h"
 
 namespace pac::concurrency::server {
@@ -306,6 +308,22 @@ absl::Status RemoteApi::Watch(const Context& ctx, std::string_view repo_key,
   if (!token_.empty()) cli.set_bearer_token_auth(token_);
   std::atomic<bool> stopped_by_reader{false};
   int64_t cb = ctx.AddCancelCallback([&cli] { cli.stop(); });
+  // The deadline ends the stream when it comes: the read timeout alone
+  // starts again at each heartbeat (every 10 s), so a 12 s deadline lasted
+  // 20 s.
+  internal::Mutex mu;
+  internal::CondVar cv;
+  bool finished = false;  // guarded by mu
+  std::thread watchdog;
+  if (ctx.deadline() != absl::InfiniteFuture()) {
+    watchdog = std::thread([&] {
+      internal::MutexLock lock(&mu);
+      while (!finished && absl::Now() < ctx.deadline()) {
+        cv.WaitUntil(&mu, ctx.deadline());
+      }
+      if (!finished) cli.stop();
+    });
+  }
   std::string buffer;
   std::string error_body;
   int status = 0;
@@ -355,6 +373,12 @@ absl::Status RemoteApi::Watch(const Context& ctx, std::string_view repo_key,
         return true;
       });
   ctx.RemoveCancelCallback(cb);
+  {
+    internal::MutexLock lock(&mu);
+    finished = true;
+  }
+  cv.NotifyAll();
+  if (watchdog.joinable()) watchdog.join();
   if (stopped_by_reader) return absl::OkStatus();
   if (absl::Status s = ctx.Err(); !s.ok()) return s;
   if (status != 0 && status != 200) {

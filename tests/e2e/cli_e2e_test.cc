@@ -523,6 +523,68 @@ TEST(CliE2ETest, VersionDeleteRenewListCompletionAndUnknownCommands) {
   }
 }
 
+// Issue 26, point 6: --timeout is exact. A watch (and so acquire --wait
+// and run, which wait on one) ended only at the heartbeat after the
+// deadline (11 s became 20 s), and `watch` then exited 0; --config waited
+// out the backend's own connect timeout (5 s for etcd, 30 s for
+// PostgreSQL) whatever --timeout said.
+TEST(CliE2ETest, TimeoutIsExactForWatchesWaitsAndConnecting) {
+  ServerProcess server;
+  const std::string& u = server.url();
+  ASSERT_EQ(Cli(u, {"acquire", "--repo", "ns/t", "--run", "ns/holder",
+                    "--limit", "1"})
+                .code,
+            0);
+  const absl::Time start = absl::Now();
+  Child watch = Spawn(
+      {Binary(), "--server", u, "--timeout", "11s", "watch", "--repo", "ns/t"});
+  Child wait = Spawn({Binary(), "--server", u, "--timeout", "11s", "acquire",
+                      "--wait", "--repo", "ns/t", "--run", "ns/w"});
+  std::string out;
+  EXPECT_EQ(Finish(watch, &out), 124) << out;
+  EXPECT_THAT(out, HasSubstr("--timeout reached"));
+  EXPECT_EQ(Finish(wait, &out), 124) << out;
+  const absl::Duration took = absl::Now() - start;
+  std::printf("[ timing ] two commands with --timeout 11s: %s\n",
+              absl::FormatDuration(took).c_str());
+  EXPECT_GE(took, absl::Seconds(11));
+  EXPECT_LT(took, absl::Seconds(16));  // was 20 s: the next heartbeat
+
+  // A backend that accepts connections and never answers.
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  ASSERT_EQ(listen(fd, 16), 0);
+  socklen_t len = sizeof addr;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  const std::string port = std::to_string(ntohs(addr.sin_port));
+  const std::string pw = WriteFile("silent-pw", "x\n");
+  const std::string examples =
+      std::string(PAC_SOURCE_DIR) + "/examples/config/";
+  for (const auto& [config, env] :
+       std::vector<std::pair<std::string, std::vector<std::string>>>{
+           {"etcd.yaml", {"PAC_ETCD_ENDPOINTS=127.0.0.1:" + port}},
+           {"postgresql.yaml",
+            {"PAC_POSTGRESQL_HOST=127.0.0.1", "PAC_POSTGRESQL_PORT=" + port,
+             "PAC_POSTGRESQL_PASSWORD_FILE=" + pw}}}) {
+    const absl::Time asked = absl::Now();
+    CliResult r;
+    r.code = Finish(Spawn({Binary(), "--config", examples + config, "--timeout",
+                           "2s", "status"},
+                          env),
+                    &r.out);
+    const absl::Duration t = absl::Now() - asked;
+    std::printf("[ timing ] --config %s, silent backend, --timeout 2s: %s\n",
+                config.c_str(), absl::FormatDuration(t).c_str());
+    EXPECT_EQ(r.code, 124) << config << ": " << r.out;
+    EXPECT_THAT(r.out, HasSubstr("--timeout reached while connecting"));
+    EXPECT_LT(t, absl::Seconds(4)) << config;
+  }
+  close(fd);
+}
+
 TEST(CliE2ETest, WatchPrintsEventsAsTheyHappen) {
   ServerProcess server;
   const std::string& u = server.url();
