@@ -12,7 +12,7 @@ PACKAGES=(
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   libpq-dev postgresql-15 postgresql-contrib
   etcd-server etcd-client
-  openssl libssl-dev ca-certificates curl procps
+  openssl libssl-dev ca-certificates curl procps python3
   clang clang-format libclang-rt-14-dev
 )
 
