@@ -152,8 +152,23 @@ int ExitCodeFor(const absl::Status& s) {
 }
 
 int Fail(const absl::Status& status) {
+  std::string message(SV(status.message()));
+  // The service's advice names its HTTP route; a CLI user is told the
+  // command and flag instead.
+  static constexpr std::string_view kLimitAdvice =
+      "pass concurrency_limit (0 = unlimited) or set it first (PUT "
+      "/v1/repositories/";
+  if (size_t at = message.find(kLimitAdvice); at != std::string::npos) {
+    const size_t key_at = at + kLimitAdvice.size();
+    const std::string repo =
+        message.substr(key_at, message.find(')', key_at) - key_at);
+    message = Cat(message.substr(0, at),
+                  "pass --limit N (0 = unlimited) or set it first with "
+                  "`pac-concurrency limit --repo ",
+                  repo, " N`");
+  }
   std::fprintf(stderr, "error: %s: %s\n", server::ErrorCodeName(status).c_str(),
-               std::string(SV(status.message())).c_str());
+               message.c_str());
   return ExitCodeFor(status);
 }
 

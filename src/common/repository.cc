@@ -4,6 +4,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "src/common/escape.h"
 #include "src/common/strings.h"
 
 namespace pac::concurrency {
@@ -17,13 +18,22 @@ bool IsAlnum(char c) {
 std::string LabelProblem(std::string_view label) {
   if (label.empty()) return "is empty";
   if (label.size() > 63) return "is longer than 63 characters";
-  for (char c : label) {
+  for (size_t i = 0; i < label.size(); ++i) {
+    const char c = label[i];
     if (!IsAlnum(c) && c != '-') {
       if (c == '\0') return "contains a NUL byte";
       if (c >= 'A' && c <= 'Z') return "contains an uppercase letter";
+      // The whole character when the bytes from here are UTF-8 ('é'), else
+      // the byte escaped ('\xff').
+      std::string_view rest = label.substr(i);
+      size_t n = 1;
+      while (n < rest.size() && n < 4 &&
+             !internal::IsValidUtf8(rest.substr(0, n))) {
+        ++n;
+      }
+      if (!internal::IsValidUtf8(rest.substr(0, n))) n = 1;
       return internal::Cat("contains the character '",
-                           (c >= 0x20 && c < 0x7f) ? std::string(1, c) : "?",
-                           "'");
+                           internal::EscapeBytes(rest.substr(0, n)), "'");
     }
   }
   if (!IsAlnum(label.front()) || !IsAlnum(label.back())) {

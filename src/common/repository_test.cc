@@ -2,6 +2,7 @@
 
 #include <string>
 
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
 namespace pac::concurrency {
@@ -33,6 +34,23 @@ TEST(KeyTest, RejectsBadKeysNamingTheField) {
     absl::Status s = ValidateKey(key, "pipeline_run");
     EXPECT_TRUE(absl::IsInvalidArgument(s)) << "accepted '" << key << "'";
     EXPECT_EQ(s.message().rfind("pipeline_run", 0), 0u) << s;
+  }
+}
+
+// The offending character is shown as itself (a UTF-8 one whole), a byte
+// that is not UTF-8 escaped; never '?'.
+TEST(KeyTest, NamesTheOffendingCharacter) {
+  for (const auto& [key, shown] :
+       std::vector<std::pair<std::string, std::string>>{
+           {"ns/caf\xc3\xa9", "'\xc3\xa9'"},
+           {"ns/a\xf0\x9f\x9a\x80" "b", "'\xf0\x9f\x9a\x80'"},
+           {"ns/a b", "' '"},
+           {"ns/a\xff" "b", "'\\xff'"},
+           {"ns/a\x01", "'\\x01'"}}) {
+    absl::Status s = ValidateKey(key, "repository");
+    EXPECT_THAT(std::string(s.message()),
+                ::testing::HasSubstr("contains the character " + shown))
+        << s;
   }
 }
 

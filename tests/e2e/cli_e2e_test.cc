@@ -486,6 +486,18 @@ TEST(CliE2ETest, VersionDeleteRenewListCompletionAndUnknownCommands) {
                                lease + ")"));
   EXPECT_EQ(InUse(u, "ns/ren"), 1);
 
+  // Advice names the command and flag, never an HTTP route.
+  r = Cli(u, {"acquire", "--repo", "ns/nolimit", "--run", "ns/x"});
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("pass --limit N (0 = unlimited) or set it "
+                               "first with `pac-concurrency limit --repo "
+                               "ns/nolimit N`"));
+  EXPECT_THAT(r.out, ::testing::Not(HasSubstr("/v1/")));
+  // A character outside the key alphabet is shown as itself.
+  r = Cli(u, {"acquire", "--repo", "ns/caf\xc3\xa9", "--run", "ns/x"});
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("contains the character '\xc3\xa9'"));
+
   r = Cli(u, {"list"});
   EXPECT_EQ(r.code, 0);
   EXPECT_THAT(r.out, HasSubstr("ns/del"));
