@@ -372,6 +372,33 @@ std::string UnknownCommand(const CLI::App& app, int argc,
   return "";
 }
 
+void PrintTable(const std::vector<std::vector<std::string>>& rows,
+                std::string_view indent) {
+  std::vector<size_t> width;
+  for (const auto& row : rows) {
+    if (width.size() < row.size()) width.resize(row.size(), 0);
+    for (size_t i = 0; i < row.size(); ++i) {
+      width[i] = std::max(width[i], row[i].size());
+    }
+  }
+  for (const auto& row : rows) {
+    std::string line(indent);
+    for (size_t i = 0; i < row.size(); ++i) {
+      line += row[i];
+      if (i + 1 < row.size()) {
+        line += std::string(width[i] - row[i].size() + 2, ' ');
+      }
+    }
+    std::printf("%s\n", line.c_str());
+  }
+}
+
+std::string TableTime(const std::string& rfc3339) {
+  auto t = server::ParseTimestamp(rfc3339, "time");
+  if (!t.ok()) return rfc3339;
+  return absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", *t, absl::UTCTimeZone());
+}
+
 void DescribeGlobalFlags(CLI::App& app) {
   std::vector<std::pair<std::string, std::string>> rows;
   size_t width = 0;

@@ -105,6 +105,15 @@ void RegisterRenewCommand(CLI::App& app, GlobalOptions& g, Runner* run);
 void RegisterVersionCommand(CLI::App& app, GlobalOptions& g, Runner* run);
 void RegisterCompletionCommand(CLI::App& app, GlobalOptions& g, Runner* run);
 
+// Prints rows as a table: each column as wide as its widest cell, two
+// spaces between columns, every line after `indent`.
+void PrintTable(const std::vector<std::vector<std::string>>& rows,
+                std::string_view indent = "");
+
+// An RFC 3339 time as the tables show it: to the second, in UTC
+// ("2026-12-05T21:12:57Z"); the text itself if it does not parse.
+[[nodiscard]] std::string TableTime(const std::string& rfc3339);
+
 // The error for a command line whose command is not one of `app`'s
 // ("unknown command \"stauts\" (did you mean \"status\"?)"), or empty
 // when the first word that is not a global flag (or a flag's value) names

@@ -21,15 +21,15 @@ int Queue(const GlobalOptions& g, const std::string& repo) {
                   d["repository"].get<std::string>().c_str());
       return;
     }
-    std::printf("%-4s %-50s %-25s %s\n", "POS", "PIPELINE RUN", "CREATED",
-                "WAITING");
+    std::vector<std::vector<std::string>> rows{
+        {"POS", "PIPELINE RUN", "CREATED", "WAITING"}};
     for (const Json& q : d["queued"]) {
-      std::printf("%-4lld %-50s %-25s %s\n",
-                  static_cast<long long>(q["position"].get<int64_t>()),
-                  q["pipeline_run"].get<std::string>().c_str(),
-                  q["creation_time"].get<std::string>().c_str(),
-                  HumanSeconds(q["waiting_seconds"].get<double>()).c_str());
+      rows.push_back({std::to_string(q["position"].get<int64_t>()),
+                      q["pipeline_run"].get<std::string>(),
+                      TableTime(q["creation_time"].get<std::string>()),
+                      HumanSeconds(q["waiting_seconds"].get<double>())});
     }
+    PrintTable(rows);
   });
   return kExitOk;
 }

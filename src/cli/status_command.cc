@@ -19,18 +19,18 @@ void PrintRepository(const Json& r) {
               r["repository"].get<std::string>().c_str(),
               r["in_use"].get<size_t>(), limit.c_str(),
               r["queue_depth"].get<size_t>());
+  std::vector<std::vector<std::string>> rows;
   for (const Json& l : r["running"]) {
-    std::printf("  running  %-50s %8s  lease %s\n",
-                l["pipeline_run"].get<std::string>().c_str(),
-                HumanSeconds(l["running_seconds"].get<double>()).c_str(),
-                l["lease_id"].get<std::string>().c_str());
+    rows.push_back({"running", l["pipeline_run"].get<std::string>(),
+                    HumanSeconds(l["running_seconds"].get<double>()),
+                    "lease " + l["lease_id"].get<std::string>()});
   }
   for (const Json& q : r["queued"]) {
-    std::printf("  queued   %-50s %8s  #%lld\n",
-                q["pipeline_run"].get<std::string>().c_str(),
-                HumanSeconds(q["waiting_seconds"].get<double>()).c_str(),
-                static_cast<long long>(q["position"].get<int64_t>()));
+    rows.push_back({"queued", q["pipeline_run"].get<std::string>(),
+                    HumanSeconds(q["waiting_seconds"].get<double>()),
+                    "#" + std::to_string(q["position"].get<int64_t>())});
   }
+  PrintTable(rows, "  ");
 }
 
 int Status(const GlobalOptions& g, const std::string& repo,
