@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
+#include <iterator>
 #include <sstream>
 
 #include "pac/concurrency/status.h"
@@ -26,6 +27,17 @@ ApiHandle::~ApiHandle() {
 
 absl::StatusOr<std::string> ReadFile(const std::string& path,
                                      std::string_view what) {
+  if (path == "-") {
+    // Standard input, once: a second "-" would read nothing.
+    static bool stdin_read = false;
+    if (stdin_read) {
+      return absl::InvalidArgumentError(Cat(
+          what, ": standard input (-) is already read by another argument"));
+    }
+    stdin_read = true;
+    return std::string((std::istreambuf_iterator<char>(std::cin)),
+                       std::istreambuf_iterator<char>());
+  }
   std::ifstream in(path, std::ios::binary);
   if (!in) {
     return absl::InvalidArgumentError(

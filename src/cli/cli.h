@@ -69,6 +69,8 @@ struct ApiHandle {
 // Reads a secret file, trimming one trailing newline.
 [[nodiscard]] absl::StatusOr<std::string> ReadSecretFile(
     const std::string& path, std::string_view what);
+// Reads a file whole; "-" is standard input (for one argument of a
+// command: a second "-" is InvalidArgument).
 [[nodiscard]] absl::StatusOr<std::string> ReadFile(const std::string& path,
                                                    std::string_view what);
 

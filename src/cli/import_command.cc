@@ -68,10 +68,7 @@ std::string Rate(double n, absl::Duration d) {
 
 absl::StatusOr<std::string> ReadInput(const std::string& path,
                                       std::string_view what) {
-  if (path != "-") return ReadFile(path, what);
-  std::string text((std::istreambuf_iterator<char>(std::cin)),
-                   std::istreambuf_iterator<char>());
-  return text;
+  return ReadFile(path, what);
 }
 
 // The export's runs, read as a stream (into a deque: a vector's growth

@@ -597,6 +597,29 @@ TEST(CliE2ETest, TimeoutIsExactForWatchesWaitsAndConnecting) {
   close(fd);
 }
 
+// Issue 26, point 8: "-" is standard input for every file argument.
+TEST(CliE2ETest, DashIsStandardInputForFileArguments) {
+  ServerProcess server;
+  const std::string& u = server.url();
+  const std::string bin = Binary();
+  CliResult r;
+  r.code = Finish(
+      Spawn({"/bin/bash", "-c",
+             "printf 'kind: Repository\nmetadata: {name: app, namespace: "
+             "stdin}\nspec: {concurrency_limit: 3}\n' | " +
+                 bin + " --server " + u + " limit -f -"}),
+      &r.out);
+  EXPECT_EQ(r.code, 0) << r.out;
+  r = Cli(u, {"-o", "json", "status", "--repo", "stdin/app"});
+  EXPECT_EQ(r.json()["concurrency_limit"], 3) << r.out;
+  r.code = Finish(
+      Spawn({"/bin/bash", "-c",
+             "printf 'driver: memory\n' | " + bin + " config validate -"}),
+      &r.out);
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("valid: driver memory"));
+}
+
 TEST(CliE2ETest, WatchPrintsEventsAsTheyHappen) {
   ServerProcess server;
   const std::string& u = server.url();
