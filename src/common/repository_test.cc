@@ -43,9 +43,13 @@ TEST(KeyTest, NamesTheOffendingCharacter) {
   for (const auto& [key, shown] :
        std::vector<std::pair<std::string, std::string>>{
            {"ns/caf\xc3\xa9", "'\xc3\xa9'"},
-           {"ns/a\xf0\x9f\x9a\x80" "b", "'\xf0\x9f\x9a\x80'"},
+           {"ns/a\xf0\x9f\x9a\x80"
+            "b",
+            "'\xf0\x9f\x9a\x80'"},
            {"ns/a b", "' '"},
-           {"ns/a\xff" "b", "'\\xff'"},
+           {"ns/a\xff"
+            "b",
+            "'\\xff'"},
            {"ns/a\x01", "'\\x01'"}}) {
     absl::Status s = ValidateKey(key, "repository");
     EXPECT_THAT(std::string(s.message()),
