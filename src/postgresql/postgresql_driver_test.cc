@@ -232,7 +232,8 @@ TEST(PostgreSQLDriverTest, PollingFallbackSendsResync) {
   ASSERT_TRUE(quiet.ok());
   std::atomic<int> quiet_events{0};
   auto w2 = (*quiet)->WatchSlotAvailability(
-      ctx, UniqueNs("pgt") + "/quiet", [&](const WatchEvent&) { ++quiet_events; });
+      ctx, UniqueNs("pgt") + "/quiet",
+      [&](const WatchEvent&) { ++quiet_events; });
   ASSERT_TRUE(w2.ok());
   absl::SleepFor(absl::Milliseconds(500));
   EXPECT_EQ(quiet_events.load(), 0);
