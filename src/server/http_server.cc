@@ -268,6 +268,14 @@ void HttpServer::Routes() {
       const absl::Time start = absl::Now();
       Context ctx = Context::WithTimeout(root_.first, options_.request_timeout);
       Reply r = fn(req, ctx);
+      if (!r.ok() && absl::IsUnauthenticated(r.status())) {
+        // The bearer token was checked before the handler: this is the
+        // backend refusing our own credentials, which the client cannot
+        // fix; 401 would tell it that its token is wrong.
+        r = absl::UnavailableError(
+            Cat("the backend refused this server's credentials: ",
+                std::string(r.status().message())));
+      }
       if (r.ok() && req.role == RoleName(Role::kRead)) {
         HideLeaseIds(r->second);
       }

@@ -18,6 +18,7 @@
 #include "spdlog/spdlog.h"
 #include "src/server/http_test_fixture.h"
 #include "src/server/remote_api.h"
+#include "tests/conformance/forwarding_driver.h"
 
 namespace pac::concurrency::server {
 namespace {
@@ -427,6 +428,40 @@ TEST_F(HttpServerTest, ManyClientsThroughOneServerNeverExceedTheLimit) {
   EXPECT_EQ(done.load(), 80);
   EXPECT_LE(max_holding.load(), 2);
   EXPECT_GE(max_holding.load(), 1);
+}
+
+// A backend that refuses this server's own login (a PostgreSQL password
+// changed under a running server) is 503 UNAVAILABLE: 401 means the
+// client's bearer token, which was fine.
+class BackendRefusesLogin final : public conformance::ForwardingDriver {
+ public:
+  using ForwardingDriver::ForwardingDriver;
+  absl::StatusOr<RepositorySnapshot> GetRepositorySnapshot(
+      const Context&, std::string_view) override {
+    return absl::UnauthenticatedError(
+        "postgresql: password authentication failed for user \"pac_user\"");
+  }
+};
+
+TEST(HttpServerBackendTest, ABackendLoginFailureIs503NotTheTokens401) {
+  auto d = NewMemoryDriver(MemoryConfig{absl::Minutes(5)});
+  ASSERT_TRUE(d.ok());
+  std::shared_ptr<Driver> store = *std::move(d);
+  BackendRefusesLogin refusing(store);
+  Metrics metrics;
+  Service service(&refusing, nullptr, &metrics);
+  HttpServerOptions o;
+  o.port = 0;
+  HttpServer server(&service, &metrics, o);
+  ASSERT_TRUE(server.Start().ok());
+  httplib::Client c("127.0.0.1", server.port());
+  auto r = c.Get("/v1/repositories/ns/app");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 503) << r->body;
+  EXPECT_THAT(r->body, HasSubstr("UNAVAILABLE"));
+  EXPECT_THAT(r->body, HasSubstr("password authentication failed"));
+  EXPECT_THAT(r->body, HasSubstr("backend"));
+  server.Stop();
 }
 
 }  // namespace
