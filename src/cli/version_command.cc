@@ -24,7 +24,8 @@ int Version(const GlobalOptions& g, bool client_only) {
       doc["server"] = *v;
     } else {
       code = ExitCodeFor(v.status());
-      doc["server"] = {{"error", std::string(internal::SV(v.status().message()))}};
+      doc["server"] = {
+          {"error", std::string(internal::SV(v.status().message()))}};
     }
   }
   Print(g, doc, [&g](const Json& d) {
