@@ -223,8 +223,7 @@ std::vector<std::string> HolderLines(const Json& status, absl::Time now,
     if (auto t = server::ParseTimestamp(expires, "expires_at"); t.ok()) {
       absl::Duration left = absl::Trunc(*t - now, absl::Seconds(1));
       line += Cat(
-          " (lease ", l.value("lease_id", "?"), " expires ",
-          absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", *t, absl::UTCTimeZone()),
+          " (lease ", l.value("lease_id", "?"), " expires ", TableTime(expires),
           left > absl::ZeroDuration() ? Cat(", in ", absl::FormatDuration(left))
                                       : std::string(", overdue"),
           ")");

@@ -66,11 +66,6 @@ std::string Rate(double n, absl::Duration d) {
   return Cat(static_cast<int64_t>(n / s), "/s");
 }
 
-absl::StatusOr<std::string> ReadInput(const std::string& path,
-                                      std::string_view what) {
-  return ReadFile(path, what);
-}
-
 // The export's runs, read as a stream (into a deque: a vector's growth
 // would hold two copies of it for a moment).
 absl::StatusOr<std::deque<ExportedRun>> ReadRuns(const std::string& path,
@@ -422,7 +417,7 @@ int Import(const GlobalOptions& g, const ImportFlags& f) {
   std::vector<std::string> global_notes;
   std::set<std::string> from_global;  // limits lent by the global Repository
   if (!f.repos.empty()) {
-    auto text = ReadInput(f.repos, "--repositories");
+    auto text = ReadFile(f.repos, "--repositories");
     if (!text.ok()) return Fail(text.status());
     if (size_t bad = 0; !internal::IsValidUtf8(*text, &bad)) {
       return Fail(absl::InvalidArgumentError(Cat(

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -118,13 +119,6 @@ std::vector<Block> MarkedBlocks(const std::string& path,
   return blocks;
 }
 
-void Replace(std::string& s, const std::string& from, const std::string& to) {
-  for (size_t at = s.find(from); at != std::string::npos;
-       at = s.find(from, at + to.size())) {
-    s.replace(at, from.size(), to);
-  }
-}
-
 // Finds each "…"-separated part of `expected` in `out` from `*pos` on, in
 // order; advances `*pos` past the match.
 bool MatchLine(const std::string& out, const std::string& expected,
@@ -150,9 +144,9 @@ void RunBlock(const Block& b, const ServerProcess& server) {
   ASSERT_EQ(system(("mkdir -p " + dir).c_str()), 0);
   std::string script = "exec </dev/null 2>&1\ncd " PAC_SOURCE_DIR "\n";
   for (size_t i = 0; i < b.steps.size(); ++i) {
-    std::string c = b.steps[i].command;
-    Replace(c, "http://127.0.0.1:8080", server.url());
-    Replace(c, "./build/pac-concurrency", Binary());
+    const std::string c = absl::StrReplaceAll(
+        b.steps[i].command, {{"http://127.0.0.1:8080", server.url()},
+                             {"./build/pac-concurrency", Binary()}});
     if (b.steps[i].background) {
       absl::StrAppend(&script, c, " >", dir, "/bg", i, ".log 2>&1 &\n",
                       "printf '\\n@@step ", i, " 0@@\\n'\n");
