@@ -1,0 +1,443 @@
+// Tests of the client against the real `pac-concurrency serve`
+// (internal/testserver): the specification's calls, typed errors, watches
+// across a server restart, WaitForSlot, KeepAlive, TLS and tokens, many
+// goroutines on two servers, the QueueManager method set and InitQueues.
+// Each runs on the memory driver, and on PostgreSQL when its test server
+// is up (always in CI).
+
+package concurrency_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	concurrency "github.com/pac-concurrency/pac-concurrency/clients/go"
+	"github.com/pac-concurrency/pac-concurrency/clients/go/internal/testserver"
+)
+
+func newClient(t *testing.T, opts concurrency.Options) *concurrency.Client {
+	t.Helper()
+	c, err := concurrency.New(opts)
+	testserver.Must(t, err, "New(%+v)", opts)
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+func repoOf(t *testing.T, key string, limit int) *concurrency.Repository {
+	t.Helper()
+	r, err := concurrency.NewRepository(key, limit)
+	testserver.Must(t, err, "NewRepository(%q)", key)
+	return r
+}
+
+func timeout(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// eachBackend runs f on a fresh server per backend.
+func eachBackend(t *testing.T, f func(t *testing.T, b testserver.Backend)) {
+	for _, b := range testserver.Backends(t) {
+		b := b
+		t.Run(b.Name, func(t *testing.T) { f(t, b) })
+	}
+}
+
+func TestSpecificationCallsKeepTheLimitAndTheOrder(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b testserver.Backend) {
+		srv := testserver.Start(t, b.Env)
+		c := newClient(t, concurrency.Options{URL: srv.URL + "/"}) // a trailing slash is fine
+		ctx := timeout(t, 30*time.Second)
+		ns := testserver.Namespace("spec")
+		repo := repoOf(t, ns+"/app", 1)
+
+		ok, leaseA, err := c.AcquireSlot(ctx, repo, ns+"/pr-a")
+		if err != nil || !ok || leaseA == "" {
+			t.Fatalf("AcquireSlot(pr-a) = %v, %q, %v; want a slot", ok, leaseA, err)
+		}
+		for _, run := range []string{"pr-b", "pr-c"} {
+			ok, lease, err := c.AcquireSlot(ctx, repo, ns+"/"+run)
+			if err != nil || ok || lease != "" {
+				t.Fatalf("AcquireSlot(%s) = %v, %q, %v; want queued", run, ok, lease, err)
+			}
+		}
+		// Submitting again keeps the place and gives the lease back.
+		again, err := c.Submit(ctx, repo, ns+"/pr-a", concurrency.SubmitOptions{})
+		if err != nil || !again.Acquired || again.Lease.LeaseID != leaseA {
+			t.Fatalf("re-submit of the holder = %+v, %v; want its lease %q", again, err, leaseA)
+		}
+		if n, err := c.GetCurrentSlots(ctx, repo); err != nil || n != 1 {
+			t.Fatalf("GetCurrentSlots = %d, %v; want 1", n, err)
+		}
+		queued, err := c.GetQueuedPipelineRuns(ctx, repo)
+		if err != nil || strings.Join(queued, ",") != ns+"/pr-b,"+ns+"/pr-c" {
+			t.Fatalf("GetQueuedPipelineRuns = %v, %v; want pr-b, pr-c", queued, err)
+		}
+		q, err := c.GetQueue(ctx, repo.Key())
+		if err != nil || len(q) != 2 || q[0].Position != 1 || q[1].Position != 2 ||
+			q[0].CreationTime.IsZero() {
+			t.Fatalf("GetQueue = %+v, %v", q, err)
+		}
+
+		testserver.Must(t, c.ReleaseSlot(ctx, leaseA, ns+"/pr-a", repo.Key()), "ReleaseSlot")
+		running, err := c.GetRunningPipelineRuns(ctx, repo)
+		if err != nil || len(running) != 1 || running[0] != ns+"/pr-b" {
+			t.Fatalf("after the release running = %v, %v; want pr-b", running, err)
+		}
+		if _, err := c.RenewLease(ctx, leaseA); !errors.Is(err, concurrency.ErrLeaseLost) {
+			t.Fatalf("RenewLease of the released lease = %v; want LEASE_LOST", err)
+		}
+
+		repo3 := repoOf(t, repo.Key(), 3)
+		admitted, err := c.SetRepositoryLimit(ctx, repo3)
+		if err != nil || len(admitted) != 1 || admitted[0].PipelineRun != ns+"/pr-c" {
+			t.Fatalf("raising the limit admitted %+v, %v; want pr-c", admitted, err)
+		}
+		st, err := c.Status(ctx, repo.Key())
+		if err != nil || st.ConcurrencyLimit == nil || *st.ConcurrencyLimit != 3 ||
+			st.InUse != 2 || st.QueueDepth != 0 {
+			t.Fatalf("Status = %+v, %v", st, err)
+		}
+		list, err := c.ListRepositories(ctx, ns)
+		if err != nil || len(list) != 1 || list[0].Repository != repo.Key() {
+			t.Fatalf("ListRepositories(%s) = %+v, %v", ns, list, err)
+		}
+		testserver.Must(t, c.CleanupRepository(ctx, repo), "CleanupRepository")
+		if n, err := c.GetCurrentSlots(ctx, repo); err != nil || n != 0 {
+			t.Fatalf("after the cleanup GetCurrentSlots = %d, %v", n, err)
+		}
+		v, err := c.Version(ctx)
+		if err != nil || v.Driver != b.Name || v.Version == "" {
+			t.Fatalf("Version = %+v, %v; want driver %s", v, err, b.Name)
+		}
+	})
+}
+
+func TestErrorsAreTypedAndNameWhatIsWrong(t *testing.T) {
+	srv := testserver.Start(t, nil)
+	c := newClient(t, concurrency.Options{URL: srv.URL})
+	ctx := timeout(t, 30*time.Second)
+
+	expect := func(what string, err error, code concurrency.Code, words ...string) {
+		t.Helper()
+		var e *concurrency.Error
+		if !errors.As(err, &e) || e.Code != code {
+			t.Fatalf("%s: got %v; want code %s", what, err, code)
+		}
+		for _, w := range words {
+			if !strings.Contains(e.Error(), w) {
+				t.Fatalf("%s: %q does not say %q", what, e.Error(), w)
+			}
+		}
+	}
+	_, err := concurrency.New(concurrency.Options{URL: "127.0.0.1:8080"})
+	expect("a URL without a scheme", err, concurrency.CodeInvalidArgument, "URL", "http://")
+	_, err = concurrency.New(concurrency.Options{URL: srv.URL, CertFile: "c.pem"})
+	expect("a certificate without its key", err, concurrency.CodeInvalidArgument, "KeyFile")
+
+	_, err = c.Submit(ctx, &concurrency.Repository{Namespace: "a", Name: "b/c"}, "a/pr",
+		concurrency.SubmitOptions{})
+	expect("a key of three parts", err, concurrency.CodeInvalidArgument, "repository", "a/b/c")
+	_, err = c.Submit(ctx, repoOf(t, "Team/app", 1), "team/pr", concurrency.SubmitOptions{})
+	expect("an upper-case namespace (checked by the server)", err,
+		concurrency.CodeInvalidArgument, "repository")
+	if e := (*concurrency.Error)(nil); errors.As(err, &e) && e.HTTPStatus != 400 {
+		t.Fatalf("the server's refusal has HTTP status %d, want 400", e.HTTPStatus)
+	}
+	_, err = c.SetRepositoryLimit(ctx, &concurrency.Repository{Namespace: "team", Name: "app",
+		ConcurrencyLimit: new(int)})
+	if err != nil {
+		t.Fatalf("limit 0 (unlimited): %v", err)
+	}
+	neg := -1
+	_, err = c.SetRepositoryLimit(ctx, &concurrency.Repository{Namespace: "team", Name: "app",
+		ConcurrencyLimit: &neg})
+	expect("a negative limit", err, concurrency.CodeInvalidArgument, "concurrency_limit", "-1")
+	_, err = c.RenewLease(ctx, "m-no-such-lease")
+	expect("renewing an unknown lease", err, concurrency.CodeLeaseLost)
+	_, err = c.Submit(ctx, &concurrency.Repository{Namespace: "team", Name: "nolimit"},
+		"team/pr-1", concurrency.SubmitOptions{})
+	expect("a submit without any known limit", err, concurrency.CodeFailedPrecondition)
+
+	// A deadline that has passed: DeadlineExceeded, and the context's error.
+	past, cancel := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
+	defer cancel()
+	_, err = c.Status(past, "team/app")
+	expect("a passed deadline", err, concurrency.CodeDeadlineExceeded)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("%v is not context.DeadlineExceeded", err)
+	}
+
+	// A server that is not there: Unavailable, after the retries.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	testserver.Must(t, err, "listen")
+	gone := l.Addr().String()
+	l.Close()
+	dead := newClient(t, concurrency.Options{URL: "http://" + gone, MaxRetries: 2})
+	start := time.Now()
+	_, err = dead.Status(ctx, "team/app")
+	expect("an unreachable server", err, concurrency.CodeUnavailable, gone)
+	if !errors.Is(err, concurrency.ErrUnavailable) {
+		t.Fatalf("errors.Is(%v, ErrUnavailable) is false", err)
+	}
+	if took := time.Since(start); took < 250*time.Millisecond {
+		t.Fatalf("gave up after %v: the two retries pause 100 and 200 ms", took)
+	}
+	testserver.Must(t, c.Close(), "Close")
+	_, err = c.Status(ctx, "team/app")
+	expect("a closed client", err, concurrency.CodeFailedPrecondition, "closed")
+}
+
+func TestWatchReportsChangesAndResyncsAfterTheServerRestarts(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b testserver.Backend) {
+		srv := testserver.Start(t, b.Env)
+		c := newClient(t, concurrency.Options{URL: srv.URL})
+		ctx := timeout(t, 60*time.Second)
+		ns := testserver.Namespace("watch")
+		repo := repoOf(t, ns+"/app", 1)
+		events := make(chan concurrency.Event, 100)
+		w, err := c.Watch(ctx, repo.Key(), func(e concurrency.Event) { events <- e })
+		testserver.Must(t, err, "Watch")
+		defer w.Stop()
+
+		next := func(want concurrency.EventType) concurrency.Event {
+			t.Helper()
+			for {
+				select {
+				case e := <-events:
+					if e.Type == want {
+						return e
+					}
+				case <-time.After(20 * time.Second):
+					t.Fatalf("no %s event within 20 s", want)
+				}
+			}
+		}
+		_, lease, err := c.AcquireSlot(ctx, repo, ns+"/pr-1")
+		testserver.Must(t, err, "AcquireSlot")
+		_, _, err = c.AcquireSlot(ctx, repo, ns+"/pr-2")
+		testserver.Must(t, err, "AcquireSlot")
+		testserver.Must(t, c.ReleaseSlot(ctx, lease, ns+"/pr-1", repo.Key()), "ReleaseSlot")
+		if e := next(concurrency.EventReleased); e.PipelineRun != ns+"/pr-1" ||
+			e.Repository != repo.Key() {
+			t.Fatalf("released event %+v", e)
+		}
+		if e := next(concurrency.EventAdmitted); e.PipelineRun != ns+"/pr-2" {
+			t.Fatalf("admitted event %+v", e)
+		}
+
+		// A crash and a restart on the same port: the stream comes back and
+		// says to re-read the state, then reports changes again.
+		srv.Kill()
+		srv.Restart()
+		next(concurrency.EventResync)
+		select {
+		case <-w.Done():
+			t.Fatalf("the watch ended: %v", w.Err())
+		default:
+		}
+		_, err = c.SetRepositoryLimit(ctx, repoOf(t, repo.Key(), 2))
+		testserver.Must(t, err, "SetRepositoryLimit")
+		next(concurrency.EventLimitChanged)
+
+		w.Stop()
+		<-w.Done()
+		if !errors.Is(w.Err(), context.Canceled) {
+			t.Fatalf("Err after Stop = %v", w.Err())
+		}
+	})
+}
+
+func TestWatchRefusalsAreErrors(t *testing.T) {
+	srv := testserver.Start(t, nil, "--max-watches", "1")
+	c := newClient(t, concurrency.Options{URL: srv.URL})
+	ctx := timeout(t, 30*time.Second)
+	w, err := c.Watch(ctx, "team/app", func(concurrency.Event) {})
+	testserver.Must(t, err, "the first watch")
+	defer w.Stop()
+	_, err = c.Watch(ctx, "team/app", func(concurrency.Event) {})
+	if !errors.Is(err, concurrency.ErrResourceExhausted) {
+		t.Fatalf("a watch past --max-watches: %v; want RESOURCE_EXHAUSTED", err)
+	}
+	_, err = c.Watch(ctx, "team/App", func(concurrency.Event) {})
+	if !errors.Is(err, concurrency.ErrInvalidArgument) {
+		t.Fatalf("a watch of a bad key: %v; want INVALID_ARGUMENT", err)
+	}
+}
+
+func TestWaitForSlotWaitsForTheReleaseAndLeavesTheQueueWhenItGivesUp(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b testserver.Backend) {
+		srv := testserver.Start(t, b.Env)
+		c := newClient(t, concurrency.Options{URL: srv.URL})
+		ctx := timeout(t, 60*time.Second)
+		ns := testserver.Namespace("wait")
+		repo := repoOf(t, ns+"/app", 1)
+		holder, err := c.WaitForSlot(ctx, repo, ns+"/pr-1", concurrency.WaitOptions{})
+		testserver.Must(t, err, "WaitForSlot on a free slot")
+
+		// Gives up: the run leaves the queue.
+		short, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		defer cancel()
+		var positions []int
+		_, err = c.WaitForSlot(short, repo, ns+"/pr-late", concurrency.WaitOptions{
+			OnQueued: func(p int) { positions = append(positions, p) }})
+		if !errors.Is(err, concurrency.ErrDeadlineExceeded) ||
+			!errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("WaitForSlot past its deadline: %v", err)
+		}
+		if len(positions) != 1 || positions[0] != 1 {
+			t.Fatalf("positions told %v; want [1]", positions)
+		}
+		if q, _ := c.GetQueuedPipelineRuns(ctx, repo); len(q) != 0 {
+			t.Fatalf("the run that gave up is still queued: %v", q)
+		}
+
+		// Waits: admitted by the release (the poll is long, so the watch
+		// is what wakes it).
+		got := make(chan *concurrency.Lease, 1)
+		fail := make(chan error, 1)
+		go func() {
+			l, err := c.WaitForSlot(ctx, repo, ns+"/pr-2",
+				concurrency.WaitOptions{PollInterval: time.Minute})
+			if err != nil {
+				fail <- err
+				return
+			}
+			got <- l
+		}()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			q, err := c.GetQueuedPipelineRuns(ctx, repo)
+			testserver.Must(t, err, "GetQueuedPipelineRuns")
+			if len(q) == 1 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("pr-2 was not queued within 10 s")
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		released := time.Now()
+		_, err = c.Release(ctx, repo.Key(), ns+"/pr-1", holder.LeaseID)
+		testserver.Must(t, err, "Release")
+		select {
+		case l := <-got:
+			if l.PipelineRun != ns+"/pr-2" || l.FencingToken <= holder.FencingToken {
+				t.Fatalf("WaitForSlot gave %+v after %+v", l, holder)
+			}
+			if took := time.Since(released); took > 30*time.Second {
+				t.Fatalf("admitted %v after the release: the watch did not wake it", took)
+			}
+		case err := <-fail:
+			t.Fatalf("WaitForSlot: %v", err)
+		case <-time.After(30 * time.Second):
+			t.Fatal("WaitForSlot did not return within 30 s of the release")
+		}
+	})
+}
+
+func TestKeepAliveRenewsUntilTheLeaseIsLost(t *testing.T) {
+	srv := testserver.Start(t, []string{"PAC_MEMORY_LEASE_TTL=2s"})
+	c := newClient(t, concurrency.Options{URL: srv.URL})
+	ctx := timeout(t, 30*time.Second)
+	repo := repoOf(t, "team/app", 1)
+	r, err := c.Submit(ctx, repo, "team/pr-1", concurrency.SubmitOptions{})
+	if err != nil || !r.Acquired {
+		t.Fatalf("Submit = %+v, %v", r, err)
+	}
+	lost := c.KeepAlive(ctx, r.Lease, 0)
+	time.Sleep(3500 * time.Millisecond) // past the 2 s TTL
+	if n, err := c.GetCurrentSlots(ctx, repo); err != nil || n != 1 {
+		t.Fatalf("after 3.5 s of a 2 s TTL the kept lease is gone: %d, %v", n, err)
+	}
+	select {
+	case err := <-lost:
+		t.Fatalf("KeepAlive reported %v while the lease was held", err)
+	default:
+	}
+	_, err = c.Release(ctx, repo.Key(), "team/pr-1", r.Lease.LeaseID)
+	testserver.Must(t, err, "Release")
+	select {
+	case err := <-lost:
+		if !errors.Is(err, concurrency.ErrLeaseLost) {
+			t.Fatalf("KeepAlive reported %v; want LEASE_LOST", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("KeepAlive did not report the released lease within 5 s")
+	}
+
+	// Without KeepAlive the lease expires.
+	r, err = c.Submit(ctx, repo, "team/pr-2", concurrency.SubmitOptions{})
+	if err != nil || !r.Acquired {
+		t.Fatalf("Submit = %+v, %v", r, err)
+	}
+	time.Sleep(2500 * time.Millisecond)
+	if _, err := c.RenewLease(ctx, r.Lease.LeaseID); !errors.Is(err, concurrency.ErrLeaseLost) {
+		t.Fatalf("renewing an expired lease: %v; want LEASE_LOST", err)
+	}
+}
+
+func TestManyGoroutinesOnTwoServersNeverExceedTheLimit(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b testserver.Backend) {
+		servers := []*testserver.Server{testserver.Start(t, b.Env)}
+		if b.Name != "memory" { // memory servers do not share state
+			servers = append(servers, testserver.Start(t, b.Env))
+		}
+		clients := make([]*concurrency.Client, len(servers))
+		for i, s := range servers {
+			clients[i] = newClient(t, concurrency.Options{URL: s.URL})
+		}
+		ctx := timeout(t, 120*time.Second)
+		ns := testserver.Namespace("many")
+		const limit, workers = 3, 24
+		repo := repoOf(t, ns+"/app", limit)
+		var holding, most, done atomic.Int32
+		var wg sync.WaitGroup
+		errs := make(chan error, workers)
+		for i := 0; i < workers; i++ {
+			wg.Add(1)
+			go func(i int) {
+				defer wg.Done()
+				c := clients[i%len(clients)]
+				run := fmt.Sprintf("%s/pr-%d", ns, i)
+				l, err := c.WaitForSlot(ctx, repo, run, concurrency.WaitOptions{})
+				if err != nil {
+					errs <- fmt.Errorf("%s: %w", run, err)
+					return
+				}
+				n := holding.Add(1)
+				for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+				}
+				time.Sleep(20 * time.Millisecond)
+				holding.Add(-1)
+				if _, err := c.Release(ctx, repo.Key(), run, l.LeaseID); err != nil {
+					errs <- fmt.Errorf("release %s: %w", run, err)
+					return
+				}
+				done.Add(1)
+			}(i)
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Error(err)
+		}
+		if done.Load() != workers {
+			t.Fatalf("%d of %d runs finished", done.Load(), workers)
+		}
+		if most.Load() > limit {
+			t.Fatalf("%d runs held a slot at once; the limit is %d", most.Load(), limit)
+		}
+		if most.Load() < 2 {
+			t.Fatalf("at most %d run at once: the runs did not overlap", most.Load())
+		}
+	})
+}

@@ -1,0 +1,261 @@
+// The specification's ConcurrencyDriver method set over the HTTP API:
+// AcquireSlot, ReleaseSlot, RenewLease, the reads, SetRepositoryLimit,
+// CleanupRepository, and the richer calls they are built on (Submit,
+// Release, Status).
+
+package concurrency
+
+import (
+	"context"
+	"net/url"
+	"time"
+)
+
+// SubmitOptions refine a submit (POST .../runs).
+type SubmitOptions struct {
+	// CreationTime orders the queue (oldest first); zero: the time the
+	// backend first sees the run.
+	CreationTime time.Time
+	// NoQueue takes a free slot or leaves nothing behind.
+	NoQueue bool
+	// Started adopts a run that is already running (after a restart): it
+	// takes a slot even above the limit. Needs an admin token.
+	Started bool
+}
+
+// Submit asks for a slot for the run "namespace/name" in repo: the answer
+// holds a lease, or the run's place in the queue. Submitting again is
+// safe: a queued run keeps its place, an admitted run gets its lease back.
+// repo.ConcurrencyLimit, when set, is recorded as the repository's limit.
+func (c *Client) Submit(ctx context.Context, repo *Repository, pipelineRunKey string,
+	opts SubmitOptions) (*AcquireResult, error) {
+	const op = "Submit"
+	if repo == nil {
+		return nil, invalidArgument(op, "repository: is nil")
+	}
+	if _, _, err := splitKey(op, "repository", repo.Key()); err != nil {
+		return nil, err
+	}
+	if _, _, err := splitKey(op, "pipeline_run", pipelineRunKey); err != nil {
+		return nil, err
+	}
+	body := map[string]any{"pipeline_run": pipelineRunKey}
+	if repo.ConcurrencyLimit != nil {
+		if *repo.ConcurrencyLimit < 0 {
+			return nil, invalidArgument(op,
+				"concurrency_limit: must not be negative (got %d)", *repo.ConcurrencyLimit)
+		}
+		body["concurrency_limit"] = *repo.ConcurrencyLimit
+	}
+	if !opts.CreationTime.IsZero() {
+		body["creation_time"] = opts.CreationTime.UTC().Format(time.RFC3339Nano)
+	}
+	if opts.NoQueue {
+		body["enqueue"] = false
+	}
+	if opts.Started {
+		body["state"] = "started"
+	}
+	var out AcquireResult
+	err := c.call(ctx, op, "POST",
+		c.pathOf("v1", "repositories", repo.Namespace, repo.Name, "runs"), "", body, &out)
+	if err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// AcquireSlot is the specification's call: it takes a slot for the run
+// if one is free and no older run waits, else queues the run. It returns
+// whether the run holds a slot, and its lease id.
+func (c *Client) AcquireSlot(ctx context.Context, repo *Repository,
+	pipelineRunKey string) (bool, string, error) {
+	r, err := c.Submit(ctx, repo, pipelineRunKey, SubmitOptions{})
+	if err != nil {
+		return false, "", err
+	}
+	if !r.Acquired || r.Lease == nil {
+		return false, "", nil
+	}
+	return true, r.Lease.LeaseID, nil
+}
+
+// Release frees the run's slot (or takes it out of the queue) and admits
+// the head of the queue in the same step. With a leaseID only that lease
+// is released, so a stale holder cannot free a newer lease of the run.
+// Releasing something unknown is not an error (Released is false).
+func (c *Client) Release(ctx context.Context, repoKey, pipelineRunKey,
+	leaseID string) (*ReleaseResult, error) {
+	const op = "Release"
+	ns, name, err := splitKey(op, "repository", repoKey)
+	if err != nil {
+		return nil, err
+	}
+	runNs, runName, err := splitKey(op, "pipeline_run", pipelineRunKey)
+	if err != nil {
+		return nil, err
+	}
+	query := ""
+	if leaseID != "" {
+		query = url.Values{"lease_id": {leaseID}}.Encode()
+	}
+	var out ReleaseResult
+	err = c.call(ctx, op, "DELETE",
+		c.pathOf("v1", "repositories", ns, name, "runs", runNs, runName), query, nil, &out)
+	if err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// ReleaseSlot is the specification's call (argument order as there).
+func (c *Client) ReleaseSlot(ctx context.Context, leaseID, pipelineRunKey,
+	repoKey string) error {
+	_, err := c.Release(ctx, repoKey, pipelineRunKey, leaseID)
+	return err
+}
+
+// RenewLease extends the lease by the server's TTL from now. A lease that
+// expired or was released fails with ErrLeaseLost: its holder no longer
+// has a slot.
+func (c *Client) RenewLease(ctx context.Context, leaseID string) (*Lease, error) {
+	const op = "RenewLease"
+	if leaseID == "" {
+		return nil, invalidArgument(op, "lease_id: is empty")
+	}
+	var out Lease
+	if err := c.call(ctx, op, "POST", c.pathOf("v1", "leases", leaseID, "renew"),
+		"", nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// Status reads the repository's limit, running runs and queue as one
+// consistent state.
+func (c *Client) Status(ctx context.Context, repoKey string) (*RepositoryStatus, error) {
+	const op = "Status"
+	ns, name, err := splitKey(op, "repository", repoKey)
+	if err != nil {
+		return nil, err
+	}
+	var out RepositoryStatus
+	if err := c.call(ctx, op, "GET", c.pathOf("v1", "repositories", ns, name),
+		"", nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// ListRepositories returns the status of every repository the backend
+// holds a record of, in key order; a non-empty namespace lists only its.
+func (c *Client) ListRepositories(ctx context.Context,
+	namespace string) ([]RepositoryStatus, error) {
+	query := ""
+	if namespace != "" {
+		query = url.Values{"namespace": {namespace}}.Encode()
+	}
+	var out struct {
+		Repositories []RepositoryStatus `json:"repositories"`
+	}
+	if err := c.call(ctx, "ListRepositories", "GET", c.pathOf("v1", "repositories"),
+		query, nil, &out); err != nil {
+		return nil, err
+	}
+	return out.Repositories, nil
+}
+
+// GetCurrentSlots is the number of slots in use.
+func (c *Client) GetCurrentSlots(ctx context.Context, repo *Repository) (int, error) {
+	s, err := c.Status(ctx, repo.Key())
+	if err != nil {
+		return 0, err
+	}
+	return s.InUse, nil
+}
+
+// GetRunningPipelineRuns is the keys of the runs holding a slot, oldest
+// grant first.
+func (c *Client) GetRunningPipelineRuns(ctx context.Context,
+	repo *Repository) ([]string, error) {
+	s, err := c.Status(ctx, repo.Key())
+	if err != nil {
+		return nil, err
+	}
+	keys := make([]string, 0, len(s.Running))
+	for _, l := range s.Running {
+		keys = append(keys, l.PipelineRun)
+	}
+	return keys, nil
+}
+
+// GetQueue is the queue in admission order.
+func (c *Client) GetQueue(ctx context.Context, repoKey string) ([]QueueEntry, error) {
+	s, err := c.Status(ctx, repoKey)
+	if err != nil {
+		return nil, err
+	}
+	return s.Queued, nil
+}
+
+// GetQueuedPipelineRuns is the keys of the queued runs in admission order.
+func (c *Client) GetQueuedPipelineRuns(ctx context.Context,
+	repo *Repository) ([]string, error) {
+	q, err := c.GetQueue(ctx, repo.Key())
+	if err != nil {
+		return nil, err
+	}
+	keys := make([]string, 0, len(q))
+	for _, e := range q {
+		keys = append(keys, e.PipelineRun)
+	}
+	return keys, nil
+}
+
+// SetRepositoryLimit records repo.ConcurrencyLimit (0: unlimited).
+// Lowering evicts nobody; raising admits queued runs at once, returned.
+func (c *Client) SetRepositoryLimit(ctx context.Context, repo *Repository) ([]Lease, error) {
+	const op = "SetRepositoryLimit"
+	if repo == nil || repo.ConcurrencyLimit == nil {
+		return nil, invalidArgument(op, "concurrency_limit: is not set")
+	}
+	if *repo.ConcurrencyLimit < 0 {
+		return nil, invalidArgument(op,
+			"concurrency_limit: must not be negative (got %d)", *repo.ConcurrencyLimit)
+	}
+	if _, _, err := splitKey(op, "repository", repo.Key()); err != nil {
+		return nil, err
+	}
+	var out struct {
+		Admitted []Lease `json:"admitted"`
+	}
+	err := c.call(ctx, op, "PUT", c.pathOf("v1", "repositories", repo.Namespace, repo.Name),
+		"", map[string]any{"concurrency_limit": *repo.ConcurrencyLimit}, &out)
+	if err != nil {
+		return nil, err
+	}
+	return out.Admitted, nil
+}
+
+// CleanupRepository removes every lease, queue entry and state of the
+// repository.
+func (c *Client) CleanupRepository(ctx context.Context, repo *Repository) error {
+	const op = "CleanupRepository"
+	if repo == nil {
+		return invalidArgument(op, "repository: is nil")
+	}
+	if _, _, err := splitKey(op, "repository", repo.Key()); err != nil {
+		return err
+	}
+	return c.call(ctx, op, "DELETE",
+		c.pathOf("v1", "repositories", repo.Namespace, repo.Name), "", nil, nil)
+}
+
+// Version is the server's version and backend driver.
+func (c *Client) Version(ctx context.Context) (*VersionInfo, error) {
+	var out VersionInfo
+	if err := c.call(ctx, "Version", "GET", c.pathOf("v1", "version"), "", nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}

@@ -1,0 +1,3 @@
+module github.com/pac-concurrency/pac-concurrency/clients/go
+
+go 1.19
