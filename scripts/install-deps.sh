@@ -13,6 +13,7 @@ PACKAGES=(
   libpq-dev postgresql-15 postgresql-contrib
   etcd-server etcd-client
   openssl libssl-dev ca-certificates curl procps python3
+  golang-go
   clang clang-format libclang-rt-14-dev
 )
 

@@ -103,6 +103,33 @@ else
   echo "=== thread-safety analysis: clean"
 fi
 
+# The Go client's tests (clients/go) against the binary just built, on
+# memory, PostgreSQL and etcd, under the Go race detector. GOPROXY=off: the
+# module has no dependencies and nothing is downloaded.
+echo "=== Go client: go test -race ./... (clients/go)"
+go_log=$(mktemp)
+(cd clients/go && CI=true PAC_BINARY="$PWD/../../build/pac-concurrency" \
+   GOPROXY=off GOSUMDB=off GOFLAGS=-mod=readonly \
+   go test -race -count=1 -v ./...) 2>&1 | tee "$go_log" |
+  grep -E '^\s*--- (PASS|FAIL)|^(ok|FAIL|panic)'
+go_rc=${PIPESTATUS[0]}
+p=$(grep -cE '^\s*--- PASS' "$go_log" || true)
+f=$(grep -cE '^\s*--- FAIL' "$go_log" || true)
+passed=$((passed + p))
+failed=$((failed + f))
+if [ "$go_rc" -ne 0 ]; then
+  tail -80 "$go_log"
+  status=1
+  [ "$f" -eq 0 ] && failed=$((failed + 1))
+fi
+rm -f "$go_log"
+unformatted=$(cd clients/go && gofmt -l .)
+if [ -n "$unformatted" ]; then
+  echo "=== Go client: not gofmt-formatted: $unformatted"
+  failed=$((failed + 1))
+  status=1
+fi
+
 restart_etcd_cluster
 # The sanitizer builds keep line tables only (-g1): their reports name
 # files and lines, and the builds take less time.
