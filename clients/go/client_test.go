@@ -12,6 +12,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -440,4 +444,42 @@ func TestManyGoroutinesOnTwoServersNeverExceedTheLimit(t *testing.T) {
 			t.Fatalf("at most %d run at once: the runs did not overlap", most.Load())
 		}
 	})
+}
+
+// A server behind a proxy at a path prefix: every call and the watch go
+// under the prefix.
+func TestAPathPrefixReachesTheServerBehindAProxy(t *testing.T) {
+	srv := testserver.Start(t, nil)
+	target, err := url.Parse(srv.URL)
+	testserver.Must(t, err, "url")
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	var seen atomic.Int32
+	front := httptest.NewServer(http.StripPrefix("/pac", http.HandlerFunc(
+		func(w http.ResponseWriter, r *http.Request) {
+			seen.Add(1)
+			proxy.ServeHTTP(w, r)
+		})))
+	defer front.Close()
+	c := newClient(t, concurrency.Options{URL: front.URL + "/pac/"})
+	ctx := timeout(t, 30*time.Second)
+	events := make(chan concurrency.Event, 10)
+	w, err := c.Watch(ctx, "team/app", func(e concurrency.Event) { events <- e })
+	testserver.Must(t, err, "Watch through the proxy")
+	defer w.Stop()
+	ok, lease, err := c.AcquireSlot(ctx, repoOf(t, "team/app", 1), "team/pr-1")
+	if err != nil || !ok {
+		t.Fatalf("AcquireSlot through the proxy = %v, %v", ok, err)
+	}
+	testserver.Must(t, c.ReleaseSlot(ctx, lease, "team/pr-1", "team/app"), "ReleaseSlot")
+	for released := false; !released; {
+		select {
+		case e := <-events:
+			released = e.Type == concurrency.EventReleased
+		case <-time.After(10 * time.Second):
+			t.Fatal("no released event through the proxy within 10 s")
+		}
+	}
+	if seen.Load() < 3 {
+		t.Fatalf("the proxy saw %d requests", seen.Load())
+	}
 }
