@@ -222,7 +222,7 @@ TEST_P(DocsTest, MarkedShellBlocksRunAsWritten) {
 
 INSTANTIATE_TEST_SUITE_P(Docs, DocsTest,
                          ::testing::Values("README.md", "docs/cli.md",
-                                           "docs/api.md"),
+                                           "docs/api.md", "docs/migration.md"),
                          [](const auto& info) {
                            std::string n = info.param;
                            for (char& c : n) {
