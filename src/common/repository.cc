@@ -142,6 +142,33 @@ absl::Status ValidateNamespace(std::string_view ns, std::string_view field) {
   return absl::OkStatus();
 }
 
+absl::Status ValidateState(std::string_view state, std::string_view field) {
+  if (state.empty()) {
+    return absl::InvalidArgumentError(internal::Cat(field, ": is empty"));
+  }
+  size_t bad_at = 0;
+  if (!internal::IsValidUtf8(state, &bad_at)) {
+    return absl::InvalidArgumentError(
+        internal::Cat(field, ": is not valid UTF-8 (byte ", bad_at, " of \"",
+                      internal::EscapeBytes(state), "\")"));
+  }
+  size_t chars = 0;
+  for (unsigned char c : state) {
+    if ((c & 0xC0) != 0x80) ++chars;  // not a continuation byte
+    if (c < 0x20 || c == 0x7f) {
+      return absl::InvalidArgumentError(
+          internal::Cat(field, ": \"", internal::EscapeBytes(state),
+                        "\" holds a control character"));
+    }
+  }
+  if (chars > kMaxStateLength) {
+    return absl::InvalidArgumentError(
+        internal::Cat(field, ": ", chars, " characters; at most ",
+                      kMaxStateLength));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidateRepository(const Repository& repo) {
   if (repo.concurrency_limit.has_value() && *repo.concurrency_limit < 0) {
     return absl::InvalidArgumentError(

@@ -334,6 +334,7 @@ absl::Status EtcdDriver::SetRepositoryState(const Context& ctx,
                                             const Repository& repo,
                                             std::string_view state) {
   if (absl::Status s = ValidateRepository(repo); !s.ok()) return s;
+  if (absl::Status s = ValidateState(state); !s.ok()) return s;
   return PutKey(ctx, Cat(prefix_, "state/repo/", repo.Key()), state);
 }
 
@@ -348,6 +349,7 @@ absl::Status EtcdDriver::SetPipelineRunState(const Context& ctx,
                                              std::string_view run_key,
                                              std::string_view state) {
   if (absl::Status s = ValidateKey(run_key, "pipeline_run"); !s.ok()) return s;
+  if (absl::Status s = ValidateState(state); !s.ok()) return s;
   return PutKey(ctx, Cat(prefix_, "state/run/", run_key), state);
 }
 

@@ -642,6 +642,7 @@ absl::Status MemoryDriver::SetRepositoryState(const Context& ctx,
                                               const Repository& repo,
                                               std::string_view state) {
   if (absl::Status s = ValidateRepository(repo); !s.ok()) return s;
+  if (absl::Status s = ValidateState(state); !s.ok()) return s;
   if (absl::Status s = ctx.Err(); !s.ok()) return s;
   if (absl::Status s = CheckOpen(); !s.ok()) return s;
   const std::string key = repo.Key();
@@ -670,6 +671,7 @@ absl::Status MemoryDriver::SetPipelineRunState(const Context& ctx,
                                                std::string_view run_key,
                                                std::string_view state) {
   if (absl::Status s = ValidateKey(run_key, "pipeline_run"); !s.ok()) return s;
+  if (absl::Status s = ValidateState(state); !s.ok()) return s;
   if (absl::Status s = ctx.Err(); !s.ok()) return s;
   if (absl::Status s = CheckOpen(); !s.ok()) return s;
   MutexLock lock(&states_mu_);

@@ -661,6 +661,7 @@ absl::Status PostgreSQLDriver::SetRepositoryState(const Context& ctx,
                                                   const Repository& repo,
                                                   std::string_view state) {
   if (absl::Status s = ValidateRepository(repo); !s.ok()) return s;
+  if (absl::Status s = ValidateState(state); !s.ok()) return s;
   auto r = Query(ctx,
                  "INSERT INTO repository_states (repository_key, state) VALUES"
                  " ($1, $2) ON CONFLICT (repository_key) DO UPDATE SET state ="
@@ -686,6 +687,7 @@ absl::Status PostgreSQLDriver::SetPipelineRunState(const Context& ctx,
                                                    std::string_view run_key,
                                                    std::string_view state) {
   if (absl::Status s = ValidateKey(run_key, "pipeline_run"); !s.ok()) return s;
+  if (absl::Status s = ValidateState(state); !s.ok()) return s;
   auto r = Query(ctx,
                  "INSERT INTO pipeline_run_states (pipeline_run_key, state)"
                  " VALUES ($1, $2) ON CONFLICT (pipeline_run_key) DO UPDATE SET"

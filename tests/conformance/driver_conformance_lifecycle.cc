@@ -602,6 +602,30 @@ TEST_P(DriverConformanceTest, Rule13_StatesRoundTrip) {
   EXPECT_EQ(*driver_->GetPipelineRunState(ctx_, Run("x")), "queued");
 }
 
+// A state the specification's VARCHAR(50) cannot hold is refused alike by
+// every driver, and writes nothing; 50 characters (of any script) are kept.
+TEST_P(DriverConformanceTest, Rule13_StatesAreCheckedAlikeOnEveryDriver) {
+  Repository repo = Repo("state-check", 1);
+  const std::string fifty(50, 's');
+  std::string fifty_runes;
+  for (int i = 0; i < 50; ++i) fifty_runes += "\u00e9";  // é: 2 bytes
+  ASSERT_TRUE(driver_->SetRepositoryState(ctx_, repo, fifty).ok());
+  EXPECT_EQ(*driver_->GetRepositoryState(ctx_, repo.Key()), fifty);
+  ASSERT_TRUE(driver_->SetPipelineRunState(ctx_, Run("x"), fifty_runes).ok());
+  EXPECT_EQ(*driver_->GetPipelineRunState(ctx_, Run("x")), fifty_runes);
+  const std::string bad_invalid_utf8 = "run\xff";
+  for (const std::string& bad : {std::string(), fifty + "s",
+                                 std::string("a\nb"), bad_invalid_utf8}) {
+    absl::Status r = driver_->SetRepositoryState(ctx_, repo, bad);
+    EXPECT_TRUE(absl::IsInvalidArgument(r)) << r;
+    EXPECT_THAT(std::string(r.message()), HasSubstr("state")) << r;
+    absl::Status p = driver_->SetPipelineRunState(ctx_, Run("x"), bad);
+    EXPECT_TRUE(absl::IsInvalidArgument(p)) << p;
+  }
+  EXPECT_EQ(*driver_->GetRepositoryState(ctx_, repo.Key()), fifty);
+  EXPECT_EQ(*driver_->GetPipelineRunState(ctx_, Run("x")), fifty_runes);
+}
+
 // ---------------------------------------------------------------------------
 // Rule 14: cancellation.
 

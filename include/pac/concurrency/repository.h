@@ -42,6 +42,14 @@ struct Repository {
 [[nodiscard]] absl::Status ValidateNamespace(std::string_view ns,
                                              std::string_view field);
 
+// Checks a state string of Set{Repository,PipelineRun}State: 1 to
+// kMaxStateLength characters of valid UTF-8, no control characters (the
+// specification's tables keep it in a VARCHAR(50)). `field` names the
+// input in the error.
+inline constexpr size_t kMaxStateLength = 50;
+[[nodiscard]] absl::Status ValidateState(std::string_view state,
+                                         std::string_view field = "state");
+
 // Checks both parts of `repo` and its limit.
 [[nodiscard]] absl::Status ValidateRepository(const Repository& repo);
 
