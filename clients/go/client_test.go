@@ -114,7 +114,26 @@ func TestSpecificationCallsKeepTheLimitAndTheOrder(t *testing.T) {
 		if err != nil || len(list) != 1 || list[0].Repository != repo.Key() {
 			t.Fatalf("ListRepositories(%s) = %+v, %v", ns, list, err)
 		}
+		// The specification's states.
+		if _, err := c.GetRepositoryState(ctx, repo.Key()); !errors.Is(err, concurrency.ErrNotFound) {
+			t.Fatalf("GetRepositoryState before any was set: %v; want NOT_FOUND", err)
+		}
+		testserver.Must(t, c.SetRepositoryState(ctx, repo, "active"), "SetRepositoryState")
+		testserver.Must(t, c.SetPipelineRunState(ctx, ns+"/pr-b", "started"), "SetPipelineRunState")
+		if s, err := c.GetRepositoryState(ctx, repo.Key()); err != nil || s != "active" {
+			t.Fatalf("GetRepositoryState = %q, %v", s, err)
+		}
+		if s, err := c.GetPipelineRunState(ctx, ns+"/pr-b"); err != nil || s != "started" {
+			t.Fatalf("GetPipelineRunState = %q, %v", s, err)
+		}
+		err = c.SetPipelineRunState(ctx, ns+"/pr-b", strings.Repeat("x", 51))
+		if !errors.Is(err, concurrency.ErrInvalidArgument) || !strings.Contains(err.Error(), "at most 50") {
+			t.Fatalf("a 51-character state: %v", err)
+		}
 		testserver.Must(t, c.CleanupRepository(ctx, repo), "CleanupRepository")
+		if _, err := c.GetRepositoryState(ctx, repo.Key()); !errors.Is(err, concurrency.ErrNotFound) {
+			t.Fatalf("GetRepositoryState after the cleanup: %v; want NOT_FOUND", err)
+		}
 		if n, err := c.GetCurrentSlots(ctx, repo); err != nil || n != 0 {
 			t.Fatalf("after the cleanup GetCurrentSlots = %d, %v", n, err)
 		}

@@ -259,3 +259,56 @@ func (c *Client) Version(ctx context.Context) (*VersionInfo, error) {
 	}
 	return &out, nil
 }
+
+// SetRepositoryState records the repository's free-form state (1 to 50
+// characters).
+func (c *Client) SetRepositoryState(ctx context.Context, repo *Repository, state string) error {
+	const op = "SetRepositoryState"
+	if repo == nil {
+		return invalidArgument(op, "repository: is nil")
+	}
+	return c.setState(ctx, op, "repositories", "repository", repo.Key(), state)
+}
+
+// GetRepositoryState is the repository's state; ErrNotFound when none was
+// set.
+func (c *Client) GetRepositoryState(ctx context.Context, repoKey string) (string, error) {
+	return c.getState(ctx, "GetRepositoryState", "repositories", "repository", repoKey)
+}
+
+// SetPipelineRunState records the run's free-form state (1 to 50
+// characters).
+func (c *Client) SetPipelineRunState(ctx context.Context, pipelineRunKey, state string) error {
+	return c.setState(ctx, "SetPipelineRunState", "pipelineruns", "pipeline_run",
+		pipelineRunKey, state)
+}
+
+// GetPipelineRunState is the run's state; ErrNotFound when none was set.
+func (c *Client) GetPipelineRunState(ctx context.Context, pipelineRunKey string) (string, error) {
+	return c.getState(ctx, "GetPipelineRunState", "pipelineruns", "pipeline_run",
+		pipelineRunKey)
+}
+
+func (c *Client) setState(ctx context.Context, op, collection, field, key, state string) error {
+	ns, name, err := splitKey(op, field, key)
+	if err != nil {
+		return err
+	}
+	return c.call(ctx, op, "PUT", c.pathOf("v1", collection, ns, name, "state"), "",
+		map[string]any{"state": state}, nil)
+}
+
+func (c *Client) getState(ctx context.Context, op, collection, field, key string) (string, error) {
+	ns, name, err := splitKey(op, field, key)
+	if err != nil {
+		return "", err
+	}
+	var out struct {
+		State string `json:"state"`
+	}
+	if err := c.call(ctx, op, "GET", c.pathOf("v1", collection, ns, name, "state"), "",
+		nil, &out); err != nil {
+		return "", err
+	}
+	return out.State, nil
+}

@@ -162,9 +162,8 @@ absl::Status ValidateState(std::string_view state, std::string_view field) {
     }
   }
   if (chars > kMaxStateLength) {
-    return absl::InvalidArgumentError(
-        internal::Cat(field, ": ", chars, " characters; at most ",
-                      kMaxStateLength));
+    return absl::InvalidArgumentError(internal::Cat(
+        field, ": ", chars, " characters; at most ", kMaxStateLength));
   }
   return absl::OkStatus();
 }

@@ -66,6 +66,19 @@ class Api {
   // Removes every lease, queue entry and state of the repository.
   [[nodiscard]] virtual absl::StatusOr<Json> Cleanup(
       const Context& ctx, std::string_view repo_key) = 0;
+  // The specification's free-form states (Driver::SetRepositoryState,
+  // SetPipelineRunState, and their Get): of a repository or of a pipeline
+  // run, by key. SetState's body is {"state": "..."} (ValidateState);
+  // both answer {"repository" or "pipeline_run": key, "state": ...}.
+  // GetState of a state never set is NotFound.
+  enum class StateOf { kRepository, kPipelineRun };
+  [[nodiscard]] virtual absl::StatusOr<Json> SetState(const Context& ctx,
+                                                      StateOf of,
+                                                      std::string_view key,
+                                                      const Json& body) = 0;
+  [[nodiscard]] virtual absl::StatusOr<Json> GetState(const Context& ctx,
+                                                      StateOf of,
+                                                      std::string_view key) = 0;
   // Rebuilds queues and running sets: body {"pipelineruns": <kubectl get
   // pipelineruns -o json>, "repositories": "<Repository manifests YAML>"}.
   [[nodiscard]] virtual absl::StatusOr<Json> Import(const Context& ctx,

@@ -139,6 +139,10 @@ TEST_F(RolesTest, EveryRouteTimesEveryRole) {
       {"POST", "/v1/repositories/ns/app/runs", R"({"pipeline_run":"ns/b"})", 2},
       {"DELETE", "/v1/repositories/ns/app/runs/ns/zz", "", 2},
       {"POST", "/v1/leases/no-such-lease/renew", "", 2},
+      {"GET", "/v1/repositories/ns/app/state", "", 1},
+      {"PUT", "/v1/repositories/ns/app/state", R"({"state":"active"})", 2},
+      {"GET", "/v1/pipelineruns/ns/pr-1/state", "", 1},
+      {"PUT", "/v1/pipelineruns/ns/pr-1/state", R"({"state":"started"})", 2},
       {"PUT", "/v1/repositories/ns/app", R"({"concurrency_limit":1})", 3},
       {"DELETE", "/v1/repositories/ns/gone", "", 3},
       {"POST", "/v1/repositories",
@@ -190,6 +194,15 @@ TEST_F(RolesTest, NamespaceLimitedTokensActOnlyInTheirNamespaces) {
   EXPECT_THAT(submit->body, HasSubstr("may not act on namespace"));
   EXPECT_EQ(Send("control-other", "POST", "/v1/repositories/other/app/runs",
                  R"({"pipeline_run":"other/b","concurrency_limit":1})")
+                ->status,
+            200);
+  // The state of a pipeline run is checked against the run's namespace.
+  EXPECT_EQ(Send("control-other", "PUT", "/v1/pipelineruns/ns/pr-1/state",
+                 R"({"state":"started"})")
+                ->status,
+            403);
+  EXPECT_EQ(Send("control-other", "PUT", "/v1/pipelineruns/other/pr-1/state",
+                 R"({"state":"started"})")
                 ->status,
             200);
   // An admin of ns may set ns's limits but not import across namespaces.

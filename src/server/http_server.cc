@@ -1,5 +1,7 @@
 #include "src/server/http_server.h"
 
+#include <tuple>
+
 #include "pac/concurrency/config.h"
 #include "spdlog/spdlog.h"
 #include "src/common/strings.h"
@@ -423,6 +425,27 @@ void HttpServer::Routes() {
              if (!body.ok()) return body.status();
              return ok(service_->Import(ctx, *body));
            }));
+  // The specification's states: of a repository, of a pipeline run (whose
+  // namespace is the one a namespace-limited token is checked against).
+  for (auto [of, prefix, route] :
+       {std::tuple{Api::StateOf::kRepository, repo, repo_route},
+        std::tuple{Api::StateOf::kPipelineRun,
+                   std::string("/v1/pipelineruns/*/*"),
+                   std::string("/v1/pipelineruns/{ns}/{name}")}}) {
+    add("GET", prefix + "/state", read_repo,
+        wrap(route + "/state",
+             [this, ok, of = of](HttpRequest& req, const Context& ctx) {
+               return ok(service_->GetState(ctx, of, RepoKey(req)));
+             }));
+    add("PUT", prefix + "/state", controller_repo,
+        wrap(
+            route + "/state",
+            [this, ok, of = of](HttpRequest& req, const Context& ctx) -> Reply {
+              auto body = ParseBody(req);
+              if (!body.ok()) return body.status();
+              return ok(service_->SetState(ctx, of, RepoKey(req), *body));
+            }));
+  }
   add("GET", repo + "/watch", read_repo,
       [this](HttpRequest& req) { return Watch(req); });
 }

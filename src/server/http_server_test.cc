@@ -161,6 +161,46 @@ TEST_F(HttpServerTest, RemoteApiRoundTripsAnswersAndErrors) {
             absl::StatusCode::kUnavailable);
 }
 
+// The specification's states over HTTP, through RemoteApi: set, read,
+// never set (404), a state the drivers refuse (400 naming it), a misspelt
+// field.
+TEST_F(HttpServerTest, StatesOfRepositoriesAndRunsRoundTrip) {
+  Start();
+  RemoteApi api(url_, "");
+  using StateOf = Api::StateOf;
+  auto set = api.SetState(ctx_, StateOf::kRepository, "ns/app",
+                          Json{{"state", "paused"}});
+  ASSERT_TRUE(set.ok()) << set.status();
+  EXPECT_EQ(*set, (Json{{"repository", "ns/app"}, {"state", "paused"}}));
+  auto got = api.GetState(ctx_, StateOf::kRepository, "ns/app");
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ((*got)["state"], "paused");
+  ASSERT_TRUE(api.SetState(ctx_, StateOf::kPipelineRun, "ns/pr-1",
+                           Json{{"state", "started"}})
+                  .ok());
+  auto run = api.GetState(ctx_, StateOf::kPipelineRun, "ns/pr-1");
+  ASSERT_TRUE(run.ok()) << run.status();
+  EXPECT_EQ(*run, (Json{{"pipeline_run", "ns/pr-1"}, {"state", "started"}}));
+
+  auto never = api.GetState(ctx_, StateOf::kPipelineRun, "ns/pr-2");
+  EXPECT_TRUE(absl::IsNotFound(never.status())) << never.status();
+  EXPECT_THAT(std::string(never.status().message()), HasSubstr("ns/pr-2"));
+  auto too_long = api.SetState(ctx_, StateOf::kRepository, "ns/app",
+                               Json{{"state", std::string(51, 'x')}});
+  EXPECT_TRUE(absl::IsInvalidArgument(too_long.status()));
+  EXPECT_THAT(std::string(too_long.status().message()),
+              HasSubstr("at most 50"));
+  auto misspelt = api.SetState(ctx_, StateOf::kRepository, "ns/app",
+                               Json{{"stat", "paused"}});
+  EXPECT_TRUE(absl::IsInvalidArgument(misspelt.status()));
+  auto not_string =
+      api.SetState(ctx_, StateOf::kRepository, "ns/app", Json{{"state", 3}});
+  EXPECT_TRUE(absl::IsInvalidArgument(not_string.status()));
+  // Nothing refused was written.
+  EXPECT_EQ((*api.GetState(ctx_, StateOf::kRepository, "ns/app"))["state"],
+            "paused");
+}
+
 TEST_F(HttpServerTest, StreamWatchSeesAReleaseByAnotherClient) {
   Start();
   RemoteApi api(url_, "");

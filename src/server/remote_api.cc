@@ -277,6 +277,37 @@ absl::StatusOr<Json> RemoteApi::Version(const Context& ctx) {
   return Call(ctx, "GET", "/v1/version", "", "");
 }
 
+namespace {
+std::string StatePath(Api::StateOf of, std::string_view key) {
+  return Cat(of == Api::StateOf::kRepository ? "/v1/repositories/"
+                                             : "/v1/pipelineruns/",
+             KeyPath(key), "/state");
+}
+}  // namespace
+
+absl::StatusOr<Json> RemoteApi::SetState(const Context& ctx, StateOf of,
+                                         std::string_view key,
+                                         const Json& body) {
+  if (absl::Status s = ValidateKey(
+          key, of == StateOf::kRepository ? "repository" : "pipeline_run");
+      !s.ok()) {
+    return s;
+  }
+  auto text = DumpStrict(body, "request body");
+  if (!text.ok()) return text.status();
+  return Call(ctx, "PUT", StatePath(of, key), *text, "application/json");
+}
+
+absl::StatusOr<Json> RemoteApi::GetState(const Context& ctx, StateOf of,
+                                         std::string_view key) {
+  if (absl::Status s = ValidateKey(
+          key, of == StateOf::kRepository ? "repository" : "pipeline_run");
+      !s.ok()) {
+    return s;
+  }
+  return Call(ctx, "GET", StatePath(of, key), "", "");
+}
+
 absl::StatusOr<Json> RemoteApi::Cleanup(const Context& ctx,
                                         std::string_view repo_key) {
   if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;

@@ -337,6 +337,52 @@ absl::StatusOr<Json> Service::Version(const Context& ctx) {
               {"driver", std::string(driver_->Type())}};
 }
 
+namespace {
+const char* StateField(Api::StateOf of) {
+  return of == Api::StateOf::kRepository ? "repository" : "pipeline_run";
+}
+}  // namespace
+
+absl::StatusOr<Json> Service::SetState(const Context& ctx, StateOf of,
+                                       std::string_view key, const Json& body) {
+  const char* field = StateField(of);
+  if (absl::Status s = ValidateKey(key, field); !s.ok()) return s;
+  if (absl::Status s = CheckFields(body, {"state"}); !s.ok()) return s;
+  auto it = body.find("state");
+  if (it == body.end() || !it->is_string()) {
+    return absl::InvalidArgumentError("state: required, a string");
+  }
+  const std::string state = it->get<std::string>();
+  absl::Status s;
+  if (of == StateOf::kRepository) {
+    auto repo = Repository::FromKey(key);
+    if (!repo.ok()) return repo.status();
+    s = driver_->SetRepositoryState(ctx, *repo, state);
+  } else {
+    s = driver_->SetPipelineRunState(ctx, key, state);
+  }
+  if (!s.ok()) {
+    CountError("set_state", s);
+    return s;
+  }
+  return Json{{field, std::string(key)}, {"state", state}};
+}
+
+absl::StatusOr<Json> Service::GetState(const Context& ctx, StateOf of,
+                                       std::string_view key) {
+  const char* field = StateField(of);
+  if (absl::Status s = ValidateKey(key, field); !s.ok()) return s;
+  absl::StatusOr<std::string> state =
+      of == StateOf::kRepository ? driver_->GetRepositoryState(ctx, key)
+                                 : driver_->GetPipelineRunState(ctx, key);
+  if (!state.ok()) {
+    if (!absl::IsNotFound(state.status()))
+      CountError("get_state", state.status());
+    return state.status();
+  }
+  return Json{{field, std::string(key)}, {"state", *state}};
+}
+
 absl::StatusOr<Json> Service::Cleanup(const Context& ctx,
                                       std::string_view repo_key) {
   if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;

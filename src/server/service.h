@@ -44,6 +44,11 @@ class Service final : public Api {
   absl::StatusOr<Json> ListRepositories(
       const Context& ctx, std::string_view namespace_name) override;
   absl::StatusOr<Json> Version(const Context& ctx) override;
+  absl::StatusOr<Json> SetState(const Context& ctx, StateOf of,
+                                std::string_view key,
+                                const Json& body) override;
+  absl::StatusOr<Json> GetState(const Context& ctx, StateOf of,
+                                std::string_view key) override;
   absl::StatusOr<Json> Cleanup(const Context& ctx,
                                std::string_view repo_key) override;
   absl::StatusOr<Json> Import(const Context& ctx, const Json& body) override;

@@ -614,8 +614,8 @@ TEST_P(DriverConformanceTest, Rule13_StatesAreCheckedAlikeOnEveryDriver) {
   ASSERT_TRUE(driver_->SetPipelineRunState(ctx_, Run("x"), fifty_runes).ok());
   EXPECT_EQ(*driver_->GetPipelineRunState(ctx_, Run("x")), fifty_runes);
   const std::string bad_invalid_utf8 = "run\xff";
-  for (const std::string& bad : {std::string(), fifty + "s",
-                                 std::string("a\nb"), bad_invalid_utf8}) {
+  for (const std::string& bad :
+       {std::string(), fifty + "s", std::string("a\nb"), bad_invalid_utf8}) {
     absl::Status r = driver_->SetRepositoryState(ctx_, repo, bad);
     EXPECT_TRUE(absl::IsInvalidArgument(r)) << r;
     EXPECT_THAT(std::string(r.message()), HasSubstr("state")) << r;

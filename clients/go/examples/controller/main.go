@@ -117,6 +117,7 @@ func one(ctx context.Context, client *concurrency.Client, repo *concurrency.Repo
 	case <-ctx.Done():
 	}
 	cancel()
+	say("%s finished: releasing its slot", runKey)
 	// Release even when ctx ended, so that the slot is not held until
 	// its lease expires.
 	releaseCtx, stop := context.WithTimeout(context.Background(), 10*time.Second)
@@ -126,10 +127,7 @@ func one(ctx context.Context, client *concurrency.Client, repo *concurrency.Repo
 		return err
 	}
 	for _, next := range r.Admitted {
-		say("%s done; %s admitted in its place", runKey, next.PipelineRun)
-	}
-	if len(r.Admitted) == 0 {
-		say("%s done", runKey)
+		say("%s released: %s admitted in its place", runKey, next.PipelineRun)
 	}
 	return ctx.Err()
 }

@@ -41,7 +41,9 @@ func TestControllerLoopRunsEveryRunWithinTheLimit(t *testing.T) {
 					if holding > most {
 						most = holding
 					}
-				} else if strings.Contains(l, " done") {
+				} else if strings.Contains(l, " finished: releasing its slot") {
+					// Printed before the release is sent, so before the
+					// admission it causes is printed.
 					holding--
 				} else if i := strings.Index(l, " queued at position"); i > 0 {
 					queued[l[:i]] = true
