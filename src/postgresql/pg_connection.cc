@@ -84,7 +84,11 @@ absl::StatusOr<std::unique_ptr<PgConnection>> PgConnection::Open(
     values.push_back(v);
   }
   keys.push_back("options");
-  values.push_back("-c default_transaction_isolation=read\\ committed");
+  // pac.defer_notify: the functions collect their notifications for
+  // pac_flush_notify, which the driver runs after the commit (schema.cc).
+  values.push_back(
+      "-c default_transaction_isolation=read\\ committed -c "
+      "pac.defer_notify=on");
   if (!config.password.empty()) {
     keys.push_back("password");
     values.push_back(config.password.c_str());

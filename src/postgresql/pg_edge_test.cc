@@ -4,7 +4,8 @@
 // commits before they go on), a role whose default isolation is not READ
 // COMMITTED, keys of the longest valid length, and cleanup beside another
 // repository that uses the same run key, a LISTEN connection whose path
-// goes dead unseen, and an answer lost after its commit.
+// goes dead unseen, an answer lost after its commit, and notifications
+// sent after the commit.
 #include <memory>
 #include <string>
 #include <thread>
@@ -290,6 +291,71 @@ TEST(PostgreSQLEdgeTest, AReleaseWhoseAnswerWasLostGetsItOnTheRetry) {
   ASSERT_TRUE(running.ok() && running->size() == 1u);
   EXPECT_EQ((*running)[0].lease_id, rel->admitted[0].lease_id);
   EXPECT_TRUE((*d)->Close().ok());
+}
+
+// A NOTIFY serializes commits (its database-wide lock is held through the
+// commit's WAL flush), so the driver's sessions collect notifications and
+// send them after the commit (pac_flush_notify). Checked on a connection of
+// the test's own: nothing is heard before the flush; a rolled-back change
+// leaves nothing to send; a session without pac.defer_notify (a driver of
+// an earlier version) still notifies at its commit.
+TEST(PostgreSQLEdgeTest, NotificationsGoAfterTheCommitAndOnlyForCommits) {
+  auto watcher = NewDriver();
+  ASSERT_TRUE(watcher != nullptr);
+  auto c = Connect();
+  ASSERT_TRUE(c != nullptr);
+  Repository repo{UniqueNs("deferred"), "repo", 1};
+  std::atomic<int> releases{0};
+  auto w = watcher->WatchSlotAvailability(
+      Context(), repo.Key(), [&](const WatchEvent& e) {
+        if (e.type == WatchEventType::kReleased) ++releases;
+      });
+  ASSERT_TRUE(w.ok()) << w.status();
+  auto await = [&](int n) {
+    const absl::Time until = absl::Now() + absl::Seconds(10);
+    while (releases.load() < n && absl::Now() < until) {
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+    return releases.load();
+  };
+  Context ctx = Context::WithTimeout(Context(), absl::Seconds(30));
+  // Acquire and release `run` on `c`; returns the release's statement.
+  auto cycle = [&](const std::string& run) {
+    auto a = c->Exec(ctx,
+                     "SELECT o_lease FROM pac_acquire($1, $2, 1, NULL, true,"
+                     " false, interval '1 hour', false, NULL)"
+                     " WHERE o_kind = 'acquired'",
+                     {repo.Key(), repo.ns + "/" + run});
+    EXPECT_TRUE(a.ok() && a->rows() == 1)
+        << (a.ok() ? "" : a.status().ToString());
+    return absl::StrCat(
+        "SELECT count(*) FROM pac_release('",
+        a.ok() && a->rows() == 1 ? std::string(a->Get(0, 0)) : std::string(),
+        "', NULL, NULL, interval '1 hour', NULL)");
+  };
+  auto flush = [&] {
+    auto f = c->Exec(ctx, "SELECT pac_flush_notify()");
+    EXPECT_TRUE(f.ok()) << f.status();
+    return f.ok() ? f->GetInt(0, 0) : -1;
+  };
+
+  ASSERT_TRUE(Exec(*c, cycle("a")).ok());
+  absl::SleepFor(absl::Milliseconds(300));
+  EXPECT_EQ(releases.load(), 0) << "notified before the flush";
+  EXPECT_EQ(flush(), 1);
+  EXPECT_EQ(await(1), 1);
+
+  const std::string release_b = cycle("b");
+  ASSERT_TRUE(Exec(*c, "BEGIN").ok());
+  ASSERT_TRUE(Exec(*c, release_b).ok());
+  ASSERT_TRUE(Exec(*c, "ROLLBACK").ok());
+  EXPECT_EQ(flush(), 0) << "a rolled-back release left a notification";
+
+  ASSERT_TRUE(Exec(*c, "SET pac.defer_notify = off").ok());
+  ASSERT_TRUE(Exec(*c, release_b).ok());
+  EXPECT_EQ(await(2), 2) << "a session that does not defer was not heard";
+  EXPECT_EQ(flush(), 0);
+  (*w)->Stop();
 }
 
 }  // namespace

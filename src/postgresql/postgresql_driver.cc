@@ -195,7 +195,7 @@ absl::Duration PostgreSQLDriver::ListenerPingEvery() const {
 
 absl::StatusOr<PgResult> PostgreSQLDriver::Query(
     const Context& caller_ctx, std::string_view sql,
-    const std::vector<PgParam>& params) {
+    const std::vector<PgParam>& params, Notifies notifies) {
   // A call without a deadline still ends: a statement on a connection
   // that died unseen would otherwise wait for TCP to give up (hours).
   const Context ctx = caller_ctx.deadline() == absl::InfiniteFuture()
@@ -214,7 +214,10 @@ absl::StatusOr<PgResult> PostgreSQLDriver::Query(
     auto handle = pool_.Get(ctx);
     if (handle.ok()) {
       auto result = (*handle)->Exec(ctx, sql, params);
-      if (result.ok()) return result;
+      if (result.ok()) {
+        if (notifies == Notifies::kYes) FlushNotify(**handle);
+        return result;
+      }
       failure = result.status();
     } else {
       failure = handle.status();
@@ -230,6 +233,23 @@ absl::StatusOr<PgResult> PostgreSQLDriver::Query(
                   absl::FormatDuration(backoff), failure.ToString());
     absl::SleepFor(backoff);
     backoff = std::min(backoff * 2, absl::Seconds(1));
+  }
+}
+
+void PostgreSQLDriver::FlushNotify(PgConnection& conn) {
+  // Its own bound, not the caller's: the statement committed, and its
+  // watchers are told even when the caller's time has just run out.
+  const Context ctx = Context::WithTimeout(
+      Context::Background(),
+      std::min(config_.connection_timeout, absl::Seconds(5)));
+  auto sent = conn.Exec(ctx, "SELECT pac_flush_notify()", {});
+  if (!sent.ok()) {
+    // Lost with the connection: watchers hear of the change at their next
+    // event or poll.
+    logger_->warn(
+        "postgresql: could not send the notifications of a "
+        "committed change: {}",
+        sent.status().ToString());
   }
 }
 
@@ -261,7 +281,8 @@ absl::StatusOr<AcquireResult> PostgreSQLDriver::AcquireSlot(
       {repo_key, std::string(run_key), std::to_string(EffectiveLimit(repo)),
        creation, options.enqueue ? "true" : "false",
        options.adopt_running ? "true" : "false", TtlMicros(),
-       options.keep_recorded_limit ? "true" : "false", NewRequestId()});
+       options.keep_recorded_limit ? "true" : "false", NewRequestId()},
+      Notifies::kYes);
   if (!r.ok()) return r.status();
   AcquireResult result;
   for (int i = 0; i < r->rows(); ++i) {
@@ -303,7 +324,8 @@ absl::StatusOr<ImportResult> PostgreSQLDriver::ImportRuns(
       ctx, kImportSql,
       {repo_key, std::to_string(EffectiveLimit(repo)),
        request.set_limit ? "true" : "false", ArrayLiteral(request.running),
-       ArrayLiteral(waiting), ArrayLiteral(micros), TtlMicros()});
+       ArrayLiteral(waiting), ArrayLiteral(micros), TtlMicros()},
+      Notifies::kYes);
   if (!r.ok()) return r.status();
   absl::flat_hash_set<std::string_view> mine;
   for (const std::string& run : request.running) mine.insert(run);
@@ -343,7 +365,8 @@ absl::StatusOr<ReleaseResult> PostgreSQLDriver::ReleaseSlot(
   }
   auto r = Query(ctx, kReleaseSql,
                  {OptText(lease_id), OptText(run_key), OptText(repo_key),
-                  TtlMicros(), NewRequestId()});
+                  TtlMicros(), NewRequestId()},
+                 Notifies::kYes);
   if (!r.ok()) return r.status();
   ReleaseResult result;
   std::string repo(repo_key);
@@ -394,7 +417,8 @@ absl::StatusOr<std::vector<Lease>> PostgreSQLDriver::SetRepositoryLimit(
   auto r = Query(
       ctx, kAcquireSql,
       {repo_key, std::nullopt, std::to_string(EffectiveLimit(repo)),
-       std::nullopt, "false", "false", TtlMicros(), "false", NewRequestId()});
+       std::nullopt, "false", "false", TtlMicros(), "false", NewRequestId()},
+      Notifies::kYes);
   if (!r.ok()) return r.status();
   std::vector<Lease> admitted;
   for (int i = 0; i < r->rows(); ++i) {
@@ -640,7 +664,7 @@ void PostgreSQLDriver::ReapLoop() {
         auto reaped = Query(ctx,
                             "SELECT pac_reap($1::bigint * interval "
                             "'1 microsecond')",
-                            {TtlMicros()});
+                            {TtlMicros()}, Notifies::kYes);
         if (reaped.ok() && reaped->GetInt(0, 0) > 0) {
           logger_->info("cleanup: reclaimed expired leases in {} repositories",
                         reaped->GetInt(0, 0));
@@ -712,7 +736,8 @@ absl::StatusOr<std::string> PostgreSQLDriver::GetPipelineRunState(
 absl::Status PostgreSQLDriver::CleanupRepository(const Context& ctx,
                                                  std::string_view repo_key) {
   if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
-  auto r = Query(ctx, "SELECT pac_cleanup($1)", {std::string(repo_key)});
+  auto r = Query(ctx, "SELECT pac_cleanup($1)", {std::string(repo_key)},
+                 Notifies::kYes);
   if (!r.ok()) return r.status();
   logger_->info("cleaned up repository {}", repo_key);
   return absl::OkStatus();

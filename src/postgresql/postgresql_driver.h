@@ -85,8 +85,15 @@ class PostgreSQLDriver final : public Driver {
                    const DriverOptions& options);
 
   // Runs `sql` with retries on retryable failures until the budget ends.
+  // `notifies`: `sql` calls a function that may notify watchers; once it
+  // has committed, the connection sends what it collected
+  // (pac_flush_notify, schema.cc).
+  enum class Notifies { kNo, kYes };
   absl::StatusOr<PgResult> Query(const Context& ctx, std::string_view sql,
-                                 const std::vector<PgParam>& params);
+                                 const std::vector<PgParam>& params,
+                                 Notifies notifies = Notifies::kNo);
+  // Sends the notifications the connection's last statement collected.
+  void FlushNotify(PgConnection& conn);
   std::string TtlMicros() const;
   static Lease LeaseFromRow(const PgResult& r, int row,
                             const std::string& repo_key);

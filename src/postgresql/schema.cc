@@ -88,6 +88,12 @@ constexpr const char* kMigration3 = R"SQL(
 SELECT 1;
 )SQL";
 
+// Migration 4: no table changes; pac_notify defers its notifications to
+// pac_flush_notify for sessions that ask (pac.defer_notify).
+constexpr const char* kMigration4 = R"SQL(
+SELECT 1;
+)SQL";
+
 // The functions, as this build has them: (re)created whenever the schema
 // moves to this build's version.
 constexpr const char* kFunctions = R"SQL(
@@ -107,11 +113,47 @@ BEGIN
   END IF;
 END $$;
 
+-- A NOTIFY takes a database-wide lock at commit and holds it through the
+-- commit's WAL flush, so transactions that notify commit one at a time,
+-- never in a group: at 16 clients that made admission a third as fast
+-- (docs/postgresql.md, "Notifications"). A session with pac.defer_notify
+-- on (the driver's) collects the payloads in a session setting instead,
+-- which the transaction's commit keeps and its rollback drops, and sends
+-- them with pac_flush_notify in a transaction of its own after the
+-- commit: that one writes no WAL, so it holds the lock only briefly.
+-- Other sessions (a driver of an earlier version) notify at once.
 CREATE OR REPLACE FUNCTION pac_notify(p_repo TEXT, p_type TEXT, p_run TEXT)
-RETURNS VOID LANGUAGE sql AS $$
-  SELECT pg_notify('pac_concurrency',
-                   p_repo || E'\t' || p_type || E'\t' || coalesce(p_run, ''));
-$$;
+RETURNS VOID LANGUAGE plpgsql AS $$
+DECLARE
+  v_payload TEXT := p_repo || E'\t' || p_type || E'\t' || coalesce(p_run, '');
+BEGIN
+  IF current_setting('pac.defer_notify', true) = 'on' THEN
+    PERFORM set_config('pac.pending_notify',
+                       coalesce(current_setting('pac.pending_notify', true), '')
+                         || v_payload || E'\n', false);
+  ELSE
+    PERFORM pg_notify('pac_concurrency', v_payload);
+  END IF;
+END $$;
+
+-- Sends the notifications pac_notify deferred, in order; returns how many.
+CREATE OR REPLACE FUNCTION pac_flush_notify() RETURNS INTEGER
+LANGUAGE plpgsql AS $$
+DECLARE
+  v_pending TEXT := current_setting('pac.pending_notify', true);
+  v_payload TEXT;
+  n INTEGER := 0;
+BEGIN
+  IF v_pending IS NULL OR v_pending = '' THEN
+    RETURN 0;
+  END IF;
+  PERFORM set_config('pac.pending_notify', '', false);
+  FOREACH v_payload IN ARRAY string_to_array(rtrim(v_pending, E'\n'), E'\n') LOOP
+    PERFORM pg_notify('pac_concurrency', v_payload);
+    n := n + 1;
+  END LOOP;
+  RETURN n;
+END $$;
 
 -- Reclaims the expired leases of a repository whose pac_repositories row the
 -- caller holds locked, then admits queue heads into free slots, oldest first.
@@ -570,7 +612,8 @@ absl::Status Migrate(PgConnection& conn, const Context& ctx) {
         Cat("postgresql: the database has schema version ", have,
             ", newer than this build's ", kSchemaVersion));
   }
-  const char* const migrations[] = {kMigration1, kMigration2, kMigration3};
+  const char* const migrations[] = {kMigration1, kMigration2, kMigration3,
+                                    kMigration4};
   static_assert(std::size(migrations) == kSchemaVersion);
   for (int64_t v = have + 1; v <= kSchemaVersion; ++v) {
     auto m = conn.Exec(ctx, Cat(migrations[v - 1],
