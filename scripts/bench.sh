@@ -2,8 +2,9 @@
 # Runs the benchmarks and prints the ratios recorded in docs/benchmarks.md.
 #  1. memory driver vs. mutex-protected map floors (same binary);
 #  2. the HTTP service on the memory driver vs. a direct driver call;
-#  3. PostgreSQL driver vs. pgbench running the driver's own admission and
-#     release SQL against the same throwaway server, in the same run;
+#  3. PostgreSQL driver vs. the floor (bench/pg_floor.sql: the smallest
+#     safe admission, under pgbench) and vs. pgbench running the driver's
+#     own SQL, against the same throwaway server, in the same run;
 #  4. etcd driver vs. a raw Put loop and raw Txn pairs over the same gRPC
 #     client, three runs on fresh servers, medians;
 #  5. the import of 10k and 100k PipelineRuns through a server, per backend.
@@ -34,21 +35,29 @@ echo "=== PostgreSQL driver (pairs/s through the driver)"
 "$BUILD/bench/pg_bench" --benchmark_out="$OUT/pg_bench.json" \
   --benchmark_out_format=json
 
-echo "=== pgbench: the same SQL, same server, same run"
+echo "=== pgbench: the floor (bench/pg_floor.sql) and the driver's own SQL, same server, same run"
 PGPASSWORD=$(cat "$PAC_TEST_PG_PASSWORD_FILE")
 export PGPASSWORD PGSSLMODE=disable
+psql -q -h 127.0.0.1 -p "$PAC_TEST_PG_PORT" -U pac_user -d pac_concurrency \
+  -f bench/pg_floor.sql 2>&1 | grep -v NOTICE || true
 : >"$OUT/pgbench.txt"
+: >"$OUT/pgfloor.txt"
+pgbench_tps() {  # SCRIPT REPOS CLIENTS [PGOPTIONS]
+  local jobs=$(($3 < 2 ? $3 : 2))
+  PGOPTIONS=${4:-} /usr/lib/postgresql/15/bin/pgbench -n -M extended -f "$1" \
+    -D repos="$2" -c "$3" -j "$jobs" -T 5 \
+    -h 127.0.0.1 -p "$PAC_TEST_PG_PORT" -U pac_user pac_concurrency 2>/dev/null |
+    awk '/^tps = / {print $3; exit}'
+}
 for repos in 1 100; do
   for clients in 1 4 16; do
-    jobs=$((clients < 2 ? clients : 2))
-    tps=$(/usr/lib/postgresql/15/bin/pgbench -n -M extended -f bench/pg_pair.sql \
-      -D repos="$repos" -c "$clients" -j "$jobs" -T 5 \
-      -h 127.0.0.1 -p "$PAC_TEST_PG_PORT" -U pac_user pac_concurrency 2>/dev/null |
-      awk '/^tps = / {print $3; exit}')
-    echo "repos:$repos threads:$clients $tps" | tee -a "$OUT/pgbench.txt"
+    floor=$(pgbench_tps bench/pg_floor_pair.sql "$repos" "$clients")
+    echo "repos:$repos threads:$clients $floor" | tee -a "$OUT/pgfloor.txt"
+    same=$(pgbench_tps bench/pg_pair.sql "$repos" "$clients" "-c pac.defer_notify=on")
+    echo "repos:$repos threads:$clients $same" >>"$OUT/pgbench.txt"
   done
 done
-python3 scripts/bench_ratios.py --pg "$OUT/pg_bench.json" "$OUT/pgbench.txt"
+python3 scripts/bench_ratios.py --pg "$OUT/pg_bench.json" "$OUT/pgbench.txt" "$OUT/pgfloor.txt"
 
 # etcd's own rate moves by 10-25% between fresh servers (the Put floor at
 # 16 clients went from 12,500 to 17,300 within one hour on one machine,

@@ -2,7 +2,7 @@
 """Prints driver/floor throughput ratios from Google Benchmark JSON files.
 
   bench_ratios.py memory_bench.json
-  bench_ratios.py --pg pg_bench.json pgbench.txt
+  bench_ratios.py --pg pg_bench.json pgbench.txt pgfloor.txt
   bench_ratios.py --etcd etcd_bench.1.json [etcd_bench.2.json ...]
 """
 import json
@@ -33,26 +33,32 @@ def memory(path):
               f"{rate / 1e6:8.2f} {rate / floor:7.2f} {rate / book:14.2f}")
 
 
-def pg(bench_json, pgbench_txt):
+def pg(bench_json, pgbench_txt, floor_txt):
     with open(bench_json) as f:
         data = json.load(f)
-    floor = {}
-    with open(pgbench_txt) as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) == 3 and parts[2]:
-                floor[(parts[0], parts[1])] = float(parts[2])
-    print(f"{'point':28} {'pgbench pairs/s':>16} {'driver pairs/s':>15} "
-          f"{'granted/s':>10} {'ratio':>6}")
+
+    def read(path):
+        rates = {}
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 3 and parts[2]:
+                    rates[(parts[0], parts[1])] = float(parts[2])
+        return rates
+
+    same, floor = read(pgbench_txt), read(floor_txt)
+    print(f"{'point':28} {'floor':>7} {'same SQL':>9} {'driver':>7} "
+          f"{'granted/s':>10} {'driver/floor':>13} {'driver/same SQL':>16}")
     for b in data["benchmarks"]:
         m = re.match(r"BM_PG_AcquireRelease/(repos:\d+)/.*(threads:\d+)", b["name"])
         if m:
             key = (m.group(1), m.group(2))
             rate = b["items_per_second"]
-            fl = floor.get(key)
-            ratio = f"{rate / fl:6.2f}" if fl else "   n/a"
-            print(f"{key[0] + ' ' + key[1]:28} {fl or 0:16.0f} {rate:15.0f} "
-                  f"{b.get('granted_per_s', 0):10.0f} {ratio}")
+            fl, sq = floor.get(key), same.get(key)
+            r1 = f"{rate / fl:13.2f}" if fl else f"{'n/a':>13}"
+            r2 = f"{rate / sq:16.2f}" if sq else f"{'n/a':>16}"
+            print(f"{key[0] + ' ' + key[1]:28} {fl or 0:7.0f} {sq or 0:9.0f} "
+                  f"{rate:7.0f} {b.get('granted_per_s', 0):10.0f} {r1} {r2}")
         elif b["name"].startswith("BM_PG_ReleaseToWatcher"):
             print(f"release -> watcher across processes: p50 {b['p50_ms']:.2f} ms, "
                   f"p99 {b['p99_ms']:.2f} ms, max {b['max_ms']:.2f} ms")
@@ -149,6 +155,6 @@ if __name__ == "__main__":
     if sys.argv[1] == "--etcd":
         etcd(sys.argv[2:])
     elif sys.argv[1] == "--pg":
-        pg(sys.argv[2], sys.argv[3])
+        pg(sys.argv[2], sys.argv[3], sys.argv[4])
     else:
         memory(sys.argv[1])

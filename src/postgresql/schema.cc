@@ -126,11 +126,19 @@ CREATE OR REPLACE FUNCTION pac_notify(p_repo TEXT, p_type TEXT, p_run TEXT)
 RETURNS VOID LANGUAGE plpgsql AS $$
 DECLARE
   v_payload TEXT := p_repo || E'\t' || p_type || E'\t' || coalesce(p_run, '');
+  v_pending TEXT;
 BEGIN
   IF current_setting('pac.defer_notify', true) = 'on' THEN
-    PERFORM set_config('pac.pending_notify',
-                       coalesce(current_setting('pac.pending_notify', true), '')
-                         || v_payload || E'\n', false);
+    v_pending := coalesce(current_setting('pac.pending_notify', true), '');
+    IF length(v_pending) > 8192 THEN
+      -- A large change (an import admitting thousands): what is collected
+      -- goes with this transaction's commit, as without deferral, rather
+      -- than into an ever longer setting copied at every call.
+      PERFORM pac_flush_notify();
+      v_pending := '';
+    END IF;
+    PERFORM set_config('pac.pending_notify', v_pending || v_payload || E'\n',
+                       false);
   ELSE
     PERFORM pg_notify('pac_concurrency', v_payload);
   END IF;
@@ -479,6 +487,10 @@ BEGIN
   RETURN v_result;
 END $$;
 
+-- The wrappers hand the step's rows on as they come and build the JSON of
+-- the answer only when it is kept (pac_outcomes, for a retry of the same
+-- request id): building it for every call and reading it back cost more
+-- than the step itself.
 CREATE OR REPLACE FUNCTION pac_acquire(p_repo TEXT, p_run TEXT, p_limit INTEGER,
                                        p_creation TIMESTAMPTZ, p_enqueue BOOLEAN,
                                        p_adopt BOOLEAN, p_ttl INTERVAL,
@@ -487,55 +499,76 @@ RETURNS TABLE(o_kind TEXT, o_run TEXT, o_lease TEXT, o_acquired TIMESTAMPTZ,
               o_expires TIMESTAMPTZ, o_token BIGINT, o_pos BIGINT)
 LANGUAGE plpgsql AS $$
 DECLARE
-  v_result JSONB;
+  v_result JSONB := '[]'::jsonb;
+  v_n BIGINT := 0;
+  r RECORD;
 BEGIN
-  v_result := pac_kept(p_request);
-  IF v_result IS NOT NULL THEN
-    RETURN QUERY SELECT * FROM pac_rows(v_result);
-    RETURN;
+  IF p_request IS NOT NULL THEN
+    v_result := pac_kept(p_request);
+    IF v_result IS NOT NULL THEN
+      RETURN QUERY SELECT * FROM pac_rows(v_result);
+      RETURN;
+    END IF;
+    v_result := '[]'::jsonb;
   END IF;
-  SELECT coalesce(jsonb_agg(jsonb_build_object(
-           'k', r.k, 'run', r.run, 'lease', r.lease, 'acq', r.acq,
-           'exp', r.exp, 'tok', r.tok, 'pos', r.pos, 'n', r.n) ORDER BY r.n),
-         '[]'::jsonb)
-    INTO v_result
-    FROM pac_acquire_step(p_repo, p_run, p_limit, p_creation, p_enqueue,
-                          p_adopt, p_ttl, p_keep)
-         WITH ORDINALITY AS r(k, run, lease, acq, exp, tok, pos, n);
-  -- Only an answer that admitted others is kept: the caller's own part
-  -- (its lease, its place) a second send finds again as it was.
-  IF p_request IS NOT NULL AND v_result @> '[{"k": "admitted"}]' THEN
+  FOR r IN SELECT * FROM pac_acquire_step(p_repo, p_run, p_limit, p_creation,
+                                          p_enqueue, p_adopt, p_ttl, p_keep) LOOP
+    v_n := v_n + 1;
+    o_kind := r.o_kind; o_run := r.o_run; o_lease := r.o_lease;
+    o_acquired := r.o_acquired; o_expires := r.o_expires;
+    o_token := r.o_token; o_pos := r.o_pos;
+    RETURN NEXT;
+    -- Only an answer that admitted others is kept (the admissions come
+    -- first): the caller's own part (its lease, its place) a second send
+    -- finds again as it was.
+    IF p_request IS NOT NULL AND
+       (r.o_kind = 'admitted' OR v_result <> '[]'::jsonb) THEN
+      v_result := v_result || jsonb_build_object(
+        'k', r.o_kind, 'run', r.o_run, 'lease', r.o_lease, 'acq', r.o_acquired,
+        'exp', r.o_expires, 'tok', r.o_token, 'pos', r.o_pos, 'n', v_n);
+    END IF;
+  END LOOP;
+  IF v_result <> '[]'::jsonb THEN
     INSERT INTO pac_outcomes (request_id, result, created_at)
          VALUES (p_request, v_result, clock_timestamp());
   END IF;
-  RETURN QUERY SELECT * FROM pac_rows(v_result);
 END $$;
-
+-- A release's answer is always kept: a second send finds nothing to
+-- release, and must still say what the first one released and admitted.
 CREATE OR REPLACE FUNCTION pac_release(p_lease TEXT, p_run TEXT, p_repo TEXT,
                                        p_ttl INTERVAL, p_request TEXT)
 RETURNS TABLE(o_kind TEXT, o_run TEXT, o_lease TEXT, o_acquired TIMESTAMPTZ,
               o_expires TIMESTAMPTZ, o_token BIGINT, o_pos BIGINT)
 LANGUAGE plpgsql AS $$
 DECLARE
-  v_result JSONB;
+  v_result JSONB := '[]'::jsonb;
+  v_n BIGINT := 0;
+  r RECORD;
 BEGIN
-  v_result := pac_kept(p_request);
-  IF v_result IS NOT NULL THEN
-    RETURN QUERY SELECT * FROM pac_rows(v_result);
-    RETURN;
+  IF p_request IS NOT NULL THEN
+    v_result := pac_kept(p_request);
+    IF v_result IS NOT NULL THEN
+      RETURN QUERY SELECT * FROM pac_rows(v_result);
+      RETURN;
+    END IF;
+    v_result := '[]'::jsonb;
   END IF;
-  SELECT coalesce(jsonb_agg(jsonb_build_object(
-           'k', r.k, 'run', r.run, 'lease', r.lease, 'acq', r.acq,
-           'exp', r.exp, 'tok', r.tok, 'pos', r.pos, 'n', r.n) ORDER BY r.n),
-         '[]'::jsonb)
-    INTO v_result
-    FROM pac_release_step(p_lease, p_run, p_repo, p_ttl)
-         WITH ORDINALITY AS r(k, run, lease, acq, exp, tok, pos, n);
-  IF p_request IS NOT NULL AND v_result <> '[]'::jsonb THEN
+  FOR r IN SELECT * FROM pac_release_step(p_lease, p_run, p_repo, p_ttl) LOOP
+    v_n := v_n + 1;
+    o_kind := r.o_kind; o_run := r.o_run; o_lease := r.o_lease;
+    o_acquired := r.o_acquired; o_expires := r.o_expires;
+    o_token := r.o_token; o_pos := r.o_pos;
+    RETURN NEXT;
+    IF p_request IS NOT NULL THEN
+      v_result := v_result || jsonb_build_object(
+        'k', r.o_kind, 'run', r.o_run, 'lease', r.o_lease, 'acq', r.o_acquired,
+        'exp', r.o_expires, 'tok', r.o_token, 'pos', r.o_pos, 'n', v_n);
+    END IF;
+  END LOOP;
+  IF v_result <> '[]'::jsonb THEN
     INSERT INTO pac_outcomes (request_id, result, created_at)
          VALUES (p_request, v_result, clock_timestamp());
   END IF;
-  RETURN QUERY SELECT * FROM pac_rows(v_result);
 END $$;
 
 -- Background cleanup: every repository with an expired lease is locked,
