@@ -220,17 +220,20 @@ DECLARE
   v_old INTEGER;
   v_state TEXT;
   v_count INTEGER;
+  v_expired BOOLEAN;
+  v_queued BOOLEAN;
   r RECORD;
 BEGIN
   PERFORM pac_check_isolation();
-  -- The row may be deleted (a cleanup) between the insert that found it
-  -- and the lock: then insert it again, until this call holds it.
+  -- Lock the repository's row, inserting it first if there is none. The
+  -- row may be deleted (a cleanup) between the insert and the lock: then
+  -- insert it again, until this call holds it.
   LOOP
-    INSERT INTO pac_repositories (repository_key, concurrency_limit)
-         VALUES (p_repo, p_limit) ON CONFLICT (repository_key) DO NOTHING;
     SELECT t.concurrency_limit INTO v_old FROM pac_repositories t
      WHERE t.repository_key = p_repo FOR UPDATE;
     EXIT WHEN FOUND;
+    INSERT INTO pac_repositories (repository_key, concurrency_limit)
+         VALUES (p_repo, p_limit) ON CONFLICT (repository_key) DO NOTHING;
   END LOOP;
   IF p_keep THEN
     p_limit := v_old;
@@ -240,7 +243,21 @@ BEGIN
      WHERE t.repository_key = p_repo;
     PERFORM pac_notify(p_repo, 'limit', NULL);
   END IF;
-  RETURN QUERY SELECT * FROM pac_promote(p_repo, p_limit, p_ttl, v_now);
+  -- One look at the repository's rows: the live leases, and whether there
+  -- is an expired lease to reclaim or a queue to admit into a free slot.
+  -- Only then pac_promote (most calls have neither).
+  SELECT count(*) FILTER (WHERE s.state = 'running' AND s.expires_at > v_now),
+         coalesce(bool_or(s.state = 'running' AND s.expires_at <= v_now), false),
+         coalesce(bool_or(s.state = 'queued'), false)
+    INTO v_count, v_expired, v_queued
+    FROM concurrency_slots s WHERE s.repository_key = p_repo;
+  IF v_expired OR (v_queued AND (p_limit = 0 OR v_count < p_limit)) THEN
+    RETURN QUERY SELECT * FROM pac_promote(p_repo, p_limit, p_ttl, v_now);
+    SELECT count(*) FILTER (WHERE s.state = 'running'),
+           coalesce(bool_or(s.state = 'queued'), false)
+      INTO v_count, v_queued
+      FROM concurrency_slots s WHERE s.repository_key = p_repo;
+  END IF;
   IF p_run IS NULL THEN
     RETURN;
   END IF;
@@ -257,11 +274,7 @@ BEGIN
     RETURN;
   END IF;
 
-  SELECT count(*) INTO v_count FROM concurrency_slots s
-   WHERE s.repository_key = p_repo AND s.state = 'running';
-  IF p_adopt OR ((p_limit = 0 OR v_count < p_limit) AND NOT EXISTS (
-        SELECT 1 FROM concurrency_slots q
-         WHERE q.repository_key = p_repo AND q.state = 'queued')) THEN
+  IF p_adopt OR ((p_limit = 0 OR v_count < p_limit) AND NOT v_queued) THEN
     INSERT INTO concurrency_slots AS s
            (repository_key, pipeline_run_key, state, acquired_at, expires_at,
             created_at, updated_at, lease_id, fencing_token, creation_time)
