@@ -26,6 +26,7 @@ class PgResult {
  public:
   explicit PgResult(PGresult* r) : r_(r, &PQclear) {}
   int rows() const { return PQntuples(r_.get()); }
+  int columns() const { return PQnfields(r_.get()); }
   bool IsNull(int row, int col) const {
     return PQgetisnull(r_.get(), row, col) != 0;
   }

@@ -47,16 +47,27 @@ std::string NewRequestId() {
 // Timestamps cross the wire as Unix microseconds.
 #define PAC_MICROS(col) "(extract(epoch from " col ") * 1000000)::bigint"
 
+// The last column of a select from pac_acquire or pac_release: whether the
+// call left notifications for pac_flush_notify (schema.cc). The function
+// has run to its end before its first row is read (a PL/pgSQL function
+// returns its rows all at once), so the setting is what the call left. A
+// call that left none (most acquires) needs no second round trip.
+#define PAC_PENDING \
+  "coalesce(current_setting('pac.pending_notify', true), '') <> ''"
+
 constexpr const char* kAcquireSql =
-    "SELECT o_kind, o_run, o_lease, " PAC_MICROS("o_acquired") ", "
-    PAC_MICROS("o_expires") ", o_token, o_pos FROM pac_acquire($1, $2, $3::int,"
-    // Whole seconds, then microseconds: one product of a bigint and an
-    // interval goes through a double, exact only below 2^53 µs (2255).
-    " CASE WHEN $4::bigint IS NULL THEN NULL ELSE 'epoch'::timestamptz +"
-    " ($4::bigint / 1000000) * interval '1 second' +"
-    " ($4::bigint % 1000000) * interval '1 microsecond' END,"
-    " $5::boolean, $6::boolean,"
-    " $7::bigint * interval '1 microsecond', $8::boolean, $9)";
+    "SELECT o_kind, o_run, o_lease, " PAC_MICROS("o_acquired") ", " PAC_MICROS(
+        "o_expires") ", o_token, o_pos, " PAC_PENDING
+                     " FROM pac_acquire($1, $2, $3::int,"
+                     // Whole seconds, then microseconds: one product of a
+                     // bigint and an interval goes through a double, exact only
+                     // below 2^53 µs (2255).
+                     " CASE WHEN $4::bigint IS NULL THEN NULL ELSE "
+                     "'epoch'::timestamptz +"
+                     " ($4::bigint / 1000000) * interval '1 second' +"
+                     " ($4::bigint % 1000000) * interval '1 microsecond' END,"
+                     " $5::boolean, $6::boolean,"
+                     " $7::bigint * interval '1 microsecond', $8::boolean, $9)";
 
 constexpr const char* kImportSql =
     "SELECT o_kind, o_run, o_lease, " PAC_MICROS("o_acquired") ", "
@@ -84,9 +95,10 @@ std::string ArrayLiteral(const std::vector<std::string>& items) {
 }
 
 constexpr const char* kReleaseSql =
-    "SELECT o_kind, o_run, o_lease, " PAC_MICROS("o_acquired") ", "
-    PAC_MICROS("o_expires") ", o_token, o_pos FROM pac_release($1, $2, $3,"
-    " $4::bigint * interval '1 microsecond', $5)";
+    "SELECT o_kind, o_run, o_lease, " PAC_MICROS("o_acquired") ", " PAC_MICROS(
+        "o_expires") ", o_token, o_pos, " PAC_PENDING
+                     " FROM pac_release($1, $2, $3,"
+                     " $4::bigint * interval '1 microsecond', $5)";
 
 constexpr const char* kRenewSql =
     "UPDATE concurrency_slots SET expires_at = clock_timestamp() + $2::bigint *"
@@ -193,6 +205,21 @@ absl::Duration PostgreSQLDriver::ListenerPingEvery() const {
   return std::min(config_.connection_timeout, absl::Seconds(10));
 }
 
+namespace {
+
+// Whether a row's last column (PAC_PENDING) says notifications wait, or
+// there is no row to say (a call that found nothing may still have
+// reclaimed an expired lease).
+bool Pending(const PgResult& r) {
+  if (r.rows() == 0) return true;
+  for (int row = 0; row < r.rows(); ++row) {
+    if (r.Get(row, r.columns() - 1) == "t") return true;
+  }
+  return false;
+}
+
+}  // namespace
+
 absl::StatusOr<PgResult> PostgreSQLDriver::Query(
     const Context& caller_ctx, std::string_view sql,
     const std::vector<PgParam>& params, Notifies notifies) {
@@ -215,7 +242,10 @@ absl::StatusOr<PgResult> PostgreSQLDriver::Query(
     if (handle.ok()) {
       auto result = (*handle)->Exec(ctx, sql, params);
       if (result.ok()) {
-        if (notifies == Notifies::kYes) FlushNotify(**handle);
+        if (notifies == Notifies::kYes ||
+            (notifies == Notifies::kIfPending && Pending(*result))) {
+          FlushNotify(**handle);
+        }
         return result;
       }
       failure = result.status();
@@ -282,7 +312,7 @@ absl::StatusOr<AcquireResult> PostgreSQLDriver::AcquireSlot(
        creation, options.enqueue ? "true" : "false",
        options.adopt_running ? "true" : "false", TtlMicros(),
        options.keep_recorded_limit ? "true" : "false", NewRequestId()},
-      Notifies::kYes);
+      Notifies::kIfPending);
   if (!r.ok()) return r.status();
   AcquireResult result;
   for (int i = 0; i < r->rows(); ++i) {
@@ -366,7 +396,7 @@ absl::StatusOr<ReleaseResult> PostgreSQLDriver::ReleaseSlot(
   auto r = Query(ctx, kReleaseSql,
                  {OptText(lease_id), OptText(run_key), OptText(repo_key),
                   TtlMicros(), NewRequestId()},
-                 Notifies::kYes);
+                 Notifies::kIfPending);
   if (!r.ok()) return r.status();
   ReleaseResult result;
   std::string repo(repo_key);
