@@ -31,6 +31,14 @@ absl::Status StringAt(const Json& obj, const char* key, std::string_view where,
   return absl::OkStatus();
 }
 
+absl::Status StringAt(const Json& obj, const char* key, std::string_view where,
+                      PooledText* out) {
+  std::string text;
+  absl::Status s = StringAt(obj, key, where, &text);
+  *out = text;
+  return s;
+}
+
 // obj[key] as an object (null when absent); an error when another type.
 absl::StatusOr<const Json*> ObjectAt(const Json& obj, const char* key,
                                      std::string_view where) {
@@ -88,11 +96,15 @@ absl::StatusOr<ExportedRun> ReadPipelineRun(const Json& obj,
       const std::string aat = Cat(at, ".annotations");
       for (auto [key, out] :
            {std::pair{kStateKey, &r.state_annotation},
-            std::pair{kRepositoryKey, &r.repository_annotation},
-            std::pair{kExecutionOrderKey, &r.execution_order}}) {
+            std::pair{kRepositoryKey, &r.repository_annotation}}) {
         if (absl::Status s = StringAt(**ann, key, aat, out); !s.ok()) {
           return s;
         }
+      }
+      if (absl::Status s =
+              StringAt(**ann, kExecutionOrderKey, aat, &r.execution_order);
+          !s.ok()) {
+        return s;
       }
     }
   }

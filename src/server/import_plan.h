@@ -17,6 +17,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "nlohmann/json.hpp"
+#include "src/server/pooled_text.h"
 
 namespace pac::concurrency::server {
 
@@ -31,15 +32,17 @@ inline constexpr char kManagedByPaC[] = "pipelinesascode.tekton.dev";
 inline constexpr char kPendingStatus[] = "PipelineRunPending";
 
 // The fields of a PipelineRun the import reads; nothing else is kept.
+// Fields with few distinct values are PooledText (eight bytes each): an
+// import holds every run of an export at once.
 struct ExportedRun {
   std::string ns, name;
   std::string created;  // metadata.creationTimestamp as written
-  std::string state_label, state_annotation;
-  std::string repository_label, repository_annotation;
-  std::string managed_by;       // label
+  PooledText state_label, state_annotation;
+  PooledText repository_label, repository_annotation;
+  PooledText managed_by;        // label
   std::string execution_order;  // annotation
-  std::string spec_status;      // spec.status
-  std::string succeeded;        // status of the Succeeded condition, or ""
+  PooledText spec_status;       // spec.status
+  PooledText succeeded;         // status of the Succeeded condition, or ""
   std::string Key() const { return ns + "/" + name; }
 };
 
