@@ -500,6 +500,16 @@ BEGIN
   RETURN v_result;
 END $$;
 
+-- One row of a step's answer as the JSON pac_rows reads back; n keeps the
+-- order.
+CREATE OR REPLACE FUNCTION pac_row_json(r RECORD, n BIGINT) RETURNS JSONB
+LANGUAGE plpgsql AS $$
+BEGIN
+  RETURN jsonb_build_object('k', r.o_kind, 'run', r.o_run, 'lease', r.o_lease,
+                            'acq', r.o_acquired, 'exp', r.o_expires,
+                            'tok', r.o_token, 'pos', r.o_pos, 'n', n);
+END $$;
+
 -- The wrappers hand the step's rows on as they come and build the JSON of
 -- the answer only when it is kept (pac_outcomes, for a retry of the same
 -- request id): building it for every call and reading it back cost more
@@ -536,9 +546,7 @@ BEGIN
     -- finds again as it was.
     IF p_request IS NOT NULL AND
        (r.o_kind = 'admitted' OR v_result <> '[]'::jsonb) THEN
-      v_result := v_result || jsonb_build_object(
-        'k', r.o_kind, 'run', r.o_run, 'lease', r.o_lease, 'acq', r.o_acquired,
-        'exp', r.o_expires, 'tok', r.o_token, 'pos', r.o_pos, 'n', v_n);
+      v_result := v_result || pac_row_json(r, v_n);
     END IF;
   END LOOP;
   IF v_result <> '[]'::jsonb THEN
@@ -573,9 +581,7 @@ BEGIN
     o_token := r.o_token; o_pos := r.o_pos;
     RETURN NEXT;
     IF p_request IS NOT NULL THEN
-      v_result := v_result || jsonb_build_object(
-        'k', r.o_kind, 'run', r.o_run, 'lease', r.o_lease, 'acq', r.o_acquired,
-        'exp', r.o_expires, 'tok', r.o_token, 'pos', r.o_pos, 'n', v_n);
+      v_result := v_result || pac_row_json(r, v_n);
     END IF;
   END LOOP;
   IF v_result <> '[]'::jsonb THEN

@@ -129,6 +129,10 @@ absl::StatusOr<absl::Time> ParseTimestamp(std::string_view text,
   return t;
 }
 
+const char* StateKeyField(Api::StateOf of) {
+  return of == Api::StateOf::kRepository ? "repository" : "pipeline_run";
+}
+
 Json LeaseToJson(const Lease& lease) {
   return Json{{"lease_id", lease.lease_id},
               {"repository", lease.repository_key},

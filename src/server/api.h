@@ -106,6 +106,8 @@ std::string FormatTimestamp(absl::Time t);
 absl::StatusOr<absl::Time> ParseTimestamp(std::string_view text,
                                           std::string_view field);
 Json LeaseToJson(const Lease& lease);
+// The field a state's key is named by: "repository" or "pipeline_run".
+const char* StateKeyField(Api::StateOf of);
 Json LeasesToJson(const std::vector<Lease>& leases);
 std::string_view WatchEventTypeName(WatchEventType type);
 

@@ -288,11 +288,7 @@ std::string StatePath(Api::StateOf of, std::string_view key) {
 absl::StatusOr<Json> RemoteApi::SetState(const Context& ctx, StateOf of,
                                          std::string_view key,
                                          const Json& body) {
-  if (absl::Status s = ValidateKey(
-          key, of == StateOf::kRepository ? "repository" : "pipeline_run");
-      !s.ok()) {
-    return s;
-  }
+  if (absl::Status s = ValidateKey(key, StateKeyField(of)); !s.ok()) return s;
   auto text = DumpStrict(body, "request body");
   if (!text.ok()) return text.status();
   return Call(ctx, "PUT", StatePath(of, key), *text, "application/json");
@@ -300,11 +296,7 @@ absl::StatusOr<Json> RemoteApi::SetState(const Context& ctx, StateOf of,
 
 absl::StatusOr<Json> RemoteApi::GetState(const Context& ctx, StateOf of,
                                          std::string_view key) {
-  if (absl::Status s = ValidateKey(
-          key, of == StateOf::kRepository ? "repository" : "pipeline_run");
-      !s.ok()) {
-    return s;
-  }
+  if (absl::Status s = ValidateKey(key, StateKeyField(of)); !s.ok()) return s;
   return Call(ctx, "GET", StatePath(of, key), "", "");
 }
 

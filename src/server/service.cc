@@ -337,15 +337,9 @@ absl::StatusOr<Json> Service::Version(const Context& ctx) {
               {"driver", std::string(driver_->Type())}};
 }
 
-namespace {
-const char* StateField(Api::StateOf of) {
-  return of == Api::StateOf::kRepository ? "repository" : "pipeline_run";
-}
-}  // namespace
-
 absl::StatusOr<Json> Service::SetState(const Context& ctx, StateOf of,
                                        std::string_view key, const Json& body) {
-  const char* field = StateField(of);
+  const char* field = StateKeyField(of);
   if (absl::Status s = ValidateKey(key, field); !s.ok()) return s;
   if (absl::Status s = CheckFields(body, {"state"}); !s.ok()) return s;
   auto it = body.find("state");
@@ -370,7 +364,7 @@ absl::StatusOr<Json> Service::SetState(const Context& ctx, StateOf of,
 
 absl::StatusOr<Json> Service::GetState(const Context& ctx, StateOf of,
                                        std::string_view key) {
-  const char* field = StateField(of);
+  const char* field = StateKeyField(of);
   if (absl::Status s = ValidateKey(key, field); !s.ok()) return s;
   absl::StatusOr<std::string> state =
       of == StateOf::kRepository ? driver_->GetRepositoryState(ctx, key)
