@@ -128,7 +128,8 @@ absl::StatusOr<Json> Send(server::Api& api, const Context& overall,
 // no manifest gave.
 absl::Status LookUpLimits(server::Api& api, const Context& ctx,
                           const std::deque<ExportedRun>& runs,
-                          std::map<std::string, int32_t>& limits) {
+                          std::map<std::string, int32_t>& limits,
+                          ImportCapacity* capacity) {
   std::set<std::string> wanted;
   for (const ExportedRun& r : runs) {
     const std::string repo = server::RepositoryOf(r);
@@ -138,7 +139,9 @@ absl::Status LookUpLimits(server::Api& api, const Context& ctx,
     }
   }
   std::vector<std::string> keys(wanted.begin(), wanted.end());
-  for (size_t i = 0; i < keys.size(); i += 10000) {
+  // One request at least: its answer also tells the backend's batch
+  // capacity.
+  for (size_t i = 0; i == 0 || i < keys.size(); i += 10000) {
     Json part = Json::array();
     for (size_t j = i; j < std::min(keys.size(), i + 10000); ++j) {
       part.push_back(keys[j]);
@@ -147,6 +150,11 @@ absl::Status LookUpLimits(server::Api& api, const Context& ctx,
     if (!r.ok()) return r.status();
     for (const auto& [k, v] : (*r)["limits"].items()) {
       limits[k] = v.get<int32_t>();
+    }
+    if (auto c = r->find("import_capacity"); c != r->end() && c->is_object()) {
+      capacity->runs = c->value("runs", capacity->runs);
+      capacity->per_repository =
+          c->value("per_repository", capacity->per_repository);
     }
   }
   return absl::OkStatus();
@@ -233,7 +241,8 @@ void PrintDryRun(const Json& d) {
 }
 
 // The batches, made one at a time: repository plans cut so that no
-// request carries more than `size` runs (a long queue spans several, in
+// request costs more than `size`, each run 1 and each repository part
+// `per_repo` (the backend's capacity; a long queue spans several, in
 // order). A repository whose limit came from a manifest records it in its
 // first part; manifests of repositories with no run to import come last,
 // for their limits.
@@ -243,10 +252,11 @@ class Batches {
   // `manifests`, also the limits of repositories with no run.
   Batches(const ImportPlan& plan,
           const std::map<std::string, int32_t>& from_manifests, size_t size,
-          std::vector<size_t> repos, bool manifests)
+          size_t per_repo, std::vector<size_t> repos, bool manifests)
       : plan_(plan),
         from_manifests_(from_manifests),
         size_(size),
+        per_repo_(per_repo),
         repos_(std::move(repos)) {
     for (const RepositoryPlan& p : plan.repositories) {
       planned_.insert(p.repository);
@@ -258,8 +268,9 @@ class Batches {
   bool Next(Json* body) {
     Json cur = Json::array();
     size_t n = 0;
-    while (n < size_ && repo_ < repos_.size()) {
+    while (n + per_repo_ < size_ && repo_ < repos_.size()) {
       const RepositoryPlan& p = plan_.repositories[repos_[repo_]];
+      n += per_repo_;
       RepositoryPlan part;
       part.repository = p.repository;
       part.limit = p.limit;
@@ -277,14 +288,16 @@ class Batches {
         a_ = q_ = 0;
       }
     }
-    for (; n < size_ && manifest_ != from_manifests_.end(); ++manifest_) {
+    for (; n + std::max<size_t>(per_repo_, 1) <= size_ &&
+           manifest_ != from_manifests_.end();
+         ++manifest_) {
       const auto& [key, limit] = *manifest_;
       if (planned_.count(key) != 0 || limit <= 0) continue;
       RepositoryPlan part;
       part.repository = key;
       part.limit = limit;
       cur.push_back(server::RepositoryPlanToJson(part, true));
-      ++n;
+      n += std::max<size_t>(per_repo_, 1);
     }
     if (cur.empty()) return false;
     *body = Json{{"batch", std::move(cur)}};
@@ -295,6 +308,7 @@ class Batches {
   const ImportPlan& plan_;
   const std::map<std::string, int32_t>& from_manifests_;
   const size_t size_;
+  const size_t per_repo_;
   const std::vector<size_t> repos_;
   std::set<std::string> planned_;
   size_t repo_ = 0, a_ = 0, q_ = 0;  // the next run to send
@@ -450,7 +464,9 @@ int Import(const GlobalOptions& g, const ImportFlags& f) {
   auto api = OpenApi(g, *overall);
   if (!api.ok()) return Fail(api.status());
   std::map<std::string, int32_t> limits = from_manifests;
-  if (absl::Status s = LookUpLimits(*(*api)->api, *overall, runs, limits);
+  ImportCapacity capacity{static_cast<size_t>(f.batch_size), 0};
+  if (absl::Status s =
+          LookUpLimits(*(*api)->api, *overall, runs, limits, &capacity);
       !s.ok()) {
     return Stopped(s, 0, runs.size());
   }
@@ -484,8 +500,10 @@ int Import(const GlobalOptions& g, const ImportFlags& f) {
     for (size_t i = l; i < plan.repositories.size(); i += lanes) {
       mine.push_back(i);
     }
-    Batches batches(plan, from_manifests, static_cast<size_t>(f.batch_size),
-                    std::move(mine), /*manifests=*/l == 0);
+    Batches batches(plan, from_manifests,
+                    std::min(static_cast<size_t>(f.batch_size), capacity.runs),
+                    capacity.per_repository, std::move(mine),
+                    /*manifests=*/l == 0);
     Json batch;
     while (batches.Next(&batch)) {
       {

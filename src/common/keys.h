@@ -77,6 +77,33 @@ inline absl::Status ValidateImportRequest(const Repository& repo,
   return absl::OkStatus();
 }
 
+// An ImportBatch call: every part valid, distinct repositories, the
+// whole within the driver's capacity.
+inline absl::Status ValidateImportBatch(
+    const std::vector<RepositoryImport>& parts,
+    const ImportCapacity& capacity) {
+  absl::flat_hash_set<std::string> repos;
+  for (const RepositoryImport& p : parts) {
+    if (absl::Status s = ValidateImportRequest(p.repository, p.request);
+        !s.ok()) {
+      return s;
+    }
+    if (!repos.insert(p.repository.Key()).second) {
+      return absl::InvalidArgumentError("import: repository " +
+                                        p.repository.Key() + " given twice");
+    }
+  }
+  if (const size_t cost = capacity.CostOf(parts); cost > capacity.runs) {
+    return absl::InvalidArgumentError(
+        "import: a batch of " + std::to_string(parts.size()) +
+        " repositories costs " + std::to_string(cost) +
+        "; this backend takes " + std::to_string(capacity.runs) +
+        " per batch (each run 1, each " + "repository " +
+        std::to_string(capacity.per_repository) + ")");
+  }
+  return absl::OkStatus();
+}
+
 // The namespace of a ListRepositories call: empty (every namespace) or a
 // valid namespace name.
 inline absl::Status ValidateNamespaceFilter(std::string_view namespace_name) {

@@ -61,6 +61,19 @@ class DeferredDriver final : public Driver {
     if (!d.ok()) return d.status();
     return (*d)->ImportRuns(ctx, repo, request);
   }
+  absl::StatusOr<std::vector<ImportResult>> ImportBatch(
+      const Context& ctx, const std::vector<RepositoryImport>& parts) override {
+    auto d = Get();
+    if (!d.ok()) return d.status();
+    return (*d)->ImportBatch(ctx, parts);
+  }
+  // Not connected yet: the least any driver takes (an import then fails
+  // as Unavailable in any case).
+  ImportCapacity GetImportCapacity() override {
+    auto d = Get();
+    if (!d.ok()) return ImportCapacity{64, 1};
+    return (*d)->GetImportCapacity();
+  }
   absl::StatusOr<std::optional<int32_t>> GetRepositoryLimit(
       const Context& ctx, std::string_view repo) override {
     auto d = Get();

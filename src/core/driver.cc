@@ -129,4 +129,22 @@ absl::StatusOr<ImportResult> Driver::ImportRuns(const Context& ctx,
   return out;
 }
 
+// Part by part: each atomic, the whole not (see the declaration).
+absl::StatusOr<std::vector<ImportResult>> Driver::ImportBatch(
+    const Context& ctx, const std::vector<RepositoryImport>& parts) {
+  if (absl::Status s =
+          internal::ValidateImportBatch(parts, GetImportCapacity());
+      !s.ok()) {
+    return s;
+  }
+  std::vector<ImportResult> out;
+  out.reserve(parts.size());
+  for (const RepositoryImport& p : parts) {
+    auto r = ImportRuns(ctx, p.repository, p.request);
+    if (!r.ok()) return r.status();
+    out.push_back(*std::move(r));
+  }
+  return out;
+}
+
 }  // namespace pac::concurrency

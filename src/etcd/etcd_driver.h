@@ -90,6 +90,13 @@ class EtcdDriver final : public Driver {
   // driver must survive (resync).
   void ResumeWatchForTest(int64_t revision);
 
+  absl::StatusOr<ImportResult> ImportRuns(
+      const Context& ctx, const Repository& repo,
+      const ImportRequest& request) override;
+  absl::StatusOr<std::vector<ImportResult>> ImportBatch(
+      const Context& ctx, const std::vector<RepositoryImport>& parts) override;
+  ImportCapacity GetImportCapacity() override;
+
   absl::Duration LeaseTTL() const override { return ttl_; }
   absl::Status Close() override;
 
@@ -115,6 +122,10 @@ class EtcdDriver final : public Driver {
     int64_t creation_us = 0;
     int64_t create_revision = 0;
     int64_t enqueued_us = 0;
+    // Its place among the entries one Txn joined (an import's: the value
+    // "<enqueued µs>/<ord>"), which orders entries of equal creation time
+    // joined together. 0 for the others.
+    int64_t ord = 0;
   };
   struct RepoView {
     std::string repo;
@@ -380,6 +391,39 @@ class EtcdDriver final : public Driver {
                                      const AcquireOptions& options,
                                      bool holding_turn = false);
   absl::StatusOr<std::vector<int64_t>> Leases(const Context& ctx, size_t n);
+
+  // Imports (etcd_import.cc). One part of a batch, planned on a fresh view
+  // of its repository.
+  struct ImportPart {
+    std::string repo;
+    RepoView view;   // as read
+    RepoView after;  // as the Txn leaves it
+    int32_t limit = 0;
+    bool writes = false;
+    bool promote_more = false;     // other runs' heads left to admit
+    std::set<std::string> others;  // runs outside the request it admits
+  };
+  struct ImportCost {
+    size_t ops = 0;     // the Txn's success operations
+    size_t leases = 0;  // grants
+  };
+  // Plans `part` on plan->view into plan->after. With `txn`, also writes
+  // its compare and operations there, granting (*leases)[*next_lease...].
+  // Other runs' queue heads are admitted only with `promote_others`.
+  ImportCost PlanImport(const RepositoryImport& part,
+                        const std::string& commit_id, bool promote_others,
+                        const std::vector<int64_t>* leases, size_t* next_lease,
+                        ImportPart* plan, etcdpb::TxnRequest* txn);
+  // The answers once the batch's Txn committed at `revision` (0: nothing
+  // to write), after the ordinary steps that fill seats left free.
+  absl::StatusOr<std::vector<ImportResult>> Answer(
+      const Context& ctx, const std::vector<RepositoryImport>& parts,
+      std::vector<ImportPart>& plans, int64_t revision,
+      const std::string& commit_id);
+  // A request's leases and places in a view.
+  ImportResult ImportResultOf(const RepoView& v, const ImportRequest& request);
+  // Every slot of a view as a Lease (no TTL asked of etcd).
+  std::vector<Lease> RunningOfView(const RepoView& v);
   // Grants leases ahead of demand (kLeasePoolTarget spares).
   void RefillLoop();
   // Records that `lease`'s TTL started at `since`.

@@ -174,8 +174,12 @@ void EtcdDriver::ApplyKv(RepoView* v, std::string_view rest, bool put,
     qi.key = kv.key();
     if (!ParseQueueTime(q.substr(0, slash), &qi.creation_us)) return;
     qi.create_revision = kv.create_revision();
-    std::from_chars(kv.value().data(), kv.value().data() + kv.value().size(),
-                    qi.enqueued_us);
+    const char* const end = kv.value().data() + kv.value().size();
+    auto [rest_of_value, ec] =
+        std::from_chars(kv.value().data(), end, qi.enqueued_us);
+    if (ec == std::errc() && rest_of_value != end && *rest_of_value == '/') {
+      std::from_chars(rest_of_value + 1, end, qi.ord);
+    }
     v->queue.push_back(std::move(qi));
   }
 }
@@ -197,12 +201,14 @@ EtcdDriver::RepoView EtcdDriver::ParseView(const std::string& repo,
 void EtcdDriver::SortQueue(RepoView* v) {
   std::sort(v->queue.begin(), v->queue.end(),
             [](const QueueInfo& a, const QueueInfo& b) {
-              // Creation time, then the join's revision, then the key: runs
-              // joined by one request share a revision, and a view built
-              // from watch events has them in the Txn's op order, a Range
-              // in key order. One total order, the same in every process.
-              return std::tie(a.creation_us, a.create_revision, a.key) <
-                     std::tie(b.creation_us, b.create_revision, b.key);
+              // Creation time, then the join's revision, then the place
+              // an import gave it among the entries of its Txn, then the
+              // key: runs joined by one request share a revision, and a
+              // view built from watch events has them in the Txn's op
+              // order, a Range in key order. One total order, the same in
+              // every process.
+              return std::tie(a.creation_us, a.create_revision, a.ord, a.key) <
+                     std::tie(b.creation_us, b.create_revision, b.ord, b.key);
             });
 }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <charconv>
 #include <random>
+#include <set>
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
@@ -315,70 +316,104 @@ absl::StatusOr<ImportResult> MemoryDriver::ImportRuns(
   if (absl::Status s = ValidateImportRequest(repo, request); !s.ok()) {
     return s;
   }
+  auto out = ImportBatch(ctx, {RepositoryImport{repo, request}});
+  if (!out.ok()) return out.status();
+  return std::move(out->front());
+}
+
+absl::StatusOr<std::vector<ImportResult>> MemoryDriver::ImportBatch(
+    const Context& ctx, const std::vector<RepositoryImport>& parts) {
+  if (absl::Status s = ValidateImportBatch(parts, GetImportCapacity());
+      !s.ok()) {
+    return s;
+  }
   if (absl::Status s = ctx.Err(); !s.ok()) return s;
   if (absl::Status s = CheckOpen(); !s.ok()) return s;
-  const std::string repo_key = repo.Key();
-  int32_t limit = EffectiveLimit(repo);
   const absl::Time now = clock_->Now();
-  Shard& shard = ShardFor(repo_key);
-  ImportResult out;
+  // Every shard the batch touches, locked in index order (as no other
+  // step locks two), so the batch is one step to every reader.
+  std::set<size_t> shard_ids;
+  for (const RepositoryImport& p : parts) {
+    shard_ids.insert(ShardIndex(p.repository.Key()));
+  }
+  std::vector<ImportResult> out(parts.size());
   Effects fx;
+  {
+    std::vector<std::unique_ptr<MutexLock>> locks;
+    for (size_t i : shard_ids) {
+      locks.push_back(std::make_unique<MutexLock>(&shards_[i].mu));
+    }
+    for (size_t i = 0; i < parts.size(); ++i) {
+      ImportLocked(parts[i].repository, parts[i].request, now, fx, out[i]);
+    }
+  }
+  for (ImportResult& r : out) {
+    for (const Lease& l : r.running) NoteExpiry(l.expires_at);
+  }
+  Deliver(fx);
+  for (const RepositoryImport& p : parts) {
+    logger_->info("imported {} running and {} waiting runs into {}",
+                  p.request.running.size(), p.request.waiting.size(),
+                  p.repository.Key());
+  }
+  return out;
+}
+
+void MemoryDriver::ImportLocked(const Repository& repo,
+                                const ImportRequest& request, absl::Time now,
+                                Effects& fx, ImportResult& out) {
+  const std::string repo_key = repo.Key();
+  Shard& shard = ShardFor(repo_key);
+  shard.mu.AssertHeld();
   absl::flat_hash_set<std::string_view> mine;
   for (const std::string& run : request.running) mine.insert(run);
   for (const ImportRequest::Waiting& w : request.waiting) {
     mine.insert(w.pipeline_run_key);
   }
-  {
-    MutexLock lock(&shard.mu);
-    RepoState& rs = Enter(shard, repo_key, limit, !request.set_limit, now, fx);
-    for (const std::string& run : request.running) {
-      auto it = rs.running.find(run);
-      if (it == rs.running.end()) {
-        if (auto q = rs.queued.find(run); q != rs.queued.end()) {
-          rs.queue.erase(q->second);
-          rs.queued.erase(q);
-        }
-        Grant(shard, repo_key, rs, run, now);
-        AddEvent(shard, repo_key, WatchEventType::kAdmitted, run, fx);
-        it = rs.running.find(run);
+  const size_t admitted_before = fx.admitted.size();
+  RepoState& rs =
+      Enter(shard, repo_key, EffectiveLimit(repo), !request.set_limit, now, fx);
+  for (const std::string& run : request.running) {
+    auto it = rs.running.find(run);
+    if (it == rs.running.end()) {
+      if (auto q = rs.queued.find(run); q != rs.queued.end()) {
+        rs.queue.erase(q->second);
+        rs.queued.erase(q);
       }
-      out.running.push_back(MakeLease(repo_key, run, it->second));
+      Grant(shard, repo_key, rs, run, now);
+      AddEvent(shard, repo_key, WatchEventType::kAdmitted, run, fx);
+      it = rs.running.find(run);
     }
-    for (const ImportRequest::Waiting& w : request.waiting) {
-      const std::string& run = w.pipeline_run_key;
-      if (rs.running.count(run) != 0 || rs.queued.count(run) != 0) continue;
-      QueueKey key{w.creation_time,
-                   next_sequence_.fetch_add(1, std::memory_order_relaxed)};
-      rs.queue.emplace(key, QueueRec{run, now});
-      rs.queued.emplace(run, key);
-    }
-    Promote(shard, repo_key, rs, now, fx);
-    absl::flat_hash_map<std::string_view, int64_t> places;
-    int64_t pos = 0;
-    for (const auto& [qk, rec] : rs.queue) places[rec.run_key] = ++pos;
-    for (const ImportRequest::Waiting& w : request.waiting) {
-      const std::string& run = w.pipeline_run_key;
-      if (auto it = rs.running.find(run); it != rs.running.end()) {
-        out.admitted.push_back(MakeLease(repo_key, run, it->second));
-      } else if (auto q = rs.queued.find(run); q != rs.queued.end()) {
-        const QueueRec& rec = rs.queue.at(q->second);
-        out.queued.push_back(QueueEntry{run, q->second.creation_time,
-                                        q->second.sequence, rec.enqueued_at,
-                                        places.at(run)});
-      }
+    out.running.push_back(MakeLease(repo_key, run, it->second));
+  }
+  for (const ImportRequest::Waiting& w : request.waiting) {
+    const std::string& run = w.pipeline_run_key;
+    if (rs.running.count(run) != 0 || rs.queued.count(run) != 0) continue;
+    QueueKey key{w.creation_time,
+                 next_sequence_.fetch_add(1, std::memory_order_relaxed)};
+    rs.queue.emplace(key, QueueRec{run, now});
+    rs.queued.emplace(run, key);
+  }
+  Promote(shard, repo_key, rs, now, fx);
+  absl::flat_hash_map<std::string_view, int64_t> places;
+  int64_t pos = 0;
+  for (const auto& [qk, rec] : rs.queue) places[rec.run_key] = ++pos;
+  for (const ImportRequest::Waiting& w : request.waiting) {
+    const std::string& run = w.pipeline_run_key;
+    if (auto it = rs.running.find(run); it != rs.running.end()) {
+      out.admitted.push_back(MakeLease(repo_key, run, it->second));
+    } else if (auto q = rs.queued.find(run); q != rs.queued.end()) {
+      const QueueRec& rec = rs.queue.at(q->second);
+      out.queued.push_back(QueueEntry{run, q->second.creation_time,
+                                      q->second.sequence, rec.enqueued_at,
+                                      places.at(run)});
     }
   }
-  for (const Lease& l : out.running) NoteExpiry(l.expires_at);
-  for (Lease& l : fx.admitted) {
-    NoteExpiry(l.expires_at);
-    if (!mine.contains(l.pipeline_run_key)) {
-      out.others_admitted.push_back(l);
+  for (size_t i = admitted_before; i < fx.admitted.size(); ++i) {
+    if (!mine.contains(fx.admitted[i].pipeline_run_key)) {
+      out.others_admitted.push_back(fx.admitted[i]);
     }
   }
-  logger_->info("imported {} running and {} waiting runs into {}",
-                request.running.size(), request.waiting.size(), repo_key);
-  Deliver(fx);
-  return out;
 }
 
 absl::StatusOr<ReleaseResult> MemoryDriver::ReleaseSlot(

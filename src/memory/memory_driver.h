@@ -62,6 +62,8 @@ class MemoryDriver final : public Driver {
   absl::StatusOr<ImportResult> ImportRuns(
       const Context& ctx, const Repository& repo,
       const ImportRequest& request) override;
+  absl::StatusOr<std::vector<ImportResult>> ImportBatch(
+      const Context& ctx, const std::vector<RepositoryImport>& parts) override;
   absl::StatusOr<std::vector<Lease>> SetRepositoryLimit(
       const Context& ctx, const Repository& repo) override;
   absl::StatusOr<std::optional<int32_t>> GetRepositoryLimit(
@@ -170,6 +172,9 @@ class MemoryDriver final : public Driver {
                 const std::string& run_key, Effects& fx) PAC_REQUIRES(shard.mu);
   int64_t PositionOf(const RepoState& rs, const QueueKey& key) const;
   absl::Status CheckOpen() const;
+  // One part of ImportBatch, its shard's lock held (with the others').
+  void ImportLocked(const Repository& repo, const ImportRequest& request,
+                    absl::Time now, Effects& fx, ImportResult& out);
   void Deliver(Effects& fx);
   void NoteExpiry(absl::Time expires_at);
   void CleanupLoop();

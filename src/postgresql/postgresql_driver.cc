@@ -69,13 +69,30 @@ constexpr const char* kAcquireSql =
                      " $5::boolean, $6::boolean,"
                      " $7::bigint * interval '1 microsecond', $8::boolean, $9)";
 
-constexpr const char* kImportSql =
-    "SELECT o_kind, o_run, o_lease, " PAC_MICROS("o_acquired") ", "
-    PAC_MICROS("o_expires") ", o_token, o_pos FROM pac_import($1, $2::int,"
-    " $3::boolean, $4::text[], $5::text[], ARRAY(SELECT 'epoch'::timestamptz +"
-    " (t.m / 1000000) * interval '1 second' + (t.m % 1000000) *"
-    " interval '1 microsecond' FROM unnest($6::bigint[]) WITH ORDINALITY AS"
-    " t(m, n) ORDER BY t.n), $7::bigint * interval '1 microsecond')";
+// An ImportBatch of `parts` repositories: one statement (one transaction),
+// pac_import per part with seven parameters each, from $1. Rows carry the
+// part's index (column 7) and their order within it (column 8).
+std::string ImportBatchSql(const std::vector<size_t>& order) {
+  std::string sql;
+  for (size_t k = 0; k < order.size(); ++k) {
+    const size_t b = 7 * k;
+    auto arg = [&](size_t i) { return "$" + std::to_string(b + i); };
+    if (k > 0) sql += " UNION ALL ";
+    sql += "SELECT o_kind, o_run, o_lease, " PAC_MICROS(
+               "o_acquired") ", " PAC_MICROS("o_expires") ", o_token, o_pos, " +
+           std::to_string(order[k]) + ", f.n FROM pac_import(" + arg(1) + ", " +
+           arg(2) + "::int, " + arg(3) + "::boolean, " + arg(4) + "::text[], " +
+           arg(5) +
+           "::text[], ARRAY(SELECT 'epoch'::timestamptz + (t.m / 1000000) * "
+           "interval '1 second' + (t.m % 1000000) * interval '1 microsecond' "
+           "FROM unnest(" +
+           arg(6) + "::bigint[]) WITH ORDINALITY AS t(m, n) ORDER BY t.n), " +
+           arg(7) +
+           "::bigint * interval '1 microsecond') WITH ORDINALITY AS f(o_kind, "
+           "o_run, o_lease, o_acquired, o_expires, o_token, o_pos, n)";
+  }
+  return sql + " ORDER BY 8, 9";
+}
 
 // `items` as a PostgreSQL array literal (quoted elements: text, or
 // numbers cast by the statement).
@@ -342,35 +359,72 @@ absl::StatusOr<ImportResult> PostgreSQLDriver::ImportRuns(
   if (absl::Status s = ValidateImportRequest(repo, request); !s.ok()) {
     return s;
   }
-  const std::string repo_key = repo.Key();
-  std::vector<std::string> waiting, micros;
-  waiting.reserve(request.waiting.size());
-  micros.reserve(request.waiting.size());
-  for (const ImportRequest::Waiting& w : request.waiting) {
-    waiting.push_back(w.pipeline_run_key);
-    micros.push_back(std::to_string(absl::ToUnixMicros(w.creation_time)));
+  auto out = ImportBatch(ctx, {RepositoryImport{repo, request}});
+  if (!out.ok()) return out.status();
+  return std::move(out->front());
+}
+
+absl::StatusOr<std::vector<ImportResult>> PostgreSQLDriver::ImportBatch(
+    const Context& ctx, const std::vector<RepositoryImport>& parts) {
+  if (absl::Status s = ValidateImportBatch(parts, GetImportCapacity());
+      !s.ok()) {
+    return s;
   }
-  auto r = Query(
-      ctx, kImportSql,
-      {repo_key, std::to_string(EffectiveLimit(repo)),
-       request.set_limit ? "true" : "false", ArrayLiteral(request.running),
-       ArrayLiteral(waiting), ArrayLiteral(micros), TtlMicros()},
-      Notifies::kYes);
+  if (parts.empty()) return std::vector<ImportResult>{};
+  // The parts in repository order: each pac_import locks its repository's
+  // row, and two batches (or a batch and an acquire, which locks one row)
+  // then take their locks in one order and cannot deadlock.
+  std::vector<size_t> order(parts.size());
+  for (size_t i = 0; i < parts.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    return parts[a].repository.Key() < parts[b].repository.Key();
+  });
+  std::vector<PgParam> params;
+  params.reserve(7 * parts.size());
+  for (size_t i : order) {
+    const Repository& repo = parts[i].repository;
+    const ImportRequest& request = parts[i].request;
+    std::vector<std::string> waiting, micros;
+    waiting.reserve(request.waiting.size());
+    micros.reserve(request.waiting.size());
+    for (const ImportRequest::Waiting& w : request.waiting) {
+      waiting.push_back(w.pipeline_run_key);
+      micros.push_back(std::to_string(absl::ToUnixMicros(w.creation_time)));
+    }
+    params.push_back(repo.Key());
+    params.push_back(std::to_string(EffectiveLimit(repo)));
+    params.push_back(request.set_limit ? "true" : "false");
+    params.push_back(ArrayLiteral(request.running));
+    params.push_back(ArrayLiteral(waiting));
+    params.push_back(ArrayLiteral(micros));
+    params.push_back(TtlMicros());
+  }
+  auto r = Query(ctx, ImportBatchSql(order), params, Notifies::kYes);
   if (!r.ok()) return r.status();
-  absl::flat_hash_set<std::string_view> mine;
-  for (const std::string& run : request.running) mine.insert(run);
-  for (const std::string& run : waiting) mine.insert(run);
-  ImportResult out;
+  std::vector<ImportResult> out(parts.size());
+  std::vector<absl::flat_hash_set<std::string_view>> mine(parts.size());
+  for (size_t i = 0; i < parts.size(); ++i) {
+    for (const std::string& run : parts[i].request.running) {
+      mine[i].insert(run);
+    }
+    for (const ImportRequest::Waiting& w : parts[i].request.waiting) {
+      mine[i].insert(w.pipeline_run_key);
+    }
+  }
   for (int i = 0; i < r->rows(); ++i) {
+    const int64_t part = r->GetInt(i, 7);
+    if (part < 0 || part >= static_cast<int64_t>(parts.size())) continue;
+    const std::string repo_key = parts[part].repository.Key();
+    ImportResult& o = out[part];
     std::string_view kind = r->Get(i, 0);
     if (kind == "admitted") {
-      if (!mine.contains(r->Get(i, 1))) {
-        out.others_admitted.push_back(LeaseFromRow(*r, i, repo_key));
+      if (!mine[part].contains(r->Get(i, 1))) {
+        o.others_admitted.push_back(LeaseFromRow(*r, i, repo_key));
       }
     } else if (kind == "running") {
-      out.running.push_back(LeaseFromRow(*r, i, repo_key));
+      o.running.push_back(LeaseFromRow(*r, i, repo_key));
     } else if (kind == "held") {
-      out.admitted.push_back(LeaseFromRow(*r, i, repo_key));
+      o.admitted.push_back(LeaseFromRow(*r, i, repo_key));
     } else if (kind == "queued") {
       QueueEntry q;
       q.pipeline_run_key = std::string(r->Get(i, 1));
@@ -378,11 +432,14 @@ absl::StatusOr<ImportResult> PostgreSQLDriver::ImportRuns(
       q.enqueued_at = r->GetMicros(i, 4);
       q.sequence = r->GetInt(i, 5);
       q.position = r->GetInt(i, 6);
-      out.queued.push_back(std::move(q));
+      o.queued.push_back(std::move(q));
     }
   }
-  logger_->info("imported {} running and {} waiting runs into {}",
-                request.running.size(), request.waiting.size(), repo_key);
+  for (const RepositoryImport& p : parts) {
+    logger_->info("imported {} running and {} waiting runs into {}",
+                  p.request.running.size(), p.request.waiting.size(),
+                  p.repository.Key());
+  }
   return out;
 }
 

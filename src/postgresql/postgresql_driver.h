@@ -44,6 +44,8 @@ class PostgreSQLDriver final : public Driver {
   absl::StatusOr<ImportResult> ImportRuns(
       const Context& ctx, const Repository& repo,
       const ImportRequest& request) override;
+  absl::StatusOr<std::vector<ImportResult>> ImportBatch(
+      const Context& ctx, const std::vector<RepositoryImport>& parts) override;
   absl::StatusOr<ReleaseResult> ReleaseSlot(const Context& ctx,
                                             std::string_view lease_id,
                                             std::string_view run_key,

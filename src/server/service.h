@@ -69,10 +69,13 @@ class Service final : public Api {
   // then "promoted", and its wait is observed).
   void NoteAdmitted(const std::vector<Lease>& leases, const char* how);
   absl::StatusOr<Json> SetLimitTo(const Context& ctx, const Repository& repo);
-  // Applies one repository's import plan (service_import.cc), appending to
-  // the report's lists.
-  absl::Status ApplyPlan(const Context& ctx, const RepositoryPlan& p,
-                         bool set_limit, Json& report);
+  // Applies import plans (service_import.cc), each with whether it records
+  // its limit: as one ImportBatch (`as_one_step`) or one ImportRuns each.
+  // Appends to the report's lists.
+  using PlanToApply = std::pair<const RepositoryPlan*, bool>;
+  absl::Status ApplyPlans(const Context& ctx,
+                          const std::vector<PlanToApply>& plans,
+                          bool as_one_step, Json& report);
   void CountError(const char* op, const absl::Status& s);
 
   Driver* const driver_;

@@ -3,10 +3,10 @@
 //   {"pipelineruns": List, "repositories": "<yaml>"}  planned here
 //   {"batch": [repository plan, ...]}                  planned by the CLI
 //   {"limits_of": ["ns/name", ...]}                    the CLI's planning read
-// A plan (import_plan.h) is applied repository by repository, each one
-// Driver::ImportRuns (one atomic step on memory and PostgreSQL), so a
-// batch sent again changes nothing and an interrupted import run again
-// completes.
+// A batch is applied as one Driver::ImportBatch, one atomic step on every
+// backend; a whole export sent at once, repository by repository with
+// Driver::ImportRuns. Either sent again changes nothing, and an interrupted
+// import run again completes.
 #include <map>
 #include <set>
 #include <string_view>
@@ -25,7 +25,7 @@ namespace {
 
 // The most runs one request may carry in its batch: enough to amortize a
 // request, few enough to finish well inside the request timeout on every
-// backend (one repository's part is one step; on etcd, one step per run).
+// backend (the backend's own capacity may be smaller: etcd's is one Txn).
 constexpr size_t kMaxBatchRuns = 5000;
 constexpr size_t kMaxLimitLookups = 20000;
 
@@ -112,42 +112,65 @@ Json RepositoryPlanToJson(const RepositoryPlan& p, bool set_limit) {
   return out;
 }
 
-absl::Status Service::ApplyPlan(const Context& ctx, const RepositoryPlan& p,
-                                bool set_limit, Json& report) {
-  auto repo = Repository::FromKey(p.repository, p.limit);
-  if (!repo.ok()) return repo.status();
-  ImportRequest req;
-  req.running = p.adopt;
-  req.waiting.reserve(p.queue.size());
-  for (const QueuedRun& q : p.queue) {
-    req.waiting.push_back({q.run, q.queue_time});
+absl::Status Service::ApplyPlans(const Context& ctx,
+                                 const std::vector<PlanToApply>& plans,
+                                 bool as_one_step, Json& report) {
+  std::vector<RepositoryImport> parts;
+  parts.reserve(plans.size());
+  for (const auto& [p, set_limit] : plans) {
+    auto repo = Repository::FromKey(p->repository, p->limit);
+    if (!repo.ok()) return repo.status();
+    RepositoryImport part{*std::move(repo), {}};
+    part.request.running = p->adopt;
+    part.request.waiting.reserve(p->queue.size());
+    for (const QueuedRun& q : p->queue) {
+      part.request.waiting.push_back({q.run, q.queue_time});
+    }
+    part.request.set_limit = set_limit;
+    parts.push_back(std::move(part));
   }
-  req.set_limit = set_limit;
-  auto res = driver_->ImportRuns(ctx, *repo, req);
+  absl::StatusOr<std::vector<ImportResult>> res;
+  if (as_one_step) {
+    res = driver_->ImportBatch(ctx, parts);
+  } else {
+    res = std::vector<ImportResult>{};
+    for (const RepositoryImport& part : parts) {
+      auto one = driver_->ImportRuns(ctx, part.repository, part.request);
+      if (!one.ok()) {
+        res = one.status();
+        break;
+      }
+      res->push_back(*std::move(one));
+    }
+  }
   if (!res.ok()) {
     CountError("import", res.status());
     return res.status();
   }
-  for (const Lease& l : res->running) {
-    report["running"].push_back(l.pipeline_run_key);
+  for (size_t i = 0; i < plans.size(); ++i) {
+    const RepositoryPlan& p = *plans[i].first;
+    const ImportResult& r = (*res)[i];
+    for (const Lease& l : r.running) {
+      report["running"].push_back(l.pipeline_run_key);
+    }
+    // A waiting run that holds a slot is one the controller must start,
+    // whether this request or an earlier one granted it: the report of an
+    // interrupted import run again is the report of one run in one go.
+    for (const Lease& l : r.admitted) {
+      report["admitted"].push_back(l.pipeline_run_key);
+    }
+    for (const Lease& l : r.others_admitted) {
+      report["admitted"].push_back(l.pipeline_run_key);
+    }
+    for (const QueueEntry& q : r.queued) {
+      report["queued"].push_back(Json{{"pipeline_run", q.pipeline_run_key},
+                                      {"repository", p.repository},
+                                      {"position", q.position}});
+    }
+    NoteAdmitted(r.admitted, "acquired");
+    NoteAdmitted(r.others_admitted, "promoted");
+    Seen(p.repository);
   }
-  // A waiting run that holds a slot is one the controller must start,
-  // whether this request or an earlier one granted it: the report of an
-  // interrupted import run again is the report of one run in one go.
-  for (const Lease& l : res->admitted) {
-    report["admitted"].push_back(l.pipeline_run_key);
-  }
-  for (const Lease& l : res->others_admitted) {
-    report["admitted"].push_back(l.pipeline_run_key);
-  }
-  for (const QueueEntry& q : res->queued) {
-    report["queued"].push_back(Json{{"pipeline_run", q.pipeline_run_key},
-                                    {"repository", p.repository},
-                                    {"position", q.position}});
-  }
-  NoteAdmitted(res->admitted, "acquired");
-  NoteAdmitted(res->others_admitted, "promoted");
-  Seen(p.repository);
   return absl::OkStatus();
 }
 
@@ -175,7 +198,12 @@ absl::StatusOr<Json> Service::Import(const Context& ctx, const Json& body) {
       if (!limit.ok()) return limit.status();
       if (limit->has_value()) limits[key] = **limit;
     }
-    return Json{{"limits", std::move(limits)}};
+    // What one batch may carry on this backend (the CLI cuts its batches
+    // to fit).
+    const ImportCapacity cap = driver_->GetImportCapacity();
+    return Json{{"limits", std::move(limits)},
+                {"import_capacity",
+                 {{"runs", cap.runs}, {"per_repository", cap.per_repository}}}};
   }
   Json report = {{"repositories", Json::array()}, {"running", Json::array()},
                  {"queued", Json::array()},       {"admitted", Json::array()},
@@ -199,13 +227,19 @@ absl::StatusOr<Json> Service::Import(const Context& ctx, const Json& body) {
       return absl::InvalidArgumentError(Cat("batch: ", runs, " runs; at most ",
                                             kMaxBatchRuns, " per request"));
     }
+    // The whole batch is one step: all of it is written or none.
+    std::vector<PlanToApply> apply;
+    for (const auto& [p, set_limit] : plans) {
+      apply.emplace_back(&p, set_limit);
+    }
+    if (absl::Status s = ApplyPlans(ctx, apply, /*as_one_step=*/true, report);
+        !s.ok()) {
+      return s;
+    }
     for (const auto& [p, set_limit] : plans) {
       if (set_limit) {
         report["repositories"].push_back(
             Json{{"repository", p.repository}, {"concurrency_limit", p.limit}});
-      }
-      if (absl::Status s = ApplyPlan(ctx, p, set_limit, report); !s.ok()) {
-        return s;
       }
     }
     return report;
@@ -262,8 +296,10 @@ absl::StatusOr<Json> Service::Import(const Context& ctx, const Json& body) {
     report["repositories"].push_back(
         Json{{"repository", key}, {"concurrency_limit", limit}});
   }
+  // Repository by repository, each one ImportRuns (any size).
   for (const RepositoryPlan& p : plan.repositories) {
-    if (absl::Status s = ApplyPlan(ctx, p, /*set_limit=*/false, report);
+    if (absl::Status s = ApplyPlans(ctx, {{&p, false}},
+                                    /*as_one_step=*/false, report);
         !s.ok()) {
       return s;
     }

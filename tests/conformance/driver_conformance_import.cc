@@ -204,7 +204,7 @@ TEST_P(DriverConformanceTest, Import_ConcurrentImportsKeepTheLimitAndOrder) {
 
 // A reader during a 2,000-run import (500 on etcd) sees it whole or not at
 // all on the drivers that take it as one step (memory, PostgreSQL); on the
-// others (etcd: one step per run) the queue only grows, in order, to the
+// others (etcd: one Txn per 63 runs) the queue only grows, in order, to the
 // whole.
 TEST_P(DriverConformanceTest, Import_ReadersSeeItWholeOrGrowingInOrder) {
   Repository repo = Repo("whole", 1);
@@ -212,7 +212,7 @@ TEST_P(DriverConformanceTest, Import_ReadersSeeItWholeOrGrowingInOrder) {
   ASSERT_TRUE(holder.ok() && holder->acquired);
   ImportRequest req;
   const bool atomic = driver_->Type() != "etcd";
-  // etcd: 500 (one Txn per run; 2,000 took 6 s on a real server).
+  // etcd: 500, in parts.
   const int kRuns = atomic ? 2000 : 500;
   for (int i = 0; i < kRuns; ++i) {
     req.waiting.push_back(Wait(Run(absl::StrFormat("w%04d", i)), i));

@@ -76,6 +76,14 @@ class ForwardingDriver : public Driver {
     if (closed_) return Closed();
     return store_->ImportRuns(ctx, repo, request);
   }
+  absl::StatusOr<std::vector<ImportResult>> ImportBatch(
+      const Context& ctx, const std::vector<RepositoryImport>& parts) override {
+    if (closed_) return Closed();
+    return store_->ImportBatch(ctx, parts);
+  }
+  ImportCapacity GetImportCapacity() override {
+    return store_->GetImportCapacity();
+  }
   absl::StatusOr<RepositorySnapshot> GetRepositorySnapshot(
       const Context& ctx, std::string_view repo) override {
     return store_->GetRepositorySnapshot(ctx, repo);

@@ -8,6 +8,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "src/server/remote_api.h"
 #include "tests/conformance/tcp_forwarder.h"
 #include "tests/e2e/e2e_process.h"
 
@@ -203,6 +204,60 @@ TEST(ImportE2ETest, AnInterruptedImportRunAgainCompletes) {
     EXPECT_EQ(b[i].substr(parts.size()), a[i].substr(whole.size())) << i;
   }
   EXPECT_EQ(InUse(server.url(), parts + "/app"), 3);
+}
+
+// On etcd a batch is one Txn, which carries 128 operations at most: the
+// server announces the capacity, the CLI cuts its batches to it (before,
+// with batches of 1,000, each batch would be refused), and a batch over it
+// sent by hand is refused whole, nothing written.
+TEST(ImportE2ETest, OnEtcdEachBatchIsOneTxnAndTheCliCutsToIt) {
+  const std::string endpoints = conformance::EnvOr("PAC_TEST_ETCD_ENDPOINTS");
+  ASSERT_FALSE(endpoints.empty())
+      << "PAC_TEST_ETCD_ENDPOINTS is not set: run through `make test`";
+  const std::string config =
+      WriteFile("import-etcd.yaml",
+                "concurrency-driver: etcd\netcd-endpoints: " + endpoints +
+                    "\netcd-prefix: /" + Unique("impetcd") + "/\n");
+  ServerProcess server({"--config", config});
+  ASSERT_FALSE(server.url().empty());
+  server::RemoteApi api(server.url(), "");
+  auto limits =
+      api.Import(Context::Background(), Json{{"limits_of", Json::array()}});
+  ASSERT_TRUE(limits.ok()) << limits.status();
+  EXPECT_EQ((*limits)["import_capacity"]["runs"], 64);
+  EXPECT_EQ((*limits)["import_capacity"]["per_repository"], 1);
+
+  const std::string ns = Unique("imp");
+  Json big = Json::array();
+  Json queue = Json::array();
+  for (int i = 0; i < 64; ++i) {
+    queue.push_back({{"pipeline_run", ns + "/q-" + std::to_string(i)},
+                     {"queue_time", "2026-01-01T10:00:00Z"}});
+  }
+  big.push_back({{"repository", ns + "/app"},
+                 {"concurrency_limit", 1},
+                 {"queue", queue}});
+  auto refused = api.Import(Context::Background(), Json{{"batch", big}});
+  ASSERT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument)
+      << refused.status();
+  EXPECT_THAT(std::string(refused.status().message()), HasSubstr("per batch"));
+  EXPECT_TRUE(QueueOf(server.url(), ns + "/app").empty());
+  EXPECT_EQ(InUse(server.url(), ns + "/app"), 0);
+
+  const std::string prs = WriteFile("prs-etcd.json", Export(ns, 300).dump());
+  const std::string repos = WriteFile("repos-etcd.yaml", Manifest(ns, 2));
+  CliResult r = Cli(server.url(), {"import", "--pipelineruns", prs,
+                                   "--repositories", repos, "-o", "json"});
+  ASSERT_EQ(r.code, 0) << r.out.substr(0, 2000);
+  const Json d = r.json();
+  EXPECT_EQ(d["running"].size(), 2u);
+  EXPECT_EQ(d["queued"].size(), 298u);
+  const std::vector<std::string> q = QueueOf(server.url(), ns + "/app");
+  ASSERT_EQ(q.size(), 298u);
+  // Each event's two runs share a time and keep their order.
+  for (int i = 0; i < 298; ++i) {
+    EXPECT_EQ(q[i], ns + "/pr-" + std::to_string(i + 2)) << i;
+  }
 }
 
 }  // namespace

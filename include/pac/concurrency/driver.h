@@ -124,6 +124,29 @@ struct ImportResult {
   std::vector<Lease> others_admitted;
 };
 
+// One repository's part of an ImportBatch.
+struct RepositoryImport {
+  Repository repository;
+  ImportRequest request;
+};
+
+// How much one ImportBatch may carry (Driver::GetImportCapacity): the
+// parts' runs, plus `per_repository` for each part, at most `runs`.
+struct ImportCapacity {
+  size_t runs = 0;
+  size_t per_repository = 0;
+  // What `parts` cost against `runs`.
+  [[nodiscard]] size_t CostOf(
+      const std::vector<RepositoryImport>& parts) const {
+    size_t cost = 0;
+    for (const RepositoryImport& p : parts) {
+      cost +=
+          per_repository + p.request.running.size() + p.request.waiting.size();
+    }
+    return cost;
+  }
+};
+
 struct ReleaseResult {
   bool released = false;        // a lease was released
   bool dequeued = false;        // a queue entry was removed
@@ -203,12 +226,33 @@ class Driver {
   // request sent again changes nothing. At most kMaxImportRuns runs; a
   // request naming a run twice, or in both lists, is InvalidArgument and
   // writes nothing. The memory and PostgreSQL drivers take the whole
-  // request as one atomic step; this default (the etcd driver's) makes one
-  // AcquireSlot per run, each atomic and idempotent, so an interrupted call
-  // may leave part written and is completed by calling it again.
+  // request as one atomic step, and so does etcd up to its
+  // GetImportCapacity() (one Txn); a longer request is written there in
+  // parts of that size, oldest first, each atomic and idempotent, so an
+  // interrupted call may leave part written and is completed by calling it
+  // again. This default makes one AcquireSlot per run (the same, run by
+  // run).
   static constexpr size_t kMaxImportRuns = 5000;
   [[nodiscard]] virtual absl::StatusOr<ImportResult> ImportRuns(
       const Context& ctx, const Repository& repo, const ImportRequest& request);
+
+  // Records what a cluster shows of several repositories as one atomic
+  // step: every part is written as ImportRuns would write it, or, on any
+  // error, none is. Parts name distinct repositories; each part is checked
+  // as ImportRuns checks it, and a batch costing more than
+  // GetImportCapacity() allows is InvalidArgument; either writes nothing.
+  // The answers come in the parts' order. Sent again, the batch changes
+  // nothing. The memory, PostgreSQL and etcd drivers take the batch as one
+  // step (etcd: one Txn); this default calls ImportRuns part by part, each
+  // atomic, the whole not.
+  [[nodiscard]] virtual absl::StatusOr<std::vector<ImportResult>> ImportBatch(
+      const Context& ctx, const std::vector<RepositoryImport>& parts);
+  // The most one ImportBatch may carry on this driver. Memory and
+  // PostgreSQL: kMaxImportRuns runs. etcd: 64 runs and repositories (a
+  // Txn of at most 128 operations; each costs two at most).
+  [[nodiscard]] virtual ImportCapacity GetImportCapacity() {
+    return ImportCapacity{kMaxImportRuns, 0};
+  }
 
   // The limit last recorded for the repository (0: unlimited), or nullopt
   // when the backend has no record of it. Lets a caller that does not know

@@ -1,0 +1,403 @@
+// The etcd driver's imports (ImportBatch, ImportRuns): a batch of
+// repositories written by one Txn. Each repository is read afresh, its part
+// planned on that view (the running runs given seats, the waiting runs
+// queued or admitted oldest first), and the Txn commits only if no key of
+// any of its repositories was put since the reads: one compare per
+// repository, a range over its keys. A Txn carries at most kMaxTxnOps
+// operations; a run costs two at most (a seat and the delete of its queue
+// entry), a repository two (`meta` and its limit), so a batch takes 64 runs
+// and repositories (GetImportCapacity). Queue heads of other runs that a
+// raised limit admits, beyond what the Txn has room for, are admitted by
+// ordinary steps after it.
+#include <algorithm>
+#include <limits>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+
+#include "absl/cleanup/cleanup.h"
+#include "pac/concurrency/status.h"
+#include "src/common/keys.h"
+#include "src/common/logging.h"
+#include "src/common/strings.h"
+#include "src/etcd/etcd_driver.h"
+#include "src/etcd/etcd_encoding.h"
+
+namespace pac::concurrency::internal {
+
+namespace {
+
+// An entry this Txn joins has no revision yet: it sorts after every entry
+// of the view with its creation time.
+constexpr int64_t kPending = std::numeric_limits<int64_t>::max();
+
+}  // namespace
+
+ImportCapacity EtcdDriver::GetImportCapacity() {
+  return ImportCapacity{kMaxTxnOps / 2, 1};
+}
+
+absl::StatusOr<ImportResult> EtcdDriver::ImportRuns(
+    const Context& ctx, const Repository& repo, const ImportRequest& request) {
+  if (absl::Status s = ValidateImportRequest(repo, request); !s.ok()) {
+    return s;
+  }
+  const ImportCapacity cap = GetImportCapacity();
+  if (request.running.size() + request.waiting.size() + cap.per_repository <=
+      cap.runs) {
+    auto out = ImportBatch(ctx, {RepositoryImport{repo, request}});
+    if (!out.ok()) return out.status();
+    return std::move(out->front());
+  }
+  // More than one Txn carries: parts of it, the running runs first, then
+  // the waiting ones oldest first (equal times in request order), so that
+  // a part never admits a run ahead of an older one a later part brings.
+  // Each part is atomic and idempotent; the whole is not.
+  std::vector<const ImportRequest::Waiting*> by_time;
+  for (const ImportRequest::Waiting& w : request.waiting) by_time.push_back(&w);
+  std::stable_sort(by_time.begin(), by_time.end(),
+                   [](const auto* a, const auto* b) {
+                     return a->creation_time < b->creation_time;
+                   });
+  const size_t per_part = cap.runs - cap.per_repository;
+  std::set<std::string> others;
+  size_t r = 0, w = 0;
+  bool first = true;
+  while (first || r < request.running.size() || w < by_time.size()) {
+    ImportRequest part;
+    part.set_limit = request.set_limit;
+    for (; r < request.running.size() && part.running.size() < per_part; ++r) {
+      part.running.push_back(request.running[r]);
+    }
+    for (; w < by_time.size() &&
+           part.running.size() + part.waiting.size() < per_part;
+         ++w) {
+      part.waiting.push_back(*by_time[w]);
+    }
+    first = false;
+    auto got = ImportBatch(ctx, {RepositoryImport{repo, std::move(part)}});
+    if (!got.ok()) return got.status();
+    for (const Lease& l : got->front().others_admitted) {
+      others.insert(l.pipeline_run_key);
+    }
+  }
+  // The leases and places as the last part left them.
+  auto v = Read(ctx, repo.Key());
+  if (!v.ok()) return v.status();
+  ImportResult out = ImportResultOf(*v, request);
+  for (const Lease& l : RunningOfView(*v)) {
+    if (others.count(l.pipeline_run_key) > 0) out.others_admitted.push_back(l);
+  }
+  return out;
+}
+
+std::vector<Lease> EtcdDriver::RunningOfView(const RepoView& v) {
+  std::vector<Lease> out;
+  const absl::Time now = clock_->Now();
+  for (const auto& [run, slot] : v.slots) {
+    int64_t lease = 0;
+    ParseHex(slot.lease_hex, &lease);
+    Lease l = MakeLease(v.repo, run, lease, slot.revision, slot.seat, now);
+    l.expires_at = ExpiryOf(lease, now);
+    out.push_back(std::move(l));
+  }
+  return out;
+}
+
+ImportResult EtcdDriver::ImportResultOf(const RepoView& v,
+                                        const ImportRequest& request) {
+  std::map<std::string, Lease> held;
+  for (Lease& l : RunningOfView(v)) {
+    std::string run = l.pipeline_run_key;
+    held.emplace(std::move(run), std::move(l));
+  }
+  std::map<std::string, QueueEntry> queued;
+  for (QueueEntry& q : QueuedOf(v)) {
+    std::string run = q.pipeline_run_key;
+    queued.emplace(std::move(run), std::move(q));
+  }
+  ImportResult out;
+  for (const std::string& run : request.running) {
+    if (auto it = held.find(run); it != held.end()) {
+      out.running.push_back(it->second);
+    }
+  }
+  for (const ImportRequest::Waiting& w : request.waiting) {
+    if (auto it = held.find(w.pipeline_run_key); it != held.end()) {
+      out.admitted.push_back(it->second);
+    } else if (auto q = queued.find(w.pipeline_run_key); q != queued.end()) {
+      out.queued.push_back(q->second);
+    }
+  }
+  return out;
+}
+
+EtcdDriver::ImportCost EtcdDriver::PlanImport(
+    const RepositoryImport& part, const std::string& commit_id,
+    bool promote_others, const std::vector<int64_t>* leases, size_t* next_lease,
+    ImportPart* plan, etcdpb::TxnRequest* txn) {
+  const RepoView& v = plan->view;
+  plan->others.clear();
+  plan->promote_more = false;
+  const ImportRequest& req = part.request;
+  const std::string p = RepoPrefix(plan->repo);
+  const int32_t wanted = EffectiveLimit(part.repository);
+  // As an acquire with keep_recorded_limit records it, when set_limit is
+  // false: the recorded limit stays, the request's is recorded if none is.
+  const bool set = req.set_limit || !v.has_limit;
+  plan->limit = set ? wanted : v.limit;
+  const bool limit_changed = set && (!v.has_limit || v.limit != wanted);
+  RepoView& after = plan->after;
+  after = v;
+  ImportCost cost;
+  size_t& ops = cost.ops;
+  size_t& n_leases = cost.leases;
+  auto take_lease = [&]() -> int64_t {
+    return leases == nullptr ? 0 : (*leases)[(*next_lease)++];
+  };
+  const std::set<const QueueInfo*> stale = StaleEntries(v);
+  std::map<std::string, const QueueInfo*> live;
+  for (const QueueInfo& q : v.queue) {
+    if (stale.count(&q) == 0) live.emplace(q.run, &q);
+  }
+  // The running runs: a seat each (out of the queue if they wait there).
+  for (const std::string& run : req.running) {
+    if (after.slots.count(run) > 0) continue;
+    auto q = live.find(run);
+    const std::string dequeued = q == live.end() ? "" : q->second->key;
+    ops += dequeued.empty() ? 1 : 2;
+    ++n_leases;
+    if (txn != nullptr) {
+      AddGrant(txn, &after, run, take_lease(), dequeued, commit_id);
+    } else {
+      after.slots[run] = SlotInfo{run, "", 0, 0, commit_id, -1};
+    }
+    if (q != live.end()) {
+      std::erase_if(after.queue,
+                    [&](const QueueInfo& e) { return e.key == dequeued; });
+      live.erase(q);
+    }
+  }
+  // The waiting runs the backend does not hold yet join the queue, in
+  // request order among equal creation times.
+  std::set<std::string> mine(req.running.begin(), req.running.end());
+  const int64_t now_us = absl::ToUnixMicros(clock_->Now());
+  std::vector<QueueInfo> joining;
+  int64_t ord = 0;
+  for (const ImportRequest::Waiting& w : req.waiting) {
+    mine.insert(w.pipeline_run_key);
+    if (after.slots.count(w.pipeline_run_key) > 0 ||
+        live.count(w.pipeline_run_key) > 0) {
+      continue;
+    }
+    const int64_t us = absl::ToUnixMicros(w.creation_time);
+    joining.push_back(
+        QueueInfo{w.pipeline_run_key,
+                  Cat(p, "queue/", QueueTime(us), "/", w.pipeline_run_key), us,
+                  kPending, now_us, ++ord});
+  }
+  // Admission order over what waits: the live entries and the joining.
+  std::vector<const QueueInfo*> order;
+  for (const auto& [run, q] : live) order.push_back(q);
+  for (const QueueInfo& q : joining) order.push_back(&q);
+  std::sort(
+      order.begin(), order.end(), [](const QueueInfo* a, const QueueInfo* b) {
+        return std::tie(a->creation_us, a->create_revision, a->ord, a->key) <
+               std::tie(b->creation_us, b->create_revision, b->ord, b->key);
+      });
+  int64_t running = static_cast<int64_t>(after.slots.size());
+  std::set<const QueueInfo*> admitted;
+  for (const QueueInfo* q : order) {
+    if (plan->limit != 0 && running >= plan->limit) break;
+    const bool joins = q->create_revision == kPending;
+    if (!joins && mine.count(q->run) == 0) {
+      if (!promote_others) {
+        plan->promote_more = true;  // the rest by ordinary steps (FIFO)
+        break;
+      }
+      plan->others.insert(q->run);
+    }
+    ops += joins ? 1 : 2;
+    ++n_leases;
+    ++running;
+    admitted.insert(q);
+    if (txn != nullptr) {
+      AddGrant(txn, &after, q->run, take_lease(), joins ? "" : q->key,
+               commit_id);
+    } else {
+      after.slots[q->run] = SlotInfo{q->run, "", 0, 0, commit_id, -1};
+    }
+  }
+  for (const QueueInfo& q : joining) {
+    if (admitted.count(&q) > 0) continue;
+    ++ops;
+    if (txn != nullptr) {
+      *txn->add_success() =
+          PutOp(q.key, Cat(std::to_string(q.enqueued_us), "/", q.ord));
+    }
+    QueueInfo e = q;
+    e.create_revision = 0;  // the commit's, once known
+    after.queue.push_back(std::move(e));
+  }
+  plan->writes = ops > 0 || limit_changed;
+  if (!plan->writes) return cost;
+  ops += 1 + (limit_changed ? 1 : 0);  // meta, limit
+  if (txn != nullptr) {
+    // Commits only if no key of the repository was put since the read:
+    // no grant, no join, no limit, no `meta` (a deleted slot, an expiry or
+    // a release, only leaves a seat free, which FollowUp fills).
+    auto* cmp = txn->add_compare();
+    cmp->set_key(p);
+    cmp->set_range_end(PrefixEnd(p));
+    cmp->set_target(etcdpb::Compare::MOD);
+    cmp->set_result(etcdpb::Compare::LESS);
+    cmp->set_mod_revision(v.revision + 1);
+    *txn->add_success() = PutOp(p + "meta", commit_id);
+    if (limit_changed) {
+      *txn->add_success() = PutOp(p + "limit", std::to_string(wanted));
+      after.limit = wanted;
+      after.has_limit = true;
+    }
+  }
+  return cost;
+}
+
+absl::StatusOr<std::vector<ImportResult>> EtcdDriver::ImportBatch(
+    const Context& ctx, const std::vector<RepositoryImport>& parts) {
+  if (absl::Status s = ValidateImportBatch(parts, GetImportCapacity());
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = ctx.Err(); !s.ok()) return s;
+  if (absl::Status s = CheckOpen(); !s.ok()) return s;
+  // This process's guarded steps of these repositories wait their turn
+  // (taken in key order, so two batches cannot hold each other's).
+  std::map<std::string, size_t> by_repo;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    by_repo[parts[i].repository.Key()] = i;
+  }
+  std::vector<std::string> turns;
+  absl::Cleanup end_turns = [&] {
+    for (const std::string& repo : turns) EndTurn(repo);
+  };
+  for (const auto& [repo, i] : by_repo) {
+    if (absl::Status s = TakeTurn(ctx, repo, nullptr); !s.ok()) return s;
+    turns.push_back(repo);
+  }
+  std::vector<ImportPart> plans(parts.size());
+  for (int attempt = 0; attempt < kMaxAttempts; ++attempt) {
+    if (absl::Status s = ctx.Err(); !s.ok()) return s;
+    if (absl::Status s = CheckOpen(); !s.ok()) return s;
+    for (size_t i = 0; i < parts.size(); ++i) {
+      plans[i] = ImportPart{};
+      plans[i].repo = parts[i].repository.Key();
+      auto v = Read(ctx, plans[i].repo);
+      if (!v.ok()) return v.status();
+      plans[i].view = *std::move(v);
+    }
+    // Sized first (no Txn): admitting other runs' queue heads too if the
+    // Txn has room for them, else only the request's runs.
+    bool promote_others = true;
+    size_t ops = 0, n_leases = 0;
+    for (int pass = 0; pass < 2; ++pass) {
+      ops = n_leases = 0;
+      for (size_t i = 0; i < parts.size(); ++i) {
+        const ImportCost cost = PlanImport(
+            parts[i], "", promote_others, nullptr, nullptr, &plans[i], nullptr);
+        ops += cost.ops;
+        n_leases += cost.leases;
+      }
+      if (ops <= kMaxTxnOps) break;
+      promote_others = false;
+    }
+    if (ops > kMaxTxnOps) {
+      return absl::InternalError(Cat("etcd import: a batch planned ", ops,
+                                     " operations, above ", kMaxTxnOps,
+                                     " (GetImportCapacity)"));
+    }
+    if (ops == 0) {  // everything in place already
+      return Answer(ctx, parts, plans, 0, "");
+    }
+    auto leases = Leases(ctx, n_leases);
+    if (!leases.ok()) return leases.status();
+    const std::string commit_id = NewCommitId();
+    etcdpb::TxnRequest txn;
+    size_t next = 0;
+    for (size_t i = 0; i < parts.size(); ++i) {
+      PlanImport(parts[i], commit_id, promote_others, &*leases, &next,
+                 &plans[i], &txn);
+    }
+    auto tr = kv_->Txn(ctx, txn);
+    if (tr.ok() && tr->succeeded()) {
+      return Answer(ctx, parts, plans, tr->header().revision(), commit_id);
+    }
+    if (tr.ok() || absl::IsInvalidArgument(tr.status()) ||
+        absl::IsPermissionDenied(tr.status())) {
+      // Nothing written: the leases carry nothing.
+      MutexLock lock(&mu_);
+      for (int64_t l : *leases) spare_leases_.push_back(l);
+    }
+    if (!tr.ok() && !IsRetryable(tr.status())) return tr.status();
+    // A lost compare, or an answer lost (the Txn may have committed: the
+    // next plan, on fresh reads, then finds everything in place).
+  }
+  return absl::AbortedError("etcd import: too much contention; try again");
+}
+
+absl::StatusOr<std::vector<ImportResult>> EtcdDriver::Answer(
+    const Context& ctx, const std::vector<RepositoryImport>& parts,
+    std::vector<ImportPart>& plans, int64_t revision,
+    const std::string& commit_id) {
+  std::vector<ImportResult> out(parts.size());
+  for (size_t i = 0; i < parts.size(); ++i) {
+    ImportPart& plan = plans[i];
+    RepoView& after = plan.after;
+    if (revision > 0 && plan.writes) {
+      after.revision = revision;
+      after.meta_mod = revision;
+      after.meta_commit_id = commit_id;
+      after.exists = true;
+      for (auto& [run, slot] : after.slots) {
+        if (slot.revision == 0) slot.revision = revision;
+      }
+      for (QueueInfo& q : after.queue) {
+        if (q.create_revision == 0) q.create_revision = revision;
+      }
+      SortQueue(&after);
+      CacheView(plan.repo, after);
+    }
+    // Free seats beside a queue: heads this Txn had no room for, or seats
+    // freed since the read. Admitted by an ordinary step, in order.
+    std::set<std::string> others = plan.others;
+    const int64_t held = static_cast<int64_t>(after.slots.size());
+    const bool room = plan.limit == 0 || held < plan.limit;
+    if (!QueuedOf(after).empty() && (plan.promote_more || room)) {
+      auto r = Step(ctx, plan.repo, plan.limit, false, "", AcquireOptions{},
+                    /*holding_turn=*/true);
+      if (!r.ok()) return r.status();
+      for (const Lease& l : r->admitted) others.insert(l.pipeline_run_key);
+      auto v = Read(ctx, plan.repo);
+      if (!v.ok()) return v.status();
+      after = *std::move(v);
+    }
+    out[i] = ImportResultOf(after, parts[i].request);
+    std::set<std::string> mine(parts[i].request.running.begin(),
+                               parts[i].request.running.end());
+    for (const auto& w : parts[i].request.waiting) {
+      mine.insert(w.pipeline_run_key);
+    }
+    for (const Lease& l : RunningOfView(after)) {
+      if (others.count(l.pipeline_run_key) > 0 &&
+          mine.count(l.pipeline_run_key) == 0) {
+        out[i].others_admitted.push_back(l);
+      }
+    }
+    logger_->info("imported {} running and {} waiting runs into {}",
+                  parts[i].request.running.size(),
+                  parts[i].request.waiting.size(), plan.repo);
+  }
+  return out;
+}
+
+}  // namespace pac::concurrency::internal
