@@ -321,7 +321,8 @@ struct Report {
   Json repositories = Json::array();
   std::vector<std::string> running, admitted;
   struct Queued {
-    std::string run, repository;
+    std::string run;
+    server::PooledText repository;  // one copy per repository
     int64_t position;
   };
   std::vector<Queued> queued;

@@ -1,9 +1,10 @@
 // The etcd driver's imports (ImportBatch, ImportRuns): a batch of
-// repositories written by one Txn. Each repository is read afresh, its part
-// planned on that view (the running runs given seats, the waiting runs
+// repositories written by one Txn. Each repository's part is planned on
+// the driver's view of it (the running runs given seats, the waiting runs
 // queued or admitted oldest first), and the Txn commits only if no key of
-// any of its repositories was put since the reads: one compare per
-// repository, a range over its keys. A Txn carries at most kMaxTxnOps
+// any of its repositories was put since that view: one compare per
+// repository, a range over its keys; else it is planned again on fresh
+// reads. A Txn carries at most kMaxTxnOps
 // operations; a run costs two at most (a seat and the delete of its queue
 // entry), a repository two (`meta` and its limit), so a batch takes 64 runs
 // and repositories (GetImportCapacity). Queue heads of other runs that a
@@ -289,10 +290,16 @@ absl::StatusOr<std::vector<ImportResult>> EtcdDriver::ImportBatch(
   for (int attempt = 0; attempt < kMaxAttempts; ++attempt) {
     if (absl::Status s = ctx.Err(); !s.ok()) return s;
     if (absl::Status s = CheckOpen(); !s.ok()) return s;
+    // The first plan is on the views the watch keeps (an import's batches
+    // of one repository follow each other, each planned on what the last
+    // one left, instead of reading a queue that grows with every batch);
+    // a Txn that fails its compares is planned again on fresh reads.
     for (size_t i = 0; i < parts.size(); ++i) {
       plans[i] = ImportPart{};
       plans[i].repo = parts[i].repository.Key();
-      auto v = Read(ctx, plans[i].repo);
+      bool cached = false;
+      auto v = attempt == 0 ? View(ctx, plans[i].repo, &cached)
+                            : Read(ctx, plans[i].repo);
       if (!v.ok()) return v.status();
       plans[i].view = *std::move(v);
     }

@@ -94,6 +94,11 @@ constexpr const char* kMigration4 = R"SQL(
 SELECT 1;
 )SQL";
 
+// Migration 5: no table changes; pac_import numbers the queue once per call.
+constexpr const char* kMigration5 = R"SQL(
+SELECT 1;
+)SQL";
+
 // The functions, as this build has them: (re)created whenever the schema
 // moves to this build's version.
 constexpr const char* kFunctions = R"SQL(
@@ -395,6 +400,7 @@ DECLARE
   v_now TIMESTAMPTZ := clock_timestamp();
   v_limit INTEGER;
   v_seqs BIGINT[];
+  v_places JSONB;
   r RECORD;
 BEGIN
   -- Locks the repository row until the commit; reclaims expired leases.
@@ -444,12 +450,18 @@ BEGIN
       JOIN concurrency_slots s
         ON s.repository_key = p_repo AND s.pipeline_run_key = u.run
      ORDER BY u.n;
+  -- Every queue place, from one ordered scan of the queue, as a map: a
+  -- join on the numbered queue could be planned as a scan of the whole
+  -- queue per run (a new repository's statistics say it is small).
+  IF coalesce(cardinality(p_waiting), 0) > 0 THEN
+    SELECT jsonb_object_agg(x.run, x.pos) INTO v_places
+      FROM (SELECT q.pipeline_run_key AS run,
+                   row_number() OVER (ORDER BY q.creation_time,
+                                               q.queue_seq) AS pos
+              FROM concurrency_slots q
+             WHERE q.repository_key = p_repo AND q.state = 'queued') x;
+  END IF;
   RETURN QUERY
-    WITH places AS (
-      SELECT q.pipeline_run_key AS run,
-             row_number() OVER (ORDER BY q.creation_time, q.queue_seq) AS pos
-        FROM concurrency_slots q
-       WHERE q.repository_key = p_repo AND q.state = 'queued')
     SELECT CASE WHEN s.state = 'running' THEN 'held' ELSE 'queued' END,
            s.pipeline_run_key::text, s.lease_id,
            CASE WHEN s.state = 'running' THEN s.acquired_at
@@ -457,11 +469,10 @@ BEGIN
            CASE WHEN s.state = 'running' THEN s.expires_at
                 ELSE s.created_at END,
            coalesce(s.fencing_token, s.queue_seq),
-           coalesce(places.pos, 0)
+           coalesce((v_places ->> s.pipeline_run_key)::bigint, 0)
       FROM unnest(p_waiting) WITH ORDINALITY AS w(run, n)
       JOIN concurrency_slots s
         ON s.repository_key = p_repo AND s.pipeline_run_key = w.run
-      LEFT JOIN places ON places.run = w.run
      ORDER BY w.n;
 END $$;
 
@@ -665,7 +676,7 @@ absl::Status Migrate(PgConnection& conn, const Context& ctx) {
             ", newer than this build's ", kSchemaVersion));
   }
   const char* const migrations[] = {kMigration1, kMigration2, kMigration3,
-                                    kMigration4};
+                                    kMigration4, kMigration5};
   static_assert(std::size(migrations) == kSchemaVersion);
   for (int64_t v = have + 1; v <= kSchemaVersion; ++v) {
     auto m = conn.Exec(ctx, Cat(migrations[v - 1],

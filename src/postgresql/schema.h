@@ -12,7 +12,7 @@
 namespace pac::concurrency::internal {
 
 // The newest schema version this build knows.
-inline constexpr int kSchemaVersion = 4;
+inline constexpr int kSchemaVersion = 5;
 
 // Brings the database to kSchemaVersion. Idempotent and safe to run from
 // several processes at the same time.

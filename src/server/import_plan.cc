@@ -73,9 +73,11 @@ absl::StatusOr<ExportedRun> ReadPipelineRun(const Json& obj,
   if (*meta != nullptr) {
     const Json& m = **meta;
     const std::string at = Cat(where, ": metadata");
-    for (auto [key, out] :
-         {std::pair{"namespace", &r.ns}, std::pair{"name", &r.name},
-          std::pair{"creationTimestamp", &r.created}}) {
+    if (absl::Status s = StringAt(m, "namespace", at, &r.ns); !s.ok()) {
+      return s;
+    }
+    for (auto [key, out] : {std::pair{"name", &r.name},
+                            std::pair{"creationTimestamp", &r.created}}) {
       if (absl::Status s = StringAt(m, key, at, out); !s.ok()) return s;
     }
     auto labels = ObjectAt(m, "labels", at);

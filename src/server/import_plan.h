@@ -35,7 +35,8 @@ inline constexpr char kPendingStatus[] = "PipelineRunPending";
 // Fields with few distinct values are PooledText (eight bytes each): an
 // import holds every run of an export at once.
 struct ExportedRun {
-  std::string ns, name;
+  PooledText ns;  // few distinct: kept once (pooled_text.h)
+  std::string name;
   std::string created;  // metadata.creationTimestamp as written
   PooledText state_label, state_annotation;
   PooledText repository_label, repository_annotation;
@@ -43,7 +44,7 @@ struct ExportedRun {
   std::string execution_order;  // annotation
   PooledText spec_status;       // spec.status
   PooledText succeeded;         // status of the Succeeded condition, or ""
-  std::string Key() const { return ns + "/" + name; }
+  std::string Key() const { return ns.str() + "/" + name; }
 };
 
 // Reads one PipelineRun object (a full one as kubectl prints it, or the
