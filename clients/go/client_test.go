@@ -114,6 +114,20 @@ func TestSpecificationCallsKeepTheLimitAndTheOrder(t *testing.T) {
 		if err != nil || len(list) != 1 || list[0].Repository != repo.Key() {
 			t.Fatalf("ListRepositories(%s) = %+v, %v", ns, list, err)
 		}
+		// In pages: a second repository of ns comes on the second page.
+		second := repoOf(t, ns+"/zz", 1)
+		if _, err := c.SetRepositoryLimit(ctx, second); err != nil {
+			t.Fatalf("SetRepositoryLimit(%s): %v", second.Key(), err)
+		}
+		page, next, err := c.ListRepositoriesPage(ctx, ns, 1, "")
+		if err != nil || len(page) != 1 || page[0].Repository != repo.Key() || next != repo.Key() {
+			t.Fatalf("first page = %+v, %q, %v", page, next, err)
+		}
+		page, next, err = c.ListRepositoriesPage(ctx, ns, 1, next)
+		if err != nil || len(page) != 1 || page[0].Repository != second.Key() || next != "" {
+			t.Fatalf("second page = %+v, %q, %v", page, next, err)
+		}
+		testserver.Must(t, c.CleanupRepository(ctx, second), "CleanupRepository")
 		// The specification's states.
 		if _, err := c.GetRepositoryState(ctx, repo.Key()); !errors.Is(err, concurrency.ErrNotFound) {
 			t.Fatalf("GetRepositoryState before any was set: %v; want NOT_FOUND", err)

@@ -8,6 +8,7 @@ package concurrency
 import (
 	"context"
 	"net/url"
+	"strconv"
 	"time"
 )
 
@@ -149,20 +150,45 @@ func (c *Client) Status(ctx context.Context, repoKey string) (*RepositoryStatus,
 
 // ListRepositories returns the status of every repository the backend
 // holds a record of, in key order; a non-empty namespace lists only its.
+// It reads them in pages of 500 (one request each).
 func (c *Client) ListRepositories(ctx context.Context,
 	namespace string) ([]RepositoryStatus, error) {
-	query := ""
+	var all []RepositoryStatus
+	after := ""
+	for {
+		page, next, err := c.ListRepositoriesPage(ctx, namespace, 500, after)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, page...)
+		if next == "" {
+			return all, nil
+		}
+		after = next
+	}
+}
+
+// ListRepositoriesPage returns at most limit repositories (1 to 10,000)
+// with keys after `after` ("" for the first page), and the `after` of the
+// next page ("" when this one is the last).
+func (c *Client) ListRepositoriesPage(ctx context.Context, namespace string,
+	limit int, after string) ([]RepositoryStatus, string, error) {
+	q := url.Values{"limit": {strconv.Itoa(limit)}}
 	if namespace != "" {
-		query = url.Values{"namespace": {namespace}}.Encode()
+		q.Set("namespace", namespace)
+	}
+	if after != "" {
+		q.Set("after", after)
 	}
 	var out struct {
 		Repositories []RepositoryStatus `json:"repositories"`
+		Next         string             `json:"next"`
 	}
 	if err := c.call(ctx, "ListRepositories", "GET", c.pathOf("v1", "repositories"),
-		query, nil, &out); err != nil {
-		return nil, err
+		q.Encode(), nil, &out); err != nil {
+		return nil, "", err
 	}
-	return out.Repositories, nil
+	return out.Repositories, out.Next, nil
 }
 
 // GetCurrentSlots is the number of slots in use.

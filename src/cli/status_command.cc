@@ -44,9 +44,21 @@ int Status(const GlobalOptions& g, const std::string& repo,
   auto api = OpenApi(g, *ctx);
   if (!api.ok()) return Fail(api.status());
   if (repo.empty()) {
-    auto all = (*api)->api->ListRepositories(*ctx, ns);
-    if (!all.ok()) return Fail(all.status());
-    Print(g, *all, [](const Json& doc) {
+    // Page by page (each page one request, its statuses read by the
+    // server), all of them shown.
+    Json all = {{"repositories", Json::array()}};
+    server::ListPage page;
+    page.limit = 500;
+    while (true) {
+      auto one = (*api)->api->ListRepositories(*ctx, ns, page);
+      if (!one.ok()) return Fail(one.status());
+      for (Json& r : (*one)["repositories"]) {
+        all["repositories"].push_back(std::move(r));
+      }
+      if (!one->contains("next")) break;
+      page.after = (*one)["next"].get<std::string>();
+    }
+    Print(g, all, [](const Json& doc) {
       if (doc["repositories"].empty()) std::printf("no repositories\n");
       for (const Json& r : doc["repositories"]) PrintRepository(r);
     });

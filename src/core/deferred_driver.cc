@@ -74,6 +74,12 @@ class DeferredDriver final : public Driver {
     if (!d.ok()) return ImportCapacity{64, 1};
     return (*d)->GetImportCapacity();
   }
+  absl::StatusOr<std::vector<RepositoryCounts>> GetRepositoryCounts(
+      const Context& ctx) override {
+    auto d = Get();
+    if (!d.ok()) return d.status();
+    return (*d)->GetRepositoryCounts(ctx);
+  }
   absl::StatusOr<std::optional<int32_t>> GetRepositoryLimit(
       const Context& ctx, std::string_view repo) override {
     auto d = Get();

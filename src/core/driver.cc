@@ -129,6 +129,22 @@ absl::StatusOr<ImportResult> Driver::ImportRuns(const Context& ctx,
   return out;
 }
 
+absl::StatusOr<std::vector<RepositoryCounts>> Driver::GetRepositoryCounts(
+    const Context& ctx) {
+  auto repos = ListRepositories(ctx, "");
+  if (!repos.ok()) return repos.status();
+  std::vector<RepositoryCounts> out;
+  out.reserve(repos->size());
+  for (const std::string& key : *repos) {
+    auto snap = GetRepositorySnapshot(ctx, key);
+    if (!snap.ok()) return snap.status();
+    out.push_back(RepositoryCounts{key, snap->limit,
+                                   static_cast<int64_t>(snap->running.size()),
+                                   static_cast<int64_t>(snap->queued.size())});
+  }
+  return out;
+}
+
 // Part by part: each atomic, the whole not (see the declaration).
 absl::StatusOr<std::vector<ImportResult>> Driver::ImportBatch(
     const Context& ctx, const std::vector<RepositoryImport>& parts) {

@@ -249,6 +249,57 @@ absl::StatusOr<std::vector<std::string>> EtcdDriver::ListRepositories(
   return out;
 }
 
+absl::StatusOr<std::vector<RepositoryCounts>> EtcdDriver::GetRepositoryCounts(
+    const Context& ctx) {
+  if (absl::Status s = ctx.Err(); !s.ok()) return s;
+  if (absl::Status s = CheckOpen(); !s.ok()) return s;
+  // Every key under `P repo/`, in pages, each repository's keys decoded
+  // into a view as they come (keys sort by repository): its limit, slots
+  // (etcd deletes a slot whose lease ran out) and queue (a run's entry
+  // counted once, as QueuedOf shows it).
+  const std::string p = prefix_ + "repo/";
+  const std::string end = PrefixEnd(p);
+  constexpr int64_t kPage = 4096;
+  std::vector<RepositoryCounts> out;
+  RepoView v;
+  auto flush = [&] {
+    if (v.repo.empty()) return;
+    if (v.has_limit || !v.slots.empty() || !v.queue.empty()) {
+      SortQueue(&v);
+      out.push_back(RepositoryCounts{
+          v.repo, v.has_limit ? std::optional<int32_t>(v.limit) : std::nullopt,
+          static_cast<int64_t>(v.slots.size()),
+          static_cast<int64_t>(QueuedOf(v).size())});
+    }
+    v = RepoView{};
+  };
+  std::string start = p;
+  while (true) {
+    etcdpb::RangeRequest req;
+    req.set_key(start);
+    req.set_range_end(end);
+    req.set_limit(kPage);
+    auto r = kv_->Range(ctx, req);
+    if (!r.ok()) return r.status();
+    for (const etcdpb::KeyValue& kv : r->kvs()) {
+      std::string_view repo, kind;
+      if (!SplitRepoKey(std::string_view(kv.key()).substr(p.size()), &repo,
+                        &kind)) {
+        continue;
+      }
+      if (repo != v.repo) {
+        flush();
+        v.repo = std::string(repo);
+      }
+      ApplyKv(&v, kind, true, kv);
+    }
+    if (!r->more() || r->kvs_size() == 0) break;
+    start = r->kvs(r->kvs_size() - 1).key() + '\0';
+  }
+  flush();
+  return out;
+}
+
 absl::StatusOr<int> EtcdDriver::GetCurrentSlots(const Context& ctx,
                                                 std::string_view repo_key) {
   auto l = GetRunningPipelineRuns(ctx, repo_key);

@@ -96,6 +96,8 @@ class EtcdDriver final : public Driver {
   absl::StatusOr<std::vector<ImportResult>> ImportBatch(
       const Context& ctx, const std::vector<RepositoryImport>& parts) override;
   ImportCapacity GetImportCapacity() override;
+  absl::StatusOr<std::vector<RepositoryCounts>> GetRepositoryCounts(
+      const Context& ctx) override;
 
   absl::Duration LeaseTTL() const override { return ttl_; }
   absl::Status Close() override;

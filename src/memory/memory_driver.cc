@@ -590,6 +590,30 @@ absl::StatusOr<std::vector<std::string>> MemoryDriver::ListRepositories(
   return out;
 }
 
+absl::StatusOr<std::vector<RepositoryCounts>> MemoryDriver::GetRepositoryCounts(
+    const Context& ctx) {
+  if (absl::Status s = ctx.Err(); !s.ok()) return s;
+  if (absl::Status s = CheckOpen(); !s.ok()) return s;
+  const absl::Time now = clock_->Now();
+  std::vector<RepositoryCounts> out;
+  for (Shard& shard : shards_) {
+    MutexLock lock(&shard.mu);
+    for (const auto& [key, rs] : shard.repos) {
+      if (!rs.limit_recorded) continue;  // as ListRepositories
+      RepositoryCounts c{key, rs.limit, 0,
+                         static_cast<int64_t>(rs.queue.size())};
+      for (const auto& [run, rec] : rs.running) {
+        if (rec.expires_at > now) ++c.running;
+      }
+      out.push_back(std::move(c));
+    }
+  }
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) {
+    return a.repository_key < b.repository_key;
+  });
+  return out;
+}
+
 absl::StatusOr<int> MemoryDriver::GetCurrentSlots(const Context& ctx,
                                                   std::string_view repo_key) {
   auto leases = GetRunningPipelineRuns(ctx, repo_key);

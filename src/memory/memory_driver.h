@@ -64,6 +64,8 @@ class MemoryDriver final : public Driver {
       const ImportRequest& request) override;
   absl::StatusOr<std::vector<ImportResult>> ImportBatch(
       const Context& ctx, const std::vector<RepositoryImport>& parts) override;
+  absl::StatusOr<std::vector<RepositoryCounts>> GetRepositoryCounts(
+      const Context& ctx) override;
   absl::StatusOr<std::vector<Lease>> SetRepositoryLimit(
       const Context& ctx, const Repository& repo) override;
   absl::StatusOr<std::optional<int32_t>> GetRepositoryLimit(

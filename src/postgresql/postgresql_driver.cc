@@ -553,6 +553,40 @@ absl::StatusOr<std::vector<std::string>> PostgreSQLDriver::ListRepositories(
   return out;
 }
 
+absl::StatusOr<std::vector<RepositoryCounts>>
+PostgreSQLDriver::GetRepositoryCounts(const Context& ctx) {
+  // One pass over the slots, grouped, beside the recorded limits: the
+  // repositories ListRepositories lists (a row, or a live run).
+  auto r = Query(
+      ctx,
+      "WITH c AS (SELECT repository_key,"
+      " count(*) FILTER (WHERE state = 'running' AND"
+      " expires_at > clock_timestamp()) AS running,"
+      " count(*) FILTER (WHERE state = 'queued') AS queued"
+      " FROM concurrency_slots GROUP BY repository_key)"
+      " SELECT coalesce(r.repository_key, c.repository_key),"
+      " r.concurrency_limit, coalesce(c.running, 0), coalesce(c.queued, 0)"
+      " FROM pac_repositories r FULL JOIN c"
+      " ON c.repository_key = r.repository_key"
+      " WHERE r.repository_key IS NOT NULL OR c.running > 0 OR c.queued > 0",
+      {});
+  if (!r.ok()) return r.status();
+  std::vector<RepositoryCounts> out;
+  out.reserve(r->rows());
+  for (int i = 0; i < r->rows(); ++i) {
+    RepositoryCounts c;
+    c.repository_key = std::string(r->Get(i, 0));
+    if (!r->IsNull(i, 1)) c.limit = static_cast<int32_t>(r->GetInt(i, 1));
+    c.running = r->GetInt(i, 2);
+    c.queued = r->GetInt(i, 3);
+    out.push_back(std::move(c));
+  }
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) {
+    return a.repository_key < b.repository_key;  // byte order
+  });
+  return out;
+}
+
 absl::StatusOr<int> PostgreSQLDriver::GetCurrentSlots(
     const Context& ctx, std::string_view repo_key) {
   if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;

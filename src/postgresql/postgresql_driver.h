@@ -46,6 +46,8 @@ class PostgreSQLDriver final : public Driver {
       const ImportRequest& request) override;
   absl::StatusOr<std::vector<ImportResult>> ImportBatch(
       const Context& ctx, const std::vector<RepositoryImport>& parts) override;
+  absl::StatusOr<std::vector<RepositoryCounts>> GetRepositoryCounts(
+      const Context& ctx) override;
   absl::StatusOr<ReleaseResult> ReleaseSlot(const Context& ctx,
                                             std::string_view lease_id,
                                             std::string_view run_key,

@@ -16,6 +16,7 @@
 #include <initializer_list>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -27,6 +28,15 @@
 namespace pac::concurrency::server {
 
 using Json = nlohmann::json;
+
+// A page of a listing (Api::ListRepositories).
+struct ListPage {
+  static constexpr size_t kMaxLimit = 10000;
+  size_t limit = 0;   // at most this many repositories; 0: all
+  std::string after;  // keys after this one (empty: from the first)
+  // Only repositories of these namespaces (a token's; empty: every one).
+  std::vector<std::string> namespaces;
+};
 
 class Api {
  public:
@@ -57,9 +67,11 @@ class Api {
       const Context& ctx, std::string_view repo_key) = 0;
   // Status of every repository the backend holds a record of (a limit, a
   // running or a queued run), in key order; only those of `namespace_name`
-  // when it is not empty.
+  // when it is not empty, and one page of them: {"repositories": [...],
+  // "next": key} (`next` when more follow: the `after` of the next page).
   [[nodiscard]] virtual absl::StatusOr<Json> ListRepositories(
-      const Context& ctx, std::string_view namespace_name) = 0;
+      const Context& ctx, std::string_view namespace_name,
+      const ListPage& page) = 0;
   // {"version": "0.1.0", "driver": "memory"}: this build and the backend it
   // uses (through a server: the server's).
   [[nodiscard]] virtual absl::StatusOr<Json> Version(const Context& ctx) = 0;

@@ -221,6 +221,13 @@ TEST_F(RolesTest, NamespaceLimitedTokensActOnlyInTheirNamespaces) {
   Json list = Json::parse(all->body);
   ASSERT_EQ(list["repositories"].size(), 1u) << all->body;
   EXPECT_EQ(list["repositories"][0]["repository"], "ns/app");
+  // Pages of a limited token hold only its namespaces too.
+  auto paged = Send("read-ns", "GET", "/v1/repositories?limit=1", "");
+  ASSERT_EQ(paged->status, 200);
+  Json first = Json::parse(paged->body);
+  ASSERT_EQ(first["repositories"].size(), 1u) << paged->body;
+  EXPECT_EQ(first["repositories"][0]["repository"], "ns/app");
+  EXPECT_FALSE(first.contains("next")) << paged->body;
   EXPECT_EQ(
       Send("read-ns", "GET", "/v1/repositories?namespace=other", "")->status,
       403);

@@ -1,5 +1,6 @@
 #include "src/server/http_server.h"
 
+#include <charconv>
 #include <tuple>
 
 #include "pac/concurrency/config.h"
@@ -343,25 +344,31 @@ void HttpServer::Routes() {
         return ok(service_->Version(ctx));
       }));
   add("GET", "/v1/repositories", read_list,
-      wrap("/v1/repositories",
-           [this, ok](HttpRequest& req, const Context& ctx) {
-             auto list = service_->ListRepositories(
-                 ctx, req.get_param_value("namespace"));
-             if (list.ok() && !req.namespaces.empty()) {
-               // A token limited to namespaces sees only their
-               // repositories.
-               Principal who{Role::kRead, req.namespaces};
-               Json kept = Json::array();
-               for (Json& r : (*list)["repositories"]) {
-                 const std::string key = r.value("repository", "");
-                 if (who.AllowsNamespace(key.substr(0, key.find('/')))) {
-                   kept.push_back(std::move(r));
-                 }
-               }
-               (*list)["repositories"] = std::move(kept);
-             }
-             return ok(std::move(list));
-           }));
+      wrap("/v1/repositories", [this, ok](HttpRequest& req,
+                                          const Context& ctx) {
+        ListPage page;
+        if (req.has_param("limit")) {
+          const std::string v = req.get_param_value("limit");
+          size_t n = 0;
+          auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+          if (ec != std::errc() || end != v.data() + v.size() || n < 1 ||
+              n > ListPage::kMaxLimit) {
+            return ok(absl::InvalidArgumentError(
+                Cat("limit: an integer from 1 to ", ListPage::kMaxLimit)));
+          }
+          page.limit = n;
+        }
+        page.after = req.get_param_value("after");
+        if (req.has_param("after") && page.after.empty()) {
+          return ok(absl::InvalidArgumentError(
+              "after: a repository key (namespace/name)"));
+        }
+        // A token limited to namespaces sees only their
+        // repositories.
+        page.namespaces = req.namespaces;
+        return ok(service_->ListRepositories(
+            ctx, req.get_param_value("namespace"), page));
+      }));
   add("POST", "/v1/repositories", admin_all,
       wrap("/v1/repositories",
            [this, ok](HttpRequest& req, const Context& ctx) {

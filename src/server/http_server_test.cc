@@ -10,6 +10,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_format.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "httplib.h"
@@ -84,6 +85,11 @@ TEST_F(HttpServerTest, MalformedRequestsGet4xxWithAMessageAndServingGoesOn) {
       {"POST", "/v1/repositories", "kind: Repository\nmetadata: {name: x}\n",
        400, "metadata.namespace"},
       {"GET", "/v1/repositories?namespace=Bad_NS", "", 400, "namespace"},
+      {"GET", "/v1/repositories?limit=0", "", 400, "limit"},
+      {"GET", "/v1/repositories?limit=10001", "", 400, "limit"},
+      {"GET", "/v1/repositories?limit=2x", "", 400, "limit"},
+      {"GET", "/v1/repositories?after=Not/A/Key", "", 400, "after"},
+      {"GET", "/v1/repositories?after=", "", 400, "after"},
       {"GET", "/v1/nothing/here", "", 404, "no route"},
       {"POST", "/v1/leases/zzz/renew", "", 410, "lease"},
   };
@@ -106,6 +112,54 @@ TEST_F(HttpServerTest, MalformedRequestsGet4xxWithAMessageAndServingGoesOn) {
   EXPECT_EQ(ready->status, 200);
   // Nothing was written by the refused requests.
   EXPECT_FALSE(driver_->GetRepositoryLimit(ctx_, "ns/app")->has_value());
+}
+
+// A listing in pages: `limit` repositories at most, from after `after`,
+// with `next` while more follow; the pages together are the whole list,
+// in key order, and RemoteApi pages the same way.
+TEST_F(HttpServerTest, ListingsComeInPagesThatJoinIntoTheWholeList) {
+  Start();
+  std::vector<std::string> keys;
+  for (int i = 0; i < 7; ++i) {
+    const std::string key = absl::StrFormat("pg%d/app", i);
+    keys.push_back(key);
+    ASSERT_TRUE(
+        driver_->SetRepositoryLimit(ctx_, *Repository::FromKey(key, 1)).ok());
+  }
+  auto c = Client();
+  std::vector<std::string> seen;
+  std::string after;
+  int pages = 0;
+  while (true) {
+    std::string path = "/v1/repositories?limit=3";
+    if (!after.empty()) path += "&after=" + after;
+    auto r = c.Get(path);
+    ASSERT_TRUE(r);
+    ASSERT_EQ(r->status, 200) << r->body;
+    Json page = Body(r);
+    ++pages;
+    EXPECT_LE(page["repositories"].size(), 3u);
+    for (const Json& repo : page["repositories"]) {
+      seen.push_back(repo["repository"]);
+      EXPECT_EQ(repo["concurrency_limit"], 1);
+    }
+    if (!page.contains("next")) break;
+    after = page["next"].get<std::string>();
+    EXPECT_EQ(after, seen.back());
+  }
+  EXPECT_EQ(pages, 3);
+  EXPECT_EQ(seen, keys);
+  // The whole list without a limit, and one page through RemoteApi.
+  EXPECT_EQ(Body(c.Get("/v1/repositories"))["repositories"].size(), 7u);
+  RemoteApi api(url_, "");
+  ListPage page;
+  page.limit = 2;
+  page.after = "pg4/app";
+  auto r = api.ListRepositories(ctx_, "", page);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ((*r)["repositories"].size(), 2u);
+  EXPECT_EQ((*r)["repositories"][0]["repository"], "pg5/app");
+  EXPECT_FALSE(r->contains("next"));
 }
 
 TEST_F(HttpServerTest, BearerTokenGuardsEveryMutatingRequest) {
@@ -431,6 +485,20 @@ TEST_F(HttpServerTest, MetricsExposeGaugesCountersAndHistograms) {
   EXPECT_THAT(m->body, HasSubstr("pac_acquire_duration_seconds_count{outcome="
                                  "\"acquired\"} 1"));
   EXPECT_THAT(m->body, HasSubstr("pac_http_requests_total{code=\"400\""));
+  // A repository another process wrote, which this server never served,
+  // is in the gauges too (before, only repositories it had seen were).
+  Repository unseen{"other", "app", 2};
+  ASSERT_TRUE(driver_->AcquireSlot(ctx_, unseen, "other/r1")->acquired);
+  ASSERT_TRUE(driver_->AcquireSlot(ctx_, unseen, "other/r2")->acquired);
+  ASSERT_FALSE(driver_->AcquireSlot(ctx_, unseen, "other/r3")->acquired);
+  m = c.Get("/metrics");
+  ASSERT_TRUE(m);
+  EXPECT_THAT(m->body,
+              HasSubstr("pac_slots_in_use{repository=\"other/app\"} 2"));
+  EXPECT_THAT(m->body,
+              HasSubstr("pac_concurrency_limit{repository=\"other/app\"} 2"));
+  EXPECT_THAT(m->body,
+              HasSubstr("pac_queue_depth{repository=\"other/app\"} 1"));
 }
 
 TEST_F(HttpServerTest, ManyClientsThroughOneServerNeverExceedTheLimit) {

@@ -260,17 +260,26 @@ absl::StatusOr<Json> RemoteApi::Status(const Context& ctx,
 }
 
 absl::StatusOr<Json> RemoteApi::ListRepositories(
-    const Context& ctx, std::string_view namespace_name) {
+    const Context& ctx, std::string_view namespace_name, const ListPage& page) {
+  // Checked here too: the values go into the URL as they are.
+  std::vector<std::string> query;
   if (!namespace_name.empty()) {
-    // Checked here too: the name goes into the URL as it is.
     if (absl::Status s = ValidateNamespace(namespace_name, "namespace");
         !s.ok()) {
       return s;
     }
-    return Call(ctx, "GET", Cat("/v1/repositories?namespace=", namespace_name),
-                "", "");
+    query.push_back(Cat("namespace=", namespace_name));
   }
-  return Call(ctx, "GET", "/v1/repositories", "", "");
+  if (page.limit > 0) query.push_back(Cat("limit=", page.limit));
+  if (!page.after.empty()) {
+    if (absl::Status s = ValidateKey(page.after, "after"); !s.ok()) return s;
+    query.push_back(Cat("after=", page.after));
+  }
+  std::string path = "/v1/repositories";
+  for (size_t i = 0; i < query.size(); ++i) {
+    path += (i == 0 ? "?" : "&") + query[i];
+  }
+  return Call(ctx, "GET", path, "", "");
 }
 
 absl::StatusOr<Json> RemoteApi::Version(const Context& ctx) {

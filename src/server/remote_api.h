@@ -45,8 +45,9 @@ class RemoteApi final : public Api {
                              std::string_view lease_id) override;
   absl::StatusOr<Json> Status(const Context& ctx,
                               std::string_view repo_key) override;
-  absl::StatusOr<Json> ListRepositories(
-      const Context& ctx, std::string_view namespace_name) override;
+  absl::StatusOr<Json> ListRepositories(const Context& ctx,
+                                        std::string_view namespace_name,
+                                        const ListPage& page) override;
   absl::StatusOr<Json> Version(const Context& ctx) override;
   absl::StatusOr<Json> SetState(const Context& ctx, StateOf of,
                                 std::string_view key,

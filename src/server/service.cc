@@ -1,5 +1,6 @@
 #include "src/server/service.h"
 
+#include <algorithm>
 #include <deque>
 #include <memory>
 
@@ -316,20 +317,46 @@ absl::StatusOr<Json> Service::Status(const Context& ctx,
   return out;
 }
 
-absl::StatusOr<Json> Service::ListRepositories(
-    const Context& ctx, std::string_view namespace_name) {
+absl::StatusOr<Json> Service::ListRepositories(const Context& ctx,
+                                               std::string_view namespace_name,
+                                               const ListPage& page) {
+  if (page.limit > ListPage::kMaxLimit) {
+    return absl::InvalidArgumentError(
+        Cat("limit: at most ", ListPage::kMaxLimit));
+  }
+  if (!page.after.empty()) {
+    if (absl::Status s = ValidateKey(page.after, "after"); !s.ok()) return s;
+  }
+  // The keys (one listing of the backend), then the status of the page's
+  // repositories only.
   auto repos = driver_->ListRepositories(ctx, namespace_name);
   if (!repos.ok()) {
     CountError("list", repos.status());
     return repos.status();
   }
+  auto visible = [&](const std::string& key) {
+    if (page.namespaces.empty()) return true;
+    const std::string_view ns = std::string_view(key).substr(0, key.find('/'));
+    return std::find(page.namespaces.begin(), page.namespaces.end(), ns) !=
+           page.namespaces.end();
+  };
   Json out = Json::array();
+  std::string last;
+  bool more = false;
   for (const std::string& r : *repos) {
+    if ((!page.after.empty() && r <= page.after) || !visible(r)) continue;
+    if (page.limit > 0 && out.size() == page.limit) {
+      more = true;
+      break;
+    }
     auto s = Status(ctx, r);
     if (!s.ok()) return s.status();
-    out.push_back(*s);
+    out.push_back(*std::move(s));
+    last = r;
   }
-  return Json{{"repositories", out}};
+  Json answer = {{"repositories", std::move(out)}};
+  if (more) answer["next"] = last;
+  return answer;
 }
 
 absl::StatusOr<Json> Service::Version(const Context& ctx) {
@@ -465,19 +492,30 @@ std::vector<Metrics::Gauge> Service::Gauges(const Context& ctx) {
     MutexLock lock(&mu_);
     repos = repos_;
   }
+  // Every repository the backend holds (one read of all their sizes),
+  // and those this service has seen that it no longer holds, at zero.
   std::vector<Metrics::Gauge> in_use, limit, depth;
-  for (const std::string& r : repos) {
-    Labels labels{{"repository", r}};
-    auto snap = driver_->GetRepositorySnapshot(ctx, r);
-    if (!snap.ok()) continue;
-    in_use.push_back({"pac_slots_in_use", labels,
-                      static_cast<double>(snap->running.size())});
-    if (snap->limit.has_value()) {
-      limit.push_back(
-          {"pac_concurrency_limit", labels, static_cast<double>(*snap->limit)});
+  // (The backend unreachable: no repository gauges, rather than zeros.)
+  std::vector<RepositoryCounts> all;
+  if (auto counts = driver_->GetRepositoryCounts(ctx); counts.ok()) {
+    all = *std::move(counts);
+    std::set<std::string> held;
+    for (const RepositoryCounts& c : all) held.insert(c.repository_key);
+    for (const std::string& r : repos) {
+      if (held.count(r) == 0) all.push_back({r, {}, 0, 0});
     }
-    depth.push_back(
-        {"pac_queue_depth", labels, static_cast<double>(snap->queued.size())});
+  } else {
+    CountError("metrics", counts.status());
+  }
+  for (const RepositoryCounts& c : all) {
+    Labels labels{{"repository", c.repository_key}};
+    in_use.push_back(
+        {"pac_slots_in_use", labels, static_cast<double>(c.running)});
+    if (c.limit.has_value()) {
+      limit.push_back(
+          {"pac_concurrency_limit", labels, static_cast<double>(*c.limit)});
+    }
+    depth.push_back({"pac_queue_depth", labels, static_cast<double>(c.queued)});
   }
   std::vector<Metrics::Gauge> out;
   out.push_back({"pac_build_info",

@@ -41,8 +41,9 @@ class Service final : public Api {
                              std::string_view lease_id) override;
   absl::StatusOr<Json> Status(const Context& ctx,
                               std::string_view repo_key) override;
-  absl::StatusOr<Json> ListRepositories(
-      const Context& ctx, std::string_view namespace_name) override;
+  absl::StatusOr<Json> ListRepositories(const Context& ctx,
+                                        std::string_view namespace_name,
+                                        const ListPage& page) override;
   absl::StatusOr<Json> Version(const Context& ctx) override;
   absl::StatusOr<Json> SetState(const Context& ctx, StateOf of,
                                 std::string_view key,
@@ -56,7 +57,9 @@ class Service final : public Api {
                      const std::function<bool(const Json&)>& on_event,
                      const std::function<bool()>& on_ready) override;
 
-  // Scrape-time gauges for every repository this service has seen.
+  // Scrape-time gauges for every repository the backend holds (one
+  // GetRepositoryCounts), and at zero for those this service has seen that
+  // it no longer holds.
   std::vector<Metrics::Gauge> Gauges(const Context& ctx);
   // Whether the backend answers a read within kReadyTimeout.
   static constexpr absl::Duration kReadyTimeout = absl::Milliseconds(600);

@@ -9,6 +9,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "gmock/gmock.h"
@@ -168,6 +169,51 @@ TEST_P(DriverConformanceTest, Rule01_RecordedLimitIsReadBack) {
   EXPECT_FALSE(driver_->GetRepositoryLimit(ctx_, repo.Key())->has_value());
   EXPECT_EQ(driver_->GetRepositoryLimit(ctx_, "Bad Key").status().code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+// GetRepositoryCounts (what /metrics reads): every repository
+// ListRepositories lists, with the sizes its snapshot shows, read by
+// another process too.
+TEST_P(DriverConformanceTest,
+       Rule01_CountsOfEveryRepositoryMatchTheirSnapshots) {
+  Repository busy = Repo("cbusy", 2);
+  for (const char* r : {"a", "b", "c", "d", "e"}) {
+    (void)*driver_->AcquireSlot(ctx_, busy, Run(r));
+  }
+  ASSERT_TRUE(driver_->SetRepositoryLimit(ctx_, Repo("cidle", 4)).ok());
+  Repository freed = Repo("cfreed", 1);
+  ASSERT_TRUE(driver_->AcquireSlot(ctx_, freed, Run("f"))->acquired);
+  ASSERT_TRUE(driver_->ReleaseSlot(ctx_, "", Run("f"), freed.Key()).ok());
+  ASSERT_TRUE(driver_->SetRepositoryState(ctx_, Repo("cstate", 1), "x").ok());
+  std::unique_ptr<Driver> other = MakeDriver();
+  for (Driver* d : {driver_.get(), other.get()}) {
+    auto counts = d->GetRepositoryCounts(ctx_);
+    ASSERT_TRUE(counts.ok()) << counts.status();
+    std::vector<std::string> keys;
+    for (const RepositoryCounts& c : *counts) {
+      if (!absl::StartsWith(c.repository_key, ns_ + "/")) continue;
+      keys.push_back(c.repository_key);
+      auto snap = d->GetRepositorySnapshot(ctx_, c.repository_key);
+      ASSERT_TRUE(snap.ok());
+      EXPECT_EQ(c.limit, snap->limit) << c.repository_key;
+      EXPECT_EQ(c.running, static_cast<int64_t>(snap->running.size()))
+          << c.repository_key;
+      EXPECT_EQ(c.queued, static_cast<int64_t>(snap->queued.size()))
+          << c.repository_key;
+    }
+    EXPECT_EQ(keys, *d->ListRepositories(ctx_, ns_));
+    EXPECT_EQ(keys.size(), 3u);
+  }
+  auto counts = driver_->GetRepositoryCounts(ctx_);
+  ASSERT_TRUE(counts.ok());
+  for (const RepositoryCounts& c : *counts) {
+    if (c.repository_key == busy.Key()) {
+      EXPECT_EQ(c.limit, 2);
+      EXPECT_EQ(c.running, 2);
+      EXPECT_EQ(c.queued, 3);
+    }
+  }
+  EXPECT_TRUE(other->Close().ok());
 }
 
 TEST_P(DriverConformanceTest, Rule01_RepositoriesWithARecordAreListed) {

@@ -81,6 +81,11 @@ class ForwardingDriver : public Driver {
     if (closed_) return Closed();
     return store_->ImportBatch(ctx, parts);
   }
+  absl::StatusOr<std::vector<RepositoryCounts>> GetRepositoryCounts(
+      const Context& ctx) override {
+    if (closed_) return Closed();
+    return store_->GetRepositoryCounts(ctx);
+  }
   ImportCapacity GetImportCapacity() override {
     return store_->GetImportCapacity();
   }

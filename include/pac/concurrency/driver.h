@@ -124,6 +124,14 @@ struct ImportResult {
   std::vector<Lease> others_admitted;
 };
 
+// One repository's sizes (Driver::GetRepositoryCounts).
+struct RepositoryCounts {
+  std::string repository_key;
+  std::optional<int32_t> limit;  // as GetRepositoryLimit
+  int64_t running = 0;           // unexpired leases
+  int64_t queued = 0;            // queued runs
+};
+
 // One repository's part of an ImportBatch.
 struct RepositoryImport {
   Repository repository;
@@ -253,6 +261,14 @@ class Driver {
   [[nodiscard]] virtual ImportCapacity GetImportCapacity() {
     return ImportCapacity{kMaxImportRuns, 0};
   }
+
+  // The sizes of every repository ListRepositories("") lists, in key
+  // order: what a metrics scrape needs, without the runs. The memory and
+  // PostgreSQL drivers read them in one pass (one statement), etcd in one
+  // paged read of its keys; this default makes one ListRepositories and a
+  // GetRepositorySnapshot per repository.
+  [[nodiscard]] virtual absl::StatusOr<std::vector<RepositoryCounts>>
+  GetRepositoryCounts(const Context& ctx);
 
   // The limit last recorded for the repository (0: unlimited), or nullopt
   // when the backend has no record of it. Lets a caller that does not know
