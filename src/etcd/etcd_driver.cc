@@ -255,8 +255,7 @@ absl::StatusOr<std::vector<RepositoryCounts>> EtcdDriver::GetRepositoryCounts(
   if (absl::Status s = CheckOpen(); !s.ok()) return s;
   // Every key under `P repo/`, in pages, each repository's keys decoded
   // into a view as they come (keys sort by repository): its limit, slots
-  // (etcd deletes a slot whose lease ran out) and queue (a run's entry
-  // counted once, as QueuedOf shows it).
+  // (etcd deletes a slot whose lease ran out) and queue.
   const std::string p = prefix_ + "repo/";
   const std::string end = PrefixEnd(p);
   constexpr int64_t kPage = 4096;
@@ -265,11 +264,12 @@ absl::StatusOr<std::vector<RepositoryCounts>> EtcdDriver::GetRepositoryCounts(
   auto flush = [&] {
     if (v.repo.empty()) return;
     if (v.has_limit || !v.slots.empty() || !v.queue.empty()) {
-      SortQueue(&v);
+      // A run's entry counted once, as QueuedOf shows it (the count
+      // needs no order).
       out.push_back(RepositoryCounts{
           v.repo, v.has_limit ? std::optional<int32_t>(v.limit) : std::nullopt,
           static_cast<int64_t>(v.slots.size()),
-          static_cast<int64_t>(QueuedOf(v).size())});
+          static_cast<int64_t>(v.queue.size() - StaleEntries(v).size())});
     }
     v = RepoView{};
   };

@@ -304,6 +304,8 @@ class EtcdDriver final : public Driver {
   // A token unique to one planned Txn of this driver (instance, counter).
   std::string NewCommitId();
   // Sorts a view's queue into admission order: (creation time, revision).
+  // The queue's admission order (etcd.md, "Queue order").
+  static bool QueueOrder(const QueueInfo& a, const QueueInfo& b);
   static void SortQueue(RepoView* v);
   // Compares that each slot of `v` still exists as `v` saw it (at most
   // kMaxGuardedSlots); returns the seats compared.
@@ -405,25 +407,24 @@ class EtcdDriver final : public Driver {
     bool promote_more = false;     // other runs' heads left to admit
     std::set<std::string> others;  // runs outside the request it admits
   };
-  struct ImportCost {
-    size_t ops = 0;     // the Txn's success operations
-    size_t leases = 0;  // grants
-  };
-  // Plans `part` on plan->view into plan->after. With `txn`, also writes
-  // its compare and operations there, granting (*leases)[*next_lease...].
-  // Other runs' queue heads are admitted only with `promote_others`.
-  ImportCost PlanImport(const RepositoryImport& part,
-                        const std::string& commit_id, bool promote_others,
-                        const std::vector<int64_t>* leases, size_t* next_lease,
-                        ImportPart* plan, etcdpb::TxnRequest* txn);
+  // Plans `part` on plan->view into plan->after, and adds its compare and
+  // operations to `txn`, granting (*leases)[*next_lease...] (no leases: a
+  // plan for its size only, each grant lease 0). Other runs' queue heads
+  // are admitted only with `promote_others`. Returns the grants it made.
+  size_t PlanImport(const RepositoryImport& part, const std::string& commit_id,
+                    bool promote_others, const std::vector<int64_t>* leases,
+                    size_t* next_lease, ImportPart* plan,
+                    etcdpb::TxnRequest* txn);
   // The answers once the batch's Txn committed at `revision` (0: nothing
   // to write), after the ordinary steps that fill seats left free.
   absl::StatusOr<std::vector<ImportResult>> Answer(
       const Context& ctx, const std::vector<RepositoryImport>& parts,
       std::vector<ImportPart>& plans, int64_t revision,
       const std::string& commit_id);
-  // A request's leases and places in a view.
-  ImportResult ImportResultOf(const RepoView& v, const ImportRequest& request);
+  // A request's leases and places in a view, and the leases of `others`
+  // (runs outside the request that the import admitted) still held.
+  ImportResult ImportResultOf(const RepoView& v, const ImportRequest& request,
+                              const std::set<std::string>& others);
   // Every slot of a view as a Lease (no TTL asked of etcd).
   std::vector<Lease> RunningOfView(const RepoView& v);
   // Grants leases ahead of demand (kLeasePoolTarget spares).

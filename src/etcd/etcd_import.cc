@@ -86,11 +86,7 @@ absl::StatusOr<ImportResult> EtcdDriver::ImportRuns(
   // The leases and places as the last part left them.
   auto v = Read(ctx, repo.Key());
   if (!v.ok()) return v.status();
-  ImportResult out = ImportResultOf(*v, request);
-  for (const Lease& l : RunningOfView(*v)) {
-    if (others.count(l.pipeline_run_key) > 0) out.others_admitted.push_back(l);
-  }
-  return out;
+  return ImportResultOf(*v, request, others);
 }
 
 std::vector<Lease> EtcdDriver::RunningOfView(const RepoView& v) {
@@ -107,7 +103,8 @@ std::vector<Lease> EtcdDriver::RunningOfView(const RepoView& v) {
 }
 
 ImportResult EtcdDriver::ImportResultOf(const RepoView& v,
-                                        const ImportRequest& request) {
+                                        const ImportRequest& request,
+                                        const std::set<std::string>& others) {
   std::map<std::string, Lease> held;
   for (Lease& l : RunningOfView(v)) {
     std::string run = l.pipeline_run_key;
@@ -131,13 +128,25 @@ ImportResult EtcdDriver::ImportResultOf(const RepoView& v,
       out.queued.push_back(q->second);
     }
   }
+  std::set<std::string_view> mine(request.running.begin(),
+                                  request.running.end());
+  for (const ImportRequest::Waiting& w : request.waiting) {
+    mine.insert(w.pipeline_run_key);
+  }
+  for (const std::string& run : others) {
+    auto it = held.find(run);
+    if (it != held.end() && mine.count(run) == 0) {
+      out.others_admitted.push_back(it->second);
+    }
+  }
   return out;
 }
 
-EtcdDriver::ImportCost EtcdDriver::PlanImport(
-    const RepositoryImport& part, const std::string& commit_id,
-    bool promote_others, const std::vector<int64_t>* leases, size_t* next_lease,
-    ImportPart* plan, etcdpb::TxnRequest* txn) {
+size_t EtcdDriver::PlanImport(const RepositoryImport& part,
+                              const std::string& commit_id, bool promote_others,
+                              const std::vector<int64_t>* leases,
+                              size_t* next_lease, ImportPart* plan,
+                              etcdpb::TxnRequest* txn) {
   const RepoView& v = plan->view;
   plan->others.clear();
   plan->promote_more = false;
@@ -151,9 +160,8 @@ EtcdDriver::ImportCost EtcdDriver::PlanImport(
   const bool limit_changed = set && (!v.has_limit || v.limit != wanted);
   RepoView& after = plan->after;
   after = v;
-  ImportCost cost;
-  size_t& ops = cost.ops;
-  size_t& n_leases = cost.leases;
+  size_t grants = 0;
+  const int ops_before = txn->success_size();
   auto take_lease = [&]() -> int64_t {
     return leases == nullptr ? 0 : (*leases)[(*next_lease)++];
   };
@@ -167,18 +175,9 @@ EtcdDriver::ImportCost EtcdDriver::PlanImport(
     if (after.slots.count(run) > 0) continue;
     auto q = live.find(run);
     const std::string dequeued = q == live.end() ? "" : q->second->key;
-    ops += dequeued.empty() ? 1 : 2;
-    ++n_leases;
-    if (txn != nullptr) {
-      AddGrant(txn, &after, run, take_lease(), dequeued, commit_id);
-    } else {
-      after.slots[run] = SlotInfo{run, "", 0, 0, commit_id, -1};
-    }
-    if (q != live.end()) {
-      std::erase_if(after.queue,
-                    [&](const QueueInfo& e) { return e.key == dequeued; });
-      live.erase(q);
-    }
+    ++grants;
+    AddGrant(txn, &after, run, take_lease(), dequeued, commit_id);
+    if (q != live.end()) live.erase(q);
   }
   // The waiting runs the backend does not hold yet join the queue, in
   // request order among equal creation times.
@@ -202,11 +201,10 @@ EtcdDriver::ImportCost EtcdDriver::PlanImport(
   std::vector<const QueueInfo*> order;
   for (const auto& [run, q] : live) order.push_back(q);
   for (const QueueInfo& q : joining) order.push_back(&q);
-  std::sort(
-      order.begin(), order.end(), [](const QueueInfo* a, const QueueInfo* b) {
-        return std::tie(a->creation_us, a->create_revision, a->ord, a->key) <
-               std::tie(b->creation_us, b->create_revision, b->ord, b->key);
-      });
+  std::sort(order.begin(), order.end(),
+            [](const QueueInfo* a, const QueueInfo* b) {
+              return QueueOrder(*a, *b);
+            });
   int64_t running = static_cast<int64_t>(after.slots.size());
   std::set<const QueueInfo*> admitted;
   for (const QueueInfo* q : order) {
@@ -219,35 +217,24 @@ EtcdDriver::ImportCost EtcdDriver::PlanImport(
       }
       plan->others.insert(q->run);
     }
-    ops += joins ? 1 : 2;
-    ++n_leases;
+    ++grants;
     ++running;
     admitted.insert(q);
-    if (txn != nullptr) {
-      AddGrant(txn, &after, q->run, take_lease(), joins ? "" : q->key,
-               commit_id);
-    } else {
-      after.slots[q->run] = SlotInfo{q->run, "", 0, 0, commit_id, -1};
-    }
+    AddGrant(txn, &after, q->run, take_lease(), joins ? "" : q->key, commit_id);
   }
   for (const QueueInfo& q : joining) {
     if (admitted.count(&q) > 0) continue;
-    ++ops;
-    if (txn != nullptr) {
-      *txn->add_success() =
-          PutOp(q.key, Cat(std::to_string(q.enqueued_us), "/", q.ord));
-    }
+    *txn->add_success() =
+        PutOp(q.key, Cat(std::to_string(q.enqueued_us), "/", q.ord));
     QueueInfo e = q;
     e.create_revision = 0;  // the commit's, once known
     after.queue.push_back(std::move(e));
   }
-  plan->writes = ops > 0 || limit_changed;
-  if (!plan->writes) return cost;
-  ops += 1 + (limit_changed ? 1 : 0);  // meta, limit
-  if (txn != nullptr) {
-    // Commits only if no key of the repository was put since the read:
+  plan->writes = txn->success_size() > ops_before || limit_changed;
+  if (plan->writes) {
+    // Commits only if no key of the repository was put since the view:
     // no grant, no join, no limit, no `meta` (a deleted slot, an expiry or
-    // a release, only leaves a seat free, which FollowUp fills).
+    // a release, only leaves a seat free, which Answer's step fills).
     auto* cmp = txn->add_compare();
     cmp->set_key(p);
     cmp->set_range_end(PrefixEnd(p));
@@ -261,7 +248,7 @@ EtcdDriver::ImportCost EtcdDriver::PlanImport(
       after.has_limit = true;
     }
   }
-  return cost;
+  return grants;
 }
 
 absl::StatusOr<std::vector<ImportResult>> EtcdDriver::ImportBatch(
@@ -303,21 +290,23 @@ absl::StatusOr<std::vector<ImportResult>> EtcdDriver::ImportBatch(
       if (!v.ok()) return v.status();
       plans[i].view = *std::move(v);
     }
-    // Sized first (no Txn): admitting other runs' queue heads too if the
-    // Txn has room for them, else only the request's runs.
+    // Planned first without leases, for its size: admitting other runs'
+    // queue heads too if the Txn has room for them, else only the
+    // request's runs.
     bool promote_others = true;
-    size_t ops = 0, n_leases = 0;
+    size_t n_leases = 0;
+    etcdpb::TxnRequest sized;
     for (int pass = 0; pass < 2; ++pass) {
-      ops = n_leases = 0;
+      sized.Clear();
+      n_leases = 0;
       for (size_t i = 0; i < parts.size(); ++i) {
-        const ImportCost cost = PlanImport(
-            parts[i], "", promote_others, nullptr, nullptr, &plans[i], nullptr);
-        ops += cost.ops;
-        n_leases += cost.leases;
+        n_leases += PlanImport(parts[i], "", promote_others, nullptr, nullptr,
+                               &plans[i], &sized);
       }
-      if (ops <= kMaxTxnOps) break;
+      if (static_cast<size_t>(sized.success_size()) <= kMaxTxnOps) break;
       promote_others = false;
     }
+    const size_t ops = static_cast<size_t>(sized.success_size());
     if (ops > kMaxTxnOps) {
       return absl::InternalError(Cat("etcd import: a batch planned ", ops,
                                      " operations, above ", kMaxTxnOps,
@@ -388,18 +377,7 @@ absl::StatusOr<std::vector<ImportResult>> EtcdDriver::Answer(
       if (!v.ok()) return v.status();
       after = *std::move(v);
     }
-    out[i] = ImportResultOf(after, parts[i].request);
-    std::set<std::string> mine(parts[i].request.running.begin(),
-                               parts[i].request.running.end());
-    for (const auto& w : parts[i].request.waiting) {
-      mine.insert(w.pipeline_run_key);
-    }
-    for (const Lease& l : RunningOfView(after)) {
-      if (others.count(l.pipeline_run_key) > 0 &&
-          mine.count(l.pipeline_run_key) == 0) {
-        out[i].others_admitted.push_back(l);
-      }
-    }
+    out[i] = ImportResultOf(after, parts[i].request, others);
     logger_->info("imported {} running and {} waiting runs into {}",
                   parts[i].request.running.size(),
                   parts[i].request.waiting.size(), plan.repo);

@@ -198,18 +198,18 @@ EtcdDriver::RepoView EtcdDriver::ParseView(const std::string& repo,
   return v;
 }
 
+bool EtcdDriver::QueueOrder(const QueueInfo& a, const QueueInfo& b) {
+  // Creation time, then the join's revision, then the place an import
+  // gave it among the entries of its Txn, then the key: runs joined by one
+  // request share a revision, and a view built from watch events has them
+  // in the Txn's op order, a Range in key order. One total order, the same
+  // in every process.
+  return std::tie(a.creation_us, a.create_revision, a.ord, a.key) <
+         std::tie(b.creation_us, b.create_revision, b.ord, b.key);
+}
+
 void EtcdDriver::SortQueue(RepoView* v) {
-  std::sort(v->queue.begin(), v->queue.end(),
-            [](const QueueInfo& a, const QueueInfo& b) {
-              // Creation time, then the join's revision, then the place
-              // an import gave it among the entries of its Txn, then the
-              // key: runs joined by one request share a revision, and a
-              // view built from watch events has them in the Txn's op
-              // order, a Range in key order. One total order, the same in
-              // every process.
-              return std::tie(a.creation_us, a.create_revision, a.ord, a.key) <
-                     std::tie(b.creation_us, b.create_revision, b.ord, b.key);
-            });
+  std::sort(v->queue.begin(), v->queue.end(), QueueOrder);
 }
 
 }  // namespace pac::concurrency::internal

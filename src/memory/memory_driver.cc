@@ -311,11 +311,9 @@ absl::StatusOr<AcquireResult> MemoryDriver::AcquireSlot(
 
 // One step under the shard's lock: the limit, the running runs, the
 // waiting runs queued, then the queue admitted into free slots.
+// A batch of one part (which ImportBatch checks as ImportRuns would).
 absl::StatusOr<ImportResult> MemoryDriver::ImportRuns(
     const Context& ctx, const Repository& repo, const ImportRequest& request) {
-  if (absl::Status s = ValidateImportRequest(repo, request); !s.ok()) {
-    return s;
-  }
   auto out = ImportBatch(ctx, {RepositoryImport{repo, request}});
   if (!out.ok()) return out.status();
   return std::move(out->front());

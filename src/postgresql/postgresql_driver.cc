@@ -354,11 +354,9 @@ absl::StatusOr<AcquireResult> PostgreSQLDriver::AcquireSlot(
   return result;
 }
 
+// A batch of one part (which ImportBatch checks as ImportRuns would).
 absl::StatusOr<ImportResult> PostgreSQLDriver::ImportRuns(
     const Context& ctx, const Repository& repo, const ImportRequest& request) {
-  if (absl::Status s = ValidateImportRequest(repo, request); !s.ok()) {
-    return s;
-  }
   auto out = ImportBatch(ctx, {RepositoryImport{repo, request}});
   if (!out.ok()) return out.status();
   return std::move(out->front());

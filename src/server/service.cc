@@ -1,11 +1,11 @@
 #include "src/server/service.h"
 
-#include <algorithm>
 #include <deque>
 #include <memory>
 
 #include "pac/concurrency/status.h"
 #include "src/common/strings.h"
+#include "src/server/auth.h"
 #include "src/server/manifests.h"
 #include "src/server/version.h"
 
@@ -334,11 +334,9 @@ absl::StatusOr<Json> Service::ListRepositories(const Context& ctx,
     CountError("list", repos.status());
     return repos.status();
   }
+  const Principal who{Role::kRead, page.namespaces};
   auto visible = [&](const std::string& key) {
-    if (page.namespaces.empty()) return true;
-    const std::string_view ns = std::string_view(key).substr(0, key.find('/'));
-    return std::find(page.namespaces.begin(), page.namespaces.end(), ns) !=
-           page.namespaces.end();
+    return who.AllowsNamespace(std::string_view(key).substr(0, key.find('/')));
   };
   Json out = Json::array();
   std::string last;
