@@ -7,7 +7,10 @@
 #     own SQL, against the same throwaway server, in the same run;
 #  4. etcd driver vs. a raw Put loop and raw Txn pairs over the same gRPC
 #     client, three runs on fresh servers, medians;
-#  5. the import of 10k and 100k PipelineRuns through a server, per backend.
+#  5. the import of 10k and 100k PipelineRuns through a server, per backend;
+#  6. the cost of a large backend (bench/scale_bench.cc): the same
+#     operations empty and loaded with 10k repositories and 130k queued
+#     runs, per backend, with the ratios.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
@@ -59,6 +62,10 @@ for repos in 1 100; do
 done
 python3 scripts/bench_ratios.py --pg "$OUT/pg_bench.json" "$OUT/pgbench.txt" "$OUT/pgfloor.txt"
 
+echo "=== scale: memory and PostgreSQL, empty vs. 10k repositories and 130k queued runs"
+"$BUILD/bench/scale_bench" --driver memory | tee "$OUT/scale_memory.txt"
+"$BUILD/bench/scale_bench" --driver postgresql | tee "$OUT/scale_postgresql.txt"
+
 # etcd's own rate moves by 10-25% between fresh servers (the Put floor at
 # 16 clients went from 12,500 to 17,300 within one hour on one machine,
 # while the driver's rates moved far less), so one run's ratio says
@@ -79,6 +86,14 @@ for run in $(seq 1 "$ETCD_BENCH_RUNS"); do
 done
 echo "=== etcd: each run's ratios, then the median over the runs"
 python3 scripts/bench_ratios.py --etcd "${etcd_jsons[@]}"
+
+echo "=== scale: etcd (fresh server), empty vs. 10k repositories and 130k queued runs"
+bash scripts/etcd-test-server.sh stop "$SERVERS_DIR/etcd" >/dev/null 2>&1 || true
+rm -rf "$SERVERS_DIR/etcd"
+bash scripts/etcd-test-server.sh single "$SERVERS_DIR/etcd"
+# shellcheck disable=SC1091
+source "$SERVERS_DIR/etcd/env"
+"$BUILD/bench/scale_bench" --driver etcd | tee "$OUT/scale_etcd.txt"
 
 # The import at scale: 10k and 100k PipelineRuns (full objects) through a
 # server with default flags, each imported twice (scripts/import_bench.py).

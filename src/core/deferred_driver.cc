@@ -80,6 +80,13 @@ class DeferredDriver final : public Driver {
     if (!d.ok()) return d.status();
     return (*d)->GetRepositoryCounts(ctx);
   }
+  absl::StatusOr<std::vector<RepositoryListing>> ListRepositorySnapshots(
+      const Context& ctx, std::string_view ns, std::string_view after,
+      size_t limit) override {
+    auto d = Get();
+    if (!d.ok()) return d.status();
+    return (*d)->ListRepositorySnapshots(ctx, ns, after, limit);
+  }
   absl::StatusOr<std::optional<int32_t>> GetRepositoryLimit(
       const Context& ctx, std::string_view repo) override {
     auto d = Get();

@@ -145,6 +145,21 @@ absl::StatusOr<std::vector<RepositoryCounts>> Driver::GetRepositoryCounts(
   return out;
 }
 
+absl::StatusOr<std::vector<RepositoryListing>> Driver::ListRepositorySnapshots(
+    const Context& ctx, std::string_view namespace_name, std::string_view after,
+    size_t limit) {
+  auto repos = ListRepositories(ctx, namespace_name);
+  if (!repos.ok()) return repos.status();
+  std::vector<RepositoryListing> out;
+  for (auto it = std::upper_bound(repos->begin(), repos->end(), after);
+       it != repos->end() && (limit == 0 || out.size() < limit); ++it) {
+    auto snap = GetRepositorySnapshot(ctx, *it);
+    if (!snap.ok()) return snap.status();
+    out.push_back(RepositoryListing{*it, *std::move(snap)});
+  }
+  return out;
+}
+
 // Part by part: each atomic, the whole not (see the declaration).
 absl::StatusOr<std::vector<ImportResult>> Driver::ImportBatch(
     const Context& ctx, const std::vector<RepositoryImport>& parts) {

@@ -1,7 +1,7 @@
 // The etcd driver's front (etcd_driver.h has the key layout): creation
 // and closing, argument checks of the Driver API, the reads that answer
-// status (limit, repositories, running and queued runs, snapshots), lease
-// renewal, free-form states and cleanup. The steps that change slots and
+// status (limit, running and queued runs, snapshots), lease renewal,
+// free-form states and cleanup. Listings are in etcd_listing.cc. The steps that change slots and
 // queues are in etcd_step.cc.
 #include "src/etcd/etcd_driver.h"
 
@@ -197,107 +197,6 @@ absl::StatusOr<std::optional<int32_t>> EtcdDriver::GetRepositoryLimit(
   const std::string& v = r->kvs(0).value();
   std::from_chars(v.data(), v.data() + v.size(), limit);
   return std::optional<int32_t>(limit);
-}
-
-absl::StatusOr<std::vector<std::string>> EtcdDriver::ListRepositories(
-    const Context& ctx, std::string_view namespace_name) {
-  if (absl::Status s = ValidateNamespaceFilter(namespace_name); !s.ok()) {
-    return s;
-  }
-  if (absl::Status s = ctx.Err(); !s.ok()) return s;
-  if (absl::Status s = CheckOpen(); !s.ok()) return s;
-  const std::string p = prefix_ + "repo/";
-  const std::string from =
-      namespace_name.empty() ? p : Cat(p, namespace_name, "/");
-  const std::string end = PrefixEnd(from);
-  // Pages of keys only. Once a repository is known to have a record, the
-  // rest of its keys (a long queue, many slots) are skipped: the next page
-  // starts after its prefix.
-  constexpr int64_t kPage = 256;
-  std::vector<std::string> out;
-  std::string start = from;
-  while (start < end) {
-    etcdpb::RangeRequest req;
-    req.set_key(start);
-    req.set_range_end(end);
-    req.set_keys_only(true);
-    req.set_limit(kPage);
-    auto r = kv_->Range(ctx, req);
-    if (!r.ok()) return r.status();
-    if (r->kvs_size() == 0) break;
-    std::string next = start;
-    for (const etcdpb::KeyValue& kv : r->kvs()) {
-      next = std::max(next, kv.key() + '\0');
-      // `meta` alone is not a record (a cleaned repository keeps nothing,
-      // and `meta` goes with it).
-      std::string_view repo, kind;
-      if (!SplitRepoKey(std::string_view(kv.key()).substr(p.size()), &repo,
-                        &kind) ||
-          (!out.empty() && out.back() == repo)) {
-        continue;
-      }
-      if (kind != "limit" && !kind.starts_with("slot/") &&
-          !kind.starts_with("queue/")) {
-        continue;
-      }
-      out.emplace_back(repo);
-      next = PrefixEnd(RepoPrefix(repo));
-    }
-    if (!r->more()) break;
-    start = std::move(next);
-  }
-  return out;
-}
-
-absl::StatusOr<std::vector<RepositoryCounts>> EtcdDriver::GetRepositoryCounts(
-    const Context& ctx) {
-  if (absl::Status s = ctx.Err(); !s.ok()) return s;
-  if (absl::Status s = CheckOpen(); !s.ok()) return s;
-  // Every key under `P repo/`, in pages, each repository's keys decoded
-  // into a view as they come (keys sort by repository): its limit, slots
-  // (etcd deletes a slot whose lease ran out) and queue.
-  const std::string p = prefix_ + "repo/";
-  const std::string end = PrefixEnd(p);
-  constexpr int64_t kPage = 4096;
-  std::vector<RepositoryCounts> out;
-  RepoView v;
-  auto flush = [&] {
-    if (v.repo.empty()) return;
-    if (v.has_limit || !v.slots.empty() || !v.queue.empty()) {
-      // A run's entry counted once, as QueuedOf shows it (the count
-      // needs no order).
-      out.push_back(RepositoryCounts{
-          v.repo, v.has_limit ? std::optional<int32_t>(v.limit) : std::nullopt,
-          static_cast<int64_t>(v.slots.size()),
-          static_cast<int64_t>(v.queue.size() - StaleEntries(v).size())});
-    }
-    v = RepoView{};
-  };
-  std::string start = p;
-  while (true) {
-    etcdpb::RangeRequest req;
-    req.set_key(start);
-    req.set_range_end(end);
-    req.set_limit(kPage);
-    auto r = kv_->Range(ctx, req);
-    if (!r.ok()) return r.status();
-    for (const etcdpb::KeyValue& kv : r->kvs()) {
-      std::string_view repo, kind;
-      if (!SplitRepoKey(std::string_view(kv.key()).substr(p.size()), &repo,
-                        &kind)) {
-        continue;
-      }
-      if (repo != v.repo) {
-        flush();
-        v.repo = std::string(repo);
-      }
-      ApplyKv(&v, kind, true, kv);
-    }
-    if (!r->more() || r->kvs_size() == 0) break;
-    start = r->kvs(r->kvs_size() - 1).key() + '\0';
-  }
-  flush();
-  return out;
 }
 
 absl::StatusOr<int> EtcdDriver::GetCurrentSlots(const Context& ctx,

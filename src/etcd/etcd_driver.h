@@ -98,6 +98,9 @@ class EtcdDriver final : public Driver {
   ImportCapacity GetImportCapacity() override;
   absl::StatusOr<std::vector<RepositoryCounts>> GetRepositoryCounts(
       const Context& ctx) override;
+  absl::StatusOr<std::vector<RepositoryListing>> ListRepositorySnapshots(
+      const Context& ctx, std::string_view namespace_name,
+      std::string_view after, size_t limit) override;
 
   absl::Duration LeaseTTL() const override { return ttl_; }
   absl::Status Close() override;

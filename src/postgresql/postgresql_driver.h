@@ -48,6 +48,9 @@ class PostgreSQLDriver final : public Driver {
       const Context& ctx, const std::vector<RepositoryImport>& parts) override;
   absl::StatusOr<std::vector<RepositoryCounts>> GetRepositoryCounts(
       const Context& ctx) override;
+  absl::StatusOr<std::vector<RepositoryListing>> ListRepositorySnapshots(
+      const Context& ctx, std::string_view namespace_name,
+      std::string_view after, size_t limit) override;
   absl::StatusOr<ReleaseResult> ReleaseSlot(const Context& ctx,
                                             std::string_view lease_id,
                                             std::string_view run_key,
@@ -102,6 +105,10 @@ class PostgreSQLDriver final : public Driver {
   std::string TtlMicros() const;
   static Lease LeaseFromRow(const PgResult& r, int row,
                             const std::string& repo_key);
+  // Adds one row of kSnapshotSql's shape (pg_reads.cc) to `out`.
+  static void AddSnapshotRow(const PgResult& r, int row,
+                             const std::string& repo_key,
+                             RepositorySnapshot* out);
 
   void ListenLoop();
   // How long the LISTEN connection may stay quiet before it is pinged, and

@@ -288,6 +288,34 @@ absl::StatusOr<Json> Service::Renew(const Context& ctx,
   return LeaseToJson(*l);
 }
 
+namespace {
+
+// A repository's status answer (GET /v1/repositories/{ns}/{name}).
+Json StatusJson(std::string_view repo_key, const RepositorySnapshot& snap,
+                absl::Time now) {
+  Json run_list = Json::array();
+  for (const Lease& l : snap.running) {
+    Json j = LeaseToJson(l);
+    j["running_seconds"] =
+        std::max(0.0, absl::ToDoubleSeconds(now - l.acquired_at));
+    run_list.push_back(std::move(j));
+  }
+  Json queue_list = Json::array();
+  for (const QueueEntry& q : snap.queued) {
+    queue_list.push_back(QueueEntryToJson(q, now));
+  }
+  Json out{{"repository", std::string(repo_key)},
+           {"concurrency_limit", nullptr},
+           {"in_use", snap.running.size()},
+           {"queue_depth", snap.queued.size()},
+           {"running", std::move(run_list)},
+           {"queued", std::move(queue_list)}};
+  if (snap.limit.has_value()) out["concurrency_limit"] = *snap.limit;
+  return out;
+}
+
+}  // namespace
+
 absl::StatusOr<Json> Service::Status(const Context& ctx,
                                      std::string_view repo_key) {
   if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
@@ -295,26 +323,7 @@ absl::StatusOr<Json> Service::Status(const Context& ctx,
   // show in both lists or in neither.
   auto snap = driver_->GetRepositorySnapshot(ctx, repo_key);
   if (!snap.ok()) return snap.status();
-  const absl::Time now = clock_->Now();
-  Json run_list = Json::array();
-  for (const Lease& l : snap->running) {
-    Json j = LeaseToJson(l);
-    j["running_seconds"] =
-        std::max(0.0, absl::ToDoubleSeconds(now - l.acquired_at));
-    run_list.push_back(std::move(j));
-  }
-  Json queue_list = Json::array();
-  for (const QueueEntry& q : snap->queued) {
-    queue_list.push_back(QueueEntryToJson(q, now));
-  }
-  Json out{{"repository", std::string(repo_key)},
-           {"concurrency_limit", nullptr},
-           {"in_use", snap->running.size()},
-           {"queue_depth", snap->queued.size()},
-           {"running", run_list},
-           {"queued", queue_list}};
-  if (snap->limit.has_value()) out["concurrency_limit"] = *snap->limit;
-  return out;
+  return StatusJson(repo_key, *snap, clock_->Now());
 }
 
 absl::StatusOr<Json> Service::ListRepositories(const Context& ctx,
@@ -327,30 +336,36 @@ absl::StatusOr<Json> Service::ListRepositories(const Context& ctx,
   if (!page.after.empty()) {
     if (absl::Status s = ValidateKey(page.after, "after"); !s.ok()) return s;
   }
-  // The keys (one listing of the backend), then the status of the page's
-  // repositories only.
-  auto repos = driver_->ListRepositories(ctx, namespace_name);
-  if (!repos.ok()) {
-    CountError("list", repos.status());
-    return repos.status();
-  }
   const Principal who{Role::kRead, page.namespaces};
   auto visible = [&](const std::string& key) {
     return who.AllowsNamespace(std::string_view(key).substr(0, key.find('/')));
   };
+  // Pages of the backend's listing with their snapshots (one more than
+  // asked, to know whether more follow), until the page is full of
+  // repositories the caller may see.
+  const size_t ask = page.limit == 0 ? 0 : page.limit + 1;
+  const absl::Time now = clock_->Now();
   Json out = Json::array();
-  std::string last;
+  std::string cursor = page.after, last;
   bool more = false;
-  for (const std::string& r : *repos) {
-    if ((!page.after.empty() && r <= page.after) || !visible(r)) continue;
-    if (page.limit > 0 && out.size() == page.limit) {
-      more = true;
-      break;
+  while (!more) {
+    auto part =
+        driver_->ListRepositorySnapshots(ctx, namespace_name, cursor, ask);
+    if (!part.ok()) {
+      CountError("list", part.status());
+      return part.status();
     }
-    auto s = Status(ctx, r);
-    if (!s.ok()) return s.status();
-    out.push_back(*std::move(s));
-    last = r;
+    for (const RepositoryListing& r : *part) {
+      cursor = r.repository_key;
+      if (!visible(r.repository_key)) continue;
+      if (page.limit > 0 && out.size() == page.limit) {
+        more = true;
+        break;
+      }
+      out.push_back(StatusJson(r.repository_key, r.snapshot, now));
+      last = r.repository_key;
+    }
+    if (ask == 0 || part->size() < ask) break;
   }
   Json answer = {{"repositories", std::move(out)}};
   if (more) answer["next"] = last;

@@ -174,6 +174,66 @@ TEST_P(DriverConformanceTest, Rule01_RecordedLimitIsReadBack) {
 // GetRepositoryCounts (what /metrics reads): every repository
 // ListRepositories lists, with the sizes its snapshot shows, read by
 // another process too.
+// Keys that are prefixes of others cut at '-' or '.' ("b" and "b-c")
+// sort differently as keys and as etcd's `key/` prefixes: listings and
+// their pages still come in key order, and pages join into the whole.
+TEST_P(DriverConformanceTest, Rule01_ListingPagesComeInKeyOrder) {
+  std::vector<std::string> names = {"b", "b-c", "b.d", "b0", "b-c-d", "a"};
+  for (size_t i = 0; i < names.size(); ++i) {
+    Repository r = Repo(names[i], 1);
+    for (size_t q = 0; q <= i % 3; ++q) {
+      ASSERT_TRUE(
+          driver_->AcquireSlot(ctx_, r, Run(absl::StrCat("l", i, "-", q)))
+              .ok());
+    }
+  }
+  std::vector<std::string> want;
+  for (const std::string& n : names) want.push_back(ns_ + "/" + n);
+  std::sort(want.begin(), want.end());
+  EXPECT_EQ(*driver_->ListRepositories(ctx_, ns_), want);
+  for (size_t size : {1, 2, 4, 0}) {
+    std::vector<std::string> keys;
+    std::string after;
+    for (int pages = 0; pages < 10; ++pages) {
+      auto page = driver_->ListRepositorySnapshots(ctx_, ns_, after, size);
+      ASSERT_TRUE(page.ok()) << page.status();
+      for (const RepositoryListing& r : *page) {
+        keys.push_back(r.repository_key);
+        auto snap = driver_->GetRepositorySnapshot(ctx_, r.repository_key);
+        ASSERT_TRUE(snap.ok());
+        EXPECT_EQ(r.snapshot.limit, snap->limit) << r.repository_key;
+        EXPECT_EQ(r.snapshot.running.size(), snap->running.size());
+        ASSERT_EQ(r.snapshot.queued.size(), snap->queued.size());
+        for (size_t q = 0; q < snap->queued.size(); ++q) {
+          EXPECT_EQ(r.snapshot.queued[q].pipeline_run_key,
+                    snap->queued[q].pipeline_run_key);
+          EXPECT_EQ(r.snapshot.queued[q].position, q + 1);
+        }
+      }
+      if (size == 0 || page->size() < size) break;
+      after = page->back().repository_key;
+    }
+    EXPECT_EQ(keys, want) << "pages of " << size;
+  }
+  // `after` need not be a key; the whole backend's listing holds ours in
+  // the same order.
+  auto from = driver_->ListRepositorySnapshots(ctx_, ns_, ns_ + "/b-", 2);
+  ASSERT_TRUE(from.ok());
+  ASSERT_EQ(from->size(), 2u);
+  EXPECT_EQ((*from)[0].repository_key, ns_ + "/b-c");
+  EXPECT_EQ((*from)[1].repository_key, ns_ + "/b-c-d");
+  auto all = driver_->ListRepositorySnapshots(ctx_, "", ns_ + "/", 0);
+  ASSERT_TRUE(all.ok());
+  std::vector<std::string> ours;
+  for (const RepositoryListing& r : *all) {
+    if (absl::StartsWith(r.repository_key, ns_ + "/")) {
+      ours.push_back(r.repository_key);
+    }
+  }
+  EXPECT_EQ(ours, want);
+  EXPECT_FALSE(driver_->ListRepositorySnapshots(ctx_, "Bad_NS", "", 1).ok());
+}
+
 TEST_P(DriverConformanceTest,
        Rule01_CountsOfEveryRepositoryMatchTheirSnapshots) {
   Repository busy = Repo("cbusy", 2);

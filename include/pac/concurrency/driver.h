@@ -132,6 +132,12 @@ struct RepositoryCounts {
   int64_t queued = 0;            // queued runs
 };
 
+// One repository of a listing (Driver::ListRepositorySnapshots).
+struct RepositoryListing {
+  std::string repository_key;
+  RepositorySnapshot snapshot;
+};
+
 // One repository's part of an ImportBatch.
 struct RepositoryImport {
   Repository repository;
@@ -269,6 +275,18 @@ class Driver {
   // GetRepositorySnapshot per repository.
   [[nodiscard]] virtual absl::StatusOr<std::vector<RepositoryCounts>>
   GetRepositoryCounts(const Context& ctx);
+
+  // A page of a listing: the repositories ListRepositories(namespace_name)
+  // lists whose keys come after `after` in byte order (empty: from the
+  // first), at most `limit` of them (0: all), in key order, each with its
+  // snapshot (as GetRepositorySnapshot: each consistent on its own; the
+  // page is not one moment). `after` need not be a listed key. The cost
+  // follows the page, not the backend's size: PostgreSQL reads a page in
+  // one statement; this default makes one ListRepositories and one
+  // GetRepositorySnapshot per repository of the page.
+  [[nodiscard]] virtual absl::StatusOr<std::vector<RepositoryListing>>
+  ListRepositorySnapshots(const Context& ctx, std::string_view namespace_name,
+                          std::string_view after, size_t limit);
 
   // The limit last recorded for the repository (0: unlimited), or nullopt
   // when the backend has no record of it. Lets a caller that does not know
