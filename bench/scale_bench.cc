@@ -4,7 +4,7 @@
 // queued runs), in the same run, on the same backend, with their ratio.
 //
 //   scale_bench --driver memory|postgresql|etcd [--small] [--seconds S]
-//               [--cleanup]
+//               [--settle S] [--cleanup]
 //
 // Measured in both phases:
 //   pairs     acquire+release pairs/s and p99 through the driver, 4 threads
@@ -32,6 +32,7 @@
 // loads 200 repositories and checks that every step still works, not its
 // speed. Any wrong answer exits 1.
 #include <libpq-fe.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -50,6 +51,7 @@
 #include "absl/strings/str_format.h"
 #include "httplib.h"
 #include "pac/concurrency/concurrency.h"
+#include "src/etcd/grpc_etcd.h"
 #include "src/server/http_server.h"
 #include "src/server/metrics.h"
 #include "src/server/service.h"
@@ -284,6 +286,35 @@ PairResult Pairs(Driver* d, const std::string& ns, const Sizes& z,
   return {total / secs, all.Quantile(0.99)};
 }
 
+// etcd's own rate beside the driver's: `threads` threads each Put one key
+// of theirs in a loop over the driver's gRPC client, for `seconds`
+// (Puts/s). What etcd charges for a write at the backend's current size.
+double RawEtcdPuts(const DriverConfig& config, const Sizes& z,
+                   const std::string& tag) {
+  auto kv = Must(internal::NewGrpcEtcd(*config.etcd, nullptr), "etcd client");
+  std::atomic<bool> stop{false};
+  std::atomic<int64_t> total{0};
+  std::vector<std::thread> ts;
+  const auto t0 = SteadyClock::now();
+  for (int t = 0; t < z.threads; ++t) {
+    ts.emplace_back([&, t] {
+      internal::etcdpb::PutRequest req;
+      req.set_key(absl::StrCat("/pac-", tag, "-raw/", t));
+      req.set_value("x");
+      int64_t n = 0;
+      while (!stop.load(std::memory_order_relaxed)) {
+        MustOk(kv->Put(Context::Background(), req).status(), "raw Put");
+        ++n;
+      }
+      total += n;
+    });
+  }
+  std::this_thread::sleep_for(std::chrono::duration<double>(z.seconds));
+  stop = true;
+  for (auto& th : ts) th.join();
+  return total / (MsSince(t0) / 1000);
+}
+
 // `count` releases in a row in `repo_key` (limit 1, queue named by
 // ImportQueue): each must admit the oldest queued run. Returns the p99 in
 // ms; `*lease` is the holder's lease, then the last admitted run's.
@@ -398,6 +429,7 @@ MetricsRead Scrape(int port, const std::string& repo_key, int depth) {
 }
 
 struct Phase {
+  double raw_puts = 0;  // etcd only
   PairResult pairs;
   double head_p99_ms = 0;
   double status_small_p99_ms = 0;
@@ -510,6 +542,7 @@ int main(int argc, char** argv) {
   std::string driver_name;
   Sizes z;
   bool small = false, cleanup = false;
+  double settle = 0;  // seconds idle after the load, before measuring
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--driver" && i + 1 < argc) {
@@ -520,10 +553,12 @@ int main(int argc, char** argv) {
       cleanup = true;
     } else if (a == "--seconds" && i + 1 < argc) {
       z.seconds = std::stod(argv[++i]);
+    } else if (a == "--settle" && i + 1 < argc) {
+      settle = std::stod(argv[++i]);
     } else {
       Fail(
           "usage: scale_bench --driver memory|postgresql|etcd [--small] "
-          "[--seconds S] [--cleanup]");
+          "[--seconds S] [--settle S] [--cleanup]");
     }
   }
   if (small) {
@@ -553,6 +588,7 @@ int main(int argc, char** argv) {
       ImportQueue(d, ctl_big, z.big_queue + z.head_releases, base);
   const size_t fixed_repos = 2 + z.pair_repos;
   Phase empty;
+  if (driver_name == "etcd") empty.raw_puts = RawEtcdPuts(config, z, tag);
   empty.pairs = Pairs(d, ns, z, "e");
   empty.head_p99_ms =
       HeadReleases(d, ctl_big.Key(), 0, z.head_releases, &ctl_lease);
@@ -578,6 +614,18 @@ int main(int argc, char** argv) {
   const int64_t queued_total =
       static_cast<int64_t>(z.repos) * z.per_repo +
       static_cast<int64_t>(z.big) * (z.big_queue + z.head_releases + 1);
+  // The process's CPU while idle after the load (a watch still digesting
+  // it shows here), then an optional wait.
+  const auto cpu_now = [] {
+    struct rusage u;
+    getrusage(RUSAGE_SELF, &u);
+    return u.ru_utime.tv_sec + u.ru_stime.tv_sec +
+           (u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
+  };
+  const double cpu0 = cpu_now();
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  const double idle_cpu = cpu_now() - cpu0;
+  std::this_thread::sleep_for(std::chrono::duration<double>(settle));
   const int64_t rss1 = SelfRssKb();
   const int64_t backend1 = BackendKb(driver_name);
 
@@ -585,6 +633,7 @@ int main(int argc, char** argv) {
   const std::string small0 =
       absl::StrCat(ns, "/r", absl::StrFormat("%05d", z.repos / 2));
   Phase loaded;
+  if (driver_name == "etcd") loaded.raw_puts = RawEtcdPuts(config, z, tag);
   loaded.pairs = Pairs(d, ns, z, "l");
   loaded.head_p99_ms =
       HeadReleases(d, big0, 0, z.head_releases, &big_leases[0]);
@@ -609,6 +658,8 @@ int main(int argc, char** argv) {
       driver_name.c_str(), z.repos, z.per_repo, z.big,
       z.big_queue + z.head_releases + 1, static_cast<long long>(queued_total),
       load_s);
+  std::printf("CPU of this process in the second after the load: %.2f s\n",
+              idle_cpu);
   std::printf("| %-34s | %12s | %12s | %6s |\n", "measure", "empty", "loaded",
               "ratio");
   std::printf("| %-34s | %12s | %12s | %6s |\n", "---", "---:", "---:", "---:");
@@ -619,6 +670,10 @@ int main(int argc, char** argv) {
   };
   row("pairs/s (4 threads)", empty.pairs.pairs_per_second,
       loaded.pairs.pairs_per_second, 0);
+  if (driver_name == "etcd") {
+    row("floor: raw etcd Puts/s (4 threads)", empty.raw_puts, loaded.raw_puts,
+        0);
+  }
   row("pair p99 (ms)", empty.pairs.p99_ms, loaded.pairs.p99_ms, 2);
   row("release admitting head p99 (ms)", empty.head_p99_ms, loaded.head_p99_ms,
       2);
