@@ -1,8 +1,8 @@
 // The etcd driver's front (etcd_driver.h has the key layout): creation
 // and closing, argument checks of the Driver API, the reads that answer
 // status (limit, running and queued runs, snapshots), lease renewal,
-// free-form states and cleanup. Listings are in etcd_listing.cc. The steps that change slots and
-// queues are in etcd_step.cc.
+// free-form states and cleanup. Listings are in etcd_listing.cc. The steps that
+// change slots and queues are in etcd_step.cc.
 #include "src/etcd/etcd_driver.h"
 
 #include <algorithm>

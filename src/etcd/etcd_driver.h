@@ -156,6 +156,12 @@ class EtcdDriver final : public Driver {
              const DriverOptions& options);
 
   std::string RepoPrefix(std::string_view repo) const;
+  // A listing's checks, and its key range: `P repo/` or `P repo/<ns>/`
+  // (etcd_listing.cc).
+  absl::StatusOr<std::pair<std::string, std::string>> ListingBounds(
+      const Context& ctx, std::string_view namespace_name);
+  // A limit, a slot or a queued run: what makes a repository listed.
+  static bool HasRecord(const RepoView& v);
   // The unexpired slots of a view (each lease's TTL asked of etcd), oldest
   // grant first, and its queue.
   absl::StatusOr<std::vector<Lease>> RunningOf(const Context& ctx,

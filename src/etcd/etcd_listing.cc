@@ -15,7 +15,7 @@
 
 namespace pac::concurrency::internal {
 
-absl::StatusOr<std::vector<std::string>> EtcdDriver::ListRepositories(
+absl::StatusOr<std::pair<std::string, std::string>> EtcdDriver::ListingBounds(
     const Context& ctx, std::string_view namespace_name) {
   if (absl::Status s = ValidateNamespaceFilter(namespace_name); !s.ok()) {
     return s;
@@ -23,9 +23,21 @@ absl::StatusOr<std::vector<std::string>> EtcdDriver::ListRepositories(
   if (absl::Status s = ctx.Err(); !s.ok()) return s;
   if (absl::Status s = CheckOpen(); !s.ok()) return s;
   const std::string p = prefix_ + "repo/";
-  const std::string from =
-      namespace_name.empty() ? p : Cat(p, namespace_name, "/");
-  const std::string end = PrefixEnd(from);
+  std::string from = namespace_name.empty() ? p : Cat(p, namespace_name, "/");
+  std::string end = PrefixEnd(from);
+  return std::make_pair(std::move(from), std::move(end));
+}
+
+bool EtcdDriver::HasRecord(const RepoView& v) {
+  return v.has_limit || !v.slots.empty() || !v.queue.empty();
+}
+
+absl::StatusOr<std::vector<std::string>> EtcdDriver::ListRepositories(
+    const Context& ctx, std::string_view namespace_name) {
+  auto bounds = ListingBounds(ctx, namespace_name);
+  if (!bounds.ok()) return bounds.status();
+  const std::string p = prefix_ + "repo/";
+  const auto& [from, end] = *bounds;
   // Pages of keys only. Once a repository is known to have a record, the
   // rest of its keys (a long queue, many slots) are skipped: the next page
   // starts after its prefix.
@@ -81,7 +93,7 @@ absl::StatusOr<std::vector<RepositoryCounts>> EtcdDriver::GetRepositoryCounts(
   RepoView v;
   auto flush = [&] {
     if (v.repo.empty()) return;
-    if (v.has_limit || !v.slots.empty() || !v.queue.empty()) {
+    if (HasRecord(v)) {
       // A run's entry counted once, as QueuedOf shows it (the count
       // needs no order).
       out.push_back(RepositoryCounts{
@@ -125,15 +137,10 @@ absl::StatusOr<std::vector<RepositoryListing>>
 EtcdDriver::ListRepositorySnapshots(const Context& ctx,
                                     std::string_view namespace_name,
                                     std::string_view after, size_t limit) {
-  if (absl::Status s = ValidateNamespaceFilter(namespace_name); !s.ok()) {
-    return s;
-  }
-  if (absl::Status s = ctx.Err(); !s.ok()) return s;
-  if (absl::Status s = CheckOpen(); !s.ok()) return s;
+  auto bounds = ListingBounds(ctx, namespace_name);
+  if (!bounds.ok()) return bounds.status();
   const std::string p = prefix_ + "repo/";
-  const std::string from =
-      namespace_name.empty() ? p : Cat(p, namespace_name, "/");
-  const std::string end = PrefixEnd(from);
+  const auto& [from, end] = *bounds;
   // Every key of a repository after `after` in key order sorts at or
   // after `P repo/<after>` in etcd.
   std::string start = std::max(from, Cat(p, after));
@@ -144,7 +151,7 @@ EtcdDriver::ListRepositorySnapshots(const Context& ctx,
   std::map<std::string, RepoView> got;  // whole views, key order
   auto keep = [&](RepoView v) {
     if (v.repo.empty() || v.repo <= after) return;
-    if (!v.has_limit && v.slots.empty() && v.queue.empty()) return;
+    if (!HasRecord(v)) return;
     SortQueue(&v);
     std::string key = v.repo;
     got.emplace(std::move(key), std::move(v));
