@@ -170,43 +170,8 @@ absl::StatusOr<PgResult> PgConnection::Exec(
     broken_ = true;
     return PgConnectionError(conn_, "send");
   }
-  // Flush the query out (non-blocking mode).
-  while (true) {
-    int f = PQflush(conn_);
-    if (f == 0) break;
-    if (f < 0) {
-      broken_ = true;
-      return PgConnectionError(conn_, "send");
-    }
-    if (absl::Status s = WaitWritable(ctx); !s.ok()) {
-      broken_ = true;
-      return s;
-    }
-  }
-  // Read until libpq has the whole answer.
-  while (true) {
-    if (PQconsumeInput(conn_) == 0) {
-      broken_ = true;
-      return PgConnectionError(conn_, "receive");
-    }
-    if (!PQisBusy(conn_)) break;
-    absl::Status s = WaitReadable(ctx);
-    if (!s.ok()) {
-      // Ask the server to stop; the connection's state is unknown now.
-      // PQcancel opens a connection of its own and blocks with no bound
-      // (on a dead path, until TCP gives up): it runs on a thread of its
-      // own, best effort, and this call returns at its deadline.
-      if (PGcancel* cancel = PQgetCancel(conn_)) {
-        std::thread([cancel] {
-          char err[256];
-          PQcancel(cancel, err, sizeof(err));
-          PQfreeCancel(cancel);
-        }).detach();
-      }
-      broken_ = true;
-      return s;
-    }
-  }
+  if (absl::Status s = FlushOut(ctx); !s.ok()) return s;
+  if (absl::Status s = AwaitResult(ctx); !s.ok()) return s;
   std::optional<PgResult> last;
   absl::Status error = absl::OkStatus();
   while (PGresult* r = PQgetResult(conn_)) {
@@ -232,6 +197,104 @@ absl::StatusOr<PgResult> PgConnection::Exec(
   if (!error.ok()) return error;
   if (!last.has_value()) return absl::InternalError("postgresql: no result");
   return std::move(*last);
+}
+
+absl::Status PgConnection::FlushOut(const Context& ctx) {
+  while (true) {
+    int f = PQflush(conn_);
+    if (f == 0) return absl::OkStatus();
+    if (f < 0) {
+      broken_ = true;
+      return PgConnectionError(conn_, "send");
+    }
+    if (absl::Status s = WaitWritable(ctx); !s.ok()) {
+      broken_ = true;
+      return s;
+    }
+  }
+}
+
+absl::Status PgConnection::AwaitResult(const Context& ctx) {
+  while (true) {
+    if (PQconsumeInput(conn_) == 0) {
+      broken_ = true;
+      return PgConnectionError(conn_, "receive");
+    }
+    if (!PQisBusy(conn_)) return absl::OkStatus();
+    absl::Status s = WaitReadable(ctx);
+    if (!s.ok()) {
+      // Ask the server to stop; the connection's state is unknown now.
+      // PQcancel opens a connection of its own and blocks with no bound
+      // (on a dead path, until TCP gives up): it runs on a thread of its
+      // own, best effort, and this call returns at its deadline.
+      if (PGcancel* cancel = PQgetCancel(conn_)) {
+        std::thread([cancel] {
+          char err[256];
+          PQcancel(cancel, err, sizeof(err));
+          PQfreeCancel(cancel);
+        }).detach();
+      }
+      broken_ = true;
+      return s;
+    }
+  }
+}
+
+absl::StatusOr<std::vector<PgResult>> PgConnection::ExecPipeline(
+    const Context& ctx, const std::vector<Statement>& statements) {
+  if (absl::Status s = ctx.Err(); !s.ok()) return s;
+  if (PQenterPipelineMode(conn_) == 0) {
+    broken_ = true;
+    return PgConnectionError(conn_, "enter pipeline mode");
+  }
+  for (const Statement& st : statements) {
+    std::string query(st.sql);
+    std::vector<const char*> values;
+    if (st.params != nullptr) {
+      for (const PgParam& p : *st.params) {
+        values.push_back(p.has_value() ? p->c_str() : nullptr);
+      }
+    }
+    if (PQsendQueryParams(conn_, query.c_str(), static_cast<int>(values.size()),
+                          nullptr, values.data(), nullptr, nullptr, 0) == 0 ||
+        PQpipelineSync(conn_) == 0) {
+      broken_ = true;
+      return PgConnectionError(conn_, "send");
+    }
+  }
+  if (absl::Status s = FlushOut(ctx); !s.ok()) return s;
+  // Each statement answers with its results, a null, then its Sync's
+  // PGRES_PIPELINE_SYNC; a statement after a failed one in the same
+  // transaction would answer PGRES_PIPELINE_ABORTED (here none is: each
+  // has its own Sync).
+  std::vector<std::optional<PgResult>> last(statements.size());
+  absl::Status error = absl::OkStatus();
+  size_t index = 0;
+  while (index < statements.size()) {
+    if (absl::Status s = AwaitResult(ctx); !s.ok()) return s;
+    PGresult* r = PQgetResult(conn_);
+    if (r == nullptr) continue;  // the end of one statement's results
+    ExecStatusType st = PQresultStatus(r);
+    if (st == PGRES_PIPELINE_SYNC) {
+      PQclear(r);
+      ++index;
+      continue;
+    }
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && error.ok()) {
+      error = PgResultError(r, conn_, "query");
+    }
+    last[index].emplace(r);
+  }
+  if (PQexitPipelineMode(conn_) == 0) broken_ = true;
+  if (PQstatus(conn_) != CONNECTION_OK) broken_ = true;
+  if (!error.ok()) return error;
+  std::vector<PgResult> out;
+  out.reserve(statements.size());
+  for (auto& r : last) {
+    if (!r.has_value()) return absl::InternalError("postgresql: no result");
+    out.push_back(std::move(*r));
+  }
+  return out;
 }
 
 }  // namespace pac::concurrency::internal

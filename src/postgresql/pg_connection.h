@@ -63,6 +63,17 @@ class PgConnection {
   absl::StatusOr<PgResult> Exec(const Context& ctx, std::string_view sql,
                                 const std::vector<PgParam>& params = {});
 
+  // Runs `statements` in pipeline mode: all are sent at once, each in a
+  // transaction of its own (a Sync after each), in order, and the answers
+  // read in one round trip. A failed statement does not stop the next
+  // ones; the first failure is returned, else every result in order.
+  struct Statement {
+    std::string_view sql;
+    const std::vector<PgParam>* params;
+  };
+  absl::StatusOr<std::vector<PgResult>> ExecPipeline(
+      const Context& ctx, const std::vector<Statement>& statements);
+
   // False once the connection failed; the pool drops it.
   bool healthy() const;
   PGconn* raw() { return conn_; }
@@ -71,6 +82,11 @@ class PgConnection {
   explicit PgConnection(PGconn* conn) : conn_(conn) {}
   absl::Status WaitReadable(const Context& ctx);
   absl::Status WaitWritable(const Context& ctx);
+  // Sends what libpq holds, waiting for the socket as needed.
+  absl::Status FlushOut(const Context& ctx);
+  // Waits until libpq can hand out a result without blocking; on a
+  // deadline or cancellation asks the server to stop the query.
+  absl::Status AwaitResult(const Context& ctx);
 
   PGconn* conn_;
   bool broken_ = false;

@@ -4,8 +4,9 @@
 // commits before they go on), a role whose default isolation is not READ
 // COMMITTED, keys of the longest valid length, and cleanup beside another
 // repository that uses the same run key, a LISTEN connection whose path
-// goes dead unseen, an answer lost after its commit, and notifications
-// sent after the commit.
+// goes dead unseen, an answer lost after its commit, notifications sent
+// after the commit, and a run queued while a lease is released without
+// the lock.
 #include <memory>
 #include <string>
 #include <thread>
@@ -366,6 +367,60 @@ TEST(PostgreSQLEdgeTest, NotificationsGoAfterTheCommitAndOnlyForCommits) {
   EXPECT_EQ(await(502), 502) << "a session that does not defer was not heard";
   EXPECT_EQ(flush(), 0);
   (*w)->Stop();
+}
+
+}  // namespace
+}  // namespace pac::concurrency
+
+namespace pac::concurrency {
+namespace {
+
+// A release by lease commits without the repository row's lock
+// (pac_release_lease), and pac_settle then admits the queue. Forced here:
+// an acquire counts the slot taken and goes to queue its run, but waits
+// (its INSERT meets an uncommitted row of the same key, which the test's
+// own connection holds); meanwhile the holder releases, and its settle
+// sees no queue; then the acquire commits its queue entry beside a free
+// slot. The driver's settle after queueing must admit it. Seen failing
+// without that settle: the run stayed queued at place 1 beside a free slot.
+TEST(PostgreSQLEdgeTest,
+     ARunQueuedWhileALeaseIsReleasedWithoutTheLockIsAdmitted) {
+  auto d = NewDriver();
+  auto d2 = NewDriver();
+  auto blocker = Connect();
+  auto watcher = Connect();
+  ASSERT_TRUE(d && d2 && blocker && watcher);
+  Repository repo{UniqueNs("settle"), "repo", 1};
+  auto x = d->AcquireSlot(Context(), repo, repo.ns + "/x");
+  ASSERT_TRUE(x.ok() && x->acquired) << x.status();
+  const std::string q = repo.ns + "/q";
+  ASSERT_TRUE(Exec(*blocker, "BEGIN").ok());
+  ASSERT_TRUE(Exec(*blocker,
+                   "INSERT INTO concurrency_slots (repository_key, "
+                   "pipeline_run_key, state, expires_at) "
+                   "VALUES ($1, $2, 'queued', 'infinity')",
+                   {repo.Key(), q})
+                  .ok());
+  absl::StatusOr<AcquireResult> a;
+  Context ctx = Context::WithTimeout(Context(), absl::Seconds(30));
+  std::thread t([&] { a = d->AcquireSlot(ctx, repo, q); });
+  ASSERT_TRUE(AwaitLockWaiters(*watcher, 1))
+      << "the acquire never waited for the blocking row";
+  auto rel = d2->ReleaseSlot(ctx, x->lease.lease_id, "", "");
+  ASSERT_TRUE(rel.ok()) << rel.status();
+  EXPECT_TRUE(rel->released);
+  EXPECT_TRUE(rel->admitted.empty()) << "the release saw an uncommitted queue";
+  ASSERT_TRUE(Exec(*blocker, "ROLLBACK").ok());
+  t.join();
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_TRUE(a->acquired) << "queued at place " << a->position
+                           << " beside a free slot";
+  auto running = d2->GetRunningPipelineRuns(Context(), repo.Key());
+  ASSERT_TRUE(running.ok());
+  ASSERT_EQ(running->size(), 1u);
+  EXPECT_EQ((*running)[0].pipeline_run_key, q);
+  EXPECT_TRUE(d->Close().ok());
+  EXPECT_TRUE(d2->Close().ok());
 }
 
 }  // namespace

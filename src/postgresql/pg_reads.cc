@@ -8,13 +8,11 @@
 
 #include "src/common/keys.h"
 #include "src/common/strings.h"
+#include "src/postgresql/pg_common.h"
 #include "src/postgresql/postgresql_driver.h"
 
 namespace pac::concurrency::internal {
 namespace {
-
-// Timestamps cross the wire as Unix microseconds.
-#define PAC_MICROS(col) "(extract(epoch from " col ") * 1000000)::bigint"
 
 // The repository in one statement, so one snapshot: the limit row, the
 // unexpired running rows and the queued rows (GetRepositorySnapshot orders

@@ -13,39 +13,13 @@
 #include "src/common/keys.h"
 #include "src/common/logging.h"
 #include "src/common/strings.h"
+#include "src/postgresql/pg_common.h"
 #include "src/postgresql/schema.h"
 
 namespace pac::concurrency::internal {
 namespace {
 
 constexpr const char* kChannel = "pac_concurrency";
-
-// A new request id: 128 random bits in hex. A call sends it with every
-// attempt, so that an attempt after a lost answer gets that answer
-// (pac_replay) rather than a second step's.
-// A random id per call. The generator is seeded again in a forked child
-// (its copy of the state would repeat the parent's next ids, and a
-// parent's acquire would get the child's kept release answer back: seen
-// in BM_PG_ReleaseToWatcherAcrossProcesses), from 128 bits of the system's
-// randomness.
-std::string NewRequestId() {
-  static thread_local std::mt19937_64 rng;
-  static thread_local pid_t seeded_for = 0;
-  if (seeded_for != getpid()) {
-    std::random_device rd;
-    std::seed_seq seq{rd(), rd(), rd(), rd()};
-    rng.seed(seq);
-    seeded_for = getpid();
-  }
-  char buf[33];
-  std::snprintf(buf, sizeof(buf), "%016llx%016llx",
-                static_cast<unsigned long long>(rng()),
-                static_cast<unsigned long long>(rng()));
-  return buf;
-}
-
-// Timestamps cross the wire as Unix microseconds.
-#define PAC_MICROS(col) "(extract(epoch from " col ") * 1000000)::bigint"
 
 // The last column of a select from pac_acquire or pac_release: whether the
 // call left notifications for pac_flush_notify (schema.cc). The function
@@ -69,48 +43,6 @@ constexpr const char* kAcquireSql =
                      " $5::boolean, $6::boolean,"
                      " $7::bigint * interval '1 microsecond', $8::boolean, $9)";
 
-// An ImportBatch of `parts` repositories: one statement (one transaction),
-// pac_import per part with seven parameters each, from $1. Rows carry the
-// part's index (column 7) and their order within it (column 8).
-std::string ImportBatchSql(const std::vector<size_t>& order) {
-  std::string sql;
-  for (size_t k = 0; k < order.size(); ++k) {
-    const size_t b = 7 * k;
-    auto arg = [&](size_t i) { return "$" + std::to_string(b + i); };
-    if (k > 0) sql += " UNION ALL ";
-    sql += "SELECT o_kind, o_run, o_lease, " PAC_MICROS(
-               "o_acquired") ", " PAC_MICROS("o_expires") ", o_token, o_pos, " +
-           std::to_string(order[k]) + ", f.n FROM pac_import(" + arg(1) + ", " +
-           arg(2) + "::int, " + arg(3) + "::boolean, " + arg(4) + "::text[], " +
-           arg(5) +
-           "::text[], ARRAY(SELECT 'epoch'::timestamptz + (t.m / 1000000) * "
-           "interval '1 second' + (t.m % 1000000) * interval '1 microsecond' "
-           "FROM unnest(" +
-           arg(6) + "::bigint[]) WITH ORDINALITY AS t(m, n) ORDER BY t.n), " +
-           arg(7) +
-           "::bigint * interval '1 microsecond') WITH ORDINALITY AS f(o_kind, "
-           "o_run, o_lease, o_acquired, o_expires, o_token, o_pos, n)";
-  }
-  return sql + " ORDER BY 8, 9";
-}
-
-// `items` as a PostgreSQL array literal (quoted elements: text, or
-// numbers cast by the statement).
-std::string ArrayLiteral(const std::vector<std::string>& items) {
-  std::string out = "{";
-  for (const std::string& item : items) {
-    if (out.size() > 1) out += ',';
-    out += '"';
-    for (char c : item) {
-      if (c == '"' || c == '\\') out += '\\';
-      out += c;
-    }
-    out += '"';
-  }
-  out += '}';
-  return out;
-}
-
 constexpr const char* kReleaseSql =
     "SELECT o_kind, o_run, o_lease, " PAC_MICROS("o_acquired") ", " PAC_MICROS(
         "o_expires") ", o_token, o_pos, " PAC_PENDING
@@ -124,11 +56,6 @@ constexpr const char* kRenewSql =
     " clock_timestamp() RETURNING 'acquired', pipeline_run_key, "
     "lease_id, " PAC_MICROS("acquired_at") ", " PAC_MICROS(
         "expires_at") ", fencing_token, 0, repository_key";
-
-std::optional<std::string> OptText(std::string_view s) {
-  if (s.empty()) return std::nullopt;
-  return std::string(s);
-}
 
 WatchEventType EventType(std::string_view name) {
   if (name == "released") return WatchEventType::kReleased;
@@ -223,9 +150,8 @@ bool Pending(const PgResult& r) {
 
 }  // namespace
 
-absl::StatusOr<PgResult> PostgreSQLDriver::Query(
-    const Context& caller_ctx, std::string_view sql,
-    const std::vector<PgParam>& params, Notifies notifies) {
+absl::Status PostgreSQLDriver::Retrying(const Context& caller_ctx,
+                                        Attempt attempt) {
   // A call without a deadline still ends: a statement on a connection
   // that died unseen would otherwise wait for TCP to give up (hours).
   const Context ctx = caller_ctx.deadline() == absl::InfiniteFuture()
@@ -243,15 +169,8 @@ absl::StatusOr<PgResult> PostgreSQLDriver::Query(
     absl::Status failure;
     auto handle = pool_.Get(ctx);
     if (handle.ok()) {
-      auto result = (*handle)->Exec(ctx, sql, params);
-      if (result.ok()) {
-        if (notifies == Notifies::kYes ||
-            (notifies == Notifies::kIfPending && Pending(*result))) {
-          FlushNotify(**handle);
-        }
-        return result;
-      }
-      failure = result.status();
+      failure = attempt(**handle, ctx);
+      if (failure.ok()) return failure;
     } else {
       failure = handle.status();
     }
@@ -269,13 +188,41 @@ absl::StatusOr<PgResult> PostgreSQLDriver::Query(
   }
 }
 
+void PostgreSQLDriver::NotifyAfter(PgConnection& conn, const PgResult& result,
+                                   Notifies notifies) {
+  bool send = notifies == Notifies::kYes;
+  if (notifies == Notifies::kIfPending) send = Pending(result);
+  if (notifies == Notifies::kAfterSettle) {
+    for (int row = 0; row < result.rows() && !send; ++row) {
+      send = result.Get(row, 0) == "notify";
+    }
+  }
+  if (send) FlushNotify(conn);
+}
+
+absl::StatusOr<PgResult> PostgreSQLDriver::Query(
+    const Context& ctx, std::string_view sql,
+    const std::vector<PgParam>& params, Notifies notifies) {
+  std::optional<PgResult> out;
+  absl::Status s =
+      Retrying(ctx, [&](PgConnection& conn, const Context& c) -> absl::Status {
+        auto result = conn.Exec(c, sql, params);
+        if (!result.ok()) return result.status();
+        NotifyAfter(conn, *result, notifies);
+        out.emplace(std::move(*result));
+        return absl::OkStatus();
+      });
+  if (!s.ok()) return s;
+  return std::move(*out);
+}
+
 void PostgreSQLDriver::FlushNotify(PgConnection& conn) {
   // Its own bound, not the caller's: the statement committed, and its
   // watchers are told even when the caller's time has just run out.
   const Context ctx = Context::WithTimeout(
       Context::Background(),
       std::min(config_.connection_timeout, absl::Seconds(5)));
-  auto sent = conn.Exec(ctx, "SELECT pac_flush_notify()", {});
+  auto sent = conn.Exec(ctx, "SELECT pac_send_notify()", {});
   if (!sent.ok()) {
     // Lost with the connection: watchers hear of the change at their next
     // event or poll.
@@ -329,6 +276,23 @@ absl::StatusOr<AcquireResult> PostgreSQLDriver::AcquireSlot(
       result.position = r->GetInt(i, 6);
     }
   }
+  if (result.position > 0) {
+    // Queued under the lock while a release without it (a lease's) may
+    // have freed a slot unseen: pac_settle admits the queue if so.
+    auto settled = Settle(ctx, {repo_key});
+    if (!settled.ok()) return settled.status();
+    for (Lease& l : *settled) {
+      if (l.pipeline_run_key == run_key) {
+        result.acquired = true;
+        result.position = 0;
+        result.lease = std::move(l);
+      } else {
+        result.admitted.push_back(std::move(l));
+        // A queue head ahead of the caller's run.
+        if (result.position > 0) --result.position;
+      }
+    }
+  }
   if (result.acquired) {
     logger_->debug("slot acquired: {} in {} token {}", run_key, repo_key,
                    result.lease.fencing_token);
@@ -340,93 +304,6 @@ absl::StatusOr<AcquireResult> PostgreSQLDriver::AcquireSlot(
   return result;
 }
 
-// A batch of one part (which ImportBatch checks as ImportRuns would).
-absl::StatusOr<ImportResult> PostgreSQLDriver::ImportRuns(
-    const Context& ctx, const Repository& repo, const ImportRequest& request) {
-  auto out = ImportBatch(ctx, {RepositoryImport{repo, request}});
-  if (!out.ok()) return out.status();
-  return std::move(out->front());
-}
-
-absl::StatusOr<std::vector<ImportResult>> PostgreSQLDriver::ImportBatch(
-    const Context& ctx, const std::vector<RepositoryImport>& parts) {
-  if (absl::Status s = ValidateImportBatch(parts, GetImportCapacity());
-      !s.ok()) {
-    return s;
-  }
-  if (parts.empty()) return std::vector<ImportResult>{};
-  // The parts in repository order: each pac_import locks its repository's
-  // row, and two batches (or a batch and an acquire, which locks one row)
-  // then take their locks in one order and cannot deadlock.
-  std::vector<size_t> order(parts.size());
-  for (size_t i = 0; i < parts.size(); ++i) order[i] = i;
-  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-    return parts[a].repository.Key() < parts[b].repository.Key();
-  });
-  std::vector<PgParam> params;
-  params.reserve(7 * parts.size());
-  for (size_t i : order) {
-    const Repository& repo = parts[i].repository;
-    const ImportRequest& request = parts[i].request;
-    std::vector<std::string> waiting, micros;
-    waiting.reserve(request.waiting.size());
-    micros.reserve(request.waiting.size());
-    for (const ImportRequest::Waiting& w : request.waiting) {
-      waiting.push_back(w.pipeline_run_key);
-      micros.push_back(std::to_string(absl::ToUnixMicros(w.creation_time)));
-    }
-    params.push_back(repo.Key());
-    params.push_back(std::to_string(EffectiveLimit(repo)));
-    params.push_back(request.set_limit ? "true" : "false");
-    params.push_back(ArrayLiteral(request.running));
-    params.push_back(ArrayLiteral(waiting));
-    params.push_back(ArrayLiteral(micros));
-    params.push_back(TtlMicros());
-  }
-  auto r = Query(ctx, ImportBatchSql(order), params, Notifies::kYes);
-  if (!r.ok()) return r.status();
-  std::vector<ImportResult> out(parts.size());
-  std::vector<absl::flat_hash_set<std::string_view>> mine(parts.size());
-  for (size_t i = 0; i < parts.size(); ++i) {
-    for (const std::string& run : parts[i].request.running) {
-      mine[i].insert(run);
-    }
-    for (const ImportRequest::Waiting& w : parts[i].request.waiting) {
-      mine[i].insert(w.pipeline_run_key);
-    }
-  }
-  for (int i = 0; i < r->rows(); ++i) {
-    const int64_t part = r->GetInt(i, 7);
-    if (part < 0 || part >= static_cast<int64_t>(parts.size())) continue;
-    const std::string repo_key = parts[part].repository.Key();
-    ImportResult& o = out[part];
-    std::string_view kind = r->Get(i, 0);
-    if (kind == "admitted") {
-      if (!mine[part].contains(r->Get(i, 1))) {
-        o.others_admitted.push_back(LeaseFromRow(*r, i, repo_key));
-      }
-    } else if (kind == "running") {
-      o.running.push_back(LeaseFromRow(*r, i, repo_key));
-    } else if (kind == "held") {
-      o.admitted.push_back(LeaseFromRow(*r, i, repo_key));
-    } else if (kind == "queued") {
-      QueueEntry q;
-      q.pipeline_run_key = std::string(r->Get(i, 1));
-      q.creation_time = r->GetMicros(i, 3);
-      q.enqueued_at = r->GetMicros(i, 4);
-      q.sequence = r->GetInt(i, 5);
-      q.position = r->GetInt(i, 6);
-      o.queued.push_back(std::move(q));
-    }
-  }
-  for (const RepositoryImport& p : parts) {
-    logger_->info("imported {} running and {} waiting runs into {}",
-                  p.request.running.size(), p.request.waiting.size(),
-                  p.repository.Key());
-  }
-  return out;
-}
-
 absl::StatusOr<ReleaseResult> PostgreSQLDriver::ReleaseSlot(
     const Context& ctx, std::string_view lease_id, std::string_view run_key,
     std::string_view repo_key) {
@@ -434,13 +311,16 @@ absl::StatusOr<ReleaseResult> PostgreSQLDriver::ReleaseSlot(
       !s.ok()) {
     return s;
   }
+  if (!lease_id.empty()) {
+    return ReleaseLease(ctx, lease_id, run_key, repo_key);
+  }
   auto r = Query(ctx, kReleaseSql,
-                 {OptText(lease_id), OptText(run_key), OptText(repo_key),
+                 {std::nullopt, OptText(run_key), OptText(repo_key),
                   TtlMicros(), NewRequestId()},
                  Notifies::kIfPending);
   if (!r.ok()) return r.status();
   ReleaseResult result;
-  std::string repo(repo_key);
+  const std::string repo(repo_key);
   for (int i = 0; i < r->rows(); ++i) {
     std::string_view kind = r->Get(i, 0);
     if (kind == "released") {
@@ -453,16 +333,6 @@ absl::StatusOr<ReleaseResult> PostgreSQLDriver::ReleaseSlot(
       logger_->info("admitted {} from the queue (token {})", l.pipeline_run_key,
                     l.fencing_token);
       result.admitted.push_back(std::move(l));
-    }
-  }
-  if (repo.empty() && !result.admitted.empty()) {
-    // Released by id alone: the repository is the lease's; read it back.
-    auto lr = Query(ctx,
-                    "SELECT repository_key FROM concurrency_slots WHERE "
-                    "lease_id = $1",
-                    {result.admitted[0].lease_id});
-    if (lr.ok() && lr->rows() > 0) {
-      for (Lease& l : result.admitted) l.repository_key = lr->Get(0, 0);
     }
   }
   return result;

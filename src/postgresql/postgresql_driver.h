@@ -1,9 +1,13 @@
 // The PostgreSQL driver: state in the database, so every process that shares
 // it sees one set of leases and one queue per repository.
 //
-// * Admission and release are single calls of server-side functions
-//   (schema.cc): one round trip, one transaction that locks the
-//   repository's row, judged by the database clock.
+// * Admission is a single call of a server-side function
+//   (schema_functions.cc): one round trip, one transaction that locks the
+//   repository's row (a refusal of a run that would not queue reads
+//   without it), judged by the database clock. A release by lease id
+//   commits without the lock and pac_settle admits the queue in a second
+//   transaction of the same round trip (pipeline mode, pg_release.cc); a
+//   call that queued runs settles too.
 // * Watches: one LISTEN connection per driver on channel pac_concurrency;
 //   after a reconnect every watcher gets kResync (re-read state). An
 //   optional poll interval sends kResync periodically for poolers that
@@ -23,6 +27,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "pac/concurrency/driver.h"
 #include "src/common/mutex.h"
 #include "src/common/watch_dispatcher.h"
@@ -96,10 +101,29 @@ class PostgreSQLDriver final : public Driver {
   // has committed, the connection sends what it collected
   // (pac_flush_notify, schema.cc): always (kYes), or when the result's last
   // column says something waits (kIfPending, PAC_PENDING).
-  enum class Notifies { kNo, kYes, kIfPending };
+  // kAfterSettle: when a row says 'notify' (pac_settle).
+  enum class Notifies { kNo, kYes, kIfPending, kAfterSettle };
   absl::StatusOr<PgResult> Query(const Context& ctx, std::string_view sql,
                                  const std::vector<PgParam>& params,
                                  Notifies notifies = Notifies::kNo);
+  // Runs `attempt` on a pooled connection, again on a fresh one with
+  // backoff after a retryable failure, until the call's budget ends.
+  using Attempt =
+      absl::FunctionRef<absl::Status(PgConnection&, const Context&)>;
+  absl::Status Retrying(const Context& ctx, Attempt attempt);
+  // Sends the connection's collected notifications as `notifies` says.
+  void NotifyAfter(PgConnection& conn, const PgResult& result,
+                   Notifies notifies);
+  // A release by lease id: pac_release_lease, then pac_settle, pipelined
+  // (pg_release.cc).
+  absl::StatusOr<ReleaseResult> ReleaseLease(const Context& ctx,
+                                             std::string_view lease_id,
+                                             std::string_view run_key,
+                                             std::string_view repo_key);
+  // pac_settle for `repo_keys` (in key order) after calls that queued runs
+  // under the lock; its admissions, each with its repository (pg_release.cc).
+  absl::StatusOr<std::vector<Lease>> Settle(
+      const Context& ctx, const std::vector<std::string>& repo_keys);
   // Sends the notifications the connection's last statement collected.
   void FlushNotify(PgConnection& conn);
   std::string TtlMicros() const;

@@ -12,7 +12,11 @@
 namespace pac::concurrency::internal {
 
 // The newest schema version this build knows.
-inline constexpr int kSchemaVersion = 5;
+inline constexpr int kSchemaVersion = 6;
+
+// The server-side functions of this build (schema_functions.cc), created
+// by Migrate.
+extern const char* const kFunctionsSql;
 
 // Brings the database to kSchemaVersion. Idempotent and safe to run from
 // several processes at the same time.

@@ -1,0 +1,738 @@
+// The PostgreSQL server-side functions that make admission and release one
+// round trip each (pac_acquire, pac_release), the import's step, the
+// reaper and the cleanup, with the notification helpers they share.
+// Migrate (schema.cc) (re)creates them whenever the schema moves to this
+// build's version.
+#include "src/postgresql/schema.h"
+
+namespace pac::concurrency::internal {
+
+const char* const kFunctionsSql = R"SQL(
+-- Every function below counts and grants under the repository row's lock
+-- and relies on READ COMMITTED: each statement sees what committed before
+-- it, so a caller that waited for the lock counts the grants made
+-- meanwhile. Under REPEATABLE READ or SERIALIZABLE it would count from a
+-- snapshot taken before it waited. The driver sets READ COMMITTED on its
+-- connections; this refuses any other.
+CREATE OR REPLACE FUNCTION pac_check_isolation() RETURNS VOID
+LANGUAGE plpgsql AS $$
+BEGIN
+  IF current_setting('transaction_isolation') <> 'read committed' THEN
+    RAISE EXCEPTION 'pac-concurrency needs READ COMMITTED transactions, not %',
+      upper(current_setting('transaction_isolation'))
+      USING ERRCODE = 'invalid_transaction_state';
+  END IF;
+END $$;
+
+-- A NOTIFY takes a database-wide lock at commit and holds it through the
+-- commit's WAL flush, so transactions that notify commit one at a time,
+-- never in a group: at 16 clients that made admission a third as fast
+-- (docs/postgresql.md, "Notifications"). A session with pac.defer_notify
+-- on (the driver's) collects the payloads in a session setting instead,
+-- which the transaction's commit keeps and its rollback drops, and sends
+-- them with pac_flush_notify in a transaction of its own after the
+-- commit: that one writes no WAL, so it holds the lock only briefly.
+-- Other sessions (a driver of an earlier version) notify at once.
+CREATE OR REPLACE FUNCTION pac_notify(p_repo TEXT, p_type TEXT, p_run TEXT)
+RETURNS VOID LANGUAGE plpgsql AS $$
+DECLARE
+  v_payload TEXT := p_repo || E'\t' || p_type || E'\t' || coalesce(p_run, '');
+  v_pending TEXT;
+BEGIN
+  IF current_setting('pac.defer_notify', true) = 'on' THEN
+    v_pending := coalesce(current_setting('pac.pending_notify', true), '');
+    IF length(v_pending) > 8192 THEN
+      -- A large change (an import admitting thousands): what is collected
+      -- goes with this transaction's commit, as without deferral, rather
+      -- than into an ever longer setting copied at every call.
+      PERFORM pac_flush_notify();
+      v_pending := '';
+    END IF;
+    PERFORM set_config('pac.pending_notify', v_pending || v_payload || E'\n',
+                       false);
+  ELSE
+    PERFORM pg_notify('pac_concurrency', v_payload);
+  END IF;
+END $$;
+
+-- Sends the notifications pac_notify deferred, in order; returns how many.
+CREATE OR REPLACE FUNCTION pac_flush_notify() RETURNS INTEGER
+LANGUAGE plpgsql AS $$
+DECLARE
+  v_pending TEXT := current_setting('pac.pending_notify', true);
+  v_payload TEXT;
+  n INTEGER := 0;
+BEGIN
+  IF v_pending IS NULL OR v_pending = '' THEN
+    RETURN 0;
+  END IF;
+  PERFORM set_config('pac.pending_notify', '', false);
+  FOREACH v_payload IN ARRAY string_to_array(rtrim(v_pending, E'\n'), E'\n') LOOP
+    PERFORM pg_notify('pac_concurrency', v_payload);
+    n := n + 1;
+  END LOOP;
+  RETURN n;
+END $$;
+
+-- pac_flush_notify in a transaction of its own that writes nothing else.
+-- A NOTIFY gives its transaction an id, so a commit record, and with
+-- synchronous_commit that commit waited for a WAL flush of its own: one
+-- more disk flush per release. Off for this transaction alone: listeners
+-- see the commit at once, and a crash could lose only the record of a
+-- transaction that changed nothing.
+CREATE OR REPLACE FUNCTION pac_send_notify() RETURNS INTEGER
+LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM set_config('synchronous_commit', 'off', true);
+  RETURN pac_flush_notify();
+END $$;
+
+-- Reclaims the expired leases of a repository whose pac_repositories row the
+-- caller holds locked, then admits queue heads into free slots, oldest first.
+CREATE OR REPLACE FUNCTION pac_promote(p_repo TEXT, p_limit INTEGER,
+                                       p_ttl INTERVAL, p_now TIMESTAMPTZ)
+RETURNS TABLE(o_kind TEXT, o_run TEXT, o_lease TEXT, o_acquired TIMESTAMPTZ,
+              o_expires TIMESTAMPTZ, o_token BIGINT, o_pos BIGINT)
+LANGUAGE plpgsql AS $$
+DECLARE
+  r RECORD;
+  n INTEGER;
+BEGIN
+  FOR r IN DELETE FROM concurrency_slots s
+           WHERE s.repository_key = p_repo AND s.state = 'running'
+             AND s.expires_at <= p_now
+           RETURNING s.pipeline_run_key LOOP
+    PERFORM pac_notify(p_repo, 'expired', r.pipeline_run_key);
+  END LOOP;
+  SELECT count(*) INTO n FROM concurrency_slots s
+   WHERE s.repository_key = p_repo AND s.state = 'running';
+  WHILE p_limit = 0 OR n < p_limit LOOP
+    UPDATE concurrency_slots s
+       SET state = 'running', lease_id = gen_random_uuid()::text,
+           fencing_token = nextval('pac_fencing_seq'), acquired_at = p_now,
+           expires_at = p_now + p_ttl, updated_at = p_now
+     WHERE s.id = (SELECT q.id FROM concurrency_slots q
+                    WHERE q.repository_key = p_repo AND q.state = 'queued'
+                    ORDER BY q.creation_time, q.queue_seq LIMIT 1)
+    RETURNING s.pipeline_run_key, s.lease_id, s.acquired_at, s.expires_at,
+              s.fencing_token INTO r;
+    EXIT WHEN NOT FOUND;
+    n := n + 1;
+    PERFORM pac_notify(p_repo, 'admitted', r.pipeline_run_key);
+    o_kind := 'admitted'; o_run := r.pipeline_run_key; o_lease := r.lease_id;
+    o_acquired := r.acquired_at; o_expires := r.expires_at;
+    o_token := r.fencing_token; o_pos := 0;
+    RETURN NEXT;
+  END LOOP;
+END $$;
+
+-- Answers kept for a retry. An attempt whose answer was lost after its
+-- commit (the connection dropped) is sent again with the same request id;
+-- where a second step would answer differently from the first, the first
+-- keeps its answer in pac_outcomes (rows older than ten minutes go with
+-- pac_reap) and the second answers that: every release that released or
+-- admitted something (a second one finds nothing left), and an acquire
+-- that admitted others. An attempt looks its id up only where it may be
+-- such a retry (a release that found nothing to release; an acquire whose
+-- run is recorded already, or that would not queue it), and only while it
+-- holds the repository row's lock, which the first attempt held until its
+-- commit: a retry waits for an attempt the server is still running and
+-- then finds its answer.
+-- The rows of a kept answer (an array of objects k, run, lease, acq, exp,
+-- tok, pos, n), in their order.
+CREATE OR REPLACE FUNCTION pac_rows(p_result JSONB)
+RETURNS TABLE(o_kind TEXT, o_run TEXT, o_lease TEXT, o_acquired TIMESTAMPTZ,
+              o_expires TIMESTAMPTZ, o_token BIGINT, o_pos BIGINT)
+LANGUAGE sql AS $$
+  SELECT x.k, x.run, x.lease, x.acq, x.exp, x.tok, x.pos
+    FROM jsonb_to_recordset(p_result) AS x(k TEXT, run TEXT, lease TEXT,
+                                          acq TIMESTAMPTZ, exp TIMESTAMPTZ,
+                                          tok BIGINT, pos BIGINT, n BIGINT)
+   ORDER BY x.n;
+$$;
+
+-- One row of an answer as the JSON pac_rows reads back; n keeps the order.
+CREATE OR REPLACE FUNCTION pac_row_json(p_kind TEXT, p_run TEXT, p_lease TEXT,
+                                        p_acquired TIMESTAMPTZ,
+                                        p_expires TIMESTAMPTZ, p_token BIGINT,
+                                        p_pos BIGINT, p_n BIGINT)
+RETURNS JSONB LANGUAGE sql STABLE AS $$
+  SELECT jsonb_build_object('k', p_kind, 'run', p_run, 'lease', p_lease,
+                            'acq', p_acquired, 'exp', p_expires,
+                            'tok', p_token, 'pos', p_pos, 'n', p_n);
+$$;
+
+-- pac_promote's rows as a JSON array of pac_row_json objects numbered
+-- from p_after + 1 (pac_rows reads them back): how a caller both answers
+-- them and keeps them for a retry.
+CREATE OR REPLACE FUNCTION pac_admit(p_repo TEXT, p_limit INTEGER,
+                                     p_ttl INTERVAL, p_now TIMESTAMPTZ,
+                                     p_after BIGINT)
+RETURNS JSONB LANGUAGE sql AS $$
+  SELECT coalesce(jsonb_agg(pac_row_json(p.o_kind, p.o_run, p.o_lease,
+                                         p.o_acquired, p.o_expires, p.o_token,
+                                         p.o_pos, p_after + p.n)
+                            ORDER BY p.n), '[]'::jsonb)
+    FROM pac_promote(p_repo, p_limit, p_ttl, p_now) WITH ORDINALITY
+      AS p(o_kind, o_run, o_lease, o_acquired, o_expires, o_token, o_pos, n);
+$$;
+
+-- A repository's state as admission needs it, from three index probes:
+-- its unexpired running rows, whether one has expired, whether it has a
+-- queue, and the state of run p_run (NULL if it has no row). A SQL
+-- function returning a set (of one row): the planner inlines it into the
+-- caller's statement, and the caller's plan is kept (a function that
+-- returns a plain record is planned again at every call).
+CREATE OR REPLACE FUNCTION pac_look(p_repo TEXT, p_run TEXT, p_now TIMESTAMPTZ)
+RETURNS TABLE(o_live INTEGER, o_expired BOOLEAN, o_queued BOOLEAN,
+              o_mine TEXT)
+LANGUAGE sql STABLE AS $$
+  SELECT r.live, r.expired,
+         EXISTS (SELECT 1 FROM concurrency_slots q
+                  WHERE q.repository_key = p_repo AND q.state = 'queued'),
+         (SELECT m.state::text FROM concurrency_slots m
+           WHERE m.repository_key = p_repo AND m.pipeline_run_key = p_run)
+    FROM (SELECT count(*) FILTER (WHERE s.expires_at > p_now)::integer AS live,
+                 coalesce(bool_or(s.expires_at <= p_now), false) AS expired
+            FROM concurrency_slots s
+           WHERE s.repository_key = p_repo AND s.state = 'running') r;
+$$;
+
+-- Admission, in one statement and without nested steps (each PL/pgSQL
+-- call and row hand-over costs as much as a statement): lock the
+-- repository row (inserting it if there is none), record its limit (with
+-- p_keep, only if none is recorded: the recorded one is kept), reclaim
+-- expired leases and admit the queue, then grant, find or queue the
+-- caller. p_run NULL only sets the limit. Rows: 'admitted' for others,
+-- then one of 'acquired', 'queued' (o_pos) or 'full' for the caller.
+CREATE OR REPLACE FUNCTION pac_acquire(p_repo TEXT, p_run TEXT, p_limit INTEGER,
+                                       p_creation TIMESTAMPTZ, p_enqueue BOOLEAN,
+                                       p_adopt BOOLEAN, p_ttl INTERVAL,
+                                       p_keep BOOLEAN, p_request TEXT)
+RETURNS TABLE(o_kind TEXT, o_run TEXT, o_lease TEXT, o_acquired TIMESTAMPTZ,
+              o_expires TIMESTAMPTZ, o_token BIGINT, o_pos BIGINT)
+LANGUAGE plpgsql AS $$
+DECLARE
+  v_now TIMESTAMPTZ := clock_timestamp();
+  v_old INTEGER;
+  v_count INTEGER;
+  v_expired BOOLEAN;
+  v_queued BOOLEAN;
+  v_mine TEXT;  -- the state of the caller's run, NULL if it has no row
+  v_kept JSONB;
+  v_admitted JSONB;
+  v_n BIGINT := 0;
+  r RECORD;
+BEGIN
+  IF current_setting('transaction_isolation') <> 'read committed' THEN
+    PERFORM pac_check_isolation();
+  END IF;
+  -- A call that would not queue its run is refused without the lock when
+  -- the slots are full at this statement's snapshot (a state that was
+  -- true at one moment, so a true answer) and nothing there would change:
+  -- no expired lease to reclaim, no limit to record, no run of its own. A
+  -- refusal then neither waits for the lock nor writes, and does not hold
+  -- up the releases that wait for the lock behind it.
+  IF p_run IS NOT NULL AND NOT p_enqueue AND NOT p_adopt THEN
+    SELECT t.concurrency_limit INTO v_old FROM pac_repositories t
+     WHERE t.repository_key = p_repo;
+    IF FOUND AND v_old > 0 AND (p_keep OR v_old = p_limit) THEN
+      SELECT l.o_live, l.o_expired, l.o_mine INTO v_count, v_expired, v_mine
+        FROM pac_look(p_repo, p_run, v_now) l;
+      IF v_count >= v_old AND NOT v_expired AND v_mine IS NULL THEN
+        IF p_request IS NOT NULL THEN
+          SELECT o.result INTO v_kept FROM pac_outcomes o
+           WHERE o.request_id = p_request;
+          IF FOUND THEN
+            RETURN QUERY SELECT * FROM pac_rows(v_kept);
+            RETURN;
+          END IF;
+        END IF;
+        o_kind := 'full'; o_run := p_run; o_pos := 0;
+        RETURN NEXT;
+        RETURN;
+      END IF;
+    END IF;
+  END IF;
+  -- Lock the repository's row, inserting it first if there is none. The
+  -- row may be deleted (a cleanup) between the insert and the lock: then
+  -- insert it again, until this call holds it.
+  LOOP
+    SELECT t.concurrency_limit INTO v_old FROM pac_repositories t
+     WHERE t.repository_key = p_repo FOR UPDATE;
+    EXIT WHEN FOUND;
+    INSERT INTO pac_repositories (repository_key, concurrency_limit)
+         VALUES (p_repo, p_limit) ON CONFLICT (repository_key) DO NOTHING;
+  END LOOP;
+  -- The live leases, whether there is an expired lease to reclaim or a
+  -- queue, and the caller's run.
+  SELECT l.o_live, l.o_expired, l.o_queued, l.o_mine
+    INTO v_count, v_expired, v_queued, v_mine
+    FROM pac_look(p_repo, p_run, v_now) l;
+  IF p_request IS NOT NULL AND
+     (v_mine IS NOT NULL OR p_run IS NULL OR NOT p_enqueue) THEN
+    SELECT o.result INTO v_kept FROM pac_outcomes o
+     WHERE o.request_id = p_request;
+    IF FOUND THEN
+      RETURN QUERY SELECT * FROM pac_rows(v_kept);
+      RETURN;
+    END IF;
+  END IF;
+  v_kept := '[]'::jsonb;
+  IF p_keep THEN
+    p_limit := v_old;
+  END IF;
+  IF v_old IS DISTINCT FROM p_limit THEN
+    UPDATE pac_repositories t SET concurrency_limit = p_limit, updated_at = v_now
+     WHERE t.repository_key = p_repo;
+    PERFORM pac_notify(p_repo, 'limit', NULL);
+  END IF;
+  -- Only then pac_promote (most calls have nothing to reclaim or admit).
+  IF v_expired OR (v_queued AND (p_limit = 0 OR v_count < p_limit)) THEN
+    v_admitted := pac_admit(p_repo, p_limit, p_ttl, v_now, v_n);
+    RETURN QUERY SELECT * FROM pac_rows(v_admitted);
+    v_n := v_n + jsonb_array_length(v_admitted);
+    v_kept := v_kept || v_admitted;
+    SELECT l.o_live, l.o_queued, l.o_mine INTO v_count, v_queued, v_mine
+      FROM pac_look(p_repo, p_run, v_now) l;
+  END IF;
+
+  -- The caller's row, in o_*: its lease, a new one, its place, or 'full'.
+  o_kind := NULL; o_run := p_run; o_lease := NULL; o_acquired := NULL;
+  o_expires := NULL; o_token := NULL; o_pos := 0;
+  <<answer>>
+  BEGIN
+    EXIT answer WHEN p_run IS NULL;
+    IF v_mine = 'running' THEN
+      SELECT s.lease_id, s.acquired_at, s.expires_at, s.fencing_token INTO r
+        FROM concurrency_slots s
+       WHERE s.repository_key = p_repo AND s.pipeline_run_key = p_run;
+      o_kind := 'acquired'; o_lease := r.lease_id; o_acquired := r.acquired_at;
+      o_expires := r.expires_at; o_token := r.fencing_token;
+      EXIT answer;
+    END IF;
+    IF p_adopt OR ((p_limit = 0 OR v_count < p_limit) AND NOT v_queued) THEN
+      INSERT INTO concurrency_slots AS s
+             (repository_key, pipeline_run_key, state, acquired_at, expires_at,
+              created_at, updated_at, lease_id, fencing_token, creation_time)
+      VALUES (p_repo, p_run, 'running', v_now, v_now + p_ttl, v_now, v_now,
+              gen_random_uuid()::text, nextval('pac_fencing_seq'),
+              coalesce(p_creation, v_now))
+      ON CONFLICT (repository_key, pipeline_run_key) DO UPDATE
+         SET state = 'running', acquired_at = EXCLUDED.acquired_at,
+             expires_at = EXCLUDED.expires_at, updated_at = EXCLUDED.updated_at,
+             lease_id = EXCLUDED.lease_id,
+             fencing_token = EXCLUDED.fencing_token, queue_seq = NULL
+      RETURNING s.lease_id, s.acquired_at, s.expires_at, s.fencing_token INTO r;
+      o_kind := 'acquired'; o_lease := r.lease_id; o_acquired := r.acquired_at;
+      o_expires := r.expires_at; o_token := r.fencing_token;
+      EXIT answer;
+    END IF;
+    IF v_mine IS NULL THEN
+      IF NOT p_enqueue THEN
+        o_kind := 'full';
+        EXIT answer;
+      END IF;
+      INSERT INTO concurrency_slots
+             (repository_key, pipeline_run_key, state, acquired_at, expires_at,
+              created_at, updated_at, creation_time, queue_seq)
+      VALUES (p_repo, p_run, 'queued', NULL, 'infinity', v_now, v_now,
+              coalesce(p_creation, v_now), nextval('pac_queue_seq'));
+    END IF;
+    SELECT count(*) INTO o_pos
+      FROM concurrency_slots q, concurrency_slots me
+     WHERE me.repository_key = p_repo AND me.pipeline_run_key = p_run
+       AND q.repository_key = p_repo AND q.state = 'queued'
+       AND (q.creation_time, q.queue_seq) <= (me.creation_time, me.queue_seq);
+    o_kind := 'queued';
+  END;
+  IF o_kind IS NOT NULL THEN
+    v_n := v_n + 1;
+    RETURN NEXT;
+  END IF;
+  -- Kept only when it admitted others (they come first): the caller's own
+  -- part (its lease, its place) a second attempt finds again as it was.
+  IF p_request IS NOT NULL AND v_kept <> '[]'::jsonb THEN
+    IF o_kind IS NOT NULL THEN
+      v_kept := v_kept || pac_row_json(o_kind, o_run, o_lease, o_acquired,
+                                       o_expires, o_token, o_pos, v_n);
+    END IF;
+    INSERT INTO pac_outcomes (request_id, result, created_at)
+         VALUES (p_request, v_kept, v_now);
+  END IF;
+END $$;
+
+-- Release, in one statement: by lease id (only that lease) or by key (the
+-- run's lease, or its queue entry), then admit the queue head into the
+-- freed slot. Rows: 'released' or 'dequeued' for the caller, 'admitted' for
+-- the runs that took the slot.
+CREATE OR REPLACE FUNCTION pac_release(p_lease TEXT, p_run TEXT, p_repo TEXT,
+                                       p_ttl INTERVAL, p_request TEXT)
+RETURNS TABLE(o_kind TEXT, o_run TEXT, o_lease TEXT, o_acquired TIMESTAMPTZ,
+              o_expires TIMESTAMPTZ, o_token BIGINT, o_pos BIGINT)
+LANGUAGE plpgsql AS $$
+DECLARE
+  v_now TIMESTAMPTZ := clock_timestamp();
+  v_repo TEXT := p_repo;
+  v_run TEXT := p_run;
+  v_limit INTEGER;
+  v_state TEXT;
+  v_kept JSONB;
+  v_admitted JSONB;
+  v_n BIGINT := 0;
+  r RECORD;
+BEGIN
+  IF current_setting('transaction_isolation') <> 'read committed' THEN
+    PERFORM pac_check_isolation();
+  END IF;
+  IF p_lease IS NOT NULL THEN
+    SELECT s.repository_key, s.pipeline_run_key INTO r
+      FROM concurrency_slots s WHERE s.lease_id = p_lease;
+    IF FOUND THEN
+      IF (p_run IS NOT NULL AND r.pipeline_run_key <> p_run) OR
+         (p_repo IS NOT NULL AND r.repository_key <> p_repo) THEN
+        RETURN;
+      END IF;
+      v_repo := r.repository_key;
+      v_run := r.pipeline_run_key;
+    ELSE
+      v_repo := NULL;
+    END IF;
+  END IF;
+  IF v_repo IS NOT NULL THEN
+    SELECT t.concurrency_limit INTO v_limit FROM pac_repositories t
+     WHERE t.repository_key = v_repo FOR UPDATE;
+    IF NOT FOUND THEN
+      v_repo := NULL;
+    ELSIF p_lease IS NOT NULL THEN
+      DELETE FROM concurrency_slots s
+       WHERE s.lease_id = p_lease AND s.state = 'running'
+      RETURNING s.state INTO v_state;
+    ELSE
+      DELETE FROM concurrency_slots s
+       WHERE s.repository_key = v_repo AND s.pipeline_run_key = v_run
+      RETURNING s.state INTO v_state;
+    END IF;
+  END IF;
+  IF v_state IS NULL AND p_request IS NOT NULL THEN
+    SELECT o.result INTO v_kept FROM pac_outcomes o
+     WHERE o.request_id = p_request;
+    IF FOUND THEN
+      RETURN QUERY SELECT * FROM pac_rows(v_kept);
+      RETURN;
+    END IF;
+  END IF;
+  IF v_repo IS NULL THEN
+    RETURN;
+  END IF;
+  v_kept := '[]'::jsonb;
+  IF v_state IS NOT NULL THEN
+    IF v_state = 'running' THEN
+      PERFORM pac_notify(v_repo, 'released', v_run);
+      o_kind := 'released';
+    ELSE
+      o_kind := 'dequeued';
+    END IF;
+    o_run := v_run; o_pos := 0; v_n := 1;
+    RETURN NEXT;
+    v_kept := jsonb_build_array(pac_row_json(o_kind, o_run, NULL, NULL, NULL,
+                                             NULL, 0, 1));
+  END IF;
+  IF EXISTS (SELECT 1 FROM concurrency_slots q
+              WHERE q.repository_key = v_repo AND q.state = 'queued') THEN
+    v_admitted := pac_admit(v_repo, v_limit, p_ttl, v_now, v_n);
+    RETURN QUERY SELECT * FROM pac_rows(v_admitted);
+    v_n := v_n + jsonb_array_length(v_admitted);
+    v_kept := v_kept || v_admitted;
+  END IF;
+  IF p_request IS NOT NULL AND v_n > 0 THEN
+    INSERT INTO pac_outcomes (request_id, result, created_at)
+         VALUES (p_request, v_kept, v_now);
+  END IF;
+END $$;
+
+-- Release by lease id, the driver's way, without the repository row's
+-- lock: one DELETE of the lease's row (only that lease; with p_run or
+-- p_repo, only if the lease is theirs). A release that waited for the lock
+-- waited behind every admission of its repository, each holding the lock
+-- through its commit, while the slot it was freeing stayed taken. Counts
+-- made under the lock while this DELETE is not yet committed still see
+-- the slot taken: never more admitted, at worst one admission later. The
+-- queue is admitted by pac_settle, which the driver runs right after, in a
+-- transaction of its own (pipelined with this one): after this commit, so
+-- it sees the freed slot. The repository is left in pac.settle_repo for
+-- it. Rows: 'released' (o_repo the lease's repository), or none.
+CREATE OR REPLACE FUNCTION pac_release_lease(p_lease TEXT, p_run TEXT,
+                                             p_repo TEXT, p_request TEXT)
+RETURNS TABLE(o_kind TEXT, o_run TEXT, o_repo TEXT)
+LANGUAGE plpgsql AS $$
+DECLARE
+  v_kept JSONB;
+  r RECORD;
+BEGIN
+  IF current_setting('transaction_isolation') <> 'read committed' THEN
+    PERFORM pac_check_isolation();
+  END IF;
+  DELETE FROM concurrency_slots s
+   WHERE s.lease_id = p_lease AND s.state = 'running'
+     AND (p_run IS NULL OR s.pipeline_run_key = p_run)
+     AND (p_repo IS NULL OR s.repository_key = p_repo)
+  RETURNING s.repository_key, s.pipeline_run_key INTO r;
+  IF FOUND THEN
+    PERFORM pac_notify(r.repository_key, 'released', r.pipeline_run_key);
+    PERFORM set_config('pac.settle_repo', r.repository_key, false);
+    o_kind := 'released'; o_run := r.pipeline_run_key;
+    o_repo := r.repository_key;
+    RETURN NEXT;
+    IF p_request IS NOT NULL THEN
+      INSERT INTO pac_outcomes (request_id, result, created_at)
+           VALUES (p_request,
+                   jsonb_build_array(jsonb_build_object('k', o_kind,
+                                                        'run', o_run,
+                                                        'repo', o_repo)),
+                   clock_timestamp());
+    END IF;
+    RETURN;
+  END IF;
+  -- Nothing to release: perhaps a retry whose first attempt released (a
+  -- first attempt still running held the row, and this DELETE waited).
+  IF p_request IS NOT NULL THEN
+    SELECT o.result INTO v_kept FROM pac_outcomes o
+     WHERE o.request_id = p_request;
+    IF FOUND THEN
+      PERFORM set_config('pac.settle_repo', v_kept -> 0 ->> 'repo', false);
+      RETURN QUERY SELECT x.k, x.run, x.repo
+                     FROM jsonb_to_recordset(v_kept)
+                       AS x(k TEXT, run TEXT, repo TEXT);
+    END IF;
+  END IF;
+END $$;
+
+-- Admits the queue of p_repo into its free slots, in a transaction of its
+-- own, after a change that committed without the repository row's lock
+-- (p_repo NULL: the repository pac_release_lease left in pac.settle_repo),
+-- or after one that queued runs (pac_acquire, pac_import), which a release
+-- without the lock may have missed: whichever of the two commits last
+-- sees the other's change here. Looks first without the lock (a queue,
+-- and a free slot or an expired lease for its head); most calls stop
+-- there, write nothing, and send the notifications their connection
+-- collected (pac_send_notify). One that admits keeps its answer under
+-- p_request || '/settle' and ends with a 'notify' row: the driver sends
+-- the notifications after this commit. Rows as pac_promote's.
+CREATE OR REPLACE FUNCTION pac_settle(p_repo TEXT, p_ttl INTERVAL,
+                                      p_request TEXT)
+RETURNS TABLE(o_kind TEXT, o_run TEXT, o_lease TEXT, o_acquired TIMESTAMPTZ,
+              o_expires TIMESTAMPTZ, o_token BIGINT, o_pos BIGINT)
+LANGUAGE plpgsql AS $$
+DECLARE
+  v_now TIMESTAMPTZ := clock_timestamp();
+  v_repo TEXT := p_repo;
+  v_request TEXT := p_request || '/settle';
+  v_limit INTEGER;
+  v_count INTEGER;
+  v_kept JSONB;
+  v_admitted JSONB;
+  v_n BIGINT := 0;
+BEGIN
+  IF current_setting('transaction_isolation') <> 'read committed' THEN
+    PERFORM pac_check_isolation();
+  END IF;
+  IF v_repo IS NULL THEN
+    v_repo := nullif(current_setting('pac.settle_repo', true), '');
+    PERFORM set_config('pac.settle_repo', '', false);
+  END IF;
+  <<settle>>
+  BEGIN
+    EXIT settle WHEN v_repo IS NULL;
+    IF v_request IS NOT NULL THEN
+      SELECT o.result INTO v_kept FROM pac_outcomes o
+       WHERE o.request_id = v_request;
+      IF FOUND THEN
+        RETURN QUERY SELECT * FROM pac_rows(v_kept);
+        EXIT settle;
+      END IF;
+    END IF;
+    SELECT t.concurrency_limit INTO v_limit FROM pac_repositories t
+     WHERE t.repository_key = v_repo;
+    EXIT settle WHEN NOT FOUND;
+    EXIT settle WHEN NOT EXISTS (
+        SELECT 1 FROM concurrency_slots q
+         WHERE q.repository_key = v_repo AND q.state = 'queued');
+    IF v_limit > 0 THEN
+      SELECT count(*) INTO v_count FROM concurrency_slots s
+       WHERE s.repository_key = v_repo AND s.state = 'running'
+         AND s.expires_at > v_now;
+      EXIT settle WHEN v_count >= v_limit;
+    END IF;
+    SELECT t.concurrency_limit INTO v_limit FROM pac_repositories t
+     WHERE t.repository_key = v_repo FOR UPDATE;
+    EXIT settle WHEN NOT FOUND;
+    IF v_request IS NOT NULL THEN
+      -- A first attempt that was still running held the lock until now.
+      SELECT o.result INTO v_kept FROM pac_outcomes o
+       WHERE o.request_id = v_request;
+      IF FOUND THEN
+        RETURN QUERY SELECT * FROM pac_rows(v_kept);
+        EXIT settle;
+      END IF;
+    END IF;
+    v_kept := '[]'::jsonb;
+    v_admitted := pac_admit(v_repo, v_limit, p_ttl, v_now, v_n);
+    RETURN QUERY SELECT * FROM pac_rows(v_admitted);
+    v_n := v_n + jsonb_array_length(v_admitted);
+    v_kept := v_kept || v_admitted;
+    IF v_n > 0 AND v_request IS NOT NULL THEN
+      INSERT INTO pac_outcomes (request_id, result, created_at)
+           VALUES (v_request, v_kept, v_now);
+    END IF;
+    o_kind := 'notify'; o_run := NULL; o_lease := NULL; o_acquired := NULL;
+    o_expires := NULL; o_token := NULL; o_pos := 0;
+    RETURN NEXT;
+    RETURN;
+  END;
+  PERFORM pac_send_notify();
+END $$;
+
+-- An import's step for one repository (ImportRuns), in one statement: the
+-- limit recorded as pac_acquire records it (p_set false: the recorded
+-- one is kept), the running runs given slots (above the limit too), the
+-- waiting runs queued in the given order with p_times (a run the table
+-- holds keeps its lease or its place), then the queue admitted into free
+-- slots. Rows: 'admitted' for every run the step admitted from the queue;
+-- then 'running' with the lease of each p_running run, in order; then for
+-- each p_waiting run in order 'held' (its lease) or 'queued' (o_pos, with
+-- o_acquired its creation time, o_expires its enqueue time and o_token its
+-- sequence).
+CREATE OR REPLACE FUNCTION pac_import(p_repo TEXT, p_limit INTEGER,
+                                      p_set BOOLEAN, p_running TEXT[],
+                                      p_waiting TEXT[], p_times TIMESTAMPTZ[],
+                                      p_ttl INTERVAL)
+RETURNS TABLE(o_kind TEXT, o_run TEXT, o_lease TEXT, o_acquired TIMESTAMPTZ,
+              o_expires TIMESTAMPTZ, o_token BIGINT, o_pos BIGINT)
+LANGUAGE plpgsql AS $$
+DECLARE
+  v_now TIMESTAMPTZ := clock_timestamp();
+  v_limit INTEGER;
+  v_seqs BIGINT[];
+  v_places JSONB;
+  r RECORD;
+BEGIN
+  -- Locks the repository row until the commit; reclaims expired leases.
+  RETURN QUERY SELECT * FROM pac_acquire(p_repo, NULL, p_limit, NULL, true,
+                                         false, p_ttl, NOT p_set, NULL);
+  SELECT t.concurrency_limit INTO v_limit FROM pac_repositories t
+   WHERE t.repository_key = p_repo;
+  FOR r IN UPDATE concurrency_slots s
+              SET state = 'running', lease_id = gen_random_uuid()::text,
+                  fencing_token = nextval('pac_fencing_seq'),
+                  acquired_at = v_now, expires_at = v_now + p_ttl,
+                  updated_at = v_now, queue_seq = NULL
+            WHERE s.repository_key = p_repo AND s.state = 'queued'
+              AND s.pipeline_run_key = ANY (p_running)
+        RETURNING s.pipeline_run_key LOOP
+    PERFORM pac_notify(p_repo, 'admitted', r.pipeline_run_key);
+  END LOOP;
+  FOR r IN INSERT INTO concurrency_slots AS s
+                  (repository_key, pipeline_run_key, state, acquired_at,
+                   expires_at, created_at, updated_at, lease_id,
+                   fencing_token, creation_time)
+           SELECT p_repo, u.run, 'running', v_now, v_now + p_ttl, v_now,
+                  v_now, gen_random_uuid()::text, nextval('pac_fencing_seq'),
+                  v_now
+             FROM unnest(p_running) WITH ORDINALITY AS u(run, n) ORDER BY u.n
+           ON CONFLICT (repository_key, pipeline_run_key) DO NOTHING
+        RETURNING s.pipeline_run_key LOOP
+    PERFORM pac_notify(p_repo, 'admitted', r.pipeline_run_key);
+  END LOOP;
+  -- Sequence values in the order they were drawn (each above the last),
+  -- given to the waiting runs in request order.
+  SELECT array_agg(x.v ORDER BY x.v) INTO v_seqs
+    FROM (SELECT nextval('pac_queue_seq') AS v
+            FROM generate_series(1, coalesce(cardinality(p_waiting), 0))) x;
+  INSERT INTO concurrency_slots
+         (repository_key, pipeline_run_key, state, acquired_at, expires_at,
+          created_at, updated_at, creation_time, queue_seq)
+  SELECT p_repo, w.run, 'queued', NULL, 'infinity', v_now, v_now,
+         p_times[w.n], v_seqs[w.n]
+    FROM unnest(p_waiting) WITH ORDINALITY AS w(run, n)
+  ON CONFLICT (repository_key, pipeline_run_key) DO NOTHING;
+  RETURN QUERY SELECT * FROM pac_promote(p_repo, v_limit, p_ttl, v_now);
+  RETURN QUERY
+    SELECT 'running'::text, s.pipeline_run_key::text, s.lease_id,
+           s.acquired_at, s.expires_at, s.fencing_token, 0::bigint
+      FROM unnest(p_running) WITH ORDINALITY AS u(run, n)
+      JOIN concurrency_slots s
+        ON s.repository_key = p_repo AND s.pipeline_run_key = u.run
+     ORDER BY u.n;
+  -- Every queue place, from one ordered scan of the queue, as a map: a
+  -- join on the numbered queue could be planned as a scan of the whole
+  -- queue per run (a new repository's statistics say it is small).
+  IF coalesce(cardinality(p_waiting), 0) > 0 THEN
+    SELECT jsonb_object_agg(x.run, x.pos) INTO v_places
+      FROM (SELECT q.pipeline_run_key AS run,
+                   row_number() OVER (ORDER BY q.creation_time,
+                                               q.queue_seq) AS pos
+              FROM concurrency_slots q
+             WHERE q.repository_key = p_repo AND q.state = 'queued') x;
+  END IF;
+  RETURN QUERY
+    SELECT CASE WHEN s.state = 'running' THEN 'held' ELSE 'queued' END,
+           s.pipeline_run_key::text, s.lease_id,
+           CASE WHEN s.state = 'running' THEN s.acquired_at
+                ELSE s.creation_time END,
+           CASE WHEN s.state = 'running' THEN s.expires_at
+                ELSE s.created_at END,
+           coalesce(s.fencing_token, s.queue_seq),
+           coalesce((v_places ->> s.pipeline_run_key)::bigint, 0)
+      FROM unnest(p_waiting) WITH ORDINALITY AS w(run, n)
+      JOIN concurrency_slots s
+        ON s.repository_key = p_repo AND s.pipeline_run_key = w.run
+     ORDER BY w.n;
+END $$;
+
+-- Background cleanup: every repository with an expired lease is locked,
+-- reclaimed and its queue admitted. Returns how many repositories.
+CREATE OR REPLACE FUNCTION pac_reap(p_ttl INTERVAL) RETURNS INTEGER
+LANGUAGE plpgsql AS $$
+DECLARE
+  v_repo TEXT;
+  v_limit INTEGER;
+  n INTEGER := 0;
+BEGIN
+  PERFORM pac_check_isolation();
+  FOR v_repo IN SELECT DISTINCT s.repository_key FROM concurrency_slots s
+                 WHERE s.state = 'running' AND s.expires_at <= clock_timestamp() LOOP
+    SELECT t.concurrency_limit INTO v_limit FROM pac_repositories t
+     WHERE t.repository_key = v_repo FOR UPDATE;
+    CONTINUE WHEN NOT FOUND;  -- cleaned up meanwhile, slots and all
+    PERFORM * FROM pac_promote(v_repo, coalesce(v_limit, 0), p_ttl,
+                               clock_timestamp());
+    n := n + 1;
+  END LOOP;
+  DELETE FROM pac_outcomes o
+   WHERE o.created_at < clock_timestamp() - interval '10 minutes';
+  RETURN n;
+END $$;
+
+-- Removes everything of one repository, and nothing else.
+CREATE OR REPLACE FUNCTION pac_cleanup(p_repo TEXT) RETURNS VOID
+LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM pac_check_isolation();
+  PERFORM 1 FROM pac_repositories t WHERE t.repository_key = p_repo FOR UPDATE;
+  -- States are keyed by run alone: a run key another repository also
+  -- uses keeps its state.
+  DELETE FROM pipeline_run_states p
+   WHERE p.pipeline_run_key IN (SELECT s.pipeline_run_key FROM concurrency_slots s
+                                 WHERE s.repository_key = p_repo)
+     AND NOT EXISTS (SELECT 1 FROM concurrency_slots o
+                      WHERE o.pipeline_run_key = p.pipeline_run_key
+                        AND o.repository_key <> p_repo);
+  DELETE FROM concurrency_slots s WHERE s.repository_key = p_repo;
+  DELETE FROM repository_states r WHERE r.repository_key = p_repo;
+  DELETE FROM pac_repositories t WHERE t.repository_key = p_repo;
+  PERFORM pac_notify(p_repo, 'cleaned', NULL);
+END $$;
+)SQL";
+
+}  // namespace pac::concurrency::internal
