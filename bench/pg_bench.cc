@@ -91,7 +91,6 @@ BENCHMARK(BM_PG_AcquireRelease)
     ->Threads(1)
     ->Threads(4)
     ->Threads(16)
-    ->MinTime(5)
     ->UseRealTime();
 
 void BM_PG_ReleaseToWatcherAcrossProcesses(benchmark::State& state) {

@@ -423,5 +423,37 @@ TEST(PostgreSQLEdgeTest,
   EXPECT_TRUE(d2->Close().ok());
 }
 
+// A pooler in transaction mode may run the release and its settle on two
+// server connections: the settle then finds the repository in the
+// release's kept answer, not in its own session. Seen failing without
+// that: the settle found no repository and admitted nobody.
+TEST(PostgreSQLEdgeTest, ASettleOnAnotherConnectionFindsTheRelease) {
+  auto d = NewDriver();
+  auto a = Connect();
+  auto b = Connect();
+  ASSERT_TRUE(d && a && b);
+  Repository repo{UniqueNs("pooled"), "repo", 1};
+  auto x = d->AcquireSlot(Context(), repo, repo.ns + "/x");
+  ASSERT_TRUE(x.ok() && x->acquired) << x.status();
+  auto w = d->AcquireSlot(Context(), repo, repo.ns + "/w");
+  ASSERT_TRUE(w.ok() && !w->acquired) << w.status();
+  const std::string request = "pooled-" + repo.ns;
+  Context ctx = Context::WithTimeout(Context(), absl::Seconds(10));
+  auto released =
+      a->Exec(ctx, "SELECT o_kind FROM pac_release_lease($1, NULL, NULL, $2)",
+              {x->lease.lease_id, request});
+  ASSERT_TRUE(released.ok()) << released.status();
+  ASSERT_EQ(released->rows(), 1);
+  auto settled = b->Exec(ctx,
+                         "SELECT o_kind, o_run FROM pac_settle(NULL, "
+                         "interval '1 hour', $1)",
+                         {request});
+  ASSERT_TRUE(settled.ok()) << settled.status();
+  ASSERT_GE(settled->rows(), 1);
+  EXPECT_EQ(settled->Get(0, 0), "admitted");
+  EXPECT_EQ(settled->Get(0, 1), repo.ns + "/w");
+  EXPECT_TRUE(d->Close().ok());
+}
+
 }  // namespace
 }  // namespace pac::concurrency

@@ -540,6 +540,12 @@ BEGIN
   IF v_repo IS NULL THEN
     v_repo := nullif(current_setting('pac.settle_repo', true), '');
     PERFORM set_config('pac.settle_repo', '', false);
+    IF v_repo IS NULL AND p_request IS NOT NULL THEN
+      -- Not this session's release (a pooler that hands each transaction
+      -- to another server connection): the release kept its repository.
+      SELECT o.result -> 0 ->> 'repo' INTO v_repo FROM pac_outcomes o
+       WHERE o.request_id = p_request;
+    END IF;
   END IF;
   <<settle>>
   BEGIN
