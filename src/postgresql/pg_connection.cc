@@ -72,7 +72,7 @@ absl::StatusOr<std::unique_ptr<PgConnection>> PgConnection::Open(
       config.ssl_mode.c_str(), timeout.c_str(),
       "pac-concurrency"};
   // Admission counts under a row lock and needs each statement to see what
-  // committed while it waited (schema.cc, pac_check_isolation): READ
+  // committed while it waited (schema_functions.cc, pac_check_isolation): READ
   // COMMITTED whatever the server's or role's default.
   // TCP keepalives: an idle connection whose peer vanished is noticed in
   // about a minute, not the kernel's two hours.
@@ -85,7 +85,8 @@ absl::StatusOr<std::unique_ptr<PgConnection>> PgConnection::Open(
   }
   keys.push_back("options");
   // pac.defer_notify: the functions collect their notifications for
-  // pac_flush_notify, which the driver runs after the commit (schema.cc).
+  // pac_flush_notify, which the driver runs after the commit
+  // (schema_functions.cc).
   values.push_back(
       "-c default_transaction_isolation=read\\ committed -c "
       "pac.defer_notify=on");

@@ -435,15 +435,23 @@ TEST(PostgreSQLEdgeTest, ASettleOnAnotherConnectionFindsTheRelease) {
   Repository repo{UniqueNs("pooled"), "repo", 1};
   auto x = d->AcquireSlot(Context(), repo, repo.ns + "/x");
   ASSERT_TRUE(x.ok() && x->acquired) << x.status();
-  auto w = d->AcquireSlot(Context(), repo, repo.ns + "/w");
-  ASSERT_TRUE(w.ok() && !w->acquired) << w.status();
   const std::string request = "pooled-" + repo.ns;
   Context ctx = Context::WithTimeout(Context(), absl::Seconds(10));
-  auto released =
-      a->Exec(ctx, "SELECT o_kind FROM pac_release_lease($1, NULL, NULL, $2)",
-              {x->lease.lease_id, request});
+  auto released = a->Exec(ctx,
+                          "SELECT o_kind FROM pac_release_lease($1, NULL, "
+                          "NULL, interval '1 hour', $2)",
+                          {x->lease.lease_id, request});
   ASSERT_TRUE(released.ok()) << released.status();
   ASSERT_EQ(released->rows(), 1);
+  // A run queued after the release looked (written directly: what an
+  // acquire that counted the lease as taken would have queued).
+  ASSERT_TRUE(Exec(*a,
+                   "INSERT INTO concurrency_slots (repository_key, "
+                   "pipeline_run_key, state, expires_at, creation_time, "
+                   "queue_seq) VALUES ($1, $2, 'queued', 'infinity', now(), "
+                   "nextval('pac_queue_seq'))",
+                   {repo.Key(), repo.ns + "/w"})
+                  .ok());
   auto settled = b->Exec(ctx,
                          "SELECT o_kind, o_run FROM pac_settle(NULL, "
                          "interval '1 hour', $1)",

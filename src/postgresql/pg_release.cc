@@ -1,6 +1,7 @@
-// The PostgreSQL driver's release by lease id and pac_settle: the release
-// commits without the repository row's lock, and the queue is admitted in
-// a second transaction sent with it in one round trip (pipeline mode).
+// The PostgreSQL driver's release by lease id and pac_settle: a release in
+// a repository without a queue commits without the repository row's lock,
+// and pac_settle, a second transaction sent with it in one round trip
+// (pipeline mode), admits a run queued meanwhile.
 // Why, and why no admission is lost: schema_functions.cc,
 // pac_release_lease and pac_settle.
 #include "src/common/logging.h"
@@ -10,10 +11,13 @@
 namespace pac::concurrency::internal {
 namespace {
 
-constexpr const char* kReleaseLeaseSql =
-    "SELECT o_kind, o_run, o_repo FROM pac_release_lease($1, $2, $3, $4)";
-
 // clang-format off
+constexpr const char* kReleaseLeaseSql =
+    "SELECT o_kind, o_run, o_lease, "
+    PAC_MICROS("o_acquired") ", " PAC_MICROS("o_expires") ", o_token, o_pos,"
+    " o_repo FROM pac_release_lease($1, $2, $3,"
+    " $4::bigint * interval '1 microsecond', $5)";
+
 // $1 NULL: the repository the release before it on the connection left.
 constexpr const char* kSettleSql =
     "SELECT o_kind, o_run, o_lease, "
@@ -40,7 +44,8 @@ absl::StatusOr<ReleaseResult> PostgreSQLDriver::ReleaseLease(
     std::string_view repo_key) {
   const std::string request = NewRequestId();
   const std::vector<PgParam> release_params = {
-      std::string(lease_id), OptText(run_key), OptText(repo_key), request};
+      std::string(lease_id), OptText(run_key), OptText(repo_key), TtlMicros(),
+      request};
   const std::vector<PgParam> settle_params = {std::nullopt, TtlMicros(),
                                               request};
   std::vector<PgResult> results;
@@ -58,19 +63,23 @@ absl::StatusOr<ReleaseResult> PostgreSQLDriver::ReleaseLease(
   std::string repo(repo_key);
   const PgResult& released = results[0];
   for (int i = 0; i < released.rows(); ++i) {
+    repo = std::string(released.Get(i, 7));
     if (released.Get(i, 0) == "released") {
       result.released = true;
-      repo = std::string(released.Get(i, 2));
       logger_->debug("slot released: {}", released.Get(i, 1));
     }
   }
-  const PgResult& settled = results[1];
-  for (int i = 0; i < settled.rows(); ++i) {
-    if (settled.Get(i, 0) != "admitted") continue;
-    Lease l = LeaseFromRow(settled, i, repo);
-    logger_->info("admitted {} from the queue (token {})", l.pipeline_run_key,
-                  l.fencing_token);
-    result.admitted.push_back(std::move(l));
+  // Admitted with the release (its repository had a queue), then by the
+  // settle after it.
+  const PgResult* const parts[] = {&released, &results[1]};
+  for (const PgResult* r : parts) {
+    for (int i = 0; i < r->rows(); ++i) {
+      if (r->Get(i, 0) != "admitted") continue;
+      Lease l = LeaseFromRow(*r, i, repo);
+      logger_->info("admitted {} from the queue (token {})", l.pipeline_run_key,
+                    l.fencing_token);
+      result.admitted.push_back(std::move(l));
+    }
   }
   return result;
 }

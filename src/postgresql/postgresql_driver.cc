@@ -22,8 +22,8 @@ namespace {
 constexpr const char* kChannel = "pac_concurrency";
 
 // The last column of a select from pac_acquire or pac_release: whether the
-// call left notifications for pac_flush_notify (schema.cc). The function
-// has run to its end before its first row is read (a PL/pgSQL function
+// call left notifications for pac_flush_notify (schema_functions.cc). The
+// function has run to its end before its first row is read (a PL/pgSQL function
 // returns its rows all at once), so the setting is what the call left. A
 // call that left none (most acquires) needs no second round trip.
 #define PAC_PENDING \

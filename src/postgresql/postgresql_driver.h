@@ -99,9 +99,9 @@ class PostgreSQLDriver final : public Driver {
   // Runs `sql` with retries on retryable failures until the budget ends.
   // `notifies`: `sql` calls a function that may notify watchers; once it
   // has committed, the connection sends what it collected
-  // (pac_flush_notify, schema.cc): always (kYes), or when the result's last
-  // column says something waits (kIfPending, PAC_PENDING).
-  // kAfterSettle: when a row says 'notify' (pac_settle).
+  // (pac_send_notify, schema_functions.cc): always (kYes), or when the result's
+  // last column says something waits (kIfPending, PAC_PENDING). kAfterSettle:
+  // when a row says 'notify' (pac_settle).
   enum class Notifies { kNo, kYes, kIfPending, kAfterSettle };
   absl::StatusOr<PgResult> Query(const Context& ctx, std::string_view sql,
                                  const std::vector<PgParam>& params,

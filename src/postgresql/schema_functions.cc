@@ -451,60 +451,93 @@ BEGIN
   END IF;
 END $$;
 
--- Release by lease id, the driver's way, without the repository row's
--- lock: one DELETE of the lease's row (only that lease; with p_run or
--- p_repo, only if the lease is theirs). A release that waited for the lock
--- waited behind every admission of its repository, each holding the lock
--- through its commit, while the slot it was freeing stayed taken. Counts
--- made under the lock while this DELETE is not yet committed still see
--- the slot taken: never more admitted, at worst one admission later. The
--- queue is admitted by pac_settle, which the driver runs right after, in a
--- transaction of its own (pipelined with this one): after this commit, so
--- it sees the freed slot. The repository is left in pac.settle_repo for
--- it. Rows: 'released' (o_repo the lease's repository), or none.
+-- The rows of pac_release_lease's answer, kept as a JSON array of
+-- pac_row_json objects, each with its repository ('repo').
+CREATE OR REPLACE FUNCTION pac_lease_rows(p_result JSONB)
+RETURNS TABLE(o_kind TEXT, o_run TEXT, o_lease TEXT, o_acquired TIMESTAMPTZ,
+              o_expires TIMESTAMPTZ, o_token BIGINT, o_pos BIGINT,
+              o_repo TEXT)
+LANGUAGE sql AS $$
+  SELECT x.k, x.run, x.lease, x.acq, x.exp, x.tok, x.pos, x.repo
+    FROM jsonb_to_recordset(p_result) AS x(k TEXT, run TEXT, lease TEXT,
+                                          acq TIMESTAMPTZ, exp TIMESTAMPTZ,
+                                          tok BIGINT, pos BIGINT, n BIGINT,
+                                          repo TEXT)
+   ORDER BY x.n;
+$$;
+
+-- Release by lease id, the driver's way (only that lease; with p_run or
+-- p_repo, only if the lease is theirs). When the lease's repository has a
+-- queue, the release and the admission of its head are one transaction
+-- under the repository row's lock (pac_release). When it has none, one
+-- DELETE without the lock: a release that waited for the lock waited
+-- behind every admission of its repository, each holding the lock through
+-- its commit, while the slot it was freeing stayed taken. Counts made
+-- under the lock while that DELETE is not yet committed still see the
+-- slot taken: never more admitted. A run queued meanwhile (under the
+-- lock, unseen here) is admitted by pac_settle, which the driver runs
+-- right after this commit (pipelined) and which the queuer runs after
+-- its own. The repository is left in pac.settle_repo and in the kept
+-- answer for it. Rows: 'released' and 'admitted' as pac_release's, each
+-- with o_repo, or none.
 CREATE OR REPLACE FUNCTION pac_release_lease(p_lease TEXT, p_run TEXT,
-                                             p_repo TEXT, p_request TEXT)
-RETURNS TABLE(o_kind TEXT, o_run TEXT, o_repo TEXT)
+                                             p_repo TEXT, p_ttl INTERVAL,
+                                             p_request TEXT)
+RETURNS TABLE(o_kind TEXT, o_run TEXT, o_lease TEXT, o_acquired TIMESTAMPTZ,
+              o_expires TIMESTAMPTZ, o_token BIGINT, o_pos BIGINT,
+              o_repo TEXT)
 LANGUAGE plpgsql AS $$
 DECLARE
+  v_repo TEXT;
   v_kept JSONB;
   r RECORD;
 BEGIN
   IF current_setting('transaction_isolation') <> 'read committed' THEN
     PERFORM pac_check_isolation();
   END IF;
-  DELETE FROM concurrency_slots s
+  SELECT s.repository_key INTO v_repo FROM concurrency_slots s
    WHERE s.lease_id = p_lease AND s.state = 'running'
      AND (p_run IS NULL OR s.pipeline_run_key = p_run)
-     AND (p_repo IS NULL OR s.repository_key = p_repo)
-  RETURNING s.repository_key, s.pipeline_run_key INTO r;
-  IF FOUND THEN
-    PERFORM pac_notify(r.repository_key, 'released', r.pipeline_run_key);
-    PERFORM set_config('pac.settle_repo', r.repository_key, false);
-    o_kind := 'released'; o_run := r.pipeline_run_key;
-    o_repo := r.repository_key;
-    RETURN NEXT;
+     AND (p_repo IS NULL OR s.repository_key = p_repo);
+  IF FOUND AND EXISTS (SELECT 1 FROM concurrency_slots q
+                        WHERE q.repository_key = v_repo
+                          AND q.state = 'queued') THEN
+    SELECT coalesce(jsonb_agg(pac_row_json(x.o_kind, x.o_run, x.o_lease,
+                                           x.o_acquired, x.o_expires,
+                                           x.o_token, x.o_pos, x.n)
+                              || jsonb_build_object('repo', v_repo)
+                              ORDER BY x.n), '[]'::jsonb)
+      INTO v_kept
+      FROM pac_release(p_lease, p_run, p_repo, p_ttl, NULL) WITH ORDINALITY
+        AS x(o_kind, o_run, o_lease, o_acquired, o_expires, o_token, o_pos, n);
+  ELSE
+    DELETE FROM concurrency_slots s
+     WHERE s.lease_id = p_lease AND s.state = 'running'
+       AND (p_run IS NULL OR s.pipeline_run_key = p_run)
+       AND (p_repo IS NULL OR s.repository_key = p_repo)
+    RETURNING s.repository_key, s.pipeline_run_key INTO r;
+    v_kept := '[]'::jsonb;
+    IF FOUND THEN
+      PERFORM pac_notify(r.repository_key, 'released', r.pipeline_run_key);
+      v_kept := jsonb_build_array(
+          pac_row_json('released', r.pipeline_run_key, NULL, NULL, NULL, NULL,
+                       0, 1) || jsonb_build_object('repo', r.repository_key));
+    END IF;
+  END IF;
+  IF v_kept <> '[]'::jsonb THEN
     IF p_request IS NOT NULL THEN
       INSERT INTO pac_outcomes (request_id, result, created_at)
-           VALUES (p_request,
-                   jsonb_build_array(jsonb_build_object('k', o_kind,
-                                                        'run', o_run,
-                                                        'repo', o_repo)),
-                   clock_timestamp());
+           VALUES (p_request, v_kept, clock_timestamp());
     END IF;
-    RETURN;
-  END IF;
-  -- Nothing to release: perhaps a retry whose first attempt released (a
-  -- first attempt still running held the row, and this DELETE waited).
-  IF p_request IS NOT NULL THEN
+  ELSIF p_request IS NOT NULL THEN
+    -- Nothing to release: perhaps a retry whose first attempt released (a
+    -- first attempt still running held the row, and this call waited).
     SELECT o.result INTO v_kept FROM pac_outcomes o
      WHERE o.request_id = p_request;
-    IF FOUND THEN
-      PERFORM set_config('pac.settle_repo', v_kept -> 0 ->> 'repo', false);
-      RETURN QUERY SELECT x.k, x.run, x.repo
-                     FROM jsonb_to_recordset(v_kept)
-                       AS x(k TEXT, run TEXT, repo TEXT);
-    END IF;
+  END IF;
+  IF v_kept IS NOT NULL AND v_kept <> '[]'::jsonb THEN
+    PERFORM set_config('pac.settle_repo', v_kept -> 0 ->> 'repo', false);
+    RETURN QUERY SELECT * FROM pac_lease_rows(v_kept);
   END IF;
 END $$;
 
