@@ -548,10 +548,11 @@ END $$;
 -- without the lock may have missed: whichever of the two commits last
 -- sees the other's change here. Looks first without the lock (a queue,
 -- and a free slot or an expired lease for its head); most calls stop
--- there, write nothing, and send the notifications their connection
--- collected (pac_send_notify). One that admits keeps its answer under
--- p_request || '/settle' and ends with a 'notify' row: the driver sends
--- the notifications after this commit. Rows as pac_promote's.
+-- there and write nothing; after a release they send the notifications
+-- their connection collected (pac_send_notify). One that admits keeps its
+-- answer under p_request || '/settle' and ends with a 'notify' row: the
+-- driver sends the notifications after this commit. Rows as
+-- pac_promote's.
 CREATE OR REPLACE FUNCTION pac_settle(p_repo TEXT, p_ttl INTERVAL,
                                       p_request TEXT)
 RETURNS TABLE(o_kind TEXT, o_run TEXT, o_lease TEXT, o_acquired TIMESTAMPTZ,
@@ -629,7 +630,13 @@ BEGIN
     RETURN NEXT;
     RETURN;
   END;
-  PERFORM pac_send_notify();
+  -- After a release (p_repo NULL), its notifications go now. Not after a
+  -- call that named its repository (whose caller sent its own already):
+  -- several of those share one transaction (kSettleManySql), and
+  -- pac_send_notify's asynchronous commit would cover another's writes.
+  IF p_repo IS NULL THEN
+    PERFORM pac_send_notify();
+  END IF;
 END $$;
 
 -- An import's step for one repository (ImportRuns), in one statement: the
