@@ -9,5 +9,5 @@
 \set r random(1, :repos)
 \set c random(1, 1000000000)
 SELECT coalesce(o_lease, '') AS lease FROM pac_acquire('bench/repo-' || :r, 'bench/run-' || :client_id || '-' || :c, 2, NULL, false, false, interval '1 hour', false, md5(random()::text)) \gset
-SELECT count(*) FROM pac_release_lease(nullif(:lease, ''), NULL, NULL, md5(random()::text));
+SELECT count(*) FROM pac_release_lease(nullif(:lease, ''), NULL, NULL, interval '1 hour', md5(random()::text));
 SELECT count(*) FROM pac_settle(NULL, interval '1 hour', md5(random()::text));
