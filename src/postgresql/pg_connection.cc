@@ -33,6 +33,17 @@ absl::Status WaitFd(int fd, short events, const Context& ctx,
   }
 }
 
+// The parameters as libpq takes them: pointers into `params` (which must
+// outlive the send), nullptr for SQL NULL.
+std::vector<const char*> ParamValues(const std::vector<PgParam>& params) {
+  std::vector<const char*> values;
+  values.reserve(params.size());
+  for (const PgParam& p : params) {
+    values.push_back(p.has_value() ? p->c_str() : nullptr);
+  }
+  return values;
+}
+
 }  // namespace
 
 int64_t PgResult::GetInt(int row, int col) const {
@@ -158,11 +169,7 @@ absl::StatusOr<PgResult> PgConnection::Exec(
   if (params.empty()) {
     sent = PQsendQuery(conn_, query.c_str());
   } else {
-    std::vector<const char*> values;
-    values.reserve(params.size());
-    for (const PgParam& p : params) {
-      values.push_back(p.has_value() ? p->c_str() : nullptr);
-    }
+    std::vector<const char*> values = ParamValues(params);
     sent =
         PQsendQueryParams(conn_, query.c_str(), static_cast<int>(values.size()),
                           nullptr, values.data(), nullptr, nullptr, 0);
@@ -250,12 +257,9 @@ absl::StatusOr<std::vector<PgResult>> PgConnection::ExecPipeline(
   }
   for (const Statement& st : statements) {
     std::string query(st.sql);
-    std::vector<const char*> values;
-    if (st.params != nullptr) {
-      for (const PgParam& p : *st.params) {
-        values.push_back(p.has_value() ? p->c_str() : nullptr);
-      }
-    }
+    std::vector<const char*> values = st.params != nullptr
+                                          ? ParamValues(*st.params)
+                                          : std::vector<const char*>{};
     if (PQsendQueryParams(conn_, query.c_str(), static_cast<int>(values.size()),
                           nullptr, values.data(), nullptr, nullptr, 0) == 0 ||
         PQpipelineSync(conn_) == 0) {

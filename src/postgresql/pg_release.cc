@@ -75,10 +75,7 @@ absl::StatusOr<ReleaseResult> PostgreSQLDriver::ReleaseLease(
   for (const PgResult* r : parts) {
     for (int i = 0; i < r->rows(); ++i) {
       if (r->Get(i, 0) != "admitted") continue;
-      Lease l = LeaseFromRow(*r, i, repo);
-      logger_->info("admitted {} from the queue (token {})", l.pipeline_run_key,
-                    l.fencing_token);
-      result.admitted.push_back(std::move(l));
+      result.admitted.push_back(AdmittedFromRow(*r, i, repo));
     }
   }
   return result;
@@ -106,10 +103,7 @@ absl::StatusOr<std::vector<Lease>> PostgreSQLDriver::Settle(
     if (r->Get(i, 0) != "admitted") continue;
     const std::string repo =
         repo_keys.size() == 1 ? repo_keys[0] : std::string(r->Get(i, 7));
-    Lease l = LeaseFromRow(*r, i, repo);
-    logger_->info("admitted {} from the queue (token {})", l.pipeline_run_key,
-                  l.fencing_token);
-    admitted.push_back(std::move(l));
+    admitted.push_back(AdmittedFromRow(*r, i, repo));
   }
   return admitted;
 }

@@ -245,6 +245,14 @@ Lease PostgreSQLDriver::LeaseFromRow(const PgResult& r, int row,
   return l;
 }
 
+Lease PostgreSQLDriver::AdmittedFromRow(const PgResult& r, int row,
+                                        const std::string& repo_key) const {
+  Lease l = LeaseFromRow(r, row, repo_key);
+  logger_->info("admitted {} from the queue (token {})", l.pipeline_run_key,
+                l.fencing_token);
+  return l;
+}
+
 absl::StatusOr<AcquireResult> PostgreSQLDriver::AcquireSlot(
     const Context& ctx, const Repository& repo, std::string_view run_key,
     const AcquireOptions& options) {
@@ -329,10 +337,7 @@ absl::StatusOr<ReleaseResult> PostgreSQLDriver::ReleaseSlot(
     } else if (kind == "dequeued") {
       result.dequeued = true;
     } else if (kind == "admitted") {
-      Lease l = LeaseFromRow(*r, i, repo);
-      logger_->info("admitted {} from the queue (token {})", l.pipeline_run_key,
-                    l.fencing_token);
-      result.admitted.push_back(std::move(l));
+      result.admitted.push_back(AdmittedFromRow(*r, i, repo));
     }
   }
   return result;

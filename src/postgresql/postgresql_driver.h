@@ -129,6 +129,9 @@ class PostgreSQLDriver final : public Driver {
   std::string TtlMicros() const;
   static Lease LeaseFromRow(const PgResult& r, int row,
                             const std::string& repo_key);
+  // An 'admitted' row's lease, logged as a queue admission.
+  Lease AdmittedFromRow(const PgResult& r, int row,
+                        const std::string& repo_key) const;
   // Adds one row of kSnapshotSql's shape (pg_reads.cc) to `out`.
   static void AddSnapshotRow(const PgResult& r, int row,
                              const std::string& repo_key,

@@ -151,6 +151,15 @@ LANGUAGE sql AS $$
    ORDER BY x.n;
 $$;
 
+-- The rows kept under `p_request`, none if nothing is kept.
+CREATE OR REPLACE FUNCTION pac_kept_rows(p_request TEXT)
+RETURNS TABLE(o_kind TEXT, o_run TEXT, o_lease TEXT, o_acquired TIMESTAMPTZ,
+              o_expires TIMESTAMPTZ, o_token BIGINT, o_pos BIGINT)
+LANGUAGE sql STABLE AS $$
+  SELECT * FROM pac_rows((SELECT o.result FROM pac_outcomes o
+                           WHERE o.request_id = p_request));
+$$;
+
 -- One row of an answer as the JSON pac_rows reads back; n keeps the order.
 CREATE OR REPLACE FUNCTION pac_row_json(p_kind TEXT, p_run TEXT, p_lease TEXT,
                                         p_acquired TIMESTAMPTZ,
@@ -241,10 +250,8 @@ BEGIN
         FROM pac_look(p_repo, p_run, v_now) l;
       IF v_count >= v_old AND NOT v_expired AND v_mine IS NULL THEN
         IF p_request IS NOT NULL THEN
-          SELECT o.result INTO v_kept FROM pac_outcomes o
-           WHERE o.request_id = p_request;
+          RETURN QUERY SELECT * FROM pac_kept_rows(p_request);
           IF FOUND THEN
-            RETURN QUERY SELECT * FROM pac_rows(v_kept);
             RETURN;
           END IF;
         END IF;
@@ -271,10 +278,8 @@ BEGIN
     FROM pac_look(p_repo, p_run, v_now) l;
   IF p_request IS NOT NULL AND
      (v_mine IS NOT NULL OR p_run IS NULL OR NOT p_enqueue) THEN
-    SELECT o.result INTO v_kept FROM pac_outcomes o
-     WHERE o.request_id = p_request;
+    RETURN QUERY SELECT * FROM pac_kept_rows(p_request);
     IF FOUND THEN
-      RETURN QUERY SELECT * FROM pac_rows(v_kept);
       RETURN;
     END IF;
   END IF;
@@ -415,10 +420,8 @@ BEGIN
     END IF;
   END IF;
   IF v_state IS NULL AND p_request IS NOT NULL THEN
-    SELECT o.result INTO v_kept FROM pac_outcomes o
-     WHERE o.request_id = p_request;
+    RETURN QUERY SELECT * FROM pac_kept_rows(p_request);
     IF FOUND THEN
-      RETURN QUERY SELECT * FROM pac_rows(v_kept);
       RETURN;
     END IF;
   END IF;
@@ -495,13 +498,25 @@ BEGIN
   IF current_setting('transaction_isolation') <> 'read committed' THEN
     PERFORM pac_check_isolation();
   END IF;
-  SELECT s.repository_key INTO v_repo FROM concurrency_slots s
+  -- No queue in the lease's repository: the DELETE alone, without the lock.
+  DELETE FROM concurrency_slots s
    WHERE s.lease_id = p_lease AND s.state = 'running'
      AND (p_run IS NULL OR s.pipeline_run_key = p_run)
-     AND (p_repo IS NULL OR s.repository_key = p_repo);
-  IF FOUND AND EXISTS (SELECT 1 FROM concurrency_slots q
-                        WHERE q.repository_key = v_repo
-                          AND q.state = 'queued') THEN
+     AND (p_repo IS NULL OR s.repository_key = p_repo)
+     AND NOT EXISTS (SELECT 1 FROM concurrency_slots q
+                      WHERE q.repository_key = s.repository_key
+                        AND q.state = 'queued')
+  RETURNING s.repository_key, s.pipeline_run_key INTO r;
+  IF FOUND THEN
+    PERFORM pac_notify(r.repository_key, 'released', r.pipeline_run_key);
+    v_kept := jsonb_build_array(
+        pac_row_json('released', r.pipeline_run_key, NULL, NULL, NULL, NULL,
+                     0, 1) || jsonb_build_object('repo', r.repository_key));
+  ELSE
+    -- A queue waits (or the lease is gone: then pac_release answers
+    -- nothing): the release and its admission in one step, under the lock.
+    SELECT s.repository_key INTO v_repo FROM concurrency_slots s
+     WHERE s.lease_id = p_lease;
     SELECT coalesce(jsonb_agg(pac_row_json(x.o_kind, x.o_run, x.o_lease,
                                            x.o_acquired, x.o_expires,
                                            x.o_token, x.o_pos, x.n)
@@ -510,19 +525,6 @@ BEGIN
       INTO v_kept
       FROM pac_release(p_lease, p_run, p_repo, p_ttl, NULL) WITH ORDINALITY
         AS x(o_kind, o_run, o_lease, o_acquired, o_expires, o_token, o_pos, n);
-  ELSE
-    DELETE FROM concurrency_slots s
-     WHERE s.lease_id = p_lease AND s.state = 'running'
-       AND (p_run IS NULL OR s.pipeline_run_key = p_run)
-       AND (p_repo IS NULL OR s.repository_key = p_repo)
-    RETURNING s.repository_key, s.pipeline_run_key INTO r;
-    v_kept := '[]'::jsonb;
-    IF FOUND THEN
-      PERFORM pac_notify(r.repository_key, 'released', r.pipeline_run_key);
-      v_kept := jsonb_build_array(
-          pac_row_json('released', r.pipeline_run_key, NULL, NULL, NULL, NULL,
-                       0, 1) || jsonb_build_object('repo', r.repository_key));
-    END IF;
   END IF;
   IF v_kept <> '[]'::jsonb THEN
     IF p_request IS NOT NULL THEN
@@ -585,10 +587,8 @@ BEGIN
   BEGIN
     EXIT settle WHEN v_repo IS NULL;
     IF v_request IS NOT NULL THEN
-      SELECT o.result INTO v_kept FROM pac_outcomes o
-       WHERE o.request_id = v_request;
+      RETURN QUERY SELECT * FROM pac_kept_rows(v_request);
       IF FOUND THEN
-        RETURN QUERY SELECT * FROM pac_rows(v_kept);
         EXIT settle;
       END IF;
     END IF;
@@ -609,10 +609,8 @@ BEGIN
     EXIT settle WHEN NOT FOUND;
     IF v_request IS NOT NULL THEN
       -- A first attempt that was still running held the lock until now.
-      SELECT o.result INTO v_kept FROM pac_outcomes o
-       WHERE o.request_id = v_request;
+      RETURN QUERY SELECT * FROM pac_kept_rows(v_request);
       IF FOUND THEN
-        RETURN QUERY SELECT * FROM pac_rows(v_kept);
         EXIT settle;
       END IF;
     END IF;
