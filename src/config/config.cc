@@ -64,6 +64,17 @@ absl::Status ParseIntField(const FlatMap& m, const std::string& key, int* out) {
   return absl::OkStatus();
 }
 
+absl::Status ParseBoolField(const FlatMap& m, const std::string& key,
+                            bool* out) {
+  auto it = m.find(key);
+  if (it == m.end()) return absl::OkStatus();
+  if (!absl::SimpleAtob(absl::StripAsciiWhitespace(it->second), out)) {
+    return FieldError(
+        key, internal::Cat(Shown(key, it->second), " is not true or false"));
+  }
+  return absl::OkStatus();
+}
+
 void StringField(const FlatMap& m, const std::string& key, std::string* out) {
   auto it = m.find(key);
   if (it != m.end()) *out = std::string(absl::StripAsciiWhitespace(it->second));
@@ -199,6 +210,7 @@ const std::vector<std::string>& ConfigKeys() {
       "postgresql-connection-timeout",
       "postgresql-lease-ttl",
       "postgresql-poll-interval",
+      "postgresql-prepared-statements",
       "memory-lease-ttl",
   };
   return *keys;
@@ -326,6 +338,11 @@ absl::StatusOr<DriverConfig> LoadConfigFromConfigMap(const FlatMap& data) {
     }
     if (auto s =
             ParseDurationField(m, "postgresql-poll-interval", &p.poll_interval);
+        !s.ok()) {
+      return s;
+    }
+    if (auto s = ParseBoolField(m, "postgresql-prepared-statements",
+                                &p.prepared_statements);
         !s.ok()) {
       return s;
     }

@@ -57,6 +57,7 @@ TEST(ConfigMapTest, EveryUpstreamKey) {
       {"postgresql-max-connections", "4"},
       {"postgresql-connection-timeout", "12"},
       {"postgresql-lease-ttl", "2h"},
+      {"postgresql-prepared-statements", "false"},
       {"memory-lease-ttl", "10m"},
       {"tekton-dashboard-url", "ignored: not ours"},
   };
@@ -77,6 +78,7 @@ TEST(ConfigMapTest, EveryUpstreamKey) {
   EXPECT_EQ(c->postgresql->max_connections, 4);
   EXPECT_EQ(c->postgresql->connection_timeout, absl::Seconds(12));
   EXPECT_EQ(c->postgresql->lease_ttl, absl::Hours(2));
+  EXPECT_FALSE(c->postgresql->prepared_statements);
   EXPECT_EQ(c->memory->lease_ttl, absl::Minutes(10));
 }
 
@@ -127,6 +129,9 @@ TEST(ConfigMapTest, BadValuesNameTheField) {
        "postgresql-max-connections"},
       {{{"concurrency-driver", "postgresql"}, {"postgresql-lease-ttl", "1h30"}},
        "postgresql-lease-ttl"},
+      {{{"concurrency-driver", "postgresql"},
+        {"postgresql-prepared-statements", "sometimes"}},
+       "postgresql-prepared-statements"},
       {{{"postgresql-hots", "typo"}}, "postgresql-hots"},
   };
   for (const auto& c : cases) {

@@ -114,7 +114,8 @@ absl::StatusOr<std::unique_ptr<PgConnection>> PgConnection::Open(
   PGconn* conn = PQconnectStartParams(keys.data(), values.data(), 0);
   if (conn == nullptr)
     return absl::UnavailableError("postgresql: out of memory");
-  std::unique_ptr<PgConnection> out(new PgConnection(conn));
+  std::unique_ptr<PgConnection> out(
+      new PgConnection(conn, config.prepared_statements));
   if (PQstatus(conn) == CONNECTION_BAD) {
     return PgConnectionError(conn, "connect");
   }
@@ -160,21 +161,79 @@ absl::Status PgConnection::WaitWritable(const Context& ctx) {
   return WaitFd(PQsocket(conn_), POLLOUT, ctx, ctx.deadline());
 }
 
+absl::StatusOr<std::string> PgConnection::Prepared(const Context& ctx,
+                                                   std::string_view sql,
+                                                   int params) {
+  if (!prepare_ || params == 0) return std::string();
+  std::string query(sql);
+  if (auto it = prepared_.find(query); it != prepared_.end()) {
+    return it->second;
+  }
+  if (prepared_.size() >= kMaxPrepared) return std::string();
+  std::string name = Cat("pac_", ++prepare_seq_);
+  if (PQsendPrepare(conn_, name.c_str(), query.c_str(), params, nullptr) == 0) {
+    broken_ = true;
+    return PgConnectionError(conn_, "send");
+  }
+  if (absl::Status s = FlushOut(ctx); !s.ok()) return s;
+  if (absl::Status s = AwaitResult(ctx); !s.ok()) return s;
+  absl::Status error = absl::OkStatus();
+  while (PGresult* r = PQgetResult(conn_)) {
+    if (PQresultStatus(r) != PGRES_COMMAND_OK && error.ok()) {
+      error = PgResultError(r, conn_, "prepare");
+    }
+    PQclear(r);
+    if (PQisBusy(conn_)) {
+      if (absl::Status s = AwaitResult(ctx); !s.ok()) return s;
+    }
+  }
+  if (PQstatus(conn_) != CONNECTION_OK) broken_ = true;
+  if (!error.ok()) return error;
+  prepared_.emplace(std::move(query), name);
+  return name;
+}
+
+absl::Status PgConnection::StatementError(const PGresult* r) {
+  const char* state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+  const std::string_view code = state != nullptr ? state : "";
+  // The server lost a prepared statement (a pooler's DISCARD ALL, or
+  // another server connection behind it), or a migration changed what a
+  // prepared statement returns: the statement did not run. Prepared
+  // again on the retry.
+  if (!prepared_.empty() && (code == "26000" || code == "0A000")) {
+    prepared_.clear();  // new names next time: the old ones may remain
+    return absl::UnavailableError(
+        Cat("postgresql: a prepared statement is gone or stale (",
+            PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY),
+            "); set postgresql-prepared-statements to false behind a "
+            "transaction pooler"));
+  }
+  return PgResultError(r, conn_, "query");
+}
+
+int PgConnection::Send(const std::string& name, std::string_view sql,
+                       const std::vector<PgParam>& params) {
+  std::vector<const char*> values = ParamValues(params);
+  const int n = static_cast<int>(values.size());
+  if (!name.empty()) {
+    return PQsendQueryPrepared(conn_, name.c_str(), n, values.data(), nullptr,
+                               nullptr, 0);
+  }
+  std::string query(sql);
+  if (params.empty() && PQpipelineStatus(conn_) == PQ_PIPELINE_OFF) {
+    return PQsendQuery(conn_, query.c_str());  // may hold several statements
+  }
+  return PQsendQueryParams(conn_, query.c_str(), n, nullptr, values.data(),
+                           nullptr, nullptr, 0);
+}
+
 absl::StatusOr<PgResult> PgConnection::Exec(
     const Context& ctx, std::string_view sql,
     const std::vector<PgParam>& params) {
   if (absl::Status s = ctx.Err(); !s.ok()) return s;
-  std::string query(sql);
-  int sent;
-  if (params.empty()) {
-    sent = PQsendQuery(conn_, query.c_str());
-  } else {
-    std::vector<const char*> values = ParamValues(params);
-    sent =
-        PQsendQueryParams(conn_, query.c_str(), static_cast<int>(values.size()),
-                          nullptr, values.data(), nullptr, nullptr, 0);
-  }
-  if (sent == 0) {
+  auto name = Prepared(ctx, sql, static_cast<int>(params.size()));
+  if (!name.ok()) return name.status();
+  if (Send(*name, sql, params) == 0) {
     broken_ = true;
     return PgConnectionError(conn_, "send");
   }
@@ -185,7 +244,7 @@ absl::StatusOr<PgResult> PgConnection::Exec(
   while (PGresult* r = PQgetResult(conn_)) {
     ExecStatusType st = PQresultStatus(r);
     if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && error.ok()) {
-      error = PgResultError(r, conn_, "query");
+      error = StatementError(r);
     }
     last.emplace(r);
     // Later results may still be in flight for multi-statement strings.
@@ -251,17 +310,22 @@ absl::Status PgConnection::AwaitResult(const Context& ctx) {
 absl::StatusOr<std::vector<PgResult>> PgConnection::ExecPipeline(
     const Context& ctx, const std::vector<Statement>& statements) {
   if (absl::Status s = ctx.Err(); !s.ok()) return s;
+  static const std::vector<PgParam> kNone;
+  std::vector<std::string> names;
+  for (const Statement& st : statements) {
+    const auto& params = st.params != nullptr ? *st.params : kNone;
+    auto name = Prepared(ctx, st.sql, static_cast<int>(params.size()));
+    if (!name.ok()) return name.status();
+    names.push_back(std::move(*name));
+  }
   if (PQenterPipelineMode(conn_) == 0) {
     broken_ = true;
     return PgConnectionError(conn_, "enter pipeline mode");
   }
-  for (const Statement& st : statements) {
-    std::string query(st.sql);
-    std::vector<const char*> values = st.params != nullptr
-                                          ? ParamValues(*st.params)
-                                          : std::vector<const char*>{};
-    if (PQsendQueryParams(conn_, query.c_str(), static_cast<int>(values.size()),
-                          nullptr, values.data(), nullptr, nullptr, 0) == 0 ||
+  for (size_t i = 0; i < statements.size(); ++i) {
+    const Statement& st = statements[i];
+    if (Send(names[i], st.sql, st.params != nullptr ? *st.params : kNone) ==
+            0 ||
         PQpipelineSync(conn_) == 0) {
       broken_ = true;
       return PgConnectionError(conn_, "send");
@@ -286,7 +350,7 @@ absl::StatusOr<std::vector<PgResult>> PgConnection::ExecPipeline(
       continue;
     }
     if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && error.ok()) {
-      error = PgResultError(r, conn_, "query");
+      error = StatementError(r);
     }
     last[index].emplace(r);
   }

@@ -11,6 +11,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -53,6 +54,14 @@ class PgConnection {
   static absl::StatusOr<std::unique_ptr<PgConnection>> Open(
       const PostgreSQLConfig& config, const Context& ctx);
 
+  // Statements with parameters are prepared on the connection at their
+  // first use (up to kMaxPrepared distinct texts; later ones stay
+  // unnamed) and then only bound and run: the server neither parses nor
+  // plans them again. With config.prepared_statements false (a pooler
+  // that hands transactions to other server connections) every statement
+  // is unnamed.
+  static constexpr size_t kMaxPrepared = 64;
+
   ~PgConnection();
   PgConnection(const PgConnection&) = delete;
   PgConnection& operator=(const PgConnection&) = delete;
@@ -79,7 +88,7 @@ class PgConnection {
   PGconn* raw() { return conn_; }
 
  private:
-  explicit PgConnection(PGconn* conn) : conn_(conn) {}
+  PgConnection(PGconn* conn, bool prepare) : conn_(conn), prepare_(prepare) {}
   absl::Status WaitReadable(const Context& ctx);
   absl::Status WaitWritable(const Context& ctx);
   // Sends what libpq holds, waiting for the socket as needed.
@@ -87,9 +96,23 @@ class PgConnection {
   // Waits until libpq can hand out a result without blocking; on a
   // deadline or cancellation asks the server to stop the query.
   absl::Status AwaitResult(const Context& ctx);
+  // The name `sql` is prepared under on this connection, preparing it (one
+  // round trip, outside pipeline mode) at its first use; "" to send it
+  // unnamed (preparing off, no parameters, or kMaxPrepared reached).
+  absl::StatusOr<std::string> Prepared(const Context& ctx, std::string_view sql,
+                                       int params);
+  // A failed statement's error; clears the prepared statements when the
+  // server lost or invalidated them.
+  absl::Status StatementError(const PGresult* r);
+  // Sends `sql` with `params` as Prepared named it.
+  int Send(const std::string& name, std::string_view sql,
+           const std::vector<PgParam>& params);
 
   PGconn* conn_;
+  const bool prepare_;
   bool broken_ = false;
+  std::unordered_map<std::string, std::string> prepared_;  // sql -> name
+  int64_t prepare_seq_ = 0;  // names are pac_<n>, never reused
 };
 
 // Translates a failed result or connection state into a Status

@@ -5,8 +5,8 @@
 // COMMITTED, keys of the longest valid length, and cleanup beside another
 // repository that uses the same run key, a LISTEN connection whose path
 // goes dead unseen, an answer lost after its commit, notifications sent
-// after the commit, and a run queued while a lease is released without
-// the lock.
+// after the commit, a run queued while a lease is released without the
+// lock, and prepared statements the server lost.
 #include <memory>
 #include <string>
 #include <thread>
@@ -262,7 +262,10 @@ TEST(PostgreSQLEdgeTest, AListenConnectionThatWentDeadUnseenIsReplaced) {
 // and must get the first answer: released, and the queue head it admitted.
 // Before: the second send found nothing to release, answered "not
 // released" with no admissions, and nobody learnt that w was admitted.
-TEST(PostgreSQLEdgeTest, AReleaseWhoseAnswerWasLostGetsItOnTheRetry) {
+// By lease id (pac_release_lease, pipelined with pac_settle) and by key
+// (pac_release through Query): each retry says it is one (p_retry), and
+// only a retry looks for the kept answer.
+void ReleaseWithTheAnswerLost(bool by_lease) {
   auto config = TestPostgreSQLConfig();
   ASSERT_TRUE(config.ok()) << config.status();
   auto fwd = conformance::TcpForwarder::Start(
@@ -270,6 +273,7 @@ TEST(PostgreSQLEdgeTest, AReleaseWhoseAnswerWasLostGetsItOnTheRetry) {
   ASSERT_TRUE(fwd.ok()) << fwd.status();
   PostgreSQLConfig through = *config;
   through.port = std::stoi((*fwd)->endpoint().substr(10));
+  through.max_connections = 1;
   DriverOptions o;
   o.background_cleanup = false;
   auto d = NewPostgreSQLDriver(through, o);
@@ -279,11 +283,18 @@ TEST(PostgreSQLEdgeTest, AReleaseWhoseAnswerWasLostGetsItOnTheRetry) {
   Repository repo{UniqueNs("lost"), "repo", 1};
   auto x = (*d)->AcquireSlot(Context(), repo, repo.ns + "/x");
   ASSERT_TRUE(x.ok() && x->acquired);
+  // The release's statements prepared on the connection first: the reply
+  // cut below is then the release's answer, not its statement's prepare.
+  auto none = by_lease ? (*d)->ReleaseSlot(Context(), "no-such-lease", "", "")
+                       : (*d)->ReleaseSlot(Context(), "", repo.ns + "/none",
+                                           repo.Key());
+  ASSERT_TRUE(none.ok() && !none->released) << none.status();
   auto w = direct->AcquireSlot(Context(), repo, repo.ns + "/w");
   ASSERT_TRUE(w.ok() && !w->acquired);
   (*fwd)->CutOnNextReply();
   Context ctx = Context::WithTimeout(Context(), absl::Seconds(20));
-  auto rel = (*d)->ReleaseSlot(ctx, x->lease.lease_id, "", "");
+  auto rel = by_lease ? (*d)->ReleaseSlot(ctx, x->lease.lease_id, "", "")
+                      : (*d)->ReleaseSlot(ctx, "", repo.ns + "/x", repo.Key());
   ASSERT_TRUE(rel.ok()) << rel.status();
   EXPECT_TRUE(rel->released);
   ASSERT_EQ(rel->admitted.size(), 1u);
@@ -292,6 +303,14 @@ TEST(PostgreSQLEdgeTest, AReleaseWhoseAnswerWasLostGetsItOnTheRetry) {
   ASSERT_TRUE(running.ok() && running->size() == 1u);
   EXPECT_EQ((*running)[0].lease_id, rel->admitted[0].lease_id);
   EXPECT_TRUE((*d)->Close().ok());
+}
+
+TEST(PostgreSQLEdgeTest, AReleaseWhoseAnswerWasLostGetsItOnTheRetry) {
+  ReleaseWithTheAnswerLost(/*by_lease=*/true);
+}
+
+TEST(PostgreSQLEdgeTest, AReleaseByKeyWhoseAnswerWasLostGetsItOnTheRetry) {
+  ReleaseWithTheAnswerLost(/*by_lease=*/false);
 }
 
 // A NOTIFY serializes commits (its database-wide lock is held through the
@@ -461,6 +480,53 @@ TEST(PostgreSQLEdgeTest, ASettleOnAnotherConnectionFindsTheRelease) {
   EXPECT_EQ(settled->Get(0, 0), "admitted");
   EXPECT_EQ(settled->Get(0, 1), repo.ns + "/w");
   EXPECT_TRUE(d->Close().ok());
+}
+
+// Statements with parameters are prepared once per connection; without
+// prepared_statements none is. When the server loses them (a pooler's
+// DISCARD ALL, or a pooler that hands the next transaction to another
+// server connection), the statement did not run: Unavailable (the driver
+// retries), and the next attempt prepares it again.
+TEST(PostgreSQLEdgeTest, PreparedStatementsAndAServerThatLostThem) {
+  auto config = TestPostgreSQLConfig();
+  ASSERT_TRUE(config.ok()) << config.status();
+  Context ctx = Context::WithTimeout(Context(), absl::Seconds(10));
+  const std::string kCount =
+      "SELECT count(*) FROM pg_prepared_statements WHERE $1::int = 1";
+  for (bool prepare : {true, false}) {
+    PostgreSQLConfig c = *config;
+    c.prepared_statements = prepare;
+    auto conn = PgConnection::Open(c, ctx);
+    ASSERT_TRUE(conn.ok()) << conn.status();
+    auto n = (*conn)->Exec(ctx, kCount, {"1"});
+    ASSERT_TRUE(n.ok()) << n.status();
+    EXPECT_EQ(n->GetInt(0, 0), prepare ? 1 : 0) << "prepare " << prepare;
+  }
+  auto conn = PgConnection::Open(*config, ctx);
+  ASSERT_TRUE(conn.ok()) << conn.status();
+  PgConnection& c = **conn;
+  const std::string kEcho = "SELECT $1::text";
+  auto first = c.Exec(ctx, kEcho, {"a"});
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_TRUE(Exec(c, "DEALLOCATE ALL").ok());
+  auto lost = c.Exec(ctx, kEcho, {"b"});
+  ASSERT_FALSE(lost.ok());
+  EXPECT_TRUE(absl::IsUnavailable(lost.status())) << lost.status();
+  EXPECT_THAT(lost.status().message(),
+              HasSubstr("postgresql-prepared-statements"));
+  EXPECT_TRUE(c.healthy());
+  auto again = c.Exec(ctx, kEcho, {"c"});
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->Get(0, 0), "c");
+  // The same through a pipeline.
+  ASSERT_TRUE(Exec(c, "DEALLOCATE ALL").ok());
+  const std::vector<internal::PgParam> d = {"d"};
+  auto piped = c.ExecPipeline(ctx, {{kEcho, &d}, {kEcho, &d}});
+  ASSERT_FALSE(piped.ok());
+  EXPECT_TRUE(absl::IsUnavailable(piped.status())) << piped.status();
+  piped = c.ExecPipeline(ctx, {{kEcho, &d}, {kEcho, &d}});
+  ASSERT_TRUE(piped.ok()) << piped.status();
+  EXPECT_EQ((*piped)[1].Get(0, 0), "d");
 }
 
 }  // namespace

@@ -16,13 +16,14 @@ constexpr const char* kReleaseLeaseSql =
     "SELECT o_kind, o_run, o_lease, "
     PAC_MICROS("o_acquired") ", " PAC_MICROS("o_expires") ", o_token, o_pos,"
     " o_repo FROM pac_release_lease($1, $2, $3,"
-    " $4::bigint * interval '1 microsecond', $5)";
+    " $4::bigint * interval '1 microsecond', $5, $6::boolean)";
 
 // $1 NULL: the repository the release before it on the connection left.
 constexpr const char* kSettleSql =
     "SELECT o_kind, o_run, o_lease, "
     PAC_MICROS("o_acquired") ", " PAC_MICROS("o_expires") ", o_token, o_pos"
-    " FROM pac_settle($1, $2::bigint * interval '1 microsecond', $3)";
+    " FROM pac_settle($1, $2::bigint * interval '1 microsecond', $3,"
+    " $4::boolean)";
 
 // Several repositories (in key order, the order their rows are locked in),
 // each row with its repository (column 7).
@@ -43,14 +44,20 @@ absl::StatusOr<ReleaseResult> PostgreSQLDriver::ReleaseLease(
     const Context& ctx, std::string_view lease_id, std::string_view run_key,
     std::string_view repo_key) {
   const std::string request = NewRequestId();
-  const std::vector<PgParam> release_params = {
-      std::string(lease_id), OptText(run_key), OptText(repo_key), TtlMicros(),
-      request};
-  const std::vector<PgParam> settle_params = {std::nullopt, TtlMicros(),
-                                              request};
+  // The last parameter, p_retry, is true from the second attempt on.
+  std::vector<PgParam> release_params = {
+      std::string(lease_id), OptText(run_key), OptText(repo_key),
+      TtlMicros(),           request,          "false"};
+  std::vector<PgParam> settle_params = {std::nullopt, TtlMicros(), request,
+                                        "false"};
   std::vector<PgResult> results;
+  int attempts = 0;
   absl::Status s =
       Retrying(ctx, [&](PgConnection& conn, const Context& c) -> absl::Status {
+        if (++attempts == 2) {
+          release_params.back() = "true";
+          settle_params.back() = "true";
+        }
         auto r = conn.ExecPipeline(c, {{kReleaseLeaseSql, &release_params},
                                        {kSettleSql, &settle_params}});
         if (!r.ok()) return r.status();
@@ -87,9 +94,9 @@ absl::StatusOr<std::vector<Lease>> PostgreSQLDriver::Settle(
   if (repo_keys.empty()) return admitted;
   std::optional<PgResult> r;
   if (repo_keys.size() == 1) {
-    auto one =
-        Query(ctx, kSettleSql, {repo_keys[0], TtlMicros(), NewRequestId()},
-              Notifies::kAfterSettle);
+    auto one = Query(ctx, kSettleSql,
+                     {repo_keys[0], TtlMicros(), NewRequestId(), "false"},
+                     Notifies::kAfterSettle, Retry::kFlagLast);
     if (!one.ok()) return one.status();
     r.emplace(std::move(*one));
   } else {

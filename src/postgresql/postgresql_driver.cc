@@ -41,13 +41,14 @@ constexpr const char* kAcquireSql =
                      " ($4::bigint / 1000000) * interval '1 second' +"
                      " ($4::bigint % 1000000) * interval '1 microsecond' END,"
                      " $5::boolean, $6::boolean,"
-                     " $7::bigint * interval '1 microsecond', $8::boolean, $9)";
+                     " $7::bigint * interval '1 microsecond', $8::boolean, $9,"
+                     " $10::boolean)";
 
 constexpr const char* kReleaseSql =
     "SELECT o_kind, o_run, o_lease, " PAC_MICROS("o_acquired") ", " PAC_MICROS(
         "o_expires") ", o_token, o_pos, " PAC_PENDING
                      " FROM pac_release($1, $2, $3,"
-                     " $4::bigint * interval '1 microsecond', $5)";
+                     " $4::bigint * interval '1 microsecond', $5, $6::boolean)";
 
 constexpr const char* kRenewSql =
     "UPDATE concurrency_slots SET expires_at = clock_timestamp() + $2::bigint *"
@@ -202,11 +203,17 @@ void PostgreSQLDriver::NotifyAfter(PgConnection& conn, const PgResult& result,
 
 absl::StatusOr<PgResult> PostgreSQLDriver::Query(
     const Context& ctx, std::string_view sql,
-    const std::vector<PgParam>& params, Notifies notifies) {
+    const std::vector<PgParam>& params, Notifies notifies, Retry retry) {
   std::optional<PgResult> out;
+  std::vector<PgParam> again;  // params with p_retry true, from attempt 2
   absl::Status s =
       Retrying(ctx, [&](PgConnection& conn, const Context& c) -> absl::Status {
-        auto result = conn.Exec(c, sql, params);
+        const bool retrying = !again.empty();
+        if (retry == Retry::kFlagLast && !retrying) {
+          again = params;
+          again.back() = "true";
+        }
+        auto result = conn.Exec(c, sql, retrying ? again : params);
         if (!result.ok()) return result.status();
         NotifyAfter(conn, *result, notifies);
         out.emplace(std::move(*result));
@@ -269,8 +276,8 @@ absl::StatusOr<AcquireResult> PostgreSQLDriver::AcquireSlot(
       {repo_key, std::string(run_key), std::to_string(EffectiveLimit(repo)),
        creation, options.enqueue ? "true" : "false",
        options.adopt_running ? "true" : "false", TtlMicros(),
-       options.keep_recorded_limit ? "true" : "false", NewRequestId()},
-      Notifies::kIfPending);
+       options.keep_recorded_limit ? "true" : "false", NewRequestId(), "false"},
+      Notifies::kIfPending, Retry::kFlagLast);
   if (!r.ok()) return r.status();
   AcquireResult result;
   for (int i = 0; i < r->rows(); ++i) {
@@ -324,8 +331,8 @@ absl::StatusOr<ReleaseResult> PostgreSQLDriver::ReleaseSlot(
   }
   auto r = Query(ctx, kReleaseSql,
                  {std::nullopt, OptText(run_key), OptText(repo_key),
-                  TtlMicros(), NewRequestId()},
-                 Notifies::kIfPending);
+                  TtlMicros(), NewRequestId(), "false"},
+                 Notifies::kIfPending, Retry::kFlagLast);
   if (!r.ok()) return r.status();
   ReleaseResult result;
   const std::string repo(repo_key);
@@ -360,11 +367,11 @@ absl::StatusOr<std::vector<Lease>> PostgreSQLDriver::SetRepositoryLimit(
     const Context& ctx, const Repository& repo) {
   if (absl::Status s = ValidateRepository(repo); !s.ok()) return s;
   const std::string repo_key = repo.Key();
-  auto r = Query(
-      ctx, kAcquireSql,
-      {repo_key, std::nullopt, std::to_string(EffectiveLimit(repo)),
-       std::nullopt, "false", "false", TtlMicros(), "false", NewRequestId()},
-      Notifies::kYes);
+  auto r = Query(ctx, kAcquireSql,
+                 {repo_key, std::nullopt, std::to_string(EffectiveLimit(repo)),
+                  std::nullopt, "false", "false", TtlMicros(), "false",
+                  NewRequestId(), "false"},
+                 Notifies::kYes, Retry::kFlagLast);
   if (!r.ok()) return r.status();
   std::vector<Lease> admitted;
   for (int i = 0; i < r->rows(); ++i) {

@@ -102,10 +102,15 @@ class PostgreSQLDriver final : public Driver {
   // (pac_send_notify, schema_functions.cc): always (kYes), or when the result's
   // last column says something waits (kIfPending, PAC_PENDING). kAfterSettle:
   // when a row says 'notify' (pac_settle).
+  // `retry`: kFlagLast, `sql`'s last parameter is p_retry (false in
+  // `params`), true from the second attempt on: only a retry looks for the
+  // answer its first attempt kept (schema_functions.cc, "Answers kept").
   enum class Notifies { kNo, kYes, kIfPending, kAfterSettle };
+  enum class Retry { kNoFlag, kFlagLast };
   absl::StatusOr<PgResult> Query(const Context& ctx, std::string_view sql,
                                  const std::vector<PgParam>& params,
-                                 Notifies notifies = Notifies::kNo);
+                                 Notifies notifies = Notifies::kNo,
+                                 Retry retry = Retry::kNoFlag);
   // Runs `attempt` on a pooled connection, again on a fresh one with
   // backoff after a retryable failure, until the call's budget ends.
   using Attempt =

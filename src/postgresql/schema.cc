@@ -120,6 +120,18 @@ DROP FUNCTION IF EXISTS pac_look(TEXT, TEXT, TIMESTAMPTZ);
 DROP FUNCTION IF EXISTS pac_release_lease(TEXT, TEXT, TEXT, TEXT);
 )SQL";
 
+// Migration 7: no table changes; pac_acquire, pac_release,
+// pac_release_lease and pac_settle take p_retry (only a retry looks for a
+// kept answer), so their previous signatures go (a call would be
+// ambiguous beside the new ones, whose p_retry has a default).
+constexpr const char* kMigration7 = R"SQL(
+DROP FUNCTION IF EXISTS pac_acquire(TEXT, TEXT, INTEGER, TIMESTAMPTZ, BOOLEAN,
+                                    BOOLEAN, INTERVAL, BOOLEAN, TEXT);
+DROP FUNCTION IF EXISTS pac_release(TEXT, TEXT, TEXT, INTERVAL, TEXT);
+DROP FUNCTION IF EXISTS pac_release_lease(TEXT, TEXT, TEXT, INTERVAL, TEXT);
+DROP FUNCTION IF EXISTS pac_settle(TEXT, INTERVAL, TEXT);
+)SQL";
+
 }  // namespace
 
 absl::Status Migrate(PgConnection& conn, const Context& ctx) {
@@ -150,7 +162,8 @@ absl::Status Migrate(PgConnection& conn, const Context& ctx) {
             ", newer than this build's ", kSchemaVersion));
   }
   const char* const migrations[] = {kMigration1, kMigration2, kMigration3,
-                                    kMigration4, kMigration5, kMigration6};
+                                    kMigration4, kMigration5, kMigration6,
+                                    kMigration7};
   static_assert(std::size(migrations) == kSchemaVersion);
   for (int64_t v = have + 1; v <= kSchemaVersion; ++v) {
     auto m = conn.Exec(ctx, Cat(migrations[v - 1],

@@ -12,7 +12,7 @@
 namespace pac::concurrency::internal {
 
 // The newest schema version this build knows.
-inline constexpr int kSchemaVersion = 6;
+inline constexpr int kSchemaVersion = 7;
 
 // The server-side functions of this build (schema_functions.cc), created
 // by Migrate.

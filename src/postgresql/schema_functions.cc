@@ -132,10 +132,12 @@ END $$;
 -- keeps its answer in pac_outcomes (rows older than ten minutes go with
 -- pac_reap) and the second answers that: every release that released or
 -- admitted something (a second one finds nothing left), and an acquire
--- that admitted others. An attempt looks its id up only where it may be
--- such a retry (a release that found nothing to release; an acquire whose
--- run is recorded already, or that would not queue it), and only while it
--- holds the repository row's lock, which the first attempt held until its
+-- that admitted others. Only a retry looks its id up (p_retry: the driver
+-- sends the same request again; a first attempt's id is new, so it would
+-- find nothing), and only where a first attempt may have changed the
+-- answer (a release that found nothing to release; an acquire whose run
+-- is recorded already, or that would not queue it), and while it holds
+-- the repository row's lock, which the first attempt held until its
 -- commit: a retry waits for an attempt the server is still running and
 -- then finds its answer.
 -- The rows of a kept answer (an array of objects k, run, lease, acq, exp,
@@ -143,7 +145,7 @@ END $$;
 CREATE OR REPLACE FUNCTION pac_rows(p_result JSONB)
 RETURNS TABLE(o_kind TEXT, o_run TEXT, o_lease TEXT, o_acquired TIMESTAMPTZ,
               o_expires TIMESTAMPTZ, o_token BIGINT, o_pos BIGINT)
-LANGUAGE sql AS $$
+LANGUAGE sql STABLE AS $$
   SELECT x.k, x.run, x.lease, x.acq, x.exp, x.tok, x.pos
     FROM jsonb_to_recordset(p_result) AS x(k TEXT, run TEXT, lease TEXT,
                                           acq TIMESTAMPTZ, exp TIMESTAMPTZ,
@@ -151,13 +153,17 @@ LANGUAGE sql AS $$
    ORDER BY x.n;
 $$;
 
--- The rows kept under `p_request`, none if nothing is kept.
+-- The rows kept under `p_request`, none if nothing is kept. A join, not
+-- pac_rows of a subquery: a function whose argument is a subquery is not
+-- inlined, and a SQL function that is not is parsed again at every call.
 CREATE OR REPLACE FUNCTION pac_kept_rows(p_request TEXT)
 RETURNS TABLE(o_kind TEXT, o_run TEXT, o_lease TEXT, o_acquired TIMESTAMPTZ,
               o_expires TIMESTAMPTZ, o_token BIGINT, o_pos BIGINT)
 LANGUAGE sql STABLE AS $$
-  SELECT * FROM pac_rows((SELECT o.result FROM pac_outcomes o
-                           WHERE o.request_id = p_request));
+  SELECT x.o_kind, x.o_run, x.o_lease, x.o_acquired, x.o_expires, x.o_token,
+         x.o_pos
+    FROM pac_outcomes o, LATERAL pac_rows(o.result) x
+   WHERE o.request_id = p_request;
 $$;
 
 -- One row of an answer as the JSON pac_rows reads back; n keeps the order.
@@ -217,7 +223,8 @@ $$;
 CREATE OR REPLACE FUNCTION pac_acquire(p_repo TEXT, p_run TEXT, p_limit INTEGER,
                                        p_creation TIMESTAMPTZ, p_enqueue BOOLEAN,
                                        p_adopt BOOLEAN, p_ttl INTERVAL,
-                                       p_keep BOOLEAN, p_request TEXT)
+                                       p_keep BOOLEAN, p_request TEXT,
+                                       p_retry BOOLEAN DEFAULT false)
 RETURNS TABLE(o_kind TEXT, o_run TEXT, o_lease TEXT, o_acquired TIMESTAMPTZ,
               o_expires TIMESTAMPTZ, o_token BIGINT, o_pos BIGINT)
 LANGUAGE plpgsql AS $$
@@ -249,7 +256,7 @@ BEGIN
       SELECT l.o_live, l.o_expired, l.o_mine INTO v_count, v_expired, v_mine
         FROM pac_look(p_repo, p_run, v_now) l;
       IF v_count >= v_old AND NOT v_expired AND v_mine IS NULL THEN
-        IF p_request IS NOT NULL THEN
+        IF p_retry THEN
           RETURN QUERY SELECT * FROM pac_kept_rows(p_request);
           IF FOUND THEN
             RETURN;
@@ -276,8 +283,7 @@ BEGIN
   SELECT l.o_live, l.o_expired, l.o_queued, l.o_mine
     INTO v_count, v_expired, v_queued, v_mine
     FROM pac_look(p_repo, p_run, v_now) l;
-  IF p_request IS NOT NULL AND
-     (v_mine IS NOT NULL OR p_run IS NULL OR NOT p_enqueue) THEN
+  IF p_retry AND (v_mine IS NOT NULL OR p_run IS NULL OR NOT p_enqueue) THEN
     RETURN QUERY SELECT * FROM pac_kept_rows(p_request);
     IF FOUND THEN
       RETURN;
@@ -372,7 +378,8 @@ END $$;
 -- freed slot. Rows: 'released' or 'dequeued' for the caller, 'admitted' for
 -- the runs that took the slot.
 CREATE OR REPLACE FUNCTION pac_release(p_lease TEXT, p_run TEXT, p_repo TEXT,
-                                       p_ttl INTERVAL, p_request TEXT)
+                                       p_ttl INTERVAL, p_request TEXT,
+                                       p_retry BOOLEAN DEFAULT false)
 RETURNS TABLE(o_kind TEXT, o_run TEXT, o_lease TEXT, o_acquired TIMESTAMPTZ,
               o_expires TIMESTAMPTZ, o_token BIGINT, o_pos BIGINT)
 LANGUAGE plpgsql AS $$
@@ -419,7 +426,7 @@ BEGIN
       RETURNING s.state INTO v_state;
     END IF;
   END IF;
-  IF v_state IS NULL AND p_request IS NOT NULL THEN
+  IF v_state IS NULL AND p_retry THEN
     RETURN QUERY SELECT * FROM pac_kept_rows(p_request);
     IF FOUND THEN
       RETURN;
@@ -460,7 +467,7 @@ CREATE OR REPLACE FUNCTION pac_lease_rows(p_result JSONB)
 RETURNS TABLE(o_kind TEXT, o_run TEXT, o_lease TEXT, o_acquired TIMESTAMPTZ,
               o_expires TIMESTAMPTZ, o_token BIGINT, o_pos BIGINT,
               o_repo TEXT)
-LANGUAGE sql AS $$
+LANGUAGE sql STABLE AS $$
   SELECT x.k, x.run, x.lease, x.acq, x.exp, x.tok, x.pos, x.repo
     FROM jsonb_to_recordset(p_result) AS x(k TEXT, run TEXT, lease TEXT,
                                           acq TIMESTAMPTZ, exp TIMESTAMPTZ,
@@ -485,7 +492,8 @@ $$;
 -- with o_repo, or none.
 CREATE OR REPLACE FUNCTION pac_release_lease(p_lease TEXT, p_run TEXT,
                                              p_repo TEXT, p_ttl INTERVAL,
-                                             p_request TEXT)
+                                             p_request TEXT,
+                                             p_retry BOOLEAN DEFAULT false)
 RETURNS TABLE(o_kind TEXT, o_run TEXT, o_lease TEXT, o_acquired TIMESTAMPTZ,
               o_expires TIMESTAMPTZ, o_token BIGINT, o_pos BIGINT,
               o_repo TEXT)
@@ -531,7 +539,7 @@ BEGIN
       INSERT INTO pac_outcomes (request_id, result, created_at)
            VALUES (p_request, v_kept, clock_timestamp());
     END IF;
-  ELSIF p_request IS NOT NULL THEN
+  ELSIF p_retry THEN
     -- Nothing to release: perhaps a retry whose first attempt released (a
     -- first attempt still running held the row, and this call waited).
     SELECT o.result INTO v_kept FROM pac_outcomes o
@@ -556,13 +564,15 @@ END $$;
 -- driver sends the notifications after this commit. Rows as
 -- pac_promote's.
 CREATE OR REPLACE FUNCTION pac_settle(p_repo TEXT, p_ttl INTERVAL,
-                                      p_request TEXT)
+                                      p_request TEXT,
+                                      p_retry BOOLEAN DEFAULT false)
 RETURNS TABLE(o_kind TEXT, o_run TEXT, o_lease TEXT, o_acquired TIMESTAMPTZ,
               o_expires TIMESTAMPTZ, o_token BIGINT, o_pos BIGINT)
 LANGUAGE plpgsql AS $$
 DECLARE
   v_now TIMESTAMPTZ := clock_timestamp();
   v_repo TEXT := p_repo;
+  -- Looked up on a retry only; a first attempt keeps its answer here.
   v_request TEXT := p_request || '/settle';
   v_limit INTEGER;
   v_count INTEGER;
@@ -586,7 +596,7 @@ BEGIN
   <<settle>>
   BEGIN
     EXIT settle WHEN v_repo IS NULL;
-    IF v_request IS NOT NULL THEN
+    IF p_retry AND v_request IS NOT NULL THEN
       RETURN QUERY SELECT * FROM pac_kept_rows(v_request);
       IF FOUND THEN
         EXIT settle;
@@ -607,7 +617,7 @@ BEGIN
     SELECT t.concurrency_limit INTO v_limit FROM pac_repositories t
      WHERE t.repository_key = v_repo FOR UPDATE;
     EXIT settle WHEN NOT FOUND;
-    IF v_request IS NOT NULL THEN
+    IF p_retry AND v_request IS NOT NULL THEN
       -- A first attempt that was still running held the lock until now.
       RETURN QUERY SELECT * FROM pac_kept_rows(v_request);
       IF FOUND THEN

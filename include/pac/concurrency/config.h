@@ -49,6 +49,10 @@ struct PostgreSQLConfig {
   // Interval of the polling fallback for poolers that break LISTEN; zero
   // keeps LISTEN/NOTIFY only.
   absl::Duration poll_interval = absl::ZeroDuration();
+  // Prepare the driver's statements once per connection (no parse and plan
+  // per call). False behind a pooler that hands each transaction to
+  // another server connection (PgBouncer in transaction mode).
+  bool prepared_statements = true;
 };
 
 struct MemoryConfig {
