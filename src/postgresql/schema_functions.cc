@@ -250,11 +250,11 @@ BEGIN
   -- refusal then neither waits for the lock nor writes, and does not hold
   -- up the releases that wait for the lock behind it.
   IF p_run IS NOT NULL AND NOT p_enqueue AND NOT p_adopt THEN
-    SELECT t.concurrency_limit INTO v_old FROM pac_repositories t
+    SELECT t.concurrency_limit, l.o_live, l.o_expired, l.o_mine
+      INTO v_old, v_count, v_expired, v_mine
+      FROM pac_repositories t, pac_look(p_repo, p_run, v_now) l
      WHERE t.repository_key = p_repo;
     IF FOUND AND v_old > 0 AND (p_keep OR v_old = p_limit) THEN
-      SELECT l.o_live, l.o_expired, l.o_mine INTO v_count, v_expired, v_mine
-        FROM pac_look(p_repo, p_run, v_now) l;
       IF v_count >= v_old AND NOT v_expired AND v_mine IS NULL THEN
         IF p_retry THEN
           RETURN QUERY SELECT * FROM pac_kept_rows(p_request);
@@ -516,24 +516,36 @@ BEGIN
                         AND q.state = 'queued')
   RETURNING s.repository_key, s.pipeline_run_key INTO r;
   IF FOUND THEN
+    -- The answer row straight away (not read back from the kept JSON).
     PERFORM pac_notify(r.repository_key, 'released', r.pipeline_run_key);
-    v_kept := jsonb_build_array(
-        pac_row_json('released', r.pipeline_run_key, NULL, NULL, NULL, NULL,
-                     0, 1) || jsonb_build_object('repo', r.repository_key));
-  ELSE
-    -- A queue waits (or the lease is gone: then pac_release answers
-    -- nothing): the release and its admission in one step, under the lock.
-    SELECT s.repository_key INTO v_repo FROM concurrency_slots s
-     WHERE s.lease_id = p_lease;
-    SELECT coalesce(jsonb_agg(pac_row_json(x.o_kind, x.o_run, x.o_lease,
-                                           x.o_acquired, x.o_expires,
-                                           x.o_token, x.o_pos, x.n)
-                              || jsonb_build_object('repo', v_repo)
-                              ORDER BY x.n), '[]'::jsonb)
-      INTO v_kept
-      FROM pac_release(p_lease, p_run, p_repo, p_ttl, NULL) WITH ORDINALITY
-        AS x(o_kind, o_run, o_lease, o_acquired, o_expires, o_token, o_pos, n);
+    IF p_request IS NOT NULL THEN
+      INSERT INTO pac_outcomes (request_id, result, created_at)
+           VALUES (p_request,
+                   jsonb_build_array(
+                       pac_row_json('released', r.pipeline_run_key, NULL,
+                                    NULL, NULL, NULL, 0, 1)
+                       || jsonb_build_object('repo', r.repository_key)),
+                   clock_timestamp());
+    END IF;
+    PERFORM set_config('pac.settle_repo', r.repository_key, false);
+    o_kind := 'released'; o_run := r.pipeline_run_key; o_lease := NULL;
+    o_acquired := NULL; o_expires := NULL; o_token := NULL; o_pos := 0;
+    o_repo := r.repository_key;
+    RETURN NEXT;
+    RETURN;
   END IF;
+  -- A queue waits (or the lease is gone: then pac_release answers
+  -- nothing): the release and its admission in one step, under the lock.
+  SELECT s.repository_key INTO v_repo FROM concurrency_slots s
+   WHERE s.lease_id = p_lease;
+  SELECT coalesce(jsonb_agg(pac_row_json(x.o_kind, x.o_run, x.o_lease,
+                                         x.o_acquired, x.o_expires,
+                                         x.o_token, x.o_pos, x.n)
+                            || jsonb_build_object('repo', v_repo)
+                            ORDER BY x.n), '[]'::jsonb)
+    INTO v_kept
+    FROM pac_release(p_lease, p_run, p_repo, p_ttl, NULL) WITH ORDINALITY
+      AS x(o_kind, o_run, o_lease, o_acquired, o_expires, o_token, o_pos, n);
   IF v_kept <> '[]'::jsonb THEN
     IF p_request IS NOT NULL THEN
       INSERT INTO pac_outcomes (request_id, result, created_at)
@@ -575,6 +587,7 @@ DECLARE
   -- Looked up on a retry only; a first attempt keeps its answer here.
   v_request TEXT := p_request || '/settle';
   v_limit INTEGER;
+  v_queued BOOLEAN;
   v_count INTEGER;
   v_kept JSONB;
   v_admitted JSONB;
@@ -602,12 +615,12 @@ BEGIN
         EXIT settle;
       END IF;
     END IF;
-    SELECT t.concurrency_limit INTO v_limit FROM pac_repositories t
-     WHERE t.repository_key = v_repo;
-    EXIT settle WHEN NOT FOUND;
-    EXIT settle WHEN NOT EXISTS (
-        SELECT 1 FROM concurrency_slots q
-         WHERE q.repository_key = v_repo AND q.state = 'queued');
+    SELECT t.concurrency_limit,
+           EXISTS (SELECT 1 FROM concurrency_slots q
+                    WHERE q.repository_key = v_repo AND q.state = 'queued')
+      INTO v_limit, v_queued
+      FROM pac_repositories t WHERE t.repository_key = v_repo;
+    EXIT settle WHEN NOT FOUND OR NOT v_queued;
     IF v_limit > 0 THEN
       SELECT count(*) INTO v_count FROM concurrency_slots s
        WHERE s.repository_key = v_repo AND s.state = 'running'
