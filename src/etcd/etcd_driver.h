@@ -227,8 +227,11 @@ class EtcdDriver final : public Driver {
                      int64_t revision) const;
   // Applies one key of the repository (`rest`: its name after the
   // repository's prefix) as put or deleted. The caller sorts the queue.
+  // `fresh`: the key is not in the view yet (a range read's keys are
+  // distinct), so a queue entry is appended without looking for an older
+  // version of it: that search made reading a 10k queue quadratic.
   static void ApplyKv(RepoView* v, std::string_view rest, bool put,
-                      const etcdpb::KeyValue& kv);
+                      const etcdpb::KeyValue& kv, bool fresh = false);
   etcdpb::RequestOp RangeRepoOp(const std::string& repo) const;
   // What a step's Txn is, for the view cache.
   enum class Commit {

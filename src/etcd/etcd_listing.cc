@@ -121,7 +121,7 @@ absl::StatusOr<std::vector<RepositoryCounts>> EtcdDriver::GetRepositoryCounts(
         flush();
         v.repo = std::string(repo);
       }
-      ApplyKv(&v, kind, true, kv);
+      ApplyKv(&v, kind, true, kv, /*fresh=*/true);
     }
     if (!r->more() || r->kvs_size() == 0) break;
     start = r->kvs(r->kvs_size() - 1).key() + '\0';
@@ -179,7 +179,7 @@ EtcdDriver::ListRepositorySnapshots(const Context& ctx,
         v.repo = std::string(repo);
         v.revision = revision;
       }
-      ApplyKv(&v, kind, true, kv);
+      ApplyKv(&v, kind, true, kv, /*fresh=*/true);
     }
     if (!r->more() || r->kvs_size() == 0) break;
     start = r->kvs(r->kvs_size() - 1).key() + '\0';

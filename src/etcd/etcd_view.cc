@@ -131,7 +131,7 @@ void EtcdDriver::CacheView(const std::string& repo, const RepoView& v) {
 }
 
 void EtcdDriver::ApplyKv(RepoView* v, std::string_view rest, bool put,
-                         const etcdpb::KeyValue& kv) {
+                         const etcdpb::KeyValue& kv, bool fresh) {
   if (rest == "meta") {
     v->exists = put;
     v->meta_mod = put ? kv.mod_revision() : 0;
@@ -163,8 +163,10 @@ void EtcdDriver::ApplyKv(RepoView* v, std::string_view rest, bool put,
     std::from_chars(f[1].data(), f[1].data() + f[1].size(), slot.since_us);
     v->slots[slot.run] = slot;
   } else if (rest.substr(0, 6) == "queue/") {
-    std::erase_if(v->queue,
-                  [&](const QueueInfo& q) { return q.key == kv.key(); });
+    if (!fresh) {
+      std::erase_if(v->queue,
+                    [&](const QueueInfo& q) { return q.key == kv.key(); });
+    }
     if (!put) return;
     std::string_view q = rest.substr(6);
     size_t slash = q.find('/');
@@ -192,7 +194,8 @@ EtcdDriver::RepoView EtcdDriver::ParseView(const std::string& repo,
   v.repo = repo;
   v.revision = revision;
   for (const auto& kv : r.kvs()) {
-    ApplyKv(&v, std::string_view(kv.key()).substr(p.size()), true, kv);
+    ApplyKv(&v, std::string_view(kv.key()).substr(p.size()), true, kv,
+            /*fresh=*/true);
   }
   SortQueue(&v);
   return v;
