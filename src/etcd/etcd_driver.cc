@@ -6,9 +6,12 @@
 #include "src/etcd/etcd_driver.h"
 
 #include <algorithm>
+#include <atomic>
 #include <charconv>
+#include <map>
 #include <set>
 #include <string>
+#include <thread>
 
 #include "absl/cleanup/cleanup.h"
 #include "pac/concurrency/status.h"
@@ -206,8 +209,50 @@ absl::StatusOr<int> EtcdDriver::GetCurrentSlots(const Context& ctx,
   return static_cast<int>(l->size());
 }
 
-absl::StatusOr<std::vector<Lease>> EtcdDriver::RunningOf(const Context& ctx,
-                                                         const RepoView& v) {
+absl::StatusOr<std::map<int64_t, int64_t>> EtcdDriver::LeaseTtls(
+    const Context& ctx, const std::vector<int64_t>& leases) {
+  std::vector<int64_t> ids(leases);
+  std::sort(ids.begin(), ids.end());
+  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  std::vector<absl::StatusOr<int64_t>> ttls(ids.size(), int64_t{0});
+  // One round trip each: a listing page of 500 repositories with a lease
+  // each asked them one after another (0.3 s a page). Up to
+  // kTtlQueries at a time.
+  std::atomic<size_t> next{0};
+  auto ask = [&] {
+    for (size_t i = next++; i < ids.size(); i = next++) {
+      ttls[i] = kv_->LeaseTimeToLive(ctx, ids[i]);
+    }
+  };
+  std::vector<std::thread> helpers;
+  const size_t n = std::min(ids.size(), kTtlQueries);
+  for (size_t t = 1; t < n; ++t) helpers.emplace_back(ask);
+  ask();
+  for (std::thread& t : helpers) t.join();
+  std::map<int64_t, int64_t> out;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (!ttls[i].ok()) return ttls[i].status();
+    out.emplace(ids[i], *ttls[i]);
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<Lease>> EtcdDriver::RunningOf(
+    const Context& ctx, const RepoView& v,
+    const std::map<int64_t, int64_t>* ttls) {
+  std::map<int64_t, int64_t> asked;
+  if (ttls == nullptr) {
+    std::vector<int64_t> leases;
+    for (const auto& [run, s] : v.slots) {
+      int64_t lease = 0;
+      ParseHex(s.lease_hex, &lease);
+      leases.push_back(lease);
+    }
+    auto t = LeaseTtls(ctx, leases);
+    if (!t.ok()) return t.status();
+    asked = *std::move(t);
+    ttls = &asked;
+  }
   std::vector<Lease> out;
   absl::Time now = clock_->Now();
   for (const auto& [run, s] : v.slots) {
@@ -215,10 +260,11 @@ absl::StatusOr<std::vector<Lease>> EtcdDriver::RunningOf(const Context& ctx,
     ParseHex(s.lease_hex, &lease);
     Lease l = MakeLease(v.repo, run, lease, s.revision, s.seat, now);
     // The true expiry: what is left of the etcd lease (renewals move it).
-    auto left = kv_->LeaseTimeToLive(ctx, lease);
-    if (!left.ok()) return left.status();
-    if (*left < 0) continue;  // expired; etcd deletes the key any moment
-    l.expires_at = now + absl::Seconds(*left);
+    auto left = ttls->find(lease);
+    if (left == ttls->end() || left->second < 0) {
+      continue;  // expired; etcd deletes the key any moment
+    }
+    l.expires_at = now + absl::Seconds(left->second);
     out.push_back(std::move(l));
   }
   std::sort(out.begin(), out.end(), [](const Lease& a, const Lease& b) {

@@ -162,10 +162,17 @@ class EtcdDriver final : public Driver {
       const Context& ctx, std::string_view namespace_name);
   // A limit, a slot or a queued run: what makes a repository listed.
   static bool HasRecord(const RepoView& v);
-  // The unexpired slots of a view (each lease's TTL asked of etcd), oldest
-  // grant first, and its queue.
-  absl::StatusOr<std::vector<Lease>> RunningOf(const Context& ctx,
-                                               const RepoView& v);
+  // The unexpired slots of a view (each lease's TTL asked of etcd, or
+  // looked up in `ttls` when the caller asked LeaseTtls for several views),
+  // oldest grant first, and its queue.
+  absl::StatusOr<std::vector<Lease>> RunningOf(
+      const Context& ctx, const RepoView& v,
+      const std::map<int64_t, int64_t>* ttls = nullptr);
+  // What is left of each lease, in seconds (negative: expired), asked of
+  // etcd up to kTtlQueries at a time.
+  absl::StatusOr<std::map<int64_t, int64_t>> LeaseTtls(
+      const Context& ctx, const std::vector<int64_t>& leases);
+  static constexpr size_t kTtlQueries = 16;
   static std::vector<QueueEntry> QueuedOf(const RepoView& v);
   // Read() of a repository key the caller gave, once the key, the context
   // and the driver are checked.

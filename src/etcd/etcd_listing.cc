@@ -214,12 +214,25 @@ EtcdDriver::ListRepositorySnapshots(const Context& ctx,
       keep(ParseView(k, *r, revision));
     }
   }
+  // The page's leases asked at once, not repository by repository.
+  std::vector<int64_t> leases;
+  size_t n = 0;
+  for (const auto& [key, view] : got) {
+    if (limit > 0 && n++ == limit) break;
+    for (const auto& [run, slot] : view.slots) {
+      int64_t lease = 0;
+      ParseHex(slot.lease_hex, &lease);
+      leases.push_back(lease);
+    }
+  }
+  auto ttls = LeaseTtls(ctx, leases);
+  if (!ttls.ok()) return ttls.status();
   std::vector<RepositoryListing> out;
   for (auto& [key, view] : got) {
     if (limit > 0 && out.size() == limit) break;
     RepositorySnapshot snap;
     if (view.has_limit) snap.limit = view.limit;
-    auto running = RunningOf(ctx, view);
+    auto running = RunningOf(ctx, view, &*ttls);
     if (!running.ok()) return running.status();
     snap.running = *std::move(running);
     snap.queued = QueuedOf(view);
