@@ -89,6 +89,8 @@ class EtcdDriver final : public Driver {
   // store has compacted makes it answer with a compaction, which the
   // driver must survive (resync).
   void ResumeWatchForTest(int64_t revision);
+  // Test hook: whether GetRepositoryCounts answers from the counts cache.
+  bool CountsCachedForTest() const;
 
   absl::StatusOr<ImportResult> ImportRuns(
       const Context& ctx, const Repository& repo,
@@ -487,6 +489,29 @@ class EtcdDriver final : public Driver {
   void PromoteLoop();
   absl::Status CheckOpen() const;
 
+  // The counts cache (etcd_counts.cc): every repository's limit, seats and
+  // queue entries, from one read of every key and then the watch stream,
+  // so that a metrics scrape after the first reads no key.
+  struct CountsView {
+    bool has_limit = false;
+    int32_t limit = 0;
+    std::map<int64_t, std::string> seats;  // seat -> run
+    std::set<std::string> queue;           // entries: "<time>/<run>"
+  };
+  using CountsMap = std::map<std::string, CountsView>;
+  static void ApplyCount(CountsMap* m, std::string_view repo,
+                         std::string_view tail, bool put,
+                         const etcdpb::KeyValue& kv);
+  static std::vector<RepositoryCounts> CountsOf(const CountsMap& m);
+  // Every key under `P repo/`, in pages at one revision, which it returns.
+  absl::StatusOr<int64_t> ReadCounts(const Context& ctx, CountsMap* out);
+  // The stream's events for the cache (under mu_, from CollectWatchEvents).
+  void CountEventsLocked(const WatchBatch& batch) PAC_REQUIRES(mu_);
+  // Applies the events of revisions after `after` under `P repo/`.
+  void ApplyCountEvents(CountsMap* m, const std::vector<etcdpb::Event>& events,
+                        int64_t after) const;
+  void DropCountsLocked() PAC_REQUIRES(mu_);
+
   std::shared_ptr<EtcdKV> kv_;
   const std::string prefix_;
   const absl::Duration ttl_;
@@ -541,6 +566,17 @@ class EtcdDriver final : public Driver {
   Mutex watch_mu_;
   std::unique_ptr<EtcdWatch> watch_ PAC_GUARDED_BY(watch_mu_);
   std::atomic<bool> watch_started_{false};
+  // The counts cache: kBuilding while a read fills it (the stream's events
+  // wait in counts_backlog_), kReady once it holds every repository at
+  // counts_revision_ plus the events since. A stream that broke or met a
+  // compaction drops it (kNone); counts_gen_ tells a read that finishes
+  // after that not to install.
+  enum class CountsState { kNone, kBuilding, kReady };
+  CountsState counts_state_ PAC_GUARDED_BY(mu_) = CountsState::kNone;
+  uint64_t counts_gen_ PAC_GUARDED_BY(mu_) = 0;
+  CountsMap counts_ PAC_GUARDED_BY(mu_);
+  int64_t counts_revision_ PAC_GUARDED_BY(mu_) = 0;
+  std::vector<etcdpb::Event> counts_backlog_ PAC_GUARDED_BY(mu_);
   std::thread promote_thread_;
   std::thread refill_thread_;  // keeps spare_leases_ stocked
 };

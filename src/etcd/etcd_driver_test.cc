@@ -15,8 +15,10 @@
 #include <fstream>
 #include <functional>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <thread>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -455,6 +457,95 @@ TEST(EtcdDriverTest, CompactionDuringAWatchResyncsInMockMode) {
   // Drivers of the mock mode with this clock share this store.
   std::shared_ptr<internal::EtcdKV> kv = internal::SharedMockEtcd(&clock);
   CompactionDuringAWatch(**d, *kv);
+}
+
+// GetRepositoryCounts (what /metrics reads) answers from a cache after
+// its first read, kept current by the watch stream: what another driver
+// changes (grants, queue entries, releases, limits, a cleanup) shows up as
+// a fresh read of every key finds it. A compaction under the stream drops
+// the cache; the next call reads again.
+TEST(EtcdDriverTest, CountsFollowTheStreamAfterOneRead) {
+  auto c = TestEtcdConfig();
+  ASSERT_TRUE(c.ok()) << c.status();
+  c->lease_ttl = absl::Minutes(1);  // no grant runs out during the test
+  auto writer = NewEtcdDriver(*c);
+  auto reader_driver = NewEtcdDriver(*c);
+  ASSERT_TRUE(writer.ok() && reader_driver.ok());
+  auto& reader = static_cast<internal::EtcdDriver&>(**reader_driver);
+  Context ctx = Context::WithTimeout(Context(), absl::Seconds(60));
+  const std::string ns = UniqueNs("counts");
+  using Row = std::tuple<std::string, std::optional<int32_t>, int64_t, int64_t>;
+  auto ours = [&](Driver& d) {
+    std::vector<Row> out;
+    auto counts = d.GetRepositoryCounts(ctx);
+    EXPECT_TRUE(counts.ok()) << counts.status();
+    if (!counts.ok()) return out;
+    for (const RepositoryCounts& r : *counts) {
+      if (!absl::StartsWith(r.repository_key, ns + "/")) continue;
+      out.emplace_back(r.repository_key, r.limit, r.running, r.queued);
+    }
+    return out;
+  };
+  auto fresh = [&] {
+    auto d = NewEtcdDriver(*c);
+    EXPECT_TRUE(d.ok());
+    std::vector<Row> out = ours(**d);
+    EXPECT_TRUE((*d)->Close().ok());
+    return out;
+  };
+  // The stream is a few milliseconds behind a write.
+  auto agree = [&] {
+    const std::vector<Row> want = fresh();
+    const absl::Time until = absl::Now() + absl::Seconds(10);
+    std::vector<Row> got = ours(reader);
+    while (got != want && absl::Now() < until) {
+      absl::SleepFor(absl::Milliseconds(20));
+      got = ours(reader);
+    }
+    EXPECT_EQ(got, want);
+    return got;
+  };
+  Repository a{ns, "a", 1}, b{ns, "b", 3};
+  Driver& w = **writer;
+  auto x = w.AcquireSlot(ctx, a, ns + "/x");
+  ASSERT_TRUE(x.ok() && x->acquired);
+  ASSERT_TRUE(w.AcquireSlot(ctx, a, ns + "/w1").ok());
+  ASSERT_TRUE(w.AcquireSlot(ctx, a, ns + "/w2").ok());
+  EXPECT_FALSE(reader.CountsCachedForTest());
+  EXPECT_EQ(ours(reader), (std::vector<Row>{{a.Key(), 1, 1, 2}}));
+  EXPECT_TRUE(reader.CountsCachedForTest());
+
+  ASSERT_TRUE(w.ReleaseSlot(ctx, x->lease.lease_id, "", "").ok());  // w1 in
+  ASSERT_TRUE(w.SetRepositoryLimit(ctx, b).ok());
+  ASSERT_TRUE(w.AcquireSlot(ctx, b, ns + "/y")->acquired);
+  EXPECT_EQ(agree(),
+            (std::vector<Row>{{a.Key(), 1, 1, 1}, {b.Key(), 3, 1, 0}}));
+  ASSERT_TRUE(w.ReleaseSlot(ctx, "", ns + "/w2", a.Key())->dequeued);
+  ASSERT_TRUE(w.CleanupRepository(ctx, a.Key()).ok());
+  EXPECT_EQ(agree(), (std::vector<Row>{{b.Key(), 3, 1, 0}}));
+  EXPECT_TRUE(reader.CountsCachedForTest());
+
+  // A compaction under the stream: dropped, then read again.
+  auto kv = internal::NewGrpcEtcd(*c, nullptr);
+  ASSERT_TRUE(kv.ok()) << kv.status();
+  internal::etcdpb::RangeRequest probe;
+  probe.set_key("/");
+  probe.set_count_only(true);
+  auto now = (*kv)->Range(ctx, probe);
+  ASSERT_TRUE(now.ok()) << now.status();
+  const int64_t revision = now->header().revision();
+  ASSERT_TRUE((*kv)->Compact(ctx, revision).ok());
+  reader.ResumeWatchForTest(revision - 1);
+  const absl::Time until = absl::Now() + absl::Seconds(10);
+  while (reader.CountsCachedForTest() && absl::Now() < until) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_FALSE(reader.CountsCachedForTest());
+  ASSERT_TRUE(w.AcquireSlot(ctx, b, ns + "/z")->acquired);
+  EXPECT_EQ(agree(), (std::vector<Row>{{b.Key(), 3, 2, 0}}));
+  EXPECT_TRUE(reader.CountsCachedForTest());
+  EXPECT_TRUE(w.Close().ok());
+  EXPECT_TRUE(reader.Close().ok());
 }
 
 // The mock store refuses what etcd 3.4 refuses, with the same code: a Txn

@@ -1,5 +1,6 @@
-// The etcd driver's listings: the repositories' keys, their sizes (for
-// metrics), and pages of repositories with their snapshots. Keys sort in
+// The etcd driver's listings: the repositories' keys and pages of
+// repositories with their snapshots (their sizes, for metrics, are
+// etcd_counts.cc's). Keys sort in
 // etcd as `P repo/<ns>/<name>/...`, so a repository whose key is a prefix
 // of another's cut at '-' or '.' ("a/b" and "a/b-c") comes after it in
 // etcd and before it in key order; each listing answers in key order.
@@ -76,60 +77,6 @@ absl::StatusOr<std::vector<std::string>> EtcdDriver::ListRepositories(
   }
   // Key order: etcd orders `key/`, so "a/b-c" comes before "a/b".
   std::sort(out.begin(), out.end());
-  return out;
-}
-
-absl::StatusOr<std::vector<RepositoryCounts>> EtcdDriver::GetRepositoryCounts(
-    const Context& ctx) {
-  if (absl::Status s = ctx.Err(); !s.ok()) return s;
-  if (absl::Status s = CheckOpen(); !s.ok()) return s;
-  // Every key under `P repo/`, in pages, each repository's keys decoded
-  // into a view as they come (keys sort by repository): its limit, slots
-  // (etcd deletes a slot whose lease ran out) and queue.
-  const std::string p = prefix_ + "repo/";
-  const std::string end = PrefixEnd(p);
-  constexpr int64_t kPage = 4096;
-  std::vector<RepositoryCounts> out;
-  RepoView v;
-  auto flush = [&] {
-    if (v.repo.empty()) return;
-    if (HasRecord(v)) {
-      // A run's entry counted once, as QueuedOf shows it (the count
-      // needs no order).
-      out.push_back(RepositoryCounts{
-          v.repo, v.has_limit ? std::optional<int32_t>(v.limit) : std::nullopt,
-          static_cast<int64_t>(v.slots.size()),
-          static_cast<int64_t>(v.queue.size() - StaleEntries(v).size())});
-    }
-    v = RepoView{};
-  };
-  std::string start = p;
-  while (true) {
-    etcdpb::RangeRequest req;
-    req.set_key(start);
-    req.set_range_end(end);
-    req.set_limit(kPage);
-    auto r = kv_->Range(ctx, req);
-    if (!r.ok()) return r.status();
-    for (const etcdpb::KeyValue& kv : r->kvs()) {
-      std::string_view repo, kind;
-      if (!SplitRepoKey(std::string_view(kv.key()).substr(p.size()), &repo,
-                        &kind)) {
-        continue;
-      }
-      if (repo != v.repo) {
-        flush();
-        v.repo = std::string(repo);
-      }
-      ApplyKv(&v, kind, true, kv, /*fresh=*/true);
-    }
-    if (!r->more() || r->kvs_size() == 0) break;
-    start = r->kvs(r->kvs_size() - 1).key() + '\0';
-  }
-  flush();
-  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) {
-    return a.repository_key < b.repository_key;  // as ListRepositories
-  });
   return out;
 }
 
