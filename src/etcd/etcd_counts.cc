@@ -17,6 +17,8 @@
 // the read already saw are skipped; those that came while the read ran
 // wait in a backlog. A stream that broke or met a compaction may have
 // missed changes: the cache is dropped, and the next scrape reads again.
+// The cache has its own mutex, so a scrape's counting (tens of ms at 10k
+// repositories) holds up neither admissions nor the stream's other work.
 #include <algorithm>
 #include <charconv>
 #include <map>
@@ -120,7 +122,14 @@ absl::StatusOr<int64_t> EtcdDriver::ReadCounts(const Context& ctx,
   return revision;
 }
 
-void EtcdDriver::CountEventsLocked(const WatchBatch& b) {
+void EtcdDriver::CountEvents(const WatchBatch& b) {
+  MutexLock lock(&counts_mu_);
+  if (b.compact_revision > 0 || b.broken) {
+    // The resumed stream may miss changes (a compaction) or bring again
+    // some already applied: read again at the next scrape.
+    if (counts_state_ != CountsState::kNone) DropCountsLocked();
+    return;
+  }
   if (counts_state_ == CountsState::kNone) return;
   if (counts_state_ == CountsState::kBuilding) {
     counts_backlog_.insert(counts_backlog_.end(), b.events.begin(),
@@ -154,7 +163,7 @@ void EtcdDriver::DropCountsLocked() {
 }
 
 bool EtcdDriver::CountsCachedForTest() const {
-  MutexLock lock(&mu_);
+  MutexLock lock(&counts_mu_);
   return counts_state_ == CountsState::kReady;
 }
 
@@ -165,7 +174,7 @@ absl::StatusOr<std::vector<RepositoryCounts>> EtcdDriver::GetRepositoryCounts(
   uint64_t gen = 0;
   bool build = false;
   {
-    MutexLock lock(&mu_);
+    MutexLock lock(&counts_mu_);
     if (counts_state_ == CountsState::kReady) return CountsOf(counts_);
     if (counts_state_ == CountsState::kNone) {
       counts_state_ = CountsState::kBuilding;
@@ -181,7 +190,7 @@ absl::StatusOr<std::vector<RepositoryCounts>> EtcdDriver::GetRepositoryCounts(
     probe.set_count_only(true);
     auto r = kv_->Range(ctx, probe);
     if (!r.ok()) {
-      MutexLock lock(&mu_);
+      MutexLock lock(&counts_mu_);
       if (counts_gen_ == gen) DropCountsLocked();
       return r.status();
     }
@@ -193,7 +202,7 @@ absl::StatusOr<std::vector<RepositoryCounts>> EtcdDriver::GetRepositoryCounts(
     if (!revision.ok()) return revision.status();
     return CountsOf(read);
   }
-  MutexLock lock(&mu_);
+  MutexLock lock(&counts_mu_);
   if (counts_gen_ != gen) {  // dropped meanwhile (a broken stream)
     if (!revision.ok()) return revision.status();
     return CountsOf(read);

@@ -505,12 +505,13 @@ class EtcdDriver final : public Driver {
   static std::vector<RepositoryCounts> CountsOf(const CountsMap& m);
   // Every key under `P repo/`, in pages at one revision, which it returns.
   absl::StatusOr<int64_t> ReadCounts(const Context& ctx, CountsMap* out);
-  // The stream's events for the cache (under mu_, from CollectWatchEvents).
-  void CountEventsLocked(const WatchBatch& batch) PAC_REQUIRES(mu_);
+  // The stream's events for the cache (OnWatch, after CollectWatchEvents:
+  // without mu_, which a scrape's counting would otherwise hold up).
+  void CountEvents(const WatchBatch& batch) PAC_EXCLUDES(counts_mu_);
   // Applies the events of revisions after `after` under `P repo/`.
   void ApplyCountEvents(CountsMap* m, const std::vector<etcdpb::Event>& events,
                         int64_t after) const;
-  void DropCountsLocked() PAC_REQUIRES(mu_);
+  void DropCountsLocked() PAC_REQUIRES(counts_mu_);
 
   std::shared_ptr<EtcdKV> kv_;
   const std::string prefix_;
@@ -572,11 +573,13 @@ class EtcdDriver final : public Driver {
   // compaction drops it (kNone); counts_gen_ tells a read that finishes
   // after that not to install.
   enum class CountsState { kNone, kBuilding, kReady };
-  CountsState counts_state_ PAC_GUARDED_BY(mu_) = CountsState::kNone;
-  uint64_t counts_gen_ PAC_GUARDED_BY(mu_) = 0;
-  CountsMap counts_ PAC_GUARDED_BY(mu_);
-  int64_t counts_revision_ PAC_GUARDED_BY(mu_) = 0;
-  std::vector<etcdpb::Event> counts_backlog_ PAC_GUARDED_BY(mu_);
+  // Its own mutex, never held with mu_.
+  mutable Mutex counts_mu_;
+  CountsState counts_state_ PAC_GUARDED_BY(counts_mu_) = CountsState::kNone;
+  uint64_t counts_gen_ PAC_GUARDED_BY(counts_mu_) = 0;
+  CountsMap counts_ PAC_GUARDED_BY(counts_mu_);
+  int64_t counts_revision_ PAC_GUARDED_BY(counts_mu_) = 0;
+  std::vector<etcdpb::Event> counts_backlog_ PAC_GUARDED_BY(counts_mu_);
   std::thread promote_thread_;
   std::thread refill_thread_;  // keeps spare_leases_ stocked
 };

@@ -94,6 +94,7 @@ void EtcdDriver::OnWatch(const WatchBatch& b) {
   PendingEvents events;
   std::vector<BareDeletion> bare;
   CollectWatchEvents(b, &events, &bare);
+  CountEvents(b);
   ResolveExpiries(&events, bare);
   dispatcher_.Post(std::move(events));
 }
@@ -134,7 +135,6 @@ void EtcdDriver::CollectWatchEvents(const WatchBatch& b, PendingEvents* out,
       if (!v.queue.empty()) to_promote_.insert(repo);
     }
     views_.clear();
-    DropCountsLocked();
     restart_watch_ = true;
     if (b.compact_revision > 0) {
       // The oldest revision still kept: the stream resumes there (its
@@ -153,7 +153,6 @@ void EtcdDriver::CollectWatchEvents(const WatchBatch& b, PendingEvents* out,
     last_revision_ =
         std::max(last_revision_, b.events.back().kv().mod_revision());
   }
-  CountEventsLocked(b);
   const std::string p = prefix_ + "repo/";
   // Guarded Txns write the repository's `meta` key: a slot deleted in the
   // same revision as a `meta` put was released by a Txn that already
