@@ -237,17 +237,21 @@ absl::StatusOr<std::map<int64_t, int64_t>> EtcdDriver::LeaseTtls(
   return out;
 }
 
+void EtcdDriver::AddLeases(const RepoView& v, std::vector<int64_t>* out) {
+  for (const auto& [run, slot] : v.slots) {
+    int64_t lease = 0;
+    ParseHex(slot.lease_hex, &lease);
+    out->push_back(lease);
+  }
+}
+
 absl::StatusOr<std::vector<Lease>> EtcdDriver::RunningOf(
     const Context& ctx, const RepoView& v,
     const std::map<int64_t, int64_t>* ttls) {
   std::map<int64_t, int64_t> asked;
   if (ttls == nullptr) {
     std::vector<int64_t> leases;
-    for (const auto& [run, s] : v.slots) {
-      int64_t lease = 0;
-      ParseHex(s.lease_hex, &lease);
-      leases.push_back(lease);
-    }
+    AddLeases(v, &leases);
     auto t = LeaseTtls(ctx, leases);
     if (!t.ok()) return t.status();
     asked = *std::move(t);

@@ -175,6 +175,8 @@ class EtcdDriver final : public Driver {
   absl::StatusOr<std::map<int64_t, int64_t>> LeaseTtls(
       const Context& ctx, const std::vector<int64_t>& leases);
   static constexpr size_t kTtlQueries = 16;
+  // Appends the leases of the view's slots.
+  static void AddLeases(const RepoView& v, std::vector<int64_t>* out);
   static std::vector<QueueEntry> QueuedOf(const RepoView& v);
   // Read() of a repository key the caller gave, once the key, the context
   // and the driver are checked.

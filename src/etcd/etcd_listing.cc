@@ -166,11 +166,7 @@ EtcdDriver::ListRepositorySnapshots(const Context& ctx,
   size_t n = 0;
   for (const auto& [key, view] : got) {
     if (limit > 0 && n++ == limit) break;
-    for (const auto& [run, slot] : view.slots) {
-      int64_t lease = 0;
-      ParseHex(slot.lease_hex, &lease);
-      leases.push_back(lease);
-    }
+    AddLeases(view, &leases);
   }
   auto ttls = LeaseTtls(ctx, leases);
   if (!ttls.ok()) return ttls.status();
