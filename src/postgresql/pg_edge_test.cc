@@ -529,5 +529,46 @@ TEST(PostgreSQLEdgeTest, PreparedStatementsAndAServerThatLostThem) {
   EXPECT_EQ((*piped)[1].Get(0, 0), "d");
 }
 
+// Rows the original Go code wrote: slots without a pac_repositories row.
+// Listings find their repositories from the slots (only for repositories
+// without a row, an anti-join): a queued run or an unexpired lease lists
+// one, an expired lease alone does not.
+TEST(PostgreSQLEdgeTest, RepositoriesWithSlotsButNoRowAreListed) {
+  auto d = NewDriver();
+  auto c = Connect();
+  ASSERT_TRUE(d && c);
+  const std::string ns = UniqueNs("legacy");
+  ASSERT_TRUE(d->SetRepositoryLimit(Context(), Repository{ns, "b", 2}).ok());
+  const char* kSlot =
+      "INSERT INTO concurrency_slots (repository_key, pipeline_run_key, "
+      "state, expires_at) VALUES ($1, $2, $3, now() + $4::interval)";
+  ASSERT_TRUE(Exec(*c, kSlot, {ns + "/a", ns + "/q", "queued", "1 hour"}).ok());
+  ASSERT_TRUE(
+      Exec(*c, kSlot, {ns + "/c", ns + "/r", "running", "1 hour"}).ok());
+  ASSERT_TRUE(
+      Exec(*c, kSlot, {ns + "/d", ns + "/x", "running", "-1 hour"}).ok());
+  const std::vector<std::string> want = {ns + "/a", ns + "/b", ns + "/c"};
+  auto keys = d->ListRepositories(Context(), ns);
+  ASSERT_TRUE(keys.ok()) << keys.status();
+  EXPECT_EQ(*keys, want);
+  for (size_t limit : {0, 1, 2}) {
+    std::vector<std::string> listed;
+    std::string after;
+    for (int page = 0; page < 5; ++page) {
+      auto p = d->ListRepositorySnapshots(Context(), ns, after, limit);
+      ASSERT_TRUE(p.ok()) << p.status();
+      for (const RepositoryListing& r : *p) listed.push_back(r.repository_key);
+      if (limit == 0 || p->size() < limit) break;
+      after = p->back().repository_key;
+    }
+    EXPECT_EQ(listed, want) << "pages of " << limit;
+  }
+  auto page = d->ListRepositorySnapshots(Context(), ns, "", 0);
+  ASSERT_TRUE(page.ok() && page->size() == 3u);
+  EXPECT_EQ((*page)[0].snapshot.queued.size(), 1u);
+  EXPECT_EQ((*page)[2].snapshot.running.size(), 1u);
+  EXPECT_TRUE(d->Close().ok());
+}
+
 }  // namespace
 }  // namespace pac::concurrency

@@ -48,16 +48,20 @@ absl::StatusOr<std::vector<std::string>> PostgreSQLDriver::ListRepositories(
     return s;
   }
   // Rows written by the original Go code may have slots but no
-  // pac_repositories row, so both tables are asked.
+  // pac_repositories row, so both tables are asked: the slots only for
+  // repositories without a row (an anti-join, which leaves a handful of
+  // rows to sort where a UNION sorted every slot).
   auto r =
       Query(ctx,
             "SELECT repository_key FROM pac_repositories"
             " WHERE $1::text = '' OR"
             " left(repository_key, length($1::text) + 1) = $1::text || '/'"
-            " UNION SELECT repository_key FROM concurrency_slots"
-            " WHERE (state = 'queued' OR (state = 'running' AND"
-            " expires_at > clock_timestamp())) AND ($1::text = '' OR"
-            " left(repository_key, length($1::text) + 1) = $1::text || '/')",
+            " UNION ALL SELECT DISTINCT s.repository_key FROM"
+            " concurrency_slots s WHERE (s.state = 'queued' OR"
+            " (s.state = 'running' AND s.expires_at > clock_timestamp())) AND"
+            " ($1::text = '' OR left(s.repository_key, length($1::text) + 1)"
+            " = $1::text || '/') AND NOT EXISTS (SELECT 1 FROM"
+            " pac_repositories r WHERE r.repository_key = s.repository_key)",
             {std::string(namespace_name)});
   if (!r.ok()) return r.status();
   std::vector<std::string> out;
@@ -168,10 +172,14 @@ constexpr const char* kListingPageSql =
     " SELECT repository_key AS key FROM pac_repositories"
     " WHERE repository_key COLLATE \"C\" > $2::text AND "
     PAC_IN_NAMESPACE("repository_key")
-    " UNION SELECT repository_key FROM concurrency_slots"
-    " WHERE repository_key COLLATE \"C\" > $2::text AND (state = 'queued' OR"
-    " (state = 'running' AND expires_at > clock_timestamp())) AND "
-    PAC_IN_NAMESPACE("repository_key")
+    // Slots only of repositories without a row (as ListRepositories).
+    " UNION ALL SELECT DISTINCT s.repository_key FROM concurrency_slots s"
+    " WHERE s.repository_key COLLATE \"C\" > $2::text AND"
+    " (s.state = 'queued' OR"
+    " (s.state = 'running' AND s.expires_at > clock_timestamp())) AND "
+    PAC_IN_NAMESPACE("s.repository_key")
+    " AND NOT EXISTS (SELECT 1 FROM pac_repositories r"
+    " WHERE r.repository_key = s.repository_key)"
     ") u ORDER BY key COLLATE \"C\" LIMIT nullif($3::bigint, 0))"
     " SELECT 'key'::text, ''::text, ''::text, 0::bigint, 0::bigint, 0::bigint,"
     " 0::bigint, k.key::text FROM k"
