@@ -170,6 +170,13 @@ absl::StatusOr<std::string> PgConnection::Prepared(const Context& ctx,
     return it->second;
   }
   if (prepared_.size() >= kMaxPrepared) return std::string();
+  // Prepared at its second use: a text built for one call (an import's
+  // statement for its batch) stays unnamed and takes no place.
+  if (seen_once_.insert(query).second) {
+    if (seen_once_.size() > kMaxSeenOnce) seen_once_.clear();
+    return std::string();
+  }
+  seen_once_.erase(query);
   std::string name = Cat("pac_", ++prepare_seq_);
   if (PQsendPrepare(conn_, name.c_str(), query.c_str(), params, nullptr) == 0) {
     broken_ = true;
@@ -200,11 +207,15 @@ absl::Status PgConnection::StatementError(const PGresult* r) {
   // another server connection behind it), or a migration changed what a
   // prepared statement returns: the statement did not run. Prepared
   // again on the retry.
+  // (0A000 is "cached plan must not change result type" here: the
+  // driver's statements use no feature a server may lack; the message
+  // itself may be in the server's language.)
+  const char* message = PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
   if (!prepared_.empty() && (code == "26000" || code == "0A000")) {
     prepared_.clear();  // new names next time: the old ones may remain
     return absl::UnavailableError(
         Cat("postgresql: a prepared statement is gone or stale (",
-            PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY),
+            message != nullptr ? message : "",
             "); set postgresql-prepared-statements to false behind a "
             "transaction pooler"));
   }

@@ -12,6 +12,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -55,12 +56,13 @@ class PgConnection {
       const PostgreSQLConfig& config, const Context& ctx);
 
   // Statements with parameters are prepared on the connection at their
-  // first use (up to kMaxPrepared distinct texts; later ones stay
+  // second use (up to kMaxPrepared distinct texts; later ones stay
   // unnamed) and then only bound and run: the server neither parses nor
-  // plans them again. With config.prepared_statements false (a pooler
-  // that hands transactions to other server connections) every statement
-  // is unnamed.
+  // plans them again. A text used once (built for one call) is not. With
+  // config.prepared_statements false (a pooler that hands transactions to other
+  // server connections) every statement is unnamed.
   static constexpr size_t kMaxPrepared = 64;
+  static constexpr size_t kMaxSeenOnce = 256;
 
   ~PgConnection();
   PgConnection(const PgConnection&) = delete;
@@ -97,8 +99,9 @@ class PgConnection {
   // deadline or cancellation asks the server to stop the query.
   absl::Status AwaitResult(const Context& ctx);
   // The name `sql` is prepared under on this connection, preparing it (one
-  // round trip, outside pipeline mode) at its first use; "" to send it
-  // unnamed (preparing off, no parameters, or kMaxPrepared reached).
+  // round trip, outside pipeline mode) at its second use; "" to send it
+  // unnamed (preparing off, no parameters, its first use, or kMaxPrepared
+  // reached).
   absl::StatusOr<std::string> Prepared(const Context& ctx, std::string_view sql,
                                        int params);
   // A failed statement's error; clears the prepared statements when the
@@ -113,6 +116,7 @@ class PgConnection {
   bool broken_ = false;
   std::unordered_map<std::string, std::string> prepared_;  // sql -> name
   int64_t prepare_seq_ = 0;  // names are pac_<n>, never reused
+  std::unordered_set<std::string> seen_once_;  // texts used once so far
 };
 
 // Translates a failed result or connection state into a Status
