@@ -62,12 +62,19 @@ func (c *Client) WaitForSlot(ctx context.Context, repo *Repository, pipelineRunK
 	}
 	submitOpts := SubmitOptions{CreationTime: opts.CreationTime}
 	lastPosition := -1
-	submitted := false
 	for {
-		r, err := c.Submit(ctx, repo, pipelineRunKey, submitOpts)
+		// Each submit runs to its answer, not to ctx's end: one abandoned
+		// in flight could reach the server after giveUp's release and
+		// queue the run again with nobody waiting for it.
+		submitCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		r, err := c.Submit(submitCtx, repo, pipelineRunKey, submitOpts)
+		cancel()
 		switch {
+		case err == nil && ctx.Err() != nil:
+			// Time ran out during the submit: as below (an admitted run
+			// gives its slot back).
+			return nil, c.giveUp(ctx, op, repo, pipelineRunKey, opts.KeepQueued)
 		case err == nil:
-			submitted = true
 			if r.Acquired && r.Lease != nil {
 				return r.Lease, nil
 			}
@@ -78,7 +85,7 @@ func (c *Client) WaitForSlot(ctx context.Context, repo *Repository, pipelineRunK
 				}
 			}
 		case ctx.Err() != nil:
-			return nil, c.giveUp(ctx, op, repo, pipelineRunKey, submitted, opts.KeepQueued)
+			return nil, c.giveUp(ctx, op, repo, pipelineRunKey, opts.KeepQueued)
 		case !retryable(err):
 			return nil, err
 		}
@@ -86,7 +93,7 @@ func (c *Client) WaitForSlot(ctx context.Context, repo *Repository, pipelineRunK
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return nil, c.giveUp(ctx, op, repo, pipelineRunKey, submitted, opts.KeepQueued)
+			return nil, c.giveUp(ctx, op, repo, pipelineRunKey, opts.KeepQueued)
 		case <-wake:
 			t.Stop()
 		case <-t.C:
@@ -95,10 +102,12 @@ func (c *Client) WaitForSlot(ctx context.Context, repo *Repository, pipelineRunK
 }
 
 // giveUp takes the run out of the queue (a run admitted meanwhile gives
-// its slot back) and returns the context's error.
+// its slot back) and returns the context's error. It releases even when no
+// submit was answered: one that failed may still have queued the run, and
+// releasing an unknown run is not an error.
 func (c *Client) giveUp(ctx context.Context, op string, repo *Repository,
-	pipelineRunKey string, submitted, keep bool) error {
-	if submitted && !keep {
+	pipelineRunKey string, keep bool) error {
+	if !keep {
 		cleanup, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_, _ = c.Release(cleanup, repo.Key(), pipelineRunKey, "")

@@ -242,9 +242,14 @@ absl::StatusOr<Json> WaitForSlot(
   std::optional<Json> lease;
   absl::Status failure;
   // Submitting again is idempotent: a queued run keeps its place, an
-  // admitted one gets its lease back.
+  // admitted one gets its lease back. Each submit runs to its answer, not
+  // to the wait's deadline: one abandoned in flight could reach the
+  // server after the release below that leaves the queue, and queue the
+  // run again with nobody waiting for it.
   auto check = [&]() -> bool {
-    auto r = api.Submit(ctx, repo, submit_body);
+    const Context submit =
+        Context::WithTimeout(Context::Background(), absl::Seconds(10));
+    auto r = api.Submit(submit, repo, submit_body);
     if (!r.ok()) {
       failure = r.status();
       return false;
