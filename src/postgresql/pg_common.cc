@@ -43,6 +43,11 @@ std::string ArrayLiteral(const std::vector<std::string>& items) {
   return out;
 }
 
+std::vector<PgParam> WithRetryFlag(std::vector<PgParam> params, bool retry) {
+  params.back() = retry ? "true" : "false";
+  return params;
+}
+
 std::optional<std::string> OptText(std::string_view s) {
   if (s.empty()) return std::nullopt;
   return std::string(s);

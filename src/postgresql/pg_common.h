@@ -8,6 +8,8 @@
 #include <string_view>
 #include <vector>
 
+#include "src/postgresql/pg_connection.h"
+
 // Timestamps cross the wire as Unix microseconds.
 #define PAC_MICROS(col) "(extract(epoch from " col ") * 1000000)::bigint"
 
@@ -24,6 +26,8 @@ std::string ArrayLiteral(const std::vector<std::string>& items);
 
 // An empty string as SQL NULL.
 std::optional<std::string> OptText(std::string_view s);
+// `params` whose last one, a statement's p_retry, is set to `retry`.
+std::vector<PgParam> WithRetryFlag(std::vector<PgParam> params, bool retry);
 
 }  // namespace pac::concurrency::internal
 

@@ -44,20 +44,20 @@ absl::StatusOr<ReleaseResult> PostgreSQLDriver::ReleaseLease(
     const Context& ctx, std::string_view lease_id, std::string_view run_key,
     std::string_view repo_key) {
   const std::string request = NewRequestId();
-  // The last parameter, p_retry, is true from the second attempt on.
-  std::vector<PgParam> release_params = {
+  // The last parameter is p_retry.
+  const std::vector<PgParam> release = {
       std::string(lease_id), OptText(run_key), OptText(repo_key),
       TtlMicros(),           request,          "false"};
-  std::vector<PgParam> settle_params = {std::nullopt, TtlMicros(), request,
-                                        "false"};
+  const std::vector<PgParam> settle = {std::nullopt, TtlMicros(), request,
+                                       "false"};
   std::vector<PgResult> results;
-  int attempts = 0;
-  absl::Status s =
-      Retrying(ctx, [&](PgConnection& conn, const Context& c) -> absl::Status {
-        if (++attempts == 2) {
-          release_params.back() = "true";
-          settle_params.back() = "true";
-        }
+  absl::Status s = Retrying(
+      ctx,
+      [&](PgConnection& conn, const Context& c, bool retrying) -> absl::Status {
+        const std::vector<PgParam> release_params =
+            WithRetryFlag(release, retrying);
+        const std::vector<PgParam> settle_params =
+            WithRetryFlag(settle, retrying);
         auto r = conn.ExecPipeline(c, {{kReleaseLeaseSql, &release_params},
                                        {kSettleSql, &settle_params}});
         if (!r.ok()) return r.status();

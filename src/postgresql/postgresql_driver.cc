@@ -162,6 +162,7 @@ absl::Status PostgreSQLDriver::Retrying(const Context& caller_ctx,
                                     ? absl::Now() + config_.connection_timeout
                                     : caller_ctx.deadline();
   absl::Duration backoff = absl::Milliseconds(50);
+  int attempts = 0;  // sent to the server
   while (true) {
     if (closed_.load()) {
       return absl::FailedPreconditionError("postgresql driver is closed");
@@ -170,7 +171,7 @@ absl::Status PostgreSQLDriver::Retrying(const Context& caller_ctx,
     absl::Status failure;
     auto handle = pool_.Get(ctx);
     if (handle.ok()) {
-      failure = attempt(**handle, ctx);
+      failure = attempt(**handle, ctx, attempts++ > 0);
       if (failure.ok()) return failure;
     } else {
       failure = handle.status();
@@ -205,15 +206,12 @@ absl::StatusOr<PgResult> PostgreSQLDriver::Query(
     const Context& ctx, std::string_view sql,
     const std::vector<PgParam>& params, Notifies notifies, Retry retry) {
   std::optional<PgResult> out;
-  std::vector<PgParam> again;  // params with p_retry true, from attempt 2
-  absl::Status s =
-      Retrying(ctx, [&](PgConnection& conn, const Context& c) -> absl::Status {
-        const bool retrying = !again.empty();
-        if (retry == Retry::kFlagLast && !retrying) {
-          again = params;
-          again.back() = "true";
-        }
-        auto result = conn.Exec(c, sql, retrying ? again : params);
+  absl::Status s = Retrying(
+      ctx,
+      [&](PgConnection& conn, const Context& c, bool retrying) -> absl::Status {
+        auto result = retry == Retry::kFlagLast && retrying
+                          ? conn.Exec(c, sql, WithRetryFlag(params, true))
+                          : conn.Exec(c, sql, params);
         if (!result.ok()) return result.status();
         NotifyAfter(conn, *result, notifies);
         out.emplace(std::move(*result));

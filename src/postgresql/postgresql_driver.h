@@ -112,9 +112,10 @@ class PostgreSQLDriver final : public Driver {
                                  Notifies notifies = Notifies::kNo,
                                  Retry retry = Retry::kNoFlag);
   // Runs `attempt` on a pooled connection, again on a fresh one with
-  // backoff after a retryable failure, until the call's budget ends.
+  // backoff after a retryable failure, until the call's budget ends. Its
+  // last argument is false for the first attempt, true for the others.
   using Attempt =
-      absl::FunctionRef<absl::Status(PgConnection&, const Context&)>;
+      absl::FunctionRef<absl::Status(PgConnection&, const Context&, bool)>;
   absl::Status Retrying(const Context& ctx, Attempt attempt);
   // Sends the connection's collected notifications as `notifies` says.
   void NotifyAfter(PgConnection& conn, const PgResult& result,
