@@ -304,11 +304,13 @@ func answerError(op string, resp *http.Response, data []byte) *Error {
 		Error struct {
 			Code    Code   `json:"code"`
 			Message string `json:"message"`
+			Reason  string `json:"reason"`
 		} `json:"error"`
 	}
 	e := &Error{Op: op, HTTPStatus: resp.StatusCode}
 	if json.Unmarshal(data, &body) == nil && body.Error.Code != "" {
 		e.Code, e.Message = body.Error.Code, body.Error.Message
+		e.Reason = body.Error.Reason
 		return e
 	}
 	// Not the server's JSON (a proxy's page, say): name the status.

@@ -381,6 +381,74 @@ func TestWaitForSlotWaitsForTheReleaseAndLeavesTheQueueWhenItGivesUp(t *testing.
 	})
 }
 
+func TestClearQueueStopsAWaitAndRefusesTheRunsAfterwards(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b testserver.Backend) {
+		srv := testserver.Start(t, b.Env)
+		c := newClient(t, concurrency.Options{URL: srv.URL})
+		ctx := timeout(t, 60*time.Second)
+		ns := testserver.Namespace("clear")
+		repo := repoOf(t, ns+"/app", 1)
+		holder, err := c.WaitForSlot(ctx, repo, ns+"/pr-1", concurrency.WaitOptions{})
+		testserver.Must(t, err, "WaitForSlot on a free slot")
+		removed := make(chan concurrency.Event, 4)
+		w, err := c.Watch(ctx, repo.Key(), func(ev concurrency.Event) {
+			if ev.Type == concurrency.EventRemoved {
+				removed <- ev
+			}
+		})
+		testserver.Must(t, err, "Watch")
+		defer w.Stop()
+		fail := make(chan error, 1)
+		go func() {
+			_, err := c.WaitForSlot(ctx, repo, ns+"/pr-2",
+				concurrency.WaitOptions{PollInterval: time.Minute})
+			fail <- err
+		}()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			q, err := c.GetQueuedPipelineRuns(ctx, repo)
+			testserver.Must(t, err, "GetQueuedPipelineRuns")
+			if len(q) == 1 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("pr-2 was not queued within 10 s")
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		runs, err := c.ClearQueue(ctx, repo.Key())
+		if err != nil || len(runs) != 1 || runs[0] != ns+"/pr-2" {
+			t.Fatalf("ClearQueue = %v, %v; want [pr-2]", runs, err)
+		}
+		select {
+		case err := <-fail:
+			var e *concurrency.Error
+			if !errors.Is(err, concurrency.ErrRunRemoved) || !errors.As(err, &e) ||
+				e.Reason != "cleared" {
+				t.Fatalf("the cleared wait ended with %v; want RUN_REMOVED (cleared)", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("the cleared wait did not end within 30 s")
+		}
+		select {
+		case ev := <-removed:
+			if ev.PipelineRun != ns+"/pr-2" || ev.Reason != "cleared" {
+				t.Fatalf("removed event %+v", ev)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("no removed event within 10 s")
+		}
+		_, err = c.Release(ctx, repo.Key(), ns+"/pr-1", holder.LeaseID)
+		testserver.Must(t, err, "Release")
+		if _, err := c.Submit(ctx, repo, ns+"/pr-2", concurrency.SubmitOptions{}); !errors.Is(err, concurrency.ErrRunRemoved) {
+			t.Fatalf("a cleared run submitted again: %v; want RUN_REMOVED", err)
+		}
+		if n, err := c.GetCurrentSlots(ctx, repo); err != nil || n != 0 {
+			t.Fatalf("GetCurrentSlots = %d, %v; want 0", n, err)
+		}
+	})
+}
+
 func TestKeepAliveRenewsUntilTheLeaseIsLost(t *testing.T) {
 	srv := testserver.Start(t, []string{"PAC_MEMORY_LEASE_TTL=2s"})
 	c := newClient(t, concurrency.Options{URL: srv.URL})

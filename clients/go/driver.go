@@ -277,6 +277,26 @@ func (c *Client) CleanupRepository(ctx context.Context, repo *Repository) error 
 		c.pathOf("v1", "repositories", repo.Namespace, repo.Name), "", nil, nil)
 }
 
+// ClearQueue removes every queued run of the repository and returns them
+// in admission order; running runs keep their slots. A removed run's
+// submissions fail with ErrRunRemoved until it is released by key
+// (docs/policies.md).
+func (c *Client) ClearQueue(ctx context.Context, repoKey string) ([]string, error) {
+	const op = "ClearQueue"
+	ns, name, err := splitKey(op, "repository", repoKey)
+	if err != nil {
+		return nil, err
+	}
+	var out struct {
+		Removed []string `json:"removed"`
+	}
+	if err := c.call(ctx, op, "DELETE",
+		c.pathOf("v1", "repositories", ns, name, "queue"), "", nil, &out); err != nil {
+		return nil, err
+	}
+	return out.Removed, nil
+}
+
 // Version is the server's version and backend driver.
 func (c *Client) Version(ctx context.Context) (*VersionInfo, error) {
 	var out VersionInfo

@@ -23,6 +23,7 @@ const (
 	CodeNotFound           Code = "NOT_FOUND"
 	CodeFailedPrecondition Code = "FAILED_PRECONDITION"
 	CodeLeaseLost          Code = "LEASE_LOST"
+	CodeRunRemoved         Code = "RUN_REMOVED"
 	CodeResourceExhausted  Code = "RESOURCE_EXHAUSTED"
 	CodeUnavailable        Code = "UNAVAILABLE"
 	CodeDeadlineExceeded   Code = "DEADLINE_EXCEEDED"
@@ -39,6 +40,8 @@ type Error struct {
 	Op string
 	// HTTPStatus is the server's answer, or 0 when none came.
 	HTTPStatus int
+	// Reason is why a RUN_REMOVED run left its queue ("cleared").
+	Reason string
 	// Err is the cause on the client's side (a network error, the
 	// context's error), if any.
 	Err error
@@ -76,7 +79,10 @@ var (
 	ErrFailedPrecondition = &Error{Code: CodeFailedPrecondition}
 	// ErrLeaseLost: the lease expired or was released; its holder no
 	// longer has a slot and should stop.
-	ErrLeaseLost         = &Error{Code: CodeLeaseLost}
+	ErrLeaseLost = &Error{Code: CodeLeaseLost}
+	// ErrRunRemoved: the run was removed from its queue (Error.Reason says
+	// why, as "cleared"); it is not admitted when submitted again.
+	ErrRunRemoved        = &Error{Code: CodeRunRemoved}
 	ErrResourceExhausted = &Error{Code: CodeResourceExhausted}
 	// ErrUnavailable: the server or its backend could not be reached; the
 	// call may be tried again.

@@ -102,6 +102,9 @@ const (
 	EventLimitChanged EventType = "limit_changed"
 	EventCleaned      EventType = "cleaned"
 	EventResync       EventType = "resync"
+	// EventRemoved: a queued run left the queue without a slot
+	// (Event.Reason: "cleared").
+	EventRemoved EventType = "removed"
 )
 
 // Event is a change of a watched repository.
@@ -109,6 +112,7 @@ type Event struct {
 	Type        EventType `json:"type"`
 	Repository  string    `json:"repository"`
 	PipelineRun string    `json:"pipeline_run"`
+	Reason      string    `json:"reason,omitempty"` // EventRemoved's
 }
 
 // VersionInfo is the server's version and driver.

@@ -1,4 +1,6 @@
 // `pac-concurrency queue --repo ns/name`: the queue in admission order.
+// `pac-concurrency queue clear --repo ns/name --yes`: removes every queued
+// run (Driver::ClearQueue); running runs keep their slots.
 #include <cstdio>
 
 #include "src/cli/cli.h"
@@ -34,15 +36,57 @@ int Queue(const GlobalOptions& g, const std::string& repo) {
   return kExitOk;
 }
 
+int Clear(const GlobalOptions& g, const std::string& repo, bool yes) {
+  if (!yes) {
+    return Fail(absl::InvalidArgumentError(
+        "queue clear: removes every queued run of the repository (running "
+        "runs keep their slots); add --yes to do it"));
+  }
+  auto ctx = CommandContext(g);
+  if (!ctx.ok()) return Fail(ctx.status());
+  auto api = OpenApi(g, *ctx);
+  if (!api.ok()) return Fail(api.status());
+  auto r = (*api)->api->ClearQueue(*ctx, repo);
+  if (!r.ok()) return Fail(r.status());
+  Print(g, *r, [](const Json& d) {
+    std::printf("cleared the queue of %s: %zu runs removed\n",
+                d["repository"].get<std::string>().c_str(),
+                d["removed"].size());
+    for (const Json& run : d["removed"]) {
+      std::printf("  %s\n", run.get<std::string>().c_str());
+    }
+  });
+  return kExitOk;
+}
+
 }  // namespace
 
 void RegisterQueueCommand(CLI::App& app, GlobalOptions& g, Runner* run) {
   auto repo = std::make_shared<std::string>();
   CLI::App* cmd =
       app.add_subcommand("queue", "List a repository's queue in order");
-  cmd->add_option("--repo", *repo, "Repository ns/name")->required();
-  cmd->callback(
-      [&g, repo, run] { *run = [&g, repo] { return Queue(g, *repo); }; });
+  cmd->add_option("--repo", *repo, "Repository ns/name");
+  auto clear_repo = std::make_shared<std::string>();
+  auto yes = std::make_shared<bool>(false);
+  CLI::App* clear = cmd->add_subcommand(
+      "clear",
+      "Remove every queued run of a repository (running runs keep their "
+      "slots; a removed run is not admitted when it is submitted again)");
+  clear->add_option("--repo", *clear_repo, "Repository ns/name")->required();
+  clear->add_flag("--yes", *yes, "Confirm");
+  clear->callback([&g, clear_repo, yes, run] {
+    *run = [&g, clear_repo, yes] { return Clear(g, *clear_repo, *yes); };
+  });
+  cmd->callback([&g, repo, run, clear] {
+    if (clear->parsed()) return;
+    *run = [&g, repo] {
+      if (repo->empty()) {
+        return Fail(
+            absl::InvalidArgumentError("queue: --repo is required (ns/name)"));
+      }
+      return Queue(g, *repo);
+    };
+  });
 }
 
 }  // namespace pac::concurrency::cli

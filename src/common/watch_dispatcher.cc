@@ -106,19 +106,21 @@ std::unique_ptr<WatchHandle> WatcherRegistry::Add(const Context& ctx,
 }
 
 void WatcherRegistry::Collect(const std::string& repo_key, WatchEventType type,
-                              const std::string& run_key, PendingEvents* out) {
+                              const std::string& run_key, PendingEvents* out,
+                              std::string_view reason) {
   MutexLock lock(&mu_);
   auto it = watchers_.find(repo_key);
   if (it == watchers_.end()) return;
   for (auto& w : it->second) {
-    out->emplace_back(w, WatchEvent{type, repo_key, run_key});
+    out->emplace_back(w,
+                      WatchEvent{type, repo_key, run_key, std::string(reason)});
   }
 }
 
 void WatcherRegistry::CollectAll(WatchEventType type, PendingEvents* out) {
   MutexLock lock(&mu_);
   for (auto& [repo, list] : watchers_) {
-    for (auto& w : list) out->emplace_back(w, WatchEvent{type, repo, ""});
+    for (auto& w : list) out->emplace_back(w, WatchEvent{type, repo, "", ""});
   }
 }
 

@@ -11,6 +11,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -95,9 +96,11 @@ class WatcherRegistry {
  public:
   std::unique_ptr<WatchHandle> Add(const Context& ctx, std::string repo_key,
                                    WatchCallback callback);
-  // Appends `type` for every watcher of `repo_key` to `out`.
+  // Appends `type` for every watcher of `repo_key` to `out` (`reason`:
+  // kRemoved's).
   void Collect(const std::string& repo_key, WatchEventType type,
-               const std::string& run_key, PendingEvents* out);
+               const std::string& run_key, PendingEvents* out,
+               std::string_view reason = "");
   // Appends `type` (with each watcher's repository) for every watcher.
   void CollectAll(WatchEventType type, PendingEvents* out);
   // Stops and forgets every watcher (driver Close).

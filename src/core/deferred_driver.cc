@@ -154,6 +154,12 @@ class DeferredDriver final : public Driver {
     if (!d.ok()) return d.status();
     return (*d)->GetPipelineRunState(ctx, run);
   }
+  absl::StatusOr<ClearQueueResult> ClearQueue(const Context& ctx,
+                                              std::string_view repo) override {
+    auto d = Get();
+    if (!d.ok()) return d.status();
+    return (*d)->ClearQueue(ctx, repo);
+  }
   absl::Status CleanupRepository(const Context& ctx,
                                  std::string_view repo) override {
     auto d = Get();

@@ -5,6 +5,7 @@
 #include <set>
 
 #include "src/common/keys.h"
+#include "src/common/strings.h"
 
 namespace pac::concurrency {
 
@@ -158,6 +159,14 @@ absl::StatusOr<std::vector<RepositoryListing>> Driver::ListRepositorySnapshots(
     out.push_back(RepositoryListing{*it, *std::move(snap)});
   }
   return out;
+}
+
+absl::StatusOr<ClearQueueResult> Driver::ClearQueue(const Context& ctx,
+                                                    std::string_view repo_key) {
+  (void)ctx;
+  (void)repo_key;
+  return absl::UnimplementedError(
+      internal::Cat("the ", Type(), " driver cannot clear a queue"));
 }
 
 // Part by part: each atomic, the whole not (see the declaration).

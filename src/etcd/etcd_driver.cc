@@ -360,6 +360,82 @@ absl::StatusOr<std::string> EtcdDriver::GetPipelineRunState(
                 Cat("pipeline run ", run_key));
 }
 
+absl::StatusOr<ClearQueueResult> EtcdDriver::ClearQueue(
+    const Context& ctx, std::string_view repo_key) {
+  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
+  if (absl::Status s = ctx.Err(); !s.ok()) return s;
+  if (absl::Status s = CheckOpen(); !s.ok()) return s;
+  const std::string repo(repo_key);
+  const std::string p = RepoPrefix(repo);
+  // In this process's turn of the repository, as other guarded steps.
+  if (absl::Status s = TakeTurn(ctx, repo, nullptr); !s.ok()) return s;
+  absl::Cleanup end_turn = [&] { EndTurn(repo); };
+  // Each Txn deletes an entry and puts its removal record per run, and
+  // rewrites `meta`: every grant from the queue compares `meta`, so none
+  // admits a run this Txn removes, and a run that joins the end of the
+  // queue (not guarded by `meta`) compares the record's absence.
+  constexpr size_t kMaxClearPerTxn = 60;
+  static_assert(2 * kMaxClearPerTxn + 1 <= kMaxTxnOps);
+  ClearQueueResult out;
+  std::set<std::string> targets;  // the runs queued at the first read
+  bool first = true;
+  for (int lost = 0; lost < kMaxAttempts;) {
+    if (absl::Status s = ctx.Err(); !s.ok()) return s;
+    auto view = Read(ctx, repo);
+    if (!view.ok()) return view.status();
+    const RepoView& v = *view;
+    const std::set<const QueueInfo*> stale = StaleEntries(v);
+    std::vector<const QueueInfo*> batch;
+    for (const QueueInfo& q : v.queue) {
+      if (stale.count(&q) > 0) continue;
+      if (first) targets.insert(q.run);
+      if (targets.count(q.run) > 0 && batch.size() < kMaxClearPerTxn) {
+        batch.push_back(&q);
+      }
+    }
+    first = false;
+    if (batch.empty()) break;
+    const std::string commit_id = NewCommitId();
+    etcdpb::TxnRequest txn = GuardedTxn(p, v.meta_mod, commit_id);
+    RepoView after = v;
+    for (const QueueInfo* q : batch) {
+      *txn.add_success() = DeleteOp(q->key);
+      *txn.add_success() =
+          PutOp(Cat(p, "removed/", q->run), std::string(kRemovedCleared));
+      after.removed[q->run] = std::string(kRemovedCleared);
+    }
+    std::erase_if(after.queue, [&](const QueueInfo& q) {
+      return after.removed.count(q.run) > 0;
+    });
+    auto tr = CommitStep(ctx, repo, std::move(txn), {}, std::move(after),
+                         Commit::kQueue, /*admits=*/false, commit_id);
+    if (!tr.ok()) return tr.status();
+    if (!tr->has_value()) {  // planned on an outdated view: read again
+      ++lost;
+      continue;
+    }
+    for (const QueueInfo* q : batch) {
+      out.removed.push_back(q->run);
+      targets.erase(q->run);
+    }
+  }
+  if (!targets.empty() && !first) {
+    // Still queued after kMaxAttempts lost compares: those already removed
+    // stay removed, and a call again removes the rest.
+    bool left = false;
+    auto v = Read(ctx, repo);
+    if (!v.ok()) return v.status();
+    for (const QueueInfo& q : v->queue) left = left || targets.count(q.run) > 0;
+    if (left) {
+      return absl::AbortedError(
+          Cat("etcd: too much contention on ", repo, " to clear its queue"));
+    }
+  }
+  logger_->info("cleared the queue of {} ({} runs removed)", repo,
+                out.removed.size());
+  return out;
+}
+
 absl::Status EtcdDriver::CleanupRepository(const Context& ctx,
                                            std::string_view repo_key) {
   if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
@@ -375,6 +451,7 @@ absl::Status EtcdDriver::CleanupRepository(const Context& ctx,
   std::set<std::string> runs;
   for (const auto& [run, s] : v->slots) runs.insert(run);
   for (const QueueInfo& q : v->queue) runs.insert(q.run);
+  for (const auto& [run, reason] : v->removed) runs.insert(run);
   etcdpb::TxnRequest txn;
   for (auto it = runs.begin(); it != runs.end();) {
     *txn.add_success() = DeleteOp(Cat(prefix_, "state/run/", *it));

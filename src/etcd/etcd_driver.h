@@ -7,6 +7,8 @@
 //                                           TTL start µs>/<commit id>/<run>";
 //                                           it carries its own etcd lease
 //   P repo/<ns>/<name>/queue/<µs:20>/<run>  a queued run (creation time)
+//   P repo/<ns>/<name>/removed/<run>        a run removed from the queue
+//                                           (ClearQueue); value: the reason
 //   P state/repo/<repo>, P state/run/<run>  free-form states
 //
 // Every change of a repository but three is a Txn whose compare is "meta's
@@ -81,6 +83,8 @@ class EtcdDriver final : public Driver {
                                    std::string_view state) override;
   absl::StatusOr<std::string> GetPipelineRunState(
       const Context& ctx, std::string_view run_key) override;
+  absl::StatusOr<ClearQueueResult> ClearQueue(
+      const Context& ctx, std::string_view repo_key) override;
   absl::Status CleanupRepository(const Context& ctx,
                                  std::string_view repo_key) override;
   // Test hook: restarts the watch stream from `revision`, as the driver
@@ -140,9 +144,10 @@ class EtcdDriver final : public Driver {
     std::string meta_commit_id;  // of the last guarded Txn (meta's value)
     bool exists = false;
     int32_t limit = 0;
-    bool has_limit = false;                 // the `limit` key exists
-    std::map<std::string, SlotInfo> slots;  // by run
-    std::vector<QueueInfo> queue;           // admission order
+    bool has_limit = false;                      // the `limit` key exists
+    std::map<std::string, SlotInfo> slots;       // by run
+    std::vector<QueueInfo> queue;                // admission order
+    std::map<std::string, std::string> removed;  // run -> reason
     int64_t revision = 0;
     // Left by a light release, which compares no seat but its own: a light
     // grant into another seat may have committed unseen (GuardSeats).
@@ -367,7 +372,9 @@ class EtcdDriver final : public Driver {
                        const QueueInfo* last_admitted, bool drained) const;
   // Queue entries to drop when the repository is next written: a run
   // queued twice (two processes joined the end at once) keeps its first
-  // entry; a run that holds a slot keeps none. Pointers into `v`.
+  // entry; a run that holds a slot, or was removed (an entry that joined
+  // the end beside a ClearQueue planned without it), keeps none. Pointers
+  // into `v`.
   static std::set<const QueueInfo*> StaleEntries(const RepoView& v);
   // Deletes `stale` entries (except those of `callers`' runs, which the
   // step handles), kMaxStaleDeletes at most, in `txn` and from `after`.

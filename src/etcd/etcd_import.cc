@@ -178,6 +178,9 @@ size_t EtcdDriver::PlanImport(const RepositoryImport& part,
     ++grants;
     AddGrant(txn, &after, run, take_lease(), dequeued, commit_id);
     if (q != live.end()) live.erase(q);
+    if (after.removed.erase(run) > 0) {  // removed, but the cluster runs it
+      *txn->add_success() = DeleteOp(Cat(p, "removed/", run));
+    }
   }
   // The waiting runs the backend does not hold yet join the queue, in
   // request order among equal creation times.
@@ -188,8 +191,9 @@ size_t EtcdDriver::PlanImport(const RepositoryImport& part,
   for (const ImportRequest::Waiting& w : req.waiting) {
     mine.insert(w.pipeline_run_key);
     if (after.slots.count(w.pipeline_run_key) > 0 ||
-        live.count(w.pipeline_run_key) > 0) {
-      continue;
+        live.count(w.pipeline_run_key) > 0 ||
+        after.removed.count(w.pipeline_run_key) > 0) {
+      continue;  // held, or removed from the queue: stays out
     }
     const int64_t us = absl::ToUnixMicros(w.creation_time);
     joining.push_back(

@@ -117,6 +117,28 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(
     confirmed.reset();
     if (!view.ok()) return view.status();
     const RepoView& v = *view;
+    // A removed run is refused, and nothing written, unless adopted. A
+    // cached view's record is confirmed first (a release by key may have
+    // forgotten it); a record the view lacks is caught by the Txn.
+    if (!run.empty() && !options.adopt_running && v.slots.count(run) == 0) {
+      if (auto rm = v.removed.find(run); rm != v.removed.end()) {
+        if (cached) {
+          auto current = Confirm(ctx, v);
+          if (!current.ok()) return current.status();
+          if (current->has_value()) {
+            confirmed = std::move(*current);
+            --attempt;
+            continue;
+          }
+        }
+        return RunRemovedError(
+            rm->second, Cat("pipeline run ", run, " of ", repo,
+                            " was removed from the queue (", rm->second, ")"));
+      }
+    }
+    // An adopted run's record of its removal goes with the grant.
+    const bool forget_removed =
+        !run.empty() && options.adopt_running && v.removed.count(run) > 0;
     // A recorded limit kept: as if none were given.
     const bool set = set_limit && !(options.keep_recorded_limit && v.has_limit);
     const int32_t eff_limit = set ? limit : v.limit;
@@ -226,7 +248,8 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(
     // Only the caller granted, nobody queued, under a small limit: a Txn
     // that puts only its seat (GuardSeats shows it atomic).
     const bool light = grant_caller && promote.empty() && !limit_changed &&
-                       v.queue.empty() && LightGrantsPossible(v);
+                       v.queue.empty() && LightGrantsPossible(v) &&
+                       !forget_removed;
     const size_t n_leases = promote.size() + (grant_caller ? 1 : 0);
     auto leases = Leases(ctx, n_leases);
     if (!leases.ok()) return leases.status();
@@ -278,6 +301,19 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(
       GuardAdmissions(&txn, v, promote.empty() ? nullptr : promote.back(),
                       left == 0 && (room || grant_caller));
       DropStale(&txn, &after, stale, {});
+    }
+    if ((fast || light) && !options.adopt_running) {
+      // Neither compares `meta`, which a ClearQueue rewrites: the caller
+      // must not have been removed since the view.
+      auto* cmp = txn.add_compare();
+      cmp->set_key(Cat(p, "removed/", run));
+      cmp->set_target(etcdpb::Compare::CREATE);
+      cmp->set_result(etcdpb::Compare::EQUAL);
+      cmp->set_create_revision(0);
+    }
+    if (forget_removed) {
+      *txn.add_success() = DeleteOp(Cat(p, "removed/", run));
+      after.removed.erase(run);
     }
     if (limit_changed) {
       *txn.add_success() = PutOp(p + "limit", std::to_string(limit));
@@ -457,8 +493,15 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(const Context& ctx,
     // Nobody queued: a light release (LightProof), which compares `meta`
     // but does not rewrite it, so it carries no commit id. Its compare
     // keeps the queue empty until it commits: there is nobody to admit.
-    const bool light =
-        v.queue.empty() && v.limit <= static_cast<int32_t>(kMaxGuardedSlots);
+    // A release by key also forgets the record of a removed run
+    // (ClearQueue): a guarded Txn, as a light one proves its commit by
+    // slots alone.
+    bool forgets = false;
+    for (const ReleaseReq* m : group) {
+      if (!m->by_lease && v.removed.count(m->run) > 0) forgets = true;
+    }
+    const bool light = !forgets && v.queue.empty() &&
+                       v.limit <= static_cast<int32_t>(kMaxGuardedSlots);
     const std::string commit_id = light ? "" : NewCommitId();
     etcdpb::TxnRequest txn;
     if (light) {
@@ -505,6 +548,10 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(const Context& ctx,
             if (!results[i].released) results[i].dequeued = true;
           }
         }
+      }
+      if (!m.by_lease && v.removed.count(m.run) > 0) {
+        *txn.add_success() = DeleteOp(Cat(p, "removed/", m.run));
+        if (!results[i].released) results[i].dequeued = true;
       }
       if (results[i].released || results[i].dequeued) {
         done_runs.insert(m.run);
@@ -597,6 +644,7 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(const Context& ctx,
       if (results[i].released || results[i].dequeued) {
         std::erase_if(after.queue,
                       [&](const QueueInfo& q) { return q.run == r; });
+        if (!group[i]->by_lease) after.removed.erase(r);
       }
     }
     std::vector<int64_t> seats;  // of the admitted runs

@@ -52,7 +52,8 @@ std::set<const EtcdDriver::QueueInfo*> EtcdDriver::StaleEntries(
   std::set<const QueueInfo*> out;
   std::set<std::string_view> seen;
   for (const QueueInfo& q : v.queue) {
-    if (v.slots.count(q.run) > 0 || !seen.insert(q.run).second) {
+    if (v.slots.count(q.run) > 0 || v.removed.count(q.run) > 0 ||
+        !seen.insert(q.run).second) {
       out.insert(&q);
     }
   }
@@ -183,6 +184,13 @@ void EtcdDriver::ApplyKv(RepoView* v, std::string_view rest, bool put,
       std::from_chars(rest_of_value + 1, end, qi.ord);
     }
     v->queue.push_back(std::move(qi));
+  } else if (rest.substr(0, 8) == "removed/") {
+    std::string run(rest.substr(8));
+    if (put) {
+      v->removed[std::move(run)] = kv.value();
+    } else {
+      v->removed.erase(run);
+    }
   }
 }
 

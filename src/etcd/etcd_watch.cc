@@ -256,6 +256,12 @@ void EtcdDriver::CollectWatchEvents(const WatchBatch& b, PendingEvents* out,
       if (f.size() != 4) continue;
       run = std::string(f[3]);
       type = WatchEventType::kAdmitted;
+    } else if (tail.substr(0, 8) == "removed/" &&
+               ev.type() == etcdpb::Event::PUT) {
+      // A run removed from the queue (ClearQueue): its reason is the value.
+      watchers_.Collect(repo, WatchEventType::kRemoved,
+                        std::string(tail.substr(8)), &events, ev.kv().value());
+      continue;
     } else if (tail == "limit") {
       type = WatchEventType::kLimitChanged;
     } else if (tail == "meta" && ev.type() == etcdpb::Event::DELETE) {

@@ -166,12 +166,13 @@ void MemoryDriver::RemoveLease(Shard& shard, const std::string& repo_key,
 
 void MemoryDriver::AddEvent(Shard& shard, const std::string& repo_key,
                             WatchEventType type, const std::string& run_key,
-                            Effects& fx) {
+                            Effects& fx, std::string_view reason) {
   if (shard.watchers.empty()) return;
   auto it = shard.watchers.find(repo_key);
   if (it == shard.watchers.end()) return;
   for (const auto& w : it->second) {
-    fx.events.emplace_back(w, WatchEvent{type, repo_key, run_key});
+    fx.events.emplace_back(
+        w, WatchEvent{type, repo_key, run_key, std::string(reason)});
   }
 }
 
@@ -265,6 +266,18 @@ absl::StatusOr<AcquireResult> MemoryDriver::AcquireSlot(
   bool granted_now = false;
   {
     MutexLock lock(&shard.mu);
+    if (!options.adopt_running) {
+      // A removed run is refused before anything is written.
+      if (auto rit = shard.repos.find(repo_key); rit != shard.repos.end()) {
+        if (auto r = rit->second.removed.find(run_key);
+            r != rit->second.removed.end()) {
+          return RunRemovedError(
+              r->second,
+              internal::Cat("pipeline run ", run_key, " of ", repo_key,
+                            " was removed from the queue (", r->second, ")"));
+        }
+      }
+    }
     RepoState& rs =
         Enter(shard, repo_key, limit, options.keep_recorded_limit, now, fx);
 
@@ -281,6 +294,7 @@ absl::StatusOr<AcquireResult> MemoryDriver::AcquireSlot(
         rs.queue.erase(q->second);
         rs.queued.erase(q);
       }
+      rs.removed.erase(run);  // adopted: it runs after all
       LeaseRec& rec = Grant(shard, repo_key, rs, run, now);
       result.acquired = true;
       result.lease = MakeLease(repo_key, run, rec);
@@ -378,6 +392,7 @@ void MemoryDriver::ImportLocked(const Repository& repo,
         rs.queue.erase(q->second);
         rs.queued.erase(q);
       }
+      rs.removed.erase(run);  // the cluster runs it: adopted
       Grant(shard, repo_key, rs, run, now);
       AddEvent(shard, repo_key, WatchEventType::kAdmitted, run, fx);
       it = rs.running.find(run);
@@ -386,7 +401,10 @@ void MemoryDriver::ImportLocked(const Repository& repo,
   }
   for (const ImportRequest::Waiting& w : request.waiting) {
     const std::string& run = w.pipeline_run_key;
-    if (rs.running.count(run) != 0 || rs.queued.count(run) != 0) continue;
+    if (rs.running.count(run) != 0 || rs.queued.count(run) != 0 ||
+        rs.removed.contains(run)) {
+      continue;  // held, or removed: stays out of the queue
+    }
     QueueKey key{w.creation_time,
                  next_sequence_.fetch_add(1, std::memory_order_relaxed)};
     rs.queue.emplace(key, QueueRec{run, now});
@@ -469,6 +487,9 @@ absl::StatusOr<ReleaseResult> MemoryDriver::ReleaseSlot(
       if (auto q = rs.queued.find(run_v); q != rs.queued.end()) {
         rs.queue.erase(q->second);
         rs.queued.erase(q);
+        result.dequeued = true;
+      } else if (auto r = rs.removed.find(run_v); r != rs.removed.end()) {
+        rs.removed.erase(r);  // the record of a removed run is forgotten
         result.dequeued = true;
       }
     }
@@ -693,93 +714,6 @@ MemoryDriver::WatchSlotAvailability(const Context& ctx,
     list.erase(std::remove(list.begin(), list.end(), e), list.end());
     if (list.empty()) shard.watchers.erase(it);
   });
-}
-
-absl::Status MemoryDriver::SetRepositoryState(const Context& ctx,
-                                              const Repository& repo,
-                                              std::string_view state) {
-  if (absl::Status s = ValidateRepository(repo); !s.ok()) return s;
-  if (absl::Status s = ValidateState(state); !s.ok()) return s;
-  if (absl::Status s = ctx.Err(); !s.ok()) return s;
-  if (absl::Status s = CheckOpen(); !s.ok()) return s;
-  const std::string key = repo.Key();
-  Shard& shard = ShardFor(key);
-  MutexLock lock(&shard.mu);
-  shard.repos[key].state = std::string(state);
-  return absl::OkStatus();
-}
-
-absl::StatusOr<std::string> MemoryDriver::GetRepositoryState(
-    const Context& ctx, std::string_view repo_key) {
-  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
-  if (absl::Status s = ctx.Err(); !s.ok()) return s;
-  if (absl::Status s = CheckOpen(); !s.ok()) return s;
-  Shard& shard = ShardFor(repo_key);
-  MutexLock lock(&shard.mu);
-  auto it = shard.repos.find(repo_key);
-  if (it == shard.repos.end() || !it->second.state.has_value()) {
-    return absl::NotFoundError(
-        internal::Cat("repository ", repo_key, " has no state"));
-  }
-  return *it->second.state;
-}
-
-absl::Status MemoryDriver::SetPipelineRunState(const Context& ctx,
-                                               std::string_view run_key,
-                                               std::string_view state) {
-  if (absl::Status s = ValidateKey(run_key, "pipeline_run"); !s.ok()) return s;
-  if (absl::Status s = ValidateState(state); !s.ok()) return s;
-  if (absl::Status s = ctx.Err(); !s.ok()) return s;
-  if (absl::Status s = CheckOpen(); !s.ok()) return s;
-  MutexLock lock(&states_mu_);
-  run_states_[run_key] = std::string(state);
-  return absl::OkStatus();
-}
-
-absl::StatusOr<std::string> MemoryDriver::GetPipelineRunState(
-    const Context& ctx, std::string_view run_key) {
-  if (absl::Status s = ValidateKey(run_key, "pipeline_run"); !s.ok()) return s;
-  if (absl::Status s = ctx.Err(); !s.ok()) return s;
-  if (absl::Status s = CheckOpen(); !s.ok()) return s;
-  MutexLock lock(&states_mu_);
-  auto it = run_states_.find(run_key);
-  if (it == run_states_.end()) {
-    return absl::NotFoundError(
-        internal::Cat("pipeline run ", run_key, " has no state"));
-  }
-  return it->second;
-}
-
-absl::Status MemoryDriver::CleanupRepository(const Context& ctx,
-                                             std::string_view repo_key) {
-  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
-  if (absl::Status s = ctx.Err(); !s.ok()) return s;
-  if (absl::Status s = CheckOpen(); !s.ok()) return s;
-  Shard& shard = ShardFor(repo_key);
-  Effects fx;
-  std::vector<std::string> runs;
-  {
-    MutexLock lock(&shard.mu);
-    auto rit = shard.repos.find(repo_key);
-    if (rit != shard.repos.end()) {
-      for (const auto& [run, rec] : rit->second.running) {
-        shard.leases.erase(rec.lease_id);
-        runs.push_back(run);
-      }
-      for (const auto& [qk, rec] : rit->second.queue)
-        runs.push_back(rec.run_key);
-      shard.repos.erase(rit);
-    }
-    AddEvent(shard, std::string(repo_key), WatchEventType::kCleaned, "", fx);
-  }
-  {
-    MutexLock lock(&states_mu_);
-    for (const std::string& run : runs) run_states_.erase(run);
-  }
-  logger_->info("cleaned up repository {} ({} runs removed)", repo_key,
-                runs.size());
-  Deliver(fx);
-  return absl::OkStatus();
 }
 
 void MemoryDriver::CleanupLoop() {

@@ -91,6 +91,8 @@ class MemoryDriver final : public Driver {
                                    std::string_view state) override;
   absl::StatusOr<std::string> GetPipelineRunState(
       const Context& ctx, std::string_view run_key) override;
+  absl::StatusOr<ClearQueueResult> ClearQueue(
+      const Context& ctx, std::string_view repo_key) override;
   absl::Status CleanupRepository(const Context& ctx,
                                  std::string_view repo_key) override;
   absl::Duration LeaseTTL() const override { return ttl_; }
@@ -125,6 +127,7 @@ class MemoryDriver final : public Driver {
     StringMap<LeaseRec> running;         // by run key
     std::map<QueueKey, QueueRec> queue;  // admission order
     StringMap<QueueKey> queued;          // run key -> place
+    StringMap<std::string> removed;      // run key -> reason (ClearQueue)
     absl::Time earliest_expiry = absl::InfiniteFuture();  // lower bound
     std::optional<std::string> state;
   };
@@ -171,7 +174,8 @@ class MemoryDriver final : public Driver {
   void RemoveLease(Shard& shard, const std::string& repo_key, RepoState& rs,
                    const std::string& run_key) PAC_REQUIRES(shard.mu);
   void AddEvent(Shard& shard, const std::string& repo_key, WatchEventType type,
-                const std::string& run_key, Effects& fx) PAC_REQUIRES(shard.mu);
+                const std::string& run_key, Effects& fx,
+                std::string_view reason = "") PAC_REQUIRES(shard.mu);
   int64_t PositionOf(const RepoState& rs, const QueueKey& key) const;
   absl::Status CheckOpen() const;
   // One part of ImportBatch, its shard's lock held (with the others').

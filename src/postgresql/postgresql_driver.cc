@@ -64,6 +64,7 @@ WatchEventType EventType(std::string_view name) {
   if (name == "admitted") return WatchEventType::kAdmitted;
   if (name == "limit") return WatchEventType::kLimitChanged;
   if (name == "cleaned") return WatchEventType::kCleaned;
+  if (name.starts_with("removed:")) return WatchEventType::kRemoved;
   return WatchEventType::kResync;
 }
 
@@ -287,6 +288,11 @@ absl::StatusOr<AcquireResult> PostgreSQLDriver::AcquireSlot(
       result.lease = LeaseFromRow(*r, i, repo_key);
     } else if (kind == "queued") {
       result.position = r->GetInt(i, 6);
+    } else if (kind == "removed") {
+      std::string reason(r->Get(i, 2));
+      return RunRemovedError(reason,
+                             Cat("pipeline run ", run_key, " of ", repo_key,
+                                 " was removed from the queue (", reason, ")"));
     }
   }
   if (result.position > 0) {
@@ -489,9 +495,12 @@ void PostgreSQLDriver::ListenLoop() {
             t1 == std::string_view::npos ? t1 : payload.find('\t', t1 + 1);
         if (t2 != std::string_view::npos) {
           std::string repo(payload.substr(0, t1));
-          WatchEventType type = EventType(payload.substr(t1 + 1, t2 - t1 - 1));
+          std::string_view name = payload.substr(t1 + 1, t2 - t1 - 1);
+          WatchEventType type = EventType(name);
           std::string run(payload.substr(t2 + 1));
-          watchers_.Collect(repo, type, run, &events);
+          std::string_view reason;  // "removed:<reason>"
+          if (type == WatchEventType::kRemoved) reason = name.substr(8);
+          watchers_.Collect(repo, type, run, &events, reason);
         }
         PQfreemem(n);
       }
@@ -588,6 +597,22 @@ absl::StatusOr<std::string> PostgreSQLDriver::GetPipelineRunState(
     return absl::NotFoundError(Cat("pipeline run ", run_key, " has no state"));
   }
   return std::string(r->Get(0, 0));
+}
+
+absl::StatusOr<ClearQueueResult> PostgreSQLDriver::ClearQueue(
+    const Context& ctx, std::string_view repo_key) {
+  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
+  // Idempotent: a retry after a lost answer clears what is queued then,
+  // and the runs the first attempt removed are answered no more.
+  auto r = Query(ctx, "SELECT o_run FROM pac_clear_queue($1)",
+                 {std::string(repo_key)}, Notifies::kYes);
+  if (!r.ok()) return r.status();
+  ClearQueueResult out;
+  out.removed.reserve(r->rows());
+  for (int i = 0; i < r->rows(); ++i) out.removed.emplace_back(r->Get(i, 0));
+  logger_->info("cleared the queue of {} ({} runs removed)", repo_key,
+                out.removed.size());
+  return out;
 }
 
 absl::Status PostgreSQLDriver::CleanupRepository(const Context& ctx,

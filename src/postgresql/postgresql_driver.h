@@ -87,6 +87,8 @@ class PostgreSQLDriver final : public Driver {
                                    std::string_view state) override;
   absl::StatusOr<std::string> GetPipelineRunState(
       const Context& ctx, std::string_view run_key) override;
+  absl::StatusOr<ClearQueueResult> ClearQueue(
+      const Context& ctx, std::string_view repo_key) override;
   absl::Status CleanupRepository(const Context& ctx,
                                  std::string_view repo_key) override;
   absl::Duration LeaseTTL() const override { return config_.lease_ttl; }

@@ -132,6 +132,13 @@ DROP FUNCTION IF EXISTS pac_release_lease(TEXT, TEXT, TEXT, INTERVAL, TEXT);
 DROP FUNCTION IF EXISTS pac_settle(TEXT, INTERVAL, TEXT);
 )SQL";
 
+// Migration 8: no table changes; a queued row may become a record of a run
+// removed from the queue (state 'cleared', pac_clear_queue), which
+// pac_acquire refuses and pac_import leaves out.
+constexpr const char* kMigration8 = R"SQL(
+SELECT 1;
+)SQL";
+
 }  // namespace
 
 absl::Status Migrate(PgConnection& conn, const Context& ctx) {
@@ -163,7 +170,7 @@ absl::Status Migrate(PgConnection& conn, const Context& ctx) {
   }
   const char* const migrations[] = {kMigration1, kMigration2, kMigration3,
                                     kMigration4, kMigration5, kMigration6,
-                                    kMigration7};
+                                    kMigration7, kMigration8};
   static_assert(std::size(migrations) == kSchemaVersion);
   for (int64_t v = have + 1; v <= kSchemaVersion; ++v) {
     auto m = conn.Exec(ctx, Cat(migrations[v - 1],
@@ -176,9 +183,11 @@ absl::Status Migrate(PgConnection& conn, const Context& ctx) {
     }
   }
   if (have < kSchemaVersion) {
-    if (auto f = conn.Exec(ctx, kFunctionsSql); !f.ok()) {
-      (void)conn.Exec(ctx, "ROLLBACK");
-      return f.status();
+    for (const char* sql : {kFunctionsSql, kOperationsSql}) {
+      if (auto f = conn.Exec(ctx, sql); !f.ok()) {
+        (void)conn.Exec(ctx, "ROLLBACK");
+        return f.status();
+      }
     }
   }
   auto commit = conn.Exec(ctx, "COMMIT");

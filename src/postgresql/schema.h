@@ -12,11 +12,13 @@
 namespace pac::concurrency::internal {
 
 // The newest schema version this build knows.
-inline constexpr int kSchemaVersion = 7;
+inline constexpr int kSchemaVersion = 8;
 
-// The server-side functions of this build (schema_functions.cc), created
-// by Migrate.
+// The server-side functions of this build, created by Migrate in this
+// order: admission and release (schema_functions.cc), then import, reaper,
+// cleanup and clearing (schema_operations.cc).
 extern const char* const kFunctionsSql;
+extern const char* const kOperationsSql;
 
 // Brings the database to kSchemaVersion. Idempotent and safe to run from
 // several processes at the same time.

@@ -1,6 +1,8 @@
 // The PostgreSQL server-side functions that make admission and release one
-// round trip each (pac_acquire, pac_release), the import's step, the
-// reaper and the cleanup, with the notification helpers they share.
+// round trip each (pac_acquire, pac_release, pac_release_lease,
+// pac_settle), with the promotion and notification helpers they share. The
+// import's step, the reaper, the cleanup and the queue's clearing are in
+// schema_operations.cc.
 // Migrate (schema.cc) (re)creates them whenever the schema moves to this
 // build's version.
 #include "src/postgresql/schema.h"
@@ -219,7 +221,8 @@ $$;
 -- p_keep, only if none is recorded: the recorded one is kept), reclaim
 -- expired leases and admit the queue, then grant, find or queue the
 -- caller. p_run NULL only sets the limit. Rows: 'admitted' for others,
--- then one of 'acquired', 'queued' (o_pos) or 'full' for the caller.
+-- then one of 'acquired', 'queued' (o_pos) or 'full' for the caller; or
+-- only 'removed' (o_lease: the reason) for a run removed from the queue.
 CREATE OR REPLACE FUNCTION pac_acquire(p_repo TEXT, p_run TEXT, p_limit INTEGER,
                                        p_creation TIMESTAMPTZ, p_enqueue BOOLEAN,
                                        p_adopt BOOLEAN, p_ttl INTERVAL,
@@ -288,6 +291,14 @@ BEGIN
     IF FOUND THEN
       RETURN;
     END IF;
+  END IF;
+  -- A run removed from the queue (its row's state is the reason, as
+  -- 'cleared') is refused before anything is written, unless adopted.
+  IF v_mine IS NOT NULL AND v_mine NOT IN ('running', 'queued')
+     AND NOT p_adopt THEN
+    o_kind := 'removed'; o_run := p_run; o_lease := v_mine; o_pos := 0;
+    RETURN NEXT;
+    RETURN;
   END IF;
   v_kept := '[]'::jsonb;
   IF p_keep THEN
@@ -660,146 +671,6 @@ BEGIN
   END IF;
 END $$;
 
--- An import's step for one repository (ImportRuns), in one statement: the
--- limit recorded as pac_acquire records it (p_set false: the recorded
--- one is kept), the running runs given slots (above the limit too), the
--- waiting runs queued in the given order with p_times (a run the table
--- holds keeps its lease or its place), then the queue admitted into free
--- slots. Rows: 'admitted' for every run the step admitted from the queue;
--- then 'running' with the lease of each p_running run, in order; then for
--- each p_waiting run in order 'held' (its lease) or 'queued' (o_pos, with
--- o_acquired its creation time, o_expires its enqueue time and o_token its
--- sequence).
-CREATE OR REPLACE FUNCTION pac_import(p_repo TEXT, p_limit INTEGER,
-                                      p_set BOOLEAN, p_running TEXT[],
-                                      p_waiting TEXT[], p_times TIMESTAMPTZ[],
-                                      p_ttl INTERVAL)
-RETURNS TABLE(o_kind TEXT, o_run TEXT, o_lease TEXT, o_acquired TIMESTAMPTZ,
-              o_expires TIMESTAMPTZ, o_token BIGINT, o_pos BIGINT)
-LANGUAGE plpgsql AS $$
-DECLARE
-  v_now TIMESTAMPTZ := clock_timestamp();
-  v_limit INTEGER;
-  v_seqs BIGINT[];
-  v_places JSONB;
-  r RECORD;
-BEGIN
-  -- Locks the repository row until the commit; reclaims expired leases.
-  RETURN QUERY SELECT * FROM pac_acquire(p_repo, NULL, p_limit, NULL, true,
-                                         false, p_ttl, NOT p_set, NULL);
-  SELECT t.concurrency_limit INTO v_limit FROM pac_repositories t
-   WHERE t.repository_key = p_repo;
-  FOR r IN UPDATE concurrency_slots s
-              SET state = 'running', lease_id = gen_random_uuid()::text,
-                  fencing_token = nextval('pac_fencing_seq'),
-                  acquired_at = v_now, expires_at = v_now + p_ttl,
-                  updated_at = v_now, queue_seq = NULL
-            WHERE s.repository_key = p_repo AND s.state = 'queued'
-              AND s.pipeline_run_key = ANY (p_running)
-        RETURNING s.pipeline_run_key LOOP
-    PERFORM pac_notify(p_repo, 'admitted', r.pipeline_run_key);
-  END LOOP;
-  FOR r IN INSERT INTO concurrency_slots AS s
-                  (repository_key, pipeline_run_key, state, acquired_at,
-                   expires_at, created_at, updated_at, lease_id,
-                   fencing_token, creation_time)
-           SELECT p_repo, u.run, 'running', v_now, v_now + p_ttl, v_now,
-                  v_now, gen_random_uuid()::text, nextval('pac_fencing_seq'),
-                  v_now
-             FROM unnest(p_running) WITH ORDINALITY AS u(run, n) ORDER BY u.n
-           ON CONFLICT (repository_key, pipeline_run_key) DO NOTHING
-        RETURNING s.pipeline_run_key LOOP
-    PERFORM pac_notify(p_repo, 'admitted', r.pipeline_run_key);
-  END LOOP;
-  -- Sequence values in the order they were drawn (each above the last),
-  -- given to the waiting runs in request order.
-  SELECT array_agg(x.v ORDER BY x.v) INTO v_seqs
-    FROM (SELECT nextval('pac_queue_seq') AS v
-            FROM generate_series(1, coalesce(cardinality(p_waiting), 0))) x;
-  INSERT INTO concurrency_slots
-         (repository_key, pipeline_run_key, state, acquired_at, expires_at,
-          created_at, updated_at, creation_time, queue_seq)
-  SELECT p_repo, w.run, 'queued', NULL, 'infinity', v_now, v_now,
-         p_times[w.n], v_seqs[w.n]
-    FROM unnest(p_waiting) WITH ORDINALITY AS w(run, n)
-  ON CONFLICT (repository_key, pipeline_run_key) DO NOTHING;
-  RETURN QUERY SELECT * FROM pac_promote(p_repo, v_limit, p_ttl, v_now);
-  RETURN QUERY
-    SELECT 'running'::text, s.pipeline_run_key::text, s.lease_id,
-           s.acquired_at, s.expires_at, s.fencing_token, 0::bigint
-      FROM unnest(p_running) WITH ORDINALITY AS u(run, n)
-      JOIN concurrency_slots s
-        ON s.repository_key = p_repo AND s.pipeline_run_key = u.run
-     ORDER BY u.n;
-  -- Every queue place, from one ordered scan of the queue, as a map: a
-  -- join on the numbered queue could be planned as a scan of the whole
-  -- queue per run (a new repository's statistics say it is small).
-  IF coalesce(cardinality(p_waiting), 0) > 0 THEN
-    SELECT jsonb_object_agg(x.run, x.pos) INTO v_places
-      FROM (SELECT q.pipeline_run_key AS run,
-                   row_number() OVER (ORDER BY q.creation_time,
-                                               q.queue_seq) AS pos
-              FROM concurrency_slots q
-             WHERE q.repository_key = p_repo AND q.state = 'queued') x;
-  END IF;
-  RETURN QUERY
-    SELECT CASE WHEN s.state = 'running' THEN 'held' ELSE 'queued' END,
-           s.pipeline_run_key::text, s.lease_id,
-           CASE WHEN s.state = 'running' THEN s.acquired_at
-                ELSE s.creation_time END,
-           CASE WHEN s.state = 'running' THEN s.expires_at
-                ELSE s.created_at END,
-           coalesce(s.fencing_token, s.queue_seq),
-           coalesce((v_places ->> s.pipeline_run_key)::bigint, 0)
-      FROM unnest(p_waiting) WITH ORDINALITY AS w(run, n)
-      JOIN concurrency_slots s
-        ON s.repository_key = p_repo AND s.pipeline_run_key = w.run
-     ORDER BY w.n;
-END $$;
-
--- Background cleanup: every repository with an expired lease is locked,
--- reclaimed and its queue admitted. Returns how many repositories.
-CREATE OR REPLACE FUNCTION pac_reap(p_ttl INTERVAL) RETURNS INTEGER
-LANGUAGE plpgsql AS $$
-DECLARE
-  v_repo TEXT;
-  v_limit INTEGER;
-  n INTEGER := 0;
-BEGIN
-  PERFORM pac_check_isolation();
-  FOR v_repo IN SELECT DISTINCT s.repository_key FROM concurrency_slots s
-                 WHERE s.state = 'running' AND s.expires_at <= clock_timestamp() LOOP
-    SELECT t.concurrency_limit INTO v_limit FROM pac_repositories t
-     WHERE t.repository_key = v_repo FOR UPDATE;
-    CONTINUE WHEN NOT FOUND;  -- cleaned up meanwhile, slots and all
-    PERFORM * FROM pac_promote(v_repo, coalesce(v_limit, 0), p_ttl,
-                               clock_timestamp());
-    n := n + 1;
-  END LOOP;
-  DELETE FROM pac_outcomes o
-   WHERE o.created_at < clock_timestamp() - interval '10 minutes';
-  RETURN n;
-END $$;
-
--- Removes everything of one repository, and nothing else.
-CREATE OR REPLACE FUNCTION pac_cleanup(p_repo TEXT) RETURNS VOID
-LANGUAGE plpgsql AS $$
-BEGIN
-  PERFORM pac_check_isolation();
-  PERFORM 1 FROM pac_repositories t WHERE t.repository_key = p_repo FOR UPDATE;
-  -- States are keyed by run alone: a run key another repository also
-  -- uses keeps its state.
-  DELETE FROM pipeline_run_states p
-   WHERE p.pipeline_run_key IN (SELECT s.pipeline_run_key FROM concurrency_slots s
-                                 WHERE s.repository_key = p_repo)
-     AND NOT EXISTS (SELECT 1 FROM concurrency_slots o
-                      WHERE o.pipeline_run_key = p.pipeline_run_key
-                        AND o.repository_key <> p_repo);
-  DELETE FROM concurrency_slots s WHERE s.repository_key = p_repo;
-  DELETE FROM repository_states r WHERE r.repository_key = p_repo;
-  DELETE FROM pac_repositories t WHERE t.repository_key = p_repo;
-  PERFORM pac_notify(p_repo, 'cleaned', NULL);
-END $$;
 )SQL";
 
 }  // namespace pac::concurrency::internal

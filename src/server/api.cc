@@ -162,6 +162,8 @@ std::string_view WatchEventTypeName(WatchEventType type) {
       return "cleaned";
     case WatchEventType::kResync:
       return "resync";
+    case WatchEventType::kRemoved:
+      return "removed";
   }
   return "unknown";
 }
@@ -204,18 +206,21 @@ const CodeInfo* FindCode(absl::StatusCode code) {
 
 std::string ErrorCodeName(const absl::Status& status) {
   if (IsLeaseLost(status)) return "LEASE_LOST";
+  if (IsRunRemoved(status)) return "RUN_REMOVED";
   const CodeInfo* c = FindCode(status.code());
   return c != nullptr ? c->name : "UNKNOWN";
 }
 
 Json ErrorToJson(const absl::Status& status) {
-  return Json{{"error",
-               {{"code", ErrorCodeName(status)},
-                {"message", std::string(SV(status.message()))}}}};
+  Json out{{"error",
+            {{"code", ErrorCodeName(status)},
+             {"message", std::string(SV(status.message()))}}}};
+  if (IsRunRemoved(status)) out["error"]["reason"] = RunRemovedReason(status);
+  return out;
 }
 
 int HttpStatusFor(const absl::Status& status) {
-  if (IsLeaseLost(status)) return 410;
+  if (IsLeaseLost(status) || IsRunRemoved(status)) return 410;
   const CodeInfo* c = FindCode(status.code());
   return c != nullptr ? c->http : 500;
 }
@@ -227,6 +232,11 @@ absl::Status StatusFromErrorJson(int http_status, std::string_view body) {
     std::string code = e.value("code", "UNKNOWN");
     std::string message = e.value("message", "");
     if (code == "LEASE_LOST") return LeaseLostError(message);
+    if (code == "RUN_REMOVED") {
+      const bool named = e.contains("reason") && e["reason"].is_string();
+      return RunRemovedError(named ? e["reason"].get<std::string>() : "unknown",
+                             message);
+    }
     for (const CodeInfo& c : kCodes) {
       if (code == c.name) return absl::Status(c.code, message);
     }

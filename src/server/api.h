@@ -75,6 +75,11 @@ class Api {
   // {"version": "0.1.0", "driver": "memory"}: this build and the backend it
   // uses (through a server: the server's).
   [[nodiscard]] virtual absl::StatusOr<Json> Version(const Context& ctx) = 0;
+  // Removes every queued run of the repository (Driver::ClearQueue);
+  // running runs keep their slots. Answers {"repository", "removed":
+  // [runs, in admission order]}.
+  [[nodiscard]] virtual absl::StatusOr<Json> ClearQueue(
+      const Context& ctx, std::string_view repo_key) = 0;
   // Removes every lease, queue entry and state of the repository.
   [[nodiscard]] virtual absl::StatusOr<Json> Cleanup(
       const Context& ctx, std::string_view repo_key) = 0;
@@ -137,7 +142,7 @@ absl::StatusOr<std::string> DumpStrict(const Json& doc, std::string_view what);
 std::string DumpSafe(const Json& doc, int indent = -1);
 
 // The canonical code name ("INVALID_ARGUMENT"); "LEASE_LOST" for a lost
-// lease.
+// lease, "RUN_REMOVED" for a run removed from its queue.
 std::string ErrorCodeName(const absl::Status& status);
 // {"error": {"code": ..., "message": ...}}
 Json ErrorToJson(const absl::Status& status);

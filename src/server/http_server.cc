@@ -389,6 +389,11 @@ void HttpServer::Routes() {
       wrap(repo_route, [this, ok](HttpRequest& req, const Context& ctx) {
         return ok(service_->Cleanup(ctx, RepoKey(req)));
       }));
+  add("DELETE", repo + "/queue", admin_repo,
+      wrap(repo_route + "/queue",
+           [this, ok](HttpRequest& req, const Context& ctx) {
+             return ok(service_->ClearQueue(ctx, RepoKey(req)));
+           }));
   add("POST", repo + "/runs", controller_repo,
       wrap(repo_route + "/runs",
            [this](HttpRequest& req, const Context& ctx) -> Reply {

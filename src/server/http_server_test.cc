@@ -175,6 +175,7 @@ TEST_F(HttpServerTest, BearerTokenGuardsEveryMutatingRequest) {
                 ->status,
             401);
   EXPECT_EQ(c.Delete("/v1/repositories/ns/app")->status, 401);
+  EXPECT_EQ(c.Delete("/v1/repositories/ns/app/queue")->status, 401);
   EXPECT_FALSE(driver_->GetRepositoryLimit(ctx_, "ns/app")->has_value());
   // Reads need no token.
   EXPECT_EQ(c.Get("/v1/repositories/ns/app")->status, 200);
@@ -281,6 +282,65 @@ TEST_F(HttpServerTest, StreamWatchSeesAReleaseByAnotherClient) {
       });
   EXPECT_TRUE(s.ok()) << s;
   EXPECT_THAT(seen, ::testing::ElementsAre("released ns/a"));
+}
+
+// DELETE .../queue removes the queued runs: the raw route, RemoteApi, the
+// watch event with its reason, the 410 RUN_REMOVED a re-submit gets (the
+// reason round-trips), the counter, and the admin role it needs.
+TEST_F(HttpServerTest, ClearingAQueueRemovesItsRunsForGood) {
+  Start();
+  RemoteApi api(url_, "");
+  ASSERT_TRUE(
+      api.Submit(ctx_, "ns/app",
+                 Json{{"pipeline_run", "ns/a"}, {"concurrency_limit", 1}})
+          .ok());
+  ASSERT_EQ(
+      (*api.Submit(ctx_, "ns/app", Json{{"pipeline_run", "ns/b"}}))["position"],
+      1);
+  ASSERT_EQ(
+      (*api.Submit(ctx_, "ns/app", Json{{"pipeline_run", "ns/c"}}))["position"],
+      2);
+  auto c = Client();
+  std::thread clearer([this] {
+    absl::SleepFor(absl::Milliseconds(300));
+    auto cleared = Client().Delete("/v1/repositories/ns/app/queue");
+    ASSERT_TRUE(cleared);
+    EXPECT_EQ(cleared->status, 200) << cleared->body;
+    EXPECT_EQ(Body(cleared),
+              (Json{{"repository", "ns/app"},
+                    {"removed", Json::array({"ns/b", "ns/c"})}}));
+  });
+  auto got = c.Get("/v1/repositories/ns/app/watch?timeout=10s");
+  clearer.join();
+  ASSERT_TRUE(got);
+  ASSERT_GE(Body(got)["events"].size(), 1u) << got->body;
+  EXPECT_EQ(Body(got)["events"][0], (Json{{"type", "removed"},
+                                          {"repository", "ns/app"},
+                                          {"pipeline_run", "ns/b"},
+                                          {"reason", "cleared"}}));
+  // A re-submit is 410 with the reason, raw and through RemoteApi.
+  auto again = c.Post("/v1/repositories/ns/app/runs",
+                      R"({"pipeline_run": "ns/c"})", "application/json");
+  ASSERT_TRUE(again);
+  EXPECT_EQ(again->status, 410) << again->body;
+  EXPECT_EQ(Body(again)["error"]["code"], "RUN_REMOVED");
+  EXPECT_EQ(Body(again)["error"]["reason"], "cleared");
+  auto b = api.Submit(ctx_, "ns/app", Json{{"pipeline_run", "ns/b"}});
+  EXPECT_TRUE(IsRunRemoved(b.status())) << b.status();
+  EXPECT_EQ(RunRemovedReason(b.status()), "cleared");
+  auto status = api.Status(ctx_, "ns/app");
+  ASSERT_TRUE(status.ok());
+  EXPECT_EQ((*status)["in_use"], 1);
+  EXPECT_EQ((*status)["queue_depth"], 0);
+  auto empty = api.ClearQueue(ctx_, "ns/app");
+  ASSERT_TRUE(empty.ok()) << empty.status();
+  EXPECT_TRUE((*empty)["removed"].empty());
+  EXPECT_EQ(api.ClearQueue(ctx_, "bad").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  auto metrics = c.Get("/metrics");
+  ASSERT_TRUE(metrics);
+  EXPECT_THAT(metrics->body,
+              HasSubstr("pac_runs_removed_total{reason=\"cleared\"} 2"));
 }
 
 TEST_F(HttpServerTest, LongPollAnswersAtTheFirstEventOrEmptyAtTimeout) {

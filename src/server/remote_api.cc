@@ -309,6 +309,13 @@ absl::StatusOr<Json> RemoteApi::GetState(const Context& ctx, StateOf of,
   return Call(ctx, "GET", StatePath(of, key), "", "");
 }
 
+absl::StatusOr<Json> RemoteApi::ClearQueue(const Context& ctx,
+                                           std::string_view repo_key) {
+  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
+  return Call(ctx, "DELETE",
+              Cat("/v1/repositories/", KeyPath(repo_key), "/queue"), "", "");
+}
+
 absl::StatusOr<Json> RemoteApi::Cleanup(const Context& ctx,
                                         std::string_view repo_key) {
   if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;

@@ -54,6 +54,8 @@ class RemoteApi final : public Api {
                                 const Json& body) override;
   absl::StatusOr<Json> GetState(const Context& ctx, StateOf of,
                                 std::string_view key) override;
+  absl::StatusOr<Json> ClearQueue(const Context& ctx,
+                                  std::string_view repo_key) override;
   absl::StatusOr<Json> Cleanup(const Context& ctx,
                                std::string_view repo_key) override;
   absl::StatusOr<Json> Import(const Context& ctx, const Json& body) override;

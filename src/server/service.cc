@@ -63,6 +63,9 @@ Service::Service(Driver* driver, Clock* clock, Metrics* metrics)
   metrics_->Describe("pac_admissions_total", "counter",
                      "Runs granted a slot, by how.");
   metrics_->Describe("pac_releases_total", "counter", "Slots released.");
+  metrics_->Describe("pac_runs_removed_total", "counter",
+                     "Queued runs removed from their queue through this "
+                     "server, by reason.");
   metrics_->Describe("pac_errors_total", "counter",
                      "Failed operations, by operation and code.");
   metrics_->Describe("pac_build_info", "gauge",
@@ -417,6 +420,22 @@ absl::StatusOr<Json> Service::GetState(const Context& ctx, StateOf of,
   return Json{{field, std::string(key)}, {"state", *state}};
 }
 
+absl::StatusOr<Json> Service::ClearQueue(const Context& ctx,
+                                         std::string_view repo_key) {
+  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
+  auto r = driver_->ClearQueue(ctx, repo_key);
+  if (!r.ok()) {
+    CountError("clear_queue", r.status());
+    return r.status();
+  }
+  if (!r->removed.empty()) {
+    metrics_->Inc("pac_runs_removed_total",
+                  {{"reason", std::string(kRemovedCleared)}},
+                  static_cast<double>(r->removed.size()));
+  }
+  return Json{{"repository", std::string(repo_key)}, {"removed", r->removed}};
+}
+
 absl::StatusOr<Json> Service::Cleanup(const Context& ctx,
                                       std::string_view repo_key) {
   if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
@@ -483,6 +502,7 @@ absl::Status Service::Watch(const Context& ctx, std::string_view repo_key,
       Json j{{"type", WatchEventTypeName(ev.type)},
              {"repository", ev.repository_key},
              {"pipeline_run", ev.pipeline_run_key}};
+      if (ev.type == WatchEventType::kRemoved) j["reason"] = ev.reason;
       if (!on_event(j)) {
         stop = true;
         break;

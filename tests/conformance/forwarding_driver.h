@@ -118,6 +118,11 @@ class ForwardingDriver : public Driver {
     if (closed_) return Closed();
     return store_->GetPipelineRunState(ctx, run);
   }
+  absl::StatusOr<ClearQueueResult> ClearQueue(const Context& ctx,
+                                              std::string_view repo) override {
+    if (closed_) return Closed();
+    return store_->ClearQueue(ctx, repo);
+  }
   absl::Status CleanupRepository(const Context& ctx,
                                  std::string_view repo) override {
     if (closed_) return Closed();

@@ -388,6 +388,47 @@ TEST(CliE2ETest, RunExitsWithTheCommandsStatusAndWaitsInTheQueue) {
   EXPECT_EQ(InUse(u, "ns/q"), 0);
 }
 
+// `queue clear` removes the queued runs: a `run` waiting among them stops
+// with the reason and never starts its command, and submitting it again is
+// refused; the running run is untouched. Without --yes nothing happens.
+TEST(CliE2ETest, QueueClearStopsTheWaitingRunsAndLeavesTheRunningOne) {
+  ServerProcess server;
+  const std::string& u = server.url();
+  ASSERT_EQ(Cli(u, {"acquire", "--repo", "ns/q", "--run", "ns/holder",
+                    "--limit", "1"})
+                .code,
+            0);
+  Child run = Spawn({Binary(), "--server", u, "run", "--repo", "ns/q", "--run",
+                     "ns/waiter", "--", "sh", "-c", "echo started; exit 0"});
+  ASSERT_TRUE(Eventually([&] {
+    RemoteApi api(u, "");
+    auto s = api.Status(Context::Background(), "ns/q");
+    return s.ok() && (*s)["queue_depth"] == 1;
+  }));
+  CliResult unconfirmed = Cli(u, {"queue", "clear", "--repo", "ns/q"});
+  EXPECT_EQ(unconfirmed.code, 2) << unconfirmed.out;
+  EXPECT_THAT(unconfirmed.out, HasSubstr("--yes"));
+  EXPECT_EQ(
+      Cli(u, {"queue", "--repo", "ns/q", "-o", "json"}).json()["queued"].size(),
+      1u);
+  CliResult cleared = Cli(u, {"queue", "clear", "--repo", "ns/q", "--yes"});
+  EXPECT_EQ(cleared.code, 0) << cleared.out;
+  EXPECT_THAT(cleared.out, HasSubstr("cleared the queue of ns/q: 1 runs"));
+  EXPECT_THAT(cleared.out, HasSubstr("ns/waiter"));
+  std::string out;
+  EXPECT_EQ(Finish(run, &out), 1) << out;
+  EXPECT_THAT(out, HasSubstr("removed from the queue (cleared)"));
+  EXPECT_THAT(out, ::testing::Not(HasSubstr("started")));
+  CliResult again =
+      Cli(u, {"acquire", "--repo", "ns/q", "--run", "ns/other-waiter"});
+  EXPECT_EQ(again.code, 3) << again.out;  // others still queue
+  EXPECT_EQ(InUse(u, "ns/q"), 1);
+  CliResult json =
+      Cli(u, {"-o", "json", "queue", "clear", "--repo", "ns/q", "--yes"});
+  EXPECT_EQ(json.code, 0) << json.out;
+  EXPECT_EQ(json.json()["removed"], Json::array({"ns/other-waiter"}));
+}
+
 // With every watch place of the server taken (--max-watches), a queued
 // `run` is refused a watch (429) and polls instead: it keeps its place and
 // starts once admitted. `watch` itself reports the refusal.

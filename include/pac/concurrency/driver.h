@@ -174,12 +174,23 @@ enum class WatchEventType {
   kLimitChanged,  // the repository's limit changed
   kCleaned,       // the repository was cleaned up
   kResync,        // the watch reconnected: re-read state
+  kRemoved,       // a queued run left the queue without a slot (reason)
 };
+
+// Why a run left the queue without a slot (WatchEvent::reason,
+// RunRemovedReason). docs/policies.md.
+inline constexpr std::string_view kRemovedCleared = "cleared";
 
 struct WatchEvent {
   WatchEventType type;
   std::string repository_key;
   std::string pipeline_run_key;  // empty for kLimitChanged/kCleaned/kResync
+  std::string reason;            // kRemoved only: kRemovedCleared
+};
+
+// What Driver::ClearQueue removed.
+struct ClearQueueResult {
+  std::vector<std::string> removed;  // the runs, in admission order
 };
 
 using WatchCallback = std::function<void(const WatchEvent&)>;
@@ -342,6 +353,21 @@ class Driver {
       const Context& ctx, std::string_view run_key, std::string_view state) = 0;
   [[nodiscard]] virtual absl::StatusOr<std::string> GetPipelineRunState(
       const Context& ctx, std::string_view run_key) = 0;
+
+  // Removes every queued run of the repository; running runs keep their
+  // slots (docs/policies.md, "Clearing a queue"). Each removed run is
+  // recorded as removed with reason kRemovedCleared, and its watchers get
+  // kRemoved: from then on AcquireSlot of it fails with RunRemovedError
+  // (status.h) rather than queue or admit it, until ReleaseSlot by its key
+  // (an empty lease id) or CleanupRepository forgets the record, or an
+  // AcquireOptions::adopt_running acquire (the run runs after all) or an
+  // import of it running replaces it. A repository with nobody queued
+  // answers an empty list. The memory and PostgreSQL drivers clear the
+  // queue as one atomic step; etcd clears the runs queued when the call
+  // starts, in Txns of up to 60 runs, each atomic (a run
+  // queued meanwhile may stay). This default is Unimplemented.
+  [[nodiscard]] virtual absl::StatusOr<ClearQueueResult> ClearQueue(
+      const Context& ctx, std::string_view repo_key);
 
   // Removes every lease, queue entry and state of the repository (and the
   // states of its runs), and nothing else (rule 13). Watchers get kCleaned.

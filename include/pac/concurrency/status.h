@@ -11,7 +11,10 @@
 //                       that is safe to retry (IsRetryable() is true).
 //   FailedPrecondition  with the lease-lost payload (IsLeaseLost()): the lease
 //                       expired or was released; the holder lost its slot.
-//                       Without it: the object is closed.
+//                       With the run-removed payload (IsRunRemoved()): the
+//                       run was removed from its queue (a cleared queue)
+//                       and is not queued or admitted again.
+//                       Without either: the object is closed.
 //   NotFound            a state that was never set.
 //   Internal            a bug or a backend answer that makes no sense.
 //
@@ -19,6 +22,7 @@
 #ifndef PAC_CONCURRENCY_STATUS_H_
 #define PAC_CONCURRENCY_STATUS_H_
 
+#include <string>
 #include <string_view>
 
 #include "absl/status/status.h"
@@ -35,6 +39,21 @@ inline constexpr std::string_view kLeaseLostPayloadUrl =
 
 // True when `status` says that a lease expired or was lost (fencing, rule 4).
 [[nodiscard]] bool IsLeaseLost(const absl::Status& status);
+
+// Payload type URL attached to run-removed errors; its value is the reason.
+inline constexpr std::string_view kRunRemovedPayloadUrl =
+    "type.pac-concurrency.dev/RunRemoved";
+
+// A FailedPrecondition status that says the run was removed from its queue
+// for `reason` (driver.h: kRemovedCleared) and will not be admitted.
+[[nodiscard]] absl::Status RunRemovedError(std::string_view reason,
+                                           std::string_view message);
+
+// True when `status` is a RunRemovedError.
+[[nodiscard]] bool IsRunRemoved(const absl::Status& status);
+
+// The reason of a RunRemovedError; empty for any other status.
+[[nodiscard]] std::string RunRemovedReason(const absl::Status& status);
 
 // True when the same call may succeed if retried later (Unavailable or
 // Aborted). DeadlineExceeded and Cancelled are not retryable by themselves:

@@ -1,0 +1,223 @@
+// The conformance suite, queue policies (docs/policies.md): clearing a
+// queue. A cleared run leaves the queue, is never admitted afterwards, in
+// any process, until its record is forgotten, and running runs keep their
+// slots.
+#include <algorithm>
+#include <atomic>
+#include <mutex>
+#include <set>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "tests/conformance/driver_conformance.h"
+
+namespace pac::concurrency::conformance {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::IsEmpty;
+
+// The kRemoved events of a watch, with their reasons; thread-safe.
+class RemovedLog {
+ public:
+  WatchCallback Callback() {
+    return [this](const WatchEvent& e) {
+      if (e.type != WatchEventType::kRemoved) return;
+      std::lock_guard<std::mutex> lock(mu_);
+      runs_.push_back(e.pipeline_run_key + " " + e.reason);
+    };
+  }
+  std::vector<std::string> runs() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return runs_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::string> runs_;
+};
+
+TEST_P(DriverConformanceTest, Clear_RemovesTheQueueAndLeavesRunningRuns) {
+  Repository repo = Repo("clear", 1);
+  RemovedLog log;
+  auto watch = driver_->WatchSlotAvailability(ctx_, repo.Key(), log.Callback());
+  ASSERT_TRUE(watch.ok()) << watch.status();
+  auto a = driver_->AcquireSlot(ctx_, repo, Run("a"));
+  ASSERT_TRUE(a.ok() && a->acquired);
+  AcquireOptions at;
+  at.creation_time = absl::FromUnixSeconds(1000);
+  ASSERT_EQ(driver_->AcquireSlot(ctx_, repo, Run("c"), at)->position, 1);
+  at.creation_time = absl::FromUnixSeconds(900);  // older: goes first
+  ASSERT_EQ(driver_->AcquireSlot(ctx_, repo, Run("b"), at)->position, 1);
+
+  auto cleared = driver_->ClearQueue(ctx_, repo.Key());
+  ASSERT_TRUE(cleared.ok()) << cleared.status();
+  EXPECT_THAT(cleared->removed, ElementsAre(Run("b"), Run("c")));
+  auto snap = driver_->GetRepositorySnapshot(ctx_, repo.Key());
+  ASSERT_TRUE(snap.ok());
+  EXPECT_THAT(RunKeys(snap->running), ElementsAre(Run("a")));
+  EXPECT_THAT(snap->queued, IsEmpty());
+  EXPECT_EQ(snap->limit, std::optional<int32_t>(1));
+  EXPECT_TRUE(Eventually([&] { return log.runs().size() == 2; }));
+  EXPECT_THAT(log.runs(),
+              ElementsAre(Run("b") + " cleared", Run("c") + " cleared"));
+  // The running run keeps its lease, and its release admits nobody.
+  EXPECT_TRUE(driver_->RenewLease(ctx_, a->lease.lease_id).ok());
+  auto rel = driver_->ReleaseSlot(ctx_, a->lease.lease_id, "", "");
+  ASSERT_TRUE(rel.ok());
+  EXPECT_TRUE(rel->released);
+  EXPECT_THAT(rel->admitted, IsEmpty());
+  // Clearing again, or a queue nobody is in, removes nothing.
+  auto again = driver_->ClearQueue(ctx_, repo.Key());
+  ASSERT_TRUE(again.ok());
+  EXPECT_THAT(again->removed, IsEmpty());
+  auto unknown = driver_->ClearQueue(ctx_, Repo("never", 1).Key());
+  ASSERT_TRUE(unknown.ok()) << unknown.status();
+  EXPECT_THAT(unknown->removed, IsEmpty());
+  EXPECT_FALSE(
+      driver_->ListRepositories(ctx_, ns_).value().empty());  // still listed
+  absl::Status bad = driver_->ClearQueue(ctx_, "no-slash").status();
+  EXPECT_EQ(bad.code(), absl::StatusCode::kInvalidArgument) << bad;
+}
+
+TEST_P(DriverConformanceTest, Clear_AClearedRunIsNeverAdmittedAfterwards) {
+  Repository repo = Repo("cleared", 1);
+  auto a = driver_->AcquireSlot(ctx_, repo, Run("a"));
+  ASSERT_TRUE(a.ok() && a->acquired);
+  ASSERT_FALSE(driver_->AcquireSlot(ctx_, repo, Run("b"))->acquired);
+  ASSERT_TRUE(driver_->ClearQueue(ctx_, repo.Key()).ok());
+  // Its holder re-submits, as a waiting client does on every event: it is
+  // refused, with the reason, while the slot is taken and once it is free,
+  // through this driver and another one ("another process").
+  auto again = driver_->AcquireSlot(ctx_, repo, Run("b"));
+  EXPECT_TRUE(IsRunRemoved(again.status())) << again.status();
+  EXPECT_EQ(RunRemovedReason(again.status()), "cleared");
+  ASSERT_TRUE(driver_->ReleaseSlot(ctx_, a->lease.lease_id, "", "").ok());
+  auto other = MakeDriver();
+  for (Driver* d : {driver_.get(), other.get()}) {
+    AcquireOptions no_queue;
+    no_queue.enqueue = false;
+    auto r = d->AcquireSlot(ctx_, repo, Run("b"));
+    EXPECT_TRUE(IsRunRemoved(r.status())) << r.status();
+    r = d->AcquireSlot(ctx_, repo, Run("b"), no_queue);
+    EXPECT_TRUE(IsRunRemoved(r.status())) << r.status();
+  }
+  // Nothing was written by the refusals, and others are admitted as usual.
+  EXPECT_EQ(*driver_->GetCurrentSlots(ctx_, repo.Key()), 0);
+  EXPECT_THAT(*driver_->GetQueuedPipelineRuns(ctx_, repo.Key()), IsEmpty());
+  EXPECT_TRUE(other->AcquireSlot(ctx_, repo, Run("c"))->acquired);
+  ASSERT_TRUE(other->Close().ok());
+}
+
+TEST_P(DriverConformanceTest,
+       Clear_ReleaseByKeyCleanupAndAdoptionEndTheRecord) {
+  Repository repo = Repo("forget", 1);
+  ASSERT_TRUE(driver_->AcquireSlot(ctx_, repo, Run("a"))->acquired);
+  for (const char* r : {"b", "c", "d"}) {
+    ASSERT_FALSE(driver_->AcquireSlot(ctx_, repo, Run(r))->acquired);
+  }
+  ASSERT_EQ(driver_->ClearQueue(ctx_, repo.Key())->removed.size(), 3u);
+  // A release by key forgets the record (the holder gave up): the run may
+  // queue again, as a new submission.
+  auto forget = driver_->ReleaseSlot(ctx_, "", Run("b"), repo.Key());
+  ASSERT_TRUE(forget.ok()) << forget.status();
+  EXPECT_FALSE(forget->released);
+  EXPECT_TRUE(forget->dequeued);
+  auto b = driver_->AcquireSlot(ctx_, repo, Run("b"));
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(b->position, 1);
+  // A release by a lease id does not touch the record.
+  ASSERT_TRUE(driver_->ReleaseSlot(ctx_, "no-such-lease", Run("c"), "").ok());
+  EXPECT_TRUE(
+      IsRunRemoved(driver_->AcquireSlot(ctx_, repo, Run("c")).status()));
+  // A run the cluster shows running is adopted all the same.
+  AcquireOptions adopt;
+  adopt.adopt_running = true;
+  auto c = driver_->AcquireSlot(ctx_, repo, Run("c"), adopt);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->acquired);
+  // Cleanup forgets every record.
+  ASSERT_TRUE(driver_->CleanupRepository(ctx_, repo.Key()).ok());
+  auto d = driver_->AcquireSlot(ctx_, repo, Run("d"));
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_TRUE(d->acquired);
+}
+
+// Clears from a second driver race with submissions, re-submissions and
+// releases on the first: every run ends admitted or cleared, never both,
+// and the limit holds throughout.
+TEST_P(DriverConformanceTest, Clear_RacesNeverAdmitAClearedRun) {
+  Repository repo = Repo("race", 2);
+  auto other = MakeDriver();
+  constexpr int kWorkers = 4;
+  constexpr int kRuns = 12;
+  std::mutex mu;
+  std::set<std::string> admitted, cleared;  // guarded by mu
+  std::atomic<int> holding{0};
+  std::atomic<int> most{0};
+  std::atomic<int> errors{0};
+  std::atomic<bool> done{false};
+  std::thread clearer([&] {
+    while (!done.load()) {
+      auto r = other->ClearQueue(ctx_, repo.Key());
+      if (!r.ok()) {
+        ++errors;
+        continue;
+      }
+      std::lock_guard<std::mutex> lock(mu);
+      cleared.insert(r->removed.begin(), r->removed.end());
+      std::this_thread::sleep_for(std::chrono::milliseconds(3));
+    }
+  });
+  std::vector<std::thread> workers;
+  for (int w = 0; w < kWorkers; ++w) {
+    workers.emplace_back([&, w] {
+      for (int i = 0; i < kRuns; ++i) {
+        const std::string run = Run(absl::StrCat("w", w, "-", i));
+        while (true) {
+          auto r = driver_->AcquireSlot(ctx_, repo, run);
+          if (IsRunRemoved(r.status())) break;
+          if (!r.ok()) {
+            ++errors;
+            break;
+          }
+          if (r->acquired) {
+            int now = ++holding;
+            int seen = most.load();
+            while (now > seen && !most.compare_exchange_weak(seen, now)) {
+            }
+            {
+              std::lock_guard<std::mutex> lock(mu);
+              admitted.insert(run);
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+            --holding;
+            if (!driver_->ReleaseSlot(ctx_, r->lease.lease_id, "", "").ok()) {
+              ++errors;
+            }
+            break;
+          }
+          std::this_thread::sleep_for(std::chrono::milliseconds(2));
+        }
+      }
+    });
+  }
+  for (std::thread& t : workers) t.join();
+  done = true;
+  clearer.join();
+  EXPECT_EQ(errors.load(), 0);
+  EXPECT_LE(most.load(), 2);
+  std::lock_guard<std::mutex> lock(mu);
+  EXPECT_EQ(admitted.size() + cleared.size(),
+            static_cast<size_t>(kWorkers * kRuns));
+  for (const std::string& run : cleared) {
+    EXPECT_EQ(admitted.count(run), 0u) << run << " was cleared and admitted";
+  }
+  EXPECT_FALSE(cleared.empty());
+  ASSERT_TRUE(other->Close().ok());
+}
+
+}  // namespace
+}  // namespace pac::concurrency::conformance
