@@ -40,6 +40,30 @@ TEST(EtcdMultiProcessTest, FourProcessesNeverOverAdmitAndKeepFifo) {
   conformance::PrintHammerReport(report);
 }
 
+// A fifth process clears the queue every 15 ms while four submit, wait and
+// release: no cleared run is ever granted, every run ends granted or
+// removed, and the limit and FIFO (among the others) hold.
+TEST(EtcdMultiProcessTest, AClearerInAnotherProcessNeverLetsAClearedRunIn) {
+  ASSERT_TRUE(TestEtcdConfig().ok());
+  auto make = []() -> absl::StatusOr<std::unique_ptr<Driver>> {
+    auto c = TestEtcdConfig();
+    if (!c.ok()) return c.status();
+    c->lease_ttl = absl::Seconds(30);
+    return NewEtcdDriver(*c);
+  };
+  auto report = conformance::RunMultiProcessHammer(
+      make, UniqueNs("mpc"), 4, 100, 2, absl::Milliseconds(15));
+  EXPECT_EQ(report.processes_ok, 4) << report.first_problem;
+  EXPECT_EQ(report.cleared_admitted, 0) << report.first_problem;
+  EXPECT_EQ(report.unaccounted, 0) << report.first_problem;
+  EXPECT_EQ(report.grants + report.cleared, 400);
+  EXPECT_GT(report.cleared, 20) << "too few clears to test them";
+  EXPECT_GT(report.grants, 20);
+  EXPECT_LE(report.max_overlap, 2);
+  EXPECT_EQ(report.fifo_violations, 0) << report.first_problem;
+  conformance::PrintHammerReport(report);
+}
+
 // A holder process dies (SIGKILL); its slot is freed when its etcd lease's
 // TTL runs out, and the head of the queue is admitted.
 TEST(EtcdDriverTest, HolderKilledFreesSlotAfterTtl) {

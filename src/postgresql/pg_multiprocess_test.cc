@@ -43,6 +43,27 @@ TEST(PostgreSQLMultiProcessTest, FourProcessesNeverOverAdmitAndKeepFifo) {
   conformance::PrintHammerReport(report);
 }
 
+// A fifth process clears the queue every 15 ms while four submit, wait and
+// release: no cleared run is ever granted, every run ends granted or
+// removed, and the limit and FIFO (among the others) hold.
+TEST(PostgreSQLMultiProcessTest,
+     AClearerInAnotherProcessNeverLetsAClearedRunIn) {
+  ASSERT_TRUE(TestPostgreSQLConfig().ok()) << TestPostgreSQLConfig().status();
+  std::string ns = absl::StrCat("mpc-", getpid());
+  auto report = conformance::RunMultiProcessHammer(
+      MakeDriver, ns, /*processes=*/4, /*runs_per_process=*/150, /*limit=*/2,
+      /*clear_every=*/absl::Milliseconds(15));
+  EXPECT_EQ(report.processes_ok, 4) << report.first_problem;
+  EXPECT_EQ(report.cleared_admitted, 0) << report.first_problem;
+  EXPECT_EQ(report.unaccounted, 0) << report.first_problem;
+  EXPECT_EQ(report.grants + report.cleared, 600);
+  EXPECT_GT(report.cleared, 20) << "too few clears to test them";
+  EXPECT_GT(report.grants, 20);
+  EXPECT_LE(report.max_overlap, 2);
+  EXPECT_EQ(report.fifo_violations, 0) << report.first_problem;
+  conformance::PrintHammerReport(report);
+}
+
 TEST(PostgreSQLMultiProcessTest, WatcherWokenByAReleaseInAnotherProcess) {
   auto driver = MakeDriver();
   ASSERT_TRUE(driver.ok()) << driver.status();

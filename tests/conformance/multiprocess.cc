@@ -15,6 +15,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "pac/concurrency/status.h"
 
 namespace pac::concurrency::conformance {
 namespace {
@@ -51,8 +52,12 @@ int Worker(const DriverMaker& make, const Repository& repo, int id, int runs,
     absl::StatusOr<AcquireResult> r;
     for (int attempt = 0;; ++attempt) {
       r = (*driver)->AcquireSlot(ctx, repo, run, opts);
-      if (r.ok() || attempt > 50) break;
+      if (r.ok() || IsRunRemoved(r.status()) || attempt > 50) break;
       absl::SleepFor(absl::Milliseconds(20));
+    }
+    if (IsRunRemoved(r.status())) {  // cleared before its first answer
+      log << "D " << run << "\n";
+      continue;
     }
     if (!r.ok()) {
       std::fprintf(stderr, "worker %d: %s\n", id,
@@ -66,6 +71,10 @@ int Worker(const DriverMaker& make, const Repository& repo, int id, int runs,
       while (r.ok() && !r->acquired && absl::Now() < give_up) {
         absl::SleepFor(absl::Milliseconds(1));
         r = (*driver)->AcquireSlot(ctx, repo, run, opts);
+      }
+      if (IsRunRemoved(r.status())) {  // cleared while it waited
+        log << "D " << run << "\n";
+        continue;
       }
       if (!r.ok() || !r->acquired) {
         std::fprintf(stderr, "worker %d: %s never admitted\n", id, run.c_str());
@@ -101,6 +110,42 @@ int Worker(const DriverMaker& make, const Repository& repo, int id, int runs,
   return log.good() ? 0 : 6;
 }
 
+// The clearer: clears the queue every `every` until `stop` closes, and
+// logs each run it removed.
+int Clearer(const DriverMaker& make, const Repository& repo,
+            absl::Duration every, const std::string& log_path, int ready,
+            int go, int stop) {
+  auto driver = make();
+  if (!driver.ok()) {
+    std::fprintf(stderr, "clearer: %s\n", driver.status().ToString().c_str());
+    return 2;
+  }
+  const char one = 1;
+  if (write(ready, &one, 1) != 1) return 7;
+  char none;
+  while (read(go, &none, 1) < 0 && errno == EINTR) {
+  }
+  std::ofstream log(log_path);
+  Context ctx;
+  while (true) {
+    pollfd pfd{stop, POLLIN, 0};
+    if (poll(&pfd, 1, static_cast<int>(absl::ToInt64Milliseconds(every))) > 0) {
+      break;  // closed: the workers are done
+    }
+    auto r = (*driver)->ClearQueue(ctx, repo.Key());
+    if (!r.ok()) {
+      if (IsRetryable(r.status())) continue;
+      std::fprintf(stderr, "clearer: %s\n", r.status().ToString().c_str());
+      return 3;
+    }
+    for (const std::string& run : r->removed) log << "X " << run << "\n";
+    log.flush();
+  }
+  log.flush();
+  (void)(*driver)->Close();
+  return log.good() ? 0 : 6;
+}
+
 struct RunInfo {
   int64_t creation_us = 0;
   int64_t enqueued_ns = -1;  // -1: never queued
@@ -108,6 +153,8 @@ struct RunInfo {
   int64_t grant_ns = -1;
   int64_t release_ns = -1;
   int grants = 0;
+  int cleared = 0;  // times the clearer removed it
+  int dropped = 0;  // times its worker was refused it as removed
 };
 
 }  // namespace
@@ -115,20 +162,21 @@ struct RunInfo {
 void PrintHammerReport(const HammerReport& report) {
   std::printf(
       "hammer: %d grants, %d queued, %d promotions, max overlap %d, "
-      "%d FIFO checks\n",
+      "%d FIFO checks, %d cleared\n",
       report.grants, report.queued, report.promotions, report.max_overlap,
-      report.fifo_checks);
+      report.fifo_checks, report.cleared);
 }
 
 HammerReport RunMultiProcessHammer(const DriverMaker& make,
                                    const std::string& repo_ns, int processes,
-                                   int runs_per_process, int limit) {
+                                   int runs_per_process, int limit,
+                                   absl::Duration clear_every) {
   HammerReport report;
   Repository repo{repo_ns, "hammer", limit};
   char dir_template[] = "/tmp/pac-hammer-XXXXXX";
   std::string dir = mkdtemp(dir_template);
-  int ready[2], go[2];
-  if (pipe(ready) != 0 || pipe(go) != 0) {
+  int ready[2], go[2], stop[2];
+  if (pipe(ready) != 0 || pipe(go) != 0 || pipe(stop) != 0) {
     report.first_problem = "pipe failed";
     return report;
   }
@@ -143,12 +191,26 @@ HammerReport RunMultiProcessHammer(const DriverMaker& make,
     }
     pids.push_back(pid);
   }
+  const bool clearing = clear_every > absl::ZeroDuration();
+  pid_t clearer = -1;
+  if (clearing) {
+    clearer = fork();
+    if (clearer == 0) {
+      close(ready[0]);
+      close(go[1]);
+      close(stop[1]);
+      _exit(Clearer(make, repo, clear_every, absl::StrCat(dir, "/clearer.log"),
+                    ready[1], go[0], stop[0]));
+    }
+  }
+  close(stop[0]);
   close(ready[1]);
   close(go[0]);
+  const int starters = processes + (clearing ? 1 : 0);
   // Every worker ready (or gone: its end of `ready` closes), or a minute
   // passed: they start.
   const absl::Time until = absl::Now() + absl::Minutes(1);
-  for (int n = 0; n < processes && absl::Now() < until;) {
+  for (int n = 0; n < starters && absl::Now() < until;) {
     pollfd pfd{ready[0], POLLIN, 0};
     if (poll(&pfd, 1, 100) <= 0) continue;
     char c;
@@ -168,6 +230,16 @@ HammerReport RunMultiProcessHammer(const DriverMaker& make,
           absl::StrCat("worker pid ", pid, " failed, status ", status);
     }
   }
+  close(stop[1]);  // the clearer stops
+  if (clearing) {
+    int status = 0;
+    waitpid(clearer, &status, 0);
+    if ((!WIFEXITED(status) || WEXITSTATUS(status) != 0) &&
+        report.first_problem.empty()) {
+      report.first_problem =
+          absl::StrCat("clearer pid ", clearer, " failed, status ", status);
+    }
+  }
 
   std::map<std::string, RunInfo> runs;
   struct Admission {
@@ -176,8 +248,13 @@ HammerReport RunMultiProcessHammer(const DriverMaker& make,
     int64_t release_start_ns;
   };
   std::vector<Admission> admissions;
+  std::vector<std::string> logs;
   for (int i = 0; i < processes; ++i) {
-    std::ifstream in(absl::StrCat(dir, "/w", i, ".log"));
+    logs.push_back(absl::StrCat(dir, "/w", i, ".log"));
+  }
+  if (clearing) logs.push_back(absl::StrCat(dir, "/clearer.log"));
+  for (const std::string& path : logs) {
+    std::ifstream in(path);
     std::string line;
     while (std::getline(in, line)) {
       std::istringstream ss(line);
@@ -197,9 +274,13 @@ HammerReport RunMultiProcessHammer(const DriverMaker& make,
         Admission a{run, 0, 0};
         ss >> a.token >> a.release_start_ns;
         admissions.push_back(a);
+      } else if (kind == "X") {
+        ++info.cleared;
+      } else if (kind == "D") {
+        ++info.dropped;
       }
     }
-    std::remove(absl::StrCat(dir, "/w", i, ".log").c_str());
+    std::remove(path.c_str());
   }
   rmdir(dir.c_str());
 
@@ -223,12 +304,37 @@ HammerReport RunMultiProcessHammer(const DriverMaker& make,
     report.max_overlap = std::max(report.max_overlap, depth);
   }
 
-  // FIFO.
+  // Clearing: a cleared run is never granted nor admitted; every run is
+  // granted or removed, once; a run refused as removed was cleared.
+  auto problem = [&](const std::string& what) {
+    if (report.first_problem.empty()) report.first_problem = what;
+  };
+  for (const auto& [run, info] : runs) {
+    if (info.cleared > 0) ++report.cleared;
+    if (info.cleared > 0 && info.grants > 0) {
+      ++report.cleared_admitted;
+      problem(absl::StrCat(run, " was cleared and granted"));
+    }
+    if (info.grants + info.dropped != 1 || info.cleared > 1 ||
+        (info.dropped > 0 && info.cleared == 0)) {
+      ++report.unaccounted;
+      problem(absl::StrCat(run, ": ", info.grants, " grants, ", info.cleared,
+                           " clears, ", info.dropped, " refusals"));
+    }
+  }
+  for (const Admission& a : admissions) {
+    if (runs[a.run].cleared > 0) {
+      ++report.cleared_admitted;
+      problem(absl::StrCat(a.run, " was cleared and admitted by a release"));
+    }
+  }
+
+  // FIFO, among the runs never cleared.
   report.promotions = static_cast<int>(admissions.size());
   for (const Admission& a : admissions) {
     const RunInfo& b = runs[a.run];
     for (const auto& [xname, x] : runs) {
-      if (xname == a.run || x.enqueued_ns < 0) continue;
+      if (xname == a.run || x.enqueued_ns < 0 || x.cleared > 0) continue;
       if (x.enqueued_ns < a.release_start_ns && x.creation_us < b.creation_us) {
         ++report.fifo_checks;
         if (x.token < 0 || x.token > a.token) {

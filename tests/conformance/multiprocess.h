@@ -14,6 +14,15 @@
 //    queued before that release began (its enqueue had returned) and was
 //    created before B, had been admitted before B (a smaller fencing token);
 //  * completeness: every run was granted exactly once.
+//
+// With `clear_every` set, one more process clears the queue
+// (Driver::ClearQueue) at that pace while the workers run, and logs the
+// runs it removed; a worker whose run is refused as removed moves on to its
+// next run. Then also:
+//
+//  * a cleared run is never granted, and never admitted by a release;
+//  * every run was granted or removed, exactly once; a run refused as
+//    removed was cleared; FIFO is checked among the runs never cleared.
 #ifndef PAC_TESTS_CONFORMANCE_MULTIPROCESS_H_
 #define PAC_TESTS_CONFORMANCE_MULTIPROCESS_H_
 
@@ -22,6 +31,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "pac/concurrency/driver.h"
 
 namespace pac::concurrency::conformance {
@@ -35,15 +45,19 @@ struct HammerReport {
   int fifo_checks = 0;
   int fifo_violations = 0;
   int duplicate_grants = 0;
+  int cleared = 0;           // runs the clearer removed
+  int cleared_admitted = 0;  // cleared runs granted or admitted anyway
+  int unaccounted = 0;       // runs neither granted nor removed once
   std::string first_problem;
 };
 
 using DriverMaker = std::function<absl::StatusOr<std::unique_ptr<Driver>>()>;
 
 // Must be called while the process has no other threads (it forks).
-HammerReport RunMultiProcessHammer(const DriverMaker& make,
-                                   const std::string& repo_ns, int processes,
-                                   int runs_per_process, int limit);
+HammerReport RunMultiProcessHammer(
+    const DriverMaker& make, const std::string& repo_ns, int processes,
+    int runs_per_process, int limit,
+    absl::Duration clear_every = absl::ZeroDuration());
 
 // Prints the report's counts on one line ("hammer: ..."), for the log.
 void PrintHammerReport(const HammerReport& report);
