@@ -449,6 +449,56 @@ func TestClearQueueStopsAWaitAndRefusesTheRunsAfterwards(t *testing.T) {
 	})
 }
 
+func TestANewerRunOfTheGroupEndsTheOlderOnesWait(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b testserver.Backend) {
+		srv := testserver.Start(t, b.Env)
+		c := newClient(t, concurrency.Options{URL: srv.URL})
+		ctx := timeout(t, 60*time.Second)
+		ns := testserver.Namespace("group")
+		repo := repoOf(t, ns+"/app", 1)
+		_, err := c.WaitForSlot(ctx, repo, ns+"/holder", concurrency.WaitOptions{})
+		testserver.Must(t, err, "WaitForSlot on a free slot")
+		base := time.Now()
+		fail := make(chan error, 1)
+		go func() {
+			_, err := c.WaitForSlot(ctx, repo, ns+"/pr-3-a", concurrency.WaitOptions{
+				Group: "pr-3", CreationTime: base, PollInterval: time.Minute})
+			fail <- err
+		}()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			q, err := c.GetQueuedPipelineRuns(ctx, repo)
+			testserver.Must(t, err, "GetQueuedPipelineRuns")
+			if len(q) == 1 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("pr-3-a was not queued within 10 s")
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		r, err := c.Submit(ctx, repo, ns+"/pr-3-b", concurrency.SubmitOptions{
+			Group: "pr-3", CreationTime: base.Add(time.Minute)})
+		if err != nil || r.Acquired || r.Position != 1 {
+			t.Fatalf("the newer run's submit = %+v, %v; want queued first", r, err)
+		}
+		select {
+		case err := <-fail:
+			var e *concurrency.Error
+			if !errors.Is(err, concurrency.ErrRunRemoved) || !errors.As(err, &e) ||
+				e.Reason != "superseded" {
+				t.Fatalf("the superseded wait ended with %v; want RUN_REMOVED (superseded)", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("the superseded wait did not end within 30 s")
+		}
+		q, err := c.GetQueuedPipelineRuns(ctx, repo)
+		if err != nil || len(q) != 1 || q[0] != ns+"/pr-3-b" {
+			t.Fatalf("queue = %v, %v; want [pr-3-b]", q, err)
+		}
+	})
+}
+
 func TestKeepAliveRenewsUntilTheLeaseIsLost(t *testing.T) {
 	srv := testserver.Start(t, []string{"PAC_MEMORY_LEASE_TTL=2s"})
 	c := newClient(t, concurrency.Options{URL: srv.URL})

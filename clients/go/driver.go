@@ -22,6 +22,10 @@ type SubmitOptions struct {
 	// Started adopts a run that is already running (after a restart): it
 	// takes a slot even above the limit. Needs an admin token.
 	Started bool
+	// Group is a supersede group (a pull request, a branch): of its queued
+	// runs only the newest stays, and an older one submitted later fails
+	// with ErrRunRemoved (docs/policies.md).
+	Group string
 }
 
 // Submit asks for a slot for the run "namespace/name" in repo: the answer
@@ -47,6 +51,9 @@ func (c *Client) Submit(ctx context.Context, repo *Repository, pipelineRunKey st
 				"concurrency_limit: must not be negative (got %d)", *repo.ConcurrencyLimit)
 		}
 		body["concurrency_limit"] = *repo.ConcurrencyLimit
+	}
+	if opts.Group != "" {
+		body["group"] = opts.Group
 	}
 	if !opts.CreationTime.IsZero() {
 		body["creation_time"] = opts.CreationTime.UTC().Format(time.RFC3339Nano)

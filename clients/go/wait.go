@@ -14,6 +14,8 @@ import (
 type WaitOptions struct {
 	// CreationTime orders the queue (see SubmitOptions).
 	CreationTime time.Time
+	// Group is the run's supersede group (see SubmitOptions).
+	Group string
 	// OnQueued is told the run's position when it is first queued and
 	// each time the position changes.
 	OnQueued func(position int)
@@ -60,7 +62,7 @@ func (c *Client) WaitForSlot(ctx context.Context, repo *Repository, pipelineRunK
 	default:
 		return nil, err
 	}
-	submitOpts := SubmitOptions{CreationTime: opts.CreationTime}
+	submitOpts := SubmitOptions{CreationTime: opts.CreationTime, Group: opts.Group}
 	lastPosition := -1
 	for {
 		// Each submit runs to its answer, not to ctx's end: one abandoned

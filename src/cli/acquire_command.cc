@@ -9,7 +9,7 @@ namespace pac::concurrency::cli {
 namespace {
 
 struct AcquireFlags {
-  std::string repo, run, creation_time;
+  std::string repo, run, creation_time, group;
   int limit = -1;
   bool wait = false;
   bool no_queue = false;
@@ -32,6 +32,7 @@ int Acquire(const GlobalOptions& g, const AcquireFlags& f) {
   Json body{{"pipeline_run", f.run}};
   if (f.limit >= 0) body["concurrency_limit"] = f.limit;
   if (!f.creation_time.empty()) body["creation_time"] = f.creation_time;
+  if (!f.group.empty()) body["group"] = f.group;
   if (f.no_queue) body["enqueue"] = false;
   if (f.wait) {
     auto lease =
@@ -78,6 +79,9 @@ void RegisterAcquireCommand(CLI::App& app, GlobalOptions& g, Runner* run) {
                   "the recorded one)");
   cmd->add_option("--creation-time", f->creation_time,
                   "The run's creation time (RFC 3339), which orders the queue");
+  cmd->add_option("--group", f->group,
+                  "Supersede group (a pull request, a branch): submitting "
+                  "removes the group's older queued runs");
   cmd->add_flag("--wait", f->wait, "Wait in the queue until admitted");
   cmd->add_flag("--no-queue", f->no_queue, "Do not queue when no slot is free");
   cmd->callback([&g, f, run] { *run = [&g, f] { return Acquire(g, *f); }; });

@@ -33,7 +33,7 @@ using internal::SV;
 namespace {
 
 struct RunFlags {
-  std::string repo, run, creation_time;
+  std::string repo, run, creation_time, group;
   int limit = -1;
   absl::Duration kill_grace = absl::Seconds(10);
   std::string kill_grace_text = "10s";
@@ -109,6 +109,7 @@ int RunCommand(const GlobalOptions& g, RunFlags f) {
   Json body{{"pipeline_run", f.run}};
   if (f.limit >= 0) body["concurrency_limit"] = f.limit;
   if (!f.creation_time.empty()) body["creation_time"] = f.creation_time;
+  if (!f.group.empty()) body["group"] = f.group;
 
   auto lease =
       WaitForSlot(a, ctx, f.repo, body,
@@ -309,6 +310,9 @@ void RegisterRunCommand(CLI::App& app, GlobalOptions& g, Runner* run) {
                   "one)");
   cmd->add_option("--creation-time", f->creation_time,
                   "The run's creation time (RFC 3339), which orders the queue");
+  cmd->add_option("--group", f->group,
+                  "Supersede group (a pull request, a branch): submitting "
+                  "removes the group's older queued runs");
   cmd->add_option("--kill-grace", f->kill_grace_text,
                   "When the lease cannot be renewed before it expires, the "
                   "command gets SIGTERM, then SIGKILL this much later (at "

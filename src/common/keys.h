@@ -29,6 +29,19 @@ inline absl::Status ValidateReleaseKeys(std::string_view lease_id,
 // the years 0001-9999 (RFC 3339's range, which every backend stores and
 // orders exactly, before 1970 too).
 inline absl::Status ValidateAcquireOptions(const AcquireOptions& options) {
+  if (options.group.size() > 253) {
+    return absl::InvalidArgumentError("group: at most 253 bytes (got " +
+                                      std::to_string(options.group.size()) +
+                                      ")");
+  }
+  for (size_t i = 0; i < options.group.size(); ++i) {
+    const unsigned char c = static_cast<unsigned char>(options.group[i]);
+    if (c < 0x21 || c > 0x7e) {
+      return absl::InvalidArgumentError(
+          "group: printable ASCII without spaces only (byte " +
+          std::to_string(c) + " at offset " + std::to_string(i) + ")");
+    }
+  }
   if (!options.creation_time.has_value()) return absl::OkStatus();
   static const absl::Time kFirst =
       absl::FromCivil(absl::CivilSecond(1, 1, 1, 0, 0, 0), absl::UTCTimeZone());

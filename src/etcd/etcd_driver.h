@@ -137,6 +137,9 @@ class EtcdDriver final : public Driver {
     // "<enqueued µs>/<ord>"), which orders entries of equal creation time
     // joined together. 0 for the others.
     int64_t ord = 0;
+    // The run's supersede group (AcquireOptions::group; the value
+    // "<enqueued µs>/0/<group>"), empty for none.
+    std::string group = "";
   };
   struct RepoView {
     std::string repo;

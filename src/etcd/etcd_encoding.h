@@ -47,6 +47,10 @@ inline constexpr size_t kMaxTxnOps = 128;
 // Queue entries of runs that hold a slot or are queued twice, deleted by
 // one Txn at most (the rest by later ones).
 inline constexpr size_t kMaxStaleDeletes = 32;
+// A supersede group's older entries removed by one step (two operations
+// each). Every run of a group is submitted by a guarded step that removes
+// the group's older entries, so a group has one queued run at a time.
+inline constexpr size_t kMaxSuperseded = 16;
 
 // A grant's fencing token: the revision of the Txn that granted it, then
 // its seat. Tokens strictly increase per repository (rule 4): a later Txn

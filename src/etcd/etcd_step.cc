@@ -139,6 +139,76 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(
     // An adopted run's record of its removal goes with the grant.
     const bool forget_removed =
         !run.empty() && options.adopt_running && v.removed.count(run) > 0;
+    // A supersede group (docs/policies.md): of its queued runs only the
+    // newest stays. The group's entries older than the caller's (its entry,
+    // or where it would join) go in this step's Txn with their records, and
+    // are gone for the plan; an entry newer than the caller's removes the
+    // caller instead.
+    const std::set<const QueueInfo*> stale_only = StaleEntries(v);
+    std::set<const QueueInfo*> stale = stale_only;  // and superseded
+    std::vector<const QueueInfo*> superseded;
+    bool caller_superseded = false;
+    if (!run.empty() && !options.group.empty() && !options.adopt_running &&
+        v.slots.count(run) == 0) {
+      const QueueInfo* own = nullptr;
+      for (const QueueInfo& q : v.queue) {
+        if (q.run == run && stale.count(&q) == 0) {
+          own = &q;
+          break;
+        }
+      }
+      QueueInfo joining;
+      joining.creation_us =
+          absl::ToUnixMicros(options.creation_time.value_or(clock_->Now()));
+      joining.create_revision = INT64_MAX;  // after every entry of its time
+      const QueueInfo& mine = own != nullptr ? *own : joining;
+      for (const QueueInfo& q : v.queue) {
+        if (stale.count(&q) > 0 || q.run == run || q.group != options.group) {
+          continue;
+        }
+        if (QueueOrder(mine, q)) {
+          caller_superseded = true;
+        } else if (superseded.size() < kMaxSuperseded) {
+          superseded.push_back(&q);
+        }
+      }
+      if (caller_superseded) superseded.clear();
+      stale.insert(superseded.begin(), superseded.end());
+    }
+    if (caller_superseded) {
+      if (!turn.held() && !holding_turn) {
+        if (absl::Status s = turn.Take(ctx, repo); !s.ok()) return s;
+        --attempt;
+        continue;
+      }
+      const std::string p = RepoPrefix(repo);
+      const std::string commit_id = NewCommitId();
+      etcdpb::TxnRequest txn = GuardedTxn(p, v.meta_mod, commit_id);
+      RepoView after = v;
+      for (const QueueInfo& q : v.queue) {
+        if (q.run == run) *txn.add_success() = DeleteOp(q.key);
+      }
+      std::erase_if(after.queue,
+                    [&](const QueueInfo& q) { return q.run == run; });
+      *txn.add_success() =
+          PutOp(Cat(p, "removed/", run), std::string(kRemovedSuperseded));
+      after.removed[run] = std::string(kRemovedSuperseded);
+      std::optional<RepoView> current;
+      auto tr = CommitStep(ctx, repo, std::move(txn), {}, std::move(after),
+                           Commit::kQueue, /*admits=*/false, commit_id, nullptr,
+                           &current);
+      if (!tr.ok()) return tr.status();
+      if (!tr->has_value()) {  // planned on an outdated view
+        confirmed = std::move(current);
+        fresh = false;
+        continue;
+      }
+      logger_->info("{} in {} superseded (group {})", run, repo, options.group);
+      return RunRemovedError(
+          kRemovedSuperseded,
+          Cat("pipeline run ", run, " of ", repo,
+              " was superseded by a newer run of group ", options.group));
+    }
     // A recorded limit kept: as if none were given.
     const bool set = set_limit && !(options.keep_recorded_limit && v.has_limit);
     const int32_t eff_limit = set ? limit : v.limit;
@@ -151,9 +221,10 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(
     // Txn may carry: each takes a seat put and a queue delete, beside the
     // `meta` and limit puts, the caller's grant or entry (2) and the stale
     // entries deleted. Any more are admitted by the next Txn of this step.
-    const std::set<const QueueInfo*> stale = StaleEntries(v);
     const size_t max_promote =
-        (kMaxTxnOps - 5 - std::min(stale.size(), kMaxStaleDeletes)) / 2;
+        (kMaxTxnOps - 5 - std::min(stale_only.size(), kMaxStaleDeletes) -
+         2 * superseded.size()) /
+        2;
     std::vector<const QueueInfo*> promote;
     bool more = false;  // heads left to admit once this Txn commits
     for (const QueueInfo& q : v.queue) {
@@ -209,7 +280,8 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(
         enqueue_caller = true;
       }
     }
-    if (!limit_changed && promote.empty() && !grant_caller && !enqueue_caller) {
+    if (!limit_changed && promote.empty() && !grant_caller && !enqueue_caller &&
+        superseded.empty()) {
       // Nothing to write. A cached view may be behind another process's
       // write (a promotion, say): answer only once etcd confirms it.
       if (cached) {
@@ -236,9 +308,12 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(
     // alone, so it does not conflict with releases (see FastEnqueueTxn).
     // Only with a given creation time: a re-submit then writes the same key
     // again, where "now" would queue the run a second time.
+    // (A run of a supersede group always writes `meta`: its submits, which
+    // compare the group's entries, are then one after another.)
     const bool fast = enqueue_caller && options.creation_time.has_value() &&
-                      !limit_changed && promote.empty() && !grant_caller &&
-                      last != nullptr && queue_key > last->key;
+                      options.group.empty() && !limit_changed &&
+                      promote.empty() && !grant_caller && last != nullptr &&
+                      queue_key > last->key;
     if (!fast && !turn.held() && !holding_turn) {
       // Plan again once it is this thread's turn: the view may have moved.
       if (absl::Status s = turn.Take(ctx, repo); !s.ok()) return s;
@@ -249,7 +324,7 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(
     // that puts only its seat (GuardSeats shows it atomic).
     const bool light = grant_caller && promote.empty() && !limit_changed &&
                        v.queue.empty() && LightGrantsPossible(v) &&
-                       !forget_removed;
+                       !forget_removed && superseded.empty();
     const size_t n_leases = promote.size() + (grant_caller ? 1 : 0);
     auto leases = Leases(ctx, n_leases);
     if (!leases.ok()) return leases.status();
@@ -300,7 +375,17 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(
       const bool room = free_slots() > (grant_caller ? 1 : 0);
       GuardAdmissions(&txn, v, promote.empty() ? nullptr : promote.back(),
                       left == 0 && (room || grant_caller));
-      DropStale(&txn, &after, stale, {});
+      DropStale(&txn, &after, stale_only, {});
+      for (const QueueInfo* q : superseded) {
+        *txn.add_success() = DeleteOp(q->key);
+        *txn.add_success() =
+            PutOp(Cat(p, "removed/", q->run), std::string(kRemovedSuperseded));
+        after.removed[q->run] = std::string(kRemovedSuperseded);
+        std::erase_if(after.queue,
+                      [&](const QueueInfo& e) { return e.key == q->key; });
+        logger_->info("{} in {} superseded (group {})", q->run, repo,
+                      options.group);
+      }
     }
     if ((fast || light) && !options.adopt_running) {
       // Neither compares `meta`, which a ClearQueue rewrites: the caller
@@ -349,7 +434,11 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(
     }
     if (enqueue_caller) {
       QueueInfo q{run, queue_key, creation_us, 0, absl::ToUnixMicros(now)};
-      *txn.add_success() = PutOp(q.key, std::to_string(q.enqueued_us));
+      q.group = options.group;
+      *txn.add_success() = PutOp(
+          q.key, q.group.empty()
+                     ? std::to_string(q.enqueued_us)
+                     : Cat(std::to_string(q.enqueued_us), "/0/", q.group));
       after.queue.push_back(std::move(q));
     }
     std::optional<RepoView> current;

@@ -181,7 +181,10 @@ void EtcdDriver::ApplyKv(RepoView* v, std::string_view rest, bool put,
     auto [rest_of_value, ec] =
         std::from_chars(kv.value().data(), end, qi.enqueued_us);
     if (ec == std::errc() && rest_of_value != end && *rest_of_value == '/') {
-      std::from_chars(rest_of_value + 1, end, qi.ord);
+      auto [after_ord, ec2] = std::from_chars(rest_of_value + 1, end, qi.ord);
+      if (ec2 == std::errc() && after_ord != end && *after_ord == '/') {
+        qi.group.assign(after_ord + 1, end);
+      }
     }
     v->queue.push_back(std::move(qi));
   } else if (rest.substr(0, 8) == "removed/") {

@@ -229,6 +229,49 @@ void MemoryDriver::Promote(Shard& shard, const std::string& repo_key,
   }
 }
 
+bool MemoryDriver::Supersede(Shard& shard, const std::string& repo_key,
+                             RepoState& rs, const std::string& run,
+                             const std::string& group, absl::Time creation,
+                             Effects& fx) {
+  // The caller's place: its entry, or where it would join (after every
+  // entry of its creation time).
+  QueueKey mine{creation, INT64_MAX};
+  auto own = rs.queued.find(run);
+  if (own != rs.queued.end()) mine = own->second;
+  std::vector<QueueKey> older;
+  bool newer = false;
+  for (const auto& [k, rec] : rs.queue) {
+    if (rec.group != group || rec.run_key == run) continue;
+    if (mine < k) {
+      newer = true;
+    } else {
+      older.push_back(k);
+    }
+  }
+  auto remove = [&](const std::string& r) {
+    rs.removed[r] = std::string(kRemovedSuperseded);
+    AddEvent(shard, repo_key, WatchEventType::kRemoved, r, fx,
+             kRemovedSuperseded);
+    logger_->info("{} in {} superseded (group {})", r, repo_key, group);
+  };
+  if (newer) {  // the caller is the older one
+    if (own != rs.queued.end()) {
+      rs.queue.erase(own->second);
+      rs.queued.erase(own);
+    }
+    remove(run);
+    return true;
+  }
+  for (const QueueKey& k : older) {
+    auto it = rs.queue.find(k);
+    const std::string r = std::move(it->second.run_key);
+    rs.queue.erase(it);
+    rs.queued.erase(r);
+    remove(r);
+  }
+  return false;
+}
+
 int64_t MemoryDriver::PositionOf(const RepoState& rs,
                                  const QueueKey& key) const {
   int64_t pos = 1;
@@ -264,6 +307,7 @@ absl::StatusOr<AcquireResult> MemoryDriver::AcquireSlot(
   AcquireResult result;
   Effects fx;
   bool granted_now = false;
+  absl::Status refused;  // superseded
   {
     MutexLock lock(&shard.mu);
     if (!options.adopt_running) {
@@ -278,40 +322,58 @@ absl::StatusOr<AcquireResult> MemoryDriver::AcquireSlot(
         }
       }
     }
-    RepoState& rs =
-        Enter(shard, repo_key, limit, options.keep_recorded_limit, now, fx);
-
-    std::string run(run_key);
-    auto running = rs.running.find(run);
-    if (running != rs.running.end()) {
-      result.acquired = true;
-      result.lease = MakeLease(repo_key, run, running->second);
-    } else if (options.adopt_running ||
-               (rs.queue.empty() &&
-                (rs.limit == 0 ||
-                 static_cast<int64_t>(rs.running.size()) < rs.limit))) {
-      if (auto q = rs.queued.find(run); q != rs.queued.end()) {
-        rs.queue.erase(q->second);
-        rs.queued.erase(q);
+    if (!options.group.empty() && !options.adopt_running) {
+      if (auto rit = shard.repos.find(repo_key);
+          rit != shard.repos.end() && !rit->second.running.contains(run_key) &&
+          Supersede(shard, rit->first, rit->second, std::string(run_key),
+                    options.group, options.creation_time.value_or(now), fx)) {
+        refused = RunRemovedError(
+            kRemovedSuperseded,
+            internal::Cat("pipeline run ", run_key, " of ", repo_key,
+                          " was superseded by a newer run of group ",
+                          options.group));
       }
-      rs.removed.erase(run);  // adopted: it runs after all
-      LeaseRec& rec = Grant(shard, repo_key, rs, run, now);
-      result.acquired = true;
-      result.lease = MakeLease(repo_key, run, rec);
-      granted_now = true;
-      AddEvent(shard, repo_key, WatchEventType::kAdmitted, run, fx);
-    } else if (auto q = rs.queued.find(run); q != rs.queued.end()) {
-      result.position = PositionOf(rs, q->second);
-    } else if (options.enqueue) {
-      QueueKey key{options.creation_time.value_or(now),
-                   next_sequence_.fetch_add(1, std::memory_order_relaxed)};
-      rs.queue.emplace(key, QueueRec{run, now});
-      rs.queued.emplace(run, key);
-      result.position = PositionOf(rs, key);
-      logger_->info(
-          "concurrency limit {} of {} reached; {} queued at position {}",
-          rs.limit, repo_key, run, result.position);
     }
+    if (refused.ok()) {
+      RepoState& rs =
+          Enter(shard, repo_key, limit, options.keep_recorded_limit, now, fx);
+
+      std::string run(run_key);
+      auto running = rs.running.find(run);
+      if (running != rs.running.end()) {
+        result.acquired = true;
+        result.lease = MakeLease(repo_key, run, running->second);
+      } else if (options.adopt_running ||
+                 (rs.queue.empty() &&
+                  (rs.limit == 0 ||
+                   static_cast<int64_t>(rs.running.size()) < rs.limit))) {
+        if (auto q = rs.queued.find(run); q != rs.queued.end()) {
+          rs.queue.erase(q->second);
+          rs.queued.erase(q);
+        }
+        rs.removed.erase(run);  // adopted: it runs after all
+        LeaseRec& rec = Grant(shard, repo_key, rs, run, now);
+        result.acquired = true;
+        result.lease = MakeLease(repo_key, run, rec);
+        granted_now = true;
+        AddEvent(shard, repo_key, WatchEventType::kAdmitted, run, fx);
+      } else if (auto q = rs.queued.find(run); q != rs.queued.end()) {
+        result.position = PositionOf(rs, q->second);
+      } else if (options.enqueue) {
+        QueueKey key{options.creation_time.value_or(now),
+                     next_sequence_.fetch_add(1, std::memory_order_relaxed)};
+        rs.queue.emplace(key, QueueRec{run, now, options.group});
+        rs.queued.emplace(run, key);
+        result.position = PositionOf(rs, key);
+        logger_->info(
+            "concurrency limit {} of {} reached; {} queued at position {}",
+            rs.limit, repo_key, run, result.position);
+      }
+    }
+  }
+  if (!refused.ok()) {
+    Deliver(fx);
+    return refused;
   }
   if (granted_now) {
     logger_->debug("slot acquired: {} in {} lease {} token {}", run_key,
@@ -407,7 +469,7 @@ void MemoryDriver::ImportLocked(const Repository& repo,
     }
     QueueKey key{w.creation_time,
                  next_sequence_.fetch_add(1, std::memory_order_relaxed)};
-    rs.queue.emplace(key, QueueRec{run, now});
+    rs.queue.emplace(key, QueueRec{run, now, ""});
     rs.queued.emplace(run, key);
   }
   Promote(shard, repo_key, rs, now, fx);

@@ -120,6 +120,7 @@ class MemoryDriver final : public Driver {
   struct QueueRec {
     std::string run_key;
     absl::Time enqueued_at;
+    std::string group;  // AcquireOptions::group; empty: none
   };
   struct RepoState {
     int32_t limit = 0;                   // 0: unlimited
@@ -177,6 +178,13 @@ class MemoryDriver final : public Driver {
                 const std::string& run_key, Effects& fx,
                 std::string_view reason = "") PAC_REQUIRES(shard.mu);
   int64_t PositionOf(const RepoState& rs, const QueueKey& key) const;
+  // A submit of `run` with supersede group `group` (docs/policies.md): of
+  // the group's queued runs only the newest stays. Removes the group's
+  // entries older than `run`'s (its entry, or where it would join at
+  // `creation`), or, if one is newer, `run` itself (then returns true).
+  bool Supersede(Shard& shard, const std::string& repo_key, RepoState& rs,
+                 const std::string& run, const std::string& group,
+                 absl::Time creation, Effects& fx) PAC_REQUIRES(shard.mu);
   absl::Status CheckOpen() const;
   // One part of ImportBatch, its shard's lock held (with the others').
   void ImportLocked(const Repository& repo, const ImportRequest& request,

@@ -42,7 +42,7 @@ constexpr const char* kAcquireSql =
                      " ($4::bigint % 1000000) * interval '1 microsecond' END,"
                      " $5::boolean, $6::boolean,"
                      " $7::bigint * interval '1 microsecond', $8::boolean, $9,"
-                     " $10::boolean)";
+                     " $10, $11::boolean)";
 
 constexpr const char* kReleaseSql =
     "SELECT o_kind, o_run, o_lease, " PAC_MICROS("o_acquired") ", " PAC_MICROS(
@@ -275,7 +275,8 @@ absl::StatusOr<AcquireResult> PostgreSQLDriver::AcquireSlot(
       {repo_key, std::string(run_key), std::to_string(EffectiveLimit(repo)),
        creation, options.enqueue ? "true" : "false",
        options.adopt_running ? "true" : "false", TtlMicros(),
-       options.keep_recorded_limit ? "true" : "false", NewRequestId(), "false"},
+       options.keep_recorded_limit ? "true" : "false", NewRequestId(),
+       options.group.empty() ? PgParam() : PgParam(options.group), "false"},
       Notifies::kIfPending, Retry::kFlagLast);
   if (!r.ok()) return r.status();
   AcquireResult result;
@@ -374,7 +375,7 @@ absl::StatusOr<std::vector<Lease>> PostgreSQLDriver::SetRepositoryLimit(
   auto r = Query(ctx, kAcquireSql,
                  {repo_key, std::nullopt, std::to_string(EffectiveLimit(repo)),
                   std::nullopt, "false", "false", TtlMicros(), "false",
-                  NewRequestId(), "false"},
+                  NewRequestId(), std::nullopt, "false"},
                  Notifies::kYes, Retry::kFlagLast);
   if (!r.ok()) return r.status();
   std::vector<Lease> admitted;

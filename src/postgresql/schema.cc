@@ -139,6 +139,18 @@ constexpr const char* kMigration8 = R"SQL(
 SELECT 1;
 )SQL";
 
+// Migration 9: supersede groups. A queued row keeps its run's group
+// (AcquireOptions::group), indexed among a repository's queued rows that
+// have one; pac_acquire takes p_group, so its previous signature goes.
+constexpr const char* kMigration9 = R"SQL(
+ALTER TABLE concurrency_slots ADD COLUMN IF NOT EXISTS group_key TEXT;
+CREATE INDEX IF NOT EXISTS concurrency_slots_group_idx
+    ON concurrency_slots (repository_key, group_key)
+    WHERE state = 'queued' AND group_key IS NOT NULL;
+DROP FUNCTION IF EXISTS pac_acquire(TEXT, TEXT, INTEGER, TIMESTAMPTZ, BOOLEAN,
+                                    BOOLEAN, INTERVAL, BOOLEAN, TEXT, BOOLEAN);
+)SQL";
+
 }  // namespace
 
 absl::Status Migrate(PgConnection& conn, const Context& ctx) {
@@ -170,7 +182,7 @@ absl::Status Migrate(PgConnection& conn, const Context& ctx) {
   }
   const char* const migrations[] = {kMigration1, kMigration2, kMigration3,
                                     kMigration4, kMigration5, kMigration6,
-                                    kMigration7, kMigration8};
+                                    kMigration7, kMigration8, kMigration9};
   static_assert(std::size(migrations) == kSchemaVersion);
   for (int64_t v = have + 1; v <= kSchemaVersion; ++v) {
     auto m = conn.Exec(ctx, Cat(migrations[v - 1],

@@ -227,12 +227,15 @@ CREATE OR REPLACE FUNCTION pac_acquire(p_repo TEXT, p_run TEXT, p_limit INTEGER,
                                        p_creation TIMESTAMPTZ, p_enqueue BOOLEAN,
                                        p_adopt BOOLEAN, p_ttl INTERVAL,
                                        p_keep BOOLEAN, p_request TEXT,
+                                       p_group TEXT DEFAULT NULL,
                                        p_retry BOOLEAN DEFAULT false)
 RETURNS TABLE(o_kind TEXT, o_run TEXT, o_lease TEXT, o_acquired TIMESTAMPTZ,
               o_expires TIMESTAMPTZ, o_token BIGINT, o_pos BIGINT)
 LANGUAGE plpgsql AS $$
 DECLARE
   v_now TIMESTAMPTZ := clock_timestamp();
+  v_ct TIMESTAMPTZ;  -- the caller's place in its supersede group
+  v_seq BIGINT;
   v_old INTEGER;
   v_count INTEGER;
   v_expired BOOLEAN;
@@ -252,7 +255,8 @@ BEGIN
   -- no expired lease to reclaim, no limit to record, no run of its own. A
   -- refusal then neither waits for the lock nor writes, and does not hold
   -- up the releases that wait for the lock behind it.
-  IF p_run IS NOT NULL AND NOT p_enqueue AND NOT p_adopt THEN
+  IF p_run IS NOT NULL AND NOT p_enqueue AND NOT p_adopt AND p_group IS NULL
+  THEN
     SELECT t.concurrency_limit, l.o_live, l.o_expired, l.o_mine
       INTO v_old, v_count, v_expired, v_mine
       FROM pac_repositories t, pac_look(p_repo, p_run, v_now) l
@@ -299,6 +303,49 @@ BEGIN
     o_kind := 'removed'; o_run := p_run; o_lease := v_mine; o_pos := 0;
     RETURN NEXT;
     RETURN;
+  END IF;
+  -- A supersede group (p_group): of its queued runs only the newest stays.
+  -- A newer one queued removes the caller (its row becomes the record, as
+  -- a refusal); else the group's other queued runs are removed. Running
+  -- runs are left alone.
+  IF p_group IS NOT NULL AND p_run IS NOT NULL AND NOT p_adopt
+     AND v_mine IS DISTINCT FROM 'running' THEN
+    SELECT s.creation_time, s.queue_seq INTO v_ct, v_seq
+      FROM concurrency_slots s
+     WHERE s.repository_key = p_repo AND s.pipeline_run_key = p_run
+       AND s.state = 'queued';
+    IF NOT FOUND THEN
+      v_ct := coalesce(p_creation, v_now);  -- where it would join: last
+      v_seq := NULL;
+    END IF;
+    IF EXISTS (SELECT 1 FROM concurrency_slots q
+                WHERE q.repository_key = p_repo AND q.state = 'queued'
+                  AND q.group_key = p_group AND q.pipeline_run_key <> p_run
+                  AND (q.creation_time > v_ct OR (q.creation_time = v_ct
+                       AND v_seq IS NOT NULL AND q.queue_seq > v_seq))) THEN
+      INSERT INTO concurrency_slots AS s
+             (repository_key, pipeline_run_key, state, acquired_at, expires_at,
+              created_at, updated_at, creation_time, group_key)
+      VALUES (p_repo, p_run, 'superseded', NULL, 'infinity', v_now, v_now,
+              v_ct, p_group)
+      ON CONFLICT (repository_key, pipeline_run_key) DO UPDATE
+         SET state = 'superseded', updated_at = EXCLUDED.updated_at;
+      PERFORM pac_notify(p_repo, 'removed:superseded', p_run);
+      o_kind := 'removed'; o_run := p_run; o_lease := 'superseded'; o_pos := 0;
+      RETURN NEXT;
+      RETURN;
+    END IF;
+    FOR r IN UPDATE concurrency_slots s
+                SET state = 'superseded', updated_at = v_now
+              WHERE s.repository_key = p_repo AND s.state = 'queued'
+                AND s.group_key = p_group AND s.pipeline_run_key <> p_run
+          RETURNING s.pipeline_run_key LOOP
+      PERFORM pac_notify(p_repo, 'removed:superseded', r.pipeline_run_key);
+      v_queued := NULL;  -- read again below
+    END LOOP;
+    IF v_queued IS NULL THEN
+      SELECT l.o_queued INTO v_queued FROM pac_look(p_repo, p_run, v_now) l;
+    END IF;
   END IF;
   v_kept := '[]'::jsonb;
   IF p_keep THEN
@@ -357,9 +404,9 @@ BEGIN
       END IF;
       INSERT INTO concurrency_slots
              (repository_key, pipeline_run_key, state, acquired_at, expires_at,
-              created_at, updated_at, creation_time, queue_seq)
+              created_at, updated_at, creation_time, queue_seq, group_key)
       VALUES (p_repo, p_run, 'queued', NULL, 'infinity', v_now, v_now,
-              coalesce(p_creation, v_now), nextval('pac_queue_seq'));
+              coalesce(p_creation, v_now), nextval('pac_queue_seq'), p_group);
     END IF;
     SELECT count(*) INTO o_pos
       FROM concurrency_slots q, concurrency_slots me

@@ -343,6 +343,62 @@ TEST_F(HttpServerTest, ClearingAQueueRemovesItsRunsForGood) {
               HasSubstr("pac_runs_removed_total{reason=\"cleared\"} 2"));
 }
 
+// "group" in a submit: a newer run of the group supersedes the older
+// queued one (a removed event with the reason, 410 on its re-submit); a
+// group that is not a string, or has a space, is 400 and writes nothing.
+TEST_F(HttpServerTest, ASubmitOfAGroupSupersedesItsOlderQueuedRun) {
+  Start();
+  RemoteApi api(url_, "");
+  ASSERT_TRUE(
+      api.Submit(ctx_, "ns/app",
+                 Json{{"pipeline_run", "ns/a"}, {"concurrency_limit", 1}})
+          .ok());
+  ASSERT_EQ((*api.Submit(
+                ctx_, "ns/app",
+                Json{{"pipeline_run", "ns/pr-7-1"},
+                     {"group", "pr-7"},
+                     {"creation_time", "2026-01-01T10:00:00Z"}}))["position"],
+            1);
+  auto c = Client();
+  auto bad =
+      c.Post("/v1/repositories/ns/app/runs",
+             R"({"pipeline_run": "ns/x", "group": 7})", "application/json");
+  ASSERT_TRUE(bad);
+  EXPECT_EQ(bad->status, 400) << bad->body;
+  bad = c.Post("/v1/repositories/ns/app/runs",
+               R"({"pipeline_run": "ns/x", "group": "pr 7"})",
+               "application/json");
+  ASSERT_TRUE(bad);
+  EXPECT_EQ(bad->status, 400) << bad->body;
+  EXPECT_THAT(Body(bad)["error"]["message"].get<std::string>(),
+              HasSubstr("group"));
+  std::thread newer([this] {
+    absl::SleepFor(absl::Milliseconds(300));
+    RemoteApi other(url_, "");
+    auto r = other.Submit(Context::Background(), "ns/app",
+                          Json{{"pipeline_run", "ns/pr-7-2"},
+                               {"group", "pr-7"},
+                               {"creation_time", "2026-01-01T10:05:00Z"}});
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ((*r)["position"], 1);
+  });
+  auto got = c.Get("/v1/repositories/ns/app/watch?timeout=10s");
+  newer.join();
+  ASSERT_TRUE(got);
+  ASSERT_GE(Body(got)["events"].size(), 1u) << got->body;
+  EXPECT_EQ(Body(got)["events"][0]["type"], "removed");
+  EXPECT_EQ(Body(got)["events"][0]["pipeline_run"], "ns/pr-7-1");
+  EXPECT_EQ(Body(got)["events"][0]["reason"], "superseded");
+  auto again = api.Submit(
+      ctx_, "ns/app", Json{{"pipeline_run", "ns/pr-7-1"}, {"group", "pr-7"}});
+  EXPECT_TRUE(IsRunRemoved(again.status())) << again.status();
+  EXPECT_EQ(RunRemovedReason(again.status()), "superseded");
+  auto status = api.Status(ctx_, "ns/app");
+  ASSERT_TRUE(status.ok());
+  ASSERT_EQ((*status)["queued"].size(), 1u);
+  EXPECT_EQ((*status)["queued"][0]["pipeline_run"], "ns/pr-7-2");
+}
+
 TEST_F(HttpServerTest, LongPollAnswersAtTheFirstEventOrEmptyAtTimeout) {
   Start();
   RemoteApi api(url_, "");

@@ -4,6 +4,7 @@
 #include <memory>
 
 #include "pac/concurrency/status.h"
+#include "src/common/keys.h"
 #include "src/common/strings.h"
 #include "src/server/auth.h"
 #include "src/server/manifests.h"
@@ -162,7 +163,7 @@ absl::StatusOr<Json> Service::Submit(const Context& ctx,
                                      const Json& body) {
   if (absl::Status s =
           CheckFields(body, {"pipeline_run", "creation_time", "enqueue",
-                             "concurrency_limit", "state"});
+                             "concurrency_limit", "state", "group"});
       !s.ok()) {
     return s;
   }
@@ -191,6 +192,16 @@ absl::StatusOr<Json> Service::Submit(const Context& ctx,
       return absl::InvalidArgumentError("enqueue: must be true or false");
     }
     options.enqueue = it->get<bool>();
+  }
+  if (auto it = body.find("group"); it != body.end() && !it->is_null()) {
+    if (!it->is_string()) {
+      return absl::InvalidArgumentError(
+          "group: must be a string (a supersede group)");
+    }
+    options.group = it->get<std::string>();
+    if (absl::Status s = internal::ValidateAcquireOptions(options); !s.ok()) {
+      return s;
+    }
   }
   if (auto it = body.find("state"); it != body.end()) {
     if (!it->is_string() || (*it != "started" && *it != "queued")) {

@@ -1,9 +1,10 @@
 // The conformance suite, queue policies (docs/policies.md): clearing a
-// queue. A cleared run leaves the queue, is never admitted afterwards, in
-// any process, until its record is forgotten, and running runs keep their
-// slots.
+// queue and supersede groups. A cleared or superseded run leaves the queue
+// and is never admitted afterwards, in any process, until its record is
+// forgotten; running runs keep their slots.
 #include <algorithm>
 #include <atomic>
+#include <map>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -216,6 +217,185 @@ TEST_P(DriverConformanceTest, Clear_RacesNeverAdmitAClearedRun) {
     EXPECT_EQ(admitted.count(run), 0u) << run << " was cleared and admitted";
   }
   EXPECT_FALSE(cleared.empty());
+  ASSERT_TRUE(other->Close().ok());
+}
+
+// ---------------------------------------------------------------------------
+// Supersede groups.
+
+AcquireOptions Grouped(const std::string& group, int64_t at_seconds) {
+  AcquireOptions o;
+  o.group = group;
+  o.creation_time = absl::FromUnixSeconds(at_seconds);
+  return o;
+}
+
+TEST_P(DriverConformanceTest, Supersede_ANewerRunRemovesTheGroupsOlderQueued) {
+  Repository repo = Repo("supersede", 1);
+  RemovedLog log;
+  auto watch = driver_->WatchSlotAvailability(ctx_, repo.Key(), log.Callback());
+  ASSERT_TRUE(watch.ok()) << watch.status();
+  auto a = driver_->AcquireSlot(ctx_, repo, Run("a"), Grouped("pr-1", 90));
+  ASSERT_TRUE(a.ok() && a->acquired);
+  ASSERT_EQ(driver_->AcquireSlot(ctx_, repo, Run("b"), Grouped("pr-1", 100))
+                ->position,
+            1);
+  ASSERT_EQ(driver_->AcquireSlot(ctx_, repo, Run("c"), Grouped("pr-2", 110))
+                ->position,
+            2);
+  AcquireOptions plain;
+  plain.creation_time = absl::FromUnixSeconds(115);
+  ASSERT_EQ(driver_->AcquireSlot(ctx_, repo, Run("p"), plain)->position, 3);
+  // d of pr-1 supersedes b (queued), not a (running); c and p stay.
+  auto d = driver_->AcquireSlot(ctx_, repo, Run("d"), Grouped("pr-1", 120));
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->position, 3);
+  EXPECT_THAT(RunKeys(*driver_->GetQueuedPipelineRuns(ctx_, repo.Key())),
+              ElementsAre(Run("c"), Run("p"), Run("d")));
+  EXPECT_THAT(RunKeys(*driver_->GetRunningPipelineRuns(ctx_, repo.Key())),
+              ElementsAre(Run("a")));
+  EXPECT_TRUE(Eventually([&] { return log.runs().size() == 1; }));
+  EXPECT_THAT(log.runs(), ElementsAre(Run("b") + " superseded"));
+  // b submitted again is refused, with the reason.
+  auto b = driver_->AcquireSlot(ctx_, repo, Run("b"), Grouped("pr-1", 100));
+  EXPECT_TRUE(IsRunRemoved(b.status())) << b.status();
+  EXPECT_EQ(RunRemovedReason(b.status()), "superseded");
+  // The newest re-submitted keeps its place; so does a run of no group.
+  EXPECT_EQ(driver_->AcquireSlot(ctx_, repo, Run("d"), Grouped("pr-1", 120))
+                ->position,
+            3);
+  EXPECT_EQ(driver_->AcquireSlot(ctx_, repo, Run("p"), plain)->position, 2);
+  // The release admits the queue's head, c; b never.
+  auto rel = driver_->ReleaseSlot(ctx_, a->lease.lease_id, "", "");
+  ASSERT_TRUE(rel.ok());
+  EXPECT_THAT(RunKeys(rel->admitted), ElementsAre(Run("c")));
+}
+
+TEST_P(DriverConformanceTest, Supersede_ARunOlderThanTheGroupsQueuedIsRefused) {
+  Repository repo = Repo("older", 1);
+  ASSERT_TRUE(driver_->AcquireSlot(ctx_, repo, Run("a"))->acquired);
+  ASSERT_EQ(driver_->AcquireSlot(ctx_, repo, Run("new"), Grouped("main", 200))
+                ->position,
+            1);
+  // A run created before the queued one (a late webhook, a controller
+  // that re-submits after a restart) is removed, not queued, through
+  // this driver and another.
+  auto late =
+      driver_->AcquireSlot(ctx_, repo, Run("late"), Grouped("main", 150));
+  EXPECT_TRUE(IsRunRemoved(late.status())) << late.status();
+  EXPECT_EQ(RunRemovedReason(late.status()), "superseded");
+  auto other = MakeDriver();
+  auto again =
+      other->AcquireSlot(ctx_, repo, Run("late"), Grouped("main", 150));
+  EXPECT_TRUE(IsRunRemoved(again.status())) << again.status();
+  EXPECT_THAT(RunKeys(*driver_->GetQueuedPipelineRuns(ctx_, repo.Key())),
+              ElementsAre(Run("new")));
+  // Of another group, or of none, it queues as usual.
+  EXPECT_EQ(
+      driver_->AcquireSlot(ctx_, repo, Run("x"), Grouped("dev", 150))->position,
+      1);
+  // A bad group is InvalidArgument and writes nothing.
+  AcquireOptions bad = Grouped("has space", 10);
+  EXPECT_EQ(driver_->AcquireSlot(ctx_, repo, Run("y"), bad).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  bad.group = std::string(254, 'g');
+  EXPECT_EQ(driver_->AcquireSlot(ctx_, repo, Run("y"), bad).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(driver_->GetQueuedPipelineRuns(ctx_, repo.Key())->size(), 2u);
+  ASSERT_TRUE(other->Close().ok());
+}
+
+// Workers each push runs of their own group, newer and newer, and
+// re-submit what they have queued, as waiting clients do, on two drivers,
+// while slots turn over: a superseded run is never granted, every run ends
+// granted or superseded, a group never has two runs queued, and the limit
+// holds.
+TEST_P(DriverConformanceTest, Supersede_RacesNeverAdmitASupersededRun) {
+  Repository repo = Repo("srace", 2);
+  auto other = MakeDriver();
+  constexpr int kGroups = 4;
+  constexpr int kRuns = 10;
+  std::mutex mu;
+  std::set<std::string> granted, superseded;  // guarded by mu
+  std::atomic<int> holding{0}, most{0}, errors{0};
+  std::vector<std::thread> workers;
+  const int64_t base = absl::ToUnixSeconds(absl::Now());
+  for (int g = 0; g < kGroups; ++g) {
+    workers.emplace_back([&, g] {
+      Driver* d = g % 2 == 0 ? driver_.get() : other.get();
+      const std::string group = absl::StrCat("pr-", g);
+      std::vector<std::pair<std::string, int64_t>> waiting;
+      int next = 0;
+      const absl::Time until = absl::Now() + absl::Seconds(60);
+      while ((next < kRuns || !waiting.empty()) && absl::Now() < until) {
+        if (next < kRuns) {
+          waiting.emplace_back(Run(absl::StrCat("g", g, "-", next)),
+                               base + next);
+          ++next;
+        }
+        for (auto it = waiting.begin(); it != waiting.end();) {
+          auto r =
+              d->AcquireSlot(ctx_, repo, it->first, Grouped(group, it->second));
+          if (IsRunRemoved(r.status())) {
+            std::lock_guard<std::mutex> lock(mu);
+            superseded.insert(it->first);
+            it = waiting.erase(it);
+            continue;
+          }
+          if (!r.ok()) {
+            ++errors;
+            it = waiting.erase(it);
+            continue;
+          }
+          if (!r->acquired) {
+            ++it;
+            continue;
+          }
+          int now = ++holding;
+          int seen = most.load();
+          while (now > seen && !most.compare_exchange_weak(seen, now)) {
+          }
+          {
+            std::lock_guard<std::mutex> lock(mu);
+            granted.insert(it->first);
+          }
+          std::this_thread::sleep_for(std::chrono::milliseconds(2));
+          --holding;
+          if (!d->ReleaseSlot(ctx_, r->lease.lease_id, "", "").ok()) ++errors;
+          it = waiting.erase(it);
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
+    });
+  }
+  std::atomic<bool> done{false};
+  int most_queued_of_a_group = 0;
+  std::thread reader([&] {
+    while (!done.load()) {
+      auto q = driver_->GetQueuedPipelineRuns(ctx_, repo.Key());
+      if (!q.ok()) continue;
+      std::map<char, int> per_group;  // "gN-": N
+      for (const QueueEntry& e : *q) {
+        const std::string& run = e.pipeline_run_key;
+        char g = run[run.find('/') + 2];
+        most_queued_of_a_group =
+            std::max(most_queued_of_a_group, ++per_group[g]);
+      }
+    }
+  });
+  for (std::thread& t : workers) t.join();
+  done = true;
+  reader.join();
+  EXPECT_EQ(errors.load(), 0);
+  EXPECT_LE(most.load(), 2);
+  EXPECT_LE(most_queued_of_a_group, 1);
+  std::lock_guard<std::mutex> lock(mu);
+  EXPECT_EQ(granted.size() + superseded.size(),
+            static_cast<size_t>(kGroups * kRuns));
+  for (const std::string& run : superseded) {
+    EXPECT_EQ(granted.count(run), 0u) << run << " superseded and granted";
+  }
+  EXPECT_FALSE(superseded.empty());
   ASSERT_TRUE(other->Close().ok());
 }
 

@@ -429,6 +429,38 @@ TEST(CliE2ETest, QueueClearStopsTheWaitingRunsAndLeavesTheRunningOne) {
   EXPECT_EQ(json.json()["removed"], Json::array({"ns/other-waiter"}));
 }
 
+// `run --group` waits in the queue until a newer run of its group is
+// submitted (`acquire --group`): then it stops with the reason and never
+// starts its command; the newer run keeps the place.
+TEST(CliE2ETest, RunOfAGroupStopsWhenANewerRunOfTheGroupIsSubmitted) {
+  ServerProcess server;
+  const std::string& u = server.url();
+  ASSERT_EQ(Cli(u, {"acquire", "--repo", "ns/g", "--run", "ns/holder",
+                    "--limit", "1"})
+                .code,
+            0);
+  Child run =
+      Spawn({Binary(), "--server", u, "run", "--repo", "ns/g", "--run",
+             "ns/pr-1-a", "--group", "pr-1", "--creation-time",
+             "2026-01-01T10:00:00Z", "--", "sh", "-c", "echo started; exit 0"});
+  ASSERT_TRUE(Eventually([&] {
+    RemoteApi api(u, "");
+    auto s = api.Status(Context::Background(), "ns/g");
+    return s.ok() && (*s)["queue_depth"] == 1;
+  }));
+  CliResult newer =
+      Cli(u, {"acquire", "--repo", "ns/g", "--run", "ns/pr-1-b", "--group",
+              "pr-1", "--creation-time", "2026-01-01T10:01:00Z"});
+  EXPECT_EQ(newer.code, 3) << newer.out;  // queued, first
+  std::string out;
+  EXPECT_EQ(Finish(run, &out), 1) << out;
+  EXPECT_THAT(out, HasSubstr("removed from the queue (superseded)"));
+  EXPECT_THAT(out, ::testing::Not(HasSubstr("started")));
+  EXPECT_EQ(Cli(u, {"-o", "json", "queue", "--repo", "ns/g"})
+                .json()["queued"][0]["pipeline_run"],
+            "ns/pr-1-b");
+}
+
 // With every watch place of the server taken (--max-watches), a queued
 // `run` is refused a watch (429) and polls instead: it keeps its place and
 // starts once admitted. `watch` itself reports the refusal.

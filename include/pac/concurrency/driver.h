@@ -75,6 +75,14 @@ struct AcquireOptions {
   // is. For a caller that learnt the limit from the backend: another
   // process may change it meanwhile, which writing it back would undo.
   bool keep_recorded_limit = false;
+  // A supersede group (docs/policies.md, "Supersede groups"): a pull
+  // request, a branch. Of a group's queued runs only the newest stays:
+  // submitting a run removes the group's older queued runs (reason
+  // kRemovedSuperseded) in the same step, and a run older than one the
+  // group has queued is itself removed and refused (RunRemovedError).
+  // Running runs are left alone. Empty: no group. At most 253 bytes of
+  // printable ASCII without spaces.
+  std::string group;
 };
 
 struct AcquireResult {
@@ -180,12 +188,13 @@ enum class WatchEventType {
 // Why a run left the queue without a slot (WatchEvent::reason,
 // RunRemovedReason). docs/policies.md.
 inline constexpr std::string_view kRemovedCleared = "cleared";
+inline constexpr std::string_view kRemovedSuperseded = "superseded";
 
 struct WatchEvent {
   WatchEventType type;
   std::string repository_key;
   std::string pipeline_run_key;  // empty for kLimitChanged/kCleaned/kResync
-  std::string reason;            // kRemoved only: kRemovedCleared
+  std::string reason;  // kRemoved only: kRemovedCleared, kRemovedSuperseded
 };
 
 // What Driver::ClearQueue removed.
