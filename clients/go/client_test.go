@@ -479,8 +479,14 @@ func TestANewerRunOfTheGroupEndsTheOlderOnesWait(t *testing.T) {
 		}
 		r, err := c.Submit(ctx, repo, ns+"/pr-3-b", concurrency.SubmitOptions{
 			Group: "pr-3", CreationTime: base.Add(time.Minute)})
-		if err != nil || r.Acquired || r.Position != 1 {
+		if err != nil || r.Acquired || r.Position != 1 || r.WaitingFor == nil ||
+			r.WaitingFor.Reason != "repository_limit" || r.WaitingFor.Ahead != 0 {
 			t.Fatalf("the newer run's submit = %+v, %v; want queued first", r, err)
+		}
+		st, err := c.Status(ctx, repo.Key())
+		if err != nil || len(st.Queued) != 1 || st.Queued[0].WaitingFor == nil ||
+			st.Queued[0].WaitingFor.Limit != 1 || st.Queued[0].WaitingFor.InUse != 1 {
+			t.Fatalf("status = %+v, %v; want what holds the queued run", st, err)
 		}
 		select {
 		case err := <-fail:

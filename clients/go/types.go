@@ -57,6 +57,8 @@ type AcquireResult struct {
 	// queued (SubmitOptions.NoQueue).
 	Position int    `json:"position"`
 	Lease    *Lease `json:"lease,omitempty"`
+	// WaitingFor says what holds a queued run (Reason and Ahead only).
+	WaitingFor *WaitingFor `json:"waiting_for,omitempty"`
 	// Admitted lists other runs this call admitted (a raised limit).
 	Admitted []Lease `json:"admitted"`
 }
@@ -77,6 +79,20 @@ type QueueEntry struct {
 	CreationTime   time.Time `json:"creation_time"`
 	EnqueuedAt     time.Time `json:"enqueued_at"`
 	WaitingSeconds float64   `json:"waiting_seconds"`
+	// WaitingFor says what holds the run (nil from a server that does not
+	// say).
+	WaitingFor *WaitingFor `json:"waiting_for,omitempty"`
+}
+
+// WaitingFor is what holds a queued run (docs/policies.md, "Why a run
+// waits"): today always the repository's limit ("repository_limit"),
+// directly or through the Ahead runs queued before it. Limit and InUse
+// come with a status, not with a submit's answer.
+type WaitingFor struct {
+	Reason string `json:"reason"`
+	Ahead  int    `json:"ahead"`
+	Limit  int    `json:"limit,omitempty"`
+	InUse  int    `json:"in_use,omitempty"`
 }
 
 // RepositoryStatus is one consistent state of a repository.

@@ -4,10 +4,13 @@
 #include <cstdio>
 
 #include "src/cli/cli.h"
+#include "src/common/strings.h"
 
 namespace pac::concurrency::cli {
 
 namespace {
+
+using internal::Cat;
 
 int Queue(const GlobalOptions& g, const std::string& repo) {
   auto ctx = CommandContext(g);
@@ -24,12 +27,18 @@ int Queue(const GlobalOptions& g, const std::string& repo) {
       return;
     }
     std::vector<std::vector<std::string>> rows{
-        {"POS", "PIPELINE RUN", "CREATED", "WAITING"}};
+        {"POS", "PIPELINE RUN", "CREATED", "WAITING", "WAITING FOR"}};
     for (const Json& q : d["queued"]) {
+      std::string why;  // a server of an earlier version does not say
+      if (q.contains("waiting_for") && q["waiting_for"].is_object()) {
+        const Json& w = q["waiting_for"];
+        why = Cat("limit ", w.value("in_use", 0), "/", w.value("limit", 0),
+                  ", ", w.value("ahead", 0), " ahead");
+      }
       rows.push_back({std::to_string(q["position"].get<int64_t>()),
                       q["pipeline_run"].get<std::string>(),
                       TableTime(q["creation_time"].get<std::string>()),
-                      HumanSeconds(q["waiting_seconds"].get<double>())});
+                      HumanSeconds(q["waiting_seconds"].get<double>()), why});
     }
     PrintTable(rows);
   });

@@ -40,13 +40,26 @@ absl::StatusOr<std::optional<int32_t>> OptionalLimit(const Json& body) {
   return std::optional<int32_t>(static_cast<int32_t>(v));
 }
 
-Json QueueEntryToJson(const QueueEntry& q, absl::Time now) {
+// What holds a queued run at `position` (docs/policies.md, "Why a run
+// waits"): the repository's limit, directly or through the runs queued
+// ahead of it, which are admitted first.
+Json WaitingFor(int64_t position) {
+  return Json{{"reason", "repository_limit"},
+              {"ahead", std::max<int64_t>(0, position - 1)}};
+}
+
+Json QueueEntryToJson(const QueueEntry& q, const RepositorySnapshot& snap,
+                      absl::Time now) {
+  Json why = WaitingFor(q.position);
+  why["limit"] = snap.limit.value_or(0);
+  why["in_use"] = snap.running.size();
   return Json{{"pipeline_run", q.pipeline_run_key},
               {"position", q.position},
               {"creation_time", FormatTimestamp(q.creation_time)},
               {"enqueued_at", FormatTimestamp(q.enqueued_at)},
               {"waiting_seconds",
-               std::max(0.0, absl::ToDoubleSeconds(now - q.enqueued_at))}};
+               std::max(0.0, absl::ToDoubleSeconds(now - q.enqueued_at))},
+              {"waiting_for", std::move(why)}};
 }
 
 }  // namespace
@@ -258,6 +271,7 @@ absl::StatusOr<Json> Service::Submit(const Context& ctx,
     out["lease"] = LeaseToJson(r->lease);
     NoteAdmitted({r->lease}, "immediate");
   } else if (r->position > 0) {
+    out["waiting_for"] = WaitingFor(r->position);
     NoteQueued(key, run);
   }
   return out;
@@ -316,7 +330,7 @@ Json StatusJson(std::string_view repo_key, const RepositorySnapshot& snap,
   }
   Json queue_list = Json::array();
   for (const QueueEntry& q : snap.queued) {
-    queue_list.push_back(QueueEntryToJson(q, now));
+    queue_list.push_back(QueueEntryToJson(q, snap, now));
   }
   Json out{{"repository", std::string(repo_key)},
            {"concurrency_limit", nullptr},

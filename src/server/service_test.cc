@@ -118,6 +118,19 @@ TEST_F(ServiceTest, SubmitUsesTheRecordedLimitAndQueuesInOrder) {
                                     {"creation_time", "2020-01-01T00:00:00Z"}});
   EXPECT_EQ(old["position"], 1);
   EXPECT_THAT(Queued("ns/repo"), ElementsAre("ns/old", "ns/b", "ns/c"));
+  // What holds each queued run: the repository's limit, and the runs
+  // ahead (on the submit's answer, and in the status with the numbers).
+  EXPECT_EQ(c["waiting_for"],
+            (Json{{"reason", "repository_limit"}, {"ahead", 1}}));
+  EXPECT_FALSE(a.contains("waiting_for"));
+  auto st = service_->Status(ctx_, "ns/repo");
+  ASSERT_TRUE(st.ok());
+  EXPECT_EQ((*st)["queued"][2]["waiting_for"],
+            (Json{{"reason", "repository_limit"},
+                  {"ahead", 2},
+                  {"limit", 1},
+                  {"in_use", 1}}));
+  EXPECT_EQ((*st)["queued"][0]["waiting_for"]["ahead"], 0);
   // Submitting again keeps the place.
   EXPECT_EQ(Submit("ns/repo", Json{{"pipeline_run", "ns/b"}})["position"], 2);
   auto rel = service_->Release(ctx_, "ns/repo", "ns/a", "");

@@ -411,6 +411,9 @@ TEST(CliE2ETest, QueueClearStopsTheWaitingRunsAndLeavesTheRunningOne) {
   EXPECT_EQ(
       Cli(u, {"queue", "--repo", "ns/q", "-o", "json"}).json()["queued"].size(),
       1u);
+  CliResult table = Cli(u, {"queue", "--repo", "ns/q"});
+  EXPECT_THAT(table.out, HasSubstr("WAITING FOR"));
+  EXPECT_THAT(table.out, HasSubstr("limit 1/1, 0 ahead"));
   CliResult cleared = Cli(u, {"queue", "clear", "--repo", "ns/q", "--yes"});
   EXPECT_EQ(cleared.code, 0) << cleared.out;
   EXPECT_THAT(cleared.out, HasSubstr("cleared the queue of ns/q: 1 runs"));
