@@ -64,6 +64,30 @@ TEST(EtcdMultiProcessTest, AClearerInAnotherProcessNeverLetsAClearedRunIn) {
   conformance::PrintHammerReport(report);
 }
 
+// Run j of each of four processes is of supersede group "g<j % 4>": they
+// supersede each other across processes. No superseded run is granted or
+// admitted, every run ends granted or removed, and the limit and FIFO
+// (among the others) hold.
+TEST(EtcdMultiProcessTest, GroupsAcrossProcessesNeverLetASupersededRunIn) {
+  ASSERT_TRUE(TestEtcdConfig().ok());
+  auto make = []() -> absl::StatusOr<std::unique_ptr<Driver>> {
+    auto c = TestEtcdConfig();
+    if (!c.ok()) return c.status();
+    c->lease_ttl = absl::Seconds(30);
+    return NewEtcdDriver(*c);
+  };
+  auto report = conformance::RunMultiProcessHammer(
+      make, UniqueNs("mpg"), 4, 100, 2, absl::ZeroDuration(), /*groups=*/true);
+  EXPECT_EQ(report.processes_ok, 4) << report.first_problem;
+  EXPECT_EQ(report.cleared_admitted, 0) << report.first_problem;
+  EXPECT_EQ(report.unaccounted, 0) << report.first_problem;
+  EXPECT_EQ(report.grants + report.removed, 400);
+  EXPECT_GT(report.removed, 3) << "too few superseded runs to test them";
+  EXPECT_LE(report.max_overlap, 2);
+  EXPECT_EQ(report.fifo_violations, 0) << report.first_problem;
+  conformance::PrintHammerReport(report);
+}
+
 // A holder process dies (SIGKILL); its slot is freed when its etcd lease's
 // TTL runs out, and the head of the queue is admitted.
 TEST(EtcdDriverTest, HolderKilledFreesSlotAfterTtl) {

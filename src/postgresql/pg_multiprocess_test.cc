@@ -64,6 +64,27 @@ TEST(PostgreSQLMultiProcessTest,
   conformance::PrintHammerReport(report);
 }
 
+// Run j of each of four processes is of supersede group "g<j % 4>": they
+// supersede each other across processes. No superseded run is granted or
+// admitted, every run ends granted or removed, and the limit and FIFO
+// (among the others) hold.
+TEST(PostgreSQLMultiProcessTest,
+     GroupsAcrossProcessesNeverLetASupersededRunIn) {
+  ASSERT_TRUE(TestPostgreSQLConfig().ok()) << TestPostgreSQLConfig().status();
+  std::string ns = absl::StrCat("mpg-", getpid());
+  auto report = conformance::RunMultiProcessHammer(
+      MakeDriver, ns, /*processes=*/4, /*runs_per_process=*/150, /*limit=*/2,
+      absl::ZeroDuration(), /*groups=*/true);
+  EXPECT_EQ(report.processes_ok, 4) << report.first_problem;
+  EXPECT_EQ(report.cleared_admitted, 0) << report.first_problem;
+  EXPECT_EQ(report.unaccounted, 0) << report.first_problem;
+  EXPECT_EQ(report.grants + report.removed, 600);
+  EXPECT_GT(report.removed, 3) << "too few superseded runs to test them";
+  EXPECT_LE(report.max_overlap, 2);
+  EXPECT_EQ(report.fifo_violations, 0) << report.first_problem;
+  conformance::PrintHammerReport(report);
+}
+
 TEST(PostgreSQLMultiProcessTest, WatcherWokenByAReleaseInAnotherProcess) {
   auto driver = MakeDriver();
   ASSERT_TRUE(driver.ok()) << driver.status();

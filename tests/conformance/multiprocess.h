@@ -23,6 +23,12 @@
 //  * a cleared run is never granted, and never admitted by a release;
 //  * every run was granted or removed, exactly once; a run refused as
 //    removed was cleared; FIFO is checked among the runs never cleared.
+//
+// With `groups`, run j of every worker is of supersede group "g<j % 4>"
+// (AcquireOptions::group): runs of a group queued at once, by any worker,
+// supersede each other.
+// A run refused as removed (superseded, or cleared) is never granted nor
+// admitted by a release, and FIFO is checked among the runs never removed.
 #ifndef PAC_TESTS_CONFORMANCE_MULTIPROCESS_H_
 #define PAC_TESTS_CONFORMANCE_MULTIPROCESS_H_
 
@@ -46,7 +52,8 @@ struct HammerReport {
   int fifo_violations = 0;
   int duplicate_grants = 0;
   int cleared = 0;           // runs the clearer removed
-  int cleared_admitted = 0;  // cleared runs granted or admitted anyway
+  int cleared_admitted = 0;  // removed runs granted or admitted anyway
+  int removed = 0;           // runs refused as removed (cleared, superseded)
   int unaccounted = 0;       // runs neither granted nor removed once
   std::string first_problem;
 };
@@ -57,7 +64,7 @@ using DriverMaker = std::function<absl::StatusOr<std::unique_ptr<Driver>>()>;
 HammerReport RunMultiProcessHammer(
     const DriverMaker& make, const std::string& repo_ns, int processes,
     int runs_per_process, int limit,
-    absl::Duration clear_every = absl::ZeroDuration());
+    absl::Duration clear_every = absl::ZeroDuration(), bool groups = false);
 
 // Prints the report's counts on one line ("hammer: ..."), for the log.
 void PrintHammerReport(const HammerReport& report);
