@@ -151,6 +151,12 @@ DROP FUNCTION IF EXISTS pac_acquire(TEXT, TEXT, INTEGER, TIMESTAMPTZ, BOOLEAN,
                                     BOOLEAN, INTERVAL, BOOLEAN, TEXT, BOOLEAN);
 )SQL";
 
+// Migration 10: no table changes; pac_reap reclaims the expired leases of
+// a repository without a pac_repositories row too.
+constexpr const char* kMigration10 = R"SQL(
+SELECT 1;
+)SQL";
+
 }  // namespace
 
 absl::Status Migrate(PgConnection& conn, const Context& ctx) {
@@ -180,9 +186,9 @@ absl::Status Migrate(PgConnection& conn, const Context& ctx) {
         Cat("postgresql: the database has schema version ", have,
             ", newer than this build's ", kSchemaVersion));
   }
-  const char* const migrations[] = {kMigration1, kMigration2, kMigration3,
-                                    kMigration4, kMigration5, kMigration6,
-                                    kMigration7, kMigration8, kMigration9};
+  const char* const migrations[] = {
+      kMigration1, kMigration2, kMigration3, kMigration4, kMigration5,
+      kMigration6, kMigration7, kMigration8, kMigration9, kMigration10};
   static_assert(std::size(migrations) == kSchemaVersion);
   for (int64_t v = have + 1; v <= kSchemaVersion; ++v) {
     auto m = conn.Exec(ctx, Cat(migrations[v - 1],

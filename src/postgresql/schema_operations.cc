@@ -109,12 +109,18 @@ BEGIN
 END $$;
 
 -- Background cleanup: every repository with an expired lease is locked,
--- reclaimed and its queue admitted. Returns how many repositories.
+-- reclaimed and its queue admitted. Returns how many repositories. A
+-- repository without a pac_repositories row (the original Go code wrote
+-- none) has its expired leases deleted, and told, all the same: there is
+-- no row to lock and no limit to admit under, but left there they would
+-- be the earliest expiry every driver's reaper finds past, and calls this
+-- for again, every 5 ms.
 CREATE OR REPLACE FUNCTION pac_reap(p_ttl INTERVAL) RETURNS INTEGER
 LANGUAGE plpgsql AS $$
 DECLARE
   v_repo TEXT;
   v_limit INTEGER;
+  r RECORD;
   n INTEGER := 0;
 BEGIN
   PERFORM pac_check_isolation();
@@ -122,7 +128,16 @@ BEGIN
                  WHERE s.state = 'running' AND s.expires_at <= clock_timestamp() LOOP
     SELECT t.concurrency_limit INTO v_limit FROM pac_repositories t
      WHERE t.repository_key = v_repo FOR UPDATE;
-    CONTINUE WHEN NOT FOUND;  -- cleaned up meanwhile, slots and all
+    IF NOT FOUND THEN  -- no row, or cleaned up meanwhile
+      FOR r IN DELETE FROM concurrency_slots s
+                WHERE s.repository_key = v_repo AND s.state = 'running'
+                  AND s.expires_at <= clock_timestamp()
+            RETURNING s.pipeline_run_key LOOP
+        PERFORM pac_notify(v_repo, 'expired', r.pipeline_run_key);
+      END LOOP;
+      n := n + 1;
+      CONTINUE;
+    END IF;
     PERFORM * FROM pac_promote(v_repo, coalesce(v_limit, 0), p_ttl,
                                clock_timestamp());
     n := n + 1;
