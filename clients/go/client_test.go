@@ -47,6 +47,24 @@ func timeout(t *testing.T, d time.Duration) context.Context {
 	return ctx
 }
 
+// awaitQueued waits up to 10 s for repo's queue to hold n runs.
+func awaitQueued(t *testing.T, ctx context.Context, c *concurrency.Client,
+	repo *concurrency.Repository, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		q, err := c.GetQueuedPipelineRuns(ctx, repo)
+		testserver.Must(t, err, "GetQueuedPipelineRuns")
+		if len(q) == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the queue holds %v, not %d runs, after 10 s", q, n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // eachBackend runs f on a fresh server per backend.
 func eachBackend(t *testing.T, f func(t *testing.T, b testserver.Backend)) {
 	for _, b := range testserver.Backends(t) {
@@ -350,18 +368,7 @@ func TestWaitForSlotWaitsForTheReleaseAndLeavesTheQueueWhenItGivesUp(t *testing.
 			}
 			got <- l
 		}()
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			q, err := c.GetQueuedPipelineRuns(ctx, repo)
-			testserver.Must(t, err, "GetQueuedPipelineRuns")
-			if len(q) == 1 {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatal("pr-2 was not queued within 10 s")
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		awaitQueued(t, ctx, c, repo, 1)
 		released := time.Now()
 		_, err = c.Release(ctx, repo.Key(), ns+"/pr-1", holder.LeaseID)
 		testserver.Must(t, err, "Release")
@@ -404,18 +411,7 @@ func TestClearQueueStopsAWaitAndRefusesTheRunsAfterwards(t *testing.T) {
 				concurrency.WaitOptions{PollInterval: time.Minute})
 			fail <- err
 		}()
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			q, err := c.GetQueuedPipelineRuns(ctx, repo)
-			testserver.Must(t, err, "GetQueuedPipelineRuns")
-			if len(q) == 1 {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatal("pr-2 was not queued within 10 s")
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		awaitQueued(t, ctx, c, repo, 1)
 		runs, err := c.ClearQueue(ctx, repo.Key())
 		if err != nil || len(runs) != 1 || runs[0] != ns+"/pr-2" {
 			t.Fatalf("ClearQueue = %v, %v; want [pr-2]", runs, err)
@@ -465,18 +461,7 @@ func TestANewerRunOfTheGroupEndsTheOlderOnesWait(t *testing.T) {
 				Group: "pr-3", CreationTime: base, PollInterval: time.Minute})
 			fail <- err
 		}()
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			q, err := c.GetQueuedPipelineRuns(ctx, repo)
-			testserver.Must(t, err, "GetQueuedPipelineRuns")
-			if len(q) == 1 {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatal("pr-3-a was not queued within 10 s")
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		awaitQueued(t, ctx, c, repo, 1)
 		r, err := c.Submit(ctx, repo, ns+"/pr-3-b", concurrency.SubmitOptions{
 			Group: "pr-3", CreationTime: base.Add(time.Minute)})
 		if err != nil || r.Acquired || r.Position != 1 || r.WaitingFor == nil ||

@@ -160,6 +160,30 @@ struct RunInfo {
 
 }  // namespace
 
+std::string RemovalProblem(const HammerReport& report, int processes, int runs,
+                           int limit, int min_removed, bool cleared) {
+  const int removed = cleared ? report.cleared : report.removed;
+  if (report.processes_ok != processes) {
+    return absl::StrCat(report.processes_ok, " of ", processes,
+                        " processes finished: ", report.first_problem);
+  }
+  if (report.cleared_admitted != 0 || report.unaccounted != 0 ||
+      report.fifo_violations != 0) {
+    return report.first_problem;
+  }
+  if (report.grants + removed != runs) {
+    return absl::StrCat(report.grants, " granted and ", removed, " removed of ",
+                        runs, " runs");
+  }
+  if (removed <= min_removed) {
+    return absl::StrCat("only ", removed, " runs removed: too few to test");
+  }
+  if (report.max_overlap > limit) {
+    return absl::StrCat(report.max_overlap, " runs held slots at once");
+  }
+  return "";
+}
+
 void PrintHammerReport(const HammerReport& report) {
   std::printf(
       "hammer: %d grants, %d queued, %d promotions, max overlap %d, "

@@ -66,6 +66,14 @@ HammerReport RunMultiProcessHammer(
     int runs_per_process, int limit,
     absl::Duration clear_every = absl::ZeroDuration(), bool groups = false);
 
+// For a hammer with removals (clear_every or groups) of `runs` runs in
+// all under `limit`: what it got wrong, or "" when every process finished,
+// no removed run was granted or admitted, each run was granted or removed
+// exactly once, more than `min_removed` were removed (`cleared` ones when
+// `cleared`, else refused ones), the limit held and FIFO among the rest.
+std::string RemovalProblem(const HammerReport& report, int processes, int runs,
+                           int limit, int min_removed, bool cleared);
+
 // Prints the report's counts on one line ("hammer: ..."), for the log.
 void PrintHammerReport(const HammerReport& report);
 
