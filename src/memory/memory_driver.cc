@@ -248,28 +248,28 @@ bool MemoryDriver::Supersede(Shard& shard, const std::string& repo_key,
       older.push_back(k);
     }
   }
-  auto remove = [&](const std::string& r) {
-    rs.removed[r] = std::string(kRemovedSuperseded);
-    AddEvent(shard, repo_key, WatchEventType::kRemoved, r, fx,
-             kRemovedSuperseded);
-    logger_->info("{} in {} superseded (group {})", r, repo_key, group);
-  };
-  if (newer) {  // the caller is the older one
+  std::vector<std::string> gone;  // the runs removed
+  if (newer) {                    // the caller is the older one
     if (own != rs.queued.end()) {
       rs.queue.erase(own->second);
       rs.queued.erase(own);
     }
-    remove(run);
-    return true;
+    gone.push_back(run);
+  } else {
+    for (const QueueKey& k : older) {
+      auto it = rs.queue.find(k);
+      gone.push_back(std::move(it->second.run_key));
+      rs.queue.erase(it);
+      rs.queued.erase(gone.back());
+    }
   }
-  for (const QueueKey& k : older) {
-    auto it = rs.queue.find(k);
-    const std::string r = std::move(it->second.run_key);
-    rs.queue.erase(it);
-    rs.queued.erase(r);
-    remove(r);
+  for (const std::string& r : gone) {
+    rs.removed[r] = std::string(kRemovedSuperseded);
+    AddEvent(shard, repo_key, WatchEventType::kRemoved, r, fx,
+             kRemovedSuperseded);
+    logger_->info("{} in {} superseded (group {})", r, repo_key, group);
   }
-  return false;
+  return newer;
 }
 
 int64_t MemoryDriver::PositionOf(const RepoState& rs,

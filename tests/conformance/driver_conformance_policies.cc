@@ -318,6 +318,20 @@ TEST_P(DriverConformanceTest, Supersede_RacesNeverAdmitASupersededRun) {
   std::mutex mu;
   std::set<std::string> granted, superseded;  // guarded by mu
   std::atomic<int> holding{0}, most{0}, errors{0};
+  // Both slots held for the first 100 ms: the workers' first runs queue,
+  // and their next ones supersede them, on every driver however fast.
+  std::vector<std::string> holders;
+  for (const char* h : {"holder-1", "holder-2"}) {
+    auto r = driver_->AcquireSlot(ctx_, repo, Run(h));
+    ASSERT_TRUE(r.ok() && r->acquired) << r.status();
+    holders.push_back(r->lease.lease_id);
+  }
+  std::thread unhold([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    for (const std::string& id : holders) {
+      if (!driver_->ReleaseSlot(ctx_, id, "", "").ok()) ++errors;
+    }
+  });
   std::vector<std::thread> workers;
   const int64_t base = absl::ToUnixSeconds(absl::Now());
   for (int g = 0; g < kGroups; ++g) {
@@ -384,6 +398,7 @@ TEST_P(DriverConformanceTest, Supersede_RacesNeverAdmitASupersededRun) {
     }
   });
   for (std::thread& t : workers) t.join();
+  unhold.join();
   done = true;
   reader.join();
   EXPECT_EQ(errors.load(), 0);
