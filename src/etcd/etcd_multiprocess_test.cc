@@ -48,7 +48,7 @@ TEST(EtcdMultiProcessTest, AClearerInAnotherProcessNeverLetsAClearedRunIn) {
   ASSERT_TRUE(TestEtcdConfig().ok());
   auto report = conformance::RunMultiProcessHammer(
       MakeDriver, UniqueNs("mpc"), 4, 100, 2, absl::Milliseconds(15));
-  EXPECT_EQ(conformance::RemovalProblem(report, 4, 400, 2, 20, true), "");
+  EXPECT_EQ(conformance::RemovalProblem(report, 4, 400, 2, 3, true), "");
   EXPECT_GT(report.grants, 20);
   conformance::PrintHammerReport(report);
 }

@@ -53,7 +53,7 @@ TEST(PostgreSQLMultiProcessTest,
   auto report = conformance::RunMultiProcessHammer(
       MakeDriver, ns, /*processes=*/4, /*runs_per_process=*/150, /*limit=*/2,
       /*clear_every=*/absl::Milliseconds(15));
-  EXPECT_EQ(conformance::RemovalProblem(report, 4, 600, 2, 20, true), "");
+  EXPECT_EQ(conformance::RemovalProblem(report, 4, 600, 2, 3, true), "");
   EXPECT_GT(report.grants, 20);
   conformance::PrintHammerReport(report);
 }
