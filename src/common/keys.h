@@ -11,8 +11,35 @@
 #include "absl/time/time.h"
 #include "pac/concurrency/driver.h"
 #include "pac/concurrency/repository.h"
+#include "pac/concurrency/status.h"
 
 namespace pac::concurrency::internal {
+
+// The refusal of a run that a record says was removed from the queue of
+// `repo` for `reason` (docs/policies.md), as every driver words it.
+inline absl::Status RemovedRunError(std::string_view repo, std::string_view run,
+                                    std::string_view reason) {
+  return RunRemovedError(reason, std::string("pipeline run ")
+                                     .append(run)
+                                     .append(" of ")
+                                     .append(repo)
+                                     .append(" was removed from the queue (")
+                                     .append(reason)
+                                     .append(")"));
+}
+
+// The refusal of a run older than the queued run of its supersede group.
+inline absl::Status SupersededRunError(std::string_view repo,
+                                       std::string_view run,
+                                       std::string_view group) {
+  return RunRemovedError(kRemovedSuperseded,
+                         std::string("pipeline run ")
+                             .append(run)
+                             .append(" of ")
+                             .append(repo)
+                             .append(" was superseded by a newer run of group ")
+                             .append(group));
+}
 
 // The keys of a ReleaseSlot call. Without a lease id the run is named by
 // (repository, run), so both must be valid keys; with one, the keys are

@@ -131,9 +131,7 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(
             continue;
           }
         }
-        return RunRemovedError(
-            rm->second, Cat("pipeline run ", run, " of ", repo,
-                            " was removed from the queue (", rm->second, ")"));
+        return RemovedRunError(repo, run, rm->second);
       }
     }
     // An adopted run's record of its removal goes with the grant.
@@ -204,10 +202,7 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(
         continue;
       }
       logger_->info("{} in {} superseded (group {})", run, repo, options.group);
-      return RunRemovedError(
-          kRemovedSuperseded,
-          Cat("pipeline run ", run, " of ", repo,
-              " was superseded by a newer run of group ", options.group));
+      return SupersededRunError(repo, run, options.group);
     }
     // A recorded limit kept: as if none were given.
     const bool set = set_limit && !(options.keep_recorded_limit && v.has_limit);

@@ -315,10 +315,7 @@ absl::StatusOr<AcquireResult> MemoryDriver::AcquireSlot(
       if (auto rit = shard.repos.find(repo_key); rit != shard.repos.end()) {
         if (auto r = rit->second.removed.find(run_key);
             r != rit->second.removed.end()) {
-          return RunRemovedError(
-              r->second,
-              internal::Cat("pipeline run ", run_key, " of ", repo_key,
-                            " was removed from the queue (", r->second, ")"));
+          return RemovedRunError(repo_key, run_key, r->second);
         }
       }
     }
@@ -327,11 +324,7 @@ absl::StatusOr<AcquireResult> MemoryDriver::AcquireSlot(
           rit != shard.repos.end() && !rit->second.running.contains(run_key) &&
           Supersede(shard, rit->first, rit->second, std::string(run_key),
                     options.group, options.creation_time.value_or(now), fx)) {
-        refused = RunRemovedError(
-            kRemovedSuperseded,
-            internal::Cat("pipeline run ", run_key, " of ", repo_key,
-                          " was superseded by a newer run of group ",
-                          options.group));
+        refused = SupersededRunError(repo_key, run_key, options.group);
       }
     }
     if (refused.ok()) {

@@ -290,10 +290,7 @@ absl::StatusOr<AcquireResult> PostgreSQLDriver::AcquireSlot(
     } else if (kind == "queued") {
       result.position = r->GetInt(i, 6);
     } else if (kind == "removed") {
-      std::string reason(r->Get(i, 2));
-      return RunRemovedError(reason,
-                             Cat("pipeline run ", run_key, " of ", repo_key,
-                                 " was removed from the queue (", reason, ")"));
+      return RemovedRunError(repo_key, run_key, r->Get(i, 2));
     }
   }
   if (result.position > 0) {

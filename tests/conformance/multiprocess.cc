@@ -26,22 +26,37 @@ int64_t MonoNanos() {
   return static_cast<int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
 }
 
+// Makes a process's driver into `*driver`, says so on `ready` and waits
+// for `go` to close, so the processes start together. 0, or the exit code
+// of the failure: 2 no driver (printed, named by `who`), 7 `ready` broke.
+int StartTogether(const DriverMaker& make, const std::string& who, int ready,
+                  int go, std::unique_ptr<Driver>* driver) {
+  auto made = make();
+  if (!made.ok()) {
+    std::fprintf(stderr, "%s: %s\n", who.c_str(),
+                 made.status().ToString().c_str());
+    return 2;
+  }
+  *driver = *std::move(made);
+  const char one = 1;
+  if (write(ready, &one, 1) != 1) return 7;
+  char none;
+  while (read(go, &none, 1) < 0 && errno == EINTR) {
+  }
+  return 0;
+}
+
 // Worker body; returns the process exit code. Once its driver is made, a
 // worker says so on `ready` and waits for `go` to close: the workers start
 // together, however long each took to start (under a sanitizer, seconds),
 // so their runs contend.
 int Worker(const DriverMaker& make, const Repository& repo, int id, int runs,
            bool groups, const std::string& log_path, int ready, int go) {
-  auto driver = make();
-  if (!driver.ok()) {
-    std::fprintf(stderr, "worker %d: %s\n", id,
-                 driver.status().ToString().c_str());
-    return 2;
-  }
-  const char one = 1;
-  if (write(ready, &one, 1) != 1) return 7;
-  char none;
-  while (read(go, &none, 1) < 0 && errno == EINTR) {
+  std::unique_ptr<Driver> driver;
+  if (int code =
+          StartTogether(make, absl::StrCat("worker ", id), ready, go, &driver);
+      code != 0) {
+    return code;
   }
   std::ofstream log(log_path);
   Context ctx;
@@ -52,7 +67,7 @@ int Worker(const DriverMaker& make, const Repository& repo, int id, int runs,
     if (groups) opts.group = absl::StrCat("g", j % 4);
     absl::StatusOr<AcquireResult> r;
     for (int attempt = 0;; ++attempt) {
-      r = (*driver)->AcquireSlot(ctx, repo, run, opts);
+      r = driver->AcquireSlot(ctx, repo, run, opts);
       if (r.ok() || IsRunRemoved(r.status()) || attempt > 50) break;
       absl::SleepFor(absl::Milliseconds(20));
     }
@@ -71,7 +86,7 @@ int Worker(const DriverMaker& make, const Repository& repo, int id, int runs,
       absl::Time give_up = absl::Now() + absl::Seconds(120);
       while (r.ok() && !r->acquired && absl::Now() < give_up) {
         absl::SleepFor(absl::Milliseconds(1));
-        r = (*driver)->AcquireSlot(ctx, repo, run, opts);
+        r = driver->AcquireSlot(ctx, repo, run, opts);
       }
       if (IsRunRemoved(r.status())) {  // cleared while it waited
         log << "D " << run << "\n";
@@ -92,7 +107,7 @@ int Worker(const DriverMaker& make, const Repository& repo, int id, int runs,
     log << "R " << run << " " << release_start << "\n";
     absl::StatusOr<ReleaseResult> rel;
     for (int attempt = 0;; ++attempt) {
-      rel = (*driver)->ReleaseSlot(ctx, r->lease.lease_id, run, repo.Key());
+      rel = driver->ReleaseSlot(ctx, r->lease.lease_id, run, repo.Key());
       if (rel.ok() || attempt > 50) break;
       absl::SleepFor(absl::Milliseconds(20));
     }
@@ -107,7 +122,7 @@ int Worker(const DriverMaker& make, const Repository& repo, int id, int runs,
     }
   }
   log.flush();
-  (void)(*driver)->Close();
+  (void)driver->Close();
   return log.good() ? 0 : 6;
 }
 
@@ -116,15 +131,10 @@ int Worker(const DriverMaker& make, const Repository& repo, int id, int runs,
 int Clearer(const DriverMaker& make, const Repository& repo,
             absl::Duration every, const std::string& log_path, int ready,
             int go, int stop) {
-  auto driver = make();
-  if (!driver.ok()) {
-    std::fprintf(stderr, "clearer: %s\n", driver.status().ToString().c_str());
-    return 2;
-  }
-  const char one = 1;
-  if (write(ready, &one, 1) != 1) return 7;
-  char none;
-  while (read(go, &none, 1) < 0 && errno == EINTR) {
+  std::unique_ptr<Driver> driver;
+  if (int code = StartTogether(make, "clearer", ready, go, &driver);
+      code != 0) {
+    return code;
   }
   std::ofstream log(log_path);
   Context ctx;
@@ -133,7 +143,7 @@ int Clearer(const DriverMaker& make, const Repository& repo,
     if (poll(&pfd, 1, static_cast<int>(absl::ToInt64Milliseconds(every))) > 0) {
       break;  // closed: the workers are done
     }
-    auto r = (*driver)->ClearQueue(ctx, repo.Key());
+    auto r = driver->ClearQueue(ctx, repo.Key());
     if (!r.ok()) {
       if (IsRetryable(r.status())) continue;
       std::fprintf(stderr, "clearer: %s\n", r.status().ToString().c_str());
@@ -143,7 +153,7 @@ int Clearer(const DriverMaker& make, const Repository& repo,
     log.flush();
   }
   log.flush();
-  (void)(*driver)->Close();
+  (void)driver->Close();
   return log.good() ? 0 : 6;
 }
 
