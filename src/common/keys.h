@@ -52,6 +52,27 @@ inline absl::Status ValidateReleaseKeys(std::string_view lease_id,
   return ValidateKey(run_key, "pipeline_run");
 }
 
+// A queue time limit (AcquireOptions, RepositoryPolicy): 1 ms to
+// kMaxQueueTimeLimit, in whole microseconds (as every backend stores it).
+inline absl::Status ValidateQueueTimeLimit(absl::Duration d,
+                                           std::string_view field) {
+  if (d < absl::Milliseconds(1) || d > kMaxQueueTimeLimit ||
+      d != absl::Trunc(d, absl::Microseconds(1))) {
+    return absl::InvalidArgumentError(
+        std::string(field) + ": between 1ms and " +
+        absl::FormatDuration(kMaxQueueTimeLimit) +
+        " in whole microseconds (got " + absl::FormatDuration(d) + ")");
+  }
+  return absl::OkStatus();
+}
+
+inline absl::Status ValidatePolicy(const RepositoryPolicy& policy) {
+  if (policy.max_queue_time.has_value()) {
+    return ValidateQueueTimeLimit(*policy.max_queue_time, "max_queue_time");
+  }
+  return absl::OkStatus();
+}
+
 // The options of an AcquireSlot call: a creation time, when given, lies in
 // the years 0001-9999 (RFC 3339's range, which every backend stores and
 // orders exactly, before 1970 too).
@@ -67,6 +88,13 @@ inline absl::Status ValidateAcquireOptions(const AcquireOptions& options) {
       return absl::InvalidArgumentError(
           "group: printable ASCII without spaces only (byte " +
           std::to_string(c) + " at offset " + std::to_string(i) + ")");
+    }
+  }
+  if (options.max_queue_time.has_value()) {
+    if (absl::Status s =
+            ValidateQueueTimeLimit(*options.max_queue_time, "max_queue_time");
+        !s.ok()) {
+      return s;
     }
   }
   if (!options.creation_time.has_value()) return absl::OkStatus();

@@ -160,6 +160,18 @@ class DeferredDriver final : public Driver {
     if (!d.ok()) return d.status();
     return (*d)->ClearQueue(ctx, repo);
   }
+  absl::Status SetRepositoryPolicy(const Context& ctx, std::string_view repo,
+                                   const RepositoryPolicy& policy) override {
+    auto d = Get();
+    if (!d.ok()) return d.status();
+    return (*d)->SetRepositoryPolicy(ctx, repo, policy);
+  }
+  absl::StatusOr<RepositoryPolicy> GetRepositoryPolicy(
+      const Context& ctx, std::string_view repo) override {
+    auto d = Get();
+    if (!d.ok()) return d.status();
+    return (*d)->GetRepositoryPolicy(ctx, repo);
+  }
   absl::Status CleanupRepository(const Context& ctx,
                                  std::string_view repo) override {
     auto d = Get();

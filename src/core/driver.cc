@@ -169,6 +169,24 @@ absl::StatusOr<ClearQueueResult> Driver::ClearQueue(const Context& ctx,
       internal::Cat("the ", Type(), " driver cannot clear a queue"));
 }
 
+absl::Status Driver::SetRepositoryPolicy(const Context& ctx,
+                                         std::string_view repo_key,
+                                         const RepositoryPolicy& policy) {
+  (void)ctx;
+  (void)repo_key;
+  (void)policy;
+  return absl::UnimplementedError(
+      internal::Cat("the ", Type(), " driver cannot record a policy"));
+}
+
+absl::StatusOr<RepositoryPolicy> Driver::GetRepositoryPolicy(
+    const Context& ctx, std::string_view repo_key) {
+  (void)ctx;
+  (void)repo_key;
+  return absl::UnimplementedError(
+      internal::Cat("the ", Type(), " driver cannot record a policy"));
+}
+
 // Part by part: each atomic, the whole not (see the declaration).
 absl::StatusOr<std::vector<ImportResult>> Driver::ImportBatch(
     const Context& ctx, const std::vector<RepositoryImport>& parts) {

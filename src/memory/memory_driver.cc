@@ -176,8 +176,66 @@ void MemoryDriver::AddEvent(Shard& shard, const std::string& repo_key,
   }
 }
 
+absl::Time MemoryDriver::QueueDeadline(const RepoState& rs,
+                                       const QueueRec& rec) {
+  if (rec.max_queue_time.has_value()) {
+    return rec.enqueued_at + *rec.max_queue_time;
+  }
+  if (rs.policy.max_queue_time.has_value()) {
+    return rec.enqueued_at + *rs.policy.max_queue_time;
+  }
+  return absl::InfiniteFuture();
+}
+
+void MemoryDriver::Enqueue(RepoState& rs, const QueueKey& key, QueueRec rec,
+                           Effects& fx) {
+  const absl::Time deadline = QueueDeadline(rs, rec);
+  rs.earliest_deadline = std::min(rs.earliest_deadline, deadline);
+  fx.wake = std::min(fx.wake, deadline);
+  rs.queued.emplace(rec.run_key, key);
+  rs.queue.emplace(key, std::move(rec));
+}
+
+void MemoryDriver::NoteDeadlines(RepoState& rs, Effects& fx) {
+  rs.earliest_deadline = absl::InfiniteFuture();
+  for (const auto& [k, rec] : rs.queue) {
+    rs.earliest_deadline =
+        std::min(rs.earliest_deadline, QueueDeadline(rs, rec));
+  }
+  fx.wake = std::min(fx.wake, rs.earliest_deadline);
+}
+
 void MemoryDriver::Sweep(Shard& shard, const std::string& repo_key,
                          RepoState& rs, absl::Time now, Effects& fx) {
+  TimeOut(shard, repo_key, rs, now, fx);
+  SweepLeases(shard, repo_key, rs, now, fx);
+}
+
+void MemoryDriver::TimeOut(Shard& shard, const std::string& repo_key,
+                           RepoState& rs, absl::Time now, Effects& fx) {
+  if (now >= rs.earliest_deadline) {
+    absl::Time earliest = absl::InfiniteFuture();
+    for (auto it = rs.queue.begin(); it != rs.queue.end();) {
+      const absl::Time deadline = QueueDeadline(rs, it->second);
+      if (deadline > now) {
+        earliest = std::min(earliest, deadline);
+        ++it;
+        continue;
+      }
+      std::string run = std::move(it->second.run_key);
+      it = rs.queue.erase(it);
+      rs.queued.erase(run);
+      logger_->info("{} in {} timed out in the queue", run, repo_key);
+      AddEvent(shard, repo_key, WatchEventType::kRemoved, run, fx,
+               kRemovedTimedOut);
+      rs.removed[std::move(run)] = std::string(kRemovedTimedOut);
+    }
+    rs.earliest_deadline = earliest;
+  }
+}
+
+void MemoryDriver::SweepLeases(Shard& shard, const std::string& repo_key,
+                               RepoState& rs, absl::Time now, Effects& fx) {
   if (now < rs.earliest_expiry) return;
   absl::Time earliest = absl::InfiniteFuture();
   std::vector<std::string> expired;
@@ -283,6 +341,7 @@ int64_t MemoryDriver::PositionOf(const RepoState& rs,
 }
 
 void MemoryDriver::Deliver(Effects& fx) {
+  if (fx.wake != absl::InfiniteFuture()) NoteExpiry(fx.wake);
   if (!fx.admitted.empty()) {
     for (const Lease& l : fx.admitted) NoteExpiry(l.expires_at);
   }
@@ -310,16 +369,20 @@ absl::StatusOr<AcquireResult> MemoryDriver::AcquireSlot(
   absl::Status refused;  // superseded
   {
     MutexLock lock(&shard.mu);
+    if (auto rit = shard.repos.find(repo_key); rit != shard.repos.end()) {
+      // Runs past their queue deadline leave first (the caller too).
+      TimeOut(shard, rit->first, rit->second, now, fx);
+    }
     if (!options.adopt_running) {
-      // A removed run is refused before anything is written.
+      // A removed run is refused before anything else is written.
       if (auto rit = shard.repos.find(repo_key); rit != shard.repos.end()) {
         if (auto r = rit->second.removed.find(run_key);
             r != rit->second.removed.end()) {
-          return RemovedRunError(repo_key, run_key, r->second);
+          refused = RemovedRunError(repo_key, run_key, r->second);
         }
       }
     }
-    if (!options.group.empty() && !options.adopt_running) {
+    if (refused.ok() && !options.group.empty() && !options.adopt_running) {
       if (auto rit = shard.repos.find(repo_key);
           rit != shard.repos.end() && !rit->second.running.contains(run_key) &&
           Supersede(shard, rit->first, rit->second, std::string(run_key),
@@ -355,8 +418,8 @@ absl::StatusOr<AcquireResult> MemoryDriver::AcquireSlot(
       } else if (options.enqueue) {
         QueueKey key{options.creation_time.value_or(now),
                      next_sequence_.fetch_add(1, std::memory_order_relaxed)};
-        rs.queue.emplace(key, QueueRec{run, now, options.group});
-        rs.queued.emplace(run, key);
+        Enqueue(rs, key,
+                QueueRec{run, now, options.group, options.max_queue_time}, fx);
         result.position = PositionOf(rs, key);
         logger_->info(
             "concurrency limit {} of {} reached; {} queued at position {}",
@@ -462,8 +525,7 @@ void MemoryDriver::ImportLocked(const Repository& repo,
     }
     QueueKey key{w.creation_time,
                  next_sequence_.fetch_add(1, std::memory_order_relaxed)};
-    rs.queue.emplace(key, QueueRec{run, now, ""});
-    rs.queued.emplace(run, key);
+    Enqueue(rs, key, QueueRec{run, now, "", std::nullopt}, fx);
   }
   Promote(shard, repo_key, rs, now, fx);
   absl::flat_hash_map<std::string_view, int64_t> places;
@@ -800,19 +862,22 @@ void MemoryDriver::CleanupLoop() {
       {
         MutexLock lock(&shard.mu);
         for (auto& [key, rs] : shard.repos) {
-          if (rs.earliest_expiry <= now) {
+          if (std::min(rs.earliest_expiry, rs.earliest_deadline) <= now) {
             ++reclaimed_repos;
             Sweep(shard, key, rs, now, fx);
             Promote(shard, key, rs, now, fx);
           }
-          earliest = std::min(earliest, rs.earliest_expiry);
+          earliest = std::min(
+              earliest, std::min(rs.earliest_expiry, rs.earliest_deadline));
         }
       }
       Deliver(fx);
     }
     if (reclaimed_repos > 0) {
-      logger_->debug("cleanup: reclaimed expired leases in {} repositories",
-                     reclaimed_repos);
+      logger_->debug(
+          "cleanup: expired leases or queue deadlines in {} "
+          "repositories",
+          reclaimed_repos);
     }
     // Lower the wake time to the earliest live expiry (never raise it: a
     // grant may have lowered it meanwhile).

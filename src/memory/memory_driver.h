@@ -93,6 +93,11 @@ class MemoryDriver final : public Driver {
       const Context& ctx, std::string_view run_key) override;
   absl::StatusOr<ClearQueueResult> ClearQueue(
       const Context& ctx, std::string_view repo_key) override;
+  absl::Status SetRepositoryPolicy(const Context& ctx,
+                                   std::string_view repo_key,
+                                   const RepositoryPolicy& policy) override;
+  absl::StatusOr<RepositoryPolicy> GetRepositoryPolicy(
+      const Context& ctx, std::string_view repo_key) override;
   absl::Status CleanupRepository(const Context& ctx,
                                  std::string_view repo_key) override;
   absl::Duration LeaseTTL() const override { return ttl_; }
@@ -121,6 +126,8 @@ class MemoryDriver final : public Driver {
     std::string run_key;
     absl::Time enqueued_at;
     std::string group;  // AcquireOptions::group; empty: none
+    // AcquireOptions::max_queue_time; unset: the repository's policy.
+    std::optional<absl::Duration> max_queue_time;
   };
   struct RepoState {
     int32_t limit = 0;                   // 0: unlimited
@@ -130,6 +137,9 @@ class MemoryDriver final : public Driver {
     StringMap<QueueKey> queued;          // run key -> place
     StringMap<std::string> removed;      // run key -> reason (ClearQueue)
     absl::Time earliest_expiry = absl::InfiniteFuture();  // lower bound
+    RepositoryPolicy policy;
+    // A lower bound of the queued runs' deadlines (QueueDeadline).
+    absl::Time earliest_deadline = absl::InfiniteFuture();
     std::optional<std::string> state;
   };
   struct LeaseLoc {
@@ -148,6 +158,8 @@ class MemoryDriver final : public Driver {
   struct Effects {
     std::vector<Lease> admitted;
     PendingEvents events;
+    // The earliest queue deadline the step set: the cleanup thread's wake.
+    absl::Time wake = absl::InfiniteFuture();
   };
 
   size_t ShardIndex(std::string_view repo_key) const;
@@ -162,8 +174,21 @@ class MemoryDriver final : public Driver {
   LeaseRec& Grant(Shard& shard, const std::string& repo_key, RepoState& rs,
                   const std::string& run_key, absl::Time now)
       PAC_REQUIRES(shard.mu);
+  // Reclaims expired leases, and removes queued runs past their deadline
+  // (reason kRemovedTimedOut).
   void Sweep(Shard& shard, const std::string& repo_key, RepoState& rs,
              absl::Time now, Effects& fx) PAC_REQUIRES(shard.mu);
+  void TimeOut(Shard& shard, const std::string& repo_key, RepoState& rs,
+               absl::Time now, Effects& fx) PAC_REQUIRES(shard.mu);
+  void SweepLeases(Shard& shard, const std::string& repo_key, RepoState& rs,
+                   absl::Time now, Effects& fx) PAC_REQUIRES(shard.mu);
+  // When a queued run times out: enqueued + its own limit, else the
+  // repository's; InfiniteFuture without either.
+  static absl::Time QueueDeadline(const RepoState& rs, const QueueRec& rec);
+  // Queues `rec` at `key`, noting its deadline.
+  void Enqueue(RepoState& rs, const QueueKey& key, QueueRec rec, Effects& fx);
+  // Recomputes rs.earliest_deadline (after a policy change).
+  void NoteDeadlines(RepoState& rs, Effects& fx);
   // The start of an acquire or an import: the repository's state (created
   // if new) with `limit` recorded (with `keep_recorded`, only if none is),
   // expired leases reclaimed and the queue admitted into free slots.

@@ -41,6 +41,46 @@ absl::StatusOr<ClearQueueResult> MemoryDriver::ClearQueue(
   return out;
 }
 
+absl::Status MemoryDriver::SetRepositoryPolicy(const Context& ctx,
+                                               std::string_view repo_key,
+                                               const RepositoryPolicy& policy) {
+  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
+  if (absl::Status s = ValidatePolicy(policy); !s.ok()) return s;
+  if (absl::Status s = ctx.Err(); !s.ok()) return s;
+  if (absl::Status s = CheckOpen(); !s.ok()) return s;
+  const absl::Time now = clock_->Now();
+  Shard& shard = ShardFor(repo_key);
+  Effects fx;
+  {
+    MutexLock lock(&shard.mu);
+    auto rit = shard.repos.try_emplace(repo_key).first;
+    RepoState& rs = rit->second;
+    rs.policy = policy;
+    NoteDeadlines(rs, fx);
+    // Live: runs queued longer than a shortened limit leave now.
+    Sweep(shard, rit->first, rs, now, fx);
+    Promote(shard, rit->first, rs, now, fx);
+  }
+  logger_->info("policy of {} recorded (max queue time {})", repo_key,
+                policy.max_queue_time.has_value()
+                    ? absl::FormatDuration(*policy.max_queue_time)
+                    : "none");
+  Deliver(fx);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<RepositoryPolicy> MemoryDriver::GetRepositoryPolicy(
+    const Context& ctx, std::string_view repo_key) {
+  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
+  if (absl::Status s = ctx.Err(); !s.ok()) return s;
+  if (absl::Status s = CheckOpen(); !s.ok()) return s;
+  Shard& shard = ShardFor(repo_key);
+  MutexLock lock(&shard.mu);
+  auto it = shard.repos.find(repo_key);
+  if (it == shard.repos.end()) return RepositoryPolicy{};
+  return it->second.policy;
+}
+
 absl::Status MemoryDriver::SetRepositoryState(const Context& ctx,
                                               const Repository& repo,
                                               std::string_view state) {

@@ -126,6 +126,23 @@ void DriverConformanceTest::PassTTL() {
                                            : absl::Milliseconds(500)));
 }
 
+absl::Duration DriverConformanceTest::QueueLimit() const {
+  return manual_clock_ != nullptr ? absl::Seconds(4) : absl::Milliseconds(500);
+}
+
+void DriverConformanceTest::PassQueueLimit(int times) {
+  Advance(times * QueueLimit() + (manual_clock_ != nullptr
+                                      ? absl::Milliseconds(500)
+                                      : absl::Milliseconds(300)));
+}
+
+std::vector<std::string> DriverConformanceTest::QueuedRuns(
+    Driver* d, const Repository& repo) {
+  auto q = d->GetQueuedPipelineRuns(ctx_, repo.Key());
+  EXPECT_TRUE(q.ok()) << q.status();
+  return q.ok() ? RunKeys(*q) : std::vector<std::string>{};
+}
+
 bool DriverConformanceTest::Eventually(const std::function<bool()>& pred) {
   absl::Time give_up = absl::Now() + factory().patience;
   while (absl::Now() < give_up) {

@@ -77,6 +77,13 @@ class DriverConformanceTest : public ::testing::TestWithParam<DriverFactory> {
   void Advance(absl::Duration d);
   void PassTTL();
   absl::Duration ttl() const { return ttl_; }
+  // A queue time limit a test waits past (a manual clock jumps, a real one
+  // is slept through), and the wait past `times` of it: twice is shorter
+  // than the lease TTL.
+  absl::Duration QueueLimit() const;
+  void PassQueueLimit(int times = 1);
+  // The runs `d` shows queued in `repo`, in order.
+  std::vector<std::string> QueuedRuns(Driver* d, const Repository& repo);
   // Polls `pred` until it is true or the factory's patience runs out.
   bool Eventually(const std::function<bool()>& pred);
 

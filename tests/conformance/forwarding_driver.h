@@ -123,6 +123,16 @@ class ForwardingDriver : public Driver {
     if (closed_) return Closed();
     return store_->ClearQueue(ctx, repo);
   }
+  absl::Status SetRepositoryPolicy(const Context& ctx, std::string_view repo,
+                                   const RepositoryPolicy& policy) override {
+    if (closed_) return Closed();
+    return store_->SetRepositoryPolicy(ctx, repo, policy);
+  }
+  absl::StatusOr<RepositoryPolicy> GetRepositoryPolicy(
+      const Context& ctx, std::string_view repo) override {
+    if (closed_) return Closed();
+    return store_->GetRepositoryPolicy(ctx, repo);
+  }
   absl::Status CleanupRepository(const Context& ctx,
                                  std::string_view repo) override {
     if (closed_) return Closed();

@@ -83,6 +83,27 @@ struct AcquireOptions {
   // Running runs are left alone. Empty: no group. At most 253 bytes of
   // printable ASCII without spaces.
   std::string group;
+  // The longest this run may wait in the queue, from when it is queued
+  // (docs/policies.md, "Queue time limit"): past it the run leaves the
+  // queue with reason kRemovedTimedOut. Unset: the repository's
+  // RepositoryPolicy::max_queue_time, if any. Between 1 ms and
+  // kMaxQueueTimeLimit.
+  std::optional<absl::Duration> max_queue_time;
+};
+
+// The longest a queue time limit may be.
+inline constexpr absl::Duration kMaxQueueTimeLimit = absl::Hours(24 * 366);
+
+// What a repository's queue does beyond its limit (docs/policies.md).
+// Driver::SetRepositoryPolicy records it for every process sharing the
+// backend.
+struct RepositoryPolicy {
+  // The longest a run may wait in the repository's queue, from when it was
+  // queued; a run's own AcquireOptions::max_queue_time comes first. Live:
+  // a change applies to the runs queued already. Unset: no limit. Between
+  // 1 ms and kMaxQueueTimeLimit.
+  std::optional<absl::Duration> max_queue_time;
+  bool operator==(const RepositoryPolicy&) const = default;
 };
 
 struct AcquireResult {
@@ -189,12 +210,13 @@ enum class WatchEventType {
 // RunRemovedReason). docs/policies.md.
 inline constexpr std::string_view kRemovedCleared = "cleared";
 inline constexpr std::string_view kRemovedSuperseded = "superseded";
+inline constexpr std::string_view kRemovedTimedOut = "timed-out";
 
 struct WatchEvent {
   WatchEventType type;
   std::string repository_key;
   std::string pipeline_run_key;  // empty for kLimitChanged/kCleaned/kResync
-  std::string reason;  // kRemoved only: kRemovedCleared, kRemovedSuperseded
+  std::string reason;  // kRemoved only: kRemovedCleared, ... kRemovedTimedOut
 };
 
 // What Driver::ClearQueue removed.
@@ -378,8 +400,23 @@ class Driver {
   [[nodiscard]] virtual absl::StatusOr<ClearQueueResult> ClearQueue(
       const Context& ctx, std::string_view repo_key);
 
+  // Records the repository's policy (docs/policies.md), replacing the one
+  // recorded, for every process sharing the backend; the default policy
+  // (every field unset) forgets it. Live: queued runs past a shortened
+  // queue time limit leave the queue with reason kRemovedTimedOut in this
+  // step or the driver's next background pass. A policy alone does not
+  // list the repository. InvalidArgument for a field out of range. This
+  // default is Unimplemented.
+  [[nodiscard]] virtual absl::Status SetRepositoryPolicy(
+      const Context& ctx, std::string_view repo_key,
+      const RepositoryPolicy& policy);
+  // The recorded policy; the default one when none is.
+  [[nodiscard]] virtual absl::StatusOr<RepositoryPolicy> GetRepositoryPolicy(
+      const Context& ctx, std::string_view repo_key);
+
   // Removes every lease, queue entry and state of the repository (and the
-  // states of its runs), and nothing else (rule 13). Watchers get kCleaned.
+  // states of its runs), its policy, and nothing else (rule 13). Watchers
+  // get kCleaned.
   [[nodiscard]] virtual absl::Status CleanupRepository(
       const Context& ctx, std::string_view repo_key) = 0;
 
