@@ -9,7 +9,7 @@ namespace pac::concurrency::cli {
 namespace {
 
 struct AcquireFlags {
-  std::string repo, run, creation_time, group;
+  std::string repo, run, creation_time, group, max_queue_time;
   int limit = -1;
   bool wait = false;
   bool no_queue = false;
@@ -33,6 +33,11 @@ int Acquire(const GlobalOptions& g, const AcquireFlags& f) {
   if (f.limit >= 0) body["concurrency_limit"] = f.limit;
   if (!f.creation_time.empty()) body["creation_time"] = f.creation_time;
   if (!f.group.empty()) body["group"] = f.group;
+  if (!f.max_queue_time.empty()) {
+    auto q = QueueTimeFlag(f.max_queue_time);
+    if (!q.ok()) return Fail(q.status());
+    body["max_queue_seconds"] = *q;
+  }
   if (f.no_queue) body["enqueue"] = false;
   if (f.wait) {
     auto lease =
@@ -82,6 +87,9 @@ void RegisterAcquireCommand(CLI::App& app, GlobalOptions& g, Runner* run) {
   cmd->add_option("--group", f->group,
                   "Supersede group (a pull request, a branch): submitting "
                   "removes the group's older queued runs");
+  cmd->add_option("--max-queue-time", f->max_queue_time,
+                  "Leave the queue (reason timed-out) after waiting this "
+                  "long, e.g. 30m (default: the repository's limit)");
   cmd->add_flag("--wait", f->wait, "Wait in the queue until admitted");
   cmd->add_flag("--no-queue", f->no_queue, "Do not queue when no slot is free");
   cmd->callback([&g, f, run] { *run = [&g, f] { return Acquire(g, *f); }; });

@@ -12,6 +12,7 @@
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
 #include "src/common/escape.h"
+#include "src/common/keys.h"
 #include "src/common/strings.h"
 #include "src/server/remote_api.h"
 
@@ -192,6 +193,22 @@ void Print(const GlobalOptions& g, const Json& doc,
     table(doc);
     std::cout.flush();
   }
+}
+
+absl::StatusOr<Json> QueueTimeFlag(std::string_view text) {
+  if (text == "none") return Json(nullptr);
+  absl::Duration d;
+  if (!absl::ParseDuration(internal::AV(text), &d)) {
+    return absl::InvalidArgumentError(
+        Cat("--max-queue-time: a duration such as 90s, 30m or 1h30m, or "
+            "none (got \"",
+            text, "\")"));
+  }
+  if (absl::Status s = internal::ValidateQueueTimeLimit(d, "--max-queue-time");
+      !s.ok()) {
+    return s;
+  }
+  return Json(absl::ToDoubleSeconds(d));
 }
 
 std::string HumanSeconds(double seconds) {

@@ -87,6 +87,10 @@ int ExitCodeFor(const absl::Status& status);
 void Print(const GlobalOptions& g, const Json& doc,
            const std::function<void(const Json&)>& table);
 
+// A --max-queue-time flag ("90s", "30m", "1h30m"; "none": no limit) as
+// the JSON of "max_queue_seconds" (a number, or null for "none").
+[[nodiscard]] absl::StatusOr<Json> QueueTimeFlag(std::string_view text);
+
 // Formats seconds as "1h02m", "3m05s", "12s".
 std::string HumanSeconds(double seconds);
 

@@ -1,7 +1,9 @@
-// `pac-concurrency limit --repo ns/name N` sets a repository's limit;
+// `pac-concurrency limit --repo ns/name N` sets a repository's limit, and
+// `--max-queue-time 30m` (or `none`) its queue time limit;
 // `pac-concurrency limit -f repository.yaml` applies Pipelines-as-Code
 // Repository manifests (spec.concurrency_limit).
 #include <cstdio>
+#include <optional>
 
 #include "src/cli/cli.h"
 
@@ -10,9 +12,17 @@ namespace pac::concurrency::cli {
 namespace {
 
 struct LimitFlags {
-  std::string repo, file;
+  std::string repo, file, max_queue_time;
   int limit = -1;
 };
+
+void PrintPolicy(const Json& p) {
+  std::printf("%s: max queue time %s\n",
+              p["repository"].get<std::string>().c_str(),
+              p["max_queue_seconds"].is_null()
+                  ? "none"
+                  : HumanSeconds(p["max_queue_seconds"].get<double>()).c_str());
+}
 
 int Limit(const GlobalOptions& g, const LimitFlags& f) {
   if (f.file.empty() == f.repo.empty()) {
@@ -29,12 +39,30 @@ int Limit(const GlobalOptions& g, const LimitFlags& f) {
     if (!text.ok()) return Fail(text.status());
     r = (*api)->api->ApplyManifests(*ctx, *text);
   } else {
-    if (f.limit < 0) {
+    if (f.limit < 0 && f.max_queue_time.empty()) {
       return Fail(absl::InvalidArgumentError(
-          "limit: give the limit as a non-negative number (0 = unlimited)"));
+          "limit: give the limit as a non-negative number (0 = unlimited), "
+          "or --max-queue-time"));
+    }
+    std::optional<Json> policy_body;
+    if (!f.max_queue_time.empty()) {
+      auto q = QueueTimeFlag(f.max_queue_time);
+      if (!q.ok()) return Fail(q.status());
+      policy_body = Json{{"max_queue_seconds", *q}};
+    }
+    if (f.limit < 0) {  // the queue time limit alone
+      auto p = (*api)->api->SetPolicy(*ctx, f.repo, *policy_body);
+      if (!p.ok()) return Fail(p.status());
+      Print(g, *p, PrintPolicy);
+      return kExitOk;
     }
     r = (*api)->api->SetLimit(*ctx, f.repo,
                               Json{{"concurrency_limit", f.limit}});
+    if (r.ok() && policy_body.has_value()) {
+      auto p = (*api)->api->SetPolicy(*ctx, f.repo, *policy_body);
+      if (!p.ok()) return Fail(p.status());
+      (*r)["max_queue_seconds"] = (*p)["max_queue_seconds"];
+    }
   }
   if (!r.ok()) return Fail(r.status());
   Print(g, *r, [](const Json& d) {
@@ -47,6 +75,7 @@ int Limit(const GlobalOptions& g, const LimitFlags& f) {
         std::printf("  admitted %s\n",
                     l["pipeline_run"].get<std::string>().c_str());
       }
+      if (one.contains("max_queue_seconds")) PrintPolicy(one);
     }
   });
   return kExitOk;
@@ -62,6 +91,9 @@ void RegisterLimitCommand(CLI::App& app, GlobalOptions& g, Runner* run) {
       "queued runs; lowering it evicts nobody)");
   cmd->add_option("--repo", f->repo, "Repository ns/name");
   cmd->add_option("limit", f->limit, "The limit (0 = unlimited)");
+  cmd->add_option("--max-queue-time", f->max_queue_time,
+                  "With --repo: how long a run may wait in the queue before "
+                  "it leaves (reason timed-out), e.g. 30m; none: no limit");
   cmd->add_option("-f,--file", f->file,
                   "Repository manifest(s) in YAML: spec.concurrency_limit");
   cmd->callback([&g, f, run] { *run = [&g, f] { return Limit(g, *f); }; });

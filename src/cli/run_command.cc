@@ -33,7 +33,7 @@ using internal::SV;
 namespace {
 
 struct RunFlags {
-  std::string repo, run, creation_time, group;
+  std::string repo, run, creation_time, group, max_queue_time;
   int limit = -1;
   absl::Duration kill_grace = absl::Seconds(10);
   std::string kill_grace_text = "10s";
@@ -110,6 +110,11 @@ int RunCommand(const GlobalOptions& g, RunFlags f) {
   if (f.limit >= 0) body["concurrency_limit"] = f.limit;
   if (!f.creation_time.empty()) body["creation_time"] = f.creation_time;
   if (!f.group.empty()) body["group"] = f.group;
+  if (!f.max_queue_time.empty()) {
+    auto q = QueueTimeFlag(f.max_queue_time);
+    if (!q.ok()) return Fail(q.status());
+    body["max_queue_seconds"] = *q;
+  }
 
   auto lease =
       WaitForSlot(a, ctx, f.repo, body,
@@ -313,6 +318,9 @@ void RegisterRunCommand(CLI::App& app, GlobalOptions& g, Runner* run) {
   cmd->add_option("--group", f->group,
                   "Supersede group (a pull request, a branch): submitting "
                   "removes the group's older queued runs");
+  cmd->add_option("--max-queue-time", f->max_queue_time,
+                  "Leave the queue (reason timed-out) after waiting this "
+                  "long, e.g. 30m (default: the repository's limit)");
   cmd->add_option("--kill-grace", f->kill_grace_text,
                   "When the lease cannot be renewed before it expires, the "
                   "command gets SIGTERM, then SIGKILL this much later (at "

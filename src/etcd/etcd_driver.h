@@ -85,6 +85,11 @@ class EtcdDriver final : public Driver {
       const Context& ctx, std::string_view run_key) override;
   absl::StatusOr<ClearQueueResult> ClearQueue(
       const Context& ctx, std::string_view repo_key) override;
+  absl::Status SetRepositoryPolicy(const Context& ctx,
+                                   std::string_view repo_key,
+                                   const RepositoryPolicy& policy) override;
+  absl::StatusOr<RepositoryPolicy> GetRepositoryPolicy(
+      const Context& ctx, std::string_view repo_key) override;
   absl::Status CleanupRepository(const Context& ctx,
                                  std::string_view repo_key) override;
   // Test hook: restarts the watch stream from `revision`, as the driver
@@ -140,6 +145,9 @@ class EtcdDriver final : public Driver {
     // The run's supersede group (AcquireOptions::group; the value
     // "<enqueued µs>/0/<group>"), empty for none.
     std::string group = "";
+    // The run's own queue time limit (AcquireOptions::max_queue_time; the
+    // value "<enqueued µs>/0+<max µs>[/<group>]"), 0 for none.
+    int64_t max_queue_us = 0;
   };
   struct RepoView {
     std::string repo;
@@ -151,6 +159,10 @@ class EtcdDriver final : public Driver {
     std::map<std::string, SlotInfo> slots;       // by run
     std::vector<QueueInfo> queue;                // admission order
     std::map<std::string, std::string> removed;  // run -> reason
+    // The repository's queue time limit (the `policy` key), 0 for none.
+    int64_t max_queue_us = 0;
+    // Some entry has a limit of its own (a hint: never cleared).
+    bool entry_limits = false;
     int64_t revision = 0;
     // Left by a light release, which compares no seat but its own: a light
     // grant into another seat may have committed unseen (GuardSeats).
@@ -334,6 +346,16 @@ class EtcdDriver final : public Driver {
   static int64_t CommittedAt(const RepoView& v, const std::string& commit_id);
   // A token unique to one planned Txn of this driver (instance, counter).
   std::string NewCommitId();
+  // Queue time limits (docs/policies.md). When entry `q` of `v` times
+  // out, in Unix µs (INT64_MAX: never).
+  static int64_t DeadlineUs(const RepoView& v, const QueueInfo& q);
+  // The entries of `v` past their deadline at `now_us`.
+  static std::set<const QueueInfo*> TimedOut(const RepoView& v, int64_t now_us);
+  // Schedules a step of `v`'s repository at its earliest queue deadline
+  // (PromoteLoop), unless one is scheduled earlier.
+  void NoteDeadlinesLocked(const std::string& repo, const RepoView& v)
+      PAC_REQUIRES(mu_);
+  void ScheduleLocked(const std::string& repo, int64_t at_us) PAC_REQUIRES(mu_);
   // Sorts a view's queue into admission order: (creation time, revision).
   // The queue's admission order (etcd.md, "Queue order").
   static bool QueueOrder(const QueueInfo& a, const QueueInfo& b);
@@ -542,6 +564,9 @@ class EtcdDriver final : public Driver {
   CondVar cv_;
 
   std::set<std::string> to_promote_ PAC_GUARDED_BY(mu_);
+  // Repositories to step at a queue deadline (Unix µs by clock_).
+  std::map<std::string, int64_t> deadline_steps_ PAC_GUARDED_BY(mu_);
+  int clock_listener_ = 0;  // wakes PromoteLoop when a test clock jumps
   std::vector<int64_t> spare_leases_ PAC_GUARDED_BY(mu_);
   // When the TTL of each lease this driver knows (spares, and leases it
   // handed out in a Lease) last (re)started: a spare is used, and a

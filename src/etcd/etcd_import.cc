@@ -203,7 +203,12 @@ size_t EtcdDriver::PlanImport(const RepositoryImport& part,
   }
   // Admission order over what waits: the live entries and the joining.
   std::vector<const QueueInfo*> order;
-  for (const auto& [run, q] : live) order.push_back(q);
+  // (Entries past their queue deadline wait for nothing: a step removes
+  // them.)
+  const std::set<const QueueInfo*> due = TimedOut(v, now_us);
+  for (const auto& [run, q] : live) {
+    if (due.count(q) == 0) order.push_back(q);
+  }
   for (const QueueInfo& q : joining) order.push_back(&q);
   std::sort(order.begin(), order.end(),
             [](const QueueInfo* a, const QueueInfo* b) {

@@ -143,11 +143,33 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(
     // are gone for the plan; an entry newer than the caller's removes the
     // caller instead.
     const std::set<const QueueInfo*> stale_only = StaleEntries(v);
-    std::set<const QueueInfo*> stale = stale_only;  // and superseded
+    // and superseded, and timed out
+    std::set<const QueueInfo*> stale = stale_only;
+    // Entries past their queue deadline (docs/policies.md) wait for
+    // nothing: out of the plan, and removed with their records by this
+    // step's Txn (kMaxSuperseded at most with the superseded; the rest by
+    // the next Txn). The caller's own is removed alone, as a refusal; an
+    // adopted caller's is not timed out (the run runs).
+    std::vector<const QueueInfo*> timed_out;
+    bool caller_timed_out = false;
+    if (const std::set<const QueueInfo*> due =
+            TimedOut(v, absl::ToUnixMicros(clock_->Now()));
+        !due.empty()) {
+      for (const QueueInfo& q : v.queue) {
+        if (due.count(&q) == 0 || stale_only.count(&q) > 0) continue;
+        if (!run.empty() && q.run == run) {
+          if (options.adopt_running || v.slots.count(run) > 0) continue;
+          caller_timed_out = true;
+        } else {
+          timed_out.push_back(&q);
+        }
+        stale.insert(&q);
+      }
+    }
     std::vector<const QueueInfo*> superseded;
     bool caller_superseded = false;
     if (!run.empty() && !options.group.empty() && !options.adopt_running &&
-        v.slots.count(run) == 0) {
+        !caller_timed_out && v.slots.count(run) == 0) {
       const QueueInfo* own = nullptr;
       for (const QueueInfo& q : v.queue) {
         if (q.run == run && stale.count(&q) == 0) {
@@ -173,7 +195,14 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(
       if (caller_superseded) superseded.clear();
       stale.insert(superseded.begin(), superseded.end());
     }
-    if (caller_superseded) {
+    bool timed_out_more = false;  // timed-out entries left for the next Txn
+    if (timed_out.size() + superseded.size() > kMaxSuperseded) {
+      timed_out.resize(kMaxSuperseded - superseded.size());
+      timed_out_more = true;
+    }
+    if (caller_superseded || caller_timed_out) {
+      const std::string_view reason =
+          caller_timed_out ? kRemovedTimedOut : kRemovedSuperseded;
       if (!turn.held() && !holding_turn) {
         if (absl::Status s = turn.Take(ctx, repo); !s.ok()) return s;
         --attempt;
@@ -188,9 +217,8 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(
       }
       std::erase_if(after.queue,
                     [&](const QueueInfo& q) { return q.run == run; });
-      *txn.add_success() =
-          PutOp(Cat(p, "removed/", run), std::string(kRemovedSuperseded));
-      after.removed[run] = std::string(kRemovedSuperseded);
+      *txn.add_success() = PutOp(Cat(p, "removed/", run), std::string(reason));
+      after.removed[run] = std::string(reason);
       std::optional<RepoView> current;
       auto tr = CommitStep(ctx, repo, std::move(txn), {}, std::move(after),
                            Commit::kQueue, /*admits=*/false, commit_id, nullptr,
@@ -200,6 +228,10 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(
         confirmed = std::move(current);
         fresh = false;
         continue;
+      }
+      if (caller_timed_out) {
+        logger_->info("{} in {} timed out in the queue", run, repo);
+        return RemovedRunError(repo, run, kRemovedTimedOut);
       }
       logger_->info("{} in {} superseded (group {})", run, repo, options.group);
       return SupersededRunError(repo, run, options.group);
@@ -218,7 +250,7 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(
     // entries deleted. Any more are admitted by the next Txn of this step.
     const size_t max_promote =
         (kMaxTxnOps - 5 - std::min(stale_only.size(), kMaxStaleDeletes) -
-         2 * superseded.size()) /
+         2 * superseded.size() - 2 * timed_out.size()) /
         2;
     std::vector<const QueueInfo*> promote;
     bool more = false;  // heads left to admit once this Txn commits
@@ -276,7 +308,7 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(
       }
     }
     if (!limit_changed && promote.empty() && !grant_caller && !enqueue_caller &&
-        superseded.empty()) {
+        superseded.empty() && timed_out.empty()) {
       // Nothing to write. A cached view may be behind another process's
       // write (a promotion, say): answer only once etcd confirms it.
       if (cached) {
@@ -308,7 +340,7 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(
     const bool fast = enqueue_caller && options.creation_time.has_value() &&
                       options.group.empty() && !limit_changed &&
                       promote.empty() && !grant_caller && last != nullptr &&
-                      queue_key > last->key;
+                      queue_key > last->key && timed_out.empty();
     if (!fast && !turn.held() && !holding_turn) {
       // Plan again once it is this thread's turn: the view may have moved.
       if (absl::Status s = turn.Take(ctx, repo); !s.ok()) return s;
@@ -319,7 +351,8 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(
     // that puts only its seat (GuardSeats shows it atomic).
     const bool light = grant_caller && promote.empty() && !limit_changed &&
                        v.queue.empty() && LightGrantsPossible(v) &&
-                       !forget_removed && superseded.empty();
+                       !forget_removed && superseded.empty() &&
+                       timed_out.empty();
     const size_t n_leases = promote.size() + (grant_caller ? 1 : 0);
     auto leases = Leases(ctx, n_leases);
     if (!leases.ok()) return leases.status();
@@ -381,6 +414,15 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(
         logger_->info("{} in {} superseded (group {})", q->run, repo,
                       options.group);
       }
+      for (const QueueInfo* q : timed_out) {
+        *txn.add_success() = DeleteOp(q->key);
+        *txn.add_success() =
+            PutOp(Cat(p, "removed/", q->run), std::string(kRemovedTimedOut));
+        after.removed[q->run] = std::string(kRemovedTimedOut);
+        std::erase_if(after.queue,
+                      [&](const QueueInfo& e) { return e.key == q->key; });
+        logger_->info("{} in {} timed out in the queue", q->run, repo);
+      }
     }
     if ((fast || light) && !options.adopt_running) {
       // Neither compares `meta`, which a ClearQueue rewrites: the caller
@@ -427,13 +469,21 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(
         }
       }
     }
+    int64_t enqueued_deadline = INT64_MAX;
     if (enqueue_caller) {
       QueueInfo q{run, queue_key, creation_us, 0, absl::ToUnixMicros(now)};
       q.group = options.group;
-      *txn.add_success() = PutOp(
-          q.key, q.group.empty()
-                     ? std::to_string(q.enqueued_us)
-                     : Cat(std::to_string(q.enqueued_us), "/0/", q.group));
+      if (options.max_queue_time.has_value()) {
+        q.max_queue_us = absl::ToInt64Microseconds(*options.max_queue_time);
+        after.entry_limits = true;
+      }
+      // "<enqueued µs>[/0[+<max µs>][/<group>]]"
+      std::string value = std::to_string(q.enqueued_us);
+      if (q.max_queue_us > 0 || !q.group.empty()) value += "/0";
+      if (q.max_queue_us > 0) value += Cat("+", q.max_queue_us);
+      if (!q.group.empty()) value += Cat("/", q.group);
+      *txn.add_success() = PutOp(q.key, value);
+      enqueued_deadline = DeadlineUs(after, q);
       after.queue.push_back(std::move(q));
     }
     std::optional<RepoView> current;
@@ -454,6 +504,10 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(
       continue;
     }
     const int64_t revision = (*tr)->header().revision();
+    if (enqueued_deadline != INT64_MAX) {
+      MutexLock lock(&mu_);
+      ScheduleLocked(repo, enqueued_deadline);
+    }
     for (const auto& [r, lease, seat] : granted) {
       Lease l = MakeLease(repo, r, lease, revision, seat, now);
       l.expires_at = ExpiryOf(lease, now);
@@ -466,9 +520,9 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(
         result.admitted.push_back(std::move(l));
       }
     }
-    if (more) {
-      // The rest of the heads, by the next Txn, planned on the repository
-      // as this one left it.
+    if (more || timed_out_more) {
+      // The rest of the heads (or of the timed-out entries), by the next
+      // Txn, planned on the repository as this one left it.
       earlier.insert(earlier.end(), result.admitted.begin(),
                      result.admitted.end());
       if (result.acquired) earlier.push_back(result.lease);
@@ -654,6 +708,10 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(const Context& ctx,
       return results[0];
     }
     const std::set<const QueueInfo*> stale = StaleEntries(v);
+    // Entries past their queue deadline are not admitted; a step removes
+    // them (the one this driver scheduled at the deadline).
+    const std::set<const QueueInfo*> due =
+        TimedOut(v, absl::ToUnixMicros(clock_->Now()));
     // As many heads as the Txn can carry beside its deletes (kMaxTxnOps):
     // a seat put and an entry delete each. The rest are admitted by a step
     // once this Txn commits.
@@ -667,7 +725,7 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(const Context& ctx,
     for (const QueueInfo& q : v.queue) {
       if (done_runs.count(q.run) > 0) continue;
       if (v.limit != 0 && running >= v.limit) break;
-      if (stale.count(&q) > 0) continue;
+      if (stale.count(&q) > 0 || due.count(&q) > 0) continue;
       if (promote.size() == max_promote) {
         more = true;
         break;

@@ -125,6 +125,7 @@ void EtcdDriver::CacheView(const std::string& repo, const RepoView& v) {
       // Keep the newer of two views (a slow reader must not roll it back).
       views_[repo] = v;
     }
+    NoteDeadlinesLocked(repo, v);
   }
   // A queue needs promoting when a slot expires, which only the watch
   // sees: from now on this driver watches.
@@ -178,15 +179,29 @@ void EtcdDriver::ApplyKv(RepoView* v, std::string_view rest, bool put,
     if (!ParseQueueTime(q.substr(0, slash), &qi.creation_us)) return;
     qi.create_revision = kv.create_revision();
     const char* const end = kv.value().data() + kv.value().size();
+    // "<enqueued µs>[/<ord>[+<max µs>][/<group>]]"
     auto [rest_of_value, ec] =
         std::from_chars(kv.value().data(), end, qi.enqueued_us);
     if (ec == std::errc() && rest_of_value != end && *rest_of_value == '/') {
       auto [after_ord, ec2] = std::from_chars(rest_of_value + 1, end, qi.ord);
+      if (ec2 == std::errc() && after_ord != end && *after_ord == '+') {
+        auto [after_max, ec3] =
+            std::from_chars(after_ord + 1, end, qi.max_queue_us);
+        if (ec3 != std::errc()) qi.max_queue_us = 0;
+        after_ord = after_max;
+        if (qi.max_queue_us > 0) v->entry_limits = true;
+      }
       if (ec2 == std::errc() && after_ord != end && *after_ord == '/') {
         qi.group.assign(after_ord + 1, end);
       }
     }
     v->queue.push_back(std::move(qi));
+  } else if (rest == "policy") {
+    v->max_queue_us = 0;
+    if (put) {
+      std::from_chars(kv.value().data(), kv.value().data() + kv.value().size(),
+                      v->max_queue_us);
+    }
   } else if (rest.substr(0, 8) == "removed/") {
     std::string run(rest.substr(8));
     if (put) {
@@ -210,6 +225,39 @@ EtcdDriver::RepoView EtcdDriver::ParseView(const std::string& repo,
   }
   SortQueue(&v);
   return v;
+}
+
+int64_t EtcdDriver::DeadlineUs(const RepoView& v, const QueueInfo& q) {
+  const int64_t max = q.max_queue_us > 0 ? q.max_queue_us : v.max_queue_us;
+  return max > 0 ? q.enqueued_us + max : INT64_MAX;
+}
+
+std::set<const EtcdDriver::QueueInfo*> EtcdDriver::TimedOut(const RepoView& v,
+                                                            int64_t now_us) {
+  std::set<const QueueInfo*> out;
+  if (v.max_queue_us == 0 && !v.entry_limits) return out;
+  for (const QueueInfo& q : v.queue) {
+    if (DeadlineUs(v, q) <= now_us) out.insert(&q);
+  }
+  return out;
+}
+
+void EtcdDriver::NoteDeadlinesLocked(const std::string& repo,
+                                     const RepoView& v) {
+  if (v.max_queue_us == 0 && !v.entry_limits) return;
+  int64_t earliest = INT64_MAX;
+  for (const QueueInfo& q : v.queue) {
+    earliest = std::min(earliest, DeadlineUs(v, q));
+  }
+  ScheduleLocked(repo, earliest);
+}
+
+void EtcdDriver::ScheduleLocked(const std::string& repo, int64_t at_us) {
+  if (at_us == INT64_MAX) return;
+  auto [it, added] = deadline_steps_.try_emplace(repo, at_us);
+  if (!added && it->second <= at_us) return;
+  it->second = at_us;
+  cv_.NotifyAll();
 }
 
 bool EtcdDriver::QueueOrder(const QueueInfo& a, const QueueInfo& b) {

@@ -42,7 +42,8 @@ constexpr const char* kAcquireSql =
                      " ($4::bigint % 1000000) * interval '1 microsecond' END,"
                      " $5::boolean, $6::boolean,"
                      " $7::bigint * interval '1 microsecond', $8::boolean, $9,"
-                     " $10, $11::boolean)";
+                     " $10, $11::bigint * interval '1 microsecond',"
+                     " $12::boolean)";
 
 constexpr const char* kReleaseSql =
     "SELECT o_kind, o_run, o_lease, " PAC_MICROS("o_acquired") ", " PAC_MICROS(
@@ -276,7 +277,12 @@ absl::StatusOr<AcquireResult> PostgreSQLDriver::AcquireSlot(
        creation, options.enqueue ? "true" : "false",
        options.adopt_running ? "true" : "false", TtlMicros(),
        options.keep_recorded_limit ? "true" : "false", NewRequestId(),
-       options.group.empty() ? PgParam() : PgParam(options.group), "false"},
+       options.group.empty() ? PgParam() : PgParam(options.group),
+       options.max_queue_time.has_value()
+           ? PgParam(std::to_string(
+                 absl::ToInt64Microseconds(*options.max_queue_time)))
+           : PgParam(),
+       "false"},
       Notifies::kIfPending, Retry::kFlagLast);
   if (!r.ok()) return r.status();
   AcquireResult result;
@@ -372,7 +378,7 @@ absl::StatusOr<std::vector<Lease>> PostgreSQLDriver::SetRepositoryLimit(
   auto r = Query(ctx, kAcquireSql,
                  {repo_key, std::nullopt, std::to_string(EffectiveLimit(repo)),
                   std::nullopt, "false", "false", TtlMicros(), "false",
-                  NewRequestId(), std::nullopt, "false"},
+                  NewRequestId(), std::nullopt, std::nullopt, "false"},
                  Notifies::kYes, Retry::kFlagLast);
   if (!r.ok()) return r.status();
   std::vector<Lease> admitted;
@@ -517,10 +523,14 @@ void PostgreSQLDriver::ReapLoop() {
   while (true) {
     absl::Duration wait = absl::Seconds(2);
     Context ctx = Context::WithTimeout(Context::Background(), absl::Seconds(5));
+    // The earliest lease expiry or queue deadline (two index probes).
     auto r = Query(ctx,
-                   "SELECT " PAC_MICROS("clock_timestamp()") ", "
-                   PAC_MICROS("min(expires_at)") " FROM concurrency_slots"
-                   " WHERE state = 'running'",
+                   "SELECT " PAC_MICROS("clock_timestamp()") ", " PAC_MICROS(
+                       "least((SELECT min(expires_at) FROM concurrency_slots"
+                       " WHERE state = 'running'),"
+                       " (SELECT min(queue_deadline) FROM concurrency_slots"
+                       " WHERE state = 'queued' AND queue_deadline IS NOT"
+                       " NULL))"),
                    {});
     if (r.ok() && !r->IsNull(0, 1)) {
       absl::Duration left = r->GetMicros(0, 1) - r->GetMicros(0, 0);
@@ -530,8 +540,10 @@ void PostgreSQLDriver::ReapLoop() {
                             "'1 microsecond')",
                             {TtlMicros()}, Notifies::kYes);
         if (reaped.ok() && reaped->GetInt(0, 0) > 0) {
-          logger_->info("cleanup: reclaimed expired leases in {} repositories",
-                        reaped->GetInt(0, 0));
+          logger_->info(
+              "cleanup: expired leases or queue deadlines in {} "
+              "repositories",
+              reaped->GetInt(0, 0));
         }
         wait = absl::Milliseconds(5);
       } else {
@@ -610,6 +622,45 @@ absl::StatusOr<ClearQueueResult> PostgreSQLDriver::ClearQueue(
   for (int i = 0; i < r->rows(); ++i) out.removed.emplace_back(r->Get(i, 0));
   logger_->info("cleared the queue of {} ({} runs removed)", repo_key,
                 out.removed.size());
+  return out;
+}
+
+absl::Status PostgreSQLDriver::SetRepositoryPolicy(
+    const Context& ctx, std::string_view repo_key,
+    const RepositoryPolicy& policy) {
+  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
+  if (absl::Status s = ValidatePolicy(policy); !s.ok()) return s;
+  // Idempotent: a retry records the same policy again.
+  auto r =
+      Query(ctx,
+            "SELECT pac_set_policy($1, $2::bigint * interval '1 microsecond',"
+            " $3::bigint * interval '1 microsecond')",
+            {std::string(repo_key),
+             policy.max_queue_time.has_value()
+                 ? PgParam(std::to_string(
+                       absl::ToInt64Microseconds(*policy.max_queue_time)))
+                 : PgParam(),
+             TtlMicros()},
+            Notifies::kYes);
+  if (!r.ok()) return r.status();
+  logger_->info("policy of {} recorded", repo_key);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<RepositoryPolicy> PostgreSQLDriver::GetRepositoryPolicy(
+    const Context& ctx, std::string_view repo_key) {
+  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
+  auto r = Query(
+      ctx,
+      "SELECT " PAC_MICROS(
+          "max_queue") " FROM pac_repository_policies WHERE repository_key = "
+                       "$1",
+      {std::string(repo_key)});
+  if (!r.ok()) return r.status();
+  RepositoryPolicy out;
+  if (r->rows() > 0 && !r->IsNull(0, 0)) {
+    out.max_queue_time = absl::Microseconds(r->GetInt(0, 0));
+  }
   return out;
 }
 

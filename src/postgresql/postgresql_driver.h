@@ -89,6 +89,11 @@ class PostgreSQLDriver final : public Driver {
       const Context& ctx, std::string_view run_key) override;
   absl::StatusOr<ClearQueueResult> ClearQueue(
       const Context& ctx, std::string_view repo_key) override;
+  absl::Status SetRepositoryPolicy(const Context& ctx,
+                                   std::string_view repo_key,
+                                   const RepositoryPolicy& policy) override;
+  absl::StatusOr<RepositoryPolicy> GetRepositoryPolicy(
+      const Context& ctx, std::string_view repo_key) override;
   absl::Status CleanupRepository(const Context& ctx,
                                  std::string_view repo_key) override;
   absl::Duration LeaseTTL() const override { return config_.lease_ttl; }

@@ -157,6 +157,31 @@ constexpr const char* kMigration10 = R"SQL(
 SELECT 1;
 )SQL";
 
+// Migration 11: queue time limits. A queued row keeps its run's own limit
+// (queue_max) and its deadline (queue_deadline: enqueued + its own limit,
+// else the repository's), indexed among queued rows that have one, per
+// repository (pac_acquire, pac_promote) and overall (the reaper's next
+// wake). pac_repository_policies holds each repository's policy.
+// pac_acquire takes p_max_queue, so its previous signature goes.
+constexpr const char* kMigration11 = R"SQL(
+ALTER TABLE concurrency_slots ADD COLUMN IF NOT EXISTS queue_max INTERVAL;
+ALTER TABLE concurrency_slots ADD COLUMN IF NOT EXISTS queue_deadline TIMESTAMP WITH TIME ZONE;
+CREATE INDEX IF NOT EXISTS concurrency_slots_deadline_idx
+    ON concurrency_slots (repository_key, queue_deadline)
+    WHERE state = 'queued' AND queue_deadline IS NOT NULL;
+CREATE INDEX IF NOT EXISTS concurrency_slots_next_deadline_idx
+    ON concurrency_slots (queue_deadline)
+    WHERE state = 'queued' AND queue_deadline IS NOT NULL;
+CREATE TABLE IF NOT EXISTS pac_repository_policies (
+    repository_key VARCHAR(320) PRIMARY KEY,
+    max_queue INTERVAL,
+    updated_at TIMESTAMP WITH TIME ZONE DEFAULT NOW()
+);
+DROP FUNCTION IF EXISTS pac_acquire(TEXT, TEXT, INTEGER, TIMESTAMPTZ, BOOLEAN,
+                                    BOOLEAN, INTERVAL, BOOLEAN, TEXT, TEXT,
+                                    BOOLEAN);
+)SQL";
+
 }  // namespace
 
 absl::Status Migrate(PgConnection& conn, const Context& ctx) {
@@ -186,9 +211,10 @@ absl::Status Migrate(PgConnection& conn, const Context& ctx) {
         Cat("postgresql: the database has schema version ", have,
             ", newer than this build's ", kSchemaVersion));
   }
-  const char* const migrations[] = {
-      kMigration1, kMigration2, kMigration3, kMigration4, kMigration5,
-      kMigration6, kMigration7, kMigration8, kMigration9, kMigration10};
+  const char* const migrations[] = {kMigration1,  kMigration2, kMigration3,
+                                    kMigration4,  kMigration5, kMigration6,
+                                    kMigration7,  kMigration8, kMigration9,
+                                    kMigration10, kMigration11};
   static_assert(std::size(migrations) == kSchemaVersion);
   for (int64_t v = have + 1; v <= kSchemaVersion; ++v) {
     auto m = conn.Exec(ctx, Cat(migrations[v - 1],

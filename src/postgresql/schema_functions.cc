@@ -89,6 +89,27 @@ BEGIN
   RETURN pac_flush_notify();
 END $$;
 
+-- Removes the queued runs of a repository (whose pac_repositories row the
+-- caller holds locked) that are past their queue deadline: each row
+-- becomes a record with state 'timed-out', as a cleared run's. Returns how
+-- many. One index probe when none is due.
+CREATE OR REPLACE FUNCTION pac_time_out(p_repo TEXT, p_now TIMESTAMPTZ)
+RETURNS INTEGER LANGUAGE plpgsql AS $$
+DECLARE
+  r RECORD;
+  n INTEGER := 0;
+BEGIN
+  FOR r IN UPDATE concurrency_slots s
+              SET state = 'timed-out', updated_at = p_now
+            WHERE s.repository_key = p_repo AND s.state = 'queued'
+              AND s.queue_deadline <= p_now
+        RETURNING s.pipeline_run_key LOOP
+    PERFORM pac_notify(p_repo, 'removed:timed-out', r.pipeline_run_key);
+    n := n + 1;
+  END LOOP;
+  RETURN n;
+END $$;
+
 -- Reclaims the expired leases of a repository whose pac_repositories row the
 -- caller holds locked, then admits queue heads into free slots, oldest first.
 CREATE OR REPLACE FUNCTION pac_promote(p_repo TEXT, p_limit INTEGER,
@@ -100,6 +121,7 @@ DECLARE
   r RECORD;
   n INTEGER;
 BEGIN
+  PERFORM pac_time_out(p_repo, p_now);
   FOR r IN DELETE FROM concurrency_slots s
            WHERE s.repository_key = p_repo AND s.state = 'running'
              AND s.expires_at <= p_now
@@ -228,6 +250,7 @@ CREATE OR REPLACE FUNCTION pac_acquire(p_repo TEXT, p_run TEXT, p_limit INTEGER,
                                        p_adopt BOOLEAN, p_ttl INTERVAL,
                                        p_keep BOOLEAN, p_request TEXT,
                                        p_group TEXT DEFAULT NULL,
+                                       p_max_queue INTERVAL DEFAULT NULL,
                                        p_retry BOOLEAN DEFAULT false)
 RETURNS TABLE(o_kind TEXT, o_run TEXT, o_lease TEXT, o_acquired TIMESTAMPTZ,
               o_expires TIMESTAMPTZ, o_token BIGINT, o_pos BIGINT)
@@ -290,6 +313,11 @@ BEGIN
   SELECT l.o_live, l.o_expired, l.o_queued, l.o_mine
     INTO v_count, v_expired, v_queued, v_mine
     FROM pac_look(p_repo, p_run, v_now) l;
+  -- Queued runs past their deadline leave first (the caller's too).
+  IF v_queued AND pac_time_out(p_repo, v_now) > 0 THEN
+    SELECT l.o_queued, l.o_mine INTO v_queued, v_mine
+      FROM pac_look(p_repo, p_run, v_now) l;
+  END IF;
   IF p_retry AND (v_mine IS NOT NULL OR p_run IS NULL OR NOT p_enqueue) THEN
     RETURN QUERY SELECT * FROM pac_kept_rows(p_request);
     IF FOUND THEN
@@ -404,9 +432,14 @@ BEGIN
       END IF;
       INSERT INTO concurrency_slots
              (repository_key, pipeline_run_key, state, acquired_at, expires_at,
-              created_at, updated_at, creation_time, queue_seq, group_key)
+              created_at, updated_at, creation_time, queue_seq, group_key,
+              queue_max, queue_deadline)
       VALUES (p_repo, p_run, 'queued', NULL, 'infinity', v_now, v_now,
-              coalesce(p_creation, v_now), nextval('pac_queue_seq'), p_group);
+              coalesce(p_creation, v_now), nextval('pac_queue_seq'), p_group,
+              p_max_queue,
+              v_now + coalesce(p_max_queue,
+                               (SELECT p.max_queue FROM pac_repository_policies p
+                                 WHERE p.repository_key = p_repo)));
     END IF;
     SELECT count(*) INTO o_pos
       FROM concurrency_slots q, concurrency_slots me

@@ -1,8 +1,9 @@
 // The PostgreSQL server-side functions of the operations beside admission
 // and release: the import's step (pac_import), the background reaper
-// (pac_reap), a repository's cleanup (pac_cleanup) and the clearing of its
-// queue (pac_clear_queue). They use the helpers of schema_functions.cc,
-// and Migrate (schema.cc) creates them after those.
+// (pac_reap), a repository's policy (pac_set_policy), its cleanup
+// (pac_cleanup) and the clearing of its queue (pac_clear_queue). They use the
+// helpers of schema_functions.cc, and Migrate (schema.cc) creates them after
+// those.
 #include "src/postgresql/schema.h"
 
 namespace pac::concurrency::internal {
@@ -32,6 +33,7 @@ DECLARE
   v_limit INTEGER;
   v_seqs BIGINT[];
   v_places JSONB;
+  v_max_queue INTERVAL;
   r RECORD;
 BEGIN
   -- Locks the repository row until the commit; reclaims expired leases.
@@ -66,11 +68,13 @@ BEGIN
   SELECT array_agg(x.v ORDER BY x.v) INTO v_seqs
     FROM (SELECT nextval('pac_queue_seq') AS v
             FROM generate_series(1, coalesce(cardinality(p_waiting), 0))) x;
+  SELECT p.max_queue INTO v_max_queue FROM pac_repository_policies p
+   WHERE p.repository_key = p_repo;
   INSERT INTO concurrency_slots
          (repository_key, pipeline_run_key, state, acquired_at, expires_at,
-          created_at, updated_at, creation_time, queue_seq)
+          created_at, updated_at, creation_time, queue_seq, queue_deadline)
   SELECT p_repo, w.run, 'queued', NULL, 'infinity', v_now, v_now,
-         p_times[w.n], v_seqs[w.n]
+         p_times[w.n], v_seqs[w.n], v_now + v_max_queue
     FROM unnest(p_waiting) WITH ORDINALITY AS w(run, n)
   ON CONFLICT (repository_key, pipeline_run_key) DO NOTHING;
   RETURN QUERY SELECT * FROM pac_promote(p_repo, v_limit, p_ttl, v_now);
@@ -124,8 +128,12 @@ DECLARE
   n INTEGER := 0;
 BEGIN
   PERFORM pac_check_isolation();
-  FOR v_repo IN SELECT DISTINCT s.repository_key FROM concurrency_slots s
-                 WHERE s.state = 'running' AND s.expires_at <= clock_timestamp() LOOP
+  FOR v_repo IN SELECT s.repository_key FROM concurrency_slots s
+                 WHERE s.state = 'running' AND s.expires_at <= clock_timestamp()
+                UNION
+                SELECT q.repository_key FROM concurrency_slots q
+                 WHERE q.state = 'queued'
+                   AND q.queue_deadline <= clock_timestamp() LOOP
     SELECT t.concurrency_limit INTO v_limit FROM pac_repositories t
      WHERE t.repository_key = v_repo FOR UPDATE;
     IF NOT FOUND THEN  -- no row, or cleaned up meanwhile
@@ -174,6 +182,38 @@ BEGIN
   END LOOP;
 END $$;
 
+-- Records a repository's policy (p_max NULL: none; the row goes). Live:
+-- the deadlines of its queued runs without a limit of their own follow,
+-- and, under the repository row's lock, runs now past theirs time out (and
+-- the queue is admitted, as after any change). A repository without a row
+-- has no queue to follow.
+CREATE OR REPLACE FUNCTION pac_set_policy(p_repo TEXT, p_max INTERVAL,
+                                          p_ttl INTERVAL) RETURNS VOID
+LANGUAGE plpgsql AS $$
+DECLARE
+  v_now TIMESTAMPTZ := clock_timestamp();
+  v_limit INTEGER;
+BEGIN
+  PERFORM pac_check_isolation();
+  IF p_max IS NULL THEN
+    DELETE FROM pac_repository_policies p WHERE p.repository_key = p_repo;
+  ELSE
+    INSERT INTO pac_repository_policies (repository_key, max_queue, updated_at)
+         VALUES (p_repo, p_max, v_now)
+    ON CONFLICT (repository_key) DO UPDATE
+       SET max_queue = EXCLUDED.max_queue, updated_at = EXCLUDED.updated_at;
+  END IF;
+  SELECT t.concurrency_limit INTO v_limit FROM pac_repositories t
+   WHERE t.repository_key = p_repo FOR UPDATE;
+  IF NOT FOUND THEN
+    RETURN;
+  END IF;
+  UPDATE concurrency_slots s SET queue_deadline = s.created_at + p_max
+   WHERE s.repository_key = p_repo AND s.state = 'queued'
+     AND s.queue_max IS NULL;
+  PERFORM * FROM pac_promote(p_repo, v_limit, p_ttl, clock_timestamp());
+END $$;
+
 -- Removes everything of one repository, and nothing else.
 CREATE OR REPLACE FUNCTION pac_cleanup(p_repo TEXT) RETURNS VOID
 LANGUAGE plpgsql AS $$
@@ -190,6 +230,7 @@ BEGIN
                         AND o.repository_key <> p_repo);
   DELETE FROM concurrency_slots s WHERE s.repository_key = p_repo;
   DELETE FROM repository_states r WHERE r.repository_key = p_repo;
+  DELETE FROM pac_repository_policies p WHERE p.repository_key = p_repo;
   DELETE FROM pac_repositories t WHERE t.repository_key = p_repo;
   PERFORM pac_notify(p_repo, 'cleaned', NULL);
 END $$;

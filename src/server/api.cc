@@ -4,6 +4,7 @@
 
 #include "pac/concurrency/status.h"
 #include "src/common/escape.h"
+#include "src/common/keys.h"
 #include "src/common/strings.h"
 
 namespace pac::concurrency::server {
@@ -111,6 +112,36 @@ absl::Status CheckFields(const Json& body,
     }
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::optional<absl::Duration>> ParseQueueSeconds(
+    const Json& value, std::string_view field) {
+  if (value.is_null()) return std::optional<absl::Duration>();
+  if (!value.is_number()) {
+    return absl::InvalidArgumentError(
+        Cat(field, ": a number of seconds, or null for none"));
+  }
+  const double seconds = value.get<double>();
+  // To whole microseconds, as the backends keep it; NaN and huge values
+  // fail the range check below (a duration saturates to infinity).
+  const absl::Duration d =
+      seconds != seconds
+          ? absl::ZeroDuration()
+          : absl::Trunc(absl::Seconds(seconds) + absl::Nanoseconds(500),
+                        absl::Microseconds(1));
+  if (absl::Status s = internal::ValidateQueueTimeLimit(d, field); !s.ok()) {
+    return s;
+  }
+  return std::optional<absl::Duration>(d);
+}
+
+Json PolicyToJson(std::string_view repo_key, const RepositoryPolicy& policy) {
+  Json out{{"repository", std::string(repo_key)},
+           {"max_queue_seconds", nullptr}};
+  if (policy.max_queue_time.has_value()) {
+    out["max_queue_seconds"] = absl::ToDoubleSeconds(*policy.max_queue_time);
+  }
+  return out;
 }
 
 std::string FormatTimestamp(absl::Time t) {

@@ -14,6 +14,7 @@
 
 #include <functional>
 #include <initializer_list>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -80,6 +81,13 @@ class Api {
   // [runs, in admission order]}.
   [[nodiscard]] virtual absl::StatusOr<Json> ClearQueue(
       const Context& ctx, std::string_view repo_key) = 0;
+  // A repository's policy (Driver::SetRepositoryPolicy): SetPolicy's body
+  // is {"max_queue_seconds": N} (null or absent: no queue time limit);
+  // both answer {"repository", "max_queue_seconds": N or null}.
+  [[nodiscard]] virtual absl::StatusOr<Json> SetPolicy(
+      const Context& ctx, std::string_view repo_key, const Json& body) = 0;
+  [[nodiscard]] virtual absl::StatusOr<Json> GetPolicy(
+      const Context& ctx, std::string_view repo_key) = 0;
   // Removes every lease, queue entry and state of the repository.
   [[nodiscard]] virtual absl::StatusOr<Json> Cleanup(
       const Context& ctx, std::string_view repo_key) = 0;
@@ -120,6 +128,13 @@ absl::Status CheckFields(const Json& body,
                          std::initializer_list<std::string_view> allowed);
 
 std::string FormatTimestamp(absl::Time t);
+// A queue time limit in seconds (a JSON number, `field` naming it in the
+// error): nullopt for null; InvalidArgument outside what
+// AcquireOptions::max_queue_time allows.
+absl::StatusOr<std::optional<absl::Duration>> ParseQueueSeconds(
+    const Json& value, std::string_view field);
+// A policy as {"repository", "max_queue_seconds"}.
+Json PolicyToJson(std::string_view repo_key, const RepositoryPolicy& policy);
 absl::StatusOr<absl::Time> ParseTimestamp(std::string_view text,
                                           std::string_view field);
 Json LeaseToJson(const Lease& lease);

@@ -389,6 +389,18 @@ void HttpServer::Routes() {
       wrap(repo_route, [this, ok](HttpRequest& req, const Context& ctx) {
         return ok(service_->Cleanup(ctx, RepoKey(req)));
       }));
+  add("PUT", repo + "/policy", admin_repo,
+      wrap(repo_route + "/policy",
+           [this, ok](HttpRequest& req, const Context& ctx) -> Reply {
+             auto body = ParseBody(req);
+             if (!body.ok()) return body.status();
+             return ok(service_->SetPolicy(ctx, RepoKey(req), *body));
+           }));
+  add("GET", repo + "/policy", read_repo,
+      wrap(repo_route + "/policy",
+           [this, ok](HttpRequest& req, const Context& ctx) {
+             return ok(service_->GetPolicy(ctx, RepoKey(req)));
+           }));
   add("DELETE", repo + "/queue", admin_repo,
       wrap(repo_route + "/queue",
            [this, ok](HttpRequest& req, const Context& ctx) {

@@ -316,6 +316,24 @@ absl::StatusOr<Json> RemoteApi::ClearQueue(const Context& ctx,
               Cat("/v1/repositories/", KeyPath(repo_key), "/queue"), "", "");
 }
 
+absl::StatusOr<Json> RemoteApi::SetPolicy(const Context& ctx,
+                                          std::string_view repo_key,
+                                          const Json& body) {
+  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
+  auto text = DumpStrict(body, "policy");
+  if (!text.ok()) return text.status();
+  return Call(ctx, "PUT",
+              Cat("/v1/repositories/", KeyPath(repo_key), "/policy"), *text,
+              "application/json");
+}
+
+absl::StatusOr<Json> RemoteApi::GetPolicy(const Context& ctx,
+                                          std::string_view repo_key) {
+  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
+  return Call(ctx, "GET",
+              Cat("/v1/repositories/", KeyPath(repo_key), "/policy"), "", "");
+}
+
 absl::StatusOr<Json> RemoteApi::Cleanup(const Context& ctx,
                                         std::string_view repo_key) {
   if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;

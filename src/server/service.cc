@@ -174,9 +174,9 @@ absl::StatusOr<Json> Service::ApplyManifests(const Context& ctx,
 absl::StatusOr<Json> Service::Submit(const Context& ctx,
                                      std::string_view repo_key,
                                      const Json& body) {
-  if (absl::Status s =
-          CheckFields(body, {"pipeline_run", "creation_time", "enqueue",
-                             "concurrency_limit", "state", "group"});
+  if (absl::Status s = CheckFields(
+          body, {"pipeline_run", "creation_time", "enqueue",
+                 "concurrency_limit", "state", "group", "max_queue_seconds"});
       !s.ok()) {
     return s;
   }
@@ -215,6 +215,11 @@ absl::StatusOr<Json> Service::Submit(const Context& ctx,
     if (absl::Status s = internal::ValidateAcquireOptions(options); !s.ok()) {
       return s;
     }
+  }
+  if (auto it = body.find("max_queue_seconds"); it != body.end()) {
+    auto d = ParseQueueSeconds(*it, "max_queue_seconds");
+    if (!d.ok()) return d.status();
+    options.max_queue_time = *d;
   }
   if (auto it = body.find("state"); it != body.end()) {
     if (!it->is_string() || (*it != "started" && *it != "queued")) {
@@ -459,6 +464,38 @@ absl::StatusOr<Json> Service::ClearQueue(const Context& ctx,
                   static_cast<double>(r->removed.size()));
   }
   return Json{{"repository", std::string(repo_key)}, {"removed", r->removed}};
+}
+
+absl::StatusOr<Json> Service::SetPolicy(const Context& ctx,
+                                        std::string_view repo_key,
+                                        const Json& body) {
+  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
+  if (absl::Status s = CheckFields(body, {"max_queue_seconds"}); !s.ok()) {
+    return s;
+  }
+  RepositoryPolicy policy;
+  if (auto it = body.find("max_queue_seconds"); it != body.end()) {
+    auto d = ParseQueueSeconds(*it, "max_queue_seconds");
+    if (!d.ok()) return d.status();
+    policy.max_queue_time = *d;
+  }
+  if (absl::Status s = driver_->SetRepositoryPolicy(ctx, repo_key, policy);
+      !s.ok()) {
+    CountError("set_policy", s);
+    return s;
+  }
+  return PolicyToJson(repo_key, policy);
+}
+
+absl::StatusOr<Json> Service::GetPolicy(const Context& ctx,
+                                        std::string_view repo_key) {
+  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
+  auto policy = driver_->GetRepositoryPolicy(ctx, repo_key);
+  if (!policy.ok()) {
+    CountError("get_policy", policy.status());
+    return policy.status();
+  }
+  return PolicyToJson(repo_key, *policy);
 }
 
 absl::StatusOr<Json> Service::Cleanup(const Context& ctx,

@@ -52,6 +52,10 @@ class Service final : public Api {
                                 std::string_view key) override;
   absl::StatusOr<Json> ClearQueue(const Context& ctx,
                                   std::string_view repo_key) override;
+  absl::StatusOr<Json> SetPolicy(const Context& ctx, std::string_view repo_key,
+                                 const Json& body) override;
+  absl::StatusOr<Json> GetPolicy(const Context& ctx,
+                                 std::string_view repo_key) override;
   absl::StatusOr<Json> Cleanup(const Context& ctx,
                                std::string_view repo_key) override;
   absl::StatusOr<Json> Import(const Context& ctx, const Json& body) override;
