@@ -287,6 +287,84 @@ TEST_F(HttpServerTest, StreamWatchSeesAReleaseByAnotherClient) {
 // DELETE .../queue removes the queued runs: the raw route, RemoteApi, the
 // watch event with its reason, the 410 RUN_REMOVED a re-submit gets (the
 // reason round-trips), the counter, and the admin role it needs.
+// A queue time limit, the run's own (max_queue_seconds on submit) or the
+// repository's (PUT .../policy): past it the run leaves the queue by
+// itself, with a "removed" event, and its re-submits get 410.
+TEST_F(HttpServerTest, ARunPastItsQueueTimeLimitLeavesTheQueue) {
+  Start();
+  RemoteApi api(url_, "");
+  auto none = api.GetPolicy(ctx_, "ns/app");
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_EQ(*none,
+            (Json{{"repository", "ns/app"}, {"max_queue_seconds", nullptr}}));
+  ASSERT_TRUE(
+      api.Submit(ctx_, "ns/app",
+                 Json{{"pipeline_run", "ns/a"}, {"concurrency_limit", 1}})
+          .ok());
+  auto c = Client();
+  auto b = c.Post("/v1/repositories/ns/app/runs",
+                  R"({"pipeline_run": "ns/b", "max_queue_seconds": 0.3})",
+                  "application/json");
+  ASSERT_TRUE(b);
+  EXPECT_EQ(b->status, 202) << b->body;
+  auto got = c.Get("/v1/repositories/ns/app/watch?timeout=10s");
+  ASSERT_TRUE(got);
+  ASSERT_GE(Body(got)["events"].size(), 1u) << got->body;
+  EXPECT_EQ(Body(got)["events"][0], (Json{{"type", "removed"},
+                                          {"repository", "ns/app"},
+                                          {"pipeline_run", "ns/b"},
+                                          {"reason", "timed-out"}}));
+  auto again = c.Post("/v1/repositories/ns/app/runs",
+                      R"({"pipeline_run": "ns/b"})", "application/json");
+  ASSERT_TRUE(again);
+  EXPECT_EQ(again->status, 410) << again->body;
+  EXPECT_EQ(Body(again)["error"]["reason"], "timed-out");
+
+  // The repository's limit, set and read over HTTP, applies to c.
+  auto put = c.Put("/v1/repositories/ns/app/policy",
+                   R"({"max_queue_seconds": 0.3})", "application/json");
+  ASSERT_TRUE(put);
+  EXPECT_EQ(put->status, 200) << put->body;
+  EXPECT_EQ(Body(put),
+            (Json{{"repository", "ns/app"}, {"max_queue_seconds", 0.3}}));
+  EXPECT_EQ((*api.GetPolicy(ctx_, "ns/app"))["max_queue_seconds"], 0.3);
+  ASSERT_EQ(
+      (*api.Submit(ctx_, "ns/app", Json{{"pipeline_run", "ns/c"}}))["position"],
+      1);
+  const absl::Time give_up = absl::Now() + absl::Seconds(10);
+  while ((*api.Status(ctx_, "ns/app"))["queue_depth"] != 0 &&
+         absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_EQ((*api.Status(ctx_, "ns/app"))["queue_depth"], 0);
+  auto cs = api.Submit(ctx_, "ns/app", Json{{"pipeline_run", "ns/c"}});
+  EXPECT_EQ(RunRemovedReason(cs.status()), "timed-out") << cs.status();
+  // null forgets it.
+  auto cleared =
+      api.SetPolicy(ctx_, "ns/app", Json{{"max_queue_seconds", nullptr}});
+  ASSERT_TRUE(cleared.ok()) << cleared.status();
+  EXPECT_TRUE((*api.GetPolicy(ctx_, "ns/app"))["max_queue_seconds"].is_null());
+
+  // Bad limits are 400 naming the field, and change nothing.
+  for (const char* body :
+       {R"({"max_queue_seconds": 0})", R"({"max_queue_seconds": -1})",
+        R"({"max_queue_seconds": "30m"})", R"({"max_queue_seconds": 1e300})",
+        R"({"max_queue": 30})"}) {
+    auto bad =
+        c.Put("/v1/repositories/ns/app/policy", body, "application/json");
+    ASSERT_TRUE(bad);
+    EXPECT_EQ(bad->status, 400) << body << bad->body;
+    EXPECT_THAT(bad->body, HasSubstr("max_queue")) << body;
+    auto sub = c.Post("/v1/repositories/ns/app/runs",
+                      std::string(R"({"pipeline_run": "ns/d", )") + (body + 1),
+                      "application/json");
+    ASSERT_TRUE(sub);
+    EXPECT_EQ(sub->status, 400) << body << sub->body;
+  }
+  EXPECT_TRUE((*api.GetPolicy(ctx_, "ns/app"))["max_queue_seconds"].is_null());
+  EXPECT_EQ((*api.Status(ctx_, "ns/app"))["queue_depth"], 0);
+}
+
 TEST_F(HttpServerTest, ClearingAQueueRemovesItsRunsForGood) {
   Start();
   RemoteApi api(url_, "");

@@ -464,6 +464,49 @@ TEST(CliE2ETest, RunOfAGroupStopsWhenANewerRunOfTheGroupIsSubmitted) {
             "ns/pr-1-b");
 }
 
+// `limit --max-queue-time` sets the repository's queue time limit: a
+// `run` waiting past it stops with the reason and never starts its
+// command. `acquire --max-queue-time` gives a run its own; a bad duration
+// is refused before anything is sent.
+TEST(CliE2ETest, RunStopsWhenItsQueueTimeLimitPasses) {
+  ServerProcess server;
+  const std::string& u = server.url();
+  ASSERT_EQ(Cli(u, {"acquire", "--repo", "ns/t", "--run", "ns/holder",
+                    "--limit", "1"})
+                .code,
+            0);
+  CliResult set = Cli(u, {"limit", "--repo", "ns/t", "--max-queue-time", "1s"});
+  EXPECT_EQ(set.code, 0) << set.out;
+  EXPECT_THAT(set.out, HasSubstr("ns/t: max queue time 1s"));
+  const absl::Time start = absl::Now();
+  Child run = Spawn({Binary(), "--server", u, "run", "--repo", "ns/t", "--run",
+                     "ns/waiter", "--", "sh", "-c", "echo started; exit 0"});
+  std::string out;
+  EXPECT_EQ(Finish(run, &out), 1) << out;
+  EXPECT_GE(absl::Now() - start, absl::Seconds(1));
+  EXPECT_THAT(out, HasSubstr("removed from the queue (timed-out)"));
+  EXPECT_THAT(out, ::testing::Not(HasSubstr("started")));
+  // Its own limit comes first; "none" forgets the repository's.
+  CliResult none = Cli(u, {"-o", "json", "limit", "--repo", "ns/t", "2",
+                           "--max-queue-time", "none"});
+  EXPECT_EQ(none.code, 0) << none.out;
+  EXPECT_TRUE(none.json()["max_queue_seconds"].is_null()) << none.out;
+  EXPECT_EQ(none.json()["concurrency_limit"], 2);
+  ASSERT_EQ(Cli(u, {"acquire", "--repo", "ns/t", "--run", "ns/second"}).code,
+            0);
+  CliResult own = Cli(u, {"acquire", "--repo", "ns/t", "--run", "ns/own",
+                          "--max-queue-time", "500ms", "--wait"});
+  EXPECT_EQ(own.code, 1) << own.out;
+  EXPECT_THAT(own.out, HasSubstr("(timed-out)"));
+  CliResult bad = Cli(u, {"acquire", "--repo", "ns/t", "--run", "ns/bad",
+                          "--max-queue-time", "soon"});
+  EXPECT_EQ(bad.code, 2) << bad.out;
+  EXPECT_THAT(bad.out, HasSubstr("--max-queue-time"));
+  EXPECT_EQ(
+      Cli(u, {"-o", "json", "queue", "--repo", "ns/t"}).json()["queued"].size(),
+      0u);
+}
+
 // With every watch place of the server taken (--max-watches), a queued
 // `run` is refused a watch (429) and polls instead: it keeps its place and
 // starts once admitted. `watch` itself reports the refusal.
