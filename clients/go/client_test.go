@@ -445,6 +445,53 @@ func TestClearQueueStopsAWaitAndRefusesTheRunsAfterwards(t *testing.T) {
 	})
 }
 
+// A run's own queue time limit ends its wait with ErrRunRemoved
+// ("timed-out"); the repository's limit, set with SetPolicy, applies to a
+// run without one, and a zero Policy forgets it.
+func TestAQueueTimeLimitEndsAWait(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b testserver.Backend) {
+		srv := testserver.Start(t, b.Env)
+		c := newClient(t, concurrency.Options{URL: srv.URL})
+		ctx := timeout(t, 60*time.Second)
+		ns := testserver.Namespace("qtime")
+		repo := repoOf(t, ns+"/app", 1)
+		_, err := c.WaitForSlot(ctx, repo, ns+"/holder", concurrency.WaitOptions{})
+		testserver.Must(t, err, "WaitForSlot on a free slot")
+		timedOut := func(err error) bool {
+			var e *concurrency.Error
+			return errors.Is(err, concurrency.ErrRunRemoved) && errors.As(err, &e) &&
+				e.Reason == "timed-out"
+		}
+		start := time.Now()
+		_, err = c.WaitForSlot(ctx, repo, ns+"/own",
+			concurrency.WaitOptions{MaxQueueTime: 300 * time.Millisecond, PollInterval: time.Minute})
+		if !timedOut(err) || time.Since(start) < 300*time.Millisecond {
+			t.Fatalf("a wait with its own limit ended with %v after %s; want RUN_REMOVED (timed-out)",
+				err, time.Since(start))
+		}
+		p, err := c.SetPolicy(ctx, repo.Key(), concurrency.Policy{MaxQueueTime: 300 * time.Millisecond})
+		if err != nil || p.MaxQueueTime != 300*time.Millisecond {
+			t.Fatalf("SetPolicy = %+v, %v", p, err)
+		}
+		if got, err := c.GetPolicy(ctx, repo.Key()); err != nil || got != p {
+			t.Fatalf("GetPolicy = %+v, %v; want %+v", got, err, p)
+		}
+		_, err = c.WaitForSlot(ctx, repo, ns+"/by-repo", concurrency.WaitOptions{PollInterval: time.Minute})
+		if !timedOut(err) {
+			t.Fatalf("a wait under the repository's limit ended with %v; want RUN_REMOVED (timed-out)", err)
+		}
+		if _, err := c.SetPolicy(ctx, repo.Key(), concurrency.Policy{}); err != nil {
+			t.Fatalf("SetPolicy(zero) = %v", err)
+		}
+		if got, err := c.GetPolicy(ctx, repo.Key()); err != nil || got != (concurrency.Policy{}) {
+			t.Fatalf("GetPolicy after forgetting = %+v, %v", got, err)
+		}
+		if _, err := c.SetPolicy(ctx, repo.Key(), concurrency.Policy{MaxQueueTime: -time.Second}); !errors.Is(err, concurrency.ErrInvalidArgument) {
+			t.Fatalf("SetPolicy(negative) = %v; want INVALID_ARGUMENT", err)
+		}
+	})
+}
+
 func TestANewerRunOfTheGroupEndsTheOlderOnesWait(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b testserver.Backend) {
 		srv := testserver.Start(t, b.Env)

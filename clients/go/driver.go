@@ -26,6 +26,10 @@ type SubmitOptions struct {
 	// runs only the newest stays, and an older one submitted later fails
 	// with ErrRunRemoved (docs/policies.md).
 	Group string
+	// MaxQueueTime is the longest the run may wait in the queue: past it
+	// the run leaves the queue, and its submits fail with ErrRunRemoved
+	// (reason "timed-out"). Zero: the repository's (Policy).
+	MaxQueueTime time.Duration
 }
 
 // Submit asks for a slot for the run "namespace/name" in repo: the answer
@@ -54,6 +58,13 @@ func (c *Client) Submit(ctx context.Context, repo *Repository, pipelineRunKey st
 	}
 	if opts.Group != "" {
 		body["group"] = opts.Group
+	}
+	if opts.MaxQueueTime < 0 {
+		return nil, invalidArgument(op, "max_queue_seconds: must be positive (got %s)",
+			opts.MaxQueueTime)
+	}
+	if opts.MaxQueueTime > 0 {
+		body["max_queue_seconds"] = opts.MaxQueueTime.Seconds()
 	}
 	if !opts.CreationTime.IsZero() {
 		body["creation_time"] = opts.CreationTime.UTC().Format(time.RFC3339Nano)
@@ -302,6 +313,66 @@ func (c *Client) ClearQueue(ctx context.Context, repoKey string) ([]string, erro
 		return nil, err
 	}
 	return out.Removed, nil
+}
+
+// Policy is what a repository's queue does beyond its limit
+// (docs/policies.md).
+type Policy struct {
+	// MaxQueueTime is the longest a run may wait in the repository's queue
+	// before it leaves (reason "timed-out"), unless the run has its own
+	// (SubmitOptions.MaxQueueTime). Zero: no limit.
+	MaxQueueTime time.Duration
+}
+
+type policyJSON struct {
+	MaxQueueSeconds *float64 `json:"max_queue_seconds"`
+}
+
+func (p policyJSON) policy() Policy {
+	if p.MaxQueueSeconds == nil {
+		return Policy{}
+	}
+	return Policy{MaxQueueTime: time.Duration(*p.MaxQueueSeconds * float64(time.Second)).Round(time.Microsecond)}
+}
+
+// SetPolicy records the repository's policy for every server sharing the
+// backend; a zero Policy forgets it. Live: runs queued longer than a new
+// limit leave the queue. Needs an admin token.
+func (c *Client) SetPolicy(ctx context.Context, repoKey string, p Policy) (Policy, error) {
+	const op = "SetPolicy"
+	ns, name, err := splitKey(op, "repository", repoKey)
+	if err != nil {
+		return Policy{}, err
+	}
+	if p.MaxQueueTime < 0 {
+		return Policy{}, invalidArgument(op, "max_queue_seconds: must be positive (got %s)",
+			p.MaxQueueTime)
+	}
+	body := map[string]any{"max_queue_seconds": nil}
+	if p.MaxQueueTime > 0 {
+		body["max_queue_seconds"] = p.MaxQueueTime.Seconds()
+	}
+	var out policyJSON
+	if err := c.call(ctx, op, "PUT",
+		c.pathOf("v1", "repositories", ns, name, "policy"), "", body, &out); err != nil {
+		return Policy{}, err
+	}
+	return out.policy(), nil
+}
+
+// GetPolicy is the repository's recorded policy (a zero Policy if none).
+func (c *Client) GetPolicy(ctx context.Context, repoKey string) (Policy, error) {
+	const op = "GetPolicy"
+	ns, name, err := splitKey(op, "repository", repoKey)
+	if err != nil {
+		return Policy{}, err
+	}
+	var out policyJSON
+	if err := c.call(ctx, op, "GET",
+		c.pathOf("v1", "repositories", ns, name, "policy"), "", nil, &out); err != nil {
+		return Policy{}, err
+	}
+	return out.policy(), nil
 }
 
 // Version is the server's version and backend driver.

@@ -16,6 +16,8 @@ type WaitOptions struct {
 	CreationTime time.Time
 	// Group is the run's supersede group (see SubmitOptions).
 	Group string
+	// MaxQueueTime is the run's queue time limit (see SubmitOptions).
+	MaxQueueTime time.Duration
 	// OnQueued is told the run's position when it is first queued and
 	// each time the position changes.
 	OnQueued func(position int)
@@ -62,7 +64,8 @@ func (c *Client) WaitForSlot(ctx context.Context, repo *Repository, pipelineRunK
 	default:
 		return nil, err
 	}
-	submitOpts := SubmitOptions{CreationTime: opts.CreationTime, Group: opts.Group}
+	submitOpts := SubmitOptions{CreationTime: opts.CreationTime, Group: opts.Group,
+		MaxQueueTime: opts.MaxQueueTime}
 	lastPosition := -1
 	for {
 		// Each submit runs to its answer, not to ctx's end: one abandoned
