@@ -7,6 +7,7 @@
 //                                           TTL start µs>/<commit id>/<run>";
 //                                           it carries its own etcd lease
 //   P repo/<ns>/<name>/queue/<µs:20>/<run>  a queued run (creation time)
+//   P repo/<ns>/<name>/policy               the queue time limit (µs)
 //   P repo/<ns>/<name>/removed/<run>        a run removed from the queue
 //                                           (ClearQueue); value: the reason
 //   P state/repo/<repo>, P state/run/<run>  free-form states

@@ -71,15 +71,16 @@ Service::Service(Driver* driver, Clock* clock, Metrics* metrics)
   if (metrics_ == nullptr) return;
   metrics_->Describe("pac_acquire_duration_seconds", "histogram",
                      "Time to answer a submit, by outcome.");
-  metrics_->Describe("pac_wait_time_seconds", "histogram",
-                     "Time a run waited in the queue before admission "
-                     "(runs queued through this server).");
+  metrics_->Describe("pac_queue_wait_seconds", "histogram",
+                     "Time a run queued through this server waited in the "
+                     "queue, until admitted or removed (outcome: admitted, "
+                     "cleared, superseded, timed-out).");
   metrics_->Describe("pac_admissions_total", "counter",
                      "Runs granted a slot, by how.");
   metrics_->Describe("pac_releases_total", "counter", "Slots released.");
   metrics_->Describe("pac_runs_removed_total", "counter",
-                     "Queued runs removed from their queue through this "
-                     "server, by reason.");
+                     "Runs queued through this server that left their queue "
+                     "without a slot, by reason.");
   metrics_->Describe("pac_errors_total", "counter",
                      "Failed operations, by operation and code.");
   metrics_->Describe("pac_build_info", "gauge",
@@ -121,10 +122,25 @@ void Service::NoteAdmitted(const std::vector<Lease>& leases, const char* how) {
     const bool waited = it != queued_at_.end();
     metrics_->Inc("pac_admissions_total", {{"how", waited ? "promoted" : how}});
     if (!waited) continue;
-    metrics_->Observe("pac_wait_time_seconds", {},
+    metrics_->Observe("pac_queue_wait_seconds", {{"outcome", "admitted"}},
                       absl::ToDoubleSeconds(l.acquired_at - it->second));
     queued_at_.erase(it);
   }
+}
+
+void Service::NoteRemoved(const std::string& repo, const std::string& run,
+                          std::string_view reason) {
+  if (metrics_ == nullptr) return;
+  MutexLock lock(&mu_);
+  // Counted once, by the server it was queued through, when it learns of
+  // the removal (its own clear, or the refusal of a re-submit).
+  auto it = queued_at_.find({repo, run});
+  if (it == queued_at_.end()) return;
+  const std::string why(reason);
+  metrics_->Inc("pac_runs_removed_total", {{"reason", why}});
+  metrics_->Observe("pac_queue_wait_seconds", {{"outcome", why}},
+                    absl::ToDoubleSeconds(clock_->Now() - it->second));
+  queued_at_.erase(it);
 }
 
 absl::StatusOr<Json> Service::SetLimitTo(const Context& ctx,
@@ -253,6 +269,9 @@ absl::StatusOr<Json> Service::Submit(const Context& ctx,
   auto r = driver_->AcquireSlot(ctx, *repo, run, options);
   const double took = absl::ToDoubleSeconds(absl::Now() - start);
   if (!r.ok()) {
+    if (IsRunRemoved(r.status())) {
+      NoteRemoved(std::string(repo_key), run, RunRemovedReason(r.status()));
+    }
     CountError("submit", r.status());
     if (metrics_ != nullptr) {
       metrics_->Observe("pac_acquire_duration_seconds", {{"outcome", "error"}},
@@ -458,10 +477,9 @@ absl::StatusOr<Json> Service::ClearQueue(const Context& ctx,
     CountError("clear_queue", r.status());
     return r.status();
   }
-  if (!r->removed.empty()) {
-    metrics_->Inc("pac_runs_removed_total",
-                  {{"reason", std::string(kRemovedCleared)}},
-                  static_cast<double>(r->removed.size()));
+  const std::string repo(repo_key);
+  for (const std::string& run : r->removed) {
+    NoteRemoved(repo, run, kRemovedCleared);
   }
   return Json{{"repository", std::string(repo_key)}, {"removed", r->removed}};
 }

@@ -77,6 +77,9 @@ class Service final : public Api {
   // Counts each grant once (`how` unless the run waited in the queue here:
   // then "promoted", and its wait is observed).
   void NoteAdmitted(const std::vector<Lease>& leases, const char* how);
+  // A run queued through this server left its queue without a slot.
+  void NoteRemoved(const std::string& repo, const std::string& run,
+                   std::string_view reason);
   absl::StatusOr<Json> SetLimitTo(const Context& ctx, const Repository& repo);
   // Applies import plans (service_import.cc), each with whether it records
   // its limit: as one ImportBatch (`as_one_step`) or one ImportRuns each.

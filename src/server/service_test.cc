@@ -212,9 +212,43 @@ TEST_F(ServiceTest, MetricsCountAndGaugeWhatHappened) {
   EXPECT_THAT(text, HasSubstr("pac_queue_depth{repository=\"ns/repo\"} 0"));
   EXPECT_THAT(text, HasSubstr("pac_releases_total 1"));
   // ns/b waited 7 s: counted in the (5, 10] bucket.
-  EXPECT_THAT(text, HasSubstr("pac_wait_time_seconds_bucket{le=\"5\"} 0"));
-  EXPECT_THAT(text, HasSubstr("pac_wait_time_seconds_bucket{le=\"10\"} 1"));
-  EXPECT_THAT(text, HasSubstr("pac_wait_time_seconds_sum 7"));
+  EXPECT_THAT(text, HasSubstr("pac_queue_wait_seconds_bucket{outcome="
+                              "\"admitted\",le=\"5\"} 0"));
+  EXPECT_THAT(text, HasSubstr("pac_queue_wait_seconds_bucket{outcome="
+                              "\"admitted\",le=\"10\"} 1"));
+  EXPECT_THAT(text, HasSubstr("pac_queue_wait_seconds_sum{outcome="
+                              "\"admitted\"} 7"));
+}
+
+// Runs that leave the queue without a slot are counted by reason, with
+// their wait, once each, by the server they were queued through.
+TEST_F(ServiceTest, MetricsCountRunsRemovedFromTheQueueByReason) {
+  Submit("ns/repo", Json{{"pipeline_run", "ns/a"}, {"concurrency_limit", 1}});
+  Submit("ns/repo", Json{{"pipeline_run", "ns/b"}, {"max_queue_seconds", 10}});
+  Submit("ns/repo", Json{{"pipeline_run", "ns/c"},
+                         {"group", "pr-1"},
+                         {"creation_time", "2026-01-01T00:00:00Z"}});
+  clock_.Advance(absl::Seconds(12));
+  // b timed out; a newer run of c's group supersedes it.
+  Submit("ns/repo", Json{{"pipeline_run", "ns/d"},
+                         {"group", "pr-1"},
+                         {"creation_time", "2026-01-01T00:01:00Z"}});
+  for (const char* run : {"ns/b", "ns/c", "ns/b"}) {
+    auto again = service_->Submit(ctx_, "ns/repo", Json{{"pipeline_run", run}});
+    EXPECT_TRUE(IsRunRemoved(again.status())) << run << again.status();
+  }
+  ASSERT_TRUE(service_->ClearQueue(ctx_, "ns/repo").ok());  // d
+  std::string text = metrics_.Render(service_->Gauges(ctx_));
+  EXPECT_THAT(text,
+              HasSubstr("pac_runs_removed_total{reason=\"timed-out\"} 1\n"));
+  EXPECT_THAT(text,
+              HasSubstr("pac_runs_removed_total{reason=\"superseded\"} 1\n"));
+  EXPECT_THAT(text,
+              HasSubstr("pac_runs_removed_total{reason=\"cleared\"} 1\n"));
+  EXPECT_THAT(text, HasSubstr("pac_queue_wait_seconds_sum{outcome="
+                              "\"timed-out\"} 12"));
+  EXPECT_THAT(text, HasSubstr("pac_queue_wait_seconds_count{outcome="
+                              "\"superseded\"} 1"));
 }
 
 TEST_F(ServiceTest, WatchDeliversEventsAndStopsWhenTheReaderSaysSo) {
