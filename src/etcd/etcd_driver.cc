@@ -442,55 +442,6 @@ absl::StatusOr<ClearQueueResult> EtcdDriver::ClearQueue(
   return out;
 }
 
-absl::Status EtcdDriver::SetRepositoryPolicy(const Context& ctx,
-                                             std::string_view repo_key,
-                                             const RepositoryPolicy& policy) {
-  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
-  if (absl::Status s = ValidatePolicy(policy); !s.ok()) return s;
-  if (absl::Status s = ctx.Err(); !s.ok()) return s;
-  if (absl::Status s = CheckOpen(); !s.ok()) return s;
-  const std::string repo(repo_key);
-  const std::string key = Cat(RepoPrefix(repo), "policy");
-  // One key, not guarded by `meta`: a step planned without it admits as
-  // the old policy allowed, which is how it stood until this put.
-  if (policy.max_queue_time.has_value()) {
-    if (absl::Status s = PutKey(
-            ctx, key,
-            std::to_string(absl::ToInt64Microseconds(*policy.max_queue_time)));
-        !s.ok()) {
-      return s;
-    }
-  } else {
-    etcdpb::TxnRequest txn;
-    *txn.add_success() = DeleteOp(key);
-    if (auto r = kv_->Txn(ctx, txn); !r.ok()) return r.status();
-  }
-  ForgetView(repo);
-  // Live: runs now past the limit leave in this step.
-  auto r = Step(ctx, repo, 0, /*set_limit=*/false, "", {});
-  if (!r.ok()) return r.status();
-  logger_->info("policy of {} recorded", repo);
-  return absl::OkStatus();
-}
-
-absl::StatusOr<RepositoryPolicy> EtcdDriver::GetRepositoryPolicy(
-    const Context& ctx, std::string_view repo_key) {
-  if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
-  if (absl::Status s = ctx.Err(); !s.ok()) return s;
-  auto v =
-      GetKey(ctx, Cat(RepoPrefix(std::string(repo_key)), "policy"), "policy");
-  RepositoryPolicy out;
-  if (absl::IsNotFound(v.status())) return out;
-  if (!v.ok()) return v.status();
-  int64_t us = 0;
-  if (!absl::SimpleAtoi(*v, &us) || us <= 0) {
-    return absl::DataLossError(
-        Cat("etcd: the policy of ", repo_key, " is not a number: ", *v));
-  }
-  out.max_queue_time = absl::Microseconds(us);
-  return out;
-}
-
 absl::Status EtcdDriver::CleanupRepository(const Context& ctx,
                                            std::string_view repo_key) {
   if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;

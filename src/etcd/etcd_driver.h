@@ -347,6 +347,30 @@ class EtcdDriver final : public Driver {
   static int64_t CommittedAt(const RepoView& v, const std::string& commit_id);
   // A token unique to one planned Txn of this driver (instance, counter).
   std::string NewCommitId();
+  // What a step removes from the queue (PlanRemovals, etcd_policies.cc).
+  struct Removals {
+    std::set<const QueueInfo*> stale_only;  // StaleEntries: dropped
+    // Out of the plan: stale, superseded and timed out (those left for a
+    // later Txn too). Pointers into the view.
+    std::set<const QueueInfo*> gone;
+    // Removed with a record by the step's Txn, in queue order.
+    std::vector<const QueueInfo*> superseded, timed_out;
+    bool timed_out_more = false;  // timed-out entries left for the next Txn
+    // Non-empty: the caller is removed instead (kRemovedSuperseded,
+    // kRemovedTimedOut), alone (RemoveCaller).
+    std::string_view caller_reason;
+  };
+  // The queue policies' part of a step of `run` (empty: nobody) on `v`.
+  Removals PlanRemovals(const RepoView& v, const std::string& run,
+                        const AcquireOptions& options) const;
+  // Removes `run`'s entries from the queue of `v` with a record of
+  // `reason`, in a guarded Txn. True once committed; false when planned on
+  // an outdated view (`current`: etcd's, as CommitStep gives it).
+  absl::StatusOr<bool> RemoveCaller(const Context& ctx, const std::string& repo,
+                                    const RepoView& v, const std::string& run,
+                                    std::string_view reason,
+                                    std::optional<RepoView>* current)
+      PAC_EXCLUDES(mu_);
   // Queue time limits (docs/policies.md). When entry `q` of `v` times
   // out, in Unix µs (INT64_MAX: never).
   static int64_t DeadlineUs(const RepoView& v, const QueueInfo& q);

@@ -137,104 +137,32 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(
     // An adopted run's record of its removal goes with the grant.
     const bool forget_removed =
         !run.empty() && options.adopt_running && v.removed.count(run) > 0;
-    // A supersede group (docs/policies.md): of its queued runs only the
-    // newest stays. The group's entries older than the caller's (its entry,
-    // or where it would join) go in this step's Txn with their records, and
-    // are gone for the plan; an entry newer than the caller's removes the
-    // caller instead.
-    const std::set<const QueueInfo*> stale_only = StaleEntries(v);
-    // and superseded, and timed out
-    std::set<const QueueInfo*> stale = stale_only;
-    // Entries past their queue deadline (docs/policies.md) wait for
-    // nothing: out of the plan, and removed with their records by this
-    // step's Txn (kMaxSuperseded at most with the superseded; the rest by
-    // the next Txn). The caller's own is removed alone, as a refusal; an
-    // adopted caller's is not timed out (the run runs).
-    std::vector<const QueueInfo*> timed_out;
-    bool caller_timed_out = false;
-    if (const std::set<const QueueInfo*> due =
-            TimedOut(v, absl::ToUnixMicros(clock_->Now()));
-        !due.empty()) {
-      for (const QueueInfo& q : v.queue) {
-        if (due.count(&q) == 0 || stale_only.count(&q) > 0) continue;
-        if (!run.empty() && q.run == run) {
-          if (options.adopt_running || v.slots.count(run) > 0) continue;
-          caller_timed_out = true;
-        } else {
-          timed_out.push_back(&q);
-        }
-        stale.insert(&q);
-      }
-    }
-    std::vector<const QueueInfo*> superseded;
-    bool caller_superseded = false;
-    if (!run.empty() && !options.group.empty() && !options.adopt_running &&
-        !caller_timed_out && v.slots.count(run) == 0) {
-      const QueueInfo* own = nullptr;
-      for (const QueueInfo& q : v.queue) {
-        if (q.run == run && stale.count(&q) == 0) {
-          own = &q;
-          break;
-        }
-      }
-      QueueInfo joining;
-      joining.creation_us =
-          absl::ToUnixMicros(options.creation_time.value_or(clock_->Now()));
-      joining.create_revision = INT64_MAX;  // after every entry of its time
-      const QueueInfo& mine = own != nullptr ? *own : joining;
-      for (const QueueInfo& q : v.queue) {
-        if (stale.count(&q) > 0 || q.run == run || q.group != options.group) {
-          continue;
-        }
-        if (QueueOrder(mine, q)) {
-          caller_superseded = true;
-        } else if (superseded.size() < kMaxSuperseded) {
-          superseded.push_back(&q);
-        }
-      }
-      if (caller_superseded) superseded.clear();
-      stale.insert(superseded.begin(), superseded.end());
-    }
-    bool timed_out_more = false;  // timed-out entries left for the next Txn
-    if (timed_out.size() + superseded.size() > kMaxSuperseded) {
-      timed_out.resize(kMaxSuperseded - superseded.size());
-      timed_out_more = true;
-    }
-    if (caller_superseded || caller_timed_out) {
-      const std::string_view reason =
-          caller_timed_out ? kRemovedTimedOut : kRemovedSuperseded;
+    // Queue policies (docs/policies.md, etcd_policies.cc): entries to drop
+    // as stale, to remove as superseded or timed out, or the caller itself.
+    Removals rm = PlanRemovals(v, run, options);
+    const std::set<const QueueInfo*>& stale_only = rm.stale_only;
+    const std::set<const QueueInfo*>& stale = rm.gone;
+    const std::vector<const QueueInfo*>& superseded = rm.superseded;
+    const std::vector<const QueueInfo*>& timed_out = rm.timed_out;
+    if (!rm.caller_reason.empty()) {
       if (!turn.held() && !holding_turn) {
         if (absl::Status s = turn.Take(ctx, repo); !s.ok()) return s;
         --attempt;
         continue;
       }
-      const std::string p = RepoPrefix(repo);
-      const std::string commit_id = NewCommitId();
-      etcdpb::TxnRequest txn = GuardedTxn(p, v.meta_mod, commit_id);
-      RepoView after = v;
-      for (const QueueInfo& q : v.queue) {
-        if (q.run == run) *txn.add_success() = DeleteOp(q.key);
-      }
-      std::erase_if(after.queue,
-                    [&](const QueueInfo& q) { return q.run == run; });
-      *txn.add_success() = PutOp(Cat(p, "removed/", run), std::string(reason));
-      after.removed[run] = std::string(reason);
       std::optional<RepoView> current;
-      auto tr = CommitStep(ctx, repo, std::move(txn), {}, std::move(after),
-                           Commit::kQueue, /*admits=*/false, commit_id, nullptr,
-                           &current);
-      if (!tr.ok()) return tr.status();
-      if (!tr->has_value()) {  // planned on an outdated view
+      auto removed =
+          RemoveCaller(ctx, repo, v, run, rm.caller_reason, &current);
+      if (!removed.ok()) return removed.status();
+      if (!*removed) {  // planned on an outdated view
         confirmed = std::move(current);
         fresh = false;
         continue;
       }
-      if (caller_timed_out) {
-        logger_->info("{} in {} timed out in the queue", run, repo);
-        return RemovedRunError(repo, run, kRemovedTimedOut);
+      if (rm.caller_reason == kRemovedSuperseded) {
+        return SupersededRunError(repo, run, options.group);
       }
-      logger_->info("{} in {} superseded (group {})", run, repo, options.group);
-      return SupersededRunError(repo, run, options.group);
+      return RemovedRunError(repo, run, rm.caller_reason);
     }
     // A recorded limit kept: as if none were given.
     const bool set = set_limit && !(options.keep_recorded_limit && v.has_limit);
@@ -520,7 +448,7 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(
         result.admitted.push_back(std::move(l));
       }
     }
-    if (more || timed_out_more) {
+    if (more || rm.timed_out_more) {
       // The rest of the heads (or of the timed-out entries), by the next
       // Txn, planned on the repository as this one left it.
       earlier.insert(earlier.end(), result.admitted.begin(),

@@ -227,39 +227,6 @@ EtcdDriver::RepoView EtcdDriver::ParseView(const std::string& repo,
   return v;
 }
 
-int64_t EtcdDriver::DeadlineUs(const RepoView& v, const QueueInfo& q) {
-  const int64_t max = q.max_queue_us > 0 ? q.max_queue_us : v.max_queue_us;
-  return max > 0 ? q.enqueued_us + max : INT64_MAX;
-}
-
-std::set<const EtcdDriver::QueueInfo*> EtcdDriver::TimedOut(const RepoView& v,
-                                                            int64_t now_us) {
-  std::set<const QueueInfo*> out;
-  if (v.max_queue_us == 0 && !v.entry_limits) return out;
-  for (const QueueInfo& q : v.queue) {
-    if (DeadlineUs(v, q) <= now_us) out.insert(&q);
-  }
-  return out;
-}
-
-void EtcdDriver::NoteDeadlinesLocked(const std::string& repo,
-                                     const RepoView& v) {
-  if (v.max_queue_us == 0 && !v.entry_limits) return;
-  int64_t earliest = INT64_MAX;
-  for (const QueueInfo& q : v.queue) {
-    earliest = std::min(earliest, DeadlineUs(v, q));
-  }
-  ScheduleLocked(repo, earliest);
-}
-
-void EtcdDriver::ScheduleLocked(const std::string& repo, int64_t at_us) {
-  if (at_us == INT64_MAX) return;
-  auto [it, added] = deadline_steps_.try_emplace(repo, at_us);
-  if (!added && it->second <= at_us) return;
-  it->second = at_us;
-  cv_.NotifyAll();
-}
-
 bool EtcdDriver::QueueOrder(const QueueInfo& a, const QueueInfo& b) {
   // Creation time, then the join's revision, then the place an import
   // gave it among the entries of its Txn, then the key: runs joined by one

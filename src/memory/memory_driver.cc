@@ -176,62 +176,10 @@ void MemoryDriver::AddEvent(Shard& shard, const std::string& repo_key,
   }
 }
 
-absl::Time MemoryDriver::QueueDeadline(const RepoState& rs,
-                                       const QueueRec& rec) {
-  if (rec.max_queue_time.has_value()) {
-    return rec.enqueued_at + *rec.max_queue_time;
-  }
-  if (rs.policy.max_queue_time.has_value()) {
-    return rec.enqueued_at + *rs.policy.max_queue_time;
-  }
-  return absl::InfiniteFuture();
-}
-
-void MemoryDriver::Enqueue(RepoState& rs, const QueueKey& key, QueueRec rec,
-                           Effects& fx) {
-  const absl::Time deadline = QueueDeadline(rs, rec);
-  rs.earliest_deadline = std::min(rs.earliest_deadline, deadline);
-  fx.wake = std::min(fx.wake, deadline);
-  rs.queued.emplace(rec.run_key, key);
-  rs.queue.emplace(key, std::move(rec));
-}
-
-void MemoryDriver::NoteDeadlines(RepoState& rs, Effects& fx) {
-  rs.earliest_deadline = absl::InfiniteFuture();
-  for (const auto& [k, rec] : rs.queue) {
-    rs.earliest_deadline =
-        std::min(rs.earliest_deadline, QueueDeadline(rs, rec));
-  }
-  fx.wake = std::min(fx.wake, rs.earliest_deadline);
-}
-
 void MemoryDriver::Sweep(Shard& shard, const std::string& repo_key,
                          RepoState& rs, absl::Time now, Effects& fx) {
   TimeOut(shard, repo_key, rs, now, fx);
   SweepLeases(shard, repo_key, rs, now, fx);
-}
-
-void MemoryDriver::TimeOut(Shard& shard, const std::string& repo_key,
-                           RepoState& rs, absl::Time now, Effects& fx) {
-  if (now >= rs.earliest_deadline) {
-    absl::Time earliest = absl::InfiniteFuture();
-    for (auto it = rs.queue.begin(); it != rs.queue.end();) {
-      const absl::Time deadline = QueueDeadline(rs, it->second);
-      if (deadline > now) {
-        earliest = std::min(earliest, deadline);
-        ++it;
-        continue;
-      }
-      std::string run = std::move(it->second.run_key);
-      it = rs.queue.erase(it);
-      rs.queued.erase(run);
-      logger_->info("{} in {} timed out in the queue", run, repo_key);
-      AddEvent(shard, repo_key, WatchEventType::kRemoved, run, fx,
-               kRemovedTimedOut);
-      rs.removed[std::move(run)] = std::string(kRemovedTimedOut);
-    }
-    rs.earliest_deadline = earliest;
-  }
 }
 
 void MemoryDriver::SweepLeases(Shard& shard, const std::string& repo_key,
@@ -285,49 +233,6 @@ void MemoryDriver::Promote(Shard& shard, const std::string& repo_key,
     fx.admitted.push_back(MakeLease(repo_key, run, rec));
     AddEvent(shard, repo_key, WatchEventType::kAdmitted, run, fx);
   }
-}
-
-bool MemoryDriver::Supersede(Shard& shard, const std::string& repo_key,
-                             RepoState& rs, const std::string& run,
-                             const std::string& group, absl::Time creation,
-                             Effects& fx) {
-  // The caller's place: its entry, or where it would join (after every
-  // entry of its creation time).
-  QueueKey mine{creation, INT64_MAX};
-  auto own = rs.queued.find(run);
-  if (own != rs.queued.end()) mine = own->second;
-  std::vector<QueueKey> older;
-  bool newer = false;
-  for (const auto& [k, rec] : rs.queue) {
-    if (rec.group != group || rec.run_key == run) continue;
-    if (mine < k) {
-      newer = true;
-    } else {
-      older.push_back(k);
-    }
-  }
-  std::vector<std::string> gone;  // the runs removed
-  if (newer) {                    // the caller is the older one
-    if (own != rs.queued.end()) {
-      rs.queue.erase(own->second);
-      rs.queued.erase(own);
-    }
-    gone.push_back(run);
-  } else {
-    for (const QueueKey& k : older) {
-      auto it = rs.queue.find(k);
-      gone.push_back(std::move(it->second.run_key));
-      rs.queue.erase(it);
-      rs.queued.erase(gone.back());
-    }
-  }
-  for (const std::string& r : gone) {
-    rs.removed[r] = std::string(kRemovedSuperseded);
-    AddEvent(shard, repo_key, WatchEventType::kRemoved, r, fx,
-             kRemovedSuperseded);
-    logger_->info("{} in {} superseded (group {})", r, repo_key, group);
-  }
-  return newer;
 }
 
 int64_t MemoryDriver::PositionOf(const RepoState& rs,
