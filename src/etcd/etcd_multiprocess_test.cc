@@ -66,6 +66,17 @@ TEST(EtcdMultiProcessTest, GroupsAcrossProcessesNeverLetASupersededRunIn) {
   conformance::PrintHammerReport(report);
 }
 
+// Every run may wait 3 ms: runs of four processes time out while others
+// are admitted; a timed-out run is never granted or admitted by a release.
+TEST(EtcdMultiProcessTest, TimeLimitsAcrossProcessesNeverLetATimedOutRunIn) {
+  ASSERT_TRUE(TestEtcdConfig().ok());
+  auto report = conformance::RunMultiProcessHammer(
+      MakeDriver, UniqueNs("mpt"), 4, 100, 2, absl::ZeroDuration(),
+      /*groups=*/false, absl::Milliseconds(3));
+  EXPECT_EQ(conformance::RemovalProblem(report, 4, 400, 2, 3, false), "");
+  conformance::PrintHammerReport(report);
+}
+
 // A holder process dies (SIGKILL); its slot is freed when its etcd lease's
 // TTL runs out, and the head of the queue is admitted.
 TEST(EtcdDriverTest, HolderKilledFreesSlotAfterTtl) {

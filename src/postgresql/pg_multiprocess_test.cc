@@ -73,6 +73,19 @@ TEST(PostgreSQLMultiProcessTest,
   conformance::PrintHammerReport(report);
 }
 
+// Every run may wait 3 ms: runs of four processes time out while others
+// are admitted; a timed-out run is never granted or admitted by a release.
+TEST(PostgreSQLMultiProcessTest,
+     TimeLimitsAcrossProcessesNeverLetATimedOutRunIn) {
+  ASSERT_TRUE(TestPostgreSQLConfig().ok()) << TestPostgreSQLConfig().status();
+  std::string ns = absl::StrCat("mpt-", getpid());
+  auto report = conformance::RunMultiProcessHammer(
+      MakeDriver, ns, /*processes=*/4, /*runs_per_process=*/150, /*limit=*/2,
+      absl::ZeroDuration(), /*groups=*/false, absl::Milliseconds(3));
+  EXPECT_EQ(conformance::RemovalProblem(report, 4, 600, 2, 3, false), "");
+  conformance::PrintHammerReport(report);
+}
+
 TEST(PostgreSQLMultiProcessTest, WatcherWokenByAReleaseInAnotherProcess) {
   auto driver = MakeDriver();
   ASSERT_TRUE(driver.ok()) << driver.status();

@@ -27,8 +27,11 @@
 // With `groups`, run j of every worker is of supersede group "g<j % 4>"
 // (AcquireOptions::group): runs of a group queued at once, by any worker,
 // supersede each other.
-// A run refused as removed (superseded, or cleared) is never granted nor
-// admitted by a release, and FIFO is checked among the runs never removed.
+// With `max_queue`, every run has that queue time limit
+// (AcquireOptions::max_queue_time): runs that wait longer time out.
+// A run refused as removed (superseded, timed out, or cleared) is never
+// granted nor admitted by a release, and FIFO is checked among the runs
+// never removed.
 #ifndef PAC_TESTS_CONFORMANCE_MULTIPROCESS_H_
 #define PAC_TESTS_CONFORMANCE_MULTIPROCESS_H_
 
@@ -64,10 +67,11 @@ using DriverMaker = std::function<absl::StatusOr<std::unique_ptr<Driver>>()>;
 HammerReport RunMultiProcessHammer(
     const DriverMaker& make, const std::string& repo_ns, int processes,
     int runs_per_process, int limit,
-    absl::Duration clear_every = absl::ZeroDuration(), bool groups = false);
+    absl::Duration clear_every = absl::ZeroDuration(), bool groups = false,
+    absl::Duration max_queue = absl::ZeroDuration());
 
-// For a hammer with removals (clear_every or groups) of `runs` runs in
-// all under `limit`: what it got wrong, or "" when every process finished,
+// For a hammer with removals (clear_every, groups or max_queue) of `runs` runs
+// in all under `limit`: what it got wrong, or "" when every process finished,
 // no removed run was granted or admitted, each run was granted or removed
 // exactly once, more than `min_removed` were removed (`cleared` ones when
 // `cleared`, else refused ones), the limit held and FIFO among the rest.
