@@ -368,6 +368,19 @@ HammerReport RunMultiProcessHammer(const DriverMaker& make,
       ++report.cleared_admitted;
       problem(absl::StrCat(a.run, " was removed and admitted by a release"));
     }
+    // A release that began longer than the limit (and a millisecond for
+    // the processes' clocks) after the run's enqueue returned admitted it
+    // past its deadline: the enqueue was before that, the admission after.
+    const RunInfo& b = runs[a.run];
+    if (max_queue > absl::ZeroDuration() && b.enqueued_ns >= 0 &&
+        a.release_start_ns - b.enqueued_ns >
+            absl::ToInt64Nanoseconds(max_queue + absl::Milliseconds(1))) {
+      ++report.cleared_admitted;
+      problem(
+          absl::StrCat(a.run, " was admitted by a release ",
+                       (a.release_start_ns - b.enqueued_ns) / 1000,
+                       " µs after it was queued, past its queue time limit"));
+    }
   }
 
   // FIFO, among the runs never cleared.

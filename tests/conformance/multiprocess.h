@@ -28,7 +28,9 @@
 // (AcquireOptions::group): runs of a group queued at once, by any worker,
 // supersede each other.
 // With `max_queue`, every run has that queue time limit
-// (AcquireOptions::max_queue_time): runs that wait longer time out.
+// (AcquireOptions::max_queue_time): runs that wait longer time out, and no
+// release admits a run after its deadline (checked with the release's
+// start and the enqueue's return, which bracket the true times).
 // A run refused as removed (superseded, timed out, or cleared) is never
 // granted nor admitted by a release, and FIFO is checked among the runs
 // never removed.
