@@ -169,6 +169,28 @@ absl::StatusOr<ClearQueueResult> Driver::ClearQueue(const Context& ctx,
       internal::Cat("the ", Type(), " driver cannot clear a queue"));
 }
 
+std::string_view QueueModeName(QueueMode mode) {
+  switch (mode) {
+    case QueueMode::kOldestFirst:
+      return "oldest-first";
+    case QueueMode::kNewestFirst:
+      return "newest-first";
+    case QueueMode::kPriority:
+      return "priority";
+  }
+  return "oldest-first";
+}
+
+absl::StatusOr<QueueMode> ParseQueueMode(std::string_view name,
+                                         std::string_view field) {
+  for (QueueMode m : {QueueMode::kOldestFirst, QueueMode::kNewestFirst,
+                      QueueMode::kPriority}) {
+    if (name == QueueModeName(m)) return m;
+  }
+  return absl::InvalidArgumentError(internal::Cat(
+      field, ": oldest-first, newest-first or priority (got \"", name, "\")"));
+}
+
 absl::Status Driver::SetRepositoryPolicy(const Context& ctx,
                                          std::string_view repo_key,
                                          const RepositoryPolicy& policy) {

@@ -321,10 +321,14 @@ absl::StatusOr<AcquireResult> MemoryDriver::AcquireSlot(
       } else if (auto q = rs.queued.find(run); q != rs.queued.end()) {
         result.position = PositionOf(rs, q->second);
       } else if (options.enqueue) {
-        QueueKey key{options.creation_time.value_or(now),
-                     next_sequence_.fetch_add(1, std::memory_order_relaxed)};
+        const absl::Time creation = options.creation_time.value_or(now);
+        QueueKey key =
+            KeyOf(rs.policy.mode, creation, options.priority,
+                  next_sequence_.fetch_add(1, std::memory_order_relaxed));
         Enqueue(rs, key,
-                QueueRec{run, now, options.group, options.max_queue_time}, fx);
+                QueueRec{run, now, options.group, options.max_queue_time,
+                         creation, options.priority},
+                fx);
         result.position = PositionOf(rs, key);
         logger_->info(
             "concurrency limit {} of {} reached; {} queued at position {}",
@@ -428,9 +432,11 @@ void MemoryDriver::ImportLocked(const Repository& repo,
         rs.removed.contains(run)) {
       continue;  // held, or removed: stays out of the queue
     }
-    QueueKey key{w.creation_time,
-                 next_sequence_.fetch_add(1, std::memory_order_relaxed)};
-    Enqueue(rs, key, QueueRec{run, now, "", std::nullopt}, fx);
+    QueueKey key =
+        KeyOf(rs.policy.mode, w.creation_time, 0,
+              next_sequence_.fetch_add(1, std::memory_order_relaxed));
+    Enqueue(rs, key, QueueRec{run, now, "", std::nullopt, w.creation_time, 0},
+            fx);
   }
   Promote(shard, repo_key, rs, now, fx);
   absl::flat_hash_map<std::string_view, int64_t> places;
@@ -441,10 +447,8 @@ void MemoryDriver::ImportLocked(const Repository& repo,
     if (auto it = rs.running.find(run); it != rs.running.end()) {
       out.admitted.push_back(MakeLease(repo_key, run, it->second));
     } else if (auto q = rs.queued.find(run); q != rs.queued.end()) {
-      const QueueRec& rec = rs.queue.at(q->second);
-      out.queued.push_back(QueueEntry{run, q->second.creation_time,
-                                      q->second.sequence, rec.enqueued_at,
-                                      places.at(run)});
+      out.queued.push_back(
+          EntryOf(q->second, rs.queue.at(q->second), places.at(run)));
     }
   }
   for (size_t i = admitted_before; i < fx.admitted.size(); ++i) {
@@ -698,8 +702,7 @@ absl::StatusOr<RepositorySnapshot> MemoryDriver::GetRepositorySnapshot(
     }
     int64_t pos = 0;
     for (const auto& [qk, rec] : rit->second.queue) {
-      out.queued.push_back(QueueEntry{rec.run_key, qk.creation_time,
-                                      qk.sequence, rec.enqueued_at, ++pos});
+      out.queued.push_back(EntryOf(qk, rec, ++pos));
     }
   }
   Deliver(fx);

@@ -16,6 +16,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -112,22 +113,28 @@ class MemoryDriver final : public Driver {
     absl::Time expires_at;
     int64_t token;
   };
+  // A queue entry's place under its repository's mode (KeyOf): ordered by
+  // `rank` (minus the priority, under kPriority), `time` (the creation
+  // time in µs, negated under kNewestFirst), then `sequence`.
   struct QueueKey {
-    absl::Time creation_time;
-    int64_t sequence;
+    int64_t rank = 0;
+    int64_t time = 0;
+    int64_t sequence = 0;
     bool operator<(const QueueKey& o) const {
-      if (creation_time != o.creation_time) {
-        return creation_time < o.creation_time;
-      }
-      return sequence < o.sequence;
+      return std::tie(rank, time, sequence) <
+             std::tie(o.rank, o.time, o.sequence);
     }
   };
+  static QueueKey KeyOf(QueueMode mode, absl::Time creation, int32_t priority,
+                        int64_t sequence);
   struct QueueRec {
     std::string run_key;
     absl::Time enqueued_at;
     std::string group;  // AcquireOptions::group; empty: none
     // AcquireOptions::max_queue_time; unset: the repository's policy.
     std::optional<absl::Duration> max_queue_time;
+    absl::Time creation_time;
+    int32_t priority = 0;
   };
   struct RepoState {
     int32_t limit = 0;                   // 0: unlimited
@@ -189,6 +196,10 @@ class MemoryDriver final : public Driver {
   void Enqueue(RepoState& rs, const QueueKey& key, QueueRec rec, Effects& fx);
   // Recomputes rs.earliest_deadline (after a policy change).
   void NoteDeadlines(RepoState& rs, Effects& fx);
+  // Re-keys the queue for rs.policy.mode (after a change of mode).
+  static void Reorder(RepoState& rs);
+  static QueueEntry EntryOf(const QueueKey& key, const QueueRec& rec,
+                            int64_t position);
   // The start of an acquire or an import: the repository's state (created
   // if new) with `limit` recorded (with `keep_recorded`, only if none is),
   // expired leases reclaimed and the queue admitted into free slots.

@@ -55,16 +55,19 @@ absl::Status MemoryDriver::SetRepositoryPolicy(const Context& ctx,
     MutexLock lock(&shard.mu);
     auto rit = shard.repos.try_emplace(repo_key).first;
     RepoState& rs = rit->second;
+    const bool reorder = rs.policy.mode != policy.mode;
     rs.policy = policy;
+    if (reorder) Reorder(rs);  // the new order, in this step
     NoteDeadlines(rs, fx);
     // Live: runs queued longer than a shortened limit leave now.
     Sweep(shard, rit->first, rs, now, fx);
     Promote(shard, rit->first, rs, now, fx);
   }
-  logger_->info("policy of {} recorded (max queue time {})", repo_key,
+  logger_->info("policy of {} recorded (max queue time {}, {})", repo_key,
                 policy.max_queue_time.has_value()
                     ? absl::FormatDuration(*policy.max_queue_time)
-                    : "none");
+                    : "none",
+                QueueModeName(policy.mode));
   Deliver(fx);
   return absl::OkStatus();
 }

@@ -3,7 +3,9 @@
 // release are in memory_driver.cc, the operator actions (ClearQueue, the
 // policy) in memory_operations.cc.
 #include <algorithm>
+#include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "pac/concurrency/status.h"
@@ -65,20 +67,55 @@ void MemoryDriver::TimeOut(Shard& shard, const std::string& repo_key,
   }
 }
 
+MemoryDriver::QueueKey MemoryDriver::KeyOf(QueueMode mode, absl::Time creation,
+                                           int32_t priority, int64_t sequence) {
+  const int64_t us = absl::ToUnixMicros(creation);
+  switch (mode) {
+    case QueueMode::kNewestFirst:
+      return QueueKey{0, -us, sequence};
+    case QueueMode::kPriority:
+      return QueueKey{-static_cast<int64_t>(priority), us, sequence};
+    case QueueMode::kOldestFirst:
+      break;
+  }
+  return QueueKey{0, us, sequence};
+}
+
+QueueEntry MemoryDriver::EntryOf(const QueueKey& key, const QueueRec& rec,
+                                 int64_t position) {
+  return QueueEntry{rec.run_key,     rec.creation_time, key.sequence,
+                    rec.enqueued_at, position,          rec.priority};
+}
+
+void MemoryDriver::Reorder(RepoState& rs) {
+  std::map<QueueKey, QueueRec> queue;
+  rs.queued.clear();
+  for (auto& [k, rec] : rs.queue) {
+    QueueKey key =
+        KeyOf(rs.policy.mode, rec.creation_time, rec.priority, k.sequence);
+    rs.queued.emplace(rec.run_key, key);
+    queue.emplace(key, std::move(rec));
+  }
+  rs.queue = std::move(queue);
+}
+
 bool MemoryDriver::Supersede(Shard& shard, const std::string& repo_key,
                              RepoState& rs, const std::string& run,
                              const std::string& group, absl::Time creation,
                              Effects& fx) {
-  // The caller's place: its entry, or where it would join (after every
-  // entry of its creation time).
-  QueueKey mine{creation, INT64_MAX};
+  // Newest by creation time, then enqueue order, whatever the queue's
+  // mode. The caller's place: its entry, or where it would join (after
+  // every entry of its creation time).
   auto own = rs.queued.find(run);
-  if (own != rs.queued.end()) mine = own->second;
+  std::pair<absl::Time, int64_t> mine{creation, INT64_MAX};
+  if (own != rs.queued.end()) {
+    mine = {rs.queue.at(own->second).creation_time, own->second.sequence};
+  }
   std::vector<QueueKey> older;
   bool newer = false;
   for (const auto& [k, rec] : rs.queue) {
     if (rec.group != group || rec.run_key == run) continue;
-    if (mine < k) {
+    if (mine < std::make_pair(rec.creation_time, k.sequence)) {
       newer = true;
     } else {
       older.push_back(k);

@@ -54,10 +54,11 @@ struct Lease {
 // A run waiting for a slot.
 struct QueueEntry {
   std::string pipeline_run_key;
-  absl::Time creation_time;  // first ordering key
-  int64_t sequence = 0;      // second ordering key: enqueue order
+  absl::Time creation_time;  // ordering key (RepositoryPolicy::mode)
+  int64_t sequence = 0;      // last ordering key: enqueue order
   absl::Time enqueued_at;
   int64_t position = 0;  // 1 = head of the queue
+  int32_t priority = 0;  // AcquireOptions::priority
 };
 
 struct AcquireOptions {
@@ -89,7 +90,25 @@ struct AcquireOptions {
   // RepositoryPolicy::max_queue_time, if any. Between 1 ms and
   // kMaxQueueTimeLimit.
   std::optional<absl::Duration> max_queue_time;
+  // The run's priority: under QueueMode::kPriority higher runs are
+  // admitted first. Kept with the run under every mode, so that a later
+  // change of mode orders by it.
+  int32_t priority = 0;
 };
+
+// The order a repository's queue admits in (docs/policies.md, "Queue
+// order"). Each is total: ties of creation time go by enqueue order.
+enum class QueueMode {
+  kOldestFirst,  // creation time, then enqueue order (the default)
+  kNewestFirst,  // latest creation time first, then enqueue order
+  kPriority,     // higher priority first, then oldest-first
+};
+// "oldest-first", "newest-first", "priority".
+[[nodiscard]] std::string_view QueueModeName(QueueMode mode);
+// The mode of a name QueueModeName gives; InvalidArgument naming `field`
+// for any other.
+[[nodiscard]] absl::StatusOr<QueueMode> ParseQueueMode(std::string_view name,
+                                                       std::string_view field);
 
 // The longest a queue time limit may be.
 inline constexpr absl::Duration kMaxQueueTimeLimit = absl::Hours(24 * 366);
@@ -103,6 +122,8 @@ struct RepositoryPolicy {
   // a change applies to the runs queued already. Unset: no limit. Between
   // 1 ms and kMaxQueueTimeLimit.
   std::optional<absl::Duration> max_queue_time;
+  // The queue's order. A change reorders the queued runs in the same step.
+  QueueMode mode = QueueMode::kOldestFirst;
   bool operator==(const RepositoryPolicy&) const = default;
 };
 
