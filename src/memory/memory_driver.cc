@@ -697,6 +697,7 @@ absl::StatusOr<RepositorySnapshot> MemoryDriver::GetRepositorySnapshot(
     Sweep(shard, key, rit->second, now, fx);
     Promote(shard, key, rit->second, now, fx);
     if (rit->second.limit_recorded) out.limit = rit->second.limit;
+    out.mode = rit->second.policy.mode;
     for (const auto& [run, rec] : rit->second.running) {
       out.running.push_back(MakeLease(key, run, rec));
     }

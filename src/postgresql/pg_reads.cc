@@ -25,8 +25,11 @@ constexpr const char* kSnapshotSql =
     " 0 FROM concurrency_slots WHERE repository_key = $1 AND state ="
     " 'running' AND expires_at > clock_timestamp()"
     " UNION ALL SELECT 'queued', pipeline_run_key, '', "
-    PAC_MICROS("creation_time") ", " PAC_MICROS("created_at") ", queue_seq, 0"
-    " FROM concurrency_slots WHERE repository_key = $1 AND state = 'queued'";
+    PAC_MICROS("creation_time") ", " PAC_MICROS("created_at") ", queue_seq,"
+    " queue_priority FROM concurrency_slots WHERE repository_key = $1 AND"
+    " state = 'queued'"
+    " UNION ALL SELECT 'mode', queue_mode, '', 0, 0, 0, 0"
+    " FROM pac_repository_policies WHERE repository_key = $1";
 
 }  // namespace
 
@@ -139,9 +142,12 @@ void PostgreSQLDriver::AddSnapshotRow(const PgResult& r, int row,
   } else if (kind == "running") {
     out->running.push_back(LeaseFromRow(r, row, repo_key));
   } else if (kind == "queued") {
-    out->queued.push_back(QueueEntry{std::string(r.Get(row, 1)),
-                                     r.GetMicros(row, 3), r.GetInt(row, 5),
-                                     r.GetMicros(row, 4), 0});
+    out->queued.push_back(QueueEntry{
+        std::string(r.Get(row, 1)), r.GetMicros(row, 3), r.GetInt(row, 5),
+        r.GetMicros(row, 4), 0, static_cast<int32_t>(r.GetInt(row, 6))});
+  } else if (kind == "mode") {
+    // A name this build does not know orders as the default.
+    out->mode = ParseQueueMode(r.Get(row, 1), "queue_mode").value_or(out->mode);
   }
 }
 
@@ -153,8 +159,17 @@ void OrderSnapshot(RepositorySnapshot* s) {
             [](const Lease& a, const Lease& b) {
               return a.fencing_token < b.fencing_token;
             });
+  // The admission order of the repository's mode (as pac_head, pac_place).
+  const QueueMode mode = s->mode;
   std::sort(s->queued.begin(), s->queued.end(),
-            [](const QueueEntry& a, const QueueEntry& b) {
+            [mode](const QueueEntry& a, const QueueEntry& b) {
+              if (mode == QueueMode::kPriority && a.priority != b.priority) {
+                return a.priority > b.priority;
+              }
+              if (mode == QueueMode::kNewestFirst &&
+                  a.creation_time != b.creation_time) {
+                return a.creation_time > b.creation_time;
+              }
               return std::tie(a.creation_time, a.sequence) <
                      std::tie(b.creation_time, b.sequence);
             });
@@ -193,8 +208,10 @@ constexpr const char* kListingPageSql =
     " s.expires_at > clock_timestamp()"
     " UNION ALL SELECT 'queued', s.pipeline_run_key, '', "
     PAC_MICROS("s.creation_time") ", " PAC_MICROS("s.created_at") ","
-    " s.queue_seq, 0, s.repository_key FROM concurrency_slots s JOIN k"
-    " ON s.repository_key = k.key WHERE s.state = 'queued'";
+    " s.queue_seq, s.queue_priority, s.repository_key FROM concurrency_slots s"
+    " JOIN k ON s.repository_key = k.key WHERE s.state = 'queued'"
+    " UNION ALL SELECT 'mode', p.queue_mode, '', 0, 0, 0, 0, p.repository_key"
+    " FROM pac_repository_policies p JOIN k ON p.repository_key = k.key";
 #undef PAC_IN_NAMESPACE
 
 }  // namespace

@@ -43,7 +43,7 @@ constexpr const char* kAcquireSql =
                      " $5::boolean, $6::boolean,"
                      " $7::bigint * interval '1 microsecond', $8::boolean, $9,"
                      " $10, $11::bigint * interval '1 microsecond',"
-                     " $12::boolean)";
+                     " $12::int, $13::boolean)";
 
 constexpr const char* kReleaseSql =
     "SELECT o_kind, o_run, o_lease, " PAC_MICROS("o_acquired") ", " PAC_MICROS(
@@ -282,7 +282,7 @@ absl::StatusOr<AcquireResult> PostgreSQLDriver::AcquireSlot(
            ? PgParam(std::to_string(
                  absl::ToInt64Microseconds(*options.max_queue_time)))
            : PgParam(),
-       "false"},
+       std::to_string(options.priority), "false"},
       Notifies::kIfPending, Retry::kFlagLast);
   if (!r.ok()) return r.status();
   AcquireResult result;
@@ -378,7 +378,7 @@ absl::StatusOr<std::vector<Lease>> PostgreSQLDriver::SetRepositoryLimit(
   auto r = Query(ctx, kAcquireSql,
                  {repo_key, std::nullopt, std::to_string(EffectiveLimit(repo)),
                   std::nullopt, "false", "false", TtlMicros(), "false",
-                  NewRequestId(), std::nullopt, std::nullopt, "false"},
+                  NewRequestId(), std::nullopt, std::nullopt, "0", "false"},
                  Notifies::kYes, Retry::kFlagLast);
   if (!r.ok()) return r.status();
   std::vector<Lease> admitted;
@@ -634,13 +634,13 @@ absl::Status PostgreSQLDriver::SetRepositoryPolicy(
   auto r =
       Query(ctx,
             "SELECT pac_set_policy($1, $2::bigint * interval '1 microsecond',"
-            " $3::bigint * interval '1 microsecond')",
+            " $3, $4::bigint * interval '1 microsecond')",
             {std::string(repo_key),
              policy.max_queue_time.has_value()
                  ? PgParam(std::to_string(
                        absl::ToInt64Microseconds(*policy.max_queue_time)))
                  : PgParam(),
-             TtlMicros()},
+             std::string(QueueModeName(policy.mode)), TtlMicros()},
             Notifies::kYes);
   if (!r.ok()) return r.status();
   logger_->info("policy of {} recorded", repo_key);
@@ -652,15 +652,18 @@ absl::StatusOr<RepositoryPolicy> PostgreSQLDriver::GetRepositoryPolicy(
   if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
   auto r = Query(
       ctx,
-      "SELECT " PAC_MICROS(
-          "max_queue") " FROM pac_repository_policies WHERE repository_key = "
-                       "$1",
+      "SELECT " PAC_MICROS("max_queue") ", queue_mode"
+      " FROM pac_repository_policies WHERE repository_key = $1",
       {std::string(repo_key)});
   if (!r.ok()) return r.status();
   RepositoryPolicy out;
-  if (r->rows() > 0 && !r->IsNull(0, 0)) {
+  if (r->rows() == 0) return out;
+  if (!r->IsNull(0, 0)) {
     out.max_queue_time = absl::Microseconds(r->GetInt(0, 0));
   }
+  auto mode = ParseQueueMode(r->Get(0, 1), "queue_mode");
+  if (!mode.ok()) return absl::DataLossError(mode.status().message());
+  out.mode = *mode;
   return out;
 }
 

@@ -182,6 +182,19 @@ DROP FUNCTION IF EXISTS pac_acquire(TEXT, TEXT, INTEGER, TIMESTAMPTZ, BOOLEAN,
                                     BOOLEAN);
 )SQL";
 
+// Migration 12: queue order. A queued row keeps its run's priority; a
+// repository's policy its mode ('oldest-first', 'newest-first',
+// 'priority'). pac_acquire takes p_priority and pac_set_policy p_mode, so
+// their previous signatures go.
+constexpr const char* kMigration12 = R"SQL(
+ALTER TABLE concurrency_slots ADD COLUMN IF NOT EXISTS queue_priority INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE pac_repository_policies ADD COLUMN IF NOT EXISTS queue_mode TEXT NOT NULL DEFAULT 'oldest-first';
+DROP FUNCTION IF EXISTS pac_acquire(TEXT, TEXT, INTEGER, TIMESTAMPTZ, BOOLEAN,
+                                    BOOLEAN, INTERVAL, BOOLEAN, TEXT, TEXT,
+                                    INTERVAL, BOOLEAN);
+DROP FUNCTION IF EXISTS pac_set_policy(TEXT, INTERVAL, INTERVAL);
+)SQL";
+
 }  // namespace
 
 absl::Status Migrate(PgConnection& conn, const Context& ctx) {
@@ -211,10 +224,10 @@ absl::Status Migrate(PgConnection& conn, const Context& ctx) {
         Cat("postgresql: the database has schema version ", have,
             ", newer than this build's ", kSchemaVersion));
   }
-  const char* const migrations[] = {kMigration1,  kMigration2, kMigration3,
-                                    kMigration4,  kMigration5, kMigration6,
-                                    kMigration7,  kMigration8, kMigration9,
-                                    kMigration10, kMigration11};
+  const char* const migrations[] = {kMigration1,  kMigration2,  kMigration3,
+                                    kMigration4,  kMigration5,  kMigration6,
+                                    kMigration7,  kMigration8,  kMigration9,
+                                    kMigration10, kMigration11, kMigration12};
   static_assert(std::size(migrations) == kSchemaVersion);
   for (int64_t v = have + 1; v <= kSchemaVersion; ++v) {
     auto m = conn.Exec(ctx, Cat(migrations[v - 1],

@@ -110,6 +110,47 @@ BEGIN
   RETURN n;
 END $$;
 
+-- A repository's queue mode (pac_repository_policies), 'oldest-first'
+-- when none is recorded.
+CREATE OR REPLACE FUNCTION pac_mode(p_repo TEXT) RETURNS TEXT
+LANGUAGE sql STABLE AS $$
+  SELECT coalesce((SELECT p.queue_mode FROM pac_repository_policies p
+                    WHERE p.repository_key = p_repo), 'oldest-first');
+$$;
+
+-- The id of the queue head under mode p_mode: the newest-first and
+-- priority orders sort the repository's queued rows (a top-1 sort, one
+-- pass); oldest-first reads the queue index.
+CREATE OR REPLACE FUNCTION pac_head(p_repo TEXT, p_mode TEXT) RETURNS INTEGER
+LANGUAGE sql STABLE AS $$
+  SELECT q.id FROM concurrency_slots q
+   WHERE q.repository_key = p_repo AND q.state = 'queued'
+   ORDER BY CASE WHEN p_mode = 'priority' THEN q.queue_priority END
+              DESC NULLS LAST,
+            CASE WHEN p_mode = 'newest-first' THEN q.creation_time END
+              DESC NULLS LAST,
+            q.creation_time, q.queue_seq
+   LIMIT 1;
+$$;
+
+-- The 1-based place of the queued run p_run under mode p_mode.
+CREATE OR REPLACE FUNCTION pac_place(p_repo TEXT, p_run TEXT, p_mode TEXT)
+RETURNS BIGINT LANGUAGE sql STABLE AS $$
+  SELECT count(*) FROM concurrency_slots q, concurrency_slots me
+   WHERE me.repository_key = p_repo AND me.pipeline_run_key = p_run
+     AND q.repository_key = p_repo AND q.state = 'queued'
+     AND CASE p_mode
+           WHEN 'newest-first' THEN
+             q.creation_time > me.creation_time OR
+             (q.creation_time = me.creation_time AND q.queue_seq <= me.queue_seq)
+           WHEN 'priority' THEN
+             q.queue_priority > me.queue_priority OR
+             (q.queue_priority = me.queue_priority AND
+              (q.creation_time, q.queue_seq) <= (me.creation_time, me.queue_seq))
+           ELSE (q.creation_time, q.queue_seq) <= (me.creation_time, me.queue_seq)
+         END;
+$$;
+
 -- Reclaims the expired leases of a repository whose pac_repositories row the
 -- caller holds locked, then admits queue heads into free slots, oldest first.
 CREATE OR REPLACE FUNCTION pac_promote(p_repo TEXT, p_limit INTEGER,
@@ -120,6 +161,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
   r RECORD;
   n INTEGER;
+  v_mode TEXT;  -- read once there is room
 BEGIN
   PERFORM pac_time_out(p_repo, p_now);
   FOR r IN DELETE FROM concurrency_slots s
@@ -131,13 +173,19 @@ BEGIN
   SELECT count(*) INTO n FROM concurrency_slots s
    WHERE s.repository_key = p_repo AND s.state = 'running';
   WHILE p_limit = 0 OR n < p_limit LOOP
+    IF v_mode IS NULL THEN
+      v_mode := pac_mode(p_repo);
+    END IF;
+    -- The head: by the queue index (oldest-first), else by pac_head.
     UPDATE concurrency_slots s
        SET state = 'running', lease_id = gen_random_uuid()::text,
            fencing_token = nextval('pac_fencing_seq'), acquired_at = p_now,
            expires_at = p_now + p_ttl, updated_at = p_now
-     WHERE s.id = (SELECT q.id FROM concurrency_slots q
-                    WHERE q.repository_key = p_repo AND q.state = 'queued'
-                    ORDER BY q.creation_time, q.queue_seq LIMIT 1)
+     WHERE s.id = CASE WHEN v_mode = 'oldest-first' THEN
+                    (SELECT q.id FROM concurrency_slots q
+                      WHERE q.repository_key = p_repo AND q.state = 'queued'
+                      ORDER BY q.creation_time, q.queue_seq LIMIT 1)
+                  ELSE pac_head(p_repo, v_mode) END
     RETURNING s.pipeline_run_key, s.lease_id, s.acquired_at, s.expires_at,
               s.fencing_token INTO r;
     EXIT WHEN NOT FOUND;
@@ -251,6 +299,7 @@ CREATE OR REPLACE FUNCTION pac_acquire(p_repo TEXT, p_run TEXT, p_limit INTEGER,
                                        p_keep BOOLEAN, p_request TEXT,
                                        p_group TEXT DEFAULT NULL,
                                        p_max_queue INTERVAL DEFAULT NULL,
+                                       p_priority INTEGER DEFAULT 0,
                                        p_retry BOOLEAN DEFAULT false)
 RETURNS TABLE(o_kind TEXT, o_run TEXT, o_lease TEXT, o_acquired TIMESTAMPTZ,
               o_expires TIMESTAMPTZ, o_token BIGINT, o_pos BIGINT)
@@ -433,19 +482,15 @@ BEGIN
       INSERT INTO concurrency_slots
              (repository_key, pipeline_run_key, state, acquired_at, expires_at,
               created_at, updated_at, creation_time, queue_seq, group_key,
-              queue_max, queue_deadline)
+              queue_max, queue_priority, queue_deadline)
       VALUES (p_repo, p_run, 'queued', NULL, 'infinity', v_now, v_now,
               coalesce(p_creation, v_now), nextval('pac_queue_seq'), p_group,
-              p_max_queue,
+              p_max_queue, p_priority,
               v_now + coalesce(p_max_queue,
                                (SELECT p.max_queue FROM pac_repository_policies p
                                  WHERE p.repository_key = p_repo)));
     END IF;
-    SELECT count(*) INTO o_pos
-      FROM concurrency_slots q, concurrency_slots me
-     WHERE me.repository_key = p_repo AND me.pipeline_run_key = p_run
-       AND q.repository_key = p_repo AND q.state = 'queued'
-       AND (q.creation_time, q.queue_seq) <= (me.creation_time, me.queue_seq);
+    o_pos := pac_place(p_repo, p_run, pac_mode(p_repo));
     o_kind := 'queued';
   END;
   IF o_kind IS NOT NULL THEN

@@ -34,6 +34,7 @@ DECLARE
   v_seqs BIGINT[];
   v_places JSONB;
   v_max_queue INTERVAL;
+  v_mode TEXT := pac_mode(p_repo);
   r RECORD;
 BEGIN
   -- Locks the repository row until the commit; reclaims expired leases.
@@ -91,8 +92,12 @@ BEGIN
   IF coalesce(cardinality(p_waiting), 0) > 0 THEN
     SELECT jsonb_object_agg(x.run, x.pos) INTO v_places
       FROM (SELECT q.pipeline_run_key AS run,
-                   row_number() OVER (ORDER BY q.creation_time,
-                                               q.queue_seq) AS pos
+                   row_number() OVER (ORDER BY
+                     CASE WHEN v_mode = 'priority' THEN q.queue_priority END
+                       DESC NULLS LAST,
+                     CASE WHEN v_mode = 'newest-first' THEN q.creation_time
+                       END DESC NULLS LAST,
+                     q.creation_time, q.queue_seq) AS pos
               FROM concurrency_slots q
              WHERE q.repository_key = p_repo AND q.state = 'queued') x;
   END IF;
@@ -165,15 +170,23 @@ DECLARE
   v_now TIMESTAMPTZ := clock_timestamp();
   v_runs TEXT[];
   v_run TEXT;
+  v_mode TEXT;
 BEGIN
   PERFORM pac_check_isolation();
   PERFORM 1 FROM pac_repositories t WHERE t.repository_key = p_repo FOR UPDATE;
+  v_mode := pac_mode(p_repo);
   WITH u AS (UPDATE concurrency_slots s
                 SET state = 'cleared', updated_at = v_now
               WHERE s.repository_key = p_repo AND s.state = 'queued'
-          RETURNING s.pipeline_run_key, s.creation_time, s.queue_seq)
+          RETURNING s.pipeline_run_key, s.creation_time, s.queue_seq,
+                    s.queue_priority)
   SELECT array_agg(u.pipeline_run_key::text
-                   ORDER BY u.creation_time, u.queue_seq)
+                   ORDER BY
+                     CASE WHEN v_mode = 'priority' THEN u.queue_priority END
+                       DESC NULLS LAST,
+                     CASE WHEN v_mode = 'newest-first' THEN u.creation_time
+                       END DESC NULLS LAST,
+                     u.creation_time, u.queue_seq)
     INTO v_runs FROM u;
   FOREACH v_run IN ARRAY coalesce(v_runs, '{}') LOOP
     PERFORM pac_notify(p_repo, 'removed:cleared', v_run);
@@ -182,26 +195,30 @@ BEGIN
   END LOOP;
 END $$;
 
--- Records a repository's policy (p_max NULL: none; the row goes). Live:
+-- Records a repository's policy (p_max NULL and 'oldest-first': none; the
+-- row goes). A mode orders every read and admission from its commit on
+-- (the queue is ordered when read: nothing to rewrite). Live:
 -- the deadlines of its queued runs without a limit of their own follow,
 -- and, under the repository row's lock, runs now past theirs time out (and
 -- the queue is admitted, as after any change). A repository without a row
 -- has no queue to follow.
 CREATE OR REPLACE FUNCTION pac_set_policy(p_repo TEXT, p_max INTERVAL,
-                                          p_ttl INTERVAL) RETURNS VOID
-LANGUAGE plpgsql AS $$
+                                          p_mode TEXT, p_ttl INTERVAL)
+RETURNS VOID LANGUAGE plpgsql AS $$
 DECLARE
   v_now TIMESTAMPTZ := clock_timestamp();
   v_limit INTEGER;
 BEGIN
   PERFORM pac_check_isolation();
-  IF p_max IS NULL THEN
+  IF p_max IS NULL AND p_mode = 'oldest-first' THEN
     DELETE FROM pac_repository_policies p WHERE p.repository_key = p_repo;
   ELSE
-    INSERT INTO pac_repository_policies (repository_key, max_queue, updated_at)
-         VALUES (p_repo, p_max, v_now)
+    INSERT INTO pac_repository_policies (repository_key, max_queue, queue_mode,
+                                         updated_at)
+         VALUES (p_repo, p_max, p_mode, v_now)
     ON CONFLICT (repository_key) DO UPDATE
-       SET max_queue = EXCLUDED.max_queue, updated_at = EXCLUDED.updated_at;
+       SET max_queue = EXCLUDED.max_queue, queue_mode = EXCLUDED.queue_mode,
+           updated_at = EXCLUDED.updated_at;
   END IF;
   SELECT t.concurrency_limit INTO v_limit FROM pac_repositories t
    WHERE t.repository_key = p_repo FOR UPDATE;

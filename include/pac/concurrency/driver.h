@@ -141,6 +141,7 @@ struct RepositorySnapshot {
   std::optional<int32_t> limit;    // as GetRepositoryLimit
   std::vector<Lease> running;      // as GetRunningPipelineRuns
   std::vector<QueueEntry> queued;  // as GetQueuedPipelineRuns
+  QueueMode mode = QueueMode::kOldestFirst;  // the order `queued` is in
 };
 
 // One repository's runs as a cluster shows them (Driver::ImportRuns).
