@@ -291,9 +291,9 @@ std::vector<QueueEntry> EtcdDriver::QueuedOf(const RepoView& v) {
   int64_t pos = 0;
   for (const QueueInfo& q : v.queue) {
     if (stale.count(&q) > 0) continue;
-    out.push_back(QueueEntry{q.run, absl::FromUnixMicros(q.creation_us),
-                             q.create_revision,
-                             absl::FromUnixMicros(q.enqueued_us), ++pos});
+    out.push_back(QueueEntry{
+        q.run, absl::FromUnixMicros(q.creation_us), q.create_revision,
+        absl::FromUnixMicros(q.enqueued_us), ++pos, q.priority});
   }
   return out;
 }
@@ -333,6 +333,7 @@ absl::StatusOr<RepositorySnapshot> EtcdDriver::GetRepositorySnapshot(
   if (!running.ok()) return running.status();
   out.running = *std::move(running);
   out.queued = QueuedOf(*v);
+  out.mode = v->mode;
   return out;
 }
 

@@ -149,6 +149,8 @@ class EtcdDriver final : public Driver {
     // The run's own queue time limit (AcquireOptions::max_queue_time; the
     // value "<enqueued µs>/0+<max µs>[/<group>]"), 0 for none.
     int64_t max_queue_us = 0;
+    // AcquireOptions::priority (the value "<enqueued µs>/0^<priority>...").
+    int32_t priority = 0;
   };
   struct RepoView {
     std::string repo;
@@ -162,6 +164,7 @@ class EtcdDriver final : public Driver {
     std::map<std::string, std::string> removed;  // run -> reason
     // The repository's queue time limit (the `policy` key), 0 for none.
     int64_t max_queue_us = 0;
+    QueueMode mode = QueueMode::kOldestFirst;  // the `policy` key's too
     // Some entry has a limit of its own (a hint: never cleared).
     bool entry_limits = false;
     int64_t revision = 0;
@@ -381,9 +384,15 @@ class EtcdDriver final : public Driver {
   void NoteDeadlinesLocked(const std::string& repo, const RepoView& v)
       PAC_REQUIRES(mu_);
   void ScheduleLocked(const std::string& repo, int64_t at_us) PAC_REQUIRES(mu_);
-  // Sorts a view's queue into admission order: (creation time, revision).
-  // The queue's admission order (etcd.md, "Queue order").
+  // Oldest-first: (creation time, revision, place in its Txn, key), one
+  // total order, the same in every process (etcd.md, "Queue order").
+  // Supersede groups compare runs by it under every mode.
   static bool QueueOrder(const QueueInfo& a, const QueueInfo& b);
+  // The admission order of `mode`: priority or newest creation time
+  // first, then QueueOrder.
+  static bool AdmitsBefore(QueueMode mode, const QueueInfo& a,
+                           const QueueInfo& b);
+  // Sorts a view's queue into the admission order of its mode.
   static void SortQueue(RepoView* v);
   // Compares that each slot of `v` still exists as `v` saw it (at most
   // kMaxGuardedSlots); returns the seats compared.

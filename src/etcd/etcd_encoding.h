@@ -205,6 +205,44 @@ inline etcdpb::RequestOp DeleteOp(const std::string& key,
   return op;
 }
 
+// A repository's policy as the value of its `policy` key:
+// "q=<max queue µs>,m=<mode>", each part left out when it is the default
+// (a default policy has no key).
+inline std::string EncodePolicy(const RepositoryPolicy& p) {
+  std::string out;
+  if (p.max_queue_time.has_value()) {
+    out = Cat("q=", absl::ToInt64Microseconds(*p.max_queue_time));
+  }
+  if (p.mode != QueueMode::kOldestFirst) {
+    out += Cat(out.empty() ? "" : ",", "m=", QueueModeName(p.mode));
+  }
+  return out;
+}
+
+// The policy of a `policy` value; nullopt when it does not parse.
+inline std::optional<RepositoryPolicy> DecodePolicy(std::string_view value) {
+  RepositoryPolicy p;
+  for (absl::string_view part : absl::StrSplit(AV(value), ',')) {
+    if (part.empty()) continue;
+    if (part.substr(0, 2) == "q=") {
+      int64_t us = 0;
+      auto [end, ec] =
+          std::from_chars(part.data() + 2, part.data() + part.size(), us);
+      if (ec != std::errc() || end != part.data() + part.size() || us <= 0) {
+        return std::nullopt;
+      }
+      p.max_queue_time = absl::Microseconds(us);
+    } else if (part.substr(0, 2) == "m=") {
+      auto mode = ParseQueueMode(SV(part.substr(2)), "mode");
+      if (!mode.ok()) return std::nullopt;
+      p.mode = *mode;
+    } else {
+      return std::nullopt;
+    }
+  }
+  return p;
+}
+
 }  // namespace pac::concurrency::internal
 
 #endif  // PAC_SRC_ETCD_ETCD_ENCODING_H_

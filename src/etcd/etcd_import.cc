@@ -203,6 +203,7 @@ size_t EtcdDriver::PlanImport(const RepositoryImport& part,
   }
   // Admission order over what waits: the live entries and the joining.
   std::vector<const QueueInfo*> order;
+  const QueueMode mode = v.mode;
   // (Entries past their queue deadline wait for nothing: a step removes
   // them.)
   const std::set<const QueueInfo*> due = TimedOut(v, now_us);
@@ -211,8 +212,8 @@ size_t EtcdDriver::PlanImport(const RepositoryImport& part,
   }
   for (const QueueInfo& q : joining) order.push_back(&q);
   std::sort(order.begin(), order.end(),
-            [](const QueueInfo* a, const QueueInfo* b) {
-              return QueueOrder(*a, *b);
+            [mode](const QueueInfo* a, const QueueInfo* b) {
+              return AdmitsBefore(mode, *a, *b);
             });
   int64_t running = static_cast<int64_t>(after.slots.size());
   std::set<const QueueInfo*> admitted;

@@ -179,6 +179,7 @@ EtcdDriver::ListRepositorySnapshots(const Context& ctx,
     if (!running.ok()) return running.status();
     snap.running = *std::move(running);
     snap.queued = QueuedOf(view);
+    snap.mode = view.mode;
     out.push_back(RepositoryListing{key, std::move(snap)});
   }
   return out;

@@ -146,26 +146,31 @@ absl::Status EtcdDriver::SetRepositoryPolicy(const Context& ctx,
   if (absl::Status s = ctx.Err(); !s.ok()) return s;
   if (absl::Status s = CheckOpen(); !s.ok()) return s;
   const std::string repo(repo_key);
-  const std::string key = Cat(RepoPrefix(repo), "policy");
-  // One key, not guarded by `meta`: a step planned without it admits as
-  // the old policy allowed, which is how it stood until this put.
-  if (policy.max_queue_time.has_value()) {
-    if (absl::Status s = PutKey(
-            ctx, key,
-            std::to_string(absl::ToInt64Microseconds(*policy.max_queue_time)));
-        !s.ok()) {
-      return s;
-    }
-  } else {
-    etcdpb::TxnRequest txn;
-    *txn.add_success() = DeleteOp(key);
-    if (auto r = kv_->Txn(ctx, txn); !r.ok()) return r.status();
+  const std::string p = RepoPrefix(repo);
+  // The key, and `meta` rewritten if the repository has one: every plan
+  // made on a view of the old policy (the old order) fails its compare of
+  // `meta` and is made again, so a change of mode reorders the queue in
+  // one step. (No `meta` is made for a repository without one: its
+  // absence tells an acquire that the limit is to be recorded.)
+  const std::string value = EncodePolicy(policy);
+  etcdpb::TxnRequest txn;
+  auto* exists = txn.add_compare();
+  exists->set_key(p + "meta");
+  exists->set_target(etcdpb::Compare::CREATE);
+  exists->set_result(etcdpb::Compare::GREATER);
+  exists->set_create_revision(0);
+  for (auto* ops : {txn.mutable_success(), txn.mutable_failure()}) {
+    *ops->Add() =
+        value.empty() ? DeleteOp(p + "policy") : PutOp(p + "policy", value);
   }
+  *txn.add_success() = PutOp(p + "meta", NewCommitId());
+  if (auto r = kv_->Txn(ctx, txn); !r.ok()) return r.status();
   ForgetView(repo);
   // Live: runs now past the limit leave in this step.
   auto r = Step(ctx, repo, 0, /*set_limit=*/false, "", {});
   if (!r.ok()) return r.status();
-  logger_->info("policy of {} recorded", repo);
+  logger_->info("policy of {} recorded ({})", repo,
+                value.empty() ? "default" : value);
   return absl::OkStatus();
 }
 
@@ -175,16 +180,14 @@ absl::StatusOr<RepositoryPolicy> EtcdDriver::GetRepositoryPolicy(
   if (absl::Status s = ctx.Err(); !s.ok()) return s;
   auto v =
       GetKey(ctx, Cat(RepoPrefix(std::string(repo_key)), "policy"), "policy");
-  RepositoryPolicy out;
-  if (absl::IsNotFound(v.status())) return out;
+  if (absl::IsNotFound(v.status())) return RepositoryPolicy{};
   if (!v.ok()) return v.status();
-  int64_t us = 0;
-  if (!absl::SimpleAtoi(*v, &us) || us <= 0) {
+  std::optional<RepositoryPolicy> policy = DecodePolicy(*v);
+  if (!policy.has_value()) {
     return absl::DataLossError(
-        Cat("etcd: the policy of ", repo_key, " is not a number: ", *v));
+        Cat("etcd: the policy of ", repo_key, " does not parse: ", *v));
   }
-  out.max_queue_time = absl::Microseconds(us);
-  return out;
+  return *policy;
 }
 
 }  // namespace pac::concurrency::internal

@@ -268,7 +268,8 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(
     const bool fast = enqueue_caller && options.creation_time.has_value() &&
                       options.group.empty() && !limit_changed &&
                       promote.empty() && !grant_caller && last != nullptr &&
-                      queue_key > last->key && timed_out.empty();
+                      queue_key > last->key && timed_out.empty() &&
+                      v.mode == QueueMode::kOldestFirst;
     if (!fast && !turn.held() && !holding_turn) {
       // Plan again once it is this thread's turn: the view may have moved.
       if (absl::Status s = turn.Take(ctx, repo); !s.ok()) return s;
@@ -401,14 +402,18 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(
     if (enqueue_caller) {
       QueueInfo q{run, queue_key, creation_us, 0, absl::ToUnixMicros(now)};
       q.group = options.group;
+      q.priority = options.priority;
       if (options.max_queue_time.has_value()) {
         q.max_queue_us = absl::ToInt64Microseconds(*options.max_queue_time);
         after.entry_limits = true;
       }
-      // "<enqueued µs>[/0[+<max µs>][/<group>]]"
+      // "<enqueued µs>[/0[+<max µs>][^<priority>][/<group>]]"
       std::string value = std::to_string(q.enqueued_us);
-      if (q.max_queue_us > 0 || !q.group.empty()) value += "/0";
+      if (q.max_queue_us > 0 || q.priority != 0 || !q.group.empty()) {
+        value += "/0";
+      }
       if (q.max_queue_us > 0) value += Cat("+", q.max_queue_us);
+      if (q.priority != 0) value += Cat("^", q.priority);
       if (!q.group.empty()) value += Cat("/", q.group);
       *txn.add_success() = PutOp(q.key, value);
       enqueued_deadline = DeadlineUs(after, q);
@@ -459,13 +464,19 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(
       continue;
     }
     if (enqueue_caller) {
+      // Its place: after every entry of the view that admits before it
+      // (it joined last, so after those of its creation time).
+      QueueInfo me;
+      me.creation_us = creation_us;
+      me.create_revision = INT64_MAX;
+      me.priority = options.priority;
       int64_t pos = 1;
       for (const QueueInfo& q : v.queue) {
         if (std::find(promote.begin(), promote.end(), &q) != promote.end() ||
             stale.count(&q) > 0) {
           continue;
         }
-        if (q.creation_us <= creation_us) ++pos;
+        if (AdmitsBefore(v.mode, q, me)) ++pos;
       }
       result.position = pos;
       logger_->info(

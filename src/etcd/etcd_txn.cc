@@ -141,6 +141,16 @@ void EtcdDriver::GuardAdmissions(etcdpb::TxnRequest* txn, const RepoView& v,
   // no queue has none unseen: joining the end needs an entry to join.)
   const std::string q = RepoPrefix(v.repo) + "queue/";
   auto* cmp = txn->add_compare();
+  if (v.mode != QueueMode::kOldestFirst) {
+    // Under another order an unseen entry may sort anywhere (a join at
+    // the end planned before the mode changed): none may be in the queue.
+    cmp->set_key(q);
+    cmp->set_range_end(PrefixEnd(q));
+    cmp->set_target(etcdpb::Compare::CREATE);
+    cmp->set_result(etcdpb::Compare::LESS);
+    cmp->set_create_revision(v.revision + 1);
+    return;
+  }
   cmp->set_key(Cat(q, QueueTime(v.queue.front().creation_us), "/"));
   cmp->set_range_end(drained ? PrefixEnd(q) : last_admitted->key);
   cmp->set_target(etcdpb::Compare::CREATE);

@@ -179,7 +179,7 @@ void EtcdDriver::ApplyKv(RepoView* v, std::string_view rest, bool put,
     if (!ParseQueueTime(q.substr(0, slash), &qi.creation_us)) return;
     qi.create_revision = kv.create_revision();
     const char* const end = kv.value().data() + kv.value().size();
-    // "<enqueued µs>[/<ord>[+<max µs>][/<group>]]"
+    // "<enqueued µs>[/<ord>[+<max µs>][^<priority>][/<group>]]"
     auto [rest_of_value, ec] =
         std::from_chars(kv.value().data(), end, qi.enqueued_us);
     if (ec == std::errc() && rest_of_value != end && *rest_of_value == '/') {
@@ -191,17 +191,27 @@ void EtcdDriver::ApplyKv(RepoView* v, std::string_view rest, bool put,
         after_ord = after_max;
         if (qi.max_queue_us > 0) v->entry_limits = true;
       }
+      if (ec2 == std::errc() && after_ord != end && *after_ord == '^') {
+        auto [after_prio, ec4] =
+            std::from_chars(after_ord + 1, end, qi.priority);
+        if (ec4 != std::errc()) qi.priority = 0;
+        after_ord = after_prio;
+      }
       if (ec2 == std::errc() && after_ord != end && *after_ord == '/') {
         qi.group.assign(after_ord + 1, end);
       }
     }
     v->queue.push_back(std::move(qi));
   } else if (rest == "policy") {
-    v->max_queue_us = 0;
-    if (put) {
-      std::from_chars(kv.value().data(), kv.value().data() + kv.value().size(),
-                      v->max_queue_us);
-    }
+    // A value that does not parse counts as the default policy (and
+    // GetRepositoryPolicy says DATA_LOSS).
+    const RepositoryPolicy p =
+        put ? DecodePolicy(kv.value()).value_or(RepositoryPolicy{})
+            : RepositoryPolicy{};
+    v->max_queue_us = p.max_queue_time.has_value()
+                          ? absl::ToInt64Microseconds(*p.max_queue_time)
+                          : 0;
+    v->mode = p.mode;
   } else if (rest.substr(0, 8) == "removed/") {
     std::string run(rest.substr(8));
     if (put) {
@@ -237,8 +247,23 @@ bool EtcdDriver::QueueOrder(const QueueInfo& a, const QueueInfo& b) {
          std::tie(b.creation_us, b.create_revision, b.ord, b.key);
 }
 
+bool EtcdDriver::AdmitsBefore(QueueMode mode, const QueueInfo& a,
+                              const QueueInfo& b) {
+  if (mode == QueueMode::kPriority && a.priority != b.priority) {
+    return a.priority > b.priority;
+  }
+  if (mode == QueueMode::kNewestFirst && a.creation_us != b.creation_us) {
+    return a.creation_us > b.creation_us;
+  }
+  return QueueOrder(a, b);
+}
+
 void EtcdDriver::SortQueue(RepoView* v) {
-  std::sort(v->queue.begin(), v->queue.end(), QueueOrder);
+  const QueueMode mode = v->mode;
+  std::sort(v->queue.begin(), v->queue.end(),
+            [mode](const QueueInfo& a, const QueueInfo& b) {
+              return AdmitsBefore(mode, a, b);
+            });
 }
 
 }  // namespace pac::concurrency::internal
