@@ -11,6 +11,7 @@ namespace {
 struct AcquireFlags {
   std::string repo, run, creation_time, group, max_queue_time;
   int limit = -1;
+  int priority = 0;
   bool wait = false;
   bool no_queue = false;
 };
@@ -33,6 +34,7 @@ int Acquire(const GlobalOptions& g, const AcquireFlags& f) {
   if (f.limit >= 0) body["concurrency_limit"] = f.limit;
   if (!f.creation_time.empty()) body["creation_time"] = f.creation_time;
   if (!f.group.empty()) body["group"] = f.group;
+  if (f.priority != 0) body["priority"] = f.priority;
   if (!f.max_queue_time.empty()) {
     auto q = QueueTimeFlag(f.max_queue_time);
     if (!q.ok()) return Fail(q.status());
@@ -87,6 +89,9 @@ void RegisterAcquireCommand(CLI::App& app, GlobalOptions& g, Runner* run) {
   cmd->add_option("--group", f->group,
                   "Supersede group (a pull request, a branch): submitting "
                   "removes the group's older queued runs");
+  cmd->add_option("--priority", f->priority,
+                  "The run's priority: higher runs are admitted first when "
+                  "the repository's queue mode is priority");
   cmd->add_option("--max-queue-time", f->max_queue_time,
                   "Leave the queue (reason timed-out) after waiting this "
                   "long, e.g. 30m (default: the repository's limit)");

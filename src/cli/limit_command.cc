@@ -12,16 +12,17 @@ namespace pac::concurrency::cli {
 namespace {
 
 struct LimitFlags {
-  std::string repo, file, max_queue_time;
+  std::string repo, file, max_queue_time, mode;
   int limit = -1;
 };
 
 void PrintPolicy(const Json& p) {
-  std::printf("%s: max queue time %s\n",
+  std::printf("%s: max queue time %s, order %s\n",
               p["repository"].get<std::string>().c_str(),
               p["max_queue_seconds"].is_null()
                   ? "none"
-                  : HumanSeconds(p["max_queue_seconds"].get<double>()).c_str());
+                  : HumanSeconds(p["max_queue_seconds"].get<double>()).c_str(),
+              p.value("queue_mode", "oldest-first").c_str());
 }
 
 int Limit(const GlobalOptions& g, const LimitFlags& f) {
@@ -39,16 +40,23 @@ int Limit(const GlobalOptions& g, const LimitFlags& f) {
     if (!text.ok()) return Fail(text.status());
     r = (*api)->api->ApplyManifests(*ctx, *text);
   } else {
-    if (f.limit < 0 && f.max_queue_time.empty()) {
+    if (f.limit < 0 && f.max_queue_time.empty() && f.mode.empty()) {
       return Fail(absl::InvalidArgumentError(
           "limit: give the limit as a non-negative number (0 = unlimited), "
-          "or --max-queue-time"));
+          "--max-queue-time or --mode"));
     }
+    // Only the fields given: the others keep their recorded values.
     std::optional<Json> policy_body;
     if (!f.max_queue_time.empty()) {
       auto q = QueueTimeFlag(f.max_queue_time);
       if (!q.ok()) return Fail(q.status());
       policy_body = Json{{"max_queue_seconds", *q}};
+    }
+    if (!f.mode.empty()) {
+      auto m = ParseQueueMode(f.mode, "--mode");
+      if (!m.ok()) return Fail(m.status());
+      if (!policy_body.has_value()) policy_body = Json::object();
+      (*policy_body)["queue_mode"] = f.mode;
     }
     if (f.limit < 0) {  // the queue time limit alone
       auto p = (*api)->api->SetPolicy(*ctx, f.repo, *policy_body);
@@ -62,6 +70,7 @@ int Limit(const GlobalOptions& g, const LimitFlags& f) {
       auto p = (*api)->api->SetPolicy(*ctx, f.repo, *policy_body);
       if (!p.ok()) return Fail(p.status());
       (*r)["max_queue_seconds"] = (*p)["max_queue_seconds"];
+      (*r)["queue_mode"] = (*p)["queue_mode"];
     }
   }
   if (!r.ok()) return Fail(r.status());
@@ -94,6 +103,9 @@ void RegisterLimitCommand(CLI::App& app, GlobalOptions& g, Runner* run) {
   cmd->add_option("--max-queue-time", f->max_queue_time,
                   "With --repo: how long a run may wait in the queue before "
                   "it leaves (reason timed-out), e.g. 30m; none: no limit");
+  cmd->add_option("--mode", f->mode,
+                  "With --repo: the queue's order, oldest-first, "
+                  "newest-first or priority (reorders the queue at once)");
   cmd->add_option("-f,--file", f->file,
                   "Repository manifest(s) in YAML: spec.concurrency_limit");
   cmd->callback([&g, f, run] { *run = [&g, f] { return Limit(g, *f); }; });

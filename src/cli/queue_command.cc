@@ -20,14 +20,21 @@ int Queue(const GlobalOptions& g, const std::string& repo) {
   auto s = (*api)->api->Status(*ctx, repo);
   if (!s.ok()) return Fail(s.status());
   Json doc{{"repository", (*s)["repository"]}, {"queued", (*s)["queued"]}};
+  if (s->contains("queue_mode")) doc["queue_mode"] = (*s)["queue_mode"];
   Print(g, doc, [](const Json& d) {
     if (d["queued"].empty()) {
       std::printf("queue of %s is empty\n",
                   d["repository"].get<std::string>().c_str());
       return;
     }
+    // Under the priority mode, each run's priority is its first key.
+    const bool by_priority = d.value("queue_mode", "") == "priority";
+    if (d.contains("queue_mode")) {
+      std::printf("order: %s\n", d["queue_mode"].get<std::string>().c_str());
+    }
     std::vector<std::vector<std::string>> rows{
         {"POS", "PIPELINE RUN", "CREATED", "WAITING", "WAITING FOR"}};
+    if (by_priority) rows[0].insert(rows[0].begin() + 2, "PRIORITY");
     for (const Json& q : d["queued"]) {
       std::string why;  // a server of an earlier version does not say
       if (q.contains("waiting_for") && q["waiting_for"].is_object()) {
@@ -39,6 +46,10 @@ int Queue(const GlobalOptions& g, const std::string& repo) {
                       q["pipeline_run"].get<std::string>(),
                       TableTime(q["creation_time"].get<std::string>()),
                       HumanSeconds(q["waiting_seconds"].get<double>()), why});
+      if (by_priority) {
+        rows.back().insert(rows.back().begin() + 2,
+                           std::to_string(q.value("priority", 0)));
+      }
     }
     PrintTable(rows);
   });

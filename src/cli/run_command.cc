@@ -35,6 +35,7 @@ namespace {
 struct RunFlags {
   std::string repo, run, creation_time, group, max_queue_time;
   int limit = -1;
+  int priority = 0;
   absl::Duration kill_grace = absl::Seconds(10);
   std::string kill_grace_text = "10s";
   std::vector<std::string> command;
@@ -110,6 +111,7 @@ int RunCommand(const GlobalOptions& g, RunFlags f) {
   if (f.limit >= 0) body["concurrency_limit"] = f.limit;
   if (!f.creation_time.empty()) body["creation_time"] = f.creation_time;
   if (!f.group.empty()) body["group"] = f.group;
+  if (f.priority != 0) body["priority"] = f.priority;
   if (!f.max_queue_time.empty()) {
     auto q = QueueTimeFlag(f.max_queue_time);
     if (!q.ok()) return Fail(q.status());
@@ -318,6 +320,9 @@ void RegisterRunCommand(CLI::App& app, GlobalOptions& g, Runner* run) {
   cmd->add_option("--group", f->group,
                   "Supersede group (a pull request, a branch): submitting "
                   "removes the group's older queued runs");
+  cmd->add_option("--priority", f->priority,
+                  "The run's priority: higher runs are admitted first when "
+                  "the repository's queue mode is priority");
   cmd->add_option("--max-queue-time", f->max_queue_time,
                   "Leave the queue (reason timed-out) after waiting this "
                   "long, e.g. 30m (default: the repository's limit)");

@@ -137,7 +137,8 @@ absl::StatusOr<std::optional<absl::Duration>> ParseQueueSeconds(
 
 Json PolicyToJson(std::string_view repo_key, const RepositoryPolicy& policy) {
   Json out{{"repository", std::string(repo_key)},
-           {"max_queue_seconds", nullptr}};
+           {"max_queue_seconds", nullptr},
+           {"queue_mode", QueueModeName(policy.mode)}};
   if (policy.max_queue_time.has_value()) {
     out["max_queue_seconds"] = absl::ToDoubleSeconds(*policy.max_queue_time);
   }

@@ -82,8 +82,10 @@ class Api {
   [[nodiscard]] virtual absl::StatusOr<Json> ClearQueue(
       const Context& ctx, std::string_view repo_key) = 0;
   // A repository's policy (Driver::SetRepositoryPolicy): SetPolicy's body
-  // is {"max_queue_seconds": N} (null or absent: no queue time limit);
-  // both answer {"repository", "max_queue_seconds": N or null}.
+  // is {"max_queue_seconds": N, "queue_mode": "priority"}; a field left
+  // out keeps its recorded value, null sets the default (no queue time
+  // limit, oldest-first). Both answer {"repository", "max_queue_seconds":
+  // N or null, "queue_mode"}.
   [[nodiscard]] virtual absl::StatusOr<Json> SetPolicy(
       const Context& ctx, std::string_view repo_key, const Json& body) = 0;
   [[nodiscard]] virtual absl::StatusOr<Json> GetPolicy(

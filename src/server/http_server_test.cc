@@ -295,8 +295,9 @@ TEST_F(HttpServerTest, ARunPastItsQueueTimeLimitLeavesTheQueue) {
   RemoteApi api(url_, "");
   auto none = api.GetPolicy(ctx_, "ns/app");
   ASSERT_TRUE(none.ok()) << none.status();
-  EXPECT_EQ(*none,
-            (Json{{"repository", "ns/app"}, {"max_queue_seconds", nullptr}}));
+  EXPECT_EQ(*none, (Json{{"repository", "ns/app"},
+                         {"max_queue_seconds", nullptr},
+                         {"queue_mode", "oldest-first"}}));
   ASSERT_TRUE(
       api.Submit(ctx_, "ns/app",
                  Json{{"pipeline_run", "ns/a"}, {"concurrency_limit", 1}})
@@ -325,8 +326,9 @@ TEST_F(HttpServerTest, ARunPastItsQueueTimeLimitLeavesTheQueue) {
                    R"({"max_queue_seconds": 0.3})", "application/json");
   ASSERT_TRUE(put);
   EXPECT_EQ(put->status, 200) << put->body;
-  EXPECT_EQ(Body(put),
-            (Json{{"repository", "ns/app"}, {"max_queue_seconds", 0.3}}));
+  EXPECT_EQ(Body(put), (Json{{"repository", "ns/app"},
+                             {"max_queue_seconds", 0.3},
+                             {"queue_mode", "oldest-first"}}));
   EXPECT_EQ((*api.GetPolicy(ctx_, "ns/app"))["max_queue_seconds"], 0.3);
   ASSERT_EQ(
       (*api.Submit(ctx_, "ns/app", Json{{"pipeline_run", "ns/c"}}))["position"],
@@ -363,6 +365,65 @@ TEST_F(HttpServerTest, ARunPastItsQueueTimeLimitLeavesTheQueue) {
   }
   EXPECT_TRUE((*api.GetPolicy(ctx_, "ns/app"))["max_queue_seconds"].is_null());
   EXPECT_EQ((*api.Status(ctx_, "ns/app"))["queue_depth"], 0);
+}
+
+// The queue's mode (PUT .../policy "queue_mode") orders the queue, a
+// submit's "priority" places a run under the priority mode, and the status
+// shows both; a field left out of a PUT keeps its value.
+TEST_F(HttpServerTest, AQueueModeOrdersTheQueue) {
+  Start();
+  RemoteApi api(url_, "");
+  auto c = Client();
+  ASSERT_TRUE(
+      api.SetPolicy(ctx_, "ns/app", Json{{"max_queue_seconds", 600}}).ok());
+  auto put = c.Put("/v1/repositories/ns/app/policy",
+                   R"({"queue_mode": "priority"})", "application/json");
+  ASSERT_TRUE(put);
+  EXPECT_EQ(put->status, 200) << put->body;
+  EXPECT_EQ(Body(put), (Json{{"repository", "ns/app"},
+                             {"max_queue_seconds", 600},
+                             {"queue_mode", "priority"}}));
+  ASSERT_TRUE(
+      api.Submit(ctx_, "ns/app",
+                 Json{{"pipeline_run", "ns/a"}, {"concurrency_limit", 1}})
+          .ok());
+  auto low = api.Submit(ctx_, "ns/app", Json{{"pipeline_run", "ns/low"}});
+  ASSERT_TRUE(low.ok());
+  EXPECT_EQ((*low)["position"], 1);
+  auto high = api.Submit(ctx_, "ns/app",
+                         Json{{"pipeline_run", "ns/high"}, {"priority", 7}});
+  ASSERT_TRUE(high.ok());
+  EXPECT_EQ((*high)["position"], 1);
+  auto status = api.Status(ctx_, "ns/app");
+  ASSERT_TRUE(status.ok());
+  EXPECT_EQ((*status)["queue_mode"], "priority");
+  EXPECT_EQ((*status)["queued"][0]["pipeline_run"], "ns/high");
+  EXPECT_EQ((*status)["queued"][0]["priority"], 7);
+  EXPECT_EQ((*status)["queued"][1]["pipeline_run"], "ns/low");
+  for (const char* body :
+       {R"({"queue_mode": "fifo"})", R"({"queue_mode": 1})"}) {
+    auto bad =
+        c.Put("/v1/repositories/ns/app/policy", body, "application/json");
+    ASSERT_TRUE(bad);
+    EXPECT_EQ(bad->status, 400) << body << bad->body;
+    EXPECT_THAT(bad->body, HasSubstr("queue_mode")) << body;
+  }
+  for (const char* body :
+       {R"({"pipeline_run": "ns/x", "priority": "high"})",
+        R"({"pipeline_run": "ns/x", "priority": 1.5})",
+        R"({"pipeline_run": "ns/x", "priority": 3000000000})"}) {
+    auto bad = c.Post("/v1/repositories/ns/app/runs", body, "application/json");
+    ASSERT_TRUE(bad);
+    EXPECT_EQ(bad->status, 400) << body << bad->body;
+    EXPECT_THAT(bad->body, HasSubstr("priority")) << body;
+  }
+  // null: back to oldest-first; the limit is kept.
+  auto reset = api.SetPolicy(ctx_, "ns/app", Json{{"queue_mode", nullptr}});
+  ASSERT_TRUE(reset.ok()) << reset.status();
+  EXPECT_EQ((*reset)["queue_mode"], "oldest-first");
+  EXPECT_EQ((*reset)["max_queue_seconds"], 600);
+  EXPECT_EQ((*api.Status(ctx_, "ns/app"))["queued"][0]["pipeline_run"],
+            "ns/low");
 }
 
 TEST_F(HttpServerTest, ClearingAQueueRemovesItsRunsForGood) {

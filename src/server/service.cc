@@ -59,6 +59,7 @@ Json QueueEntryToJson(const QueueEntry& q, const RepositorySnapshot& snap,
               {"enqueued_at", FormatTimestamp(q.enqueued_at)},
               {"waiting_seconds",
                std::max(0.0, absl::ToDoubleSeconds(now - q.enqueued_at))},
+              {"priority", q.priority},
               {"waiting_for", std::move(why)}};
 }
 
@@ -190,9 +191,10 @@ absl::StatusOr<Json> Service::ApplyManifests(const Context& ctx,
 absl::StatusOr<Json> Service::Submit(const Context& ctx,
                                      std::string_view repo_key,
                                      const Json& body) {
-  if (absl::Status s = CheckFields(
-          body, {"pipeline_run", "creation_time", "enqueue",
-                 "concurrency_limit", "state", "group", "max_queue_seconds"});
+  if (absl::Status s =
+          CheckFields(body, {"pipeline_run", "creation_time", "enqueue",
+                             "concurrency_limit", "state", "group",
+                             "max_queue_seconds", "priority"});
       !s.ok()) {
     return s;
   }
@@ -236,6 +238,15 @@ absl::StatusOr<Json> Service::Submit(const Context& ctx,
     auto d = ParseQueueSeconds(*it, "max_queue_seconds");
     if (!d.ok()) return d.status();
     options.max_queue_time = *d;
+  }
+  if (auto it = body.find("priority"); it != body.end() && !it->is_null()) {
+    if (!it->is_number_integer() || it->get<int64_t>() < INT32_MIN ||
+        it->get<int64_t>() > INT32_MAX) {
+      return absl::InvalidArgumentError(
+          "priority: an integer (32 bits; higher is admitted first under "
+          "the priority mode)");
+    }
+    options.priority = static_cast<int32_t>(it->get<int64_t>());
   }
   if (auto it = body.find("state"); it != body.end()) {
     if (!it->is_string() || (*it != "started" && *it != "queued")) {
@@ -360,6 +371,7 @@ Json StatusJson(std::string_view repo_key, const RepositorySnapshot& snap,
            {"concurrency_limit", nullptr},
            {"in_use", snap.running.size()},
            {"queue_depth", snap.queued.size()},
+           {"queue_mode", QueueModeName(snap.mode)},
            {"running", std::move(run_list)},
            {"queued", std::move(queue_list)}};
   if (snap.limit.has_value()) out["concurrency_limit"] = *snap.limit;
@@ -488,14 +500,33 @@ absl::StatusOr<Json> Service::SetPolicy(const Context& ctx,
                                         std::string_view repo_key,
                                         const Json& body) {
   if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
-  if (absl::Status s = CheckFields(body, {"max_queue_seconds"}); !s.ok()) {
+  if (absl::Status s = CheckFields(body, {"max_queue_seconds", "queue_mode"});
+      !s.ok()) {
     return s;
   }
-  RepositoryPolicy policy;
+  // Fields left out keep their recorded values; null sets the default.
+  auto recorded = driver_->GetRepositoryPolicy(ctx, repo_key);
+  if (!recorded.ok()) {
+    CountError("set_policy", recorded.status());
+    return recorded.status();
+  }
+  RepositoryPolicy policy = *recorded;
   if (auto it = body.find("max_queue_seconds"); it != body.end()) {
     auto d = ParseQueueSeconds(*it, "max_queue_seconds");
     if (!d.ok()) return d.status();
     policy.max_queue_time = *d;
+  }
+  if (auto it = body.find("queue_mode"); it != body.end()) {
+    if (it->is_null()) {
+      policy.mode = QueueMode::kOldestFirst;
+    } else if (!it->is_string()) {
+      return absl::InvalidArgumentError(
+          "queue_mode: oldest-first, newest-first or priority");
+    } else {
+      auto mode = ParseQueueMode(it->get<std::string>(), "queue_mode");
+      if (!mode.ok()) return mode.status();
+      policy.mode = *mode;
+    }
   }
   if (absl::Status s = driver_->SetRepositoryPolicy(ctx, repo_key, policy);
       !s.ok()) {

@@ -507,6 +507,39 @@ TEST(CliE2ETest, RunStopsWhenItsQueueTimeLimitPasses) {
       0u);
 }
 
+// `limit --mode priority` orders the queue by `acquire --priority`, and
+// `queue` shows the order and each run's priority; a mode that does not
+// exist is refused.
+TEST(CliE2ETest, LimitModeOrdersTheQueueByPriority) {
+  ServerProcess server;
+  const std::string& u = server.url();
+  CliResult mode =
+      Cli(u, {"limit", "--repo", "ns/o", "1", "--mode", "priority"});
+  EXPECT_EQ(mode.code, 0) << mode.out;
+  EXPECT_THAT(mode.out, HasSubstr("order priority"));
+  ASSERT_EQ(Cli(u, {"acquire", "--repo", "ns/o", "--run", "ns/holder"}).code,
+            0);
+  EXPECT_EQ(Cli(u, {"acquire", "--repo", "ns/o", "--run", "ns/low"}).code, 3);
+  CliResult high = Cli(
+      u, {"acquire", "--repo", "ns/o", "--run", "ns/high", "--priority", "5"});
+  EXPECT_EQ(high.code, 3) << high.out;
+  EXPECT_THAT(high.out, HasSubstr("queued at position 1"));
+  CliResult table = Cli(u, {"queue", "--repo", "ns/o"});
+  EXPECT_EQ(table.code, 0) << table.out;
+  EXPECT_THAT(table.out, HasSubstr("order: priority"));
+  EXPECT_THAT(table.out, HasSubstr("PRIORITY"));
+  EXPECT_LT(table.out.find("ns/high"), table.out.find("ns/low")) << table.out;
+  CliResult bad = Cli(u, {"limit", "--repo", "ns/o", "--mode", "fifo"});
+  EXPECT_EQ(bad.code, 2) << bad.out;
+  EXPECT_THAT(bad.out, HasSubstr("--mode"));
+  // --max-queue-time alone keeps the mode.
+  CliResult keep = Cli(
+      u, {"-o", "json", "limit", "--repo", "ns/o", "--max-queue-time", "1h"});
+  EXPECT_EQ(keep.code, 0) << keep.out;
+  EXPECT_EQ(keep.json()["queue_mode"], "priority");
+  EXPECT_EQ(keep.json()["max_queue_seconds"], 3600);
+}
+
 // With every watch place of the server taken (--max-watches), a queued
 // `run` is refused a watch (429) and polls instead: it keeps its place and
 // starts once admitted. `watch` itself reports the refusal.
