@@ -470,7 +470,7 @@ func TestAQueueTimeLimitEndsAWait(t *testing.T) {
 				err, time.Since(start))
 		}
 		p, err := c.SetPolicy(ctx, repo.Key(), concurrency.Policy{MaxQueueTime: 300 * time.Millisecond})
-		if err != nil || p.MaxQueueTime != 300*time.Millisecond {
+		if err != nil || p.MaxQueueTime != 300*time.Millisecond || p.Mode != "oldest-first" {
 			t.Fatalf("SetPolicy = %+v, %v", p, err)
 		}
 		if got, err := c.GetPolicy(ctx, repo.Key()); err != nil || got != p {
@@ -483,11 +483,47 @@ func TestAQueueTimeLimitEndsAWait(t *testing.T) {
 		if _, err := c.SetPolicy(ctx, repo.Key(), concurrency.Policy{}); err != nil {
 			t.Fatalf("SetPolicy(zero) = %v", err)
 		}
-		if got, err := c.GetPolicy(ctx, repo.Key()); err != nil || got != (concurrency.Policy{}) {
+		if got, err := c.GetPolicy(ctx, repo.Key()); err != nil || got != (concurrency.Policy{Mode: "oldest-first"}) {
 			t.Fatalf("GetPolicy after forgetting = %+v, %v", got, err)
 		}
 		if _, err := c.SetPolicy(ctx, repo.Key(), concurrency.Policy{MaxQueueTime: -time.Second}); !errors.Is(err, concurrency.ErrInvalidArgument) {
 			t.Fatalf("SetPolicy(negative) = %v; want INVALID_ARGUMENT", err)
+		}
+	})
+}
+
+// Under the "priority" mode a run of a higher Priority is admitted first;
+// the status says the mode and each run's priority.
+func TestPriorityModeAdmitsTheHigherRunFirst(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b testserver.Backend) {
+		srv := testserver.Start(t, b.Env)
+		c := newClient(t, concurrency.Options{URL: srv.URL})
+		ctx := timeout(t, 60*time.Second)
+		ns := testserver.Namespace("prio")
+		repo := repoOf(t, ns+"/app", 1)
+		if _, err := c.SetPolicy(ctx, repo.Key(), concurrency.Policy{Mode: "priority"}); err != nil {
+			t.Fatalf("SetPolicy = %v", err)
+		}
+		holder, err := c.WaitForSlot(ctx, repo, ns+"/holder", concurrency.WaitOptions{})
+		testserver.Must(t, err, "WaitForSlot on a free slot")
+		if _, err := c.Submit(ctx, repo, ns+"/low", concurrency.SubmitOptions{}); err != nil {
+			t.Fatalf("Submit(low) = %v", err)
+		}
+		high, err := c.Submit(ctx, repo, ns+"/high", concurrency.SubmitOptions{Priority: 3})
+		if err != nil || high.Position != 1 {
+			t.Fatalf("Submit(high) = %+v, %v; want position 1", high, err)
+		}
+		st, err := c.Status(ctx, repo.Key())
+		if err != nil || st.QueueMode != "priority" || len(st.Queued) != 2 ||
+			st.Queued[0].PipelineRun != ns+"/high" || st.Queued[0].Priority != 3 {
+			t.Fatalf("Status = %+v, %v", st, err)
+		}
+		r, err := c.Release(ctx, repo.Key(), ns+"/holder", holder.LeaseID)
+		if err != nil || len(r.Admitted) != 1 || r.Admitted[0].PipelineRun != ns+"/high" {
+			t.Fatalf("Release = %+v, %v; want high admitted", r, err)
+		}
+		if _, err := c.SetPolicy(ctx, repo.Key(), concurrency.Policy{Mode: "fifo"}); !errors.Is(err, concurrency.ErrInvalidArgument) {
+			t.Fatalf("SetPolicy(fifo) = %v; want INVALID_ARGUMENT", err)
 		}
 	})
 }

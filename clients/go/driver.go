@@ -30,6 +30,9 @@ type SubmitOptions struct {
 	// the run leaves the queue, and its submits fail with ErrRunRemoved
 	// (reason "timed-out"). Zero: the repository's (Policy).
 	MaxQueueTime time.Duration
+	// Priority places the run when the repository's queue mode is
+	// "priority": higher first.
+	Priority int32
 }
 
 // Submit asks for a slot for the run "namespace/name" in repo: the answer
@@ -65,6 +68,9 @@ func (c *Client) Submit(ctx context.Context, repo *Repository, pipelineRunKey st
 	}
 	if opts.MaxQueueTime > 0 {
 		body["max_queue_seconds"] = opts.MaxQueueTime.Seconds()
+	}
+	if opts.Priority != 0 {
+		body["priority"] = opts.Priority
 	}
 	if !opts.CreationTime.IsZero() {
 		body["creation_time"] = opts.CreationTime.UTC().Format(time.RFC3339Nano)
@@ -322,22 +328,28 @@ type Policy struct {
 	// before it leaves (reason "timed-out"), unless the run has its own
 	// (SubmitOptions.MaxQueueTime). Zero: no limit.
 	MaxQueueTime time.Duration
+	// Mode is the queue's order: "oldest-first" (also ""), "newest-first"
+	// or "priority". A change reorders the queue at once.
+	Mode string
 }
 
 type policyJSON struct {
 	MaxQueueSeconds *float64 `json:"max_queue_seconds"`
+	QueueMode       string   `json:"queue_mode"`
 }
 
 func (p policyJSON) policy() Policy {
-	if p.MaxQueueSeconds == nil {
-		return Policy{}
+	out := Policy{Mode: p.QueueMode}
+	if p.MaxQueueSeconds != nil {
+		out.MaxQueueTime = time.Duration(*p.MaxQueueSeconds * float64(time.Second)).Round(time.Microsecond)
 	}
-	return Policy{MaxQueueTime: time.Duration(*p.MaxQueueSeconds * float64(time.Second)).Round(time.Microsecond)}
+	return out
 }
 
-// SetPolicy records the repository's policy for every server sharing the
-// backend; a zero Policy forgets it. Live: runs queued longer than a new
-// limit leave the queue. Needs an admin token.
+// SetPolicy records the repository's policy (every field) for every server
+// sharing the backend; a zero Policy forgets it. Live: runs queued longer
+// than a new limit leave the queue, and a new mode reorders it. Needs an
+// admin token.
 func (c *Client) SetPolicy(ctx context.Context, repoKey string, p Policy) (Policy, error) {
 	const op = "SetPolicy"
 	ns, name, err := splitKey(op, "repository", repoKey)
@@ -348,9 +360,12 @@ func (c *Client) SetPolicy(ctx context.Context, repoKey string, p Policy) (Polic
 		return Policy{}, invalidArgument(op, "max_queue_seconds: must be positive (got %s)",
 			p.MaxQueueTime)
 	}
-	body := map[string]any{"max_queue_seconds": nil}
+	body := map[string]any{"max_queue_seconds": nil, "queue_mode": nil}
 	if p.MaxQueueTime > 0 {
 		body["max_queue_seconds"] = p.MaxQueueTime.Seconds()
+	}
+	if p.Mode != "" {
+		body["queue_mode"] = p.Mode
 	}
 	var out policyJSON
 	if err := c.call(ctx, op, "PUT",

@@ -79,6 +79,8 @@ type QueueEntry struct {
 	CreationTime   time.Time `json:"creation_time"`
 	EnqueuedAt     time.Time `json:"enqueued_at"`
 	WaitingSeconds float64   `json:"waiting_seconds"`
+	// Priority is the run's (SubmitOptions.Priority).
+	Priority int `json:"priority"`
 	// WaitingFor says what holds the run (nil from a server that does not
 	// say).
 	WaitingFor *WaitingFor `json:"waiting_for,omitempty"`
@@ -99,11 +101,14 @@ type WaitingFor struct {
 type RepositoryStatus struct {
 	Repository string `json:"repository"`
 	// ConcurrencyLimit is nil when the backend holds no limit for it.
-	ConcurrencyLimit *int         `json:"concurrency_limit"`
-	InUse            int          `json:"in_use"`
-	QueueDepth       int          `json:"queue_depth"`
-	Running          []Lease      `json:"running"`
-	Queued           []QueueEntry `json:"queued"`
+	ConcurrencyLimit *int `json:"concurrency_limit"`
+	InUse            int  `json:"in_use"`
+	QueueDepth       int  `json:"queue_depth"`
+	// QueueMode is the order Queued is in ("oldest-first",
+	// "newest-first", "priority").
+	QueueMode string       `json:"queue_mode"`
+	Running   []Lease      `json:"running"`
+	Queued    []QueueEntry `json:"queued"`
 }
 
 // EventType says what changed in a watched repository.

@@ -18,6 +18,8 @@ type WaitOptions struct {
 	Group string
 	// MaxQueueTime is the run's queue time limit (see SubmitOptions).
 	MaxQueueTime time.Duration
+	// Priority is the run's priority (see SubmitOptions).
+	Priority int32
 	// OnQueued is told the run's position when it is first queued and
 	// each time the position changes.
 	OnQueued func(position int)
@@ -65,7 +67,7 @@ func (c *Client) WaitForSlot(ctx context.Context, repo *Repository, pipelineRunK
 		return nil, err
 	}
 	submitOpts := SubmitOptions{CreationTime: opts.CreationTime, Group: opts.Group,
-		MaxQueueTime: opts.MaxQueueTime}
+		MaxQueueTime: opts.MaxQueueTime, Priority: opts.Priority}
 	lastPosition := -1
 	for {
 		// Each submit runs to its answer, not to ctx's end: one abandoned
