@@ -8,10 +8,7 @@ namespace pac::concurrency::cli {
 
 namespace {
 
-struct AcquireFlags {
-  std::string repo, run, creation_time, group, max_queue_time;
-  int limit = -1;
-  int priority = 0;
+struct AcquireFlags : SubmitFlags {
   bool wait = false;
   bool no_queue = false;
 };
@@ -30,16 +27,9 @@ int Acquire(const GlobalOptions& g, const AcquireFlags& f) {
   if (!ctx.ok()) return Fail(ctx.status());
   auto api = OpenApi(g, *ctx);
   if (!api.ok()) return Fail(api.status());
-  Json body{{"pipeline_run", f.run}};
-  if (f.limit >= 0) body["concurrency_limit"] = f.limit;
-  if (!f.creation_time.empty()) body["creation_time"] = f.creation_time;
-  if (!f.group.empty()) body["group"] = f.group;
-  if (f.priority != 0) body["priority"] = f.priority;
-  if (!f.max_queue_time.empty()) {
-    auto q = QueueTimeFlag(f.max_queue_time);
-    if (!q.ok()) return Fail(q.status());
-    body["max_queue_seconds"] = *q;
-  }
+  auto submit = SubmitBody(f);
+  if (!submit.ok()) return Fail(submit.status());
+  Json body = *std::move(submit);
   if (f.no_queue) body["enqueue"] = false;
   if (f.wait) {
     auto lease =
@@ -79,22 +69,9 @@ void RegisterAcquireCommand(CLI::App& app, GlobalOptions& g, Runner* run) {
       "acquire",
       "Take a slot for a run, or queue it (exit 0 acquired, 3 queued). The "
       "lease expires after the TTL unless renewed; see `run`.");
-  cmd->add_option("--repo", f->repo, "Repository ns/name")->required();
-  cmd->add_option("--run", f->run, "PipelineRun ns/name")->required();
-  cmd->add_option("--limit", f->limit,
-                  "Concurrency limit to record (0 = unlimited; default: keep "
-                  "the recorded one)");
-  cmd->add_option("--creation-time", f->creation_time,
-                  "The run's creation time (RFC 3339), which orders the queue");
-  cmd->add_option("--group", f->group,
-                  "Supersede group (a pull request, a branch): submitting "
-                  "removes the group's older queued runs");
-  cmd->add_option("--priority", f->priority,
-                  "The run's priority: higher runs are admitted first when "
-                  "the repository's queue mode is priority");
-  cmd->add_option("--max-queue-time", f->max_queue_time,
-                  "Leave the queue (reason timed-out) after waiting this "
-                  "long, e.g. 30m (default: the repository's limit)");
+  AddSubmitFlags(cmd, f.get(),
+                 "Concurrency limit to record (0 = unlimited; default: keep "
+                 "the recorded one)");
   cmd->add_flag("--wait", f->wait, "Wait in the queue until admitted");
   cmd->add_flag("--no-queue", f->no_queue, "Do not queue when no slot is free");
   cmd->callback([&g, f, run] { *run = [&g, f] { return Acquire(g, *f); }; });

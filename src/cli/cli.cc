@@ -211,6 +211,37 @@ absl::StatusOr<Json> QueueTimeFlag(std::string_view text) {
   return Json(absl::ToDoubleSeconds(d));
 }
 
+void AddSubmitFlags(CLI::App* cmd, SubmitFlags* f, const char* limit_help) {
+  cmd->add_option("--repo", f->repo, "Repository ns/name")->required();
+  cmd->add_option("--run", f->run, "PipelineRun ns/name")->required();
+  cmd->add_option("--limit", f->limit, limit_help);
+  cmd->add_option("--creation-time", f->creation_time,
+                  "The run's creation time (RFC 3339), which orders the queue");
+  cmd->add_option("--group", f->group,
+                  "Supersede group (a pull request, a branch): submitting "
+                  "removes the group's older queued runs");
+  cmd->add_option("--priority", f->priority,
+                  "The run's priority: higher runs are admitted first when "
+                  "the repository's queue mode is priority");
+  cmd->add_option("--max-queue-time", f->max_queue_time,
+                  "Leave the queue (reason timed-out) after waiting this "
+                  "long, e.g. 30m (default: the repository's limit)");
+}
+
+absl::StatusOr<Json> SubmitBody(const SubmitFlags& f) {
+  Json body{{"pipeline_run", f.run}};
+  if (f.limit >= 0) body["concurrency_limit"] = f.limit;
+  if (!f.creation_time.empty()) body["creation_time"] = f.creation_time;
+  if (!f.group.empty()) body["group"] = f.group;
+  if (f.priority != 0) body["priority"] = f.priority;
+  if (!f.max_queue_time.empty()) {
+    auto q = QueueTimeFlag(f.max_queue_time);
+    if (!q.ok()) return q.status();
+    body["max_queue_seconds"] = *q;
+  }
+  return body;
+}
+
 std::string HumanSeconds(double seconds) {
   int64_t s = static_cast<int64_t>(seconds);
   if (s >= 3600) return fmt::format("{}h{:02}m", s / 3600, (s % 3600) / 60);

@@ -91,6 +91,18 @@ void Print(const GlobalOptions& g, const Json& doc,
 // the JSON of "max_queue_seconds" (a number, or null for "none").
 [[nodiscard]] absl::StatusOr<Json> QueueTimeFlag(std::string_view text);
 
+// The flags of a submit that `acquire` and `run` share.
+struct SubmitFlags {
+  std::string repo, run, creation_time, group, max_queue_time;
+  int limit = -1;
+  int priority = 0;
+};
+// Adds them to `cmd`; `limit_help` describes --limit.
+void AddSubmitFlags(CLI::App* cmd, SubmitFlags* f, const char* limit_help);
+// The body of POST .../runs they ask for (InvalidArgument for a bad
+// --max-queue-time).
+[[nodiscard]] absl::StatusOr<Json> SubmitBody(const SubmitFlags& f);
+
 // Formats seconds as "1h02m", "3m05s", "12s".
 std::string HumanSeconds(double seconds);
 

@@ -32,10 +32,7 @@ using internal::SV;
 
 namespace {
 
-struct RunFlags {
-  std::string repo, run, creation_time, group, max_queue_time;
-  int limit = -1;
-  int priority = 0;
+struct RunFlags : SubmitFlags {
   absl::Duration kill_grace = absl::Seconds(10);
   std::string kill_grace_text = "10s";
   std::vector<std::string> command;
@@ -107,16 +104,9 @@ int RunCommand(const GlobalOptions& g, RunFlags f) {
   auto api = OpenApi(g, *base);
   if (!api.ok()) return Fail(api.status());
   server::Api& a = *(*api)->api;
-  Json body{{"pipeline_run", f.run}};
-  if (f.limit >= 0) body["concurrency_limit"] = f.limit;
-  if (!f.creation_time.empty()) body["creation_time"] = f.creation_time;
-  if (!f.group.empty()) body["group"] = f.group;
-  if (f.priority != 0) body["priority"] = f.priority;
-  if (!f.max_queue_time.empty()) {
-    auto q = QueueTimeFlag(f.max_queue_time);
-    if (!q.ok()) return Fail(q.status());
-    body["max_queue_seconds"] = *q;
-  }
+  auto submit = SubmitBody(f);
+  if (!submit.ok()) return Fail(submit.status());
+  const Json body = *std::move(submit);
 
   auto lease =
       WaitForSlot(a, ctx, f.repo, body,
@@ -310,22 +300,9 @@ void RegisterRunCommand(CLI::App& app, GlobalOptions& g, Runner* run) {
       "run",
       "Run a command in a slot: wait in the queue, keep the lease "
       "alive, release on exit; exits with the command's status");
-  cmd->add_option("--repo", f->repo, "Repository ns/name")->required();
-  cmd->add_option("--run", f->run, "PipelineRun ns/name")->required();
-  cmd->add_option("--limit", f->limit,
-                  "Concurrency limit to record (default: keep the recorded "
-                  "one)");
-  cmd->add_option("--creation-time", f->creation_time,
-                  "The run's creation time (RFC 3339), which orders the queue");
-  cmd->add_option("--group", f->group,
-                  "Supersede group (a pull request, a branch): submitting "
-                  "removes the group's older queued runs");
-  cmd->add_option("--priority", f->priority,
-                  "The run's priority: higher runs are admitted first when "
-                  "the repository's queue mode is priority");
-  cmd->add_option("--max-queue-time", f->max_queue_time,
-                  "Leave the queue (reason timed-out) after waiting this "
-                  "long, e.g. 30m (default: the repository's limit)");
+  AddSubmitFlags(cmd, f.get(),
+                 "Concurrency limit to record (default: keep the recorded "
+                 "one)");
   cmd->add_option("--kill-grace", f->kill_grace_text,
                   "When the lease cannot be renewed before it expires, the "
                   "command gets SIGTERM, then SIGKILL this much later (at "

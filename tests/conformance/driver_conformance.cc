@@ -126,6 +126,37 @@ void DriverConformanceTest::PassTTL() {
                                            : absl::Milliseconds(500)));
 }
 
+void RaceCounters::HoldAndRelease(Driver* d, const Context& ctx,
+                                  const std::string& lease_id,
+                                  std::chrono::milliseconds hold) {
+  int now = ++holding;
+  int seen = most.load();
+  while (now > seen && !most.compare_exchange_weak(seen, now)) {
+  }
+  std::this_thread::sleep_for(hold);
+  --holding;
+  if (!d->ReleaseSlot(ctx, lease_id, "", "").ok()) ++errors;
+}
+
+RaceOutcome AdmitHoldRelease(Driver* d, const Context& ctx,
+                             const Repository& repo, const std::string& run,
+                             const AcquireOptions& options,
+                             std::chrono::milliseconds hold, RaceCounters* c) {
+  while (true) {
+    auto r = d->AcquireSlot(ctx, repo, run, options);
+    if (IsRunRemoved(r.status())) return RaceOutcome::kRemoved;
+    if (!r.ok()) {
+      ++c->errors;
+      return RaceOutcome::kFailed;
+    }
+    if (r->acquired) {
+      c->HoldAndRelease(d, ctx, r->lease.lease_id, hold);
+      return RaceOutcome::kAdmitted;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+}
+
 absl::Duration DriverConformanceTest::QueueLimit() const {
   return manual_clock_ != nullptr ? absl::Seconds(4) : absl::Milliseconds(500);
 }

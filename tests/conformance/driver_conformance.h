@@ -10,6 +10,8 @@
 #ifndef PAC_TESTS_CONFORMANCE_DRIVER_CONFORMANCE_H_
 #define PAC_TESTS_CONFORMANCE_DRIVER_CONFORMANCE_H_
 
+#include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <functional>
 #include <memory>
@@ -96,6 +98,28 @@ class DriverConformanceTest : public ::testing::TestWithParam<DriverFactory> {
   std::unique_ptr<Driver> driver_;
   Context ctx_ = Context::Background();
 };
+
+// The counters of a race test: how many runs held a slot at once, at
+// most, and how many calls failed. Thread-safe.
+struct RaceCounters {
+  std::atomic<int> holding{0};
+  std::atomic<int> most{0};
+  std::atomic<int> errors{0};
+  // Counts a holder for `hold`, then releases `lease_id` through `d`.
+  void HoldAndRelease(Driver* d, const Context& ctx,
+                      const std::string& lease_id,
+                      std::chrono::milliseconds hold);
+};
+
+// Submits `run` through `d` every 2 ms, as a waiting client re-submits,
+// until it is admitted (then held for `hold` and released: kAdmitted) or
+// refused as removed (kRemoved); any other failure counts in c->errors
+// (kFailed).
+enum class RaceOutcome { kAdmitted, kRemoved, kFailed };
+RaceOutcome AdmitHoldRelease(Driver* d, const Context& ctx,
+                             const Repository& repo, const std::string& run,
+                             const AcquireOptions& options,
+                             std::chrono::milliseconds hold, RaceCounters* c);
 
 // The runs of `leases` or `entries`, in their order.
 std::vector<std::string> RunKeys(const std::vector<Lease>& leases);

@@ -156,15 +156,13 @@ TEST_P(DriverConformanceTest, Clear_RacesNeverAdmitAClearedRun) {
   constexpr int kRuns = 12;
   std::mutex mu;
   std::set<std::string> admitted, cleared;  // guarded by mu
-  std::atomic<int> holding{0};
-  std::atomic<int> most{0};
-  std::atomic<int> errors{0};
+  RaceCounters c;
   std::atomic<bool> done{false};
   std::thread clearer([&] {
     while (!done.load()) {
       auto r = other->ClearQueue(ctx_, repo.Key());
       if (!r.ok()) {
-        ++errors;
+        ++c.errors;
         continue;
       }
       std::lock_guard<std::mutex> lock(mu);
@@ -177,30 +175,11 @@ TEST_P(DriverConformanceTest, Clear_RacesNeverAdmitAClearedRun) {
     workers.emplace_back([&, w] {
       for (int i = 0; i < kRuns; ++i) {
         const std::string run = Run(absl::StrCat("w", w, "-", i));
-        while (true) {
-          auto r = driver_->AcquireSlot(ctx_, repo, run);
-          if (IsRunRemoved(r.status())) break;
-          if (!r.ok()) {
-            ++errors;
-            break;
-          }
-          if (r->acquired) {
-            int now = ++holding;
-            int seen = most.load();
-            while (now > seen && !most.compare_exchange_weak(seen, now)) {
-            }
-            {
-              std::lock_guard<std::mutex> lock(mu);
-              admitted.insert(run);
-            }
-            std::this_thread::sleep_for(std::chrono::milliseconds(1));
-            --holding;
-            if (!driver_->ReleaseSlot(ctx_, r->lease.lease_id, "", "").ok()) {
-              ++errors;
-            }
-            break;
-          }
-          std::this_thread::sleep_for(std::chrono::milliseconds(2));
+        if (AdmitHoldRelease(driver_.get(), ctx_, repo, run, {},
+                             std::chrono::milliseconds(1),
+                             &c) == RaceOutcome::kAdmitted) {
+          std::lock_guard<std::mutex> lock(mu);
+          admitted.insert(run);
         }
       }
     });
@@ -208,8 +187,8 @@ TEST_P(DriverConformanceTest, Clear_RacesNeverAdmitAClearedRun) {
   for (std::thread& t : workers) t.join();
   done = true;
   clearer.join();
-  EXPECT_EQ(errors.load(), 0);
-  EXPECT_LE(most.load(), 2);
+  EXPECT_EQ(c.errors.load(), 0);
+  EXPECT_LE(c.most.load(), 2);
   std::lock_guard<std::mutex> lock(mu);
   EXPECT_EQ(admitted.size() + cleared.size(),
             static_cast<size_t>(kWorkers * kRuns));
@@ -317,7 +296,7 @@ TEST_P(DriverConformanceTest, Supersede_RacesNeverAdmitASupersededRun) {
   constexpr int kRuns = 10;
   std::mutex mu;
   std::set<std::string> granted, superseded;  // guarded by mu
-  std::atomic<int> holding{0}, most{0}, errors{0};
+  RaceCounters c;
   // Both slots held for the first 100 ms: the workers' first runs queue,
   // and their next ones supersede them, on every driver however fast.
   std::vector<std::string> holders;
@@ -329,7 +308,7 @@ TEST_P(DriverConformanceTest, Supersede_RacesNeverAdmitASupersededRun) {
   std::thread unhold([&] {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
     for (const std::string& id : holders) {
-      if (!driver_->ReleaseSlot(ctx_, id, "", "").ok()) ++errors;
+      if (!driver_->ReleaseSlot(ctx_, id, "", "").ok()) ++c.errors;
     }
   });
   std::vector<std::thread> workers;
@@ -357,7 +336,7 @@ TEST_P(DriverConformanceTest, Supersede_RacesNeverAdmitASupersededRun) {
             continue;
           }
           if (!r.ok()) {
-            ++errors;
+            ++c.errors;
             it = waiting.erase(it);
             continue;
           }
@@ -365,17 +344,12 @@ TEST_P(DriverConformanceTest, Supersede_RacesNeverAdmitASupersededRun) {
             ++it;
             continue;
           }
-          int now = ++holding;
-          int seen = most.load();
-          while (now > seen && !most.compare_exchange_weak(seen, now)) {
-          }
           {
             std::lock_guard<std::mutex> lock(mu);
             granted.insert(it->first);
           }
-          std::this_thread::sleep_for(std::chrono::milliseconds(2));
-          --holding;
-          if (!d->ReleaseSlot(ctx_, r->lease.lease_id, "", "").ok()) ++errors;
+          c.HoldAndRelease(d, ctx_, r->lease.lease_id,
+                           std::chrono::milliseconds(2));
           it = waiting.erase(it);
         }
         std::this_thread::sleep_for(std::chrono::milliseconds(1));
@@ -401,8 +375,8 @@ TEST_P(DriverConformanceTest, Supersede_RacesNeverAdmitASupersededRun) {
   unhold.join();
   done = true;
   reader.join();
-  EXPECT_EQ(errors.load(), 0);
-  EXPECT_LE(most.load(), 2);
+  EXPECT_EQ(c.errors.load(), 0);
+  EXPECT_LE(c.most.load(), 2);
   EXPECT_LE(most_queued_of_a_group, 1);
   std::lock_guard<std::mutex> lock(mu);
   EXPECT_EQ(granted.size() + superseded.size(),

@@ -228,9 +228,7 @@ TEST_P(DriverConformanceTest, QueueTime_RacesNeverAdmitATimedOutRun) {
   constexpr int kRuns = 8;
   std::mutex mu;
   std::set<std::string> admitted, timed_out;  // guarded by mu
-  std::atomic<int> holding{0};
-  std::atomic<int> most{0};
-  std::atomic<int> errors{0};
+  RaceCounters c;
   std::atomic<bool> done{false};
   std::thread ticker([&] {
     while (manual && !done.load()) {
@@ -244,45 +242,19 @@ TEST_P(DriverConformanceTest, QueueTime_RacesNeverAdmitATimedOutRun) {
       Driver* d = w % 2 == 0 ? driver_.get() : other.get();
       for (int i = 0; i < kRuns; ++i) {
         const std::string run = Run(absl::StrCat("w", w, "-", i));
-        AcquireOptions o;
-        o.max_queue_time = limit;
-        while (true) {
-          auto r = d->AcquireSlot(ctx_, repo, run, o);
-          if (IsRunRemoved(r.status())) {
-            std::lock_guard<std::mutex> lock(mu);
-            timed_out.insert(run);
-            break;
-          }
-          if (!r.ok()) {
-            ++errors;
-            break;
-          }
-          if (r->acquired) {
-            int now = ++holding;
-            int seen = most.load();
-            while (now > seen && !most.compare_exchange_weak(seen, now)) {
-            }
-            {
-              std::lock_guard<std::mutex> lock(mu);
-              admitted.insert(run);
-            }
-            std::this_thread::sleep_for(hold);
-            --holding;
-            if (!d->ReleaseSlot(ctx_, r->lease.lease_id, "", "").ok()) {
-              ++errors;
-            }
-            break;
-          }
-          std::this_thread::sleep_for(std::chrono::milliseconds(2));
-        }
+        const RaceOutcome got =
+            AdmitHoldRelease(d, ctx_, repo, run, Within(limit), hold, &c);
+        std::lock_guard<std::mutex> lock(mu);
+        if (got == RaceOutcome::kAdmitted) admitted.insert(run);
+        if (got == RaceOutcome::kRemoved) timed_out.insert(run);
       }
     });
   }
   for (std::thread& t : workers) t.join();
   done = true;
   ticker.join();
-  EXPECT_EQ(errors.load(), 0);
-  EXPECT_LE(most.load(), 2);
+  EXPECT_EQ(c.errors.load(), 0);
+  EXPECT_LE(c.most.load(), 2);
   std::lock_guard<std::mutex> lock(mu);
   EXPECT_EQ(admitted.size() + timed_out.size(),
             static_cast<size_t>(kWorkers * kRuns));
