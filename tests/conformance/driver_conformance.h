@@ -99,6 +99,26 @@ class DriverConformanceTest : public ::testing::TestWithParam<DriverFactory> {
   Context ctx_ = Context::Background();
 };
 
+// The kRemoved events of a watch, with their reasons; thread-safe.
+class RemovedLog {
+ public:
+  WatchCallback Callback() {
+    return [this](const WatchEvent& e) {
+      if (e.type != WatchEventType::kRemoved) return;
+      std::lock_guard<std::mutex> lock(mu_);
+      runs_.push_back(e.pipeline_run_key + " " + e.reason);
+    };
+  }
+  std::vector<std::string> runs() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return runs_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::string> runs_;
+};
+
 // The counters of a race test: how many runs held a slot at once, at
 // most, and how many calls failed. Thread-safe.
 struct RaceCounters {

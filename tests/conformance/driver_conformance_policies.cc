@@ -20,26 +20,6 @@ namespace {
 using ::testing::ElementsAre;
 using ::testing::IsEmpty;
 
-// The kRemoved events of a watch, with their reasons; thread-safe.
-class RemovedLog {
- public:
-  WatchCallback Callback() {
-    return [this](const WatchEvent& e) {
-      if (e.type != WatchEventType::kRemoved) return;
-      std::lock_guard<std::mutex> lock(mu_);
-      runs_.push_back(e.pipeline_run_key + " " + e.reason);
-    };
-  }
-  std::vector<std::string> runs() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return runs_;
-  }
-
- private:
-  std::mutex mu_;
-  std::vector<std::string> runs_;
-};
-
 TEST_P(DriverConformanceTest, Clear_RemovesTheQueueAndLeavesRunningRuns) {
   Repository repo = Repo("clear", 1);
   RemovedLog log;

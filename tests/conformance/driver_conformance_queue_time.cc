@@ -28,30 +28,10 @@ AcquireOptions Within(absl::Duration d) {
   return o;
 }
 
-// The kRemoved events of a watch, with their reasons; thread-safe.
-class Removals {
- public:
-  WatchCallback Callback() {
-    return [this](const WatchEvent& e) {
-      if (e.type != WatchEventType::kRemoved) return;
-      std::lock_guard<std::mutex> lock(mu_);
-      runs_.push_back(e.pipeline_run_key + " " + e.reason);
-    };
-  }
-  std::vector<std::string> runs() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return runs_;
-  }
-
- private:
-  std::mutex mu_;
-  std::vector<std::string> runs_;
-};
-
 TEST_P(DriverConformanceTest,
        QueueTime_ARunPastItsLimitLeavesTheQueueWithoutACall) {
   Repository repo = Repo("timeout", 1);
-  Removals log;
+  RemovedLog log;
   auto watch = driver_->WatchSlotAvailability(ctx_, repo.Key(), log.Callback());
   ASSERT_TRUE(watch.ok()) << watch.status();
   auto a = driver_->AcquireSlot(ctx_, repo, Run("a"));
