@@ -47,7 +47,8 @@ TEST(EtcdMultiProcessTest, FourProcessesNeverOverAdmitAndKeepFifo) {
 TEST(EtcdMultiProcessTest, AClearerInAnotherProcessNeverLetsAClearedRunIn) {
   ASSERT_TRUE(TestEtcdConfig().ok());
   auto report = conformance::RunMultiProcessHammer(
-      MakeDriver, UniqueNs("mpc"), 4, 100, 2, absl::Milliseconds(15));
+      MakeDriver, UniqueNs("mpc"), 4, 100, 2,
+      {.clear_every = absl::Milliseconds(15)});
   EXPECT_EQ(conformance::RemovalProblem(report, 4, 400, 2, 3, true), "");
   EXPECT_GT(report.grants, 20);
   conformance::PrintHammerReport(report);
@@ -59,9 +60,8 @@ TEST(EtcdMultiProcessTest, AClearerInAnotherProcessNeverLetsAClearedRunIn) {
 // (among the others) hold.
 TEST(EtcdMultiProcessTest, GroupsAcrossProcessesNeverLetASupersededRunIn) {
   ASSERT_TRUE(TestEtcdConfig().ok());
-  auto report = conformance::RunMultiProcessHammer(
-      MakeDriver, UniqueNs("mpg"), 4, 100, 2, absl::ZeroDuration(),
-      /*groups=*/true);
+  auto report = conformance::RunMultiProcessHammer(MakeDriver, UniqueNs("mpg"),
+                                                   4, 100, 2, {.groups = true});
   EXPECT_EQ(conformance::RemovalProblem(report, 4, 400, 2, 3, false), "");
   conformance::PrintHammerReport(report);
 }
@@ -70,10 +70,28 @@ TEST(EtcdMultiProcessTest, GroupsAcrossProcessesNeverLetASupersededRunIn) {
 // are admitted; a timed-out run is never granted or admitted by a release.
 TEST(EtcdMultiProcessTest, TimeLimitsAcrossProcessesNeverLetATimedOutRunIn) {
   ASSERT_TRUE(TestEtcdConfig().ok());
-  auto report = conformance::RunMultiProcessHammer(
-      MakeDriver, UniqueNs("mpt"), 4, 100, 2, absl::ZeroDuration(),
-      /*groups=*/false, absl::Milliseconds(3));
+  auto report =
+      conformance::RunMultiProcessHammer(MakeDriver, UniqueNs("mpt"), 4, 100, 2,
+                                         {.max_queue = absl::Milliseconds(3)});
   EXPECT_EQ(conformance::RemovalProblem(report, 4, 400, 2, 3, false), "");
+  conformance::PrintHammerReport(report);
+}
+
+// Under the priority mode, runs of priorities 0-2 from four processes:
+// each admission takes the highest priority queued, then the oldest (no
+// join at the end of the queue, and admissions check that nobody joined
+// unseen).
+TEST(EtcdMultiProcessTest, PriorityOrderHoldsAcrossProcesses) {
+  ASSERT_TRUE(TestEtcdConfig().ok());
+  auto report = conformance::RunMultiProcessHammer(
+      MakeDriver, UniqueNs("mpp"), 4, 100, 2, {.priorities = true});
+  EXPECT_EQ(report.processes_ok, 4) << report.first_problem;
+  EXPECT_EQ(report.grants, 400);
+  EXPECT_EQ(report.duplicate_grants, 0);
+  EXPECT_LE(report.max_overlap, 2);
+  EXPECT_GT(report.queued, 50) << "too little contention to test the order";
+  EXPECT_GT(report.fifo_checks, 0);
+  EXPECT_EQ(report.fifo_violations, 0) << report.first_problem;
   conformance::PrintHammerReport(report);
 }
 

@@ -52,7 +52,7 @@ TEST(PostgreSQLMultiProcessTest,
   std::string ns = absl::StrCat("mpc-", getpid());
   auto report = conformance::RunMultiProcessHammer(
       MakeDriver, ns, /*processes=*/4, /*runs_per_process=*/150, /*limit=*/2,
-      /*clear_every=*/absl::Milliseconds(15));
+      {.clear_every = absl::Milliseconds(15)});
   EXPECT_EQ(conformance::RemovalProblem(report, 4, 600, 2, 3, true), "");
   EXPECT_GT(report.grants, 20);
   conformance::PrintHammerReport(report);
@@ -68,7 +68,7 @@ TEST(PostgreSQLMultiProcessTest,
   std::string ns = absl::StrCat("mpg-", getpid());
   auto report = conformance::RunMultiProcessHammer(
       MakeDriver, ns, /*processes=*/4, /*runs_per_process=*/150, /*limit=*/2,
-      absl::ZeroDuration(), /*groups=*/true);
+      {.groups = true});
   EXPECT_EQ(conformance::RemovalProblem(report, 4, 600, 2, 3, false), "");
   conformance::PrintHammerReport(report);
 }
@@ -81,8 +81,26 @@ TEST(PostgreSQLMultiProcessTest,
   std::string ns = absl::StrCat("mpt-", getpid());
   auto report = conformance::RunMultiProcessHammer(
       MakeDriver, ns, /*processes=*/4, /*runs_per_process=*/150, /*limit=*/2,
-      absl::ZeroDuration(), /*groups=*/false, absl::Milliseconds(3));
+      {.max_queue = absl::Milliseconds(3)});
   EXPECT_EQ(conformance::RemovalProblem(report, 4, 600, 2, 3, false), "");
+  conformance::PrintHammerReport(report);
+}
+
+// Under the priority mode, runs of priorities 0-2 from four processes:
+// each admission takes the highest priority queued, then the oldest.
+TEST(PostgreSQLMultiProcessTest, PriorityOrderHoldsAcrossProcesses) {
+  ASSERT_TRUE(TestPostgreSQLConfig().ok()) << TestPostgreSQLConfig().status();
+  std::string ns = absl::StrCat("mpp-", getpid());
+  auto report = conformance::RunMultiProcessHammer(
+      MakeDriver, ns, /*processes=*/4, /*runs_per_process=*/150, /*limit=*/2,
+      {.priorities = true});
+  EXPECT_EQ(report.processes_ok, 4) << report.first_problem;
+  EXPECT_EQ(report.grants, 600);
+  EXPECT_EQ(report.duplicate_grants, 0);
+  EXPECT_LE(report.max_overlap, 2);
+  EXPECT_GT(report.queued, 50) << "too little contention to test the order";
+  EXPECT_GT(report.fifo_checks, 0);
+  EXPECT_EQ(report.fifo_violations, 0) << report.first_problem;
   conformance::PrintHammerReport(report);
 }
 

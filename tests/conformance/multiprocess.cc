@@ -30,7 +30,8 @@ int64_t MonoNanos() {
 // for `go` to close, so the processes start together. 0, or the exit code
 // of the failure: 2 no driver (printed, named by `who`), 7 `ready` broke.
 int StartTogether(const DriverMaker& make, const std::string& who, int ready,
-                  int go, std::unique_ptr<Driver>* driver) {
+                  int go, std::unique_ptr<Driver>* driver,
+                  const Repository* priority_repo = nullptr) {
   auto made = make();
   if (!made.ok()) {
     std::fprintf(stderr, "%s: %s\n", who.c_str(),
@@ -38,6 +39,16 @@ int StartTogether(const DriverMaker& make, const std::string& who, int ready,
     return 2;
   }
   *driver = *std::move(made);
+  if (priority_repo != nullptr) {  // before any worker starts
+    RepositoryPolicy p;
+    p.mode = QueueMode::kPriority;
+    if (absl::Status s =
+            (*driver)->SetRepositoryPolicy(Context(), priority_repo->Key(), p);
+        !s.ok()) {
+      std::fprintf(stderr, "%s: %s\n", who.c_str(), s.ToString().c_str());
+      return 2;
+    }
+  }
   const char one = 1;
   if (write(ready, &one, 1) != 1) return 7;
   char none;
@@ -51,11 +62,11 @@ int StartTogether(const DriverMaker& make, const std::string& who, int ready,
 // together, however long each took to start (under a sanitizer, seconds),
 // so their runs contend.
 int Worker(const DriverMaker& make, const Repository& repo, int id, int runs,
-           bool groups, absl::Duration max_queue, const std::string& log_path,
-           int ready, int go) {
+           const HammerOptions& options, const std::string& log_path, int ready,
+           int go) {
   std::unique_ptr<Driver> driver;
-  if (int code =
-          StartTogether(make, absl::StrCat("worker ", id), ready, go, &driver);
+  if (int code = StartTogether(make, absl::StrCat("worker ", id), ready, go,
+                               &driver, options.priorities ? &repo : nullptr);
       code != 0) {
     return code;
   }
@@ -65,8 +76,11 @@ int Worker(const DriverMaker& make, const Repository& repo, int id, int runs,
     std::string run = absl::StrCat(repo.ns, "/w", id, "-", j);
     AcquireOptions opts;
     opts.creation_time = absl::Now();
-    if (groups) opts.group = absl::StrCat("g", j % 4);
-    if (max_queue > absl::ZeroDuration()) opts.max_queue_time = max_queue;
+    if (options.groups) opts.group = absl::StrCat("g", j % 4);
+    if (options.max_queue > absl::ZeroDuration()) {
+      opts.max_queue_time = options.max_queue;
+    }
+    if (options.priorities) opts.priority = j % 3;
     absl::StatusOr<AcquireResult> r;
     for (int attempt = 0;; ++attempt) {
       r = driver->AcquireSlot(ctx, repo, run, opts);
@@ -84,7 +98,7 @@ int Worker(const DriverMaker& make, const Repository& repo, int id, int runs,
     }
     if (!r->acquired) {
       log << "Q " << run << " " << absl::ToUnixMicros(*opts.creation_time)
-          << " " << MonoNanos() << "\n";
+          << " " << MonoNanos() << " " << opts.priority << "\n";
       absl::Time give_up = absl::Now() + absl::Seconds(120);
       while (r.ok() && !r->acquired && absl::Now() < give_up) {
         absl::SleepFor(absl::Milliseconds(1));
@@ -100,7 +114,7 @@ int Worker(const DriverMaker& make, const Repository& repo, int id, int runs,
       }
     } else {
       log << "C " << run << " " << absl::ToUnixMicros(*opts.creation_time)
-          << "\n";
+          << " " << opts.priority << "\n";
     }
     log << "G " << run << " " << r->lease.fencing_token << " " << MonoNanos()
         << "\n";
@@ -166,6 +180,7 @@ struct RunInfo {
   int64_t grant_ns = -1;
   int64_t release_ns = -1;
   int grants = 0;
+  int priority = 0;
   int cleared = 0;  // times the clearer removed it
   int dropped = 0;  // times its worker was refused it as removed
 };
@@ -207,8 +222,10 @@ void PrintHammerReport(const HammerReport& report) {
 HammerReport RunMultiProcessHammer(const DriverMaker& make,
                                    const std::string& repo_ns, int processes,
                                    int runs_per_process, int limit,
-                                   absl::Duration clear_every, bool groups,
-                                   absl::Duration max_queue) {
+                                   const HammerOptions& options) {
+  const absl::Duration clear_every = options.clear_every;
+  const bool groups = options.groups;
+  const absl::Duration max_queue = options.max_queue;
   HammerReport report;
   Repository repo{repo_ns, "hammer", limit};
   char dir_template[] = "/tmp/pac-hammer-XXXXXX";
@@ -225,8 +242,8 @@ HammerReport RunMultiProcessHammer(const DriverMaker& make,
     if (pid == 0) {
       close(ready[0]);
       close(go[1]);
-      _exit(Worker(make, repo, i, runs_per_process, groups, max_queue, path,
-                   ready[1], go[0]));
+      _exit(Worker(make, repo, i, runs_per_process, options, path, ready[1],
+                   go[0]));
     }
     pids.push_back(pid);
   }
@@ -301,9 +318,9 @@ HammerReport RunMultiProcessHammer(const DriverMaker& make,
       ss >> kind >> run;
       RunInfo& info = runs[run];
       if (kind == "Q") {
-        ss >> info.creation_us >> info.enqueued_ns;
+        ss >> info.creation_us >> info.enqueued_ns >> info.priority;
       } else if (kind == "C") {
-        ss >> info.creation_us;
+        ss >> info.creation_us >> info.priority;
       } else if (kind == "G") {
         ss >> info.token >> info.grant_ns;
         ++info.grants;
@@ -392,14 +409,19 @@ HammerReport RunMultiProcessHammer(const DriverMaker& make,
           x.dropped > 0) {
         continue;
       }
-      if (x.enqueued_ns < a.release_start_ns && x.creation_us < b.creation_us) {
+      // x admits before b: a higher priority (under the priority mode),
+      // else older.
+      const bool ahead = options.priorities && x.priority != b.priority
+                             ? x.priority > b.priority
+                             : x.creation_us < b.creation_us;
+      if (x.enqueued_ns < a.release_start_ns && ahead) {
         ++report.fifo_checks;
         if (x.token < 0 || x.token > a.token) {
           ++report.fifo_violations;
           if (report.first_problem.empty()) {
             report.first_problem = absl::StrCat(
-                a.run, " (token ", a.token, ") was admitted before the older ",
-                xname, " (token ", x.token, ")");
+                a.run, " (token ", a.token, ") was admitted before ", xname,
+                " (token ", x.token, "), which was queued ahead of it");
           }
         }
       }

@@ -31,6 +31,9 @@
 // (AcquireOptions::max_queue_time): runs that wait longer time out, and no
 // release admits a run after its deadline (checked with the release's
 // start and the enqueue's return, which bracket the true times).
+// With `priorities`, FIFO is checked in the priority order: a run admitted
+// while one of a higher priority, or of the same priority and older, was
+// already queued breaks it.
 // A run refused as removed (superseded, timed out, or cleared) is never
 // granted nor admitted by a release, and FIFO is checked among the runs
 // never removed.
@@ -65,12 +68,21 @@ struct HammerReport {
 
 using DriverMaker = std::function<absl::StatusOr<std::unique_ptr<Driver>>()>;
 
+// What the hammer turns on (the file comment says what each checks).
+struct HammerOptions {
+  absl::Duration clear_every = absl::ZeroDuration();  // a clearer process
+  bool groups = false;                                // supersede groups
+  absl::Duration max_queue = absl::ZeroDuration();    // queue time limits
+  // The repository's queue mode is priority (set by every worker before
+  // they start), and run j of a worker has priority j % 3.
+  bool priorities = false;
+};
+
 // Must be called while the process has no other threads (it forks).
-HammerReport RunMultiProcessHammer(
-    const DriverMaker& make, const std::string& repo_ns, int processes,
-    int runs_per_process, int limit,
-    absl::Duration clear_every = absl::ZeroDuration(), bool groups = false,
-    absl::Duration max_queue = absl::ZeroDuration());
+HammerReport RunMultiProcessHammer(const DriverMaker& make,
+                                   const std::string& repo_ns, int processes,
+                                   int runs_per_process, int limit,
+                                   const HammerOptions& options = {});
 
 // For a hammer with removals (clear_every, groups or max_queue) of `runs` runs
 // in all under `limit`: what it got wrong, or "" when every process finished,
