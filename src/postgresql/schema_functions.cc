@@ -313,6 +313,7 @@ DECLARE
   v_expired BOOLEAN;
   v_queued BOOLEAN;
   v_mine TEXT;  -- the state of the caller's run, NULL if it has no row
+  v_mode TEXT;  -- the queue's order, read when the caller is queued
   v_kept JSONB;
   v_admitted JSONB;
   v_n BIGINT := 0;
@@ -490,7 +491,16 @@ BEGIN
                                (SELECT p.max_queue FROM pac_repository_policies p
                                  WHERE p.repository_key = p_repo)));
     END IF;
-    o_pos := pac_place(p_repo, p_run, pac_mode(p_repo));
+    v_mode := pac_mode(p_repo);
+    IF v_mode = 'oldest-first' THEN  -- an index range, as it always was
+      SELECT count(*) INTO o_pos
+        FROM concurrency_slots q, concurrency_slots me
+       WHERE me.repository_key = p_repo AND me.pipeline_run_key = p_run
+         AND q.repository_key = p_repo AND q.state = 'queued'
+         AND (q.creation_time, q.queue_seq) <= (me.creation_time, me.queue_seq);
+    ELSE
+      o_pos := pac_place(p_repo, p_run, v_mode);
+    END IF;
     o_kind := 'queued';
   END;
   IF o_kind IS NOT NULL THEN
