@@ -15,10 +15,13 @@ void PrintRepository(const Json& r) {
           : (r["concurrency_limit"].get<int>() == 0
                  ? "unlimited"
                  : std::to_string(r["concurrency_limit"].get<int>()));
-  std::printf("%s  in use %zu / %s, queued %zu\n",
+  // The queue's order when it is not the default (docs/policies.md).
+  const std::string mode = r.value("queue_mode", "oldest-first");
+  std::printf("%s  in use %zu / %s, queued %zu%s\n",
               r["repository"].get<std::string>().c_str(),
               r["in_use"].get<size_t>(), limit.c_str(),
-              r["queue_depth"].get<size_t>());
+              r["queue_depth"].get<size_t>(),
+              mode == "oldest-first" ? "" : (", " + mode).c_str());
   std::vector<std::vector<std::string>> rows;
   for (const Json& l : r["running"]) {
     rows.push_back({"running", l["pipeline_run"].get<std::string>(),

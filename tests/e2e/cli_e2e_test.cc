@@ -529,6 +529,8 @@ TEST(CliE2ETest, LimitModeOrdersTheQueueByPriority) {
   EXPECT_THAT(table.out, HasSubstr("order: priority"));
   EXPECT_THAT(table.out, HasSubstr("PRIORITY"));
   EXPECT_LT(table.out.find("ns/high"), table.out.find("ns/low")) << table.out;
+  CliResult status = Cli(u, {"status", "--repo", "ns/o"});
+  EXPECT_THAT(status.out, HasSubstr("in use 1 / 1, queued 2, priority"));
   CliResult bad = Cli(u, {"limit", "--repo", "ns/o", "--mode", "fifo"});
   EXPECT_EQ(bad.code, 2) << bad.out;
   EXPECT_THAT(bad.out, HasSubstr("--mode"));
