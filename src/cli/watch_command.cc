@@ -22,8 +22,11 @@ int Watch(const GlobalOptions& g, const std::string& repo, int count) {
         if (g.output == "json") {
           std::printf("%s\n", server::DumpSafe(ev).c_str());
         } else {
-          std::printf("%-14s %s\n", ev["type"].get<std::string>().c_str(),
-                      ev["pipeline_run"].get<std::string>().c_str());
+          // A removed run's reason (cleared, superseded, timed-out).
+          const std::string reason = ev.value("reason", "");
+          std::printf("%-14s %s%s\n", ev["type"].get<std::string>().c_str(),
+                      ev["pipeline_run"].get<std::string>().c_str(),
+                      reason.empty() ? "" : (" (" + reason + ")").c_str());
         }
         std::fflush(stdout);
         return count <= 0 || ++seen < count;

@@ -478,6 +478,9 @@ TEST(CliE2ETest, RunStopsWhenItsQueueTimeLimitPasses) {
   CliResult set = Cli(u, {"limit", "--repo", "ns/t", "--max-queue-time", "1s"});
   EXPECT_EQ(set.code, 0) << set.out;
   EXPECT_THAT(set.out, HasSubstr("ns/t: max queue time 1s"));
+  Child watch = Spawn(
+      {Binary(), "--server", u, "watch", "--repo", "ns/t", "--count", "1"});
+  ASSERT_THAT(ReadUntil(watch, "watching ns/t"), HasSubstr("watching ns/t"));
   const absl::Time start = absl::Now();
   Child run = Spawn({Binary(), "--server", u, "run", "--repo", "ns/t", "--run",
                      "ns/waiter", "--", "sh", "-c", "echo started; exit 0"});
@@ -486,6 +489,10 @@ TEST(CliE2ETest, RunStopsWhenItsQueueTimeLimitPasses) {
   EXPECT_GE(absl::Now() - start, absl::Seconds(1));
   EXPECT_THAT(out, HasSubstr("removed from the queue (timed-out)"));
   EXPECT_THAT(out, ::testing::Not(HasSubstr("started")));
+  std::string events;
+  EXPECT_EQ(Finish(watch, &events), 0) << events;
+  EXPECT_THAT(events,
+              ::testing::ContainsRegex("removed +ns/waiter \\(timed-out\\)"));
   // Its own limit comes first; "none" forgets the repository's.
   CliResult none = Cli(u, {"-o", "json", "limit", "--repo", "ns/t", "2",
                            "--max-queue-time", "none"});
