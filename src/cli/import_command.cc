@@ -36,6 +36,7 @@ namespace {
 struct ImportFlags {
   std::string prs, repos;
   std::string global_repository;
+  server::ImportLabels labels;  // --group-label, --priority-label
   bool dry_run = false;
   bool progress = false;
   int batch_size = 1000;
@@ -68,8 +69,9 @@ std::string Rate(double n, absl::Duration d) {
 
 // The export's runs, read as a stream (into a deque: a vector's growth
 // would hold two copies of it for a moment).
-absl::StatusOr<std::deque<ExportedRun>> ReadRuns(const std::string& path,
-                                                 Progress& progress) {
+absl::StatusOr<std::deque<ExportedRun>> ReadRuns(
+    const std::string& path, const server::ImportLabels& labels,
+    Progress& progress) {
   std::ifstream file;
   std::istream* in = &std::cin;
   int64_t size = -1;
@@ -85,8 +87,9 @@ absl::StatusOr<std::deque<ExportedRun>> ReadRuns(const std::string& path,
   }
   std::deque<ExportedRun> runs;
   const absl::Time start = absl::Now();
-  absl::Status s =
-      server::ReadPipelineRunExport(*in, "--pipelineruns", [&](ExportedRun r) {
+  absl::Status s = server::ReadPipelineRunExport(
+      *in, "--pipelineruns",
+      [&](ExportedRun r) {
         runs.push_back(std::move(r));
         std::string line = Cat("reading: ", runs.size(), " runs");
         if (size > 0) {
@@ -95,7 +98,8 @@ absl::StatusOr<std::deque<ExportedRun>> ReadRuns(const std::string& path,
         }
         progress.Say(Cat(line, ", ", Rate(runs.size(), absl::Now() - start)));
         return absl::OkStatus();
-      });
+      },
+      labels);
   if (!s.ok()) return s;
   progress.Say(Cat("read ", runs.size(), " runs in ",
                    absl::FormatDuration(absl::Trunc(absl::Now() - start,
@@ -458,7 +462,7 @@ int Import(const GlobalOptions& g, const ImportFlags& f) {
   }
   std::deque<ExportedRun> runs;
   if (!f.prs.empty()) {
-    auto read = ReadRuns(f.prs, progress);
+    auto read = ReadRuns(f.prs, f.labels, progress);
     if (!read.ok()) return Fail(read.status());
     runs = *std::move(read);
   }
@@ -561,6 +565,13 @@ void RegisterImportCommand(CLI::App& app, GlobalOptions& g, Runner* run) {
   cmd->add_option("--repositories", f->repos,
                   "Repository manifests (kubectl get repositories -A -o "
                   "yaml); - for stdin");
+  cmd->add_option("--group-label", f->labels.group,
+                  "A PipelineRun label whose value is a queued run's "
+                  "supersede group (e.g. pipelinesascode.tekton.dev/"
+                  "pull-request)");
+  cmd->add_option("--priority-label", f->labels.priority,
+                  "A PipelineRun label whose value (an integer) is a queued "
+                  "run's priority");
   cmd->add_option("--global-repository", f->global_repository,
                   "Pipelines-as-Code's global Repository (namespace/name), "
                   "whose concurrency_limit a Repository setting none takes; "

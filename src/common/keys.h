@@ -113,7 +113,8 @@ inline absl::Status ValidateAcquireOptions(const AcquireOptions& options) {
 }
 
 // An ImportRuns call: a valid repository, at most kMaxImportRuns valid run
-// keys, none named twice, creation times as ValidateAcquireOptions.
+// keys, none named twice, creation times and groups as
+// ValidateAcquireOptions.
 inline absl::Status ValidateImportRequest(const Repository& repo,
                                           const ImportRequest& request) {
   if (absl::Status s = ValidateRepository(repo); !s.ok()) return s;
@@ -140,6 +141,7 @@ inline absl::Status ValidateImportRequest(const Repository& repo,
     if (absl::Status s = check(w.pipeline_run_key); !s.ok()) return s;
     AcquireOptions o;
     o.creation_time = w.creation_time;
+    o.group = w.group;
     if (absl::Status s = ValidateAcquireOptions(o); !s.ok()) return s;
   }
   return absl::OkStatus();

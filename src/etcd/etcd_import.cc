@@ -200,6 +200,8 @@ size_t EtcdDriver::PlanImport(const RepositoryImport& part,
         QueueInfo{w.pipeline_run_key,
                   Cat(p, "queue/", QueueTime(us), "/", w.pipeline_run_key), us,
                   kPending, now_us, ++ord});
+    joining.back().group = w.group;
+    joining.back().priority = w.priority;
   }
   // Admission order over what waits: the live entries and the joining.
   std::vector<const QueueInfo*> order;
@@ -234,8 +236,11 @@ size_t EtcdDriver::PlanImport(const RepositoryImport& part,
   }
   for (const QueueInfo& q : joining) {
     if (admitted.count(&q) > 0) continue;
+    // "<enqueued µs>/<ord>[^<priority>][/<group>]" (etcd_view.cc)
     *txn->add_success() =
-        PutOp(q.key, Cat(std::to_string(q.enqueued_us), "/", q.ord));
+        PutOp(q.key, Cat(std::to_string(q.enqueued_us), "/", q.ord,
+                         q.priority != 0 ? Cat("^", q.priority) : std::string(),
+                         q.group.empty() ? std::string() : Cat("/", q.group)));
     QueueInfo e = q;
     e.create_revision = 0;  // the commit's, once known
     after.queue.push_back(std::move(e));

@@ -433,10 +433,12 @@ void MemoryDriver::ImportLocked(const Repository& repo,
       continue;  // held, or removed: stays out of the queue
     }
     QueueKey key =
-        KeyOf(rs.policy.mode, w.creation_time, 0,
+        KeyOf(rs.policy.mode, w.creation_time, w.priority,
               next_sequence_.fetch_add(1, std::memory_order_relaxed));
-    Enqueue(rs, key, QueueRec{run, now, "", std::nullopt, w.creation_time, 0},
-            fx);
+    Enqueue(
+        rs, key,
+        QueueRec{run, now, w.group, std::nullopt, w.creation_time, w.priority},
+        fx);
   }
   Promote(shard, repo_key, rs, now, fx);
   absl::flat_hash_map<std::string_view, int64_t> places;

@@ -14,12 +14,12 @@ namespace pac::concurrency::internal {
 namespace {
 
 // An ImportBatch of `parts` repositories: one statement (one transaction),
-// pac_import per part with seven parameters each, from $1. Rows carry the
+// pac_import per part with nine parameters each, from $1. Rows carry the
 // part's index (column 7) and their order within it (column 8).
 std::string ImportBatchSql(const std::vector<size_t>& order) {
   std::string sql;
   for (size_t k = 0; k < order.size(); ++k) {
-    const size_t b = 7 * k;
+    const size_t b = 9 * k;
     auto arg = [&](size_t i) { return "$" + std::to_string(b + i); };
     if (k > 0) sql += " UNION ALL ";
     sql += "SELECT o_kind, o_run, o_lease, " PAC_MICROS(
@@ -31,8 +31,9 @@ std::string ImportBatchSql(const std::vector<size_t>& order) {
            "interval '1 second' + (t.m % 1000000) * interval '1 microsecond' "
            "FROM unnest(" +
            arg(6) + "::bigint[]) WITH ORDINALITY AS t(m, n) ORDER BY t.n), " +
-           arg(7) +
-           "::bigint * interval '1 microsecond') WITH ORDINALITY AS f(o_kind, "
+           arg(7) + "::bigint * interval '1 microsecond', " + arg(8) +
+           "::text[], " + arg(9) +
+           "::int[]) WITH ORDINALITY AS f(o_kind, "
            "o_run, o_lease, o_acquired, o_expires, o_token, o_pos, n)";
   }
   return sql + " ORDER BY 8, 9";
@@ -91,16 +92,18 @@ absl::StatusOr<std::vector<ImportResult>> PostgreSQLDriver::ImportBatch(
     return parts[a].repository.Key() < parts[b].repository.Key();
   });
   std::vector<PgParam> params;
-  params.reserve(7 * parts.size());
+  params.reserve(9 * parts.size());
   for (size_t i : order) {
     const Repository& repo = parts[i].repository;
     const ImportRequest& request = parts[i].request;
-    std::vector<std::string> waiting, micros;
+    std::vector<std::string> waiting, micros, groups, priorities;
     waiting.reserve(request.waiting.size());
     micros.reserve(request.waiting.size());
     for (const ImportRequest::Waiting& w : request.waiting) {
       waiting.push_back(w.pipeline_run_key);
       micros.push_back(std::to_string(absl::ToUnixMicros(w.creation_time)));
+      groups.push_back(w.group);  // '' for none (pac_import: NULL)
+      priorities.push_back(std::to_string(w.priority));
     }
     params.push_back(repo.Key());
     params.push_back(std::to_string(EffectiveLimit(repo)));
@@ -109,6 +112,8 @@ absl::StatusOr<std::vector<ImportResult>> PostgreSQLDriver::ImportBatch(
     params.push_back(ArrayLiteral(waiting));
     params.push_back(ArrayLiteral(micros));
     params.push_back(TtlMicros());
+    params.push_back(ArrayLiteral(groups));
+    params.push_back(ArrayLiteral(priorities));
   }
   auto r = Query(ctx, ImportBatchSql(order), params, Notifies::kYes);
   if (!r.ok()) return r.status();

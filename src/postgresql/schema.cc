@@ -195,6 +195,13 @@ DROP FUNCTION IF EXISTS pac_acquire(TEXT, TEXT, INTEGER, TIMESTAMPTZ, BOOLEAN,
 DROP FUNCTION IF EXISTS pac_set_policy(TEXT, INTERVAL, INTERVAL);
 )SQL";
 
+// Migration 13: no table changes; pac_import takes each waiting run's
+// group and priority, so its previous signature goes.
+constexpr const char* kMigration13 = R"SQL(
+DROP FUNCTION IF EXISTS pac_import(TEXT, INTEGER, BOOLEAN, TEXT[], TEXT[],
+                                   TIMESTAMPTZ[], INTERVAL);
+)SQL";
+
 }  // namespace
 
 absl::Status Migrate(PgConnection& conn, const Context& ctx) {
@@ -224,10 +231,10 @@ absl::Status Migrate(PgConnection& conn, const Context& ctx) {
         Cat("postgresql: the database has schema version ", have,
             ", newer than this build's ", kSchemaVersion));
   }
-  const char* const migrations[] = {kMigration1,  kMigration2,  kMigration3,
-                                    kMigration4,  kMigration5,  kMigration6,
-                                    kMigration7,  kMigration8,  kMigration9,
-                                    kMigration10, kMigration11, kMigration12};
+  const char* const migrations[] = {
+      kMigration1,  kMigration2,  kMigration3, kMigration4, kMigration5,
+      kMigration6,  kMigration7,  kMigration8, kMigration9, kMigration10,
+      kMigration11, kMigration12, kMigration13};
   static_assert(std::size(migrations) == kSchemaVersion);
   for (int64_t v = have + 1; v <= kSchemaVersion; ++v) {
     auto m = conn.Exec(ctx, Cat(migrations[v - 1],

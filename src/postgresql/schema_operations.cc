@@ -16,7 +16,9 @@ const char* const kOperationsSql = R"SQL(
 -- holds keeps its lease or its place, and a removed one stays removed and
 -- out of the answer; a removed run shown running is adopted), then the
 -- queue admitted into free
--- slots. Rows: 'admitted' for every run the step admitted from the queue;
+-- slots. p_groups and p_priorities give each waiting run its supersede
+-- group ('' for none) and priority. Rows: 'admitted' for every run the
+-- step admitted from the queue;
 -- then 'running' with the lease of each p_running run, in order; then for
 -- each p_waiting run in order 'held' (its lease) or 'queued' (o_pos, with
 -- o_acquired its creation time, o_expires its enqueue time and o_token its
@@ -24,7 +26,9 @@ const char* const kOperationsSql = R"SQL(
 CREATE OR REPLACE FUNCTION pac_import(p_repo TEXT, p_limit INTEGER,
                                       p_set BOOLEAN, p_running TEXT[],
                                       p_waiting TEXT[], p_times TIMESTAMPTZ[],
-                                      p_ttl INTERVAL)
+                                      p_ttl INTERVAL,
+                                      p_groups TEXT[] DEFAULT NULL,
+                                      p_priorities INTEGER[] DEFAULT NULL)
 RETURNS TABLE(o_kind TEXT, o_run TEXT, o_lease TEXT, o_acquired TIMESTAMPTZ,
               o_expires TIMESTAMPTZ, o_token BIGINT, o_pos BIGINT)
 LANGUAGE plpgsql AS $$
@@ -73,9 +77,11 @@ BEGIN
    WHERE p.repository_key = p_repo;
   INSERT INTO concurrency_slots
          (repository_key, pipeline_run_key, state, acquired_at, expires_at,
-          created_at, updated_at, creation_time, queue_seq, queue_deadline)
+          created_at, updated_at, creation_time, queue_seq, queue_deadline,
+          group_key, queue_priority)
   SELECT p_repo, w.run, 'queued', NULL, 'infinity', v_now, v_now,
-         p_times[w.n], v_seqs[w.n], v_now + v_max_queue
+         p_times[w.n], v_seqs[w.n], v_now + v_max_queue,
+         nullif(p_groups[w.n], ''), coalesce(p_priorities[w.n], 0)
     FROM unnest(p_waiting) WITH ORDINALITY AS w(run, n)
   ON CONFLICT (repository_key, pipeline_run_key) DO NOTHING;
   RETURN QUERY SELECT * FROM pac_promote(p_repo, v_limit, p_ttl, v_now);

@@ -26,8 +26,9 @@ class RunCollector {
   static constexpr size_t kMaxDepth = 128;
 
   RunCollector(std::string_view what,
-               const std::function<absl::Status(ExportedRun)>& on_run)
-      : what_(what), on_run_(on_run) {}
+               const std::function<absl::Status(ExportedRun)>& on_run,
+               const ImportLabels& labels)
+      : what_(what), on_run_(on_run), labels_(labels) {}
 
   const absl::Status& status() const { return status_; }
   bool ok() const { return status_.ok(); }
@@ -150,6 +151,12 @@ class RunCollector {
       if (k2 == kStateKey) run_.state_label = v;
       if (k2 == kRepositoryKey) run_.repository_label = v;
       if (k2 == kManagedByKey) run_.managed_by = v;
+      if (!labels_.group.empty() && k2 == labels_.group) {
+        run_.group_label_value = v;
+      }
+      if (!labels_.priority.empty() && k2 == labels_.priority) {
+        run_.priority_label_value = v;
+      }
     } else if (rel == 3 && k0 == "metadata" && k1 == "annotations") {
       if (k2 == kStateKey) run_.state_annotation = v;
       if (k2 == kRepositoryKey) run_.repository_annotation = v;
@@ -188,6 +195,7 @@ class RunCollector {
 
   const std::string what_;
   const std::function<absl::Status(ExportedRun)>& on_run_;
+  const ImportLabels labels_;
   absl::Status status_;
   std::vector<Frame> stack_;
   size_t item_depth_ = 0;  // stack depth of the item object; 0: none
@@ -337,8 +345,9 @@ absl::Status ReadYaml(std::istream& in, std::string_view what,
 
 absl::Status ReadPipelineRunExport(
     std::istream& in, std::string_view what,
-    const std::function<absl::Status(ExportedRun)>& on_run) {
-  RunCollector collector(what, on_run);
+    const std::function<absl::Status(ExportedRun)>& on_run,
+    const ImportLabels& labels) {
+  RunCollector collector(what, on_run, labels);
   // JSON starts with '{' or '['; anything else is read as YAML.
   int c = in.peek();
   while (c != EOF && std::isspace(c)) {

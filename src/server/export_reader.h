@@ -21,10 +21,12 @@ namespace pac::concurrency::server {
 // InvalidArgument naming `what` (the flag) and the place: input that is
 // neither JSON nor YAML, an item of another kind (a Repository List given
 // as PipelineRuns), a PipelineRun without a name or namespace. An error
-// `on_run` returns ends the reading and is returned.
+// `on_run` returns ends the reading and is returned. The values of
+// `labels`' labels are kept too.
 [[nodiscard]] absl::Status ReadPipelineRunExport(
     std::istream& in, std::string_view what,
-    const std::function<absl::Status(ExportedRun)>& on_run);
+    const std::function<absl::Status(ExportedRun)>& on_run,
+    const ImportLabels& labels = {});
 
 }  // namespace pac::concurrency::server
 

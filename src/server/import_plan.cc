@@ -5,8 +5,10 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "pac/concurrency/repository.h"
+#include "src/common/keys.h"
 #include "src/common/strings.h"
 #include "src/server/api.h"
 
@@ -54,7 +56,8 @@ absl::StatusOr<const Json*> ObjectAt(const Json& obj, const char* key,
 }  // namespace
 
 absl::StatusOr<ExportedRun> ReadPipelineRun(const Json& obj,
-                                            std::string_view where) {
+                                            std::string_view where,
+                                            const ImportLabels& names) {
   if (!obj.is_object()) {
     return absl::InvalidArgumentError(Cat(where, ": not an object"));
   }
@@ -88,6 +91,15 @@ absl::StatusOr<ExportedRun> ReadPipelineRun(const Json& obj,
                               std::pair{kRepositoryKey, &r.repository_label},
                               std::pair{kManagedByKey, &r.managed_by}}) {
         if (absl::Status s = StringAt(**labels, key, lat, out); !s.ok()) {
+          return s;
+        }
+      }
+      for (auto [key, out] :
+           {std::pair{&names.group, &r.group_label_value},
+            std::pair{&names.priority, &r.priority_label_value}}) {
+        if (key->empty()) continue;
+        if (absl::Status s = StringAt(**labels, key->c_str(), lat, out);
+            !s.ok()) {
           return s;
         }
       }
@@ -135,8 +147,14 @@ absl::StatusOr<ExportedRun> ReadPipelineRun(const Json& obj,
   return r;
 }
 
-Json TrimmedJson(const ExportedRun& r) {
+Json TrimmedJson(const ExportedRun& r, const ImportLabels& names) {
   Json labels = Json::object(), ann = Json::object();
+  if (!names.group.empty() && !r.group_label_value.empty()) {
+    labels[names.group] = r.group_label_value;
+  }
+  if (!names.priority.empty() && !r.priority_label_value.empty()) {
+    labels[names.priority] = r.priority_label_value;
+  }
   if (!r.state_label.empty()) labels[kStateKey] = r.state_label;
   if (!r.repository_label.empty()) labels[kRepositoryKey] = r.repository_label;
   if (!r.managed_by.empty()) labels[kManagedByKey] = r.managed_by;
@@ -158,14 +176,15 @@ Json TrimmedJson(const ExportedRun& r) {
   return out;
 }
 
-absl::StatusOr<std::vector<ExportedRun>> ReadPipelineRuns(const Json& doc) {
+absl::StatusOr<std::vector<ExportedRun>> ReadPipelineRuns(
+    const Json& doc, const ImportLabels& labels) {
   if (!doc.is_object()) {
     return absl::InvalidArgumentError("pipelineruns: must be a JSON object");
   }
   std::vector<ExportedRun> out;
   auto items = doc.find("items");
   if (items == doc.end()) {
-    auto r = ReadPipelineRun(doc, "pipelineruns");
+    auto r = ReadPipelineRun(doc, "pipelineruns", labels);
     if (!r.ok()) return r.status();
     out.push_back(*std::move(r));
     return out;
@@ -175,7 +194,8 @@ absl::StatusOr<std::vector<ExportedRun>> ReadPipelineRuns(const Json& doc) {
   }
   out.reserve(items->size());
   for (size_t i = 0; i < items->size(); ++i) {
-    auto r = ReadPipelineRun((*items)[i], Cat("pipelineruns.items[", i, "]"));
+    auto r = ReadPipelineRun((*items)[i], Cat("pipelineruns.items[", i, "]"),
+                             labels);
     if (!r.ok()) return r.status();
     out.push_back(*std::move(r));
   }
@@ -206,8 +226,15 @@ struct Candidate {
   std::string key, repository;
   absl::Time created;
   bool started = false;
-  std::string unfit;  // why it cannot be placed ("" if it can)
+  std::string unfit;     // why it cannot be placed ("" if it can)
+  std::string group;     // from its group label
+  int32_t priority = 0;  // from its priority label
 };
+
+// A queued run as the plan places it, with its group and priority.
+QueuedRun Queued(const Candidate& c, absl::Time queue_time) {
+  return QueuedRun{c.key, queue_time, c.group, c.priority};
+}
 
 // Places the runs of one repository and one state the way
 // Pipelines-as-Code's InitQueues does: the runs with an execution-order
@@ -232,14 +259,14 @@ std::vector<QueuedRun> EventOrder(std::vector<Candidate*> cands, bool all_fit) {
           !placed.insert(it->first).second) {
         continue;
       }
-      out.push_back({it->second->key, c->created});
+      out.push_back(Queued(*it->second, c->created));
     }
   }
   for (const Candidate* c : cands) {
     if (!c->unfit.empty() || placed.count(c->key) != 0) continue;
     if (all_fit) {
       placed.insert(c->key);
-      out.push_back({c->key, c->created});
+      out.push_back(Queued(*c, c->created));
     }
   }
   return out;
@@ -326,6 +353,22 @@ ImportPlan PlanImport(std::span<const ExportedRun* const> runs,
       continue;
     }
     Candidate c{&r, key, repo, *created, state == "started", ""};
+    if (!r.group_label_value.empty()) {
+      AcquireOptions o;
+      o.group = r.group_label_value;
+      if (absl::Status s = internal::ValidateAcquireOptions(o); s.ok()) {
+        c.group = r.group_label_value;
+      } else {
+        plan.notes.push_back(Cat(key, ": group label ignored: ", s.message()));
+      }
+    }
+    if (!r.priority_label_value.empty() &&
+        !absl::SimpleAtoi(r.priority_label_value, &c.priority)) {
+      plan.notes.push_back(Cat(key, ": priority label \"",
+                               r.priority_label_value,
+                               "\" is not a 32-bit integer; 0 is used"));
+      c.priority = 0;
+    }
     if (r.succeeded == "True" || r.succeeded == "False") {
       c.unfit = Cat("finished (Succeeded=", r.succeeded, ") while ", state);
     } else if (!c.started && r.spec_status != kPendingStatus) {

@@ -31,6 +31,14 @@ inline constexpr char kManagedByKey[] = "app.kubernetes.io/managed-by";
 inline constexpr char kManagedByPaC[] = "pipelinesascode.tekton.dev";
 inline constexpr char kPendingStatus[] = "PipelineRunPending";
 
+// The labels an import reads a queued run's supersede group and priority
+// from (`import --group-label`, `--priority-label`; docs/migration.md);
+// empty: none.
+struct ImportLabels {
+  std::string group;
+  std::string priority;
+};
+
 // The fields of a PipelineRun the import reads; nothing else is kept.
 // Fields with few distinct values are PooledText (eight bytes each): an
 // import holds every run of an export at once.
@@ -44,6 +52,8 @@ struct ExportedRun {
   std::string execution_order;  // annotation
   PooledText spec_status;       // spec.status
   PooledText succeeded;         // status of the Succeeded condition, or ""
+  // The values of the ImportLabels' labels, as written ("" when absent).
+  std::string group_label_value, priority_label_value;
   std::string Key() const { return ns.str() + "/" + name; }
 };
 
@@ -52,17 +62,19 @@ struct ExportedRun {
 // not an object, its kind is not PipelineRun, or a field the import reads
 // has the wrong type; a missing field is read as empty.
 [[nodiscard]] absl::StatusOr<ExportedRun> ReadPipelineRun(
-    const nlohmann::json& obj, std::string_view where);
+    const nlohmann::json& obj, std::string_view where,
+    const ImportLabels& labels = {});
 
 // `run` as the smallest PipelineRun object ReadPipelineRun reads back the
 // same (what the CLI sends instead of the whole object).
-nlohmann::json TrimmedJson(const ExportedRun& run);
+nlohmann::json TrimmedJson(const ExportedRun& run,
+                           const ImportLabels& labels = {});
 
 // Reads a `kubectl get pipelineruns -o json` List, or one PipelineRun.
 // A List whose items are another kind is refused as a whole ("wrong
 // kind"), naming the kind.
 [[nodiscard]] absl::StatusOr<std::vector<ExportedRun>> ReadPipelineRuns(
-    const nlohmann::json& doc);
+    const nlohmann::json& doc, const ImportLabels& labels = {});
 
 // The repository key a run belongs to ("" when it names none): the
 // repository annotation (the Repository's name as written), else the
@@ -75,6 +87,9 @@ struct QueuedRun {
   // brought its event into the queue (all runs of one event share it and
   // keep the event's execution order by enqueue order).
   absl::Time queue_time;
+  // From the labels ImportLabels names (ImportRequest::Waiting).
+  std::string group;
+  int32_t priority = 0;
 };
 
 struct RepositoryPlan {

@@ -6,12 +6,15 @@
 #include <algorithm>
 #include <random>
 #include <set>
+#include <sstream>
+#include <tuple>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "src/server/export_reader.h"
 
 namespace pac::concurrency::server {
 namespace {
@@ -72,6 +75,60 @@ TEST(ImportPlanTest, AnEventsRunsStayTogetherAcrossSeconds) {
   const auto& q = p.repositories[0].queue;
   EXPECT_EQ(q[1].queue_time, q[0].queue_time);
   EXPECT_LT(q[2].queue_time, q[3].queue_time);
+}
+
+// The labels named by ImportLabels give queued runs their group and
+// priority, read the same way from JSON and from the stream; a value that
+// does not fit is noted and left out.
+TEST(ImportPlanTest, LabelsGiveQueuedRunsTheirGroupAndPriority) {
+  const ImportLabels labels{"example.com/pr", "example.com/priority"};
+  nlohmann::json list = {{"kind", "List"}, {"items", nlohmann::json::array()}};
+  for (auto [name, pr, prio] :
+       {std::tuple{"a", "pr-7", "3"}, std::tuple{"b", "", "-2"},
+        std::tuple{"c", "bad group", "high"}}) {
+    ExportedRun r =
+        PR(name, "queued", "2026-01-01T10:00:00Z", std::string("ns/") + name);
+    r.group_label_value = pr;
+    r.priority_label_value = prio;
+    list["items"].push_back(TrimmedJson(r, labels));
+  }
+  auto from_json = ReadPipelineRuns(list, labels);
+  ASSERT_TRUE(from_json.ok()) << from_json.status();
+  std::vector<ExportedRun> from_stream;
+  std::istringstream in(list.dump());
+  ASSERT_TRUE(ReadPipelineRunExport(
+                  in, "--pipelineruns",
+                  [&](ExportedRun r) {
+                    from_stream.push_back(std::move(r));
+                    return absl::OkStatus();
+                  },
+                  labels)
+                  .ok());
+  for (const std::vector<ExportedRun>* runs : {&*from_json, &from_stream}) {
+    ImportPlan p = PlanImport(*runs, {{"ns/app", 1}});
+    ASSERT_EQ(p.repositories.size(), 1u);
+    const auto& q = p.repositories[0].queue;
+    ASSERT_EQ(q.size(), 3u);
+    EXPECT_EQ(q[0].group, "pr-7");
+    EXPECT_EQ(q[0].priority, 3);
+    EXPECT_EQ(q[1].group, "");
+    EXPECT_EQ(q[1].priority, -2);
+    EXPECT_EQ(q[2].group, "");  // not printable ASCII without spaces
+    EXPECT_EQ(q[2].priority, 0);
+    std::string notes;
+    for (const std::string& n : p.notes) notes += n + "\n";
+    EXPECT_THAT(notes, HasSubstr("ns/c: group label ignored"));
+    EXPECT_THAT(notes, HasSubstr("ns/c: priority label \"high\""));
+    // And as a batch entry, as the CLI sends it.
+    nlohmann::json entry = RepositoryPlanToJson(p.repositories[0], false);
+    EXPECT_EQ(entry["queue"][0]["group"], "pr-7");
+    EXPECT_EQ(entry["queue"][0]["priority"], 3);
+    EXPECT_FALSE(entry["queue"][1].contains("group"));
+  }
+  // Without the labels named, nothing is read.
+  auto plain = ReadPipelineRuns(list);
+  ASSERT_TRUE(plain.ok());
+  EXPECT_EQ((*plain)[0].group_label_value, "");
 }
 
 // Row 2: two events in the same second are not interleaved by each run's

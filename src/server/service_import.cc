@@ -80,7 +80,23 @@ absl::StatusOr<RepositoryPlan> PlanFromJson(const Json& j, size_t i,
       auto t = ParseTimestamp(q["queue_time"].get<std::string>(),
                               Cat(where, ".queue_time"));
       if (!t.ok()) return t.status();
-      p.queue.push_back({q["pipeline_run"].get<std::string>(), *t});
+      QueuedRun run{q["pipeline_run"].get<std::string>(), *t};
+      if (auto g = q.find("group"); g != q.end() && !g->is_null()) {
+        if (!g->is_string()) {
+          return absl::InvalidArgumentError(
+              Cat(where, ".queue.group: a string"));
+        }
+        run.group = g->get<std::string>();
+      }
+      if (auto pr = q.find("priority"); pr != q.end() && !pr->is_null()) {
+        if (!pr->is_number_integer() || pr->get<int64_t>() < INT32_MIN ||
+            pr->get<int64_t>() > INT32_MAX) {
+          return absl::InvalidArgumentError(
+              Cat(where, ".queue.priority: a 32-bit integer"));
+        }
+        run.priority = static_cast<int32_t>(pr->get<int64_t>());
+      }
+      p.queue.push_back(std::move(run));
     }
   }
   for (const std::string& r : p.adopt) {
@@ -101,8 +117,11 @@ absl::StatusOr<RepositoryPlan> PlanFromJson(const Json& j, size_t i,
 Json RepositoryPlanToJson(const RepositoryPlan& p, bool set_limit) {
   Json queue = Json::array();
   for (const QueuedRun& q : p.queue) {
-    queue.push_back(Json{{"pipeline_run", q.run},
-                         {"queue_time", FormatTimestamp(q.queue_time)}});
+    Json e{{"pipeline_run", q.run},
+           {"queue_time", FormatTimestamp(q.queue_time)}};
+    if (!q.group.empty()) e["group"] = q.group;
+    if (q.priority != 0) e["priority"] = q.priority;
+    queue.push_back(std::move(e));
   }
   Json out = {{"repository", p.repository},
               {"concurrency_limit", p.limit},
@@ -124,7 +143,8 @@ absl::Status Service::ApplyPlans(const Context& ctx,
     part.request.running = p->adopt;
     part.request.waiting.reserve(p->queue.size());
     for (const QueuedRun& q : p->queue) {
-      part.request.waiting.push_back({q.run, q.queue_time});
+      part.request.waiting.push_back(
+          {q.run, q.queue_time, q.group, q.priority});
     }
     part.request.set_limit = set_limit;
     parts.push_back(std::move(part));
@@ -175,9 +195,9 @@ absl::Status Service::ApplyPlans(const Context& ctx,
 }
 
 absl::StatusOr<Json> Service::Import(const Context& ctx, const Json& body) {
-  if (absl::Status s =
-          CheckFields(body, {"pipelineruns", "repositories",
-                             "global_repository", "batch", "limits_of"});
+  if (absl::Status s = CheckFields(
+          body, {"pipelineruns", "repositories", "global_repository", "batch",
+                 "limits_of", "group_label", "priority_label"});
       !s.ok()) {
     return s;
   }
@@ -265,9 +285,20 @@ absl::StatusOr<Json> Service::Import(const Context& ctx, const Json& body) {
     for (const std::string& n : *merged) report["notes"].push_back(n);
     for (const Repository& r : *repos) limits[r.Key()] = EffectiveLimit(r);
   }
+  // The labels a queued run's group and priority come from (optional).
+  ImportLabels labels;
+  for (auto [field, out] : {std::pair{"group_label", &labels.group},
+                            std::pair{"priority_label", &labels.priority}}) {
+    if (auto it = body.find(field); it != body.end() && !it->is_null()) {
+      if (!it->is_string()) {
+        return absl::InvalidArgumentError(Cat(field, ": a label key"));
+      }
+      *out = it->get<std::string>();
+    }
+  }
   std::vector<ExportedRun> runs;
   if (auto it = body.find("pipelineruns"); it != body.end() && !it->is_null()) {
-    auto read = ReadPipelineRuns(*it);
+    auto read = ReadPipelineRuns(*it, labels);
     if (!read.ok()) return read.status();
     runs = *std::move(read);
   }

@@ -535,6 +535,47 @@ TEST_F(ServiceTest, AnInterruptedImportRunAgainReportsAsOneRun) {
 // Repository that sets none (RepositorySpec.Merge); an explicit 0 stays
 // 0, and "none" turns the merge off. Before, ns/app kept no queue and its
 // queued runs were skipped ("no concurrency limit").
+// Planned by the server: "group_label" and "priority_label" name the
+// labels a queued run's group and priority come from.
+TEST_F(ServiceTest, ImportReadsGroupAndPriorityFromTheNamedLabels) {
+  Json list{{"apiVersion", "v1"}, {"kind", "List"}, {"items", Json::array()}};
+  auto& items = list["items"];
+  items.push_back(
+      PipelineRun("ns", "r1", "app", "started", "2026-01-01T10:00:00Z"));
+  items.push_back(PipelineRun("ns", "q-old", "app", "queued",
+                              "2026-01-01T10:01:00Z", "ns/q-old"));
+  items.push_back(PipelineRun("ns", "q-new", "app", "queued",
+                              "2026-01-01T10:02:00Z", "ns/q-new"));
+  items[2]["metadata"]["labels"]["x/prio"] = "4";
+  items[2]["metadata"]["labels"]["x/pr"] = "pr-9";
+  RepositoryPolicy p;
+  p.mode = QueueMode::kPriority;
+  ASSERT_TRUE(driver_->SetRepositoryPolicy(ctx_, "ns/app", p).ok());
+  Json body{{"pipelineruns", list},
+            {"group_label", "x/pr"},
+            {"priority_label", "x/prio"},
+            {"repositories",
+             "kind: Repository\nmetadata: {name: app, namespace: ns}\n"
+             "spec: {concurrency_limit: 1}\n"}};
+  auto r = service_->Import(ctx_, body);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_THAT(Queued("ns/app"), ElementsAre("ns/q-new", "ns/q-old"));
+  auto snap = driver_->GetRepositorySnapshot(ctx_, "ns/app");
+  ASSERT_TRUE(snap.ok());
+  EXPECT_EQ(snap->queued[0].priority, 4);
+  // Its group: a newer run of pr-9 supersedes it.
+  auto newer =
+      service_->Submit(ctx_, "ns/app",
+                       Json{{"pipeline_run", "ns/q-newer"},
+                            {"group", "pr-9"},
+                            {"creation_time", "2026-01-01T11:00:00Z"}});
+  ASSERT_TRUE(newer.ok()) << newer.status();
+  EXPECT_THAT(Queued("ns/app"), ElementsAre("ns/q-old", "ns/q-newer"));
+  auto bad =
+      service_->Import(ctx_, Json{{"pipelineruns", list}, {"group_label", 7}});
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(ServiceTest, ImportMergesTheGlobalRepositorysLimit) {
   const std::string manifests =
       "kind: Repository\n"

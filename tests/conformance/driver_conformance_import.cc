@@ -71,6 +71,51 @@ TEST_P(DriverConformanceTest, Import_AdoptsQueuesAndAdmitsOldestFirst) {
   EXPECT_THAT(RunKeys(rel->admitted), ElementsAre(Run("p")));
 }
 
+// A waiting run's priority places it under the priority mode, and its
+// group makes a newer run of the group supersede it, as if submitted.
+TEST_P(DriverConformanceTest, Import_WaitingRunsKeepTheirGroupAndPriority) {
+  Repository repo = Repo("import-policy", 1);
+  RepositoryPolicy p;
+  p.mode = QueueMode::kPriority;
+  ASSERT_TRUE(driver_->SetRepositoryPolicy(ctx_, repo.Key(), p).ok());
+  ImportRequest req;
+  req.running = {Run("a")};
+  req.waiting = {Wait(Run("b"), 1), Wait(Run("c"), 2), Wait(Run("d"), 3)};
+  req.waiting[1].priority = 5;
+  req.waiting[1].group = "pr-1";
+  req.waiting[2].priority = -1;
+  auto got = driver_->ImportRuns(ctx_, repo, req);
+  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_EQ(got->queued.size(), 3u);  // in request order, with places
+  EXPECT_EQ(got->queued[0].position, 2);
+  EXPECT_EQ(got->queued[1].position, 1);
+  EXPECT_EQ(got->queued[2].position, 3);
+  auto other = MakeDriver();
+  auto q = other->GetQueuedPipelineRuns(ctx_, repo.Key());
+  ASSERT_TRUE(q.ok()) << q.status();
+  EXPECT_THAT(RunKeys(*q), ElementsAre(Run("c"), Run("b"), Run("d")));
+  EXPECT_EQ((*q)[0].priority, 5);
+  // A newer run of c's group supersedes it.
+  AcquireOptions newer;
+  newer.group = "pr-1";
+  newer.creation_time = kT0 + absl::Seconds(10);
+  auto e = other->AcquireSlot(ctx_, repo, Run("e"), newer);
+  ASSERT_TRUE(e.ok()) << e.status();
+  EXPECT_THAT(QueuedRuns(driver_.get(), repo),
+              ElementsAre(Run("b"), Run("e"), Run("d")));
+  auto c = driver_->AcquireSlot(ctx_, repo, Run("c"));
+  EXPECT_EQ(RunRemovedReason(c.status()), "superseded") << c.status();
+  // A group that is not printable ASCII is refused, and nothing written.
+  ImportRequest bad;
+  bad.waiting = {Wait(Run("f"), 4)};
+  bad.waiting[0].group = "pr 1";
+  auto refused = driver_->ImportRuns(ctx_, repo, bad);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(refused.status().message(), HasSubstr("group"));
+  EXPECT_EQ(QueuedRuns(driver_.get(), repo).size(), 3u);
+  ASSERT_TRUE(other->Close().ok());
+}
+
 TEST_P(DriverConformanceTest, Import_RunningRunsTakeSlotsAboveTheLimit) {
   Repository repo = Repo("adopt", 1);
   ImportRequest req;

@@ -2,6 +2,7 @@
 // a cluster's export (issue 23): full objects as kubectl prints them, JSON
 // or YAML, a file or stdin, in batches; an interrupted import run again
 // completes with the state of one run in one go.
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -163,6 +164,47 @@ TEST(ImportE2ETest, ARealisticExportImportsWithDefaultLimits) {
 // written; a second import did not complete it. Now each batch is applied
 // idempotently: an import stopped part way (--timeout) and run again
 // leaves the same state as one run in one go.
+// --group-label and --priority-label: each queued run keeps the group and
+// priority its labels give (here the pipeline's name and its number % 3),
+// so that under the priority mode the queue follows them, and a newer run
+// of a group supersedes the imported one.
+TEST(ImportE2ETest, LabelsGiveImportedRunsTheirGroupAndPriority) {
+  ServerProcess server;
+  ASSERT_FALSE(server.url().empty());
+  const std::string ns = Unique("impl");
+  Json list = Export(ns, 8);
+  for (size_t i = 0; i < list["items"].size(); ++i) {
+    list["items"][i]["metadata"]["labels"]["example.com/priority"] =
+        std::to_string(i % 3);
+  }
+  const std::string prs = WriteFile("prs-labels.json", list.dump());
+  const std::string repos = WriteFile("repos-labels.yaml", Manifest(ns, 2));
+  ASSERT_EQ(Cli(server.url(),
+                {"limit", "--repo", ns + "/app", "2", "--mode", "priority"})
+                .code,
+            0);
+  CliResult r =
+      Cli(server.url(), {"import", "--pipelineruns", prs, "--repositories",
+                         repos, "--group-label", "tekton.dev/pipeline",
+                         "--priority-label", "example.com/priority"});
+  ASSERT_EQ(r.code, 0) << r.out.substr(0, 2000);
+  // pr-2 .. pr-7 queued, priorities 2 0 1 2 0 1: 2s first, then 1s, then
+  // 0s, each oldest first.
+  EXPECT_EQ(
+      QueueOf(server.url(), ns + "/app"),
+      (std::vector<std::string>{ns + "/pr-2", ns + "/pr-5", ns + "/pr-4",
+                                ns + "/pr-7", ns + "/pr-3", ns + "/pr-6"}));
+  // pr-5's group is its pipeline label, "pr-5": a newer run of it
+  // supersedes it.
+  CliResult newer =
+      Cli(server.url(),
+          {"acquire", "--repo", ns + "/app", "--run", ns + "/pr-5-again",
+           "--group", "pr-5", "--creation-time", "2026-02-01T00:00:00Z"});
+  EXPECT_EQ(newer.code, 3) << newer.out;
+  const std::vector<std::string> after = QueueOf(server.url(), ns + "/app");
+  EXPECT_EQ(std::count(after.begin(), after.end(), ns + "/pr-5"), 0) << r.out;
+}
+
 TEST(ImportE2ETest, AnInterruptedImportRunAgainCompletes) {
   ServerProcess server;
   ASSERT_FALSE(server.url().empty());

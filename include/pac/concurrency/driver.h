@@ -138,9 +138,9 @@ struct AcquireResult {
 
 // One repository at one moment (Driver::GetRepositorySnapshot).
 struct RepositorySnapshot {
-  std::optional<int32_t> limit;    // as GetRepositoryLimit
-  std::vector<Lease> running;      // as GetRunningPipelineRuns
-  std::vector<QueueEntry> queued;  // as GetQueuedPipelineRuns
+  std::optional<int32_t> limit;              // as GetRepositoryLimit
+  std::vector<Lease> running;                // as GetRunningPipelineRuns
+  std::vector<QueueEntry> queued;            // as GetQueuedPipelineRuns
   QueueMode mode = QueueMode::kOldestFirst;  // the order `queued` is in
 };
 
@@ -154,6 +154,11 @@ struct ImportRequest {
   struct Waiting {
     std::string pipeline_run_key;
     absl::Time creation_time;
+    // As AcquireOptions::group and ::priority, kept with the queued run
+    // (an import does not supersede: the cluster shows these runs
+    // waiting). Ignored for a run the backend holds already.
+    std::string group;
+    int32_t priority = 0;
   };
   std::vector<Waiting> waiting;
   // Record repo.concurrency_limit. False: keep the limit the backend
