@@ -145,8 +145,10 @@ TEST_P(DriverConformanceTest, Clear_RacesNeverAdmitAClearedRun) {
         ++c.errors;
         continue;
       }
-      std::lock_guard<std::mutex> lock(mu);
-      cleared.insert(r->removed.begin(), r->removed.end());
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        cleared.insert(r->removed.begin(), r->removed.end());
+      }
       std::this_thread::sleep_for(std::chrono::milliseconds(3));
     }
   });
@@ -155,8 +157,10 @@ TEST_P(DriverConformanceTest, Clear_RacesNeverAdmitAClearedRun) {
     workers.emplace_back([&, w] {
       for (int i = 0; i < kRuns; ++i) {
         const std::string run = Run(absl::StrCat("w", w, "-", i));
+        // Held longer than the clearer's pace: two runs wait while two
+        // hold, and clears find them.
         if (AdmitHoldRelease(driver_.get(), ctx_, repo, run, {},
-                             std::chrono::milliseconds(1),
+                             std::chrono::milliseconds(4),
                              &c) == RaceOutcome::kAdmitted) {
           std::lock_guard<std::mutex> lock(mu);
           admitted.insert(run);
