@@ -135,6 +135,18 @@ absl::StatusOr<std::optional<absl::Duration>> ParseQueueSeconds(
   return std::optional<absl::Duration>(d);
 }
 
+absl::StatusOr<int32_t> ParsePriority(const Json& value,
+                                      std::string_view field) {
+  if (!value.is_number_integer() || value.get<int64_t>() < INT32_MIN ||
+      value.get<int64_t>() > INT32_MAX) {
+    return absl::InvalidArgumentError(
+        Cat(field,
+            ": an integer of 32 bits (higher is admitted first under the "
+            "priority mode)"));
+  }
+  return static_cast<int32_t>(value.get<int64_t>());
+}
+
 Json PolicyToJson(std::string_view repo_key, const RepositoryPolicy& policy) {
   Json out{{"repository", std::string(repo_key)},
            {"max_queue_seconds", nullptr},

@@ -135,6 +135,10 @@ std::string FormatTimestamp(absl::Time t);
 // AcquireOptions::max_queue_time allows.
 absl::StatusOr<std::optional<absl::Duration>> ParseQueueSeconds(
     const Json& value, std::string_view field);
+// A run's priority (a JSON integer of 32 bits, `field` naming it in the
+// error).
+absl::StatusOr<int32_t> ParsePriority(const Json& value,
+                                      std::string_view field);
 // A policy as {"repository", "max_queue_seconds"}.
 Json PolicyToJson(std::string_view repo_key, const RepositoryPolicy& policy);
 absl::StatusOr<absl::Time> ParseTimestamp(std::string_view text,

@@ -240,13 +240,9 @@ absl::StatusOr<Json> Service::Submit(const Context& ctx,
     options.max_queue_time = *d;
   }
   if (auto it = body.find("priority"); it != body.end() && !it->is_null()) {
-    if (!it->is_number_integer() || it->get<int64_t>() < INT32_MIN ||
-        it->get<int64_t>() > INT32_MAX) {
-      return absl::InvalidArgumentError(
-          "priority: an integer (32 bits; higher is admitted first under "
-          "the priority mode)");
-    }
-    options.priority = static_cast<int32_t>(it->get<int64_t>());
+    auto priority = ParsePriority(*it, "priority");
+    if (!priority.ok()) return priority.status();
+    options.priority = *priority;
   }
   if (auto it = body.find("state"); it != body.end()) {
     if (!it->is_string() || (*it != "started" && *it != "queued")) {

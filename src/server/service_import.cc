@@ -89,12 +89,9 @@ absl::StatusOr<RepositoryPlan> PlanFromJson(const Json& j, size_t i,
         run.group = g->get<std::string>();
       }
       if (auto pr = q.find("priority"); pr != q.end() && !pr->is_null()) {
-        if (!pr->is_number_integer() || pr->get<int64_t>() < INT32_MIN ||
-            pr->get<int64_t>() > INT32_MAX) {
-          return absl::InvalidArgumentError(
-              Cat(where, ".queue.priority: a 32-bit integer"));
-        }
-        run.priority = static_cast<int32_t>(pr->get<int64_t>());
+        auto priority = ParsePriority(*pr, Cat(where, ".queue.priority"));
+        if (!priority.ok()) return priority.status();
+        run.priority = *priority;
       }
       p.queue.push_back(std::move(run));
     }

@@ -211,6 +211,28 @@ std::string RemovalProblem(const HammerReport& report, int processes, int runs,
   return "";
 }
 
+std::string OrderProblem(const HammerReport& report, int processes, int runs,
+                         int limit, int min_queued) {
+  if (report.processes_ok != processes) {
+    return absl::StrCat(report.processes_ok, " of ", processes,
+                        " processes finished: ", report.first_problem);
+  }
+  if (report.grants != runs || report.duplicate_grants != 0) {
+    return absl::StrCat(report.grants, " of ", runs, " runs granted, ",
+                        report.duplicate_grants, " twice");
+  }
+  if (report.max_overlap > limit) {
+    return absl::StrCat(report.max_overlap, " runs held slots at once");
+  }
+  if (report.queued <= min_queued) {
+    return absl::StrCat("only ", report.queued,
+                        " runs queued: too little contention to test order");
+  }
+  if (report.fifo_checks == 0) return "the order was never checked";
+  if (report.fifo_violations != 0) return report.first_problem;
+  return "";
+}
+
 void PrintHammerReport(const HammerReport& report) {
   std::printf(
       "hammer: %d grants, %d queued, %d promotions, max overlap %d, "

@@ -92,6 +92,13 @@ HammerReport RunMultiProcessHammer(const DriverMaker& make,
 std::string RemovalProblem(const HammerReport& report, int processes, int runs,
                            int limit, int min_removed, bool cleared);
 
+// For a hammer without removals of `runs` runs in all under `limit`: what
+// it got wrong, or "" when every process finished, each run was granted
+// once, the limit held, more than `min_queued` runs queued (contention
+// enough to test the order), the order was checked and never broken.
+std::string OrderProblem(const HammerReport& report, int processes, int runs,
+                         int limit, int min_queued);
+
 // Prints the report's counts on one line ("hammer: ..."), for the log.
 void PrintHammerReport(const HammerReport& report);
 
