@@ -708,3 +708,65 @@ func TestAPathPrefixReachesTheServerBehindAProxy(t *testing.T) {
 		t.Fatalf("the proxy saw %d requests", seen.Load())
 	}
 }
+
+// CancelRunning: a newer run of the group asks the running one to stop;
+// its holder hears EventCancelRequested and sees CancelRequested on
+// renewal, and the newer run is admitted when it releases.
+func TestCancelRunningAsksTheGroupsRunningRunToStop(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b testserver.Backend) {
+		srv := testserver.Start(t, b.Env)
+		c := newClient(t, concurrency.Options{URL: srv.URL})
+		ctx := timeout(t, 60*time.Second)
+		ns := testserver.Namespace("cancel")
+		repo := repoOf(t, ns+"/app", 1)
+		old, err := c.WaitForSlot(ctx, repo, ns+"/old", concurrency.WaitOptions{Group: "pr-1"})
+		testserver.Must(t, err, "WaitForSlot on a free slot")
+		if _, err := c.Submit(ctx, repo, ns+"/x", concurrency.SubmitOptions{CancelRunning: true}); !errors.Is(err, concurrency.ErrInvalidArgument) {
+			t.Fatalf("Submit(CancelRunning without a group) = %v; want INVALID_ARGUMENT", err)
+		}
+		events := make(chan concurrency.Event, 16)
+		w, err := c.Watch(ctx, repo.Key(), func(ev concurrency.Event) { events <- ev })
+		testserver.Must(t, err, "Watch")
+		defer w.Stop()
+		newer, err := c.Submit(ctx, repo, ns+"/new",
+			concurrency.SubmitOptions{Group: "pr-1", CancelRunning: true})
+		if err != nil || newer.Position != 1 {
+			t.Fatalf("Submit(new) = %+v, %v; want position 1", newer, err)
+		}
+		for heard := false; !heard; {
+			select {
+			case ev := <-events:
+				if ev.Type != concurrency.EventCancelRequested {
+					continue
+				}
+				if ev.PipelineRun != ns+"/old" {
+					t.Fatalf("cancel_requested for %q; want %s/old", ev.PipelineRun, ns)
+				}
+				heard = true
+			case <-time.After(10 * time.Second):
+				t.Fatal("no cancel_requested event within 10 s")
+			}
+		}
+		renewed, err := c.RenewLease(ctx, old.LeaseID)
+		if err != nil || !renewed.CancelRequested {
+			t.Fatalf("RenewLease = %+v, %v; want CancelRequested", renewed, err)
+		}
+		// KeepAlive says so once, and goes on renewing.
+		kaCtx, stopKeepAlive := context.WithCancel(ctx)
+		told := c.KeepAlive(kaCtx, old, 20*time.Millisecond)
+		if err := <-told; !errors.Is(err, concurrency.ErrCancelRequested) {
+			t.Fatalf("KeepAlive said %v; want CANCEL_REQUESTED", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+		stopKeepAlive()
+		if err, open := <-told; open {
+			t.Fatalf("KeepAlive said %v after CANCEL_REQUESTED; want nothing more", err)
+		}
+		testserver.Must(t, c.ReleaseSlot(ctx, old.LeaseID, ns+"/old", repo.Key()), "ReleaseSlot")
+		st, err := c.Status(ctx, repo.Key())
+		if err != nil || len(st.Running) != 1 || st.Running[0].PipelineRun != ns+"/new" ||
+			st.Running[0].CancelRequested {
+			t.Fatalf("Status = %+v, %v; want %s/new running, not asked to stop", st, err, ns)
+		}
+	})
+}

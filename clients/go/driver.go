@@ -33,6 +33,11 @@ type SubmitOptions struct {
 	// Priority places the run when the repository's queue mode is
 	// "priority": higher first.
 	Priority int32
+	// CancelRunning (with a Group): a new submit also asks the group's
+	// other running runs to stop. Their holders see Lease.CancelRequested
+	// when they renew, and an EventCancelRequested on a watch; their slots
+	// stay held until they release (docs/policies.md).
+	CancelRunning bool
 }
 
 // Submit asks for a slot for the run "namespace/name" in repo: the answer
@@ -71,6 +76,12 @@ func (c *Client) Submit(ctx context.Context, repo *Repository, pipelineRunKey st
 	}
 	if opts.Priority != 0 {
 		body["priority"] = opts.Priority
+	}
+	if opts.CancelRunning {
+		if opts.Group == "" {
+			return nil, invalidArgument(op, "cancel_running: needs a group")
+		}
+		body["cancel_running"] = true
 	}
 	if !opts.CreationTime.IsZero() {
 		body["creation_time"] = opts.CreationTime.UTC().Format(time.RFC3339Nano)

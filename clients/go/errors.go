@@ -29,6 +29,10 @@ const (
 	CodeDeadlineExceeded   Code = "DEADLINE_EXCEEDED"
 	CodeCancelled          Code = "CANCELLED"
 	CodeInternal           Code = "INTERNAL"
+	// CodeCancelRequested is the client's own, never the server's: what
+	// KeepAlive reports when a newer run of the lease's group asks its run
+	// to stop (SubmitOptions.CancelRunning).
+	CodeCancelRequested Code = "CANCEL_REQUESTED"
 )
 
 // Error is what every call of the client fails with.
@@ -90,6 +94,10 @@ var (
 	ErrDeadlineExceeded = &Error{Code: CodeDeadlineExceeded}
 	ErrCancelled        = &Error{Code: CodeCancelled}
 	ErrInternal         = &Error{Code: CodeInternal}
+	// ErrCancelRequested: a newer run of the lease's group asked its run
+	// to stop (KeepAlive). The slot is still held: stop the run, then
+	// release.
+	ErrCancelRequested = &Error{Code: CodeCancelRequested}
 )
 
 // CodeOf returns the code of err: its *Error's, Cancelled or

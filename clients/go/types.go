@@ -44,6 +44,10 @@ type Lease struct {
 	AcquiredAt   time.Time `json:"acquired_at"`
 	ExpiresAt    time.Time `json:"expires_at"`
 	FencingToken int64     `json:"fencing_token"`
+	// CancelRequested: a newer run of its group asked this run to stop
+	// (SubmitOptions.CancelRunning). Its holder should stop the run and
+	// release; the slot stays held until then.
+	CancelRequested bool `json:"cancel_requested"`
 	// RunningSeconds is set in a repository's status.
 	RunningSeconds float64 `json:"running_seconds,omitempty"`
 }
@@ -126,6 +130,9 @@ const (
 	// EventRemoved: a queued run left the queue without a slot
 	// (Event.Reason: "cleared").
 	EventRemoved EventType = "removed"
+	// EventCancelRequested: a running run was asked to stop by a newer
+	// run of its group (SubmitOptions.CancelRunning).
+	EventCancelRequested EventType = "cancel_requested"
 )
 
 // Event is a change of a watched repository.

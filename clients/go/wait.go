@@ -20,6 +20,9 @@ type WaitOptions struct {
 	MaxQueueTime time.Duration
 	// Priority is the run's priority (see SubmitOptions).
 	Priority int32
+	// CancelRunning asks the group's running runs to stop (see
+	// SubmitOptions).
+	CancelRunning bool
 	// OnQueued is told the run's position when it is first queued and
 	// each time the position changes.
 	OnQueued func(position int)
@@ -67,7 +70,8 @@ func (c *Client) WaitForSlot(ctx context.Context, repo *Repository, pipelineRunK
 		return nil, err
 	}
 	submitOpts := SubmitOptions{CreationTime: opts.CreationTime, Group: opts.Group,
-		MaxQueueTime: opts.MaxQueueTime, Priority: opts.Priority}
+		MaxQueueTime: opts.MaxQueueTime, Priority: opts.Priority,
+		CancelRunning: opts.CancelRunning}
 	lastPosition := -1
 	for {
 		// Each submit runs to its answer, not to ctx's end: one abandoned
@@ -129,9 +133,13 @@ func (c *Client) giveUp(ctx context.Context, op string, repo *Repository,
 // server in time): the run no longer holds its slot and should stop. It
 // is closed without a value when ctx ends. A renewal that fails for a
 // reason that may pass (the server unreachable) is tried again every
-// second while the lease may still be alive.
+// second while the lease may still be alive. When a renewal says that a
+// newer run of the lease's group asked its run to stop
+// (Lease.CancelRequested), the channel receives ErrCancelRequested, once,
+// and stays open: the renewals go on, since the slot is held until the
+// caller stops its run and releases.
 func (c *Client) KeepAlive(ctx context.Context, lease *Lease, interval time.Duration) <-chan error {
-	lost := make(chan error, 1)
+	lost := make(chan error, 2)
 	go func() {
 		defer close(lost)
 		expires := lease.ExpiresAt
@@ -145,6 +153,7 @@ func (c *Client) KeepAlive(ctx context.Context, lease *Lease, interval time.Dura
 			return 100 * time.Millisecond
 		}
 		next := period(expires)
+		asked := false
 		for {
 			t := time.NewTimer(next)
 			select {
@@ -158,6 +167,11 @@ func (c *Client) KeepAlive(ctx context.Context, lease *Lease, interval time.Dura
 			case err == nil:
 				expires = l.ExpiresAt
 				next = period(expires)
+				if l.CancelRequested && !asked {
+					asked = true
+					lost <- &Error{Code: CodeCancelRequested, Op: "KeepAlive",
+						Message: "a newer run of its group asked " + l.PipelineRun + " to stop"}
+				}
 			case ctx.Err() != nil:
 				return
 			case errors.Is(err, ErrLeaseLost):

@@ -226,6 +226,10 @@ void AddSubmitFlags(CLI::App* cmd, SubmitFlags* f, const char* limit_help) {
   cmd->add_option("--max-queue-time", f->max_queue_time,
                   "Leave the queue (reason timed-out) after waiting this "
                   "long, e.g. 30m (default: the repository's limit)");
+  cmd->add_flag("--supersede", f->supersede,
+                "With --group: also ask the group's running runs to stop "
+                "(they keep their slots until they release)")
+      ->needs("--group");
 }
 
 absl::StatusOr<Json> SubmitBody(const SubmitFlags& f) {
@@ -234,6 +238,7 @@ absl::StatusOr<Json> SubmitBody(const SubmitFlags& f) {
   if (!f.creation_time.empty()) body["creation_time"] = f.creation_time;
   if (!f.group.empty()) body["group"] = f.group;
   if (f.priority != 0) body["priority"] = f.priority;
+  if (f.supersede) body["cancel_running"] = true;
   if (!f.max_queue_time.empty()) {
     auto q = QueueTimeFlag(f.max_queue_time);
     if (!q.ok()) return q.status();

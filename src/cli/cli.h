@@ -96,6 +96,7 @@ struct SubmitFlags {
   std::string repo, run, creation_time, group, max_queue_time;
   int limit = -1;
   int priority = 0;
+  bool supersede = false;  // cancel_running
 };
 // Adds them to `cmd`; `limit_help` describes --limit.
 void AddSubmitFlags(CLI::App* cmd, SubmitFlags* f, const char* limit_help);

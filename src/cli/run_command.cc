@@ -5,7 +5,10 @@
 // `consul lock -n 1` does. If the lease is lost (the server says so, or no
 // renewal succeeded before it expires, e.g. the server is unreachable), the
 // command is sent SIGTERM and then SIGKILL before the lease expires: it no
-// longer holds a slot.
+// longer holds a slot. A renewal that says a newer run of the group asked
+// this one to stop (`--supersede` on the newer run) sends SIGTERM, and
+// SIGKILL after --kill-grace, while the slot stays held until the command
+// exits (`run` exits with its status, or 1 if it had not started).
 #include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
@@ -164,6 +167,11 @@ int RunCommand(const GlobalOptions& g, RunFlags f) {
       Signal(*state, SIGKILL);
     }
   };
+  // Asked to stop by a newer run of its group (cancel_requested in a
+  // renewal): SIGTERM, then SIGKILL after the grace unless it has exited.
+  // The slot stays held, and renewed, until the command exits.
+  absl::Time cancel_kill_at = absl::InfiniteFuture();  // renewer's only
+  std::atomic<bool> cancelled{false};
   std::thread renewer([&] {
     // The lease is sure to be alive until `valid_until`: the server
     // extends it to its own now + TTL, which is no earlier than the moment
@@ -194,6 +202,25 @@ int RunCommand(const GlobalOptions& g, RunFlags f) {
       if (r.ok()) {
         valid_until = sent + ttl;
         wait = every;
+        const bool asked = (*r)["cancel_requested"].is_boolean() &&
+                           (*r)["cancel_requested"].get<bool>();
+        if (asked && cancel_kill_at == absl::InfiniteFuture()) {
+          cancel_kill_at = absl::Now() + f.kill_grace;
+          Note(Cat("asked to stop: a newer run of group ", f.group,
+                   " was submitted; stopping the command (SIGTERM; SIGKILL "
+                   "in ",
+                   absl::FormatDuration(f.kill_grace), ")"));
+          cancelled = true;
+          Signal(*state, SIGTERM);
+        } else if (asked && absl::Now() >= cancel_kill_at &&
+                   state->child.load() > 0) {
+          Note("the command did not stop after SIGTERM: SIGKILL");
+          Signal(*state, SIGKILL);
+          cancel_kill_at = absl::InfinitePast();
+        }
+        if (asked && cancel_kill_at > absl::Now()) {
+          wait = std::min(wait, cancel_kill_at - absl::Now());
+        }
         continue;
       }
       if (IsLeaseLost(r.status())) {
@@ -238,14 +265,15 @@ int RunCommand(const GlobalOptions& g, RunFlags f) {
   posix_spawnattr_setflags(&attr, flags);
   pid_t pid = 0;
   int rc = 0;
-  const bool interrupted = state->signal.load() != 0 || lost.load();
+  const bool interrupted =
+      state->signal.load() != 0 || lost.load() || cancelled.load();
   if (!interrupted) {
     rc = posix_spawnp(&pid, argv[0], nullptr, &attr, argv.data(), environ);
   }
   posix_spawnattr_destroy(&attr);
   int exit_code;
   if (interrupted) {
-    exit_code = lost ? 1 : 128 + state->signal.load();
+    exit_code = lost || cancelled ? 1 : 128 + state->signal.load();
   } else if (rc != 0) {
     Note(Cat("cannot run ", f.command[0], ": ", std::strerror(rc)));
     exit_code = 127;
@@ -253,7 +281,8 @@ int RunCommand(const GlobalOptions& g, RunFlags f) {
     state->own_group = own_group;
     state->child = pid;
     if (int sig = state->signal.load(); sig != 0) Signal(*state, sig);
-    if (lost) Signal(*state, SIGTERM);  // lost while it was being started
+    // Lost, or asked to stop, while it was being started.
+    if (lost || cancelled) Signal(*state, SIGTERM);
     int status = 0;
     while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
     }

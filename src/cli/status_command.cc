@@ -24,7 +24,10 @@ void PrintRepository(const Json& r) {
               mode == "oldest-first" ? "" : (", " + mode).c_str());
   std::vector<std::vector<std::string>> rows;
   for (const Json& l : r["running"]) {
-    rows.push_back({"running", l["pipeline_run"].get<std::string>(),
+    // A run a newer one of its group asked to stop still holds its slot.
+    const bool stopping = l.value("cancel_requested", false);
+    rows.push_back({stopping ? "stopping" : "running",
+                    l["pipeline_run"].get<std::string>(),
                     HumanSeconds(l["running_seconds"].get<double>()),
                     "lease " + l["lease_id"].get<std::string>()});
   }

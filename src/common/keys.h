@@ -90,6 +90,10 @@ inline absl::Status ValidateAcquireOptions(const AcquireOptions& options) {
           std::to_string(c) + " at offset " + std::to_string(i) + ")");
     }
   }
+  if (options.cancel_running && options.group.empty()) {
+    return absl::InvalidArgumentError(
+        "cancel_running: needs a group (the runs it stops are the group's)");
+  }
   if (options.max_queue_time.has_value()) {
     if (absl::Status s =
             ValidateQueueTimeLimit(*options.max_queue_time, "max_queue_time");

@@ -163,19 +163,33 @@ absl::StatusOr<Lease> EtcdDriver::RenewLease(const Context& ctx,
   const int64_t lease = id->lease, revision = id->revision;
   const std::string& repo = id->repo;
   const std::string& run = id->run;
-  etcdpb::RangeRequest sreq;
-  sreq.set_key(SeatKey(repo, id->seat));
-  auto s = kv_->Range(ctx, sreq);
-  if (!s.ok()) return s.status();
+  // The seat and the run's request to stop, in one read-only Txn.
+  etcdpb::TxnRequest reads;
+  reads.add_success()->mutable_request_range()->set_key(
+      SeatKey(repo, id->seat));
+  reads.add_success()->mutable_request_range()->set_key(
+      Cat(RepoPrefix(repo), "cancel/", run));
+  auto tr = kv_->Txn(ctx, reads);
+  if (!tr.ok()) return tr.status();
+  if (tr->responses_size() != 2) {
+    return absl::InternalError("etcd: a read-only Txn answered no ranges");
+  }
+  const etcdpb::RangeResponse& s = tr->responses(0).response_range();
+  const etcdpb::RangeResponse& c = tr->responses(1).response_range();
   // The seat must hold the grant this id names (same revision): the etcd
   // lease, and the seat, may carry a later grant by now.
   const std::vector<absl::string_view> f =
-      s->kvs_size() == 0 ? std::vector<absl::string_view>{}
-                         : SeatFields(s->kvs(0).value());
-  if (f.size() != 4 || s->kvs(0).mod_revision() != revision ||
+      s.kvs_size() == 0 ? std::vector<absl::string_view>{}
+                        : SeatFields(s.kvs(0).value());
+  if (f.size() != 4 || s.kvs(0).mod_revision() != revision ||
       SV(f[0]) != Hex(lease) || SV(f[3]) != run) {
     return LeaseLostError("lease has expired or was released");
   }
+  // A request names the grant it asks (an earlier grant's asks nothing).
+  int64_t asked = 0;
+  const bool cancel_requested = c.kvs_size() > 0 &&
+                                ParseHex(c.kvs(0).value(), &asked) &&
+                                asked == revision;
   const absl::Time before = clock_->Now();
   auto ttl = kv_->LeaseKeepAlive(ctx, lease);
   if (!ttl.ok()) return ttl.status();
@@ -189,6 +203,7 @@ absl::StatusOr<Lease> EtcdDriver::RenewLease(const Context& ctx,
   }
   Lease out = MakeLease(repo, run, lease, revision, id->seat, now);
   out.expires_at = now + absl::Seconds(*ttl);
+  out.cancel_requested = cancel_requested;
   return out;
 }
 
@@ -269,6 +284,7 @@ absl::StatusOr<std::vector<Lease>> EtcdDriver::RunningOf(
     int64_t lease = 0;
     ParseHex(s.lease_hex, &lease);
     Lease l = MakeLease(v.repo, run, lease, s.revision, s.seat, now);
+    l.cancel_requested = CancelRequested(v, s);
     // The true expiry: what is left of the etcd lease (renewals move it).
     auto left = ttls->find(lease);
     if (left == ttls->end() || left->second < 0) {

@@ -132,6 +132,7 @@ class EtcdDriver final : public Driver {
     // The granting Txn's NewCommitId (empty in values written without one).
     std::string commit_id;
     int64_t seat = -1;  // the key is `slot/<seat>`
+    std::string group;  // AcquireOptions::group the run was submitted with
   };
   struct QueueInfo {
     std::string run;
@@ -162,6 +163,9 @@ class EtcdDriver final : public Driver {
     std::map<std::string, SlotInfo> slots;       // by run
     std::vector<QueueInfo> queue;                // admission order
     std::map<std::string, std::string> removed;  // run -> reason
+    // Runs asked to stop (`cancel/<run>`): the revision of the grant asked
+    // (a key naming an earlier grant of the run asks nothing).
+    std::map<std::string, int64_t> cancels;
     // The repository's queue time limit (the `policy` key), 0 for none.
     int64_t max_queue_us = 0;
     QueueMode mode = QueueMode::kOldestFirst;  // the `policy` key's too
@@ -466,7 +470,10 @@ class EtcdDriver final : public Driver {
   int64_t AddGrant(etcdpb::TxnRequest* txn, RepoView* after,
                    const std::string& run, int64_t lease,
                    const std::string& dequeued_key,
-                   const std::string& commit_id) const PAC_EXCLUDES(mu_);
+                   const std::string& commit_id, const std::string& group) const
+      PAC_EXCLUDES(mu_);
+  // Whether the view's `run`, holding `slot`, was asked to stop.
+  static bool CancelRequested(const RepoView& v, const SlotInfo& slot);
   // When `lease`'s TTL started, as far as this driver knows (now if not).
   absl::Time LeaseSince(int64_t lease) const PAC_EXCLUDES(mu_);
   absl::Status PutKey(const Context& ctx, std::string key,

@@ -51,6 +51,9 @@ inline constexpr size_t kMaxStaleDeletes = 32;
 // each). Every run of a group is submitted by a guarded step that removes
 // the group's older entries, so a group has one queued run at a time.
 inline constexpr size_t kMaxSuperseded = 16;
+// Running runs of a group one cancel_running submit asks to stop, at most
+// (a put and, unless compared already, a compare each).
+inline constexpr size_t kMaxCancels = 8;
 
 // A grant's fencing token: the revision of the Txn that granted it, then
 // its seat. Tokens strictly increase per repository (rule 4): a later Txn
@@ -143,10 +146,21 @@ inline std::optional<ParsedLeaseId> ParseLeaseId(std::string_view id) {
   return out;
 }
 
-// The fields of a seat's value, "<lease hex>/<µs>/<commit id>/<run>"
-// (the run keeps its '/'); fewer than four if it is not one.
+// The fields of a seat's value, "<lease hex>/<µs>/<commit id>/<run>
+// [ <group>]" (the run keeps its '/'; the supersede group the run was
+// submitted with, if any, follows a space, which neither has): fewer than
+// four if it is not one.
 inline std::vector<absl::string_view> SeatFields(const std::string& value) {
-  return absl::StrSplit(AV(value), absl::MaxSplits('/', 3));
+  std::vector<absl::string_view> f =
+      absl::StrSplit(AV(value), absl::MaxSplits('/', 3));
+  if (f.size() == 4) f[3] = f[3].substr(0, f[3].find(' '));
+  return f;
+}
+// The group of a seat's value; empty if none.
+inline std::string_view SeatGroup(const std::string& value) {
+  const size_t space = value.find(' ');
+  return space == std::string::npos ? std::string_view()
+                                    : std::string_view(value).substr(space + 1);
 }
 
 inline std::string Pad20(int64_t v) {

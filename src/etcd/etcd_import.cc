@@ -96,6 +96,7 @@ std::vector<Lease> EtcdDriver::RunningOfView(const RepoView& v) {
     int64_t lease = 0;
     ParseHex(slot.lease_hex, &lease);
     Lease l = MakeLease(v.repo, run, lease, slot.revision, slot.seat, now);
+    l.cancel_requested = CancelRequested(v, slot);
     l.expires_at = ExpiryOf(lease, now);
     out.push_back(std::move(l));
   }
@@ -176,7 +177,7 @@ size_t EtcdDriver::PlanImport(const RepositoryImport& part,
     auto q = live.find(run);
     const std::string dequeued = q == live.end() ? "" : q->second->key;
     ++grants;
-    AddGrant(txn, &after, run, take_lease(), dequeued, commit_id);
+    AddGrant(txn, &after, run, take_lease(), dequeued, commit_id, "");
     if (q != live.end()) live.erase(q);
     if (after.removed.erase(run) > 0) {  // removed, but the cluster runs it
       *txn->add_success() = DeleteOp(Cat(p, "removed/", run));
@@ -232,7 +233,8 @@ size_t EtcdDriver::PlanImport(const RepositoryImport& part,
     ++grants;
     ++running;
     admitted.insert(q);
-    AddGrant(txn, &after, q->run, take_lease(), joins ? "" : q->key, commit_id);
+    AddGrant(txn, &after, q->run, take_lease(), joins ? "" : q->key, commit_id,
+             q->group);
   }
   for (const QueueInfo& q : joining) {
     if (admitted.count(&q) > 0) continue;

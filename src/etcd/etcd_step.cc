@@ -169,6 +169,22 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(
     const int32_t eff_limit = set ? limit : v.limit;
     const bool limit_changed = set && (!v.exists || v.limit != limit);
     int64_t running = static_cast<int64_t>(v.slots.size());
+    // cancel_running (docs/policies.md): the group's other running runs,
+    // asked to stop by the Txn that queues the caller or grants it a slot
+    // (a put of `cancel/<run>` each), up to kMaxCancels.
+    std::vector<const SlotInfo*> cancels;
+    if (options.cancel_running && !options.adopt_running && !run.empty() &&
+        v.slots.count(run) == 0 &&
+        std::none_of(v.queue.begin(), v.queue.end(), [&](const QueueInfo& q) {
+          return q.run == run && stale.count(&q) == 0;
+        })) {
+      for (const auto& [r, slot] : v.slots) {
+        if (cancels.size() == kMaxCancels) break;
+        if (slot.group == options.group && !CancelRequested(v, slot)) {
+          cancels.push_back(&slot);
+        }
+      }
+    }
     auto free_slots = [&] {
       return eff_limit == 0 ? INT64_MAX : eff_limit - running;
     };
@@ -178,7 +194,7 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(
     // entries deleted. Any more are admitted by the next Txn of this step.
     const size_t max_promote =
         (kMaxTxnOps - 5 - std::min(stale_only.size(), kMaxStaleDeletes) -
-         2 * superseded.size() - 2 * timed_out.size()) /
+         2 * superseded.size() - 2 * timed_out.size() - cancels.size()) /
         2;
     std::vector<const QueueInfo*> promote;
     bool more = false;  // heads left to admit once this Txn commits
@@ -213,6 +229,7 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(
         result.acquired = true;
         result.lease = MakeLease(repo, run, lease, it->second.revision,
                                  it->second.seat, clock_->Now());
+        result.lease.cancel_requested = CancelRequested(v, it->second);
       } else if (caller_promoted) {
         // Admitted below with the others.
       } else if (options.adopt_running ||
@@ -235,6 +252,7 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(
         enqueue_caller = true;
       }
     }
+    if (!grant_caller && !enqueue_caller) cancels.clear();
     if (!limit_changed && promote.empty() && !grant_caller && !enqueue_caller &&
         superseded.empty() && timed_out.empty()) {
       // Nothing to write. A cached view may be behind another process's
@@ -281,7 +299,7 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(
     const bool light = grant_caller && promote.empty() && !limit_changed &&
                        v.queue.empty() && LightGrantsPossible(v) &&
                        !forget_removed && superseded.empty() &&
-                       timed_out.empty();
+                       timed_out.empty() && cancels.empty();
     const size_t n_leases = promote.size() + (grant_caller ? 1 : 0);
     auto leases = Leases(ctx, n_leases);
     if (!leases.ok()) return leases.status();
@@ -317,6 +335,19 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(
       // Light grants put seats without touching `meta`: this Txn must not
       // count or fill a seat one of them took unseen.
       GuardSeats(&txn, v, compared);
+      for (const SlotInfo* s : cancels) {
+        // The grant asked must be there: its etcd lease carries the key.
+        if (compared.count(s->seat) == 0) {
+          AddSlotCompare(&txn, repo, s->seat, s->revision);
+        }
+        int64_t lease = 0;
+        ParseHex(s->lease_hex, &lease);
+        *txn.add_success() =
+            PutOp(Cat(p, "cancel/", s->run), Hex(s->revision), lease);
+        after.cancels[s->run] = s->revision;
+        logger_->info("{} in {} asked to stop by {} (group {})", s->run, repo,
+                      run, options.group);
+      }
       // Entries the plan leaves queued (stale ones are deleted).
       size_t left = 0;
       for (const QueueInfo& q : v.queue) {
@@ -378,7 +409,7 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(
       int64_t lease = (*leases)[li++];
       granted.emplace_back(
           q->run, lease,
-          AddGrant(&txn, &after, q->run, lease, q->key, commit_id));
+          AddGrant(&txn, &after, q->run, lease, q->key, commit_id, q->group));
     }
     if (grant_caller) {
       int64_t lease = (*leases)[li++];
@@ -386,7 +417,7 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(
           run, lease,
           AddGrant(&txn, &after, run, lease,
                    caller_queued != nullptr ? caller_queued->key : "",
-                   commit_id));
+                   commit_id, options.group));
     }
     if (light) {
       // GuardSeats compares the seats below the limit only. A run adopted
@@ -656,6 +687,9 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(const Context& ctx,
     // once this Txn commits.
     size_t n_freed = 0;
     for (const Freed& f : freed) n_freed += f.slot != nullptr ? 1 : 0;
+    for (const Freed& f : freed) {
+      if (f.slot != nullptr && v.cancels.count(f.slot->run) > 0) ++n_freed;
+    }
     const size_t ops = static_cast<size_t>(txn.success_size()) + n_freed +
                        std::min(stale.size(), kMaxStaleDeletes);
     const size_t max_promote = ops < kMaxTxnOps ? (kMaxTxnOps - ops) / 2 : 0;
@@ -731,7 +765,7 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(const Context& ctx,
     std::vector<int64_t> seats;  // of the admitted runs
     for (size_t i = 0; i < promote.size(); ++i) {
       seats.push_back(AddGrant(&txn, &after, promote[i]->run, grant_leases[i],
-                               promote[i]->key, commit_id));
+                               promote[i]->key, commit_id, promote[i]->group));
     }
     // A freed seat an admitted run took is put over (etcd refuses a put and
     // a delete of one key in one Txn); the others are deleted.
@@ -739,6 +773,12 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(const Context& ctx,
       if (f.slot != nullptr &&
           std::find(seats.begin(), seats.end(), f.slot->seat) == seats.end()) {
         *txn.add_success() = DeleteOp(SeatKey(repo, f.slot->seat));
+      }
+      // Its request to stop goes with it.
+      if (f.slot != nullptr && v.cancels.count(f.slot->run) > 0) {
+        *txn.add_success() =
+            DeleteOp(Cat(RepoPrefix(repo), "cancel/", f.slot->run));
+        after.cancels.erase(f.slot->run);
       }
     }
     bool proved_light = false;

@@ -199,19 +199,22 @@ etcdpb::TxnRequest EtcdDriver::FastEnqueueTxn(const QueueInfo& last) {
 int64_t EtcdDriver::AddGrant(etcdpb::TxnRequest* txn, RepoView* after,
                              const std::string& run, int64_t lease,
                              const std::string& dequeued_key,
-                             const std::string& commit_id) const {
+                             const std::string& commit_id,
+                             const std::string& group) const {
   std::set<int64_t> taken;
   for (const auto& [r, slot] : after->slots) taken.insert(slot.seat);
   int64_t seat = 0;
   while (taken.count(seat) > 0) ++seat;
   const std::string key = SeatKey(after->repo, seat);
   const int64_t since_us = absl::ToUnixMicros(LeaseSince(lease));
-  *txn->add_success() = PutOp(
-      key,
-      Cat(Hex(lease), "/", std::to_string(since_us), "/", commit_id, "/", run),
-      lease);
+  *txn->add_success() =
+      PutOp(key,
+            Cat(Hex(lease), "/", std::to_string(since_us), "/", commit_id, "/",
+                run, group.empty() ? "" : " ", group),
+            lease);
   // Its revision is the commit's, filled in by CommitStep.
-  after->slots[run] = SlotInfo{run, Hex(lease), 0, since_us, commit_id, seat};
+  after->slots[run] =
+      SlotInfo{run, Hex(lease), 0, since_us, commit_id, seat, group};
   if (!dequeued_key.empty()) {
     *txn->add_success() = DeleteOp(dequeued_key);
     std::erase_if(after->queue,

@@ -159,9 +159,13 @@ void EtcdDriver::ApplyKv(RepoView* v, std::string_view rest, bool put,
     if (!put) return;
     const std::vector<absl::string_view> f = SeatFields(kv.value());
     if (f.size() != 4 || f[3].empty()) return;
-    SlotInfo slot{std::string(f[3]), std::string(f[0]),
-                  kv.mod_revision(), 0,
-                  std::string(f[2]), seat};
+    SlotInfo slot{std::string(f[3]),
+                  std::string(f[0]),
+                  kv.mod_revision(),
+                  0,
+                  std::string(f[2]),
+                  seat,
+                  std::string(SeatGroup(kv.value()))};
     std::from_chars(f[1].data(), f[1].data() + f[1].size(), slot.since_us);
     v->slots[slot.run] = slot;
   } else if (rest.substr(0, 6) == "queue/") {
@@ -219,7 +223,20 @@ void EtcdDriver::ApplyKv(RepoView* v, std::string_view rest, bool put,
     } else {
       v->removed.erase(run);
     }
+  } else if (rest.substr(0, 7) == "cancel/") {
+    std::string run(rest.substr(7));
+    int64_t revision = 0;
+    if (put && ParseHex(kv.value(), &revision)) {
+      v->cancels[std::move(run)] = revision;
+    } else {
+      v->cancels.erase(run);
+    }
   }
+}
+
+bool EtcdDriver::CancelRequested(const RepoView& v, const SlotInfo& slot) {
+  auto it = v.cancels.find(slot.run);
+  return it != v.cancels.end() && it->second == slot.revision;
 }
 
 EtcdDriver::RepoView EtcdDriver::ParseView(const std::string& repo,

@@ -271,6 +271,11 @@ void EtcdDriver::CollectWatchEvents(const WatchBatch& b, PendingEvents* out,
       watchers_.Collect(repo, WatchEventType::kRemoved,
                         std::string(tail.substr(8)), &events, ev.kv().value());
       continue;
+    } else if (tail.substr(0, 7) == "cancel/" &&
+               ev.type() == etcdpb::Event::PUT) {
+      // A running run asked to stop (cancel_running).
+      type = WatchEventType::kCancelRequested;
+      run = std::string(tail.substr(7));
     } else if (tail == "limit") {
       type = WatchEventType::kLimitChanged;
     } else if (tail == "meta" && ev.type() == etcdpb::Event::DELETE) {

@@ -109,8 +109,9 @@ int MemoryDriver::ShardOfLease(std::string_view lease_id) const {
 Lease MemoryDriver::MakeLease(const std::string& repo_key,
                               const std::string& run_key,
                               const LeaseRec& rec) const {
-  return Lease{rec.lease_id,    repo_key,       run_key,
-               rec.acquired_at, rec.expires_at, rec.token};
+  return Lease{rec.lease_id,        repo_key,       run_key,
+               rec.acquired_at,     rec.expires_at, rec.token,
+               rec.cancel_requested};
 }
 
 void MemoryDriver::NoteExpiry(absl::Time expires_at) {
@@ -136,7 +137,7 @@ MemoryDriver::LeaseRec& MemoryDriver::Grant(Shard& shard,
                                             const std::string& repo_key,
                                             RepoState& rs,
                                             const std::string& run_key,
-                                            absl::Time now) {
+                                            absl::Time now, std::string group) {
   size_t index = &shard - shards_.data();
   // "<prefix><shard hex digit><counter hex>", by hand: this is the hot path.
   static_assert(kShards <= 16);
@@ -148,7 +149,8 @@ MemoryDriver::LeaseRec& MemoryDriver::Grant(Shard& shard,
   id.reserve(id_prefix_.size() + (end - buf));
   id.append(id_prefix_).append(buf, end - buf);
   LeaseRec rec{id, now, now + ttl_,
-               next_token_.fetch_add(1, std::memory_order_relaxed)};
+               next_token_.fetch_add(1, std::memory_order_relaxed),
+               std::move(group)};
   shard.leases.emplace(std::move(id), LeaseLoc{repo_key, run_key});
   rs.earliest_expiry = std::min(rs.earliest_expiry, rec.expires_at);
   auto [it, inserted] = rs.running.insert_or_assign(run_key, std::move(rec));
@@ -225,9 +227,10 @@ void MemoryDriver::Promote(Shard& shard, const std::string& repo_key,
       (rs.limit == 0 || static_cast<int64_t>(rs.running.size()) < rs.limit)) {
     auto head = rs.queue.begin();
     std::string run = std::move(head->second.run_key);
+    std::string group = std::move(head->second.group);
     rs.queue.erase(head);
     rs.queued.erase(run);
-    LeaseRec& rec = Grant(shard, repo_key, rs, run, now);
+    LeaseRec& rec = Grant(shard, repo_key, rs, run, now, std::move(group));
     logger_->info("admitted {} from the queue of {} (token {})", run, repo_key,
                   rec.token);
     fx.admitted.push_back(MakeLease(repo_key, run, rec));
@@ -271,6 +274,7 @@ absl::StatusOr<AcquireResult> MemoryDriver::AcquireSlot(
   AcquireResult result;
   Effects fx;
   bool granted_now = false;
+  bool fresh = false;    // this call queued the run or granted it a slot
   absl::Status refused;  // superseded
   {
     MutexLock lock(&shard.mu);
@@ -313,10 +317,11 @@ absl::StatusOr<AcquireResult> MemoryDriver::AcquireSlot(
           rs.queued.erase(q);
         }
         rs.removed.erase(run);  // adopted: it runs after all
-        LeaseRec& rec = Grant(shard, repo_key, rs, run, now);
+        LeaseRec& rec = Grant(shard, repo_key, rs, run, now, options.group);
         result.acquired = true;
         result.lease = MakeLease(repo_key, run, rec);
         granted_now = true;
+        fresh = !options.adopt_running;
         AddEvent(shard, repo_key, WatchEventType::kAdmitted, run, fx);
       } else if (auto q = rs.queued.find(run); q != rs.queued.end()) {
         result.position = PositionOf(rs, q->second);
@@ -330,9 +335,13 @@ absl::StatusOr<AcquireResult> MemoryDriver::AcquireSlot(
                          creation, options.priority},
                 fx);
         result.position = PositionOf(rs, key);
+        fresh = true;
         logger_->info(
             "concurrency limit {} of {} reached; {} queued at position {}",
             rs.limit, repo_key, run, result.position);
+      }
+      if (fresh && options.cancel_running) {
+        CancelRunning(shard, repo_key, rs, run, options.group, fx);
       }
     }
   }
@@ -420,7 +429,7 @@ void MemoryDriver::ImportLocked(const Repository& repo,
         rs.queued.erase(q);
       }
       rs.removed.erase(run);  // the cluster runs it: adopted
-      Grant(shard, repo_key, rs, run, now);
+      Grant(shard, repo_key, rs, run, now, "");
       AddEvent(shard, repo_key, WatchEventType::kAdmitted, run, fx);
       it = rs.running.find(run);
     }

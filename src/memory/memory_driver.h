@@ -112,6 +112,8 @@ class MemoryDriver final : public Driver {
     absl::Time acquired_at;
     absl::Time expires_at;
     int64_t token;
+    std::string group;  // AcquireOptions::group; empty: none
+    bool cancel_requested = false;
   };
   // A queue entry's place under its repository's mode (KeyOf): ordered by
   // `rank` (minus the priority, under kPriority), `time` (the creation
@@ -179,7 +181,7 @@ class MemoryDriver final : public Driver {
   Lease MakeLease(const std::string& repo_key, const std::string& run_key,
                   const LeaseRec& rec) const;
   LeaseRec& Grant(Shard& shard, const std::string& repo_key, RepoState& rs,
-                  const std::string& run_key, absl::Time now)
+                  const std::string& run_key, absl::Time now, std::string group)
       PAC_REQUIRES(shard.mu);
   // Reclaims expired leases, and removes queued runs past their deadline
   // (reason kRemovedTimedOut).
@@ -221,6 +223,11 @@ class MemoryDriver final : public Driver {
   bool Supersede(Shard& shard, const std::string& repo_key, RepoState& rs,
                  const std::string& run, const std::string& group,
                  absl::Time creation, Effects& fx) PAC_REQUIRES(shard.mu);
+  // A cancel_running submit of `run` (docs/policies.md): asks the group's
+  // other running runs to stop.
+  void CancelRunning(Shard& shard, const std::string& repo_key, RepoState& rs,
+                     const std::string& run, const std::string& group,
+                     Effects& fx) PAC_REQUIRES(shard.mu);
   absl::Status CheckOpen() const;
   // One part of ImportBatch, its shard's lock held (with the others').
   void ImportLocked(const Repository& repo, const ImportRequest& request,

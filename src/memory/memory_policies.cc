@@ -99,6 +99,18 @@ void MemoryDriver::Reorder(RepoState& rs) {
   rs.queue = std::move(queue);
 }
 
+void MemoryDriver::CancelRunning(Shard& shard, const std::string& repo_key,
+                                 RepoState& rs, const std::string& run,
+                                 const std::string& group, Effects& fx) {
+  for (auto& [other, rec] : rs.running) {
+    if (rec.group != group || other == run || rec.cancel_requested) continue;
+    rec.cancel_requested = true;
+    AddEvent(shard, repo_key, WatchEventType::kCancelRequested, other, fx);
+    logger_->info("{} in {} asked to stop by {} (group {})", other, repo_key,
+                  run, group);
+  }
+}
+
 bool MemoryDriver::Supersede(Shard& shard, const std::string& repo_key,
                              RepoState& rs, const std::string& run,
                              const std::string& group, absl::Time creation,

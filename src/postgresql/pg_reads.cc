@@ -22,8 +22,8 @@ constexpr const char* kSnapshotSql =
     " 0::bigint FROM pac_repositories WHERE repository_key = $1"
     " UNION ALL SELECT 'running', pipeline_run_key, lease_id, "
     PAC_MICROS("acquired_at") ", " PAC_MICROS("expires_at") ", fencing_token,"
-    " 0 FROM concurrency_slots WHERE repository_key = $1 AND state ="
-    " 'running' AND expires_at > clock_timestamp()"
+    " cancel_requested::int FROM concurrency_slots WHERE repository_key = $1"
+    " AND state = 'running' AND expires_at > clock_timestamp()"
     " UNION ALL SELECT 'queued', pipeline_run_key, '', "
     PAC_MICROS("creation_time") ", " PAC_MICROS("created_at") ", queue_seq,"
     " queue_priority FROM concurrency_slots WHERE repository_key = $1 AND"
@@ -141,6 +141,7 @@ void PostgreSQLDriver::AddSnapshotRow(const PgResult& r, int row,
     out->limit = static_cast<int32_t>(r.GetInt(row, 5));
   } else if (kind == "running") {
     out->running.push_back(LeaseFromRow(r, row, repo_key));
+    out->running.back().cancel_requested = r.GetInt(row, 6) == 1;
   } else if (kind == "queued") {
     out->queued.push_back(QueueEntry{
         std::string(r.Get(row, 1)), r.GetMicros(row, 3), r.GetInt(row, 5),
@@ -203,7 +204,8 @@ constexpr const char* kListingPageSql =
     " ON r.repository_key = k.key"
     " UNION ALL SELECT 'running', s.pipeline_run_key, s.lease_id, "
     PAC_MICROS("s.acquired_at") ", " PAC_MICROS("s.expires_at") ","
-    " s.fencing_token, 0, s.repository_key FROM concurrency_slots s JOIN k"
+    " s.fencing_token, s.cancel_requested::int, s.repository_key"
+    " FROM concurrency_slots s JOIN k"
     " ON s.repository_key = k.key WHERE s.state = 'running' AND"
     " s.expires_at > clock_timestamp()"
     " UNION ALL SELECT 'queued', s.pipeline_run_key, '', "

@@ -43,7 +43,7 @@ constexpr const char* kAcquireSql =
                      " $5::boolean, $6::boolean,"
                      " $7::bigint * interval '1 microsecond', $8::boolean, $9,"
                      " $10, $11::bigint * interval '1 microsecond',"
-                     " $12::int, $13::boolean)";
+                     " $12::int, $13::boolean, $14::boolean)";
 
 constexpr const char* kReleaseSql =
     "SELECT o_kind, o_run, o_lease, " PAC_MICROS("o_acquired") ", " PAC_MICROS(
@@ -57,7 +57,7 @@ constexpr const char* kRenewSql =
     " WHERE lease_id = $1 AND state = 'running' AND expires_at >"
     " clock_timestamp() RETURNING 'acquired', pipeline_run_key, "
     "lease_id, " PAC_MICROS("acquired_at") ", " PAC_MICROS(
-        "expires_at") ", fencing_token, 0, repository_key";
+        "expires_at") ", fencing_token, 0, repository_key, cancel_requested";
 
 WatchEventType EventType(std::string_view name) {
   if (name == "released") return WatchEventType::kReleased;
@@ -66,6 +66,7 @@ WatchEventType EventType(std::string_view name) {
   if (name == "limit") return WatchEventType::kLimitChanged;
   if (name == "cleaned") return WatchEventType::kCleaned;
   if (name.starts_with("removed:")) return WatchEventType::kRemoved;
+  if (name == "cancel") return WatchEventType::kCancelRequested;
   return WatchEventType::kResync;
 }
 
@@ -282,7 +283,8 @@ absl::StatusOr<AcquireResult> PostgreSQLDriver::AcquireSlot(
            ? PgParam(std::to_string(
                  absl::ToInt64Microseconds(*options.max_queue_time)))
            : PgParam(),
-       std::to_string(options.priority), "false"},
+       std::to_string(options.priority), "false",
+       options.cancel_running ? "true" : "false"},
       Notifies::kIfPending, Retry::kFlagLast);
   if (!r.ok()) return r.status();
   AcquireResult result;
@@ -293,6 +295,7 @@ absl::StatusOr<AcquireResult> PostgreSQLDriver::AcquireSlot(
     } else if (kind == "acquired") {
       result.acquired = true;
       result.lease = LeaseFromRow(*r, i, repo_key);
+      result.lease.cancel_requested = r->GetInt(i, 6) == 1;
     } else if (kind == "queued") {
       result.position = r->GetInt(i, 6);
     } else if (kind == "removed") {
@@ -368,18 +371,21 @@ absl::StatusOr<Lease> PostgreSQLDriver::RenewLease(const Context& ctx,
   if (r->rows() == 0) {
     return LeaseLostError("lease has expired or was released");
   }
-  return LeaseFromRow(*r, 0, std::string(r->Get(0, 7)));
+  Lease lease = LeaseFromRow(*r, 0, std::string(r->Get(0, 7)));
+  lease.cancel_requested = r->Get(0, 8) == "t";
+  return lease;
 }
 
 absl::StatusOr<std::vector<Lease>> PostgreSQLDriver::SetRepositoryLimit(
     const Context& ctx, const Repository& repo) {
   if (absl::Status s = ValidateRepository(repo); !s.ok()) return s;
   const std::string repo_key = repo.Key();
-  auto r = Query(ctx, kAcquireSql,
-                 {repo_key, std::nullopt, std::to_string(EffectiveLimit(repo)),
-                  std::nullopt, "false", "false", TtlMicros(), "false",
-                  NewRequestId(), std::nullopt, std::nullopt, "0", "false"},
-                 Notifies::kYes, Retry::kFlagLast);
+  auto r =
+      Query(ctx, kAcquireSql,
+            {repo_key, std::nullopt, std::to_string(EffectiveLimit(repo)),
+             std::nullopt, "false", "false", TtlMicros(), "false",
+             NewRequestId(), std::nullopt, std::nullopt, "0", "false", "false"},
+            Notifies::kYes, Retry::kFlagLast);
   if (!r.ok()) return r.status();
   std::vector<Lease> admitted;
   for (int i = 0; i < r->rows(); ++i) {

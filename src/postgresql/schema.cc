@@ -202,6 +202,16 @@ DROP FUNCTION IF EXISTS pac_import(TEXT, INTEGER, BOOLEAN, TEXT[], TEXT[],
                                    TIMESTAMPTZ[], INTERVAL);
 )SQL";
 
+// Migration 14: cancelling running runs. A running row keeps its run's
+// supersede group (group_key) and whether a newer run of the group asked
+// it to stop; pac_acquire takes p_cancel, so its previous signature goes.
+constexpr const char* kMigration14 = R"SQL(
+ALTER TABLE concurrency_slots ADD COLUMN IF NOT EXISTS cancel_requested BOOLEAN NOT NULL DEFAULT false;
+DROP FUNCTION IF EXISTS pac_acquire(TEXT, TEXT, INTEGER, TIMESTAMPTZ, BOOLEAN,
+                                    BOOLEAN, INTERVAL, BOOLEAN, TEXT, TEXT,
+                                    INTERVAL, INTEGER, BOOLEAN);
+)SQL";
+
 }  // namespace
 
 absl::Status Migrate(PgConnection& conn, const Context& ctx) {
@@ -232,9 +242,9 @@ absl::Status Migrate(PgConnection& conn, const Context& ctx) {
             ", newer than this build's ", kSchemaVersion));
   }
   const char* const migrations[] = {
-      kMigration1,  kMigration2,  kMigration3, kMigration4, kMigration5,
-      kMigration6,  kMigration7,  kMigration8, kMigration9, kMigration10,
-      kMigration11, kMigration12, kMigration13};
+      kMigration1,  kMigration2,  kMigration3,  kMigration4, kMigration5,
+      kMigration6,  kMigration7,  kMigration8,  kMigration9, kMigration10,
+      kMigration11, kMigration12, kMigration13, kMigration14};
   static_assert(std::size(migrations) == kSchemaVersion);
   for (int64_t v = have + 1; v <= kSchemaVersion; ++v) {
     auto m = conn.Exec(ctx, Cat(migrations[v - 1],

@@ -12,7 +12,7 @@
 namespace pac::concurrency::internal {
 
 // The newest schema version this build knows.
-inline constexpr int kSchemaVersion = 13;
+inline constexpr int kSchemaVersion = 14;
 
 // The server-side functions of this build, created by Migrate in this
 // order: admission and release (schema_functions.cc), then import, reaper,

@@ -300,7 +300,8 @@ CREATE OR REPLACE FUNCTION pac_acquire(p_repo TEXT, p_run TEXT, p_limit INTEGER,
                                        p_group TEXT DEFAULT NULL,
                                        p_max_queue INTERVAL DEFAULT NULL,
                                        p_priority INTEGER DEFAULT 0,
-                                       p_retry BOOLEAN DEFAULT false)
+                                       p_retry BOOLEAN DEFAULT false,
+                                       p_cancel BOOLEAN DEFAULT false)
 RETURNS TABLE(o_kind TEXT, o_run TEXT, o_lease TEXT, o_acquired TIMESTAMPTZ,
               o_expires TIMESTAMPTZ, o_token BIGINT, o_pos BIGINT)
 LANGUAGE plpgsql AS $$
@@ -451,25 +452,31 @@ BEGIN
   BEGIN
     EXIT answer WHEN p_run IS NULL;
     IF v_mine = 'running' THEN
-      SELECT s.lease_id, s.acquired_at, s.expires_at, s.fencing_token INTO r
+      SELECT s.lease_id, s.acquired_at, s.expires_at, s.fencing_token,
+             s.cancel_requested INTO r
         FROM concurrency_slots s
        WHERE s.repository_key = p_repo AND s.pipeline_run_key = p_run;
       o_kind := 'acquired'; o_lease := r.lease_id; o_acquired := r.acquired_at;
       o_expires := r.expires_at; o_token := r.fencing_token;
+      -- o_pos of a lease found: 1 if its run was asked to stop.
+      o_pos := CASE WHEN r.cancel_requested THEN 1 ELSE 0 END;
       EXIT answer;
     END IF;
     IF p_adopt OR ((p_limit = 0 OR v_count < p_limit) AND NOT v_queued) THEN
       INSERT INTO concurrency_slots AS s
              (repository_key, pipeline_run_key, state, acquired_at, expires_at,
-              created_at, updated_at, lease_id, fencing_token, creation_time)
+              created_at, updated_at, lease_id, fencing_token, creation_time,
+              group_key)
       VALUES (p_repo, p_run, 'running', v_now, v_now + p_ttl, v_now, v_now,
               gen_random_uuid()::text, nextval('pac_fencing_seq'),
-              coalesce(p_creation, v_now))
+              coalesce(p_creation, v_now), p_group)
       ON CONFLICT (repository_key, pipeline_run_key) DO UPDATE
          SET state = 'running', acquired_at = EXCLUDED.acquired_at,
              expires_at = EXCLUDED.expires_at, updated_at = EXCLUDED.updated_at,
              lease_id = EXCLUDED.lease_id,
-             fencing_token = EXCLUDED.fencing_token, queue_seq = NULL
+             fencing_token = EXCLUDED.fencing_token, queue_seq = NULL,
+             group_key = coalesce(EXCLUDED.group_key, s.group_key),
+             cancel_requested = false
       RETURNING s.lease_id, s.acquired_at, s.expires_at, s.fencing_token INTO r;
       o_kind := 'acquired'; o_lease := r.lease_id; o_acquired := r.acquired_at;
       o_expires := r.expires_at; o_token := r.fencing_token;
@@ -503,6 +510,19 @@ BEGIN
     END IF;
     o_kind := 'queued';
   END;
+  -- A new submit with p_cancel (its run had no row: this call queued it or
+  -- granted it a slot) asks the group's other running runs to stop.
+  IF p_cancel AND p_group IS NOT NULL AND NOT p_adopt AND v_mine IS NULL
+     AND o_kind IN ('acquired', 'queued') THEN
+    FOR r IN UPDATE concurrency_slots s
+                SET cancel_requested = true, updated_at = v_now
+              WHERE s.repository_key = p_repo AND s.state = 'running'
+                AND s.group_key = p_group AND s.pipeline_run_key <> p_run
+                AND NOT s.cancel_requested AND s.expires_at > v_now
+          RETURNING s.pipeline_run_key LOOP
+      PERFORM pac_notify(p_repo, 'cancel', r.pipeline_run_key);
+    END LOOP;
+  END IF;
   IF o_kind IS NOT NULL THEN
     v_n := v_n + 1;
     RETURN NEXT;

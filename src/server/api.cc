@@ -183,7 +183,8 @@ Json LeaseToJson(const Lease& lease) {
               {"pipeline_run", lease.pipeline_run_key},
               {"acquired_at", FormatTimestamp(lease.acquired_at)},
               {"expires_at", FormatTimestamp(lease.expires_at)},
-              {"fencing_token", lease.fencing_token}};
+              {"fencing_token", lease.fencing_token},
+              {"cancel_requested", lease.cancel_requested}};
 }
 
 Json LeasesToJson(const std::vector<Lease>& leases) {
@@ -208,6 +209,8 @@ std::string_view WatchEventTypeName(WatchEventType type) {
       return "resync";
     case WatchEventType::kRemoved:
       return "removed";
+    case WatchEventType::kCancelRequested:
+      return "cancel_requested";
   }
   return "unknown";
 }

@@ -6,8 +6,10 @@
 
 #include <functional>
 #include <memory>
+#include <string>
 
 #include "gtest/gtest.h"
+#include "httplib.h"
 #include "pac/concurrency/concurrency.h"
 #include "src/server/http_server.h"
 #include "src/server/metrics.h"
@@ -42,6 +44,43 @@ class MemoryServerTest : public ::testing::Test {
   Metrics metrics_;
   std::unique_ptr<Service> service_;
   std::unique_ptr<HttpServer> server_;
+};
+
+// The HTTP tests' server: the memory driver behind a server of 24 threads
+// that runs handlers inline (as `serve` runs the memory driver), and a
+// client of it.
+class HttpServerTest : public MemoryServerTest {
+ protected:
+  void Start(const std::string& token = "", int max_watches = 0,
+             const std::function<void(HttpServerOptions&)>& tweak = {}) {
+    StartServer([&](HttpServerOptions& o) {
+      o.token = token;
+      o.threads = 24;
+      o.max_watches = max_watches;
+      o.inline_handlers = true;  // as `serve` runs the memory driver
+      if (tweak) tweak(o);
+    });
+    url_ = "http://127.0.0.1:" + std::to_string(port());
+  }
+  httplib::Client Client() {
+    httplib::Client c(url_);
+    c.set_read_timeout(10, 0);
+    return c;
+  }
+  // A gauge's value from /metrics, or -1.
+  int Gauge(const std::string& name) {
+    auto m = Client().Get("/metrics");
+    const std::string key = "\n" + name + " ";
+    size_t at = m ? m->body.find(key) : std::string::npos;
+    return at == std::string::npos ? -1
+                                   : std::stoi(m->body.substr(at + key.size()));
+  }
+  static Json Body(const httplib::Result& r) {
+    return Json::parse(r->body, nullptr, false);
+  }
+
+  std::string url_;
+  Context ctx_ = Context::Background();
 };
 
 }  // namespace pac::concurrency::server

@@ -191,10 +191,10 @@ absl::StatusOr<Json> Service::ApplyManifests(const Context& ctx,
 absl::StatusOr<Json> Service::Submit(const Context& ctx,
                                      std::string_view repo_key,
                                      const Json& body) {
-  if (absl::Status s =
-          CheckFields(body, {"pipeline_run", "creation_time", "enqueue",
-                             "concurrency_limit", "state", "group",
-                             "max_queue_seconds", "priority"});
+  if (absl::Status s = CheckFields(
+          body, {"pipeline_run", "creation_time", "enqueue",
+                 "concurrency_limit", "state", "group", "max_queue_seconds",
+                 "priority", "cancel_running"});
       !s.ok()) {
     return s;
   }
@@ -238,6 +238,16 @@ absl::StatusOr<Json> Service::Submit(const Context& ctx,
     auto d = ParseQueueSeconds(*it, "max_queue_seconds");
     if (!d.ok()) return d.status();
     options.max_queue_time = *d;
+  }
+  if (auto it = body.find("cancel_running"); it != body.end()) {
+    if (!it->is_boolean()) {
+      return absl::InvalidArgumentError(
+          "cancel_running: must be true or false");
+    }
+    options.cancel_running = it->get<bool>();
+    if (absl::Status s = internal::ValidateAcquireOptions(options); !s.ok()) {
+      return s;
+    }
   }
   if (auto it = body.find("priority"); it != body.end() && !it->is_null()) {
     auto priority = ParsePriority(*it, "priority");

@@ -49,6 +49,12 @@ struct Lease {
   absl::Time expires_at;
   // Strictly increases per repository with every grant (rule 4).
   int64_t fencing_token = 0;
+  // A newer run of its supersede group asked this run to stop
+  // (AcquireOptions::cancel_running): its holder should stop the run and
+  // release. The slot stays held until it does (or the lease expires). Set
+  // in renew answers, listings and an acquire that finds the lease; a new
+  // grant never has it.
+  bool cancel_requested = false;
 };
 
 // A run waiting for a slot.
@@ -81,9 +87,18 @@ struct AcquireOptions {
   // submitting a run removes the group's older queued runs (reason
   // kRemovedSuperseded) in the same step, and a run older than one the
   // group has queued is itself removed and refused (RunRemovedError).
-  // Running runs are left alone. Empty: no group. At most 253 bytes of
-  // printable ASCII without spaces.
+  // Running runs are left alone unless `cancel_running`. Empty: no group.
+  // At most 253 bytes of printable ASCII without spaces. A run keeps its
+  // group while it runs (for cancel_running).
   std::string group;
+  // With a group: a new submit (one that queues the run or grants it a
+  // slot, not one that finds it already there) also asks every other
+  // running run of the group in the repository to stop, in the same step
+  // (docs/policies.md, "Cancelling running runs"): each gets
+  // Lease::cancel_requested, in renew answers and listings, and its
+  // watchers a kCancelRequested event. Their slots stay held until they
+  // release. InvalidArgument without a group; ignored with adopt_running.
+  bool cancel_running = false;
   // The longest this run may wait in the queue, from when it is queued
   // (docs/policies.md, "Queue time limit"): past it the run leaves the
   // queue with reason kRemovedTimedOut. Unset: the repository's
@@ -231,6 +246,9 @@ enum class WatchEventType {
   kCleaned,       // the repository was cleaned up
   kResync,        // the watch reconnected: re-read state
   kRemoved,       // a queued run left the queue without a slot (reason)
+  // A running run was asked to stop by a newer run of its supersede group
+  // (AcquireOptions::cancel_running); it still holds its slot.
+  kCancelRequested,
 };
 
 // Why a run left the queue without a slot (WatchEvent::reason,
