@@ -257,7 +257,7 @@ absl::Status Migrate(PgConnection& conn, const Context& ctx) {
     }
   }
   if (have < kSchemaVersion) {
-    for (const char* sql : {kFunctionsSql, kOperationsSql}) {
+    for (const char* sql : {kPoliciesSql, kFunctionsSql, kOperationsSql}) {
       if (auto f = conn.Exec(ctx, sql); !f.ok()) {
         (void)conn.Exec(ctx, "ROLLBACK");
         return f.status();

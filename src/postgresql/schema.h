@@ -15,8 +15,10 @@ namespace pac::concurrency::internal {
 inline constexpr int kSchemaVersion = 14;
 
 // The server-side functions of this build, created by Migrate in this
-// order: admission and release (schema_functions.cc), then import, reaper,
-// cleanup and clearing (schema_operations.cc).
+// order: the queue policies' helpers (schema_policies.cc), admission and
+// release (schema_functions.cc), then import, reaper, cleanup and clearing
+// (schema_operations.cc).
+extern const char* const kPoliciesSql;
 extern const char* const kFunctionsSql;
 extern const char* const kOperationsSql;
 
