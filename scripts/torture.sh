@@ -2,11 +2,13 @@
 # Runs pac-torture (docs/testing.md).
 #
 #   scripts/torture.sh short BACKEND [BINARY]  # CI: seed 1, then a random
-#                                             # seed (printed; PostgreSQL
-#                                             # and etcd: --mixed), 10 s each
+#                                             # seed (printed) with the
+#                                             # queue policies on
+#                                             # (PostgreSQL and etcd:
+#                                             # --mixed too), 10 s each
 #   scripts/torture.sh long [BINARY]          # make torture: every backend
-#                                             # (PostgreSQL and etcd mixed)
-#                                             # until >= 100,000 calls and
+#                                             # (PostgreSQL and etcd mixed,
+#                                             # the policies on) until >= 100,000 calls and
 #                                             # >= 50 faults of each kind
 #
 # `long` runs memory 300 s, PostgreSQL and etcd 900 s each (TORTURE_SECONDS
@@ -25,7 +27,8 @@ short)
   random_seed=$(( (RANDOM << 15 | RANDOM) % 1000000 + 2 ))
   for seed in 1 "$random_seed"; do
     mixed=()
-    if [ "$seed" != 1 ] && [ "$backend" != memory ]; then mixed=(--mixed); fi
+    if [ "$seed" != 1 ]; then mixed=(--policies); fi
+    if [ "$seed" != 1 ] && [ "$backend" != memory ]; then mixed+=(--mixed); fi
     echo "=== pac-torture --backend $backend --seconds 10 --seed $seed ${mixed[*]:-}"
     "$bin" --backend "$backend" --seconds 10 --seed "$seed" "${mixed[@]}"
   done
@@ -44,8 +47,8 @@ long)
   for run in memory:300 postgresql:900:--mixed etcd:900:--mixed; do
     IFS=: read -r backend seconds mixed <<<"$run"
     seconds=${TORTURE_SECONDS:-$seconds}
-    echo "=== pac-torture --backend $backend --seconds $seconds $mixed"
-    "$bin" --backend "$backend" --seconds "$seconds" $mixed \
+    echo "=== pac-torture --backend $backend --seconds $seconds $mixed --policies"
+    "$bin" --backend "$backend" --seconds "$seconds" $mixed --policies \
       --expect-calls 100000 --expect-faults 50 || status=$?
   done
   exit "$status"

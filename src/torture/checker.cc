@@ -48,6 +48,16 @@ struct RepoState {
   std::vector<const Call*> releases;
   std::vector<const Call*> cleanups;
   std::vector<const Call*> limit_calls;
+  // Runs certainly removed from the queue (a refusal as RUN_REMOVED, a
+  // clear that named them): when that was first known.
+  std::map<std::string, int64_t> removed;
+  // Every report of a grant, with the call that made it.
+  struct GrantReport {
+    std::string run;
+    const Call* call;
+    bool adopted;
+  };
+  std::vector<GrantReport> grant_reports;
 };
 
 std::string Ms(int64_t ns) {
@@ -67,6 +77,7 @@ class Checker {
       Tokens(name, r);
       Fifo(name, r);
       Lost(name, r);
+      RemovedAdmitted(name, r);
     }
     Drain();
     Stalled();
@@ -136,11 +147,23 @@ class Checker {
     if (in.repo.empty()) return;
     RepoState& r = repos_[in.repo];
     const Op* out = c.ok() ? c.done : nullptr;
+    auto removed_at = [&](const std::string& run, int64_t t) {
+      auto [it, fresh] = r.removed.emplace(run, t);
+      if (!fresh) it->second = std::min(it->second, t);
+    };
     if (in.kind == "acquire") {
       r.acquires[in.run].push_back(&c);
       if (in.limit >= 0) r.limit_calls.push_back(&c);
       if (out != nullptr && out->acquired) {
         Reported(r, out->lease, out->t_ns, in.adopt);
+        r.grant_reports.push_back({in.run, &c, in.adopt});
+      }
+      if (c.done != nullptr && !c.done->removed.empty()) {
+        removed_at(in.run, c.done->t_ns);
+      }
+    } else if (in.kind == "clear") {
+      if (out != nullptr) {
+        for (const std::string& run : out->queued) removed_at(run, out->t_ns);
       }
     } else if (in.kind == "release") {
       r.releases.push_back(&c);
@@ -158,6 +181,47 @@ class Checker {
     if (out != nullptr) {
       for (const Grant& g : out->admitted) Reported(r, g, out->t_ns, false);
       for (const Grant& g : out->running) Reported(r, g, out->t_ns, false);
+      for (const std::vector<Grant>* gs : {&out->admitted, &out->running}) {
+        for (const Grant& g : *gs)
+          r.grant_reports.push_back({g.run, &c, false});
+      }
+    }
+  }
+
+  // removed_admitted: a grant of a run reported by a call sent after the
+  // run was certainly removed from the queue, unless something that ends
+  // its record (a release by its key, a cleanup, an adoption) may have
+  // acted in between.
+  void RemovedAdmitted(const std::string& name, const RepoState& r) {
+    std::set<std::string> told;
+    for (const RepoState::GrantReport& g : r.grant_reports) {
+      auto rm = r.removed.find(g.run);
+      if (g.adopted || rm == r.removed.end() || told.count(g.run) > 0) {
+        continue;
+      }
+      const int64_t removed = rm->second, sent = g.call->t0();
+      if (sent <= removed) continue;
+      auto between = [&](const Call* e) {
+        return e->t0() <= sent && e->t1() >= removed && e->MayHaveActed();
+      };
+      bool ended = false;
+      for (const Call* e : r.releases) {
+        ended = ended || (e->inv->lease_id.empty() && e->inv->run == g.run &&
+                          between(e));
+      }
+      for (const Call* e : r.cleanups) ended = ended || between(e);
+      if (auto a = r.acquires.find(g.run); a != r.acquires.end()) {
+        for (const Call* e : a->second) {
+          ended = ended || (e->inv->adopt && between(e));
+        }
+      }
+      if (ended) continue;
+      told.insert(g.run);
+      Add("removed_admitted", name,
+          absl::StrCat(g.run, " was reported holding a slot by a ",
+                       g.call->inv->kind, " sent ", Ms(sent - removed),
+                       " after it was removed from the queue"),
+          sent);
     }
   }
 

@@ -15,6 +15,11 @@
 //   lost_queued    a queued run gone from the queue though it was never
 //                  admitted (its polls left no gap an admission could have
 //                  hidden in), withdrawn or cleaned up;
+//   removed_admitted  a run reported holding a slot by a call sent after
+//                  it was certainly removed from its queue (refused as
+//                  RUN_REMOVED, or named by a clear), with nothing that
+//                  ends its record (a release by key, a cleanup, an
+//                  adoption) that may have acted in between;
 //   not_drained    after the drain began, a queue still not empty when the
 //                  drain ended, or emptied later than the bound;
 //   stalled        a worker that called within `recovery_bound` of a fault

@@ -75,6 +75,25 @@ class History {
     Done(t1).released = true;
     return *this;
   }
+  // An acquire refused as removed from the queue (RUN_REMOVED, `reason`).
+  History& Removed(const std::string& proc, const std::string& run, double t0,
+                   double t1, const std::string& reason) {
+    Op& in = Invoke(proc, "acquire", t0);
+    in.run = run;
+    in.enqueue = false;
+    Op& out = Done(t1);
+    out.phase = Phase::kFail;
+    out.error = "FAILED_PRECONDITION";
+    out.removed = reason;
+    return *this;
+  }
+  // A clear that removed `runs`.
+  History& Clear(const std::string& proc, double t0, double t1,
+                 std::vector<std::string> runs) {
+    Invoke(proc, "clear", t0);
+    Done(t1).queued = std::move(runs);
+    return *this;
+  }
   History& SetLimit(const std::string& proc, int64_t limit, double t0,
                     double t1) {
     Invoke(proc, "set_limit", t0).limit = limit;
@@ -280,6 +299,42 @@ TEST(CheckerTest, AQueuedRunThatVanishesIsLost) {
   EXPECT_THAT(Kinds(CheckIt(gap)), ::testing::IsEmpty());
 }
 
+// A run refused as superseded, or named by a clear, and then reported
+// holding a slot by a call sent later was admitted after its removal. A
+// release by its key in between ends its record (it may be submitted
+// again as a new run): no claim then, nor for a report by a call sent
+// before the removal was known.
+TEST(CheckerTest, ARunAdmittedAfterItWasRemovedIsCaught) {
+  History h;
+  h.Granted("w1", "ns/h", 1, 0, 1, "L1", 1)
+      .Queued("w2", "ns/x", 1, 2, 3, 1)
+      .Removed("w2", "ns/x", 10, 11, "superseded")
+      .Release("w1", "L1", 20, 21, {Grant{"ns/x", "L2", 2}});
+  const Report r = CheckIt(h);
+  EXPECT_THAT(Kinds(r), ::testing::ElementsAre("removed_admitted"));
+  EXPECT_THAT(r.violations[0].what, HasSubstr("ns/x"));
+  History cleared;
+  cleared.Granted("w1", "ns/h", 1, 0, 1, "L1", 1)
+      .Queued("w2", "ns/y", 1, 2, 3, 1)
+      .Clear("w3", 5, 6, {"ns/y"})
+      .Release("w1", "L1", 20, 21, {Grant{"ns/y", "L2", 2}});
+  EXPECT_THAT(Kinds(CheckIt(cleared)),
+              ::testing::ElementsAre("removed_admitted"));
+  History released;
+  released.Granted("w1", "ns/h", 1, 0, 1, "L1", 1)
+      .Queued("w2", "ns/x", 1, 2, 3, 1)
+      .Removed("w2", "ns/x", 10, 11, "cleared")
+      .ReleaseByKey("w2", "ns/x", 12, 13)
+      .Release("w1", "L1", 20, 21, {Grant{"ns/x", "L2", 2}});
+  EXPECT_THAT(Kinds(CheckIt(released)), ::testing::IsEmpty());
+  History before;
+  before.Granted("w1", "ns/h", 1, 0, 1, "L1", 1)
+      .Queued("w2", "ns/x", 1, 2, 3, 1)
+      .Release("w1", "L1", 9, 21, {Grant{"ns/x", "L2", 2}})
+      .Removed("w2", "ns/x", 10, 11, "timed-out");
+  EXPECT_THAT(Kinds(CheckIt(before)), ::testing::IsEmpty());
+}
+
 TEST(CheckerTest, AQueueLeftAfterTheDrainIsNotDrained) {
   History h;
   h.Granted("w1", "ns/h", 1, 0, 1, "L1", 1)
@@ -358,8 +413,26 @@ TEST(HistoryTest, LinesRoundTripAndATornLastLineIsSkipped) {
   op.repo = "ns/app";
   op.released = true;
   op.admitted = {Grant{"ns/b", "L2", 9}};
+  op.cancel_requested = true;
   auto back = FromJsonLine(ToJsonLine(op));
   ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_TRUE(back->cancel_requested);
+  Op in;
+  in.proc = "w2";
+  in.kind = "acquire";
+  in.group = "g1";
+  in.cancel = true;
+  in.max_queue_us = 250000;
+  auto in_back = FromJsonLine(ToJsonLine(in));
+  ASSERT_TRUE(in_back.ok()) << in_back.status();
+  EXPECT_EQ(in_back->group, "g1");
+  EXPECT_TRUE(in_back->cancel);
+  EXPECT_EQ(in_back->max_queue_us, 250000);
+  Op refused = in;
+  refused.phase = Phase::kFail;
+  refused.error = "FAILED_PRECONDITION";
+  refused.removed = "superseded";
+  EXPECT_EQ(FromJsonLine(ToJsonLine(refused))->removed, "superseded");
   EXPECT_EQ(back->admitted.size(), 1u);
   EXPECT_EQ(back->admitted[0].token, 9);
   EXPECT_TRUE(back->released);

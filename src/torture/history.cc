@@ -66,6 +66,9 @@ std::string ToJsonLine(const Op& op) {
     if (!op.enqueue) j["enqueue"] = false;
     if (op.adopt) j["adopt"] = true;
     if (op.creation_us != 0) j["created"] = op.creation_us;
+    if (!op.group.empty()) j["group"] = op.group;
+    if (op.cancel) j["cancel"] = true;
+    if (op.max_queue_us != 0) j["max_queue"] = op.max_queue_us;
     if (!op.note.empty()) j["note"] = op.note;
   } else if (op.phase == Phase::kOk) {
     if (op.acquired) j["acquired"] = true;
@@ -78,8 +81,11 @@ std::string ToJsonLine(const Op& op) {
       j["running"] = GrantsJson(op.running);
       j["queued"] = op.queued;
     }
+    if (op.kind == "clear") j["queued"] = op.queued;
+    if (op.cancel_requested) j["cancel_requested"] = true;
   } else {
     j["error"] = op.error;
+    if (!op.removed.empty()) j["removed"] = op.removed;
   }
   return j.dump(-1, ' ', false, Json::error_handler_t::replace);
 }
@@ -114,6 +120,9 @@ absl::StatusOr<Op> FromJsonLine(std::string_view line) {
     op.enqueue = j.value("enqueue", true);
     op.adopt = j.value("adopt", false);
     op.creation_us = j.value("created", int64_t{0});
+    op.group = j.value("group", "");
+    op.cancel = j.value("cancel", false);
+    op.max_queue_us = j.value("max_queue", int64_t{0});
     op.note = j.value("note", "");
     op.acquired = j.value("acquired", false);
     if (j.contains("grant")) op.lease = GrantFrom(j["grant"]);
@@ -130,6 +139,8 @@ absl::StatusOr<Op> FromJsonLine(std::string_view line) {
       op.queued = j["queued"].get<std::vector<std::string>>();
     }
     op.error = j.value("error", "");
+    op.removed = j.value("removed", "");
+    op.cancel_requested = j.value("cancel_requested", false);
     return op;
   } catch (const Json::exception& e) {
     return absl::InvalidArgumentError(absl::StrCat(

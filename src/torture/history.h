@@ -35,7 +35,8 @@ struct Op {
   std::string proc;  // the worker: "w3", "drain", "faults"
   int64_t id = 0;    // the call's number within its proc
   Phase phase = Phase::kInvoke;
-  // acquire, release, renew, set_limit, cleanup, snapshot, fault, drain
+  // acquire, release, renew, set_limit, cleanup, snapshot, clear, fault,
+  // drain
   std::string kind;
   std::string repo;
   // Arguments.
@@ -45,7 +46,12 @@ struct Op {
   bool enqueue = true;      // acquire
   bool adopt = false;       // acquire with adopt_running
   int64_t creation_us = 0;  // acquire: the run's creation time (µs)
-  std::string note;         // fault: what was done
+  // acquire with queue policies (docs/policies.md): its supersede group,
+  // cancel_running, and its own queue time limit (µs; 0: none).
+  std::string group;
+  bool cancel = false;
+  int64_t max_queue_us = 0;
+  std::string note;  // fault: what was done
   // Answer (kOk).
   bool acquired = false;
   Grant lease;           // acquire (acquired), renew
@@ -54,8 +60,11 @@ struct Op {
   bool dequeued = false;
   std::vector<Grant> admitted;      // acquire, release, set_limit
   std::vector<Grant> running;       // snapshot
-  std::vector<std::string> queued;  // snapshot, in queue order
+  std::vector<std::string> queued;  // snapshot, in queue order; clear: the
+                                    // runs it removed
+  bool cancel_requested = false;    // renew: the run was asked to stop
   std::string error;                // kFail: the status code's name
+  std::string removed;  // kFail of a removed run (RUN_REMOVED): the reason
 };
 
 [[nodiscard]] std::string ToJsonLine(const Op& op);

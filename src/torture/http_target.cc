@@ -21,6 +21,7 @@ absl::StatusOr<Lease> LeaseFrom(const Json& j) {
   l.repository_key = j.value("repository", "");
   l.pipeline_run_key = j.value("pipeline_run", "");
   l.fencing_token = j["fencing_token"].get<int64_t>();
+  l.cancel_requested = j.value("cancel_requested", false);
   for (auto [field, at] : {std::pair{"acquired_at", &l.acquired_at},
                            std::pair{"expires_at", &l.expires_at}}) {
     auto t = server::ParseTimestamp(j.value(field, ""), field);
@@ -61,6 +62,11 @@ class HttpTarget final : public Target {
       body["concurrency_limit"] = EffectiveLimit(repo);
     }
     if (o.adopt_running) body["state"] = "started";
+    if (!o.group.empty()) body["group"] = o.group;
+    if (o.cancel_running) body["cancel_running"] = true;
+    if (o.max_queue_time.has_value()) {
+      body["max_queue_seconds"] = absl::ToDoubleSeconds(*o.max_queue_time);
+    }
     auto j = api_.Submit(ctx, repo.Key(), body);
     if (!j.ok()) return j.status();
     AcquireResult r;
@@ -131,6 +137,17 @@ class HttpTarget final : public Target {
         e.position = q.value("position", int64_t{0});
         r.queued.push_back(std::move(e));
       }
+    }
+    return r;
+  }
+
+  absl::StatusOr<ClearQueueResult> Clear(const Context& ctx,
+                                         const std::string& repo) override {
+    auto j = api_.ClearQueue(ctx, repo);
+    if (!j.ok()) return j.status();
+    ClearQueueResult r;
+    for (const Json& run : j->value("removed", Json::array())) {
+      if (run.is_string()) r.removed.push_back(run.get<std::string>());
     }
     return r;
   }

@@ -130,7 +130,8 @@ int RunWorkerProcess(const Flags& f) {
   }
   TortureRepos repos(f.ns);
   Recorder rec(*target, **out, f.tag);
-  Worker w(rec, repos, WorkerOptions{f.tag, f.ttl, f.base_creation_us, f.seed});
+  Worker w(rec, repos,
+           WorkerOptions{f.tag, f.ttl, f.base_creation_us, f.seed, f.policies});
   w.Run(stop, abandon, pause);
   if (driver != nullptr) (void)driver->Close();
   return 0;
@@ -225,7 +226,8 @@ absl::Status Torture::Spawn(size_t i) {
     s.rec = std::make_unique<Recorder>(*target_driver_, *s.out, tag);
     s.worker = std::make_unique<Worker>(
         *s.rec, *repos_,
-        WorkerOptions{tag, f_.ttl, f_.base_creation_us, f_.seed * 1000 + i});
+        WorkerOptions{tag, f_.ttl, f_.base_creation_us, f_.seed * 1000 + i,
+                      f_.policies});
     s.thread =
         std::thread([&s] { s.worker->Run(*s.stop, *s.abandon, *s.pause); });
     return absl::OkStatus();
@@ -256,6 +258,7 @@ absl::Status Torture::Spawn(size_t i) {
       absl::StrCat(f_.seed * 1000 + i * 10 + s.generation),
       "--base-creation",
       absl::StrCat(f_.base_creation_us)};
+  if (f_.policies) args.push_back("--policies");
   if (s.served) {
     if (s.serve_pid <= 0) {
       if (absl::Status st = StartServe(i); !st.ok()) return st;

@@ -45,6 +45,8 @@ struct Flags {
   std::string tag, endpoint, ns;
   // Mixed mode: odd workers go through a `serve` process of their own.
   bool mixed = false;
+  // Queue policies on (WorkerOptions::policies).
+  bool policies = false;
   std::string serve_binary;  // default: pac-concurrency beside this binary
   std::string server;        // a worker's server URL (mixed mode)
   int64_t base_creation_us = 0;

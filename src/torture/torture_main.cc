@@ -55,6 +55,9 @@ int main(int argc, char** argv) {
                  "Members of the etcd cluster the torture starts")
       ->capture_default_str()
       ->check(CLI::Range(1, 7));
+  app.add_flag("--policies", f.policies,
+               "Queue policies on: supersede groups shared by the workers "
+               "(half with cancel_running), queue time limits and clears");
   app.add_option("--seed", f.seed, "Random seed (0: a random one, printed)");
   app.add_option("--ttl", f.ttl_text, "Lease TTL")->capture_default_str();
   app.add_option("--out", f.out,

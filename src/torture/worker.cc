@@ -69,6 +69,10 @@ class DriverTarget final : public Target {
       const Context& ctx, const std::string& repo) override {
     return d_.GetRepositorySnapshot(ctx, repo);
   }
+  absl::StatusOr<ClearQueueResult> Clear(const Context& ctx,
+                                         const std::string& repo) override {
+    return d_.ClearQueue(ctx, repo);
+  }
 
  private:
   Driver& d_;
@@ -101,6 +105,7 @@ void Recorder::Write(Op& op, Phase phase) {
 // arguments out), so it is the invocation's Op with the answer added.
 void Recorder::Fail(Op op, const absl::Status& s) {
   op.error = absl::StatusCodeToString(s.code());
+  if (IsRunRemoved(s)) op.removed = RunRemovedReason(s);
   Write(op, Phase::kFail);
 }
 
@@ -115,6 +120,11 @@ absl::StatusOr<AcquireResult> Recorder::Acquire(const Context& ctx,
   op.adopt = o.adopt_running;
   if (o.creation_time.has_value()) {
     op.creation_us = absl::ToUnixMicros(*o.creation_time);
+  }
+  op.group = o.group;
+  op.cancel = o.cancel_running;
+  if (o.max_queue_time.has_value()) {
+    op.max_queue_us = absl::ToInt64Microseconds(*o.max_queue_time);
   }
   Write(op, Phase::kInvoke);
   auto r = target_.Acquire(ctx, repo, run, o);
@@ -162,6 +172,7 @@ absl::StatusOr<Lease> Recorder::Renew(const Context& ctx,
     return r;
   }
   op.lease = ToGrant(*r);
+  op.cancel_requested = r->cancel_requested;
   Write(op, Phase::kOk);
   return r;
 }
@@ -204,6 +215,20 @@ absl::StatusOr<RepositorySnapshot> Recorder::Snapshot(const Context& ctx,
   }
   op.running = ToGrants(r->running);
   for (const QueueEntry& q : r->queued) op.queued.push_back(q.pipeline_run_key);
+  Write(op, Phase::kOk);
+  return r;
+}
+
+absl::StatusOr<ClearQueueResult> Recorder::Clear(const Context& ctx,
+                                                 const std::string& repo) {
+  Op op = Invoke("clear", repo);
+  Write(op, Phase::kInvoke);
+  auto r = target_.Clear(ctx, repo);
+  if (!r.ok()) {
+    Fail(op, r.status());
+    return r;
+  }
+  op.queued = r->removed;
   Write(op, Phase::kOk);
   return r;
 }
@@ -292,9 +317,22 @@ void Worker::Step() {
   } else if (r < 94 && !held_.empty()) {
     // Stop renewing one lease: it expires while "held".
     held_[rng_() % held_.size()].neglected = true;
-  } else if (r < 96) {
+  } else if (r < 95 || (r < 96 && !o_.policies)) {
     Context ctx = Deadline();
     (void)rec_.Snapshot(ctx, PickRepo().Key());
+  } else if (r < 96) {
+    // An operator clears a queue (not scratch's, whose cleanups stand for
+    // the removal of everything).
+    Context ctx = Deadline();
+    const Repository& repo = repos_.fixed[rng_() % 3];
+    auto cleared = rec_.Clear(ctx, repo.Key());
+    if (cleared.ok()) {
+      std::erase_if(waiting_, [&](const Waiting& w) {
+        return w.repo.Key() == repo.Key() &&
+               std::find(cleared->removed.begin(), cleared->removed.end(),
+                         w.run) != cleared->removed.end();
+      });
+    }
   } else if (held_.size() + waiting_.size() < 4) {
     Submit();
   }
@@ -310,6 +348,17 @@ void Worker::Submit() {
   if (repo.name == repos_.flex.name) o.keep_recorded_limit = true;
   if (repo.name == repos_.adopt.name && rng_() % 2 == 0) {
     o.adopt_running = true;
+  }
+  if (o_.policies && !o.adopt_running) {
+    // Groups shared by every worker: their runs supersede each other
+    // across processes, and half of their submits cancel the running ones.
+    if (rng_() % 2 == 0) {
+      o.group = absl::StrCat("g", rng_() % 3);
+      o.cancel_running = rng_() % 2 == 0;
+    }
+    if (rng_() % 5 == 0) {
+      o.max_queue_time = absl::Milliseconds(200 + rng_() % 2800);
+    }
   }
   const std::string run = NewRun();
   Context ctx = Deadline();
@@ -331,7 +380,13 @@ void Worker::Poll() {
   Waiting w = waiting_[i];
   Context ctx = Deadline();
   auto r = rec_.Acquire(ctx, w.repo, w.run, w.options);
-  if (!r.ok()) return;
+  if (!r.ok()) {
+    // Cleared, superseded or timed out: it will never be admitted.
+    if (IsRunRemoved(r.status())) {
+      waiting_.erase(waiting_.begin() + static_cast<std::ptrdiff_t>(i));
+    }
+    return;
+  }
   if (r->acquired) {
     held_.push_back(Held{w.repo, w.run, r->lease.lease_id,
                          absl::Now() + o_.ttl / 3, false});
@@ -350,7 +405,15 @@ void Worker::Renew() {
     }
     Context ctx = Context::WithTimeout(Context::Background(), o_.ttl / 4);
     auto r = rec_.Renew(ctx, h.repo.Key(), h.lease_id);
-    if (r.ok()) {
+    if (r.ok() && r->cancel_requested) {
+      // Asked to stop by a newer run of its group: it stops and releases.
+      const Held stopped = h;
+      held_.erase(held_.begin() + static_cast<std::ptrdiff_t>(i));
+      Context rctx = Deadline();
+      (void)rec_.Release(rctx, stopped.repo.Key(), stopped.lease_id,
+                         stopped.run);
+      continue;
+    } else if (r.ok()) {
       h.renew_at = absl::Now() + o_.ttl / 3;
     } else if (IsLeaseLost(r.status())) {
       held_.erase(held_.begin() + static_cast<std::ptrdiff_t>(i));

@@ -51,6 +51,8 @@ class Target {
   virtual absl::Status Cleanup(const Context& ctx, const std::string& repo) = 0;
   virtual absl::StatusOr<RepositorySnapshot> Snapshot(
       const Context& ctx, const std::string& repo) = 0;
+  virtual absl::StatusOr<ClearQueueResult> Clear(const Context& ctx,
+                                                 const std::string& repo) = 0;
 };
 
 // Calls `driver` (not owned; it outlives the target).
@@ -77,6 +79,8 @@ class Recorder {
   absl::Status Cleanup(const Context& ctx, const std::string& repo);
   absl::StatusOr<RepositorySnapshot> Snapshot(const Context& ctx,
                                               const std::string& repo);
+  absl::StatusOr<ClearQueueResult> Clear(const Context& ctx,
+                                         const std::string& repo);
   // A call of its own kind with no driver behind it ("fault", "drain").
   void Mark(const std::string& kind, const std::string& note);
 
@@ -97,6 +101,9 @@ struct WorkerOptions {
   absl::Duration ttl = absl::Seconds(3);
   int64_t base_creation_us = 0;  // creation times are this + 0..19 s
   uint64_t seed = 1;
+  // Queue policies on (--policies): supersede groups shared by every
+  // worker, some with cancel_running, queue time limits, clears.
+  bool policies = false;
 };
 
 class Worker {
