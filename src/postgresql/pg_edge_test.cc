@@ -131,6 +131,62 @@ TEST(PostgreSQLEdgeTest, AcquiresRacingACleanupNeverOverAdmit) {
 // Issue 20 (13): a role whose sessions default to REPEATABLE READ. A waiter
 // that counted from a snapshot taken before it waited would grant beside
 // the grant it waited for. Before: both acquires granted over a limit of 1.
+// A queue time limit set while an import that creates the repository (and
+// queues runs beyond its limit) is not yet committed: the policy waits for
+// the import, and its runs get their deadlines. (With no repository row to
+// lock, pac_set_policy used to finish at once and miss them.)
+TEST(PostgreSQLEdgeTest, APolicySetDuringTheFirstImportTimesItsRunsOut) {
+  auto driver = NewDriver();  // migrates: this build's functions
+  ASSERT_TRUE(driver != nullptr);
+  auto importer = Connect();
+  auto setter = Connect();
+  ASSERT_TRUE(importer != nullptr && setter != nullptr);
+  Repository repo{UniqueNs("policyrace"), "repo", 1};
+  const std::string k = repo.Key(), ns = repo.ns;
+  ASSERT_TRUE(Exec(*importer, "BEGIN").ok());
+  ASSERT_TRUE(Exec(*importer, absl::StrCat("SELECT count(*) FROM pac_import('",
+                                           k, "', 1, true, ARRAY['", ns,
+                                           "/run'], ARRAY['", ns, "/w1', '", ns,
+                                           "/w2'], ARRAY[now(), now()],"
+                                           " interval '1 hour')"))
+                  .ok());
+  std::atomic<bool> set{false};
+  absl::Status set_status;
+  std::thread policy([&] {
+    set_status = Exec(*setter, absl::StrCat("SELECT pac_set_policy('", k,
+                                            "', interval '1 hour',"
+                                            " 'oldest-first',"
+                                            " interval '1 hour')"));
+    set = true;
+  });
+  absl::SleepFor(absl::Milliseconds(300));
+  EXPECT_FALSE(set.load()) << "the policy did not wait for the import";
+  ASSERT_TRUE(Exec(*importer, "COMMIT").ok());
+  policy.join();
+  ASSERT_TRUE(set_status.ok()) << set_status;
+  Context ctx = Context::WithTimeout(Context(), absl::Seconds(10));
+  auto r = importer->Exec(
+      ctx,
+      "SELECT count(*) FILTER (WHERE queue_deadline IS NULL), count(*)"
+      " FROM concurrency_slots WHERE repository_key = $1 AND state = 'queued'",
+      {k});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->GetInt(0, 1), 2);
+  EXPECT_EQ(r->GetInt(0, 0), 0) << "queued runs without a deadline";
+  // The policy alone lists nothing, and a policy set on a repository that
+  // does not exist leaves no row behind.
+  Repository none{UniqueNs("policyonly"), "repo", 1};
+  ASSERT_TRUE(Exec(*setter, absl::StrCat("SELECT pac_set_policy('", none.Key(),
+                                         "', interval '1 hour',"
+                                         " 'oldest-first', interval '1 hour')"))
+                  .ok());
+  auto rows = importer->Exec(
+      ctx, "SELECT count(*) FROM pac_repositories WHERE repository_key = $1",
+      {none.Key()});
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  EXPECT_EQ(rows->GetInt(0, 0), 0);
+}
+
 TEST(PostgreSQLEdgeTest, ARoleDefaultOfRepeatableReadDoesNotOverAdmit) {
   auto admin = Connect();
   ASSERT_TRUE(admin != nullptr);

@@ -212,6 +212,12 @@ DROP FUNCTION IF EXISTS pac_acquire(TEXT, TEXT, INTEGER, TIMESTAMPTZ, BOOLEAN,
                                     INTERVAL, INTEGER, BOOLEAN);
 )SQL";
 
+// Migration 15: no table changes; pac_set_policy waits for a transaction
+// that is creating the repository's row (a first import queueing runs).
+constexpr const char* kMigration15 = R"SQL(
+SELECT 1;
+)SQL";
+
 }  // namespace
 
 absl::Status Migrate(PgConnection& conn, const Context& ctx) {
@@ -242,9 +248,9 @@ absl::Status Migrate(PgConnection& conn, const Context& ctx) {
             ", newer than this build's ", kSchemaVersion));
   }
   const char* const migrations[] = {
-      kMigration1,  kMigration2,  kMigration3,  kMigration4, kMigration5,
-      kMigration6,  kMigration7,  kMigration8,  kMigration9, kMigration10,
-      kMigration11, kMigration12, kMigration13, kMigration14};
+      kMigration1,  kMigration2,  kMigration3,  kMigration4,  kMigration5,
+      kMigration6,  kMigration7,  kMigration8,  kMigration9,  kMigration10,
+      kMigration11, kMigration12, kMigration13, kMigration14, kMigration15};
   static_assert(std::size(migrations) == kSchemaVersion);
   for (int64_t v = have + 1; v <= kSchemaVersion; ++v) {
     auto m = conn.Exec(ctx, Cat(migrations[v - 1],

@@ -214,6 +214,7 @@ RETURNS VOID LANGUAGE plpgsql AS $$
 DECLARE
   v_now TIMESTAMPTZ := clock_timestamp();
   v_limit INTEGER;
+  v_placeholder BOOLEAN;
 BEGIN
   PERFORM pac_check_isolation();
   IF p_max IS NULL AND p_mode = 'oldest-first' THEN
@@ -226,11 +227,25 @@ BEGIN
        SET max_queue = EXCLUDED.max_queue, queue_mode = EXCLUDED.queue_mode,
            updated_at = EXCLUDED.updated_at;
   END IF;
-  SELECT t.concurrency_limit INTO v_limit FROM pac_repositories t
-   WHERE t.repository_key = p_repo FOR UPDATE;
-  IF NOT FOUND THEN
-    RETURN;
-  END IF;
+  -- The repository's row, locked. Without one, a first acquire or import
+  -- may be creating it (its queued runs still unseen): a placeholder row
+  -- waits for that transaction's insert. If the placeholder goes in, no
+  -- such transaction committed, and any that comes waits for this one:
+  -- it is taken out again (a policy alone lists nothing), and the later
+  -- transaction reads the policy this one commits.
+  LOOP
+    SELECT t.concurrency_limit INTO v_limit FROM pac_repositories t
+     WHERE t.repository_key = p_repo FOR UPDATE;
+    EXIT WHEN FOUND;
+    v_placeholder := NULL;
+    INSERT INTO pac_repositories (repository_key, concurrency_limit)
+         VALUES (p_repo, 0) ON CONFLICT (repository_key) DO NOTHING
+      RETURNING true INTO v_placeholder;
+    IF v_placeholder THEN
+      DELETE FROM pac_repositories t WHERE t.repository_key = p_repo;
+      RETURN;
+    END IF;
+  END LOOP;
   UPDATE concurrency_slots s SET queue_deadline = s.created_at + p_max
    WHERE s.repository_key = p_repo AND s.state = 'queued'
      AND s.queue_max IS NULL;
