@@ -45,8 +45,10 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "httplib.h"
@@ -288,12 +290,14 @@ PairResult Pairs(Driver* d, const std::string& ns, const Sizes& z,
 
 // etcd's own rate beside the driver's: `threads` threads each Put one key
 // of theirs in a loop over the driver's gRPC client, for `seconds`
-// (Puts/s). What etcd charges for a write at the backend's current size.
-double RawEtcdPuts(const DriverConfig& config, const Sizes& z,
-                   const std::string& tag) {
+// (Puts/s, and a Put's p99). What etcd charges for a write at the
+// backend's current size.
+PairResult RawEtcdPuts(const DriverConfig& config, const Sizes& z,
+                       const std::string& tag) {
   auto kv = Must(internal::NewGrpcEtcd(*config.etcd, nullptr), "etcd client");
   std::atomic<bool> stop{false};
   std::atomic<int64_t> total{0};
+  std::vector<Latencies> lat(z.threads);
   std::vector<std::thread> ts;
   const auto t0 = SteadyClock::now();
   for (int t = 0; t < z.threads; ++t) {
@@ -303,7 +307,9 @@ double RawEtcdPuts(const DriverConfig& config, const Sizes& z,
       req.set_value("x");
       int64_t n = 0;
       while (!stop.load(std::memory_order_relaxed)) {
+        const auto p0 = SteadyClock::now();
         MustOk(kv->Put(Context::Background(), req).status(), "raw Put");
+        lat[t].ms.push_back(MsSince(p0));
         ++n;
       }
       total += n;
@@ -312,7 +318,47 @@ double RawEtcdPuts(const DriverConfig& config, const Sizes& z,
   std::this_thread::sleep_for(std::chrono::duration<double>(z.seconds));
   stop = true;
   for (auto& th : ts) th.join();
-  return total / (MsSince(t0) / 1000);
+  Latencies all;
+  for (const Latencies& l : lat) {
+    all.ms.insert(all.ms.end(), l.ms.begin(), l.ms.end());
+  }
+  return {total / (MsSince(t0) / 1000), all.Quantile(0.99)};
+}
+
+// What etcd charges for a status's reads of the repository `repo_key`,
+// one after another, `count` times each: the Range of its keys and the
+// LeaseTimeToLive of its running run's lease (p99 of each, ms).
+std::pair<double, double> RawEtcdReads(const DriverConfig& config, Driver* d,
+                                       const std::string& repo_key, int count) {
+  auto kv = Must(internal::NewGrpcEtcd(*config.etcd, nullptr), "etcd client");
+  std::string prefix = config.etcd->prefix;
+  if (prefix.empty() || prefix.back() != '/') prefix += '/';
+  prefix = absl::StrCat(prefix, "repo/", repo_key, "/");
+  std::string end = prefix;
+  end.back() = static_cast<char>(end.back() + 1);
+  auto running =
+      Must(d->GetRunningPipelineRuns(Context::Background(), repo_key),
+           "running of " + repo_key);
+  if (running.empty()) Fail(repo_key + " has no running run");
+  int64_t lease = 0;
+  const std::string& id = running[0].lease_id;
+  if (!absl::SimpleHexAtoi(id.substr(0, id.find('-')), &lease)) {
+    Fail("not an etcd lease id: " + id);
+  }
+  Latencies range, ttl;
+  for (int i = 0; i < count; ++i) {
+    internal::etcdpb::RangeRequest req;
+    req.set_key(prefix);
+    req.set_range_end(end);
+    auto t0 = SteadyClock::now();
+    MustOk(kv->Range(Context::Background(), req).status(), "raw Range");
+    range.ms.push_back(MsSince(t0));
+    t0 = SteadyClock::now();
+    MustOk(kv->LeaseTimeToLive(Context::Background(), lease).status(),
+           "raw LeaseTimeToLive");
+    ttl.ms.push_back(MsSince(t0));
+  }
+  return {range.Quantile(0.99), ttl.Quantile(0.99)};
 }
 
 // `count` releases in a row in `repo_key` (limit 1, queue named by
@@ -429,7 +475,8 @@ MetricsRead Scrape(int port, const std::string& repo_key, int depth) {
 }
 
 struct Phase {
-  double raw_puts = 0;  // etcd only
+  PairResult raw_puts;                  // etcd only
+  std::pair<double, double> raw_reads;  // etcd only: Range, TTL p99 (ms)
   PairResult pairs;
   double head_p99_ms = 0;
   double status_small_p99_ms = 0;
@@ -594,6 +641,9 @@ int main(int argc, char** argv) {
       HeadReleases(d, ctl_big.Key(), 0, z.head_releases, &ctl_lease);
   empty.status_small_p99_ms =
       StatusP99(port, ctl_small.Key(), z.status_reads, z.per_repo);
+  if (driver_name == "etcd") {
+    empty.raw_reads = RawEtcdReads(config, d, ctl_small.Key(), z.status_reads);
+  }
   empty.status_big_p99_ms = StatusP99(
       port, ctl_big.Key(), std::max(3, z.status_reads / 20), z.big_queue);
   empty.listing = ListAll(port, ns, fixed_repos);
@@ -639,6 +689,9 @@ int main(int argc, char** argv) {
       HeadReleases(d, big0, 0, z.head_releases, &big_leases[0]);
   loaded.status_small_p99_ms =
       StatusP99(port, small0, z.status_reads, z.per_repo);
+  if (driver_name == "etcd") {
+    loaded.raw_reads = RawEtcdReads(config, d, small0, z.status_reads);
+  }
   loaded.status_big_p99_ms =
       StatusP99(port, big0, std::max(3, z.status_reads / 20), z.big_queue + 1);
   loaded.listing = ListAll(port, ns, fixed_repos + z.repos + z.big);
@@ -671,14 +724,24 @@ int main(int argc, char** argv) {
   row("pairs/s (4 threads)", empty.pairs.pairs_per_second,
       loaded.pairs.pairs_per_second, 0);
   if (driver_name == "etcd") {
-    row("floor: raw etcd Puts/s (4 threads)", empty.raw_puts, loaded.raw_puts,
-        0);
+    row("floor: raw etcd Puts/s (4 threads)", empty.raw_puts.pairs_per_second,
+        loaded.raw_puts.pairs_per_second, 0);
   }
   row("pair p99 (ms)", empty.pairs.p99_ms, loaded.pairs.p99_ms, 2);
+  if (driver_name == "etcd") {
+    row("floor: raw etcd Put p99 (ms)", empty.raw_puts.p99_ms,
+        loaded.raw_puts.p99_ms, 2);
+  }
   row("release admitting head p99 (ms)", empty.head_p99_ms, loaded.head_p99_ms,
       2);
   row("status, 10 queued, p99 (ms)", empty.status_small_p99_ms,
       loaded.status_small_p99_ms, 2);
+  if (driver_name == "etcd") {
+    row("floor: its raw Range p99 (ms)", empty.raw_reads.first,
+        loaded.raw_reads.first, 2);
+    row("floor: its lease TTL read p99 (ms)", empty.raw_reads.second,
+        loaded.raw_reads.second, 2);
+  }
   row("status, 10k queued, p99 (ms)", empty.status_big_p99_ms,
       loaded.status_big_p99_ms, 1);
   row("listing page of 500, max (ms)", empty.listing.max_page_ms,
