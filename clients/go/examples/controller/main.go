@@ -9,6 +9,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -113,7 +114,12 @@ func one(ctx context.Context, client *concurrency.Client, repo *concurrency.Repo
 	select {
 	case <-time.After(work): // the PipelineRun runs
 	case err := <-lost:
-		return fmt.Errorf("stopped: %w", err)
+		if !errors.Is(err, concurrency.ErrCancelRequested) {
+			return fmt.Errorf("stopped: %w", err) // the slot is gone
+		}
+		// A newer run of its group was submitted with CancelRunning: the
+		// slot is still this run's; stop it and release.
+		say("%s asked to stop by a newer run of its group", runKey)
 	case <-ctx.Done():
 	}
 	cancel()
