@@ -68,7 +68,42 @@ inline absl::Status ValidateQueueTimeLimit(absl::Duration d,
 
 inline absl::Status ValidatePolicy(const RepositoryPolicy& policy) {
   if (policy.max_queue_time.has_value()) {
-    return ValidateQueueTimeLimit(*policy.max_queue_time, "max_queue_time");
+    if (absl::Status s =
+            ValidateQueueTimeLimit(*policy.max_queue_time, "max_queue_time");
+        !s.ok()) {
+      return s;
+    }
+  }
+  if (policy.shared_limits.size() > kMaxSharedLimitsPerRepository) {
+    return absl::InvalidArgumentError(
+        "shared_limits: at most " +
+        std::to_string(kMaxSharedLimitsPerRepository) + " (got " +
+        std::to_string(policy.shared_limits.size()) + ")");
+  }
+  for (size_t i = 0; i < policy.shared_limits.size(); ++i) {
+    if (absl::Status s =
+            ValidateSharedLimitName(policy.shared_limits[i], "shared_limits");
+        !s.ok()) {
+      return s;
+    }
+    if (i > 0 && policy.shared_limits[i - 1] >= policy.shared_limits[i]) {
+      return absl::InvalidArgumentError(
+          "shared_limits: sorted, each name once (\"" +
+          policy.shared_limits[i] + "\" after \"" +
+          policy.shared_limits[i - 1] + "\")");
+    }
+  }
+  return absl::OkStatus();
+}
+
+inline absl::Status ValidateSharedLimit(const SharedLimit& limit) {
+  if (absl::Status s = ValidateSharedLimitName(limit.name, "name"); !s.ok()) {
+    return s;
+  }
+  if (limit.limit < 0) {
+    return absl::InvalidArgumentError(
+        "limit: must be 0 (no limit) or more (got " +
+        std::to_string(limit.limit) + ")");
   }
   return absl::OkStatus();
 }

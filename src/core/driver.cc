@@ -209,6 +209,47 @@ absl::StatusOr<RepositoryPolicy> Driver::GetRepositoryPolicy(
       internal::Cat("the ", Type(), " driver cannot record a policy"));
 }
 
+absl::Status Driver::SetSharedLimit(const Context& ctx,
+                                    const SharedLimit& limit) {
+  (void)ctx;
+  (void)limit;
+  return absl::UnimplementedError(
+      internal::Cat("the ", Type(), " driver has no shared limits"));
+}
+
+absl::Status Driver::DeleteSharedLimit(const Context& ctx,
+                                       std::string_view name) {
+  (void)ctx;
+  (void)name;
+  return absl::UnimplementedError(
+      internal::Cat("the ", Type(), " driver has no shared limits"));
+}
+
+absl::StatusOr<std::vector<SharedLimitStatus>> Driver::ListSharedLimits(
+    const Context& ctx) {
+  (void)ctx;
+  return absl::UnimplementedError(
+      internal::Cat("the ", Type(), " driver has no shared limits"));
+}
+
+absl::Status ValidateSharedLimitName(std::string_view name,
+                                     std::string_view field) {
+  auto alnum = [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
+  };
+  bool ok = !name.empty() && name.size() <= 63 && alnum(name.front()) &&
+            alnum(name.back());
+  for (char c : name) {
+    ok = ok && (alnum(c) || c == '-' || c == '.' || c == '_');
+  }
+  if (ok) return absl::OkStatus();
+  return absl::InvalidArgumentError(internal::Cat(
+      field,
+      ": 1 to 63 lowercase letters, digits, '-', '.' or '_', starting and "
+      "ending with a letter or digit (got \"",
+      name, "\")"));
+}
+
 // Part by part: each atomic, the whole not (see the declaration).
 absl::StatusOr<std::vector<ImportResult>> Driver::ImportBatch(
     const Context& ctx, const std::vector<RepositoryImport>& parts) {

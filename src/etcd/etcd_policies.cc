@@ -143,6 +143,10 @@ absl::Status EtcdDriver::SetRepositoryPolicy(const Context& ctx,
                                              const RepositoryPolicy& policy) {
   if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
   if (absl::Status s = ValidatePolicy(policy); !s.ok()) return s;
+  if (!policy.shared_limits.empty()) {
+    return absl::UnimplementedError(
+        "shared_limits: the etcd driver has no shared limits yet");
+  }
   if (absl::Status s = ctx.Err(); !s.ok()) return s;
   if (absl::Status s = CheckOpen(); !s.ok()) return s;
   const std::string repo(repo_key);

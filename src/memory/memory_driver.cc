@@ -222,20 +222,33 @@ MemoryDriver::RepoState& MemoryDriver::Enter(Shard& shard,
 
 void MemoryDriver::Promote(Shard& shard, const std::string& repo_key,
                            RepoState& rs, absl::Time now, Effects& fx) {
+  if (IsMember(rs)) {
+    if (CrossHeld()) {
+      PromoteShared(now, fx);
+    } else {
+      fx.shared_pass = true;
+    }
+    return;
+  }
   while (
       !rs.queue.empty() &&
       (rs.limit == 0 || static_cast<int64_t>(rs.running.size()) < rs.limit)) {
-    auto head = rs.queue.begin();
-    std::string run = std::move(head->second.run_key);
-    std::string group = std::move(head->second.group);
-    rs.queue.erase(head);
-    rs.queued.erase(run);
-    LeaseRec& rec = Grant(shard, repo_key, rs, run, now, std::move(group));
-    logger_->info("admitted {} from the queue of {} (token {})", run, repo_key,
-                  rec.token);
-    fx.admitted.push_back(MakeLease(repo_key, run, rec));
-    AddEvent(shard, repo_key, WatchEventType::kAdmitted, run, fx);
+    AdmitHead(shard, repo_key, rs, now, fx);
   }
+}
+
+void MemoryDriver::AdmitHead(Shard& shard, const std::string& repo_key,
+                             RepoState& rs, absl::Time now, Effects& fx) {
+  auto head = rs.queue.begin();
+  std::string run = std::move(head->second.run_key);
+  std::string group = std::move(head->second.group);
+  rs.queue.erase(head);
+  rs.queued.erase(run);
+  LeaseRec& rec = Grant(shard, repo_key, rs, run, now, std::move(group));
+  logger_->info("admitted {} from the queue of {} (token {})", run, repo_key,
+                rec.token);
+  fx.admitted.push_back(MakeLease(repo_key, run, rec));
+  AddEvent(shard, repo_key, WatchEventType::kAdmitted, run, fx);
 }
 
 int64_t MemoryDriver::PositionOf(const RepoState& rs,
@@ -254,6 +267,10 @@ void MemoryDriver::Deliver(Effects& fx) {
     for (const Lease& l : fx.admitted) NoteExpiry(l.expires_at);
   }
   if (!fx.events.empty()) dispatcher_.Post(std::move(fx.events));
+  if (fx.shared_pass) {
+    fx.shared_pass = false;
+    fx.shared_admitted = SharedPass();
+  }
 }
 
 absl::StatusOr<AcquireResult> MemoryDriver::AcquireSlot(
@@ -276,8 +293,17 @@ absl::StatusOr<AcquireResult> MemoryDriver::AcquireSlot(
   bool granted_now = false;
   bool fresh = false;    // this call queued the run or granted it a slot
   absl::Status refused;  // superseded
-  {
+  // A member of a shared limit is granted a slot only under a CrossLock
+  // (SharedFits): a step that finds its repository one without it starts
+  // again with it.
+  for (bool cross = PeekMember(shard, repo_key);; cross = true) {
+    std::optional<CrossLock> cross_lock;
+    if (cross) cross_lock.emplace(*this, ShardIndex(repo_key));
     MutexLock lock(&shard.mu);
+    if (auto rit = shard.repos.find(repo_key);
+        !cross && rit != shard.repos.end() && IsMember(rit->second)) {
+      continue;
+    }
     if (auto rit = shard.repos.find(repo_key); rit != shard.repos.end()) {
       // Runs past their queue deadline leave first (the caller too).
       TimeOut(shard, rit->first, rit->second, now, fx);
@@ -311,7 +337,8 @@ absl::StatusOr<AcquireResult> MemoryDriver::AcquireSlot(
       } else if (options.adopt_running ||
                  (rs.queue.empty() &&
                   (rs.limit == 0 ||
-                   static_cast<int64_t>(rs.running.size()) < rs.limit))) {
+                   static_cast<int64_t>(rs.running.size()) < rs.limit) &&
+                  (!IsMember(rs) || SharedFits(rs, now)))) {
         if (auto q = rs.queued.find(run); q != rs.queued.end()) {
           rs.queue.erase(q->second);
           rs.queued.erase(q);
@@ -344,6 +371,7 @@ absl::StatusOr<AcquireResult> MemoryDriver::AcquireSlot(
         CancelRunning(shard, repo_key, rs, run, options.group, fx);
       }
     }
+    break;
   }
   if (!refused.ok()) {
     Deliver(fx);
@@ -421,8 +449,11 @@ absl::StatusOr<ReleaseResult> MemoryDriver::ReleaseSlot(
       }
     }
     // With nobody queued there is nobody to admit, and expired leases of
-    // the repository are ignored by admission anyway: skip the clock.
-    if (!rs.queue.empty()) {
+    // the repository are ignored by admission anyway: skip the clock. A
+    // member's freed slot may admit another member's run.
+    if (IsMember(rs) && result.released) {
+      fx.shared_pass = true;
+    } else if (!rs.queue.empty()) {
       const absl::Time now = clock_->Now();
       Sweep(*shard, repo, rs, now, fx);
       Promote(*shard, repo, rs, now, fx);
@@ -430,6 +461,7 @@ absl::StatusOr<ReleaseResult> MemoryDriver::ReleaseSlot(
   }
   result.admitted = std::move(fx.admitted);
   Deliver(fx);
+  for (Lease& l : fx.shared_admitted) result.admitted.push_back(std::move(l));
   return result;
 }
 
@@ -495,6 +527,7 @@ absl::StatusOr<std::vector<Lease>> MemoryDriver::SetRepositoryLimit(
   }
   std::vector<Lease> admitted = fx.admitted;
   Deliver(fx);
+  for (Lease& l : fx.shared_admitted) admitted.push_back(std::move(l));
   return admitted;
 }
 

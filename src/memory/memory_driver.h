@@ -14,6 +14,8 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <tuple>
@@ -99,6 +101,12 @@ class MemoryDriver final : public Driver {
                                    const RepositoryPolicy& policy) override;
   absl::StatusOr<RepositoryPolicy> GetRepositoryPolicy(
       const Context& ctx, std::string_view repo_key) override;
+  absl::Status SetSharedLimit(const Context& ctx,
+                              const SharedLimit& limit) override;
+  absl::Status DeleteSharedLimit(const Context& ctx,
+                                 std::string_view name) override;
+  absl::StatusOr<std::vector<SharedLimitStatus>> ListSharedLimits(
+      const Context& ctx) override;
   absl::Status CleanupRepository(const Context& ctx,
                                  std::string_view repo_key) override;
   absl::Duration LeaseTTL() const override { return ttl_; }
@@ -169,7 +177,18 @@ class MemoryDriver final : public Driver {
     PendingEvents events;
     // The earliest queue deadline the step set: the cleanup thread's wake.
     absl::Time wake = absl::InfiniteFuture();
+    // A member of a shared limit may have room the step could not give out
+    // (it held one shard): Deliver runs a SharedPass, whose admissions
+    // land in `shared_admitted`.
+    bool shared_pass = false;
+    std::vector<Lease> shared_admitted;
   };
+  // Holds cross_mu_ and every shard's lock but `own`'s (kShards: every
+  // shard's), which a step on a member of a shared limit needs; the step
+  // locks `own` itself. Only one is held at a time (cross_mu_), and other
+  // steps hold one shard and wait for nothing while they do, so the order
+  // is free. memory_shared.cc.
+  class CrossLock;
 
   size_t ShardIndex(std::string_view repo_key) const;
   Shard& ShardFor(std::string_view repo_key) {
@@ -208,8 +227,36 @@ class MemoryDriver final : public Driver {
   RepoState& Enter(Shard& shard, const std::string& repo_key, int32_t limit,
                    bool keep_recorded, absl::Time now, Effects& fx)
       PAC_REQUIRES(shard.mu);
+  // Admits the queue's heads into free slots. For a member of a shared
+  // limit: PromoteShared under a CrossLock, else fx.shared_pass.
   void Promote(Shard& shard, const std::string& repo_key, RepoState& rs,
                absl::Time now, Effects& fx) PAC_REQUIRES(shard.mu);
+  // Grants the head of rs.queue a slot.
+  void AdmitHead(Shard& shard, const std::string& repo_key, RepoState& rs,
+                 absl::Time now, Effects& fx) PAC_REQUIRES(shard.mu);
+
+  // Shared limits (memory_shared.cc). A step that may grant in a member
+  // holds a CrossLock; the others leave admission to a SharedPass.
+  static bool IsMember(const RepoState& rs) {
+    return !rs.policy.shared_limits.empty();
+  }
+  // Whether the calling thread holds a CrossLock.
+  static bool CrossHeld();
+  // Whether repo_key is a member (a hint unless the caller holds a lock).
+  bool PeekMember(Shard& shard, std::string_view repo_key)
+      PAC_EXCLUDES(shard.mu);
+  // Under a CrossLock: whether every shared limit of rs has a free slot.
+  bool SharedFits(const RepoState& rs, absl::Time now);
+  // Under a CrossLock: reclaims the members' expired leases and timed-out
+  // runs, then admits their heads while they fit, the head queued
+  // earliest first.
+  void PromoteShared(absl::Time now, Effects& fx);
+  // Records rs's membership change from `before` (under a CrossLock).
+  void NoteMembership(const std::string& repo_key,
+                      const std::vector<std::string>& before,
+                      const std::vector<std::string>& after);
+  // A PromoteShared under its own CrossLock; the runs it admitted.
+  std::vector<Lease> SharedPass();
   void RemoveLease(Shard& shard, const std::string& repo_key, RepoState& rs,
                    const std::string& run_key) PAC_REQUIRES(shard.mu);
   void AddEvent(Shard& shard, const std::string& repo_key, WatchEventType type,
@@ -251,6 +298,15 @@ class MemoryDriver final : public Driver {
 
   WatchDispatcher dispatcher_;
 
+  // Shared limits: set by SetSharedLimit, and the members of each name a
+  // policy gives (whether set or not).
+  Mutex cross_mu_;
+  StringMap<int32_t> shared_defs_ PAC_GUARDED_BY(cross_mu_);
+  std::map<std::string, std::set<std::string>> shared_members_
+      PAC_GUARDED_BY(cross_mu_);
+  // Repositories that are members (0: no step needs a CrossLock).
+  std::atomic<int64_t> member_repos_{0};
+
   // Cleanup thread.
   Mutex cleanup_mu_;
   CondVar cleanup_cv_;
@@ -260,6 +316,18 @@ class MemoryDriver final : public Driver {
   std::atomic<int64_t> next_wake_nanos_{INT64_MAX};
   int clock_listener_ = 0;
   std::thread cleanup_thread_;
+};
+
+class MemoryDriver::CrossLock {
+ public:
+  CrossLock(MemoryDriver& driver, size_t own);
+  ~CrossLock();
+  CrossLock(const CrossLock&) = delete;
+  CrossLock& operator=(const CrossLock&) = delete;
+
+ private:
+  MemoryDriver& driver_;
+  const size_t own_;
 };
 
 }  // namespace pac::concurrency::internal

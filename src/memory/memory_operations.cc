@@ -52,16 +52,26 @@ absl::Status MemoryDriver::SetRepositoryPolicy(const Context& ctx,
   Shard& shard = ShardFor(repo_key);
   Effects fx;
   {
+    // Membership may change: under a CrossLock (rare, and it admits across
+    // the members when it frees or takes room).
+    CrossLock cross(*this, ShardIndex(repo_key));
     MutexLock lock(&shard.mu);
     auto rit = shard.repos.try_emplace(repo_key).first;
     RepoState& rs = rit->second;
     const bool reorder = rs.policy.mode != policy.mode;
+    const bool membership = rs.policy.shared_limits != policy.shared_limits;
+    if (membership) {
+      NoteMembership(rit->first, rs.policy.shared_limits,
+                     policy.shared_limits);
+    }
     rs.policy = policy;
     if (reorder) Reorder(rs);  // the new order, in this step
     NoteDeadlines(rs, fx);
     // Live: runs queued longer than a shortened limit leave now.
     Sweep(shard, rit->first, rs, now, fx);
     Promote(shard, rit->first, rs, now, fx);
+    // Leaving a shared limit frees its room for the other members.
+    if (membership && !IsMember(rs)) PromoteShared(now, fx);
   }
   logger_->info("policy of {} recorded (max queue time {}, {})", repo_key,
                 policy.max_queue_time.has_value()
@@ -148,8 +158,16 @@ absl::Status MemoryDriver::CleanupRepository(const Context& ctx,
   Effects fx;
   std::vector<std::string> runs;
   {
+    // A member's policy goes, and its slots free for the other members:
+    // under a CrossLock (a cleanup is rare).
+    CrossLock cross(*this, ShardIndex(repo_key));
     MutexLock lock(&shard.mu);
     auto rit = shard.repos.find(repo_key);
+    bool was_member = false;
+    if (rit != shard.repos.end() && IsMember(rit->second)) {
+      was_member = true;
+      NoteMembership(rit->first, rit->second.policy.shared_limits, {});
+    }
     if (rit != shard.repos.end()) {
       for (const auto& [run, rec] : rit->second.running) {
         shard.leases.erase(rec.lease_id);
@@ -160,6 +178,7 @@ absl::Status MemoryDriver::CleanupRepository(const Context& ctx,
       for (const auto& [run, reason] : rit->second.removed) runs.push_back(run);
       shard.repos.erase(rit);
     }
+    if (was_member) PromoteShared(clock_->Now(), fx);
     AddEvent(shard, std::string(repo_key), WatchEventType::kCleaned, "", fx);
   }
   {

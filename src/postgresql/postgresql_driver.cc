@@ -636,6 +636,10 @@ absl::Status PostgreSQLDriver::SetRepositoryPolicy(
     const RepositoryPolicy& policy) {
   if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
   if (absl::Status s = ValidatePolicy(policy); !s.ok()) return s;
+  if (!policy.shared_limits.empty()) {
+    return absl::UnimplementedError(
+        "shared_limits: the PostgreSQL driver has no shared limits yet");
+  }
   // Idempotent: a retry records the same policy again.
   auto r =
       Query(ctx,

@@ -17,6 +17,7 @@
 #include <memory>
 #include <mutex>
 #include <ostream>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -90,6 +91,19 @@ class DriverConformanceTest : public ::testing::TestWithParam<DriverFactory> {
   bool Eventually(const std::function<bool()>& pred);
 
   const DriverFactory& factory() const { return GetParam(); }
+
+  // Shared limits (driver_conformance_shared.cc). A limit name unique to
+  // this test.
+  std::string SharedName(const std::string& what) const;
+  // Sets the limit through driver_; false, having checked that the driver
+  // says Unimplemented and writes nothing, when it has no shared limits.
+  bool SetShared(const std::string& name, int32_t limit);
+  void JoinShared(const Repository& repo, std::vector<std::string> names);
+  std::optional<SharedLimitStatus> SharedStatus(Driver* d,
+                                                const std::string& name);
+  std::vector<std::string> RunningRuns(Driver* d, const Repository& repo);
+  Lease MustAcquire(const Repository& repo, const std::string& run);
+  int64_t MustQueue(const Repository& repo, const std::string& run);
 
   std::unique_ptr<ManualClock> manual_clock_;
   Clock* clock_ = nullptr;

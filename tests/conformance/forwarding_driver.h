@@ -133,6 +133,21 @@ class ForwardingDriver : public Driver {
     if (closed_) return Closed();
     return store_->GetRepositoryPolicy(ctx, repo);
   }
+  absl::Status SetSharedLimit(const Context& ctx,
+                              const SharedLimit& limit) override {
+    if (closed_) return Closed();
+    return store_->SetSharedLimit(ctx, limit);
+  }
+  absl::Status DeleteSharedLimit(const Context& ctx,
+                                 std::string_view name) override {
+    if (closed_) return Closed();
+    return store_->DeleteSharedLimit(ctx, name);
+  }
+  absl::StatusOr<std::vector<SharedLimitStatus>> ListSharedLimits(
+      const Context& ctx) override {
+    if (closed_) return Closed();
+    return store_->ListSharedLimits(ctx);
+  }
   absl::Status CleanupRepository(const Context& ctx,
                                  std::string_view repo) override {
     if (closed_) return Closed();

@@ -139,7 +139,41 @@ struct RepositoryPolicy {
   std::optional<absl::Duration> max_queue_time;
   // The queue's order. A change reorders the queued runs in the same step.
   QueueMode mode = QueueMode::kOldestFirst;
+  // The shared limits the repository draws from (docs/policies.md, "Shared
+  // limits"), by name: a run is admitted only when the repository and each
+  // of these has a free slot. Live: joining takes effect for the next
+  // admission, leaving frees the repository's running runs from the
+  // limit's count. A name no limit is set for limits nothing. Sorted, no
+  // name twice, at most kMaxSharedLimitsPerRepository, each a valid
+  // shared limit name (ValidateSharedLimitName).
+  std::vector<std::string> shared_limits;
   bool operator==(const RepositoryPolicy&) const = default;
+};
+
+// A limit many repositories draw from (docs/policies.md, "Shared limits"):
+// a namespace, a team, a cluster-wide cap. Its members are the
+// repositories whose RepositoryPolicy::shared_limits names it.
+struct SharedLimit {
+  // 1 to 63 bytes of lowercase letters, digits, '-', '.' and '_', starting
+  // and ending with a letter or digit.
+  std::string name;
+  // The most runs of its members that may hold slots at once; 0: no limit.
+  int32_t limit = 0;
+  bool operator==(const SharedLimit&) const = default;
+};
+inline constexpr size_t kMaxSharedLimitsPerRepository = 8;
+// InvalidArgument naming `field` unless `name` is a valid shared limit
+// name.
+[[nodiscard]] absl::Status ValidateSharedLimitName(std::string_view name,
+                                                   std::string_view field);
+
+// One shared limit as the backend holds it (Driver::ListSharedLimits).
+struct SharedLimitStatus {
+  std::string name;
+  std::optional<int32_t> limit;  // nullopt: named by members, never set
+  int64_t running = 0;           // unexpired leases of its members
+  int64_t queued = 0;            // queued runs of its members
+  std::vector<std::string> members;  // repository keys, in key order
 };
 
 struct AcquireResult {
@@ -458,6 +492,24 @@ class Driver {
   // The recorded policy; the default one when none is.
   [[nodiscard]] virtual absl::StatusOr<RepositoryPolicy> GetRepositoryPolicy(
       const Context& ctx, std::string_view repo_key);
+
+  // Sets a shared limit (docs/policies.md, "Shared limits") for every
+  // process sharing the backend. Raising it (or setting it where none was)
+  // admits its members' queued runs at once, oldest head first; lowering
+  // it evicts nobody. InvalidArgument for a bad name or a negative limit.
+  // This default is Unimplemented.
+  [[nodiscard]] virtual absl::Status SetSharedLimit(const Context& ctx,
+                                                    const SharedLimit& limit);
+  // Forgets a shared limit: its members are no longer held by it (their
+  // policies still name it, and are held again if it is set again).
+  // Deleting a limit never set is not an error. This default is
+  // Unimplemented.
+  [[nodiscard]] virtual absl::Status DeleteSharedLimit(const Context& ctx,
+                                                       std::string_view name);
+  // Every shared limit that is set or named by a member, in name order,
+  // with its members and their counts. This default is Unimplemented.
+  [[nodiscard]] virtual absl::StatusOr<std::vector<SharedLimitStatus>>
+  ListSharedLimits(const Context& ctx);
 
   // Removes every lease, queue entry and state of the repository (and the
   // states of its runs), its policy, and nothing else (rule 13). Watchers

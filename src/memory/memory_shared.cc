@@ -1,0 +1,230 @@
+// The memory driver's shared limits (docs/policies.md, "Shared limits"):
+// the CrossLock a step on a member takes, the admission across members
+// (PromoteShared), and SetSharedLimit, DeleteSharedLimit and
+// ListSharedLimits.
+#include <algorithm>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "src/common/keys.h"
+#include "src/common/logging.h"
+#include "src/memory/memory_driver.h"
+
+namespace pac::concurrency::internal {
+namespace {
+thread_local bool t_cross_held = false;
+}  // namespace
+
+MemoryDriver::CrossLock::CrossLock(MemoryDriver& driver, size_t own)
+    ABSL_NO_THREAD_SAFETY_ANALYSIS : driver_(driver),
+                                     own_(own) {
+  driver_.cross_mu_.Lock();
+  for (size_t i = 0; i < kShards; ++i) {
+    if (i != own_) driver_.shards_[i].mu.Lock();
+  }
+  t_cross_held = true;
+}
+
+MemoryDriver::CrossLock::~CrossLock() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  t_cross_held = false;
+  for (size_t i = kShards; i-- > 0;) {
+    if (i != own_) driver_.shards_[i].mu.Unlock();
+  }
+  driver_.cross_mu_.Unlock();
+}
+
+bool MemoryDriver::CrossHeld() { return t_cross_held; }
+
+bool MemoryDriver::PeekMember(Shard& shard, std::string_view repo_key) {
+  if (member_repos_.load(std::memory_order_acquire) == 0) return false;
+  MutexLock lock(&shard.mu);
+  auto rit = shard.repos.find(repo_key);
+  return rit != shard.repos.end() && IsMember(rit->second);
+}
+
+namespace {
+int64_t LiveLeases(const auto& running, absl::Time now) {
+  int64_t n = 0;
+  for (const auto& [run, rec] : running) n += rec.expires_at > now ? 1 : 0;
+  return n;
+}
+}  // namespace
+
+bool MemoryDriver::SharedFits(const RepoState& rs, absl::Time now)
+    ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  for (const std::string& name : rs.policy.shared_limits) {
+    auto def = shared_defs_.find(name);
+    if (def == shared_defs_.end() || def->second == 0) continue;
+    int64_t running = 0;
+    if (auto m = shared_members_.find(name); m != shared_members_.end()) {
+      for (const std::string& key : m->second) {
+        Shard& shard = ShardFor(key);
+        if (auto rit = shard.repos.find(key); rit != shard.repos.end()) {
+          running += LiveLeases(rit->second.running, now);
+        }
+      }
+    }
+    if (running >= def->second) return false;
+  }
+  return true;
+}
+
+void MemoryDriver::PromoteShared(absl::Time now, Effects& fx)
+    ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  struct Member {
+    Shard* shard;
+    const std::string* key;
+    RepoState* rs;
+  };
+  std::vector<Member> members;
+  absl::flat_hash_set<std::string_view> seen;
+  for (const auto& [name, keys] : shared_members_) {
+    for (const std::string& key : keys) {
+      if (!seen.insert(key).second) continue;
+      Shard& shard = ShardFor(key);
+      auto rit = shard.repos.find(key);
+      if (rit == shard.repos.end()) continue;
+      Sweep(shard, rit->first, rit->second, now, fx);
+      members.push_back(Member{&shard, &rit->first, &rit->second});
+    }
+  }
+  absl::flat_hash_map<std::string_view, int64_t> running;
+  for (const Member& m : members) {
+    for (const std::string& name : m.rs->policy.shared_limits) {
+      running[name] += static_cast<int64_t>(m.rs->running.size());
+    }
+  }
+  const StringMap<int32_t>& defs = shared_defs_;
+  auto fits = [&](const RepoState& rs) {
+    if (rs.limit != 0 && static_cast<int64_t>(rs.running.size()) >= rs.limit) {
+      return false;
+    }
+    for (const std::string& name : rs.policy.shared_limits) {
+      auto def = defs.find(name);
+      if (def != defs.end() && def->second != 0 &&
+          running[name] >= def->second) {
+        return false;
+      }
+    }
+    return true;
+  };
+  // The fairness rule: of the members' heads that fit, the one queued
+  // earliest (enqueue order) goes first; a head that does not fit is
+  // passed over, not waited for.
+  while (true) {
+    const Member* best = nullptr;
+    for (const Member& m : members) {
+      if (m.rs->queue.empty() || !fits(*m.rs)) continue;
+      if (best == nullptr || m.rs->queue.begin()->first.sequence <
+                                 best->rs->queue.begin()->first.sequence) {
+        best = &m;
+      }
+    }
+    if (best == nullptr) break;
+    AdmitHead(*best->shard, *best->key, *best->rs, now, fx);
+    for (const std::string& name : best->rs->policy.shared_limits) {
+      ++running[name];
+    }
+  }
+}
+
+void MemoryDriver::NoteMembership(const std::string& repo_key,
+                                  const std::vector<std::string>& before,
+                                  const std::vector<std::string>& after)
+    ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  for (const std::string& name : before) {
+    auto it = shared_members_.find(name);
+    if (it == shared_members_.end()) continue;
+    it->second.erase(repo_key);
+    if (it->second.empty()) shared_members_.erase(it);
+  }
+  for (const std::string& name : after) shared_members_[name].insert(repo_key);
+  if (before.empty() != after.empty()) {
+    member_repos_.fetch_add(after.empty() ? -1 : 1, std::memory_order_release);
+  }
+}
+
+std::vector<Lease> MemoryDriver::SharedPass() {
+  Effects fx;
+  {
+    CrossLock cross(*this, kShards);
+    if (!closed_.load()) PromoteShared(clock_->Now(), fx);
+  }
+  std::vector<Lease> admitted = fx.admitted;
+  Deliver(fx);
+  return admitted;
+}
+
+absl::Status MemoryDriver::SetSharedLimit(const Context& ctx,
+                                          const SharedLimit& limit) {
+  if (absl::Status s = ValidateSharedLimit(limit); !s.ok()) return s;
+  if (absl::Status s = ctx.Err(); !s.ok()) return s;
+  if (absl::Status s = CheckOpen(); !s.ok()) return s;
+  Effects fx;
+  {
+    CrossLock cross(*this, kShards);
+    cross_mu_.AssertHeld();
+    shared_defs_[limit.name] = limit.limit;
+    PromoteShared(clock_->Now(), fx);
+  }
+  logger_->info("shared limit {} set to {}", limit.name, limit.limit);
+  Deliver(fx);
+  return absl::OkStatus();
+}
+
+absl::Status MemoryDriver::DeleteSharedLimit(const Context& ctx,
+                                             std::string_view name) {
+  if (absl::Status s = ValidateSharedLimitName(name, "name"); !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = ctx.Err(); !s.ok()) return s;
+  if (absl::Status s = CheckOpen(); !s.ok()) return s;
+  Effects fx;
+  {
+    CrossLock cross(*this, kShards);
+    cross_mu_.AssertHeld();
+    if (auto it = shared_defs_.find(name); it != shared_defs_.end()) {
+      shared_defs_.erase(it);
+      PromoteShared(clock_->Now(), fx);
+    }
+  }
+  logger_->info("shared limit {} deleted", name);
+  Deliver(fx);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<SharedLimitStatus>> MemoryDriver::ListSharedLimits(
+    const Context& ctx) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  if (absl::Status s = ctx.Err(); !s.ok()) return s;
+  if (absl::Status s = CheckOpen(); !s.ok()) return s;
+  std::map<std::string, SharedLimitStatus> out;
+  {
+    CrossLock cross(*this, kShards);
+    const absl::Time now = clock_->Now();
+    for (const auto& [name, limit] : shared_defs_) {
+      out[name].limit = limit;
+    }
+    for (const auto& [name, keys] : shared_members_) {
+      SharedLimitStatus& st = out[name];
+      for (const std::string& key : keys) {
+        st.members.push_back(key);
+        Shard& shard = ShardFor(key);
+        if (auto rit = shard.repos.find(key); rit != shard.repos.end()) {
+          st.running += LiveLeases(rit->second.running, now);
+          st.queued += static_cast<int64_t>(rit->second.queue.size());
+        }
+      }
+    }
+  }
+  std::vector<SharedLimitStatus> list;
+  for (auto& [name, st] : out) {
+    st.name = name;
+    list.push_back(std::move(st));
+  }
+  return list;
+}
+
+}  // namespace pac::concurrency::internal
