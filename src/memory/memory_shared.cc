@@ -97,14 +97,13 @@ void MemoryDriver::PromoteShared(absl::Time now, Effects& fx)
       running[name] += static_cast<int64_t>(m.rs->running.size());
     }
   }
-  const StringMap<int32_t>& defs = shared_defs_;
-  auto fits = [&](const RepoState& rs) {
+  auto fits = [&](const RepoState& rs) ABSL_NO_THREAD_SAFETY_ANALYSIS {
     if (rs.limit != 0 && static_cast<int64_t>(rs.running.size()) >= rs.limit) {
       return false;
     }
     for (const std::string& name : rs.policy.shared_limits) {
-      auto def = defs.find(name);
-      if (def != defs.end() && def->second != 0 &&
+      auto def = shared_defs_.find(name);
+      if (def != shared_defs_.end() && def->second != 0 &&
           running[name] >= def->second) {
         return false;
       }
