@@ -61,8 +61,7 @@ absl::Status MemoryDriver::SetRepositoryPolicy(const Context& ctx,
     const bool reorder = rs.policy.mode != policy.mode;
     const bool membership = rs.policy.shared_limits != policy.shared_limits;
     if (membership) {
-      NoteMembership(rit->first, rs.policy.shared_limits,
-                     policy.shared_limits);
+      NoteMembership(rit->first, rs.policy.shared_limits, policy.shared_limits);
     }
     rs.policy = policy;
     if (reorder) Reorder(rs);  // the new order, in this step

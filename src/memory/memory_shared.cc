@@ -18,9 +18,10 @@ namespace {
 thread_local bool t_cross_held = false;
 }  // namespace
 
-MemoryDriver::CrossLock::CrossLock(MemoryDriver& driver, size_t own)
-    ABSL_NO_THREAD_SAFETY_ANALYSIS : driver_(driver),
-                                     own_(own) {
+MemoryDriver::CrossLock::CrossLock(MemoryDriver& driver,
+                                   size_t own) ABSL_NO_THREAD_SAFETY_ANALYSIS
+    : driver_(driver),
+      own_(own) {
   driver_.cross_mu_.Lock();
   for (size_t i = 0; i < kShards; ++i) {
     if (i != own_) driver_.shards_[i].mu.Lock();
@@ -53,8 +54,8 @@ int64_t LiveLeases(const auto& running, absl::Time now) {
 }
 }  // namespace
 
-bool MemoryDriver::SharedFits(const RepoState& rs, absl::Time now)
-    ABSL_NO_THREAD_SAFETY_ANALYSIS {
+bool MemoryDriver::SharedFits(const RepoState& rs,
+                              absl::Time now) ABSL_NO_THREAD_SAFETY_ANALYSIS {
   for (const std::string& name : rs.policy.shared_limits) {
     auto def = shared_defs_.find(name);
     if (def == shared_defs_.end() || def->second == 0) continue;
@@ -72,8 +73,8 @@ bool MemoryDriver::SharedFits(const RepoState& rs, absl::Time now)
   return true;
 }
 
-void MemoryDriver::PromoteShared(absl::Time now, Effects& fx)
-    ABSL_NO_THREAD_SAFETY_ANALYSIS {
+void MemoryDriver::PromoteShared(absl::Time now,
+                                 Effects& fx) ABSL_NO_THREAD_SAFETY_ANALYSIS {
   struct Member {
     Shard* shard;
     const std::string* key;
@@ -130,10 +131,9 @@ void MemoryDriver::PromoteShared(absl::Time now, Effects& fx)
   }
 }
 
-void MemoryDriver::NoteMembership(const std::string& repo_key,
-                                  const std::vector<std::string>& before,
-                                  const std::vector<std::string>& after)
-    ABSL_NO_THREAD_SAFETY_ANALYSIS {
+void MemoryDriver::NoteMembership(
+    const std::string& repo_key, const std::vector<std::string>& before,
+    const std::vector<std::string>& after) ABSL_NO_THREAD_SAFETY_ANALYSIS {
   for (const std::string& name : before) {
     auto it = shared_members_.find(name);
     if (it == shared_members_.end()) continue;

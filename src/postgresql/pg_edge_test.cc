@@ -113,8 +113,9 @@ TEST(PostgreSQLEdgeTest, AcquiresRacingACleanupNeverOverAdmit) {
   ASSERT_TRUE(d1 && d2 && holder);
   Repository repo{UniqueNs("clean-race"), "repo", 1};
   ASSERT_TRUE(d1->SetRepositoryLimit(Context(), repo).ok());
-  EXPECT_EQ(
-      TwoAcquiresAcross(*d1, *d2, repo, *holder, "SELECT pac_cleanup($1)"), 1);
+  EXPECT_EQ(TwoAcquiresAcross(*d1, *d2, repo, *holder,
+                              "SELECT pac_cleanup($1, interval '30 seconds')"),
+            1);
   EXPECT_EQ(*d1->GetCurrentSlots(Context(), repo.Key()), 1);
   EXPECT_EQ(*d1->GetRepositoryLimit(Context(), repo.Key()), 1);
   // The slot has its repository: a release by key finds and frees it,

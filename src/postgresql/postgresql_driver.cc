@@ -9,6 +9,7 @@
 #include <tuple>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_split.h"
 #include "pac/concurrency/status.h"
 #include "src/common/keys.h"
 #include "src/common/logging.h"
@@ -526,6 +527,7 @@ void PostgreSQLDriver::ListenLoop() {
 }
 
 void PostgreSQLDriver::ReapLoop() {
+  absl::Time last_sweep = absl::InfinitePast();
   while (true) {
     absl::Duration wait = absl::Seconds(2);
     Context ctx = Context::WithTimeout(Context::Background(), absl::Seconds(5));
@@ -555,6 +557,15 @@ void PostgreSQLDriver::ReapLoop() {
       } else {
         wait = std::min(wait, left + absl::Milliseconds(1));
       }
+    }
+    // Shared limits' safety net (schema_shared.cc), once a second at most.
+    if (absl::Now() - last_sweep >= absl::Seconds(1)) {
+      last_sweep = absl::Now();
+      (void)Query(ctx,
+                  "SELECT pac_shared_sweep($1::bigint * interval "
+                  "'1 microsecond')",
+                  {TtlMicros()}, Notifies::kYes);
+      wait = std::min(wait, absl::Seconds(1));
     }
     MutexLock lock(&stop_mu_);
     if (stop_) return;
@@ -636,21 +647,18 @@ absl::Status PostgreSQLDriver::SetRepositoryPolicy(
     const RepositoryPolicy& policy) {
   if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
   if (absl::Status s = ValidatePolicy(policy); !s.ok()) return s;
-  if (!policy.shared_limits.empty()) {
-    return absl::UnimplementedError(
-        "shared_limits: the PostgreSQL driver has no shared limits yet");
-  }
   // Idempotent: a retry records the same policy again.
   auto r =
       Query(ctx,
             "SELECT pac_set_policy($1, $2::bigint * interval '1 microsecond',"
-            " $3, $4::bigint * interval '1 microsecond')",
+            " $3, $4::bigint * interval '1 microsecond', $5::text[])",
             {std::string(repo_key),
              policy.max_queue_time.has_value()
                  ? PgParam(std::to_string(
                        absl::ToInt64Microseconds(*policy.max_queue_time)))
                  : PgParam(),
-             std::string(QueueModeName(policy.mode)), TtlMicros()},
+             std::string(QueueModeName(policy.mode)), TtlMicros(),
+             ArrayLiteral(policy.shared_limits)},
             Notifies::kYes);
   if (!r.ok()) return r.status();
   logger_->info("policy of {} recorded", repo_key);
@@ -662,12 +670,20 @@ absl::StatusOr<RepositoryPolicy> PostgreSQLDriver::GetRepositoryPolicy(
   if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
   auto r = Query(
       ctx,
-      "SELECT " PAC_MICROS("max_queue") ", queue_mode"
-      " FROM pac_repository_policies WHERE repository_key = $1",
+      "SELECT " PAC_MICROS("p.max_queue") ", p.queue_mode,"
+      " array_to_string(ARRAY(SELECT m.name FROM pac_shared_members m"
+      " WHERE m.repository_key = k.key ORDER BY m.name), ' ')"
+      " FROM (SELECT $1::text AS key) k"
+      " LEFT JOIN pac_repository_policies p ON p.repository_key = k.key",
       {std::string(repo_key)});
   if (!r.ok()) return r.status();
   RepositoryPolicy out;
-  if (r->rows() == 0) return out;
+  // Shared limit names have no spaces.
+  for (absl::string_view name :
+       absl::StrSplit(AV(r->Get(0, 2)), ' ', absl::SkipEmpty())) {
+    out.shared_limits.emplace_back(name);
+  }
+  if (r->IsNull(0, 1)) return out;
   if (!r->IsNull(0, 0)) {
     out.max_queue_time = absl::Microseconds(r->GetInt(0, 0));
   }
@@ -680,8 +696,9 @@ absl::StatusOr<RepositoryPolicy> PostgreSQLDriver::GetRepositoryPolicy(
 absl::Status PostgreSQLDriver::CleanupRepository(const Context& ctx,
                                                  std::string_view repo_key) {
   if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
-  auto r = Query(ctx, "SELECT pac_cleanup($1)", {std::string(repo_key)},
-                 Notifies::kYes);
+  auto r = Query(
+      ctx, "SELECT pac_cleanup($1, $2::bigint * interval '1 microsecond')",
+      {std::string(repo_key), TtlMicros()}, Notifies::kYes);
   if (!r.ok()) return r.status();
   logger_->info("cleaned up repository {}", repo_key);
   return absl::OkStatus();

@@ -89,6 +89,12 @@ class PostgreSQLDriver final : public Driver {
       const Context& ctx, std::string_view run_key) override;
   absl::StatusOr<ClearQueueResult> ClearQueue(
       const Context& ctx, std::string_view repo_key) override;
+  absl::Status SetSharedLimit(const Context& ctx,
+                              const SharedLimit& limit) override;
+  absl::Status DeleteSharedLimit(const Context& ctx,
+                                 std::string_view name) override;
+  absl::StatusOr<std::vector<SharedLimitStatus>> ListSharedLimits(
+      const Context& ctx) override;
   absl::Status SetRepositoryPolicy(const Context& ctx,
                                    std::string_view repo_key,
                                    const RepositoryPolicy& policy) override;

@@ -218,6 +218,28 @@ constexpr const char* kMigration15 = R"SQL(
 SELECT 1;
 )SQL";
 
+// Migration 16: shared limits. pac_shared_limits holds each limit (NULL:
+// named by a member, never set; the row is the lock grants in members
+// take), pac_shared_members which repositories draw from which.
+// pac_set_policy takes p_shared and pac_cleanup p_ttl, so their previous
+// signatures go.
+constexpr const char* kMigration16 = R"SQL(
+CREATE TABLE IF NOT EXISTS pac_shared_limits (
+    name TEXT PRIMARY KEY,
+    concurrency_limit INTEGER,
+    updated_at TIMESTAMP WITH TIME ZONE DEFAULT NOW()
+);
+CREATE TABLE IF NOT EXISTS pac_shared_members (
+    repository_key VARCHAR(320) NOT NULL,
+    name TEXT NOT NULL,
+    PRIMARY KEY (repository_key, name)
+);
+CREATE INDEX IF NOT EXISTS pac_shared_members_name_idx
+    ON pac_shared_members (name, repository_key);
+DROP FUNCTION IF EXISTS pac_set_policy(TEXT, INTERVAL, TEXT, INTERVAL);
+DROP FUNCTION IF EXISTS pac_cleanup(TEXT);
+)SQL";
+
 }  // namespace
 
 absl::Status Migrate(PgConnection& conn, const Context& ctx) {
@@ -248,9 +270,10 @@ absl::Status Migrate(PgConnection& conn, const Context& ctx) {
             ", newer than this build's ", kSchemaVersion));
   }
   const char* const migrations[] = {
-      kMigration1,  kMigration2,  kMigration3,  kMigration4,  kMigration5,
-      kMigration6,  kMigration7,  kMigration8,  kMigration9,  kMigration10,
-      kMigration11, kMigration12, kMigration13, kMigration14, kMigration15};
+      kMigration1,  kMigration2,  kMigration3,  kMigration4,
+      kMigration5,  kMigration6,  kMigration7,  kMigration8,
+      kMigration9,  kMigration10, kMigration11, kMigration12,
+      kMigration13, kMigration14, kMigration15, kMigration16};
   static_assert(std::size(migrations) == kSchemaVersion);
   for (int64_t v = have + 1; v <= kSchemaVersion; ++v) {
     auto m = conn.Exec(ctx, Cat(migrations[v - 1],
@@ -263,7 +286,8 @@ absl::Status Migrate(PgConnection& conn, const Context& ctx) {
     }
   }
   if (have < kSchemaVersion) {
-    for (const char* sql : {kPoliciesSql, kFunctionsSql, kOperationsSql}) {
+    for (const char* sql :
+         {kPoliciesSql, kSharedSql, kFunctionsSql, kOperationsSql}) {
       if (auto f = conn.Exec(ctx, sql); !f.ok()) {
         (void)conn.Exec(ctx, "ROLLBACK");
         return f.status();

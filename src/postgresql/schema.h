@@ -12,13 +12,15 @@
 namespace pac::concurrency::internal {
 
 // The newest schema version this build knows.
-inline constexpr int kSchemaVersion = 15;
+inline constexpr int kSchemaVersion = 16;
 
 // The server-side functions of this build, created by Migrate in this
-// order: the queue policies' helpers (schema_policies.cc), admission and
-// release (schema_functions.cc), then import, reaper, cleanup and clearing
+// order: the queue policies' helpers (schema_policies.cc), the shared
+// limits' (schema_shared.cc), admission and release
+// (schema_functions.cc), then import, reaper, cleanup and clearing
 // (schema_operations.cc).
 extern const char* const kPoliciesSql;
+extern const char* const kSharedSql;
 extern const char* const kFunctionsSql;
 extern const char* const kOperationsSql;
 

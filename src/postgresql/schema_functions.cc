@@ -100,6 +100,7 @@ DECLARE
   r RECORD;
   n INTEGER;
   v_mode TEXT;  -- read once there is room
+  v_names TEXT[];  -- the shared limits it draws from
 BEGIN
   PERFORM pac_time_out(p_repo, p_now);
   FOR r IN DELETE FROM concurrency_slots s
@@ -108,6 +109,13 @@ BEGIN
            RETURNING s.pipeline_run_key LOOP
     PERFORM pac_notify(p_repo, 'expired', r.pipeline_run_key);
   END LOOP;
+  -- A member of shared limits: admission across their members.
+  SELECT array_agg(m.name) INTO v_names FROM pac_shared_members m
+   WHERE m.repository_key = p_repo;
+  IF v_names IS NOT NULL THEN
+    RETURN QUERY SELECT * FROM pac_shared_pass(p_repo, v_names, p_ttl, p_now);
+    RETURN;
+  END IF;
   SELECT count(*) INTO n FROM concurrency_slots s
    WHERE s.repository_key = p_repo AND s.state = 'running';
   WHILE p_limit = 0 OR n < p_limit LOOP
@@ -253,6 +261,7 @@ DECLARE
   v_queued BOOLEAN;
   v_mine TEXT;  -- the state of the caller's run, NULL if it has no row
   v_mode TEXT;  -- the queue's order, read when the caller is queued
+  v_fits BOOLEAN := true;  -- the shared limits have room (a grant's check)
   v_kept JSONB;
   v_admitted JSONB;
   v_n BIGINT := 0;
@@ -383,6 +392,11 @@ BEGIN
       FROM pac_look(p_repo, p_run, v_now) l;
   END IF;
 
+  -- A grant in a member of shared limits holds their rows and fits them.
+  IF p_run IS NOT NULL AND NOT p_adopt AND v_mine IS DISTINCT FROM 'running'
+     AND (p_limit = 0 OR v_count < p_limit) AND NOT v_queued THEN
+    v_fits := pac_shared_grant_check(p_repo, v_now);
+  END IF;
   -- The caller's row, in o_*: its lease, a new one, its place, or 'full'.
   o_kind := NULL; o_run := p_run; o_lease := NULL; o_acquired := NULL;
   o_expires := NULL; o_token := NULL; o_pos := 0;
@@ -400,7 +414,8 @@ BEGIN
       o_pos := CASE WHEN r.cancel_requested THEN 1 ELSE 0 END;
       EXIT answer;
     END IF;
-    IF p_adopt OR ((p_limit = 0 OR v_count < p_limit) AND NOT v_queued) THEN
+    IF p_adopt OR ((p_limit = 0 OR v_count < p_limit) AND NOT v_queued
+                   AND v_fits) THEN
       INSERT INTO concurrency_slots AS s
              (repository_key, pipeline_run_key, state, acquired_at, expires_at,
               created_at, updated_at, lease_id, fencing_token, creation_time,
@@ -552,8 +567,12 @@ BEGIN
     v_kept := jsonb_build_array(pac_row_json(o_kind, o_run, NULL, NULL, NULL,
                                              NULL, 0, 1));
   END IF;
+  -- A queue to admit, or a member of shared limits whose freed slot may
+  -- admit another member's run.
   IF EXISTS (SELECT 1 FROM concurrency_slots q
-              WHERE q.repository_key = v_repo AND q.state = 'queued') THEN
+              WHERE q.repository_key = v_repo AND q.state = 'queued')
+     OR EXISTS (SELECT 1 FROM pac_shared_members m
+                 WHERE m.repository_key = v_repo) THEN
     v_admitted := pac_admit(v_repo, v_limit, p_ttl, v_now, v_n);
     RETURN QUERY SELECT * FROM pac_rows(v_admitted);
     v_n := v_n + jsonb_array_length(v_admitted);
@@ -610,7 +629,8 @@ BEGIN
   IF current_setting('transaction_isolation') <> 'read committed' THEN
     PERFORM pac_check_isolation();
   END IF;
-  -- No queue in the lease's repository: the DELETE alone, without the lock.
+  -- No queue in the lease's repository, and no shared limit: the DELETE
+  -- alone, without the lock.
   DELETE FROM concurrency_slots s
    WHERE s.lease_id = p_lease AND s.state = 'running'
      AND (p_run IS NULL OR s.pipeline_run_key = p_run)
@@ -618,6 +638,8 @@ BEGIN
      AND NOT EXISTS (SELECT 1 FROM concurrency_slots q
                       WHERE q.repository_key = s.repository_key
                         AND q.state = 'queued')
+     AND NOT EXISTS (SELECT 1 FROM pac_shared_members m
+                      WHERE m.repository_key = s.repository_key)
   RETURNING s.repository_key, s.pipeline_run_key INTO r;
   IF FOUND THEN
     -- The answer row straight away (not read back from the kept JSON).

@@ -135,6 +135,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
   v_repo TEXT;
   v_limit INTEGER;
+  v_names TEXT[] := '{}';  -- shared limits of members reaped
   r RECORD;
   n INTEGER := 0;
 BEGIN
@@ -157,10 +158,30 @@ BEGIN
       n := n + 1;
       CONTINUE;
     END IF;
+    IF EXISTS (SELECT 1 FROM pac_shared_members m
+                WHERE m.repository_key = v_repo) THEN
+      -- A member: its expired leases go now; the pass across its shared
+      -- limits runs once every repository row is taken (a pass holds the
+      -- limits' rows, and must not wait for a repository's while it does).
+      PERFORM pac_time_out(v_repo, clock_timestamp());
+      FOR r IN DELETE FROM concurrency_slots s
+                WHERE s.repository_key = v_repo AND s.state = 'running'
+                  AND s.expires_at <= clock_timestamp()
+            RETURNING s.pipeline_run_key LOOP
+        PERFORM pac_notify(v_repo, 'expired', r.pipeline_run_key);
+      END LOOP;
+      v_names := v_names || ARRAY(SELECT m.name FROM pac_shared_members m
+                                   WHERE m.repository_key = v_repo);
+      n := n + 1;
+      CONTINUE;
+    END IF;
     PERFORM * FROM pac_promote(v_repo, coalesce(v_limit, 0), p_ttl,
                                clock_timestamp());
     n := n + 1;
   END LOOP;
+  IF cardinality(v_names) > 0 THEN
+    PERFORM * FROM pac_shared_pass(NULL, v_names, p_ttl, clock_timestamp());
+  END IF;
   DELETE FROM pac_outcomes o
    WHERE o.created_at < clock_timestamp() - interval '10 minutes';
   RETURN n;
@@ -209,12 +230,14 @@ END $$;
 -- the queue is admitted, as after any change). A repository without a row
 -- has no queue to follow.
 CREATE OR REPLACE FUNCTION pac_set_policy(p_repo TEXT, p_max INTERVAL,
-                                          p_mode TEXT, p_ttl INTERVAL)
+                                          p_mode TEXT, p_ttl INTERVAL,
+                                          p_shared TEXT[] DEFAULT '{}')
 RETURNS VOID LANGUAGE plpgsql AS $$
 DECLARE
   v_now TIMESTAMPTZ := clock_timestamp();
   v_limit INTEGER;
   v_placeholder BOOLEAN;
+  v_changed TEXT[];  -- shared limits left or joined
 BEGIN
   PERFORM pac_check_isolation();
   IF p_max IS NULL AND p_mode = 'oldest-first' THEN
@@ -242,22 +265,33 @@ BEGIN
          VALUES (p_repo, 0) ON CONFLICT (repository_key) DO NOTHING
       RETURNING true INTO v_placeholder;
     IF v_placeholder THEN
+      -- No runs: the membership alone (under the placeholder's insert).
+      PERFORM pac_set_membership(p_repo, p_shared);
       DELETE FROM pac_repositories t WHERE t.repository_key = p_repo;
       RETURN;
     END IF;
   END LOOP;
+  v_changed := pac_set_membership(p_repo, p_shared);
   UPDATE concurrency_slots s SET queue_deadline = s.created_at + p_max
    WHERE s.repository_key = p_repo AND s.state = 'queued'
      AND s.queue_max IS NULL;
   PERFORM * FROM pac_promote(p_repo, v_limit, p_ttl, clock_timestamp());
+  -- Leaving a limit frees room its other members may take.
+  IF cardinality(v_changed) > 0 THEN
+    PERFORM * FROM pac_shared_pass(p_repo, v_changed, p_ttl,
+                                   clock_timestamp());
+  END IF;
 END $$;
 
 -- Removes everything of one repository, and nothing else.
-CREATE OR REPLACE FUNCTION pac_cleanup(p_repo TEXT) RETURNS VOID
-LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION pac_cleanup(p_repo TEXT, p_ttl INTERVAL)
+RETURNS VOID LANGUAGE plpgsql AS $$
+DECLARE
+  v_left TEXT[];  -- the shared limits it drew from
 BEGIN
   PERFORM pac_check_isolation();
   PERFORM 1 FROM pac_repositories t WHERE t.repository_key = p_repo FOR UPDATE;
+  v_left := pac_set_membership(p_repo, '{}');
   -- States are keyed by run alone: a run key another repository also
   -- uses keeps its state.
   DELETE FROM pipeline_run_states p
@@ -271,6 +305,10 @@ BEGIN
   DELETE FROM pac_repository_policies p WHERE p.repository_key = p_repo;
   DELETE FROM pac_repositories t WHERE t.repository_key = p_repo;
   PERFORM pac_notify(p_repo, 'cleaned', NULL);
+  -- Its slots were freed: the other members may take them.
+  IF cardinality(v_left) > 0 THEN
+    PERFORM * FROM pac_shared_pass(NULL, v_left, p_ttl, clock_timestamp());
+  END IF;
 END $$;
 )SQL";
 

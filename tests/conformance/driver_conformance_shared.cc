@@ -137,8 +137,8 @@ TEST_P(DriverConformanceTest, Shared_Rule22_AHeadThatDoesNotFitIsPassedOver) {
   JoinShared(p, {narrow, wide});
   JoinShared(q, {wide});
   JoinShared(s, {wide});
-  Lease p1 = MustAcquire(p, Run("p1"));  // narrow full, wide 1
-  Lease s1 = MustAcquire(s, Run("s1"));  // s full, wide 2
+  Lease p1 = MustAcquire(p, Run("p1"));   // narrow full, wide 1
+  Lease s1 = MustAcquire(s, Run("s1"));   // s full, wide 2
   EXPECT_EQ(MustQueue(p, Run("p2")), 1);  // held by narrow
   EXPECT_EQ(MustQueue(s, Run("s2")), 1);  // held by s's own limit
   // q's run fits: the heads queued before it, held by other limits, do
@@ -190,8 +190,7 @@ TEST_P(DriverConformanceTest, Shared_Rule23_LimitsAndMembershipAreLive) {
   // Deleting the limit frees b from it: b2 runs.
   ASSERT_TRUE(other->DeleteSharedLimit(ctx_, team).ok());
   EXPECT_TRUE(Eventually([&] {
-    return RunningRuns(driver_.get(), b) ==
-           std::vector{Run("b1"), Run("b2")};
+    return RunningRuns(driver_.get(), b) == std::vector{Run("b1"), Run("b2")};
   }));
   // A name no limit is set for limits nothing; it lists with no limit.
   auto st = SharedStatus(other.get(), team);
@@ -221,8 +220,7 @@ TEST_P(DriverConformanceTest, Shared_BadInputIsRefusedAndWritesNothing) {
       driver_->SetSharedLimit(ctx_, SharedLimit{"Team A", 1})));
   EXPECT_TRUE(absl::IsInvalidArgument(
       driver_->SetSharedLimit(ctx_, SharedLimit{team, -1})));
-  EXPECT_TRUE(
-      absl::IsInvalidArgument(driver_->DeleteSharedLimit(ctx_, "-x")));
+  EXPECT_TRUE(absl::IsInvalidArgument(driver_->DeleteSharedLimit(ctx_, "-x")));
   RepositoryPolicy unsorted;
   unsorted.shared_limits = {SharedName("z"), SharedName("y")};
   EXPECT_TRUE(absl::IsInvalidArgument(
@@ -232,7 +230,8 @@ TEST_P(DriverConformanceTest, Shared_BadInputIsRefusedAndWritesNothing) {
   EXPECT_TRUE(absl::IsInvalidArgument(
       driver_->SetRepositoryPolicy(ctx_, Repo("a", 1).Key(), twice)));
   RepositoryPolicy many;
-  for (int i = 0; i < 9; ++i) many.shared_limits.push_back(SharedName(absl::StrCat(i)));
+  for (int i = 0; i < 9; ++i)
+    many.shared_limits.push_back(SharedName(absl::StrCat(i)));
   EXPECT_TRUE(absl::IsInvalidArgument(
       driver_->SetRepositoryPolicy(ctx_, Repo("a", 1).Key(), many)));
   auto st = SharedStatus(driver_.get(), team);

@@ -170,9 +170,9 @@ inline constexpr size_t kMaxSharedLimitsPerRepository = 8;
 // One shared limit as the backend holds it (Driver::ListSharedLimits).
 struct SharedLimitStatus {
   std::string name;
-  std::optional<int32_t> limit;  // nullopt: named by members, never set
-  int64_t running = 0;           // unexpired leases of its members
-  int64_t queued = 0;            // queued runs of its members
+  std::optional<int32_t> limit;      // nullopt: named by members, never set
+  int64_t running = 0;               // unexpired leases of its members
+  int64_t queued = 0;                // queued runs of its members
   std::vector<std::string> members;  // repository keys, in key order
 };
 
