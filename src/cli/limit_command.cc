@@ -1,9 +1,13 @@
 // `pac-concurrency limit --repo ns/name N` sets a repository's limit, and
-// `--max-queue-time 30m` (or `none`) its queue time limit;
+// `--max-queue-time 30m` (or `none`) its queue time limit, `--mode` its
+// queue's order, `--shared NAME` (repeated; `none`) the shared limits it
+// draws from;
 // `pac-concurrency limit -f repository.yaml` applies Pipelines-as-Code
 // Repository manifests (spec.concurrency_limit).
 #include <cstdio>
 #include <optional>
+#include <string>
+#include <vector>
 
 #include "src/cli/cli.h"
 
@@ -13,16 +17,22 @@ namespace {
 
 struct LimitFlags {
   std::string repo, file, max_queue_time, mode;
+  std::vector<std::string> shared;  // {"none"}: none
   int limit = -1;
 };
 
 void PrintPolicy(const Json& p) {
-  std::printf("%s: max queue time %s, order %s\n",
+  std::string shared;
+  for (const Json& n : p.value("shared_limits", Json::array())) {
+    shared += shared.empty() ? ", shared limits " : " ";
+    shared += n.get<std::string>();
+  }
+  std::printf("%s: max queue time %s, order %s%s\n",
               p["repository"].get<std::string>().c_str(),
               p["max_queue_seconds"].is_null()
                   ? "none"
                   : HumanSeconds(p["max_queue_seconds"].get<double>()).c_str(),
-              p.value("queue_mode", "oldest-first").c_str());
+              p.value("queue_mode", "oldest-first").c_str(), shared.c_str());
 }
 
 int Limit(const GlobalOptions& g, const LimitFlags& f) {
@@ -40,10 +50,11 @@ int Limit(const GlobalOptions& g, const LimitFlags& f) {
     if (!text.ok()) return Fail(text.status());
     r = (*api)->api->ApplyManifests(*ctx, *text);
   } else {
-    if (f.limit < 0 && f.max_queue_time.empty() && f.mode.empty()) {
+    if (f.limit < 0 && f.max_queue_time.empty() && f.mode.empty() &&
+        f.shared.empty()) {
       return Fail(absl::InvalidArgumentError(
           "limit: give the limit as a non-negative number (0 = unlimited), "
-          "--max-queue-time or --mode"));
+          "--max-queue-time, --mode or --shared"));
     }
     // Only the fields given: the others keep their recorded values.
     std::optional<Json> policy_body;
@@ -58,7 +69,25 @@ int Limit(const GlobalOptions& g, const LimitFlags& f) {
       if (!policy_body.has_value()) policy_body = Json::object();
       (*policy_body)["queue_mode"] = f.mode;
     }
-    if (f.limit < 0) {  // the queue time limit alone
+    if (!f.shared.empty()) {
+      Json names = Json::array();
+      for (const std::string& n : f.shared) {
+        if (n == "none") {
+          if (f.shared.size() > 1) {
+            return Fail(absl::InvalidArgumentError(
+                "--shared: none stands alone (it leaves every shared limit)"));
+          }
+          continue;
+        }
+        if (absl::Status s = ValidateSharedLimitName(n, "--shared"); !s.ok()) {
+          return Fail(s);
+        }
+        names.push_back(n);
+      }
+      if (!policy_body.has_value()) policy_body = Json::object();
+      (*policy_body)["shared_limits"] = std::move(names);
+    }
+    if (f.limit < 0) {  // the policy alone
       auto p = (*api)->api->SetPolicy(*ctx, f.repo, *policy_body);
       if (!p.ok()) return Fail(p.status());
       Print(g, *p, PrintPolicy);
@@ -71,6 +100,7 @@ int Limit(const GlobalOptions& g, const LimitFlags& f) {
       if (!p.ok()) return Fail(p.status());
       (*r)["max_queue_seconds"] = (*p)["max_queue_seconds"];
       (*r)["queue_mode"] = (*p)["queue_mode"];
+      (*r)["shared_limits"] = (*p)["shared_limits"];
     }
   }
   if (!r.ok()) return Fail(r.status());
@@ -106,6 +136,10 @@ void RegisterLimitCommand(CLI::App& app, GlobalOptions& g, Runner* run) {
   cmd->add_option("--mode", f->mode,
                   "With --repo: the queue's order, oldest-first, "
                   "newest-first or priority (reorders the queue at once)");
+  cmd->add_option("--shared", f->shared,
+                  "With --repo: a shared limit the repository draws from "
+                  "(repeat for several; replaces the recorded ones); none: "
+                  "none");
   cmd->add_option("-f,--file", f->file,
                   "Repository manifest(s) in YAML: spec.concurrency_limit");
   cmd->callback([&g, f, run] { *run = [&g, f] { return Limit(g, *f); }; });

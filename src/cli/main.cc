@@ -73,6 +73,7 @@ int main(int argc, char** argv) {
   RegisterReleaseCommand(app, g, &run);
   RegisterWatchCommand(app, g, &run);
   RegisterLimitCommand(app, g, &run);
+  RegisterSharedLimitCommand(app, g, &run);
   RegisterImportCommand(app, g, &run);
   RegisterConfigCommand(app, g, &run);
   RegisterRunCommand(app, g, &run);

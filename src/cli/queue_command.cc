@@ -39,8 +39,11 @@ int Queue(const GlobalOptions& g, const std::string& repo) {
       std::string why;  // a server of an earlier version does not say
       if (q.contains("waiting_for") && q["waiting_for"].is_object()) {
         const Json& w = q["waiting_for"];
-        why = Cat("limit ", w.value("in_use", 0), "/", w.value("limit", 0),
-                  ", ", w.value("ahead", 0), " ahead");
+        why = Cat(w.value("reason", "") == "shared_limit"
+                      ? Cat("shared limit ", w.value("shared_limit", ""), " ")
+                      : std::string("limit "),
+                  w.value("in_use", 0), "/", w.value("limit", 0), ", ",
+                  w.value("ahead", 0), " ahead");
       }
       rows.push_back({std::to_string(q["position"].get<int64_t>()),
                       q["pipeline_run"].get<std::string>(),

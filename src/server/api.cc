@@ -1,5 +1,6 @@
 #include "src/server/api.h"
 
+#include <algorithm>
 #include <string>
 
 #include "pac/concurrency/status.h"
@@ -147,10 +148,30 @@ absl::StatusOr<int32_t> ParsePriority(const Json& value,
   return static_cast<int32_t>(value.get<int64_t>());
 }
 
+absl::StatusOr<std::vector<std::string>> ParseSharedLimitNames(
+    const Json& value) {
+  std::vector<std::string> names;
+  if (value.is_null()) return names;
+  if (!value.is_array()) {
+    return absl::InvalidArgumentError(
+        "shared_limits: an array of shared limit names, or null");
+  }
+  for (const Json& v : value) {
+    if (!v.is_string()) {
+      return absl::InvalidArgumentError(
+          "shared_limits: an array of shared limit names, or null");
+    }
+    names.push_back(v.get<std::string>());
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
 Json PolicyToJson(std::string_view repo_key, const RepositoryPolicy& policy) {
   Json out{{"repository", std::string(repo_key)},
            {"max_queue_seconds", nullptr},
-           {"queue_mode", QueueModeName(policy.mode)}};
+           {"queue_mode", QueueModeName(policy.mode)},
+           {"shared_limits", policy.shared_limits}};
   if (policy.max_queue_time.has_value()) {
     out["max_queue_seconds"] = absl::ToDoubleSeconds(*policy.max_queue_time);
   }

@@ -82,14 +82,27 @@ class Api {
   [[nodiscard]] virtual absl::StatusOr<Json> ClearQueue(
       const Context& ctx, std::string_view repo_key) = 0;
   // A repository's policy (Driver::SetRepositoryPolicy): SetPolicy's body
-  // is {"max_queue_seconds": N, "queue_mode": "priority"}; a field left
-  // out keeps its recorded value, null sets the default (no queue time
-  // limit, oldest-first). Both answer {"repository", "max_queue_seconds":
-  // N or null, "queue_mode"}.
+  // is {"max_queue_seconds": N, "queue_mode": "priority", "shared_limits":
+  // ["team-a"]}; a field left out keeps its recorded value, null sets the
+  // default (no queue time limit, oldest-first, no shared limits). Both
+  // answer {"repository", "max_queue_seconds": N or null, "queue_mode",
+  // "shared_limits": [names, sorted]}.
   [[nodiscard]] virtual absl::StatusOr<Json> SetPolicy(
       const Context& ctx, std::string_view repo_key, const Json& body) = 0;
   [[nodiscard]] virtual absl::StatusOr<Json> GetPolicy(
       const Context& ctx, std::string_view repo_key) = 0;
+  // Shared limits (Driver::SetSharedLimit, docs/policies.md "Shared
+  // limits"): SetSharedLimit's body is {"limit": N} (0: no limit) and it
+  // answers {"name", "limit"}; DeleteSharedLimit answers {"name",
+  // "deleted": true}; ListSharedLimits answers {"shared_limits": [{"name",
+  // "limit" (null: named by members, never set), "running", "queued",
+  // "members": [repository keys]}]}.
+  [[nodiscard]] virtual absl::StatusOr<Json> SetSharedLimit(
+      const Context& ctx, std::string_view name, const Json& body) = 0;
+  [[nodiscard]] virtual absl::StatusOr<Json> DeleteSharedLimit(
+      const Context& ctx, std::string_view name) = 0;
+  [[nodiscard]] virtual absl::StatusOr<Json> ListSharedLimits(
+      const Context& ctx) = 0;
   // Removes every lease, queue entry and state of the repository.
   [[nodiscard]] virtual absl::StatusOr<Json> Cleanup(
       const Context& ctx, std::string_view repo_key) = 0;
@@ -133,6 +146,10 @@ std::string FormatTimestamp(absl::Time t);
 // A queue time limit in seconds (a JSON number, `field` naming it in the
 // error): nullopt for null; InvalidArgument outside what
 // AcquireOptions::max_queue_time allows.
+// A policy's "shared_limits": an array of shared limit names (any order;
+// answered sorted) or null (none). InvalidArgument naming the field else.
+absl::StatusOr<std::vector<std::string>> ParseSharedLimitNames(
+    const Json& value);
 absl::StatusOr<std::optional<absl::Duration>> ParseQueueSeconds(
     const Json& value, std::string_view field);
 // A run's priority (a JSON integer of 32 bits, `field` naming it in the

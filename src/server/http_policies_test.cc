@@ -26,7 +26,8 @@ TEST_F(HttpServerTest, ARunPastItsQueueTimeLimitLeavesTheQueue) {
   ASSERT_TRUE(none.ok()) << none.status();
   EXPECT_EQ(*none, (Json{{"repository", "ns/app"},
                          {"max_queue_seconds", nullptr},
-                         {"queue_mode", "oldest-first"}}));
+                         {"queue_mode", "oldest-first"},
+                             {"shared_limits", Json::array()}}));
   ASSERT_TRUE(
       api.Submit(ctx_, "ns/app",
                  Json{{"pipeline_run", "ns/a"}, {"concurrency_limit", 1}})
@@ -57,7 +58,8 @@ TEST_F(HttpServerTest, ARunPastItsQueueTimeLimitLeavesTheQueue) {
   EXPECT_EQ(put->status, 200) << put->body;
   EXPECT_EQ(Body(put), (Json{{"repository", "ns/app"},
                              {"max_queue_seconds", 0.3},
-                             {"queue_mode", "oldest-first"}}));
+                             {"queue_mode", "oldest-first"},
+                             {"shared_limits", Json::array()}}));
   EXPECT_EQ((*api.GetPolicy(ctx_, "ns/app"))["max_queue_seconds"], 0.3);
   ASSERT_EQ(
       (*api.Submit(ctx_, "ns/app", Json{{"pipeline_run", "ns/c"}}))["position"],
@@ -111,7 +113,8 @@ TEST_F(HttpServerTest, AQueueModeOrdersTheQueue) {
   EXPECT_EQ(put->status, 200) << put->body;
   EXPECT_EQ(Body(put), (Json{{"repository", "ns/app"},
                              {"max_queue_seconds", 600},
-                             {"queue_mode", "priority"}}));
+                             {"queue_mode", "priority"},
+                             {"shared_limits", Json::array()}}));
   ASSERT_TRUE(
       api.Submit(ctx_, "ns/app",
                  Json{{"pipeline_run", "ns/a"}, {"concurrency_limit", 1}})
@@ -326,6 +329,73 @@ TEST_F(HttpServerTest, CancelRunningAsksTheGroupsRunningRunToStop) {
   ASSERT_EQ((*status)["running"].size(), 1u);
   EXPECT_EQ((*status)["running"][0]["pipeline_run"], "ns/pr-7-2");
   EXPECT_FALSE((*status)["running"][0]["cancel_requested"].get<bool>());
+}
+
+// Shared limits over HTTP: set, list and delete them, join a repository
+// through its policy, and a queued run's waiting_for names the full
+// shared limit (on submit and in the status).
+TEST_F(HttpServerTest, SharedLimitsHoldRunsAcrossRepositories) {
+  Start();
+  auto c = Client();
+  auto put = c.Put("/v1/shared-limits/team-a", R"({"limit": 1})",
+                   "application/json");
+  ASSERT_TRUE(put);
+  EXPECT_EQ(put->status, 200) << put->body;
+  EXPECT_EQ(Body(put), (Json{{"name", "team-a"}, {"limit", 1}}));
+  auto bad = c.Put("/v1/shared-limits/Team%20A", R"({"limit": 1})",
+                   "application/json");
+  ASSERT_TRUE(bad);
+  EXPECT_EQ(bad->status, 400) << bad->body;
+  bad = c.Put("/v1/shared-limits/team-a", R"({"limit": -2})",
+              "application/json");
+  ASSERT_TRUE(bad);
+  EXPECT_EQ(bad->status, 400) << bad->body;
+  for (const char* repo : {"ns/one", "ns/two"}) {
+    auto p = c.Put(std::string("/v1/repositories/") + repo + "/policy",
+                   R"({"shared_limits": ["team-a"]})", "application/json");
+    ASSERT_TRUE(p);
+    EXPECT_EQ(p->status, 200) << p->body;
+    EXPECT_EQ(Body(p)["shared_limits"], Json::array({"team-a"}));
+  }
+  auto a = c.Post("/v1/repositories/ns/one/runs",
+                  R"({"pipeline_run": "ns/a", "concurrency_limit": 5})",
+                  "application/json");
+  ASSERT_TRUE(a);
+  EXPECT_EQ(a->status, 200) << a->body;
+  // ns/two has four free slots, but team-a is full.
+  auto b = c.Post("/v1/repositories/ns/two/runs",
+                  R"({"pipeline_run": "ns/b", "concurrency_limit": 5})",
+                  "application/json");
+  ASSERT_TRUE(b);
+  EXPECT_EQ(b->status, 202) << b->body;
+  EXPECT_EQ(Body(b)["waiting_for"], (Json{{"reason", "shared_limit"},
+                                          {"shared_limit", "team-a"},
+                                          {"limit", 1},
+                                          {"in_use", 1},
+                                          {"queued", 1},
+                                          {"ahead", 0}}));
+  auto status = c.Get("/v1/repositories/ns/two");
+  ASSERT_TRUE(status);
+  EXPECT_EQ(Body(status)["queued"][0]["waiting_for"]["shared_limit"],
+            "team-a");
+  auto list = c.Get("/v1/shared-limits");
+  ASSERT_TRUE(list);
+  EXPECT_EQ(list->status, 200) << list->body;
+  EXPECT_EQ(Body(list)["shared_limits"],
+            Json::array({Json{{"name", "team-a"},
+                              {"limit", 1},
+                              {"running", 1},
+                              {"queued", 1},
+                              {"members", Json::array({"ns/one", "ns/two"})}}}));
+  // Deleting the limit lets b run.
+  auto del = c.Delete("/v1/shared-limits/team-a");
+  ASSERT_TRUE(del);
+  EXPECT_EQ(del->status, 200) << del->body;
+  auto again = c.Post("/v1/repositories/ns/two/runs",
+                      R"({"pipeline_run": "ns/b"})", "application/json");
+  ASSERT_TRUE(again);
+  EXPECT_EQ(again->status, 200) << again->body;
+  EXPECT_TRUE(Body(again)["acquired"].get<bool>());
 }
 
 }  // namespace

@@ -401,6 +401,22 @@ void HttpServer::Routes() {
            [this, ok](HttpRequest& req, const Context& ctx) {
              return ok(service_->GetPolicy(ctx, RepoKey(req)));
            }));
+  add("GET", "/v1/shared-limits", read_all,
+      wrap("/v1/shared-limits", [this, ok](HttpRequest&, const Context& ctx) {
+        return ok(service_->ListSharedLimits(ctx));
+      }));
+  add("PUT", "/v1/shared-limits/*", admin_all,
+      wrap("/v1/shared-limits/{name}",
+           [this, ok](HttpRequest& req, const Context& ctx) -> Reply {
+             auto body = ParseBody(req);
+             if (!body.ok()) return body.status();
+             return ok(service_->SetSharedLimit(ctx, req.params[0], *body));
+           }));
+  add("DELETE", "/v1/shared-limits/*", admin_all,
+      wrap("/v1/shared-limits/{name}",
+           [this, ok](HttpRequest& req, const Context& ctx) {
+             return ok(service_->DeleteSharedLimit(ctx, req.params[0]));
+           }));
   add("DELETE", repo + "/queue", admin_repo,
       wrap(repo_route + "/queue",
            [this, ok](HttpRequest& req, const Context& ctx) {

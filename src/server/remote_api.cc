@@ -334,6 +334,30 @@ absl::StatusOr<Json> RemoteApi::GetPolicy(const Context& ctx,
               Cat("/v1/repositories/", KeyPath(repo_key), "/policy"), "", "");
 }
 
+absl::StatusOr<Json> RemoteApi::SetSharedLimit(const Context& ctx,
+                                               std::string_view name,
+                                               const Json& body) {
+  if (absl::Status s = ValidateSharedLimitName(name, "name"); !s.ok()) {
+    return s;
+  }
+  auto text = DumpStrict(body, "request body");
+  if (!text.ok()) return text.status();
+  return Call(ctx, "PUT", Cat("/v1/shared-limits/", name), *text,
+              "application/json");
+}
+
+absl::StatusOr<Json> RemoteApi::DeleteSharedLimit(const Context& ctx,
+                                                  std::string_view name) {
+  if (absl::Status s = ValidateSharedLimitName(name, "name"); !s.ok()) {
+    return s;
+  }
+  return Call(ctx, "DELETE", Cat("/v1/shared-limits/", name), "", "");
+}
+
+absl::StatusOr<Json> RemoteApi::ListSharedLimits(const Context& ctx) {
+  return Call(ctx, "GET", "/v1/shared-limits", "", "");
+}
+
 absl::StatusOr<Json> RemoteApi::Cleanup(const Context& ctx,
                                         std::string_view repo_key) {
   if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;

@@ -60,6 +60,12 @@ class RemoteApi final : public Api {
                                  const Json& body) override;
   absl::StatusOr<Json> GetPolicy(const Context& ctx,
                                  std::string_view repo_key) override;
+  absl::StatusOr<Json> SetSharedLimit(const Context& ctx,
+                                      std::string_view name,
+                                      const Json& body) override;
+  absl::StatusOr<Json> DeleteSharedLimit(const Context& ctx,
+                                         std::string_view name) override;
+  absl::StatusOr<Json> ListSharedLimits(const Context& ctx) override;
   absl::StatusOr<Json> Cleanup(const Context& ctx,
                                std::string_view repo_key) override;
   absl::StatusOr<Json> Import(const Context& ctx, const Json& body) override;

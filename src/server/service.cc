@@ -313,6 +313,10 @@ absl::StatusOr<Json> Service::Submit(const Context& ctx,
     NoteAdmitted({r->lease}, "immediate");
   } else if (r->position > 0) {
     out["waiting_for"] = WaitingFor(r->position);
+    if (std::optional<Json> hold = SharedHold(ctx, key, nullptr)) {
+      (*hold)["ahead"] = out["waiting_for"]["ahead"];
+      out["waiting_for"] = *std::move(hold);
+    }
     NoteQueued(key, run);
   }
   return out;
@@ -393,7 +397,17 @@ absl::StatusOr<Json> Service::Status(const Context& ctx,
   // show in both lists or in neither.
   auto snap = driver_->GetRepositorySnapshot(ctx, repo_key);
   if (!snap.ok()) return snap.status();
-  return StatusJson(repo_key, *snap, clock_->Now());
+  Json out = StatusJson(repo_key, *snap, clock_->Now());
+  if (!snap->queued.empty()) {
+    if (std::optional<Json> hold = SharedHold(ctx, repo_key, &*snap)) {
+      for (Json& q : out["queued"]) {
+        Json why = *hold;
+        why["ahead"] = q["waiting_for"]["ahead"];
+        q["waiting_for"] = std::move(why);
+      }
+    }
+  }
+  return out;
 }
 
 absl::StatusOr<Json> Service::ListRepositories(const Context& ctx,
@@ -506,7 +520,8 @@ absl::StatusOr<Json> Service::SetPolicy(const Context& ctx,
                                         std::string_view repo_key,
                                         const Json& body) {
   if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
-  if (absl::Status s = CheckFields(body, {"max_queue_seconds", "queue_mode"});
+  if (absl::Status s = CheckFields(
+          body, {"max_queue_seconds", "queue_mode", "shared_limits"});
       !s.ok()) {
     return s;
   }
@@ -533,6 +548,11 @@ absl::StatusOr<Json> Service::SetPolicy(const Context& ctx,
       if (!mode.ok()) return mode.status();
       policy.mode = *mode;
     }
+  }
+  if (auto it = body.find("shared_limits"); it != body.end()) {
+    auto names = ParseSharedLimitNames(*it);
+    if (!names.ok()) return names.status();
+    policy.shared_limits = *std::move(names);
   }
   if (absl::Status s = driver_->SetRepositoryPolicy(ctx, repo_key, policy);
       !s.ok()) {

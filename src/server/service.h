@@ -10,6 +10,7 @@
 #define PAC_SRC_SERVER_SERVICE_H_
 
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <utility>
@@ -56,6 +57,12 @@ class Service final : public Api {
                                  const Json& body) override;
   absl::StatusOr<Json> GetPolicy(const Context& ctx,
                                  std::string_view repo_key) override;
+  absl::StatusOr<Json> SetSharedLimit(const Context& ctx,
+                                      std::string_view name,
+                                      const Json& body) override;
+  absl::StatusOr<Json> DeleteSharedLimit(const Context& ctx,
+                                         std::string_view name) override;
+  absl::StatusOr<Json> ListSharedLimits(const Context& ctx) override;
   absl::StatusOr<Json> Cleanup(const Context& ctx,
                                std::string_view repo_key) override;
   absl::StatusOr<Json> Import(const Context& ctx, const Json& body) override;
@@ -89,6 +96,13 @@ class Service final : public Api {
                           const std::vector<PlanToApply>& plans,
                           bool as_one_step, Json& report);
   void CountError(const char* op, const absl::Status& s);
+  // What holds the queued runs of a repository with a free slot of its
+  // own: its first full shared limit, as a waiting_for object
+  // (service_shared.cc); nullopt when none (or it has no shared limits).
+  // `snap`: the repository's, read here when null.
+  std::optional<Json> SharedHold(const Context& ctx,
+                                 std::string_view repo_key,
+                                 const RepositorySnapshot* snap);
 
   Driver* const driver_;
   Clock* const clock_;

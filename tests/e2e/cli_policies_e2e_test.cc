@@ -215,5 +215,42 @@ TEST(CliE2ETest, RunStopsItsCommandWhenANewerRunSupersedesIt) {
   }));
 }
 
+// `shared-limit set/list/delete` and `limit --shared`: a run of a second
+// repository waits for the team's limit, the queue says so, and deleting
+// the limit lets it in.
+TEST(CliE2ETest, SharedLimitHoldsRunsOfTwoRepositories) {
+  ServerProcess server;
+  const std::string& u = server.url();
+  CliResult set = Cli(u, {"shared-limit", "set", "team-a", "1"});
+  EXPECT_EQ(set.code, 0) << set.out;
+  EXPECT_THAT(set.out, HasSubstr("shared limit team-a: 1"));
+  EXPECT_EQ(Cli(u, {"shared-limit", "set", "Team A", "1"}).code, 2);
+  for (const char* repo : {"ns/one", "ns/two"}) {
+    CliResult join =
+        Cli(u, {"limit", "--repo", repo, "5", "--shared", "team-a"});
+    EXPECT_EQ(join.code, 0) << join.out;
+    EXPECT_THAT(join.out, HasSubstr("shared limits team-a"));
+  }
+  ASSERT_EQ(Cli(u, {"acquire", "--repo", "ns/one", "--run", "ns/a"}).code, 0);
+  CliResult waiting = Cli(u, {"acquire", "--repo", "ns/two", "--run", "ns/b"});
+  EXPECT_EQ(waiting.code, 3) << waiting.out;  // queued
+  CliResult queue = Cli(u, {"queue", "--repo", "ns/two"});
+  EXPECT_THAT(queue.out, HasSubstr("shared limit team-a 1/1, 0 ahead"));
+  CliResult list = Cli(u, {"shared-limit", "list"});
+  EXPECT_EQ(list.code, 0) << list.out;
+  EXPECT_THAT(list.out, HasSubstr("ns/one ns/two"));
+  EXPECT_EQ(Cli(u, {"-o", "json", "shared-limit", "list"})
+                .json()["shared_limits"][0]["queued"],
+            1);
+  CliResult del = Cli(u, {"shared-limit", "delete", "team-a"});
+  EXPECT_EQ(del.code, 0) << del.out;
+  EXPECT_TRUE(Eventually([&] { return InUse(u, "ns/two") == 1; }));
+  // Leaving: --shared none.
+  CliResult leave =
+      Cli(u, {"limit", "--repo", "ns/two", "--shared", "none"});
+  EXPECT_EQ(leave.code, 0) << leave.out;
+  EXPECT_THAT(leave.out, ::testing::Not(HasSubstr("shared limits")));
+}
+
 }  // namespace
 }  // namespace pac::concurrency

@@ -1,0 +1,108 @@
+// The service's shared limits (docs/policies.md, "Shared limits"): set,
+// delete and list them over the driver, and say which one holds a
+// repository's queue (waiting_for).
+#include <algorithm>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "src/common/keys.h"
+#include "src/common/strings.h"
+#include "src/server/service.h"
+
+namespace pac::concurrency::server {
+
+using internal::Cat;
+
+absl::StatusOr<Json> Service::SetSharedLimit(const Context& ctx,
+                                             std::string_view name,
+                                             const Json& body) {
+  if (absl::Status s = ValidateSharedLimitName(name, "name"); !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = CheckFields(body, {"limit"}); !s.ok()) return s;
+  auto it = body.find("limit");
+  if (it == body.end() || !it->is_number_integer() ||
+      it->get<int64_t>() < 0 || it->get<int64_t>() > INT32_MAX) {
+    return absl::InvalidArgumentError(
+        "limit: required, an integer from 0 (no limit) up");
+  }
+  SharedLimit limit{std::string(name), static_cast<int32_t>(it->get<int64_t>())};
+  if (absl::Status s = driver_->SetSharedLimit(ctx, limit); !s.ok()) {
+    CountError("set_shared_limit", s);
+    return s;
+  }
+  return Json{{"name", limit.name}, {"limit", limit.limit}};
+}
+
+absl::StatusOr<Json> Service::DeleteSharedLimit(const Context& ctx,
+                                                std::string_view name) {
+  if (absl::Status s = ValidateSharedLimitName(name, "name"); !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = driver_->DeleteSharedLimit(ctx, name); !s.ok()) {
+    CountError("delete_shared_limit", s);
+    return s;
+  }
+  return Json{{"name", std::string(name)}, {"deleted", true}};
+}
+
+namespace {
+Json SharedLimitToJson(const SharedLimitStatus& st) {
+  Json j{{"name", st.name},
+         {"limit", nullptr},
+         {"running", st.running},
+         {"queued", st.queued},
+         {"members", st.members}};
+  if (st.limit.has_value()) j["limit"] = *st.limit;
+  return j;
+}
+}  // namespace
+
+absl::StatusOr<Json> Service::ListSharedLimits(const Context& ctx) {
+  auto list = driver_->ListSharedLimits(ctx);
+  if (!list.ok()) {
+    CountError("list_shared_limits", list.status());
+    return list.status();
+  }
+  Json out = Json::array();
+  for (const SharedLimitStatus& st : *list) out.push_back(SharedLimitToJson(st));
+  return Json{{"shared_limits", std::move(out)}};
+}
+
+std::optional<Json> Service::SharedHold(const Context& ctx,
+                                        std::string_view repo_key,
+                                        const RepositorySnapshot* snap) {
+  auto policy = driver_->GetRepositoryPolicy(ctx, repo_key);
+  if (!policy.ok() || policy->shared_limits.empty()) return std::nullopt;
+  RepositorySnapshot read;
+  if (snap == nullptr) {
+    auto s = driver_->GetRepositorySnapshot(ctx, repo_key);
+    if (!s.ok()) return std::nullopt;
+    read = *std::move(s);
+    snap = &read;
+  }
+  // Held by its own limit: the repository_limit answer stands.
+  const int32_t own = snap->limit.value_or(0);
+  if (own > 0 && static_cast<int64_t>(snap->running.size()) >= own) {
+    return std::nullopt;
+  }
+  auto list = driver_->ListSharedLimits(ctx);
+  if (!list.ok()) return std::nullopt;
+  for (const SharedLimitStatus& st : *list) {
+    if (!std::binary_search(policy->shared_limits.begin(),
+                            policy->shared_limits.end(), st.name)) {
+      continue;
+    }
+    if (st.limit.value_or(0) > 0 && st.running >= *st.limit) {
+      return Json{{"reason", "shared_limit"},
+                  {"shared_limit", st.name},
+                  {"limit", *st.limit},
+                  {"in_use", st.running},
+                  {"queued", st.queued}};
+    }
+  }
+  return std::nullopt;
+}
+
+}  // namespace pac::concurrency::server
