@@ -208,6 +208,55 @@ BENCHMARK(BM_Memory_AcquireRelease)
     ->Threads(2)
     ->UseRealTime();
 
+// The cost of a shared limit: the pair on 100 repositories that all draw
+// from one shared limit too high to hold a run, against
+// BM_Memory_AcquireRelease/repos:100 (a member's grant takes every shard's
+// lock and counts the members' leases).
+void BM_Memory_AcquireRelease_SharedLimit(benchmark::State& state) {
+  constexpr int kRepos = 100;
+  std::vector<Repository> repo_list;
+  for (const std::string& key : RepoKeys(kRepos)) {
+    repo_list.push_back(*Repository::FromKey(key, kLimit));
+  }
+  if (state.thread_index() == 0) {
+    g_driver = NewMemoryDriver(MemoryConfig{absl::Minutes(30)})->release();
+    Context ctx = Context::Background();
+    if (!g_driver->SetSharedLimit(ctx, SharedLimit{"bench-team", 1000000})
+             .ok()) {
+      std::abort();
+    }
+    RepositoryPolicy p;
+    p.shared_limits = {"bench-team"};
+    for (const Repository& r : repo_list) {
+      if (!g_driver->SetRepositoryPolicy(ctx, r.Key(), p).ok()) std::abort();
+    }
+  }
+  std::vector<std::string> repo_keys = RepoKeys(kRepos);
+  std::vector<std::string> runs = RunKeys(state.thread_index());
+  Context ctx = Context::Background();
+  size_t i = state.thread_index();
+  int64_t failures = 0;
+  for (auto _ : state) {
+    size_t r = i % repo_list.size();
+    const std::string& run = runs[i % runs.size()];
+    auto acquired = g_driver->AcquireSlot(ctx, repo_list[r], run);
+    if (!acquired.ok() || !acquired->acquired) {
+      ++failures;
+    } else {
+      auto released = g_driver->ReleaseSlot(ctx, acquired->lease.lease_id, run,
+                                            repo_keys[r]);
+      if (!released.ok()) ++failures;
+    }
+    ++i;
+  }
+  state.SetItemsProcessed(state.iterations());
+  state.counters["failures"] = static_cast<double>(failures);
+}
+BENCHMARK(BM_Memory_AcquireRelease_SharedLimit)
+    ->Threads(1)
+    ->Threads(2)
+    ->UseRealTime();
+
 void BM_Memory_ReleaseToWatcher(benchmark::State& state) {
   auto driver = NewMemoryDriver(MemoryConfig{absl::Minutes(30)});
   Repository repo = *Repository::FromKey("bench/watched", 1);

@@ -8,6 +8,8 @@
 //    refused: "granted" counts the admitted pairs. The floor is pgbench
 //    running the same two server-side functions (bench/pg_pair.sql),
 //    measured by scripts/bench.sh in the same run.
+//  * BM_PG_AcquireRelease_SharedLimit: the same pair on 100 repositories
+//    of one shared limit (too high to hold anyone): the feature's cost.
 //  * BM_PG_ReleaseToWatcherAcrossProcesses: a child process releases; the
 //    parent's watcher is called; latency from the child's release start to
 //    the parent's callback (CLOCK_MONOTONIC is shared by both processes).
@@ -20,6 +22,7 @@
 #include <atomic>
 #include <cstdio>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -90,6 +93,64 @@ BENCHMARK(BM_PG_AcquireRelease)
     ->Arg(100)
     ->Threads(1)
     ->Threads(4)
+    ->Threads(16)
+    ->UseRealTime();
+
+// The cost of a shared limit: the same pair on 100 repositories that all
+// draw from one shared limit, high enough never to hold a run (the pair
+// pays for the limit's lock and count, not for waiting), against
+// BM_PG_AcquireRelease/repos:100 of the same run.
+void BM_PG_AcquireRelease_SharedLimit(benchmark::State& state) {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    std::unique_ptr<Driver> d = NewDriverOrDie(1);
+    Context ctx;
+    if (!d->SetSharedLimit(ctx, SharedLimit{"bench-team", 100000}).ok()) {
+      std::abort();
+    }
+    RepositoryPolicy p;
+    p.shared_limits = {"bench-team"};
+    for (int i = 1; i <= 100; ++i) {
+      if (!d->SetRepositoryPolicy(ctx, absl::StrCat("bench-shared/repo-", i), p)
+               .ok()) {
+        std::abort();
+      }
+    }
+    (void)d->Close();
+  });
+  std::unique_ptr<Driver> driver = NewDriverOrDie(1);
+  std::vector<Repository> repo_list;
+  for (int i = 1; i <= 100; ++i) {
+    repo_list.push_back(
+        Repository{"bench-shared", absl::StrCat("repo-", i), 2});
+  }
+  Context ctx;
+  AcquireOptions no_queue;
+  no_queue.enqueue = false;
+  int64_t granted = 0, errors = 0;
+  size_t i = state.thread_index();
+  for (auto _ : state) {
+    const Repository& repo = repo_list[i % repo_list.size()];
+    std::string run =
+        absl::StrCat("bench-shared/run-", state.thread_index(), "-", i);
+    auto a = driver->AcquireSlot(ctx, repo, run, no_queue);
+    if (!a.ok()) {
+      ++errors;
+    } else if (a->acquired) {
+      ++granted;
+      auto r = driver->ReleaseSlot(ctx, a->lease.lease_id, "", "");
+      if (!r.ok()) ++errors;
+    }
+    ++i;
+  }
+  state.SetItemsProcessed(state.iterations());
+  state.counters["granted_per_s"] = benchmark::Counter(
+      static_cast<double>(granted), benchmark::Counter::kIsRate);
+  state.counters["errors"] = static_cast<double>(errors);
+  (void)driver->Close();
+}
+BENCHMARK(BM_PG_AcquireRelease_SharedLimit)
+    ->Threads(1)
     ->Threads(16)
     ->UseRealTime();
 

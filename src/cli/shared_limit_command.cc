@@ -111,9 +111,7 @@ void RegisterSharedLimitCommand(CLI::App& app, GlobalOptions& g, Runner* run) {
   });
   CLI::App* list = cmd->add_subcommand(
       "list", "Every shared limit with its members and counts");
-  list->callback([&g, run] {
-    *run = [&g] { return List(g); };
-  });
+  list->callback([&g, run] { *run = [&g] { return List(g); }; });
 }
 
 }  // namespace pac::concurrency::cli

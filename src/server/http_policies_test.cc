@@ -27,7 +27,7 @@ TEST_F(HttpServerTest, ARunPastItsQueueTimeLimitLeavesTheQueue) {
   EXPECT_EQ(*none, (Json{{"repository", "ns/app"},
                          {"max_queue_seconds", nullptr},
                          {"queue_mode", "oldest-first"},
-                             {"shared_limits", Json::array()}}));
+                         {"shared_limits", Json::array()}}));
   ASSERT_TRUE(
       api.Submit(ctx_, "ns/app",
                  Json{{"pipeline_run", "ns/a"}, {"concurrency_limit", 1}})
@@ -337,8 +337,8 @@ TEST_F(HttpServerTest, CancelRunningAsksTheGroupsRunningRunToStop) {
 TEST_F(HttpServerTest, SharedLimitsHoldRunsAcrossRepositories) {
   Start();
   auto c = Client();
-  auto put = c.Put("/v1/shared-limits/team-a", R"({"limit": 1})",
-                   "application/json");
+  auto put =
+      c.Put("/v1/shared-limits/team-a", R"({"limit": 1})", "application/json");
   ASSERT_TRUE(put);
   EXPECT_EQ(put->status, 200) << put->body;
   EXPECT_EQ(Body(put), (Json{{"name", "team-a"}, {"limit", 1}}));
@@ -346,8 +346,8 @@ TEST_F(HttpServerTest, SharedLimitsHoldRunsAcrossRepositories) {
                    "application/json");
   ASSERT_TRUE(bad);
   EXPECT_EQ(bad->status, 400) << bad->body;
-  bad = c.Put("/v1/shared-limits/team-a", R"({"limit": -2})",
-              "application/json");
+  bad =
+      c.Put("/v1/shared-limits/team-a", R"({"limit": -2})", "application/json");
   ASSERT_TRUE(bad);
   EXPECT_EQ(bad->status, 400) << bad->body;
   for (const char* repo : {"ns/one", "ns/two"}) {
@@ -376,17 +376,17 @@ TEST_F(HttpServerTest, SharedLimitsHoldRunsAcrossRepositories) {
                                           {"ahead", 0}}));
   auto status = c.Get("/v1/repositories/ns/two");
   ASSERT_TRUE(status);
-  EXPECT_EQ(Body(status)["queued"][0]["waiting_for"]["shared_limit"],
-            "team-a");
+  EXPECT_EQ(Body(status)["queued"][0]["waiting_for"]["shared_limit"], "team-a");
   auto list = c.Get("/v1/shared-limits");
   ASSERT_TRUE(list);
   EXPECT_EQ(list->status, 200) << list->body;
-  EXPECT_EQ(Body(list)["shared_limits"],
-            Json::array({Json{{"name", "team-a"},
-                              {"limit", 1},
-                              {"running", 1},
-                              {"queued", 1},
-                              {"members", Json::array({"ns/one", "ns/two"})}}}));
+  EXPECT_EQ(
+      Body(list)["shared_limits"],
+      Json::array({Json{{"name", "team-a"},
+                        {"limit", 1},
+                        {"running", 1},
+                        {"queued", 1},
+                        {"members", Json::array({"ns/one", "ns/two"})}}}));
   // Deleting the limit lets b run.
   auto del = c.Delete("/v1/shared-limits/team-a");
   ASSERT_TRUE(del);

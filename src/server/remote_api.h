@@ -60,8 +60,7 @@ class RemoteApi final : public Api {
                                  const Json& body) override;
   absl::StatusOr<Json> GetPolicy(const Context& ctx,
                                  std::string_view repo_key) override;
-  absl::StatusOr<Json> SetSharedLimit(const Context& ctx,
-                                      std::string_view name,
+  absl::StatusOr<Json> SetSharedLimit(const Context& ctx, std::string_view name,
                                       const Json& body) override;
   absl::StatusOr<Json> DeleteSharedLimit(const Context& ctx,
                                          std::string_view name) override;

@@ -57,8 +57,7 @@ class Service final : public Api {
                                  const Json& body) override;
   absl::StatusOr<Json> GetPolicy(const Context& ctx,
                                  std::string_view repo_key) override;
-  absl::StatusOr<Json> SetSharedLimit(const Context& ctx,
-                                      std::string_view name,
+  absl::StatusOr<Json> SetSharedLimit(const Context& ctx, std::string_view name,
                                       const Json& body) override;
   absl::StatusOr<Json> DeleteSharedLimit(const Context& ctx,
                                          std::string_view name) override;
@@ -100,8 +99,7 @@ class Service final : public Api {
   // own: its first full shared limit, as a waiting_for object
   // (service_shared.cc); nullopt when none (or it has no shared limits).
   // `snap`: the repository's, read here when null.
-  std::optional<Json> SharedHold(const Context& ctx,
-                                 std::string_view repo_key,
+  std::optional<Json> SharedHold(const Context& ctx, std::string_view repo_key,
                                  const RepositorySnapshot* snap);
 
   Driver* const driver_;

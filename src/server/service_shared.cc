@@ -22,12 +22,13 @@ absl::StatusOr<Json> Service::SetSharedLimit(const Context& ctx,
   }
   if (absl::Status s = CheckFields(body, {"limit"}); !s.ok()) return s;
   auto it = body.find("limit");
-  if (it == body.end() || !it->is_number_integer() ||
-      it->get<int64_t>() < 0 || it->get<int64_t>() > INT32_MAX) {
+  if (it == body.end() || !it->is_number_integer() || it->get<int64_t>() < 0 ||
+      it->get<int64_t>() > INT32_MAX) {
     return absl::InvalidArgumentError(
         "limit: required, an integer from 0 (no limit) up");
   }
-  SharedLimit limit{std::string(name), static_cast<int32_t>(it->get<int64_t>())};
+  SharedLimit limit{std::string(name),
+                    static_cast<int32_t>(it->get<int64_t>())};
   if (absl::Status s = driver_->SetSharedLimit(ctx, limit); !s.ok()) {
     CountError("set_shared_limit", s);
     return s;
@@ -66,7 +67,8 @@ absl::StatusOr<Json> Service::ListSharedLimits(const Context& ctx) {
     return list.status();
   }
   Json out = Json::array();
-  for (const SharedLimitStatus& st : *list) out.push_back(SharedLimitToJson(st));
+  for (const SharedLimitStatus& st : *list)
+    out.push_back(SharedLimitToJson(st));
   return Json{{"shared_limits", std::move(out)}};
 }
 

@@ -246,8 +246,7 @@ TEST(CliE2ETest, SharedLimitHoldsRunsOfTwoRepositories) {
   EXPECT_EQ(del.code, 0) << del.out;
   EXPECT_TRUE(Eventually([&] { return InUse(u, "ns/two") == 1; }));
   // Leaving: --shared none.
-  CliResult leave =
-      Cli(u, {"limit", "--repo", "ns/two", "--shared", "none"});
+  CliResult leave = Cli(u, {"limit", "--repo", "ns/two", "--shared", "none"});
   EXPECT_EQ(leave.code, 0) << leave.out;
   EXPECT_THAT(leave.out, ::testing::Not(HasSubstr("shared limits")));
 }
