@@ -16,6 +16,7 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -473,7 +474,7 @@ func TestAQueueTimeLimitEndsAWait(t *testing.T) {
 		if err != nil || p.MaxQueueTime != 300*time.Millisecond || p.Mode != "oldest-first" {
 			t.Fatalf("SetPolicy = %+v, %v", p, err)
 		}
-		if got, err := c.GetPolicy(ctx, repo.Key()); err != nil || got != p {
+		if got, err := c.GetPolicy(ctx, repo.Key()); err != nil || !reflect.DeepEqual(got, p) {
 			t.Fatalf("GetPolicy = %+v, %v; want %+v", got, err, p)
 		}
 		_, err = c.WaitForSlot(ctx, repo, ns+"/by-repo", concurrency.WaitOptions{PollInterval: time.Minute})
@@ -483,7 +484,7 @@ func TestAQueueTimeLimitEndsAWait(t *testing.T) {
 		if _, err := c.SetPolicy(ctx, repo.Key(), concurrency.Policy{}); err != nil {
 			t.Fatalf("SetPolicy(zero) = %v", err)
 		}
-		if got, err := c.GetPolicy(ctx, repo.Key()); err != nil || got != (concurrency.Policy{Mode: "oldest-first"}) {
+		if got, err := c.GetPolicy(ctx, repo.Key()); err != nil || !reflect.DeepEqual(got, concurrency.Policy{Mode: "oldest-first"}) {
 			t.Fatalf("GetPolicy after forgetting = %+v, %v", got, err)
 		}
 		if _, err := c.SetPolicy(ctx, repo.Key(), concurrency.Policy{MaxQueueTime: -time.Second}); !errors.Is(err, concurrency.ErrInvalidArgument) {
@@ -768,5 +769,76 @@ func TestCancelRunningAsksTheGroupsRunningRunToStop(t *testing.T) {
 			st.Running[0].CancelRequested {
 			t.Fatalf("Status = %+v, %v; want %s/new running, not asked to stop", st, err, ns)
 		}
+	})
+}
+
+// A shared limit holds a run of a second repository until the first
+// releases; ListSharedLimits shows it. The etcd backend has no shared
+// limits yet and says so (UNIMPLEMENTED), writing nothing.
+func TestSharedLimitHoldsRunsAcrossRepositories(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b testserver.Backend) {
+		srv := testserver.Start(t, b.Env)
+		c := newClient(t, concurrency.Options{URL: srv.URL})
+		ctx := timeout(t, 60*time.Second)
+		ns := testserver.Namespace("shared")
+		team := ns + "-team"
+		err := c.SetSharedLimit(ctx, team, 1)
+		var ce *concurrency.Error
+		if b.Name == "etcd" {
+			if !errors.As(err, &ce) || ce.Code != "UNIMPLEMENTED" {
+				t.Fatalf("SetSharedLimit on etcd = %v; want UNIMPLEMENTED", err)
+			}
+			return
+		}
+		testserver.Must(t, err, "SetSharedLimit")
+		if err := c.SetSharedLimit(ctx, team, -1); !errors.Is(err, concurrency.ErrInvalidArgument) {
+			t.Fatalf("SetSharedLimit(-1) = %v; want INVALID_ARGUMENT", err)
+		}
+		one, two := repoOf(t, ns+"/one", 5), repoOf(t, ns+"/two", 5)
+		for _, r := range []*concurrency.Repository{one, two} {
+			p, err := c.SetPolicy(ctx, r.Key(), concurrency.Policy{SharedLimits: []string{team}})
+			testserver.Must(t, err, "SetPolicy")
+			if len(p.SharedLimits) != 1 || p.SharedLimits[0] != team {
+				t.Fatalf("SetPolicy answered %+v; want shared limit %s", p, team)
+			}
+		}
+		a, err := c.Submit(ctx, one, ns+"/a", concurrency.SubmitOptions{})
+		if err != nil || !a.Acquired {
+			t.Fatalf("Submit(a) = %+v, %v; want acquired", a, err)
+		}
+		bRun, err := c.Submit(ctx, two, ns+"/b", concurrency.SubmitOptions{})
+		if err != nil || bRun.Acquired || bRun.Position != 1 {
+			t.Fatalf("Submit(b) = %+v, %v; want queued at 1 (team full)", bRun, err)
+		}
+		list, err := c.ListSharedLimits(ctx)
+		testserver.Must(t, err, "ListSharedLimits")
+		found := false
+		for _, s := range list {
+			if s.Name == team {
+				found = true
+				if s.Limit == nil || *s.Limit != 1 || s.Running != 1 || s.Queued != 1 ||
+					len(s.Members) != 2 {
+					t.Fatalf("ListSharedLimits: %+v; want limit 1, 1 running, 1 queued, 2 members", s)
+				}
+			}
+		}
+		if !found {
+			t.Fatalf("ListSharedLimits: %s missing", team)
+		}
+		_, err = c.Release(ctx, one.Key(), ns+"/a", a.Lease.LeaseID)
+		testserver.Must(t, err, "Release(a)")
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			again, err := c.Submit(ctx, two, ns+"/b", concurrency.SubmitOptions{})
+			testserver.Must(t, err, "Submit(b) again")
+			if again.Acquired {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("b was not admitted within 10 s of a's release")
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		testserver.Must(t, c.DeleteSharedLimit(ctx, team), "DeleteSharedLimit")
 	})
 }

@@ -342,15 +342,23 @@ type Policy struct {
 	// Mode is the queue's order: "oldest-first" (also ""), "newest-first"
 	// or "priority". A change reorders the queue at once.
 	Mode string
+	// SharedLimits are the shared limits the repository draws from
+	// (docs/policies.md, "Shared limits"; SetSharedLimit): a run is
+	// admitted only when each of them has a free slot too. At most 8.
+	SharedLimits []string
 }
 
 type policyJSON struct {
 	MaxQueueSeconds *float64 `json:"max_queue_seconds"`
 	QueueMode       string   `json:"queue_mode"`
+	SharedLimits    []string `json:"shared_limits"`
 }
 
 func (p policyJSON) policy() Policy {
 	out := Policy{Mode: p.QueueMode}
+	if len(p.SharedLimits) > 0 {
+		out.SharedLimits = p.SharedLimits
+	}
 	if p.MaxQueueSeconds != nil {
 		out.MaxQueueTime = time.Duration(*p.MaxQueueSeconds * float64(time.Second)).Round(time.Microsecond)
 	}
@@ -371,9 +379,12 @@ func (c *Client) SetPolicy(ctx context.Context, repoKey string, p Policy) (Polic
 		return Policy{}, invalidArgument(op, "max_queue_seconds: must be positive (got %s)",
 			p.MaxQueueTime)
 	}
-	body := map[string]any{"max_queue_seconds": nil, "queue_mode": nil}
+	body := map[string]any{"max_queue_seconds": nil, "queue_mode": nil, "shared_limits": nil}
 	if p.MaxQueueTime > 0 {
 		body["max_queue_seconds"] = p.MaxQueueTime.Seconds()
+	}
+	if len(p.SharedLimits) > 0 {
+		body["shared_limits"] = p.SharedLimits
 	}
 	if p.Mode != "" {
 		body["queue_mode"] = p.Mode
@@ -461,4 +472,49 @@ func (c *Client) getState(ctx context.Context, op, collection, field, key string
 		return "", err
 	}
 	return out.State, nil
+}
+
+// SharedLimit is a limit many repositories draw from, as ListSharedLimits
+// shows it (docs/policies.md, "Shared limits").
+type SharedLimit struct {
+	Name string `json:"name"`
+	// Limit is nil for a name members give that no limit is set for; 0: no
+	// limit.
+	Limit   *int     `json:"limit"`
+	Running int64    `json:"running"`
+	Queued  int64    `json:"queued"`
+	Members []string `json:"members"`
+}
+
+// SetSharedLimit sets a shared limit (0: no limit) for every server sharing
+// the backend; raising it admits the members' queued runs that now fit,
+// lowering it evicts nobody. Repositories join it with
+// Policy.SharedLimits. Needs an admin token over every namespace.
+func (c *Client) SetSharedLimit(ctx context.Context, name string, limit int) error {
+	const op = "SetSharedLimit"
+	if limit < 0 {
+		return invalidArgument(op, "limit: must be 0 (no limit) or more (got %d)", limit)
+	}
+	return c.call(ctx, op, "PUT", c.pathOf("v1", "shared-limits", name), "",
+		map[string]any{"limit": limit}, nil)
+}
+
+// DeleteSharedLimit forgets a shared limit: its members are no longer held
+// by it. Deleting one never set is not an error.
+func (c *Client) DeleteSharedLimit(ctx context.Context, name string) error {
+	return c.call(ctx, "DeleteSharedLimit", "DELETE",
+		c.pathOf("v1", "shared-limits", name), "", nil, nil)
+}
+
+// ListSharedLimits is every shared limit that is set or named by a member,
+// by name, with its members and their counts.
+func (c *Client) ListSharedLimits(ctx context.Context) ([]SharedLimit, error) {
+	var out struct {
+		SharedLimits []SharedLimit `json:"shared_limits"`
+	}
+	if err := c.call(ctx, "ListSharedLimits", "GET", c.pathOf("v1", "shared-limits"), "",
+		nil, &out); err != nil {
+		return nil, err
+	}
+	return out.SharedLimits, nil
 }
