@@ -1,6 +1,6 @@
 // The PostgreSQL server-side helpers of shared limits (docs/policies.md,
-// "Shared limits"): the count of a limit's running runs, whether a
-// repository fits every limit it draws from, and the admission across the
+// "Shared limits"): whether a grant fits every limit its repository draws
+// from, membership changes, and the admission across the
 // members of limits (pac_shared_pass), which pac_promote runs for a member
 // and the reaper runs as a safety net (pac_shared_sweep). Migrate
 // (schema.cc) creates them after kPoliciesSql and before the functions of
@@ -19,40 +19,32 @@
 namespace pac::concurrency::internal {
 
 const char* const kSharedSql = R"SQL(
--- The unexpired leases of the members of shared limit p_name.
-CREATE OR REPLACE FUNCTION pac_shared_running(p_name TEXT, p_now TIMESTAMPTZ)
-RETURNS BIGINT LANGUAGE sql STABLE AS $$
-  SELECT count(*) FROM pac_shared_members m
-    JOIN concurrency_slots s ON s.repository_key = m.repository_key
-   WHERE m.name = p_name AND s.state = 'running' AND s.expires_at > p_now;
-$$;
-
--- Whether every shared limit repository p_repo draws from has a free slot
--- (its rows locked by the caller, or the answer is a moment's).
-CREATE OR REPLACE FUNCTION pac_shared_fits(p_repo TEXT, p_now TIMESTAMPTZ)
-RETURNS BOOLEAN LANGUAGE sql STABLE AS $$
-  SELECT NOT EXISTS (
-    SELECT 1 FROM pac_shared_members m
-      JOIN pac_shared_limits l ON l.name = m.name
-     WHERE m.repository_key = p_repo AND l.concurrency_limit > 0
-       AND pac_shared_running(l.name, p_now) >= l.concurrency_limit);
-$$;
-
 -- Locks the rows of the shared limits p_repo draws from (the caller holds
 -- the repository's row, so they do not change meanwhile), in name order;
--- returns whether it fits them all. True for a repository of none.
+-- returns whether it fits them all. True for a repository of none (one
+-- index probe).
 CREATE OR REPLACE FUNCTION pac_shared_grant_check(p_repo TEXT,
                                                   p_now TIMESTAMPTZ)
 RETURNS BOOLEAN LANGUAGE plpgsql AS $$
+DECLARE
+  v_names TEXT[];
 BEGIN
-  PERFORM 1 FROM pac_shared_limits l
-   WHERE l.name IN (SELECT m.name FROM pac_shared_members m
-                     WHERE m.repository_key = p_repo)
-   ORDER BY l.name FOR UPDATE;
-  IF NOT FOUND THEN
+  SELECT array_agg(x.name) INTO v_names
+    FROM (SELECT l.name FROM pac_shared_limits l
+           WHERE l.name IN (SELECT m.name FROM pac_shared_members m
+                             WHERE m.repository_key = p_repo)
+           ORDER BY l.name FOR UPDATE) x;
+  IF v_names IS NULL THEN
     RETURN true;
   END IF;
-  RETURN pac_shared_fits(p_repo, p_now);
+  RETURN NOT EXISTS (
+    SELECT 1 FROM pac_shared_limits l
+     WHERE l.name = ANY (v_names) AND l.concurrency_limit > 0
+       AND l.concurrency_limit <= (
+           SELECT count(*) FROM pac_shared_members m
+             JOIN concurrency_slots s ON s.repository_key = m.repository_key
+            WHERE m.name = l.name AND s.state = 'running'
+              AND s.expires_at > p_now));
 END $$;
 
 -- Admits the queued runs of the members of shared limits p_names while
@@ -87,12 +79,35 @@ BEGIN
                                 ON m2.repository_key = m1.repository_key
                              WHERE m1.name = ANY (p_names))
            ORDER BY l.name FOR UPDATE) x;
+  -- Nobody queued in the members: nothing to admit (looked at under the
+  -- limits' locks, which a run queued by a grant's check held too).
+  IF NOT EXISTS (SELECT 1 FROM pac_shared_members m
+                  WHERE m.name = ANY (p_names)
+                    AND EXISTS (SELECT 1 FROM concurrency_slots q
+                                 WHERE q.repository_key = m.repository_key
+                                   AND q.state = 'queued')) THEN
+    RETURN;
+  END IF;
   LOOP
+    -- The members with a queue, the full limits (each counted once), then
+    -- the earliest head that fits.
+    WITH cand AS MATERIALIZED (
+      SELECT DISTINCT m.repository_key AS repo FROM pac_shared_members m
+       WHERE m.name = ANY (p_names) AND m.repository_key <> ALL (v_skip)
+         AND EXISTS (SELECT 1 FROM concurrency_slots q
+                      WHERE q.repository_key = m.repository_key
+                        AND q.state = 'queued')),
+    full_limits AS MATERIALIZED (
+      SELECT l.name FROM pac_shared_limits l
+       WHERE l.name = ANY (v_locked) AND l.concurrency_limit > 0
+         AND l.concurrency_limit <= (
+             SELECT count(*) FROM pac_shared_members m2
+               JOIN concurrency_slots s
+                 ON s.repository_key = m2.repository_key
+              WHERE m2.name = l.name AND s.state = 'running'
+                AND s.expires_at > p_now))
     SELECT h.id, c.repo INTO v_id, v_repo
-      FROM (SELECT DISTINCT m.repository_key AS repo
-              FROM pac_shared_members m
-             WHERE m.name = ANY (p_names)
-               AND m.repository_key <> ALL (v_skip)) c
+      FROM cand c
       JOIN pac_repositories t ON t.repository_key = c.repo
       JOIN concurrency_slots h ON h.id = pac_head(c.repo, pac_mode(c.repo))
      WHERE (t.concurrency_limit = 0 OR
@@ -101,8 +116,9 @@ BEGIN
                 AND s.expires_at > p_now) < t.concurrency_limit)
        AND NOT EXISTS (SELECT 1 FROM pac_shared_members mm
                         WHERE mm.repository_key = c.repo
-                          AND mm.name <> ALL (v_locked))
-       AND pac_shared_fits(c.repo, p_now)
+                          AND (mm.name <> ALL (v_locked)
+                               OR mm.name IN (SELECT f.name
+                                                FROM full_limits f)))
      ORDER BY h.queue_seq
      LIMIT 1;
     EXIT WHEN NOT FOUND;
