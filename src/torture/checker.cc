@@ -64,6 +64,13 @@ std::string Ms(int64_t ns) {
   return absl::FormatDuration(absl::Nanoseconds(ns));
 }
 
+// A shared limit and the repositories that draw from it.
+struct SharedSet {
+  std::string name;
+  int64_t limit = 0;
+  std::vector<std::string> members;
+};
+
 class Checker {
  public:
   Checker(const std::vector<Op>& h, const CheckOptions& o) : o_(o) { Pair(h); }
@@ -79,6 +86,7 @@ class Checker {
       Lost(name, r);
       RemovedAdmitted(name, r);
     }
+    for (const SharedSet& sh : shared_) OverSharedLimit(sh);
     Drain();
     Stalled();
     for (const auto& [name, r] : repos_) {
@@ -137,6 +145,11 @@ class Checker {
     }
     if (in.kind == "heal") {
       heal_times_.push_back(in.t_ns);
+      return;
+    }
+    if (in.kind == "shared") {
+      // Set before any worker starts; a failed one stops the run.
+      if (c.ok()) shared_.push_back(SharedSet{in.note, in.limit, in.members});
       return;
     }
     if (in.proc != "torture") by_proc_[in.proc].push_back(&c);
@@ -322,6 +335,45 @@ class Checker {
       Add("over_limit", name,
           absl::StrCat(live.size(), " holders at once under limit ", limit,
                        ": ", who),
+          x.start);
+    }
+  }
+
+  // The holders of every member of a shared limit (its value fixed for the
+  // whole run), counted together as OverLimit counts one repository's.
+  void OverSharedLimit(const SharedSet& sh) {
+    if (sh.limit <= 0) return;
+    struct Iv {
+      int64_t start, end;
+      const std::string* repo;
+      const LeaseInfo* l;
+    };
+    std::vector<Iv> ivs;
+    for (const std::string& m : sh.members) {
+      auto it = repos_.find(m);
+      if (it == repos_.end()) continue;
+      for (const auto& [id, l] : it->second.leases) {
+        if (l.adopted || l.start >= l.end) continue;
+        ivs.push_back(Iv{l.start, l.end, &it->first, &l});
+      }
+    }
+    std::sort(ivs.begin(), ivs.end(),
+              [](const Iv& a, const Iv& b) { return a.start < b.start; });
+    std::vector<const Iv*> live;
+    for (const Iv& x : ivs) {
+      live.erase(std::remove_if(live.begin(), live.end(),
+                                [&](const Iv* y) { return y->end <= x.start; }),
+                 live.end());
+      live.push_back(&x);
+      if (static_cast<int64_t>(live.size()) <= sh.limit) continue;
+      std::string who;
+      for (const Iv* y : live) {
+        absl::StrAppend(&who, who.empty() ? "" : ", ", y->l->run, " of ",
+                        *y->repo);
+      }
+      Add("over_shared_limit", sh.name,
+          absl::StrCat(live.size(), " holders at once under shared limit ",
+                       sh.limit, ": ", who),
           x.start);
     }
   }
@@ -579,6 +631,7 @@ class Checker {
   std::map<std::string, std::vector<const Call*>> by_proc_;
   std::vector<Call> calls_;
   std::map<std::string, RepoState> repos_;
+  std::vector<SharedSet> shared_;
   int64_t drain_start_ = kNever;
   Report report_;
 };

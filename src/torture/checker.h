@@ -5,6 +5,8 @@
 //
 //   over_limit     more holders at once than any limit that could have been
 //                  in force since the earliest of them was submitted;
+//   over_shared_limit  more holders at once, over the repositories of a
+//                  shared limit (set before the workers start), than it;
 //   double_grant   one run holding two different leases at once;
 //   token_reused   two leases of one repository with one fencing token;
 //   token_order    a grant that certainly came after another carrying a

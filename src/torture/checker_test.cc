@@ -116,6 +116,22 @@ class History {
     return *this;
   }
   const std::vector<Op>& ops() const { return ops_; }
+  // The calls that follow name repository `repo` ("ns/app" until then).
+  History& InRepo(const std::string& repo) {
+    repo_ = repo;
+    return *this;
+  }
+  // The coordinator's shared limit `name` of `limit` over `members`.
+  History& Shared(const std::string& name, int64_t limit,
+                  std::vector<std::string> members, double t0, double t1) {
+    Op& in = Invoke("torture", "shared", t0);
+    in.repo.clear();
+    in.note = name;
+    in.limit = limit;
+    in.members = std::move(members);
+    Done(t1);
+    return *this;
+  }
 
  private:
   Op& Invoke(const std::string& proc, const std::string& kind, double t) {
@@ -124,7 +140,7 @@ class History {
     op.proc = proc;
     op.id = ++next_;
     op.kind = kind;
-    op.repo = "ns/app";
+    op.repo = repo_;
     ops_.push_back(op);
     last_ = ops_.size() - 1;
     return ops_.back();
@@ -142,6 +158,7 @@ class History {
   std::vector<Op> ops_;
   size_t last_ = 0;
   int64_t next_ = 0;
+  std::string repo_ = "ns/app";
 };
 
 Report CheckIt(const History& h) {
@@ -333,6 +350,35 @@ TEST(CheckerTest, ARunAdmittedAfterItWasRemovedIsCaught) {
       .Release("w1", "L1", 9, 21, {Grant{"ns/x", "L2", 2}})
       .Removed("w2", "ns/x", 10, 11, "timed-out");
   EXPECT_THAT(Kinds(CheckIt(before)), ::testing::IsEmpty());
+}
+
+TEST(CheckerTest, HoldersOfTwoRepositoriesOverTheirSharedLimitAreCaught) {
+  History h;
+  h.Shared("pool", 1, {"ns/a", "ns/b"}, 0, 1)
+      .InRepo("ns/a")
+      .Granted("w1", "ns/a1", 5, 2, 3, "L1", 1)
+      .InRepo("ns/b")
+      .Granted("w2", "ns/b1", 5, 4, 5, "L2", 2);
+  const Report r = CheckIt(h);
+  EXPECT_THAT(Kinds(r), ::testing::ElementsAre("over_shared_limit"));
+  EXPECT_THAT(r.violations[0].what, HasSubstr("ns/a1 of ns/a"));
+  // Released first: one holder at a time.
+  History ok;
+  ok.Shared("pool", 1, {"ns/a", "ns/b"}, 0, 1)
+      .InRepo("ns/a")
+      .Granted("w1", "ns/a1", 5, 2, 3, "L1", 1)
+      .Release("w1", "L1", 3.5, 3.8)
+      .InRepo("ns/b")
+      .Granted("w2", "ns/b1", 5, 4, 5, "L2", 2);
+  EXPECT_THAT(Kinds(CheckIt(ok)), ::testing::IsEmpty());
+  // A repository outside the shared limit does not count.
+  History outside;
+  outside.Shared("pool", 1, {"ns/a"}, 0, 1)
+      .InRepo("ns/a")
+      .Granted("w1", "ns/a1", 5, 2, 3, "L1", 1)
+      .InRepo("ns/b")
+      .Granted("w2", "ns/b1", 5, 4, 5, "L2", 2);
+  EXPECT_THAT(Kinds(CheckIt(outside)), ::testing::IsEmpty());
 }
 
 TEST(CheckerTest, AQueueLeftAfterTheDrainIsNotDrained) {

@@ -70,6 +70,7 @@ std::string ToJsonLine(const Op& op) {
     if (op.cancel) j["cancel"] = true;
     if (op.max_queue_us != 0) j["max_queue"] = op.max_queue_us;
     if (!op.note.empty()) j["note"] = op.note;
+    if (!op.members.empty()) j["members"] = op.members;
   } else if (op.phase == Phase::kOk) {
     if (op.acquired) j["acquired"] = true;
     if (!op.lease.lease_id.empty()) j["grant"] = GrantJson(op.lease);
@@ -124,6 +125,7 @@ absl::StatusOr<Op> FromJsonLine(std::string_view line) {
     op.cancel = j.value("cancel", false);
     op.max_queue_us = j.value("max_queue", int64_t{0});
     op.note = j.value("note", "");
+    op.members = j.value("members", std::vector<std::string>{});
     op.acquired = j.value("acquired", false);
     if (j.contains("grant")) op.lease = GrantFrom(j["grant"]);
     op.position = j.value("position", int64_t{0});

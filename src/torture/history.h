@@ -36,7 +36,7 @@ struct Op {
   int64_t id = 0;    // the call's number within its proc
   Phase phase = Phase::kInvoke;
   // acquire, release, renew, set_limit, cleanup, snapshot, clear, fault,
-  // drain
+  // drain, shared
   std::string kind;
   std::string repo;
   // Arguments.
@@ -51,7 +51,10 @@ struct Op {
   std::string group;
   bool cancel = false;
   int64_t max_queue_us = 0;
-  std::string note;  // fault: what was done
+  std::string note;  // fault: what was done; shared: the limit's name
+  // shared (a shared limit set with `limit`, before any worker starts):
+  // the repositories that draw from it.
+  std::vector<std::string> members;
   // Answer (kOk).
   bool acquired = false;
   Grant lease;           // acquire (acquired), renew

@@ -73,6 +73,18 @@ class DriverTarget final : public Target {
                                          const std::string& repo) override {
     return d_.ClearQueue(ctx, repo);
   }
+  absl::Status Share(const Context& ctx, const SharedLimit& limit,
+                     const std::vector<std::string>& members) override {
+    if (absl::Status s = d_.SetSharedLimit(ctx, limit); !s.ok()) return s;
+    RepositoryPolicy p;
+    p.shared_limits = {limit.name};
+    for (const std::string& m : members) {
+      if (absl::Status s = d_.SetRepositoryPolicy(ctx, m, p); !s.ok()) {
+        return s;
+      }
+    }
+    return absl::OkStatus();
+  }
 
  private:
   Driver& d_;
@@ -190,6 +202,22 @@ absl::StatusOr<std::vector<Lease>> Recorder::SetLimit(const Context& ctx,
   op.admitted = ToGrants(*r);
   Write(op, Phase::kOk);
   return r;
+}
+
+absl::Status Recorder::Share(const Context& ctx, const SharedLimit& limit,
+                             const std::vector<std::string>& members) {
+  Op op = Invoke("shared", "");
+  op.note = limit.name;
+  op.limit = limit.limit;
+  op.members = members;
+  Write(op, Phase::kInvoke);
+  absl::Status s = target_.Share(ctx, limit, members);
+  if (!s.ok()) {
+    Fail(op, s);
+  } else {
+    Write(op, Phase::kOk);
+  }
+  return s;
 }
 
 absl::Status Recorder::Cleanup(const Context& ctx, const std::string& repo) {

@@ -53,6 +53,15 @@ class Target {
       const Context& ctx, const std::string& repo) = 0;
   virtual absl::StatusOr<ClearQueueResult> Clear(const Context& ctx,
                                                  const std::string& repo) = 0;
+  // Sets shared limit `limit` and makes `members` draw from it (the
+  // coordinator's, before the workers start).
+  virtual absl::Status Share(const Context& ctx, const SharedLimit& limit,
+                             const std::vector<std::string>& members) {
+    (void)ctx;
+    (void)limit;
+    (void)members;
+    return absl::UnimplementedError("this target cannot set shared limits");
+  }
 };
 
 // Calls `driver` (not owned; it outlives the target).
@@ -81,6 +90,8 @@ class Recorder {
                                               const std::string& repo);
   absl::StatusOr<ClearQueueResult> Clear(const Context& ctx,
                                          const std::string& repo);
+  absl::Status Share(const Context& ctx, const SharedLimit& limit,
+                     const std::vector<std::string>& members);
   // A call of its own kind with no driver behind it ("fault", "drain").
   void Mark(const std::string& kind, const std::string& note);
 
