@@ -300,6 +300,7 @@ absl::StatusOr<AcquireResult> MemoryDriver::AcquireSlot(
     std::optional<CrossLock> cross_lock;
     if (cross) cross_lock.emplace(*this, ShardIndex(repo_key));
     MutexLock lock(&shard.mu);
+    if (cross) cross_lock->LockRest();
     if (auto rit = shard.repos.find(repo_key);
         !cross && rit != shard.repos.end() && IsMember(rit->second)) {
       continue;

@@ -185,9 +185,9 @@ class MemoryDriver final : public Driver {
   };
   // Holds cross_mu_ and every shard's lock but `own`'s (kShards: every
   // shard's), which a step on a member of a shared limit needs; the step
-  // locks `own` itself. Only one is held at a time (cross_mu_), and other
-  // steps hold one shard and wait for nothing while they do, so the order
-  // is free. memory_shared.cc.
+  // locks `own` itself between the constructor (cross_mu_, the shards
+  // below `own`) and LockRest (the shards above): every lock is taken in
+  // index order, as ImportBatch takes its shards. memory_shared.cc.
   class CrossLock;
 
   size_t ShardIndex(std::string_view repo_key) const;
@@ -322,12 +322,15 @@ class MemoryDriver::CrossLock {
  public:
   CrossLock(MemoryDriver& driver, size_t own);
   ~CrossLock();
+  // The shards above `own`, once the caller holds `own`'s lock.
+  void LockRest();
   CrossLock(const CrossLock&) = delete;
   CrossLock& operator=(const CrossLock&) = delete;
 
  private:
   MemoryDriver& driver_;
   const size_t own_;
+  bool rest_ = false;
 };
 
 }  // namespace pac::concurrency::internal

@@ -56,6 +56,7 @@ absl::Status MemoryDriver::SetRepositoryPolicy(const Context& ctx,
     // the members when it frees or takes room).
     CrossLock cross(*this, ShardIndex(repo_key));
     MutexLock lock(&shard.mu);
+    cross.LockRest();
     auto rit = shard.repos.try_emplace(repo_key).first;
     RepoState& rs = rit->second;
     const bool reorder = rs.policy.mode != policy.mode;
@@ -161,6 +162,7 @@ absl::Status MemoryDriver::CleanupRepository(const Context& ctx,
     // under a CrossLock (a cleanup is rare).
     CrossLock cross(*this, ShardIndex(repo_key));
     MutexLock lock(&shard.mu);
+    cross.LockRest();
     auto rit = shard.repos.find(repo_key);
     bool was_member = false;
     if (rit != shard.repos.end() && IsMember(rit->second)) {

@@ -23,16 +23,26 @@ MemoryDriver::CrossLock::CrossLock(MemoryDriver& driver,
     : driver_(driver),
       own_(own) {
   driver_.cross_mu_.Lock();
-  for (size_t i = 0; i < kShards; ++i) {
-    if (i != own_) driver_.shards_[i].mu.Lock();
+  for (size_t i = 0; i < own_ && i < kShards; ++i) {
+    driver_.shards_[i].mu.Lock();
   }
+  if (own_ >= kShards) rest_ = true;  // every shard is locked
   t_cross_held = true;
+}
+
+void MemoryDriver::CrossLock::LockRest() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  if (rest_) return;
+  for (size_t i = own_ + 1; i < kShards; ++i) driver_.shards_[i].mu.Lock();
+  rest_ = true;
 }
 
 MemoryDriver::CrossLock::~CrossLock() ABSL_NO_THREAD_SAFETY_ANALYSIS {
   t_cross_held = false;
-  for (size_t i = kShards; i-- > 0;) {
-    if (i != own_) driver_.shards_[i].mu.Unlock();
+  if (rest_ && own_ < kShards) {
+    for (size_t i = kShards; i-- > own_ + 1;) driver_.shards_[i].mu.Unlock();
+  }
+  for (size_t i = std::min(own_, kShards); i-- > 0;) {
+    driver_.shards_[i].mu.Unlock();
   }
   driver_.cross_mu_.Unlock();
 }
