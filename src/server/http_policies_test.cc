@@ -398,5 +398,56 @@ TEST_F(HttpServerTest, SharedLimitsHoldRunsAcrossRepositories) {
   EXPECT_TRUE(Body(again)["acquired"].get<bool>());
 }
 
+// A Repository manifest's pac-concurrency.dev/shared-limits annotation
+// sets the repository's shared limits (POST /v1/repositories, `limit -f`);
+// a manifest without it leaves them; a bad name is 400 and writes nothing.
+TEST_F(HttpServerTest, AManifestAnnotationSetsTheSharedLimits) {
+  Start();
+  auto c = Client();
+  auto applied = c.Post("/v1/repositories",
+                        R"(apiVersion: pipelinesascode.tekton.dev/v1alpha1
+kind: Repository
+metadata:
+  name: app
+  namespace: ns
+  annotations:
+    pac-concurrency.dev/shared-limits: "team-b, team-a"
+spec:
+  concurrency_limit: 2
+)",
+                        "application/yaml");
+  ASSERT_TRUE(applied);
+  EXPECT_EQ(applied->status, 200) << applied->body;
+  EXPECT_EQ(Body(applied)["repositories"][0]["shared_limits"],
+            Json::array({"team-a", "team-b"}));
+  auto policy = c.Get("/v1/repositories/ns/app/policy");
+  ASSERT_TRUE(policy);
+  EXPECT_EQ(Body(policy)["shared_limits"], Json::array({"team-a", "team-b"}));
+  // Without the annotation the membership stays.
+  auto again = c.Post("/v1/repositories", R"(kind: Repository
+metadata: {name: app, namespace: ns}
+spec: {concurrency_limit: 3}
+)",
+                      "application/yaml");
+  ASSERT_TRUE(again);
+  EXPECT_EQ(again->status, 200) << again->body;
+  policy = c.Get("/v1/repositories/ns/app/policy");
+  EXPECT_EQ(Body(policy)["shared_limits"], Json::array({"team-a", "team-b"}));
+  auto bad = c.Post("/v1/repositories", R"(kind: Repository
+metadata:
+  name: other
+  namespace: ns
+  annotations: {pac-concurrency.dev/shared-limits: "Team A"}
+spec: {concurrency_limit: 1}
+)",
+                    "application/yaml");
+  ASSERT_TRUE(bad);
+  EXPECT_EQ(bad->status, 400) << bad->body;
+  EXPECT_THAT(bad->body, HasSubstr("pac-concurrency.dev/shared-limits"));
+  auto none = c.Get("/v1/repositories/ns/other");
+  ASSERT_TRUE(none);
+  EXPECT_TRUE(Body(none)["concurrency_limit"].is_null()) << none->body;
+}
+
 }  // namespace
 }  // namespace pac::concurrency::server

@@ -3,6 +3,9 @@
 #include <algorithm>
 #include <tuple>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_split.h"
+#include "pac/concurrency/driver.h"
 #include "src/common/strings.h"
 #include "src/server/api.h"
 #include "yaml-cpp/yaml.h"
@@ -13,8 +16,13 @@ using internal::Cat;
 
 namespace {
 
+// The annotation naming the shared limits a Repository draws from
+// (docs/policies.md, "Shared limits"): comma-separated names.
+constexpr char kSharedLimitsAnnotation[] = "pac-concurrency.dev/shared-limits";
+
 absl::Status AddRepository(const YAML::Node& doc, int index,
-                           std::vector<Repository>* out) {
+                           std::vector<Repository>* out,
+                           std::vector<SharedLimitsNote>* shared) {
   const std::string where = Cat("document ", index + 1);
   if (!doc.IsMap())
     return absl::InvalidArgumentError(Cat(where, ": not a map"));
@@ -25,7 +33,9 @@ absl::Status AddRepository(const YAML::Node& doc, int index,
       return absl::InvalidArgumentError(Cat(where, ": List without items"));
     }
     for (const YAML::Node& item : items) {
-      if (absl::Status s = AddRepository(item, index, out); !s.ok()) return s;
+      if (absl::Status s = AddRepository(item, index, out, shared); !s.ok()) {
+        return s;
+      }
     }
     return absl::OkStatus();
   }
@@ -58,6 +68,32 @@ absl::Status AddRepository(const YAML::Node& doc, int index,
   if (absl::Status s = ValidateRepository(repo); !s.ok()) {
     return absl::InvalidArgumentError(
         Cat(where, " (", repo.Key(), "): ", std::string(s.message())));
+  }
+  const YAML::Node notes = meta["annotations"];
+  if (shared != nullptr && notes && notes.IsMap() &&
+      notes[kSharedLimitsAnnotation]) {
+    const YAML::Node v = notes[kSharedLimitsAnnotation];
+    const std::string field =
+        Cat(where, " (", repo.Key(), "): metadata.annotations[",
+            kSharedLimitsAnnotation, "]");
+    if (!v.IsScalar()) {
+      return absl::InvalidArgumentError(
+          Cat(field, ": comma-separated shared limit names"));
+    }
+    std::vector<std::string> names;
+    for (absl::string_view part :
+         absl::StrSplit(v.as<std::string>(), ',', absl::SkipWhitespace())) {
+      std::string name(absl::StripAsciiWhitespace(part));
+      if (absl::Status s = ValidateSharedLimitName(name, field); !s.ok()) {
+        return s;
+      }
+      names.push_back(std::move(name));
+    }
+    std::sort(names.begin(), names.end());
+    if (std::adjacent_find(names.begin(), names.end()) != names.end()) {
+      return absl::InvalidArgumentError(Cat(field, ": a name given twice"));
+    }
+    shared->push_back(SharedLimitsNote{repo.Key(), std::move(names)});
   }
   out->push_back(std::move(repo));
   return absl::OkStatus();
@@ -100,7 +136,7 @@ std::vector<std::pair<std::string_view, int>> SplitDocuments(
 }  // namespace
 
 absl::StatusOr<std::vector<Repository>> ParseRepositoryManifests(
-    std::string_view yaml) {
+    std::string_view yaml, std::vector<SharedLimitsNote>* shared) {
   std::vector<YAML::Node> docs;
   for (const auto& [text, first_line] : SplitDocuments(yaml)) {
     try {
@@ -119,7 +155,9 @@ absl::StatusOr<std::vector<Repository>> ParseRepositoryManifests(
       continue;
     }
     try {
-      if (absl::Status s = AddRepository(doc, index, &out); !s.ok()) return s;
+      if (absl::Status s = AddRepository(doc, index, &out, shared); !s.ok()) {
+        return s;
+      }
     } catch (const YAML::Exception& e) {
       return absl::InvalidArgumentError(
           Cat("Repository manifest document ", index + 1, ": ", e.msg));

@@ -14,13 +14,22 @@
 
 namespace pac::concurrency::server {
 
+// A Repository manifest's annotation pac-concurrency.dev/shared-limits:
+// the shared limits the repository draws from (docs/policies.md), sorted;
+// an empty annotation: none.
+struct SharedLimitsNote {
+  std::string repository_key;
+  std::vector<std::string> names;
+};
+
 // Parses one or more Repository manifests (YAML or JSON; several documents,
 // or a `kind: List`). Each needs metadata.name and metadata.namespace;
 // spec.concurrency_limit, when present, is a non-negative integer (absent:
-// left unset, which is unlimited). InvalidArgument names the document and
-// the field.
+// left unset, which is unlimited). With `shared`, the manifests that carry
+// the shared-limits annotation are added to it (comma-separated valid
+// names, each once). InvalidArgument names the document and the field.
 [[nodiscard]] absl::StatusOr<std::vector<Repository>> ParseRepositoryManifests(
-    std::string_view yaml);
+    std::string_view yaml, std::vector<SharedLimitsNote>* shared = nullptr);
 
 // Pipelines-as-Code's global Repository: the one its controller names by
 // PAC_CONTROLLER_GLOBAL_REPOSITORY ("pipelines-as-code" unless set) in the

@@ -177,13 +177,26 @@ absl::StatusOr<Json> Service::SetLimit(const Context& ctx,
 
 absl::StatusOr<Json> Service::ApplyManifests(const Context& ctx,
                                              std::string_view yaml) {
-  auto repos = ParseRepositoryManifests(yaml);
+  std::vector<SharedLimitsNote> shared;
+  auto repos = ParseRepositoryManifests(yaml, &shared);
   if (!repos.ok()) return repos.status();
   Json out = Json::array();
   for (const Repository& r : *repos) {
     auto one = SetLimitTo(ctx, r);
     if (!one.ok()) return one.status();
     out.push_back(*one);
+  }
+  // The shared-limits annotation replaces the repository's membership
+  // (the rest of its policy stays); without it, membership is left alone.
+  for (const SharedLimitsNote& note : shared) {
+    auto p = SetPolicy(ctx, note.repository_key,
+                       Json{{"shared_limits", note.names}});
+    if (!p.ok()) return p.status();
+    for (Json& one : out) {
+      if (one["repository"] == note.repository_key) {
+        one["shared_limits"] = (*p)["shared_limits"];
+      }
+    }
   }
   return Json{{"repositories", out}};
 }
