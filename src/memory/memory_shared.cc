@@ -92,16 +92,21 @@ void MemoryDriver::PromoteShared(absl::Time now,
   };
   std::vector<Member> members;
   absl::flat_hash_set<std::string_view> seen;
+  bool queued = false;
   for (const auto& [name, keys] : shared_members_) {
     for (const std::string& key : keys) {
       if (!seen.insert(key).second) continue;
       Shard& shard = ShardFor(key);
       auto rit = shard.repos.find(key);
       if (rit == shard.repos.end()) continue;
-      Sweep(shard, rit->first, rit->second, now, fx);
       members.push_back(Member{&shard, &rit->first, &rit->second});
+      queued = queued || !rit->second.queue.empty();
     }
   }
+  // Nobody queued: nothing to admit (expired leases count for nothing
+  // meanwhile, and the cleanup thread reclaims them).
+  if (!queued) return;
+  for (const Member& m : members) Sweep(*m.shard, *m.key, *m.rs, now, fx);
   absl::flat_hash_map<std::string_view, int64_t> running;
   for (const Member& m : members) {
     for (const std::string& name : m.rs->policy.shared_limits) {
