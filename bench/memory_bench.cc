@@ -170,11 +170,8 @@ BENCHMARK(BM_FloorWithLeases_AcquireRelease)
 
 Driver* g_driver = nullptr;
 
-void BM_Memory_AcquireRelease(benchmark::State& state) {
-  const int repos = static_cast<int>(state.range(0));
-  if (state.thread_index() == 0) {
-    g_driver = NewMemoryDriver(MemoryConfig{absl::Minutes(30)})->release();
-  }
+// Pairs on g_driver over `repos` repositories until the state stops.
+void RunPairs(benchmark::State& state, int repos) {
   std::vector<Repository> repo_list;
   for (const std::string& key : RepoKeys(repos)) {
     repo_list.push_back(*Repository::FromKey(key, kLimit));
@@ -200,6 +197,13 @@ void BM_Memory_AcquireRelease(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations());
   state.counters["failures"] = static_cast<double>(failures);
 }
+
+void BM_Memory_AcquireRelease(benchmark::State& state) {
+  if (state.thread_index() == 0) {
+    g_driver = NewMemoryDriver(MemoryConfig{absl::Minutes(30)})->release();
+  }
+  RunPairs(state, static_cast<int>(state.range(0)));
+}
 BENCHMARK(BM_Memory_AcquireRelease)
     ->ArgNames({"repos"})
     ->Arg(1)
@@ -214,10 +218,6 @@ BENCHMARK(BM_Memory_AcquireRelease)
 // lock and counts the members' leases).
 void BM_Memory_AcquireRelease_SharedLimit(benchmark::State& state) {
   constexpr int kRepos = 100;
-  std::vector<Repository> repo_list;
-  for (const std::string& key : RepoKeys(kRepos)) {
-    repo_list.push_back(*Repository::FromKey(key, kLimit));
-  }
   if (state.thread_index() == 0) {
     g_driver = NewMemoryDriver(MemoryConfig{absl::Minutes(30)})->release();
     Context ctx = Context::Background();
@@ -227,30 +227,11 @@ void BM_Memory_AcquireRelease_SharedLimit(benchmark::State& state) {
     }
     RepositoryPolicy p;
     p.shared_limits = {"bench-team"};
-    for (const Repository& r : repo_list) {
-      if (!g_driver->SetRepositoryPolicy(ctx, r.Key(), p).ok()) std::abort();
+    for (const std::string& key : RepoKeys(kRepos)) {
+      if (!g_driver->SetRepositoryPolicy(ctx, key, p).ok()) std::abort();
     }
   }
-  std::vector<std::string> repo_keys = RepoKeys(kRepos);
-  std::vector<std::string> runs = RunKeys(state.thread_index());
-  Context ctx = Context::Background();
-  size_t i = state.thread_index();
-  int64_t failures = 0;
-  for (auto _ : state) {
-    size_t r = i % repo_list.size();
-    const std::string& run = runs[i % runs.size()];
-    auto acquired = g_driver->AcquireSlot(ctx, repo_list[r], run);
-    if (!acquired.ok() || !acquired->acquired) {
-      ++failures;
-    } else {
-      auto released = g_driver->ReleaseSlot(ctx, acquired->lease.lease_id, run,
-                                            repo_keys[r]);
-      if (!released.ok()) ++failures;
-    }
-    ++i;
-  }
-  state.SetItemsProcessed(state.iterations());
-  state.counters["failures"] = static_cast<double>(failures);
+  RunPairs(state, kRepos);
 }
 BENCHMARK(BM_Memory_AcquireRelease_SharedLimit)
     ->Threads(1)

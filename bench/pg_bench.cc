@@ -56,12 +56,13 @@ std::unique_ptr<Driver> NewDriverOrDie(int pool) {
   return std::move(*d);
 }
 
-void BM_PG_AcquireRelease(benchmark::State& state) {
-  const int repos = static_cast<int>(state.range(0));
+// Pairs through a driver of its own on `repos` repositories of namespace
+// `ns` until the state stops.
+void RunPairs(benchmark::State& state, const std::string& ns, int repos) {
   std::unique_ptr<Driver> driver = NewDriverOrDie(1);
   std::vector<Repository> repo_list;
   for (int i = 1; i <= repos; ++i) {
-    repo_list.push_back(Repository{"bench", absl::StrCat("repo-", i), 2});
+    repo_list.push_back(Repository{ns, absl::StrCat("repo-", i), 2});
   }
   Context ctx;
   AcquireOptions no_queue;
@@ -70,7 +71,7 @@ void BM_PG_AcquireRelease(benchmark::State& state) {
   size_t i = state.thread_index();
   for (auto _ : state) {
     const Repository& repo = repo_list[i % repo_list.size()];
-    std::string run = absl::StrCat("bench/run-", state.thread_index(), "-", i);
+    std::string run = absl::StrCat(ns, "/run-", state.thread_index(), "-", i);
     auto a = driver->AcquireSlot(ctx, repo, run, no_queue);
     if (!a.ok()) {
       ++errors;
@@ -86,6 +87,10 @@ void BM_PG_AcquireRelease(benchmark::State& state) {
       static_cast<double>(granted), benchmark::Counter::kIsRate);
   state.counters["errors"] = static_cast<double>(errors);
   (void)driver->Close();
+}
+
+void BM_PG_AcquireRelease(benchmark::State& state) {
+  RunPairs(state, "bench", static_cast<int>(state.range(0)));
 }
 BENCHMARK(BM_PG_AcquireRelease)
     ->ArgNames({"repos"})
@@ -118,36 +123,7 @@ void BM_PG_AcquireRelease_SharedLimit(benchmark::State& state) {
     }
     (void)d->Close();
   });
-  std::unique_ptr<Driver> driver = NewDriverOrDie(1);
-  std::vector<Repository> repo_list;
-  for (int i = 1; i <= 100; ++i) {
-    repo_list.push_back(
-        Repository{"bench-shared", absl::StrCat("repo-", i), 2});
-  }
-  Context ctx;
-  AcquireOptions no_queue;
-  no_queue.enqueue = false;
-  int64_t granted = 0, errors = 0;
-  size_t i = state.thread_index();
-  for (auto _ : state) {
-    const Repository& repo = repo_list[i % repo_list.size()];
-    std::string run =
-        absl::StrCat("bench-shared/run-", state.thread_index(), "-", i);
-    auto a = driver->AcquireSlot(ctx, repo, run, no_queue);
-    if (!a.ok()) {
-      ++errors;
-    } else if (a->acquired) {
-      ++granted;
-      auto r = driver->ReleaseSlot(ctx, a->lease.lease_id, "", "");
-      if (!r.ok()) ++errors;
-    }
-    ++i;
-  }
-  state.SetItemsProcessed(state.iterations());
-  state.counters["granted_per_s"] = benchmark::Counter(
-      static_cast<double>(granted), benchmark::Counter::kIsRate);
-  state.counters["errors"] = static_cast<double>(errors);
-  (void)driver->Close();
+  RunPairs(state, "bench-shared", 100);
 }
 BENCHMARK(BM_PG_AcquireRelease_SharedLimit)
     ->Threads(1)

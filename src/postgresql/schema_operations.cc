@@ -136,6 +136,8 @@ DECLARE
   v_repo TEXT;
   v_limit INTEGER;
   v_names TEXT[] := '{}';  -- shared limits of members reaped
+  v_row BOOLEAN;
+  v_member BOOLEAN;
   r RECORD;
   n INTEGER := 0;
 BEGIN
@@ -148,30 +150,25 @@ BEGIN
                    AND q.queue_deadline <= clock_timestamp() LOOP
     SELECT t.concurrency_limit INTO v_limit FROM pac_repositories t
      WHERE t.repository_key = v_repo FOR UPDATE;
-    IF NOT FOUND THEN  -- no row, or cleaned up meanwhile
+    v_row := FOUND;  -- no row: none, or cleaned up meanwhile
+    v_member := EXISTS (SELECT 1 FROM pac_shared_members m
+                         WHERE m.repository_key = v_repo);
+    IF NOT v_row OR v_member THEN
+      -- Without a row: the expired leases go, nothing to admit. A member:
+      -- they go now, and the pass across its shared limits runs once every
+      -- repository row is taken (a pass holds the limits' rows, and must
+      -- not wait for a repository's while it does).
+      IF v_member THEN
+        PERFORM pac_time_out(v_repo, clock_timestamp());
+        v_names := v_names || ARRAY(SELECT m.name FROM pac_shared_members m
+                                     WHERE m.repository_key = v_repo);
+      END IF;
       FOR r IN DELETE FROM concurrency_slots s
                 WHERE s.repository_key = v_repo AND s.state = 'running'
                   AND s.expires_at <= clock_timestamp()
             RETURNING s.pipeline_run_key LOOP
         PERFORM pac_notify(v_repo, 'expired', r.pipeline_run_key);
       END LOOP;
-      n := n + 1;
-      CONTINUE;
-    END IF;
-    IF EXISTS (SELECT 1 FROM pac_shared_members m
-                WHERE m.repository_key = v_repo) THEN
-      -- A member: its expired leases go now; the pass across its shared
-      -- limits runs once every repository row is taken (a pass holds the
-      -- limits' rows, and must not wait for a repository's while it does).
-      PERFORM pac_time_out(v_repo, clock_timestamp());
-      FOR r IN DELETE FROM concurrency_slots s
-                WHERE s.repository_key = v_repo AND s.state = 'running'
-                  AND s.expires_at <= clock_timestamp()
-            RETURNING s.pipeline_run_key LOOP
-        PERFORM pac_notify(v_repo, 'expired', r.pipeline_run_key);
-      END LOOP;
-      v_names := v_names || ARRAY(SELECT m.name FROM pac_shared_members m
-                                   WHERE m.repository_key = v_repo);
       n := n + 1;
       CONTINUE;
     END IF;

@@ -303,17 +303,25 @@ class Checker {
         Violation{std::move(kind), repo, std::move(what), t});
   }
 
-  void OverLimit(const std::string& name, const RepoState& r) {
-    struct Iv {
-      int64_t start, end, lo;
-      const std::string* id;
-      const LeaseInfo* l;
-    };
-    std::vector<Iv> ivs;
+  // A lease's holding interval, for the limit checks.
+  struct Iv {
+    int64_t start, end, lo;
+    const std::string* repo;
+    const std::string* id;
+    const LeaseInfo* l;
+  };
+  // The intervals of `r`'s leases that count (not adopted, not empty).
+  static void Intervals(const std::string& repo, const RepoState& r,
+                        std::vector<Iv>& out) {
     for (const auto& [id, l] : r.leases) {
       if (l.adopted || l.start >= l.end) continue;
-      ivs.push_back(Iv{l.start, l.end, l.lo, &id, &l});
+      out.push_back(Iv{l.start, l.end, l.lo, &repo, &id, &l});
     }
+  }
+  // Calls f(x, live) at the start of every interval x, with the intervals
+  // live then (x's among them).
+  template <typename F>
+  static void Overlaps(std::vector<Iv>& ivs, F f) {
     std::sort(ivs.begin(), ivs.end(),
               [](const Iv& a, const Iv& b) { return a.start < b.start; });
     std::vector<const Iv*> live;
@@ -322,11 +330,19 @@ class Checker {
                                 [&](const Iv* y) { return y->end <= x.start; }),
                  live.end());
       live.push_back(&x);
+      f(x, live);
+    }
+  }
+
+  void OverLimit(const std::string& name, const RepoState& r) {
+    std::vector<Iv> ivs;
+    Intervals(name, r, ivs);
+    Overlaps(ivs, [&](const Iv& x, const std::vector<const Iv*>& live) {
       int64_t w = kNever;
       for (const Iv* y : live) w = std::min(w, y->lo);
       int64_t limit = 0;
-      if (!MaxLimit(r, w, x.start, &limit)) continue;
-      if (static_cast<int64_t>(live.size()) <= limit) continue;
+      if (!MaxLimit(r, w, x.start, &limit)) return;
+      if (static_cast<int64_t>(live.size()) <= limit) return;
       std::string who;
       for (const Iv* y : live) {
         absl::StrAppend(&who, who.empty() ? "" : ", ", y->l->run, " (lease ",
@@ -336,36 +352,21 @@ class Checker {
           absl::StrCat(live.size(), " holders at once under limit ", limit,
                        ": ", who),
           x.start);
-    }
+    });
   }
 
   // The holders of every member of a shared limit (its value fixed for the
   // whole run), counted together as OverLimit counts one repository's.
   void OverSharedLimit(const SharedSet& sh) {
     if (sh.limit <= 0) return;
-    struct Iv {
-      int64_t start, end;
-      const std::string* repo;
-      const LeaseInfo* l;
-    };
     std::vector<Iv> ivs;
     for (const std::string& m : sh.members) {
-      auto it = repos_.find(m);
-      if (it == repos_.end()) continue;
-      for (const auto& [id, l] : it->second.leases) {
-        if (l.adopted || l.start >= l.end) continue;
-        ivs.push_back(Iv{l.start, l.end, &it->first, &l});
+      if (auto it = repos_.find(m); it != repos_.end()) {
+        Intervals(it->first, it->second, ivs);
       }
     }
-    std::sort(ivs.begin(), ivs.end(),
-              [](const Iv& a, const Iv& b) { return a.start < b.start; });
-    std::vector<const Iv*> live;
-    for (const Iv& x : ivs) {
-      live.erase(std::remove_if(live.begin(), live.end(),
-                                [&](const Iv* y) { return y->end <= x.start; }),
-                 live.end());
-      live.push_back(&x);
-      if (static_cast<int64_t>(live.size()) <= sh.limit) continue;
+    Overlaps(ivs, [&](const Iv& x, const std::vector<const Iv*>& live) {
+      if (static_cast<int64_t>(live.size()) <= sh.limit) return;
       std::string who;
       for (const Iv* y : live) {
         absl::StrAppend(&who, who.empty() ? "" : ", ", y->l->run, " of ",
@@ -375,7 +376,7 @@ class Checker {
           absl::StrCat(live.size(), " holders at once under shared limit ",
                        sh.limit, ": ", who),
           x.start);
-    }
+    });
   }
 
   void DoubleGrant(const std::string& name, const RepoState& r) {

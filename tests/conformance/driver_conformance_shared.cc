@@ -213,6 +213,26 @@ TEST_P(DriverConformanceTest, Shared_Rule23_LimitsAndMembershipAreLive) {
   ASSERT_TRUE(other->Close().ok());
 }
 
+// An expired lease frees its shared slot without anyone calling: the
+// driver's background machinery admits another member's run (rule 9 with
+// rule 21).
+TEST_P(DriverConformanceTest, Shared_AnExpiredLeaseFreesTheSharedLimit) {
+  const std::string team = SharedName("expiry");
+  if (!SetShared(team, 1)) return;
+  Repository a = Repo("a", 5), b = Repo("b", 5);
+  JoinShared(a, {team});
+  JoinShared(b, {team});
+  EventLog log;
+  auto watch = driver_->WatchSlotAvailability(ctx_, b.Key(), log.Callback());
+  ASSERT_TRUE(watch.ok()) << watch.status();
+  MustAcquire(a, Run("a1"));  // never renewed
+  EXPECT_EQ(MustQueue(b, Run("b1")), 1);
+  PassTTL();
+  EXPECT_TRUE(log.Await(WatchEventType::kAdmitted, Run("b1")));
+  EXPECT_TRUE(Eventually(
+      [&] { return RunningRuns(driver_.get(), b) == std::vector{Run("b1")}; }));
+}
+
 TEST_P(DriverConformanceTest, Shared_BadInputIsRefusedAndWritesNothing) {
   const std::string team = SharedName("bad");
   if (!SetShared(team, 1)) return;
