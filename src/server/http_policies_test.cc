@@ -387,6 +387,14 @@ TEST_F(HttpServerTest, SharedLimitsHoldRunsAcrossRepositories) {
                         {"running", 1},
                         {"queued", 1},
                         {"members", Json::array({"ns/one", "ns/two"})}}}));
+  auto metrics = c.Get("/metrics");
+  ASSERT_TRUE(metrics);
+  EXPECT_THAT(metrics->body,
+              HasSubstr("pac_shared_limit{shared_limit=\"team-a\"} 1"));
+  EXPECT_THAT(metrics->body,
+              HasSubstr("pac_shared_limit_in_use{shared_limit=\"team-a\"} 1"));
+  EXPECT_THAT(metrics->body,
+              HasSubstr("pac_shared_limit_queued{shared_limit=\"team-a\"} 1"));
   // Deleting the limit lets b run.
   auto del = c.Delete("/v1/shared-limits/team-a");
   ASSERT_TRUE(del);

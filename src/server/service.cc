@@ -92,6 +92,12 @@ Service::Service(Driver* driver, Clock* clock, Metrics* metrics)
                      "Recorded limit of the repository (0 = unlimited).");
   metrics_->Describe("pac_queue_depth", "gauge",
                      "Runs waiting in the repository's queue.");
+  metrics_->Describe("pac_shared_limit", "gauge",
+                     "A shared limit (0 = no limit; absent: never set).");
+  metrics_->Describe("pac_shared_limit_in_use", "gauge",
+                     "Unexpired leases of the shared limit's members.");
+  metrics_->Describe("pac_shared_limit_queued", "gauge",
+                     "Queued runs of the shared limit's members.");
 }
 
 void Service::CountError(const char* op, const absl::Status& s) {
@@ -707,6 +713,22 @@ std::vector<Metrics::Gauge> Service::Gauges(const Context& ctx) {
                  1});
   for (auto* v : {&in_use, &limit, &depth}) {
     out.insert(out.end(), v->begin(), v->end());
+  }
+  // Shared limits, where the backend has them (one read).
+  if (auto shared = driver_->ListSharedLimits(ctx); shared.ok()) {
+    for (const SharedLimitStatus& st : *shared) {
+      Labels labels{{"shared_limit", st.name}};
+      if (st.limit.has_value()) {
+        out.push_back(
+            {"pac_shared_limit", labels, static_cast<double>(*st.limit)});
+      }
+      out.push_back(
+          {"pac_shared_limit_in_use", labels, static_cast<double>(st.running)});
+      out.push_back(
+          {"pac_shared_limit_queued", labels, static_cast<double>(st.queued)});
+    }
+  } else if (!absl::IsUnimplemented(shared.status())) {
+    CountError("metrics", shared.status());
   }
   return out;
 }
