@@ -433,6 +433,8 @@ int Import(const GlobalOptions& g, const ImportFlags& f) {
   if (!overall.ok()) return Fail(overall.status());
   Progress progress(f.progress);
   std::map<std::string, int32_t> from_manifests;
+  // The manifests' shared-limits annotations (docs/policies.md).
+  std::vector<server::SharedLimitsNote> shared;
   std::vector<std::string> global_notes;
   std::set<std::string> from_global;  // limits lent by the global Repository
   if (!f.repos.empty()) {
@@ -443,7 +445,7 @@ int Import(const GlobalOptions& g, const ImportFlags& f) {
           "--repositories: byte ", bad, " is not valid UTF-8 (",
           internal::EscapeBytes(std::string_view(*text).substr(bad, 1)), ")")));
     }
-    auto repos = server::ParseRepositoryManifests(*text);
+    auto repos = server::ParseRepositoryManifests(*text, &shared);
     if (!repos.ok()) return Fail(repos.status());
     std::set<std::string> unset;
     for (const Repository& r : *repos) {
@@ -489,6 +491,13 @@ int Import(const GlobalOptions& g, const ImportFlags& f) {
     if (!d.ok()) return Fail(d.status());
     Print(g, *d, PrintDryRun);
     return kExitOk;
+  }
+  // Memberships of shared limits before any run: the admissions count
+  // against them.
+  for (const server::SharedLimitsNote& note : shared) {
+    auto p = (*api)->api->SetPolicy(*overall, note.repository_key,
+                                    Json{{"shared_limits", note.names}});
+    if (!p.ok()) return Stopped(p.status(), 0, plan.runs());
   }
   // Lanes: each sends the batches of its share of the repositories one
   // after another (a repository's runs stay in order), the lanes at once.

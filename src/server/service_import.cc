@@ -262,12 +262,14 @@ absl::StatusOr<Json> Service::Import(const Context& ctx, const Json& body) {
     return report;
   }
   std::map<std::string, int32_t> limits;
+  // The manifests' shared-limits annotations (docs/policies.md).
+  std::vector<SharedLimitsNote> shared;
   if (auto it = body.find("repositories"); it != body.end() && !it->is_null()) {
     if (!it->is_string()) {
       return absl::InvalidArgumentError(
           "repositories: must be the manifests' YAML (or JSON) as a string");
     }
-    auto repos = ParseRepositoryManifests(it->get<std::string>());
+    auto repos = ParseRepositoryManifests(it->get<std::string>(), &shared);
     if (!repos.ok()) return repos.status();
     std::string global;
     if (auto g = body.find("global_repository"); g != body.end()) {
@@ -323,6 +325,13 @@ absl::StatusOr<Json> Service::Import(const Context& ctx, const Json& body) {
     }
     report["repositories"].push_back(
         Json{{"repository", key}, {"concurrency_limit", limit}});
+  }
+  // Memberships of shared limits before any run: the admissions count
+  // against them.
+  for (const SharedLimitsNote& note : shared) {
+    auto p = SetPolicy(ctx, note.repository_key,
+                       Json{{"shared_limits", note.names}});
+    if (!p.ok()) return p.status();
   }
   // Repository by repository, each one ImportRuns (any size).
   for (const RepositoryPlan& p : plan.repositories) {

@@ -168,6 +168,33 @@ TEST(ImportE2ETest, ARealisticExportImportsWithDefaultLimits) {
 // priority its labels give (here the pipeline's name and its number % 3),
 // so that under the priority mode the queue follows them, and a newer run
 // of a group supersedes the imported one.
+// The manifests' pac-concurrency.dev/shared-limits annotation joins the
+// repository to its shared limits before any run is imported: the waiting
+// runs stay queued behind the shared limit, though the repository's own
+// limit has room (without it, both would be admitted).
+TEST(ImportE2ETest, TheSharedLimitsAnnotationHoldsTheImportedQueue) {
+  ServerProcess server;
+  const std::string ns = Unique("imps");
+  const std::string pool = ns + "-pool";
+  server::RemoteApi api(server.url(), "");
+  ASSERT_TRUE(
+      api.SetSharedLimit(Context::Background(), pool, Json{{"limit", 1}}).ok());
+  const std::string prs = WriteFile("prs-shared.json", Export(ns, 4).dump());
+  const std::string repos = WriteFile(
+      "repos-shared.yaml",
+      "kind: Repository\nmetadata:\n  name: app\n  namespace: " + ns +
+          "\n  annotations: {pac-concurrency.dev/shared-limits: " + pool +
+          "}\nspec: {concurrency_limit: 5}\n");
+  CliResult r = Cli(server.url(), {"import", "--pipelineruns", prs,
+                                   "--repositories", repos, "-o", "json"});
+  ASSERT_EQ(r.code, 0) << r.out.substr(0, 2000);
+  EXPECT_EQ(InUse(server.url(), ns + "/app"), 2);  // the running, adopted
+  EXPECT_EQ(QueueOf(server.url(), ns + "/app").size(), 2u);
+  auto policy = api.GetPolicy(Context::Background(), ns + "/app");
+  ASSERT_TRUE(policy.ok()) << policy.status();
+  EXPECT_EQ((*policy)["shared_limits"], Json::array({pool}));
+}
+
 TEST(ImportE2ETest, LabelsGiveImportedRunsTheirGroupAndPriority) {
   ServerProcess server;
   ASSERT_FALSE(server.url().empty());
