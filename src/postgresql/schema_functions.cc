@@ -261,6 +261,7 @@ DECLARE
   v_queued BOOLEAN;
   v_mine TEXT;  -- the state of the caller's run, NULL if it has no row
   v_mode TEXT;  -- the queue's order, read when the caller is queued
+  v_member BOOLEAN;  -- the repository draws from shared limits
   v_fits BOOLEAN := true;  -- the shared limits have room (a grant's check)
   v_kept JSONB;
   v_admitted JSONB;
@@ -307,9 +308,12 @@ BEGIN
          VALUES (p_repo, p_limit) ON CONFLICT (repository_key) DO NOTHING;
   END LOOP;
   -- The live leases, whether there is an expired lease to reclaim or a
-  -- queue, and the caller's run.
-  SELECT l.o_live, l.o_expired, l.o_queued, l.o_mine
-    INTO v_count, v_expired, v_queued, v_mine
+  -- queue, the caller's run, and whether the repository draws from shared
+  -- limits (which does not change while this call holds its row).
+  SELECT l.o_live, l.o_expired, l.o_queued, l.o_mine,
+         EXISTS (SELECT 1 FROM pac_shared_members m
+                  WHERE m.repository_key = p_repo)
+    INTO v_count, v_expired, v_queued, v_mine, v_member
     FROM pac_look(p_repo, p_run, v_now) l;
   -- Queued runs past their deadline leave first (the caller's too).
   IF v_queued AND pac_time_out(p_repo, v_now) > 0 THEN
@@ -393,7 +397,8 @@ BEGIN
   END IF;
 
   -- A grant in a member of shared limits holds their rows and fits them.
-  IF p_run IS NOT NULL AND NOT p_adopt AND v_mine IS DISTINCT FROM 'running'
+  IF v_member AND p_run IS NOT NULL AND NOT p_adopt
+     AND v_mine IS DISTINCT FROM 'running'
      AND (p_limit = 0 OR v_count < p_limit) AND NOT v_queued THEN
     v_fits := pac_shared_grant_check(p_repo, v_now);
   END IF;

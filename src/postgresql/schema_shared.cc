@@ -21,8 +21,8 @@ namespace pac::concurrency::internal {
 const char* const kSharedSql = R"SQL(
 -- Locks the rows of the shared limits p_repo draws from (the caller holds
 -- the repository's row, so they do not change meanwhile), in name order;
--- returns whether it fits them all. True for a repository of none (one
--- index probe).
+-- returns whether it fits them all (pac_acquire calls it for a member
+-- only). True for a repository of none.
 CREATE OR REPLACE FUNCTION pac_shared_grant_check(p_repo TEXT,
                                                   p_now TIMESTAMPTZ)
 RETURNS BOOLEAN LANGUAGE plpgsql AS $$
