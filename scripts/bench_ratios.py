@@ -31,6 +31,16 @@ def memory(path):
         book = rates.get(("FloorWithLeases", repos, threads))
         print(f"{repos + ' ' + threads:28} {floor / 1e6:15.2f} {book / 1e6:13.2f} "
               f"{rate / 1e6:8.2f} {rate / floor:7.2f} {rate / book:14.2f}")
+    # The cost of a shared limit: 100 members against 100 repositories.
+    for b in data["benchmarks"]:
+        m = re.match(r"BM_Memory_AcquireRelease_SharedLimit/real_time/(threads:\d+)",
+                     b["run_name"])
+        if m and b.get("aggregate_name") == "median":
+            plain = rates.get(("Memory", "repos:100", m.group(1)))
+            if plain:
+                print(f"shared limit, 100 members, {m.group(1)}: "
+                      f"{b['items_per_second'] / 1e3:.1f}k pairs/s, "
+                      f"{b['items_per_second'] / plain:.3f} of the pair without")
 
 
 def pg(bench_json, pgbench_txt, floor_txt):
@@ -59,6 +69,14 @@ def pg(bench_json, pgbench_txt, floor_txt):
             r2 = f"{rate / sq:16.2f}" if sq else f"{'n/a':>16}"
             print(f"{key[0] + ' ' + key[1]:28} {fl or 0:7.0f} {sq or 0:9.0f} "
                   f"{rate:7.0f} {b.get('granted_per_s', 0):10.0f} {r1} {r2}")
+        elif b["name"].startswith("BM_PG_AcquireRelease_SharedLimit"):
+            t = re.search(r"threads:\d+", b["name"]).group(0)
+            plain = next((x["items_per_second"] for x in data["benchmarks"]
+                          if x["name"].startswith("BM_PG_AcquireRelease/repos:100/")
+                          and x["name"].endswith(t)), None)
+            if plain:
+                print(f"shared limit, 100 members, {t}: {b['items_per_second']:.0f} "
+                      f"pairs/s, {b['items_per_second'] / plain:.2f} of the pair without")
         elif b["name"].startswith("BM_PG_ReleaseToWatcher"):
             print(f"release -> watcher across processes: p50 {b['p50_ms']:.2f} ms, "
                   f"p99 {b['p99_ms']:.2f} ms, max {b['max_ms']:.2f} ms")
