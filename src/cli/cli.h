@@ -118,8 +118,7 @@ void RegisterWatchCommand(CLI::App& app, GlobalOptions& g, Runner* run);
 void RegisterConfigCommand(CLI::App& app, GlobalOptions& g, Runner* run);
 void RegisterRunCommand(CLI::App& app, GlobalOptions& g, Runner* run);
 void RegisterLimitCommand(CLI::App& app, GlobalOptions& g, Runner* run);
-void RegisterSharedLimitCommand(CLI::App& app, GlobalOptions& g,
-                                Runner* run);
+void RegisterSharedLimitCommand(CLI::App& app, GlobalOptions& g, Runner* run);
 void RegisterImportCommand(CLI::App& app, GlobalOptions& g, Runner* run);
 void RegisterDeleteCommand(CLI::App& app, GlobalOptions& g, Runner* run);
 void RegisterRenewCommand(CLI::App& app, GlobalOptions& g, Runner* run);
