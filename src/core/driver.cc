@@ -209,27 +209,31 @@ absl::StatusOr<RepositoryPolicy> Driver::GetRepositoryPolicy(
       internal::Cat("the ", Type(), " driver cannot record a policy"));
 }
 
+namespace {
+absl::Status NoSharedLimits(std::string_view type) {
+  return absl::UnimplementedError(
+      internal::Cat("the ", type, " driver has no shared limits"));
+}
+}  // namespace
+
 absl::Status Driver::SetSharedLimit(const Context& ctx,
                                     const SharedLimit& limit) {
   (void)ctx;
   (void)limit;
-  return absl::UnimplementedError(
-      internal::Cat("the ", Type(), " driver has no shared limits"));
+  return NoSharedLimits(Type());
 }
 
 absl::Status Driver::DeleteSharedLimit(const Context& ctx,
                                        std::string_view name) {
   (void)ctx;
   (void)name;
-  return absl::UnimplementedError(
-      internal::Cat("the ", Type(), " driver has no shared limits"));
+  return NoSharedLimits(Type());
 }
 
 absl::StatusOr<std::vector<SharedLimitStatus>> Driver::ListSharedLimits(
     const Context& ctx) {
   (void)ctx;
-  return absl::UnimplementedError(
-      internal::Cat("the ", Type(), " driver has no shared limits"));
+  return NoSharedLimits(Type());
 }
 
 absl::Status ValidateSharedLimitName(std::string_view name,

@@ -301,9 +301,13 @@ absl::StatusOr<AcquireResult> MemoryDriver::AcquireSlot(
     if (cross) cross_lock.emplace(*this, ShardIndex(repo_key));
     MutexLock lock(&shard.mu);
     if (cross) cross_lock->LockRest();
-    if (auto rit = shard.repos.find(repo_key);
-        !cross && rit != shard.repos.end() && IsMember(rit->second)) {
-      continue;
+    // (Membership changes under every shard's lock: with none anywhere,
+    // this acquire's repository is no member while it holds its shard.)
+    if (!cross && member_repos_.load(std::memory_order_acquire) > 0) {
+      if (auto rit = shard.repos.find(repo_key);
+          rit != shard.repos.end() && IsMember(rit->second)) {
+        continue;
+      }
     }
     if (auto rit = shard.repos.find(repo_key); rit != shard.repos.end()) {
       // Runs past their queue deadline leave first (the caller too).

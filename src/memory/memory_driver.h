@@ -245,6 +245,10 @@ class MemoryDriver final : public Driver {
   // Whether repo_key is a member (a hint unless the caller holds a lock).
   bool PeekMember(Shard& shard, std::string_view repo_key)
       PAC_EXCLUDES(shard.mu);
+  // Under a CrossLock: adds the live leases (and, if `queued`, the queued
+  // runs) of the repositories `members` to the counts.
+  void SharedCounts(const std::set<std::string>& members, absl::Time now,
+                    int64_t* running, int64_t* queued);
   // Under a CrossLock: whether every shared limit of rs has a free slot.
   bool SharedFits(const RepoState& rs, absl::Time now);
   // Under a CrossLock: reclaims the members' expired leases and timed-out

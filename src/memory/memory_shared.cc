@@ -64,6 +64,20 @@ int64_t LiveLeases(const auto& running, absl::Time now) {
 }
 }  // namespace
 
+void MemoryDriver::SharedCounts(
+    const std::set<std::string>& members, absl::Time now, int64_t* running,
+    int64_t* queued) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  for (const std::string& key : members) {
+    Shard& shard = ShardFor(key);
+    if (auto rit = shard.repos.find(key); rit != shard.repos.end()) {
+      *running += LiveLeases(rit->second.running, now);
+      if (queued != nullptr) {
+        *queued += static_cast<int64_t>(rit->second.queue.size());
+      }
+    }
+  }
+}
+
 bool MemoryDriver::SharedFits(const RepoState& rs,
                               absl::Time now) ABSL_NO_THREAD_SAFETY_ANALYSIS {
   for (const std::string& name : rs.policy.shared_limits) {
@@ -71,12 +85,7 @@ bool MemoryDriver::SharedFits(const RepoState& rs,
     if (def == shared_defs_.end() || def->second == 0) continue;
     int64_t running = 0;
     if (auto m = shared_members_.find(name); m != shared_members_.end()) {
-      for (const std::string& key : m->second) {
-        Shard& shard = ShardFor(key);
-        if (auto rit = shard.repos.find(key); rit != shard.repos.end()) {
-          running += LiveLeases(rit->second.running, now);
-        }
-      }
+      SharedCounts(m->second, now, &running, nullptr);
     }
     if (running >= def->second) return false;
   }
@@ -223,14 +232,8 @@ absl::StatusOr<std::vector<SharedLimitStatus>> MemoryDriver::ListSharedLimits(
     }
     for (const auto& [name, keys] : shared_members_) {
       SharedLimitStatus& st = out[name];
-      for (const std::string& key : keys) {
-        st.members.push_back(key);
-        Shard& shard = ShardFor(key);
-        if (auto rit = shard.repos.find(key); rit != shard.repos.end()) {
-          st.running += LiveLeases(rit->second.running, now);
-          st.queued += static_cast<int64_t>(rit->second.queue.size());
-        }
-      }
+      st.members.assign(keys.begin(), keys.end());
+      SharedCounts(keys, now, &st.running, &st.queued);
     }
   }
   std::vector<SharedLimitStatus> list;
