@@ -773,8 +773,7 @@ func TestCancelRunningAsksTheGroupsRunningRunToStop(t *testing.T) {
 }
 
 // A shared limit holds a run of a second repository until the first
-// releases; ListSharedLimits shows it. The etcd backend has no shared
-// limits yet and says so (UNIMPLEMENTED), writing nothing.
+// releases; ListSharedLimits shows it.
 func TestSharedLimitHoldsRunsAcrossRepositories(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b testserver.Backend) {
 		srv := testserver.Start(t, b.Env)
@@ -782,15 +781,7 @@ func TestSharedLimitHoldsRunsAcrossRepositories(t *testing.T) {
 		ctx := timeout(t, 60*time.Second)
 		ns := testserver.Namespace("shared")
 		team := ns + "-team"
-		err := c.SetSharedLimit(ctx, team, 1)
-		var ce *concurrency.Error
-		if b.Name == "etcd" {
-			if !errors.As(err, &ce) || ce.Code != "UNIMPLEMENTED" {
-				t.Fatalf("SetSharedLimit on etcd = %v; want UNIMPLEMENTED", err)
-			}
-			return
-		}
-		testserver.Must(t, err, "SetSharedLimit")
+		testserver.Must(t, c.SetSharedLimit(ctx, team, 1), "SetSharedLimit")
 		if err := c.SetSharedLimit(ctx, team, -1); !errors.Is(err, concurrency.ErrInvalidArgument) {
 			t.Fatalf("SetSharedLimit(-1) = %v; want INVALID_ARGUMENT", err)
 		}

@@ -487,9 +487,17 @@ absl::Status EtcdDriver::CleanupRepository(const Context& ctx,
   }
   *txn.add_success() = DeleteOp(p, PrefixEnd(p));
   *txn.add_success() = DeleteOp(Cat(prefix_, "state/repo/", repo));
+  // A member leaves its shared limits, and its slots stop counting.
+  for (const std::string& name : v->shared) {
+    const std::string sp = SharedPrefix(name);
+    *txn.add_success() = DeleteOp(Cat(sp, "member/", repo));
+    const std::string held = Cat(sp, "held/", repo, "/");
+    *txn.add_success() = DeleteOp(held, PrefixEnd(held));
+  }
   auto r = kv_->Txn(ctx, txn);
   ForgetView(repo);
   if (!r.ok()) return r.status();
+  SharedPass(ctx, v->shared);
   if (!v->exists) {
     // No meta key to signal the cleanup: tell local watchers directly.
     PendingEvents events;

@@ -11,6 +11,12 @@
 //   P repo/<ns>/<name>/removed/<run>        a run removed from the queue
 //                                           (ClearQueue); value: the reason
 //   P state/repo/<repo>, P state/run/<run>  free-form states
+//   P shared/<name>/limit                   a shared limit
+//   P shared/<name>/meta                    rewritten by every grant in a
+//                                           member, and by limit changes
+//   P shared/<name>/member/<repo>           a member (also in its policy)
+//   P shared/<name>/held/<repo>/<seat>      a member's held slot, on the
+//                                           slot's etcd lease
 //
 // Every change of a repository but three is a Txn whose compare is "meta's
 // mod_revision is what I saw" and that rewrites `meta`: counting and
@@ -39,6 +45,12 @@
 #include "src/etcd/etcd_kv.h"
 
 namespace pac::concurrency::internal {
+
+// What a step of the etcd driver does about shared limits (EtcdDriver::Step).
+struct EtcdStepShared {
+  size_t admits = 0;  // queue heads of a member it may admit
+  bool pass = false;  // pass the member's shared limits afterwards
+};
 
 class EtcdDriver final : public Driver {
  public:
@@ -93,6 +105,12 @@ class EtcdDriver final : public Driver {
       const Context& ctx, std::string_view repo_key) override;
   absl::Status CleanupRepository(const Context& ctx,
                                  std::string_view repo_key) override;
+  absl::Status SetSharedLimit(const Context& ctx,
+                              const SharedLimit& limit) override;
+  absl::Status DeleteSharedLimit(const Context& ctx,
+                                 std::string_view name) override;
+  absl::StatusOr<std::vector<SharedLimitStatus>> ListSharedLimits(
+      const Context& ctx) override;
   // Test hook: restarts the watch stream from `revision`, as the driver
   // does after a broken stream that had seen everything before it (a later
   // restart of the driver's own resumes from there too). A revision the
@@ -169,6 +187,10 @@ class EtcdDriver final : public Driver {
     // The repository's queue time limit (the `policy` key), 0 for none.
     int64_t max_queue_us = 0;
     QueueMode mode = QueueMode::kOldestFirst;  // the `policy` key's too
+    // The shared limits it draws from (the `policy` key's too), sorted:
+    // a member's grants put `held` keys and rewrite each limit's `meta`,
+    // and its queue is admitted by SharedPass only (etcd_shared.cc).
+    std::vector<std::string> shared;
     // Some entry has a limit of its own (a hint: never cleared).
     bool entry_limits = false;
     int64_t revision = 0;
@@ -254,9 +276,11 @@ class EtcdDriver final : public Driver {
   // Releases group[0] (this thread's, holding the turn) and the releases
   // it claims, in one Txn. On an error, the claimed ones are handed back
   // to wait again with their own contexts; otherwise they are answered.
+  // In a member of shared limits, `pass` gets them (the caller passes).
   absl::StatusOr<ReleaseResult> ReleaseGroup(const Context& ctx,
                                              const std::string& repo,
-                                             ReleaseReq* self)
+                                             ReleaseReq* self,
+                                             std::vector<std::string>* pass)
       PAC_EXCLUDES(mu_);
   void HandBack(const std::string& repo, const std::vector<ReleaseReq*>& group)
       PAC_EXCLUDES(mu_);
@@ -485,11 +509,73 @@ class EtcdDriver final : public Driver {
   // by as many Txns as etcd's kMaxTxnOps needs, oldest first, and answers
   // every run admitted. `holding_turn`: the caller holds the repository's
   // turn (a release admitting the rest of what its own Txn could not).
+  //
+  // In a member of shared limits (RepoView::shared) a step admits at most
+  // `shared.admits` queue heads (SharedPass admits one at a time, in the
+  // order of rule 22), grants only within every shared limit of the
+  // member (GuardShared), and, unless `holding_turn`, runs a SharedPass
+  // when it may have made room (a raised limit, or `shared.pass`) or
+  // queued the caller while a shared slot was free.
+  using StepShared = EtcdStepShared;
   absl::StatusOr<AcquireResult> Step(const Context& ctx,
                                      const std::string& repo, int32_t limit,
                                      bool set_limit, const std::string& run,
                                      const AcquireOptions& options,
-                                     bool holding_turn = false);
+                                     bool holding_turn = false,
+                                     StepShared shared = {});
+  // Step without the pass; `pass` gets the member's shared limits when
+  // one is due, `recheck` when the caller was queued in a member.
+  absl::StatusOr<AcquireResult> PlanAndCommit(
+      const Context& ctx, const std::string& repo, int32_t limit,
+      bool set_limit, const std::string& run, const AcquireOptions& options,
+      bool holding_turn, StepShared shared, std::vector<std::string>* pass,
+      bool* recheck);
+
+  // Shared limits (etcd_shared.cc).
+  struct SharedState {
+    bool defined = false;  // the `limit` key exists
+    int32_t limit = 0;     // 0: no limit
+    int64_t meta_mod = 0;  // `meta`'s mod revision, 0: none
+    int64_t held = 0;      // `held` keys: the members' live slots
+  };
+  std::string SharedPrefix(std::string_view name) const;
+  std::string HeldKey(std::string_view name, std::string_view repo,
+                      int64_t seat) const;
+  // The state of each limit named, by a read-only Txn.
+  absl::StatusOr<std::map<std::string, SharedState>> ReadShared(
+      const Context& ctx, const std::vector<std::string>& names);
+  // How many more runs a member of `names` may be granted (INT64_MAX: no
+  // limit is set for any).
+  static int64_t SharedFree(const std::map<std::string, SharedState>& st,
+                            const std::vector<std::string>& names);
+  // A member's grant: compares each limit's `meta` unchanged since `st`
+  // was read and rewrites it, so that two grants never count the same
+  // free shared slot (a release only frees room and writes no `meta`).
+  void GuardShared(etcdpb::TxnRequest* txn,
+                   const std::vector<std::string>& names,
+                   const std::map<std::string, SharedState>& st,
+                   const std::string& commit_id) const;
+  // Deletes the `held` keys of `v`'s seat (a member's release).
+  void DeleteHeld(etcdpb::TxnRequest* txn, const RepoView& v,
+                  int64_t seat) const;
+  // The members of `names`, and how many queue keys each repository has.
+  absl::StatusOr<std::set<std::string>> SharedMembers(
+      const Context& ctx, const std::vector<std::string>& names);
+  absl::StatusOr<std::map<std::string, int64_t>> QueueCounts(
+      const Context& ctx, const std::set<std::string>& repos);
+  // Admits the members' heads that fit, earliest queued first (rule 22),
+  // one Step each, until none fits; returns them. Errors are logged: the
+  // next event, or PromoteLoop's sweep, passes again.
+  std::vector<Lease> SharedPass(const Context& ctx,
+                                std::vector<std::string> names);
+  // Records `policy` with a membership other than the recorded one: the
+  // policy, `meta`, the `member` keys and a `held` key per running slot,
+  // in one Txn. False when the membership is already `policy`'s; the
+  // limits joined or left go to `touched`.
+  absl::StatusOr<bool> ChangeMembership(const Context& ctx,
+                                        const std::string& repo,
+                                        const RepositoryPolicy& policy,
+                                        std::vector<std::string>* touched);
   absl::StatusOr<std::vector<int64_t>> Leases(const Context& ctx, size_t n);
 
   // Imports (etcd_import.cc). One part of a batch, planned on a fresh view
@@ -511,6 +597,12 @@ class EtcdDriver final : public Driver {
                     bool promote_others, const std::vector<int64_t>* leases,
                     size_t* next_lease, ImportPart* plan,
                     etcdpb::TxnRequest* txn);
+  // ImportBatch in the repositories' turns; `pass` gets the shared limits
+  // of the members it imported into. ResourceExhausted when the batch's
+  // Txn would be over kMaxTxnOps (members' `held` keys).
+  absl::StatusOr<std::vector<ImportResult>> ImportBatchInTurns(
+      const Context& ctx, const std::vector<RepositoryImport>& parts,
+      std::vector<std::string>* pass);
   // The answers once the batch's Txn committed at `revision` (0: nothing
   // to write), after the ordinary steps that fill seats left free.
   absl::StatusOr<std::vector<ImportResult>> Answer(

@@ -14,7 +14,9 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "pac/concurrency/driver.h"
 #include "src/common/keys.h"
 #include "src/common/strings.h"
 #include "src/etcd/etcd_kv.h"
@@ -220,8 +222,8 @@ inline etcdpb::RequestOp DeleteOp(const std::string& key,
 }
 
 // A repository's policy as the value of its `policy` key:
-// "q=<max queue µs>,m=<mode>", each part left out when it is the default
-// (a default policy has no key).
+// "q=<max queue µs>,m=<mode>,s=<shared limit>+<shared limit>...", each
+// part left out when it is the default (a default policy has no key).
 inline std::string EncodePolicy(const RepositoryPolicy& p) {
   std::string out;
   if (p.max_queue_time.has_value()) {
@@ -229,6 +231,10 @@ inline std::string EncodePolicy(const RepositoryPolicy& p) {
   }
   if (p.mode != QueueMode::kOldestFirst) {
     out += Cat(out.empty() ? "" : ",", "m=", QueueModeName(p.mode));
+  }
+  if (!p.shared_limits.empty()) {
+    out +=
+        Cat(out.empty() ? "" : ",", "s=", absl::StrJoin(p.shared_limits, "+"));
   }
   return out;
 }
@@ -250,6 +256,13 @@ inline std::optional<RepositoryPolicy> DecodePolicy(std::string_view value) {
       auto mode = ParseQueueMode(SV(part.substr(2)), "mode");
       if (!mode.ok()) return std::nullopt;
       p.mode = *mode;
+    } else if (part.substr(0, 2) == "s=") {
+      for (absl::string_view name : absl::StrSplit(part.substr(2), '+')) {
+        if (!ValidateSharedLimitName(SV(name), "name").ok()) {
+          return std::nullopt;
+        }
+        p.shared_limits.emplace_back(name);
+      }
     } else {
       return std::nullopt;
     }

@@ -45,8 +45,14 @@ absl::StatusOr<ImportResult> EtcdDriver::ImportRuns(
     return s;
   }
   const ImportCapacity cap = GetImportCapacity();
-  if (request.running.size() + request.waiting.size() + cap.per_repository <=
-      cap.runs) {
+  size_t per_part = cap.runs - cap.per_repository;
+  // A member's running runs put a `held` key per shared limit too.
+  auto policy = GetRepositoryPolicy(ctx, repo.Key());
+  if (!policy.ok()) return policy.status();
+  if (const size_t n = policy->shared_limits.size(); n > 0) {
+    per_part = std::max<size_t>(1, (kMaxTxnOps - 8) / (2 + n));
+  }
+  if (request.running.size() + request.waiting.size() <= per_part) {
     auto out = ImportBatch(ctx, {RepositoryImport{repo, request}});
     if (!out.ok()) return out.status();
     return std::move(out->front());
@@ -61,7 +67,6 @@ absl::StatusOr<ImportResult> EtcdDriver::ImportRuns(
                    [](const auto* a, const auto* b) {
                      return a->creation_time < b->creation_time;
                    });
-  const size_t per_part = cap.runs - cap.per_repository;
   std::set<std::string> others;
   size_t r = 0, w = 0;
   bool first = true;
@@ -221,6 +226,8 @@ size_t EtcdDriver::PlanImport(const RepositoryImport& part,
   int64_t running = static_cast<int64_t>(after.slots.size());
   std::set<const QueueInfo*> admitted;
   for (const QueueInfo* q : order) {
+    // A member's queue is admitted by SharedPass, after the batch.
+    if (!v.shared.empty()) break;
     if (plan->limit != 0 && running >= plan->limit) break;
     const bool joins = q->create_revision == kPending;
     if (!joins && mine.count(q->run) == 0) {
@@ -274,6 +281,39 @@ absl::StatusOr<std::vector<ImportResult>> EtcdDriver::ImportBatch(
       !s.ok()) {
     return s;
   }
+  std::vector<std::string> pass;
+  auto out = ImportBatchInTurns(ctx, parts, &pass);
+  if (absl::IsResourceExhausted(out.status()) && parts.size() > 1) {
+    // Members' `held` keys made the batch too big for one Txn: each part
+    // by itself (each atomic, as a batch's parts are not together).
+    std::vector<ImportResult> each;
+    for (const RepositoryImport& part : parts) {
+      auto one = ImportRuns(ctx, part.repository, part.request);
+      if (!one.ok()) return one.status();
+      each.push_back(*std::move(one));
+    }
+    return each;
+  }
+  if (!out.ok() || pass.empty()) return out;
+  // The members' queues, admitted once the turns are over (rule 22), and
+  // the answers of their parts read again.
+  if (SharedPass(ctx, pass).empty()) return out;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    auto v = Read(ctx, parts[i].repository.Key());
+    if (!v.ok()) return v.status();
+    if (v->shared.empty()) continue;
+    std::set<std::string> others;
+    for (const Lease& l : (*out)[i].others_admitted) {
+      others.insert(l.pipeline_run_key);
+    }
+    (*out)[i] = ImportResultOf(*v, parts[i].request, others);
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<ImportResult>> EtcdDriver::ImportBatchInTurns(
+    const Context& ctx, const std::vector<RepositoryImport>& parts,
+    std::vector<std::string>* pass) {
   if (absl::Status s = ctx.Err(); !s.ok()) return s;
   if (absl::Status s = CheckOpen(); !s.ok()) return s;
   // This process's guarded steps of these repositories wait their turn
@@ -325,9 +365,14 @@ absl::StatusOr<std::vector<ImportResult>> EtcdDriver::ImportBatch(
     }
     const size_t ops = static_cast<size_t>(sized.success_size());
     if (ops > kMaxTxnOps) {
-      return absl::InternalError(Cat("etcd import: a batch planned ", ops,
-                                     " operations, above ", kMaxTxnOps,
-                                     " (GetImportCapacity)"));
+      return absl::ResourceExhaustedError(
+          Cat("etcd import: a batch planned ", ops, " operations, above ",
+              kMaxTxnOps, " (GetImportCapacity)"));
+    }
+    pass->clear();
+    for (const ImportPart& plan : plans) {
+      pass->insert(pass->end(), plan.view.shared.begin(),
+                   plan.view.shared.end());
     }
     if (ops == 0) {  // everything in place already
       return Answer(ctx, parts, plans, 0, "");
@@ -385,7 +430,8 @@ absl::StatusOr<std::vector<ImportResult>> EtcdDriver::Answer(
     std::set<std::string> others = plan.others;
     const int64_t held = static_cast<int64_t>(after.slots.size());
     const bool room = plan.limit == 0 || held < plan.limit;
-    if (!QueuedOf(after).empty() && (plan.promote_more || room)) {
+    if (after.shared.empty() && !QueuedOf(after).empty() &&
+        (plan.promote_more || room)) {
       auto r = Step(ctx, plan.repo, plan.limit, false, "", AcquireOptions{},
                     /*holding_turn=*/true);
       if (!r.ok()) return r.status();

@@ -143,14 +143,23 @@ absl::Status EtcdDriver::SetRepositoryPolicy(const Context& ctx,
                                              const RepositoryPolicy& policy) {
   if (absl::Status s = ValidateKey(repo_key, "repository"); !s.ok()) return s;
   if (absl::Status s = ValidatePolicy(policy); !s.ok()) return s;
-  if (!policy.shared_limits.empty()) {
-    return absl::UnimplementedError(
-        "shared_limits: the etcd driver has no shared limits yet");
-  }
   if (absl::Status s = ctx.Err(); !s.ok()) return s;
   if (absl::Status s = CheckOpen(); !s.ok()) return s;
   const std::string repo(repo_key);
   const std::string p = RepoPrefix(repo);
+  // A new membership (etcd_shared.cc) is recorded with the policy, its
+  // keys and `held` keys, in one guarded Txn; then this repository is
+  // stepped (it may have left), and the limits it joined or left passed.
+  std::vector<std::string> touched;
+  auto changed = ChangeMembership(ctx, repo, policy, &touched);
+  if (!changed.ok()) return changed.status();
+  if (*changed) {
+    auto r = Step(ctx, repo, 0, /*set_limit=*/false, "", {},
+                  /*holding_turn=*/false, StepShared{0, true});
+    if (!r.ok()) return r.status();
+    SharedPass(ctx, touched);
+    return absl::OkStatus();
+  }
   // The key, and `meta` rewritten if the repository has one: every plan
   // made on a view of the old policy (the old order) fails its compare of
   // `meta` and is made again, so a change of mode reorders the queue in

@@ -40,9 +40,9 @@ void EtcdDriver::HandBack(const std::string& repo,
   turns_cv_.NotifyAll();
 }
 
-absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(const Context& ctx,
-                                                       const std::string& repo,
-                                                       ReleaseReq* self) {
+absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(
+    const Context& ctx, const std::string& repo, ReleaseReq* self,
+    std::vector<std::string>* pass) {
   // group[0] is this thread's own release; the others wait for its answer,
   // or, if this thread returns an error, go on with their own contexts.
   std::vector<ReleaseReq*> group{self};
@@ -59,6 +59,21 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(const Context& ctx,
     if (!view.ok()) return view.status();
     const RepoView& v = *view;
     const std::string p = RepoPrefix(repo);
+    // A member of shared limits deletes a `held` key per limit with each
+    // slot, and admits nobody: the caller's SharedPass does, in the order
+    // of rule 22. Fewer releases then fit in one Txn.
+    const bool member = !v.shared.empty();
+    if (const size_t cap = std::max<size_t>(
+            1, (kMaxTxnOps - kMaxStaleDeletes - 8) / (3 + v.shared.size()));
+        member && group.size() > cap) {
+      MutexLock lock(&mu_);
+      for (size_t i = group.size(); i-- > cap;) {
+        group[i]->state = ReleaseReq::kWaiting;
+        release_waiters_[repo].push_front(group[i]);
+      }
+      group.resize(cap);
+      turns_cv_.NotifyAll();
+    }
     // Nobody queued: a light release (LightProof), which compares `meta`
     // but does not rewrite it, so it carries no commit id. Its compare
     // keeps the queue empty until it commits: there is nobody to admit.
@@ -157,6 +172,7 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(const Context& ctx,
     std::vector<const QueueInfo*> promote;
     bool more = false;
     for (const QueueInfo& q : v.queue) {
+      if (member) break;
       if (done_runs.count(q.run) > 0) continue;
       if (v.limit != 0 && running >= v.limit) break;
       if (stale.count(&q) > 0 || due.count(&q) > 0) continue;
@@ -235,6 +251,7 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(const Context& ctx,
           std::find(seats.begin(), seats.end(), f.slot->seat) == seats.end()) {
         *txn.add_success() = DeleteOp(SeatKey(repo, f.slot->seat));
       }
+      if (f.slot != nullptr) DeleteHeld(&txn, v, f.slot->seat);
       // Its request to stop goes with it.
       if (f.slot != nullptr && v.cancels.count(f.slot->run) > 0) {
         *txn.add_success() =
@@ -283,6 +300,7 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(const Context& ctx,
     }
     std::move(hand_back).Cancel();
     AnswerGroup(group, results);
+    if (member) *pass = v.shared;
     if (more) {
       // Heads beyond what one Txn carries (the limit was raised, or many
       // slots expired unseen): admitted now, still in this thread's turn,

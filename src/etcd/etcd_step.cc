@@ -86,7 +86,37 @@ void EtcdDriver::EndTurn(const std::string& repo) {
 
 absl::StatusOr<AcquireResult> EtcdDriver::Step(
     const Context& ctx, const std::string& repo, int32_t limit, bool set_limit,
-    const std::string& run, const AcquireOptions& options, bool holding_turn) {
+    const std::string& run, const AcquireOptions& options, bool holding_turn,
+    StepShared shared) {
+  std::vector<std::string> pass;
+  bool recheck = false;
+  auto r = PlanAndCommit(ctx, repo, limit, set_limit, run, options,
+                         holding_turn, shared, &pass, &recheck);
+  if (!r.ok() || pass.empty() || holding_turn) return r;
+  if (recheck) {
+    // The caller was queued in a member. A release that freed a shared
+    // slot before this read is seen by it; one after it reads the queue
+    // with the caller in it and passes itself.
+    auto st = ReadShared(ctx, pass);
+    if (!st.ok() || SharedFree(*st, pass) <= 0) return r;
+  }
+  for (Lease& l : SharedPass(ctx, pass)) {
+    if (!run.empty() && !r->acquired && l.repository_key == repo &&
+        l.pipeline_run_key == run) {
+      r->acquired = true;
+      r->position = 0;
+      r->lease = std::move(l);
+    } else {
+      r->admitted.push_back(std::move(l));
+    }
+  }
+  return r;
+}
+
+absl::StatusOr<AcquireResult> EtcdDriver::PlanAndCommit(
+    const Context& ctx, const std::string& repo, int32_t limit, bool set_limit,
+    const std::string& run, const AcquireOptions& options, bool holding_turn,
+    StepShared shared, std::vector<std::string>* pass, bool* recheck) {
   bool fresh = false;
   std::optional<RepoView> confirmed;  // etcd's view, from Confirm
   Turn turn(this);  // taken once the step turns out to need a guarded write
@@ -188,6 +218,20 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(
     auto free_slots = [&] {
       return eff_limit == 0 ? INT64_MAX : eff_limit - running;
     };
+    // A member of shared limits (etcd_shared.cc): its queue is admitted by
+    // SharedPass, `shared.admits` heads at a time, and a grant must fit
+    // every shared limit of it, as read now (GuardShared keeps it so).
+    const bool member = !v.shared.empty();
+    std::map<std::string, SharedState> shared_st;
+    int64_t shared_free = INT64_MAX;
+    if (member && (!run.empty() || shared.admits > 0)) {
+      auto st = ReadShared(ctx, v.shared);
+      if (!st.ok()) return st.status();
+      shared_st = *std::move(st);
+      shared_free = SharedFree(shared_st, v.shared);
+    }
+    // (Kept from an earlier Txn of this step that raised the limit.)
+    if (member && (shared.pass || limit_changed)) *pass = v.shared;
     // Queue heads admitted into free slots, oldest first, as many as one
     // Txn may carry: each takes a seat put and a queue delete, beside the
     // `meta` and limit puts, the caller's grant or entry (2) and the stale
@@ -201,6 +245,10 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(
     for (const QueueInfo& q : v.queue) {
       if (free_slots() <= 0) break;
       if (stale.count(&q) > 0) continue;
+      if (member && (promote.size() >= shared.admits ||
+                     static_cast<int64_t>(promote.size()) >= shared_free)) {
+        break;
+      }
       if (promote.size() == max_promote) {
         more = true;
         break;
@@ -234,7 +282,8 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(
         // Admitted below with the others.
       } else if (options.adopt_running ||
                  (promote.size() + stale.size() == v.queue.size() &&
-                  free_slots() > 0)) {
+                  free_slots() > 0 &&
+                  shared_free > static_cast<int64_t>(promote.size()))) {
         // (Stale entries wait for nobody: beside them the caller is first.)
         grant_caller = true;
       } else if (caller_queued != nullptr) {
@@ -299,7 +348,7 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(
     const bool light = grant_caller && promote.empty() && !limit_changed &&
                        v.queue.empty() && LightGrantsPossible(v) &&
                        !forget_removed && superseded.empty() &&
-                       timed_out.empty() && cancels.empty();
+                       timed_out.empty() && cancels.empty() && !member;
     const size_t n_leases = promote.size() + (grant_caller ? 1 : 0);
     auto leases = Leases(ctx, n_leases);
     if (!leases.ok()) return leases.status();
@@ -429,6 +478,9 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(
         }
       }
     }
+    if (member && !granted.empty()) {
+      GuardShared(&txn, v.shared, shared_st, commit_id);
+    }
     int64_t enqueued_deadline = INT64_MAX;
     if (enqueue_caller) {
       QueueInfo q{run, queue_key, creation_us, 0, absl::ToUnixMicros(now)};
@@ -494,6 +546,10 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(
       --attempt;
       continue;
     }
+    if (enqueue_caller && member) {
+      *pass = v.shared;
+      *recheck = true;
+    }
     if (enqueue_caller) {
       // Its place: after every entry of the view that admits before it
       // (it joined last, so after those of its creation time).
@@ -550,10 +606,23 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseSlot(
   self.lease = lease;
   self.revision = revision;
   self.by_lease = !lease_id.empty();
-  Turn turn(this);
-  if (absl::Status s = turn.Take(ctx, repo, &self); !s.ok()) return s;
-  if (self.state == ReleaseReq::kDone) return std::move(self.result);
-  return ReleaseGroup(ctx, repo, &self);
+  std::vector<std::string> pass;
+  absl::StatusOr<ReleaseResult> out;
+  {
+    Turn turn(this);
+    if (absl::Status s = turn.Take(ctx, repo, &self); !s.ok()) return s;
+    if (self.state == ReleaseReq::kDone) return std::move(self.result);
+    out = ReleaseGroup(ctx, repo, &self, &pass);
+  }
+  // A member's freed shared slots go to the earliest head that fits, in
+  // any member (rule 22), once the turn is over: the pass may step this
+  // repository too. (Releases answered by this one's group are passed
+  // here as well.)
+  if (out.ok() && !pass.empty()) {
+    std::vector<Lease> more = SharedPass(ctx, pass);
+    out->admitted.insert(out->admitted.end(), more.begin(), more.end());
+  }
+  return out;
 }
 
 }  // namespace pac::concurrency::internal

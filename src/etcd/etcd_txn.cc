@@ -212,6 +212,10 @@ int64_t EtcdDriver::AddGrant(etcdpb::TxnRequest* txn, RepoView* after,
             Cat(Hex(lease), "/", std::to_string(since_us), "/", commit_id, "/",
                 run, group.empty() ? "" : " ", group),
             lease);
+  // A member's slot counts in each of its shared limits while it lives.
+  for (const std::string& name : after->shared) {
+    *txn->add_success() = PutOp(HeldKey(name, after->repo, seat), run, lease);
+  }
   // Its revision is the commit's, filled in by CommitStep.
   after->slots[run] =
       SlotInfo{run, Hex(lease), 0, since_us, commit_id, seat, group};

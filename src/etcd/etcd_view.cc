@@ -216,6 +216,7 @@ void EtcdDriver::ApplyKv(RepoView* v, std::string_view rest, bool put,
                           ? absl::ToInt64Microseconds(*p.max_queue_time)
                           : 0;
     v->mode = p.mode;
+    v->shared = p.shared_limits;
   } else if (rest.substr(0, 8) == "removed/") {
     std::string run(rest.substr(8));
     if (put) {

@@ -295,8 +295,12 @@ void EtcdDriver::CollectWatchEvents(const WatchBatch& b, PendingEvents* out,
   if (!applied.empty()) views_cv_.NotifyAll();
   for (const std::string& repo : freed) {
     // A view still cached took every event of this batch (or is later).
+    // (A member's freed slot may admit another member's head.)
     auto it = views_.find(repo);
-    if (it != views_.end() && it->second.queue.empty()) continue;
+    if (it != views_.end() && it->second.queue.empty() &&
+        it->second.shared.empty()) {
+      continue;
+    }
     to_promote_.insert(repo);
   }
   for (const std::string& repo : joined) {
@@ -391,7 +395,9 @@ void EtcdDriver::PromoteLoop() {
     for (const std::string& repo : repos) {
       Context ctx =
           Context::WithTimeout(Context::Background(), absl::Seconds(10));
-      auto r = Step(ctx, repo, 0, /*set_limit=*/false, "", {});
+      // (In a member of shared limits, a pass of them: StepShared.)
+      auto r = Step(ctx, repo, 0, /*set_limit=*/false, "", {},
+                    /*holding_turn=*/false, StepShared{0, true});
       if (r.ok() || closed_.load()) {
         retries.erase(repo);
         continue;

@@ -179,9 +179,9 @@ int Torture::Run() {
         Context::WithTimeout(Context::Background(), absl::Seconds(10));
     (void)rec_->SetLimit(ctx, repos.flex);
     // With the policies on, two fixed repositories (limits 3 and 200) draw
-    // from a shared limit of 3 where the backend has shared limits: the
-    // checker's over_shared_limit counts their holders together.
-    if (f_.policies && f_.backend != "etcd") {
+    // from a shared limit of 3: the checker's over_shared_limit counts
+    // their holders together.
+    if (f_.policies) {
       if (absl::Status s =
               rec_->Share(ctx, SharedLimit{absl::StrCat(f_.ns, "-pool"), 3},
                           {repos.fixed[2].Key(), repos.fixed[3].Key()});
