@@ -558,6 +558,9 @@ class EtcdDriver final : public Driver {
   // Deletes the `held` keys of `v`'s seat (a member's release).
   void DeleteHeld(etcdpb::TxnRequest* txn, const RepoView& v,
                   int64_t seat) const;
+  // The answers of `ranges`, by read-only Txns of kMaxTxnOps ranges.
+  absl::StatusOr<std::vector<etcdpb::RangeResponse>> Ranges(
+      const Context& ctx, const std::vector<etcdpb::RangeRequest>& ranges);
   // The members of `names`, and how many queue keys each repository has.
   absl::StatusOr<std::set<std::string>> SharedMembers(
       const Context& ctx, const std::vector<std::string>& names);

@@ -30,49 +30,67 @@ std::string EtcdDriver::HeldKey(std::string_view name, std::string_view repo,
   return Cat(SharedPrefix(name), "held/", repo, "/", std::to_string(seat));
 }
 
+absl::StatusOr<std::vector<etcdpb::RangeResponse>> EtcdDriver::Ranges(
+    const Context& ctx, const std::vector<etcdpb::RangeRequest>& ranges) {
+  std::vector<etcdpb::RangeResponse> out;
+  for (size_t begin = 0; begin < ranges.size(); begin += kMaxTxnOps) {
+    const size_t end = std::min(ranges.size(), begin + kMaxTxnOps);
+    etcdpb::TxnRequest reads;
+    for (size_t i = begin; i < end; ++i) {
+      *reads.add_success()->mutable_request_range() = ranges[i];
+    }
+    auto tr = kv_->Txn(ctx, reads);
+    if (!tr.ok()) return tr.status();
+    if (tr->responses_size() != static_cast<int>(end - begin)) {
+      return absl::InternalError("etcd: a read-only Txn answered no ranges");
+    }
+    for (const auto& r : tr->responses()) out.push_back(r.response_range());
+  }
+  return out;
+}
+
+namespace {
+
+etcdpb::RangeRequest RangeOf(const std::string& key, bool prefix = false,
+                             bool count_only = false, bool keys_only = false) {
+  etcdpb::RangeRequest r;
+  r.set_key(key);
+  if (prefix) r.set_range_end(PrefixEnd(key));
+  r.set_count_only(count_only);
+  r.set_keys_only(keys_only);
+  return r;
+}
+
+}  // namespace
+
 absl::StatusOr<std::map<std::string, EtcdDriver::SharedState>>
 EtcdDriver::ReadShared(const Context& ctx,
                        const std::vector<std::string>& names) {
   std::map<std::string, SharedState> out;
-  if (names.empty()) return out;
-  // Three ranges a limit, one read-only Txn: at most 8 limits a member,
-  // but a pass may read those of many members.
-  std::vector<std::string> all(names.begin(), names.end());
-  std::sort(all.begin(), all.end());
-  all.erase(std::unique(all.begin(), all.end()), all.end());
-  constexpr size_t kPerTxn = kMaxTxnOps / 3;
-  for (size_t begin = 0; begin < all.size(); begin += kPerTxn) {
-    const size_t end = std::min(all.size(), begin + kPerTxn);
-    etcdpb::TxnRequest reads;
-    for (size_t i = begin; i < end; ++i) {
-      const std::string sp = SharedPrefix(all[i]);
-      reads.add_success()->mutable_request_range()->set_key(sp + "limit");
-      reads.add_success()->mutable_request_range()->set_key(sp + "meta");
-      auto* held = reads.add_success()->mutable_request_range();
-      held->set_key(sp + "held/");
-      held->set_range_end(PrefixEnd(sp + "held/"));
-      held->set_count_only(true);
+  for (const std::string& name : names) out[name];
+  // Three ranges a limit: its `limit`, its `meta` and the count of its
+  // `held` keys.
+  std::vector<etcdpb::RangeRequest> ranges;
+  for (const auto& [name, st] : out) {
+    const std::string sp = SharedPrefix(name);
+    ranges.push_back(RangeOf(sp + "limit"));
+    ranges.push_back(RangeOf(sp + "meta"));
+    ranges.push_back(RangeOf(sp + "held/", true, /*count_only=*/true));
+  }
+  auto got = Ranges(ctx, ranges);
+  if (!got.ok()) return got.status();
+  size_t at = 0;
+  for (auto& [name, st] : out) {
+    const etcdpb::RangeResponse& limit = (*got)[at++];
+    const etcdpb::RangeResponse& meta = (*got)[at++];
+    if (limit.kvs_size() > 0) {
+      const std::string& value = limit.kvs(0).value();
+      st.defined =
+          std::from_chars(value.data(), value.data() + value.size(), st.limit)
+              .ec == std::errc();
     }
-    auto tr = kv_->Txn(ctx, reads);
-    if (!tr.ok()) return tr.status();
-    if (tr->responses_size() != static_cast<int>(3 * (end - begin))) {
-      return absl::InternalError("etcd: a read-only Txn answered no ranges");
-    }
-    for (size_t i = begin; i < end; ++i) {
-      const int at = static_cast<int>(3 * (i - begin));
-      SharedState& st = out[all[i]];
-      const etcdpb::RangeResponse& limit = tr->responses(at).response_range();
-      const etcdpb::RangeResponse& meta =
-          tr->responses(at + 1).response_range();
-      if (limit.kvs_size() > 0) {
-        const std::string& value = limit.kvs(0).value();
-        st.defined =
-            std::from_chars(value.data(), value.data() + value.size(), st.limit)
-                .ec == std::errc();
-      }
-      st.meta_mod = meta.kvs_size() > 0 ? meta.kvs(0).mod_revision() : 0;
-      st.held = tr->responses(at + 2).response_range().count();
-    }
+    st.meta_mod = meta.kvs_size() > 0 ? meta.kvs(0).mod_revision() : 0;
+    st.held = (*got)[at++].count();
   }
   return out;
 }
@@ -116,24 +134,18 @@ void EtcdDriver::DeleteHeld(etcdpb::TxnRequest* txn, const RepoView& v,
 
 absl::StatusOr<std::set<std::string>> EtcdDriver::SharedMembers(
     const Context& ctx, const std::vector<std::string>& names) {
+  std::vector<etcdpb::RangeRequest> ranges;
+  for (const std::string& name : names) {
+    ranges.push_back(RangeOf(SharedPrefix(name) + "member/", true, false,
+                             /*keys_only=*/true));
+  }
+  auto got = Ranges(ctx, ranges);
+  if (!got.ok()) return got.status();
   std::set<std::string> out;
-  for (size_t begin = 0; begin < names.size(); begin += kMaxTxnOps) {
-    const size_t end = std::min(names.size(), begin + kMaxTxnOps);
-    etcdpb::TxnRequest reads;
-    for (size_t i = begin; i < end; ++i) {
-      const std::string mp = SharedPrefix(names[i]) + "member/";
-      auto* r = reads.add_success()->mutable_request_range();
-      r->set_key(mp);
-      r->set_range_end(PrefixEnd(mp));
-      r->set_keys_only(true);
-    }
-    auto tr = kv_->Txn(ctx, reads);
-    if (!tr.ok()) return tr.status();
-    for (int i = 0; i < tr->responses_size(); ++i) {
-      const size_t skip = SharedPrefix(names[begin + i]).size() + 7;
-      for (const auto& kv : tr->responses(i).response_range().kvs()) {
-        if (kv.key().size() > skip) out.insert(kv.key().substr(skip));
-      }
+  for (size_t i = 0; i < got->size(); ++i) {
+    const size_t skip = ranges[i].key().size();
+    for (const auto& kv : (*got)[i].kvs()) {
+      if (kv.key().size() > skip) out.insert(kv.key().substr(skip));
     }
   }
   return out;
@@ -141,24 +153,16 @@ absl::StatusOr<std::set<std::string>> EtcdDriver::SharedMembers(
 
 absl::StatusOr<std::map<std::string, int64_t>> EtcdDriver::QueueCounts(
     const Context& ctx, const std::set<std::string>& repos) {
-  std::map<std::string, int64_t> out;
-  std::vector<std::string> list(repos.begin(), repos.end());
-  for (size_t begin = 0; begin < list.size(); begin += kMaxTxnOps) {
-    const size_t end = std::min(list.size(), begin + kMaxTxnOps);
-    etcdpb::TxnRequest reads;
-    for (size_t i = begin; i < end; ++i) {
-      const std::string qp = RepoPrefix(list[i]) + "queue/";
-      auto* r = reads.add_success()->mutable_request_range();
-      r->set_key(qp);
-      r->set_range_end(PrefixEnd(qp));
-      r->set_count_only(true);
-    }
-    auto tr = kv_->Txn(ctx, reads);
-    if (!tr.ok()) return tr.status();
-    for (int i = 0; i < tr->responses_size(); ++i) {
-      out[list[begin + i]] = tr->responses(i).response_range().count();
-    }
+  std::vector<etcdpb::RangeRequest> ranges;
+  for (const std::string& repo : repos) {
+    ranges.push_back(RangeOf(RepoPrefix(repo) + "queue/", true,
+                             /*count_only=*/true));
   }
+  auto got = Ranges(ctx, ranges);
+  if (!got.ok()) return got.status();
+  std::map<std::string, int64_t> out;
+  size_t i = 0;
+  for (const std::string& repo : repos) out[repo] = (*got)[i++].count();
   return out;
 }
 
