@@ -119,6 +119,16 @@ def etcd_run(bench_json):
             handoff[drivers] = b["items_per_second"]
         if b["name"].startswith("BM_Etcd_ReleaseToWatcherAcrossProcesses"):
             latency = (b["p50_ms"], b["p99_ms"], b["max_ms"])
+    # The cost of a shared limit: 100 members against 100 repositories.
+    for b in data["benchmarks"]:
+        m = re.match(r"BM_Etcd_AcquireRelease_SharedLimit/.*(threads:\d+)", b["name"])
+        plain = points.get(f"repos:100 {m.group(1)} "
+                           f"{'1 driver' if m.group(1) == 'threads:1' else 'a driver each'}"
+                           ) if m else None
+        if plain:
+            print(f"shared limit, 100 members, {m.group(1)}: "
+                  f"{b['items_per_second']:.0f} pairs/s, "
+                  f"{b['items_per_second'] / plain[2]:.2f} of the pair without")
     return points, handoff, latency
 
 
