@@ -377,6 +377,20 @@ TEST_F(HttpServerTest, SharedLimitsHoldRunsAcrossRepositories) {
   auto status = c.Get("/v1/repositories/ns/two");
   ASSERT_TRUE(status);
   EXPECT_EQ(Body(status)["queued"][0]["waiting_for"]["shared_limit"], "team-a");
+  // And in the listing (ns/one, full by the team too, has nobody queued).
+  auto listing = c.Get("/v1/repositories?namespace=ns");
+  ASSERT_TRUE(listing);
+  EXPECT_EQ(listing->status, 200) << listing->body;
+  bool listed = false;
+  const Json listed_body = Body(listing);
+  for (const Json& r : listed_body["repositories"]) {
+    if (r["repository"] != "ns/two") continue;
+    listed = true;
+    EXPECT_EQ(r["queued"][0]["waiting_for"]["reason"], "shared_limit")
+        << r.dump();
+    EXPECT_EQ(r["queued"][0]["waiting_for"]["shared_limit"], "team-a");
+  }
+  EXPECT_TRUE(listed) << listing->status << listing->body;
   auto list = c.Get("/v1/shared-limits");
   ASSERT_TRUE(list);
   EXPECT_EQ(list->status, 200) << list->body;

@@ -417,15 +417,7 @@ absl::StatusOr<Json> Service::Status(const Context& ctx,
   auto snap = driver_->GetRepositorySnapshot(ctx, repo_key);
   if (!snap.ok()) return snap.status();
   Json out = StatusJson(repo_key, *snap, clock_->Now());
-  if (!snap->queued.empty()) {
-    if (std::optional<Json> hold = SharedHold(ctx, repo_key, &*snap)) {
-      for (Json& q : out["queued"]) {
-        Json why = *hold;
-        why["ahead"] = q["waiting_for"]["ahead"];
-        q["waiting_for"] = std::move(why);
-      }
-    }
-  }
+  MarkSharedHold(ctx, repo_key, *snap, out, nullptr);
   return out;
 }
 
@@ -451,6 +443,9 @@ absl::StatusOr<Json> Service::ListRepositories(const Context& ctx,
   Json out = Json::array();
   std::string cursor = page.after, last;
   bool more = false;
+  // Read once, if a repository with a queue and a free slot of its own
+  // asks for it (a full shared limit may hold its runs).
+  SharedList shared;
   while (!more) {
     auto part =
         driver_->ListRepositorySnapshots(ctx, namespace_name, cursor, ask);
@@ -466,6 +461,7 @@ absl::StatusOr<Json> Service::ListRepositories(const Context& ctx,
         break;
       }
       out.push_back(StatusJson(r.repository_key, r.snapshot, now));
+      MarkSharedHold(ctx, r.repository_key, r.snapshot, out.back(), &shared);
       last = r.repository_key;
     }
     if (ask == 0 || part->size() < ask) break;

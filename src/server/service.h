@@ -98,9 +98,17 @@ class Service final : public Api {
   // What holds the queued runs of a repository with a free slot of its
   // own: its first full shared limit, as a waiting_for object
   // (service_shared.cc); nullopt when none (or it has no shared limits).
-  // `snap`: the repository's, read here when null.
+  // `snap`: the repository's, read here when null. `limits`: the shared
+  // limits as listed, read here (and kept there) when empty.
+  using SharedList = std::optional<std::vector<SharedLimitStatus>>;
   std::optional<Json> SharedHold(const Context& ctx, std::string_view repo_key,
-                                 const RepositorySnapshot* snap);
+                                 const RepositorySnapshot* snap,
+                                 SharedList* limits = nullptr);
+  // Names the full shared limit in the waiting_for of each queued run of
+  // `status` (StatusJson of `snap`), if one holds them.
+  void MarkSharedHold(const Context& ctx, std::string_view repo_key,
+                      const RepositorySnapshot& snap, Json& status,
+                      SharedList* limits);
 
   Driver* const driver_;
   Clock* const clock_;

@@ -74,7 +74,13 @@ absl::StatusOr<Json> Service::ListSharedLimits(const Context& ctx) {
 
 std::optional<Json> Service::SharedHold(const Context& ctx,
                                         std::string_view repo_key,
-                                        const RepositorySnapshot* snap) {
+                                        const RepositorySnapshot* snap,
+                                        SharedList* limits) {
+  // Given a snapshot, a repository held by its own limit needs no read.
+  if (snap != nullptr && snap->limit.value_or(0) > 0 &&
+      static_cast<int64_t>(snap->running.size()) >= *snap->limit) {
+    return std::nullopt;
+  }
   auto policy = driver_->GetRepositoryPolicy(ctx, repo_key);
   if (!policy.ok() || policy->shared_limits.empty()) return std::nullopt;
   RepositorySnapshot read;
@@ -89,9 +95,14 @@ std::optional<Json> Service::SharedHold(const Context& ctx,
   if (own > 0 && static_cast<int64_t>(snap->running.size()) >= own) {
     return std::nullopt;
   }
-  auto list = driver_->ListSharedLimits(ctx);
-  if (!list.ok()) return std::nullopt;
-  for (const SharedLimitStatus& st : *list) {
+  SharedList own_list;
+  if (limits == nullptr) limits = &own_list;
+  if (!limits->has_value()) {
+    auto list = driver_->ListSharedLimits(ctx);
+    if (!list.ok()) return std::nullopt;
+    *limits = *std::move(list);
+  }
+  for (const SharedLimitStatus& st : **limits) {
     if (!std::binary_search(policy->shared_limits.begin(),
                             policy->shared_limits.end(), st.name)) {
       continue;
@@ -105,6 +116,19 @@ std::optional<Json> Service::SharedHold(const Context& ctx,
     }
   }
   return std::nullopt;
+}
+
+void Service::MarkSharedHold(const Context& ctx, std::string_view repo_key,
+                             const RepositorySnapshot& snap, Json& status,
+                             SharedList* limits) {
+  if (snap.queued.empty()) return;
+  std::optional<Json> hold = SharedHold(ctx, repo_key, &snap, limits);
+  if (!hold.has_value()) return;
+  for (Json& q : status["queued"]) {
+    Json why = *hold;
+    why["ahead"] = q["waiting_for"]["ahead"];
+    q["waiting_for"] = std::move(why);
+  }
 }
 
 }  // namespace pac::concurrency::server
