@@ -546,7 +546,9 @@ absl::StatusOr<AcquireResult> EtcdDriver::PlanAndCommit(
       --attempt;
       continue;
     }
-    if (enqueue_caller && member) {
+    // (A repository full by its own limit is passed by the release that
+    // frees its slot, as a non-member is stepped.)
+    if (enqueue_caller && member && free_slots() > 0) {
       *pass = v.shared;
       *recheck = true;
     }

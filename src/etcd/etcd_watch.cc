@@ -392,12 +392,18 @@ void EtcdDriver::PromoteLoop() {
       last_restart = absl::Now();
       RestartWatch();  // after the pause: from the last revision seen
     }
+    // The shared limits of the members stepped: each passed once, after
+    // the steps (a sweep may step many members of one limit).
+    std::set<std::string> pass;
     for (const std::string& repo : repos) {
       Context ctx =
           Context::WithTimeout(Context::Background(), absl::Seconds(10));
-      // (In a member of shared limits, a pass of them: StepShared.)
-      auto r = Step(ctx, repo, 0, /*set_limit=*/false, "", {},
-                    /*holding_turn=*/false, StepShared{0, true});
+      auto r = Step(ctx, repo, 0, /*set_limit=*/false, "", {});
+      if (r.ok()) {
+        bool cached = false;
+        auto v = View(ctx, repo, &cached);
+        if (v.ok()) pass.insert(v->shared.begin(), v->shared.end());
+      }
       if (r.ok() || closed_.load()) {
         retries.erase(repo);
         continue;
@@ -410,6 +416,11 @@ void EtcdDriver::PromoteLoop() {
       logger_->warn("etcd: admitting the queue of {} failed (again in {}): {}",
                     repo, absl::FormatDuration(it->second.pause),
                     r.status().ToString());
+    }
+    if (!pass.empty()) {
+      Context ctx =
+          Context::WithTimeout(Context::Background(), absl::Seconds(10));
+      SharedPass(ctx, std::vector<std::string>(pass.begin(), pass.end()));
     }
   }
 }
