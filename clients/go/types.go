@@ -61,7 +61,8 @@ type AcquireResult struct {
 	// queued (SubmitOptions.NoQueue).
 	Position int    `json:"position"`
 	Lease    *Lease `json:"lease,omitempty"`
-	// WaitingFor says what holds a queued run (Reason and Ahead only).
+	// WaitingFor says what holds a queued run: Reason and Ahead, and for
+	// a shared limit its name and counts.
 	WaitingFor *WaitingFor `json:"waiting_for,omitempty"`
 	// Admitted lists other runs this call admitted (a raised limit).
 	Admitted []Lease `json:"admitted"`
@@ -99,6 +100,12 @@ type WaitingFor struct {
 	Ahead  int    `json:"ahead"`
 	Limit  int    `json:"limit,omitempty"`
 	InUse  int    `json:"in_use,omitempty"`
+	// With Reason "shared_limit": the full shared limit, its members'
+	// queued runs, and (in a status or a listing) how many of them go
+	// before this run: Ahead and the other members' runs queued earlier.
+	SharedLimit        string `json:"shared_limit,omitempty"`
+	Queued             int    `json:"queued,omitempty"`
+	AheadInSharedLimit int    `json:"ahead_in_shared_limit,omitempty"`
 }
 
 // RepositoryStatus is one consistent state of a repository.

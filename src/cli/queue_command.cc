@@ -39,11 +39,16 @@ int Queue(const GlobalOptions& g, const std::string& repo) {
       std::string why;  // a server of an earlier version does not say
       if (q.contains("waiting_for") && q["waiting_for"].is_object()) {
         const Json& w = q["waiting_for"];
-        why = Cat(w.value("reason", "") == "shared_limit"
-                      ? Cat("shared limit ", w.value("shared_limit", ""), " ")
-                      : std::string("limit "),
-                  w.value("in_use", 0), "/", w.value("limit", 0), ", ",
-                  w.value("ahead", 0), " ahead");
+        const bool shared = w.value("reason", "") == "shared_limit";
+        const std::string name = w.value("shared_limit", "");
+        why = Cat(
+            shared ? Cat("shared limit ", name, " ") : std::string("limit "),
+            w.value("in_use", 0), "/", w.value("limit", 0), ", ",
+            w.value("ahead", 0), " ahead");
+        if (shared && w.contains("ahead_in_shared_limit")) {
+          why +=
+              Cat(", ", w.value("ahead_in_shared_limit", 0), " across ", name);
+        }
       }
       rows.push_back({std::to_string(q["position"].get<int64_t>()),
                       q["pipeline_run"].get<std::string>(),

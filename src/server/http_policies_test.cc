@@ -420,6 +420,58 @@ TEST_F(HttpServerTest, SharedLimitsHoldRunsAcrossRepositories) {
   EXPECT_TRUE(Body(again)["acquired"].get<bool>());
 }
 
+// A run held by a full shared limit says how many runs go before it:
+// those ahead in its own queue, and those of the other members queued
+// earlier (the earliest queued head goes first), in its status and in
+// the listing.
+TEST_F(HttpServerTest, ARunHeldByASharedLimitSaysHowManyGoFirst) {
+  Start();
+  auto c = Client();
+  ASSERT_TRUE(
+      c.Put("/v1/shared-limits/team-b", R"({"limit": 1})", "application/json"));
+  for (const char* repo : {"ns/one", "ns/two"}) {
+    auto p = c.Put(std::string("/v1/repositories/") + repo + "/policy",
+                   R"({"shared_limits": ["team-b"]})", "application/json");
+    ASSERT_TRUE(p);
+    ASSERT_EQ(p->status, 200) << p->body;
+  }
+  auto submit = [&](const char* repo, const char* run) {
+    auto r =
+        c.Post(std::string("/v1/repositories/") + repo + "/runs",
+               Json{{"pipeline_run", run}, {"concurrency_limit", 5}}.dump(),
+               "application/json");
+    EXPECT_TRUE(r);
+    return r ? r->status : 0;
+  };
+  EXPECT_EQ(submit("ns/one", "ns/a"), 200);
+  EXPECT_EQ(submit("ns/one", "ns/a2"), 202);  // first in the team's queue
+  EXPECT_EQ(submit("ns/two", "ns/b"), 202);
+  EXPECT_EQ(submit("ns/two", "ns/c"), 202);
+  auto status = c.Get("/v1/repositories/ns/two");
+  ASSERT_TRUE(status);
+  const Json two = Body(status);
+  ASSERT_EQ(two["queued"].size(), 2u) << two.dump();
+  EXPECT_EQ(two["queued"][0]["waiting_for"]["reason"], "shared_limit");
+  EXPECT_EQ(two["queued"][0]["waiting_for"]["ahead"], 0);
+  EXPECT_EQ(two["queued"][0]["waiting_for"]["ahead_in_shared_limit"], 1);
+  EXPECT_EQ(two["queued"][1]["waiting_for"]["ahead"], 1);
+  EXPECT_EQ(two["queued"][1]["waiting_for"]["ahead_in_shared_limit"], 2);
+  auto listing = c.Get("/v1/repositories?namespace=ns");
+  ASSERT_TRUE(listing);
+  const Json all = Body(listing);
+  int seen = 0;
+  for (const Json& r : all["repositories"]) {
+    if (r["repository"] == "ns/one") {
+      ++seen;
+      EXPECT_EQ(r["queued"][0]["waiting_for"]["ahead_in_shared_limit"], 0);
+    } else if (r["repository"] == "ns/two") {
+      ++seen;
+      EXPECT_EQ(r["queued"][1]["waiting_for"]["ahead_in_shared_limit"], 2);
+    }
+  }
+  EXPECT_EQ(seen, 2) << listing->body;
+}
+
 // A Repository manifest's pac-concurrency.dev/shared-limits annotation
 // sets the repository's shared limits (POST /v1/repositories, `limit -f`);
 // a manifest without it leaves them; a bad name is 400 and writes nothing.

@@ -444,8 +444,8 @@ absl::StatusOr<Json> Service::ListRepositories(const Context& ctx,
   std::string cursor = page.after, last;
   bool more = false;
   // Read once, if a repository with a queue and a free slot of its own
-  // asks for it (a full shared limit may hold its runs).
-  SharedList shared;
+  // asks for them (a full shared limit may hold its runs).
+  SharedReads shared;
   while (!more) {
     auto part =
         driver_->ListRepositorySnapshots(ctx, namespace_name, cursor, ask);

@@ -100,15 +100,24 @@ class Service final : public Api {
   // (service_shared.cc); nullopt when none (or it has no shared limits).
   // `snap`: the repository's, read here when null. `limits`: the shared
   // limits as listed, read here (and kept there) when empty.
+  // `members` (if given) gets the members of the limit that holds them.
   using SharedList = std::optional<std::vector<SharedLimitStatus>>;
   std::optional<Json> SharedHold(const Context& ctx, std::string_view repo_key,
                                  const RepositorySnapshot* snap,
-                                 SharedList* limits = nullptr);
+                                 SharedList* limits = nullptr,
+                                 std::vector<std::string>* members = nullptr);
+  // What MarkSharedHold reads once per status or listing: the shared
+  // limits, and when each member's queued runs were queued (sorted).
+  struct SharedReads {
+    SharedList limits;
+    std::map<std::string, std::vector<absl::Time>> enqueued;
+  };
   // Names the full shared limit in the waiting_for of each queued run of
-  // `status` (StatusJson of `snap`), if one holds them.
+  // `status` (StatusJson of `snap`), if one holds them, with how many of
+  // its members' queued runs are ahead of each (ahead_in_shared_limit).
   void MarkSharedHold(const Context& ctx, std::string_view repo_key,
                       const RepositorySnapshot& snap, Json& status,
-                      SharedList* limits);
+                      SharedReads* reads);
 
   Driver* const driver_;
   Clock* const clock_;

@@ -75,7 +75,8 @@ absl::StatusOr<Json> Service::ListSharedLimits(const Context& ctx) {
 std::optional<Json> Service::SharedHold(const Context& ctx,
                                         std::string_view repo_key,
                                         const RepositorySnapshot* snap,
-                                        SharedList* limits) {
+                                        SharedList* limits,
+                                        std::vector<std::string>* members) {
   // Given a snapshot, a repository held by its own limit needs no read.
   if (snap != nullptr && snap->limit.value_or(0) > 0 &&
       static_cast<int64_t>(snap->running.size()) >= *snap->limit) {
@@ -108,6 +109,7 @@ std::optional<Json> Service::SharedHold(const Context& ctx,
       continue;
     }
     if (st.limit.value_or(0) > 0 && st.running >= *st.limit) {
+      if (members != nullptr) *members = st.members;
       return Json{{"reason", "shared_limit"},
                   {"shared_limit", st.name},
                   {"limit", *st.limit},
@@ -120,14 +122,42 @@ std::optional<Json> Service::SharedHold(const Context& ctx,
 
 void Service::MarkSharedHold(const Context& ctx, std::string_view repo_key,
                              const RepositorySnapshot& snap, Json& status,
-                             SharedList* limits) {
+                             SharedReads* reads) {
   if (snap.queued.empty()) return;
-  std::optional<Json> hold = SharedHold(ctx, repo_key, &snap, limits);
+  SharedReads own;
+  if (reads == nullptr) reads = &own;
+  std::vector<std::string> members;
+  std::optional<Json> hold =
+      SharedHold(ctx, repo_key, &snap, &reads->limits, &members);
   if (!hold.has_value()) return;
-  for (Json& q : status["queued"]) {
+  // The other members' queued runs that were queued first: the limit
+  // admits the earliest queued head that fits (rule 22), so they go
+  // before this repository's runs, as do the runs ahead in its own queue.
+  std::vector<absl::Time> others;
+  for (const std::string& m : members) {
+    if (m == repo_key) continue;
+    auto it = reads->enqueued.find(m);
+    if (it == reads->enqueued.end()) {
+      std::vector<absl::Time> times;
+      if (auto s = driver_->GetRepositorySnapshot(ctx, m); s.ok()) {
+        for (const QueueEntry& q : s->queued) times.push_back(q.enqueued_at);
+      }
+      std::sort(times.begin(), times.end());
+      it = reads->enqueued.emplace(m, std::move(times)).first;
+    }
+    others.insert(others.end(), it->second.begin(), it->second.end());
+  }
+  std::sort(others.begin(), others.end());
+  Json& queued = status["queued"];
+  for (size_t i = 0; i < queued.size() && i < snap.queued.size(); ++i) {
     Json why = *hold;
-    why["ahead"] = q["waiting_for"]["ahead"];
-    q["waiting_for"] = std::move(why);
+    const int64_t ahead = queued[i]["waiting_for"]["ahead"].get<int64_t>();
+    why["ahead"] = ahead;
+    why["ahead_in_shared_limit"] =
+        ahead + (std::lower_bound(others.begin(), others.end(),
+                                  snap.queued[i].enqueued_at) -
+                 others.begin());
+    queued[i]["waiting_for"] = std::move(why);
   }
 }
 

@@ -280,18 +280,26 @@ class Checker {
       if (c->inv->limit == 0) unlimited = true;
       best = std::max(best, c->inv->limit);
     };
-    // The last limit settled before w, and every limit sent by t that may
-    // have taken effect at or after w (failed calls: any time).
-    const Call* settled = nullptr;
+    // The limits settled before w that may have been the last to take
+    // effect (no other settled call certainly came after them: started
+    // after they completed), and every limit sent by t that may have taken
+    // effect at or after w (failed calls: any time). Of two settled calls
+    // that overlap, either may have committed last.
+    std::vector<const Call*> settled;
+    int64_t last_start = kNever;
     for (const Call* c : r.limit_calls) {
       if (c->t0() > t) continue;
       if (c->ok() && c->t1() < w) {
-        if (settled == nullptr || c->t1() > settled->t1()) settled = c;
+        settled.push_back(c);
+        last_start =
+            last_start == kNever ? c->t0() : std::max(last_start, c->t0());
       } else if (c->MayHaveActed()) {
         take(c);
       }
     }
-    if (settled != nullptr) take(settled);
+    for (const Call* c : settled) {
+      if (c->t1() >= last_start) take(c);
+    }
     if (unlimited || best < 0) return false;
     *out = best;
     return true;

@@ -236,6 +236,26 @@ TEST(CheckerTest, ALeasePastItsTtlCountsForNothing) {
   EXPECT_THAT(Kinds(CheckIt(close)), ::testing::ElementsAre("over_limit"));
 }
 
+// Seen in a PostgreSQL run (seed 920734): limit 1 set over [0, 5] and 3
+// over [1, 4]; either may have committed last, so two holders after both
+// break nothing. Set one after the other, the later one binds.
+TEST(CheckerTest, OfTwoOverlappingLimitChangesEitherMayBeInForce) {
+  History h;
+  h.SetLimit("w1", 1, 0, 5)
+      .SetLimit("w2", 3, 1, 4)
+      .Granted("w3", "ns/a", -1, 10, 11, "L1", 1)
+      .Granted("w4", "ns/b", -1, 12, 13, "L2", 2);
+  EXPECT_THAT(Kinds(CheckIt(h)), ::testing::IsEmpty());
+  History seq;
+  seq.SetLimit("w2", 3, 0, 1)
+      .SetLimit("w1", 1, 2, 5)
+      .Granted("w3", "ns/a", -1, 10, 11, "L1", 1)
+      .Granted("w4", "ns/b", -1, 12, 13, "L2", 2);
+  Report r = CheckIt(seq);
+  ASSERT_THAT(Kinds(r), ::testing::ElementsAre("over_limit"));
+  EXPECT_THAT(r.violations[0].what, HasSubstr("under limit 1"));
+}
+
 TEST(CheckerTest, ALoweredLimitEvictsNobodyButBindsLaterGrants) {
   History h;
   h.Granted("w1", "ns/a", 2, 0, 1, "L1", 1)
