@@ -700,6 +700,9 @@ class EtcdDriver final : public Driver {
   CondVar cv_;
 
   std::set<std::string> to_promote_ PAC_GUARDED_BY(mu_);
+  // Shared limits whose pass failed (SharedPass): PromoteLoop passes them
+  // again, after a pause that doubles, until one succeeds.
+  std::set<std::string> to_pass_ PAC_GUARDED_BY(mu_);
   // Repositories to step at a queue deadline (Unix µs by clock_).
   std::map<std::string, int64_t> deadline_steps_ PAC_GUARDED_BY(mu_);
   int clock_listener_ = 0;  // wakes PromoteLoop when a test clock jumps

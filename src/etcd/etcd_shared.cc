@@ -174,8 +174,12 @@ std::vector<Lease> EtcdDriver::SharedPass(const Context& ctx,
   if (names.empty()) return admitted;
   auto fail = [&](const absl::Status& s) {
     if (!closed_.load()) {
-      logger_->warn("etcd: the pass of shared limit {} failed: {}", names[0],
-                    s.ToString());
+      logger_->warn(
+          "etcd: the pass of shared limits {} failed (again soon): {}",
+          absl::StrJoin(names, ", "), s.ToString());
+      MutexLock lock(&mu_);
+      to_pass_.insert(names.begin(), names.end());
+      cv_.NotifyAll();
     }
     return admitted;
   };

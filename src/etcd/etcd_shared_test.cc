@@ -61,6 +61,13 @@ class SharedKV final : public internal::ForwardingEtcdKV {
         }
       }
     }
+    for (const auto& op : req.success()) {
+      if (op.has_request_range() &&
+          absl::StrContains(op.request_range().key(), "/member/") &&
+          fail_member_reads.fetch_sub(1) > 0) {
+        return absl::UnavailableError("injected: etcd unreachable");
+      }
+    }
     if (slow_releases && Deletes(req, "/slot/") > 0) {
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
@@ -71,6 +78,8 @@ class SharedKV final : public internal::ForwardingEtcdKV {
   int most_ops = 0, most_released = 0;
   std::function<void()> before_enqueue;
   std::atomic<bool> slow_releases{false};
+  // The next reads of shared limits' members fail (Unavailable).
+  std::atomic<int> fail_member_reads{0};
 };
 
 class EtcdShared : public ::testing::Test {
@@ -198,6 +207,33 @@ TEST_F(EtcdShared, ARunQueuedAsASharedSlotFreesIsAdmitted) {
   EXPECT_TRUE(x1->acquired);
   EXPECT_EQ(Status("team")->running, 1);
   EXPECT_EQ(Status("team")->queued, 0);
+}
+
+// The pass after a release fails (etcd unreachable as it reads the
+// members): the release still answers, and the driver passes again by
+// itself, so the freed shared slot goes to the waiting run with no new call.
+TEST_F(EtcdShared, APassThatFailsIsRetriedWithoutACall) {
+  ASSERT_TRUE(a->SetSharedLimit(ctx, SharedLimit{"team", 1}).ok());
+  Repository x{"retry", "x", 5}, y{"retry", "y", 5};
+  Join(x, {"team"});
+  Join(y, {"team"});
+  auto x1 = a->AcquireSlot(ctx, x, "retry/x1");
+  ASSERT_TRUE(x1.ok() && x1->acquired);
+  auto y1 = a->AcquireSlot(ctx, y, "retry/y1");
+  ASSERT_TRUE(y1.ok() && !y1->acquired);
+  kv->fail_member_reads = 2;
+  auto r = a->ReleaseSlot(ctx, x1->lease.lease_id, "", "");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(r->released);
+  EXPECT_TRUE(r->admitted.empty());  // its pass failed
+  bool admitted = false;
+  for (int i = 0; i < 100 && !admitted; ++i) {
+    auto running = b->GetRunningPipelineRuns(ctx, y.Key());
+    admitted = running.ok() && running->size() == 1;
+    if (!admitted) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_TRUE(admitted);
+  EXPECT_LE(kv->fail_member_reads.load(), 0);
 }
 
 // An import into a member: its running runs count in the shared limit at

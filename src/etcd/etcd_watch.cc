@@ -326,17 +326,33 @@ void EtcdDriver::PromoteLoop() {
     absl::Duration pause;
   };
   std::map<std::string, Retry> retries;
+  // Shared limits whose pass failed, by name (to_pass_).
+  std::map<std::string, Retry> pass_retries;
   // And a slow sweep: every repository whose cached view has a queue is
   // stepped now and then, in case a promotion was missed altogether.
   absl::Time next_sweep = absl::Now() + kPromoteSweep;
   while (true) {
     std::set<std::string> repos;
+    std::vector<std::string> passes_due;
     bool restart = false;
     {
       MutexLock lock(&mu_);
-      while (!stop_ && to_promote_.empty() && !restart_watch_) {
+      for (const std::string& name : to_pass_) {
+        auto [it, first] =
+            pass_retries.try_emplace(name, Retry{{}, absl::Milliseconds(100)});
+        if (!first) {
+          it->second.pause = std::min(it->second.pause * 2, kMaxPromoteRetry);
+        }
+        it->second.at = absl::Now() + it->second.pause;
+      }
+      to_pass_.clear();
+      while (!stop_ && to_promote_.empty() && !restart_watch_ &&
+             to_pass_.empty()) {
         absl::Time until = std::min(next_sweep, absl::Now() + absl::Seconds(1));
         for (const auto& [repo, r] : retries) until = std::min(until, r.at);
+        for (const auto& [name, r] : pass_retries) {
+          until = std::min(until, r.at);
+        }
         if (!deadline_steps_.empty()) {
           // Queue deadlines are by clock_ (a test's may jump: its listener
           // wakes this loop).
@@ -365,6 +381,9 @@ void EtcdDriver::PromoteLoop() {
         const absl::Time now = absl::Now();
         for (const auto& [repo, r] : retries) {
           if (r.at <= now) repos.insert(repo);
+        }
+        for (const auto& [name, r] : pass_retries) {
+          if (r.at <= now) passes_due.push_back(name);
         }
         if (now >= next_sweep) {
           next_sweep = now + kPromoteSweep;
@@ -417,10 +436,16 @@ void EtcdDriver::PromoteLoop() {
                     repo, absl::FormatDuration(it->second.pause),
                     r.status().ToString());
     }
+    pass.insert(passes_due.begin(), passes_due.end());
     if (!pass.empty()) {
       Context ctx =
           Context::WithTimeout(Context::Background(), absl::Seconds(10));
       SharedPass(ctx, std::vector<std::string>(pass.begin(), pass.end()));
+      // A pass that failed put its limits back in to_pass_ (next round).
+      MutexLock lock(&mu_);
+      for (const std::string& name : passes_due) {
+        if (to_pass_.count(name) == 0) pass_retries.erase(name);
+      }
     }
   }
 }
