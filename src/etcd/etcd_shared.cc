@@ -189,7 +189,9 @@ std::vector<Lease> EtcdDriver::SharedPass(const Context& ctx,
   // slot) reads again, a few times at most.
   int idle = 0;
   for (int round = 0; round < 100000 && idle < 3; ++round) {
-    if (!ctx.Err().ok() || !CheckOpen().ok()) return admitted;
+    if (!CheckOpen().ok()) return admitted;
+    // (A caller's deadline cut short: PromoteLoop passes again.)
+    if (absl::Status s = ctx.Err(); !s.ok()) return fail(s);
     auto members = SharedMembers(ctx, names);
     if (!members.ok()) return fail(members.status());
     auto counts = QueueCounts(ctx, *members);
