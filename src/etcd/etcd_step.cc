@@ -224,7 +224,13 @@ absl::StatusOr<AcquireResult> EtcdDriver::PlanAndCommit(
     const bool member = !v.shared.empty();
     std::map<std::string, SharedState> shared_st;
     int64_t shared_free = INT64_MAX;
-    if (member && (!run.empty() || shared.admits > 0)) {
+    // Read only when the step may grant: a head for a pass, or the caller,
+    // which a member grants only with nobody queued (or adopts). A queued
+    // run's polls, and a holder's re-submits, read nothing more.
+    const bool may_grant_caller =
+        !run.empty() && v.slots.count(run) == 0 &&
+        (options.adopt_running || v.queue.size() == stale.size());
+    if (member && (may_grant_caller || shared.admits > 0)) {
       auto st = ReadShared(ctx, v.shared);
       if (!st.ok()) return st.status();
       shared_st = *std::move(st);
