@@ -50,6 +50,8 @@ namespace pac::concurrency::internal {
 struct EtcdStepShared {
   size_t admits = 0;  // queue heads of a member it may admit
   bool pass = false;  // pass the member's shared limits afterwards
+  // Set: the limits to pass are added here instead (the caller passes).
+  std::vector<std::string>* collect = nullptr;
 };
 
 class EtcdDriver final : public Driver {

@@ -93,6 +93,10 @@ absl::StatusOr<AcquireResult> EtcdDriver::Step(
   auto r = PlanAndCommit(ctx, repo, limit, set_limit, run, options,
                          holding_turn, shared, &pass, &recheck);
   if (!r.ok() || pass.empty() || holding_turn) return r;
+  if (shared.collect != nullptr) {
+    shared.collect->insert(shared.collect->end(), pass.begin(), pass.end());
+    return r;
+  }
   if (recheck) {
     // The caller was queued in a member. A release that freed a shared
     // slot before this read is seen by it; one after it reads the queue

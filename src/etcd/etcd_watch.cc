@@ -413,16 +413,12 @@ void EtcdDriver::PromoteLoop() {
     }
     // The shared limits of the members stepped: each passed once, after
     // the steps (a sweep may step many members of one limit).
-    std::set<std::string> pass;
+    std::vector<std::string> collected;
     for (const std::string& repo : repos) {
       Context ctx =
           Context::WithTimeout(Context::Background(), absl::Seconds(10));
-      auto r = Step(ctx, repo, 0, /*set_limit=*/false, "", {});
-      if (r.ok()) {
-        bool cached = false;
-        auto v = View(ctx, repo, &cached);
-        if (v.ok()) pass.insert(v->shared.begin(), v->shared.end());
-      }
+      auto r = Step(ctx, repo, 0, /*set_limit=*/false, "", {},
+                    /*holding_turn=*/false, StepShared{0, true, &collected});
       if (r.ok() || closed_.load()) {
         retries.erase(repo);
         continue;
@@ -436,6 +432,7 @@ void EtcdDriver::PromoteLoop() {
                     repo, absl::FormatDuration(it->second.pause),
                     r.status().ToString());
     }
+    std::set<std::string> pass(collected.begin(), collected.end());
     pass.insert(passes_due.begin(), passes_due.end());
     if (!pass.empty()) {
       Context ctx =
