@@ -284,8 +284,9 @@ class EtcdDriver final : public Driver {
                                              ReleaseReq* self,
                                              std::vector<std::string>* pass)
       PAC_EXCLUDES(mu_);
-  void HandBack(const std::string& repo, const std::vector<ReleaseReq*>& group)
-      PAC_EXCLUDES(mu_);
+  // Hands group[from..] back to wait again (group[0] is the caller's own).
+  void HandBack(const std::string& repo, const std::vector<ReleaseReq*>& group,
+                size_t from = 1) PAC_EXCLUDES(mu_);
   void AnswerGroup(const std::vector<ReleaseReq*>& group,
                    const std::vector<ReleaseResult>& results) PAC_EXCLUDES(mu_);
   RepoView ParseView(const std::string& repo, const etcdpb::RangeResponse& r,

@@ -31,9 +31,9 @@ void EtcdDriver::ClaimReleasesLocked(const std::string& repo,
 }
 
 void EtcdDriver::HandBack(const std::string& repo,
-                          const std::vector<ReleaseReq*>& group) {
+                          const std::vector<ReleaseReq*>& group, size_t from) {
   MutexLock lock(&mu_);
-  for (size_t i = group.size(); i-- > 1;) {
+  for (size_t i = group.size(); i-- > from;) {
     group[i]->state = ReleaseReq::kWaiting;
     release_waiters_[repo].push_front(group[i]);
   }
@@ -66,13 +66,8 @@ absl::StatusOr<ReleaseResult> EtcdDriver::ReleaseGroup(
     if (const size_t cap = std::max<size_t>(
             1, (kMaxTxnOps - kMaxStaleDeletes - 8) / (3 + v.shared.size()));
         member && group.size() > cap) {
-      MutexLock lock(&mu_);
-      for (size_t i = group.size(); i-- > cap;) {
-        group[i]->state = ReleaseReq::kWaiting;
-        release_waiters_[repo].push_front(group[i]);
-      }
+      HandBack(repo, group, cap);
       group.resize(cap);
-      turns_cv_.NotifyAll();
     }
     // Nobody queued: a light release (LightProof), which compares `meta`
     // but does not rewrite it, so it carries no commit id. Its compare

@@ -387,11 +387,7 @@ absl::StatusOr<std::vector<SharedLimitStatus>> EtcdDriver::ListSharedLimits(
       } else if (tail.substr(0, 7) == "member/") {
         out[name].members.emplace_back(tail.substr(7));
       } else if (tail.substr(0, 5) == "held/") {
-        auto it = out.find(name);
-        if (it != out.end())
-          ++it->second.running;
-        else
-          out[name].running = 1;
+        ++out[name].running;
       }
     }
     if (!r->more() || r->kvs_size() == 0) break;
