@@ -26,6 +26,9 @@
 //   memory    resident memory of this process (the server) and of the
 //             backend (PostgreSQL: database size; etcd: the server's RSS)
 //             per 1,000 queued runs.
+// On etcd, floors beside the pairs in each phase: raw Puts, and raw pairs
+// of the driver's two Txns without the driver (RawEtcdTxnPairs), and
+// beside the status, its raw reads.
 //
 // The servers are the throwaway ones of scripts/pg-test-server.sh and
 // scripts/etcd-test-server.sh (PAC_TEST_* settings). --small (make test)
@@ -51,9 +54,10 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "bench/scale_common.h"
+#include "bench/scale_etcd_floors.h"
 #include "httplib.h"
 #include "pac/concurrency/concurrency.h"
-#include "src/etcd/grpc_etcd.h"
 #include "src/server/http_server.h"
 #include "src/server/metrics.h"
 #include "src/server/service.h"
@@ -61,55 +65,10 @@
 #include "tests/conformance/pg_test_env.h"
 
 using namespace pac::concurrency;
+using namespace pac::concurrency::scale;
 using Json = nlohmann::json;
 
 namespace {
-
-using SteadyClock = std::chrono::steady_clock;
-
-double MsSince(SteadyClock::time_point t0) {
-  return std::chrono::duration<double, std::milli>(SteadyClock::now() - t0)
-      .count();
-}
-
-[[noreturn]] void Fail(const std::string& what) {
-  std::fprintf(stderr, "scale_bench: FAILED: %s\n", what.c_str());
-  std::exit(1);
-}
-
-template <typename T>
-T Must(absl::StatusOr<T> v, const std::string& what) {
-  if (!v.ok()) Fail(what + ": " + v.status().ToString());
-  return *std::move(v);
-}
-
-void MustOk(const absl::Status& s, const std::string& what) {
-  if (!s.ok()) Fail(what + ": " + s.ToString());
-}
-
-struct Sizes {
-  int repos = 10000;
-  int per_repo = 10;
-  int big = 3;
-  int big_queue = 10000;
-  int pair_repos = 100;
-  int threads = 4;
-  int head_releases = 100;
-  int status_reads = 200;
-  double seconds = 5;
-};
-
-// Latencies in milliseconds.
-struct Latencies {
-  std::vector<double> ms;
-  [[nodiscard]] double Quantile(double q) const {
-    if (ms.empty()) return 0;
-    std::vector<double> s = ms;
-    std::sort(s.begin(), s.end());
-    size_t i = std::min(s.size() - 1, static_cast<size_t>(q * s.size()));
-    return s[i];
-  }
-};
 
 int64_t RssKb(pid_t pid) {
   std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
@@ -240,11 +199,6 @@ Lease ImportQueue(Driver* d, const Repository& repo, int queued,
   return running;
 }
 
-struct PairResult {
-  double pairs_per_second = 0;
-  double p99_ms = 0;
-};
-
 // `threads` threads, each on its own repositories, acquire a new run and
 // release it by lease, for `seconds`.
 PairResult Pairs(Driver* d, const std::string& ns, const Sizes& z,
@@ -286,79 +240,6 @@ PairResult Pairs(Driver* d, const std::string& ns, const Sizes& z,
     all.ms.insert(all.ms.end(), lat[t].ms.begin(), lat[t].ms.end());
   }
   return {total / secs, all.Quantile(0.99)};
-}
-
-// etcd's own rate beside the driver's: `threads` threads each Put one key
-// of theirs in a loop over the driver's gRPC client, for `seconds`
-// (Puts/s, and a Put's p99). What etcd charges for a write at the
-// backend's current size.
-PairResult RawEtcdPuts(const DriverConfig& config, const Sizes& z,
-                       const std::string& tag) {
-  auto kv = Must(internal::NewGrpcEtcd(*config.etcd, nullptr), "etcd client");
-  std::atomic<bool> stop{false};
-  std::atomic<int64_t> total{0};
-  std::vector<Latencies> lat(z.threads);
-  std::vector<std::thread> ts;
-  const auto t0 = SteadyClock::now();
-  for (int t = 0; t < z.threads; ++t) {
-    ts.emplace_back([&, t] {
-      internal::etcdpb::PutRequest req;
-      req.set_key(absl::StrCat("/pac-", tag, "-raw/", t));
-      req.set_value("x");
-      int64_t n = 0;
-      while (!stop.load(std::memory_order_relaxed)) {
-        const auto p0 = SteadyClock::now();
-        MustOk(kv->Put(Context::Background(), req).status(), "raw Put");
-        lat[t].ms.push_back(MsSince(p0));
-        ++n;
-      }
-      total += n;
-    });
-  }
-  std::this_thread::sleep_for(std::chrono::duration<double>(z.seconds));
-  stop = true;
-  for (auto& th : ts) th.join();
-  Latencies all;
-  for (const Latencies& l : lat) {
-    all.ms.insert(all.ms.end(), l.ms.begin(), l.ms.end());
-  }
-  return {total / (MsSince(t0) / 1000), all.Quantile(0.99)};
-}
-
-// What etcd charges for a status's reads of the repository `repo_key`,
-// one after another, `count` times each: the Range of its keys and the
-// LeaseTimeToLive of its running run's lease (p99 of each, ms).
-std::pair<double, double> RawEtcdReads(const DriverConfig& config, Driver* d,
-                                       const std::string& repo_key, int count) {
-  auto kv = Must(internal::NewGrpcEtcd(*config.etcd, nullptr), "etcd client");
-  std::string prefix = config.etcd->prefix;
-  if (prefix.empty() || prefix.back() != '/') prefix += '/';
-  prefix = absl::StrCat(prefix, "repo/", repo_key, "/");
-  std::string end = prefix;
-  end.back() = static_cast<char>(end.back() + 1);
-  auto running =
-      Must(d->GetRunningPipelineRuns(Context::Background(), repo_key),
-           "running of " + repo_key);
-  if (running.empty()) Fail(repo_key + " has no running run");
-  int64_t lease = 0;
-  const std::string& id = running[0].lease_id;
-  if (!absl::SimpleHexAtoi(id.substr(0, id.find('-')), &lease)) {
-    Fail("not an etcd lease id: " + id);
-  }
-  Latencies range, ttl;
-  for (int i = 0; i < count; ++i) {
-    internal::etcdpb::RangeRequest req;
-    req.set_key(prefix);
-    req.set_range_end(end);
-    auto t0 = SteadyClock::now();
-    MustOk(kv->Range(Context::Background(), req).status(), "raw Range");
-    range.ms.push_back(MsSince(t0));
-    t0 = SteadyClock::now();
-    MustOk(kv->LeaseTimeToLive(Context::Background(), lease).status(),
-           "raw LeaseTimeToLive");
-    ttl.ms.push_back(MsSince(t0));
-  }
-  return {range.Quantile(0.99), ttl.Quantile(0.99)};
 }
 
 // `count` releases in a row in `repo_key` (limit 1, queue named by
@@ -476,6 +357,7 @@ MetricsRead Scrape(int port, const std::string& repo_key, int depth) {
 
 struct Phase {
   PairResult raw_puts;                  // etcd only
+  PairResult raw_txn_pairs;             // etcd only
   std::pair<double, double> raw_reads;  // etcd only: Range, TTL p99 (ms)
   PairResult pairs;
   double head_p99_ms = 0;
@@ -635,7 +517,10 @@ int main(int argc, char** argv) {
       ImportQueue(d, ctl_big, z.big_queue + z.head_releases, base);
   const size_t fixed_repos = 2 + z.pair_repos;
   Phase empty;
-  if (driver_name == "etcd") empty.raw_puts = RawEtcdPuts(config, z, tag);
+  if (driver_name == "etcd") {
+    empty.raw_puts = RawEtcdPuts(config, z, tag);
+    empty.raw_txn_pairs = RawEtcdTxnPairs(config, z, tag);
+  }
   empty.pairs = Pairs(d, ns, z, "e");
   empty.head_p99_ms =
       HeadReleases(d, ctl_big.Key(), 0, z.head_releases, &ctl_lease);
@@ -683,7 +568,10 @@ int main(int argc, char** argv) {
   const std::string small0 =
       absl::StrCat(ns, "/r", absl::StrFormat("%05d", z.repos / 2));
   Phase loaded;
-  if (driver_name == "etcd") loaded.raw_puts = RawEtcdPuts(config, z, tag);
+  if (driver_name == "etcd") {
+    loaded.raw_puts = RawEtcdPuts(config, z, tag);
+    loaded.raw_txn_pairs = RawEtcdTxnPairs(config, z, tag);
+  }
   loaded.pairs = Pairs(d, ns, z, "l");
   loaded.head_p99_ms =
       HeadReleases(d, big0, 0, z.head_releases, &big_leases[0]);
@@ -726,11 +614,16 @@ int main(int argc, char** argv) {
   if (driver_name == "etcd") {
     row("floor: raw etcd Puts/s (4 threads)", empty.raw_puts.pairs_per_second,
         loaded.raw_puts.pairs_per_second, 0);
+    row("floor: raw Txn pairs/s (4 threads)",
+        empty.raw_txn_pairs.pairs_per_second,
+        loaded.raw_txn_pairs.pairs_per_second, 0);
   }
   row("pair p99 (ms)", empty.pairs.p99_ms, loaded.pairs.p99_ms, 2);
   if (driver_name == "etcd") {
     row("floor: raw etcd Put p99 (ms)", empty.raw_puts.p99_ms,
         loaded.raw_puts.p99_ms, 2);
+    row("floor: raw Txn pair p99 (ms)", empty.raw_txn_pairs.p99_ms,
+        loaded.raw_txn_pairs.p99_ms, 2);
   }
   row("release admitting head p99 (ms)", empty.head_p99_ms, loaded.head_p99_ms,
       2);
