@@ -203,43 +203,20 @@ Lease ImportQueue(Driver* d, const Repository& repo, int queued,
 // release it by lease, for `seconds`.
 PairResult Pairs(Driver* d, const std::string& ns, const Sizes& z,
                  const std::string& phase) {
-  std::atomic<bool> stop{false};
-  std::vector<Latencies> lat(z.threads);
-  std::vector<int64_t> counts(z.threads, 0);
-  std::vector<std::thread> ts;
-  const auto t0 = SteadyClock::now();
-  for (int t = 0; t < z.threads; ++t) {
-    ts.emplace_back([&, t] {
-      int64_t n = 0;
+  return TimedLoops(z, [&](int t) {
+    return [&, t](int64_t n) {
       const Context ctx = Context::Background();
-      while (!stop.load(std::memory_order_relaxed)) {
-        const int r =
-            t + z.threads * static_cast<int>(n % (z.pair_repos / z.threads));
-        Repository repo{ns, absl::StrFormat("pair-%03d", r), 2};
-        const std::string run = absl::StrCat(ns, "/p-", phase, "-", t, "-", n);
-        const auto p0 = SteadyClock::now();
-        auto a = Must(d->AcquireSlot(ctx, repo, run), "acquire " + run);
-        if (!a.acquired) Fail("pair " + run + " was queued under limit 2");
-        auto rel = Must(d->ReleaseSlot(ctx, a.lease.lease_id, run, repo.Key()),
-                        "release " + run);
-        if (!rel.released) Fail("pair " + run + " was not released");
-        lat[t].ms.push_back(MsSince(p0));
-        ++n;
-      }
-      counts[t] = n;
-    });
-  }
-  std::this_thread::sleep_for(std::chrono::duration<double>(z.seconds));
-  stop = true;
-  for (auto& th : ts) th.join();
-  const double secs = MsSince(t0) / 1000;
-  Latencies all;
-  int64_t total = 0;
-  for (int t = 0; t < z.threads; ++t) {
-    total += counts[t];
-    all.ms.insert(all.ms.end(), lat[t].ms.begin(), lat[t].ms.end());
-  }
-  return {total / secs, all.Quantile(0.99)};
+      const int r =
+          t + z.threads * static_cast<int>(n % (z.pair_repos / z.threads));
+      Repository repo{ns, absl::StrFormat("pair-%03d", r), 2};
+      const std::string run = absl::StrCat(ns, "/p-", phase, "-", t, "-", n);
+      auto a = Must(d->AcquireSlot(ctx, repo, run), "acquire " + run);
+      if (!a.acquired) Fail("pair " + run + " was queued under limit 2");
+      auto rel = Must(d->ReleaseSlot(ctx, a.lease.lease_id, run, repo.Key()),
+                      "release " + run);
+      if (!rel.released) Fail("pair " + run + " was not released");
+    };
+  });
 }
 
 // `count` releases in a row in `repo_key` (limit 1, queue named by

@@ -1,14 +1,16 @@
 // What bench/scale_bench.cc and its etcd floors (scale_etcd_floors.cc)
-// share: the sizes of a run, latency samples, a pair measure's result, and
-// how a wrong answer stops the bench.
+// share: the sizes of a run, latency samples, timed loops on threads and
+// their result, and how a wrong answer stops the bench.
 #ifndef PAC_BENCH_SCALE_COMMON_H_
 #define PAC_BENCH_SCALE_COMMON_H_
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -67,6 +69,40 @@ struct PairResult {
   double pairs_per_second = 0;
   double p99_ms = 0;
 };
+
+// `z.threads` threads for `z.seconds`: each calls `make(t)` once for its
+// step, then calls the step with n = 0, 1, ... until the time is up,
+// timing each call. Calls per second, and a call's p99.
+template <typename Make>
+PairResult TimedLoops(const Sizes& z, Make make) {
+  std::atomic<bool> stop{false};
+  std::atomic<int64_t> total{0};
+  std::vector<Latencies> lat(z.threads);
+  std::vector<std::thread> ts;
+  const auto t0 = SteadyClock::now();
+  for (int t = 0; t < z.threads; ++t) {
+    ts.emplace_back([&, t] {
+      auto step = make(t);
+      int64_t n = 0;
+      while (!stop.load(std::memory_order_relaxed)) {
+        const auto p0 = SteadyClock::now();
+        step(n);
+        lat[t].ms.push_back(MsSince(p0));
+        ++n;
+      }
+      total += n;
+    });
+  }
+  std::this_thread::sleep_for(std::chrono::duration<double>(z.seconds));
+  stop = true;
+  for (auto& th : ts) th.join();
+  const double secs = MsSince(t0) / 1000;
+  Latencies all;
+  for (const Latencies& l : lat) {
+    all.ms.insert(all.ms.end(), l.ms.begin(), l.ms.end());
+  }
+  return {total / secs, all.Quantile(0.99)};
+}
 
 }  // namespace pac::concurrency::scale
 

@@ -20,34 +20,14 @@ namespace pac::concurrency::scale {
 PairResult RawEtcdPuts(const DriverConfig& config, const Sizes& z,
                        const std::string& tag) {
   auto kv = Must(internal::NewGrpcEtcd(*config.etcd, nullptr), "etcd client");
-  std::atomic<bool> stop{false};
-  std::atomic<int64_t> total{0};
-  std::vector<Latencies> lat(z.threads);
-  std::vector<std::thread> ts;
-  const auto t0 = SteadyClock::now();
-  for (int t = 0; t < z.threads; ++t) {
-    ts.emplace_back([&, t] {
-      internal::etcdpb::PutRequest req;
-      req.set_key(absl::StrCat("/pac-", tag, "-raw/", t));
-      req.set_value("x");
-      int64_t n = 0;
-      while (!stop.load(std::memory_order_relaxed)) {
-        const auto p0 = SteadyClock::now();
-        MustOk(kv->Put(Context::Background(), req).status(), "raw Put");
-        lat[t].ms.push_back(MsSince(p0));
-        ++n;
-      }
-      total += n;
-    });
-  }
-  std::this_thread::sleep_for(std::chrono::duration<double>(z.seconds));
-  stop = true;
-  for (auto& th : ts) th.join();
-  Latencies all;
-  for (const Latencies& l : lat) {
-    all.ms.insert(all.ms.end(), l.ms.begin(), l.ms.end());
-  }
-  return {total / (MsSince(t0) / 1000), all.Quantile(0.99)};
+  return TimedLoops(z, [&](int t) {
+    internal::etcdpb::PutRequest req;
+    req.set_key(absl::StrCat("/pac-", tag, "-raw/", t));
+    req.set_value("x");
+    return [&kv, req](int64_t) {
+      MustOk(kv->Put(Context::Background(), req).status(), "raw Put");
+    };
+  });
 }
 
 // The driver's pair without the driver: `threads` threads each grant an
@@ -62,62 +42,44 @@ PairResult RawEtcdTxnPairs(const DriverConfig& config, const Sizes& z,
                            const std::string& tag) {
   namespace pb = internal::etcdpb;
   auto kv = Must(internal::NewGrpcEtcd(*config.etcd, nullptr), "etcd client");
-  std::atomic<bool> stop{false};
-  std::atomic<int64_t> total{0};
-  std::vector<Latencies> lat(z.threads);
-  std::vector<std::thread> ts;
-  const auto t0 = SteadyClock::now();
-  for (int t = 0; t < z.threads; ++t) {
-    ts.emplace_back([&, t] {
+  const auto put = [](pb::RequestOp* op, const std::string& key,
+                      int64_t lease) {
+    op->mutable_request_put()->set_key(key);
+    op->mutable_request_put()->set_value("x");
+    op->mutable_request_put()->set_lease(lease);
+  };
+  // Each thread's lease outlives the measure (600 s) and carries no key
+  // after it.
+  return TimedLoops(z, [&](int t) {
+    const int64_t lease =
+        Must(kv->LeaseGrant(Context::Background(), 600), "raw lease");
+    const std::string base = absl::StrCat("/pac-", tag, "-rawtxn/", t, "/");
+    return [&kv, &put, lease, base](int64_t n) {
       const Context ctx = Context::Background();
-      const int64_t lease = Must(kv->LeaseGrant(ctx, 600), "raw lease");
-      const std::string base = absl::StrCat("/pac-", tag, "-rawtxn/", t, "/");
       const std::string meta = base + "meta";
-      const auto put = [](pb::RequestOp* op, const std::string& key,
-                          int64_t lease) {
-        op->mutable_request_put()->set_key(key);
-        op->mutable_request_put()->set_value("x");
-        op->mutable_request_put()->set_lease(lease);
-      };
-      int64_t n = 0;
-      while (!stop.load(std::memory_order_relaxed)) {
-        const std::string slot = absl::StrCat(base, "slot/", n);
-        const auto p0 = SteadyClock::now();
-        pb::TxnRequest acquire;
-        pb::Compare* c = acquire.add_compare();
-        c->set_key(slot);
-        c->set_target(pb::Compare::VERSION);
-        c->set_result(pb::Compare::EQUAL);
-        c->set_version(0);
-        put(acquire.add_success(), slot, lease);
-        put(acquire.add_success(), meta, 0);
-        auto a = Must(kv->Txn(ctx, acquire), "raw acquire Txn");
-        if (!a.succeeded()) Fail("raw acquire Txn: slot exists");
-        pb::TxnRequest release;
-        c = release.add_compare();
-        c->set_key(slot);
-        c->set_target(pb::Compare::MOD);
-        c->set_result(pb::Compare::EQUAL);
-        c->set_mod_revision(a.header().revision());
-        release.add_success()->mutable_request_delete_range()->set_key(slot);
-        put(release.add_success(), meta, 0);
-        auto r = Must(kv->Txn(ctx, release), "raw release Txn");
-        if (!r.succeeded()) Fail("raw release Txn: slot changed");
-        lat[t].ms.push_back(MsSince(p0));
-        ++n;
-      }
-      total += n;
-      (void)kv->LeaseRevoke(ctx, lease);
-    });
-  }
-  std::this_thread::sleep_for(std::chrono::duration<double>(z.seconds));
-  stop = true;
-  for (auto& th : ts) th.join();
-  Latencies all;
-  for (const Latencies& l : lat) {
-    all.ms.insert(all.ms.end(), l.ms.begin(), l.ms.end());
-  }
-  return {total / (MsSince(t0) / 1000), all.Quantile(0.99)};
+      const std::string slot = absl::StrCat(base, "slot/", n);
+      pb::TxnRequest acquire;
+      pb::Compare* c = acquire.add_compare();
+      c->set_key(slot);
+      c->set_target(pb::Compare::VERSION);
+      c->set_result(pb::Compare::EQUAL);
+      c->set_version(0);
+      put(acquire.add_success(), slot, lease);
+      put(acquire.add_success(), meta, 0);
+      auto a = Must(kv->Txn(ctx, acquire), "raw acquire Txn");
+      if (!a.succeeded()) Fail("raw acquire Txn: slot exists");
+      pb::TxnRequest release;
+      c = release.add_compare();
+      c->set_key(slot);
+      c->set_target(pb::Compare::MOD);
+      c->set_result(pb::Compare::EQUAL);
+      c->set_mod_revision(a.header().revision());
+      release.add_success()->mutable_request_delete_range()->set_key(slot);
+      put(release.add_success(), meta, 0);
+      auto r = Must(kv->Txn(ctx, release), "raw release Txn");
+      if (!r.succeeded()) Fail("raw release Txn: slot changed");
+    };
+  });
 }
 
 // What etcd charges for a status's reads of the repository `repo_key`,
