@@ -6,8 +6,7 @@
 // repository that uses the same run key, a LISTEN connection whose path
 // goes dead unseen, an answer lost after its commit, notifications sent
 // after the commit, a run queued while a lease is released without the
-// lock, prepared statements the server lost, and a try-acquire's refusal
-// under the lock.
+// lock, and prepared statements the server lost.
 #include <atomic>
 #include <memory>
 #include <string>
@@ -689,86 +688,6 @@ TEST(PostgreSQLEdgeTest, AnExpiredLeaseOfARepositoryWithoutARowIsReclaimed) {
   }
   EXPECT_TRUE(expired.load());
   EXPECT_TRUE((*d)->Close().ok());
-}
-
-}  // namespace
-}  // namespace pac::concurrency
-
-namespace pac::concurrency {
-namespace {
-
-// A try-acquire takes the repository row's lock at once when nobody holds
-// it, and a refusal that wrote nothing but that lock commits without
-// waiting for a WAL flush: only in a driver's session and with nothing
-// written before it in its transaction (no other write may share an
-// unflushed commit), and never for a grant. With the row locked
-// elsewhere, the refusal comes from the look without the lock, without
-// waiting. Before, no refusal set synchronous_commit.
-TEST(PostgreSQLEdgeTest, ARefusalThatWroteNothingCommitsWithoutAFlush) {
-  auto d = NewDriver();
-  auto c = Connect();
-  auto holder = Connect();
-  ASSERT_TRUE(d && c && holder);
-  const std::string ns = UniqueNs("quick");
-  Repository full{ns, "full", 1}, free{ns, "free", 1};
-  ASSERT_TRUE(d->SetRepositoryLimit(Context(), full).ok());
-  ASSERT_TRUE(d->SetRepositoryLimit(Context(), free).ok());
-  auto a = d->AcquireSlot(Context(), full, ns + "/a");
-  ASSERT_TRUE(a.ok() && a->acquired);
-  // A try-acquire (p_enqueue false) of `run` in `repo`: its answer and the
-  // transaction's synchronous_commit after it.
-  auto try_acquire = [&](PgConnection& conn, const Repository& repo,
-                         const std::string& run) {
-    Context ctx = Context::WithTimeout(Context(), absl::Seconds(10));
-    auto r = conn.Exec(ctx,
-                       "SELECT o_kind, current_setting('synchronous_commit')"
-                       " FROM pac_acquire($1, $2, 1, NULL, false, false,"
-                       " interval '1 hour', false, NULL)",
-                       {repo.Key(), ns + "/" + run});
-    EXPECT_TRUE(r.ok() && r->rows() == 1)
-        << (r.ok() ? "" : r.status().ToString());
-    return r.ok() && r->rows() == 1
-               ? std::string(r->Get(0, 0)) + " " + std::string(r->Get(0, 1))
-               : std::string("error");
-  };
-  EXPECT_EQ(try_acquire(*c, full, "b"), "full off");
-  EXPECT_EQ(try_acquire(*c, free, "c"), "acquired on");
-  // After a write in the same transaction, its commit stays as it was.
-  ASSERT_TRUE(Exec(*c, "BEGIN").ok());
-  ASSERT_TRUE(Exec(*c,
-                   "UPDATE pac_repositories SET updated_at = now() "
-                   "WHERE repository_key = $1",
-                   {free.Key()})
-                  .ok());
-  EXPECT_EQ(try_acquire(*c, full, "b"), "full on")
-      << "a refusal after a write must not make its commit asynchronous";
-  ASSERT_TRUE(Exec(*c, "ROLLBACK").ok());
-  // Nor outside a driver's session (which sends every call alone).
-  ASSERT_TRUE(Exec(*c, "SET pac.defer_notify = off").ok());
-  EXPECT_EQ(try_acquire(*c, full, "b"), "full on");
-  ASSERT_TRUE(Exec(*c, "SET pac.defer_notify = on").ok());
-
-  // The row locked elsewhere: refused at once, from the look without it.
-  ASSERT_TRUE(Exec(*holder, "BEGIN").ok());
-  ASSERT_TRUE(Exec(*holder,
-                   "SELECT 1 FROM pac_repositories "
-                   "WHERE repository_key = $1 FOR UPDATE",
-                   {full.Key()})
-                  .ok());
-  // (A call that waited for the lock would wait for this thread: its
-  // deadline would pass, and the answer would be an error.)
-  EXPECT_EQ(try_acquire(*c, full, "b"), "full on");
-  ASSERT_TRUE(Exec(*holder, "ROLLBACK").ok());
-
-  // Nothing of the refused run was written.
-  Context ctx = Context::WithTimeout(Context(), absl::Seconds(10));
-  auto rows = c->Exec(ctx,
-                      "SELECT count(*) FROM concurrency_slots "
-                      "WHERE pipeline_run_key = $1",
-                      {ns + "/b"});
-  ASSERT_TRUE(rows.ok()) << rows.status();
-  EXPECT_EQ(rows->GetInt(0, 0), 0);
-  EXPECT_EQ(*d->GetCurrentSlots(Context(), full.Key()), 1);
 }
 
 }  // namespace

@@ -240,13 +240,6 @@ DROP FUNCTION IF EXISTS pac_set_policy(TEXT, INTERVAL, TEXT, INTERVAL);
 DROP FUNCTION IF EXISTS pac_cleanup(TEXT);
 )SQL";
 
-// Migration 17: no table changes; a try-acquire takes the repository
-// row's lock at once when nobody holds it, and a refusal that wrote
-// nothing else commits without a WAL flush.
-constexpr const char* kMigration17 = R"SQL(
-SELECT 1;
-)SQL";
-
 }  // namespace
 
 absl::Status Migrate(PgConnection& conn, const Context& ctx) {
@@ -280,8 +273,7 @@ absl::Status Migrate(PgConnection& conn, const Context& ctx) {
       kMigration1,  kMigration2,  kMigration3,  kMigration4,
       kMigration5,  kMigration6,  kMigration7,  kMigration8,
       kMigration9,  kMigration10, kMigration11, kMigration12,
-      kMigration13, kMigration14, kMigration15, kMigration16,
-      kMigration17};
+      kMigration13, kMigration14, kMigration15, kMigration16};
   static_assert(std::size(migrations) == kSchemaVersion);
   for (int64_t v = have + 1; v <= kSchemaVersion; ++v) {
     auto m = conn.Exec(ctx, Cat(migrations[v - 1],

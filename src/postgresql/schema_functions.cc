@@ -266,33 +266,19 @@ DECLARE
   v_kept JSONB;
   v_admitted JSONB;
   v_n BIGINT := 0;
-  v_locked BOOLEAN := false;  -- this call holds the repository row's lock
-  v_wrote BOOLEAN := false;  -- this call has written more than that lock
-  -- The transaction had written before this call (it has an id).
-  v_wrote_before BOOLEAN := pg_current_xact_id_if_assigned() IS NOT NULL;
   r RECORD;
 BEGIN
   IF current_setting('transaction_isolation') <> 'read committed' THEN
     PERFORM pac_check_isolation();
   END IF;
-  -- A call that would not queue its run takes the repository row's lock
-  -- at once if nobody holds it (most calls, on most repositories), and
-  -- then looks under the lock only: one statement fewer than looking
-  -- first. A refusal made so commits without a WAL flush (below).
+  -- A call that would not queue its run is refused without the lock when
+  -- the slots are full at this statement's snapshot (a state that was
+  -- true at one moment, so a true answer) and nothing there would change:
+  -- no expired lease to reclaim, no limit to record, no run of its own. A
+  -- refusal then neither waits for the lock nor writes, and does not hold
+  -- up the releases that wait for the lock behind it.
   IF p_run IS NOT NULL AND NOT p_enqueue AND NOT p_adopt AND p_group IS NULL
   THEN
-    SELECT t.concurrency_limit INTO v_old FROM pac_repositories t
-     WHERE t.repository_key = p_repo FOR UPDATE SKIP LOCKED;
-    v_locked := FOUND;
-  END IF;
-  -- If another transaction holds the lock, such a call is refused without
-  -- it when the slots are full at this statement's snapshot (a state that
-  -- was true at one moment, so a true answer) and nothing there would
-  -- change: no expired lease to reclaim, no limit to record, no run of its
-  -- own. A refusal then neither waits for the lock nor writes, and does
-  -- not hold up the releases that wait for the lock behind it.
-  IF p_run IS NOT NULL AND NOT p_enqueue AND NOT p_adopt AND p_group IS NULL
-     AND NOT v_locked THEN
     SELECT t.concurrency_limit, l.o_live, l.o_expired, l.o_mine
       INTO v_old, v_count, v_expired, v_mine
       FROM pac_repositories t, pac_look(p_repo, p_run, v_now) l
@@ -314,15 +300,12 @@ BEGIN
   -- Lock the repository's row, inserting it first if there is none. The
   -- row may be deleted (a cleanup) between the insert and the lock: then
   -- insert it again, until this call holds it.
-  WHILE NOT v_locked LOOP
+  LOOP
     SELECT t.concurrency_limit INTO v_old FROM pac_repositories t
      WHERE t.repository_key = p_repo FOR UPDATE;
-    v_locked := FOUND;
-    IF NOT v_locked THEN
-      INSERT INTO pac_repositories (repository_key, concurrency_limit)
-           VALUES (p_repo, p_limit) ON CONFLICT (repository_key) DO NOTHING;
-      v_wrote := true;
-    END IF;
+    EXIT WHEN FOUND;
+    INSERT INTO pac_repositories (repository_key, concurrency_limit)
+         VALUES (p_repo, p_limit) ON CONFLICT (repository_key) DO NOTHING;
   END LOOP;
   -- The live leases, whether there is an expired lease to reclaim or a
   -- queue, the caller's run, and whether the repository draws from shared
@@ -334,7 +317,6 @@ BEGIN
     FROM pac_look(p_repo, p_run, v_now) l;
   -- Queued runs past their deadline leave first (the caller's too).
   IF v_queued AND pac_time_out(p_repo, v_now) > 0 THEN
-    v_wrote := true;
     SELECT l.o_queued, l.o_mine INTO v_queued, v_mine
       FROM pac_look(p_repo, p_run, v_now) l;
   END IF;
@@ -390,7 +372,6 @@ BEGIN
           RETURNING s.pipeline_run_key LOOP
       PERFORM pac_notify(p_repo, 'removed:superseded', r.pipeline_run_key);
       v_queued := NULL;  -- read again below
-      v_wrote := true;
     END LOOP;
     IF v_queued IS NULL THEN
       SELECT l.o_queued INTO v_queued FROM pac_look(p_repo, p_run, v_now) l;
@@ -404,12 +385,10 @@ BEGIN
     UPDATE pac_repositories t SET concurrency_limit = p_limit, updated_at = v_now
      WHERE t.repository_key = p_repo;
     PERFORM pac_notify(p_repo, 'limit', NULL);
-    v_wrote := true;
   END IF;
   -- Only then pac_promote (most calls have nothing to reclaim or admit).
   IF v_expired OR (v_queued AND (p_limit = 0 OR v_count < p_limit)) THEN
     v_admitted := pac_admit(p_repo, p_limit, p_ttl, v_now, v_n);
-    v_wrote := true;
     RETURN QUERY SELECT * FROM pac_rows(v_admitted);
     v_n := v_n + jsonb_array_length(v_admitted);
     v_kept := v_kept || v_admitted;
@@ -463,15 +442,6 @@ BEGIN
     END IF;
     IF v_mine IS NULL THEN
       IF NOT p_enqueue THEN
-        -- Refused having written nothing but the row's lock, which a crash
-        -- forgets anyway: the commit need not wait for a WAL flush. Only
-        -- in a driver's session (pac.defer_notify on), which sends every
-        -- call as a transaction of its own, and with nothing written
-        -- before it: no other write may share an unflushed commit.
-        IF NOT v_wrote AND NOT v_wrote_before
-           AND current_setting('pac.defer_notify', true) = 'on' THEN
-          PERFORM set_config('synchronous_commit', 'off', true);
-        END IF;
         o_kind := 'full';
         EXIT answer;
       END IF;
