@@ -3,9 +3,7 @@
 // driver makes.
 #include "bench/scale_etcd_floors.h"
 
-#include <atomic>
-#include <thread>
-#include <vector>
+#include <string>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -54,9 +52,8 @@ PairResult RawEtcdTxnPairs(const DriverConfig& config, const Sizes& z,
     const int64_t lease =
         Must(kv->LeaseGrant(Context::Background(), 600), "raw lease");
     const std::string base = absl::StrCat("/pac-", tag, "-rawtxn/", t, "/");
-    return [&kv, &put, lease, base](int64_t n) {
+    return [&kv, &put, lease, base, meta = base + "meta"](int64_t n) {
       const Context ctx = Context::Background();
-      const std::string meta = base + "meta";
       const std::string slot = absl::StrCat(base, "slot/", n);
       pb::TxnRequest acquire;
       pb::Compare* c = acquire.add_compare();
