@@ -2,17 +2,20 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <random>
 
 namespace pac::concurrency::internal {
 
-// A random id per call. The generator is seeded again in a forked child
-// (its copy of the state would repeat the parent's next ids, and a
-// parent's acquire would get the child's kept release answer back: seen
-// in BM_PG_ReleaseToWatcherAcrossProcesses), from 128 bits of the system's
+// The time `at` in Unix microseconds, then 64 random bits, in hex. The
+// generator is seeded again in a forked child (its copy of the state would
+// repeat the parent's next ids, and a parent's acquire would get the
+// child's kept release answer back: seen in
+// BM_PG_ReleaseToWatcherAcrossProcesses), from 128 bits of the system's
 // randomness.
-std::string NewRequestId() {
+std::string NewRequestId(absl::Time at) {
   static thread_local std::mt19937_64 rng;
   static thread_local pid_t seeded_for = 0;
   if (seeded_for != getpid()) {
@@ -23,7 +26,8 @@ std::string NewRequestId() {
   }
   char buf[33];
   std::snprintf(buf, sizeof(buf), "%016llx%016llx",
-                static_cast<unsigned long long>(rng()),
+                static_cast<unsigned long long>(
+                    std::max<int64_t>(0, absl::ToUnixMicros(at))),
                 static_cast<unsigned long long>(rng()));
   return buf;
 }

@@ -8,6 +8,7 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/time/time.h"
 #include "src/postgresql/pg_connection.h"
 
 // Timestamps cross the wire as Unix microseconds.
@@ -15,10 +16,14 @@
 
 namespace pac::concurrency::internal {
 
-// A new request id: 128 random bits in hex. A call sends it with every
-// attempt, so that an attempt after a lost answer gets that answer
-// (pac_outcomes, schema_functions.cc) rather than a second step's.
-std::string NewRequestId();
+// A new request id: the time `at` (the database's clock, as the driver
+// reckons it) in Unix microseconds, then 64 random bits, 32 hex digits in
+// all. A call sends it with every attempt, so that an attempt after a lost
+// answer gets that answer (pac_outcomes, schema_functions.cc) rather than
+// a second step's. Ids sort by time: kept answers are added at the end of
+// their index, and the old ones go as one range of it
+// (pac_forget_outcomes, schema_operations.cc).
+std::string NewRequestId(absl::Time at);
 
 // `items` as a PostgreSQL array literal (quoted elements: text, or
 // numbers cast by the statement).

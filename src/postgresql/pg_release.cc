@@ -43,7 +43,7 @@ constexpr const char* kSettleManySql =
 absl::StatusOr<ReleaseResult> PostgreSQLDriver::ReleaseLease(
     const Context& ctx, std::string_view lease_id, std::string_view run_key,
     std::string_view repo_key) {
-  const std::string request = NewRequestId();
+  const std::string request = RequestId();
   // The last parameter is p_retry.
   const std::vector<PgParam> release = {
       std::string(lease_id), OptText(run_key), OptText(repo_key),
@@ -95,7 +95,7 @@ absl::StatusOr<std::vector<Lease>> PostgreSQLDriver::Settle(
   std::optional<PgResult> r;
   if (repo_keys.size() == 1) {
     auto one = Query(ctx, kSettleSql,
-                     {repo_keys[0], TtlMicros(), NewRequestId(), "false"},
+                     {repo_keys[0], TtlMicros(), RequestId(), "false"},
                      Notifies::kAfterSettle, Retry::kFlagLast);
     if (!one.ok()) return one.status();
     r.emplace(std::move(*one));

@@ -96,6 +96,11 @@ absl::StatusOr<std::unique_ptr<Driver>> PostgreSQLDriver::Create(
   }
   std::unique_ptr<PostgreSQLDriver> driver(
       new PostgreSQLDriver(config, options));
+  const absl::Time before = absl::Now();
+  auto server_now =
+      (*conn)->Exec(ctx, "SELECT " PAC_MICROS("clock_timestamp()"), {});
+  if (!server_now.ok()) return server_now.status();
+  driver->MeasureClockOffset(before, server_now->GetMicros(0, 0), absl::Now());
   if (options.background_cleanup) {
     driver->reap_thread_ = std::thread([d = driver.get()] { d->ReapLoop(); });
   }
@@ -130,6 +135,17 @@ absl::Status PostgreSQLDriver::Close() {
   pool_.Close();
   logger_->info("postgresql driver closed");
   return absl::OkStatus();
+}
+
+std::string PostgreSQLDriver::RequestId() const {
+  return NewRequestId(absl::Now() +
+                      absl::Microseconds(clock_offset_us_.load()));
+}
+
+void PostgreSQLDriver::MeasureClockOffset(absl::Time before, absl::Time server,
+                                          absl::Time after) {
+  const absl::Time local = before + (after - before) / 2;
+  clock_offset_us_.store(absl::ToInt64Microseconds(server - local));
 }
 
 std::string PostgreSQLDriver::TtlMicros() const {
@@ -278,7 +294,7 @@ absl::StatusOr<AcquireResult> PostgreSQLDriver::AcquireSlot(
       {repo_key, std::string(run_key), std::to_string(EffectiveLimit(repo)),
        creation, options.enqueue ? "true" : "false",
        options.adopt_running ? "true" : "false", TtlMicros(),
-       options.keep_recorded_limit ? "true" : "false", NewRequestId(),
+       options.keep_recorded_limit ? "true" : "false", RequestId(),
        options.group.empty() ? PgParam() : PgParam(options.group),
        options.max_queue_time.has_value()
            ? PgParam(std::to_string(
@@ -343,7 +359,7 @@ absl::StatusOr<ReleaseResult> PostgreSQLDriver::ReleaseSlot(
   }
   auto r = Query(ctx, kReleaseSql,
                  {std::nullopt, OptText(run_key), OptText(repo_key),
-                  TtlMicros(), NewRequestId(), "false"},
+                  TtlMicros(), RequestId(), "false"},
                  Notifies::kIfPending, Retry::kFlagLast);
   if (!r.ok()) return r.status();
   ReleaseResult result;
@@ -384,8 +400,8 @@ absl::StatusOr<std::vector<Lease>> PostgreSQLDriver::SetRepositoryLimit(
   auto r =
       Query(ctx, kAcquireSql,
             {repo_key, std::nullopt, std::to_string(EffectiveLimit(repo)),
-             std::nullopt, "false", "false", TtlMicros(), "false",
-             NewRequestId(), std::nullopt, std::nullopt, "0", "false", "false"},
+             std::nullopt, "false", "false", TtlMicros(), "false", RequestId(),
+             std::nullopt, std::nullopt, "0", "false", "false"},
             Notifies::kYes, Retry::kFlagLast);
   if (!r.ok()) return r.status();
   std::vector<Lease> admitted;
@@ -528,10 +544,13 @@ void PostgreSQLDriver::ListenLoop() {
 
 void PostgreSQLDriver::ReapLoop() {
   absl::Time last_sweep = absl::InfinitePast();
+  absl::Time last_forget = absl::InfinitePast();
+  absl::Time last_scan = absl::InfinitePast();
   while (true) {
     absl::Duration wait = absl::Seconds(2);
     Context ctx = Context::WithTimeout(Context::Background(), absl::Seconds(5));
     // The earliest lease expiry or queue deadline (two index probes).
+    const absl::Time before = absl::Now();
     auto r = Query(ctx,
                    "SELECT " PAC_MICROS("clock_timestamp()") ", " PAC_MICROS(
                        "least((SELECT min(expires_at) FROM concurrency_slots"
@@ -540,6 +559,7 @@ void PostgreSQLDriver::ReapLoop() {
                        " WHERE state = 'queued' AND queue_deadline IS NOT"
                        " NULL))"),
                    {});
+    if (r.ok()) MeasureClockOffset(before, r->GetMicros(0, 0), absl::Now());
     if (r.ok() && !r->IsNull(0, 1)) {
       absl::Duration left = r->GetMicros(0, 1) - r->GetMicros(0, 0);
       if (left <= absl::ZeroDuration()) {
@@ -566,6 +586,16 @@ void PostgreSQLDriver::ReapLoop() {
                   "'1 microsecond')",
                   {TtlMicros()}, Notifies::kYes);
       wait = std::min(wait, absl::Seconds(1));
+    }
+    // Kept answers older than ten minutes: the range of old ids every ten
+    // seconds, and every ten minutes a scan for the rest (ids of another
+    // clock or version) (pac_forget_outcomes, schema_operations.cc).
+    if (absl::Now() - last_forget >= absl::Seconds(10)) {
+      last_forget = absl::Now();
+      const bool scan = absl::Now() - last_scan >= absl::Minutes(10);
+      if (scan) last_scan = absl::Now();
+      (void)Query(ctx, "SELECT pac_forget_outcomes($1::boolean)",
+                  {scan ? "true" : "false"});
     }
     MutexLock lock(&stop_mu_);
     if (stop_) return;

@@ -21,6 +21,7 @@
 #define PAC_SRC_POSTGRESQL_POSTGRESQL_DRIVER_H_
 
 #include <atomic>
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <string>
@@ -146,6 +147,14 @@ class PostgreSQLDriver final : public Driver {
   // Sends the notifications the connection's last statement collected.
   void FlushNotify(PgConnection& conn);
   std::string TtlMicros() const;
+  // A request id (NewRequestId) at the database's time: the local clock
+  // plus the offset last measured, so that a host whose clock is behind
+  // does not make ids the cleanup takes for old ones.
+  std::string RequestId() const;
+  // Records the database's clock, read at `server` between the local
+  // times `before` and `after`.
+  void MeasureClockOffset(absl::Time before, absl::Time server,
+                          absl::Time after);
   static Lease LeaseFromRow(const PgResult& r, int row,
                             const std::string& repo_key);
   // An 'admitted' row's lease, logged as a queue admission.
@@ -169,6 +178,8 @@ class PostgreSQLDriver final : public Driver {
   const std::shared_ptr<spdlog::logger> logger_;
   PgPool pool_;
   std::atomic<bool> closed_{false};
+  // The database's clock minus the local one, in microseconds.
+  std::atomic<int64_t> clock_offset_us_{0};
 
   WatchDispatcher dispatcher_;
   WatcherRegistry watchers_;

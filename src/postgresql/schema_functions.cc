@@ -148,11 +148,11 @@ END $$;
 -- commit (the connection dropped) is sent again with the same request id;
 -- where a second step would answer differently from the first, the first
 -- keeps its answer in pac_outcomes (rows older than ten minutes go with
--- pac_reap) and the second answers that: every release that released or
--- admitted something (a second one finds nothing left), and an acquire
--- that admitted others. Only a retry looks its id up (p_retry: the driver
--- sends the same request again; a first attempt's id is new, so it would
--- find nothing), and only where a first attempt may have changed the
+-- pac_forget_outcomes) and the second answers that: every release that
+-- released or admitted something (a second one finds nothing left), and an
+-- acquire that admitted others. Only a retry looks its id up (p_retry: the
+-- driver sends the same request again; a first attempt's id is new, so it
+-- would find nothing), and only where a first attempt may have changed the
 -- answer (a release that found nothing to release; an acquire whose run
 -- is recorded already, or that would not queue it), and while it holds
 -- the repository row's lock, which the first attempt held until its
@@ -419,6 +419,26 @@ BEGIN
       o_pos := CASE WHEN r.cancel_requested THEN 1 ELSE 0 END;
       EXIT answer;
     END IF;
+    -- A grant. A run without a row (most) gets a plain INSERT: no row of
+    -- it can appear while this call holds the repository's row, and an
+    -- INSERT ... ON CONFLICT checks the unique index first and confirms
+    -- its row after (a speculative insertion, one more WAL record).
+    IF v_mine IS NULL AND NOT p_adopt AND (p_limit = 0 OR v_count < p_limit)
+       AND NOT v_queued AND v_fits THEN
+      INSERT INTO concurrency_slots
+             (repository_key, pipeline_run_key, state, acquired_at, expires_at,
+              created_at, updated_at, lease_id, fencing_token, creation_time,
+              group_key)
+      VALUES (p_repo, p_run, 'running', v_now, v_now + p_ttl, v_now, v_now,
+              gen_random_uuid()::text, nextval('pac_fencing_seq'),
+              coalesce(p_creation, v_now), p_group)
+      RETURNING lease_id, acquired_at, expires_at, fencing_token INTO r;
+      o_kind := 'acquired'; o_lease := r.lease_id; o_acquired := r.acquired_at;
+      o_expires := r.expires_at; o_token := r.fencing_token;
+      EXIT answer;
+    END IF;
+    -- A row of its own to take over (queued, a record of a removed run
+    -- adopted), or an adoption.
     IF p_adopt OR ((p_limit = 0 OR v_count < p_limit) AND NOT v_queued
                    AND v_fits) THEN
       INSERT INTO concurrency_slots AS s
@@ -648,17 +668,28 @@ BEGIN
   RETURNING s.repository_key, s.pipeline_run_key INTO r;
   IF FOUND THEN
     -- The answer row straight away (not read back from the kept JSON).
-    PERFORM pac_notify(r.repository_key, 'released', r.pipeline_run_key);
+    -- Its notification as pac_notify defers it, without the call when
+    -- nothing else waits (most releases), and the repository for
+    -- pac_settle.
+    IF current_setting('pac.defer_notify', true) = 'on'
+       AND coalesce(current_setting('pac.pending_notify', true), '') = '' THEN
+      PERFORM set_config('pac.pending_notify',
+                         r.repository_key || E'\treleased\t'
+                         || r.pipeline_run_key || E'\n', false),
+              set_config('pac.settle_repo', r.repository_key, false);
+    ELSE
+      PERFORM pac_notify(r.repository_key, 'released', r.pipeline_run_key),
+              set_config('pac.settle_repo', r.repository_key, false);
+    END IF;
     IF p_request IS NOT NULL THEN
+      -- pac_row_json's fields that are not NULL.
       INSERT INTO pac_outcomes (request_id, result, created_at)
            VALUES (p_request,
-                   jsonb_build_array(
-                       pac_row_json('released', r.pipeline_run_key, NULL,
-                                    NULL, NULL, NULL, 0, 1)
-                       || jsonb_build_object('repo', r.repository_key)),
+                   jsonb_build_array(jsonb_build_object(
+                       'k', 'released', 'run', r.pipeline_run_key, 'pos', 0,
+                       'n', 1, 'repo', r.repository_key)),
                    clock_timestamp());
     END IF;
-    PERFORM set_config('pac.settle_repo', r.repository_key, false);
     o_kind := 'released'; o_run := r.pipeline_run_key; o_lease := NULL;
     o_acquired := NULL; o_expires := NULL; o_token := NULL; o_pos := 0;
     o_repo := r.repository_key;

@@ -1,6 +1,7 @@
 // The PostgreSQL server-side functions of the operations beside admission
 // and release: the import's step (pac_import), the background reaper
-// (pac_reap), a repository's policy (pac_set_policy), its cleanup
+// (pac_reap) and the forgetting of kept answers (pac_forget_outcomes), a
+// repository's policy (pac_set_policy), its cleanup
 // (pac_cleanup) and the clearing of its queue (pac_clear_queue). They use the
 // helpers of schema_functions.cc, and Migrate (schema.cc) creates them after
 // those.
@@ -179,9 +180,30 @@ BEGIN
   IF cardinality(v_names) > 0 THEN
     PERFORM * FROM pac_shared_pass(NULL, v_names, p_ttl, clock_timestamp());
   END IF;
-  DELETE FROM pac_outcomes o
-   WHERE o.created_at < clock_timestamp() - interval '10 minutes';
   RETURN n;
+END $$;
+
+-- Forgets the answers kept for retries (pac_outcomes) once ten minutes
+-- old: those whose id (its first 16 hex digits: the time it was made,
+-- pg_common.h) is older, one range of the index; with p_scan also any
+-- other row made as long ago (an id of an earlier version, or of a host
+-- whose clock was off), a scan of the table. Returns how many went.
+CREATE OR REPLACE FUNCTION pac_forget_outcomes(p_scan BOOLEAN)
+RETURNS BIGINT LANGUAGE plpgsql AS $$
+DECLARE
+  v_before TIMESTAMPTZ := clock_timestamp() - interval '10 minutes';
+  n BIGINT;
+  m BIGINT := 0;
+BEGIN
+  DELETE FROM pac_outcomes o
+   WHERE o.request_id < lpad(to_hex((extract(epoch FROM v_before)
+                                     * 1000000)::bigint), 16, '0');
+  GET DIAGNOSTICS n = ROW_COUNT;
+  IF p_scan THEN
+    DELETE FROM pac_outcomes o WHERE o.created_at < v_before;
+    GET DIAGNOSTICS m = ROW_COUNT;
+  END IF;
+  RETURN n + m;
 END $$;
 
 -- Clears a repository's queue (Driver::ClearQueue): under its row's lock
