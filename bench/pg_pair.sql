@@ -5,9 +5,11 @@
 -- driver pipelines in one round trip; pgbench sends them one after the
 -- other). pac_settle sends the collected notifications when it admits
 -- nothing. Run with PGOPTIONS='-c pac.defer_notify=on', as the driver's
--- sessions are. Variables: repos, client_id.
+-- sessions are. Request ids as the driver makes them: the time in
+-- microseconds (16 hex digits), then random ones. Variables: repos,
+-- client_id.
 \set r random(1, :repos)
 \set c random(1, 1000000000)
-SELECT coalesce(o_lease, '') AS lease FROM pac_acquire('bench/repo-' || :r, 'bench/run-' || :client_id || '-' || :c, 2, NULL, false, false, interval '1 hour', false, md5(random()::text)) \gset
-SELECT count(*) FROM pac_release_lease(nullif(:lease, ''), NULL, NULL, interval '1 hour', md5(random()::text));
-SELECT count(*) FROM pac_settle(NULL, interval '1 hour', md5(random()::text));
+SELECT coalesce(o_lease, '') AS lease FROM pac_acquire('bench/repo-' || :r, 'bench/run-' || :client_id || '-' || :c, 2, NULL, false, false, interval '1 hour', false, lpad(to_hex((extract(epoch FROM clock_timestamp()) * 1000000)::bigint), 16, '0') || substr(md5(random()::text), 1, 16)) \gset
+SELECT count(*) FROM pac_release_lease(nullif(:lease, ''), NULL, NULL, interval '1 hour', lpad(to_hex((extract(epoch FROM clock_timestamp()) * 1000000)::bigint), 16, '0') || substr(md5(random()::text), 1, 16));
+SELECT count(*) FROM pac_settle(NULL, interval '1 hour', lpad(to_hex((extract(epoch FROM clock_timestamp()) * 1000000)::bigint), 16, '0') || substr(md5(random()::text), 1, 16));

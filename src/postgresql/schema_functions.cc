@@ -655,17 +655,28 @@ BEGIN
     PERFORM pac_check_isolation();
   END IF;
   -- No queue in the lease's repository, and no shared limit: the DELETE
-  -- alone, without the lock.
-  DELETE FROM concurrency_slots s
-   WHERE s.lease_id = p_lease AND s.state = 'running'
-     AND (p_run IS NULL OR s.pipeline_run_key = p_run)
-     AND (p_repo IS NULL OR s.repository_key = p_repo)
-     AND NOT EXISTS (SELECT 1 FROM concurrency_slots q
-                      WHERE q.repository_key = s.repository_key
-                        AND q.state = 'queued')
-     AND NOT EXISTS (SELECT 1 FROM pac_shared_members m
-                      WHERE m.repository_key = s.repository_key)
-  RETURNING s.repository_key, s.pipeline_run_key INTO r;
+  -- alone, without the lock, and with it in one statement the answer kept
+  -- for a retry (pac_row_json's fields that are not NULL).
+  WITH d AS (
+    DELETE FROM concurrency_slots s
+     WHERE s.lease_id = p_lease AND s.state = 'running'
+       AND (p_run IS NULL OR s.pipeline_run_key = p_run)
+       AND (p_repo IS NULL OR s.repository_key = p_repo)
+       AND NOT EXISTS (SELECT 1 FROM concurrency_slots q
+                        WHERE q.repository_key = s.repository_key
+                          AND q.state = 'queued')
+       AND NOT EXISTS (SELECT 1 FROM pac_shared_members m
+                        WHERE m.repository_key = s.repository_key)
+    RETURNING s.repository_key, s.pipeline_run_key),
+  k AS (
+    INSERT INTO pac_outcomes (request_id, result, created_at)
+    SELECT p_request,
+           jsonb_build_array(jsonb_build_object(
+               'k', 'released', 'run', d.pipeline_run_key, 'pos', 0, 'n', 1,
+               'repo', d.repository_key)),
+           clock_timestamp()
+      FROM d WHERE p_request IS NOT NULL)
+  SELECT d.repository_key, d.pipeline_run_key INTO r FROM d;
   IF FOUND THEN
     -- The answer row straight away (not read back from the kept JSON).
     -- Its notification as pac_notify defers it, without the call when
@@ -680,15 +691,6 @@ BEGIN
     ELSE
       PERFORM pac_notify(r.repository_key, 'released', r.pipeline_run_key),
               set_config('pac.settle_repo', r.repository_key, false);
-    END IF;
-    IF p_request IS NOT NULL THEN
-      -- pac_row_json's fields that are not NULL.
-      INSERT INTO pac_outcomes (request_id, result, created_at)
-           VALUES (p_request,
-                   jsonb_build_array(jsonb_build_object(
-                       'k', 'released', 'run', r.pipeline_run_key, 'pos', 0,
-                       'n', 1, 'repo', r.repository_key)),
-                   clock_timestamp());
     END IF;
     o_kind := 'released'; o_run := r.pipeline_run_key; o_lease := NULL;
     o_acquired := NULL; o_expires := NULL; o_token := NULL; o_pos := 0;
