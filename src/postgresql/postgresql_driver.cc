@@ -545,7 +545,6 @@ void PostgreSQLDriver::ListenLoop() {
 void PostgreSQLDriver::ReapLoop() {
   absl::Time last_sweep = absl::InfinitePast();
   absl::Time last_forget = absl::InfinitePast();
-  absl::Time last_scan = absl::InfinitePast();
   while (true) {
     absl::Duration wait = absl::Seconds(2);
     Context ctx = Context::WithTimeout(Context::Background(), absl::Seconds(5));
@@ -587,15 +586,11 @@ void PostgreSQLDriver::ReapLoop() {
                   {TtlMicros()}, Notifies::kYes);
       wait = std::min(wait, absl::Seconds(1));
     }
-    // Kept answers older than ten minutes: the range of old ids every ten
-    // seconds, and every ten minutes a scan for the rest (ids of another
-    // clock or version) (pac_forget_outcomes, schema_operations.cc).
+    // Kept answers older than ten minutes, every ten seconds
+    // (pac_forget_outcomes, schema_operations.cc: two index ranges).
     if (absl::Now() - last_forget >= absl::Seconds(10)) {
       last_forget = absl::Now();
-      const bool scan = absl::Now() - last_scan >= absl::Minutes(10);
-      if (scan) last_scan = absl::Now();
-      (void)Query(ctx, "SELECT pac_forget_outcomes($1::boolean)",
-                  {scan ? "true" : "false"});
+      (void)Query(ctx, "SELECT pac_forget_outcomes()", {});
     }
     MutexLock lock(&stop_mu_);
     if (stop_) return;
