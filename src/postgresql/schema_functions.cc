@@ -419,43 +419,36 @@ BEGIN
       o_pos := CASE WHEN r.cancel_requested THEN 1 ELSE 0 END;
       EXIT answer;
     END IF;
-    -- A grant. A run without a row (most) gets a plain INSERT: no row of
-    -- it can appear while this call holds the repository's row, and an
-    -- INSERT ... ON CONFLICT checks the unique index first and confirms
-    -- its row after (a speculative insertion, one more WAL record).
-    IF v_mine IS NULL AND NOT p_adopt AND (p_limit = 0 OR v_count < p_limit)
-       AND NOT v_queued AND v_fits THEN
-      INSERT INTO concurrency_slots
-             (repository_key, pipeline_run_key, state, acquired_at, expires_at,
-              created_at, updated_at, lease_id, fencing_token, creation_time,
-              group_key)
-      VALUES (p_repo, p_run, 'running', v_now, v_now + p_ttl, v_now, v_now,
-              gen_random_uuid()::text, nextval('pac_fencing_seq'),
-              coalesce(p_creation, v_now), p_group)
-      RETURNING lease_id, acquired_at, expires_at, fencing_token INTO r;
-      o_kind := 'acquired'; o_lease := r.lease_id; o_acquired := r.acquired_at;
-      o_expires := r.expires_at; o_token := r.fencing_token;
-      EXIT answer;
-    END IF;
-    -- A row of its own to take over (queued, a record of a removed run
-    -- adopted), or an adoption.
+    -- A grant: the run's own row taken over (an adoption of its queue
+    -- entry, or of the record of its removal), else a new row by a plain
+    -- INSERT (an INSERT ... ON CONFLICT checks the unique index first and
+    -- confirms its row after: a speculative insertion, one more WAL
+    -- record). No row of the run appears or goes while this call holds
+    -- the repository's row.
     IF p_adopt OR ((p_limit = 0 OR v_count < p_limit) AND NOT v_queued
                    AND v_fits) THEN
-      INSERT INTO concurrency_slots AS s
-             (repository_key, pipeline_run_key, state, acquired_at, expires_at,
-              created_at, updated_at, lease_id, fencing_token, creation_time,
-              group_key)
-      VALUES (p_repo, p_run, 'running', v_now, v_now + p_ttl, v_now, v_now,
-              gen_random_uuid()::text, nextval('pac_fencing_seq'),
-              coalesce(p_creation, v_now), p_group)
-      ON CONFLICT (repository_key, pipeline_run_key) DO UPDATE
-         SET state = 'running', acquired_at = EXCLUDED.acquired_at,
-             expires_at = EXCLUDED.expires_at, updated_at = EXCLUDED.updated_at,
-             lease_id = EXCLUDED.lease_id,
-             fencing_token = EXCLUDED.fencing_token, queue_seq = NULL,
-             group_key = coalesce(EXCLUDED.group_key, s.group_key),
-             cancel_requested = false
-      RETURNING s.lease_id, s.acquired_at, s.expires_at, s.fencing_token INTO r;
+      IF v_mine IS NOT NULL THEN
+        UPDATE concurrency_slots s
+           SET state = 'running', acquired_at = v_now,
+               expires_at = v_now + p_ttl, updated_at = v_now,
+               lease_id = gen_random_uuid()::text,
+               fencing_token = nextval('pac_fencing_seq'), queue_seq = NULL,
+               group_key = coalesce(p_group, s.group_key),
+               cancel_requested = false
+         WHERE s.repository_key = p_repo AND s.pipeline_run_key = p_run
+        RETURNING s.lease_id, s.acquired_at, s.expires_at, s.fencing_token
+          INTO r;
+      END IF;
+      IF v_mine IS NULL OR NOT FOUND THEN
+        INSERT INTO concurrency_slots
+               (repository_key, pipeline_run_key, state, acquired_at,
+                expires_at, created_at, updated_at, lease_id, fencing_token,
+                creation_time, group_key)
+        VALUES (p_repo, p_run, 'running', v_now, v_now + p_ttl, v_now, v_now,
+                gen_random_uuid()::text, nextval('pac_fencing_seq'),
+                coalesce(p_creation, v_now), p_group)
+        RETURNING lease_id, acquired_at, expires_at, fencing_token INTO r;
+      END IF;
       o_kind := 'acquired'; o_lease := r.lease_id; o_acquired := r.acquired_at;
       o_expires := r.expires_at; o_token := r.fencing_token;
       EXIT answer;
