@@ -671,20 +671,10 @@ BEGIN
       FROM d WHERE p_request IS NOT NULL)
   SELECT d.repository_key, d.pipeline_run_key INTO r FROM d;
   IF FOUND THEN
-    -- The answer row straight away (not read back from the kept JSON).
-    -- Its notification as pac_notify defers it, without the call when
-    -- nothing else waits (most releases), and the repository for
-    -- pac_settle.
-    IF current_setting('pac.defer_notify', true) = 'on'
-       AND coalesce(current_setting('pac.pending_notify', true), '') = '' THEN
-      PERFORM set_config('pac.pending_notify',
-                         r.repository_key || E'\treleased\t'
-                         || r.pipeline_run_key || E'\n', false),
-              set_config('pac.settle_repo', r.repository_key, false);
-    ELSE
-      PERFORM pac_notify(r.repository_key, 'released', r.pipeline_run_key),
-              set_config('pac.settle_repo', r.repository_key, false);
-    END IF;
+    -- The answer row straight away (not read back from the kept JSON);
+    -- its notification, and the repository for pac_settle.
+    PERFORM pac_notify(r.repository_key, 'released', r.pipeline_run_key),
+            set_config('pac.settle_repo', r.repository_key, false);
     o_kind := 'released'; o_run := r.pipeline_run_key; o_lease := NULL;
     o_acquired := NULL; o_expires := NULL; o_token := NULL; o_pos := 0;
     o_repo := r.repository_key;
