@@ -12,7 +12,7 @@
 namespace pac::concurrency::internal {
 
 // The newest schema version this build knows.
-inline constexpr int kSchemaVersion = 17;
+inline constexpr int kSchemaVersion = 18;
 
 // The server-side functions of this build, created by Migrate in this
 // order: the queue policies' helpers (schema_policies.cc), the shared

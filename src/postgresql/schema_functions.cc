@@ -40,6 +40,7 @@ RETURNS VOID LANGUAGE plpgsql AS $$
 DECLARE
   v_payload TEXT := p_repo || E'\t' || p_type || E'\t' || coalesce(p_run, '');
   v_pending TEXT;
+  v_set TEXT;  -- what set_config and pg_notify return, unused
 BEGIN
   IF current_setting('pac.defer_notify', true) = 'on' THEN
     v_pending := coalesce(current_setting('pac.pending_notify', true), '');
@@ -50,10 +51,10 @@ BEGIN
       PERFORM pac_flush_notify();
       v_pending := '';
     END IF;
-    PERFORM set_config('pac.pending_notify', v_pending || v_payload || E'\n',
-                       false);
+    v_set := set_config('pac.pending_notify', v_pending || v_payload || E'\n',
+                        false);
   ELSE
-    PERFORM pg_notify('pac_concurrency', v_payload);
+    v_set := pg_notify('pac_concurrency', v_payload);
   END IF;
 END $$;
 
@@ -63,14 +64,15 @@ LANGUAGE plpgsql AS $$
 DECLARE
   v_pending TEXT := current_setting('pac.pending_notify', true);
   v_payload TEXT;
+  v_set TEXT;  -- what set_config and pg_notify return, unused
   n INTEGER := 0;
 BEGIN
   IF v_pending IS NULL OR v_pending = '' THEN
     RETURN 0;
   END IF;
-  PERFORM set_config('pac.pending_notify', '', false);
+  v_set := set_config('pac.pending_notify', '', false);
   FOREACH v_payload IN ARRAY string_to_array(rtrim(v_pending, E'\n'), E'\n') LOOP
-    PERFORM pg_notify('pac_concurrency', v_payload);
+    v_set := pg_notify('pac_concurrency', v_payload);
     n := n + 1;
   END LOOP;
   RETURN n;
@@ -84,8 +86,9 @@ END $$;
 -- transaction that changed nothing.
 CREATE OR REPLACE FUNCTION pac_send_notify() RETURNS INTEGER
 LANGUAGE plpgsql AS $$
+DECLARE
+  v_set TEXT := set_config('synchronous_commit', 'off', true);
 BEGIN
-  PERFORM set_config('synchronous_commit', 'off', true);
   RETURN pac_flush_notify();
 END $$;
 
@@ -642,6 +645,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
   v_repo TEXT;
   v_kept JSONB;
+  v_set TEXT;  -- what set_config and pac_notify return, unused
   r RECORD;
 BEGIN
   IF current_setting('transaction_isolation') <> 'read committed' THEN
@@ -673,8 +677,8 @@ BEGIN
   IF FOUND THEN
     -- The answer row straight away (not read back from the kept JSON);
     -- its notification, and the repository for pac_settle.
-    PERFORM pac_notify(r.repository_key, 'released', r.pipeline_run_key),
-            set_config('pac.settle_repo', r.repository_key, false);
+    v_set := pac_notify(r.repository_key, 'released', r.pipeline_run_key);
+    v_set := set_config('pac.settle_repo', r.repository_key, false);
     o_kind := 'released'; o_run := r.pipeline_run_key; o_lease := NULL;
     o_acquired := NULL; o_expires := NULL; o_token := NULL; o_pos := 0;
     o_repo := r.repository_key;
@@ -705,7 +709,7 @@ BEGIN
      WHERE o.request_id = p_request;
   END IF;
   IF v_kept IS NOT NULL AND v_kept <> '[]'::jsonb THEN
-    PERFORM set_config('pac.settle_repo', v_kept -> 0 ->> 'repo', false);
+    v_set := set_config('pac.settle_repo', v_kept -> 0 ->> 'repo', false);
     RETURN QUERY SELECT * FROM pac_lease_rows(v_kept);
   END IF;
 END $$;
@@ -739,13 +743,14 @@ DECLARE
   v_kept JSONB;
   v_admitted JSONB;
   v_n BIGINT := 0;
+  v_set TEXT;  -- what set_config returns, unused
 BEGIN
   IF current_setting('transaction_isolation') <> 'read committed' THEN
     PERFORM pac_check_isolation();
   END IF;
   IF v_repo IS NULL THEN
     v_repo := nullif(current_setting('pac.settle_repo', true), '');
-    PERFORM set_config('pac.settle_repo', '', false);
+    v_set := set_config('pac.settle_repo', '', false);
     IF v_repo IS NULL AND p_request IS NOT NULL THEN
       -- Not this session's release (a pooler that hands each transaction
       -- to another server connection): the release kept its repository.
@@ -803,7 +808,7 @@ BEGIN
   -- several of those share one transaction (kSettleManySql), and
   -- pac_send_notify's asynchronous commit would cover another's writes.
   IF p_repo IS NULL THEN
-    PERFORM pac_send_notify();
+    v_count := pac_send_notify();
   END IF;
 END $$;
 
