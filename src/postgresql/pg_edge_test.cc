@@ -57,15 +57,17 @@ absl::Status Exec(PgConnection& c, const std::string& sql,
   return r.ok() ? absl::OkStatus() : r.status();
 }
 
-// Waits until `n` backends wait for a lock inside pac_acquire.
-bool AwaitLockWaiters(PgConnection& c, int n) {
+// Waits until `n` backends wait for a lock inside `function`.
+bool AwaitLockWaiters(PgConnection& c, int n,
+                      const std::string& function = "pac_acquire") {
   const absl::Time give_up = absl::Now() + absl::Seconds(10);
   while (absl::Now() < give_up) {
     Context ctx = Context::WithTimeout(Context(), absl::Seconds(5));
     auto r = c.Exec(ctx,
                     "SELECT count(*) FROM pg_stat_activity "
                     "WHERE wait_event_type = 'Lock' "
-                    "AND query LIKE '%pac_acquire%'");
+                    "AND query LIKE '%' || $1 || '%'",
+                    {function});
     if (r.ok() && r->GetInt(0, 0) >= n) return true;
     absl::SleepFor(absl::Milliseconds(5));
   }
@@ -501,6 +503,63 @@ TEST(PostgreSQLEdgeTest,
   EXPECT_EQ((*running)[0].pipeline_run_key, q);
   EXPECT_TRUE(d->Close().ok());
   EXPECT_TRUE(d2->Close().ok());
+}
+
+// The other order: the release's DELETE waits (here for a row lock the
+// test holds on the lease) after its statement looked and saw no queue;
+// meanwhile a run is queued and committed, whose settle still counts the
+// lease; then the release commits beside it. The statement pipelined
+// after the release sees the queue and the free slot, and pac_settle
+// admits the run within the release's call.
+TEST(PostgreSQLEdgeTest, ARunQueuedWhileAReleaseWaitsIsAdmittedByIt) {
+  auto d = NewDriver();
+  auto locker = Connect();
+  auto other = Connect();
+  auto watcher = Connect();
+  ASSERT_TRUE(d && locker && other && watcher);
+  Repository repo{UniqueNs("after"), "repo", 1};
+  auto x = d->AcquireSlot(Context(), repo, repo.ns + "/x");
+  ASSERT_TRUE(x.ok() && x->acquired) << x.status();
+  ASSERT_TRUE(Exec(*locker, "BEGIN").ok());
+  ASSERT_TRUE(Exec(*locker,
+                   "SELECT 1 FROM concurrency_slots WHERE lease_id = $1 "
+                   "FOR UPDATE",
+                   {x->lease.lease_id})
+                  .ok());
+  absl::StatusOr<ReleaseResult> rel;
+  Context ctx = Context::WithTimeout(Context(), absl::Seconds(30));
+  std::thread t([&] { rel = d->ReleaseSlot(ctx, x->lease.lease_id, "", ""); });
+  const bool waited = AwaitLockWaiters(*watcher, 1, "pac_release_lease");
+  if (!waited) {
+    (void)Exec(*locker, "ROLLBACK");
+    t.join();
+  }
+  ASSERT_TRUE(waited) << "the release never waited for the locked lease";
+  const std::string q = repo.ns + "/q";
+  ASSERT_TRUE(Exec(*other,
+                   "INSERT INTO concurrency_slots (repository_key, "
+                   "pipeline_run_key, state, expires_at, creation_time, "
+                   "queue_seq) VALUES ($1, $2, 'queued', 'infinity', now(), "
+                   "nextval('pac_queue_seq'))",
+                   {repo.Key(), q})
+                  .ok());
+  // The queuer's own settle: the lease still counts.
+  auto early = other->Exec(
+      ctx, "SELECT o_kind FROM pac_settle($1, interval '1 hour', NULL)",
+      {repo.Key()});
+  ASSERT_TRUE(early.ok()) << early.status();
+  EXPECT_EQ(early->rows(), 0);
+  ASSERT_TRUE(Exec(*locker, "COMMIT").ok());
+  t.join();
+  ASSERT_TRUE(rel.ok()) << rel.status();
+  EXPECT_TRUE(rel->released);
+  ASSERT_EQ(rel->admitted.size(), 1u) << "left queued beside a free slot";
+  EXPECT_EQ(rel->admitted[0].pipeline_run_key, q);
+  auto running = d->GetRunningPipelineRuns(Context(), repo.Key());
+  ASSERT_TRUE(running.ok());
+  ASSERT_EQ(running->size(), 1u);
+  EXPECT_EQ((*running)[0].pipeline_run_key, q);
+  EXPECT_TRUE(d->Close().ok());
 }
 
 // A pooler in transaction mode may run the release and its settle on two

@@ -1,7 +1,9 @@
 // The PostgreSQL driver's release by lease id and pac_settle: a release in
-// a repository without a queue commits without the repository row's lock,
-// and pac_settle, a second transaction sent with it in one round trip
-// (pipeline mode), admits a run queued meanwhile.
+// a repository without a queue commits without the repository row's lock;
+// a second transaction sent with it in one round trip (pipeline mode)
+// sends the notifications it collected and says whether a run queued
+// meanwhile waits beside a free slot, and only then does pac_settle, in a
+// third, admit it.
 // Why, and why no admission is lost: schema_functions.cc,
 // pac_release_lease and pac_settle.
 #include "src/common/logging.h"
@@ -24,6 +26,35 @@ constexpr const char* kSettleSql =
     PAC_MICROS("o_acquired") ", " PAC_MICROS("o_expires") ", o_token, o_pos"
     " FROM pac_settle($1, $2::bigint * interval '1 microsecond', $3,"
     " $4::boolean)";
+
+// After a release, in a transaction of its own: the notifications the
+// release collected (pac_notify) go, as pac_send_notify sends them but in
+// plain SQL (a PL/pgSQL call and its nested statements cost more than the
+// rest of this transaction), and the pac.settle_repo the release left is
+// read and cleared. Answers the repository (from the setting, else, on a
+// pooler's other server connection, from the release's kept answer under
+// $1) and whether pac_settle would admit there: a queue and a free slot,
+// as pac_settle's own look without the lock. Mostly 'f': then no
+// pac_settle. The subquery v (OFFSET 0: not pulled up) reads the settings
+// before the outer list clears them.
+constexpr const char* kAfterReleaseSql =
+    "SELECT (SELECT count(pg_notify('pac_concurrency', x))"
+    " FROM unnest(string_to_array(rtrim(v.pending, E'\\n'), E'\\n')) x),"
+    " set_config('pac.pending_notify', '', false),"
+    " set_config('pac.settle_repo', '', false),"
+    " set_config('synchronous_commit', 'off', true),"
+    " v.repo,"
+    " EXISTS (SELECT 1 FROM concurrency_slots q"
+    " WHERE q.repository_key = v.repo AND q.state = 'queued')"
+    " AND (SELECT t.concurrency_limit = 0 OR t.concurrency_limit >"
+    " (SELECT count(*) FROM concurrency_slots s"
+    " WHERE s.repository_key = v.repo AND s.state = 'running'"
+    " AND s.expires_at > clock_timestamp())"
+    " FROM pac_repositories t WHERE t.repository_key = v.repo)"
+    " FROM (SELECT current_setting('pac.pending_notify', true) AS pending,"
+    " coalesce(nullif(current_setting('pac.settle_repo', true), ''),"
+    " (SELECT o.result -> 0 ->> 'repo' FROM pac_outcomes o"
+    " WHERE o.request_id = $1)) AS repo OFFSET 0) v";
 
 // Several repositories (in key order, the order their rows are locked in),
 // each row with its repository (column 7).
@@ -48,20 +79,16 @@ absl::StatusOr<ReleaseResult> PostgreSQLDriver::ReleaseLease(
   const std::vector<PgParam> release = {
       std::string(lease_id), OptText(run_key), OptText(repo_key),
       TtlMicros(),           request,          "false"};
-  const std::vector<PgParam> settle = {std::nullopt, TtlMicros(), request,
-                                       "false"};
+  const std::vector<PgParam> after = {request};
   std::vector<PgResult> results;
   absl::Status s = Retrying(
       ctx,
       [&](PgConnection& conn, const Context& c, bool retrying) -> absl::Status {
         const std::vector<PgParam> release_params =
             WithRetryFlag(release, retrying);
-        const std::vector<PgParam> settle_params =
-            WithRetryFlag(settle, retrying);
         auto r = conn.ExecPipeline(c, {{kReleaseLeaseSql, &release_params},
-                                       {kSettleSql, &settle_params}});
+                                       {kAfterReleaseSql, &after}});
         if (!r.ok()) return r.status();
-        NotifyAfter(conn, (*r)[1], Notifies::kAfterSettle);
         results = std::move(*r);
         return absl::OkStatus();
       });
@@ -74,15 +101,25 @@ absl::StatusOr<ReleaseResult> PostgreSQLDriver::ReleaseLease(
     if (released.Get(i, 0) == "released") {
       result.released = true;
       logger_->debug("slot released: {}", released.Get(i, 1));
+    } else if (released.Get(i, 0) == "admitted") {
+      // Admitted with the release: its repository had a queue.
+      result.admitted.push_back(AdmittedFromRow(released, i, repo));
     }
   }
-  // Admitted with the release (its repository had a queue), then by the
-  // settle after it.
-  const PgResult* const parts[] = {&released, &results[1]};
-  for (const PgResult* r : parts) {
-    for (int i = 0; i < r->rows(); ++i) {
-      if (r->Get(i, 0) != "admitted") continue;
-      result.admitted.push_back(AdmittedFromRow(*r, i, repo));
+  // A run queued meanwhile, unseen by the release, beside the slot it
+  // freed (rare): pac_settle admits it.
+  const PgResult& after_release = results[1];
+  if (after_release.rows() == 1 && after_release.Get(0, 5) == "t") {
+    auto settled = Settle(ctx, {std::string(after_release.Get(0, 4))});
+    if (settled.ok()) {
+      for (Lease& l : *settled) result.admitted.push_back(std::move(l));
+    } else {
+      // The release committed: it is answered. The run waits for the
+      // next change of its repository (a release or an acquire there).
+      logger_->warn(
+          "postgresql: released, but could not admit the queue of "
+          "{}: {}",
+          after_release.Get(0, 4), settled.status().ToString());
     }
   }
   return result;
