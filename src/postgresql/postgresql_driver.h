@@ -5,9 +5,10 @@
 //   (schema_functions.cc): one round trip, one transaction that locks the
 //   repository's row (a refusal of a run that would not queue reads
 //   without it), judged by the database clock. A release by lease id
-//   commits without the lock and pac_settle admits the queue in a second
-//   transaction of the same round trip (pipeline mode, pg_release.cc); a
-//   call that queued runs settles too.
+//   commits without the lock; a second transaction of the same round trip
+//   (pipeline mode, pg_release.cc) sends its notifications and looks for a
+//   run queued meanwhile beside the freed slot, which pac_settle then
+//   admits; a call that queued runs settles too.
 // * Watches: one LISTEN connection per driver on channel pac_concurrency;
 //   after a reconnect every watcher gets kResync (re-read state). An
 //   optional poll interval sends kResync periodically for poolers that
@@ -134,8 +135,8 @@ class PostgreSQLDriver final : public Driver {
   // Sends the connection's collected notifications as `notifies` says.
   void NotifyAfter(PgConnection& conn, const PgResult& result,
                    Notifies notifies);
-  // A release by lease id: pac_release_lease, then pac_settle, pipelined
-  // (pg_release.cc).
+  // A release by lease id: pac_release_lease and the statement after it,
+  // pipelined, then pac_settle if that found a queue (pg_release.cc).
   absl::StatusOr<ReleaseResult> ReleaseLease(const Context& ctx,
                                              std::string_view lease_id,
                                              std::string_view run_key,

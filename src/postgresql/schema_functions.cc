@@ -629,10 +629,11 @@ $$;
 -- its commit, while the slot it was freeing stayed taken. Counts made
 -- under the lock while that DELETE is not yet committed still see the
 -- slot taken: never more admitted. A run queued meanwhile (under the
--- lock, unseen here) is admitted by pac_settle, which the driver runs
--- right after this commit (pipelined) and which the queuer runs after
--- its own. The repository is left in pac.settle_repo and in the kept
--- answer for it. Rows: 'released' and 'admitted' as pac_release's, each
+-- lock, unseen here) is admitted by pac_settle, which the queuer runs
+-- after its commit, and the driver after this one when the statement it
+-- pipelines after this call (pg_release.cc) finds a queue beside a free
+-- slot. The repository is left in pac.settle_repo and in the kept answer
+-- for it. Rows: 'released' and 'admitted' as pac_release's, each
 -- with o_repo, or none.
 CREATE OR REPLACE FUNCTION pac_release_lease(p_lease TEXT, p_run TEXT,
                                              p_repo TEXT, p_ttl INTERVAL,
