@@ -726,7 +726,9 @@ END $$;
 -- their connection collected (pac_send_notify). One that admits keeps its
 -- answer under p_request || '/settle' and ends with a 'notify' row: the
 -- driver sends the notifications after this commit. Rows as
--- pac_promote's.
+-- pac_promote's. The statement the driver pipelines after a release
+-- (kAfterReleaseSql, pg_release.cc) makes the same look without the lock
+-- in plain SQL, and sends the notifications as pac_flush_notify does.
 CREATE OR REPLACE FUNCTION pac_settle(p_repo TEXT, p_ttl INTERVAL,
                                       p_request TEXT,
                                       p_retry BOOLEAN DEFAULT false)
