@@ -20,7 +20,9 @@ constexpr const char* kReleaseLeaseSql =
     " o_repo FROM pac_release_lease($1, $2, $3,"
     " $4::bigint * interval '1 microsecond', $5, $6::boolean)";
 
-// $1 NULL: the repository the release before it on the connection left.
+// One repository, named: the driver no longer sends pac_settle's NULL form
+// (the repository the session's last release left), since the statement
+// after a release reads that itself (kAfterReleaseSql).
 constexpr const char* kSettleSql =
     "SELECT o_kind, o_run, o_lease, "
     PAC_MICROS("o_acquired") ", " PAC_MICROS("o_expires") ", o_token, o_pos"
